@@ -1,0 +1,2 @@
+//! corvid-bench: the throughput harness.
+fn main() {}

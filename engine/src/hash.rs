@@ -1,0 +1,1 @@
+//! hash: not yet written.

@@ -1,0 +1,1 @@
+//! metainfo: not yet written.

@@ -1,0 +1,1 @@
+//! peer: not yet written.

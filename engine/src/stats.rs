@@ -1,0 +1,1 @@
+//! stats: not yet written.

@@ -1,0 +1,1 @@
+//! storage: not yet written.

@@ -1,0 +1,1 @@
+//! tracker: not yet written.
