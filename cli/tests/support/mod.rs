@@ -1,0 +1,210 @@
+//! Shared helpers for corvid's end-to-end tests: real processes, started and reaped by
+//! PID, synchronised on the lines they print (never on sleeps), plus payload generators.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Path of the `corvid` binary cargo built for these tests.
+pub fn corvid_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_corvid"))
+}
+
+/// Debian's python3 (python3-libtorrent lives there), overridable with CORVID_PYTHON.
+pub fn python() -> String {
+    std::env::var("CORVID_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".to_string())
+}
+
+/// Fails the test with a clear message when a tool the interop tests need is missing;
+/// CI installs them with scripts/test-deps, so a missing tool is a setup bug, not a skip.
+pub fn require_tool(cmd: &str, probe: &[&str]) {
+    let ok = Command::new(cmd)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`{cmd}` is missing or broken: run scripts/test-deps (it installs Debian's packages)"
+    );
+}
+
+/// A child process whose stdout lines arrive on a channel and that is killed (by its PID,
+/// through `Child::kill`) and reaped when dropped, so a failing test leaves nothing behind.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Waits for a stdout line containing `needle`; panics with everything seen so far
+    /// (stdout and stderr) if it does not come within `timeout` or the process exits.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: no line containing {needle:?} within {timeout:?}\n{}", self.name, self.dump())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: exited before printing {needle:?}\n{}", self.name, self.dump())
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit by itself within `timeout`; returns its exit code,
+    /// all stdout lines it printed and its stderr.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Vec<String>, String) {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("not yet reaped");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                // Drain what the reader thread still holds.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                self.child = None;
+                let err = self.stderr.lock().unwrap().clone();
+                return (status.code(), self.seen.clone(), err);
+            }
+            if Instant::now() >= deadline {
+                panic!("{}: still running after {timeout:?}\n{}", self.name, self.dump());
+            }
+            // Polling the exit status: std offers no blocking wait with a timeout.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn dump(&self) -> String {
+        format!(
+            "--- stdout of {} ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            self.seen.join("\n"),
+            self.stderr.lock().unwrap()
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A release-like tree: nested directories, an empty file, a larger file and small ones.
+pub fn make_tree(root: &Path, big: usize, seed: u64) {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("lib/deep/er")).unwrap();
+    std::fs::write(root.join("bin/app"), pseudo_random(big, seed)).unwrap();
+    std::fs::write(root.join("lib/deep/er/data.bin"), pseudo_random(300_001, seed + 1)).unwrap();
+    std::fs::write(root.join("lib/empty"), b"").unwrap();
+    std::fs::write(root.join("README"), b"release notes\n").unwrap();
+}
+
+/// Compares two trees file by file (names, sizes, bytes); panics naming the first difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let mut left = Vec::new();
+    let mut right = Vec::new();
+    list(a, a, &mut left);
+    list(b, b, &mut right);
+    assert_eq!(left, right, "file lists differ between {a:?} and {b:?}");
+    for rel in &left {
+        let x = std::fs::read(a.join(rel)).unwrap();
+        let y = std::fs::read(b.join(rel)).unwrap();
+        assert!(x == y, "{rel:?} differs between {a:?} and {b:?}");
+    }
+}
+
+fn list(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            list(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+}
