@@ -10,8 +10,10 @@
 //! - [`runtime`]: thread-per-core io_uring event loops that drive the state machines.
 //! - [`tracker`]: HTTP tracker server and announce client.
 //! - [`stats`]: counters and latency histograms reported by the CLI.
+//! - [`deploy`]: fleet deploys over ssh and the atomic on-host release layout.
 
 pub mod bencode;
+pub mod deploy;
 pub mod geometry;
 pub mod hash;
 pub mod metainfo;
