@@ -62,7 +62,7 @@ impl Lengths {
     /// of two), which keeps blocks from straddling pieces.
     pub fn new(total: u64, piece_length: u64, piece_count: u64) -> Result<Self, GeometryError> {
         if piece_length == 0
-            || piece_length % u64::from(BLOCK_SIZE) != 0
+            || !piece_length.is_multiple_of(u64::from(BLOCK_SIZE))
             || piece_length > MAX_PIECE_LENGTH
         {
             return Err(GeometryError::BadPieceLength(piece_length));
