@@ -13,7 +13,12 @@
 //! and uses it on x86_64 with no feature flag; its `asm` feature is an empty placeholder
 //! in this version. Measured on the dev machine: ~1570 MB/s per core with SHA-NI, ~680 MB/s
 //! with the portable code (`force-soft`).
+//!
+//! Cold pages are left to the kernel's own mmap readahead: an explicit `madvise(WILLNEED)`
+//! per queued piece was measured and made a cold 512 MiB `hash_all` slower (~400 against
+//! ~850 MB/s on 2 threads), so there is none.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,7 +55,8 @@ enum Job {
     Hash {
         storage: Arc<Storage>,
         piece: PieceIndex,
-        reply: Sender<(PieceIndex, [u8; 20])>,
+        /// `None` if hashing panicked (a bug), so the walk fails loudly instead of waiting.
+        reply: Sender<(PieceIndex, Option<[u8; 20]>)>,
     },
 }
 
@@ -162,11 +168,14 @@ impl HashPool {
             if in_flight == 0 {
                 break;
             }
-            // Every job holds a clone of `tx` until it replies, and workers outlive `self`,
-            // so a reply is always coming; an error means a worker died mid-job (a bug).
+            // Every job replies, even one whose hashing panicked (workers catch it), and
+            // workers outlive `self`, so a reply is always coming while jobs are in flight.
             let (piece, digest) = rx
                 .recv()
                 .unwrap_or_else(|_| panic!("hasher pool lost a job"));
+            let digest = digest.unwrap_or_else(|| {
+                panic!("hashing piece {} panicked in a hasher thread", piece.get())
+            });
             in_flight -= 1;
             hashed += u64::from(lengths.piece_size(piece));
             done(piece, digest);
@@ -210,7 +219,9 @@ fn work(jobs: Receiver<Job>) {
                 reply,
             } => {
                 let start = Instant::now();
-                let ok = storage.hash_piece(piece) == expected;
+                // A panic here is a bug; the piece counts as bad so its owner re-fetches it
+                // rather than waiting forever for a verdict.
+                let ok = hash_caught(&storage, piece) == Some(expected);
                 let end = Instant::now();
                 // The submitter may have gone away (torrent stopped); that is not an error.
                 let _ = reply.send(Verdict {
@@ -225,10 +236,16 @@ fn work(jobs: Receiver<Job>) {
                 piece,
                 reply,
             } => {
-                let _ = reply.send((piece, storage.hash_piece(piece)));
+                let _ = reply.send((piece, hash_caught(&storage, piece)));
             }
         }
     }
+}
+
+/// Hashes a piece, keeping the worker alive if that panics (the panic message has been
+/// printed by the hook already).
+fn hash_caught(storage: &Storage, piece: PieceIndex) -> Option<[u8; 20]> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| storage.hash_piece(piece))).ok()
 }
 
 #[cfg(test)]
