@@ -94,6 +94,8 @@ pub enum StorageError {
     },
     #[error("{}: path is not a plain relative path inside the payload root", path.display())]
     UnsafePath { path: PathBuf },
+    #[error("{}: listed twice in the torrent", path.display())]
+    DuplicatePath { path: PathBuf },
     #[error("{}: {length} bytes do not fit in this machine's address space", path.display())]
     TooLarge { path: PathBuf, length: u64 },
     #[error("the files add up to {files} bytes but the torrent's pieces cover {pieces}")]
@@ -354,7 +356,7 @@ impl Storage {
         let in_piece = b.piece.get() < self.lengths.piece_count()
             && b.offset
                 .checked_add(b.len)
-                .is_some_and(|end| end <= self.lengths.piece_size(b.piece));
+                .is_some_and(|end| end <= self.piece_len(b.piece));
         if !in_piece {
             return Err(StorageError::OutOfRange {
                 piece: b.piece.get(),
@@ -390,7 +392,7 @@ impl Storage {
     /// SHA-1 of a piece, read straight from the mapping. Under the mapping contract only
     /// finished pieces are hashed.
     pub fn hash_piece(&self, piece: PieceIndex) -> [u8; 20] {
-        let size = self.lengths.piece_size(piece);
+        let size = self.piece_len(piece);
         let mut h = Sha1::new();
         let block = BlockRef {
             piece,
@@ -415,6 +417,16 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// The piece's length, or 0 for an index from some other torrent (which would
+    /// underflow [`Lengths::piece_size`]); a caller bug that should not panic here.
+    fn piece_len(&self, piece: PieceIndex) -> u32 {
+        if piece.get() < self.lengths.piece_count() {
+            self.lengths.piece_size(piece)
+        } else {
+            0
+        }
     }
 
     /// Pointer and length of a span inside its file's mapping, or `None` for a span that
@@ -472,6 +484,16 @@ impl Iterator for SpanIter<'_> {
 /// Checks that the files tile the payload and that their paths stay under the root;
 /// returns the files' end offsets.
 fn check_layout(files: &[FileSpec], lengths: Lengths) -> Result<Vec<u64>, StorageError> {
+    // The same file twice would be mapped twice, and sizing the second could shrink the
+    // first one's mapping under it (SIGBUS, mapping contract rule 3).
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    for spec in files {
+        if !seen.insert(spec.path.as_path()) {
+            return Err(StorageError::DuplicatePath {
+                path: spec.path.clone(),
+            });
+        }
+    }
     let mut ends = Vec::with_capacity(files.len());
     let mut total = 0u64;
     for spec in files {
@@ -876,6 +898,18 @@ mod tests {
                 pieces: 100
             }
         ));
+        let twice = [
+            FileSpec {
+                path: PathBuf::from("a/b"),
+                length: 60,
+            },
+            FileSpec {
+                path: PathBuf::from("a//b"),
+                length: 40,
+            },
+        ];
+        let err = Storage::create(dir.path(), &twice, l).unwrap_err();
+        assert!(matches!(err, StorageError::DuplicatePath { .. }), "{err:?}");
         for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
             let files = [FileSpec {
                 path: PathBuf::from(bad),
@@ -887,6 +921,27 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn piece_index_of_another_torrent_does_not_panic() {
+        let (_d, s) = make(&[100], PL);
+        let other = lengths_for(&[5 * PL], PL);
+        let foreign = other.piece(4).unwrap();
+        let empty: [u8; 20] = Sha1::digest(b"").into();
+        assert_eq!(s.hash_piece(foreign), empty);
+        assert_eq!(s.spans(foreign, 0, 100).count(), 0);
+        let b = BlockRef {
+            piece: foreign,
+            offset: 0,
+            len: 10,
+        };
+        // SAFETY: single-threaded test.
+        let r = unsafe { s.write_block(b, &[0; 10]) };
+        assert!(
+            matches!(r, Err(StorageError::OutOfRange { piece: 4, .. })),
+            "{r:?}"
+        );
     }
 
     #[test]
