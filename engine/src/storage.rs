@@ -772,6 +772,37 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_of_disjoint_blocks() {
+        let lens = [3 * PL + 5, 1, 0, 4 * PL];
+        let (_d, s) = make(&lens, 2 * PL);
+        let data = payload(lens.iter().sum());
+        let l = s.lengths();
+        let blocks: Vec<BlockRef> = l
+            .pieces()
+            .flat_map(|p| (0..l.blocks_in_piece(p)).map(move |n| l.block(p, n).unwrap()))
+            .collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (s, data, blocks) = (&s, &data, &blocks);
+                scope.spawn(move || {
+                    for b in blocks.iter().skip(t).step_by(4) {
+                        let at = (l.piece_offset(b.piece) + u64::from(b.offset)) as usize;
+                        // SAFETY: each block belongs to exactly one thread (index mod 4) and
+                        // nothing reads until all threads are joined (mapping contract).
+                        unsafe { s.write_block(*b, &data[at..at + b.len as usize]) }.unwrap();
+                    }
+                });
+            }
+        });
+        for p in l.pieces() {
+            let start = l.piece_offset(p) as usize;
+            let want: [u8; 20] =
+                Sha1::digest(&data[start..start + l.piece_size(p) as usize]).into();
+            assert_eq!(s.hash_piece(p), want, "piece {}", p.get());
+        }
+    }
+
+    #[test]
     fn iovecs_cover_the_block_and_cut_at_capacity() {
         let (_d, s) = make(&[10, 20, 30, PL], 2 * PL);
         let b = BlockRef {
