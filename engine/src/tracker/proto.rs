@@ -943,6 +943,37 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_never_panic() {
+        // Deterministic xorshift noise, plus mutations of a good request.
+        let good = format!("GET /announce?{} HTTP/1.1\r\nHost: t\r\n\r\n", good_query());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..2000 {
+            let mut buf = good.as_bytes().to_vec();
+            if round % 2 == 0 {
+                buf = (0..(next() % 300)).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..(next() % 8 + 1) {
+                    let i = (next() as usize) % buf.len();
+                    buf[i] = next() as u8;
+                }
+            }
+            if let Ok(Head::Complete { target }) = parse_head(&buf) {
+                let _ = parse_target(&target);
+            }
+            let _ = parse_announce_response(&buf);
+            let _ = parse_scrape_response(&buf);
+        }
+        // Non-ASCII in the path: rejected or parsed, never a panic.
+        let _ = parse_head(b"GET /announce?info_hash=\xff\xfe HTTP/1.0\r\n\r\n");
+    }
+
+    #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b+c%2B"), Some(b"a b c+".to_vec()));
         assert_eq!(percent_decode("%"), None);

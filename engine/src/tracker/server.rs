@@ -506,9 +506,15 @@ impl EventLoop {
                 next_expiry = now + self.cfg.interval;
             }
             // Close connections past their deadline.
-            let before = self.conns.len();
-            self.conns.retain(|c| c.deadline > now);
-            let expired = (before - self.conns.len()) as u64;
+            // (A connection already answered and draining is not counted as a timeout.)
+            let mut expired = 0;
+            self.conns.retain(|c| {
+                let keep = c.deadline > now;
+                if !keep && !matches!(c.state, ConnState::Draining) {
+                    expired += 1;
+                }
+                keep
+            });
             self.stats.timeouts.fetch_add(expired, Ordering::Relaxed);
 
             let wake_at = self
