@@ -131,6 +131,8 @@ struct Swarm {
     downloaded: u64,
     /// Where the next peer list starts, so successive announces see different peers.
     cursor: usize,
+    /// When stale peers were last dropped from this swarm by an announce.
+    last_sweep: Option<Instant>,
 }
 
 impl Swarm {
@@ -208,8 +210,14 @@ impl Swarms {
         let swarm = self.swarms.entry(req.info_hash).or_default();
         // Drop this swarm's stale peers now rather than waiting for `expire`, so nobody is
         // handed a peer that has been gone for two intervals.
-        if let Some(cut) = expire_before {
+        // Sweeping is O(peers), so at most once per half interval per swarm: a peer may
+        // then be handed out up to 2.5 intervals after its last announce.
+        let sweep_due = swarm
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.interval / 2);
+        if let (Some(cut), true) = (expire_before, sweep_due) {
             swarm.peers.retain(|_, p| p.last_seen >= cut);
+            swarm.last_sweep = Some(now);
         }
         match swarm.peers.get_mut(&req.peer_id) {
             Some(p) => {
@@ -851,6 +859,35 @@ mod tests {
             .peers
             .iter()
             .any(|p| p.addr == "10.0.0.3:3".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_peers_are_encoded_in_peers6() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        s.announce(&req(1, 1001, 10, Event::Started), ip("2001:db8::1"), t0)
+            .unwrap();
+        s.announce(&req(2, 1002, 10, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        let r = s
+            .announce(&req(3, 1003, 10, Event::Started), ip("10.0.0.3"), t0)
+            .unwrap();
+        let body = encode_announce_response(&r, true);
+        let back = parse_announce_response(&body).unwrap().unwrap();
+        let mut got: Vec<SocketAddr> = back.peers.iter().map(|p| p.addr).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.2:1002".parse().unwrap(),
+                "[2001:db8::1]:1001".parse().unwrap()
+            ]
+        );
+        let six = b"6:peers618:";
+        assert!(
+            body.windows(six.len()).any(|w| w == six),
+            "one 18-byte entry in peers6"
+        );
     }
 
     #[test]
