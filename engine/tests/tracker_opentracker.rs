@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corvid_engine::tracker::{announce, AnnounceRequest, Event, TrackerError};
+use corvid_engine::tracker::{announce, scrape, AnnounceRequest, Event, TrackerError};
 
 const OPENTRACKER: &str = "/usr/bin/opentracker";
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,6 +127,12 @@ fn corvid_client_against_opentracker() {
         ra.peers
     );
     assert_eq!(ra.incomplete, Some(2), "two leechers: {ra:?}");
+
+    // Scrape through the conventional URL sees both leechers.
+    let sc = scrape(&url, &[info_hash], TIMEOUT).expect("scrape opentracker");
+    assert_eq!(sc.len(), 1, "{sc:?}");
+    assert_eq!(sc[0].0, info_hash);
+    assert_eq!((sc[0].1.complete, sc[0].1.incomplete), (0, 2), "{sc:?}");
 
     // A hash not on the whitelist is refused, and the reason reaches the caller.
     let mut other = a.clone();
