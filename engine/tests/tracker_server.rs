@@ -304,3 +304,32 @@ fn client_errors_are_clear() {
     assert!(matches!(e, TrackerError::ResponseTooLarge { .. }), "{e:?}");
     t.join().unwrap();
 }
+
+#[test]
+fn many_concurrent_clients_are_all_answered() {
+    let (server, url) = start(TrackerConfig::default());
+    let threads: Vec<_> = (0..32u8)
+        .map(|id| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for round in 0..5 {
+                    let mut r = peer(id, 10_000 + u16::from(id), 10);
+                    if round > 0 {
+                        r.event = Event::None;
+                    }
+                    announce(&url, &r, TIMEOUT).expect("concurrent announce");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    // Everyone is registered; a newcomer asking for all gets all 32.
+    let mut last = peer(99, 9999, 10);
+    last.numwant = Some(200);
+    let r = announce(&url, &last, TIMEOUT).unwrap();
+    assert_eq!(r.peers.len(), 32);
+    assert_eq!(r.incomplete, Some(33));
+    assert_eq!(server.stats().announces, 32 * 5 + 1);
+}
