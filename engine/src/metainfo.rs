@@ -25,7 +25,7 @@ use crate::geometry::{GeometryError, Lengths, PieceIndex, BLOCK_SIZE, MAX_PIECE_
 
 // TEMPORARY until the storage branch lands: identical to `crate::storage::FileSpec`.
 /// One payload file: a relative path and its length in bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSpec {
     pub path: PathBuf,
     pub length: u64,
@@ -48,7 +48,7 @@ pub const AUTO_TARGET_PIECES: u64 = 4000;
 pub enum MetainfoError {
     #[error("torrent is {0} bytes, larger than the {MAX_TORRENT_SIZE} bytes accepted")]
     TooLarge(usize),
-    #[error("torrent is not valid bencode ({0})")]
+    #[error("torrent is not valid bencode")]
     Bencode(#[from] bencode::Error),
     #[error("torrent field `{field}` {problem}")]
     Field { field: String, problem: String },
@@ -56,11 +56,12 @@ pub enum MetainfoError {
     UnsafePath { path: String, why: &'static str },
     #[error("torrent path {0:?} is used twice (or is both a file and a directory)")]
     PathCollision(String),
-    #[error("torrent geometry is inconsistent: {0}")]
+    #[error("torrent geometry is inconsistent")]
     Geometry(#[from] GeometryError),
-    #[error("{path}: {source}")]
+    #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("{0}: symbolic links are not shared (copy the target into the tree instead)")]
@@ -733,6 +734,55 @@ pub fn assemble(
     Ok((meta, bytes))
 }
 
+/// Builds a torrent from a file or directory: [`scan`], hash every piece, [`assemble`].
+/// Returns the parsed torrent and the bytes to write. `progress` is told the number of
+/// pieces hashed so far.
+// TEMPORARY until the storage branch (hasher pool) is merged: hashes sequentially.
+pub fn build(
+    path: &Path,
+    opts: &BuildOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    use std::io::Read;
+    let payload = scan(path, opts.name.as_deref())?;
+    let lengths = payload_lengths(&payload, opts)?;
+    let mut hashes = Vec::with_capacity(lengths.piece_count() as usize);
+    let mut h = Sha1::new();
+    let mut in_piece = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in &payload.disk_files {
+        let full = payload.root.join(&f.path);
+        let mut file = fs::File::open(&full).map_err(|source| MetainfoError::Io {
+            path: full.clone(),
+            source,
+        })?;
+        loop {
+            let want = ((lengths.piece_length() - in_piece) as usize).min(buf.len());
+            let n = file
+                .read(&mut buf[..want])
+                .map_err(|source| MetainfoError::Io {
+                    path: full.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            in_piece += n as u64;
+            if in_piece == lengths.piece_length() {
+                hashes.push(std::mem::take(&mut h).finalize().into());
+                in_piece = 0;
+                progress(hashes.len() as u64);
+            }
+        }
+    }
+    if in_piece > 0 {
+        hashes.push(h.finalize().into());
+        progress(hashes.len() as u64);
+    }
+    assemble(&payload, opts, lengths, &hashes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,7 +795,7 @@ mod tests {
             pieces * 20
         )
         .into_bytes();
-        v.extend(std::iter::repeat(7u8).take(pieces * 20));
+        v.extend(std::iter::repeat_n(7u8, pieces * 20));
         v.extend_from_slice(b"ee");
         v
     }
@@ -758,15 +808,21 @@ mod tests {
             pieces * 20
         )
         .into_bytes();
-        v.extend(std::iter::repeat(1u8).take(pieces * 20));
+        v.extend(std::iter::repeat_n(1u8, pieces * 20));
         v.extend_from_slice(b"ee");
         v
     }
 
+    /// The error and its sources, as a CLI would print them.
     fn err_text(bytes: &[u8]) -> String {
-        Metainfo::from_bytes(bytes)
-            .expect_err("hostile torrent accepted")
-            .to_string()
+        let e = Metainfo::from_bytes(bytes).expect_err("hostile torrent accepted");
+        let mut text = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            text += &format!(": {s}");
+            src = s.source();
+        }
+        text
     }
 
     #[test]
