@@ -1,1 +1,1011 @@
-//! storage: not yet written.
+//! Payload files mapped into memory: the only part of corvid that knows the file layout.
+//!
+//! A torrent's payload is one byte stream (its files concatenated, see [`crate::geometry`]).
+//! [`Storage`] maps every non-empty file with a raw shared mapping and resolves a
+//! `(piece, offset, len)` range to [`Span`]s of those files, so sockets can receive into
+//! and send from the mapping (io_uring iovecs from [`Storage::block_iovecs`]) and the
+//! hasher pool can hash pieces straight from it, with no intermediate copy.
+//!
+//! # The mapping contract
+//!
+//! Every `unsafe` use of a [`Storage`] elsewhere in corvid points back to this contract:
+//!
+//! 1. **One writer per block, no reader while it is written.** A block's bytes are written
+//!    (by an io_uring receive into [`Storage::block_iovecs`], or by [`Storage::write_block`])
+//!    by exactly one receiver at a time, and nothing reads those bytes while that write is
+//!    in flight. Different blocks are disjoint byte ranges, so many threads may write
+//!    different blocks at once.
+//! 2. **Read only finished pieces.** A piece is hashed ([`Storage::hash_piece`]), sent
+//!    to a peer or viewed through [`Storage::block_slices`] only after all of its blocks
+//!    have been written, and no block of it is written again while it is read (a piece
+//!    that failed its hash is re-downloaded only after its hash job has returned).
+//!    The safe read methods rely on the writers keeping this promise, which is why every
+//!    write is `unsafe`.
+//! 3. **Nobody else truncates the files while they are mapped.** Touching a mapped page
+//!    past the end of a truncated file raises SIGBUS and kills the process. corvid never
+//!    shrinks a mapped file; an outside program doing so is an operator error that this
+//!    module cannot catch. Other outside writers do not crash corvid; they make pieces
+//!    fail their hash.
+//!
+//! A read-only [`Storage`] (seeding, verifying, making) is mapped `PROT_READ`: writing
+//! through its iovecs faults, and [`Storage::write_block`] refuses with an error.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+use sha1::{Digest, Sha1};
+
+use crate::geometry::{BlockRef, Lengths, PieceIndex};
+
+/// Most files a single 16 KiB block touches in real torrents is two or three; an iovec
+/// array of this size covers any block unless a torrent packs many tiny files together,
+/// in which case [`Storage::block_iovecs`] covers a prefix and the caller continues.
+pub const BLOCK_IOVECS: usize = 8;
+
+/// One payload file, as the torrent lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Relative to the storage root; already checked safe by `metainfo` (no absolute
+    /// paths, no `..`). [`Storage`] checks again, because a path escaping the root would
+    /// overwrite someone else's file.
+    pub path: PathBuf,
+    pub length: u64,
+}
+
+/// A contiguous run of one file that a payload range covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Index into [`Storage::files`].
+    pub file: usize,
+    pub file_offset: u64,
+    pub len: u32,
+}
+
+/// Why storage could not be set up or used. Every variant names the file or block.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("needs {needed} bytes, {free} free on {}", path.display())]
+    NoSpace {
+        needed: u64,
+        free: u64,
+        path: PathBuf,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: file is missing", path.display())]
+    Missing { path: PathBuf },
+    #[error("{}: not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{}: is {actual} bytes, the torrent says {expected}", path.display())]
+    WrongSize {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{}: path is not a plain relative path inside the payload root", path.display())]
+    UnsafePath { path: PathBuf },
+    #[error("{}: listed twice in the torrent", path.display())]
+    DuplicatePath { path: PathBuf },
+    #[error("{}: {length} bytes do not fit in this machine's address space", path.display())]
+    TooLarge { path: PathBuf, length: u64 },
+    #[error("the files add up to {files} bytes but the torrent's pieces cover {pieces}")]
+    LengthMismatch { files: u64, pieces: u64 },
+    #[error("storage under {} is read-only", root.display())]
+    ReadOnly { root: PathBuf },
+    #[error("block at piece {piece} offset {offset} length {len} is outside the piece")]
+    OutOfRange { piece: u32, offset: u32, len: u32 },
+    #[error("block at piece {piece} offset {offset} is {len} bytes but {data} bytes were given")]
+    DataLength {
+        piece: u32,
+        offset: u32,
+        len: u32,
+        data: usize,
+    },
+}
+
+/// Decides whether `needed` more bytes fit in `free`; kept pure so the rule is testable
+/// without filling a disk.
+pub fn check_space(needed: u64, free: u64, path: &Path) -> Result<(), StorageError> {
+    if needed > free {
+        return Err(StorageError::NoSpace {
+            needed,
+            free,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The mapped payload of one torrent. `Send + Sync`: share it as `Arc<Storage>` between
+/// the io_uring threads and the hasher pool under the module's mapping contract.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    files: Vec<FileSpec>,
+    /// One per file; `None` for zero-length files, which cannot be mapped.
+    maps: Vec<Option<MmapRaw>>,
+    /// Payload offset one past each file's last byte (prefix sums of the lengths).
+    ends: Vec<u64>,
+    lengths: Lengths,
+    writable: bool,
+}
+
+impl Storage {
+    /// Receiving side: creates the directories and files under `root`, checks free space
+    /// first, preallocates and maps everything read-write. Files already of the right size
+    /// are kept as they are (resume); files of the wrong size are resized.
+    pub fn create(
+        root: &Path,
+        files: &[FileSpec],
+        lengths: Lengths,
+    ) -> Result<Storage, StorageError> {
+        let ends = check_layout(files, lengths)?;
+
+        // Space still to allocate: a kept file already has (some of) its blocks.
+        let mut needed = 0u64;
+        for spec in files {
+            let path = root.join(&spec.path);
+            let allocated = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => m.blocks().saturating_mul(512),
+                Ok(_) => return Err(StorageError::NotAFile { path }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(source) => return Err(io_err("inspect", &path, source)),
+            };
+            needed = needed.saturating_add(spec.length.saturating_sub(allocated));
+        }
+        let probe = existing_ancestor(root);
+        check_space(needed, free_space(&probe)?, &probe)?;
+
+        let mut maps = Vec::with_capacity(files.len());
+        for spec in files {
+            let path = root.join(&spec.path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io_err("create directory", dir, e))?;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_err("open for writing", &path, e))?;
+            let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
+            if !meta.is_file() {
+                return Err(StorageError::NotAFile { path });
+            }
+            if meta.len() != spec.length {
+                file.set_len(spec.length)
+                    .map_err(|e| io_err("resize", &path, e))?;
+            }
+            if spec.length == 0 {
+                maps.push(None);
+                continue;
+            }
+            // Give every page of the file a disk block now. A sparse file would map fine,
+            // but the first store into a hole on a full disk would raise SIGBUS in
+            // whichever thread touched it; preallocated, a full disk is this error instead.
+            preallocate(&file, spec.length, &path)?;
+            let len = map_len(spec.length, &path)?;
+            let map = MmapOptions::new()
+                .len(len)
+                .map_raw(&file)
+                .map_err(|e| io_err("map", &path, e))?;
+            maps.push(Some(map));
+        }
+        Ok(Storage {
+            root: root.to_path_buf(),
+            files: files.to_vec(),
+            maps,
+            ends,
+            lengths,
+            writable: true,
+        })
+    }
+
+    /// Seeding, verifying, making: maps existing files read-only. A missing file, or one
+    /// of the wrong size, is an error naming it.
+    pub fn open_readonly(
+        root: &Path,
+        files: &[FileSpec],
+        lengths: Lengths,
+    ) -> Result<Storage, StorageError> {
+        let ends = check_layout(files, lengths)?;
+        let mut maps = Vec::with_capacity(files.len());
+        for spec in files {
+            let path = root.join(&spec.path);
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::Missing { path })
+                }
+                Err(e) => return Err(io_err("open", &path, e)),
+            };
+            let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
+            if !meta.is_file() {
+                return Err(StorageError::NotAFile { path });
+            }
+            if meta.len() != spec.length {
+                return Err(StorageError::WrongSize {
+                    path,
+                    expected: spec.length,
+                    actual: meta.len(),
+                });
+            }
+            if spec.length == 0 {
+                maps.push(None);
+                continue;
+            }
+            let len = map_len(spec.length, &path)?;
+            let map = MmapOptions::new()
+                .len(len)
+                .map_raw_read_only(&file)
+                .map_err(|e| io_err("map", &path, e))?;
+            maps.push(Some(map));
+        }
+        Ok(Storage {
+            root: root.to_path_buf(),
+            files: files.to_vec(),
+            maps,
+            ends,
+            lengths,
+            writable: false,
+        })
+    }
+
+    pub fn lengths(&self) -> Lengths {
+        self.lengths
+    }
+
+    pub fn files(&self) -> &[FileSpec] {
+        &self.files
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the mapping may be written (made by [`Storage::create`]).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The spans of the files that the payload range `(piece, offset, len)` covers, in
+    /// payload order, crossing file boundaries and skipping zero-length files. A range
+    /// running past the end of the payload is cut at the end, so spans never leave the
+    /// files; callers pass checked [`BlockRef`]s and get exactly `len` bytes.
+    pub fn spans(&self, piece: PieceIndex, offset: u32, len: u32) -> SpanIter<'_> {
+        let total = self.lengths.total_length();
+        let start = self
+            .lengths
+            .piece_offset(piece)
+            .saturating_add(u64::from(offset))
+            .min(total);
+        let end = start.saturating_add(u64::from(len)).min(total);
+        // First file whose end lies past `start`; zero-length files end where they start
+        // and are skipped by the same test.
+        let file = self.ends.partition_point(|&e| e <= start);
+        SpanIter {
+            ends: &self.ends,
+            file,
+            pos: start,
+            end,
+        }
+    }
+
+    /// The block's bytes as slices of the mapping: one per file it touches, no copies.
+    /// Under the mapping contract only blocks of finished pieces are read this way.
+    pub fn block_slices(&self, b: BlockRef) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans(b.piece, b.offset, b.len).filter_map(move |s| {
+            let (ptr, len) = self.span_ptr(s)?;
+            // SAFETY: `span_ptr` returns a range inside a live mapping of `self`, which
+            // outlives the returned slice; nothing writes these bytes while they are read
+            // (mapping contract, rules 1 and 2, kept by the writers' `unsafe` code).
+            Some(unsafe { std::slice::from_raw_parts(ptr.cast_const(), len) })
+        })
+    }
+
+    /// Raw `(ptr, len)` pieces of the mapping for a block, for io_uring recv/send iovecs.
+    /// Fills at most `out.len()` entries (no allocation) and returns how many it filled.
+    /// If the block touches more files than that, the iovecs cover a prefix of it and the
+    /// caller continues with the rest, as it does after a short receive; [`BLOCK_IOVECS`]
+    /// entries cover every ordinary block.
+    ///
+    /// Reading through the pointers is allowed for finished pieces; writing through them
+    /// (a receive) must follow the mapping contract, and faults on read-only storage.
+    /// The pointers stay valid as long as `self` lives.
+    pub fn block_iovecs(&self, b: BlockRef, out: &mut [libc::iovec]) -> usize {
+        let mut n = 0;
+        for span in self.spans(b.piece, b.offset, b.len) {
+            if n == out.len() {
+                break;
+            }
+            if let Some((ptr, len)) = self.span_ptr(span) {
+                out[n] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len,
+                };
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Copies `data` into the block's place in the mapping: for the few payload bytes that
+    /// arrive inside a control-message buffer, and for tests. Read-only storage, a block
+    /// outside its piece or data of the wrong length are errors.
+    ///
+    /// # Safety
+    /// The caller is this block's only writer right now and nothing reads the block while
+    /// it is written (mapping contract, rules 1 and 2).
+    pub unsafe fn write_block(&self, b: BlockRef, data: &[u8]) -> Result<(), StorageError> {
+        if !self.writable {
+            return Err(StorageError::ReadOnly {
+                root: self.root.clone(),
+            });
+        }
+        let in_piece = b.piece.get() < self.lengths.piece_count()
+            && b.offset
+                .checked_add(b.len)
+                .is_some_and(|end| end <= self.piece_len(b.piece));
+        if !in_piece {
+            return Err(StorageError::OutOfRange {
+                piece: b.piece.get(),
+                offset: b.offset,
+                len: b.len,
+            });
+        }
+        if data.len() != b.len as usize {
+            return Err(StorageError::DataLength {
+                piece: b.piece.get(),
+                offset: b.offset,
+                len: b.len,
+                data: data.len(),
+            });
+        }
+        let mut done = 0usize;
+        for span in self.spans(b.piece, b.offset, b.len) {
+            if let Some((dst, len)) = self.span_ptr(span) {
+                // SAFETY: `dst..dst+len` lies inside a read-write mapping of `self` (it is
+                // writable, checked above); `done + len <= data.len()` because the spans of
+                // an in-piece block add up to exactly `b.len == data.len()`; the mapping
+                // and `data` cannot overlap (`data` is a borrowed buffer, and the caller is
+                // the block's only writer, so it is not a view of this block); no one else
+                // touches these bytes meanwhile (the caller's promise, mapping contract).
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(done), dst, len) };
+                done += len;
+            }
+        }
+        debug_assert_eq!(done, data.len());
+        Ok(())
+    }
+
+    /// SHA-1 of a piece, read straight from the mapping. Under the mapping contract only
+    /// finished pieces are hashed.
+    pub fn hash_piece(&self, piece: PieceIndex) -> [u8; 20] {
+        let size = self.piece_len(piece);
+        let mut h = Sha1::new();
+        let block = BlockRef {
+            piece,
+            offset: 0,
+            len: size,
+        };
+        for slice in self.block_slices(block) {
+            h.update(slice);
+        }
+        h.finalize().into()
+    }
+
+    /// Writes dirty pages to disk (msync); a no-op for read-only storage.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        if !self.writable {
+            return Ok(());
+        }
+        for (map, spec) in self.maps.iter().zip(&self.files) {
+            if let Some(map) = map {
+                map.flush()
+                    .map_err(|e| io_err("flush", &self.root.join(&spec.path), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The piece's length, or 0 for an index from some other torrent (which would
+    /// underflow [`Lengths::piece_size`]); a caller bug that should not panic here.
+    fn piece_len(&self, piece: PieceIndex) -> u32 {
+        if piece.get() < self.lengths.piece_count() {
+            self.lengths.piece_size(piece)
+        } else {
+            0
+        }
+    }
+
+    /// Pointer and length of a span inside its file's mapping, or `None` for a span that
+    /// does not fit its mapping (which `spans` never yields).
+    fn span_ptr(&self, s: Span) -> Option<(*mut u8, usize)> {
+        let map = self.maps.get(s.file)?.as_ref()?;
+        let off = usize::try_from(s.file_offset).ok()?;
+        let len = s.len as usize;
+        if off.checked_add(len)? > map.len() {
+            return None;
+        }
+        // SAFETY: `off + len <= map.len()`, checked above, so the offset pointer stays
+        // inside the mapping (one past its end at most when `len == 0`).
+        Some((unsafe { map.as_mut_ptr().add(off) }, len))
+    }
+}
+
+/// Iterator over the [`Span`]s of a payload range; see [`Storage::spans`].
+#[derive(Debug, Clone)]
+pub struct SpanIter<'a> {
+    ends: &'a [u64],
+    file: usize,
+    pos: u64,
+    end: u64,
+}
+
+impl Iterator for SpanIter<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        if self.pos >= self.end {
+            return None;
+        }
+        while *self.ends.get(self.file)? <= self.pos {
+            self.file += 1;
+        }
+        let file_end = self.ends[self.file];
+        let file_start = match self.file {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        let len = self.end.min(file_end) - self.pos;
+        let span = Span {
+            file: self.file,
+            file_offset: self.pos - file_start,
+            // A range is at most one piece (<= 64 MiB), so this never truncates; a caller
+            // passing a bigger `len` gets cut short instead of wrapped.
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        };
+        self.pos += u64::from(span.len);
+        Some(span)
+    }
+}
+
+/// Checks that the files tile the payload and that their paths stay under the root;
+/// returns the files' end offsets.
+fn check_layout(files: &[FileSpec], lengths: Lengths) -> Result<Vec<u64>, StorageError> {
+    // The same file twice would be mapped twice, and sizing the second could shrink the
+    // first one's mapping under it (SIGBUS, mapping contract rule 3).
+    let mut seen = std::collections::HashSet::with_capacity(files.len());
+    for spec in files {
+        if !seen.insert(spec.path.as_path()) {
+            return Err(StorageError::DuplicatePath {
+                path: spec.path.clone(),
+            });
+        }
+    }
+    let mut ends = Vec::with_capacity(files.len());
+    let mut total = 0u64;
+    for spec in files {
+        let plain = !spec.path.as_os_str().is_empty()
+            && !spec.path.as_os_str().as_bytes().contains(&0)
+            && spec
+                .path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(StorageError::UnsafePath {
+                path: spec.path.clone(),
+            });
+        }
+        total = total
+            .checked_add(spec.length)
+            .ok_or(StorageError::LengthMismatch {
+                files: u64::MAX,
+                pieces: lengths.total_length(),
+            })?;
+        ends.push(total);
+    }
+    if total != lengths.total_length() {
+        return Err(StorageError::LengthMismatch {
+            files: total,
+            pieces: lengths.total_length(),
+        });
+    }
+    Ok(ends)
+}
+
+fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
+    StorageError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn map_len(length: u64, path: &Path) -> Result<usize, StorageError> {
+    usize::try_from(length).map_err(|_| StorageError::TooLarge {
+        path: path.to_path_buf(),
+        length,
+    })
+}
+
+/// The root itself if it exists, else its nearest existing ancestor: where the files will
+/// land, for the free-space check before anything is created.
+fn existing_ancestor(root: &Path) -> PathBuf {
+    let mut p = root;
+    loop {
+        if p.exists() {
+            return p.to_path_buf();
+        }
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => return PathBuf::from("."),
+        }
+    }
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `path`.
+fn free_space(path: &Path) -> Result<u64, StorageError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        StorageError::UnsafePath {
+            path: path.to_path_buf(),
+        }
+    })?;
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `st` is a valid,
+    // writable `statvfs` the kernel fills in.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io_err(
+            "check free space on",
+            path,
+            io::Error::last_os_error(),
+        ));
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Allocates disk blocks for the whole file (see the comment at the call in `create`).
+fn preallocate(file: &File, length: u64, path: &Path) -> Result<(), StorageError> {
+    let len = i64::try_from(length).map_err(|_| StorageError::TooLarge {
+        path: path.to_path_buf(),
+        length,
+    })?;
+    loop {
+        // SAFETY: the fd belongs to `file`, which is open for writing and outlives the
+        // call; fallocate touches no memory of ours.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOSPC) => {
+                let free = free_space(path).unwrap_or(0);
+                return Err(StorageError::NoSpace {
+                    needed: length,
+                    free,
+                    path: path.to_path_buf(),
+                });
+            }
+            // Filesystems without fallocate: glibc's posix_fallocate writes one byte per
+            // block instead, which gives the same guarantee, slower.
+            Some(libc::EOPNOTSUPP) => {
+                // SAFETY: as above; posix_fallocate returns the error instead of errno.
+                let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+                return match rc {
+                    0 => Ok(()),
+                    libc::ENOSPC => Err(StorageError::NoSpace {
+                        needed: length,
+                        free: free_space(path).unwrap_or(0),
+                        path: path.to_path_buf(),
+                    }),
+                    e => Err(io_err("preallocate", path, io::Error::from_raw_os_error(e))),
+                };
+            }
+            _ => return Err(io_err("preallocate", path, err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::BLOCK_SIZE;
+
+    const PL: u64 = BLOCK_SIZE as u64; // smallest legal piece length, 16 KiB
+
+    fn specs(lens: &[u64]) -> Vec<FileSpec> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &length)| FileSpec {
+                path: PathBuf::from(format!("d{}/f{i}", i % 2)),
+                length,
+            })
+            .collect()
+    }
+
+    fn lengths_for(lens: &[u64], piece_length: u64) -> Lengths {
+        let total: u64 = lens.iter().sum();
+        Lengths::new(total, piece_length, total.div_ceil(piece_length)).unwrap()
+    }
+
+    fn make(lens: &[u64], piece_length: u64) -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::create(dir.path(), &specs(lens), lengths_for(lens, piece_length)).unwrap();
+        (dir, s)
+    }
+
+    fn spans_of(s: &Storage, piece: u32, offset: u32, len: u32) -> Vec<(usize, u64, u32)> {
+        let p = s.lengths().piece(piece).unwrap();
+        s.spans(p, offset, len)
+            .map(|sp| (sp.file, sp.file_offset, sp.len))
+            .collect()
+    }
+
+    /// Deterministic payload bytes so every position is distinguishable.
+    fn payload(n: u64) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn fill(s: &Storage, data: &[u8]) {
+        let l = s.lengths();
+        for p in l.pieces() {
+            for n in 0..l.blocks_in_piece(p) {
+                let b = l.block(p, n).unwrap();
+                let at = (l.piece_offset(p) + u64::from(b.offset)) as usize;
+                // SAFETY: single-threaded test; nothing else reads or writes the block.
+                unsafe { s.write_block(b, &data[at..at + b.len as usize]) }.unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn storage_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Storage>();
+    }
+
+    #[test]
+    fn piece_crossing_file_boundary() {
+        let (_d, s) = make(&[PL + 100, PL], PL);
+        assert_eq!(spans_of(&s, 0, 0, PL as u32), vec![(0, 0, PL as u32)]);
+        assert_eq!(
+            spans_of(&s, 1, 0, PL as u32),
+            vec![(0, PL, 100), (1, 0, PL as u32 - 100)]
+        );
+        // last short piece: the remaining 100 bytes of file 1
+        let last = s.lengths().piece(2).unwrap();
+        assert_eq!(s.lengths().piece_size(last), 100);
+        assert_eq!(spans_of(&s, 2, 0, 100), vec![(1, PL - 100, 100)]);
+    }
+
+    #[test]
+    fn several_files_inside_one_piece() {
+        let (_d, s) = make(&[10, 20, 30, PL], 2 * PL);
+        assert_eq!(
+            spans_of(&s, 0, 0, 2 * PL as u32),
+            vec![(0, 0, 10), (1, 0, 20), (2, 0, 30), (3, 0, PL as u32)]
+        );
+        // a block starting inside the second file
+        assert_eq!(spans_of(&s, 0, 15, 20), vec![(1, 5, 15), (2, 0, 5)]);
+        // a range running past the payload end is cut there
+        assert_eq!(spans_of(&s, 0, 60, u32::MAX), vec![(3, 0, PL as u32)]);
+    }
+
+    #[test]
+    fn zero_length_files_are_skipped_anywhere() {
+        let (_d, s) = make(&[0, 0, 100, 0, 200, 0], PL);
+        assert_eq!(spans_of(&s, 0, 0, 300), vec![(2, 0, 100), (4, 0, 200)]);
+        assert_eq!(spans_of(&s, 0, 100, 50), vec![(4, 0, 50)]);
+        assert_eq!(spans_of(&s, 0, 99, 2), vec![(2, 99, 1), (4, 0, 1)]);
+        for i in [0, 1, 3, 5] {
+            let path = s.root().join(&s.files()[i].path);
+            assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
+        }
+    }
+
+    #[test]
+    fn zero_total_payload() {
+        let (dir, s) = make(&[0, 0], PL);
+        assert_eq!(s.lengths().piece_count(), 0);
+        assert_eq!(s.lengths().pieces().count(), 0);
+        s.flush().unwrap();
+        let ro = Storage::open_readonly(dir.path(), &specs(&[0, 0]), s.lengths()).unwrap();
+        assert!(!ro.is_writable());
+        let (_d, empty) = make(&[], PL);
+        assert!(empty.files().is_empty());
+    }
+
+    #[test]
+    fn write_and_hash_round_trip_across_files() {
+        let lens = [PL / 2, 3, 0, PL + 7, 2 * PL, 0, 1000];
+        let (dir, s) = make(&lens, PL);
+        let total: u64 = lens.iter().sum();
+        let data = payload(total);
+        fill(&s, &data);
+        s.flush().unwrap();
+        let l = s.lengths();
+        for p in l.pieces() {
+            let start = l.piece_offset(p) as usize;
+            let end = start + l.piece_size(p) as usize;
+            let want: [u8; 20] = Sha1::digest(&data[start..end]).into();
+            assert_eq!(s.hash_piece(p), want, "piece {}", p.get());
+            let joined: Vec<u8> = s
+                .block_slices(BlockRef {
+                    piece: p,
+                    offset: 0,
+                    len: l.piece_size(p),
+                })
+                .flatten()
+                .copied()
+                .collect();
+            assert_eq!(joined, &data[start..end]);
+        }
+        // the bytes are really in the files, at the right places
+        let mut on_disk = Vec::new();
+        for spec in specs(&lens) {
+            on_disk.extend(std::fs::read(dir.path().join(spec.path)).unwrap());
+        }
+        assert_eq!(on_disk, data);
+        // and a read-only mapping of the same files sees them
+        let ro = Storage::open_readonly(dir.path(), &specs(&lens), l).unwrap();
+        for p in l.pieces() {
+            assert_eq!(ro.hash_piece(p), s.hash_piece(p));
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_of_disjoint_blocks() {
+        let lens = [3 * PL + 5, 1, 0, 4 * PL];
+        let (_d, s) = make(&lens, 2 * PL);
+        let data = payload(lens.iter().sum());
+        let l = s.lengths();
+        let blocks: Vec<BlockRef> = l
+            .pieces()
+            .flat_map(|p| (0..l.blocks_in_piece(p)).map(move |n| l.block(p, n).unwrap()))
+            .collect();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (s, data, blocks) = (&s, &data, &blocks);
+                scope.spawn(move || {
+                    for b in blocks.iter().skip(t).step_by(4) {
+                        let at = (l.piece_offset(b.piece) + u64::from(b.offset)) as usize;
+                        // SAFETY: each block belongs to exactly one thread (index mod 4) and
+                        // nothing reads until all threads are joined (mapping contract).
+                        unsafe { s.write_block(*b, &data[at..at + b.len as usize]) }.unwrap();
+                    }
+                });
+            }
+        });
+        for p in l.pieces() {
+            let start = l.piece_offset(p) as usize;
+            let want: [u8; 20] =
+                Sha1::digest(&data[start..start + l.piece_size(p) as usize]).into();
+            assert_eq!(s.hash_piece(p), want, "piece {}", p.get());
+        }
+    }
+
+    #[test]
+    fn iovecs_cover_the_block_and_cut_at_capacity() {
+        let (_d, s) = make(&[10, 20, 30, PL], 2 * PL);
+        let b = BlockRef {
+            piece: s.lengths().piece(0).unwrap(),
+            offset: 0,
+            len: BLOCK_SIZE,
+        };
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut out = [empty; BLOCK_IOVECS];
+        let n = s.block_iovecs(b, &mut out);
+        assert_eq!(n, 4);
+        let lens: Vec<usize> = out[..n].iter().map(|v| v.iov_len).collect();
+        assert_eq!(lens, vec![10, 20, 30, BLOCK_SIZE as usize - 60]);
+        let mut two = [empty; 2];
+        assert_eq!(s.block_iovecs(b, &mut two), 2);
+        assert_eq!(two[1].iov_len, 20);
+        // the pointers are the mapping: what write_block stores, the iovec shows
+        let data = payload(u64::from(BLOCK_SIZE));
+        // SAFETY: single-threaded test; nothing else touches the block.
+        unsafe { s.write_block(b, &data) }.unwrap();
+        // SAFETY: out[1] points at 20 mapped bytes of `s`, alive and not being written.
+        let second = unsafe { std::slice::from_raw_parts(out[1].iov_base as *const u8, 20) };
+        assert_eq!(second, &data[10..30]);
+    }
+
+    #[test]
+    fn write_block_rejects_bad_blocks_and_read_only() {
+        let lens = [PL + 10];
+        let (dir, s) = make(&lens, PL);
+        let p1 = s.lengths().piece(1).unwrap();
+        let bad = BlockRef {
+            piece: p1,
+            offset: 0,
+            len: 11,
+        };
+        // SAFETY: single-threaded test.
+        let r = unsafe { s.write_block(bad, &[0; 11]) };
+        assert!(
+            matches!(r, Err(StorageError::OutOfRange { piece: 1, .. })),
+            "{r:?}"
+        );
+        let ok = BlockRef { len: 10, ..bad };
+        // SAFETY: single-threaded test.
+        let r = unsafe { s.write_block(ok, &[0; 9]) };
+        assert!(
+            matches!(r, Err(StorageError::DataLength { data: 9, .. })),
+            "{r:?}"
+        );
+        let ro = Storage::open_readonly(dir.path(), &specs(&lens), s.lengths()).unwrap();
+        // SAFETY: single-threaded test.
+        let r = unsafe { ro.write_block(ok, &[0; 10]) };
+        assert!(matches!(r, Err(StorageError::ReadOnly { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn open_readonly_names_missing_and_short_files() {
+        let lens = [100, 200];
+        let (dir, s) = make(&lens, PL);
+        let l = s.lengths();
+        drop(s);
+        let f1 = dir.path().join(&specs(&lens)[1].path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f1)
+            .unwrap()
+            .set_len(150)
+            .unwrap();
+        let err = Storage::open_readonly(dir.path(), &specs(&lens), l).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::WrongSize { path, expected: 200, actual: 150 } if *path == f1),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("f1"), "{err}");
+        std::fs::remove_file(&f1).unwrap();
+        let err = Storage::open_readonly(dir.path(), &specs(&lens), l).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Missing { path } if *path == f1),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&*f1.to_string_lossy()), "{err}");
+    }
+
+    #[test]
+    fn create_keeps_right_sized_files_and_resizes_wrong_ones() {
+        let lens = [100, 200];
+        let (dir, s) = make(&lens, PL);
+        let l = s.lengths();
+        let data = payload(300);
+        fill(&s, &data);
+        drop(s);
+        let f1 = dir.path().join(&specs(&lens)[1].path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f1)
+            .unwrap()
+            .set_len(500)
+            .unwrap();
+        let s = Storage::create(dir.path(), &specs(&lens), l).unwrap();
+        assert_eq!(std::fs::metadata(&f1).unwrap().len(), 200);
+        let joined: Vec<u8> = s
+            .block_slices(BlockRef {
+                piece: l.piece(0).unwrap(),
+                offset: 0,
+                len: 300,
+            })
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(joined, data, "resume keeps the bytes already written");
+    }
+
+    #[test]
+    fn layout_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lengths_for(&[100], PL);
+        let err = Storage::create(dir.path(), &specs(&[99]), l).unwrap_err();
+        assert!(matches!(
+            err,
+            StorageError::LengthMismatch {
+                files: 99,
+                pieces: 100
+            }
+        ));
+        let twice = [
+            FileSpec {
+                path: PathBuf::from("a/b"),
+                length: 60,
+            },
+            FileSpec {
+                path: PathBuf::from("a//b"),
+                length: 40,
+            },
+        ];
+        let err = Storage::create(dir.path(), &twice, l).unwrap_err();
+        assert!(matches!(err, StorageError::DuplicatePath { .. }), "{err:?}");
+        for bad in ["../escape", "/etc/passwd", "a/../../b", ""] {
+            let files = [FileSpec {
+                path: PathBuf::from(bad),
+                length: 100,
+            }];
+            let err = Storage::create(dir.path(), &files, l).unwrap_err();
+            assert!(
+                matches!(err, StorageError::UnsafePath { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn piece_index_of_another_torrent_does_not_panic() {
+        let (_d, s) = make(&[100], PL);
+        let other = lengths_for(&[5 * PL], PL);
+        let foreign = other.piece(4).unwrap();
+        let empty: [u8; 20] = Sha1::digest(b"").into();
+        assert_eq!(s.hash_piece(foreign), empty);
+        assert_eq!(s.spans(foreign, 0, 100).count(), 0);
+        let b = BlockRef {
+            piece: foreign,
+            offset: 0,
+            len: 10,
+        };
+        // SAFETY: single-threaded test.
+        let r = unsafe { s.write_block(b, &[0; 10]) };
+        assert!(
+            matches!(r, Err(StorageError::OutOfRange { piece: 4, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn space_check_decides_from_needed_and_free() {
+        let p = Path::new("/data");
+        assert!(check_space(10, 10, p).is_ok());
+        assert!(check_space(0, 0, p).is_ok());
+        let err = check_space(11, 10, p).unwrap_err();
+        assert_eq!(err.to_string(), "needs 11 bytes, 10 free on /data");
+    }
+
+    #[test]
+    fn create_refuses_a_payload_bigger_than_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_space(dir.path()).unwrap();
+        // the largest payload Lengths allows that still exceeds the free space
+        let pl = crate::geometry::MAX_PIECE_LENGTH;
+        let total = free.saturating_add(pl);
+        let Ok(l) = Lengths::new(total, pl, total.div_ceil(pl)) else {
+            return; // a disk too large for u32 pieces of 64 MiB; nothing to check here
+        };
+        let files = [FileSpec {
+            path: PathBuf::from("huge"),
+            length: total,
+        }];
+        let err = Storage::create(dir.path(), &files, l).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NoSpace { needed, .. } if needed == total),
+            "{err:?}"
+        );
+        assert!(
+            !dir.path().join("huge").exists(),
+            "nothing is created before the check"
+        );
+    }
+}
