@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
-use corvid_engine::metainfo::{self, BuildOptions, MetainfoError};
+use corvid_engine::hash::HashPool;
+use corvid_engine::metainfo::{self, BuildOptions};
 
 use crate::output::{human_size, json_array, json_object, json_str, print, progress};
 use crate::{Exit, Failure};
@@ -81,14 +82,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         )));
     }
     let lengths = metainfo::payload_lengths(&payload, &opts).map_err(Failure::input)?;
-    let bar = progress(u64::from(lengths.piece_count()), "hashing");
-    let _ = threads;
-    let built = metainfo::build(&args.path, &opts, &mut |done| bar.set_position(done));
+    let bar = progress(lengths.total_length(), "hashing");
+    let pool = HashPool::new(threads);
+    let built = metainfo::build_payload(&payload, &opts, &pool, &mut |done| bar.set_position(done));
     bar.finish_and_clear();
-    let (meta, bytes) = built.map_err(|e| match e {
-        MetainfoError::Io { .. } | MetainfoError::Hashing(_) => Failure::input(e),
-        other => Failure::input(other),
-    })?;
+    let (meta, bytes) = built.map_err(Failure::input)?;
     write_atomically(&output, &bytes, args.force).map_err(Failure::output)?;
 
     let l = meta.info.lengths;

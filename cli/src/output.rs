@@ -50,17 +50,18 @@ pub fn json_object(fields: &[(&str, String)]) -> String {
     format!("{{{}}}", body.join(","))
 }
 
-/// A bar over `len` units on stderr, or a hidden one when stderr is not a terminal (logs
+/// A bar over `len` payload bytes on stderr, or a hidden one when stderr is not a terminal (logs
 /// and pipes get no control characters).
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    let style =
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} pieces ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_message(what.to_owned());
     bar

@@ -8,7 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use std::sync::Arc;
+
+use corvid_engine::hash::HashPool;
 use corvid_engine::metainfo::{FileSpec, Metainfo};
+use corvid_engine::storage::Storage;
 
 use crate::output::{json_array, json_object, json_str, print, progress};
 use crate::{Exit, Failure};
@@ -107,7 +111,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         .collect();
 
     let piece_ok: Vec<bool> = if problems.is_empty() {
-        let bar = progress(u64::from(info.lengths.piece_count()), "verifying");
+        let bar = progress(info.lengths.total_length(), "verifying");
         let r = hash_check(&m, &root, &files, threads, &mut |n| bar.set_position(n));
         bar.finish_and_clear();
         r?
@@ -221,25 +225,15 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     Ok(if all_ok { Exit::Ok } else { Exit::DataBad })
 }
 
-// TEMPORARY until the storage branch (Storage + HashPool) is merged: sequential reads.
+/// Maps the payload read-only and checks every piece on the hasher pool.
 fn hash_check(
     m: &Metainfo,
     root: &Path,
     files: &[FileSpec],
-    _threads: usize,
+    threads: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<bool>, Failure> {
-    use sha1::{Digest, Sha1};
-    let mut stream = Vec::new();
-    for f in files {
-        stream.extend(std::fs::read(root.join(&f.path)).map_err(Failure::input)?);
-    }
-    let pl = m.info.lengths.piece_length() as usize;
-    let mut out = Vec::new();
-    for (i, c) in stream.chunks(pl.max(1)).enumerate() {
-        let h: [u8; 20] = Sha1::digest(c).into();
-        out.push(h == m.info.pieces[i]);
-        progress(i as u64 + 1);
-    }
-    Ok(out)
+    let storage = Storage::open_readonly(root, files, m.info.lengths).map_err(Failure::input)?;
+    let pool = HashPool::new(threads);
+    Ok(pool.verify_all(&Arc::new(storage), &m.info.pieces, progress))
 }

@@ -17,19 +17,16 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
 
 use crate::bencode::{self, Dict, OwnedValue, Value};
 use crate::geometry::{GeometryError, Lengths, PieceIndex, BLOCK_SIZE, MAX_PIECE_LENGTH};
+use crate::hash::HashPool;
+use crate::storage::{Storage, StorageError};
 
-// TEMPORARY until the storage branch lands: identical to `crate::storage::FileSpec`.
-/// One payload file: a relative path and its length in bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileSpec {
-    pub path: PathBuf,
-    pub length: u64,
-}
+pub use crate::storage::FileSpec;
 
 /// Largest torrent file accepted. A torrent for 64 GiB in 16 KiB pieces is 80 MiB of
 /// hashes, but nothing corvid makes comes near this; the bound keeps a hostile file from
@@ -78,6 +75,8 @@ pub enum MetainfoError {
     BadPieceSize(String, &'static str),
     #[error("hashing failed: {0}")]
     Hashing(String),
+    #[error("cannot map the payload")]
+    Storage(#[from] StorageError),
 }
 
 fn field(field: impl Into<String>, problem: impl Into<String>) -> MetainfoError {
@@ -734,53 +733,34 @@ pub fn assemble(
     Ok((meta, bytes))
 }
 
-/// Builds a torrent from a file or directory: [`scan`], hash every piece, [`assemble`].
-/// Returns the parsed torrent and the bytes to write. `progress` is told the number of
-/// pieces hashed so far.
-// TEMPORARY until the storage branch (hasher pool) is merged: hashes sequentially.
+/// Builds a torrent from a file or directory: [`scan`], hash every piece through `pool`
+/// straight from a read-only mapping, [`assemble`]. Returns the parsed torrent and the bytes
+/// to write. `progress` gets the payload bytes hashed so far.
 pub fn build(
     path: &Path,
     opts: &BuildOptions,
+    pool: &HashPool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
-    use std::io::Read;
     let payload = scan(path, opts.name.as_deref())?;
-    let lengths = payload_lengths(&payload, opts)?;
-    let mut hashes = Vec::with_capacity(lengths.piece_count() as usize);
-    let mut h = Sha1::new();
-    let mut in_piece = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    for f in &payload.disk_files {
-        let full = payload.root.join(&f.path);
-        let mut file = fs::File::open(&full).map_err(|source| MetainfoError::Io {
-            path: full.clone(),
-            source,
-        })?;
-        loop {
-            let want = ((lengths.piece_length() - in_piece) as usize).min(buf.len());
-            let n = file
-                .read(&mut buf[..want])
-                .map_err(|source| MetainfoError::Io {
-                    path: full.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            in_piece += n as u64;
-            if in_piece == lengths.piece_length() {
-                hashes.push(std::mem::take(&mut h).finalize().into());
-                in_piece = 0;
-                progress(hashes.len() as u64);
-            }
-        }
-    }
-    if in_piece > 0 {
-        hashes.push(h.finalize().into());
-        progress(hashes.len() as u64);
-    }
-    assemble(&payload, opts, lengths, &hashes)
+    build_payload(&payload, opts, pool, progress)
+}
+
+/// [`build`] for a payload already scanned (the CLI scans first to name its output).
+pub fn build_payload(
+    payload: &Payload,
+    opts: &BuildOptions,
+    pool: &HashPool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    let lengths = payload_lengths(payload, opts)?;
+    let storage = Arc::new(Storage::open_readonly(
+        &payload.root,
+        &payload.disk_files,
+        lengths,
+    )?);
+    let hashes = pool.hash_all(&storage, progress);
+    assemble(payload, opts, lengths, &hashes)
 }
 
 #[cfg(test)]
@@ -1176,6 +1156,27 @@ mod tests {
             m1.created_by.as_deref(),
             Some(concat!("corvid ", env!("CARGO_PKG_VERSION")))
         );
+    }
+
+    #[test]
+    fn build_through_pool_matches_sequential_oracle() {
+        let t = tree();
+        let opts = BuildOptions {
+            piece_length: Some(16384),
+            creation_date: Some(1),
+            ..Default::default()
+        };
+        let p = scan(&t.path().join("payload"), None).unwrap();
+        let l = payload_lengths(&p, &opts).unwrap();
+        let (_, want) = assemble(&p, &opts, l, &sequential_hashes(&p, &l)).unwrap();
+        for threads in [1, 3] {
+            let pool = HashPool::new(threads);
+            let mut last = 0;
+            let (m, bytes) =
+                build(&t.path().join("payload"), &opts, &pool, &mut |b| last = b).unwrap();
+            assert_eq!(bytes, want, "{threads} threads");
+            assert_eq!(last, m.info.lengths.total_length());
+        }
     }
 
     #[test]
