@@ -1144,6 +1144,9 @@ mod tests {
         assert_eq!(m1, m2);
         // Canonical: re-encoding the decoded bytes gives the same bytes.
         assert_eq!(bencode::decode(&b1).unwrap().to_owned_value().encode(), b1);
+        for cut in 0..b1.len() {
+            assert!(Metainfo::from_bytes(&b1[..cut]).is_err(), "cut {cut}");
+        }
         assert_eq!(m1.info.lengths.piece_count(), 5);
         assert_eq!(m1.info.files.len(), 4);
         assert_eq!(m1.info.files[2].path, PathBuf::from("payload/b/nested/z"));
