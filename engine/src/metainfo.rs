@@ -101,6 +101,10 @@ pub struct Info {
     pub lengths: Lengths,
     /// BEP 27 `private` flag.
     pub private: bool,
+    /// Indices into `files` of BEP 47 pad files (`attr` contains `p`), which libtorrent's
+    /// hybrid v1+v2 torrents insert: zeros that exist in no directory. Storage does not
+    /// synthesize them yet, so callers refuse such torrents for verify and download.
+    pub pad_files: Vec<usize>,
 }
 
 /// A parsed torrent file.
@@ -287,6 +291,7 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         }
     };
 
+    let mut pad_files = Vec::new();
     let (files, multi_file) = match (d.get(b"length"), d.get(b"files")) {
         (Some(_), Some(_)) => {
             return Err(field("info", "has both `length` and `files`"));
@@ -312,6 +317,13 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
             let mut files = Vec::with_capacity(list.len());
             for (i, entry) in list.iter().enumerate() {
                 files.push(parse_file_entry(name, i, entry)?);
+                let attr = entry
+                    .as_dict()
+                    .and_then(|d| d.get(b"attr"))
+                    .and_then(Value::as_bytes);
+                if attr.is_some_and(|a| a.contains(&b'p')) {
+                    pad_files.push(i);
+                }
             }
             (files, true)
         }
@@ -339,6 +351,7 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         pieces,
         lengths,
         private,
+        pad_files,
     })
 }
 
@@ -818,7 +831,7 @@ mod tests {
 
     #[test]
     fn parses_multi_file_with_name_prefix() {
-        let files = "ld6:lengthi10e4:pathl1:a1:beed6:lengthi0e4:pathl5:emptyee\
+        let files = "ld6:lengthi10e4:pathl1:a1:beed4:attr1:p6:lengthi0e4:pathl5:emptyee\
                      d6:lengthi20000e4:pathl1:ceee";
         let m = Metainfo::from_bytes(&multi(files, 20010)).unwrap();
         let paths: Vec<_> = m.info.files.iter().map(|f| f.path.clone()).collect();
@@ -837,6 +850,7 @@ mod tests {
         let p1 = m.info.lengths.piece(1).unwrap();
         assert_eq!(m.info.files_of_piece(p1), vec![2]);
         assert_eq!(m.info.file_range(2), Some((10, 20010)));
+        assert_eq!(m.info.pad_files, vec![1]);
     }
 
     #[test]
