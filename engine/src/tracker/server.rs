@@ -1,0 +1,990 @@
+//! The tracker server: [`Swarms`] keeps who is in which swarm (sans-IO, time passed in),
+//! and [`TrackerServer`] serves it over HTTP from one thread.
+//!
+//! Why one thread with `poll(2)` rather than a pool: the tracker answers a few requests a
+//! second, each in microseconds, so one thread is plenty; what it must survive is hostile
+//! or broken clients. Every connection gets a fixed deadline from its accept
+//! ([`TrackerConfig::request_timeout`]) and a bounded buffer ([`proto::MAX_HEAD`]); when
+//! [`TrackerConfig::max_connections`] are open, the oldest is dropped for the newcomer, so
+//! a slowloris client must outpace the deadline with ever more sockets to starve anyone.
+//! Responses close the connection (HTTP/1.0 style), as tracker clients expect.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::proto::{
+    self, encode_announce_response, encode_failure, encode_scrape_response, AnnounceRequest,
+    AnnounceResponse, Event, Head, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
+};
+use super::TrackerError;
+
+/// How the tracker behaves; [`Default`] suits a deploy (30 s interval).
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Announce interval told to clients; peers silent for twice this are dropped.
+    pub interval: Duration,
+    /// `min interval` told to clients.
+    pub min_interval: Duration,
+    /// If set, only these info-hashes are tracked; others get a failure reason.
+    pub allowed: Option<HashSet<[u8; 20]>>,
+    /// Peers returned when the client does not say (`numwant`).
+    pub default_numwant: u32,
+    /// Most peers returned whatever the client asks.
+    pub max_numwant: u32,
+    /// Most swarms tracked at once, bounding memory against random info-hashes.
+    pub max_torrents: usize,
+    /// Most peers tracked per swarm.
+    pub max_peers_per_torrent: usize,
+    /// Time a connection has, from accept, to send its request and read the answer.
+    pub request_timeout: Duration,
+    /// Most connections open at once; beyond it the oldest is dropped.
+    pub max_connections: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            interval: Duration::from_secs(30),
+            min_interval: Duration::from_secs(10),
+            allowed: None,
+            default_numwant: 50,
+            max_numwant: 200,
+            max_torrents: 10_000,
+            max_peers_per_torrent: 100_000,
+            request_timeout: Duration::from_secs(5),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Counters of what the tracker has done, as a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TrackerStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Announces answered with peers.
+    pub announces: u64,
+    /// Scrapes answered.
+    pub scrapes: u64,
+    /// Requests answered with a bencoded `failure reason`.
+    pub failures: u64,
+    /// Requests rejected at the HTTP level (400/404/431).
+    pub bad_requests: u64,
+    /// Connections closed because their deadline passed or to make room.
+    pub timeouts: u64,
+    /// Swarms tracked at the last request.
+    pub torrents: u64,
+    /// Peers tracked, over all swarms, at the last request.
+    pub peers: u64,
+}
+
+#[derive(Default)]
+struct StatCells {
+    connections: AtomicU64,
+    announces: AtomicU64,
+    scrapes: AtomicU64,
+    failures: AtomicU64,
+    bad_requests: AtomicU64,
+    timeouts: AtomicU64,
+    torrents: AtomicU64,
+    peers: AtomicU64,
+}
+
+impl StatCells {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TrackerStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TrackerStats {
+            connections: g(&self.connections),
+            announces: g(&self.announces),
+            scrapes: g(&self.scrapes),
+            failures: g(&self.failures),
+            bad_requests: g(&self.bad_requests),
+            timeouts: g(&self.timeouts),
+            torrents: g(&self.torrents),
+            peers: g(&self.peers),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PeerEntry {
+    addr: SocketAddr,
+    left: u64,
+    last_seen: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Swarm {
+    peers: HashMap<[u8; 20], PeerEntry>,
+    /// Completed events seen (scrape's `downloaded`).
+    downloaded: u64,
+    /// Where the next peer list starts, so successive announces see different peers.
+    cursor: usize,
+    /// When stale peers were last dropped from this swarm by an announce.
+    last_sweep: Option<Instant>,
+}
+
+impl Swarm {
+    fn counts(&self) -> (u64, u64) {
+        let seeds = self.peers.values().filter(|p| p.left == 0).count() as u64;
+        (seeds, self.peers.len() as u64 - seeds)
+    }
+}
+
+/// Every swarm the tracker knows, keyed by info-hash. Sans-IO: the caller passes the
+/// connection's source address and the time.
+#[derive(Debug)]
+pub struct Swarms {
+    cfg: TrackerConfig,
+    swarms: HashMap<[u8; 20], Swarm>,
+}
+
+impl Swarms {
+    pub fn new(cfg: TrackerConfig) -> Self {
+        Swarms {
+            cfg,
+            swarms: HashMap::new(),
+        }
+    }
+
+    /// Records an announce from `source` and answers it, or says why not (the reason goes
+    /// to the client as `failure reason`).
+    ///
+    /// The recorded address is the connection's source, not the `ip` parameter: honouring
+    /// a claimed address from anywhere would let any client point a swarm at a third
+    /// party's host (a reflection attack). From loopback the claim is honoured, since a
+    /// process on the tracker's own host (a seeder started beside it, a local proxy, the
+    /// tests) is trusted and would otherwise be recorded as 127.0.0.1, which no remote
+    /// peer can reach.
+    pub fn announce(
+        &mut self,
+        req: &AnnounceRequest,
+        source: IpAddr,
+        now: Instant,
+    ) -> Result<AnnounceResponse, String> {
+        if let Some(allowed) = &self.cfg.allowed {
+            if !allowed.contains(&req.info_hash) {
+                return Err("info_hash is not allowed on this tracker".into());
+            }
+        }
+        if req.port == 0 {
+            return Err("port 0 is not a listening port".into());
+        }
+        let source = source.to_canonical();
+        let ip = match req.ip {
+            Some(claimed) if source.is_loopback() => claimed.to_canonical(),
+            _ => source,
+        };
+        let addr = SocketAddr::new(ip, req.port);
+        let expire_before = now.checked_sub(self.cfg.interval * 2);
+
+        if req.event == Event::Stopped {
+            if let Some(swarm) = self.swarms.get_mut(&req.info_hash) {
+                swarm.peers.remove(&req.peer_id);
+                if swarm.peers.is_empty() && swarm.downloaded == 0 {
+                    self.swarms.remove(&req.info_hash);
+                }
+            }
+            let (complete, incomplete) = self
+                .swarms
+                .get(&req.info_hash)
+                .map_or((0, 0), Swarm::counts);
+            return Ok(self.response(complete, incomplete, Vec::new()));
+        }
+
+        if !self.swarms.contains_key(&req.info_hash) && self.swarms.len() >= self.cfg.max_torrents {
+            return Err("tracker is full: too many torrents".into());
+        }
+        let max_peers = self.cfg.max_peers_per_torrent;
+        let swarm = self.swarms.entry(req.info_hash).or_default();
+        // Drop this swarm's stale peers now rather than waiting for `expire`, so nobody is
+        // handed a peer that has been gone for two intervals.
+        // Sweeping is O(peers), so at most once per half interval per swarm: a peer may
+        // then be handed out up to 2.5 intervals after its last announce.
+        let sweep_due = swarm
+            .last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.interval / 2);
+        if let (Some(cut), true) = (expire_before, sweep_due) {
+            swarm.peers.retain(|_, p| p.last_seen >= cut);
+            swarm.last_sweep = Some(now);
+        }
+        match swarm.peers.get_mut(&req.peer_id) {
+            Some(p) => {
+                if req.event == Event::Completed && p.left > 0 {
+                    swarm.downloaded += 1;
+                }
+                p.addr = addr;
+                p.left = req.left;
+                p.last_seen = now;
+            }
+            None => {
+                if swarm.peers.len() >= max_peers {
+                    return Err("swarm is full".into());
+                }
+                if req.event == Event::Completed {
+                    swarm.downloaded += 1;
+                }
+                swarm.peers.insert(
+                    req.peer_id,
+                    PeerEntry {
+                        addr,
+                        left: req.left,
+                        last_seen: now,
+                    },
+                );
+            }
+        }
+
+        let want = req
+            .numwant
+            .unwrap_or(self.cfg.default_numwant)
+            .min(self.cfg.max_numwant) as usize;
+        // A seeder has no use for other seeders.
+        let asker_is_seed = req.left == 0;
+        let candidates: Vec<PeerInfo> = swarm
+            .peers
+            .iter()
+            .filter(|(id, p)| **id != req.peer_id && !(asker_is_seed && p.left == 0))
+            .map(|(id, p)| PeerInfo {
+                addr: p.addr,
+                peer_id: Some(*id),
+            })
+            .collect();
+        let n = candidates.len();
+        let mut peers = Vec::with_capacity(want.min(n));
+        if n > 0 {
+            let start = swarm.cursor % n;
+            swarm.cursor = swarm.cursor.wrapping_add(want.max(1));
+            peers.extend(candidates.iter().cycle().skip(start).take(want.min(n)));
+        }
+        let (complete, incomplete) = swarm.counts();
+        Ok(self.response(complete, incomplete, peers))
+    }
+
+    fn response(&self, complete: u64, incomplete: u64, peers: Vec<PeerInfo>) -> AnnounceResponse {
+        AnnounceResponse {
+            interval: secs_u32(self.cfg.interval),
+            min_interval: Some(secs_u32(self.cfg.min_interval)),
+            complete: Some(complete),
+            incomplete: Some(incomplete),
+            peers,
+            warning: None,
+            tracker_id: None,
+        }
+    }
+
+    /// Counts for each asked info-hash; unknown ones are zero, disallowed ones omitted.
+    pub fn scrape(&self, hashes: &[[u8; 20]]) -> Vec<([u8; 20], ScrapeEntry)> {
+        hashes
+            .iter()
+            .filter(|h| self.cfg.allowed.as_ref().is_none_or(|a| a.contains(*h)))
+            .map(|h| {
+                let e = self.swarms.get(h).map_or_else(ScrapeEntry::default, |s| {
+                    let (complete, incomplete) = s.counts();
+                    ScrapeEntry {
+                        complete,
+                        incomplete,
+                        downloaded: s.downloaded,
+                    }
+                });
+                (*h, e)
+            })
+            .collect()
+    }
+
+    /// Forgets peers not seen for twice the interval, and swarms left empty.
+    pub fn expire(&mut self, now: Instant) {
+        let Some(cut) = now.checked_sub(self.cfg.interval * 2) else {
+            return;
+        };
+        self.swarms.retain(|_, s| {
+            s.peers.retain(|_, p| p.last_seen >= cut);
+            !s.peers.is_empty() || s.downloaded > 0
+        });
+    }
+
+    /// Swarms tracked.
+    pub fn torrents(&self) -> usize {
+        self.swarms.len()
+    }
+
+    /// Peers tracked, over all swarms.
+    pub fn peers(&self) -> usize {
+        self.swarms.values().map(|s| s.peers.len()).sum()
+    }
+
+    /// Answers one complete request head with the full HTTP response to send, counting
+    /// what happened in `stats`.
+    fn respond(
+        &mut self,
+        head: Result<String, ProtoError>,
+        source: IpAddr,
+        now: Instant,
+        stats: &StatCells,
+    ) -> Vec<u8> {
+        let target = match head {
+            Ok(t) => t,
+            Err(e) => {
+                StatCells::bump(&stats.bad_requests);
+                let status = match e {
+                    ProtoError::RequestLineTooLong => "414 URI Too Long",
+                    ProtoError::HeadTooLong => "431 Request Header Fields Too Large",
+                    ProtoError::BadMethod(_) => "405 Method Not Allowed",
+                    _ => "400 Bad Request",
+                };
+                return http_response(status, &encode_failure(&e.to_string()));
+            }
+        };
+        match proto::parse_target(&target) {
+            Ok(TrackerRequest::Announce(req)) => match self.announce(&req, source, now) {
+                Ok(resp) => {
+                    StatCells::bump(&stats.announces);
+                    http_response("200 OK", &encode_announce_response(&resp, req.compact))
+                }
+                Err(reason) => {
+                    StatCells::bump(&stats.failures);
+                    http_response("200 OK", &encode_failure(&reason))
+                }
+            },
+            Ok(TrackerRequest::Scrape(hashes)) => {
+                StatCells::bump(&stats.scrapes);
+                http_response("200 OK", &encode_scrape_response(&self.scrape(&hashes)))
+            }
+            Err(e @ ProtoError::UnknownPath(_)) => {
+                StatCells::bump(&stats.bad_requests);
+                http_response("404 Not Found", &encode_failure(&e.to_string()))
+            }
+            // Bad parameters: trackers answer 200 with a failure reason, which clients
+            // show to the user, rather than an HTTP error they may only log as "400".
+            Err(e) => {
+                StatCells::bump(&stats.failures);
+                http_response("200 OK", &encode_failure(&e.to_string()))
+            }
+        }
+    }
+}
+
+fn secs_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
+}
+
+fn http_response(status: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A running tracker. Dropping it without [`TrackerServer::shutdown`] also stops it.
+pub struct TrackerServer {
+    local_addr: SocketAddr,
+    waker: UnixStream,
+    stats: Arc<StatCells>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TrackerServer {
+    /// Binds `addr` (port 0 picks a free port) and starts serving on a thread of its own.
+    pub fn bind(addr: SocketAddr, cfg: TrackerConfig) -> Result<TrackerServer, TrackerError> {
+        let err = |context, source| TrackerError::Server {
+            addr: addr.to_string(),
+            context,
+            source,
+        };
+        let listener = TcpListener::bind(addr).map_err(|e| err("bind", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| err("set_nonblocking", e))?;
+        let local_addr = listener.local_addr().map_err(|e| err("local_addr", e))?;
+        let (waker, wake_rx) = UnixStream::pair().map_err(|e| err("waker socketpair", e))?;
+        wake_rx
+            .set_nonblocking(true)
+            .map_err(|e| err("set_nonblocking", e))?;
+        let stats = Arc::new(StatCells::default());
+        let loop_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name(format!("corvid-tracker-{}", local_addr.port()))
+            .spawn(move || {
+                EventLoop {
+                    listener,
+                    wake_rx,
+                    swarms: Swarms::new(cfg.clone()),
+                    cfg,
+                    stats: loop_stats,
+                    conns: Vec::new(),
+                }
+                .run()
+            })
+            .map_err(|e| err("spawn thread", e))?;
+        Ok(TrackerServer {
+            local_addr,
+            waker,
+            stats,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// What the tracker has done so far.
+    pub fn stats(&self) -> TrackerStats {
+        self.stats.snapshot()
+    }
+
+    /// Stops serving, closes every connection and waits for the thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        // The byte (or the waker's close, if the write fails) makes the loop's poll return.
+        let _ = self.waker.write_all(&[1]);
+        let _ = self.waker.shutdown(Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TrackerServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+enum ConnState {
+    Reading,
+    Writing {
+        out: Vec<u8>,
+        written: usize,
+    },
+    /// Response sent and our side shut: read and discard until the client closes, so
+    /// unread request bytes do not turn our close into a reset that eats the response.
+    Draining,
+}
+
+struct Conn {
+    stream: TcpStream,
+    source: IpAddr,
+    buf: Vec<u8>,
+    state: ConnState,
+    deadline: Instant,
+}
+
+struct EventLoop {
+    listener: TcpListener,
+    wake_rx: UnixStream,
+    swarms: Swarms,
+    cfg: TrackerConfig,
+    stats: Arc<StatCells>,
+    conns: Vec<Conn>,
+}
+
+enum Step {
+    Keep,
+    Close,
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut next_expiry = Instant::now() + self.cfg.interval;
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= next_expiry {
+                self.swarms.expire(now);
+                self.publish_gauges();
+                next_expiry = now + self.cfg.interval;
+            }
+            // Close connections past their deadline.
+            // (A connection already answered and draining is not counted as a timeout.)
+            let mut expired = 0;
+            self.conns.retain(|c| {
+                let keep = c.deadline > now;
+                if !keep && !matches!(c.state, ConnState::Draining) {
+                    expired += 1;
+                }
+                keep
+            });
+            self.stats.timeouts.fetch_add(expired, Ordering::Relaxed);
+
+            let wake_at = self
+                .conns
+                .iter()
+                .map(|c| c.deadline)
+                .min()
+                .map_or(next_expiry, |d| d.min(next_expiry));
+            let timeout_ms = wake_at
+                .saturating_duration_since(now)
+                .as_millis()
+                .clamp(1, 60_000) as libc::c_int;
+
+            fds.clear();
+            fds.push(pollfd(self.wake_rx.as_raw_fd(), libc::POLLIN));
+            fds.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
+            for c in &self.conns {
+                let ev = match c.state {
+                    ConnState::Writing { .. } => libc::POLLOUT,
+                    _ => libc::POLLIN,
+                };
+                fds.push(pollfd(c.stream.as_raw_fd(), ev));
+            }
+            // SAFETY: `fds` is a live, exclusively borrowed Vec of `fds.len()` initialised
+            // pollfd structs for the whole call; poll only writes their `revents`.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                // poll failing otherwise means a bug in the fd set; stop rather than spin.
+                return;
+            }
+            if fds[0].revents != 0 {
+                return;
+            }
+            let now = Instant::now();
+            // Service existing connections first (indices match `fds[2..]`), then accept,
+            // so newly accepted sockets are not confused with polled ones.
+            let mut close = Vec::new();
+            for i in 0..self.conns.len() {
+                if fds[i + 2].revents == 0 {
+                    continue;
+                }
+                if let Step::Close = self.service(i, now) {
+                    close.push(i);
+                }
+            }
+            // Highest index first, so swap_remove never moves a conn still to be removed.
+            for i in close.into_iter().rev() {
+                self.conns.swap_remove(i);
+            }
+            if fds[1].revents != 0 {
+                self.accept_all(now);
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        self.stats
+            .torrents
+            .store(self.swarms.torrents() as u64, Ordering::Relaxed);
+        self.stats
+            .peers
+            .store(self.swarms.peers() as u64, Ordering::Relaxed);
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        // Bounded: at most max_connections accepts per wakeup, then back to poll.
+        for _ in 0..self.cfg.max_connections.max(1) {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    StatCells::bump(&self.stats.connections);
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    if self.conns.len() >= self.cfg.max_connections.max(1) {
+                        // Make room by dropping the connection closest to its deadline
+                        // (the oldest): a slow client must not lock newcomers out.
+                        if let Some((idx, _)) = self
+                            .conns
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, c)| c.deadline)
+                        {
+                            self.conns.swap_remove(idx);
+                            StatCells::bump(&self.stats.timeouts);
+                        }
+                    }
+                    self.conns.push(Conn {
+                        stream,
+                        source: addr.ip(),
+                        buf: Vec::new(),
+                        state: ConnState::Reading,
+                        deadline: now + self.cfg.request_timeout,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // ECONNABORTED, EMFILE and the like: try again on the next wakeup.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn service(&mut self, i: usize, now: Instant) -> Step {
+        let conn = &mut self.conns[i];
+        let mut chunk = [0u8; 4096];
+        match &mut conn.state {
+            ConnState::Reading => {
+                // Bounded loop: the buffer limit ends it within MAX_HEAD / 4096 + 1 reads.
+                loop {
+                    match conn.stream.read(&mut chunk) {
+                        Ok(0) => return Step::Close,
+                        Ok(n) => {
+                            conn.buf.extend_from_slice(&chunk[..n]);
+                            let head = match proto::parse_head(&conn.buf) {
+                                Ok(Head::Partial) => continue,
+                                Ok(Head::Complete { target }) => Ok(target),
+                                Err(e) => Err(e),
+                            };
+                            let out = self.swarms.respond(head, conn.source, now, &self.stats);
+                            self.stats
+                                .torrents
+                                .store(self.swarms.torrents() as u64, Ordering::Relaxed);
+                            self.stats
+                                .peers
+                                .store(self.swarms.peers() as u64, Ordering::Relaxed);
+                            conn.buf = Vec::new();
+                            conn.state = ConnState::Writing { out, written: 0 };
+                            return Self::write_some(conn);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return Step::Close,
+                    }
+                }
+            }
+            ConnState::Writing { .. } => Self::write_some(conn),
+            ConnState::Draining => {
+                for _ in 0..16 {
+                    match conn.stream.read(&mut chunk) {
+                        Ok(0) => return Step::Close,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return Step::Close,
+                    }
+                }
+                Step::Keep
+            }
+        }
+    }
+
+    fn write_some(conn: &mut Conn) -> Step {
+        let ConnState::Writing { out, written } = &mut conn.state else {
+            return Step::Keep;
+        };
+        while *written < out.len() {
+            match conn.stream.write(&out[*written..]) {
+                Ok(0) => return Step::Close,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return Step::Close,
+            }
+        }
+        if conn.stream.shutdown(Shutdown::Write).is_err() {
+            return Step::Close;
+        }
+        conn.state = ConnState::Draining;
+        Step::Keep
+    }
+}
+
+fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::proto::parse_announce_response;
+
+    fn req(id: u8, port: u16, left: u64, event: Event) -> AnnounceRequest {
+        AnnounceRequest {
+            event,
+            ..AnnounceRequest::new([7; 20], [id; 20], port, left)
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn peers_see_each_other_not_themselves() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        let a = s
+            .announce(&req(1, 1001, 100, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        assert!(a.peers.is_empty());
+        assert_eq!((a.complete, a.incomplete), (Some(0), Some(1)));
+        let b = s
+            .announce(&req(2, 1002, 0, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        assert_eq!(b.peers.len(), 1);
+        assert_eq!(b.peers[0].addr, "10.0.0.1:1001".parse().unwrap());
+        assert_eq!((b.complete, b.incomplete), (Some(1), Some(1)));
+        let a = s
+            .announce(&req(1, 1001, 100, Event::None), ip("10.0.0.1"), t0)
+            .unwrap();
+        assert_eq!(a.peers.len(), 1);
+        assert_eq!(a.peers[0].addr, "10.0.0.2:1002".parse().unwrap());
+        assert_eq!(a.interval, 30);
+        assert_eq!(a.min_interval, Some(10));
+    }
+
+    #[test]
+    fn seeders_are_not_sent_to_seeders() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        s.announce(&req(1, 1, 0, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        let b = s
+            .announce(&req(2, 2, 0, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        assert!(b.peers.is_empty());
+        assert_eq!(b.complete, Some(2));
+    }
+
+    #[test]
+    fn stopped_removes_and_completed_counts() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        s.announce(&req(1, 1, 10, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        s.announce(&req(2, 2, 10, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        s.announce(&req(1, 1, 0, Event::Completed), ip("10.0.0.1"), t0)
+            .unwrap();
+        // A repeated completed does not count twice.
+        s.announce(&req(1, 1, 0, Event::Completed), ip("10.0.0.1"), t0)
+            .unwrap();
+        let sc = s.scrape(&[[7; 20], [8; 20]]);
+        assert_eq!(
+            sc,
+            vec![
+                (
+                    [7; 20],
+                    ScrapeEntry {
+                        complete: 1,
+                        incomplete: 1,
+                        downloaded: 1
+                    }
+                ),
+                ([8; 20], ScrapeEntry::default())
+            ]
+        );
+        let r = s
+            .announce(&req(2, 2, 10, Event::Stopped), ip("10.0.0.2"), t0)
+            .unwrap();
+        assert!(r.peers.is_empty());
+        assert_eq!((r.complete, r.incomplete), (Some(1), Some(0)));
+        assert_eq!(s.peers(), 1);
+    }
+
+    #[test]
+    fn peers_expire_after_two_intervals() {
+        let t0 = Instant::now();
+        let cfg = TrackerConfig {
+            interval: Duration::from_secs(10),
+            ..TrackerConfig::default()
+        };
+        let mut s = Swarms::new(cfg);
+        s.announce(&req(1, 1, 10, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        s.announce(
+            &req(2, 2, 10, Event::Started),
+            ip("10.0.0.2"),
+            t0 + Duration::from_secs(15),
+        )
+        .unwrap();
+        s.expire(t0 + Duration::from_secs(20));
+        assert_eq!(s.peers(), 2, "exactly 2x interval is still alive");
+        s.expire(t0 + Duration::from_secs(21));
+        assert_eq!(s.peers(), 1);
+        // An announce also drops stale peers of its swarm before answering.
+        let r = s
+            .announce(
+                &req(3, 3, 10, Event::Started),
+                ip("10.0.0.3"),
+                t0 + Duration::from_secs(36),
+            )
+            .unwrap();
+        assert!(r.peers.is_empty());
+        s.expire(t0 + Duration::from_secs(100));
+        assert_eq!(s.torrents(), 0);
+    }
+
+    #[test]
+    fn claimed_ip_only_from_loopback() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        let mut r1 = req(1, 1, 10, Event::Started);
+        r1.ip = Some(ip("192.0.2.7"));
+        s.announce(&r1, ip("203.0.113.5"), t0).unwrap();
+        let mut r2 = req(2, 2, 10, Event::Started);
+        r2.ip = Some(ip("192.0.2.8"));
+        s.announce(&r2, ip("127.0.0.1"), t0).unwrap();
+        let r3 = s
+            .announce(&req(3, 3, 10, Event::Started), ip("::ffff:10.0.0.3"), t0)
+            .unwrap();
+        let mut got: Vec<SocketAddr> = r3.peers.iter().map(|p| p.addr).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "192.0.2.8:2".parse().unwrap(),
+                "203.0.113.5:1".parse().unwrap()
+            ]
+        );
+        // The v4-mapped source was recorded as plain IPv4.
+        let r1 = s
+            .announce(&req(1, 1, 10, Event::None), ip("203.0.113.5"), t0)
+            .unwrap();
+        assert!(r1
+            .peers
+            .iter()
+            .any(|p| p.addr == "10.0.0.3:3".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_peers_are_encoded_in_peers6() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        s.announce(&req(1, 1001, 10, Event::Started), ip("2001:db8::1"), t0)
+            .unwrap();
+        s.announce(&req(2, 1002, 10, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        let r = s
+            .announce(&req(3, 1003, 10, Event::Started), ip("10.0.0.3"), t0)
+            .unwrap();
+        let body = encode_announce_response(&r, true);
+        let back = parse_announce_response(&body).unwrap().unwrap();
+        let mut got: Vec<SocketAddr> = back.peers.iter().map(|p| p.addr).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.2:1002".parse().unwrap(),
+                "[2001:db8::1]:1001".parse().unwrap()
+            ]
+        );
+        let six = b"6:peers618:";
+        assert!(
+            body.windows(six.len()).any(|w| w == six),
+            "one 18-byte entry in peers6"
+        );
+    }
+
+    #[test]
+    fn limits_and_allow_list() {
+        let t0 = Instant::now();
+        let cfg = TrackerConfig {
+            allowed: Some([[7; 20], [9; 20]].into_iter().collect()),
+            max_torrents: 1,
+            max_peers_per_torrent: 2,
+            max_numwant: 1,
+            ..TrackerConfig::default()
+        };
+        let mut s = Swarms::new(cfg);
+        let mut other = req(1, 1, 10, Event::Started);
+        other.info_hash = [8; 20];
+        assert_eq!(
+            s.announce(&other, ip("10.0.0.1"), t0),
+            Err("info_hash is not allowed on this tracker".into())
+        );
+        assert!(s.scrape(&[[8; 20]]).is_empty());
+        s.announce(&req(1, 1, 10, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        s.announce(&req(2, 2, 10, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        assert_eq!(
+            s.announce(&req(3, 3, 10, Event::Started), ip("10.0.0.3"), t0),
+            Err("swarm is full".into())
+        );
+        other.info_hash = [9; 20];
+        assert_eq!(
+            s.announce(&other, ip("10.0.0.1"), t0),
+            Err("tracker is full: too many torrents".into())
+        );
+        assert_eq!(
+            s.announce(&req(4, 0, 10, Event::Started), ip("10.0.0.4"), t0),
+            Err("port 0 is not a listening port".into())
+        );
+    }
+
+    #[test]
+    fn numwant_caps_and_rotates() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        for id in 1..=10u8 {
+            s.announce(
+                &req(id, u16::from(id), 10, Event::Started),
+                ip("10.0.0.1"),
+                t0,
+            )
+            .unwrap();
+        }
+        let mut seen = HashSet::new();
+        for _ in 0..5 {
+            let mut r = req(1, 1, 10, Event::None);
+            r.numwant = Some(3);
+            let resp = s.announce(&r, ip("10.0.0.1"), t0).unwrap();
+            assert_eq!(resp.peers.len(), 3);
+            assert!(resp.peers.iter().all(|p| p.peer_id != Some([1; 20])));
+            seen.extend(resp.peers.iter().map(|p| p.addr));
+        }
+        assert_eq!(seen.len(), 9, "rotation reaches every other peer");
+    }
+
+    #[test]
+    fn respond_builds_http() {
+        let t0 = Instant::now();
+        let stats = StatCells::default();
+        let mut s = Swarms::new(TrackerConfig::default());
+        let q = proto::announce_query(&req(1, 1, 10, Event::Started));
+        let out = s.respond(Ok(format!("/announce?{q}")), ip("10.0.0.1"), t0, &stats);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+        let body = &out[text.find("\r\n\r\n").unwrap() + 4..];
+        assert!(parse_announce_response(body).unwrap().is_ok());
+        let out = s.respond(
+            Err(ProtoError::RequestLineTooLong),
+            ip("10.0.0.1"),
+            t0,
+            &stats,
+        );
+        assert!(out.starts_with(b"HTTP/1.0 414 "));
+        let out = s.respond(
+            Ok("/announce?info_hash=x".into()),
+            ip("10.0.0.1"),
+            t0,
+            &stats,
+        );
+        assert!(out.starts_with(b"HTTP/1.0 200 OK"));
+        assert!(out.ends_with(
+            b"d14:failure reason59:query parameter \"info_hash\" must be exactly 20 bytes, got 1e"
+        ));
+        let out = s.respond(Ok("/nope".into()), ip("10.0.0.1"), t0, &stats);
+        assert!(out.starts_with(b"HTTP/1.0 404 "));
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.announces, snap.failures, snap.bad_requests),
+            (1, 1, 2)
+        );
+    }
+}

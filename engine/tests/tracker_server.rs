@@ -1,0 +1,335 @@
+//! The tracker server and client over real loopback sockets: two peers find each other,
+//! `stopped` removes, scrape counts, and hostile connections neither crash nor wedge it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use corvid_engine::tracker::{
+    announce, scrape, AnnounceRequest, Event, ScrapeEntry, TrackerConfig, TrackerError,
+    TrackerServer,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+const HASH: [u8; 20] = *b"corvid-test-hash-\x00\xff\x25";
+
+fn start(cfg: TrackerConfig) -> (TrackerServer, String) {
+    let server = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), cfg).expect("bind tracker");
+    let url = format!("http://{}/announce", server.local_addr());
+    (server, url)
+}
+
+fn peer(id: u8, port: u16, left: u64) -> AnnounceRequest {
+    AnnounceRequest::new(HASH, [id; 20], port, left)
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends raw bytes, then reads until the server closes or `wait` passes; returns what was
+/// read and whether the server closed the connection within `wait`.
+fn raw_exchange(server: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(server).expect("connect");
+    // The server may close before reading everything; a failed write is fine here.
+    let _ = s.write_all(bytes);
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return (out, false);
+        };
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset also means the server closed the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+fn assert_good_announce_still_works(url: &str) {
+    let r = announce(url, &peer(200, 9200, 1), TIMEOUT).expect("server still answers");
+    assert!(r.interval > 0);
+}
+
+#[test]
+fn two_peers_see_each_other_and_stopped_removes() {
+    let (server, url) = start(TrackerConfig::default());
+    let a = announce(&url, &peer(1, 7001, 100), TIMEOUT).unwrap();
+    assert!(a.peers.is_empty(), "first peer sees nobody: {:?}", a.peers);
+    assert_eq!(a.interval, 30);
+
+    let b = announce(&url, &peer(2, 7002, 100), TIMEOUT).unwrap();
+    assert_eq!(b.peers.len(), 1);
+    assert_eq!(b.peers[0].addr, addr(7001));
+    assert_eq!((b.complete, b.incomplete), (Some(0), Some(2)));
+
+    let mut regular = peer(1, 7001, 100);
+    regular.event = Event::None;
+    let a = announce(&url, &regular, TIMEOUT).unwrap();
+    assert_eq!(a.peers.len(), 1);
+    assert_eq!(a.peers[0].addr, addr(7002));
+
+    // Non-compact answer carries peer ids.
+    let mut dict = peer(1, 7001, 100);
+    dict.compact = false;
+    dict.event = Event::None;
+    let a = announce(&url, &dict, TIMEOUT).unwrap();
+    assert_eq!(a.peers.len(), 1);
+    assert_eq!(a.peers[0].peer_id, Some([2; 20]));
+
+    let mut stop = peer(2, 7002, 100);
+    stop.event = Event::Stopped;
+    announce(&url, &stop, TIMEOUT).unwrap();
+    let a = announce(&url, &regular, TIMEOUT).unwrap();
+    assert!(a.peers.is_empty(), "stopped peer is gone: {:?}", a.peers);
+
+    let stats = server.stats();
+    assert_eq!(stats.announces, 6);
+    assert_eq!(stats.peers, 1);
+    server.shutdown();
+}
+
+#[test]
+fn scrape_counts_and_failures_are_errors() {
+    let (server, url) = start(TrackerConfig::default());
+    announce(&url, &peer(1, 7001, 0), TIMEOUT).unwrap();
+    announce(&url, &peer(2, 7002, 10), TIMEOUT).unwrap();
+    let mut done = peer(2, 7002, 0);
+    done.event = Event::Completed;
+    announce(&url, &done, TIMEOUT).unwrap();
+    announce(&url, &peer(3, 7003, 10), TIMEOUT).unwrap();
+
+    let other = [9u8; 20];
+    let mut got = scrape(&url, &[HASH, other], TIMEOUT).unwrap();
+    got.sort_by_key(|e| e.0);
+    let mut want = vec![
+        (
+            HASH,
+            ScrapeEntry {
+                complete: 2,
+                incomplete: 1,
+                downloaded: 1,
+            },
+        ),
+        (other, ScrapeEntry::default()),
+    ];
+    want.sort_by_key(|e| e.0);
+    assert_eq!(got, want);
+
+    // A tracker refusal surfaces with its reason.
+    let mut bad = peer(4, 0, 10);
+    bad.event = Event::Started;
+    match announce(&url, &bad, TIMEOUT) {
+        Err(TrackerError::Failure { reason, .. }) => assert!(reason.contains("port 0"), "{reason}"),
+        other => panic!("expected failure, got {other:?}"),
+    }
+    assert_eq!(server.stats().scrapes, 1);
+    assert_eq!(server.stats().failures, 1);
+}
+
+#[test]
+fn allow_list_refuses_other_hashes() {
+    let cfg = TrackerConfig {
+        allowed: Some([[5u8; 20]].into_iter().collect()),
+        ..TrackerConfig::default()
+    };
+    let (_server, url) = start(cfg);
+    let err = announce(&url, &peer(1, 7001, 1), TIMEOUT).unwrap_err();
+    assert!(
+        matches!(&err, TrackerError::Failure { reason, .. } if reason.contains("not allowed")),
+        "{err}"
+    );
+    let mut ok = peer(1, 7001, 1);
+    ok.info_hash = [5u8; 20];
+    announce(&url, &ok, TIMEOUT).unwrap();
+}
+
+#[test]
+fn garbage_gets_rejected_and_server_survives() {
+    let cfg = TrackerConfig {
+        request_timeout: Duration::from_millis(500),
+        ..TrackerConfig::default()
+    };
+    let (server, url) = start(cfg);
+    let sa = server.local_addr();
+    // Generous bound for a loaded CI machine; the server's own deadline is 500 ms.
+    let wait = Duration::from_secs(5);
+
+    // Random bytes: 400 with a failure body, then closed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: Vec<u8> = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let (out, closed) = raw_exchange(sa, &random, wait);
+    assert!(closed, "random bytes: connection closed");
+    assert!(
+        out.starts_with(b"HTTP/1.0 400 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(out.windows(14).any(|w| w == b"failure reason"));
+
+    // A request line over 8 KiB.
+    let mut long = b"GET /announce?".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 9000));
+    long.extend_from_slice(b" HTTP/1.0\r\n\r\n");
+    let (out, closed) = raw_exchange(sa, &long, wait);
+    assert!(closed);
+    assert!(
+        out.starts_with(b"HTTP/1.0 414 "),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // Header flood.
+    let mut flood = b"GET /announce HTTP/1.0\r\n".to_vec();
+    for i in 0..1000 {
+        flood.extend_from_slice(format!("X-Flood-{i}: yes\r\n").as_bytes());
+    }
+    let (out, closed) = raw_exchange(sa, &flood, wait);
+    assert!(closed);
+    assert!(
+        out.starts_with(b"HTTP/1.0 4"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // Bad parameters: 200 with a failure reason, as trackers do.
+    let (out, closed) = raw_exchange(
+        sa,
+        b"GET /announce?info_hash=%zz&port=1 HTTP/1.0\r\n\r\n",
+        wait,
+    );
+    assert!(closed);
+    assert!(out.starts_with(b"HTTP/1.0 200 "));
+    assert!(out.ends_with(b"e"));
+    assert!(out.windows(14).any(|w| w == b"failure reason"));
+
+    // Half a request, then idle (slowloris): closed by the server's deadline.
+    let started = Instant::now();
+    let (out, closed) = raw_exchange(sa, b"GET /announce?info_hash=", wait);
+    assert!(closed, "idle half request is closed within the timeout");
+    assert!(out.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed by the deadline"
+    );
+
+    assert_good_announce_still_works(&url);
+    let stats = server.stats();
+    assert!(stats.bad_requests >= 3, "{stats:?}");
+    assert!(stats.timeouts >= 1, "{stats:?}");
+}
+
+#[test]
+fn many_idle_connections_do_not_lock_out_a_good_client() {
+    let cfg = TrackerConfig {
+        request_timeout: Duration::from_secs(30),
+        max_connections: 8,
+        ..TrackerConfig::default()
+    };
+    let (server, url) = start(cfg);
+    // More idle half-requests than the server keeps; they all stay open on our side.
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.local_addr()).unwrap();
+            s.write_all(b"GET /annou").unwrap();
+            s
+        })
+        .collect();
+    // Even though every slot was taken by an idle client, the newcomer evicts the oldest.
+    assert_good_announce_still_works(&url);
+    drop(idle);
+    server.shutdown();
+}
+
+#[test]
+fn client_errors_are_clear() {
+    let e = announce("https://example.invalid/announce", &peer(1, 1, 1), TIMEOUT).unwrap_err();
+    assert!(
+        e.to_string().contains("https trackers are not supported"),
+        "{e}"
+    );
+
+    // Nothing listening: a connection error naming the URL.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/announce");
+    let e = announce(&url, &peer(1, 1, 1), TIMEOUT).unwrap_err();
+    assert!(e.to_string().contains(&url), "{e}");
+
+    // A server that accepts and never answers: timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/announce", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let e = announce(&url, &peer(1, 1, 1), Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(e, TrackerError::Timeout(_)), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A server that answers too much: refused at the limit.
+    let big = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/announce", big.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = big.accept().unwrap();
+        // Read the request first, so closing does not reset the connection early.
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n");
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..40 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let e = announce(&url, &peer(1, 1, 1), TIMEOUT).unwrap_err();
+    assert!(matches!(e, TrackerError::ResponseTooLarge { .. }), "{e:?}");
+    t.join().unwrap();
+}
+
+#[test]
+fn many_concurrent_clients_are_all_answered() {
+    let (server, url) = start(TrackerConfig::default());
+    let threads: Vec<_> = (0..32u8)
+        .map(|id| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for round in 0..5 {
+                    let mut r = peer(id, 10_000 + u16::from(id), 10);
+                    if round > 0 {
+                        r.event = Event::None;
+                    }
+                    announce(&url, &r, TIMEOUT).expect("concurrent announce");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    // Everyone is registered; a newcomer asking for all gets all 32.
+    let mut last = peer(99, 9999, 10);
+    last.numwant = Some(200);
+    let r = announce(&url, &last, TIMEOUT).unwrap();
+    assert_eq!(r.peers.len(), 32);
+    assert_eq!(r.incomplete, Some(33));
+    assert_eq!(server.stats().announces, 32 * 5 + 1);
+}
