@@ -304,6 +304,11 @@ impl PeerConn {
         &self.remote_has
     }
 
+    /// Whether blocks we asked for are still due (the runtime then expects piece headers).
+    pub fn expects_blocks(&self) -> bool {
+        self.inflight > 0
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }

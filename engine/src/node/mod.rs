@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::geometry::{Lengths, PieceIndex};
+use std::net::IpAddr;
+
+use crate::geometry::{Lengths, PieceIndex, BLOCK_SIZE};
 use crate::hash::{HashPool, Verdict};
 use crate::peer::PeerConfig;
 use crate::runtime::{self, Runtime, RuntimeConfig, RuntimeError, UringUnavailable};
+use crate::stats::{Report, TransferStats};
 use crate::storage::{FileSpec, Storage, StorageError};
 use crate::swarm::{Swarm, SwarmConfig};
 use crate::wire::Bitfield;
@@ -125,16 +128,29 @@ impl NodeError {
 #[derive(Debug, Clone)]
 pub enum NodeEvent {
     /// Listening for peers; `peer_addr` is the bound address.
-    Listening { peer_addr: SocketAddr },
+    Listening {
+        peer_addr: SocketAddr,
+    },
     /// The start-up check found this many verified pieces already on disk.
-    Checked { have: u32, total: u32 },
+    Checked {
+        have: u32,
+        total: u32,
+    },
     Progress(Progress),
     /// Every piece is verified and flushed to disk.
-    Complete { elapsed: Duration },
+    Complete {
+        elapsed: Duration,
+    },
     /// A tracker could not be reached or refused us (the node keeps going).
-    TrackerError { url: String, error: String },
+    TrackerError {
+        url: String,
+        error: String,
+    },
     /// A connection closed, with the reason (hostile peers show up here).
-    PeerClosed { addr: SocketAddr, reason: String },
+    PeerClosed {
+        addr: SocketAddr,
+        reason: String,
+    },
 }
 
 /// A snapshot of the node's state.
@@ -154,18 +170,36 @@ pub struct NodeReport {
     pub complete: bool,
     pub pieces: u32,
     pub bytes_total: u64,
-    pub bytes_down: u64,
-    pub bytes_up: u64,
-    pub from_seeder: u64,
-    pub from_peers: u64,
+    /// Payload bytes dropped: end-game duplicates and pieces that failed their hash.
     pub wasted: u64,
-    pub hash_failures: u64,
-    pub banned: Vec<std::net::IpAddr>,
+    /// Addresses banned for sending data that failed its hash.
+    pub banned: Vec<IpAddr>,
     /// Start to completion (downloads).
     pub download_time: Option<Duration>,
-    pub duration: Duration,
-    /// Per-piece latency from its first payload byte to its verdict, microseconds.
-    pub piece_latency_us: crate::stats::Percentiles,
+    /// Bytes, seeder vs peers, piece latency percentiles.
+    pub transfer: Report,
+}
+
+impl NodeReport {
+    /// One JSON object: the transfer report's fields plus the node's own.
+    pub fn to_json(&self) -> String {
+        let mut t = self.transfer.to_json();
+        t.pop(); // the closing brace
+        let banned: Vec<String> = self.banned.iter().map(|a| format!("\"{a}\"")).collect();
+        t.push_str(&format!(
+            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{}}}",
+            self.peer_addr,
+            self.complete,
+            self.pieces,
+            self.bytes_total,
+            self.wasted,
+            banned.join(","),
+            self.download_time
+                .map(|d| format!("{:.6}", d.as_secs_f64()))
+                .unwrap_or_else(|| "null".into()),
+        ));
+        t
+    }
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +211,7 @@ pub(crate) struct Counters {
     pub connections: AtomicUsize,
     pub peers: AtomicUsize,
     pub refused: AtomicU64,
+    pub dials: AtomicU64,
 }
 
 /// State shared by every core and the control loop.
@@ -195,14 +230,26 @@ pub(crate) struct Shared {
     start: Instant,
     /// Per piece: nanoseconds after `start` of its first payload byte, plus one (0: none).
     first_byte: Vec<AtomicU64>,
-    closes: Mutex<Vec<(SocketAddr, String)>>,
+    /// Events from the cores and announce threads, for the control loop to report.
+    events: Mutex<Vec<NodeEvent>>,
+    /// Addresses with an outbound connection open or being dialled, so announces do not
+    /// dial the same peer twice.
+    pub dialled: Mutex<HashSet<SocketAddr>>,
+    /// Which 16 KiB blocks were uploaded at least once (a bitset), and how many.
+    uploaded_blocks: Vec<AtomicU64>,
+    uploaded_count: AtomicU64,
+    total_blocks: u64,
 }
 
 impl Shared {
     pub fn submit_hash(&self, piece: PieceIndex) {
         let expected = self.hashes[piece.as_usize()];
-        self.pool
-            .submit(self.storage.clone(), piece, expected, self.verdict_tx.clone());
+        self.pool.submit(
+            self.storage.clone(),
+            piece,
+            expected,
+            self.verdict_tx.clone(),
+        );
     }
 
     pub fn mark_first_byte(&self, piece: PieceIndex) {
@@ -215,16 +262,56 @@ impl Shared {
     }
 
     fn take_first_byte(&self, piece: PieceIndex) -> Option<Duration> {
-        let t = self.first_byte.get(piece.as_usize())?.swap(0, Ordering::Relaxed);
+        let t = self
+            .first_byte
+            .get(piece.as_usize())?
+            .swap(0, Ordering::Relaxed);
         (t > 0).then(|| Duration::from_nanos(t - 1))
     }
 
     pub fn log_close(&self, addr: SocketAddr, reason: &str) {
+        self.push_event(NodeEvent::PeerClosed {
+            addr,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn push_event(&self, ev: NodeEvent) {
         // Bounded: a flood of connections must not grow memory without limit.
-        let mut c = self.closes.lock();
-        if c.len() < 10_000 {
-            c.push((addr, reason.to_string()));
+        let mut q = self.events.lock();
+        if q.len() < 10_000 {
+            q.push(ev);
         }
+    }
+
+    /// Records an uploaded block (all 16 KiB blocks it covers).
+    pub fn mark_uploaded(&self, lengths: &Lengths, block: crate::geometry::BlockRef) {
+        let per_piece = lengths.piece_length() / u64::from(BLOCK_SIZE);
+        let first = u64::from(block.piece.get()) * per_piece + u64::from(block.offset / BLOCK_SIZE);
+        let last = first + u64::from((block.len - 1) / BLOCK_SIZE);
+        for b in first..=last {
+            let Some(word) = self.uploaded_blocks.get((b / 64) as usize) else {
+                return;
+            };
+            let bit = 1u64 << (b % 64);
+            if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                self.uploaded_count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn every_piece_uploaded(&self) -> bool {
+        self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
+    }
+
+    /// Payload bytes still missing, for announces.
+    pub fn left(&self) -> u64 {
+        let swarm = self.swarm.lock();
+        let l = swarm.lengths();
+        l.pieces()
+            .filter(|p| !swarm.have().get(p.get()))
+            .map(|p| u64::from(l.piece_size(p)))
+            .sum()
     }
 }
 
@@ -328,6 +415,10 @@ pub fn run(
     });
 
     let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
+    let total_blocks: u64 = lengths
+        .pieces()
+        .map(|p| u64::from(lengths.blocks_in_piece(p)))
+        .sum();
     let our_id = make_peer_id(cfg.mode, entropy());
     let mut peer_cfg = cfg.peer.clone();
     let shared = Arc::new(Shared {
@@ -353,7 +444,13 @@ pub fn run(
         tuning: cfg.tuning.clone(),
         start,
         first_byte: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        closes: Mutex::new(Vec::new()),
+        events: Mutex::new(Vec::new()),
+        dialled: Mutex::new(HashSet::new()),
+        uploaded_blocks: (0..total_blocks.div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        uploaded_count: AtomicU64::new(0),
+        total_blocks,
     });
 
     let rt_cfg = RuntimeConfig {
@@ -368,10 +465,8 @@ pub fn run(
     let peer_addr = rt.local_addr().unwrap_or(cfg.listen);
     on_event(&NodeEvent::Listening { peer_addr });
 
-    for (i, addr) in cfg.peers.iter().enumerate() {
-        if let Some(mb) = rt.mailboxes().get(i % rt.mailboxes().len()) {
-            let _ = mb.dial(*addr);
-        }
+    for addr in &cfg.peers {
+        dial(&shared, rt.mailboxes(), *addr);
     }
 
     let announce = announce::start(&cfg, &shared, &rt, peer_addr);
@@ -380,30 +475,40 @@ pub fn run(
     let services = rt.shutdown();
     drop(services);
     storage.flush()?;
-    let (complete_at, histogram) = outcome?;
+    let (complete_at, mut stats, banned) = outcome?;
 
     let swarm = shared.swarm.lock();
-    let stats = swarm.stats();
     let c = &shared.counters;
+    stats.record_download(c.from_seeder.load(Ordering::Relaxed), true);
+    stats.record_download(c.from_peers.load(Ordering::Relaxed), false);
+    stats.record_upload(c.uploaded.load(Ordering::Relaxed));
+    stats.finish(Instant::now());
     Ok(NodeReport {
         peer_addr,
         complete: swarm.is_complete(),
         pieces: total,
         bytes_total: lengths.total_length(),
-        bytes_down: c.from_seeder.load(Ordering::Relaxed) + c.from_peers.load(Ordering::Relaxed),
-        bytes_up: c.uploaded.load(Ordering::Relaxed),
-        from_seeder: c.from_seeder.load(Ordering::Relaxed),
-        from_peers: c.from_peers.load(Ordering::Relaxed),
-        wasted: stats.wasted + c.wasted.load(Ordering::Relaxed),
-        hash_failures: histogram.1,
-        banned: histogram.2,
+        wasted: swarm.stats().wasted + c.wasted.load(Ordering::Relaxed),
+        banned,
         download_time: complete_at.map(|t| t.duration_since(start)),
-        duration: start.elapsed(),
-        piece_latency_us: histogram.0,
+        transfer: stats.report(Instant::now()),
     })
 }
 
-type LoopOutcome = (Option<Instant>, (crate::stats::Percentiles, u64, Vec<std::net::IpAddr>));
+/// Dials `addr` from the next core in turn, unless a connection to it is open already.
+fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: SocketAddr) {
+    if !shared.dialled.lock().insert(addr) {
+        return;
+    }
+    let n = shared.counters.dials.fetch_add(1, Ordering::Relaxed) as usize;
+    if let Some(mb) = mailboxes.get(n % mailboxes.len().max(1)) {
+        if mb.dial(addr).is_err() {
+            shared.dialled.lock().remove(&addr);
+        }
+    }
+}
+
+type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
 
 /// Turns verdicts into haves, reports progress and decides when to stop.
 fn control_loop(
@@ -416,8 +521,7 @@ fn control_loop(
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<LoopOutcome, NodeError> {
     let total = cfg.lengths.piece_count();
-    let mut latency = crate::stats::LatencyHistogram::new();
-    let mut hash_failures = 0u64;
+    let mut stats = TransferStats::new(start);
     let mut banned = Vec::new();
     let mut complete_at = if shared.swarm.lock().is_complete() && cfg.mode == Mode::Download {
         Some(Instant::now())
@@ -446,14 +550,14 @@ fn control_loop(
                     }
                 }
                 for v in &batch {
-                    if let Some(first) = shared.take_first_byte(v.piece) {
-                        let lat = start.elapsed().saturating_sub(first);
-                        latency.record(lat);
-                    }
+                    let first = shared.take_first_byte(v.piece);
                     if v.ok {
                         last_verified = Instant::now();
+                        if let Some(first) = first {
+                            stats.record_piece_verified(start.elapsed().saturating_sub(first));
+                        }
                     } else {
-                        hash_failures += 1;
+                        stats.record_piece_failed();
                     }
                 }
                 banned.extend(new_bans);
@@ -466,8 +570,9 @@ fn control_loop(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
         }
         let now = Instant::now();
-        for (addr, reason) in shared.closes.lock().drain(..) {
-            on_event(&NodeEvent::PeerClosed { addr, reason });
+        let pending: Vec<NodeEvent> = std::mem::take(&mut *shared.events.lock());
+        for ev in &pending {
+            on_event(ev);
         }
         let (have, is_complete) = {
             let swarm = shared.swarm.lock();
@@ -513,34 +618,142 @@ fn control_loop(
                 }
             }
             Mode::Seed => {
-                if cfg.seed_until == SeedUntil::EveryPieceUploaded
-                    && shared.swarm.lock().every_piece_uploaded()
+                if cfg.seed_until == SeedUntil::EveryPieceUploaded && shared.every_piece_uploaded()
                 {
                     break;
                 }
             }
         }
     }
-    Ok((complete_at, (latency.percentiles(), hash_failures, banned)))
+    Ok((complete_at, stats, banned))
 }
 
 mod announce {
     //! Announcing to trackers: one thread per tracker URL, each following the tracker's
-    //! interval with backoff on failure, dialling the peers it learns about.
+    //! interval with backoff on failure (the sans-IO [`Announcer`] decides when), dialling
+    //! the peers it learns about. A tracker that is down does not stop the node: peers
+    //! already known keep exchanging pieces, and announces retry.
     use super::*;
+    use crate::tracker::client::{announce, Announcer, BackoffPolicy};
+    use crate::tracker::proto::AnnounceRequest;
+    use std::thread::JoinHandle;
 
-    pub struct Announce;
+    pub struct Announce {
+        stop: Sender<()>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
 
     pub fn start(
-        _cfg: &NodeConfig,
-        _shared: &Arc<Shared>,
-        _rt: &Runtime<PeerService>,
-        _peer_addr: SocketAddr,
+        cfg: &NodeConfig,
+        shared: &Arc<Shared>,
+        rt: &Runtime<PeerService>,
+        peer_addr: SocketAddr,
     ) -> Announce {
-        Announce
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let port = if cfg.announce_port != 0 {
+            cfg.announce_port
+        } else {
+            peer_addr.port()
+        };
+        let mailboxes: Vec<_> = rt.mailboxes().to_vec();
+        let threads = cfg
+            .trackers
+            .iter()
+            .map(|url| {
+                let url = url.clone();
+                let shared = shared.clone();
+                let stop_rx = stop_rx.clone();
+                let mailboxes = mailboxes.clone();
+                let info_hash = cfg.info_hash;
+                std::thread::Builder::new()
+                    .name("corvid-announce".into())
+                    .spawn(move || run_one(&url, info_hash, port, &shared, &mailboxes, &stop_rx))
+                    .expect("spawn announce thread")
+            })
+            .collect();
+        Announce { stop, threads }
+    }
+
+    fn run_one(
+        url: &str,
+        info_hash: [u8; 20],
+        port: u16,
+        shared: &Shared,
+        mailboxes: &[crate::runtime::Mailbox<CoreMsg>],
+        stop_rx: &Receiver<()>,
+    ) {
+        let mut ann = Announcer::new(Instant::now(), BackoffPolicy::default());
+        let mut told_complete = shared.swarm.lock().is_complete();
+        let mut stopping = false;
+        loop {
+            let now = Instant::now();
+            if !told_complete && shared.swarm.lock().is_complete() {
+                told_complete = true;
+                ann.completed(now);
+            }
+            if ann.is_due(now) {
+                let c = &shared.counters;
+                let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, shared.left());
+                req.event = ann.event();
+                req.uploaded = c.uploaded.load(Ordering::Relaxed);
+                req.downloaded =
+                    c.from_seeder.load(Ordering::Relaxed) + c.from_peers.load(Ordering::Relaxed);
+                req.numwant = Some(200);
+                let sent = req.event;
+                let timeout = if stopping {
+                    Duration::from_secs(1)
+                } else {
+                    TIMEOUT
+                };
+                match announce(url, &req, timeout) {
+                    Ok(resp) => {
+                        ann.on_success(Instant::now(), sent, &resp);
+                        if !stopping {
+                            for p in &resp.peers {
+                                if p.peer_id == Some(shared.our_id) {
+                                    continue;
+                                }
+                                super::dial(shared, mailboxes, p.addr);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let wait = ann.on_failure(Instant::now());
+                        shared.push_event(NodeEvent::TrackerError {
+                            url: url.to_string(),
+                            error: format!("{e} (retrying in {} s)", wait.as_secs()),
+                        });
+                    }
+                }
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            // Wake for the next announce, a completion (checked every second) or a stop.
+            let wait = ann
+                .next_due()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            match stop_rx.recv_timeout(wait) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => {
+                    stopping = true;
+                    ann.stopped(Instant::now());
+                }
+            }
+        }
     }
 
     impl Announce {
-        pub fn stop(self, _shared: &Arc<Shared>) {}
+        /// Sends `stopped` to every tracker (bounded by a short timeout) and joins.
+        pub fn stop(self, _shared: &Arc<Shared>) {
+            drop(self.stop);
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
     }
 }

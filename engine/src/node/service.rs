@@ -53,6 +53,7 @@ pub struct Conn {
     remote_id: Option<[u8; 20]>,
     from_seeder: bool,
     registered: bool,
+    outbound: bool,
     reason: Option<String>,
 }
 
@@ -115,11 +116,14 @@ impl PeerService {
         let Some(p) = conn.payload.take() else { return };
         let c = &self.shared.counters;
         if p.discard {
-            c.wasted.fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+            c.wasted
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
         } else if conn.from_seeder {
-            c.from_seeder.fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+            c.from_seeder
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
         } else {
-            c.from_peers.fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+            c.from_peers
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
         }
         {
             let mut swarm = self.shared.swarm.lock();
@@ -139,7 +143,7 @@ impl Service for PeerService {
         _io: &mut CoreIo<'_, CoreMsg>,
         _id: ConnId,
         peer: SocketAddr,
-        _direction: Direction,
+        direction: Direction,
         now: Instant,
     ) -> Option<Conn> {
         let c = &self.shared.counters;
@@ -149,7 +153,13 @@ impl Service for PeerService {
             return None;
         }
         let mut swarm = self.shared.swarm.lock();
-        match PeerConn::new(&self.shared.peer_cfg, &mut swarm, peer, self.shared.our_id, now) {
+        match PeerConn::new(
+            &self.shared.peer_cfg,
+            &mut swarm,
+            peer,
+            self.shared.our_id,
+            now,
+        ) {
             Ok(pc) => Some(Conn {
                 peer: pc,
                 storage: self.shared.storage.clone(),
@@ -157,14 +167,30 @@ impl Service for PeerService {
                 remote_id: None,
                 from_seeder: false,
                 registered: false,
+                outbound: direction == Direction::Outbound,
                 reason: None,
             }),
             Err(_banned) => {
                 c.connections.fetch_sub(1, Ordering::Relaxed);
                 c.refused.fetch_add(1, Ordering::Relaxed);
+                if direction == Direction::Outbound {
+                    self.shared.dialled.lock().remove(&peer);
+                }
                 None
             }
         }
+    }
+
+    fn on_connect_failed(
+        &mut self,
+        _io: &mut CoreIo<'_, CoreMsg>,
+        peer: SocketAddr,
+        error: &std::io::Error,
+    ) {
+        // Forget the address so a later announce may dial it again.
+        self.shared.dialled.lock().remove(&peer);
+        self.shared
+            .log_close(peer, &format!("connect failed: {error}"));
     }
 
     fn next_recv(&mut self, conn: &mut Conn, iovecs: &mut RecvIovecs<'_>) -> RecvTarget {
@@ -293,6 +319,7 @@ impl Service for PeerService {
                 .counters
                 .uploaded
                 .fetch_add(u64::from(block.len), Ordering::Relaxed);
+            self.shared.mark_uploaded(&conn.storage.lengths(), block);
         }
         out.len() > before
     }
@@ -353,6 +380,9 @@ impl Service for PeerService {
         }
         let c = &self.shared.counters;
         c.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.outbound {
+            self.shared.dialled.lock().remove(&conn.peer.addr());
+        }
         if conn.registered {
             c.peers.fetch_sub(1, Ordering::Relaxed);
             if let Some(id) = conn.remote_id {
