@@ -1,1 +1,1203 @@
-//! metainfo: not yet written.
+//! Torrent files (BEP 3, v1): parse them strictly, and build them from a file or a tree.
+//!
+//! A torrent names the files it will make a peer write, so parsing is where the fleet is
+//! protected from a hostile or broken torrent: every field is type-checked and named in the
+//! error, every path component is checked before it can touch a file system (no `..`, no
+//! absolute paths, no separators or NUL inside a component, no two files on one path), and
+//! the piece count must match the total length ([`Lengths::new`]). The info-hash is SHA-1
+//! over the raw `info` bytes as they appear in the file ([`Dict::raw`]), so a torrent
+//! written by a client with non-canonical encoding keeps the hash its swarm knows.
+//!
+//! Building walks the payload in a fixed order (byte order of names, `.git` skipped), refuses
+//! what it cannot share faithfully (symlinks, fifos, sockets, devices), picks a piece length
+//! by [`auto_piece_length`] unless told, hashes through the engine's hasher pool, and writes
+//! canonical bencode. The file list a torrent describes is the same [`FileSpec`] list that
+//! [`crate::storage`] maps.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use sha1::{Digest, Sha1};
+
+use crate::bencode::{self, Dict, OwnedValue, Value};
+use crate::geometry::{GeometryError, Lengths, PieceIndex, BLOCK_SIZE, MAX_PIECE_LENGTH};
+use crate::hash::HashPool;
+use crate::storage::{Storage, StorageError};
+
+pub use crate::storage::FileSpec;
+
+/// Largest torrent file accepted. A torrent for 64 GiB in 16 KiB pieces is 80 MiB of
+/// hashes, but nothing corvid makes comes near this; the bound keeps a hostile file from
+/// costing more than a bounded amount of memory.
+pub const MAX_TORRENT_SIZE: usize = 64 * 1024 * 1024;
+
+/// Smallest piece length `make` picks on its own.
+pub const AUTO_MIN_PIECE: u64 = 256 * 1024;
+/// Largest piece length `make` picks on its own (and the largest `--piece-size`).
+pub const AUTO_MAX_PIECE: u64 = 16 * 1024 * 1024;
+/// `make` aims for at most this many pieces (see [`auto_piece_length`]).
+pub const AUTO_TARGET_PIECES: u64 = 4000;
+
+/// Why a torrent cannot be read or built. Each variant names the field or path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum MetainfoError {
+    #[error("torrent is {0} bytes, larger than the {MAX_TORRENT_SIZE} bytes accepted")]
+    TooLarge(usize),
+    #[error("torrent is not valid bencode")]
+    Bencode(#[from] bencode::Error),
+    #[error("torrent field `{field}` {problem}")]
+    Field { field: String, problem: String },
+    #[error("torrent path {path:?} is unsafe: {why}")]
+    UnsafePath { path: String, why: &'static str },
+    #[error("torrent path {0:?} is used twice (or is both a file and a directory)")]
+    PathCollision(String),
+    #[error("torrent geometry is inconsistent")]
+    Geometry(#[from] GeometryError),
+    #[error("cannot read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: symbolic links are not shared (copy the target into the tree instead)")]
+    Symlink(PathBuf),
+    #[error("{0}: not a regular file or directory (fifo, socket or device)")]
+    SpecialFile(PathBuf),
+    #[error("{0}: file name is not valid UTF-8")]
+    NonUtf8Name(PathBuf),
+    #[error("{0}: nothing to share (no bytes in any file)")]
+    EmptyPayload(PathBuf),
+    #[error("name {0:?} is not a usable torrent name")]
+    BadName(String),
+    #[error("piece size {0:?}: {1}")]
+    BadPieceSize(String, &'static str),
+    #[error("hashing failed: {0}")]
+    Hashing(String),
+    #[error("cannot map the payload")]
+    Storage(#[from] StorageError),
+}
+
+fn field(field: impl Into<String>, problem: impl Into<String>) -> MetainfoError {
+    MetainfoError::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The `info` dictionary: what the info-hash covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Suggested name: the file name (single-file) or top directory (multi-file).
+    pub name: String,
+    /// Every payload file, in torrent order, paths relative to the directory that holds the
+    /// payload (so the first component is always `name`), validated safe.
+    pub files: Vec<FileSpec>,
+    /// True for the `files` form (a directory), false for the `length` form.
+    pub multi_file: bool,
+    /// One SHA-1 per piece.
+    pub pieces: Vec<[u8; 20]>,
+    pub lengths: Lengths,
+    /// BEP 27 `private` flag.
+    pub private: bool,
+}
+
+/// A parsed torrent file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metainfo {
+    pub announce: Option<String>,
+    /// BEP 12 tiers, as written.
+    pub announce_list: Vec<Vec<String>>,
+    pub comment: Option<String>,
+    pub created_by: Option<String>,
+    pub creation_date: Option<i64>,
+    pub info: Info,
+    /// SHA-1 of the raw `info` bytes.
+    pub info_hash: [u8; 20],
+    /// The raw `info` dictionary bytes (served to peers by BEP 9 metadata exchange).
+    pub info_bytes: Vec<u8>,
+}
+
+impl Metainfo {
+    /// Parses and validates a torrent file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
+        if bytes.len() > MAX_TORRENT_SIZE {
+            return Err(MetainfoError::TooLarge(bytes.len()));
+        }
+        let root = bencode::decode(bytes)?;
+        let root = root
+            .as_dict()
+            .ok_or_else(|| field("(top level)", "is not a dictionary"))?;
+        let announce = opt_str(root, "announce")?;
+        let announce_list = match root.get(b"announce-list") {
+            None => Vec::new(),
+            Some(v) => {
+                let tiers = v
+                    .as_list()
+                    .ok_or_else(|| field("announce-list", "is not a list"))?;
+                let mut out = Vec::with_capacity(tiers.len());
+                for (i, tier) in tiers.iter().enumerate() {
+                    let urls = tier
+                        .as_list()
+                        .ok_or_else(|| field(format!("announce-list[{i}]"), "is not a list"))?;
+                    let mut t = Vec::with_capacity(urls.len());
+                    for (j, u) in urls.iter().enumerate() {
+                        let s = u.as_str().ok_or_else(|| {
+                            field(format!("announce-list[{i}][{j}]"), "is not a UTF-8 string")
+                        })?;
+                        t.push(s.to_owned());
+                    }
+                    out.push(t);
+                }
+                out
+            }
+        };
+        let comment = opt_str(root, "comment")?;
+        let created_by = opt_str(root, "created by")?;
+        let creation_date = match root.get(b"creation date") {
+            None => None,
+            Some(v) => Some(
+                v.as_int()
+                    .ok_or_else(|| field("creation date", "is not an integer"))?,
+            ),
+        };
+        let info_dict = root
+            .get(b"info")
+            .ok_or_else(|| field("info", "is missing"))?
+            .as_dict()
+            .ok_or_else(|| field("info", "is not a dictionary"))?;
+        let info = parse_info(info_dict)?;
+        let info_bytes = info_dict.raw().to_vec();
+        let info_hash: [u8; 20] = Sha1::digest(&info_bytes).into();
+        Ok(Metainfo {
+            announce,
+            announce_list,
+            comment,
+            created_by,
+            creation_date,
+            info,
+            info_hash,
+            info_bytes,
+        })
+    }
+
+    /// The info-hash as 40 lowercase hex digits.
+    pub fn info_hash_hex(&self) -> String {
+        hex(&self.info_hash)
+    }
+
+    /// Every tracker URL once, announce-list tiers first (BEP 12 says a client that knows
+    /// the list ignores `announce`), then `announce` if it was not in the list.
+    pub fn trackers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for url in self.announce_list.iter().flatten() {
+            if !out.contains(url) {
+                out.push(url.clone());
+            }
+        }
+        if let Some(a) = &self.announce {
+            if !out.contains(a) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// The expected hash of a piece.
+    pub fn piece_hash(&self, piece: PieceIndex) -> &[u8; 20] {
+        // PieceIndex was checked against `lengths`, whose count equals `pieces.len()`.
+        &self.info.pieces[piece.as_usize()]
+    }
+}
+
+impl Info {
+    /// Indices into `files` of the non-empty files that hold bytes of `piece`, which is
+    /// what a failed piece tells about damaged files.
+    pub fn files_of_piece(&self, piece: PieceIndex) -> Vec<usize> {
+        let start = self.lengths.piece_offset(piece);
+        let end = start + u64::from(self.lengths.piece_size(piece));
+        let mut out = Vec::new();
+        let mut off = 0u64;
+        for (i, f) in self.files.iter().enumerate() {
+            let f_end = off + f.length;
+            if f.length > 0 && off < end && f_end > start {
+                out.push(i);
+            }
+            if off >= end {
+                break;
+            }
+            off = f_end;
+        }
+        out
+    }
+
+    /// Byte range `[start, end)` of file `index` in the payload stream.
+    pub fn file_range(&self, index: usize) -> Option<(u64, u64)> {
+        let f = self.files.get(index)?;
+        let start: u64 = self.files[..index].iter().map(|f| f.length).sum();
+        Some((start, start + f.length))
+    }
+}
+
+fn opt_str(d: &Dict<'_>, key: &str) -> Result<Option<String>, MetainfoError> {
+    match d.get(key.as_bytes()) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(|s| Some(s.to_owned()))
+            .ok_or_else(|| field(key, "is not a UTF-8 string")),
+    }
+}
+
+fn req_len(d: &Dict<'_>, key: &str, name: &str) -> Result<u64, MetainfoError> {
+    let v = d
+        .get(key.as_bytes())
+        .ok_or_else(|| field(name, "is missing"))?
+        .as_int()
+        .ok_or_else(|| field(name, "is not an integer"))?;
+    u64::try_from(v).map_err(|_| field(name, format!("is negative ({v})")))
+}
+
+fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
+    let name = d
+        .get(b"name")
+        .ok_or_else(|| field("info.name", "is missing"))?
+        .as_str()
+        .ok_or_else(|| field("info.name", "is not a UTF-8 string"))?;
+    check_component(name, name)?;
+    let piece_length = req_len(d, "piece length", "info.piece length")?;
+    let pieces_raw = d
+        .get(b"pieces")
+        .ok_or_else(|| field("info.pieces", "is missing"))?
+        .as_bytes()
+        .ok_or_else(|| field("info.pieces", "is not a byte string"))?;
+    if pieces_raw.len() % 20 != 0 {
+        return Err(field(
+            "info.pieces",
+            format!("is {} bytes, not a multiple of 20", pieces_raw.len()),
+        ));
+    }
+    let private = match d.get(b"private") {
+        None => false,
+        Some(v) => {
+            v.as_int()
+                .ok_or_else(|| field("info.private", "is not an integer"))?
+                == 1
+        }
+    };
+
+    let (files, multi_file) = match (d.get(b"length"), d.get(b"files")) {
+        (Some(_), Some(_)) => {
+            return Err(field("info", "has both `length` and `files`"));
+        }
+        (None, None) => return Err(field("info", "has neither `length` nor `files`")),
+        (Some(_), None) => {
+            let length = req_len(d, "length", "info.length")?;
+            (
+                vec![FileSpec {
+                    path: PathBuf::from(name),
+                    length,
+                }],
+                false,
+            )
+        }
+        (None, Some(list)) => {
+            let list = list
+                .as_list()
+                .ok_or_else(|| field("info.files", "is not a list"))?;
+            if list.is_empty() {
+                return Err(field("info.files", "is empty"));
+            }
+            let mut files = Vec::with_capacity(list.len());
+            for (i, entry) in list.iter().enumerate() {
+                files.push(parse_file_entry(name, i, entry)?);
+            }
+            (files, true)
+        }
+    };
+    check_collisions(&files)?;
+    let mut total: u64 = 0;
+    for f in &files {
+        total = total
+            .checked_add(f.length)
+            .ok_or_else(|| field("info.files", "lengths add up to more than 2^64 bytes"))?;
+    }
+    let lengths = Lengths::new(total, piece_length, (pieces_raw.len() / 20) as u64)?;
+    let pieces = pieces_raw
+        .chunks_exact(20)
+        .map(|c| {
+            let mut h = [0u8; 20];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect();
+    Ok(Info {
+        name: name.to_owned(),
+        files,
+        multi_file,
+        pieces,
+        lengths,
+        private,
+    })
+}
+
+fn parse_file_entry(name: &str, i: usize, entry: &Value<'_>) -> Result<FileSpec, MetainfoError> {
+    let at = format!("info.files[{i}]");
+    let d = entry
+        .as_dict()
+        .ok_or_else(|| field(at.clone(), "is not a dictionary"))?;
+    let length = req_len(d, "length", &format!("{at}.length"))?;
+    let comps = d
+        .get(b"path")
+        .ok_or_else(|| field(format!("{at}.path"), "is missing"))?
+        .as_list()
+        .ok_or_else(|| field(format!("{at}.path"), "is not a list"))?;
+    if comps.is_empty() {
+        return Err(field(format!("{at}.path"), "is empty"));
+    }
+    let mut strs = Vec::with_capacity(comps.len());
+    for (j, c) in comps.iter().enumerate() {
+        let s = c
+            .as_str()
+            .ok_or_else(|| field(format!("{at}.path[{j}]"), "is not a UTF-8 string"))?;
+        strs.push(s);
+    }
+    let shown = format!("{name}/{}", strs.join("/"));
+    let mut path = PathBuf::from(name);
+    for s in strs {
+        check_component(s, &shown)?;
+        path.push(s);
+    }
+    Ok(FileSpec { path, length })
+}
+
+/// Rejects a path component that could leave the payload directory or mean something
+/// other than one plain name.
+fn check_component(c: &str, shown: &str) -> Result<(), MetainfoError> {
+    let why = if c.is_empty() {
+        "empty path component"
+    } else if c == "." || c == ".." {
+        "`.` or `..` component"
+    } else if c.contains('/') {
+        "component contains `/` (absolute or nested path)"
+    } else if c.contains('\0') {
+        "component contains NUL"
+    } else if c.contains('\\') {
+        // Not a separator on Linux, but a torrent made on or for Windows would mean one.
+        "component contains `\\`"
+    } else {
+        return Ok(());
+    };
+    Err(MetainfoError::UnsafePath {
+        path: shown.to_owned(),
+        why,
+    })
+}
+
+/// Two files on one path, or a file that is also a parent directory of another, would make
+/// storage write one file's bytes through another's.
+fn check_collisions(files: &[FileSpec]) -> Result<(), MetainfoError> {
+    let mut paths: HashSet<&Path> = HashSet::with_capacity(files.len());
+    for f in files {
+        if !paths.insert(&f.path) {
+            return Err(MetainfoError::PathCollision(f.path.display().to_string()));
+        }
+    }
+    for f in files {
+        // Every proper ancestor (directory) of this file must not be a file.
+        for anc in f.path.ancestors().skip(1) {
+            if anc.as_os_str().is_empty() {
+                break;
+            }
+            if paths.contains(anc) {
+                return Err(MetainfoError::PathCollision(anc.display().to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lowercase hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(D[(b >> 4) as usize] as char);
+        s.push(D[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The piece length `make` picks for `total` payload bytes: the smallest power of two from
+/// 256 KiB to 16 MiB that cuts the payload into at most 4000 pieces. So payloads from
+/// ~1 GB to ~64 GB get 2000-4000 pieces; smaller ones get 256 KiB pieces (small pieces spread
+/// faster through a fleet), larger ones 16 MiB pieces (and more than 4000 of them, so the
+/// torrent stays small and each hash job bounded).
+pub fn auto_piece_length(total: u64) -> u64 {
+    let mut p = AUTO_MIN_PIECE;
+    while p < AUTO_MAX_PIECE && total.div_ceil(p) > AUTO_TARGET_PIECES {
+        p *= 2;
+    }
+    p
+}
+
+/// Parses a size such as `262144`, `256K`, `256KiB`, `4M`, `4MiB`, `1G`, `1GiB`. Suffixes
+/// are binary (K = 1024) and case-insensitive; `KB`/`MB`/`GB` are read as binary too, since
+/// sizes here are piece and buffer sizes that are powers of two.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    if num.is_empty() {
+        return None;
+    }
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses `--piece-size`: a power of two from 16 KiB to 64 MiB.
+pub fn parse_piece_size(s: &str) -> Result<u64, MetainfoError> {
+    let bad = |why| MetainfoError::BadPieceSize(s.to_owned(), why);
+    let n = parse_size(s).ok_or_else(|| bad("not a size like 256K, 4M or 4MiB"))?;
+    if !n.is_power_of_two() {
+        return Err(bad("must be a power of two"));
+    }
+    if n < u64::from(BLOCK_SIZE) {
+        return Err(bad("must be at least 16 KiB"));
+    }
+    if n > MAX_PIECE_LENGTH {
+        return Err(bad("must be at most 64 MiB"));
+    }
+    Ok(n)
+}
+
+/// Choices for [`build`]; `Default` gives an auto piece length and no trackers.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Tracker URLs: the first becomes `announce`, all of them one `announce-list` tier each
+    /// when there is more than one.
+    pub trackers: Vec<String>,
+    /// Piece length; `None` means [`auto_piece_length`].
+    pub piece_length: Option<u64>,
+    /// Torrent name; `None` means the file or directory name.
+    pub name: Option<String>,
+    pub comment: Option<String>,
+    /// Seconds since the epoch; the caller passes the clock (tests pass a constant).
+    pub creation_date: Option<i64>,
+    /// BEP 27 private flag.
+    pub private: bool,
+}
+
+/// What [`scan`] found: the files to hash, where they are, and what the torrent calls them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Directory the `disk_files` paths are relative to.
+    pub root: PathBuf,
+    /// Files as they are on disk (relative to `root`), in torrent order.
+    pub disk_files: Vec<FileSpec>,
+    /// The torrent's name.
+    pub name: String,
+    /// Directory form (`files`) or single file (`length`).
+    pub multi_file: bool,
+}
+
+impl Payload {
+    pub fn total_length(&self) -> u64 {
+        self.disk_files.iter().map(|f| f.length).sum()
+    }
+
+    /// The paths the torrent will list: the on-disk paths with the torrent name in front
+    /// (multi-file), or just the name (single file).
+    pub fn torrent_files(&self) -> Vec<FileSpec> {
+        if !self.multi_file {
+            return self
+                .disk_files
+                .iter()
+                .map(|f| FileSpec {
+                    path: PathBuf::from(&self.name),
+                    length: f.length,
+                })
+                .collect();
+        }
+        self.disk_files
+            .iter()
+            .map(|f| {
+                // `disk_files` of a directory start with the directory's own name.
+                let mut comps = f.path.components();
+                comps.next();
+                FileSpec {
+                    path: Path::new(&self.name).join(comps.as_path()),
+                    length: f.length,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Walks `path` (a file or a directory) into a [`Payload`].
+///
+/// The order is fixed: within each directory, entries sorted by the bytes of their names,
+/// directories descended where they sort; so two runs over one tree give one torrent.
+/// `.git` directories are skipped. `path` itself may be a symlink (the caller named it), but
+/// a symlink inside the tree is refused with an error: following it could leave the tree or
+/// loop, and sharing it as a copy would not be faithful. Fifos, sockets and devices are
+/// refused too.
+pub fn scan(path: &Path, name: Option<&str>) -> Result<Payload, MetainfoError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MetainfoError::Io { path: p, source }
+    };
+    let canon = fs::canonicalize(path).map_err(io(path))?;
+    let meta = fs::metadata(&canon).map_err(io(&canon))?;
+    let own_name = canon
+        .file_name()
+        .ok_or_else(|| MetainfoError::BadName(canon.display().to_string()))?
+        .to_str()
+        .ok_or_else(|| MetainfoError::NonUtf8Name(canon.clone()))?
+        .to_owned();
+    let name = name.map(str::to_owned).unwrap_or_else(|| own_name.clone());
+    if check_component(&name, &name).is_err() {
+        return Err(MetainfoError::BadName(name));
+    }
+    let root = canon
+        .parent()
+        .ok_or_else(|| MetainfoError::BadName(canon.display().to_string()))?
+        .to_path_buf();
+    let mut disk_files = Vec::new();
+    let multi_file = if meta.is_file() {
+        disk_files.push(FileSpec {
+            path: PathBuf::from(&own_name),
+            length: meta.len(),
+        });
+        false
+    } else if meta.is_dir() {
+        walk(&canon, Path::new(&own_name), &mut disk_files)?;
+        true
+    } else {
+        return Err(MetainfoError::SpecialFile(canon));
+    };
+    let payload = Payload {
+        root,
+        disk_files,
+        name,
+        multi_file,
+    };
+    if payload.total_length() == 0 {
+        return Err(MetainfoError::EmptyPayload(canon));
+    }
+    Ok(payload)
+}
+
+fn walk(dir: &Path, rel: &Path, out: &mut Vec<FileSpec>) -> Result<(), MetainfoError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MetainfoError::Io { path: p, source }
+    };
+    let mut entries = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        entries.push(e.file_name());
+    }
+    entries.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+    for name in entries {
+        let full = dir.join(&name);
+        let Some(name_str) = name.to_str() else {
+            return Err(MetainfoError::NonUtf8Name(full));
+        };
+        // Names on Linux cannot hold `/` or NUL, and `.`/`..` are never listed; `\` is the
+        // one component parsing would refuse, so refuse it here too.
+        if check_component(name_str, name_str).is_err() {
+            return Err(MetainfoError::UnsafePath {
+                path: full.display().to_string(),
+                why: "file name a torrent could not carry safely",
+            });
+        }
+        let meta = fs::symlink_metadata(&full).map_err(io(&full))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            return Err(MetainfoError::Symlink(full));
+        } else if ft.is_dir() {
+            if name_str == ".git" {
+                continue;
+            }
+            walk(&full, &rel.join(&name), out)?;
+        } else if ft.is_file() {
+            out.push(FileSpec {
+                path: rel.join(&name),
+                length: meta.len(),
+            });
+        } else {
+            return Err(MetainfoError::SpecialFile(full));
+        }
+    }
+    Ok(())
+}
+
+/// The torrent's geometry for a payload and options.
+pub fn payload_lengths(payload: &Payload, opts: &BuildOptions) -> Result<Lengths, MetainfoError> {
+    let total = payload.total_length();
+    let piece_length = opts
+        .piece_length
+        .unwrap_or_else(|| auto_piece_length(total));
+    Ok(Lengths::new(
+        total,
+        piece_length,
+        total.div_ceil(piece_length),
+    )?)
+}
+
+/// Encodes the torrent for a scanned payload and its piece hashes (canonical bencode, keys
+/// sorted), and parses it back, so what `make` writes has passed the same checks as what
+/// `info` and `verify` read.
+pub fn assemble(
+    payload: &Payload,
+    opts: &BuildOptions,
+    lengths: Lengths,
+    hashes: &[[u8; 20]],
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    if hashes.len() as u64 != u64::from(lengths.piece_count()) {
+        return Err(MetainfoError::Hashing(format!(
+            "{} hashes for {} pieces",
+            hashes.len(),
+            lengths.piece_count()
+        )));
+    }
+    let mut info = OwnedValue::dict();
+    info.insert("name", OwnedValue::bytes(&payload.name));
+    info.insert(
+        "piece length",
+        OwnedValue::Int(lengths.piece_length() as i64),
+    );
+    info.insert("pieces", OwnedValue::Bytes(hashes.concat()));
+    if opts.private {
+        info.insert("private", OwnedValue::Int(1));
+    }
+    if payload.multi_file {
+        let files = payload
+            .torrent_files()
+            .into_iter()
+            .map(|f| {
+                let mut d = OwnedValue::dict();
+                d.insert("length", OwnedValue::Int(f.length as i64));
+                let comps = f
+                    .path
+                    .components()
+                    .skip(1)
+                    .map(|c| match c {
+                        Component::Normal(s) => OwnedValue::bytes(s.as_encoded_bytes()),
+                        other => OwnedValue::bytes(other.as_os_str().as_encoded_bytes()),
+                    })
+                    .collect();
+                d.insert("path", OwnedValue::List(comps));
+                d
+            })
+            .collect();
+        info.insert("files", OwnedValue::List(files));
+    } else {
+        info.insert("length", OwnedValue::Int(lengths.total_length() as i64));
+    }
+    let mut top = OwnedValue::dict();
+    top.insert("info", info);
+    if let Some(first) = opts.trackers.first() {
+        top.insert("announce", OwnedValue::bytes(first));
+    }
+    if opts.trackers.len() > 1 {
+        let tiers = opts
+            .trackers
+            .iter()
+            .map(|t| OwnedValue::List(vec![OwnedValue::bytes(t)]))
+            .collect();
+        top.insert("announce-list", OwnedValue::List(tiers));
+    }
+    if let Some(c) = &opts.comment {
+        top.insert("comment", OwnedValue::bytes(c));
+    }
+    top.insert(
+        "created by",
+        OwnedValue::bytes(format!("corvid {}", env!("CARGO_PKG_VERSION"))),
+    );
+    if let Some(t) = opts.creation_date {
+        top.insert("creation date", OwnedValue::Int(t));
+    }
+    let bytes = top.encode();
+    let meta = Metainfo::from_bytes(&bytes)?;
+    Ok((meta, bytes))
+}
+
+/// Builds a torrent from a file or directory: [`scan`], hash every piece through `pool`
+/// straight from a read-only mapping, [`assemble`]. Returns the parsed torrent and the bytes
+/// to write. `progress` gets the payload bytes hashed so far.
+pub fn build(
+    path: &Path,
+    opts: &BuildOptions,
+    pool: &HashPool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    let payload = scan(path, opts.name.as_deref())?;
+    build_payload(&payload, opts, pool, progress)
+}
+
+/// [`build`] for a payload already scanned (the CLI scans first to name its output).
+pub fn build_payload(
+    payload: &Payload,
+    opts: &BuildOptions,
+    pool: &HashPool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    let lengths = payload_lengths(payload, opts)?;
+    let storage = Arc::new(Storage::open_readonly(
+        &payload.root,
+        &payload.disk_files,
+        lengths,
+    )?);
+    let hashes = pool.hash_all(&storage, progress);
+    assemble(payload, opts, lengths, &hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid multi-file torrent with the given `files` list body (already bencoded).
+    fn multi(files: &str, total: u64) -> Vec<u8> {
+        let pieces = total.div_ceil(16384) as usize;
+        let mut v = format!(
+            "d8:announce14:http://t/a/ann4:infod5:files{files}4:name3:top12:piece lengthi16384e6:pieces{}:",
+            pieces * 20
+        )
+        .into_bytes();
+        v.extend(std::iter::repeat_n(7u8, pieces * 20));
+        v.extend_from_slice(b"ee");
+        v
+    }
+
+    fn single(name: &str, length: u64) -> Vec<u8> {
+        let pieces = length.div_ceil(16384) as usize;
+        let mut v = format!(
+            "d4:infod6:lengthi{length}e4:name{}:{name}12:piece lengthi16384e6:pieces{}:",
+            name.len(),
+            pieces * 20
+        )
+        .into_bytes();
+        v.extend(std::iter::repeat_n(1u8, pieces * 20));
+        v.extend_from_slice(b"ee");
+        v
+    }
+
+    /// The error and its sources, as a CLI would print them.
+    fn err_text(bytes: &[u8]) -> String {
+        let e = Metainfo::from_bytes(bytes).expect_err("hostile torrent accepted");
+        let mut text = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            text += &format!(": {s}");
+            src = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn parses_single_file() {
+        let m = Metainfo::from_bytes(&single("a.bin", 40000)).unwrap();
+        assert_eq!(m.info.name, "a.bin");
+        assert!(!m.info.multi_file);
+        assert_eq!(m.info.files.len(), 1);
+        assert_eq!(m.info.files[0].path, PathBuf::from("a.bin"));
+        assert_eq!(m.info.lengths.piece_count(), 3);
+        assert_eq!(m.info.pieces.len(), 3);
+    }
+
+    #[test]
+    fn parses_multi_file_with_name_prefix() {
+        let files = "ld6:lengthi10e4:pathl1:a1:beed6:lengthi0e4:pathl5:emptyee\
+                     d6:lengthi20000e4:pathl1:ceee";
+        let m = Metainfo::from_bytes(&multi(files, 20010)).unwrap();
+        let paths: Vec<_> = m.info.files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                PathBuf::from("top/a/b"),
+                PathBuf::from("top/empty"),
+                PathBuf::from("top/c")
+            ]
+        );
+        assert_eq!(m.trackers(), vec!["http://t/a/ann".to_string()]);
+        // piece 0 holds a/b and the start of c; the empty file is never part of a piece.
+        let p0 = m.info.lengths.piece(0).unwrap();
+        assert_eq!(m.info.files_of_piece(p0), vec![0, 2]);
+        let p1 = m.info.lengths.piece(1).unwrap();
+        assert_eq!(m.info.files_of_piece(p1), vec![2]);
+        assert_eq!(m.info.file_range(2), Some((10, 20010)));
+    }
+
+    #[test]
+    fn info_hash_covers_raw_noncanonical_bytes() {
+        // Keys out of order inside info: the hash must be over the bytes as written.
+        let mut v = b"d4:infod4:name1:x6:lengthi5e12:piece lengthi16384e6:pieces20:".to_vec();
+        v.extend([9u8; 20]);
+        v.extend_from_slice(b"ee");
+        let m = Metainfo::from_bytes(&v).unwrap();
+        let start = 7;
+        let raw = &v[start..v.len() - 1];
+        let want: [u8; 20] = Sha1::digest(raw).into();
+        assert_eq!(m.info_hash, want);
+        assert_eq!(m.info_bytes, raw);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let files = "ld6:lengthi10e4:pathl1:aeee";
+        let full = multi(files, 10);
+        assert!(Metainfo::from_bytes(&full).is_ok());
+        for cut in 0..full.len() {
+            assert!(Metainfo::from_bytes(&full[..cut]).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"le", "(top level)"),
+            (b"de", "info"),
+            (b"d4:infoi1ee", "info"),
+            (
+                b"d4:infod6:lengthi1e4:namei1e12:piece lengthi16384e6:pieces0:ee",
+                "info.name",
+            ),
+            (
+                b"d4:infod6:lengthi1e4:name1:x12:piece length1:x6:pieces0:ee",
+                "info.piece length",
+            ),
+            (
+                b"d4:infod6:lengthi1e4:name1:x12:piece lengthi16384e6:piecesi0eee",
+                "info.pieces",
+            ),
+            (
+                b"d4:infod6:length1:x4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "info.length",
+            ),
+            (
+                b"d4:infod6:lengthi-1e4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "info.length",
+            ),
+            (
+                b"d4:infod4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "neither",
+            ),
+            (b"d4:infod4:name1:x6:pieces0:ee", "info.piece length"),
+            (
+                b"d8:announcei1e4:infod6:lengthi0e4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "announce",
+            ),
+            (
+                b"d13:announce-listl1:ae4:infod6:lengthi0e4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "announce-list[0]",
+            ),
+            (
+                b"d13:creation date1:x4:infod6:lengthi0e4:name1:x12:piece lengthi16384e6:pieces0:ee",
+                "creation date",
+            ),
+        ];
+        for (input, want) in cases {
+            let e = err_text(input);
+            assert!(e.contains(want), "error {e:?} does not name {want:?}");
+        }
+        let e = err_text(&multi("ld4:pathl1:aeee", 0));
+        assert!(e.contains("info.files[0].length"), "{e}");
+        let e = err_text(&multi("ld6:lengthi1e4:pathli1eeee", 1));
+        assert!(e.contains("info.files[0].path[0]"), "{e}");
+        let e = err_text(&multi("ld6:lengthi1e4:pathleee", 1));
+        assert!(e.contains("info.files[0].path"), "{e}");
+        let e = err_text(&multi("le", 0));
+        assert!(e.contains("info.files"), "{e}");
+        let e = err_text(&multi("i3e", 0));
+        assert!(e.contains("info.files"), "{e}");
+    }
+
+    #[test]
+    fn pieces_must_be_whole_hashes_and_match_length() {
+        let mut v = b"d4:infod6:lengthi5e4:name1:x12:piece lengthi16384e6:pieces19:".to_vec();
+        v.extend([0u8; 19]);
+        v.extend_from_slice(b"ee");
+        assert!(err_text(&v).contains("multiple of 20"));
+        // 40000 bytes need 3 pieces; claim 2.
+        let mut v = b"d4:infod6:lengthi40000e4:name1:x12:piece lengthi16384e6:pieces40:".to_vec();
+        v.extend([0u8; 40]);
+        v.extend_from_slice(b"ee");
+        assert!(err_text(&v).contains("geometry"));
+        // Non-power piece length not a multiple of 16 KiB.
+        let mut v = b"d4:infod6:lengthi5e4:name1:x12:piece lengthi1000e6:pieces20:".to_vec();
+        v.extend([0u8; 20]);
+        v.extend_from_slice(b"ee");
+        assert!(err_text(&v).contains("piece length"));
+    }
+
+    #[test]
+    fn huge_lengths_are_errors_not_panics() {
+        let max = i64::MAX;
+        let files = format!(
+            "ld6:lengthi{max}e4:pathl1:aeed6:lengthi{max}e4:pathl1:beed6:lengthi{max}e4:pathl1:ceee"
+        );
+        let e = err_text(&multi(&files, 0));
+        assert!(e.contains("2^64"), "{e}");
+        // One huge file: the piece count cannot match.
+        let v = format!("d4:infod6:lengthi{max}e4:name1:x12:piece lengthi16384e6:pieces20:");
+        let mut v = v.into_bytes();
+        v.extend([0u8; 20]);
+        v.extend_from_slice(b"ee");
+        assert!(err_text(&v).contains("geometry"));
+        assert!(matches!(
+            Metainfo::from_bytes(&vec![b'0'; MAX_TORRENT_SIZE + 1]),
+            Err(MetainfoError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn unsafe_paths_are_rejected_and_named() {
+        let cases = [
+            ("l2:..e", "top/.."),
+            ("l1:a2:..1:be", "top/a/../b"),
+            ("l1:.e", "top/."),
+            ("l0:e", "top/"),
+            ("l1:a0:1:be", "top/a//b"),
+            ("l4:/etce", "top//etc"),
+            ("l3:a/be", "top/a/b"),
+            ("l3:a\0be", "top/a\0b"),
+            ("l4:a\\..e", "top/a\\.."),
+        ];
+        for (path, shown) in cases {
+            let files = format!("ld6:lengthi1e4:path{path}ee");
+            match Metainfo::from_bytes(&multi(&files, 1)) {
+                Err(MetainfoError::UnsafePath { path, .. }) => assert_eq!(path, shown),
+                other => panic!("{shown:?} gave {other:?}"),
+            }
+        }
+        for name in ["..", ".", "", "/etc", "a/b"] {
+            match Metainfo::from_bytes(&single(name, 1)) {
+                Err(MetainfoError::UnsafePath { path, .. }) => assert_eq!(path, name),
+                other => panic!("name {name:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn colliding_paths_are_rejected() {
+        let same = "ld6:lengthi1e4:pathl1:aeed6:lengthi1e4:pathl1:aeee";
+        match Metainfo::from_bytes(&multi(same, 2)) {
+            Err(MetainfoError::PathCollision(p)) => assert_eq!(p, "top/a"),
+            other => panic!("{other:?}"),
+        }
+        let prefix = "ld6:lengthi1e4:pathl1:a1:beed6:lengthi1e4:pathl1:aeee";
+        match Metainfo::from_bytes(&multi(prefix, 2)) {
+            Err(MetainfoError::PathCollision(p)) => assert_eq!(p, "top/a"),
+            other => panic!("{other:?}"),
+        }
+        let fine = "ld6:lengthi1e4:pathl1:a1:beed6:lengthi1e4:pathl2:abeee";
+        assert!(Metainfo::from_bytes(&multi(fine, 2)).is_ok());
+    }
+
+    #[test]
+    fn piece_size_rule() {
+        const K: u64 = 1024;
+        const M: u64 = 1024 * K;
+        const G: u64 = 1024 * M;
+        assert_eq!(auto_piece_length(1), 256 * K);
+        assert_eq!(auto_piece_length(100 * M), 256 * K);
+        assert_eq!(auto_piece_length(4000 * 256 * K), 256 * K);
+        assert_eq!(auto_piece_length(4000 * 256 * K + 1), 512 * K);
+        assert_eq!(auto_piece_length(G), 512 * K);
+        assert_eq!(auto_piece_length(10 * G), 4 * M);
+        assert_eq!(auto_piece_length(1 << 50), 16 * M);
+        for total in [2 * G, 3 * G + 7, 20 * G, 60 * G] {
+            let p = auto_piece_length(total);
+            let n = total.div_ceil(p);
+            assert!(p.is_power_of_two());
+            assert!((1000..=4000).contains(&n), "{total} -> {p} -> {n} pieces");
+        }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("262144"), Some(262144));
+        assert_eq!(parse_size("256K"), Some(262144));
+        assert_eq!(parse_size("256kib"), Some(262144));
+        assert_eq!(parse_size("4M"), Some(4 << 20));
+        assert_eq!(parse_size("4MiB"), Some(4 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("4Q"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(parse_piece_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_piece_size("16K").unwrap(), 16 << 10);
+        assert!(parse_piece_size("8K").is_err());
+        assert!(parse_piece_size("3M").is_err());
+        assert!(parse_piece_size("128M").is_err());
+        assert!(parse_piece_size("").is_err());
+    }
+
+    fn sequential_hashes(p: &Payload, l: &Lengths) -> Vec<[u8; 20]> {
+        let mut stream = Vec::new();
+        for f in &p.disk_files {
+            stream.extend(fs::read(p.root.join(&f.path)).unwrap());
+        }
+        stream
+            .chunks(l.piece_length() as usize)
+            .map(|c| Sha1::digest(c).into())
+            .collect()
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("payload");
+        fs::create_dir_all(d.join("b/nested")).unwrap();
+        fs::create_dir_all(d.join(".git/objects")).unwrap();
+        fs::write(d.join(".git/objects/x"), b"secret").unwrap();
+        fs::write(d.join("b/nested/z"), vec![3u8; 70000]).unwrap();
+        fs::write(d.join("a"), b"hello").unwrap();
+        fs::write(d.join("B"), b"upper").unwrap();
+        fs::write(d.join("empty"), b"").unwrap();
+        t
+    }
+
+    #[test]
+    fn scan_is_sorted_skips_git_and_prefixes_name() {
+        let t = tree();
+        let p = scan(&t.path().join("payload"), None).unwrap();
+        let got: Vec<_> = p.disk_files.iter().map(|f| f.path.clone()).collect();
+        let want: Vec<PathBuf> = [
+            "payload/B",
+            "payload/a",
+            "payload/b/nested/z",
+            "payload/empty",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(p.total_length(), 70010);
+        let renamed = scan(&t.path().join("payload"), Some("other")).unwrap();
+        assert_eq!(
+            renamed.torrent_files()[2].path,
+            PathBuf::from("other/b/nested/z")
+        );
+        assert!(scan(&t.path().join("payload"), Some("..")).is_err());
+    }
+
+    #[test]
+    fn scan_refuses_symlinks_and_fifos() {
+        let t = tree();
+        let d = t.path().join("payload");
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        match scan(&d, None) {
+            Err(MetainfoError::Symlink(p)) => assert!(p.ends_with("link")),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_file(d.join("link")).unwrap();
+        let fifo = std::ffi::CString::new(d.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `fifo` is a valid NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) };
+        assert_eq!(rc, 0);
+        match scan(&d, None) {
+            Err(MetainfoError::SpecialFile(p)) => assert!(p.ends_with("fifo")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scan_refuses_empty_payload() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("e")).unwrap();
+        fs::write(t.path().join("e/zero"), b"").unwrap();
+        assert!(matches!(
+            scan(&t.path().join("e"), None),
+            Err(MetainfoError::EmptyPayload(_))
+        ));
+    }
+
+    #[test]
+    fn assemble_is_deterministic_and_parses_back() {
+        let t = tree();
+        let opts = BuildOptions {
+            trackers: vec!["http://127.0.0.1:8998/announce".into(), "http://b/".into()],
+            piece_length: Some(16384),
+            creation_date: Some(1_700_000_000),
+            ..Default::default()
+        };
+        let build = || {
+            let p = scan(&t.path().join("payload"), None).unwrap();
+            let l = payload_lengths(&p, &opts).unwrap();
+            let h = sequential_hashes(&p, &l);
+            assemble(&p, &opts, l, &h).unwrap()
+        };
+        let (m1, b1) = build();
+        let (m2, b2) = build();
+        assert_eq!(b1, b2);
+        assert_eq!(m1, m2);
+        // Canonical: re-encoding the decoded bytes gives the same bytes.
+        assert_eq!(bencode::decode(&b1).unwrap().to_owned_value().encode(), b1);
+        for cut in 0..b1.len() {
+            assert!(Metainfo::from_bytes(&b1[..cut]).is_err(), "cut {cut}");
+        }
+        assert_eq!(m1.info.lengths.piece_count(), 5);
+        assert_eq!(m1.info.files.len(), 4);
+        assert_eq!(m1.info.files[2].path, PathBuf::from("payload/b/nested/z"));
+        assert_eq!(
+            m1.announce.as_deref(),
+            Some("http://127.0.0.1:8998/announce")
+        );
+        assert_eq!(m1.trackers().len(), 2);
+        assert_eq!(
+            m1.created_by.as_deref(),
+            Some(concat!("corvid ", env!("CARGO_PKG_VERSION")))
+        );
+    }
+
+    #[test]
+    fn build_through_pool_matches_sequential_oracle() {
+        let t = tree();
+        let opts = BuildOptions {
+            piece_length: Some(16384),
+            creation_date: Some(1),
+            ..Default::default()
+        };
+        let p = scan(&t.path().join("payload"), None).unwrap();
+        let l = payload_lengths(&p, &opts).unwrap();
+        let (_, want) = assemble(&p, &opts, l, &sequential_hashes(&p, &l)).unwrap();
+        for threads in [1, 3] {
+            let pool = HashPool::new(threads);
+            let mut last = 0;
+            let (m, bytes) =
+                build(&t.path().join("payload"), &opts, &pool, &mut |b| last = b).unwrap();
+            assert_eq!(bytes, want, "{threads} threads");
+            assert_eq!(last, m.info.lengths.total_length());
+        }
+    }
+
+    #[test]
+    fn single_file_build() {
+        let t = tree();
+        let p = scan(&t.path().join("payload/b/nested/z"), Some("renamed")).unwrap();
+        assert!(!p.multi_file);
+        assert_eq!(
+            p.root,
+            fs::canonicalize(t.path().join("payload/b/nested")).unwrap()
+        );
+        let opts = BuildOptions::default();
+        let l = payload_lengths(&p, &opts).unwrap();
+        assert_eq!(l.piece_length(), AUTO_MIN_PIECE);
+        let h = sequential_hashes(&p, &l);
+        let (m, _) = assemble(&p, &opts, l, &h).unwrap();
+        assert_eq!(m.info.files[0].path, PathBuf::from("renamed"));
+        assert_eq!(m.info.lengths.total_length(), 70000);
+        assert!(m.announce.is_none());
+    }
+}

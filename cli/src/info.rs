@@ -1,0 +1,103 @@
+//! `corvid info TORRENT`: what a torrent describes, for humans or as one JSON object.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use corvid_engine::metainfo::Metainfo;
+
+use crate::output::{human_size, json_array, json_object, json_str, print};
+use crate::{Exit, Failure};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Show a torrent's name, info-hash, size, pieces, files and trackers",
+    after_help = "Examples:\n  corvid info release-42.torrent\n  corvid info release-42.torrent --json | jq .info_hash"
+)]
+pub struct Args {
+    /// The .torrent file to read.
+    torrent: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads and parses a torrent file; every failure is an input error naming the file.
+pub fn load(path: &Path) -> Result<Metainfo, Failure> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::input)?;
+    Metainfo::from_bytes(&bytes)
+        .with_context(|| format!("{} is not a usable torrent", path.display()))
+        .map_err(Failure::input)
+}
+
+pub fn run(args: Args) -> Result<Exit, Failure> {
+    let m = load(&args.torrent)?;
+    let i = &m.info;
+    if args.json {
+        let files = json_array(i.files.iter().map(|f| {
+            json_object(&[
+                ("path", json_str(&f.path.to_string_lossy())),
+                ("size", f.length.to_string()),
+            ])
+        }));
+        let opt = |s: &Option<String>| s.as_deref().map_or("null".to_owned(), json_str);
+        let obj = json_object(&[
+            ("name", json_str(&i.name)),
+            ("info_hash", json_str(&m.info_hash_hex())),
+            ("total_size", i.lengths.total_length().to_string()),
+            ("piece_length", i.lengths.piece_length().to_string()),
+            ("pieces", i.lengths.piece_count().to_string()),
+            ("multi_file", i.multi_file.to_string()),
+            ("private", i.private.to_string()),
+            ("files", files),
+            (
+                "trackers",
+                json_array(m.trackers().iter().map(|t| json_str(t))),
+            ),
+            ("comment", opt(&m.comment)),
+            ("created_by", opt(&m.created_by)),
+            (
+                "creation_date",
+                m.creation_date.map_or("null".to_owned(), |d| d.to_string()),
+            ),
+        ]);
+        print(&format!("{obj}\n"))?;
+        return Ok(Exit::Ok);
+    }
+    let mut s = String::new();
+    s += &format!("name:         {}\n", i.name);
+    s += &format!("info-hash:    {}\n", m.info_hash_hex());
+    s += &format!(
+        "total size:   {} ({} bytes)\n",
+        human_size(i.lengths.total_length()),
+        i.lengths.total_length()
+    );
+    s += &format!(
+        "pieces:       {} x {}\n",
+        i.lengths.piece_count(),
+        human_size(i.lengths.piece_length())
+    );
+    if i.private {
+        s += "private:      yes\n";
+    }
+    if let Some(c) = &m.comment {
+        s += &format!("comment:      {c}\n");
+    }
+    if let Some(c) = &m.created_by {
+        s += &format!("created by:   {c}\n");
+    }
+    let trackers = m.trackers();
+    if trackers.is_empty() {
+        s += "trackers:     (none)\n";
+    }
+    for t in trackers {
+        s += &format!("tracker:      {t}\n");
+    }
+    s += &format!("files:        {}\n", i.files.len());
+    for f in &i.files {
+        s += &format!("  {:>12}  {}\n", f.length, f.path.display());
+    }
+    print(&s)?;
+    Ok(Exit::Ok)
+}

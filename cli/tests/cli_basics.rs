@@ -1,0 +1,239 @@
+//! The `corvid` binary's contract: make -> info -> verify round trip, exit codes, one-line
+//! errors on bad input, refusal of unsafe torrents, and help text with examples.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn corvid(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_corvid"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run corvid")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An error is exactly one line starting with `corvid: error: ` and the given exit code.
+fn assert_one_line_error(o: &Output, code: i32, mentions: &str) {
+    let e = err(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {e}");
+    assert!(e.starts_with("corvid: error: "), "{e:?}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e:?}");
+    assert!(e.contains(mentions), "{e:?} should mention {mentions:?}");
+}
+
+fn tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("rel/lib")).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(dir.join("rel/lib/a.so"), &data).unwrap();
+    std::fs::write(dir.join("rel/VERSION"), b"42\n").unwrap();
+}
+
+#[test]
+fn round_trip_make_info_verify() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    let o = corvid(
+        &[
+            "make",
+            "rel",
+            "--piece-size",
+            "16K",
+            "--tracker",
+            "http://127.0.0.1:1/a",
+        ],
+        t.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let made = out(&o);
+    assert!(made.contains("info-hash "), "{made}");
+    assert!(t.path().join("rel.torrent").is_file());
+    // No temporary file left beside the output.
+    let leftovers: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let o = corvid(&["info", "rel.torrent"], t.path());
+    assert_eq!(o.status.code(), Some(0));
+    let info = out(&o);
+    let hash = made
+        .split("info-hash ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    assert!(info.contains(hash), "{info}");
+    assert!(info.contains("rel/lib/a.so"), "{info}");
+    assert!(info.contains("http://127.0.0.1:1/a"), "{info}");
+    assert!(info.contains("pieces:       13 x 16.0 KiB"), "{info}");
+
+    let o = corvid(&["verify", "rel.torrent", "."], t.path());
+    assert_eq!(o.status.code(), Some(0), "{}{}", out(&o), err(&o));
+    assert!(out(&o).starts_with("ok: all 13 pieces"));
+
+    // Damage piece 5 (bytes 81920..98304 of the stream; VERSION's 3 bytes come first).
+    let p = t.path().join("rel/lib/a.so");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[90_000] ^= 1;
+    std::fs::write(&p, &bytes).unwrap();
+    let o = corvid(&["verify", "rel.torrent", "."], t.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        out(&o).contains("bad piece 5: ./rel/lib/a.so"),
+        "{}",
+        out(&o)
+    );
+
+    // A missing file: exit 1, named as missing.
+    std::fs::remove_file(t.path().join("rel/VERSION")).unwrap();
+    let o = corvid(&["verify", "--json", "rel.torrent", "rel"], t.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out(&o).contains("\"problem\":\"missing\""), "{}", out(&o));
+    assert!(out(&o).contains("rel/VERSION"), "{}", out(&o));
+}
+
+#[test]
+fn make_refuses_to_overwrite_without_force() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    let o = corvid(&["make", "rel", "-o", "x.torrent"], t.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let first = std::fs::read(t.path().join("x.torrent")).unwrap();
+    std::fs::write(t.path().join("x.torrent"), b"keep me").unwrap();
+    let o = corvid(&["make", "rel", "-o", "x.torrent"], t.path());
+    assert_one_line_error(&o, 4, "--force");
+    assert_eq!(
+        std::fs::read(t.path().join("x.torrent")).unwrap(),
+        b"keep me"
+    );
+    let o = corvid(
+        &[
+            "make",
+            "rel",
+            "-o",
+            "x.torrent",
+            "--force",
+            "--name",
+            "renamed",
+        ],
+        t.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let second = std::fs::read(t.path().join("x.torrent")).unwrap();
+    assert_ne!(second, first);
+    let o = corvid(&["info", "--json", "x.torrent"], t.path());
+    assert!(out(&o).starts_with("{\"name\":\"renamed\""), "{}", out(&o));
+}
+
+#[test]
+fn bad_input_gives_one_line_and_exit_3() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    std::fs::write(t.path().join("garbage.torrent"), b"this is not bencode").unwrap();
+    let o = corvid(&["info", "garbage.torrent"], t.path());
+    assert_one_line_error(&o, 3, "garbage.torrent");
+
+    let o = corvid(&["make", "rel", "--piece-size", "16K"], t.path());
+    assert_eq!(o.status.code(), Some(0));
+    let good = std::fs::read(t.path().join("rel.torrent")).unwrap();
+    for cut in [1, good.len() / 2, good.len() - 1] {
+        std::fs::write(t.path().join("cut.torrent"), &good[..cut]).unwrap();
+        let o = corvid(&["verify", "cut.torrent", "."], t.path());
+        assert_one_line_error(&o, 3, "cut.torrent");
+    }
+    let o = corvid(&["info", "does-not-exist.torrent"], t.path());
+    assert_one_line_error(&o, 3, "does-not-exist.torrent");
+    let o = corvid(&["make", "no/such/dir"], t.path());
+    assert_one_line_error(&o, 3, "no/such/dir");
+    let o = corvid(&["make", "rel", "--piece-size", "3M"], t.path());
+    assert_one_line_error(&o, 3, "power of two");
+    let o = corvid(&["verify", "rel.torrent", "nowhere"], t.path());
+    assert_one_line_error(&o, 3, "payload not found");
+}
+
+#[test]
+fn unsafe_path_torrent_is_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    let mut v = b"d4:infod5:filesld6:lengthi1e4:pathl2:..6:passwdeee4:name3:top12:piece lengthi16384e6:pieces20:".to_vec();
+    v.extend([0u8; 20]);
+    v.extend_from_slice(b"ee");
+    std::fs::write(t.path().join("evil.torrent"), &v).unwrap();
+    let o = corvid(&["info", "evil.torrent"], t.path());
+    assert_one_line_error(&o, 3, "top/../passwd");
+    let o = corvid(&["verify", "evil.torrent", "."], t.path());
+    assert_one_line_error(&o, 3, "unsafe");
+}
+
+#[test]
+fn symlink_in_tree_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    std::os::unix::fs::symlink("/etc/hostname", t.path().join("rel/lib/link")).unwrap();
+    let o = corvid(&["make", "rel"], t.path());
+    assert_one_line_error(&o, 3, "symbolic link");
+    assert!(!t.path().join("rel.torrent").exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let t = tempfile::tempdir().unwrap();
+    let o = corvid(&["make"], t.path());
+    assert_eq!(o.status.code(), Some(2));
+    let o = corvid(&["frobnicate"], t.path());
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn help_has_examples_and_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let top = out(&corvid(&["--help"], t.path()));
+    assert!(
+        top.contains("Examples:") && top.contains("Exit codes:"),
+        "{top}"
+    );
+    assert!(top.contains("3  input error"), "{top}");
+    for (cmd, example) in [
+        ("make", "corvid make ./release-42"),
+        ("verify", "corvid verify release-42.torrent"),
+        ("info", "corvid info release-42.torrent"),
+    ] {
+        let h = out(&corvid(&[cmd, "--help"], t.path()));
+        assert!(h.contains(example), "{cmd} --help lacks an example: {h}");
+    }
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    assert!(corvid(&["make", "rel"], t.path()).status.success());
+    // A reader that closes at once; the info output is small, so make it a long file list.
+    for i in 0..3000 {
+        std::fs::write(t.path().join(format!("rel/f{i:05}")), b"x").unwrap();
+    }
+    assert!(corvid(&["make", "rel", "-o", "big.torrent"], t.path())
+        .status
+        .success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corvid"))
+        .args(["info", "big.torrent"])
+        .current_dir(t.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert!(o.stderr.is_empty(), "{}", err(&o));
+}
