@@ -551,7 +551,7 @@ impl PeerConn {
                 let discard = if o.cancelled {
                     true
                 } else {
-                    self.inflight -= u64::from(len);
+                    self.inflight = self.inflight.saturating_sub(u64::from(len));
                     swarm.begin_block(self.key, o.block) == Accept::Discard
                 };
                 self.state = State::Payload {
@@ -570,7 +570,7 @@ impl PeerConn {
                 }) {
                     if let Some(o) = self.outstanding.remove(i) {
                         if !o.cancelled {
-                            self.inflight -= u64::from(len);
+                            self.inflight = self.inflight.saturating_sub(u64::from(len));
                             swarm.release(o.block);
                         }
                     }
@@ -788,7 +788,7 @@ impl PeerConn {
             {
                 o.cancelled = true;
                 o.sent = now;
-                self.inflight -= u64::from(b.len);
+                self.inflight = self.inflight.saturating_sub(u64::from(b.len));
                 swarm.release(b);
                 Message::Cancel {
                     index: b.piece.get(),

@@ -302,7 +302,10 @@ impl Swarm {
     /// Whether the connection's address has been banned since it joined (or the key is
     /// stale: its connection was removed).
     pub fn is_banned(&self, key: PeerKey) -> bool {
-        self.slot(key).is_none_or(|s| s.banned)
+        match self.slot(key) {
+            Some(s) => s.banned,
+            None => true,
+        }
     }
 
     pub fn add_availability(&mut self, piece: PieceIndex) {
@@ -405,7 +408,11 @@ impl Swarm {
             }
             let avail = self.availability[i as usize];
             let tie = mix(u64::from(i) ^ salt);
-            if best.is_none_or(|(a, t, _)| (avail, tie) < (a, t)) {
+            let better = match best {
+                Some((a, t, _)) => (avail, tie) < (a, t),
+                None => true,
+            };
+            if better {
                 best = Some((avail, tie, i));
             }
         }
@@ -510,10 +517,11 @@ impl Swarm {
 
     fn block_state(&mut self, b: BlockRef) -> Option<&mut Block> {
         let pi = self.partial_of[b.piece.as_usize()];
-        if pi == NONE || b.offset % crate::geometry::BLOCK_SIZE != 0 {
+        let n = b.offset / crate::geometry::BLOCK_SIZE;
+        if pi == NONE || n * crate::geometry::BLOCK_SIZE != b.offset {
             return None;
         }
-        let n = (b.offset / crate::geometry::BLOCK_SIZE) as usize;
+        let n = n as usize;
         self.partials[pi as usize].blocks.get_mut(n)
     }
 

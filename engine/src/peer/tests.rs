@@ -59,6 +59,9 @@ struct Node {
     cfg: PeerConfig,
 }
 
+/// Chunks in flight on one direction of a connection, with the step they arrive.
+type Link = VecDeque<(u64, Vec<u8>)>;
+
 struct Sim {
     t: Torrent,
     nodes: Vec<Node>,
@@ -66,7 +69,7 @@ struct Sim {
     step: u64,
     latency_steps: u64,
     /// (from, to) -> chunks in flight with the step they arrive.
-    links: BTreeMap<(usize, usize), VecDeque<(u64, Vec<u8>)>>,
+    links: BTreeMap<(usize, usize), Link>,
     /// Every close seen: (node, remote node, reason).
     closes: Vec<(usize, usize, CloseReason)>,
 }
@@ -279,11 +282,9 @@ impl Sim {
         for x in 0..n {
             let ids: Vec<usize> = self.nodes[x].conns.keys().copied().collect();
             for y in ids {
-                if self.step % 10 == 0 {
-                    let node = &mut self.nodes[x];
-                    if let Some(c) = node.conns.get_mut(&y) {
-                        c.pc.handle_tick(&mut node.swarm, now);
-                    }
+                let node = &mut self.nodes[x];
+                if let Some(c) = node.conns.get_mut(&y) {
+                    c.pc.handle_tick(&mut node.swarm, now);
                 }
                 if let Some(r) = self.receive(x, y) {
                     self.close(x, y, r);
