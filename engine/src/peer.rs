@@ -34,6 +34,9 @@ use crate::geometry::{BlockRef, Lengths, PieceIndex, BLOCK_SIZE};
 use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
+/// How far into a remote's request queue a seeder looks for the least-spread piece.
+pub const SEEDER_LOOKAHEAD: usize = 64;
+
 /// Per-connection tuning.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -844,14 +847,33 @@ impl PeerConn {
         if self.am_choking {
             return None;
         }
-        let block = self.their_requests.pop_front()?;
+        let block = self.next_upload(swarm)?;
         self.stats.uploaded += u64::from(block.len);
-        swarm.record_upload(u64::from(block.len));
+        swarm.record_upload(block);
         self.last_sent = now;
         Some(Transmit::Block {
             header: wire::piece_header(block.piece.get(), block.offset, block.len),
             block,
         })
+    }
+
+    /// The next queued request to serve. A seeder's uplink is the swarm's scarcest
+    /// resource, so when we have everything we serve first, among the oldest
+    /// [`SEEDER_LOOKAHEAD`] requests, the piece that is rarest counting copies we already
+    /// sent: the first copy of each piece goes out early and peers pass it on. Leechers
+    /// serve in order (the requester asked in its own preferred order).
+    fn next_upload(&mut self, swarm: &Swarm) -> Option<BlockRef> {
+        if !swarm.is_complete() || self.their_requests.len() < 2 {
+            return self.their_requests.pop_front();
+        }
+        let best = self
+            .their_requests
+            .iter()
+            .take(SEEDER_LOOKAHEAD)
+            .enumerate()
+            .min_by_key(|(_, b)| swarm.spread(b.piece))
+            .map(|(i, _)| i)?;
+        self.their_requests.remove(best)
     }
 
     fn note_sent(&mut self, sent: bool, now: Instant) {

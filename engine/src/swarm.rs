@@ -145,6 +145,8 @@ pub struct Swarm {
     rng: u64,
     unchoked: usize,
     stats: SwarmStats,
+    /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
+    served_blocks: Vec<u32>,
 }
 
 impl Swarm {
@@ -189,6 +191,7 @@ impl Swarm {
             rng: seed | 1,
             unchoked: 0,
             stats: SwarmStats::default(),
+            served_blocks: vec![0; n as usize],
         }
     }
 
@@ -344,8 +347,20 @@ impl Swarm {
         }
     }
 
-    pub fn record_upload(&mut self, bytes: u64) {
-        self.stats.uploaded += bytes;
+    /// Counts an uploaded block, for the stats and for [`Swarm::spread`].
+    pub fn record_upload(&mut self, block: BlockRef) {
+        self.stats.uploaded += u64::from(block.len);
+        let s = &mut self.served_blocks[block.piece.as_usize()];
+        *s = s.saturating_add(1);
+    }
+
+    /// How widely a piece is spread, as far as we know: connections that announced it
+    /// plus the copies we uploaded ourselves (which may not be announced yet), in
+    /// sixteenths of a copy. Lower is rarer.
+    pub fn spread(&self, piece: PieceIndex) -> u64 {
+        let blocks = u64::from(self.lengths.blocks_in_piece(piece).max(1));
+        let served = u64::from(self.served_blocks[piece.as_usize()]);
+        u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -893,6 +908,21 @@ mod tests {
         assert_eq!(pick(&mut s, b, &bf("1"), 1).len(), 1);
         assert!(pick(&mut s, a, &bf("1"), 4).is_empty());
         assert_eq!(pick(&mut s, b, &bf("1"), 4).len(), 1);
+    }
+
+    #[test]
+    fn spread_counts_announced_and_served_copies() {
+        let mut s = swarm(2, 4, 1);
+        let p0 = s.lengths.piece(0).unwrap();
+        let p1 = s.lengths.piece(1).unwrap();
+        s.add_availability(p1);
+        assert!(s.spread(p0) < s.spread(p1));
+        for n in 0..4 {
+            s.record_upload(s.lengths.block(p0, n).unwrap());
+        }
+        // One whole copy sent counts like one peer announcing it.
+        assert_eq!(s.spread(p0), s.spread(p1));
+        assert_eq!(s.stats().uploaded, 4 * u64::from(BLOCK_SIZE));
     }
 
     #[test]

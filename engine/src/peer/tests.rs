@@ -412,8 +412,9 @@ fn capped_seeder_swarm_completes_via_peers() {
         peers > seeder,
         "peers uploaded {peers}, seeder {seeder}: peers should carry most of the load"
     );
-    // The seeder sent far less than one copy per peer.
-    assert!(seeder < 4 * 1_000_000, "seeder uploaded {seeder}");
+    // The seeder sent far less than one copy per peer: serving least-spread pieces first
+    // brings it to about two copies (about 2.6 when it served requests in order).
+    assert!(seeder < 2_300_000, "seeder uploaded {seeder}");
 }
 
 #[test]
