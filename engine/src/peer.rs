@@ -213,6 +213,9 @@ pub struct PeerConn {
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
+    /// The swarm epoch, remote piece count and end-game flag when the picker last came up
+    /// short; picking again before one of them changes would find nothing.
+    starved: Option<(u64, u32, bool)>,
     created: Instant,
     last_recv: Instant,
     last_sent: Instant,
@@ -270,6 +273,7 @@ impl PeerConn {
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
+            starved: None,
             created: now,
             last_recv: now,
             last_sent: now,
@@ -809,7 +813,14 @@ impl PeerConn {
                 .div_ceil(u64::from(BLOCK_SIZE));
             let by_count = (self.remote_reqq as usize).saturating_sub(self.outstanding.len());
             let want = (by_bytes as usize).min(by_count);
-            if want > 0 {
+            // Refill in batches (a sixteenth of the pipeline) so the swarm lock is taken
+            // once per many blocks, not once per block; an empty pipeline refills at once.
+            let cap =
+                (target.div_ceil(u64::from(BLOCK_SIZE)) as usize).min(self.remote_reqq as usize);
+            let batch = (cap / 16).max(1);
+            let live = self.inflight > 0;
+            let starved_key = (swarm.epoch(), self.remote_has.count(), swarm.in_endgame());
+            if want > 0 && (want >= batch || !live) && self.starved != Some(starved_key) {
                 self.picked.clear();
                 let outstanding = &self.outstanding;
                 let picked = &mut self.picked;
@@ -820,6 +831,9 @@ impl PeerConn {
                     |b| outstanding.iter().any(|o| o.block == b && !o.cancelled),
                     |b| picked.push(b),
                 );
+                // Came up short: nothing more to pick until the swarm or the remote changes.
+                self.starved = (self.picked.len() < want)
+                    .then(|| (swarm.epoch(), self.remote_has.count(), swarm.in_endgame()));
                 for &b in &self.picked {
                     self.outstanding.push_back(Outstanding {
                         block: b,

@@ -147,6 +147,9 @@ pub struct Swarm {
     stats: SwarmStats,
     /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
     served_blocks: Vec<u32>,
+    /// Bumped whenever a block may have become pickable again (released, aborted, a
+    /// verdict), so a connection whose last pick came up short knows when to retry.
+    epoch: u64,
 }
 
 impl Swarm {
@@ -192,6 +195,7 @@ impl Swarm {
             unchoked: 0,
             stats: SwarmStats::default(),
             served_blocks: vec![0; n as usize],
+            epoch: 0,
         }
     }
 
@@ -289,6 +293,7 @@ impl Swarm {
     ///
     /// [`PeerConn::handle_close`]: crate::peer::PeerConn::handle_close
     pub fn remove_peer(&mut self, key: PeerKey) {
+        self.epoch += 1;
         self.release_unchoke(key);
         for &pi in &self.active {
             let p = &mut self.partials[pi as usize];
@@ -540,8 +545,14 @@ impl Swarm {
         self.partials[pi as usize].blocks.get_mut(n)
     }
 
+    /// See the `epoch` field: changes whenever blocks may have become pickable.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Gives back one outstanding request (timed out, rejected, choked, connection gone).
     pub fn release(&mut self, b: BlockRef) {
+        self.epoch += 1;
         let mut freed = false;
         if let Some(st) = self.block_state(b) {
             match *st {
@@ -629,6 +640,7 @@ impl Swarm {
 
     /// The connection died while receiving the block's payload: what it wrote is junk.
     pub fn abort_block(&mut self, key: PeerKey, b: BlockRef) {
+        self.epoch += 1;
         let mut freed = false;
         if let Some(st) = self.block_state(b) {
             if let Block::Writing { by, others } = *st {
@@ -652,6 +664,7 @@ impl Swarm {
     /// sent all of it, that address gets a strike (banned at `ban_strikes`); if several
     /// did, nobody can be blamed yet, so the piece is re-fetched from a single peer.
     pub fn handle_verdict(&mut self, piece: PieceIndex, ok: bool) -> Verdict {
+        self.epoch += 1;
         let mut verdict = Verdict::default();
         let pi = self.partial_of[piece.as_usize()];
         if pi == NONE {
