@@ -106,6 +106,8 @@ struct Partial {
     piece: u32,
     blocks: Vec<Block>,
     received: u32,
+    /// Blocks in state `Free`, so the picker skips fully requested pieces at once.
+    free: u32,
     contributors: Vec<IpAddr>,
     /// A piece that failed with several contributors is re-fetched from one peer only,
     /// so the next failure (if any) names its sender.
@@ -389,6 +391,7 @@ impl Swarm {
                 p.blocks.clear();
                 p.blocks.resize(n, Block::Free);
                 p.received = 0;
+                p.free = n as u32;
                 p.contributors.clear();
                 p.suspect = false;
                 p.exclusive = None;
@@ -399,6 +402,7 @@ impl Swarm {
                     piece,
                     blocks: vec![Block::Free; n],
                     received: 0,
+                    free: n as u32,
                     contributors: Vec::new(),
                     suspect: false,
                     exclusive: None,
@@ -462,7 +466,10 @@ impl Swarm {
             let pi = self.active[i] as usize;
             i += 1;
             let piece = self.partials[pi].piece;
-            if !remote.get(piece) || self.partials[pi].exclusive.is_some_and(|k| k != key) {
+            if self.partials[pi].free == 0
+                || !remote.get(piece)
+                || self.partials[pi].exclusive.is_some_and(|k| k != key)
+            {
                 continue;
             }
             let mut took = false;
@@ -473,6 +480,7 @@ impl Swarm {
                 if self.partials[pi].blocks[n] == Block::Free {
                     if let Some(b) = self.block_ref(piece, n) {
                         self.partials[pi].blocks[n] = Block::Requested(1);
+                        self.partials[pi].free -= 1;
                         self.free_blocks -= 1;
                         want -= 1;
                         took = true;
@@ -496,6 +504,7 @@ impl Swarm {
                 }
                 if let Some(b) = self.block_ref(piece, n) {
                     self.partials[pi].blocks[n] = Block::Requested(1);
+                    self.partials[pi].free -= 1;
                     self.free_blocks -= 1;
                     want -= 1;
                     emit(b);
@@ -535,6 +544,16 @@ impl Swarm {
         }
     }
 
+    /// Keeps `free_blocks` and the piece's own free count in step with a block's state.
+    fn note_free(&mut self, b: BlockRef, delta: i64) {
+        let pi = self.partial_of[b.piece.as_usize()];
+        if pi != NONE && delta != 0 {
+            let p = &mut self.partials[pi as usize];
+            p.free = (i64::from(p.free) + delta) as u32;
+            self.free_blocks = (self.free_blocks as i64 + delta) as u64;
+        }
+    }
+
     fn block_state(&mut self, b: BlockRef) -> Option<&mut Block> {
         let pi = self.partial_of[b.piece.as_usize()];
         let n = b.offset / crate::geometry::BLOCK_SIZE;
@@ -571,7 +590,7 @@ impl Swarm {
             }
         }
         if freed {
-            self.free_blocks += 1;
+            self.note_free(b, 1);
         }
     }
 
@@ -606,7 +625,7 @@ impl Swarm {
             None => Accept::Discard,
         };
         if took_free {
-            self.free_blocks -= 1;
+            self.note_free(b, -1);
         }
         if accept == Accept::Discard {
             self.stats.wasted += u64::from(b.len);
@@ -655,7 +674,7 @@ impl Swarm {
             }
         }
         if freed {
-            self.free_blocks += 1;
+            self.note_free(b, 1);
         }
     }
 
@@ -684,6 +703,7 @@ impl Swarm {
         p.blocks.iter_mut().for_each(|b| *b = Block::Free);
         p.received = 0;
         p.exclusive = None;
+        p.free = n as u32;
         self.free_blocks += n as u64;
         self.stats.wasted += u64::from(self.lengths.piece_size(piece));
         self.stats.downloaded = self
@@ -714,7 +734,7 @@ impl Swarm {
 
     /// For tests and debugging: recounts `free_blocks` from the block states.
     #[cfg(test)]
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let mut free = 0u64;
         for p in self.lengths.pieces() {
             if self.have.get(p.get()) {
@@ -728,7 +748,9 @@ impl Swarm {
                 let part = &self.partials[pi as usize];
                 assert_eq!(part.piece, p.get());
                 assert!(self.active.contains(&pi));
-                free += part.blocks.iter().filter(|b| **b == Block::Free).count() as u64;
+                let f = part.blocks.iter().filter(|b| **b == Block::Free).count();
+                assert_eq!(f as u32, part.free);
+                free += f as u64;
                 let recv = part
                     .blocks
                     .iter()

@@ -312,6 +312,9 @@ impl Sim {
                 self.close(x, y, r);
             }
         }
+        for node in &self.nodes {
+            node.swarm.check_invariants();
+        }
     }
 
     fn run_until(&mut self, max_steps: u64, done: impl Fn(&Sim) -> bool) -> bool {
