@@ -788,3 +788,99 @@ fn messages_cut_at_every_position_still_complete() {
         .iter()
         .all(|(_, _, r)| *r == CloseReason::BothComplete));
 }
+
+#[test]
+fn choke_without_fast_gives_requests_back() {
+    let (_t, mut s, mut pc, now) = opened(false, false);
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::Bitfield(&[0xf0]), Message::Unchoke],
+        now,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 7);
+    assert!(s.in_endgame());
+    feed(&mut s, &mut pc, &[Message::Choke], now).unwrap();
+    assert!(pc.outstanding.is_empty());
+    assert!(!s.in_endgame());
+    // The block the remote sends after choking was not requested any more.
+    let r = feed(
+        &mut s,
+        &mut pc,
+        &[Message::Piece {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }],
+        now,
+    );
+    assert!(matches!(r, Err(CloseReason::UnrequestedPiece { .. })));
+}
+
+#[test]
+fn choke_with_fast_keeps_requests_until_rejected() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    feed(&mut s, &mut pc, &[Message::Choke], now).unwrap();
+    assert_eq!(pc.outstanding.len(), 7);
+    let r = feed(
+        &mut s,
+        &mut pc,
+        &[Message::Reject {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }],
+        now,
+    );
+    assert!(r.is_ok());
+    assert_eq!(pc.outstanding.len(), 6);
+    assert!(!s.in_endgame());
+    // Closing gives the rest back too.
+    pc.handle_close(&mut s);
+    s.check_invariants();
+    assert_eq!(s.availability(s.lengths().piece(0).unwrap()), 0);
+}
+
+#[test]
+fn payload_is_received_outside_handle_bytes() {
+    let (t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    let b = pc.outstanding[0].block;
+    let mut v = Vec::new();
+    Message::Piece {
+        index: b.piece.get(),
+        begin: b.offset,
+        len: b.len,
+    }
+    .encode(&mut v);
+    v.extend_from_slice(&t.data[..b.len as usize]);
+    Message::KeepAlive.encode(&mut v);
+    // Only the header is consumed; the payload is the runtime's to move.
+    assert_eq!(pc.handle_bytes(&mut s, &v, now), Ok(13));
+    assert_eq!(
+        pc.poll_event(),
+        Some(Event::ReceivePayload {
+            block: b,
+            discard: false
+        })
+    );
+    // Nothing more is consumed until the payload is done.
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v[13 + b.len as usize..], now),
+        Ok(0)
+    );
+    pc.handle_payload_done(&mut s, b, now);
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v[13 + b.len as usize..], now),
+        Ok(4)
+    );
+    assert_eq!(pc.stats().downloaded, u64::from(b.len));
+}
