@@ -583,8 +583,7 @@ fn mailbox_wakes_a_blocked_ring() {
     let (tx, events) = crossbeam_channel::unbounded();
     let mut cfg = config(1);
     cfg.listen = None;
-    // Unique thread name per test would need config; core 0 of this runtime is the only
-    // "corvid-core-0" whose state we sample while no other test's core is idle-checked.
+    cfg.name = "mbox-wake".into();
     let rt = Runtime::start(cfg, |_| Transfer {
         dst: None,
         src: None,
@@ -596,7 +595,7 @@ fn mailbox_wakes_a_blocked_ring() {
         // Nothing else can complete on this ring (no listener, no tick): wait until the core
         // thread sleeps in io_uring_enter, then the message alone must wake it.
         let deadline = Instant::now() + WAIT;
-        while !matches!(thread_state("corvid-core-0"), Some('S')) {
+        while !matches!(thread_state("mbox-wake-0"), Some('S')) {
             assert!(Instant::now() < deadline, "core never went idle");
             std::thread::yield_now();
         }
