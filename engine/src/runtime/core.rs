@@ -227,12 +227,22 @@ impl<C, E> Conns<'_, C, E> {
     }
 }
 
+/// A core's connection slab: boxed entries so kernel-visible addresses never move.
+type Slots<C, E> = Vec<Option<Box<Entry<C, E>>>>;
+
+/// The disjoint borrows a callback needs: the service, its `CoreIo`, the connections.
+type Parts<'a, S> = (
+    &'a mut S,
+    CoreIo<'a, <S as Service>::Msg>,
+    &'a mut Slots<<S as Service>::Conn, <S as Service>::Error>,
+);
+
 struct Core<S: Service> {
     index: usize,
     config: RuntimeConfig,
     ring: IoUring,
     service: S,
-    slots: Vec<Option<Box<Entry<S::Conn, S::Error>>>>,
+    slots: Slots<S::Conn, S::Error>,
     generations: Vec<u32>,
     free: Vec<u32>,
     live: usize,
@@ -461,13 +471,7 @@ impl<S: Service> Core<S> {
         self.core_inflight += 1;
     }
 
-    fn io_parts(
-        &mut self,
-    ) -> (
-        &mut S,
-        CoreIo<'_, S::Msg>,
-        &mut Vec<Option<Box<Entry<S::Conn, S::Error>>>>,
-    ) {
+    fn io_parts(&mut self) -> Parts<'_, S> {
         let io = CoreIo {
             core: self.index,
             mailboxes: &self.mailboxes,

@@ -23,7 +23,7 @@ fn config(cores: usize) -> RuntimeConfig {
 
 #[derive(Debug, PartialEq, Eq, Clone)]
 enum Closed {
-    PeerClosed,
+    ByPeer,
     Io(io::ErrorKind),
     Shutdown,
     Other(String),
@@ -31,7 +31,7 @@ enum Closed {
 
 fn closed<E: fmt::Display>(r: &CloseReason<E>) -> Closed {
     match r {
-        CloseReason::PeerClosed => Closed::PeerClosed,
+        CloseReason::PeerClosed => Closed::ByPeer,
         CloseReason::Io(e) => Closed::Io(e.kind()),
         CloseReason::Shutdown => Closed::Shutdown,
         other => Closed::Other(other.to_string()),
@@ -181,7 +181,7 @@ fn echo_many_concurrent_clients_on_two_cores() {
     for _ in 0..THREADS * PER_THREAD {
         assert_eq!(
             closed_rx.recv_timeout(WAIT).expect("close event"),
-            Closed::PeerClosed
+            Closed::ByPeer
         );
     }
     let services = rt.shutdown().expect("clean shutdown");
@@ -534,7 +534,7 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     drop(c);
     assert_eq!(
         events.recv_timeout(WAIT).unwrap(),
-        Ev::Closed(Direction::Inbound, Closed::PeerClosed)
+        Ev::Closed(Direction::Inbound, Closed::ByPeer)
     );
     rt.shutdown().unwrap();
     // SAFETY: runtime stopped.
