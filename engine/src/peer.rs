@@ -34,6 +34,9 @@ use crate::geometry::{BlockRef, Lengths, PieceIndex, BLOCK_SIZE};
 use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
+/// How far into a remote's request queue a seeder looks for the least-spread piece.
+pub const SEEDER_LOOKAHEAD: usize = 64;
+
 /// Per-connection tuning.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -210,6 +213,9 @@ pub struct PeerConn {
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
+    /// The swarm epoch, remote piece count and end-game flag when the picker last came up
+    /// short; picking again before one of them changes would find nothing.
+    starved: Option<(u64, u32, bool)>,
     created: Instant,
     last_recv: Instant,
     last_sent: Instant,
@@ -267,6 +273,7 @@ impl PeerConn {
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
+            starved: None,
             created: now,
             last_recv: now,
             last_sent: now,
@@ -556,7 +563,7 @@ impl PeerConn {
                 let discard = if o.cancelled {
                     true
                 } else {
-                    self.inflight -= u64::from(len);
+                    self.inflight = self.inflight.saturating_sub(u64::from(len));
                     swarm.begin_block(self.key, o.block) == Accept::Discard
                 };
                 self.state = State::Payload {
@@ -575,7 +582,7 @@ impl PeerConn {
                 }) {
                     if let Some(o) = self.outstanding.remove(i) {
                         if !o.cancelled {
-                            self.inflight -= u64::from(len);
+                            self.inflight = self.inflight.saturating_sub(u64::from(len));
                             swarm.release(o.block);
                         }
                     }
@@ -793,7 +800,7 @@ impl PeerConn {
             {
                 o.cancelled = true;
                 o.sent = now;
-                self.inflight -= u64::from(b.len);
+                self.inflight = self.inflight.saturating_sub(u64::from(b.len));
                 swarm.release(b);
                 Message::Cancel {
                     index: b.piece.get(),
@@ -811,7 +818,14 @@ impl PeerConn {
                 .div_ceil(u64::from(BLOCK_SIZE));
             let by_count = (self.remote_reqq as usize).saturating_sub(self.outstanding.len());
             let want = (by_bytes as usize).min(by_count);
-            if want > 0 {
+            // Refill in batches (a sixteenth of the pipeline) so the swarm lock is taken
+            // once per many blocks, not once per block; an empty pipeline refills at once.
+            let cap =
+                (target.div_ceil(u64::from(BLOCK_SIZE)) as usize).min(self.remote_reqq as usize);
+            let batch = (cap / 16).max(1);
+            let live = self.inflight > 0;
+            let starved_key = (swarm.epoch(), self.remote_has.count(), swarm.in_endgame());
+            if want > 0 && (want >= batch || !live) && self.starved != Some(starved_key) {
                 self.picked.clear();
                 let outstanding = &self.outstanding;
                 let picked = &mut self.picked;
@@ -822,6 +836,9 @@ impl PeerConn {
                     |b| outstanding.iter().any(|o| o.block == b && !o.cancelled),
                     |b| picked.push(b),
                 );
+                // Came up short: nothing more to pick until the swarm or the remote changes.
+                self.starved = (self.picked.len() < want)
+                    .then(|| (swarm.epoch(), self.remote_has.count(), swarm.in_endgame()));
                 for &b in &self.picked {
                     self.outstanding.push_back(Outstanding {
                         block: b,
@@ -849,14 +866,33 @@ impl PeerConn {
         if self.am_choking {
             return None;
         }
-        let block = self.their_requests.pop_front()?;
+        let block = self.next_upload(swarm)?;
         self.stats.uploaded += u64::from(block.len);
-        swarm.record_upload(u64::from(block.len));
+        swarm.record_upload(block);
         self.last_sent = now;
         Some(Transmit::Block {
             header: wire::piece_header(block.piece.get(), block.offset, block.len),
             block,
         })
+    }
+
+    /// The next queued request to serve. A seeder's uplink is the swarm's scarcest
+    /// resource, so when we have everything we serve first, among the oldest
+    /// [`SEEDER_LOOKAHEAD`] requests, the piece that is rarest counting copies we already
+    /// sent: the first copy of each piece goes out early and peers pass it on. Leechers
+    /// serve in order (the requester asked in its own preferred order).
+    fn next_upload(&mut self, swarm: &Swarm) -> Option<BlockRef> {
+        if !swarm.is_complete() || self.their_requests.len() < 2 {
+            return self.their_requests.pop_front();
+        }
+        let best = self
+            .their_requests
+            .iter()
+            .take(SEEDER_LOOKAHEAD)
+            .enumerate()
+            .min_by_key(|(_, b)| swarm.spread(b.piece))
+            .map(|(i, _)| i)?;
+        self.their_requests.remove(best)
     }
 
     fn note_sent(&mut self, sent: bool, now: Instant) {

@@ -106,6 +106,8 @@ struct Partial {
     piece: u32,
     blocks: Vec<Block>,
     received: u32,
+    /// Blocks in state `Free`, so the picker skips fully requested pieces at once.
+    free: u32,
     contributors: Vec<IpAddr>,
     /// A piece that failed with several contributors is re-fetched from one peer only,
     /// so the next failure (if any) names its sender.
@@ -145,6 +147,11 @@ pub struct Swarm {
     rng: u64,
     unchoked: usize,
     stats: SwarmStats,
+    /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
+    served_blocks: Vec<u32>,
+    /// Bumped whenever a block may have become pickable again (released, aborted, a
+    /// verdict), so a connection whose last pick came up short knows when to retry.
+    epoch: u64,
 }
 
 impl Swarm {
@@ -189,6 +196,8 @@ impl Swarm {
             rng: seed | 1,
             unchoked: 0,
             stats: SwarmStats::default(),
+            served_blocks: vec![0; n as usize],
+            epoch: 0,
         }
     }
 
@@ -286,6 +295,7 @@ impl Swarm {
     ///
     /// [`PeerConn::handle_close`]: crate::peer::PeerConn::handle_close
     pub fn remove_peer(&mut self, key: PeerKey) {
+        self.epoch += 1;
         self.release_unchoke(key);
         for &pi in &self.active {
             let p = &mut self.partials[pi as usize];
@@ -302,7 +312,10 @@ impl Swarm {
     /// Whether the connection's address has been banned since it joined (or the key is
     /// stale: its connection was removed).
     pub fn is_banned(&self, key: PeerKey) -> bool {
-        self.slot(key).is_none_or(|s| s.banned)
+        match self.slot(key) {
+            Some(s) => s.banned,
+            None => true,
+        }
     }
 
     pub fn add_availability(&mut self, piece: PieceIndex) {
@@ -341,8 +354,20 @@ impl Swarm {
         }
     }
 
-    pub fn record_upload(&mut self, bytes: u64) {
-        self.stats.uploaded += bytes;
+    /// Counts an uploaded block, for the stats and for [`Swarm::spread`].
+    pub fn record_upload(&mut self, block: BlockRef) {
+        self.stats.uploaded += u64::from(block.len);
+        let s = &mut self.served_blocks[block.piece.as_usize()];
+        *s = s.saturating_add(1);
+    }
+
+    /// How widely a piece is spread, as far as we know: connections that announced it
+    /// plus the copies we uploaded ourselves (which may not be announced yet), in
+    /// sixteenths of a copy. Lower is rarer.
+    pub fn spread(&self, piece: PieceIndex) -> u64 {
+        let blocks = u64::from(self.lengths.blocks_in_piece(piece).max(1));
+        let served = u64::from(self.served_blocks[piece.as_usize()]);
+        u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -366,6 +391,7 @@ impl Swarm {
                 p.blocks.clear();
                 p.blocks.resize(n, Block::Free);
                 p.received = 0;
+                p.free = n as u32;
                 p.contributors.clear();
                 p.suspect = false;
                 p.exclusive = None;
@@ -376,6 +402,7 @@ impl Swarm {
                     piece,
                     blocks: vec![Block::Free; n],
                     received: 0,
+                    free: n as u32,
                     contributors: Vec::new(),
                     suspect: false,
                     exclusive: None,
@@ -405,7 +432,11 @@ impl Swarm {
             }
             let avail = self.availability[i as usize];
             let tie = mix(u64::from(i) ^ salt);
-            if best.is_none_or(|(a, t, _)| (avail, tie) < (a, t)) {
+            let better = match best {
+                Some((a, t, _)) => (avail, tie) < (a, t),
+                None => true,
+            };
+            if better {
                 best = Some((avail, tie, i));
             }
         }
@@ -435,7 +466,10 @@ impl Swarm {
             let pi = self.active[i] as usize;
             i += 1;
             let piece = self.partials[pi].piece;
-            if !remote.get(piece) || self.partials[pi].exclusive.is_some_and(|k| k != key) {
+            if self.partials[pi].free == 0
+                || !remote.get(piece)
+                || self.partials[pi].exclusive.is_some_and(|k| k != key)
+            {
                 continue;
             }
             let mut took = false;
@@ -446,6 +480,7 @@ impl Swarm {
                 if self.partials[pi].blocks[n] == Block::Free {
                     if let Some(b) = self.block_ref(piece, n) {
                         self.partials[pi].blocks[n] = Block::Requested(1);
+                        self.partials[pi].free -= 1;
                         self.free_blocks -= 1;
                         want -= 1;
                         took = true;
@@ -469,6 +504,7 @@ impl Swarm {
                 }
                 if let Some(b) = self.block_ref(piece, n) {
                     self.partials[pi].blocks[n] = Block::Requested(1);
+                    self.partials[pi].free -= 1;
                     self.free_blocks -= 1;
                     want -= 1;
                     emit(b);
@@ -508,17 +544,34 @@ impl Swarm {
         }
     }
 
+    /// Keeps `free_blocks` and the piece's own free count in step with a block's state.
+    fn note_free(&mut self, b: BlockRef, delta: i64) {
+        let pi = self.partial_of[b.piece.as_usize()];
+        if pi != NONE && delta != 0 {
+            let p = &mut self.partials[pi as usize];
+            p.free = (i64::from(p.free) + delta) as u32;
+            self.free_blocks = (self.free_blocks as i64 + delta) as u64;
+        }
+    }
+
     fn block_state(&mut self, b: BlockRef) -> Option<&mut Block> {
         let pi = self.partial_of[b.piece.as_usize()];
-        if pi == NONE || b.offset % crate::geometry::BLOCK_SIZE != 0 {
+        let n = b.offset / crate::geometry::BLOCK_SIZE;
+        if pi == NONE || n * crate::geometry::BLOCK_SIZE != b.offset {
             return None;
         }
-        let n = (b.offset / crate::geometry::BLOCK_SIZE) as usize;
+        let n = n as usize;
         self.partials[pi as usize].blocks.get_mut(n)
+    }
+
+    /// See the `epoch` field: changes whenever blocks may have become pickable.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Gives back one outstanding request (timed out, rejected, choked, connection gone).
     pub fn release(&mut self, b: BlockRef) {
+        self.epoch += 1;
         let mut freed = false;
         if let Some(st) = self.block_state(b) {
             match *st {
@@ -537,7 +590,7 @@ impl Swarm {
             }
         }
         if freed {
-            self.free_blocks += 1;
+            self.note_free(b, 1);
         }
     }
 
@@ -572,7 +625,7 @@ impl Swarm {
             None => Accept::Discard,
         };
         if took_free {
-            self.free_blocks -= 1;
+            self.note_free(b, -1);
         }
         if accept == Accept::Discard {
             self.stats.wasted += u64::from(b.len);
@@ -606,6 +659,7 @@ impl Swarm {
 
     /// The connection died while receiving the block's payload: what it wrote is junk.
     pub fn abort_block(&mut self, key: PeerKey, b: BlockRef) {
+        self.epoch += 1;
         let mut freed = false;
         if let Some(st) = self.block_state(b) {
             if let Block::Writing { by, others } = *st {
@@ -620,7 +674,7 @@ impl Swarm {
             }
         }
         if freed {
-            self.free_blocks += 1;
+            self.note_free(b, 1);
         }
     }
 
@@ -629,6 +683,7 @@ impl Swarm {
     /// sent all of it, that address gets a strike (banned at `ban_strikes`); if several
     /// did, nobody can be blamed yet, so the piece is re-fetched from a single peer.
     pub fn handle_verdict(&mut self, piece: PieceIndex, ok: bool) -> Verdict {
+        self.epoch += 1;
         let mut verdict = Verdict::default();
         let pi = self.partial_of[piece.as_usize()];
         if pi == NONE {
@@ -648,6 +703,7 @@ impl Swarm {
         p.blocks.iter_mut().for_each(|b| *b = Block::Free);
         p.received = 0;
         p.exclusive = None;
+        p.free = n as u32;
         self.free_blocks += n as u64;
         self.stats.wasted += u64::from(self.lengths.piece_size(piece));
         self.stats.downloaded = self
@@ -678,7 +734,7 @@ impl Swarm {
 
     /// For tests and debugging: recounts `free_blocks` from the block states.
     #[cfg(test)]
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let mut free = 0u64;
         for p in self.lengths.pieces() {
             if self.have.get(p.get()) {
@@ -692,7 +748,9 @@ impl Swarm {
                 let part = &self.partials[pi as usize];
                 assert_eq!(part.piece, p.get());
                 assert!(self.active.contains(&pi));
-                free += part.blocks.iter().filter(|b| **b == Block::Free).count() as u64;
+                let f = part.blocks.iter().filter(|b| **b == Block::Free).count();
+                assert_eq!(f as u32, part.free);
+                free += f as u64;
                 let recv = part
                     .blocks
                     .iter()
@@ -885,6 +943,21 @@ mod tests {
         assert_eq!(pick(&mut s, b, &bf("1"), 1).len(), 1);
         assert!(pick(&mut s, a, &bf("1"), 4).is_empty());
         assert_eq!(pick(&mut s, b, &bf("1"), 4).len(), 1);
+    }
+
+    #[test]
+    fn spread_counts_announced_and_served_copies() {
+        let mut s = swarm(2, 4, 1);
+        let p0 = s.lengths.piece(0).unwrap();
+        let p1 = s.lengths.piece(1).unwrap();
+        s.add_availability(p1);
+        assert!(s.spread(p0) < s.spread(p1));
+        for n in 0..4 {
+            s.record_upload(s.lengths.block(p0, n).unwrap());
+        }
+        // One whole copy sent counts like one peer announcing it.
+        assert_eq!(s.spread(p0), s.spread(p1));
+        assert_eq!(s.stats().uploaded, 4 * u64::from(BLOCK_SIZE));
     }
 
     #[test]

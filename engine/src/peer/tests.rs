@@ -59,14 +59,19 @@ struct Node {
     cfg: PeerConfig,
 }
 
+/// Chunks in flight on one direction of a connection, with the step they arrive.
+type Link = VecDeque<(u64, Vec<u8>)>;
+
 struct Sim {
     t: Torrent,
     nodes: Vec<Node>,
     now: Instant,
     step: u64,
     latency_steps: u64,
+    /// Deliver at most this many bytes per link per step (varying below it).
+    max_chunk: Option<usize>,
     /// (from, to) -> chunks in flight with the step they arrive.
-    links: BTreeMap<(usize, usize), VecDeque<(u64, Vec<u8>)>>,
+    links: BTreeMap<(usize, usize), Link>,
     /// Every close seen: (node, remote node, reason).
     closes: Vec<(usize, usize, CloseReason)>,
 }
@@ -79,6 +84,7 @@ impl Sim {
             now: Instant::now(),
             step: 0,
             latency_steps: 1,
+            max_chunk: None,
             links: BTreeMap::new(),
             closes: Vec::new(),
         }
@@ -269,8 +275,21 @@ impl Sim {
         let n = self.nodes.len();
         // Deliver.
         for ((from, to), q) in self.links.iter_mut() {
-            while q.front().is_some_and(|(at, _)| *at <= self.step) {
-                let (_, bytes) = q.pop_front().unwrap();
+            // With `max_chunk`, each step delivers a different small number of bytes, so
+            // messages arrive cut at every kind of position.
+            let mut room = match self.max_chunk {
+                Some(c) => 1 + (self.step as usize * 7 + from * 3) % c,
+                None => usize::MAX,
+            };
+            while room > 0 && q.front().is_some_and(|(at, _)| *at <= self.step) {
+                let Some((at, mut bytes)) = q.pop_front() else {
+                    break;
+                };
+                if bytes.len() > room {
+                    let rest = bytes.split_off(room);
+                    q.push_front((at, rest));
+                }
+                room -= bytes.len();
                 if let Some(c) = self.nodes[*to].conns.get_mut(from) {
                     c.inbox.extend_from_slice(&bytes);
                 }
@@ -279,11 +298,9 @@ impl Sim {
         for x in 0..n {
             let ids: Vec<usize> = self.nodes[x].conns.keys().copied().collect();
             for y in ids {
-                if self.step % 10 == 0 {
-                    let node = &mut self.nodes[x];
-                    if let Some(c) = node.conns.get_mut(&y) {
-                        c.pc.handle_tick(&mut node.swarm, now);
-                    }
+                let node = &mut self.nodes[x];
+                if let Some(c) = node.conns.get_mut(&y) {
+                    c.pc.handle_tick(&mut node.swarm, now);
                 }
                 if let Some(r) = self.receive(x, y) {
                     self.close(x, y, r);
@@ -294,6 +311,9 @@ impl Sim {
             for (y, r) in self.transmit(x) {
                 self.close(x, y, r);
             }
+        }
+        for node in &self.nodes {
+            node.swarm.check_invariants();
         }
     }
 
@@ -342,7 +362,12 @@ fn one_seeder_one_peer() {
 }
 
 fn eight_peers(cap: Option<usize>, small_pipeline: bool) -> Sim {
+    eight_peers_with(cap, small_pipeline, 1)
+}
+
+fn eight_peers_with(cap: Option<usize>, small_pipeline: bool, latency_steps: u64) -> Sim {
     let mut sim = Sim::new(torrent(1_000_000, 32_768, 2));
+    sim.latency_steps = latency_steps;
     sim.add_node(true);
     sim.nodes[0].upload_cap = cap;
     for _ in 0..8 {
@@ -390,8 +415,9 @@ fn capped_seeder_swarm_completes_via_peers() {
         peers > seeder,
         "peers uploaded {peers}, seeder {seeder}: peers should carry most of the load"
     );
-    // The seeder sent far less than one copy per peer.
-    assert!(seeder < 4 * 1_000_000, "seeder uploaded {seeder}");
+    // The seeder sent far less than one copy per peer: serving least-spread pieces first
+    // brings it to about two copies (about 2.6 when it served requests in order).
+    assert!(seeder < 2_300_000, "seeder uploaded {seeder}");
 }
 
 #[test]
@@ -731,4 +757,130 @@ fn snubbed_peer_requests_go_back() {
     pc.poll_transmit(&mut s, now + Duration::from_secs(21), &mut out);
     // Snubbed: one block re-requested, and the 7 cancels went out.
     assert_eq!(pc.outstanding.iter().filter(|o| !o.cancelled).count(), 1);
+}
+
+#[test]
+fn eight_peers_at_60ms_rtt_complete() {
+    // 3 steps of 10 ms each way: a WAN-like RTT, with the default deep pipeline.
+    let sim = eight_peers_with(Some(64 * 1024), false, 3);
+    let peers: u64 = (1..=8).map(|i| sim.nodes[i].swarm.stats().uploaded).sum();
+    assert!(peers > 0);
+}
+
+#[test]
+fn messages_cut_at_every_position_still_complete() {
+    // Every link delivers 1..=13 bytes per step: handshakes, headers and payloads arrive
+    // in fragments split at varying offsets.
+    let mut sim = Sim::new(torrent(40_000, 16_384, 6));
+    sim.max_chunk = Some(13);
+    for i in 0..3 {
+        sim.add_node(i == 0);
+        // ~7 bytes per 10 ms step: a 16 KiB block takes ~23 s, which is not a snub here.
+        sim.nodes[i].cfg.request_timeout = Duration::from_secs(3600);
+    }
+    sim.connect_all();
+    let ok = sim.run_until(40_000, |s| s.all_complete(&[1, 2]));
+    assert!(ok);
+    sim.assert_data(1);
+    sim.assert_data(2);
+    assert!(sim
+        .closes
+        .iter()
+        .all(|(_, _, r)| *r == CloseReason::BothComplete));
+}
+
+#[test]
+fn choke_without_fast_gives_requests_back() {
+    let (_t, mut s, mut pc, now) = opened(false, false);
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::Bitfield(&[0xf0]), Message::Unchoke],
+        now,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 7);
+    assert!(s.in_endgame());
+    feed(&mut s, &mut pc, &[Message::Choke], now).unwrap();
+    assert!(pc.outstanding.is_empty());
+    assert!(!s.in_endgame());
+    // The block the remote sends after choking was not requested any more.
+    let r = feed(
+        &mut s,
+        &mut pc,
+        &[Message::Piece {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }],
+        now,
+    );
+    assert!(matches!(r, Err(CloseReason::UnrequestedPiece { .. })));
+}
+
+#[test]
+fn choke_with_fast_keeps_requests_until_rejected() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    feed(&mut s, &mut pc, &[Message::Choke], now).unwrap();
+    assert_eq!(pc.outstanding.len(), 7);
+    let r = feed(
+        &mut s,
+        &mut pc,
+        &[Message::Reject {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }],
+        now,
+    );
+    assert!(r.is_ok());
+    assert_eq!(pc.outstanding.len(), 6);
+    assert!(!s.in_endgame());
+    // Closing gives the rest back too.
+    pc.handle_close(&mut s);
+    s.check_invariants();
+    assert_eq!(s.availability(s.lengths().piece(0).unwrap()), 0);
+}
+
+#[test]
+fn payload_is_received_outside_handle_bytes() {
+    let (t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    let b = pc.outstanding[0].block;
+    let mut v = Vec::new();
+    Message::Piece {
+        index: b.piece.get(),
+        begin: b.offset,
+        len: b.len,
+    }
+    .encode(&mut v);
+    v.extend_from_slice(&t.data[..b.len as usize]);
+    Message::KeepAlive.encode(&mut v);
+    // Only the header is consumed; the payload is the runtime's to move.
+    assert_eq!(pc.handle_bytes(&mut s, &v, now), Ok(13));
+    assert_eq!(
+        pc.poll_event(),
+        Some(Event::ReceivePayload {
+            block: b,
+            discard: false
+        })
+    );
+    // Nothing more is consumed until the payload is done.
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v[13 + b.len as usize..], now),
+        Ok(0)
+    );
+    pc.handle_payload_done(&mut s, b, now);
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v[13 + b.len as usize..], now),
+        Ok(4)
+    );
+    assert_eq!(pc.stats().downloaded, u64::from(b.len));
 }

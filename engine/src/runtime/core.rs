@@ -227,12 +227,22 @@ impl<C, E> Conns<'_, C, E> {
     }
 }
 
+/// A core's connection slab: boxed entries so kernel-visible addresses never move.
+type Slots<C, E> = Vec<Option<Box<Entry<C, E>>>>;
+
+/// The disjoint borrows a callback needs: the service, its `CoreIo`, the connections.
+type Parts<'a, S> = (
+    &'a mut S,
+    CoreIo<'a, <S as Service>::Msg>,
+    &'a mut Slots<<S as Service>::Conn, <S as Service>::Error>,
+);
+
 struct Core<S: Service> {
     index: usize,
     config: RuntimeConfig,
     ring: IoUring,
     service: S,
-    slots: Vec<Option<Box<Entry<S::Conn, S::Error>>>>,
+    slots: Slots<S::Conn, S::Error>,
     generations: Vec<u32>,
     free: Vec<u32>,
     live: usize,
@@ -254,6 +264,8 @@ struct Core<S: Service> {
     /// Messages may remain in the inbox: drain again before blocking.
     inbox_pending: bool,
     shutting_down: Option<Instant>,
+    /// SQEs that did not fit in the submission queue, in order.
+    backlog: std::collections::VecDeque<Vec<squeue::Entry>>,
 }
 
 const MAX_DRAIN: usize = 4096;
@@ -316,6 +328,7 @@ pub(super) fn run<S: Service>(
         core_inflight: 0,
         inbox_pending: true,
         shutting_down: None,
+        backlog: std::collections::VecDeque::new(),
     };
     core.arm_accept();
     core.arm_mailbox();
@@ -371,25 +384,36 @@ enum LoopError {
 }
 
 impl<S: Service> Core<S> {
-    /// Push an SQE, submitting first if the queue is full.
+    /// Push SQEs as one unit (a linked pair stays adjacent), submitting first if the queue is
+    /// full; if it still is (the kernel is not consuming, e.g. EBUSY on a full completion
+    /// queue), park them in the backlog, flushed in order before the loop next enters.
     ///
     /// # Safety
-    /// All memory `entry` references must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: squeue::Entry) {
-        loop {
+    /// All memory the entries reference must stay valid until their completions are reaped.
+    unsafe fn push(&mut self, entries: &[squeue::Entry]) {
+        if self.backlog.is_empty() {
             // SAFETY: forwarded from this function's contract.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
                 return;
             }
-            // Queue full: hand the kernel what we have. An error here (EBUSY with a full
-            // completion queue) is retried by the next iteration's submit; pushing still
-            // needs space, so reap-free progress comes from the kernel consuming SQEs.
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    // Nothing sensible to do but retry; the loop's own submit reports it.
-                    std::hint::spin_loop();
-                }
+            // Errors are the loop's business: its own submit sees them again.
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
+                return;
             }
+        }
+        self.backlog.push_back(entries.to_vec());
+    }
+
+    /// Move parked SQEs into the submission queue, in order, while they fit.
+    fn flush_backlog(&mut self) {
+        while let Some(group) = self.backlog.front() {
+            // SAFETY: parked by `push`, whose callers guaranteed the memory's lifetime.
+            if unsafe { self.ring.submission().push_multiple(group) }.is_err() {
+                return;
+            }
+            self.backlog.pop_front();
         }
     }
 
@@ -407,7 +431,7 @@ impl<S: Service> Core<S> {
             ops::accept::accept_once(fd, ud)
         };
         // SAFETY: accept references no memory (no peer address requested).
-        unsafe { self.push(entry) };
+        unsafe { self.push(&[entry]) };
         self.accept_armed = true;
         self.core_inflight += 1;
     }
@@ -420,7 +444,7 @@ impl<S: Service> Core<S> {
         let entry = ops::eventfd::read_counter(self.inbox.eventfd(), buf, Token::Mailbox.encode());
         // SAFETY: `bell_buf` is a Box owned by the core, which lives until every core-level
         // operation completed (or is leaked on a shutdown timeout).
-        unsafe { self.push(entry) };
+        unsafe { self.push(&[entry]) };
         self.mailbox_armed = true;
         self.core_inflight += 1;
     }
@@ -431,7 +455,7 @@ impl<S: Service> Core<S> {
         }
         let ts: *const types::Timespec = &*self.tick_ts;
         // SAFETY: `tick_ts` is a Box owned by the core (see arm_mailbox).
-        unsafe { self.push(ops::timeout::timeout(ts, Token::Tick.encode())) };
+        unsafe { self.push(&[ops::timeout::timeout(ts, Token::Tick.encode())]) };
         self.tick_armed = true;
         self.core_inflight += 1;
     }
@@ -439,21 +463,15 @@ impl<S: Service> Core<S> {
     fn cancel_core(&mut self, target: Token) {
         // SAFETY: a cancel references no memory.
         unsafe {
-            self.push(ops::close::cancel(
+            self.push(&[ops::close::cancel(
                 target.encode(),
                 Token::CoreCancel.encode(),
-            ))
+            )])
         };
         self.core_inflight += 1;
     }
 
-    fn io_parts(
-        &mut self,
-    ) -> (
-        &mut S,
-        CoreIo<'_, S::Msg>,
-        &mut Vec<Option<Box<Entry<S::Conn, S::Error>>>>,
-    ) {
+    fn io_parts(&mut self) -> Parts<'_, S> {
         let io = CoreIo {
             core: self.index,
             mailboxes: &self.mailboxes,
@@ -484,6 +502,7 @@ impl<S: Service> Core<S> {
                     return Err(LoopError::Leaked(inflight));
                 }
             }
+            self.flush_backlog();
             let wait = if self.inbox_pending || !self.dirty.is_empty() {
                 0
             } else {
@@ -622,7 +641,7 @@ impl<S: Service> Core<S> {
     /// in-flight count is back to zero) or be covered by the service's span contract.
     unsafe fn push_conn(&mut self, slot: u32, entry: squeue::Entry) {
         // SAFETY: forwarded.
-        unsafe { self.push(entry) };
+        unsafe { self.push(&[entry]) };
         if let Some(e) = self.entry(slot) {
             e.inflight += 1;
         }
@@ -665,19 +684,11 @@ impl<S: Service> Core<S> {
             .encode(),
         );
         // SAFETY: the address lives in the boxed entry, freed only after both completions;
-        // `connect_ts` is owned by the core, which outlives every operation. The two entries
-        // are pushed back to back: the link only holds if nothing is submitted in between,
-        // which `push` guarantees unless the queue is full, so make room first.
-        unsafe {
-            let room = {
-                let sq = self.ring.submission();
-                sq.capacity() - sq.len()
-            };
-            if room < 2 {
-                let _ = self.ring.submit();
-            }
-            self.push_conn(slot, connect);
-            self.push_conn(slot, timeout);
+        // `connect_ts` is owned by the core, which outlives every operation. Pushed as one
+        // unit so the link is not split across two submissions.
+        unsafe { self.push(&[connect, timeout]) };
+        if let Some(e) = self.entry(slot) {
+            e.inflight += 2;
         }
     }
 
@@ -1167,21 +1178,21 @@ impl<S: Service> Core<S> {
     /// Submit the pending receive again (after a short read or a transient error).
     fn resubmit_recv(&mut self, slot: u32) {
         let Some(e) = self.entry(slot) else { return };
-        let token = Token::Conn {
-            slot,
-            op: ConnOp::Recv,
-        }
-        .encode();
-        let entry = if e.recv_into_iovecs {
-            e.recv_iov.fill_msghdr(&mut e.recv_msg);
-            ops::recv::recvmsg(e.fd, &mut e.recv_msg, token)
-        } else {
-            // The buffer case never resubmits a partial: it goes back through drive_recv.
-            e.dirty = false;
-            let slot_ = slot;
-            self.mark_dirty(slot_);
+        if !e.recv_into_iovecs {
+            // A buffer receive is never resumed as is: drive_recv decides afresh.
+            self.mark_dirty(slot);
             return;
-        };
+        }
+        e.recv_iov.fill_msghdr(&mut e.recv_msg);
+        let entry = ops::recv::recvmsg(
+            e.fd,
+            &mut e.recv_msg,
+            Token::Conn {
+                slot,
+                op: ConnOp::Recv,
+            }
+            .encode(),
+        );
         e.recv_inflight = true;
         // SAFETY: as in drive_recv: memory in the boxed entry or under push_span's contract.
         unsafe { self.push_conn(slot, entry) };

@@ -6,7 +6,7 @@
 //! channel. Messages carry work that must run on the owning core: dial a peer, a have to
 //! broadcast, a hash verdict, shutdown.
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -93,10 +93,7 @@ impl<M> Inbox<M> {
 
     /// The next queued message, if any.
     pub fn try_recv(&self) -> Option<CoreMsg<M>> {
-        match self.rx.try_recv() {
-            Ok(m) => Some(m),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.rx.try_recv().ok()
     }
 }
 

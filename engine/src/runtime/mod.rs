@@ -225,6 +225,9 @@ pub struct RuntimeConfig {
     pub ring_entries: u32,
     /// How long shutdown waits for cancelled operations before giving up (and leaking them).
     pub shutdown_timeout: Duration,
+    /// Core threads are named `{name}-{core}` (visible in `top -H`, `/proc/*/task/*/comm`;
+    /// Linux keeps 15 bytes).
+    pub name: String,
 }
 
 impl Default for RuntimeConfig {
@@ -239,6 +242,7 @@ impl Default for RuntimeConfig {
             send_batch: 1024 * 1024,
             ring_entries: 256,
             shutdown_timeout: Duration::from_secs(5),
+            name: "corvid-core".to_owned(),
         }
     }
 }
@@ -341,7 +345,7 @@ impl<S: Service> Runtime<S> {
             let all = mailboxes.clone();
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("corvid-core-{core}"))
+                .name(format!("{}-{core}", config.name))
                 .spawn(move || self::core::run(core, config, service, inbox, all, listener, ready));
             match spawned {
                 Ok(h) => threads.push(h),

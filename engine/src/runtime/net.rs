@@ -59,7 +59,7 @@ impl RawAddr {
     }
 
     /// Back to std form; `None` for families other than IPv4/IPv6.
-    pub fn to_std(&self) -> Option<SocketAddr> {
+    pub fn to_std(self) -> Option<SocketAddr> {
         match i32::from(self.storage.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.

@@ -217,9 +217,10 @@ mod tests {
 
     /// Install a seccomp filter: `io_uring_setup` fails with EPERM, everything else is allowed.
     fn deny_io_uring_setup() {
-        const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-        const JEQ_K: u16 = 0x05 | 0x10 | 0x00;
-        const RET_K: u16 = 0x06 | 0x00;
+        // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K.
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
         #[cfg(target_arch = "x86_64")]
         const AUDIT_ARCH: u32 = 0xc000_003e;
         #[cfg(target_arch = "aarch64")]

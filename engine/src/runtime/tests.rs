@@ -23,7 +23,7 @@ fn config(cores: usize) -> RuntimeConfig {
 
 #[derive(Debug, PartialEq, Eq, Clone)]
 enum Closed {
-    PeerClosed,
+    ByPeer,
     Io(io::ErrorKind),
     Shutdown,
     Other(String),
@@ -31,7 +31,7 @@ enum Closed {
 
 fn closed<E: fmt::Display>(r: &CloseReason<E>) -> Closed {
     match r {
-        CloseReason::PeerClosed => Closed::PeerClosed,
+        CloseReason::PeerClosed => Closed::ByPeer,
         CloseReason::Io(e) => Closed::Io(e.kind()),
         CloseReason::Shutdown => Closed::Shutdown,
         other => Closed::Other(other.to_string()),
@@ -181,7 +181,7 @@ fn echo_many_concurrent_clients_on_two_cores() {
     for _ in 0..THREADS * PER_THREAD {
         assert_eq!(
             closed_rx.recv_timeout(WAIT).expect("close event"),
-            Closed::PeerClosed
+            Closed::ByPeer
         );
     }
     let services = rt.shutdown().expect("clean shutdown");
@@ -534,7 +534,7 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     drop(c);
     assert_eq!(
         events.recv_timeout(WAIT).unwrap(),
-        Ev::Closed(Direction::Inbound, Closed::PeerClosed)
+        Ev::Closed(Direction::Inbound, Closed::ByPeer)
     );
     rt.shutdown().unwrap();
     // SAFETY: runtime stopped.
@@ -583,8 +583,7 @@ fn mailbox_wakes_a_blocked_ring() {
     let (tx, events) = crossbeam_channel::unbounded();
     let mut cfg = config(1);
     cfg.listen = None;
-    // Unique thread name per test would need config; core 0 of this runtime is the only
-    // "corvid-core-0" whose state we sample while no other test's core is idle-checked.
+    cfg.name = "mbox-wake".into();
     let rt = Runtime::start(cfg, |_| Transfer {
         dst: None,
         src: None,
@@ -596,7 +595,7 @@ fn mailbox_wakes_a_blocked_ring() {
         // Nothing else can complete on this ring (no listener, no tick): wait until the core
         // thread sleeps in io_uring_enter, then the message alone must wake it.
         let deadline = Instant::now() + WAIT;
-        while !matches!(thread_state("corvid-core-0"), Some('S')) {
+        while !matches!(thread_state("mbox-wake-0"), Some('S')) {
             assert!(Instant::now() < deadline, "core never went idle");
             std::thread::yield_now();
         }
