@@ -96,6 +96,15 @@ fn file_problem(root: &Path, f: &FileSpec) -> Option<String> {
 
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let m = crate::info::load(&args.torrent)?;
+    if let Some(&first) = m.info.pad_files.first() {
+        return Err(Failure::input(anyhow!(
+            "{} has BEP 47 pad files ({} of them, e.g. {}), as libtorrent's hybrid v1+v2 \
+             torrents do; corvid cannot verify those yet (make the torrent v1-only)",
+            args.torrent.display(),
+            m.info.pad_files.len(),
+            m.info.files[first].path.display()
+        )));
+    }
     let (root, files) = locate(&m, &args.path)?;
     let info = &m.info;
     let threads = match args.threads {

@@ -365,3 +365,37 @@ fn libtorrent_made_torrent_reads_and_verifies() {
     let o = corvid(&["verify", "lt.torrent", p.to_str().unwrap()], t.path());
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
 }
+
+/// libtorrent's default (hybrid v1+v2) torrents carry BEP 47 pad files: `info` must still
+/// agree on the v1 info-hash, and `verify` must refuse clearly rather than report the pad
+/// files as missing data.
+#[test]
+fn libtorrent_hybrid_torrent_reads_and_verify_refuses_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let p = make_tree(t.path());
+    let script = LT_CREATE.replace(", flags=lt.create_torrent.v1_only", "");
+    let o = Command::new(python())
+        .args(["-c", &script])
+        .arg(&p)
+        .arg(t.path().join("hy.torrent"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "lt create: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let lt = lt_read(&t.path().join("hy.torrent"));
+    assert!(
+        lt.files.iter().any(|(p, _)| p.contains(".pad")),
+        "{:?}",
+        lt.files
+    );
+    let o = corvid(&["info", "--json", "hy.torrent"], t.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_field(&stdout(&o), "info_hash"), lt.info_hash);
+    assert_eq!(json_files(&stdout(&o)), lt.files);
+    let o = corvid(&["verify", "hy.torrent", "."], t.path());
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("BEP 47 pad files"));
+}

@@ -101,6 +101,12 @@ pub struct Info {
     pub lengths: Lengths,
     /// BEP 27 `private` flag.
     pub private: bool,
+    /// Indices into `files` of BEP 47 pad files (`attr` contains `p`), which libtorrent's
+    /// hybrid v1+v2 torrents insert: zeros that exist in no directory. Storage does not
+    /// synthesize them yet, so callers refuse such torrents for verify and download.
+    pub pad_files: Vec<usize>,
+    /// Offset of each file's first byte in the payload stream (parallel to `files`).
+    file_starts: Vec<u64>,
 }
 
 /// A parsed torrent file.
@@ -217,25 +223,25 @@ impl Info {
     pub fn files_of_piece(&self, piece: PieceIndex) -> Vec<usize> {
         let start = self.lengths.piece_offset(piece);
         let end = start + u64::from(self.lengths.piece_size(piece));
-        let mut out = Vec::new();
-        let mut off = 0u64;
-        for (i, f) in self.files.iter().enumerate() {
-            let f_end = off + f.length;
-            if f.length > 0 && off < end && f_end > start {
-                out.push(i);
-            }
-            if off >= end {
-                break;
-            }
-            off = f_end;
-        }
-        out
+        // First file that ends after the piece starts; `file_starts` is sorted, so binary
+        // search keeps a report over many bad pieces of a large tree cheap.
+        let first = self
+            .file_starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        (first..self.files.len())
+            .take_while(|&i| self.file_starts[i] < end)
+            .filter(|&i| {
+                let f_end = self.file_starts[i] + self.files[i].length;
+                self.files[i].length > 0 && f_end > start
+            })
+            .collect()
     }
 
     /// Byte range `[start, end)` of file `index` in the payload stream.
     pub fn file_range(&self, index: usize) -> Option<(u64, u64)> {
         let f = self.files.get(index)?;
-        let start: u64 = self.files[..index].iter().map(|f| f.length).sum();
+        let start = self.file_starts[index];
         Some((start, start + f.length))
     }
 }
@@ -287,6 +293,7 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         }
     };
 
+    let mut pad_files = Vec::new();
     let (files, multi_file) = match (d.get(b"length"), d.get(b"files")) {
         (Some(_), Some(_)) => {
             return Err(field("info", "has both `length` and `files`"));
@@ -312,13 +319,22 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
             let mut files = Vec::with_capacity(list.len());
             for (i, entry) in list.iter().enumerate() {
                 files.push(parse_file_entry(name, i, entry)?);
+                let attr = entry
+                    .as_dict()
+                    .and_then(|d| d.get(b"attr"))
+                    .and_then(Value::as_bytes);
+                if attr.is_some_and(|a| a.contains(&b'p')) {
+                    pad_files.push(i);
+                }
             }
             (files, true)
         }
     };
     check_collisions(&files)?;
     let mut total: u64 = 0;
+    let mut file_starts = Vec::with_capacity(files.len());
     for f in &files {
+        file_starts.push(total);
         total = total
             .checked_add(f.length)
             .ok_or_else(|| field("info.files", "lengths add up to more than 2^64 bytes"))?;
@@ -339,6 +355,8 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         pieces,
         lengths,
         private,
+        pad_files,
+        file_starts,
     })
 }
 
@@ -818,7 +836,7 @@ mod tests {
 
     #[test]
     fn parses_multi_file_with_name_prefix() {
-        let files = "ld6:lengthi10e4:pathl1:a1:beed6:lengthi0e4:pathl5:emptyee\
+        let files = "ld6:lengthi10e4:pathl1:a1:beed4:attr1:p6:lengthi0e4:pathl5:emptyee\
                      d6:lengthi20000e4:pathl1:ceee";
         let m = Metainfo::from_bytes(&multi(files, 20010)).unwrap();
         let paths: Vec<_> = m.info.files.iter().map(|f| f.path.clone()).collect();
@@ -837,6 +855,33 @@ mod tests {
         let p1 = m.info.lengths.piece(1).unwrap();
         assert_eq!(m.info.files_of_piece(p1), vec![2]);
         assert_eq!(m.info.file_range(2), Some((10, 20010)));
+        assert_eq!(m.info.pad_files, vec![1]);
+    }
+
+    #[test]
+    fn files_of_piece_matches_brute_force() {
+        // Files of mixed sizes (zeros included) straddling 16 KiB pieces.
+        let sizes: Vec<u64> = (0..60u64).map(|i| (i * 7919) % 23_000 * (i % 3)).collect();
+        let total: u64 = sizes.iter().sum();
+        let body: String = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("d6:lengthi{l}e4:pathl3:f{i:02}ee"))
+            .collect();
+        let m = Metainfo::from_bytes(&multi(&format!("l{body}e"), total)).unwrap();
+        for p in m.info.lengths.pieces() {
+            let ps = m.info.lengths.piece_offset(p);
+            let pe = ps + u64::from(m.info.lengths.piece_size(p));
+            let want: Vec<usize> = (0..sizes.len())
+                .filter(|&i| {
+                    let s: u64 = sizes[..i].iter().sum();
+                    let e = s + sizes[i];
+                    assert_eq!(m.info.file_range(i), Some((s, e)));
+                    s < e && s < pe && e > ps
+                })
+                .collect();
+            assert_eq!(m.info.files_of_piece(p), want, "piece {}", p.get());
+        }
     }
 
     #[test]
