@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 mod info;
 mod make;
 mod output;
+mod peer;
+mod roles;
+mod seed;
+mod tracker;
 mod verify;
 
 /// Exit codes, documented in `--help`.
@@ -27,6 +31,12 @@ pub enum Exit {
     Input = 3,
     /// Cannot write the output (exists without --force, permission, disk full).
     Output = 4,
+    /// A download made no progress for its stall timeout and gave up.
+    GaveUp = 5,
+    /// io_uring cannot be used on this machine (the message names the cause and fix).
+    Unavailable = 6,
+    /// Stopped by SIGINT/SIGTERM before the download completed.
+    Interrupted = 7,
 }
 
 /// An error with the exit code it maps to.
@@ -63,13 +73,18 @@ Examples:
   corvid make ./release-42 --tracker http://seed:8998/announce
   corvid info release-42.torrent --json
   corvid verify release-42.torrent /srv/releases
+  corvid seed release-42.torrent .          # embedded tracker on :8998
+  corvid peer release-42.torrent /srv/releases --linger 30s
 
 Exit codes:
   0  success
   1  verification found bad or missing data
   2  usage error (bad flags or arguments)
   3  input error (invalid torrent, missing or unshareable payload)
-  4  output error (output exists without --force, cannot write)";
+  4  output error (output exists without --force, cannot write, disk full)
+  5  transfer gave up (no progress within --stall-timeout)
+  6  io_uring unavailable (kernel, sysctl or seccomp; the message says which)
+  7  interrupted by a signal before the download completed";
 
 #[derive(Parser, Debug)]
 #[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = AFTER_HELP)]
@@ -83,6 +98,9 @@ enum Command {
     Make(make::Args),
     Verify(verify::Args),
     Info(info::Args),
+    Seed(seed::Args),
+    Peer(peer::Args),
+    Tracker(tracker::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +109,9 @@ fn main() -> ExitCode {
         Command::Make(a) => make::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Info(a) => info::run(a),
+        Command::Seed(a) => seed::run(a),
+        Command::Peer(a) => peer::run(a),
+        Command::Tracker(a) => tracker::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -42,7 +42,7 @@ pub struct Args {
 }
 
 /// Where the payload is: the root to map from and the file list relative to it.
-fn locate(m: &Metainfo, path: &Path) -> Result<(PathBuf, Vec<FileSpec>), Failure> {
+pub(crate) fn locate(m: &Metainfo, path: &Path) -> Result<(PathBuf, Vec<FileSpec>), Failure> {
     let info = &m.info;
     if path.is_dir() && path.join(&info.name).exists() {
         return Ok((path.to_path_buf(), info.files.clone()));

@@ -8,6 +8,8 @@
 //! - [`hash`]: the SHA-1 hasher pool that verifies pieces straight from the mapping.
 //! - [`wire`], [`peer`], [`swarm`]: the peer protocol as a sans-IO state machine.
 //! - [`runtime`]: thread-per-core io_uring event loops that drive the state machines.
+//! - [`node`]: one torrent seeded or downloaded: the runtime, protocol, storage and
+//!   hasher wired together, with announces and progress.
 //! - [`tracker`]: HTTP tracker server and announce client.
 //! - [`stats`]: counters and latency histograms reported by the CLI.
 //! - [`deploy`]: fleet deploys over ssh and the atomic on-host release layout.
@@ -17,6 +19,7 @@ pub mod deploy;
 pub mod geometry;
 pub mod hash;
 pub mod metainfo;
+pub mod node;
 pub mod peer;
 pub mod runtime;
 pub mod stats;

@@ -1,1 +1,977 @@
-//! swarm: not yet written.
+//! Torrent-wide state shared by every connection: what we have, who has what, which blocks
+//! are asked for, who is unchoked, who is banned.
+//!
+//! Contract: sans-IO like [`crate::peer`]: no sockets, no files, no clock, and no
+//! randomness of its own (the picker's tie-break RNG is a xorshift seeded by the caller).
+//! No `unsafe` here. The runtime keeps one `Swarm` behind a lock and every [`PeerConn`]
+//! call borrows it briefly, so every method is short and none allocates per block.
+//!
+//! Invariants (checked by the tests below):
+//! - `free_blocks` counts blocks of pieces we neither have nor are hashing whose state is
+//!   `Free` (pieces not yet started count all their blocks). End-game is `free_blocks == 0`.
+//! - A piece is in at most one of: not started, partial (`partial_of[piece] != NONE`),
+//!   have. A partial piece with every block `Received` is being hashed.
+//! - A block is written into storage by exactly one connection at a time (`Writing`);
+//!   anyone else who sends it meanwhile has their payload discarded, so verified data in
+//!   the mapping is never overwritten.
+//! - Haves are broadcast through an append-only log ([`Swarm::have_log`]) each connection
+//!   follows with its own cursor, and end-game cancels likewise through
+//!   [`Swarm::cancel_log`]; nothing is pushed per connection.
+//!
+//! [`PeerConn`]: crate::peer::PeerConn
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::geometry::{BlockRef, Lengths, PieceIndex};
+use crate::wire::Bitfield;
+
+const NONE: u32 = u32::MAX;
+
+/// Tuning for the torrent as a whole.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Peers we upload to at once. The fleet is trusted, so there is no tit-for-tat: every
+    /// interested peer is unchoked up to this cap, which only bounds per-peer overhead.
+    pub max_unchoked: usize,
+    /// Pieces that fail their hash, sent wholly by one address, before it is banned.
+    pub ban_strikes: u32,
+    /// How many connections may have the same block requested at once in end-game.
+    pub endgame_dup: u16,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            max_unchoked: 128,
+            ban_strikes: 2,
+            endgame_dup: 2,
+        }
+    }
+}
+
+/// A connection's handle in the swarm; the generation keeps a reused slot from being
+/// mistaken for the connection that held it before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    idx: u32,
+    gen: u32,
+}
+
+/// Why a connection may not join.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer {0} is banned for sending pieces that failed their hash")]
+pub struct Banned(pub IpAddr);
+
+/// What becomes of a piece header that just arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Receive the payload into storage; this connection now owns the block's bytes.
+    Write,
+    /// Someone else has (or is writing) the block: read and drop the payload.
+    Discard,
+}
+
+/// The outcome of a hash verdict, for the runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Addresses banned by this verdict; their connections close on their next call.
+    pub banned: Vec<IpAddr>,
+}
+
+/// Byte counters for the whole torrent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwarmStats {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    /// Payload bytes discarded (duplicates in end-game, pieces that failed their hash).
+    pub wasted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Free,
+    /// Outstanding at this many connections.
+    Requested(u16),
+    /// One connection is receiving it into storage; `others` still have it outstanding.
+    Writing {
+        by: PeerKey,
+        others: u16,
+    },
+    Received,
+}
+
+#[derive(Debug)]
+struct Partial {
+    piece: u32,
+    blocks: Vec<Block>,
+    received: u32,
+    /// Blocks in state `Free`, so the picker skips fully requested pieces at once.
+    free: u32,
+    contributors: Vec<IpAddr>,
+    /// A piece that failed with several contributors is re-fetched from one peer only,
+    /// so the next failure (if any) names its sender.
+    suspect: bool,
+    exclusive: Option<PeerKey>,
+}
+
+#[derive(Debug)]
+struct PeerSlot {
+    gen: u32,
+    live: bool,
+    addr: IpAddr,
+    banned: bool,
+    unchoked: bool,
+}
+
+/// Torrent-wide state; see the module docs for its invariants.
+#[derive(Debug)]
+pub struct Swarm {
+    cfg: SwarmConfig,
+    info_hash: [u8; 20],
+    lengths: Lengths,
+    have: Bitfield,
+    availability: Vec<u32>,
+    partial_of: Vec<u32>,
+    partials: Vec<Partial>,
+    /// Slots of `partials` not in use, kept with their block vectors for reuse.
+    spare_partials: Vec<u32>,
+    active: Vec<u32>,
+    free_blocks: u64,
+    peers: Vec<PeerSlot>,
+    spare_peers: Vec<u32>,
+    banned: HashSet<IpAddr>,
+    strikes: HashMap<IpAddr, u32>,
+    have_log: Vec<PieceIndex>,
+    cancel_log: Vec<BlockRef>,
+    rng: u64,
+    unchoked: usize,
+    stats: SwarmStats,
+    /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
+    served_blocks: Vec<u32>,
+    /// Bumped whenever a block may have become pickable again (released, aborted, a
+    /// verdict), so a connection whose last pick came up short knows when to retry.
+    epoch: u64,
+}
+
+impl Swarm {
+    /// `have` is what is already verified (all set for the seeder); `seed` drives the
+    /// picker's random tie-break, so give each host a different one.
+    pub fn new(
+        cfg: SwarmConfig,
+        info_hash: [u8; 20],
+        lengths: Lengths,
+        have: Bitfield,
+        seed: u64,
+    ) -> Self {
+        let n = lengths.piece_count();
+        let have = if have.len() == n {
+            have
+        } else {
+            Bitfield::new(n)
+        };
+        let free_blocks = lengths
+            .pieces()
+            .filter(|p| !have.get(p.get()))
+            .map(|p| u64::from(lengths.blocks_in_piece(p)))
+            .sum();
+        Swarm {
+            cfg,
+            info_hash,
+            lengths,
+            have,
+            availability: vec![0; n as usize],
+            partial_of: vec![NONE; n as usize],
+            partials: Vec::new(),
+            spare_partials: Vec::new(),
+            active: Vec::new(),
+            free_blocks,
+            peers: Vec::new(),
+            spare_peers: Vec::new(),
+            banned: HashSet::new(),
+            strikes: HashMap::new(),
+            have_log: Vec::new(),
+            cancel_log: Vec::new(),
+            // xorshift must not start at zero.
+            rng: seed | 1,
+            unchoked: 0,
+            stats: SwarmStats::default(),
+            served_blocks: vec![0; n as usize],
+            epoch: 0,
+        }
+    }
+
+    pub fn info_hash(&self) -> [u8; 20] {
+        self.info_hash
+    }
+
+    pub fn lengths(&self) -> &Lengths {
+        &self.lengths
+    }
+
+    pub fn config(&self) -> &SwarmConfig {
+        &self.cfg
+    }
+
+    /// Pieces we have verified.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn stats(&self) -> SwarmStats {
+        self.stats
+    }
+
+    /// Every piece verified so far in this run, in order; connections send `have` for the
+    /// entries past their cursor.
+    pub fn have_log(&self) -> &[PieceIndex] {
+        &self.have_log
+    }
+
+    /// Blocks that arrived while still outstanding elsewhere (end-game); connections that
+    /// requested one cancel it.
+    pub fn cancel_log(&self) -> &[BlockRef] {
+        &self.cancel_log
+    }
+
+    /// All remaining blocks are requested somewhere: duplicates may now be requested.
+    pub fn in_endgame(&self) -> bool {
+        self.free_blocks == 0 && !self.is_complete()
+    }
+
+    /// Connections in the swarm that currently hold the piece.
+    pub fn availability(&self, piece: PieceIndex) -> u32 {
+        self.availability[piece.as_usize()]
+    }
+
+    pub fn is_banned_addr(&self, addr: IpAddr) -> bool {
+        self.banned.contains(&addr)
+    }
+
+    fn slot(&self, key: PeerKey) -> Option<&PeerSlot> {
+        self.peers
+            .get(key.idx as usize)
+            .filter(|s| s.live && s.gen == key.gen)
+    }
+
+    fn slot_mut(&mut self, key: PeerKey) -> Option<&mut PeerSlot> {
+        self.peers
+            .get_mut(key.idx as usize)
+            .filter(|s| s.live && s.gen == key.gen)
+    }
+
+    /// Registers a connection from `addr`; banned addresses are refused for the run.
+    pub fn add_peer(&mut self, addr: IpAddr) -> Result<PeerKey, Banned> {
+        if self.banned.contains(&addr) {
+            return Err(Banned(addr));
+        }
+        let slot = PeerSlot {
+            gen: 0,
+            live: true,
+            addr,
+            banned: false,
+            unchoked: false,
+        };
+        if let Some(idx) = self.spare_peers.pop() {
+            let s = &mut self.peers[idx as usize];
+            let gen = s.gen.wrapping_add(1);
+            *s = PeerSlot { gen, ..slot };
+            Ok(PeerKey { idx, gen })
+        } else {
+            self.peers.push(slot);
+            Ok(PeerKey {
+                idx: self.peers.len() as u32 - 1,
+                gen: 0,
+            })
+        }
+    }
+
+    /// Forgets a connection. Its outstanding requests and availability must already have
+    /// been given back ([`PeerConn::handle_close`] does both).
+    ///
+    /// [`PeerConn::handle_close`]: crate::peer::PeerConn::handle_close
+    pub fn remove_peer(&mut self, key: PeerKey) {
+        self.epoch += 1;
+        self.release_unchoke(key);
+        for &pi in &self.active {
+            let p = &mut self.partials[pi as usize];
+            if p.exclusive == Some(key) {
+                p.exclusive = None;
+            }
+        }
+        if let Some(s) = self.slot_mut(key) {
+            s.live = false;
+            self.spare_peers.push(key.idx);
+        }
+    }
+
+    /// Whether the connection's address has been banned since it joined (or the key is
+    /// stale: its connection was removed).
+    pub fn is_banned(&self, key: PeerKey) -> bool {
+        match self.slot(key) {
+            Some(s) => s.banned,
+            None => true,
+        }
+    }
+
+    pub fn add_availability(&mut self, piece: PieceIndex) {
+        self.availability[piece.as_usize()] += 1;
+    }
+
+    pub fn remove_availability(&mut self, piece: PieceIndex) {
+        let a = &mut self.availability[piece.as_usize()];
+        *a = a.saturating_sub(1);
+    }
+
+    /// Asks for an upload slot; true if the connection holds one (now or already).
+    pub fn try_unchoke(&mut self, key: PeerKey) -> bool {
+        let cap = self.cfg.max_unchoked;
+        let unchoked = self.unchoked;
+        let Some(s) = self.slot_mut(key) else {
+            return false;
+        };
+        if s.unchoked {
+            return true;
+        }
+        if unchoked >= cap {
+            return false;
+        }
+        s.unchoked = true;
+        self.unchoked += 1;
+        true
+    }
+
+    pub fn release_unchoke(&mut self, key: PeerKey) {
+        if let Some(s) = self.slot_mut(key) {
+            if s.unchoked {
+                s.unchoked = false;
+                self.unchoked -= 1;
+            }
+        }
+    }
+
+    /// Counts an uploaded block, for the stats and for [`Swarm::spread`].
+    pub fn record_upload(&mut self, block: BlockRef) {
+        self.stats.uploaded += u64::from(block.len);
+        let s = &mut self.served_blocks[block.piece.as_usize()];
+        *s = s.saturating_add(1);
+    }
+
+    /// How widely a piece is spread, as far as we know: connections that announced it
+    /// plus the copies we uploaded ourselves (which may not be announced yet), in
+    /// sixteenths of a copy. Lower is rarer.
+    pub fn spread(&self, piece: PieceIndex) -> u64 {
+        let blocks = u64::from(self.lengths.blocks_in_piece(piece).max(1));
+        let served = u64::from(self.served_blocks[piece.as_usize()]);
+        u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn start_partial(&mut self, piece: u32) -> u32 {
+        let n = self
+            .lengths
+            .piece(piece)
+            .map_or(0, |p| self.lengths.blocks_in_piece(p)) as usize;
+        let pi = match self.spare_partials.pop() {
+            Some(pi) => {
+                let p = &mut self.partials[pi as usize];
+                p.piece = piece;
+                p.blocks.clear();
+                p.blocks.resize(n, Block::Free);
+                p.received = 0;
+                p.free = n as u32;
+                p.contributors.clear();
+                p.suspect = false;
+                p.exclusive = None;
+                pi
+            }
+            None => {
+                self.partials.push(Partial {
+                    piece,
+                    blocks: vec![Block::Free; n],
+                    received: 0,
+                    free: n as u32,
+                    contributors: Vec::new(),
+                    suspect: false,
+                    exclusive: None,
+                });
+                self.partials.len() as u32 - 1
+            }
+        };
+        self.partial_of[piece as usize] = pi;
+        self.active.push(pi);
+        pi
+    }
+
+    fn block_ref(&self, piece: u32, n: usize) -> Option<BlockRef> {
+        self.lengths
+            .piece(piece)
+            .and_then(|p| self.lengths.block(p, n as u32))
+    }
+
+    /// The rarest piece the remote has that nobody has started, ties broken at random.
+    /// A linear scan: fine for tens of thousands of pieces, called once per new piece.
+    fn pick_new_piece(&mut self, remote: &Bitfield) -> Option<u32> {
+        let salt = self.next_rand();
+        let mut best: Option<(u32, u64, u32)> = None;
+        for i in 0..self.lengths.piece_count() {
+            if self.partial_of[i as usize] != NONE || self.have.get(i) || !remote.get(i) {
+                continue;
+            }
+            let avail = self.availability[i as usize];
+            let tie = mix(u64::from(i) ^ salt);
+            let better = match best {
+                Some((a, t, _)) => (avail, tie) < (a, t),
+                None => true,
+            };
+            if better {
+                best = Some((avail, tie, i));
+            }
+        }
+        best.map(|(_, _, i)| i)
+    }
+
+    /// Picks up to `want` blocks for the connection `key` whose remote has `remote`:
+    /// first free blocks of started pieces (finish what is begun, so pieces reach the
+    /// hasher and get shared sooner), then new pieces rarest first, then, in end-game,
+    /// blocks already outstanding elsewhere that `already` (the connection's own
+    /// outstanding set) does not hold. Each pick is counted as outstanding; `emit` gets it.
+    pub fn pick_blocks(
+        &mut self,
+        key: PeerKey,
+        remote: &Bitfield,
+        mut want: usize,
+        already: impl Fn(BlockRef) -> bool,
+        mut emit: impl FnMut(BlockRef),
+    ) {
+        if want == 0 || self.is_banned(key) {
+            return;
+        }
+        let want_at_start = want;
+        // 1. Started pieces.
+        let mut i = 0;
+        while i < self.active.len() && want > 0 {
+            let pi = self.active[i] as usize;
+            i += 1;
+            let piece = self.partials[pi].piece;
+            if self.partials[pi].free == 0
+                || !remote.get(piece)
+                || self.partials[pi].exclusive.is_some_and(|k| k != key)
+            {
+                continue;
+            }
+            let mut took = false;
+            for n in 0..self.partials[pi].blocks.len() {
+                if want == 0 {
+                    break;
+                }
+                if self.partials[pi].blocks[n] == Block::Free {
+                    if let Some(b) = self.block_ref(piece, n) {
+                        self.partials[pi].blocks[n] = Block::Requested(1);
+                        self.partials[pi].free -= 1;
+                        self.free_blocks -= 1;
+                        want -= 1;
+                        took = true;
+                        emit(b);
+                    }
+                }
+            }
+            if took && self.partials[pi].suspect {
+                self.partials[pi].exclusive = Some(key);
+            }
+        }
+        // 2. New pieces.
+        while want > 0 {
+            let Some(piece) = self.pick_new_piece(remote) else {
+                break;
+            };
+            let pi = self.start_partial(piece) as usize;
+            for n in 0..self.partials[pi].blocks.len() {
+                if want == 0 {
+                    break;
+                }
+                if let Some(b) = self.block_ref(piece, n) {
+                    self.partials[pi].blocks[n] = Block::Requested(1);
+                    self.partials[pi].free -= 1;
+                    self.free_blocks -= 1;
+                    want -= 1;
+                    emit(b);
+                }
+            }
+        }
+        // 3. End-game duplicates, only in a call that found nothing fresh, so that
+        // `already` (which cannot see this call's picks) is complete.
+        if want < want_at_start || self.free_blocks != 0 {
+            return;
+        }
+        let dup = self.cfg.endgame_dup;
+        for &pi in &self.active {
+            let p = &mut self.partials[pi as usize];
+            if !remote.get(p.piece) || p.exclusive.is_some_and(|k| k != key) {
+                continue;
+            }
+            for n in 0..p.blocks.len() {
+                if want == 0 {
+                    return;
+                }
+                if let Block::Requested(c) = p.blocks[n] {
+                    let Some(b) = self
+                        .lengths
+                        .piece(p.piece)
+                        .and_then(|x| self.lengths.block(x, n as u32))
+                    else {
+                        continue;
+                    };
+                    if c < dup && !already(b) {
+                        p.blocks[n] = Block::Requested(c + 1);
+                        want -= 1;
+                        emit(b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps `free_blocks` and the piece's own free count in step with a block's state.
+    fn note_free(&mut self, b: BlockRef, delta: i64) {
+        let pi = self.partial_of[b.piece.as_usize()];
+        if pi != NONE && delta != 0 {
+            let p = &mut self.partials[pi as usize];
+            p.free = (i64::from(p.free) + delta) as u32;
+            self.free_blocks = (self.free_blocks as i64 + delta) as u64;
+        }
+    }
+
+    fn block_state(&mut self, b: BlockRef) -> Option<&mut Block> {
+        let pi = self.partial_of[b.piece.as_usize()];
+        let n = b.offset / crate::geometry::BLOCK_SIZE;
+        if pi == NONE || n * crate::geometry::BLOCK_SIZE != b.offset {
+            return None;
+        }
+        let n = n as usize;
+        self.partials[pi as usize].blocks.get_mut(n)
+    }
+
+    /// See the `epoch` field: changes whenever blocks may have become pickable.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Gives back one outstanding request (timed out, rejected, choked, connection gone).
+    pub fn release(&mut self, b: BlockRef) {
+        self.epoch += 1;
+        let mut freed = false;
+        if let Some(st) = self.block_state(b) {
+            match *st {
+                Block::Requested(c) if c <= 1 => {
+                    *st = Block::Free;
+                    freed = true;
+                }
+                Block::Requested(c) => *st = Block::Requested(c - 1),
+                Block::Writing { by, others } => {
+                    *st = Block::Writing {
+                        by,
+                        others: others.saturating_sub(1),
+                    }
+                }
+                Block::Free | Block::Received => {}
+            }
+        }
+        if freed {
+            self.note_free(b, 1);
+        }
+    }
+
+    /// A piece header for a block this connection requested has arrived: decides whether
+    /// its payload goes to storage. The connection's own outstanding entry is consumed.
+    pub fn begin_block(&mut self, key: PeerKey, b: BlockRef) -> Accept {
+        let mut took_free = false;
+        let accept = match self.block_state(b) {
+            Some(st) => match *st {
+                Block::Requested(c) => {
+                    *st = Block::Writing {
+                        by: key,
+                        others: c.saturating_sub(1),
+                    };
+                    Accept::Write
+                }
+                Block::Free => {
+                    // A reply to a request from before a failed hash reset the piece.
+                    *st = Block::Writing { by: key, others: 0 };
+                    took_free = true;
+                    Accept::Write
+                }
+                Block::Writing { by, others } => {
+                    *st = Block::Writing {
+                        by,
+                        others: others.saturating_sub(1),
+                    };
+                    Accept::Discard
+                }
+                Block::Received => Accept::Discard,
+            },
+            None => Accept::Discard,
+        };
+        if took_free {
+            self.note_free(b, -1);
+        }
+        if accept == Accept::Discard {
+            self.stats.wasted += u64::from(b.len);
+        }
+        accept
+    }
+
+    /// The payload of a block accepted by [`Swarm::begin_block`] is in storage. Returns the
+    /// piece if that was its last block: hash it, then call [`Swarm::handle_verdict`].
+    pub fn finish_block(&mut self, key: PeerKey, addr: IpAddr, b: BlockRef) -> Option<PieceIndex> {
+        let pi = self.partial_of[b.piece.as_usize()];
+        let st = self.block_state(b)?;
+        let Block::Writing { by, others } = *st else {
+            return None;
+        };
+        if by != key {
+            return None;
+        }
+        *st = Block::Received;
+        if others > 0 {
+            self.cancel_log.push(b);
+        }
+        self.stats.downloaded += u64::from(b.len);
+        let p = &mut self.partials[pi as usize];
+        p.received += 1;
+        if !p.contributors.contains(&addr) {
+            p.contributors.push(addr);
+        }
+        (p.received as usize == p.blocks.len()).then_some(b.piece)
+    }
+
+    /// The connection died while receiving the block's payload: what it wrote is junk.
+    pub fn abort_block(&mut self, key: PeerKey, b: BlockRef) {
+        self.epoch += 1;
+        let mut freed = false;
+        if let Some(st) = self.block_state(b) {
+            if let Block::Writing { by, others } = *st {
+                if by == key {
+                    if others > 0 {
+                        *st = Block::Requested(others);
+                    } else {
+                        *st = Block::Free;
+                        freed = true;
+                    }
+                }
+            }
+        }
+        if freed {
+            self.note_free(b, 1);
+        }
+    }
+
+    /// The hasher's answer for a piece returned by [`Swarm::finish_block`]. A good piece is
+    /// ours and queued for `have` broadcast. A bad one is fetched again; if one address
+    /// sent all of it, that address gets a strike (banned at `ban_strikes`); if several
+    /// did, nobody can be blamed yet, so the piece is re-fetched from a single peer.
+    pub fn handle_verdict(&mut self, piece: PieceIndex, ok: bool) -> Verdict {
+        self.epoch += 1;
+        let mut verdict = Verdict::default();
+        let pi = self.partial_of[piece.as_usize()];
+        if pi == NONE {
+            return verdict;
+        }
+        if ok {
+            self.partial_of[piece.as_usize()] = NONE;
+            self.active.retain(|&x| x != pi);
+            self.spare_partials.push(pi);
+            if self.have.set(piece.get()) {
+                self.have_log.push(piece);
+            }
+            return verdict;
+        }
+        let p = &mut self.partials[pi as usize];
+        let n = p.blocks.len();
+        p.blocks.iter_mut().for_each(|b| *b = Block::Free);
+        p.received = 0;
+        p.exclusive = None;
+        p.free = n as u32;
+        self.free_blocks += n as u64;
+        self.stats.wasted += u64::from(self.lengths.piece_size(piece));
+        self.stats.downloaded = self
+            .stats
+            .downloaded
+            .saturating_sub(u64::from(self.lengths.piece_size(piece)));
+        let contributors = std::mem::take(&mut p.contributors);
+        if contributors.len() > 1 {
+            p.suspect = true;
+        } else {
+            for &addr in &contributors {
+                let s = self.strikes.entry(addr).or_insert(0);
+                *s += 1;
+                if *s >= self.cfg.ban_strikes && self.banned.insert(addr) {
+                    verdict.banned.push(addr);
+                    for slot in self.peers.iter_mut().filter(|s| s.addr == addr) {
+                        slot.banned = true;
+                    }
+                }
+            }
+        }
+        // Give the vector back to the partial to keep its capacity.
+        let mut c = contributors;
+        c.clear();
+        self.partials[pi as usize].contributors = c;
+        verdict
+    }
+
+    /// For tests and debugging: recounts `free_blocks` from the block states.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut free = 0u64;
+        for p in self.lengths.pieces() {
+            if self.have.get(p.get()) {
+                assert_eq!(self.partial_of[p.as_usize()], NONE);
+                continue;
+            }
+            let pi = self.partial_of[p.as_usize()];
+            if pi == NONE {
+                free += u64::from(self.lengths.blocks_in_piece(p));
+            } else {
+                let part = &self.partials[pi as usize];
+                assert_eq!(part.piece, p.get());
+                assert!(self.active.contains(&pi));
+                let f = part.blocks.iter().filter(|b| **b == Block::Free).count();
+                assert_eq!(f as u32, part.free);
+                free += f as u64;
+                let recv = part
+                    .blocks
+                    .iter()
+                    .filter(|b| **b == Block::Received)
+                    .count();
+                assert_eq!(recv as u32, part.received);
+            }
+        }
+        assert_eq!(free, self.free_blocks);
+    }
+}
+
+/// splitmix64's finaliser: spreads `i ^ salt` so each pick sees a fresh random order.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::BLOCK_SIZE;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    /// A bitfield from a fixture string, `1` = has the piece.
+    fn bf(s: &str) -> Bitfield {
+        let mut b = Bitfield::new(s.len() as u32);
+        for (i, c) in s.chars().enumerate() {
+            if c == '1' {
+                b.set(i as u32);
+            }
+        }
+        b
+    }
+
+    fn swarm(pieces: u32, blocks_per_piece: u32, seed: u64) -> Swarm {
+        let pl = u64::from(blocks_per_piece * BLOCK_SIZE);
+        let l = Lengths::new(pl * u64::from(pieces), pl, u64::from(pieces)).unwrap();
+        Swarm::new(
+            SwarmConfig::default(),
+            [0; 20],
+            l,
+            Bitfield::new(pieces),
+            seed,
+        )
+    }
+
+    fn pick(s: &mut Swarm, k: PeerKey, remote: &Bitfield, want: usize) -> Vec<BlockRef> {
+        let mut v = Vec::new();
+        s.pick_blocks(k, remote, want, |_| false, |b| v.push(b));
+        s.check_invariants();
+        v
+    }
+
+    #[test]
+    fn rarest_first_with_random_ties() {
+        let mut s = swarm(6, 1, 7);
+        let k = s.add_peer(ip(1)).unwrap();
+        // availability: 3 3 1 2 1 3
+        for (i, a) in [3, 3, 1, 2, 1, 3].into_iter().enumerate() {
+            for _ in 0..a {
+                let p = s.lengths.piece(i as u32).unwrap();
+                s.add_availability(p);
+            }
+        }
+        let got: Vec<u32> = pick(&mut s, k, &bf("111111"), 2)
+            .iter()
+            .map(|b| b.piece.get())
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![2, 4]);
+        assert_eq!(pick(&mut s, k, &bf("111111"), 1)[0].piece.get(), 3);
+        // Different seeds spread the first pick across equally rare pieces.
+        let firsts: HashSet<u32> = (0..32)
+            .map(|seed| {
+                let mut s = swarm(8, 1, seed);
+                let k = s.add_peer(ip(1)).unwrap();
+                pick(&mut s, k, &bf("11111111"), 1)[0].piece.get()
+            })
+            .collect();
+        assert!(firsts.len() >= 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn finishes_started_pieces_first_and_respects_remote() {
+        let mut s = swarm(4, 4, 1);
+        let a = s.add_peer(ip(1)).unwrap();
+        let b = s.add_peer(ip(2)).unwrap();
+        let first = pick(&mut s, a, &bf("1111"), 2);
+        assert_eq!(first[0].piece, first[1].piece);
+        let p = first[0].piece.get();
+        let mut only = "0000".to_string();
+        only.replace_range(p as usize..p as usize + 1, "1");
+        // b has only that piece and gets its two remaining blocks, then nothing new.
+        let second = pick(&mut s, b, &bf(&only), 8);
+        assert_eq!(second.len(), 2);
+        assert!(second.iter().all(|x| x.piece.get() == p));
+    }
+
+    #[test]
+    fn endgame_duplicates_and_cancels() {
+        let mut s = swarm(1, 2, 1);
+        let a = s.add_peer(ip(1)).unwrap();
+        let b = s.add_peer(ip(2)).unwrap();
+        let got_a = pick(&mut s, a, &bf("1"), 8);
+        assert_eq!(got_a.len(), 2);
+        assert!(s.in_endgame());
+        // a already holds both, so it gets no duplicates of its own.
+        let dup_a: Vec<_> = {
+            let mut v = Vec::new();
+            s.pick_blocks(a, &bf("1"), 8, |x| got_a.contains(&x), |x| v.push(x));
+            v
+        };
+        assert!(dup_a.is_empty());
+        let got_b = pick(&mut s, b, &bf("1"), 8);
+        assert_eq!(got_b, got_a);
+        // b's copy of block 0 arrives first; a's is discarded and a is told to cancel.
+        assert_eq!(s.begin_block(b, got_b[0]), Accept::Write);
+        assert_eq!(s.finish_block(b, ip(2), got_b[0]), None);
+        assert_eq!(s.cancel_log(), &[got_b[0]]);
+        assert_eq!(s.begin_block(a, got_a[0]), Accept::Discard);
+        assert_eq!(s.begin_block(a, got_a[1]), Accept::Write);
+        assert_eq!(s.finish_block(a, ip(1), got_a[1]), Some(got_a[1].piece));
+        s.release(got_b[1]);
+        s.check_invariants();
+        s.handle_verdict(got_a[1].piece, true);
+        assert!(s.is_complete());
+        assert_eq!(s.have_log().len(), 1);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn release_and_abort_free_blocks() {
+        let mut s = swarm(2, 2, 3);
+        let a = s.add_peer(ip(1)).unwrap();
+        let got = pick(&mut s, a, &bf("11"), 4);
+        assert_eq!(got.len(), 4);
+        s.release(got[0]);
+        assert_eq!(s.begin_block(a, got[1]), Accept::Write);
+        s.abort_block(a, got[1]);
+        s.check_invariants();
+        let again = pick(&mut s, a, &bf("11"), 4);
+        assert_eq!(again.len(), 2);
+    }
+
+    fn receive_piece(s: &mut Swarm, k: PeerKey, addr: IpAddr, blocks: &[BlockRef]) -> PieceIndex {
+        let mut done = None;
+        for &b in blocks {
+            assert_eq!(s.begin_block(k, b), Accept::Write);
+            done = s.finish_block(k, addr, b);
+        }
+        done.unwrap()
+    }
+
+    #[test]
+    fn bad_pieces_strike_then_ban_sole_sender() {
+        let mut s = swarm(4, 1, 5);
+        let bad = s.add_peer(ip(9)).unwrap();
+        let got = pick(&mut s, bad, &bf("1111"), 1);
+        let p = receive_piece(&mut s, bad, ip(9), &got);
+        assert_eq!(s.handle_verdict(p, false), Verdict::default());
+        assert!(!s.is_banned(bad));
+        s.check_invariants();
+        let got = pick(&mut s, bad, &bf("1111"), 1);
+        let p = receive_piece(&mut s, bad, ip(9), &got);
+        assert_eq!(s.handle_verdict(p, false).banned, vec![ip(9)]);
+        assert!(s.is_banned(bad));
+        assert!(pick(&mut s, bad, &bf("1111"), 4).is_empty());
+        assert_eq!(s.add_peer(ip(9)), Err(Banned(ip(9))));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn mixed_failure_refetches_from_one_peer() {
+        let mut s = swarm(1, 2, 5);
+        let a = s.add_peer(ip(1)).unwrap();
+        let b = s.add_peer(ip(2)).unwrap();
+        let ga = pick(&mut s, a, &bf("1"), 1);
+        let gb = pick(&mut s, b, &bf("1"), 1);
+        assert_eq!(s.begin_block(a, ga[0]), Accept::Write);
+        assert_eq!(s.finish_block(a, ip(1), ga[0]), None);
+        let p = receive_piece(&mut s, b, ip(2), &gb);
+        assert!(s.handle_verdict(p, false).banned.is_empty());
+        // Suspect now: whoever picks first gets the whole piece.
+        assert_eq!(pick(&mut s, b, &bf("1"), 1).len(), 1);
+        assert!(pick(&mut s, a, &bf("1"), 4).is_empty());
+        assert_eq!(pick(&mut s, b, &bf("1"), 4).len(), 1);
+    }
+
+    #[test]
+    fn spread_counts_announced_and_served_copies() {
+        let mut s = swarm(2, 4, 1);
+        let p0 = s.lengths.piece(0).unwrap();
+        let p1 = s.lengths.piece(1).unwrap();
+        s.add_availability(p1);
+        assert!(s.spread(p0) < s.spread(p1));
+        for n in 0..4 {
+            s.record_upload(s.lengths.block(p0, n).unwrap());
+        }
+        // One whole copy sent counts like one peer announcing it.
+        assert_eq!(s.spread(p0), s.spread(p1));
+        assert_eq!(s.stats().uploaded, 4 * u64::from(BLOCK_SIZE));
+    }
+
+    #[test]
+    fn choker_caps_unchoked() {
+        let mut s = swarm(1, 1, 1);
+        s.cfg.max_unchoked = 2;
+        let k: Vec<_> = (1..=3).map(|i| s.add_peer(ip(i)).unwrap()).collect();
+        assert!(s.try_unchoke(k[0]) && s.try_unchoke(k[1]) && s.try_unchoke(k[1]));
+        assert!(!s.try_unchoke(k[2]));
+        s.remove_peer(k[0]);
+        assert!(s.try_unchoke(k[2]));
+        // A stale key from a reused slot is not the new connection.
+        let k4 = s.add_peer(ip(4)).unwrap();
+        assert_ne!(k4, k[0]);
+        assert!(s.is_banned(k[0]) && !s.is_banned(k4));
+    }
+}

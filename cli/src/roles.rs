@@ -1,0 +1,330 @@
+//! What the swarm roles (`seed`, `peer`) share: flags for the node, turning a torrent
+//! into a node configuration, signals, and printing node events as a progress bar on a
+//! terminal, JSON lines with `--json`, or a few plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use corvid_engine::metainfo::{FileSpec, Metainfo};
+use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
+
+use crate::output::{human_size, json_object, json_str, print};
+use crate::{Exit, Failure};
+
+/// Flags every swarm role takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Address to accept peer connections on (port 0: any free port).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Event-loop threads, one io_uring each [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+    /// Hashing threads [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub hash_threads: Option<usize>,
+    /// Peer to connect to at start, besides those the tracker names (repeatable).
+    #[arg(long = "peer", value_name = "IP:PORT")]
+    pub peers: Vec<SocketAddr>,
+    /// Announce here instead of the torrent's trackers (repeatable).
+    #[arg(long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
+    /// Do not announce to any tracker (use --peer).
+    #[arg(long)]
+    pub no_announce: bool,
+    /// Most connections at once.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Print JSON lines (events, then a final report) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A node configuration for `m` with the payload at `root`/`files`.
+pub fn node_config(
+    mode: Mode,
+    m: &Metainfo,
+    root: PathBuf,
+    files: Vec<FileSpec>,
+    args: &NodeArgs,
+    default_listen: SocketAddr,
+) -> Result<NodeConfig, Failure> {
+    if args.cores == Some(0) || args.hash_threads == Some(0) {
+        return Err(Failure::input(anyhow!(
+            "--cores and --hash-threads must be at least 1"
+        )));
+    }
+    let trackers = if args.no_announce {
+        Vec::new()
+    } else if !args.trackers.is_empty() {
+        args.trackers.clone()
+    } else {
+        m.trackers()
+    };
+    Ok(NodeConfig {
+        mode,
+        info_hash: m.info_hash,
+        lengths: m.info.lengths,
+        piece_hashes: Arc::new(m.info.pieces.clone()),
+        files,
+        root,
+        listen: args.listen.unwrap_or(default_listen),
+        cores: args.cores.unwrap_or_else(cpus),
+        hash_threads: args.hash_threads.unwrap_or_else(cpus),
+        trackers,
+        peers: args.peers.clone(),
+        linger: Duration::ZERO,
+        seed_until: node::SeedUntil::Stopped,
+        trust_data: false,
+        stall_timeout: Duration::from_secs(120),
+        max_connections: args.max_connections,
+        peer: Default::default(),
+        swarm: Default::default(),
+        tuning: Default::default(),
+        announce_port: 0,
+    })
+}
+
+/// SIGINT and SIGTERM set the stop flag: the node finishes cleanly (announces `stopped`,
+/// flushes, prints its report).
+pub fn stop_on_signals() -> Result<StopFlag, Failure> {
+    let stop = StopFlag::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.as_arc())
+            .map_err(|e| Failure::output(anyhow!("cannot install a signal handler: {e}")))?;
+    }
+    Ok(stop)
+}
+
+/// Prints node events: JSON lines, a progress bar on a terminal, or nothing but the
+/// important lines.
+pub struct Printer {
+    json: bool,
+    bar: Option<ProgressBar>,
+    total_bytes: u64,
+    piece_length: u64,
+}
+
+impl Printer {
+    pub fn new(json: bool, total_bytes: u64, piece_length: u64, what: &str) -> Self {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total_bytes);
+            let style = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {prefix}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message(what.to_owned());
+            bar
+        });
+        Printer {
+            json,
+            bar,
+            total_bytes,
+            piece_length,
+        }
+    }
+
+    /// A line for humans: above the bar on a terminal, on stderr otherwise (stdout stays
+    /// for results).
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn json_line(&self, fields: &[(&str, String)]) {
+        let _ = print(&format!("{}\n", json_object(fields)));
+    }
+
+    pub fn event(&mut self, ev: &NodeEvent) {
+        match ev {
+            NodeEvent::Listening { peer_addr } => {
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("listening")),
+                        ("peer_addr", json_str(&peer_addr.to_string())),
+                    ]);
+                } else {
+                    self.say(&format!("listening for peers on {peer_addr}"));
+                }
+            }
+            NodeEvent::Checked { have, total } => {
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("checked")),
+                        ("have", have.to_string()),
+                        ("pieces", total.to_string()),
+                    ]);
+                } else if *have > 0 && have < total {
+                    self.say(&format!(
+                        "resuming: {have} of {total} pieces already verified"
+                    ));
+                }
+            }
+            NodeEvent::Progress(p) => {
+                let done = (u64::from(p.have) * self.piece_length).min(self.total_bytes);
+                if let Some(bar) = &self.bar {
+                    bar.set_position(done);
+                    bar.set_prefix(format!("up {} peers {}", human_size(p.bytes_up), p.peers));
+                } else if self.json {
+                    self.json_line(&[
+                        ("event", json_str("progress")),
+                        ("have", p.have.to_string()),
+                        ("pieces", p.total.to_string()),
+                        ("bytes_down", p.bytes_down.to_string()),
+                        ("bytes_up", p.bytes_up.to_string()),
+                        ("peers", p.peers.to_string()),
+                    ]);
+                }
+            }
+            NodeEvent::Complete { elapsed } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(self.total_bytes);
+                }
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("complete")),
+                        ("elapsed_s", format!("{:.6}", elapsed.as_secs_f64())),
+                    ]);
+                } else {
+                    self.say(&format!(
+                        "complete: {} verified in {:.2} s",
+                        human_size(self.total_bytes),
+                        elapsed.as_secs_f64()
+                    ));
+                }
+            }
+            NodeEvent::TrackerError { url, error } => {
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("tracker_error")),
+                        ("url", json_str(url)),
+                        ("error", json_str(error)),
+                    ]);
+                } else {
+                    self.say(&format!("tracker {url}: {error}"));
+                }
+            }
+            NodeEvent::PeerClosed { addr, reason } => {
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("peer_closed")),
+                        ("addr", json_str(&addr.to_string())),
+                        ("reason", json_str(reason)),
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// The final report: `{"event":"done","report":{...}}` or a short text summary.
+    pub fn report(&mut self, r: &NodeReport) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.json {
+            let _ = print(&format!(
+                "{{\"event\":\"done\",\"report\":{}}}\n",
+                r.to_json()
+            ));
+            return;
+        }
+        let t = &r.transfer;
+        let mut lines = vec![format!(
+            "down {} (seeder {}, peers {}), up {}, {:.2} s",
+            human_size(t.bytes_down),
+            human_size(t.bytes_from_seeder),
+            human_size(t.bytes_from_peers),
+            human_size(t.bytes_up),
+            t.elapsed.as_secs_f64()
+        )];
+        if t.piece_latency_us.count > 0 {
+            lines.push(format!(
+                "piece latency p50 {:.1} ms, p99 {:.1} ms",
+                t.piece_latency_us.p50 as f64 / 1000.0,
+                t.piece_latency_us.p99 as f64 / 1000.0
+            ));
+        }
+        if t.pieces_failed > 0 || !r.banned.is_empty() {
+            lines.push(format!(
+                "{} pieces failed their hash and were fetched again; banned: {:?}",
+                t.pieces_failed, r.banned
+            ));
+        }
+        for l in lines {
+            self.say(&l);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The exit code and message for a node that failed.
+pub fn node_failure(e: NodeError) -> Failure {
+    let code = match &e {
+        NodeError::Uring(_) => Exit::Unavailable,
+        NodeError::Storage(_) => Exit::Output,
+        NodeError::BadSeedData { .. } => Exit::DataBad,
+        NodeError::Stalled { .. } => Exit::GaveUp,
+        NodeError::Interrupted { .. } => Exit::Interrupted,
+        NodeError::Runtime(_) => Exit::Output,
+    };
+    Failure {
+        code,
+        error: anyhow::Error::new(e),
+    }
+}
+
+/// Where the downloaded payload goes: `dest/NAME`, refusing a destination that is a
+/// file.
+pub fn dest_root(dest: &Path) -> Result<PathBuf, Failure> {
+    if dest.exists() && !dest.is_dir() {
+        return Err(Failure::input(anyhow!(
+            "destination {} exists and is not a directory",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(dest)
+        .map_err(|e| Failure::output(anyhow!("cannot create {}: {e}", dest.display())))?;
+    Ok(dest.to_path_buf())
+}

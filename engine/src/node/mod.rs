@@ -1,0 +1,759 @@
+//! A node: one torrent, seeded or downloaded, on the thread-per-core runtime.
+//!
+//! [`run`] wires the parts together: storage mapped once, the hasher pool, one
+//! [`Swarm`] behind a lock, one [`PeerService`](service::PeerService) per core, and
+//! a control loop on the calling thread that turns hash verdicts into haves, announces
+//! to trackers, reports progress and decides when the node is done. Threads:
+//! - `cores` runtime threads (io_uring each), owning the connections;
+//! - the hasher pool's threads;
+//! - one announce thread per tracker URL (blocking HTTP is fine at tracker rates);
+//! - the caller's thread, running the control loop.
+
+pub mod service;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use std::net::IpAddr;
+
+use crate::geometry::{Lengths, PieceIndex, BLOCK_SIZE};
+use crate::hash::{HashPool, Verdict};
+use crate::peer::PeerConfig;
+use crate::runtime::{self, Runtime, RuntimeConfig, RuntimeError, UringUnavailable};
+use crate::stats::{Report, TransferStats};
+use crate::storage::{FileSpec, Storage, StorageError};
+use crate::swarm::{Swarm, SwarmConfig};
+use crate::wire::Bitfield;
+
+use service::{CoreMsg, PeerService};
+
+/// Seed what is on disk, or download it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Seed,
+    Download,
+}
+
+/// When a seeding node stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedUntil {
+    /// Until told to stop.
+    Stopped,
+    /// Once every piece has been uploaded at least once (Murder's seeder need not stay
+    /// after that: the peers hold everything between them). Used by tests that prove
+    /// peers serve each other.
+    EveryPieceUploaded,
+}
+
+/// Performance knobs that benchmarks compare.
+#[derive(Debug, Clone)]
+pub struct NodeTuning {
+    /// While blocks are expected, receive at most a piece header into the buffer, so the
+    /// payload that follows lands in the mapping without a copy (one more receive per
+    /// block).
+    pub header_sized_recv: bool,
+}
+
+impl Default for NodeTuning {
+    fn default() -> Self {
+        NodeTuning {
+            header_sized_recv: true,
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    pub info_hash: [u8; 20],
+    pub lengths: Lengths,
+    pub piece_hashes: Arc<Vec<[u8; 20]>>,
+    pub files: Vec<FileSpec>,
+    /// Directory the file paths are relative to.
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub cores: usize,
+    pub hash_threads: usize,
+    pub trackers: Vec<String>,
+    /// Peers to dial at start, besides what trackers return.
+    pub peers: Vec<SocketAddr>,
+    /// A downloader keeps seeding this long after it completes.
+    pub linger: Duration,
+    pub seed_until: SeedUntil,
+    /// Seeder: skip the start-up hash check of the data.
+    pub trust_data: bool,
+    /// Give up when no piece was verified for this long while incomplete.
+    pub stall_timeout: Duration,
+    pub max_connections: usize,
+    pub peer: PeerConfig,
+    pub swarm: SwarmConfig,
+    pub tuning: NodeTuning,
+    /// Port announced to trackers when it differs from the listening port (NAT); 0 = same.
+    pub announce_port: u16,
+}
+
+/// Why a node could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Uring(#[from] UringUnavailable),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("seed data does not match the torrent: {bad} of {total} pieces fail their hash (first: piece {first})")]
+    BadSeedData { bad: u32, total: u32, first: u32 },
+    #[error("no progress for {secs} s with {have} of {total} pieces verified: giving up")]
+    Stalled { secs: u64, have: u32, total: u32 },
+    #[error("stopped by a signal before the download completed ({have} of {total} pieces)")]
+    Interrupted { have: u32, total: u32 },
+}
+
+impl NodeError {
+    /// Whether retrying later could help (a stall), as opposed to bad input.
+    pub fn is_stall(&self) -> bool {
+        matches!(self, NodeError::Stalled { .. })
+    }
+}
+
+/// What happened, for progress bars and JSON lines.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// Listening for peers; `peer_addr` is the bound address.
+    Listening {
+        peer_addr: SocketAddr,
+    },
+    /// The start-up check found this many verified pieces already on disk.
+    Checked {
+        have: u32,
+        total: u32,
+    },
+    Progress(Progress),
+    /// Every piece is verified and flushed to disk.
+    Complete {
+        elapsed: Duration,
+    },
+    /// A tracker could not be reached or refused us (the node keeps going).
+    TrackerError {
+        url: String,
+        error: String,
+    },
+    /// A connection closed, with the reason (hostile peers show up here).
+    PeerClosed {
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// A snapshot of the node's state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub have: u32,
+    pub total: u32,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub peers: usize,
+}
+
+/// The final report.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub peer_addr: SocketAddr,
+    pub complete: bool,
+    pub pieces: u32,
+    pub bytes_total: u64,
+    /// Payload bytes dropped: end-game duplicates and pieces that failed their hash.
+    pub wasted: u64,
+    /// Addresses banned for sending data that failed its hash.
+    pub banned: Vec<IpAddr>,
+    /// Start to completion (downloads).
+    pub download_time: Option<Duration>,
+    /// Bytes, seeder vs peers, piece latency percentiles.
+    pub transfer: Report,
+}
+
+impl NodeReport {
+    /// One JSON object: the transfer report's fields plus the node's own.
+    pub fn to_json(&self) -> String {
+        let mut t = self.transfer.to_json();
+        t.pop(); // the closing brace
+        let banned: Vec<String> = self.banned.iter().map(|a| format!("\"{a}\"")).collect();
+        t.push_str(&format!(
+            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{}}}",
+            self.peer_addr,
+            self.complete,
+            self.pieces,
+            self.bytes_total,
+            self.wasted,
+            banned.join(","),
+            self.download_time
+                .map(|d| format!("{:.6}", d.as_secs_f64()))
+                .unwrap_or_else(|| "null".into()),
+        ));
+        t
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub from_seeder: AtomicU64,
+    pub from_peers: AtomicU64,
+    pub wasted: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub connections: AtomicUsize,
+    pub peers: AtomicUsize,
+    pub refused: AtomicU64,
+    pub dials: AtomicU64,
+}
+
+/// State shared by every core and the control loop.
+pub(crate) struct Shared {
+    pub swarm: Mutex<Swarm>,
+    pub storage: Arc<Storage>,
+    pub hashes: Arc<Vec<[u8; 20]>>,
+    pub pool: HashPool,
+    pub verdict_tx: Sender<Verdict>,
+    pub peer_cfg: PeerConfig,
+    pub our_id: [u8; 20],
+    pub peer_ids: Mutex<HashSet<[u8; 20]>>,
+    pub counters: Counters,
+    pub max_connections: usize,
+    pub tuning: NodeTuning,
+    start: Instant,
+    /// Per piece: nanoseconds after `start` of its first payload byte, plus one (0: none).
+    first_byte: Vec<AtomicU64>,
+    /// Events from the cores and announce threads, for the control loop to report.
+    events: Mutex<Vec<NodeEvent>>,
+    /// Addresses with an outbound connection open or being dialled, so announces do not
+    /// dial the same peer twice.
+    pub dialled: Mutex<HashSet<SocketAddr>>,
+    /// Which 16 KiB blocks were uploaded at least once (a bitset), and how many.
+    uploaded_blocks: Vec<AtomicU64>,
+    uploaded_count: AtomicU64,
+    total_blocks: u64,
+}
+
+impl Shared {
+    pub fn submit_hash(&self, piece: PieceIndex) {
+        let expected = self.hashes[piece.as_usize()];
+        self.pool.submit(
+            self.storage.clone(),
+            piece,
+            expected,
+            self.verdict_tx.clone(),
+        );
+    }
+
+    pub fn mark_first_byte(&self, piece: PieceIndex) {
+        if let Some(slot) = self.first_byte.get(piece.as_usize()) {
+            if slot.load(Ordering::Relaxed) == 0 {
+                let t = self.start.elapsed().as_nanos() as u64 + 1;
+                let _ = slot.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn take_first_byte(&self, piece: PieceIndex) -> Option<Duration> {
+        let t = self
+            .first_byte
+            .get(piece.as_usize())?
+            .swap(0, Ordering::Relaxed);
+        (t > 0).then(|| Duration::from_nanos(t - 1))
+    }
+
+    pub fn log_close(&self, addr: SocketAddr, reason: &str) {
+        self.push_event(NodeEvent::PeerClosed {
+            addr,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn push_event(&self, ev: NodeEvent) {
+        // Bounded: a flood of connections must not grow memory without limit.
+        let mut q = self.events.lock();
+        if q.len() < 10_000 {
+            q.push(ev);
+        }
+    }
+
+    /// Records an uploaded block (all 16 KiB blocks it covers).
+    pub fn mark_uploaded(&self, lengths: &Lengths, block: crate::geometry::BlockRef) {
+        let per_piece = lengths.piece_length() / u64::from(BLOCK_SIZE);
+        let first = u64::from(block.piece.get()) * per_piece + u64::from(block.offset / BLOCK_SIZE);
+        let last = first + u64::from((block.len - 1) / BLOCK_SIZE);
+        for b in first..=last {
+            let Some(word) = self.uploaded_blocks.get((b / 64) as usize) else {
+                return;
+            };
+            let bit = 1u64 << (b % 64);
+            if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                self.uploaded_count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn every_piece_uploaded(&self) -> bool {
+        self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
+    }
+
+    /// Payload bytes still missing, for announces.
+    pub fn left(&self) -> u64 {
+        let swarm = self.swarm.lock();
+        let l = swarm.lengths();
+        l.pieces()
+            .filter(|p| !swarm.have().get(p.get()))
+            .map(|p| u64::from(l.piece_size(p)))
+            .sum()
+    }
+}
+
+/// corvid's peer ids: Azureus style `-CV0100-`, then a role byte (`S` for a seeder that
+/// started with all the data, `P` for a downloader) and 11 random bytes. Peers use the
+/// role to report bytes from the seeder apart from bytes from other peers.
+pub fn make_peer_id(mode: Mode, random: u64) -> [u8; 20] {
+    let mut id = *b"-CV0100-P00000000000";
+    if mode == Mode::Seed {
+        id[8] = b'S';
+    }
+    let mut x = random | 1;
+    for b in id[9..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(x % 36) as usize];
+    }
+    id
+}
+
+pub(crate) fn is_seeder_id(id: &[u8; 20]) -> bool {
+    id.starts_with(b"-CV") && id[8] == b'S'
+}
+
+/// A source of per-run randomness without a dependency: the clock and the pid.
+fn entropy() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// A handle to stop a running node from another thread or a signal handler.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// The flag itself, e.g. for `signal_hook::flag::register`.
+    pub fn as_arc(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+/// Runs the node until it is done (download complete and linger over, or seeding
+/// stopped), reporting events to `on_event`.
+pub fn run(
+    cfg: NodeConfig,
+    stop: StopFlag,
+    on_event: &mut dyn FnMut(&NodeEvent),
+) -> Result<NodeReport, NodeError> {
+    runtime::probe()?;
+    let start = Instant::now();
+    let lengths = cfg.lengths;
+    let total = lengths.piece_count();
+    let pool = HashPool::new(cfg.hash_threads.max(1));
+
+    let (storage, have) = match cfg.mode {
+        Mode::Seed => {
+            let storage = Arc::new(Storage::open_readonly(&cfg.root, &cfg.files, lengths)?);
+            if !cfg.trust_data {
+                let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
+                let bad: Vec<u32> = (0..total).filter(|&i| !ok[i as usize]).collect();
+                if let Some(&first) = bad.first() {
+                    return Err(NodeError::BadSeedData {
+                        bad: bad.len() as u32,
+                        total,
+                        first,
+                    });
+                }
+            }
+            (storage, Bitfield::full(total))
+        }
+        Mode::Download => {
+            let storage = Arc::new(Storage::create(&cfg.root, &cfg.files, lengths)?);
+            // Whatever is already on disk (a restart) is checked, so only the missing
+            // or damaged pieces are fetched again.
+            let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
+            let mut have = Bitfield::new(total);
+            for (i, good) in ok.iter().enumerate() {
+                if *good {
+                    have.set(i as u32);
+                }
+            }
+            (storage, have)
+        }
+    };
+    on_event(&NodeEvent::Checked {
+        have: have.count(),
+        total,
+    });
+
+    let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
+    let total_blocks: u64 = lengths
+        .pieces()
+        .map(|p| u64::from(lengths.blocks_in_piece(p)))
+        .sum();
+    let our_id = make_peer_id(cfg.mode, entropy());
+    let mut peer_cfg = cfg.peer.clone();
+    let shared = Arc::new(Shared {
+        swarm: Mutex::new(Swarm::new(
+            cfg.swarm.clone(),
+            cfg.info_hash,
+            lengths,
+            have,
+            entropy(),
+        )),
+        storage: storage.clone(),
+        hashes: cfg.piece_hashes.clone(),
+        pool,
+        verdict_tx,
+        peer_cfg: {
+            peer_cfg.listen_port = None;
+            peer_cfg.clone()
+        },
+        our_id,
+        peer_ids: Mutex::new(HashSet::new()),
+        counters: Counters::default(),
+        max_connections: cfg.max_connections,
+        tuning: cfg.tuning.clone(),
+        start,
+        first_byte: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        events: Mutex::new(Vec::new()),
+        dialled: Mutex::new(HashSet::new()),
+        uploaded_blocks: (0..total_blocks.div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        uploaded_count: AtomicU64::new(0),
+        total_blocks,
+    });
+
+    let rt_cfg = RuntimeConfig {
+        cores: cfg.cores.max(1),
+        listen: Some(cfg.listen),
+        ..RuntimeConfig::default()
+    };
+    let rt = {
+        let shared = shared.clone();
+        Runtime::start(rt_cfg, move |_core| PeerService::new(shared.clone()))?
+    };
+    let peer_addr = rt.local_addr().unwrap_or(cfg.listen);
+    on_event(&NodeEvent::Listening { peer_addr });
+
+    for addr in &cfg.peers {
+        dial(&shared, rt.mailboxes(), *addr);
+    }
+
+    let announce = announce::start(&cfg, &shared, &rt, peer_addr);
+    let outcome = control_loop(&cfg, &shared, &rt, &verdict_rx, &stop, start, on_event);
+    announce.stop(&shared);
+    let services = rt.shutdown();
+    drop(services);
+    storage.flush()?;
+    let (complete_at, mut stats, banned) = outcome?;
+
+    let swarm = shared.swarm.lock();
+    let c = &shared.counters;
+    stats.record_download(c.from_seeder.load(Ordering::Relaxed), true);
+    stats.record_download(c.from_peers.load(Ordering::Relaxed), false);
+    stats.record_upload(c.uploaded.load(Ordering::Relaxed));
+    stats.finish(Instant::now());
+    Ok(NodeReport {
+        peer_addr,
+        complete: swarm.is_complete(),
+        pieces: total,
+        bytes_total: lengths.total_length(),
+        wasted: swarm.stats().wasted + c.wasted.load(Ordering::Relaxed),
+        banned,
+        download_time: complete_at.map(|t| t.duration_since(start)),
+        transfer: stats.report(Instant::now()),
+    })
+}
+
+/// Dials `addr` from the next core in turn, unless a connection to it is open already.
+fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: SocketAddr) {
+    if !shared.dialled.lock().insert(addr) {
+        return;
+    }
+    let n = shared.counters.dials.fetch_add(1, Ordering::Relaxed) as usize;
+    if let Some(mb) = mailboxes.get(n % mailboxes.len().max(1)) {
+        if mb.dial(addr).is_err() {
+            shared.dialled.lock().remove(&addr);
+        }
+    }
+}
+
+type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
+
+/// Turns verdicts into haves, reports progress and decides when to stop.
+fn control_loop(
+    cfg: &NodeConfig,
+    shared: &Arc<Shared>,
+    rt: &Runtime<PeerService>,
+    verdicts: &Receiver<Verdict>,
+    stop: &StopFlag,
+    start: Instant,
+    on_event: &mut dyn FnMut(&NodeEvent),
+) -> Result<LoopOutcome, NodeError> {
+    let total = cfg.lengths.piece_count();
+    let mut stats = TransferStats::new(start);
+    let mut banned = Vec::new();
+    let mut complete_at = if shared.swarm.lock().is_complete() && cfg.mode == Mode::Download {
+        Some(Instant::now())
+    } else {
+        None
+    };
+    if complete_at.is_some() {
+        on_event(&NodeEvent::Complete {
+            elapsed: start.elapsed(),
+        });
+    }
+    let mut last_progress = Instant::now();
+    let mut last_verified = Instant::now();
+    let tick = Duration::from_millis(200);
+    loop {
+        match verdicts.recv_timeout(tick) {
+            Ok(v) => {
+                let mut batch = vec![v];
+                batch.extend(verdicts.try_iter());
+                let mut new_bans = Vec::new();
+                {
+                    let mut swarm = shared.swarm.lock();
+                    for v in &batch {
+                        let out = swarm.handle_verdict(v.piece, v.ok);
+                        new_bans.extend(out.banned);
+                    }
+                }
+                for v in &batch {
+                    let first = shared.take_first_byte(v.piece);
+                    if v.ok {
+                        last_verified = Instant::now();
+                        if let Some(first) = first {
+                            stats.record_piece_verified(start.elapsed().saturating_sub(first));
+                        }
+                    } else {
+                        stats.record_piece_failed();
+                    }
+                }
+                banned.extend(new_bans);
+                // Every connection sends its haves (and closes if banned) when polled.
+                for mb in rt.mailboxes() {
+                    let _ = mb.send(CoreMsg::Poll);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+        }
+        let now = Instant::now();
+        let pending: Vec<NodeEvent> = std::mem::take(&mut *shared.events.lock());
+        for ev in &pending {
+            on_event(ev);
+        }
+        let (have, is_complete) = {
+            let swarm = shared.swarm.lock();
+            (swarm.have().count(), swarm.is_complete())
+        };
+        if now.duration_since(last_progress) >= Duration::from_millis(500) {
+            last_progress = now;
+            let c = &shared.counters;
+            on_event(&NodeEvent::Progress(Progress {
+                have,
+                total,
+                bytes_down: c.from_seeder.load(Ordering::Relaxed)
+                    + c.from_peers.load(Ordering::Relaxed),
+                bytes_up: c.uploaded.load(Ordering::Relaxed),
+                peers: c.peers.load(Ordering::Relaxed),
+            }));
+        }
+        if cfg.mode == Mode::Download && is_complete && complete_at.is_none() {
+            shared.storage.flush()?;
+            complete_at = Some(now);
+            on_event(&NodeEvent::Complete {
+                elapsed: start.elapsed(),
+            });
+        }
+        if stop.is_stopped() {
+            if cfg.mode == Mode::Download && !is_complete {
+                return Err(NodeError::Interrupted { have, total });
+            }
+            break;
+        }
+        match cfg.mode {
+            Mode::Download => {
+                if let Some(t) = complete_at {
+                    if now.duration_since(t) >= cfg.linger {
+                        break;
+                    }
+                } else if now.duration_since(last_verified) >= cfg.stall_timeout {
+                    return Err(NodeError::Stalled {
+                        secs: cfg.stall_timeout.as_secs(),
+                        have,
+                        total,
+                    });
+                }
+            }
+            Mode::Seed => {
+                if cfg.seed_until == SeedUntil::EveryPieceUploaded && shared.every_piece_uploaded()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((complete_at, stats, banned))
+}
+
+mod announce {
+    //! Announcing to trackers: one thread per tracker URL, each following the tracker's
+    //! interval with backoff on failure (the sans-IO [`Announcer`] decides when), dialling
+    //! the peers it learns about. A tracker that is down does not stop the node: peers
+    //! already known keep exchanging pieces, and announces retry.
+    use super::*;
+    use crate::tracker::client::{announce, Announcer, BackoffPolicy};
+    use crate::tracker::proto::AnnounceRequest;
+    use std::thread::JoinHandle;
+
+    pub struct Announce {
+        stop: Sender<()>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn start(
+        cfg: &NodeConfig,
+        shared: &Arc<Shared>,
+        rt: &Runtime<PeerService>,
+        peer_addr: SocketAddr,
+    ) -> Announce {
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let port = if cfg.announce_port != 0 {
+            cfg.announce_port
+        } else {
+            peer_addr.port()
+        };
+        let mailboxes: Vec<_> = rt.mailboxes().to_vec();
+        let threads = cfg
+            .trackers
+            .iter()
+            .map(|url| {
+                let url = url.clone();
+                let shared = shared.clone();
+                let stop_rx = stop_rx.clone();
+                let mailboxes = mailboxes.clone();
+                let info_hash = cfg.info_hash;
+                std::thread::Builder::new()
+                    .name("corvid-announce".into())
+                    .spawn(move || run_one(&url, info_hash, port, &shared, &mailboxes, &stop_rx))
+                    .expect("spawn announce thread")
+            })
+            .collect();
+        Announce { stop, threads }
+    }
+
+    fn run_one(
+        url: &str,
+        info_hash: [u8; 20],
+        port: u16,
+        shared: &Shared,
+        mailboxes: &[crate::runtime::Mailbox<CoreMsg>],
+        stop_rx: &Receiver<()>,
+    ) {
+        let mut ann = Announcer::new(Instant::now(), BackoffPolicy::default());
+        let mut told_complete = shared.swarm.lock().is_complete();
+        let mut stopping = false;
+        loop {
+            let now = Instant::now();
+            if !told_complete && shared.swarm.lock().is_complete() {
+                told_complete = true;
+                ann.completed(now);
+            }
+            if ann.is_due(now) {
+                let c = &shared.counters;
+                let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, shared.left());
+                req.event = ann.event();
+                req.uploaded = c.uploaded.load(Ordering::Relaxed);
+                req.downloaded =
+                    c.from_seeder.load(Ordering::Relaxed) + c.from_peers.load(Ordering::Relaxed);
+                req.numwant = Some(200);
+                let sent = req.event;
+                let timeout = if stopping {
+                    Duration::from_secs(1)
+                } else {
+                    TIMEOUT
+                };
+                match announce(url, &req, timeout) {
+                    Ok(resp) => {
+                        ann.on_success(Instant::now(), sent, &resp);
+                        if !stopping {
+                            for p in &resp.peers {
+                                if p.peer_id == Some(shared.our_id) {
+                                    continue;
+                                }
+                                super::dial(shared, mailboxes, p.addr);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let wait = ann.on_failure(Instant::now());
+                        shared.push_event(NodeEvent::TrackerError {
+                            url: url.to_string(),
+                            error: format!("{e} (retrying in {} s)", wait.as_secs()),
+                        });
+                    }
+                }
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            // Wake for the next announce, a completion (checked every second) or a stop.
+            let wait = ann
+                .next_due()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            match stop_rx.recv_timeout(wait) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                _ => {
+                    stopping = true;
+                    ann.stopped(Instant::now());
+                }
+            }
+        }
+    }
+
+    impl Announce {
+        /// Sends `stopped` to every tracker (bounded by a short timeout) and joins.
+        pub fn stop(self, _shared: &Arc<Shared>) {
+            drop(self.stop);
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The per-core glue between the io_uring runtime and the sans-IO peer protocol.
+//!
+//! Each core runs one [`PeerService`]; each connection's [`Conn`] holds its
+//! [`PeerConn`] and an `Arc` of the storage its receive and send spans point into, so the
+//! mapping outlives every in-flight operation (the runtime drops a `Conn` only after its
+//! last completion). The torrent-wide [`Swarm`] is one `parking_lot::Mutex` for all
+//! cores, locked once per protocol call; calls are short and never allocate per block.
+//!
+//! Data path: a `piece` header is read into the connection's small buffer; the payload is
+//! then received by the kernel straight into the mapped file ([`RecvTarget::Iovecs`]).
+//! The one copy left is the payload bytes that arrived in the same receive as the header;
+//! receiving at most a header's worth while requests are outstanding
+//! ([`NodeTuning::header_sized_recv`]) makes that copy rare. Uploads are sent with
+//! `sendmsg` from the header bytes plus spans of the mapping, without copying.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::geometry::BlockRef;
+use crate::peer::{CloseReason, Event, PeerConn, Transmit};
+use crate::runtime::{
+    CloseReason as RtClose, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf,
+    Service,
+};
+use crate::storage::{Storage, BLOCK_IOVECS};
+use crate::wire::PIECE_HEADER_LEN;
+
+use super::{is_seeder_id, Shared};
+
+/// Messages for a core's mailbox.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// Something torrent-wide changed (a verified piece, a ban): poll every connection.
+    Poll,
+}
+
+/// A payload being received for a block.
+#[derive(Debug, Clone, Copy)]
+struct Payload {
+    block: BlockRef,
+    discard: bool,
+    /// Bytes of the block already in storage (or dropped).
+    done: u32,
+}
+
+/// One connection's state on its core.
+pub struct Conn {
+    peer: PeerConn,
+    storage: Arc<Storage>,
+    payload: Option<Payload>,
+    remote_id: Option<[u8; 20]>,
+    from_seeder: bool,
+    registered: bool,
+    outbound: bool,
+    reason: Option<String>,
+}
+
+/// The per-core service the runtime drives.
+pub struct PeerService {
+    shared: Arc<Shared>,
+}
+
+impl PeerService {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        PeerService { shared }
+    }
+
+    /// Acts on everything the protocol asked for since the last call.
+    fn drain_events(&mut self, io: &mut CoreIo<'_, CoreMsg>, id: ConnId, conn: &mut Conn) {
+        while let Some(ev) = conn.peer.poll_event() {
+            match ev {
+                Event::HandshakeDone { peer_id, .. } => {
+                    if peer_id == self.shared.our_id {
+                        conn.reason = Some("connected to ourselves".into());
+                        io.close(id);
+                        continue;
+                    }
+                    if !self.shared.peer_ids.lock().insert(peer_id) {
+                        // Two peers that both dial each other end up with two
+                        // connections; the one that finishes its handshake second goes.
+                        conn.reason = Some("already connected to this peer".into());
+                        io.close(id);
+                        continue;
+                    }
+                    conn.registered = true;
+                    conn.remote_id = Some(peer_id);
+                    conn.from_seeder = is_seeder_id(&peer_id);
+                    self.shared.counters.peers.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::ReceivePayload { block, discard } => {
+                    self.shared.mark_first_byte(block.piece);
+                    conn.payload = Some(Payload {
+                        block,
+                        discard,
+                        done: 0,
+                    });
+                }
+                Event::PieceComplete(piece) => self.shared.submit_hash(piece),
+                Event::Close(reason) => {
+                    conn.reason = Some(reason.to_string());
+                    io.close(id);
+                }
+            }
+        }
+    }
+
+    fn finish_payload(
+        &mut self,
+        io: &mut CoreIo<'_, CoreMsg>,
+        id: ConnId,
+        conn: &mut Conn,
+        now: Instant,
+    ) {
+        let Some(p) = conn.payload.take() else { return };
+        let c = &self.shared.counters;
+        if p.discard {
+            c.wasted
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+        } else if conn.from_seeder {
+            c.from_seeder
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+        } else {
+            c.from_peers
+                .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
+        }
+        {
+            let mut swarm = self.shared.swarm.lock();
+            conn.peer.handle_payload_done(&mut swarm, p.block, now);
+        }
+        self.drain_events(io, id, conn);
+    }
+}
+
+impl Service for PeerService {
+    type Conn = Conn;
+    type Msg = CoreMsg;
+    type Error = CloseReason;
+
+    fn on_connected(
+        &mut self,
+        _io: &mut CoreIo<'_, CoreMsg>,
+        _id: ConnId,
+        peer: SocketAddr,
+        direction: Direction,
+        now: Instant,
+    ) -> Option<Conn> {
+        let c = &self.shared.counters;
+        if c.connections.fetch_add(1, Ordering::Relaxed) >= self.shared.max_connections {
+            c.connections.fetch_sub(1, Ordering::Relaxed);
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut swarm = self.shared.swarm.lock();
+        match PeerConn::new(
+            &self.shared.peer_cfg,
+            &mut swarm,
+            peer,
+            self.shared.our_id,
+            now,
+        ) {
+            Ok(pc) => Some(Conn {
+                peer: pc,
+                storage: self.shared.storage.clone(),
+                payload: None,
+                remote_id: None,
+                from_seeder: false,
+                registered: false,
+                outbound: direction == Direction::Outbound,
+                reason: None,
+            }),
+            Err(_banned) => {
+                c.connections.fetch_sub(1, Ordering::Relaxed);
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                if direction == Direction::Outbound {
+                    self.shared.dialled.lock().remove(&peer);
+                }
+                None
+            }
+        }
+    }
+
+    fn on_connect_failed(
+        &mut self,
+        _io: &mut CoreIo<'_, CoreMsg>,
+        peer: SocketAddr,
+        error: &std::io::Error,
+    ) {
+        // Forget the address so a later announce may dial it again.
+        self.shared.dialled.lock().remove(&peer);
+        self.shared
+            .log_close(peer, &format!("connect failed: {error}"));
+    }
+
+    fn next_recv(&mut self, conn: &mut Conn, iovecs: &mut RecvIovecs<'_>) -> RecvTarget {
+        match conn.payload {
+            Some(p) if !p.discard => {
+                let rest = BlockRef {
+                    piece: p.block.piece,
+                    offset: p.block.offset + p.done,
+                    len: p.block.len - p.done,
+                };
+                let mut iov = [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; BLOCK_IOVECS];
+                let n = conn.storage.block_iovecs(rest, &mut iov);
+                // SAFETY: the spans are inside the mapping that `conn.storage` keeps alive
+                // for as long as this Conn (the runtime drops it only after the receive
+                // completed). The swarm gave this connection exclusive write ownership of
+                // the block (`Accept::Write`), which is the storage module's aliasing
+                // contract: nobody else writes it, and nobody reads the piece until every
+                // block is in and it goes to the hasher.
+                unsafe { iovecs.extend(&iov[..n]) };
+                RecvTarget::Iovecs
+            }
+            // A duplicate (end-game) or unwanted block: read it into the buffer and drop it.
+            Some(p) => RecvTarget::Buffer {
+                max: (p.block.len - p.done) as usize,
+            },
+            None if self.shared.tuning.header_sized_recv && conn.peer.expects_blocks() => {
+                RecvTarget::Buffer {
+                    max: PIECE_HEADER_LEN,
+                }
+            }
+            None => RecvTarget::Buffer { max: 0 },
+        }
+    }
+
+    fn on_bytes(
+        &mut self,
+        io: &mut CoreIo<'_, CoreMsg>,
+        id: ConnId,
+        conn: &mut Conn,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<usize, CloseReason> {
+        if let Some(p) = conn.payload.as_mut() {
+            // Only discarded payloads come through the buffer.
+            let n = bytes.len().min((p.block.len - p.done) as usize);
+            p.done += n as u32;
+            if p.done == p.block.len {
+                self.finish_payload(io, id, conn, now);
+            }
+            return Ok(n);
+        }
+        let result = {
+            let mut swarm = self.shared.swarm.lock();
+            conn.peer.handle_bytes(&mut swarm, bytes, now)
+        };
+        self.drain_events(io, id, conn);
+        result
+    }
+
+    fn on_recv_done(
+        &mut self,
+        io: &mut CoreIo<'_, CoreMsg>,
+        id: ConnId,
+        conn: &mut Conn,
+        now: Instant,
+    ) -> Result<(), CloseReason> {
+        // The iovecs may have covered only the start of a block spread over more files
+        // than BLOCK_IOVECS; then receive the rest next.
+        if let Some(p) = conn.payload.as_mut() {
+            let rest = BlockRef {
+                piece: p.block.piece,
+                offset: p.block.offset + p.done,
+                len: p.block.len - p.done,
+            };
+            let covered: u32 = conn
+                .storage
+                .spans(rest.piece, rest.offset, rest.len)
+                .take(BLOCK_IOVECS)
+                .map(|s| s.len)
+                .sum();
+            p.done += covered;
+            if p.done >= p.block.len {
+                self.finish_payload(io, id, conn, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>) -> bool {
+        let before = out.len();
+        let now = Instant::now();
+        let block = {
+            let mut swarm = self.shared.swarm.lock();
+            out.write(|buf| conn.peer.poll_transmit(&mut swarm, now, buf))
+        };
+        if let Some(Transmit::Block { header, block }) = block {
+            out.push_bytes(&header);
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; BLOCK_IOVECS];
+            let mut sent = 0;
+            while sent < block.len {
+                let rest = BlockRef {
+                    piece: block.piece,
+                    offset: block.offset + sent,
+                    len: block.len - sent,
+                };
+                let n = conn.storage.block_iovecs(rest, &mut iov);
+                for v in &iov[..n] {
+                    // SAFETY: the span is inside the mapping `conn.storage` keeps alive
+                    // for as long as this Conn, which the runtime drops only after the
+                    // send completed. The protocol serves only pieces we verified, and
+                    // verified pieces are never written again (storage's contract).
+                    unsafe { out.push_span(v.iov_base.cast_const().cast(), v.iov_len) };
+                    sent += v.iov_len as u32;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            self.shared
+                .counters
+                .uploaded
+                .fetch_add(u64::from(block.len), Ordering::Relaxed);
+            self.shared.mark_uploaded(&conn.storage.lengths(), block);
+        }
+        out.len() > before
+    }
+
+    fn on_mailbox(
+        &mut self,
+        _io: &mut CoreIo<'_, CoreMsg>,
+        _conns: &mut Conns<'_, Conn, CloseReason>,
+        msg: CoreMsg,
+        _now: Instant,
+    ) {
+        // The runtime polls every connection after a mailbox message, which is all a
+        // verified piece (have broadcast) or a ban needs.
+        match msg {
+            CoreMsg::Poll => {}
+        }
+    }
+
+    fn on_tick(
+        &mut self,
+        io: &mut CoreIo<'_, CoreMsg>,
+        conns: &mut Conns<'_, Conn, CloseReason>,
+        now: Instant,
+    ) {
+        let mut closing = Vec::new();
+        for (id, conn) in conns.iter_mut() {
+            {
+                let mut swarm = self.shared.swarm.lock();
+                conn.peer.handle_tick(&mut swarm, now);
+            }
+            while let Some(ev) = conn.peer.poll_event() {
+                match ev {
+                    Event::Close(reason) => {
+                        conn.reason = Some(reason.to_string());
+                        closing.push(id);
+                    }
+                    Event::PieceComplete(piece) => self.shared.submit_hash(piece),
+                    // Handshakes and payloads only follow received bytes.
+                    Event::HandshakeDone { .. } | Event::ReceivePayload { .. } => {}
+                }
+            }
+        }
+        for id in closing {
+            io.close(id);
+        }
+    }
+
+    fn on_closed(
+        &mut self,
+        _io: &mut CoreIo<'_, CoreMsg>,
+        _id: ConnId,
+        mut conn: Conn,
+        reason: RtClose<CloseReason>,
+    ) {
+        {
+            let mut swarm = self.shared.swarm.lock();
+            conn.peer.handle_close(&mut swarm);
+        }
+        let c = &self.shared.counters;
+        c.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.outbound {
+            self.shared.dialled.lock().remove(&conn.peer.addr());
+        }
+        if conn.registered {
+            c.peers.fetch_sub(1, Ordering::Relaxed);
+            if let Some(id) = conn.remote_id {
+                self.shared.peer_ids.lock().remove(&id);
+            }
+        }
+        let why = conn.reason.take().unwrap_or_else(|| reason.to_string());
+        self.shared.log_close(conn.peer.addr(), &why);
+    }
+}

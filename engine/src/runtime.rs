@@ -1,1 +1,0 @@
-//! runtime: not yet written.

@@ -1,0 +1,428 @@
+//! runtime: thread-per-core io_uring event loops that drive connection state machines.
+//!
+//! Each core is one thread with its own `IoUring`, its own [`Service`] (the per-core state, e.g.
+//! a swarm and its peer connections) and its own `SO_REUSEPORT` listener: the kernel spreads
+//! incoming connections over the cores' listeners and a connection never migrates, so nothing
+//! on the data path is shared or locked. Cores talk only through their [`Mailbox`] (crossbeam
+//! channel + an eventfd the ring keeps a read outstanding on).
+//!
+//! The runtime is generic: it knows sockets and buffers, not BitTorrent. A [`Service`] says
+//! where the next received bytes go ([`RecvTarget`]: the connection's own buffer for protocol
+//! messages, or caller-provided iovecs, e.g. spans of a memory-mapped file for block payload)
+//! and what to send next ([`SendBuf`]: bytes it writes plus raw spans, e.g. a block straight
+//! from the mapping after its message header), and reacts to completions.
+//!
+//! Memory safety with io_uring: the kernel reads and writes buffers after submission, so every
+//! buffer, iovec array and msghdr of a connection lives in its boxed slab entry, which is freed
+//! only after the last in-flight operation of that connection completed, even when the
+//! connection is torn down early (tokio-uring's `Lifecycle::Ignored`). Spans provided by the
+//! service must stay valid as long as its per-connection state (`Service::Conn`) lives; the
+//! runtime drops that state only after the connection's last completion.
+//!
+//! Layout: [`probe`] (can io_uring be used here), `ops` (one file per opcode family),
+//! [`mailbox`], `net` (sockets), `core` (the event loop).
+
+mod core;
+pub mod mailbox;
+mod net;
+pub mod ops;
+pub mod probe;
+
+pub use self::core::{Conns, CoreIo, RecvIovecs, SendBuf};
+pub use mailbox::{CoreMsg, Mailbox, MailboxClosed};
+pub use probe::{probe, UringUnavailable};
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Identifies a connection on its core. Carries a generation, so an id kept after the
+/// connection closed never reaches a newer connection that reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// Slab slot.
+    pub slot: u32,
+    /// Generation of the slot when this connection was opened.
+    pub generation: u32,
+}
+
+/// Who opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Accepted on this core's listener.
+    Inbound,
+    /// Dialled by this core.
+    Outbound,
+}
+
+/// Where the next bytes of a connection's stream go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvTarget {
+    /// Into the connection's own buffer, then to [`Service::on_bytes`]. `max` caps one
+    /// receive (0 = no cap): a service expecting payload right after a short header can ask
+    /// for just the header so the payload lands in its iovecs rather than in this buffer.
+    Buffer {
+        /// Upper bound for one receive, 0 for the buffer's free space.
+        max: usize,
+    },
+    /// Exactly the spans the service pushed into the [`RecvIovecs`], then
+    /// [`Service::on_recv_done`]. Bytes already sitting in the connection's buffer are copied
+    /// into the spans first (they arrived before the service knew where they belonged); the
+    /// rest is received by the kernel straight into the spans.
+    Iovecs,
+    /// Receive nothing for now (resumes when the connection is woken).
+    Pause,
+}
+
+/// Why a connection closed.
+#[derive(Debug)]
+pub enum CloseReason<E> {
+    /// The peer closed its side (EOF).
+    PeerClosed,
+    /// A socket error: ECONNRESET, EPIPE, ETIMEDOUT...
+    Io(io::Error),
+    /// The service refused the peer's bytes.
+    Protocol(E),
+    /// A single message grew past [`RuntimeConfig::max_message`] bytes.
+    MessageTooLarge(usize),
+    /// The service asked for it ([`CoreIo::close`]).
+    Local,
+    /// The runtime is shutting down.
+    Shutdown,
+}
+
+impl<E: fmt::Display> fmt::Display for CloseReason<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => write!(f, "peer closed the connection"),
+            CloseReason::Io(e) => write!(f, "socket error: {e}"),
+            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseReason::MessageTooLarge(n) => write!(f, "message larger than {n} bytes"),
+            CloseReason::Local => write!(f, "closed locally"),
+            CloseReason::Shutdown => write!(f, "runtime shutting down"),
+        }
+    }
+}
+
+/// The per-core application the event loop drives: owns the per-core state and, through
+/// `Conn`, each connection's state machine. Every method runs on the core's thread.
+pub trait Service: Send + 'static {
+    /// Per-connection state (e.g. a `PeerConn` plus an `Arc` of the storage its spans point
+    /// into). Dropped only after all of the connection's I/O completed.
+    type Conn;
+    /// Application messages other cores or threads send through the [`Mailbox`].
+    type Msg: Send + 'static;
+    /// What `on_bytes`/`on_recv_done` report for bytes they refuse.
+    type Error: fmt::Debug + fmt::Display;
+
+    /// A connection is established (accepted or dialled). `None` refuses it (it is closed).
+    fn on_connected(
+        &mut self,
+        io: &mut CoreIo<'_, Self::Msg>,
+        id: ConnId,
+        peer: SocketAddr,
+        direction: Direction,
+        now: Instant,
+    ) -> Option<Self::Conn>;
+
+    /// A dial requested with [`CoreIo::dial`] or [`Mailbox::dial`] failed (refused, timed out).
+    fn on_connect_failed(
+        &mut self,
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _peer: SocketAddr,
+        _error: &io::Error,
+    ) {
+    }
+
+    /// Where the next bytes of the stream go. Called whenever no receive is in flight.
+    fn next_recv(&mut self, conn: &mut Self::Conn, iovecs: &mut RecvIovecs<'_>) -> RecvTarget;
+
+    /// Bytes received into the buffer (target [`RecvTarget::Buffer`]): return how many were
+    /// consumed; 0 means "need more". Unconsumed bytes are offered again with what follows.
+    fn on_bytes(
+        &mut self,
+        io: &mut CoreIo<'_, Self::Msg>,
+        id: ConnId,
+        conn: &mut Self::Conn,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<usize, Self::Error>;
+
+    /// The spans of a [`RecvTarget::Iovecs`] target are completely filled.
+    fn on_recv_done(
+        &mut self,
+        io: &mut CoreIo<'_, Self::Msg>,
+        id: ConnId,
+        conn: &mut Self::Conn,
+        now: Instant,
+    ) -> Result<(), Self::Error>;
+
+    /// Append what to send next to `out`; return `false` when there is nothing (more). Called
+    /// repeatedly while no send is in flight, until `false` or the batch is full.
+    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>) -> bool;
+
+    /// Everything appended since the previous call was written to the socket; spans pushed
+    /// into it are no longer referenced.
+    fn on_send_done(
+        &mut self,
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _id: ConnId,
+        _conn: &mut Self::Conn,
+        _now: Instant,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// A message from the mailbox. Every open connection is polled for sends afterwards.
+    fn on_mailbox(
+        &mut self,
+        io: &mut CoreIo<'_, Self::Msg>,
+        conns: &mut Conns<'_, Self::Conn, Self::Error>,
+        msg: Self::Msg,
+        now: Instant,
+    );
+
+    /// The periodic tick ([`RuntimeConfig::tick`]). Every open connection is polled afterwards.
+    fn on_tick(
+        &mut self,
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _conns: &mut Conns<'_, Self::Conn, Self::Error>,
+        _now: Instant,
+    ) {
+    }
+
+    /// The connection is gone and its I/O finished; `conn` is handed back for last accounting.
+    fn on_closed(
+        &mut self,
+        io: &mut CoreIo<'_, Self::Msg>,
+        id: ConnId,
+        conn: Self::Conn,
+        reason: CloseReason<Self::Error>,
+    );
+}
+
+/// Knobs of the runtime. `Default` gives sensible values for a BitTorrent peer.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Number of cores (threads, rings). At least 1.
+    pub cores: usize,
+    /// Listen here (one `SO_REUSEPORT` listener per core); port 0 picks a free port.
+    pub listen: Option<SocketAddr>,
+    /// Period of [`Service::on_tick`]; `None` disables the tick.
+    pub tick: Option<Duration>,
+    /// Bound on an outbound connect (a linked timeout cancels it).
+    pub connect_timeout: Duration,
+    /// Initial size of each connection's receive buffer.
+    pub recv_buffer: usize,
+    /// Largest message the buffer grows to before the connection is closed.
+    pub max_message: usize,
+    /// Stop asking `next_send` for more once this many bytes are queued for one `sendmsg`.
+    pub send_batch: usize,
+    /// Submission queue size of each ring.
+    pub ring_entries: u32,
+    /// How long shutdown waits for cancelled operations before giving up (and leaking them).
+    pub shutdown_timeout: Duration,
+    /// Core threads are named `{name}-{core}` (visible in `top -H`, `/proc/*/task/*/comm`;
+    /// Linux keeps 15 bytes).
+    pub name: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cores: 1,
+            listen: None,
+            tick: Some(Duration::from_millis(100)),
+            connect_timeout: Duration::from_secs(10),
+            recv_buffer: 64 * 1024,
+            max_message: 1024 * 1024 + 64,
+            send_batch: 1024 * 1024,
+            ring_entries: 256,
+            shutdown_timeout: Duration::from_secs(5),
+            name: "corvid-core".to_owned(),
+        }
+    }
+}
+
+/// Starting or running the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// io_uring cannot be used here.
+    #[error(transparent)]
+    Unavailable(#[from] UringUnavailable),
+    /// Binding a core's listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A core's ring or eventfd failed.
+    #[error("core {core}: {what}: {source}")]
+    Core {
+        /// Which core.
+        core: usize,
+        /// What it was doing.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A core thread panicked.
+    #[error("core {core} thread panicked")]
+    Panicked {
+        /// Which core.
+        core: usize,
+    },
+    /// Shutdown timed out with operations still in flight; their buffers were leaked.
+    #[error("core {core}: {inflight} io_uring operations still in flight at shutdown; their buffers were leaked")]
+    ShutdownTimeout {
+        /// Which core.
+        core: usize,
+        /// How many operations were outstanding.
+        inflight: usize,
+    },
+}
+
+/// A running set of cores. Dropping it shuts the cores down (errors ignored); call
+/// [`Runtime::shutdown`] to get the services back and see errors.
+pub struct Runtime<S: Service> {
+    mailboxes: Vec<Mailbox<S::Msg>>,
+    threads: Vec<JoinHandle<Result<S, RuntimeError>>>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl<S: Service> Runtime<S> {
+    /// Probe io_uring, bind the listeners, spawn `config.cores` threads each running a core
+    /// with the service `make(core_index)`, and wait until every ring is set up.
+    pub fn start(
+        config: RuntimeConfig,
+        mut make: impl FnMut(usize) -> S,
+    ) -> Result<Self, RuntimeError> {
+        probe()?;
+        let cores = config.cores.max(1);
+        let mut listeners: Vec<Option<OwnedFd>> = Vec::with_capacity(cores);
+        let mut local_addr = None;
+        if let Some(addr) = config.listen {
+            let mut bound = addr;
+            for _ in 0..cores {
+                let fd = net::reuseport_listener(bound, 1024).map_err(|source| {
+                    RuntimeError::Listen {
+                        addr: bound,
+                        source,
+                    }
+                })?;
+                if local_addr.is_none() {
+                    use std::os::fd::AsRawFd;
+                    bound = net::local_addr(fd.as_raw_fd())
+                        .map_err(|source| RuntimeError::Listen { addr, source })?;
+                    local_addr = Some(bound);
+                }
+                listeners.push(Some(fd));
+            }
+        } else {
+            listeners.resize_with(cores, || None);
+        }
+        let mut mailboxes = Vec::with_capacity(cores);
+        let mut inboxes = Vec::with_capacity(cores);
+        for core in 0..cores {
+            let (tx, rx) = mailbox::mailbox(core).map_err(|source| RuntimeError::Core {
+                core,
+                what: "create eventfd",
+                source,
+            })?;
+            mailboxes.push(tx);
+            inboxes.push(rx);
+        }
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(cores);
+        let mut threads = Vec::with_capacity(cores);
+        for (core, (inbox, listener)) in inboxes.into_iter().zip(listeners).enumerate() {
+            let service = make(core);
+            let config = config.clone();
+            let all = mailboxes.clone();
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{core}", config.name))
+                .spawn(move || self::core::run(core, config, service, inbox, all, listener, ready));
+            match spawned {
+                Ok(h) => threads.push(h),
+                Err(source) => {
+                    let rt = Runtime {
+                        mailboxes,
+                        threads,
+                        local_addr,
+                    };
+                    drop(rt);
+                    return Err(RuntimeError::Core {
+                        core,
+                        what: "spawn thread",
+                        source,
+                    });
+                }
+            }
+        }
+        drop(ready_tx);
+        let mut rt = Runtime {
+            mailboxes,
+            threads,
+            local_addr,
+        };
+        for _ in 0..cores {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    rt.stop_all();
+                    return Err(e);
+                }
+                // A thread died before reporting: shutdown() will name it.
+                Err(_) => break,
+            }
+        }
+        Ok(rt)
+    }
+
+    /// The listening address (with the port the kernel picked for port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The mailbox of core `core`.
+    pub fn mailbox(&self, core: usize) -> Option<&Mailbox<S::Msg>> {
+        self.mailboxes.get(core)
+    }
+
+    /// All cores' mailboxes, indexed by core.
+    pub fn mailboxes(&self) -> &[Mailbox<S::Msg>] {
+        &self.mailboxes
+    }
+
+    /// Stop every core (connections closed, operations cancelled), join the threads and return
+    /// the services in core order, or the first error.
+    pub fn shutdown(mut self) -> Result<Vec<S>, RuntimeError> {
+        let results = self.stop_all();
+        results.into_iter().collect()
+    }
+
+    fn stop_all(&mut self) -> Vec<Result<S, RuntimeError>> {
+        for m in &self.mailboxes {
+            let _ = m.post(CoreMsg::Shutdown);
+        }
+        self.threads
+            .drain(..)
+            .enumerate()
+            .map(|(core, h)| h.join().unwrap_or(Err(RuntimeError::Panicked { core })))
+            .collect()
+    }
+}
+
+impl<S: Service> Drop for Runtime<S> {
+    fn drop(&mut self) {
+        let _ = self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

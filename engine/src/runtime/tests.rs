@@ -1,0 +1,606 @@
+//! Runtime tests over real sockets on 127.0.0.1 (port 0): echo across cores, a large transfer
+//! mapping -> socket -> mapping through iovecs, shutdown with open connections, a peer that
+//! resets mid-transfer, and the mailbox waking a ring blocked in `io_uring_enter`.
+
+use super::*;
+use crossbeam_channel::{Receiver, Sender};
+use memmap2::MmapMut;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(cores: usize) -> RuntimeConfig {
+    RuntimeConfig {
+        cores,
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        tick: None,
+        connect_timeout: Duration::from_secs(5),
+        ..RuntimeConfig::default()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+enum Closed {
+    ByPeer,
+    Io(io::ErrorKind),
+    Shutdown,
+    Other(String),
+}
+
+fn closed<E: fmt::Display>(r: &CloseReason<E>) -> Closed {
+    match r {
+        CloseReason::PeerClosed => Closed::ByPeer,
+        CloseReason::Io(e) => Closed::Io(e.kind()),
+        CloseReason::Shutdown => Closed::Shutdown,
+        other => Closed::Other(other.to_string()),
+    }
+}
+
+// ---------- echo ----------
+
+struct Echo {
+    accepted: usize,
+    closed: Sender<Closed>,
+}
+
+struct EchoConn {
+    pending: Vec<u8>,
+}
+
+impl Service for Echo {
+    type Conn = EchoConn;
+    type Msg = ();
+    type Error = String;
+
+    fn on_connected(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: SocketAddr,
+        _: Direction,
+        _: Instant,
+    ) -> Option<EchoConn> {
+        self.accepted += 1;
+        Some(EchoConn {
+            pending: Vec::new(),
+        })
+    }
+    fn next_recv(&mut self, conn: &mut EchoConn, _: &mut RecvIovecs<'_>) -> RecvTarget {
+        if conn.pending.len() > 1 << 20 {
+            RecvTarget::Pause
+        } else {
+            RecvTarget::Buffer { max: 0 }
+        }
+    }
+    fn on_bytes(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        conn: &mut EchoConn,
+        bytes: &[u8],
+        _: Instant,
+    ) -> Result<usize, String> {
+        conn.pending.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn on_recv_done(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: &mut EchoConn,
+        _: Instant,
+    ) -> Result<(), String> {
+        Err("echo never asks for iovecs".into())
+    }
+    fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>) -> bool {
+        if conn.pending.is_empty() {
+            return false;
+        }
+        out.push_bytes(&conn.pending);
+        conn.pending.clear();
+        true
+    }
+    fn on_mailbox(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: &mut Conns<'_, EchoConn, String>,
+        _: (),
+        _: Instant,
+    ) {
+    }
+    fn on_closed(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: EchoConn,
+        reason: CloseReason<String>,
+    ) {
+        let _ = self.closed.send(closed(&reason));
+    }
+}
+
+fn echo_runtime(cores: usize) -> (Runtime<Echo>, Receiver<Closed>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(cores), |_| Echo {
+        accepted: 0,
+        closed: tx.clone(),
+    })
+    .expect("start runtime");
+    (rt, rx)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn echo_many_concurrent_clients_on_two_cores() {
+    let (rt, closed_rx) = echo_runtime(2);
+    let addr = rt.local_addr().unwrap();
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 8;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut streams: Vec<TcpStream> = (0..PER_THREAD).map(|_| connect(addr)).collect();
+                let msgs: Vec<Vec<u8>> = (0..PER_THREAD)
+                    .map(|i| pattern((t * 100 + i) as u64, 100_000 + i))
+                    .collect();
+                for (s, m) in streams.iter_mut().zip(&msgs) {
+                    s.write_all(m).unwrap();
+                }
+                for (s, m) in streams.iter_mut().zip(&msgs) {
+                    let mut back = vec![0; m.len()];
+                    s.read_exact(&mut back).unwrap();
+                    assert!(back == *m, "echo mismatch");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    // Clients dropped: every connection sees EOF.
+    for _ in 0..THREADS * PER_THREAD {
+        assert_eq!(
+            closed_rx.recv_timeout(WAIT).expect("close event"),
+            Closed::ByPeer
+        );
+    }
+    let services = rt.shutdown().expect("clean shutdown");
+    let accepted: Vec<usize> = services.iter().map(|s| s.accepted).collect();
+    assert_eq!(accepted.iter().sum::<usize>(), THREADS * PER_THREAD);
+    assert!(
+        accepted.iter().all(|&n| n > 0),
+        "SO_REUSEPORT spreads connections: {accepted:?}"
+    );
+}
+
+#[test]
+fn shutdown_with_connections_open() {
+    let (rt, closed_rx) = echo_runtime(2);
+    let addr = rt.local_addr().unwrap();
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| connect(addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+    }
+    let started = Instant::now();
+    rt.shutdown().expect("clean shutdown");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for _ in 0..10 {
+        assert_eq!(
+            closed_rx
+                .try_recv()
+                .expect("closed before shutdown returned"),
+            Closed::Shutdown
+        );
+    }
+    for c in &mut clients {
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected EOF after shutdown, got {other:?}"),
+        }
+    }
+}
+
+// ---------- mapping -> socket -> mapping ----------
+
+/// A mapping's base pointer that may cross to a core thread.
+#[derive(Clone, Copy)]
+struct Base(*mut u8);
+// SAFETY: the pointer is only dereferenced by the kernel under the push_span contracts, and
+// the mapping it points to is kept alive by the Arc held next to it.
+unsafe impl Send for Base {}
+
+#[derive(Clone)]
+struct Region {
+    base: Base,
+    len: usize,
+    _owner: Arc<MmapMut>,
+}
+
+fn region(map: MmapMut) -> Region {
+    let mut map = map;
+    let base = Base(map.as_mut_ptr());
+    let len = map.len();
+    Region {
+        base,
+        len,
+        _owner: Arc::new(map),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ev {
+    Received(u64),
+    Closed(Direction, Closed),
+    Mailbox(u32),
+    ConnectFailed,
+}
+
+struct Transfer {
+    dst: Option<Region>,
+    src: Option<Region>,
+    /// Receive spans of this size (several per target) to exercise multi-iovec recvmsg.
+    span: usize,
+    events: Sender<Ev>,
+}
+
+enum TConn {
+    Recv {
+        region: Region,
+        total: u64,
+        done: u64,
+        target: u64,
+    },
+    Send {
+        region: Region,
+        header_sent: bool,
+        queued: usize,
+    },
+}
+
+impl Service for Transfer {
+    type Conn = TConn;
+    type Msg = u32;
+    type Error = String;
+
+    fn on_connected(
+        &mut self,
+        _: &mut CoreIo<'_, u32>,
+        _: ConnId,
+        _: SocketAddr,
+        d: Direction,
+        _: Instant,
+    ) -> Option<TConn> {
+        match d {
+            Direction::Inbound => Some(TConn::Recv {
+                region: self.dst.clone()?,
+                total: u64::MAX,
+                done: 0,
+                target: 0,
+            }),
+            Direction::Outbound => Some(TConn::Send {
+                region: self.src.clone()?,
+                header_sent: false,
+                queued: 0,
+            }),
+        }
+    }
+    fn on_connect_failed(&mut self, _: &mut CoreIo<'_, u32>, _: SocketAddr, _: &io::Error) {
+        let _ = self.events.send(Ev::ConnectFailed);
+    }
+    fn next_recv(&mut self, conn: &mut TConn, iov: &mut RecvIovecs<'_>) -> RecvTarget {
+        match conn {
+            TConn::Recv {
+                total: u64::MAX, ..
+            } => RecvTarget::Buffer { max: 0 },
+            TConn::Recv {
+                region,
+                total,
+                done,
+                target,
+            } if *done < *total => {
+                let want = (*total - *done).min(4 * self.span as u64) as usize;
+                let mut off = *done as usize;
+                let end = off + want;
+                while off < end {
+                    let n = self.span.min(end - off);
+                    // SAFETY: off+n <= total <= region.len (checked in on_bytes); the region's
+                    // mapping is kept alive by the Arc in this Conn; only this connection
+                    // writes to it.
+                    unsafe { iov.push_span(region.base.0.add(off), n) };
+                    off += n;
+                }
+                *target = want as u64;
+                RecvTarget::Iovecs
+            }
+            TConn::Recv { .. } => RecvTarget::Buffer { max: 0 },
+            TConn::Send { .. } => RecvTarget::Buffer { max: 0 },
+        }
+    }
+    fn on_bytes(
+        &mut self,
+        _: &mut CoreIo<'_, u32>,
+        _: ConnId,
+        conn: &mut TConn,
+        bytes: &[u8],
+        _: Instant,
+    ) -> Result<usize, String> {
+        match conn {
+            TConn::Recv { region, total, .. } if *total == u64::MAX => {
+                let Some(h) = bytes.get(..8) else {
+                    return Ok(0);
+                };
+                let len = u64::from_be_bytes(h.try_into().unwrap());
+                if len > region.len as u64 {
+                    return Err(format!("announced {len} bytes, room for {}", region.len));
+                }
+                *total = len;
+                Ok(8)
+            }
+            _ => Err(format!("unexpected {} bytes", bytes.len())),
+        }
+    }
+    fn on_recv_done(
+        &mut self,
+        _: &mut CoreIo<'_, u32>,
+        _: ConnId,
+        conn: &mut TConn,
+        _: Instant,
+    ) -> Result<(), String> {
+        let TConn::Recv {
+            total,
+            done,
+            target,
+            ..
+        } = conn
+        else {
+            return Err("not a receiver".into());
+        };
+        *done += *target;
+        if *done == *total {
+            let _ = self.events.send(Ev::Received(*done));
+        }
+        Ok(())
+    }
+    fn next_send(&mut self, conn: &mut TConn, out: &mut SendBuf<'_>) -> bool {
+        let TConn::Send {
+            region,
+            header_sent,
+            queued,
+        } = conn
+        else {
+            return false;
+        };
+        if !*header_sent {
+            out.push_bytes(&(region.len as u64).to_be_bytes());
+            *header_sent = true;
+        }
+        if *queued == region.len {
+            return false;
+        }
+        let n = (region.len - *queued).min(1 << 20);
+        // SAFETY: queued+n <= len; the mapping lives as long as this Conn (Arc) and is not
+        // written while the transfer runs.
+        unsafe { out.push_span(region.base.0.add(*queued), n) };
+        *queued += n;
+        true
+    }
+    fn on_mailbox(
+        &mut self,
+        _: &mut CoreIo<'_, u32>,
+        _: &mut Conns<'_, TConn, String>,
+        msg: u32,
+        _: Instant,
+    ) {
+        let _ = self.events.send(Ev::Mailbox(msg));
+    }
+    fn on_closed(
+        &mut self,
+        _: &mut CoreIo<'_, u32>,
+        _: ConnId,
+        conn: TConn,
+        reason: CloseReason<String>,
+    ) {
+        let d = match conn {
+            TConn::Recv { .. } => Direction::Inbound,
+            TConn::Send { .. } => Direction::Outbound,
+        };
+        let _ = self.events.send(Ev::Closed(d, closed(&reason)));
+    }
+}
+
+fn temp_map(len: usize, fill: Option<u64>) -> (tempfile::NamedTempFile, MmapMut) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(len as u64).unwrap();
+    // SAFETY: a private temp file nobody else maps or truncates during the test.
+    let mut map = unsafe { MmapMut::map_mut(f.as_file()) }.unwrap();
+    if let Some(seed) = fill {
+        for (i, chunk) in map.chunks_mut(1 << 20).enumerate() {
+            chunk.copy_from_slice(&pattern(seed + i as u64, chunk.len()));
+        }
+    }
+    (f, map)
+}
+
+#[test]
+fn transfer_256_mib_mapping_to_mapping() {
+    const LEN: usize = 256 << 20;
+    let (_sf, src) = temp_map(LEN, Some(7));
+    let (_df, dst) = temp_map(LEN, None);
+    let (src, dst) = (region(src), region(dst));
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(2);
+    cfg.send_batch = 4 << 20;
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: Some(dst.clone()),
+        src: Some(src.clone()),
+        span: 100_000,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let started = Instant::now();
+    rt.mailbox(0)
+        .unwrap()
+        .dial(rt.local_addr().unwrap())
+        .unwrap();
+    assert_eq!(
+        events.recv_timeout(Duration::from_secs(120)).unwrap(),
+        Ev::Received(LEN as u64)
+    );
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("256 MiB in {secs:.3}s = {:.0} MiB/s", 256.0 / secs);
+    rt.shutdown().unwrap();
+    // SAFETY: the runtime is stopped; nothing writes the mappings any more.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(src.base.0, LEN),
+            std::slice::from_raw_parts(dst.base.0, LEN),
+        )
+    };
+    assert!(a == b, "received bytes differ from the source");
+}
+
+#[test]
+fn peer_reset_mid_transfer_leaves_loop_running() {
+    const LEN: usize = 8 << 20;
+    let (_df, dst) = temp_map(LEN, None);
+    let dst = region(dst);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: None,
+        span: 65_536,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let addr = rt.local_addr().unwrap();
+    // Announce 8 MiB, send 1 MiB, then reset (SO_LINGER 0 makes close send RST).
+    let mut c = connect(addr);
+    c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
+    c.write_all(&pattern(1, 1 << 20)).unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
+    let r = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(c);
+    assert_eq!(
+        events.recv_timeout(WAIT).unwrap(),
+        Ev::Closed(
+            Direction::Inbound,
+            Closed::Io(io::ErrorKind::ConnectionReset)
+        )
+    );
+    // The core still serves: a complete transfer from a fresh client.
+    let data = pattern(2, LEN);
+    let mut c = connect(addr);
+    c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
+    c.write_all(&data).unwrap();
+    assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Received(LEN as u64));
+    drop(c);
+    assert_eq!(
+        events.recv_timeout(WAIT).unwrap(),
+        Ev::Closed(Direction::Inbound, Closed::ByPeer)
+    );
+    rt.shutdown().unwrap();
+    // SAFETY: runtime stopped.
+    let got = unsafe { std::slice::from_raw_parts(dst.base.0, LEN) };
+    assert!(got == &data[..]);
+}
+
+#[test]
+fn dial_refused_reports_connect_failed() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    let (_f, src) = temp_map(4096, Some(1));
+    let src = region(src);
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    rt.mailbox(0).unwrap().dial(port).unwrap();
+    assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::ConnectFailed);
+    rt.shutdown().unwrap();
+}
+
+/// State letter (R, S, D...) of the thread named `name` in this process.
+fn thread_state(name: &str) -> Option<char> {
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = t.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            return stat.rsplit(')').next()?.trim().chars().next();
+        }
+    }
+    None
+}
+
+#[test]
+fn mailbox_wakes_a_blocked_ring() {
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    cfg.name = "mbox-wake".into();
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: None,
+        span: 1,
+        events: tx.clone(),
+    })
+    .unwrap();
+    for round in 0..3u32 {
+        // Nothing else can complete on this ring (no listener, no tick): wait until the core
+        // thread sleeps in io_uring_enter, then the message alone must wake it.
+        let deadline = Instant::now() + WAIT;
+        while !matches!(thread_state("mbox-wake-0"), Some('S')) {
+            assert!(Instant::now() < deadline, "core never went idle");
+            std::thread::yield_now();
+        }
+        rt.mailbox(0).unwrap().send(round).unwrap();
+        assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Mailbox(round));
+    }
+    rt.shutdown().unwrap();
+}

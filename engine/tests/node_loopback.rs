@@ -1,0 +1,119 @@
+//! Two nodes in one process on loopback: a seeder and a downloader over the real
+//! io_uring runtime, mapped storage and hasher pool.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use corvid_engine::geometry::Lengths;
+use corvid_engine::hash::HashPool;
+use corvid_engine::node::{self, Mode, NodeConfig, NodeEvent, SeedUntil, StopFlag};
+use corvid_engine::storage::{FileSpec, Storage};
+
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn config(
+    mode: Mode,
+    root: &Path,
+    files: &[FileSpec],
+    lengths: Lengths,
+    hashes: Arc<Vec<[u8; 20]>>,
+) -> NodeConfig {
+    NodeConfig {
+        mode,
+        info_hash: [7; 20],
+        lengths,
+        piece_hashes: hashes,
+        files: files.to_vec(),
+        root: root.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: 2,
+        hash_threads: 2,
+        trackers: vec![],
+        peers: vec![],
+        linger: Duration::ZERO,
+        seed_until: SeedUntil::Stopped,
+        trust_data: false,
+        stall_timeout: Duration::from_secs(30),
+        max_connections: 64,
+        peer: Default::default(),
+        swarm: Default::default(),
+        tuning: Default::default(),
+        announce_port: 0,
+    }
+}
+
+#[test]
+fn seeder_to_one_peer_over_io_uring() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let dst = dir.path().join("dst");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    let a = payload(3 * 1024 * 1024 + 12_345, 1);
+    let b = payload(700_000, 2);
+    std::fs::write(src.join("d/a.bin"), &a).unwrap();
+    std::fs::write(src.join("b.bin"), &b).unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    let files = vec![
+        FileSpec {
+            path: "b.bin".into(),
+            length: b.len() as u64,
+        },
+        FileSpec {
+            path: "d/a.bin".into(),
+            length: a.len() as u64,
+        },
+        FileSpec {
+            path: "empty".into(),
+            length: 0,
+        },
+    ];
+    let total = (a.len() + b.len()) as u64;
+    let piece = 256 * 1024;
+    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
+    let pool = HashPool::new(2);
+    let storage = Arc::new(Storage::open_readonly(&src, &files, lengths).unwrap());
+    let hashes = Arc::new(pool.hash_all(&storage, &mut |_| {}));
+    drop(storage);
+
+    let seed_stop = StopFlag::new();
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let seeder = {
+        let cfg = config(Mode::Seed, &src, &files, lengths, hashes.clone());
+        let stop = seed_stop.clone();
+        std::thread::spawn(move || {
+            node::run(cfg, stop, &mut |ev| {
+                if let NodeEvent::Listening { peer_addr } = ev {
+                    addr_tx.send(*peer_addr).unwrap();
+                }
+            })
+        })
+    };
+    let seed_addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("seeder listening");
+
+    let mut cfg = config(Mode::Download, &dst, &files, lengths, hashes);
+    cfg.peers = vec![seed_addr];
+    let report = node::run(cfg, StopFlag::new(), &mut |_| {}).expect("download");
+    assert!(report.complete);
+    assert_eq!(report.transfer.bytes_from_seeder, total);
+    assert_eq!(std::fs::read(dst.join("d/a.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(dst.join("b.bin")).unwrap(), b);
+    assert_eq!(std::fs::metadata(dst.join("empty")).unwrap().len(), 0);
+
+    seed_stop.stop();
+    let seed_report = seeder.join().unwrap().expect("seeder ran");
+    assert_eq!(seed_report.transfer.bytes_up, total);
+}
