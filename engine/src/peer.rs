@@ -25,6 +25,21 @@
 //! Haves and end-game cancels are not pushed into connections: each connection follows the
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
+//!
+//! How a runtime drives one connection (every call with the swarm locked, briefly):
+//! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
+//!    `poll_transmit` to get our handshake out.
+//! 2. Bytes received: `handle_bytes(buf)`, drop the consumed prefix, then drain
+//!    `poll_event`. On `ReceivePayload { block, discard }`, move `block.len` bytes (those
+//!    already buffered first, the rest received straight into the mapping, or into a
+//!    scratch buffer if `discard`), call `handle_payload_done`, and go on with
+//!    `handle_bytes` on whatever follows. On `PieceComplete`, send the piece to the hasher
+//!    and later call `Swarm::handle_verdict`, then poll all connections.
+//! 3. Whenever the socket can take more: `poll_transmit(out)` until it returns `None`;
+//!    send `out`, then each `Transmit::Block` header and block from the mapping.
+//! 4. Every ~100 ms-1 s: `handle_tick`, then `poll_event` and `poll_transmit`.
+//! 5. On `Event::Close`, an `Err` from `handle_bytes`, or a socket error/EOF:
+//!    `handle_close` (idempotent), then drop the connection.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -433,8 +448,22 @@ impl PeerConn {
     }
 
     fn on_message(&mut self, swarm: &mut Swarm, m: Message<'_>) -> Result<(), CloseReason> {
+        // A bitfield (or have all/none) must precede any have, so availability is never
+        // counted twice; other messages may come first (libtorrent sends its extension
+        // handshake before its bitfield, BEP 10 allows it; keep-alives, choke state and
+        // allowed-fast are harmless).
         let first = !self.seen_first;
-        self.seen_first = true;
+        if matches!(
+            m,
+            Message::Have(_)
+                | Message::Bitfield(_)
+                | Message::HaveAll
+                | Message::HaveNone
+                | Message::Piece { .. }
+                | Message::Request { .. }
+        ) {
+            self.seen_first = true;
+        }
         let need_fast = |fast: bool, what: &'static str| {
             if fast {
                 Ok(())
@@ -443,10 +472,7 @@ impl PeerConn {
             }
         };
         match m {
-            Message::KeepAlive => {
-                // Keep-alives do not count as the first message.
-                self.seen_first = !first;
-            }
+            Message::KeepAlive => {}
             Message::Choke => {
                 self.peer_choking = true;
                 if !self.fast {
@@ -901,5 +927,7 @@ impl PeerConn {
     }
 }
 
+#[cfg(test)]
+mod interop;
 #[cfg(test)]
 mod tests;

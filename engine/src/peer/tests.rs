@@ -884,3 +884,26 @@ fn payload_is_received_outside_handle_bytes() {
     );
     assert_eq!(pc.stats().downloaded, u64::from(b.len));
 }
+
+#[test]
+fn extension_handshake_may_precede_bitfield() {
+    // libtorrent's order: extension handshake, then have-all (seen in the interop test).
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let mut v = Vec::new();
+    ExtendedHandshake {
+        v: Some("libtorrent/2.0.8.0".into()),
+        reqq: Some(2000),
+        ..Default::default()
+    }
+    .encode(&mut v);
+    Message::HaveAll.encode(&mut v);
+    Message::Unchoke.encode(&mut v);
+    assert_eq!(pc.handle_bytes(&mut s, &v, now), Ok(v.len()));
+    assert_eq!(pc.remote_client(), Some("libtorrent/2.0.8.0"));
+    assert!(pc.remote_has().is_full());
+    // A second bitfield-class message is still refused.
+    assert_eq!(
+        feed(&mut s, &mut pc, &[Message::HaveNone], now),
+        Err(CloseReason::BitfieldNotFirst("have none"))
+    );
+}
