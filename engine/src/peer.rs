@@ -225,6 +225,8 @@ pub struct PeerConn {
     their_requests: VecDeque<BlockRef>,
     /// Control messages encoded while handling input, flushed by `poll_transmit`.
     queued: Vec<u8>,
+    /// Holds a message that straddles the two input slices.
+    scratch: Vec<u8>,
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
@@ -285,6 +287,7 @@ impl PeerConn {
             inflight: 0,
             their_requests: VecDeque::new(),
             queued: Vec::new(),
+            scratch: Vec::new(),
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
@@ -360,35 +363,63 @@ impl PeerConn {
         bytes: &[u8],
         now: Instant,
     ) -> Result<usize, CloseReason> {
+        self.handle_bytes_split(swarm, bytes, &[], now)
+    }
+
+    /// [`PeerConn::handle_bytes`] for input held in two slices, `a` then `b` (a ring
+    /// buffer's halves). A message straddling the seam is copied into a scratch buffer
+    /// that the connection keeps (at most one message: 17 bytes for the common ones).
+    pub fn handle_bytes_split(
+        &mut self,
+        swarm: &mut Swarm,
+        a: &[u8],
+        b: &[u8],
+        now: Instant,
+    ) -> Result<usize, CloseReason> {
         if swarm.is_banned(self.key) {
             return Err(self.close(CloseReason::Banned));
         }
         let mut pos = 0;
         if self.state == State::Handshaking {
-            match Handshake::decode(bytes) {
+            let mut hs = [0u8; wire::HANDSHAKE_LEN];
+            let n = (a.len() + b.len()).min(wire::HANDSHAKE_LEN);
+            for (dst, src) in hs.iter_mut().zip(a.iter().chain(b.iter())) {
+                *dst = *src;
+            }
+            match Handshake::decode(&hs[..n]) {
                 Err(e) => return Err(self.close(e.into())),
                 Ok(Decoded::Incomplete) => return Ok(0),
-                Ok(Decoded::Message(h, n)) => {
-                    pos = n;
+                Ok(Decoded::Message(h, used)) => {
+                    pos = used;
                     self.last_recv = now;
                     self.on_handshake(swarm, h)?;
                 }
             }
         }
-        while self.state == State::Open {
-            match wire::decode(&bytes[pos..], &self.limits) {
-                Err(e) => return Err(self.close(e.into())),
-                Ok(Decoded::Incomplete) => break,
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = loop {
+            if self.state != State::Open {
+                break Ok(pos);
+            }
+            let (x, y) = if pos < a.len() {
+                (&a[pos..], b)
+            } else {
+                (&b[(pos - a.len()).min(b.len())..], &[][..])
+            };
+            match wire::decode_split(x, y, &mut scratch, &self.limits) {
+                Err(e) => break Err(self.close(e.into())),
+                Ok(Decoded::Incomplete) => break Ok(pos),
                 Ok(Decoded::Message(m, n)) => {
                     pos += n;
                     self.last_recv = now;
                     if let Err(r) = self.on_message(swarm, m) {
-                        return Err(self.close(r));
+                        break Err(self.close(r));
                     }
                 }
             }
-        }
-        Ok(pos)
+        };
+        self.scratch = scratch;
+        result
     }
 
     fn on_handshake(&mut self, swarm: &mut Swarm, h: Handshake) -> Result<(), CloseReason> {

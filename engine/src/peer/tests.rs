@@ -43,7 +43,8 @@ fn torrent(total: usize, piece_len: u64, seed: u64) -> Torrent {
 
 struct Conn {
     pc: PeerConn,
-    inbox: Vec<u8>,
+    /// Received bytes not yet consumed; handed over as two slices.
+    inbox: VecDeque<u8>,
     payload: Option<(BlockRef, bool)>,
 }
 
@@ -70,6 +71,8 @@ struct Sim {
     latency_steps: u64,
     /// Deliver at most this many bytes per link per step (varying below it).
     max_chunk: Option<usize>,
+    /// Times the input reached a connection as two slices.
+    split_inputs: u64,
     /// (from, to) -> chunks in flight with the step they arrive.
     links: BTreeMap<(usize, usize), Link>,
     /// Every close seen: (node, remote node, reason).
@@ -85,6 +88,7 @@ impl Sim {
             step: 0,
             latency_steps: 1,
             max_chunk: None,
+            split_inputs: 0,
             links: BTreeMap::new(),
             closes: Vec::new(),
         }
@@ -135,7 +139,7 @@ impl Sim {
                     y,
                     Conn {
                         pc,
-                        inbox: Vec::new(),
+                        inbox: VecDeque::new(),
                         payload: None,
                     },
                 );
@@ -199,14 +203,25 @@ impl Sim {
                 if !discard {
                     let off = (self.t.lengths.piece_offset(block.piece) + u64::from(block.offset))
                         as usize;
-                    node.storage[off..off + len].copy_from_slice(&c.inbox[..len]);
+                    let (x, y) = c.inbox.as_slices();
+                    let from_x = x.len().min(len);
+                    node.storage[off..off + from_x].copy_from_slice(&x[..from_x]);
+                    node.storage[off + from_x..off + len].copy_from_slice(&y[..len - from_x]);
                 }
                 c.inbox.drain(..len);
                 c.payload = None;
                 c.pc.handle_payload_done(&mut node.swarm, block, now);
                 continue;
             }
-            match c.pc.handle_bytes(&mut node.swarm, &c.inbox, now) {
+            // Present the input as two slices cut at a varying position, as a ring
+            // buffer would (std's VecDeque rarely wraps here on its own).
+            let data = c.inbox.make_contiguous();
+            let cut = (self.step as usize * 7919 + y * 31) % (data.len() + 1);
+            let (a, b) = data.split_at(cut);
+            if !a.is_empty() && !b.is_empty() {
+                self.split_inputs += 1;
+            }
+            match c.pc.handle_bytes_split(&mut node.swarm, a, b, now) {
                 Err(r) => return Some(r),
                 Ok(n) => {
                     c.inbox.drain(..n);
@@ -291,7 +306,7 @@ impl Sim {
                 }
                 room -= bytes.len();
                 if let Some(c) = self.nodes[*to].conns.get_mut(from) {
-                    c.inbox.extend_from_slice(&bytes);
+                    c.inbox.extend(&bytes);
                 }
             }
         }
@@ -787,6 +802,11 @@ fn messages_cut_at_every_position_still_complete() {
         .closes
         .iter()
         .all(|(_, _, r)| *r == CloseReason::BothComplete));
+    assert!(
+        sim.split_inputs > 100,
+        "input reached connections as two slices only {} times",
+        sim.split_inputs
+    );
 }
 
 #[test]
