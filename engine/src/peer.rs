@@ -52,6 +52,11 @@ use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits,
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
 
+/// Control bytes (rejects, haves, requests) a connection may have waiting for
+/// `poll_transmit`; a remote that floods requests without reading our replies is cut off
+/// here rather than growing our memory.
+pub const MAX_QUEUED: usize = 1 << 20;
+
 /// Per-connection tuning.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -133,6 +138,10 @@ pub enum CloseReason {
     ExtendedNotNegotiated,
     #[error("both sides have the whole torrent")]
     BothComplete,
+    #[error("connected to ourselves (the remote sent our own peer id)")]
+    SelfConnection,
+    #[error("more than {0} bytes of replies queued: the remote sends faster than it reads")]
+    SendQueueOverflow(usize),
 }
 
 fn hex(b: &[u8]) -> String {
@@ -204,6 +213,7 @@ pub struct PeerConn {
     state: State,
     /// Our handshake, until `poll_transmit` writes it.
     handshake_out: Option<Handshake>,
+    our_peer_id: [u8; 20],
     remote_id: Option<[u8; 20]>,
     fast: bool,
     extended: bool,
@@ -268,6 +278,7 @@ impl PeerConn {
             },
             state: State::Handshaking,
             handshake_out: Some(Handshake::ours(swarm.info_hash(), our_peer_id)),
+            our_peer_id,
             remote_id: None,
             fast: false,
             extended: false,
@@ -415,6 +426,9 @@ impl PeerConn {
                     if let Err(r) = self.on_message(swarm, m) {
                         break Err(self.close(r));
                     }
+                    if self.queued.len() > MAX_QUEUED {
+                        break Err(self.close(CloseReason::SendQueueOverflow(MAX_QUEUED)));
+                    }
                 }
             }
         };
@@ -425,6 +439,9 @@ impl PeerConn {
     fn on_handshake(&mut self, swarm: &mut Swarm, h: Handshake) -> Result<(), CloseReason> {
         if h.info_hash != swarm.info_hash() {
             return Err(self.close(CloseReason::WrongInfoHash(h.info_hash)));
+        }
+        if h.peer_id == self.our_peer_id {
+            return Err(self.close(CloseReason::SelfConnection));
         }
         self.remote_id = Some(h.peer_id);
         self.fast = h.supports_fast();

@@ -927,3 +927,30 @@ fn extension_handshake_may_precede_bitfield() {
         Err(CloseReason::BitfieldNotFirst("have none"))
     );
 }
+
+#[test]
+fn self_connection_and_request_flood_close() {
+    let (t, mut s, mut pc, now) = single(false);
+    let mut h = Vec::new();
+    Handshake::ours(t.info_hash, [7; 20]).encode(&mut h);
+    assert_eq!(
+        pc.handle_bytes(&mut s, &h, now),
+        Err(CloseReason::SelfConnection)
+    );
+    // We have nothing, so every request is rejected; a remote that never reads the
+    // rejects is cut off once they pile up.
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let mut v = Vec::new();
+    for _ in 0..(MAX_QUEUED / 17 + 2) {
+        Message::Request {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }
+        .encode(&mut v);
+    }
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v, now),
+        Err(CloseReason::SendQueueOverflow(MAX_QUEUED))
+    );
+}
