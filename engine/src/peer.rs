@@ -484,6 +484,18 @@ impl PeerConn {
     }
 
     fn update_interest(&mut self, swarm: &Swarm) {
+        if self.useful == 0 && self.am_interested {
+            // The running count can undercount (a piece we verified after the handshake
+            // but before the remote's bitfield is subtracted without having been added),
+            // so before losing interest, count exactly: remote has and we do not.
+            self.useful = self
+                .remote_has
+                .as_bytes()
+                .iter()
+                .zip(swarm.have().as_bytes())
+                .map(|(r, h)| (r & !h).count_ones())
+                .sum();
+        }
         let want = self.useful > 0 && !swarm.is_complete();
         if want != self.am_interested {
             self.am_interested = want;

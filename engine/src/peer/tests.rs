@@ -954,3 +954,39 @@ fn self_connection_and_request_flood_close() {
         Err(CloseReason::SendQueueOverflow(MAX_QUEUED))
     );
 }
+
+#[test]
+fn interest_survives_a_verdict_between_handshake_and_bitfield() {
+    let (t, mut s, mut pc, now) = opened(false, true);
+    // We verify a piece (from someone else) after the handshake, before their bitfield.
+    let other = PeerConn::new(
+        &PeerConfig::default(),
+        &mut s,
+        "10.0.0.8:1".parse().unwrap(),
+        [8; 20],
+        now,
+    )
+    .unwrap();
+    let all = Bitfield::full(4);
+    let mut got = Vec::new();
+    s.pick_blocks(other.key(), &all, 2, |_| false, |b| got.push(b));
+    let mut done = None;
+    for b in got {
+        assert_eq!(s.begin_block(other.key(), b), crate::swarm::Accept::Write);
+        done = s.finish_block(other.key(), other.addr().ip(), b);
+    }
+    let p = done.unwrap().get();
+    s.handle_verdict(done.unwrap(), true);
+    assert!(s.have().get(p));
+    // The remote has that piece and one more, which is still worth wanting.
+    let q = (p + 1) % 4;
+    let bits = [(0x80u8 >> p) | (0x80u8 >> q)];
+    feed(&mut s, &mut pc, &[Message::Bitfield(&bits)], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert!(
+        pc.am_interested,
+        "lost interest though the remote has piece {q}"
+    );
+    let _ = t;
+}
