@@ -985,6 +985,21 @@ impl PeerConn {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+
+    /// For tests: the bookkeeping this connection promises to keep.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let live: u64 = self
+            .outstanding
+            .iter()
+            .filter(|o| !o.cancelled)
+            .map(|o| u64::from(o.block.len))
+            .sum();
+        assert_eq!(live, self.inflight, "in-flight bytes drifted");
+        assert!(self.their_requests.len() <= self.cfg.our_reqq as usize);
+        assert!(!self.am_choking || self.their_requests.is_empty());
+        assert!(self.useful <= self.remote_has.count());
+    }
 }
 
 #[cfg(test)]

@@ -329,6 +329,9 @@ impl Sim {
         }
         for node in &self.nodes {
             node.swarm.check_invariants();
+            for c in node.conns.values() {
+                c.pc.check_invariants();
+            }
         }
     }
 
