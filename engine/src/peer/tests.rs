@@ -993,3 +993,30 @@ fn interest_survives_a_verdict_between_handshake_and_bitfield() {
     );
     let _ = t;
 }
+
+#[test]
+fn dropped_connection_mid_payload_recovers() {
+    let mut sim = Sim::new(torrent(500_000, 32_768, 8));
+    sim.add_node(true);
+    sim.add_node(false);
+    sim.add_node(false);
+    sim.max_chunk = Some(9_000);
+    sim.connect_all();
+    // Run until node 1 is in the middle of receiving a payload from the seeder.
+    let mid = sim.run_until(2_000, |s| {
+        s.nodes[1]
+            .conns
+            .get(&0)
+            .is_some_and(|c| c.payload.is_some_and(|(_, d)| !d) && !c.inbox.is_empty())
+    });
+    assert!(mid, "never caught a payload in flight");
+    sim.close(1, 0, CloseReason::Idle);
+    for node in &sim.nodes {
+        node.swarm.check_invariants();
+    }
+    sim.run_until(50, |_| false);
+    sim.connect(1, 0);
+    assert!(sim.run_until(20_000, |s| s.all_complete(&[1, 2])));
+    sim.assert_data(1);
+    sim.assert_data(2);
+}
