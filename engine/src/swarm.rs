@@ -17,6 +17,15 @@
 //! - Haves are broadcast through an append-only log ([`Swarm::have_log`]) each connection
 //!   follows with its own cursor, and end-game cancels likewise through
 //!   [`Swarm::cancel_log`]; nothing is pushed per connection.
+
+//! - `unstarted` has a bit set exactly for pieces neither had nor partial; each partial
+//!   piece's `free` equals its `Free` blocks. (`check_invariants` recounts all of these;
+//!   the in-memory swarm tests call it after every step.)
+//!
+//! Cost under the lock: a pipeline refill scans the started pieces with free blocks and,
+//! for new pieces, one bytewise pass over the `unstarted` and remote bitfields per up to
+//! [`NEW_PICK_BATCH`] pieces; connections skip the picker entirely while nothing changed
+//! since it last came up short ([`Swarm::epoch`]).
 //!
 //! [`PeerConn`]: crate::peer::PeerConn
 
