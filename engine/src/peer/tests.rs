@@ -1020,3 +1020,28 @@ fn dropped_connection_mid_payload_recovers() {
     sim.assert_data(1);
     sim.assert_data(2);
 }
+
+#[test]
+fn mixed_pieces_blame_only_the_corrupt_sender() {
+    // One block in flight per connection and two blocks per piece, so many pieces get
+    // one block from each source: nobody can be blamed for those, and they are
+    // re-fetched from a single peer until the corrupt one is caught alone.
+    let mut sim = Sim::new(torrent(640 * 1024, 32_768, 12));
+    sim.add_node(true);
+    let bad = sim.add_node(true);
+    sim.nodes[bad].corrupt = true;
+    let dl = sim.add_node(false);
+    let c = &mut sim.nodes[dl].cfg;
+    c.initial_inflight = 16_384;
+    c.min_inflight = 16_384;
+    c.max_inflight = 16_384;
+    sim.connect_all();
+    assert!(sim.run_until(20_000, |s| s.all_complete(&[dl])));
+    sim.assert_data(dl);
+    let swarm = &sim.nodes[dl].swarm;
+    assert!(swarm.is_banned_addr(sim.nodes[bad].ip));
+    assert!(
+        !swarm.is_banned_addr(sim.nodes[0].ip),
+        "the honest seeder was banned"
+    );
+}
