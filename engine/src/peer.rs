@@ -25,6 +25,21 @@
 //! Haves and end-game cancels are not pushed into connections: each connection follows the
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
+//!
+//! How a runtime drives one connection (every call with the swarm locked, briefly):
+//! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
+//!    `poll_transmit` to get our handshake out.
+//! 2. Bytes received: `handle_bytes(buf)`, drop the consumed prefix, then drain
+//!    `poll_event`. On `ReceivePayload { block, discard }`, move `block.len` bytes (those
+//!    already buffered first, the rest received straight into the mapping, or into a
+//!    scratch buffer if `discard`), call `handle_payload_done`, and go on with
+//!    `handle_bytes` on whatever follows. On `PieceComplete`, send the piece to the hasher
+//!    and later call `Swarm::handle_verdict`, then poll all connections.
+//! 3. Whenever the socket can take more: `poll_transmit(out)` until it returns `None`;
+//!    send `out`, then each `Transmit::Block` header and block from the mapping.
+//! 4. Every ~100 ms-1 s: `handle_tick`, then `poll_event` and `poll_transmit`.
+//! 5. On `Event::Close`, an `Err` from `handle_bytes`, or a socket error/EOF:
+//!    `handle_close` (idempotent), then drop the connection.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -36,6 +51,11 @@ use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits,
 
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
+
+/// Control bytes (rejects, haves, requests) a connection may have waiting for
+/// `poll_transmit`; a remote that floods requests without reading our replies is cut off
+/// here rather than growing our memory.
+pub const MAX_QUEUED: usize = 1 << 20;
 
 /// Per-connection tuning.
 #[derive(Debug, Clone)]
@@ -118,6 +138,10 @@ pub enum CloseReason {
     ExtendedNotNegotiated,
     #[error("both sides have the whole torrent")]
     BothComplete,
+    #[error("connected to ourselves (the remote sent our own peer id)")]
+    SelfConnection,
+    #[error("more than {0} bytes of replies queued: the remote sends faster than it reads")]
+    SendQueueOverflow(usize),
 }
 
 fn hex(b: &[u8]) -> String {
@@ -189,6 +213,7 @@ pub struct PeerConn {
     state: State,
     /// Our handshake, until `poll_transmit` writes it.
     handshake_out: Option<Handshake>,
+    our_peer_id: [u8; 20],
     remote_id: Option<[u8; 20]>,
     fast: bool,
     extended: bool,
@@ -210,6 +235,8 @@ pub struct PeerConn {
     their_requests: VecDeque<BlockRef>,
     /// Control messages encoded while handling input, flushed by `poll_transmit`.
     queued: Vec<u8>,
+    /// Holds a message that straddles the two input slices.
+    scratch: Vec<u8>,
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
@@ -251,6 +278,7 @@ impl PeerConn {
             },
             state: State::Handshaking,
             handshake_out: Some(Handshake::ours(swarm.info_hash(), our_peer_id)),
+            our_peer_id,
             remote_id: None,
             fast: false,
             extended: false,
@@ -270,6 +298,7 @@ impl PeerConn {
             inflight: 0,
             their_requests: VecDeque::new(),
             queued: Vec::new(),
+            scratch: Vec::new(),
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
@@ -350,40 +379,74 @@ impl PeerConn {
         bytes: &[u8],
         now: Instant,
     ) -> Result<usize, CloseReason> {
+        self.handle_bytes_split(swarm, bytes, &[], now)
+    }
+
+    /// [`PeerConn::handle_bytes`] for input held in two slices, `a` then `b` (a ring
+    /// buffer's halves). A message straddling the seam is copied into a scratch buffer
+    /// that the connection keeps (at most one message: 17 bytes for the common ones).
+    pub fn handle_bytes_split(
+        &mut self,
+        swarm: &mut Swarm,
+        a: &[u8],
+        b: &[u8],
+        now: Instant,
+    ) -> Result<usize, CloseReason> {
         if swarm.is_banned(self.key) {
             return Err(self.close(CloseReason::Banned));
         }
         let mut pos = 0;
         if self.state == State::Handshaking {
-            match Handshake::decode(bytes) {
+            let mut hs = [0u8; wire::HANDSHAKE_LEN];
+            let n = (a.len() + b.len()).min(wire::HANDSHAKE_LEN);
+            for (dst, src) in hs.iter_mut().zip(a.iter().chain(b.iter())) {
+                *dst = *src;
+            }
+            match Handshake::decode(&hs[..n]) {
                 Err(e) => return Err(self.close(e.into())),
                 Ok(Decoded::Incomplete) => return Ok(0),
-                Ok(Decoded::Message(h, n)) => {
-                    pos = n;
+                Ok(Decoded::Message(h, used)) => {
+                    pos = used;
                     self.last_recv = now;
                     self.on_handshake(swarm, h)?;
                 }
             }
         }
-        while self.state == State::Open {
-            match wire::decode(&bytes[pos..], &self.limits) {
-                Err(e) => return Err(self.close(e.into())),
-                Ok(Decoded::Incomplete) => break,
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = loop {
+            if self.state != State::Open {
+                break Ok(pos);
+            }
+            let (x, y) = if pos < a.len() {
+                (&a[pos..], b)
+            } else {
+                (&b[(pos - a.len()).min(b.len())..], &[][..])
+            };
+            match wire::decode_split(x, y, &mut scratch, &self.limits) {
+                Err(e) => break Err(self.close(e.into())),
+                Ok(Decoded::Incomplete) => break Ok(pos),
                 Ok(Decoded::Message(m, n)) => {
                     pos += n;
                     self.last_recv = now;
                     if let Err(r) = self.on_message(swarm, m) {
-                        return Err(self.close(r));
+                        break Err(self.close(r));
+                    }
+                    if self.queued.len() > MAX_QUEUED {
+                        break Err(self.close(CloseReason::SendQueueOverflow(MAX_QUEUED)));
                     }
                 }
             }
-        }
-        Ok(pos)
+        };
+        self.scratch = scratch;
+        result
     }
 
     fn on_handshake(&mut self, swarm: &mut Swarm, h: Handshake) -> Result<(), CloseReason> {
         if h.info_hash != swarm.info_hash() {
             return Err(self.close(CloseReason::WrongInfoHash(h.info_hash)));
+        }
+        if h.peer_id == self.our_peer_id {
+            return Err(self.close(CloseReason::SelfConnection));
         }
         self.remote_id = Some(h.peer_id);
         self.fast = h.supports_fast();
@@ -426,6 +489,18 @@ impl PeerConn {
     }
 
     fn update_interest(&mut self, swarm: &Swarm) {
+        if self.useful == 0 && self.am_interested {
+            // The running count can undercount (a piece we verified after the handshake
+            // but before the remote's bitfield is subtracted without having been added),
+            // so before losing interest, count exactly: remote has and we do not.
+            self.useful = self
+                .remote_has
+                .as_bytes()
+                .iter()
+                .zip(swarm.have().as_bytes())
+                .map(|(r, h)| (r & !h).count_ones())
+                .sum();
+        }
         let want = self.useful > 0 && !swarm.is_complete();
         if want != self.am_interested {
             self.am_interested = want;
@@ -438,8 +513,22 @@ impl PeerConn {
     }
 
     fn on_message(&mut self, swarm: &mut Swarm, m: Message<'_>) -> Result<(), CloseReason> {
+        // A bitfield (or have all/none) must precede any have, so availability is never
+        // counted twice; other messages may come first (libtorrent sends its extension
+        // handshake before its bitfield, BEP 10 allows it; keep-alives, choke state and
+        // allowed-fast are harmless).
         let first = !self.seen_first;
-        self.seen_first = true;
+        if matches!(
+            m,
+            Message::Have(_)
+                | Message::Bitfield(_)
+                | Message::HaveAll
+                | Message::HaveNone
+                | Message::Piece { .. }
+                | Message::Request { .. }
+        ) {
+            self.seen_first = true;
+        }
         let need_fast = |fast: bool, what: &'static str| {
             if fast {
                 Ok(())
@@ -448,10 +537,7 @@ impl PeerConn {
             }
         };
         match m {
-            Message::KeepAlive => {
-                // Keep-alives do not count as the first message.
-                self.seen_first = !first;
-            }
+            Message::KeepAlive => {}
             Message::Choke => {
                 self.peer_choking = true;
                 if !self.fast {
@@ -904,7 +990,24 @@ impl PeerConn {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+
+    /// For tests: the bookkeeping this connection promises to keep.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let live: u64 = self
+            .outstanding
+            .iter()
+            .filter(|o| !o.cancelled)
+            .map(|o| u64::from(o.block.len))
+            .sum();
+        assert_eq!(live, self.inflight, "in-flight bytes drifted");
+        assert!(self.their_requests.len() <= self.cfg.our_reqq as usize);
+        assert!(!self.am_choking || self.their_requests.is_empty());
+        assert!(self.useful <= self.remote_has.count());
+    }
 }
 
+#[cfg(test)]
+mod interop;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,15 @@
 //! - Haves are broadcast through an append-only log ([`Swarm::have_log`]) each connection
 //!   follows with its own cursor, and end-game cancels likewise through
 //!   [`Swarm::cancel_log`]; nothing is pushed per connection.
+
+//! - `unstarted` has a bit set exactly for pieces neither had nor partial; each partial
+//!   piece's `free` equals its `Free` blocks. (`check_invariants` recounts all of these;
+//!   the in-memory swarm tests call it after every step.)
+//!
+//! Cost under the lock: a pipeline refill scans the started pieces with free blocks and,
+//! for new pieces, one bytewise pass over the `unstarted` and remote bitfields per up to
+//! [`NEW_PICK_BATCH`] pieces; connections skip the picker entirely while nothing changed
+//! since it last came up short ([`Swarm::epoch`]).
 //!
 //! [`PeerConn`]: crate::peer::PeerConn
 
@@ -27,6 +36,9 @@ use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use crate::wire::Bitfield;
 
 const NONE: u32 = u32::MAX;
+
+/// Most new pieces chosen in one pass of the picker.
+pub const NEW_PICK_BATCH: usize = 8;
 
 /// Tuning for the torrent as a whole.
 #[derive(Debug, Clone)]
@@ -149,6 +161,8 @@ pub struct Swarm {
     stats: SwarmStats,
     /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
     served_blocks: Vec<u32>,
+    /// Pieces neither had nor started, in bitfield layout, for the new-piece scan.
+    unstarted: Vec<u8>,
     /// Bumped whenever a block may have become pickable again (released, aborted, a
     /// verdict), so a connection whose last pick came up short knows when to retry.
     epoch: u64,
@@ -175,6 +189,11 @@ impl Swarm {
             .filter(|p| !have.get(p.get()))
             .map(|p| u64::from(lengths.blocks_in_piece(p)))
             .sum();
+        let mut unstarted: Vec<u8> = have.as_bytes().iter().map(|b| !b).collect();
+        let spare = (unstarted.len() as u32 * 8).saturating_sub(n);
+        if let Some(last) = unstarted.last_mut() {
+            *last &= !(((1u16 << spare) - 1) as u8);
+        }
         Swarm {
             cfg,
             info_hash,
@@ -197,6 +216,7 @@ impl Swarm {
             unchoked: 0,
             stats: SwarmStats::default(),
             served_blocks: vec![0; n as usize],
+            unstarted,
             epoch: 0,
         }
     }
@@ -411,6 +431,9 @@ impl Swarm {
             }
         };
         self.partial_of[piece as usize] = pi;
+        if let Some(byte) = self.unstarted.get_mut(piece as usize / 8) {
+            *byte &= !(0x80u8 >> (piece % 8));
+        }
         self.active.push(pi);
         pi
     }
@@ -421,26 +444,57 @@ impl Swarm {
             .and_then(|p| self.lengths.block(p, n as u32))
     }
 
-    /// The rarest piece the remote has that nobody has started, ties broken at random.
-    /// A linear scan: fine for tens of thousands of pieces, called once per new piece.
-    fn pick_new_piece(&mut self, remote: &Bitfield) -> Option<u32> {
+    /// The `k` (at most [`NEW_PICK_BATCH`]) rarest pieces the remote has that nobody has
+    /// started, rarest first, ties broken at random; returns how many were found.
+    ///
+    /// One linear pass over the `unstarted` and remote bitfields a byte at a time (zero
+    /// bytes cost nothing), reading availability only for candidates and hashing for the
+    /// tie-break only on ties. For 40 000 pieces that is tens of microseconds, and one pass
+    /// serves a whole pipeline refill.
+    fn pick_new_pieces(
+        &mut self,
+        remote: &Bitfield,
+        k: usize,
+        found: &mut [u32; NEW_PICK_BATCH],
+    ) -> usize {
+        let k = k.clamp(1, NEW_PICK_BATCH);
         let salt = self.next_rand();
-        let mut best: Option<(u32, u64, u32)> = None;
-        for i in 0..self.lengths.piece_count() {
-            if self.partial_of[i as usize] != NONE || self.have.get(i) || !remote.get(i) {
-                continue;
-            }
-            let avail = self.availability[i as usize];
-            let tie = mix(u64::from(i) ^ salt);
-            let better = match best {
-                Some((a, t, _)) => (avail, tie) < (a, t),
-                None => true,
-            };
-            if better {
-                best = Some((avail, tie, i));
+        // (availability, tie, piece), sorted ascending; `len` valid entries.
+        let mut best = [(u32::MAX, u64::MAX, 0u32); NEW_PICK_BATCH];
+        let mut len = 0;
+        for (byte_i, (&r, &u)) in remote
+            .as_bytes()
+            .iter()
+            .zip(self.unstarted.iter())
+            .enumerate()
+        {
+            let mut bits = r & u;
+            while bits != 0 {
+                let lead = bits.leading_zeros();
+                bits &= !(0x80u8 >> lead);
+                let i = byte_i as u32 * 8 + lead;
+                let avail = self.availability[i as usize];
+                if len == k && avail > best[k - 1].0 {
+                    continue;
+                }
+                let cand = (avail, mix(u64::from(i) ^ salt), i);
+                if len == k && cand >= best[k - 1] {
+                    continue;
+                }
+                // Insert in order, dropping the worst if full.
+                let mut at = len.min(k - 1);
+                best[at] = cand;
+                while at > 0 && best[at] < best[at - 1] {
+                    best.swap(at, at - 1);
+                    at -= 1;
+                }
+                len = (len + 1).min(k);
             }
         }
-        best.map(|(_, _, i)| i)
+        for (slot, b) in found.iter_mut().zip(best.iter()).take(len) {
+            *slot = b.2;
+        }
+        len
     }
 
     /// Picks up to `want` blocks for the connection `key` whose remote has `remote`:
@@ -492,22 +546,32 @@ impl Swarm {
                 self.partials[pi].exclusive = Some(key);
             }
         }
-        // 2. New pieces.
+        // 2. New pieces, a batch per pass over the bitfields.
+        let per_piece =
+            (self.lengths.piece_length() / u64::from(crate::geometry::BLOCK_SIZE)).max(1);
+        let mut found = [0u32; NEW_PICK_BATCH];
         while want > 0 {
-            let Some(piece) = self.pick_new_piece(remote) else {
+            let k = (want as u64).div_ceil(per_piece) as usize;
+            let n = self.pick_new_pieces(remote, k, &mut found);
+            if n == 0 {
                 break;
-            };
-            let pi = self.start_partial(piece) as usize;
-            for n in 0..self.partials[pi].blocks.len() {
+            }
+            for &piece in &found[..n] {
                 if want == 0 {
                     break;
                 }
-                if let Some(b) = self.block_ref(piece, n) {
-                    self.partials[pi].blocks[n] = Block::Requested(1);
-                    self.partials[pi].free -= 1;
-                    self.free_blocks -= 1;
-                    want -= 1;
-                    emit(b);
+                let pi = self.start_partial(piece) as usize;
+                for n in 0..self.partials[pi].blocks.len() {
+                    if want == 0 {
+                        break;
+                    }
+                    if let Some(b) = self.block_ref(piece, n) {
+                        self.partials[pi].blocks[n] = Block::Requested(1);
+                        self.partials[pi].free -= 1;
+                        self.free_blocks -= 1;
+                        want -= 1;
+                        emit(b);
+                    }
                 }
             }
         }
@@ -737,6 +801,13 @@ impl Swarm {
     pub(crate) fn check_invariants(&self) {
         let mut free = 0u64;
         for p in self.lengths.pieces() {
+            let unstarted = self.unstarted[p.as_usize() / 8] & (0x80 >> (p.get() % 8)) != 0;
+            assert_eq!(
+                unstarted,
+                !self.have.get(p.get()) && self.partial_of[p.as_usize()] == NONE,
+                "unstarted bit of piece {}",
+                p.get()
+            );
             if self.have.get(p.get()) {
                 assert_eq!(self.partial_of[p.as_usize()], NONE);
                 continue;
@@ -837,6 +908,26 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() >= 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn batch_pick_over_many_pieces_is_rarest_first() {
+        let n = 40_000;
+        let mut s = swarm(n, 1, 11);
+        let k = s.add_peer(ip(1)).unwrap();
+        let all = Bitfield::full(n);
+        for p in s.lengths.pieces().collect::<Vec<_>>() {
+            s.add_availability(p);
+            if p.get() % 1000 != 7 {
+                s.add_availability(p);
+            }
+        }
+        // The 40 pieces with availability 1 come first, in some random order.
+        let got = pick(&mut s, k, &all, 40);
+        assert_eq!(got.len(), 40);
+        assert!(got.iter().all(|b| b.piece.get() % 1000 == 7), "{got:?}");
+        let next = pick(&mut s, k, &all, 3);
+        assert!(next.iter().all(|b| b.piece.get() % 1000 != 7));
     }
 
     #[test]

@@ -43,7 +43,8 @@ fn torrent(total: usize, piece_len: u64, seed: u64) -> Torrent {
 
 struct Conn {
     pc: PeerConn,
-    inbox: Vec<u8>,
+    /// Received bytes not yet consumed; handed over as two slices.
+    inbox: VecDeque<u8>,
     payload: Option<(BlockRef, bool)>,
 }
 
@@ -70,6 +71,8 @@ struct Sim {
     latency_steps: u64,
     /// Deliver at most this many bytes per link per step (varying below it).
     max_chunk: Option<usize>,
+    /// Times the input reached a connection as two slices.
+    split_inputs: u64,
     /// (from, to) -> chunks in flight with the step they arrive.
     links: BTreeMap<(usize, usize), Link>,
     /// Every close seen: (node, remote node, reason).
@@ -85,6 +88,7 @@ impl Sim {
             step: 0,
             latency_steps: 1,
             max_chunk: None,
+            split_inputs: 0,
             links: BTreeMap::new(),
             closes: Vec::new(),
         }
@@ -135,7 +139,7 @@ impl Sim {
                     y,
                     Conn {
                         pc,
-                        inbox: Vec::new(),
+                        inbox: VecDeque::new(),
                         payload: None,
                     },
                 );
@@ -199,14 +203,25 @@ impl Sim {
                 if !discard {
                     let off = (self.t.lengths.piece_offset(block.piece) + u64::from(block.offset))
                         as usize;
-                    node.storage[off..off + len].copy_from_slice(&c.inbox[..len]);
+                    let (x, y) = c.inbox.as_slices();
+                    let from_x = x.len().min(len);
+                    node.storage[off..off + from_x].copy_from_slice(&x[..from_x]);
+                    node.storage[off + from_x..off + len].copy_from_slice(&y[..len - from_x]);
                 }
                 c.inbox.drain(..len);
                 c.payload = None;
                 c.pc.handle_payload_done(&mut node.swarm, block, now);
                 continue;
             }
-            match c.pc.handle_bytes(&mut node.swarm, &c.inbox, now) {
+            // Present the input as two slices cut at a varying position, as a ring
+            // buffer would (std's VecDeque rarely wraps here on its own).
+            let data = c.inbox.make_contiguous();
+            let cut = (self.step as usize * 7919 + y * 31) % (data.len() + 1);
+            let (a, b) = data.split_at(cut);
+            if !a.is_empty() && !b.is_empty() {
+                self.split_inputs += 1;
+            }
+            match c.pc.handle_bytes_split(&mut node.swarm, a, b, now) {
                 Err(r) => return Some(r),
                 Ok(n) => {
                     c.inbox.drain(..n);
@@ -291,7 +306,7 @@ impl Sim {
                 }
                 room -= bytes.len();
                 if let Some(c) = self.nodes[*to].conns.get_mut(from) {
-                    c.inbox.extend_from_slice(&bytes);
+                    c.inbox.extend(&bytes);
                 }
             }
         }
@@ -314,6 +329,9 @@ impl Sim {
         }
         for node in &self.nodes {
             node.swarm.check_invariants();
+            for c in node.conns.values() {
+                c.pc.check_invariants();
+            }
         }
     }
 
@@ -787,6 +805,11 @@ fn messages_cut_at_every_position_still_complete() {
         .closes
         .iter()
         .all(|(_, _, r)| *r == CloseReason::BothComplete));
+    assert!(
+        sim.split_inputs > 100,
+        "input reached connections as two slices only {} times",
+        sim.split_inputs
+    );
 }
 
 #[test]
@@ -883,4 +906,142 @@ fn payload_is_received_outside_handle_bytes() {
         Ok(4)
     );
     assert_eq!(pc.stats().downloaded, u64::from(b.len));
+}
+
+#[test]
+fn extension_handshake_may_precede_bitfield() {
+    // libtorrent's order: extension handshake, then have-all (seen in the interop test).
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let mut v = Vec::new();
+    ExtendedHandshake {
+        v: Some("libtorrent/2.0.8.0".into()),
+        reqq: Some(2000),
+        ..Default::default()
+    }
+    .encode(&mut v);
+    Message::HaveAll.encode(&mut v);
+    Message::Unchoke.encode(&mut v);
+    assert_eq!(pc.handle_bytes(&mut s, &v, now), Ok(v.len()));
+    assert_eq!(pc.remote_client(), Some("libtorrent/2.0.8.0"));
+    assert!(pc.remote_has().is_full());
+    // A second bitfield-class message is still refused.
+    assert_eq!(
+        feed(&mut s, &mut pc, &[Message::HaveNone], now),
+        Err(CloseReason::BitfieldNotFirst("have none"))
+    );
+}
+
+#[test]
+fn self_connection_and_request_flood_close() {
+    let (t, mut s, mut pc, now) = single(false);
+    let mut h = Vec::new();
+    Handshake::ours(t.info_hash, [7; 20]).encode(&mut h);
+    assert_eq!(
+        pc.handle_bytes(&mut s, &h, now),
+        Err(CloseReason::SelfConnection)
+    );
+    // We have nothing, so every request is rejected; a remote that never reads the
+    // rejects is cut off once they pile up.
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let mut v = Vec::new();
+    for _ in 0..(MAX_QUEUED / 17 + 2) {
+        Message::Request {
+            index: 0,
+            begin: 0,
+            len: 16_384,
+        }
+        .encode(&mut v);
+    }
+    assert_eq!(
+        pc.handle_bytes(&mut s, &v, now),
+        Err(CloseReason::SendQueueOverflow(MAX_QUEUED))
+    );
+}
+
+#[test]
+fn interest_survives_a_verdict_between_handshake_and_bitfield() {
+    let (t, mut s, mut pc, now) = opened(false, true);
+    // We verify a piece (from someone else) after the handshake, before their bitfield.
+    let other = PeerConn::new(
+        &PeerConfig::default(),
+        &mut s,
+        "10.0.0.8:1".parse().unwrap(),
+        [8; 20],
+        now,
+    )
+    .unwrap();
+    let all = Bitfield::full(4);
+    let mut got = Vec::new();
+    s.pick_blocks(other.key(), &all, 2, |_| false, |b| got.push(b));
+    let mut done = None;
+    for b in got {
+        assert_eq!(s.begin_block(other.key(), b), crate::swarm::Accept::Write);
+        done = s.finish_block(other.key(), other.addr().ip(), b);
+    }
+    let p = done.unwrap().get();
+    s.handle_verdict(done.unwrap(), true);
+    assert!(s.have().get(p));
+    // The remote has that piece and one more, which is still worth wanting.
+    let q = (p + 1) % 4;
+    let bits = [(0x80u8 >> p) | (0x80u8 >> q)];
+    feed(&mut s, &mut pc, &[Message::Bitfield(&bits)], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert!(
+        pc.am_interested,
+        "lost interest though the remote has piece {q}"
+    );
+    let _ = t;
+}
+
+#[test]
+fn dropped_connection_mid_payload_recovers() {
+    let mut sim = Sim::new(torrent(500_000, 32_768, 8));
+    sim.add_node(true);
+    sim.add_node(false);
+    sim.add_node(false);
+    sim.max_chunk = Some(9_000);
+    sim.connect_all();
+    // Run until node 1 is in the middle of receiving a payload from the seeder.
+    let mid = sim.run_until(2_000, |s| {
+        s.nodes[1]
+            .conns
+            .get(&0)
+            .is_some_and(|c| c.payload.is_some_and(|(_, d)| !d) && !c.inbox.is_empty())
+    });
+    assert!(mid, "never caught a payload in flight");
+    sim.close(1, 0, CloseReason::Idle);
+    for node in &sim.nodes {
+        node.swarm.check_invariants();
+    }
+    sim.run_until(50, |_| false);
+    sim.connect(1, 0);
+    assert!(sim.run_until(20_000, |s| s.all_complete(&[1, 2])));
+    sim.assert_data(1);
+    sim.assert_data(2);
+}
+
+#[test]
+fn mixed_pieces_blame_only_the_corrupt_sender() {
+    // One block in flight per connection and two blocks per piece, so many pieces get
+    // one block from each source: nobody can be blamed for those, and they are
+    // re-fetched from a single peer until the corrupt one is caught alone.
+    let mut sim = Sim::new(torrent(640 * 1024, 32_768, 12));
+    sim.add_node(true);
+    let bad = sim.add_node(true);
+    sim.nodes[bad].corrupt = true;
+    let dl = sim.add_node(false);
+    let c = &mut sim.nodes[dl].cfg;
+    c.initial_inflight = 16_384;
+    c.min_inflight = 16_384;
+    c.max_inflight = 16_384;
+    sim.connect_all();
+    assert!(sim.run_until(20_000, |s| s.all_complete(&[dl])));
+    sim.assert_data(dl);
+    let swarm = &sim.nodes[dl].swarm;
+    assert!(swarm.is_banned_addr(sim.nodes[bad].ip));
+    assert!(
+        !swarm.is_banned_addr(sim.nodes[0].ip),
+        "the honest seeder was banned"
+    );
 }
