@@ -102,13 +102,17 @@ impl Service for Echo {
         conn.pending.clear();
         true
     }
+    /// Any message: close every connection (exercises cancelling an in-flight receive).
     fn on_mailbox(
         &mut self,
-        _: &mut CoreIo<'_, ()>,
-        _: &mut Conns<'_, EchoConn, String>,
+        io: &mut CoreIo<'_, ()>,
+        conns: &mut Conns<'_, EchoConn, String>,
         _: (),
         _: Instant,
     ) {
+        for (id, _) in conns.iter_mut() {
+            io.close(id);
+        }
     }
     fn on_closed(
         &mut self,
@@ -256,7 +260,7 @@ enum Ev {
     Received(u64),
     Closed(Direction, Closed),
     Mailbox(u32),
-    ConnectFailed,
+    ConnectFailed(io::ErrorKind),
     Tick,
     /// An inbound connection was taken (tests that do not care skip it via `next_ev`).
     Accepted,
@@ -324,8 +328,8 @@ impl Service for Transfer {
             }),
         }
     }
-    fn on_connect_failed(&mut self, _: &mut CoreIo<'_, u32>, _: SocketAddr, _: &io::Error) {
-        let _ = self.events.send(Ev::ConnectFailed);
+    fn on_connect_failed(&mut self, _: &mut CoreIo<'_, u32>, _: SocketAddr, e: &io::Error) {
+        let _ = self.events.send(Ev::ConnectFailed(e.kind()));
     }
     fn next_recv(&mut self, conn: &mut TConn, iov: &mut RecvIovecs<'_>) -> RecvTarget {
         match conn {
@@ -581,7 +585,10 @@ fn dial_refused_reports_connect_failed() {
     })
     .unwrap();
     rt.mailbox(0).unwrap().dial(port).unwrap();
-    assert_eq!(next_ev(&events), Ev::ConnectFailed);
+    assert_eq!(
+        next_ev(&events),
+        Ev::ConnectFailed(io::ErrorKind::ConnectionRefused)
+    );
     rt.shutdown().unwrap();
 }
 
@@ -740,6 +747,72 @@ fn oversized_message_closes_connection() {
     assert_eq!(
         closed_rx.recv_timeout(WAIT).unwrap(),
         Closed::Other("message larger than 100000 bytes".into())
+    );
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn service_closes_connections_with_receives_in_flight() {
+    let (rt, closed_rx) = echo_runtime(2);
+    let addr = rt.local_addr().unwrap();
+    let mut clients: Vec<TcpStream> = (0..6).map(|_| connect(addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"y").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+    }
+    // Every connection now has a receive outstanding; ask both cores to close them all.
+    for m in rt.mailboxes() {
+        m.send(()).unwrap();
+    }
+    for _ in 0..6 {
+        assert_eq!(
+            closed_rx.recv_timeout(WAIT).unwrap(),
+            Closed::Other("closed locally".into())
+        );
+    }
+    for c in &mut clients {
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0, "client sees EOF");
+    }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn connect_timeout_is_reported() {
+    // A listener whose accept queue is full drops further SYNs, so a dial never completes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    // SAFETY: listen(2) on a socket we own, shrinking its backlog to the minimum.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) },
+        0
+    );
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    cfg.connect_timeout = Duration::from_millis(300);
+    let (_f, src) = temp_map(4096, Some(1));
+    let src = region(src);
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let started = Instant::now();
+    rt.mailbox(0).unwrap().dial(target).unwrap();
+    assert_eq!(next_ev(&events), Ev::ConnectFailed(io::ErrorKind::TimedOut));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "failed by timeout, not refusal"
     );
     rt.shutdown().unwrap();
 }
