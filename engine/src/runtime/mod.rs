@@ -19,7 +19,7 @@
 //! service must stay valid as long as its per-connection state (`Service::Conn`) lives; the
 //! runtime drops that state only after the connection's last completion.
 //!
-//! Layout: [`probe`] (can io_uring be used here), `ops` (one file per opcode family),
+//! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
 //! [`mailbox`], `net` (sockets), `core` (the event loop).
 
 mod core;

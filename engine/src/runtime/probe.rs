@@ -25,8 +25,8 @@ pub enum UringUnavailable {
     /// EPERM without the sysctl: a seccomp filter (container runtime) denies the system calls.
     #[error("io_uring is blocked by a seccomp profile (EPERM from io_uring_setup; Docker's default profile does this): run with a seccomp profile that allows io_uring_setup, io_uring_enter and io_uring_register")]
     Seccomp,
-    /// The ring works but lacks an opcode the runtime submits.
-    #[error("the kernel's io_uring lacks the {opcode} operation: corvid needs Linux >= {needs}")]
+    /// The ring works but lacks an opcode (or feature) the runtime uses.
+    #[error("the kernel's io_uring lacks {opcode}: corvid needs Linux >= {needs}")]
     MissingOpcode {
         /// Name of the missing operation, e.g. `IORING_OP_SENDMSG`.
         opcode: &'static str,
@@ -65,6 +65,13 @@ pub fn probe() -> Result<(), UringUnavailable> {
             ));
         }
     };
+    if !ring.params().is_feature_ext_arg() {
+        // The core loop bounds its shutdown wait with io_uring_enter's timeout argument.
+        return Err(UringUnavailable::MissingOpcode {
+            opcode: "IORING_FEAT_EXT_ARG",
+            needs: "5.11",
+        });
+    }
     let mut probe = Probe::new();
     if let Err(err) = ring.submitter().register_probe(&mut probe) {
         // IORING_REGISTER_PROBE is 5.6; without it the kernel is too old for our opcodes anyway.

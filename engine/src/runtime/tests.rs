@@ -102,13 +102,17 @@ impl Service for Echo {
         conn.pending.clear();
         true
     }
+    /// Any message: close every connection (exercises cancelling an in-flight receive).
     fn on_mailbox(
         &mut self,
-        _: &mut CoreIo<'_, ()>,
-        _: &mut Conns<'_, EchoConn, String>,
+        io: &mut CoreIo<'_, ()>,
+        conns: &mut Conns<'_, EchoConn, String>,
         _: (),
         _: Instant,
     ) {
+        for (id, _) in conns.iter_mut() {
+            io.close(id);
+        }
     }
     fn on_closed(
         &mut self,
@@ -256,7 +260,20 @@ enum Ev {
     Received(u64),
     Closed(Direction, Closed),
     Mailbox(u32),
-    ConnectFailed,
+    ConnectFailed(io::ErrorKind),
+    Tick,
+    /// An inbound connection was taken (tests that do not care skip it via `next_ev`).
+    Accepted,
+}
+
+/// The next event other than `Accepted`.
+fn next_ev(events: &Receiver<Ev>) -> Ev {
+    loop {
+        match events.recv_timeout(WAIT).expect("event before timeout") {
+            Ev::Accepted => continue,
+            ev => return ev,
+        }
+    }
 }
 
 struct Transfer {
@@ -294,6 +311,9 @@ impl Service for Transfer {
         d: Direction,
         _: Instant,
     ) -> Option<TConn> {
+        if d == Direction::Inbound {
+            let _ = self.events.send(Ev::Accepted);
+        }
         match d {
             Direction::Inbound => Some(TConn::Recv {
                 region: self.dst.clone()?,
@@ -308,8 +328,8 @@ impl Service for Transfer {
             }),
         }
     }
-    fn on_connect_failed(&mut self, _: &mut CoreIo<'_, u32>, _: SocketAddr, _: &io::Error) {
-        let _ = self.events.send(Ev::ConnectFailed);
+    fn on_connect_failed(&mut self, _: &mut CoreIo<'_, u32>, _: SocketAddr, e: &io::Error) {
+        let _ = self.events.send(Ev::ConnectFailed(e.kind()));
     }
     fn next_recv(&mut self, conn: &mut TConn, iov: &mut RecvIovecs<'_>) -> RecvTarget {
         match conn {
@@ -417,6 +437,9 @@ impl Service for Transfer {
     ) {
         let _ = self.events.send(Ev::Mailbox(msg));
     }
+    fn on_tick(&mut self, _: &mut CoreIo<'_, u32>, _: &mut Conns<'_, TConn, String>, _: Instant) {
+        let _ = self.events.send(Ev::Tick);
+    }
     fn on_closed(
         &mut self,
         _: &mut CoreIo<'_, u32>,
@@ -466,10 +489,7 @@ fn transfer_256_mib_mapping_to_mapping() {
         .unwrap()
         .dial(rt.local_addr().unwrap())
         .unwrap();
-    assert_eq!(
-        events.recv_timeout(Duration::from_secs(120)).unwrap(),
-        Ev::Received(LEN as u64)
-    );
+    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
     let secs = started.elapsed().as_secs_f64();
     eprintln!("256 MiB in {secs:.3}s = {:.0} MiB/s", 256.0 / secs);
     rt.shutdown().unwrap();
@@ -499,6 +519,9 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     let addr = rt.local_addr().unwrap();
     // Announce 8 MiB, send 1 MiB, then reset (SO_LINGER 0 makes close send RST).
     let mut c = connect(addr);
+    // Reset only once the core holds the connection (a reset still in the accept queue is
+    // dropped silently by `getpeername` failing, which is not what this test is about).
+    assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Accepted);
     c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
     c.write_all(&pattern(1, 1 << 20)).unwrap();
     let linger = libc::linger {
@@ -519,7 +542,7 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     assert_eq!(r, 0);
     drop(c);
     assert_eq!(
-        events.recv_timeout(WAIT).unwrap(),
+        next_ev(&events),
         Ev::Closed(
             Direction::Inbound,
             Closed::Io(io::ErrorKind::ConnectionReset)
@@ -530,10 +553,10 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     let mut c = connect(addr);
     c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
     c.write_all(&data).unwrap();
-    assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Received(LEN as u64));
+    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
     drop(c);
     assert_eq!(
-        events.recv_timeout(WAIT).unwrap(),
+        next_ev(&events),
         Ev::Closed(Direction::Inbound, Closed::ByPeer)
     );
     rt.shutdown().unwrap();
@@ -562,7 +585,10 @@ fn dial_refused_reports_connect_failed() {
     })
     .unwrap();
     rt.mailbox(0).unwrap().dial(port).unwrap();
-    assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::ConnectFailed);
+    assert_eq!(
+        next_ev(&events),
+        Ev::ConnectFailed(io::ErrorKind::ConnectionRefused)
+    );
     rt.shutdown().unwrap();
 }
 
@@ -600,7 +626,193 @@ fn mailbox_wakes_a_blocked_ring() {
             std::thread::yield_now();
         }
         rt.mailbox(0).unwrap().send(round).unwrap();
-        assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Mailbox(round));
+        assert_eq!(next_ev(&events), Ev::Mailbox(round));
     }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn tick_fires_periodically() {
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    cfg.tick = Some(Duration::from_millis(5));
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: None,
+        span: 1,
+        events: tx.clone(),
+    })
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(next_ev(&events), Ev::Tick);
+    }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn refused_bytes_close_with_protocol_error() {
+    let (_df, dst) = temp_map(4096, None);
+    let dst = region(dst);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: None,
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let mut c = connect(rt.local_addr().unwrap());
+    c.write_all(&(1u64 << 40).to_be_bytes()).unwrap();
+    assert_eq!(
+        next_ev(&events),
+        Ev::Closed(
+            Direction::Inbound,
+            Closed::Other("protocol error: announced 1099511627776 bytes, room for 4096".into())
+        )
+    );
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(c.read(&mut b), Ok(0) | Err(_)),
+        "server closed the connection"
+    );
+    rt.shutdown().unwrap();
+}
+
+/// Never consumes anything: its buffer must stop growing at `max_message`.
+struct Hoarder(Sender<Closed>);
+
+impl Service for Hoarder {
+    type Conn = ();
+    type Msg = ();
+    type Error = String;
+    fn on_connected(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: SocketAddr,
+        _: Direction,
+        _: Instant,
+    ) -> Option<()> {
+        Some(())
+    }
+    fn next_recv(&mut self, _: &mut (), _: &mut RecvIovecs<'_>) -> RecvTarget {
+        RecvTarget::Buffer { max: 0 }
+    }
+    fn on_bytes(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: &mut (),
+        _: &[u8],
+        _: Instant,
+    ) -> Result<usize, String> {
+        Ok(0)
+    }
+    fn on_recv_done(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: ConnId,
+        _: &mut (),
+        _: Instant,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+        false
+    }
+    fn on_mailbox(
+        &mut self,
+        _: &mut CoreIo<'_, ()>,
+        _: &mut Conns<'_, (), String>,
+        _: (),
+        _: Instant,
+    ) {
+    }
+    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseReason<String>) {
+        let _ = self.0.send(closed(&reason));
+    }
+}
+
+#[test]
+fn oversized_message_closes_connection() {
+    let (tx, closed_rx) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.recv_buffer = 16 * 1024;
+    cfg.max_message = 100_000;
+    let rt = Runtime::start(cfg, |_| Hoarder(tx.clone())).unwrap();
+    let mut c = connect(rt.local_addr().unwrap());
+    // The server may close while we still write: a reset here is expected.
+    let _ = c.write_all(&pattern(3, 300_000));
+    assert_eq!(
+        closed_rx.recv_timeout(WAIT).unwrap(),
+        Closed::Other("message larger than 100000 bytes".into())
+    );
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn service_closes_connections_with_receives_in_flight() {
+    let (rt, closed_rx) = echo_runtime(2);
+    let addr = rt.local_addr().unwrap();
+    let mut clients: Vec<TcpStream> = (0..6).map(|_| connect(addr)).collect();
+    for c in &mut clients {
+        c.write_all(b"y").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+    }
+    // Every connection now has a receive outstanding; ask both cores to close them all.
+    for m in rt.mailboxes() {
+        m.send(()).unwrap();
+    }
+    for _ in 0..6 {
+        assert_eq!(
+            closed_rx.recv_timeout(WAIT).unwrap(),
+            Closed::Other("closed locally".into())
+        );
+    }
+    for c in &mut clients {
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0, "client sees EOF");
+    }
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn connect_timeout_is_reported() {
+    // A listener whose accept queue is full drops further SYNs, so a dial never completes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    // SAFETY: listen(2) on a socket we own, shrinking its backlog to the minimum.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) },
+        0
+    );
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+            fillers.push(s);
+        }
+    }
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    cfg.connect_timeout = Duration::from_millis(300);
+    let (_f, src) = temp_map(4096, Some(1));
+    let src = region(src);
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let started = Instant::now();
+    rt.mailbox(0).unwrap().dial(target).unwrap();
+    assert_eq!(next_ev(&events), Ev::ConnectFailed(io::ErrorKind::TimedOut));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "failed by timeout, not refusal"
+    );
     rt.shutdown().unwrap();
 }
