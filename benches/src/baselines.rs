@@ -140,7 +140,7 @@ pub fn rsync_argv(ssh_config: &str, src: &str, dest: &str) -> Vec<String> {
 }
 
 /// One iperf3 run over loopback: a one-shot server on a free port, a client sending
-/// `size` bytes. Returns iperf3's receiver-side bits/s.
+/// `size` bytes. Returns bits/s: the payload over iperf3's measured test duration.
 pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
     let port = crate::sshd::free_port()?;
     let (tx, rx) = mpsc::channel();
@@ -188,18 +188,23 @@ pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
     )?;
     let doc =
         crate::json::parse(&f.stdout.join("\n")).map_err(|e| anyhow!("iperf3 -J output: {e}"))?;
-    let bps = doc
-        .at(&["end", "sum_received", "bits_per_second"])
-        .and_then(crate::json::Json::as_f64)
-        .context("iperf3 -J output lacks end.sum_received.bits_per_second")?;
-    let received = doc
-        .at(&["end", "sum_received", "bytes"])
-        .and_then(crate::json::Json::as_u64)
-        .unwrap_or(0);
+    let num = |path: &[&str]| doc.at(path).and_then(crate::json::Json::as_f64);
+    let sent =
+        num(&["end", "sum_sent", "bytes"]).context("iperf3 -J output lacks end.sum_sent.bytes")?;
     // iperf3 has no payload to check; the byte count is its integrity check.
-    if received < size {
-        bail!("iperf3 server received {received} of {size} bytes");
+    if sent < size as f64 {
+        bail!("iperf3 client sent {sent} of {size} bytes");
     }
+    // The receiver's byte count is snapshotted at test end and may trail the sender's
+    // by a few buffers; timing the whole payload over the longer of the two durations
+    // is the conservative reading.
+    let secs = num(&["end", "sum_received", "seconds"])
+        .unwrap_or(0.0)
+        .max(num(&["end", "sum_sent", "seconds"]).unwrap_or(0.0));
+    if !(secs > 0.0) {
+        bail!("iperf3 -J output has no test duration");
+    }
+    let bps = size as f64 * 8.0 / secs;
     // The one-shot server exits after the test; `server` is killed on drop otherwise.
     let _ = rx.recv_timeout(Duration::from_secs(5));
     Ok(bps)
