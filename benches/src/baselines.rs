@@ -201,7 +201,7 @@ pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
     let secs = num(&["end", "sum_received", "seconds"])
         .unwrap_or(0.0)
         .max(num(&["end", "sum_sent", "seconds"]).unwrap_or(0.0));
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         bail!("iperf3 -J output has no test duration");
     }
     let bps = size as f64 * 8.0 / secs;

@@ -128,8 +128,18 @@ pub struct Outcome {
     pub data_loss: Vec<String>,
 }
 
+/// /proc/loadavg when the harness started: other work on the box skews timings.
+static LOAD_AT_START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     proc::install_interrupt_handler();
+    let _ = LOAD_AT_START.set(loadavg());
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -256,6 +266,8 @@ pub fn setup_json(corvid: &Path) -> Json {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         )
         .with("mem_kib", mem_kib)
+        .with("loadavg_at_start", LOAD_AT_START.get().cloned())
+        .with("loadavg_at_end", loadavg())
         .with("ssh", tool_version("ssh", &["-V"]))
         .with("rsync", tool_version("rsync", &["--version"]))
         .with("iperf3", tool_version("iperf3", &["--version"]))

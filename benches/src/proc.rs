@@ -73,8 +73,13 @@ impl ExitInfo {
 pub struct Usage {
     pub user_s: f64,
     pub sys_s: f64,
-    /// `ru_maxrss`: peak resident set, including mapped file pages.
+    /// `ru_maxrss`: peak resident set, including mapped file pages. Linux folds in the
+    /// high-water mark of the memory the child had before exec, which for a spawned
+    /// child is a copy of (or, with vfork, is) the harness's own: a floor of a few MiB.
     pub max_rss_kib: u64,
+    /// VmHWM from the last sample: the peak RSS of the program after its last exec
+    /// (mapped file pages included); `None` when no sample was taken.
+    pub hwm_kib: Option<u64>,
     /// Peak of VmRSS minus RssFile (anonymous + shmem) over the samples taken; `None`
     /// when the child exited before the first sample.
     pub peak_anon_kib: Option<u64>,
@@ -179,7 +184,7 @@ impl Proc {
                 let (status, ru) = reap(&shared);
                 let at = Instant::now();
                 drop(stop_tx);
-                let (peak_anon_kib, last_anon_kib) = sampler.join().unwrap_or((None, None));
+                let rss = sampler.join().unwrap_or_default();
                 // Let the readers deliver the last lines (a final JSON report) before
                 // the exit event; bounded, in case a grandchild still holds the pipe.
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -193,8 +198,9 @@ impl Proc {
                     user_s: tv_secs(ru.ru_utime),
                     sys_s: tv_secs(ru.ru_stime),
                     max_rss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
-                    peak_anon_kib,
-                    last_anon_kib,
+                    hwm_kib: rss.hwm,
+                    peak_anon_kib: rss.peak_anon,
+                    last_anon_kib: rss.last_anon,
                 };
                 let exit = ExitInfo {
                     code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -310,10 +316,16 @@ fn reap(shared: &Shared) -> (libc::c_int, libc::rusage) {
     (status, ru)
 }
 
-/// Samples VmRSS - RssFile until told to stop; returns (peak, last) in KiB.
-fn sample_rss(shared: &Shared, stop: &Receiver<()>) -> (Option<u64>, Option<u64>) {
-    let mut peak: Option<u64> = None;
-    let mut last: Option<u64> = None;
+#[derive(Default)]
+struct RssSamples {
+    peak_anon: Option<u64>,
+    last_anon: Option<u64>,
+    hwm: Option<u64>,
+}
+
+/// Samples /proc/PID/status until told to stop (all figures KiB).
+fn sample_rss(shared: &Shared, stop: &Receiver<()>) -> RssSamples {
+    let mut out = RssSamples::default();
     loop {
         {
             let reaped = shared.reaped.lock().unwrap_or_else(|e| e.into_inner());
@@ -322,8 +334,11 @@ fn sample_rss(shared: &Shared, stop: &Receiver<()>) -> (Option<u64>, Option<u64>
             }
             if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", shared.pid)) {
                 if let Some(anon) = anon_kib(&text) {
-                    last = Some(anon);
-                    peak = Some(peak.map_or(anon, |p| p.max(anon)));
+                    out.last_anon = Some(anon);
+                    out.peak_anon = Some(out.peak_anon.map_or(anon, |p| p.max(anon)));
+                }
+                if let Some(h) = status_kib(&text, "VmHWM:") {
+                    out.hwm = Some(h);
                 }
             }
         }
@@ -332,22 +347,23 @@ fn sample_rss(shared: &Shared, stop: &Receiver<()>) -> (Option<u64>, Option<u64>
             _ => break,
         }
     }
-    (peak, last)
+    out
+}
+
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// VmRSS minus RssFile from a /proc/PID/status text, in KiB.
 fn anon_kib(status: &str) -> Option<u64> {
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
-    let rss = field("VmRSS:")?;
-    let file = field("RssFile:").unwrap_or(0);
+    let rss = status_kib(status, "VmRSS:")?;
+    let file = status_kib(status, "RssFile:").unwrap_or(0);
     Some(rss.saturating_sub(file))
 }
 
@@ -476,6 +492,7 @@ mod tests {
         let s = "Name:\tx\nVmHWM:\t  9000 kB\nVmRSS:\t  8000 kB\nRssAnon:\t 1000 kB\nRssFile:\t  6500 kB\n";
         assert_eq!(anon_kib(s), Some(1500));
         assert_eq!(anon_kib("Name: x\n"), None);
+        assert_eq!(status_kib(s, "VmHWM:"), Some(9000));
     }
 
     #[test]

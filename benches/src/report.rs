@@ -121,6 +121,7 @@ pub fn usage_json(u: &Usage) -> Json {
         .with("user_s", u.user_s)
         .with("sys_s", u.sys_s)
         .with("cpu_s", u.cpu_s())
+        .with("vm_hwm_kib", u.hwm_kib)
         .with("max_rss_kib", u.max_rss_kib)
         .with("peak_anon_rss_kib", u.peak_anon_kib)
         .with("last_anon_rss_kib", u.last_anon_kib)
@@ -239,23 +240,25 @@ pub fn process_lines(m: &MethodResult) -> Vec<String> {
         return out;
     }
     out.push(format!(
-        "    {:<14} {:<6} {:>9} {:>9} {:>12} {:>14}",
-        "process", "host", "user s", "sys s", "peak RSS", "peak anon RSS"
+        "    {:<14} {:<8} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "process", "host", "user s", "sys s", "VmHWM", "peak anon", "ru_maxrss"
     ));
     for p in &r.procs {
         out.push(format!(
-            "    {:<14} {:<6} {:>9.2} {:>9.2} {:>12} {:>14}",
+            "    {:<14} {:<8} {:>8.2} {:>8.2} {:>12} {:>12} {:>12}",
             p.role,
             p.host,
             p.usage.user_s,
             p.usage.sys_s,
+            fmt_opt_kib(p.usage.hwm_kib),
+            fmt_opt_kib(p.usage.peak_anon_kib),
             fmt_kib(p.usage.max_rss_kib),
-            fmt_opt_kib(p.usage.peak_anon_kib)
         ));
     }
     out.push(
-        "    (peak RSS is wait4's ru_maxrss and counts mapped payload pages; peak anon RSS is \
-         VmRSS - RssFile sampled every 100 ms)"
+        "    (CPU and ru_maxrss from wait4; VmHWM = peak RSS incl. mapped payload pages and peak \
+         anon = VmRSS - RssFile, both sampled from /proc every 100 ms; ru_maxrss has the \
+         harness's own RSS as a floor)"
             .to_string(),
     );
     out

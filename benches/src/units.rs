@@ -69,7 +69,7 @@ pub fn parse_rate(s: &str) -> Result<Option<Rate>> {
         other => bail!("rate {s:?}: unknown unit {other:?} (use kbit, mbit, gbit, or none)"),
     };
     let bits = num * mult;
-    if !(bits >= 8000.0) {
+    if bits.is_nan() || bits < 8000.0 {
         bail!("rate {s:?}: must be at least 8kbit");
     }
     Ok(Some(Rate {
@@ -119,7 +119,7 @@ pub fn fmt_bytes(b: u64) -> String {
 /// A compact size for file names and labels: `1GiB`, `256MiB`, or bytes when not exact.
 pub fn short_size(b: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if b >= 1 << shift && b % (1 << shift) == 0 {
+        if b >= 1 << shift && b & ((1 << shift) - 1) == 0 {
             return format!("{}{unit}", b >> shift);
         }
     }
