@@ -194,6 +194,11 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
             c.runs
         ),
         &bars,
+        &results
+            .iter()
+            .filter(|m| matches!(m.outcome, Outcome::Failed { .. }))
+            .map(|m| m.method.clone())
+            .collect::<Vec<_>>(),
     );
     crate::write_outputs(&out_dir, &doc, &chart)?;
     Ok(outcome_of(&results))

@@ -123,9 +123,12 @@ pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> Stri
         .flat_map(|s| s.points.iter().map(|p| p.0))
         .chain(bound.iter().map(|b| b.0))
         .collect();
-    let xmin = xs.iter().cloned().fold(f64::INFINITY, f64::min).min(0.0);
+    let xmin = 0.0;
     let xmax_raw = xs.iter().cloned().fold(0.0, f64::max);
-    let (xmax, xstep) = nice_axis(xmax_raw.max(1.0));
+    // Fleet sizes are whole hosts: integer ticks, and room to the right of the last point.
+    let (_, xstep) = nice_axis(xmax_raw.max(1.0) * 1.1);
+    let xstep = xstep.ceil().max(1.0);
+    let xmax = (xmax_raw.max(1.0) * 1.1 / xstep).ceil() * xstep;
     let ymax_raw = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.3))
@@ -210,7 +213,12 @@ pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> Stri
                 x = sx(p.0)
             );
         }
-        items.push((s.label.clone(), color.to_string(), false));
+        let label = if s.points.is_empty() {
+            format!("{} (failed)", s.label)
+        } else {
+            s.label.clone()
+        };
+        items.push((label, color.to_string(), false));
     }
     legend(&mut out, &items);
     out.push_str("</svg>\n");
@@ -218,7 +226,8 @@ pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> Stri
 }
 
 /// Median throughput per method (bars) with min–max whiskers, in MB/s.
-pub fn link_chart(title: &str, bars: &[(String, f64, f64, f64)]) -> String {
+/// Methods in `failed` are listed in the legend without a bar.
+pub fn link_chart(title: &str, bars: &[(String, f64, f64, f64)], failed: &[String]) -> String {
     let mut out = String::new();
     header(&mut out, title);
     let ymax_raw = bars.iter().map(|b| b.3).fold(0.0, f64::max);
@@ -251,6 +260,9 @@ pub fn link_chart(title: &str, bars: &[(String, f64, f64, f64)]) -> String {
             esc(label)
         );
         items.push((format!("{label} {med:.0} MB/s"), color.to_string(), false));
+    }
+    for f in failed {
+        items.push((format!("{f} (failed)"), "#bbb".to_string(), true));
     }
     let _ = writeln!(
         out,
@@ -297,7 +309,12 @@ mod tests {
 
     #[test]
     fn link_chart_has_bars() {
-        let s = link_chart("link", &[("scp".into(), 300.0, 280.0, 320.0)]);
+        let s = link_chart(
+            "link",
+            &[("scp".into(), 300.0, 280.0, 320.0)],
+            &["corvid".to_string()],
+        );
+        assert!(s.contains("corvid (failed)"));
         assert!(s.contains("<rect x="));
         assert!(s.contains("scp 300 MB/s"));
         assert!(!s.contains("NaN"));
