@@ -305,6 +305,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
     }
 
     let mut per_n: Vec<(usize, Vec<MethodResult>)> = Vec::new();
+    let mut summary = String::new();
     for &n in &a.peers {
         let n = usize::from(n);
         println!("== fleet of {n} receivers (h1..h{n}) + source h0: building");
@@ -361,16 +362,17 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             });
         }
         drop(fleet);
-        println!();
-        println!(
-            "fleet N={n}: {} per host, rate {}, bound S/C {}",
+        let table = format!(
+            "fleet N={n}: {} per host, rate {}, bound S/C {}\n{}\n",
             fmt_bytes(c.size),
             rate.as_ref()
                 .map_or("unshaped".to_string(), |r| r.tc.clone()),
-            bound_s.map_or("-".to_string(), |b| format!("{b:.3}s"))
+            bound_s.map_or("-".to_string(), |b| format!("{b:.3}s")),
+            report::fleet_table(n, &results, bound_s)
         );
-        print!("{}", report::fleet_table(n, &results, bound_s));
         println!();
+        print!("{table}");
+        summary.push_str(&table);
         per_n.push((n, results));
     }
 
@@ -412,6 +414,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
                 "seconds: from starting the transfer(s) until the last receiver had the payload (per host: its own completion); SHA-1 checked on every host afterwards",
                 "bound_s = S/C: every receiver must take S bytes through its own link of rate C; header overhead makes it unreachable by a few percent",
                 "corvid: make and seeder start-up (make_s, seed_ready_s) are not in seconds; a host completes at its done report",
+                "all hosts share this machine's CPUs: every ssh cipher, rsync checksum and corvid hash of the whole fleet runs on the same cores (setup.cpus), so CPU-heavy methods are slower here than on a real fleet",
                 "max_rss_kib counts mapped payload pages; peak_anon_rss_kib is VmRSS - RssFile sampled every 100 ms; processes run via scripts/fleet exec, so a few KiB of its shell are included",
             ],
         );
@@ -442,7 +445,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
         &series,
         &bound,
     );
-    crate::write_outputs(&out_dir, &doc, &chart)?;
+    crate::write_outputs(&out_dir, &doc, &chart, &summary)?;
     let all: Vec<MethodResult> = per_n.into_iter().flat_map(|(_, ms)| ms).collect();
     Ok(crate::link::outcome_of(&all))
 }

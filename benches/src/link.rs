@@ -133,13 +133,14 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
     }
     drop(ssh);
 
-    println!();
-    println!(
-        "link results: {} over loopback, {} run(s) each",
+    let summary = format!(
+        "link results: {} over loopback, {} run(s) each\n{}",
         fmt_bytes(c.size),
-        c.runs
+        c.runs,
+        report::link_table(&results, c.size)
     );
-    print!("{}", report::link_table(&results, c.size));
+    println!();
+    print!("{summary}");
 
     let iperf_med = results
         .iter()
@@ -200,7 +201,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
             .map(|m| m.method.clone())
             .collect::<Vec<_>>(),
     );
-    crate::write_outputs(&out_dir, &doc, &chart)?;
+    crate::write_outputs(&out_dir, &doc, &chart, &summary)?;
     Ok(outcome_of(&results))
 }
 

@@ -278,14 +278,16 @@ pub fn setup_json(corvid: &Path) -> Json {
         .with("corvid_bench", env!("CARGO_PKG_VERSION"))
 }
 
-/// Writes results.json and chart.svg into `dir`.
-pub fn write_outputs(dir: &Path, results: &Json, chart: &str) -> Result<()> {
+/// Writes results.json, chart.svg and the terminal table (summary.txt) into `dir`.
+pub fn write_outputs(dir: &Path, results: &Json, chart: &str, summary: &str) -> Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let rj = dir.join("results.json");
     std::fs::write(&rj, results.pretty()).with_context(|| format!("writing {}", rj.display()))?;
     let cs = dir.join("chart.svg");
     std::fs::write(&cs, chart).with_context(|| format!("writing {}", cs.display()))?;
+    let st = dir.join("summary.txt");
+    std::fs::write(&st, summary).with_context(|| format!("writing {}", st.display()))?;
     println!("wrote {} and {}", rj.display(), cs.display());
     Ok(())
 }

@@ -354,6 +354,15 @@ pub fn fleet_table(n: usize, methods: &[MethodResult], bound_s: Option<f64>) -> 
                     quantile_sorted(&hosts, 0.5),
                     quantile_sorted(&hosts, 0.9),
                 ));
+                // The whole per-host CDF of the median run, fastest host first.
+                out.push_str(&format!(
+                    "    hosts done at (s): {}\n",
+                    hosts
+                        .iter()
+                        .map(|s| format!("{s:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
                 if let Some(l) = corvid_line(m) {
                     out.push_str(&l);
                     out.push('\n');

@@ -128,6 +128,8 @@ fn fleet_of_three_with_scp_and_rsync() {
         assert!(results.contains(&format!("\"host\": \"{h}\"")), "{results}");
     }
     assert!(chart.contains("bound S/C"));
+    let summary = std::fs::read_to_string(out_dir.join("summary.txt")).expect("summary.txt");
+    assert!(summary.contains("hosts done at (s):"), "{summary}");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("SHA-1 verified on all 3 hosts"), "{stdout}");
     std::fs::remove_dir_all(&tmp).unwrap();
