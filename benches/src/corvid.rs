@@ -142,6 +142,16 @@ pub fn parse_listening(line: &str) -> Option<(String, String)> {
     Some((peer, tracker))
 }
 
+/// `--linger` as the contract spells it (`0s`, `30s`), milliseconds only when needed.
+fn linger_arg(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 pub struct PeerSpec {
     pub host: String,
     pub runner: Runner,
@@ -242,7 +252,7 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
             "--listen".into(),
             p.listen.clone(),
             "--linger".into(),
-            format!("{}ms", s.linger.as_millis()),
+            linger_arg(s.linger),
             "--json".into(),
         ];
         peers.push(Proc::spawn(
@@ -374,6 +384,13 @@ mod tests {
         assert!(parse_done(r#"{"event":"progress"}"#).unwrap().is_none());
         assert!(parse_done("not json").unwrap().is_none());
         assert!(parse_done(r#"{"event":"done","report":{"bytes_down":"x"}}"#).is_err());
+    }
+
+    #[test]
+    fn linger_spelling() {
+        assert_eq!(linger_arg(Duration::ZERO), "0s");
+        assert_eq!(linger_arg(Duration::from_secs(30)), "30s");
+        assert_eq!(linger_arg(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]

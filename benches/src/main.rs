@@ -9,6 +9,15 @@
 //!
 //! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
 //! reported.
+//!
+//! To rerun the measurements kept under `benches/runs/` (as root, from the repository
+//! root; scripts/test-deps installs iperf3, openssh and rsync):
+//!
+//! ```text
+//! cargo build --release -p corvid -p corvid-bench
+//! target/release/corvid-bench link --size 1GiB --runs 3
+//! target/release/corvid-bench fleet --peers 4,8,16 --rate 1gbit --size 256MiB
+//! ```
 
 mod baselines;
 mod corvid;
@@ -30,7 +39,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const EXIT_CODES: &str = "Exit codes:
+const EXIT_CODES: &str = "Rerun the kept measurements (as root, from the repository root):
+  cargo build --release -p corvid -p corvid-bench
+  target/release/corvid-bench link --size 1GiB --runs 3
+  target/release/corvid-bench fleet --peers 4,8,16 --rate 1gbit --size 256MiB
+Results go to benches/runs/<date>-<hostname>/<scenario>-<time>/ unless --out is given.
+
+Exit codes:
   0  every method ran and every receiver's data verified
   1  a method failed to run (its reason is in the table and results.json)
   2  usage error
