@@ -265,7 +265,7 @@ fn spawn_reader<R: Read + Send + 'static>(
             }
             let at = Instant::now();
             let text = String::from_utf8_lossy(&buf).trim_end().to_string();
-            if stream == Stream::Err {
+            if stream == Stream::Err && !text.trim().is_empty() {
                 let mut tail = shared.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();

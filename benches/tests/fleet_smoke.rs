@@ -7,7 +7,8 @@
 //! contract (a shell script that copies the file; it is not corvid and measures nothing
 //! about corvid): it proves the seeder readiness, `done`-report parsing, per-process
 //! usage and teardown work, and that corrupted data fails the run loudly (exit code 3,
-//! naming host and method).
+//! naming host and method). One test also runs the `link` scenario through every
+//! method, as it shares the root requirement (a private sshd) and the test double.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -294,6 +295,49 @@ fn missing_corvid_is_reported_and_others_continue() {
     assert!(
         results.contains("\"status\": \"ok\""),
         "rsync should still run: {results}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// The `link` scenario through every method once (corvid via the test double), small
+/// payload: private sshd started and killed, iperf3 parsed, copies verified.
+#[test]
+fn link_scenario_runs_every_method() {
+    require_root();
+    let tmp = scratch("link");
+    let out_dir = tmp.join("out");
+    let data = tmp.join("data");
+    let fake = fake_corvid(&tmp);
+    let o = Command::new(env!("CARGO_BIN_EXE_corvid-bench"))
+        .args(["link", "--size", "2MiB", "--runs", "1", "--corvid"])
+        .arg(&fake)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let results = std::fs::read_to_string(out_dir.join("results.json")).unwrap();
+    for m in ["iperf3", "scp", "scp-gcm", "rsync", "corvid"] {
+        assert!(
+            results.contains(&format!("\"method\": \"{m}\"")),
+            "{results}"
+        );
+    }
+    assert!(!results.contains("\"status\": \"failed\""), "{results}");
+    assert!(results.contains("\"fraction_of_iperf3\""), "{results}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let pid: i32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("link: private sshd pid "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("sshd pid line");
+    // The private sshd is gone (killed by PID and reaped) once the harness exits.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "sshd {pid} still running"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
