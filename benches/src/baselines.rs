@@ -3,6 +3,7 @@
 //! ssh. Also the batch runner both scenarios use to run a set of commands one after
 //! another or all at once and time each one's completion.
 
+use crate::corvid::Runner;
 use crate::proc::{self, Proc, ProcEvent, Stream, Usage};
 use anyhow::{anyhow, bail, Context, Result};
 use std::process::Command;
@@ -143,19 +144,40 @@ pub fn rsync_argv(ssh_config: &str, src: &str, dest: &str) -> Vec<String> {
 /// `size` bytes. Returns bits/s: the payload over iperf3's measured test duration.
 pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
     let port = crate::sshd::free_port()?;
+    iperf3_between(
+        &Runner::Local,
+        &Runner::Local,
+        "127.0.0.1",
+        port,
+        size,
+        timeout,
+    )
+}
+
+/// One iperf3 run from `client` to a one-shot server run by `server` on `addr:port`.
+pub fn iperf3_between(
+    server: &Runner,
+    client: &Runner,
+    addr: &str,
+    port: u16,
+    size: u64,
+    timeout: Duration,
+) -> Result<f64> {
+    let port = port.to_string();
     let (tx, rx) = mpsc::channel();
     // --forceflush: iperf3 block-buffers stdout into a pipe; the readiness line must
     // arrive when it is printed.
     let server = Proc::spawn(
         "iperf3 server",
-        Command::new("iperf3").args([
+        &mut server.command(&[
+            "iperf3",
             "-s",
             "-1",
             "--forceflush",
             "-B",
-            "127.0.0.1",
+            addr,
             "-p",
-            &port.to_string(),
+            &port,
         ]),
         0,
         tx,
@@ -175,11 +197,12 @@ pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
     }
     let f = proc::run_ok(
         "iperf3 client",
-        Command::new("iperf3").args([
+        &mut client.command(&[
+            "iperf3",
             "-c",
-            "127.0.0.1",
+            addr,
             "-p",
-            &port.to_string(),
+            &port,
             "-n",
             &size.to_string(),
             "-J",

@@ -306,10 +306,34 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
 
     let mut per_n: Vec<(usize, Vec<MethodResult>)> = Vec::new();
     let mut summary = String::new();
+    let mut link_checks: Vec<std::result::Result<f64, String>> = Vec::new();
     for &n in &a.peers {
         let n = usize::from(n);
         println!("== fleet of {n} receivers (h1..h{n}) + source h0: building");
         let fleet = Fleet::up(&script, &name, n, rate.as_ref())?;
+        // What one shaped link actually carries (TCP payload), next to the rate the
+        // bound assumes; a failure here is reported, not fatal.
+        let check_bytes = c.size.min(128 << 20);
+        let link_check = baselines::iperf3_between(
+            &fleet.runner(1),
+            &fleet.runner(0),
+            &fleet.addrs[1],
+            5201,
+            check_bytes,
+            Duration::from_secs(120),
+        );
+        let check_line = match &link_check {
+            Ok(bps) => format!(
+                "link check N={n}: iperf3 h0 -> h1 carried {:.0} Mbit/s ({}; shaped rate {})\n",
+                bps / 1e6,
+                fmt_bytes(check_bytes),
+                rate.as_ref().map_or("none".to_string(), |r| r.tc.clone())
+            ),
+            Err(e) => format!("link check N={n}: iperf3 h0 -> h1 failed: {e:#}\n"),
+        };
+        print!("  {check_line}");
+        summary.push_str(&check_line);
+        link_checks.push(link_check.map_err(|e| format!("{e:#}")));
         let link_s = bound_s.unwrap_or(c.size as f64 / 100e6);
         let timeout = c.timeout.unwrap_or_else(|| {
             Duration::from_secs_f64(60.0 + 3.0 * n as f64 * link_s + c.size as f64 / 50e6)
@@ -399,8 +423,20 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             Json::Arr(
                 per_n
                     .iter()
-                    .map(|(n, ms)| {
-                        Json::obj().with("n", *n).with("bound_s", bound_s).with(
+                    .zip(&link_checks)
+                    .map(|((n, ms), check)| {
+                        Json::obj()
+                            .with("n", *n)
+                            .with("bound_s", bound_s)
+                            .with(
+                                "link_check_iperf3_h0_h1_bits_per_sec",
+                                check.as_ref().ok().copied(),
+                            )
+                            .with(
+                                "link_check_error",
+                                check.as_ref().err().map(String::as_str),
+                            )
+                            .with(
                             "methods",
                             Json::Arr(ms.iter().map(|m| report::method_json(m, c.size, bound_s)).collect()),
                         )
