@@ -392,7 +392,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             rate.as_ref()
                 .map_or("unshaped".to_string(), |r| r.tc.clone()),
             bound_s.map_or("-".to_string(), |b| format!("{b:.3}s")),
-            report::fleet_table(n, &results, bound_s)
+            report::fleet_table(&results, bound_s)
         );
         println!();
         print!("{table}");

@@ -330,7 +330,7 @@ pub fn link_table(methods: &[MethodResult], size: u64) -> String {
 }
 
 /// The `fleet` table for one fleet size.
-pub fn fleet_table(n: usize, methods: &[MethodResult], bound_s: Option<f64>) -> String {
+pub fn fleet_table(methods: &[MethodResult], bound_s: Option<f64>) -> String {
     let mut out = format!(
         "{:<8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
         "method", "median s", "min s", "max s", "x S/C", "host p10", "host p50", "host p90"
@@ -383,7 +383,6 @@ pub fn fleet_table(n: usize, methods: &[MethodResult], bound_s: Option<f64>) -> 
             _ => {}
         }
     }
-    let _ = n;
     out
 }
 
@@ -433,7 +432,7 @@ mod tests {
         let t = link_table(&ms, 1 << 30);
         assert!(t.contains("25%"), "{t}");
         assert!(t.contains("FAILED: corvid binary not found"), "{t}");
-        let f = fleet_table(2, &ms[1..2], Some(2.0));
+        let f = fleet_table(&ms[1..2], Some(2.0));
         assert!(f.contains("2.00"), "{f}");
         let j = method_json(&ms[1], 1 << 30, Some(2.0));
         assert_eq!(j.get("median_over_bound"), Some(&Json::Num(2.0)));
