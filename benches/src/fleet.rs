@@ -264,12 +264,13 @@ impl From<anyhow::Error> for RunError {
 
 pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
     let c = &a.common;
-    let methods = c.pick_methods(METHODS).map_err(anyhow::Error::msg)?;
+    let methods = c.pick_methods(METHODS)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the fleet scenario needs root (network namespaces, tc, sshd); run it as root");
     }
-    let rate = units::parse_rate(&a.rate)?;
+    let rate =
+        units::parse_rate(&a.rate).map_err(|e| crate::UsageError(format!("--rate: {e:#}")))?;
     let script = locate_script(&a.fleet_script)?;
     let name = a.fleet_name.clone().unwrap_or_else(default_fleet_name);
     if name.is_empty()
@@ -278,7 +279,9 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     {
-        bail!("--fleet-name must be 1-8 of a-z0-9, got {name:?}");
+        return Err(
+            crate::UsageError(format!("--fleet-name must be 1-8 of a-z0-9, got {name:?}")).into(),
+        );
     }
     let out_dir = c.out_dir("fleet");
     let payload = payload::ensure(&c.dir, c.size)?;

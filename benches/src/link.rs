@@ -43,7 +43,7 @@ impl From<anyhow::Error> for RunError {
 
 pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
     let c = &a.common;
-    let methods = c.pick_methods(METHODS).map_err(anyhow::Error::msg)?;
+    let methods = c.pick_methods(METHODS)?;
     let out_dir = c.out_dir("link");
     let payload = payload::ensure(&c.dir, c.size)?;
     let work = c

@@ -104,9 +104,21 @@ pub struct Common {
     pub piece_size: Option<String>,
 }
 
+/// A bad flag value found after parsing (exit code 2, like clap's own errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 impl Common {
     /// The methods to run, checked against the scenario's list (unknown names are usage errors).
-    pub fn pick_methods(&self, all: &[&str]) -> Result<Vec<String>, String> {
+    pub fn pick_methods(&self, all: &[&str]) -> Result<Vec<String>, UsageError> {
         match &self.methods {
             None => Ok(all.iter().map(|s| s.to_string()).collect()),
             Some(list) => {
@@ -114,10 +126,10 @@ impl Common {
                 for m in list {
                     let m = m.trim();
                     if !all.contains(&m) {
-                        return Err(format!(
-                            "unknown method {m:?}; this scenario has: {}",
+                        return Err(UsageError(format!(
+                            "--methods: unknown method {m:?}; this scenario has: {}",
                             all.join(",")
-                        ));
+                        )));
                     }
                     if !out.iter().any(|x: &String| x == m) {
                         out.push(m.to_string());
@@ -162,19 +174,15 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let picked = match &cli.command {
-        Cmd::Link(a) => a.common.pick_methods(link::METHODS),
-        Cmd::Fleet(a) => a.common.pick_methods(fleet::METHODS),
-    };
-    if let Err(e) = picked {
-        eprintln!("corvid-bench: --methods: {e}");
-        return ExitCode::from(2);
-    }
     let result = match cli.command {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
     };
     match result {
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("corvid-bench: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("corvid-bench: setup failed: {e:#}");
             ExitCode::from(4)
