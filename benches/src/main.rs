@@ -1,258 +1,364 @@
-//! corvid-bench: the throughput harness.
+//! corvid-bench: the throughput harness. It measures corvid against the tools people
+//! would otherwise use (scp, rsync, and iperf3 as the box's practical limit), on one
+//! machine, in one run, and writes every figure down so the run can be checked and
+//! repeated.
 //!
-//! `corvid-bench hash` measures SHA-1 piece hashing, the CPU cost behind `make`, `verify`
-//! and every downloaded piece, against baselines: the `sha1sum` program (one thread, run
-//! as a real process), the `sha1` crate on one core in-process, corvid's `HashPool`
-//! (`hash_all` over the read-only mapping) with 1 and N threads, and `corvid make` end to
-//! end as a process. The data file is generated once and cached; it is read once before
-//! measuring so every run hashes from the page cache (CPU, not disk, is measured).
+//! Scenarios are subcommands:
+//! - `link`: one sender, one receiver on loopback (see `link.rs`);
+//! - `fleet`: a simulated fleet of namespaced hosts with shaped links (see `fleet.rs`).
+//!
+//! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
+//! reported.
+//!
+//! To rerun the measurements kept under `benches/runs/` (as root, from the repository
+//! root; scripts/test-deps installs iperf3, openssh and rsync):
+//!
+//! ```text
+//! cargo build --release -p corvid -p corvid-bench
+//! target/release/corvid-bench link --size 1GiB --runs 3
+//! target/release/corvid-bench fleet --peers 4,8,16 --rate 1gbit --size 256MiB
+//! ```
 
-use std::io::{Read, Write};
+mod baselines;
+mod corvid;
+mod fleet;
+mod hash;
+mod json;
+mod link;
+mod payload;
+mod proc;
+mod report;
+mod sshd;
+mod svg;
+mod units;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use json::Json;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use corvid_engine::geometry::Lengths;
-use corvid_engine::hash::HashPool;
-use corvid_engine::metainfo::{auto_piece_length, parse_size};
-use corvid_engine::storage::{FileSpec, Storage};
-use sha1::{Digest, Sha1};
+const EXIT_CODES: &str = "Rerun the kept measurements (as root, from the repository root):
+  cargo build --release -p corvid -p corvid-bench
+  target/release/corvid-bench link --size 1GiB --runs 3
+  target/release/corvid-bench fleet --peers 4,8,16 --rate 1gbit --size 256MiB
+Results go to benches/runs/<date>-<hostname>/<scenario>-<time>/ unless --out is given.
 
-#[derive(Parser, Debug)]
-#[command(name = "corvid-bench", about = "corvid's throughput harness")]
+Exit codes:
+  0  every method ran and every receiver's data verified
+  1  a method failed to run (its reason is in the table and results.json)
+  2  usage error
+  3  DATA LOSS: a transfer finished but a receiver's bytes were wrong or missing
+  4  setup failed (payload, private sshd, fleet, output directory)
+  130 interrupted (children killed, fleet torn down)";
+
+/// corvid's throughput harness: corvid against scp, rsync and iperf3, measured in one run.
+#[derive(Parser)]
+#[command(name = "corvid-bench", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Cmd {
+    /// One sender, one receiver on loopback: iperf3, scp, rsync over a private sshd, corvid.
+    ///
+    /// Example: corvid-bench link --size 1GiB --runs 3
+    Link(link::LinkArgs),
+    /// A simulated fleet (scripts/fleet, needs root): time until every host holds the
+    /// payload, for scp and rsync fan-out from h0 and for a corvid swarm.
+    ///
+    /// Example: corvid-bench fleet --peers 4,8,16 --rate 1gbit --size 256MiB
+    Fleet(fleet::FleetArgs),
     /// SHA-1 hashing throughput: sha1sum, sha1 crate, HashPool 1/N threads, corvid make.
-    Hash(HashArgs),
+    ///
+    /// Example: corvid-bench hash --size 1GiB
+    Hash(hash::HashArgs),
 }
 
-#[derive(clap::Args, Debug)]
-struct HashArgs {
-    /// Size of the test file (1GiB, 256M, ...).
-    #[arg(long, default_value = "1GiB")]
-    size: String,
-    /// Directory for the cached test file.
+/// Flags every scenario takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// Payload size (e.g. 1GiB, 256MiB, 4MiB).
+    #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
+    pub size: u64,
+    /// Measured runs per method; the report shows median, min and max.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub runs: u64,
+    /// Where results.json and chart.svg go [default: benches/runs/<date>-<hostname>/<scenario>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Cache directory for the generated payload and scratch files.
     #[arg(long, default_value = "target/bench-data")]
-    dir: PathBuf,
-    /// Threads for the N-thread HashPool run [default: number of CPUs].
+    pub dir: PathBuf,
+    /// The corvid binary to measure.
+    #[arg(long, default_value = "target/release/corvid")]
+    pub corvid: PathBuf,
+    /// Comma-separated methods to run (default: all of the scenario's methods).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Time limit per run of one method (e.g. 300s) [default: scales with size and fleet].
+    #[arg(long, value_parser = units::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Piece size handed to `corvid make` (e.g. 256K); corvid's default if unset.
     #[arg(long)]
-    threads: Option<usize>,
-    /// Runs per measurement; the fastest is reported.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// The corvid binary for the end-to-end run [default: beside corvid-bench].
-    #[arg(long)]
-    corvid: Option<PathBuf>,
+    pub piece_size: Option<String>,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Cmd::Hash(a) => hash(a),
+/// A bad flag value found after parsing (exit code 2, like clap's own errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-/// Writes `size` pseudo-random bytes (xorshift64*, incompressible enough for hashing,
-/// cheap to make) unless a file of that size is already there.
-fn ensure_data(dir: &Path, size: u64) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let path = dir.join(format!("hash-{size}.bin"));
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() == size) {
-        println!("data: reusing {} ({size} bytes)", path.display());
-        return Ok(path);
-    }
-    println!("data: generating {} ({size} bytes)", path.display());
-    let tmp = path.with_extension("partial");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            chunk.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
+impl std::error::Error for UsageError {}
 
-/// Reads the whole file once so the measured runs hash from the page cache.
-fn warm(path: &Path) -> Result<Duration> {
-    let start = Instant::now();
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    while f.read(&mut buf)? > 0 {}
-    Ok(start.elapsed())
-}
-
-/// Fastest of `runs` timings of `f`.
-fn best(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut best = Duration::MAX;
-    for _ in 0..runs.max(1) {
-        let start = Instant::now();
-        f()?;
-        best = best.min(start.elapsed());
-    }
-    Ok(best)
-}
-
-fn hash(a: HashArgs) -> Result<()> {
-    let Some(size) = parse_size(&a.size) else {
-        bail!("--size {:?} is not a size like 1GiB or 256M", a.size);
-    };
-    if size == 0 {
-        bail!("--size must be positive");
-    }
-    let threads = a
-        .threads
-        .unwrap_or_else(corvid_engine::hash::default_threads);
-    let path = ensure_data(&a.dir, size)?;
-    let w = warm(&path)?;
-    println!(
-        "warm: read the file once into the page cache ({:.0} MB/s); all runs below hash from memory",
-        size as f64 / 1e6 / w.as_secs_f64()
-    );
-    let piece_length = auto_piece_length(size);
-    let lengths = Lengths::new(size, piece_length, size.div_ceil(piece_length))?;
-    let mut rows: Vec<(String, Duration)> = Vec::new();
-
-    // sha1sum as a real program.
-    let t = best(a.runs, || {
-        let o = Command::new("sha1sum")
-            .arg(&path)
-            .output()
-            .context("run sha1sum")?;
-        if !o.status.success() {
-            bail!("sha1sum failed: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    })?;
-    rows.push(("sha1sum (process, 1 thread)".into(), t));
-
-    // The sha1 crate on one core, reading through a 1 MiB buffer like sha1sum does.
-    let t = best(a.runs, || {
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = Sha1::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
+impl Common {
+    /// The methods to run, checked against the scenario's list (unknown names are usage errors).
+    pub fn pick_methods(&self, all: &[&str]) -> Result<Vec<String>, UsageError> {
+        match &self.methods {
+            None => Ok(all.iter().map(|s| s.to_string()).collect()),
+            Some(list) => {
+                let mut out = Vec::new();
+                for m in list {
+                    let m = m.trim();
+                    if !all.contains(&m) {
+                        return Err(UsageError(format!(
+                            "--methods: unknown method {m:?}; this scenario has: {}",
+                            all.join(",")
+                        )));
+                    }
+                    if !out.iter().any(|x: &String| x == m) {
+                        out.push(m.to_string());
+                    }
+                }
+                Ok(out)
             }
-            h.update(&buf[..n]);
         }
-        std::hint::black_box(h.finalize());
-        Ok(())
-    })?;
-    rows.push(("sha1 crate (in-process, 1 thread)".into(), t));
-
-    // HashPool over the read-only mapping.
-    let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let name = path.file_name().context("data file name")?;
-    let files = [FileSpec {
-        path: PathBuf::from(name),
-        length: size,
-    }];
-    let storage = Arc::new(Storage::open_readonly(&root, &files, lengths)?);
-    let mut counts = vec![1];
-    if threads > 1 {
-        counts.push(threads);
-    }
-    let mut reference: Option<Vec<[u8; 20]>> = None;
-    for n in counts {
-        let pool = HashPool::new(n);
-        let mut hashes = Vec::new();
-        let t = best(a.runs, || {
-            hashes = pool.hash_all(&storage, &mut |_| {});
-            Ok(())
-        })?;
-        // Thread count must not change the result.
-        match &reference {
-            None => reference = Some(hashes),
-            Some(r) if *r != hashes => bail!("HashPool with {n} threads disagrees with 1 thread"),
-            Some(_) => {}
-        }
-        rows.push((format!("corvid HashPool::hash_all ({n} threads)"), t));
     }
 
-    // corvid make end to end, as a process.
-    let corvid = match a.corvid {
-        Some(p) => p,
-        None => std::env::current_exe()?
-            .parent()
-            .context("bench binary directory")?
-            .join("corvid"),
+    pub fn out_dir(&self, scenario: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            PathBuf::from("benches/runs")
+                .join(format!("{}-{}", utc_stamp(false), hostname()))
+                .join(format!("{scenario}-{}", utc_stamp(true)))
+        })
+    }
+}
+
+/// How a scenario ended, for the exit code.
+pub struct Outcome {
+    pub failed: Vec<String>,
+    pub data_loss: Vec<String>,
+}
+
+/// /proc/loadavg when the harness started: other work on the box skews timings.
+static LOAD_AT_START: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() -> ExitCode {
+    proc::install_interrupt_handler();
+    let _ = LOAD_AT_START.set(loadavg());
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
     };
-    if corvid.is_file() {
-        let out_dir = tempfile_dir(&a.dir)?;
-        let out = out_dir.join("bench.torrent");
-        let t = best(a.runs, || {
-            let o = Command::new(&corvid)
-                .arg("make")
-                .arg(&path)
-                .arg("-o")
-                .arg(&out)
-                .arg("--force")
-                .arg("--threads")
-                .arg(threads.to_string())
-                .output()
-                .context("run corvid make")?;
-            if !o.status.success() {
-                bail!("corvid make failed: {}", String::from_utf8_lossy(&o.stderr));
+    let result = match cli.command {
+        Cmd::Link(a) => link::run(a),
+        Cmd::Fleet(a) => fleet::run(a),
+        Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
+            failed: Vec::new(),
+            data_loss: Vec::new(),
+        }),
+    };
+    match result {
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("corvid-bench: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("corvid-bench: setup failed: {e:#}");
+            ExitCode::from(4)
+        }
+        Ok(o) if !o.data_loss.is_empty() => {
+            eprintln!();
+            for d in &o.data_loss {
+                eprintln!("corvid-bench: DATA LOSS: {d}");
             }
-            Ok(())
-        })?;
-        rows.push((format!("corvid make (process, {threads} threads)"), t));
-        let _ = std::fs::remove_dir_all(&out_dir);
-    } else {
-        println!(
-            "note: {} not found (build it: cargo build --release -p corvid); skipping `corvid make`",
-            corvid.display()
-        );
+            ExitCode::from(3)
+        }
+        Ok(o) if !o.failed.is_empty() => {
+            for f in &o.failed {
+                eprintln!("corvid-bench: method failed: {f}");
+            }
+            ExitCode::from(1)
+        }
+        Ok(_) => ExitCode::SUCCESS,
     }
+}
 
-    let base = rows[0].1.as_secs_f64();
-    println!(
-        "\nSHA-1 over {} bytes ({} pieces of {} KiB), best of {} runs, page cache warm:",
-        size,
-        lengths.piece_count(),
-        piece_length / 1024,
-        a.runs
-    );
-    println!(
-        "{:<42} {:>9} {:>10} {:>12}",
-        "method", "seconds", "MB/s", "vs sha1sum"
-    );
-    for (name, t) in &rows {
-        let s = t.as_secs_f64();
-        println!(
-            "{:<42} {:>9.3} {:>10.0} {:>11.2}x",
-            name,
-            s,
-            size as f64 / 1e6 / s,
-            base / s
-        );
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .unwrap_or_else(|| "host".to_string())
+}
+
+/// UTC `YYYY-MM-DD`, or `HHMMSS` when `time` is set.
+pub fn utc_stamp(time: bool) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if time {
+        let s = secs % 86_400;
+        return format!("{:02}{:02}{:02}", s / 3600, s / 60 % 60, s % 60);
     }
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 to a Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// First line of a tool's version output (for results.json's setup record).
+fn tool_version(cmd: &str, args: &[&str]) -> Json {
+    let out = std::process::Command::new(cmd).args(args).output();
+    match out {
+        Ok(o) => {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .into()
+        }
+        Err(_) => Json::Null,
+    }
+}
+
+/// Machine and tool versions, so a results.json can be traced to its setup.
+pub fn setup_json(corvid: &Path) -> Json {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    });
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    Json::obj()
+        .with(
+            "date_utc",
+            format!("{} {}", utc_stamp(false), utc_stamp(true)),
+        )
+        .with("hostname", hostname())
+        .with("command", std::env::args().collect::<Vec<_>>().join(" "))
+        .with("kernel", tool_version("uname", &["-r"]))
+        .with("cpu", cpu)
+        .with(
+            "cpus",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+        )
+        .with("mem_kib", mem_kib)
+        .with("loadavg_at_start", LOAD_AT_START.get().cloned())
+        .with("loadavg_at_end", loadavg())
+        .with("ssh", tool_version("ssh", &["-V"]))
+        .with("rsync", tool_version("rsync", &["--version"]))
+        .with("iperf3", tool_version("iperf3", &["--version"]))
+        .with(
+            "corvid",
+            tool_version(&corvid.display().to_string(), &["--version"]),
+        )
+        .with("corvid_bench", env!("CARGO_PKG_VERSION"))
+}
+
+/// Writes results.json, chart.svg and the terminal table (summary.txt) into `dir`.
+pub fn write_outputs(dir: &Path, results: &Json, chart: &str, summary: &str) -> Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rj = dir.join("results.json");
+    std::fs::write(&rj, results.pretty()).with_context(|| format!("writing {}", rj.display()))?;
+    let cs = dir.join("chart.svg");
+    std::fs::write(&cs, chart).with_context(|| format!("writing {}", cs.display()))?;
+    let st = dir.join("summary.txt");
+    std::fs::write(&st, summary).with_context(|| format!("writing {}", st.display()))?;
+    println!("wrote {} and {}", rj.display(), cs.display());
     Ok(())
 }
 
-/// A fresh scratch directory under `dir` for the end-to-end run's output.
-fn tempfile_dir(dir: &Path) -> Result<PathBuf> {
-    let d = dir.join(format!("make-out-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 5));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn cli_parses_and_checks_methods() {
+        let cli = Cli::try_parse_from([
+            "corvid-bench",
+            "fleet",
+            "--peers",
+            "2,4",
+            "--size",
+            "32MiB",
+            "--methods",
+            "scp-par,rsync",
+        ])
+        .unwrap();
+        let Cmd::Fleet(a) = cli.command else {
+            panic!("not fleet")
+        };
+        assert_eq!(a.peers, vec![2, 4]);
+        assert_eq!(a.common.size, 32 << 20);
+        assert_eq!(
+            a.common
+                .pick_methods(&["scp-seq", "scp-par", "rsync"])
+                .unwrap(),
+            vec!["scp-par", "rsync"]
+        );
+        assert!(a.common.pick_methods(&["scp-seq"]).is_err());
+        assert!(Cli::try_parse_from(["corvid-bench", "link", "--size", "12XB"]).is_err());
+        assert!(Cli::try_parse_from(["corvid-bench", "link", "--runs", "0"]).is_err());
+    }
 }
