@@ -783,11 +783,10 @@ fn connect_timeout_is_reported() {
     // A listener whose accept queue is full drops further SYNs, so a dial never completes.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     // SAFETY: listen(2) on a socket we own, shrinking its backlog to the minimum.
-    assert_eq!(
-        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) },
-        0
-    );
+    let rc = unsafe { libc::listen(fd, 0) };
+    assert_eq!(rc, 0);
     let mut fillers = Vec::new();
     for _ in 0..4 {
         if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
