@@ -114,17 +114,22 @@ pub fn parse_done(line: &str) -> Result<Option<PeerReport>> {
             .and_then(Json::as_u64)
             .ok_or_else(|| anyhow!("done report lacks a numeric {k:?}: {line}"))
     };
-    // Part of the contract even though the harness times peers itself.
-    num("duration_ms")?;
     Ok(Some(PeerReport {
         bytes_down: num("bytes_down")?,
         bytes_up: num("bytes_up")?,
-        from_seeder: num("from_seeder")?,
-        from_peers: num("from_peers")?,
+        from_seeder: num("bytes_from_seeder")?,
+        from_peers: num("bytes_from_peers")?,
         p50_us: r.at(&["piece_latency_us", "p50"]).and_then(Json::as_f64),
         p99_us: r.at(&["piece_latency_us", "p99"]).and_then(Json::as_f64),
         raw: r.clone(),
     }))
+}
+
+/// Whether a stdout line is the peer's `complete` event (every piece verified).
+pub fn is_complete_event(line: &str) -> bool {
+    json::parse(line)
+        .ok()
+        .is_some_and(|v| v.get("event").and_then(Json::as_str) == Some("complete"))
 }
 
 /// The seeder's `listening` event: (peer_addr, tracker_addr).
@@ -264,12 +269,14 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
     }
     let n = peers.len();
     let mut done_at: Vec<Option<(f64, PeerReport)>> = vec![None; n];
+    let mut complete_at: Vec<Option<f64>> = vec![None; n];
     let mut exits: Vec<Option<(f64, ExitInfo)>> = vec![None; n];
     let deadline = t0 + s.timeout;
     let mut terminated = false;
     while exits.iter().any(Option::is_none) {
-        // Once every peer has reported done, lingering ones are told to stop.
-        if !terminated && done_at.iter().all(Option::is_some) {
+        // Once every peer holds the payload verified, lingering ones are told to stop
+        // (they then print their `done` report and exit).
+        if !terminated && complete_at.iter().all(Option::is_some) {
             for p in &peers {
                 p.signal(libc::SIGTERM);
             }
@@ -283,10 +290,17 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
                 at,
                 text,
             }) if idx >= 1 => {
+                // The peer's completion time is when it says every piece is verified
+                // (`complete`), not when it exits after lingering and flushing.
+                if is_complete_event(&text) && complete_at[idx - 1].is_none() {
+                    complete_at[idx - 1] = Some(at.duration_since(t0).as_secs_f64());
+                }
                 if let Some(report) = parse_done(&text)
                     .with_context(|| format!("corvid peer on {}", s.peers[idx - 1].host))?
                 {
-                    done_at[idx - 1] = Some((at.duration_since(t0).as_secs_f64(), report));
+                    let t = complete_at[idx - 1].unwrap_or(at.duration_since(t0).as_secs_f64());
+                    complete_at[idx - 1].get_or_insert(t);
+                    done_at[idx - 1] = Some((t, report));
                 }
             }
             Ok(ProcEvent::Line { .. }) => {}
@@ -375,7 +389,7 @@ mod tests {
     #[test]
     fn done_report_is_parsed_and_checked() {
         let r = parse_done(
-            r#"{"event":"done","report":{"bytes_down":10,"bytes_up":4,"from_seeder":6,"from_peers":4,"duration_ms":12,"piece_latency_us":{"p50":100,"p99":900,"max":1000}}}"#,
+            r#"{"event":"done","report":{"bytes_down":10,"bytes_up":4,"bytes_from_seeder":6,"bytes_from_peers":4,"elapsed_s":0.012,"piece_latency_us":{"p50":100,"p99":900,"max":1000}}}"#,
         )
         .unwrap()
         .unwrap();

@@ -599,11 +599,13 @@ fn control_loop(
             }));
         }
         if cfg.mode == Mode::Download && is_complete && complete_at.is_none() {
-            shared.storage.flush()?;
+            // Every piece is verified (in the page cache, like any copy tool's result);
+            // the msync that makes it durable follows, and `run` returns only after it.
             complete_at = Some(now);
             on_event(&NodeEvent::Complete {
                 elapsed: start.elapsed(),
             });
+            shared.storage.flush()?;
         }
         if stop.is_stopped() {
             if cfg.mode == Mode::Download && !is_complete {
