@@ -326,6 +326,8 @@ fn release_mask(swarm: &mut Swarm, key: ReqKey, mask: u64) -> u64 {
 pub struct PeerStats {
     pub uploaded: u64,
     pub downloaded: u64,
+    /// `request` messages sent (one may cover several 16 KiB blocks).
+    pub requests: u64,
 }
 
 /// One connection; see the module docs.
@@ -1159,6 +1161,7 @@ impl PeerConn {
                     o.copies = o.copies.saturating_add(1);
                     o.sent = now;
                     self.inflight += u64::from(len);
+                    self.stats.requests += 1;
                     Message::Request {
                         index: first.piece.get(),
                         begin: first.offset,
