@@ -12,7 +12,20 @@
 //! storage (or to drop them, for a duplicate), then call [`PeerConn::handle_payload_done`];
 //! to upload, [`PeerConn::poll_transmit`] returns [`Transmit::Block`] with the 13-byte header
 //! and the block to send straight from the mapping. Nothing on the block path allocates:
-//! the request queues are `VecDeque`s that reach their working size once.
+//! the request map and queues reach their working size once.
+//!
+//! Request size: the swarm accounts in 16 KiB blocks (picker, end-game, ownership,
+//! strikes), but per-message cost is per request, so to a corvid peer (extension handshake
+//! `v` starting with "corvid") we coalesce picked blocks that follow each other in a piece
+//! into one request of up to [`PeerConfig::request_size_corvid`] (128 KiB, never more than
+//! the remote's advertised `corvid_max_request`). Stock clients, end-game duplicates and a
+//! snubbed peer's single block stay at 16 KiB. An outstanding request covers one or more
+//! swarm blocks (a live-block mask, so end-game can give back single blocks of it); its
+//! `piece` message begins every covered block at once and is received as the fewest runs
+//! of blocks with the same verdict, one [`Event::ReceivePayload`] each, in order: a single
+//! run (one receive straight into the mapping) unless an end-game race took some blocks.
+//! Outstanding requests are a hash map keyed by the wire triple, so a `piece` header costs
+//! one lookup however deep the pipeline.
 //!
 //! Pipelining: BitTorrent has no flow control besides how many requests are outstanding, so
 //! the bytes in flight per peer must cover rate x RTT. The target is `rate x pipeline_time`
@@ -32,7 +45,8 @@
 //! 2. Bytes received: `handle_bytes(buf)`, drop the consumed prefix, then drain
 //!    `poll_event`. On `ReceivePayload { block, discard }`, move `block.len` bytes (those
 //!    already buffered first, the rest received straight into the mapping, or into a
-//!    scratch buffer if `discard`), call `handle_payload_done`, and go on with
+//!    scratch buffer if `discard`), call `handle_payload_done`, then drain `poll_event`
+//!    again: a big `piece` message may announce its next run; otherwise go on with
 //!    `handle_bytes` on whatever follows. On `PieceComplete`, send the piece to the hasher
 //!    and later call `Swarm::handle_verdict`, then poll all connections.
 //! 3. Whenever the socket can take more: `poll_transmit(out)` until it returns `None`;
