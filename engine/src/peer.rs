@@ -12,7 +12,20 @@
 //! storage (or to drop them, for a duplicate), then call [`PeerConn::handle_payload_done`];
 //! to upload, [`PeerConn::poll_transmit`] returns [`Transmit::Block`] with the 13-byte header
 //! and the block to send straight from the mapping. Nothing on the block path allocates:
-//! the request queues are `VecDeque`s that reach their working size once.
+//! the request map and queues reach their working size once.
+//!
+//! Request size: the swarm accounts in 16 KiB blocks (picker, end-game, ownership,
+//! strikes), but per-message cost is per request, so to a corvid peer (extension handshake
+//! `v` starting with "corvid") we coalesce picked blocks that follow each other in a piece
+//! into one request of up to [`PeerConfig::request_size_corvid`] (128 KiB, never more than
+//! the remote's advertised `corvid_max_request`). Stock clients, end-game duplicates and a
+//! snubbed peer's single block stay at 16 KiB. An outstanding request covers one or more
+//! swarm blocks (a live-block mask, so end-game can give back single blocks of it); its
+//! `piece` message begins every covered block at once and is received as the fewest runs
+//! of blocks with the same verdict, one [`Event::ReceivePayload`] each, in order: a single
+//! run (one receive straight into the mapping) unless an end-game race took some blocks.
+//! Outstanding requests are a hash map keyed by the wire triple, so a `piece` header costs
+//! one lookup however deep the pipeline.
 //!
 //! Pipelining: BitTorrent has no flow control besides how many requests are outstanding, so
 //! the bytes in flight per peer must cover rate x RTT. The target is `rate x pipeline_time`
@@ -32,7 +45,8 @@
 //! 2. Bytes received: `handle_bytes(buf)`, drop the consumed prefix, then drain
 //!    `poll_event`. On `ReceivePayload { block, discard }`, move `block.len` bytes (those
 //!    already buffered first, the rest received straight into the mapping, or into a
-//!    scratch buffer if `discard`), call `handle_payload_done`, and go on with
+//!    scratch buffer if `discard`), call `handle_payload_done`, then drain `poll_event`
+//!    again: a big `piece` message may announce its next run; otherwise go on with
 //!    `handle_bytes` on whatever follows. On `PieceComplete`, send the piece to the hasher
 //!    and later call `Swarm::handle_verdict`, then poll all connections.
 //! 3. Whenever the socket can take more: `poll_transmit(out)` until it returns `None`;
@@ -41,7 +55,8 @@
 //! 5. On `Event::Close`, an `Err` from `handle_bytes`, or a socket error/EOF:
 //!    `handle_close` (idempotent), then drop the connection.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -56,6 +71,14 @@ pub const SEEDER_LOOKAHEAD: usize = 64;
 /// `poll_transmit`; a remote that floods requests without reading our replies is cut off
 /// here rather than growing our memory.
 pub const MAX_QUEUED: usize = 1 << 20;
+
+/// The largest request every corvid peer serves to another corvid peer unless its
+/// extension handshake says otherwise (`corvid_max_request`): older corvid versions serve
+/// exactly this, so it is safe to ask for it without the advertisement.
+pub const CORVID_MAX_REQUEST: u32 = 128 * 1024;
+
+/// Most swarm blocks one request of ours may cover (a `u64` mask per request): 1 MiB.
+pub const MAX_REQUEST_BLOCKS: u32 = 64;
 
 /// Per-connection tuning.
 #[derive(Debug, Clone)]
@@ -81,6 +104,12 @@ pub struct PeerConfig {
     /// Largest request served to corvid peers (extension handshake `v` starts with
     /// "corvid"), which may ask for bigger blocks to cut per-message overhead.
     pub max_request_corvid: u32,
+    /// Size of the requests we send to corvid peers (capped by what the remote says it
+    /// serves, rounded down to whole 16 KiB blocks, at most [`MAX_REQUEST_BLOCKS`]). One
+    /// `piece` message of 128 KiB costs the receiver one header parse and one receive into
+    /// the mapping where 16 KiB blocks cost eight; the swarm still accounts in 16 KiB
+    /// blocks, and stock clients and end-game duplicates still get 16 KiB requests.
+    pub request_size_corvid: u32,
     /// Our extension handshake `v`.
     pub client: String,
     pub listen_port: Option<u16>,
@@ -100,7 +129,8 @@ impl Default for PeerConfig {
             default_remote_reqq: 250,
             our_reqq: 4096,
             max_request: BLOCK_SIZE,
-            max_request_corvid: 128 * 1024,
+            max_request_corvid: CORVID_MAX_REQUEST,
+            request_size_corvid: CORVID_MAX_REQUEST,
             client: concat!("corvid ", env!("CARGO_PKG_VERSION")).to_owned(),
             listen_port: None,
         }
@@ -182,17 +212,127 @@ pub enum Transmit {
 enum State {
     Handshaking,
     Open,
-    Payload { block: BlockRef, discard: bool },
+    Payload(Incoming),
     Closed,
 }
 
+/// A `piece` message whose payload is being received, one run of blocks at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Incoming {
+    piece: PieceIndex,
+    begin: u32,
+    len: u32,
+    /// Covered blocks this connection writes into storage (bit i: the block at
+    /// `begin + i * BLOCK_SIZE`, accepted by [`Swarm::begin_block`]); the rest is dropped.
+    write: u64,
+    /// Payload bytes already moved (runs before the current one).
+    done: u32,
+    /// Length of the current run: maximal blocks from `done` with the same verdict, one
+    /// [`Event::ReceivePayload`].
+    run: u32,
+}
+
+impl Incoming {
+    fn run_block(&self) -> BlockRef {
+        BlockRef {
+            piece: self.piece,
+            offset: self.begin + self.done,
+            len: self.run,
+        }
+    }
+
+    fn run_writes(&self) -> bool {
+        (self.write >> (self.done / BLOCK_SIZE)) & 1 == 1
+    }
+}
+
+/// A request on the wire: (piece, begin, length). It covers one or more swarm blocks.
+type ReqKey = (PieceIndex, u32, u32);
+
+/// One request we sent (or several identical ones, see `copies`).
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
-    block: BlockRef,
-    /// Cancelled (end-game or snubbed): already given back to the swarm; if the payload
-    /// still comes it is dropped.
-    cancelled: bool,
+    /// Covered blocks still ours in the swarm (bit i: the block at `begin + i *
+    /// BLOCK_SIZE`). The others were cancelled (end-game, snub) and already given back;
+    /// their payload, if it still comes, is dropped.
+    live: u64,
+    /// Copies of this exact request sent and not answered yet: a cancelled request may be
+    /// asked again before the remote answered (or ignored) the cancel.
+    copies: u16,
     sent: Instant,
+}
+
+/// Hashes our own request keys. Only requests we chose are ever inserted (remote input
+/// only looks up), so a cheap multiplicative hash cannot be pushed into long probe chains.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Requests = HashMap<ReqKey, Outstanding, BuildHasherDefault<KeyHasher>>;
+
+/// The `i`th swarm block a request covers.
+fn covered_block(key: ReqKey, i: u32) -> BlockRef {
+    let off = i * BLOCK_SIZE;
+    BlockRef {
+        piece: key.0,
+        offset: key.1 + off,
+        len: key.2.saturating_sub(off).min(BLOCK_SIZE),
+    }
+}
+
+fn blocks_covered(key: ReqKey) -> u32 {
+    key.2.div_ceil(BLOCK_SIZE)
+}
+
+fn full_mask(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// Bytes of the blocks of `key` set in `mask`.
+#[cfg(test)]
+fn mask_bytes(key: ReqKey, mask: u64) -> u64 {
+    (0..blocks_covered(key))
+        .filter(|i| (mask >> i) & 1 == 1)
+        .map(|i| u64::from(covered_block(key, i).len))
+        .sum()
+}
+
+/// The bit of `b` in request `key`, if the request covers it.
+fn covering_bit(key: ReqKey, b: BlockRef) -> Option<u64> {
+    (key.0 == b.piece && b.offset >= key.1 && b.offset < key.1 + key.2)
+        .then(|| 1u64 << ((b.offset - key.1) / BLOCK_SIZE))
+}
+
+/// Gives back the blocks of `key` set in `mask`; returns their bytes.
+fn release_mask(swarm: &mut Swarm, key: ReqKey, mask: u64) -> u64 {
+    let mut bytes = 0;
+    for i in 0..blocks_covered(key) {
+        if (mask >> i) & 1 == 1 {
+            let b = covered_block(key, i);
+            swarm.release(b);
+            bytes += u64::from(b.len);
+        }
+    }
+    bytes
 }
 
 /// Byte counters of one connection.
@@ -200,6 +340,8 @@ struct Outstanding {
 pub struct PeerStats {
     pub uploaded: u64,
     pub downloaded: u64,
+    /// `request` messages sent (one may cover several 16 KiB blocks).
+    pub requests: u64,
 }
 
 /// One connection; see the module docs.
@@ -220,6 +362,8 @@ pub struct PeerConn {
     remote_client: Option<String>,
     remote_corvid: bool,
     remote_reqq: u32,
+    /// Size of our requests to this remote: 16 KiB, or more for a corvid peer.
+    request_size: u32,
     seen_first: bool,
     am_choking: bool,
     am_interested: bool,
@@ -230,7 +374,8 @@ pub struct PeerConn {
     useful: u32,
     have_cursor: usize,
     cancel_cursor: usize,
-    outstanding: VecDeque<Outstanding>,
+    /// Our requests by their wire triple: a `piece` header finds its request in O(1).
+    outstanding: Requests,
     inflight: u64,
     their_requests: VecDeque<BlockRef>,
     /// Control messages encoded while handling input, flushed by `poll_transmit`.
@@ -285,6 +430,7 @@ impl PeerConn {
             remote_client: None,
             remote_corvid: false,
             remote_reqq: cfg.default_remote_reqq,
+            request_size: BLOCK_SIZE,
             seen_first: false,
             am_choking: true,
             am_interested: false,
@@ -294,7 +440,7 @@ impl PeerConn {
             useful: 0,
             have_cursor: 0,
             cancel_cursor: swarm.cancel_log().len(),
-            outstanding: VecDeque::new(),
+            outstanding: Requests::default(),
             inflight: 0,
             their_requests: VecDeque::new(),
             queued: Vec::new(),
@@ -468,6 +614,7 @@ impl PeerConn {
                 v: Some(self.cfg.client.clone()),
                 p: self.cfg.listen_port,
                 reqq: Some(self.cfg.our_reqq),
+                corvid_max_request: Some(self.cfg.max_request_corvid),
             }
             .encode(&mut self.queued);
         }
@@ -542,10 +689,8 @@ impl PeerConn {
                 self.peer_choking = true;
                 if !self.fast {
                     // BEP 3: a choke discards every pending request.
-                    for o in self.outstanding.drain(..) {
-                        if !o.cancelled {
-                            swarm.release(o.block);
-                        }
+                    for (key, o) in self.outstanding.drain() {
+                        release_mask(swarm, key, o.live);
                     }
                     self.inflight = 0;
                 }
@@ -635,42 +780,38 @@ impl PeerConn {
                 }
             }
             Message::Piece { index, begin, len } => {
-                let i = self
-                    .outstanding
-                    .iter()
-                    .position(|o| {
-                        (o.block.piece.get(), o.block.offset, o.block.len) == (index, begin, len)
-                    })
-                    .ok_or(CloseReason::UnrequestedPiece { index, begin, len })?;
-                let o = self
-                    .outstanding
-                    .remove(i)
-                    .ok_or(CloseReason::UnrequestedPiece { index, begin, len })?;
-                let discard = if o.cancelled {
-                    true
-                } else {
-                    self.inflight = self.inflight.saturating_sub(u64::from(len));
-                    swarm.begin_block(self.key, o.block) == Accept::Discard
-                };
-                self.state = State::Payload {
-                    block: o.block,
-                    discard,
-                };
-                self.events.push_back(Event::ReceivePayload {
-                    block: o.block,
-                    discard,
+                let unrequested = CloseReason::UnrequestedPiece { index, begin, len };
+                let piece = self.lengths.piece(index).ok_or(unrequested.clone())?;
+                let key = (piece, begin, len);
+                let live = self.take_copy(key).ok_or(unrequested)?;
+                // Every covered block is decided now, so the payload can be received in
+                // as few runs as possible (one, when all of it is ours to write).
+                let mut write = 0u64;
+                for i in 0..blocks_covered(key) {
+                    if (live >> i) & 1 == 1 {
+                        let b = covered_block(key, i);
+                        self.inflight = self.inflight.saturating_sub(u64::from(b.len));
+                        if swarm.begin_block(self.key, b) == Accept::Write {
+                            write |= 1 << i;
+                        }
+                    }
+                }
+                self.start_run(Incoming {
+                    piece,
+                    begin,
+                    len,
+                    write,
+                    done: 0,
+                    run: 0,
                 });
             }
             Message::Reject { index, begin, len } => {
                 need_fast(self.fast, "reject request")?;
-                if let Some(i) = self.outstanding.iter().position(|o| {
-                    (o.block.piece.get(), o.block.offset, o.block.len) == (index, begin, len)
-                }) {
-                    if let Some(o) = self.outstanding.remove(i) {
-                        if !o.cancelled {
-                            self.inflight = self.inflight.saturating_sub(u64::from(len));
-                            swarm.release(o.block);
-                        }
+                if let Some(piece) = self.lengths.piece(index) {
+                    let key = (piece, begin, len);
+                    if let Some(live) = self.take_copy(key) {
+                        let bytes = release_mask(swarm, key, live);
+                        self.inflight = self.inflight.saturating_sub(bytes);
                     }
                 }
             }
@@ -685,6 +826,20 @@ impl PeerConn {
                     let h = ExtendedHandshake::decode(payload)?;
                     self.remote_corvid = h.v.as_deref().is_some_and(|v| v.starts_with("corvid"));
                     self.remote_client = h.v;
+                    self.request_size = if self.remote_corvid {
+                        let serves = h.corvid_max_request.unwrap_or(CORVID_MAX_REQUEST);
+                        let size = self
+                            .cfg
+                            .request_size_corvid
+                            .min(serves)
+                            .min(MAX_REQUEST_BLOCKS * BLOCK_SIZE);
+                        (size / BLOCK_SIZE * BLOCK_SIZE).max(BLOCK_SIZE)
+                    } else {
+                        BLOCK_SIZE
+                    };
+                    // Never shrinks: answers to bigger requests sent before a second
+                    // extension handshake must still decode.
+                    self.limits.max_block = self.limits.max_block.max(self.request_size);
                     if let Some(q) = h.reqq {
                         self.remote_reqq = q.max(1);
                     }
@@ -712,24 +867,65 @@ impl PeerConn {
         }
     }
 
-    /// The payload announced by [`Event::ReceivePayload`] is in storage (or dropped).
+    /// Answers one copy of request `key`: returns the blocks still ours (possibly none)
+    /// and forgets the request once every copy is answered; `None` if never requested.
+    fn take_copy(&mut self, key: ReqKey) -> Option<u64> {
+        let o = self.outstanding.get_mut(&key)?;
+        let live = std::mem::take(&mut o.live);
+        o.copies = o.copies.saturating_sub(1);
+        if o.copies == 0 {
+            self.outstanding.remove(&key);
+        }
+        Some(live)
+    }
+
+    /// Announces the next run of the incoming payload: the blocks from `inc.done` on that
+    /// share its verdict (write or drop).
+    fn start_run(&mut self, mut inc: Incoming) {
+        let n = inc.len.div_ceil(BLOCK_SIZE);
+        let first = inc.done / BLOCK_SIZE;
+        let bit = |i: u32| (inc.write >> i) & 1;
+        let mut end = first + 1;
+        while end < n && bit(end) == bit(first) {
+            end += 1;
+        }
+        inc.run = (end * BLOCK_SIZE).min(inc.len) - inc.done;
+        self.state = State::Payload(inc);
+        self.events.push_back(Event::ReceivePayload {
+            block: inc.run_block(),
+            discard: !inc.run_writes(),
+        });
+    }
+
+    /// The payload announced by [`Event::ReceivePayload`] is in storage (or dropped). If
+    /// the `piece` message has more, the next [`Event::ReceivePayload`] follows.
     pub fn handle_payload_done(&mut self, swarm: &mut Swarm, block: BlockRef, now: Instant) {
-        let State::Payload { block: b, discard } = self.state else {
+        let State::Payload(mut inc) = self.state else {
             return;
         };
-        if b != block {
+        if inc.run_block() != block {
             return;
         }
-        self.state = State::Open;
         self.last_recv = now;
         self.last_block = now;
         self.snubbed = false;
         self.stats.downloaded += u64::from(block.len);
         self.rate_window_bytes += u64::from(block.len);
-        if !discard {
-            if let Some(piece) = swarm.finish_block(self.key, self.addr.ip(), block) {
-                self.events.push_back(Event::PieceComplete(piece));
+        if inc.run_writes() {
+            let key = (inc.piece, inc.begin, inc.len);
+            let first = inc.done / BLOCK_SIZE;
+            for i in first..first + block.len.div_ceil(BLOCK_SIZE) {
+                let b = covered_block(key, i);
+                if let Some(piece) = swarm.finish_block(self.key, self.addr.ip(), b) {
+                    self.events.push_back(Event::PieceComplete(piece));
+                }
             }
+        }
+        inc.done += inc.run;
+        if inc.done < inc.len {
+            self.start_run(inc);
+        } else {
+            self.state = State::Open;
         }
     }
 
@@ -767,26 +963,24 @@ impl PeerConn {
             self.rate_window_start = now;
             self.rate_window_bytes = 0;
         }
-        let live = self.outstanding.iter().any(|o| !o.cancelled);
         let oldest = self
             .outstanding
-            .iter()
-            .find(|o| !o.cancelled)
-            .map(|o| o.sent);
+            .values()
+            .filter(|o| o.live != 0)
+            .map(|o| o.sent)
+            .min();
         let stalled_since = oldest.map(|s| s.max(self.last_block));
-        if live
-            && stalled_since
-                .is_some_and(|s| now.saturating_duration_since(s) > self.cfg.request_timeout)
+        if stalled_since
+            .is_some_and(|s| now.saturating_duration_since(s) > self.cfg.request_timeout)
         {
             self.snubbed = true;
-            for o in self.outstanding.iter_mut().filter(|o| !o.cancelled) {
-                o.cancelled = true;
+            for (&key, o) in self.outstanding.iter_mut().filter(|(_, o)| o.live != 0) {
+                release_mask(swarm, key, std::mem::take(&mut o.live));
                 o.sent = now;
-                swarm.release(o.block);
                 Message::Cancel {
-                    index: o.block.piece.get(),
-                    begin: o.block.offset,
-                    len: o.block.len,
+                    index: key.0.get(),
+                    begin: key.1,
+                    len: key.2,
                 }
                 .encode(&mut self.queued);
             }
@@ -795,7 +989,7 @@ impl PeerConn {
         // Cancelled requests the remote never answered are forgotten eventually.
         let forget = self.cfg.request_timeout * 2;
         self.outstanding
-            .retain(|o| !(o.cancelled && now.saturating_duration_since(o.sent) > forget));
+            .retain(|_, o| !(o.live == 0 && now.saturating_duration_since(o.sent) > forget));
         if self.peer_interested && self.am_choking && swarm.try_unchoke(self.key) {
             self.am_choking = false;
             self.queue(Message::Unchoke);
@@ -809,18 +1003,18 @@ impl PeerConn {
             return;
         }
         self.released = true;
-        for o in self.outstanding.drain(..) {
-            if !o.cancelled {
-                swarm.release(o.block);
-            }
+        for (key, o) in self.outstanding.drain() {
+            release_mask(swarm, key, o.live);
         }
         self.inflight = 0;
-        if let State::Payload {
-            block,
-            discard: false,
-        } = self.state
-        {
-            swarm.abort_block(self.key, block);
+        if let State::Payload(inc) = self.state {
+            // Blocks of this and later runs accepted for writing hold junk or nothing.
+            let key = (inc.piece, inc.begin, inc.len);
+            for i in inc.done / BLOCK_SIZE..blocks_covered(key) {
+                if (inc.write >> i) & 1 == 1 {
+                    swarm.abort_block(self.key, covered_block(key, i));
+                }
+            }
         }
         for p in self.lengths.pieces() {
             if self.remote_has.get(p.get()) {
@@ -876,38 +1070,51 @@ impl PeerConn {
             }
         }
         self.update_interest(swarm);
-        // End-game: cancel what arrived elsewhere.
+        // End-game: cancel what arrived elsewhere. A block inside a bigger request is given
+        // back on its own (its payload will be dropped); the request itself is cancelled on
+        // the wire once none of its blocks is wanted. This scan over the outstanding
+        // requests runs only in end-game, when the log grows.
         while let Some(&b) = swarm.cancel_log().get(self.cancel_cursor) {
             self.cancel_cursor += 1;
-            if let Some(o) = self
-                .outstanding
-                .iter_mut()
-                .find(|o| o.block == b && !o.cancelled)
-            {
-                o.cancelled = true;
-                o.sent = now;
+            let hit = self.outstanding.iter_mut().find_map(|(&key, o)| {
+                covering_bit(key, b)
+                    .filter(|bit| o.live & bit != 0)
+                    .map(|bit| (key, o, bit))
+            });
+            if let Some((key, o, bit)) = hit {
+                o.live &= !bit;
                 self.inflight = self.inflight.saturating_sub(u64::from(b.len));
                 swarm.release(b);
-                Message::Cancel {
-                    index: b.piece.get(),
-                    begin: b.offset,
-                    len: b.len,
+                if o.live == 0 {
+                    o.sent = now;
+                    Message::Cancel {
+                        index: key.0.get(),
+                        begin: key.1,
+                        len: key.2,
+                    }
+                    .encode(&mut self.queued);
                 }
-                .encode(&mut self.queued);
             }
         }
         // Requests, up to the pipeline target and the remote's queue.
         if self.am_interested && !self.peer_choking {
             let target = self.target_inflight();
+            // Blocks one request may cover: end-game duplicates and a snubbed peer's
+            // single block stay at 16 KiB.
+            let per_req = if self.snubbed || swarm.in_endgame() {
+                1
+            } else {
+                (self.request_size / BLOCK_SIZE).clamp(1, MAX_REQUEST_BLOCKS) as usize
+            };
             let by_bytes = target
                 .saturating_sub(self.inflight)
-                .div_ceil(u64::from(BLOCK_SIZE));
-            let by_count = (self.remote_reqq as usize).saturating_sub(self.outstanding.len());
-            let want = (by_bytes as usize).min(by_count);
+                .div_ceil(u64::from(BLOCK_SIZE)) as usize;
+            let reqs_left = (self.remote_reqq as usize).saturating_sub(self.outstanding.len());
+            let want = by_bytes.min(reqs_left.saturating_mul(per_req));
             // Refill in batches (a sixteenth of the pipeline) so the swarm lock is taken
             // once per many blocks, not once per block; an empty pipeline refills at once.
-            let cap =
-                (target.div_ceil(u64::from(BLOCK_SIZE)) as usize).min(self.remote_reqq as usize);
+            let cap = (target.div_ceil(u64::from(BLOCK_SIZE)) as usize)
+                .min((self.remote_reqq as usize).saturating_mul(per_req));
             let batch = (cap / 16).max(1);
             let live = self.inflight > 0;
             let starved_key = (swarm.epoch(), self.remote_has.count(), swarm.in_endgame());
@@ -915,29 +1122,67 @@ impl PeerConn {
                 self.picked.clear();
                 let outstanding = &self.outstanding;
                 let picked = &mut self.picked;
+                // `already` is asked only in end-game, so its scan stays off the fast path.
                 swarm.pick_blocks(
                     self.key,
                     &self.remote_has,
                     want,
-                    |b| outstanding.iter().any(|o| o.block == b && !o.cancelled),
+                    |b| {
+                        outstanding
+                            .iter()
+                            .any(|(&k, o)| covering_bit(k, b).is_some_and(|bit| o.live & bit != 0))
+                    },
                     |b| picked.push(b),
                 );
                 // Came up short: nothing more to pick until the swarm or the remote changes.
                 self.starved = (self.picked.len() < want)
                     .then(|| (swarm.epoch(), self.remote_has.count(), swarm.in_endgame()));
-                for &b in &self.picked {
-                    self.outstanding.push_back(Outstanding {
-                        block: b,
-                        cancelled: false,
+                // Runs of picked blocks that follow each other in one piece become one
+                // request of up to `per_req` blocks (the picker hands out a piece's free
+                // blocks in order, so runs are the common case).
+                let mut sent = 0;
+                let mut i = 0;
+                while i < self.picked.len() {
+                    let first = self.picked[i];
+                    let mut len = first.len;
+                    let mut j = i + 1;
+                    while j < self.picked.len()
+                        && j - i < per_req
+                        && self.picked[j].piece == first.piece
+                        && self.picked[j].offset == first.offset + len
+                    {
+                        len += self.picked[j].len;
+                        j += 1;
+                    }
+                    if sent == reqs_left {
+                        // Scattered picks needed more requests than the remote queues.
+                        for &b in &self.picked[i..] {
+                            swarm.release(b);
+                        }
+                        break;
+                    }
+                    sent += 1;
+                    let key = (first.piece, first.offset, len);
+                    let o = self.outstanding.entry(key).or_insert(Outstanding {
+                        live: 0,
+                        copies: 0,
                         sent: now,
                     });
-                    self.inflight += u64::from(b.len);
+                    // The swarm never hands us a block we hold live, so the masks are
+                    // disjoint and no byte is counted in flight twice.
+                    debug_assert_eq!(o.live, 0);
+                    o.live |= full_mask((j - i) as u32);
+                    o.copies = o.copies.saturating_add(1);
+                    o.sent = now;
+                    self.inflight += u64::from(len);
+                    self.stats.requests += 1;
                     Message::Request {
-                        index: b.piece.get(),
-                        begin: b.offset,
-                        len: b.len,
+                        index: first.piece.get(),
+                        begin: first.offset,
+                        len,
                     }
                     .encode(&mut self.queued);
+                    i = j;
                 }
             }
         }
@@ -997,10 +1242,13 @@ impl PeerConn {
         let live: u64 = self
             .outstanding
             .iter()
-            .filter(|o| !o.cancelled)
-            .map(|o| u64::from(o.block.len))
+            .map(|(&k, o)| mask_bytes(k, o.live))
             .sum();
         assert_eq!(live, self.inflight, "in-flight bytes drifted");
+        for (&k, o) in &self.outstanding {
+            assert!(o.copies > 0, "answered request {k:?} kept");
+            assert_eq!(o.live & !full_mask(blocks_covered(k)), 0);
+        }
         assert!(self.their_requests.len() <= self.cfg.our_reqq as usize);
         assert!(!self.am_choking || self.their_requests.is_empty());
         assert!(self.useful <= self.remote_has.count());

@@ -374,11 +374,12 @@ impl Swarm {
         }
     }
 
-    /// Counts an uploaded block, for the stats and for [`Swarm::spread`].
+    /// Counts an uploaded block (or a bigger request's span, counted in 16 KiB blocks),
+    /// for the stats and for [`Swarm::spread`].
     pub fn record_upload(&mut self, block: BlockRef) {
         self.stats.uploaded += u64::from(block.len);
         let s = &mut self.served_blocks[block.piece.as_usize()];
-        *s = s.saturating_add(1);
+        *s = s.saturating_add(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
     }
 
     /// How widely a piece is spread, as far as we know: connections that announced it

@@ -449,6 +449,10 @@ pub struct ExtendedHandshake {
     pub p: Option<u16>,
     /// How many outstanding requests the sender will queue.
     pub reqq: Option<u32>,
+    /// corvid's own key `corvid_max_request`: the largest request the sender serves to
+    /// corvid peers, so a peer asking for bigger blocks never asks too much. Other clients
+    /// ignore it (BEP 10: unknown keys are ignored).
+    pub corvid_max_request: Option<u32>,
 }
 
 impl ExtendedHandshake {
@@ -468,6 +472,9 @@ impl ExtendedHandshake {
         }
         if let Some(q) = self.reqq {
             d.insert("reqq", OwnedValue::Int(i64::from(q)));
+        }
+        if let Some(r) = self.corvid_max_request {
+            d.insert("corvid_max_request", OwnedValue::Int(i64::from(r)));
         }
         let start = out.len();
         put_u32(out, 0);
@@ -506,6 +513,10 @@ impl ExtendedHandshake {
             .get(b"reqq")
             .and_then(|v| v.as_int())
             .and_then(|q| u32::try_from(q).ok());
+        h.corvid_max_request = dict
+            .get(b"corvid_max_request")
+            .and_then(|v| v.as_int())
+            .and_then(|r| u32::try_from(r).ok());
         Ok(h)
     }
 }
@@ -826,6 +837,7 @@ mod tests {
             v: Some("corvid 0.1.0".into()),
             p: Some(6881),
             reqq: Some(4096),
+            corvid_max_request: Some(128 * 1024),
         };
         let mut out = Vec::new();
         h.encode(&mut out);
@@ -842,6 +854,8 @@ mod tests {
         // Wrong-typed known keys are ignored rather than fatal.
         let h = ExtendedHandshake::decode(b"d1:pi99999999e4:reqq3:abce").unwrap();
         assert_eq!((h.p, h.reqq), (None, None));
+        let h = ExtendedHandshake::decode(b"d18:corvid_max_requesti-1ee").unwrap();
+        assert_eq!(h.corvid_max_request, None);
     }
 
     #[test]

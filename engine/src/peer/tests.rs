@@ -53,6 +53,8 @@ struct Node {
     storage: Vec<u8>,
     conns: BTreeMap<usize, Conn>,
     corrupt: bool,
+    /// `request` messages sent by connections already closed.
+    requests_closed: u64,
     /// Block payload bytes this node may send per step.
     upload_cap: Option<usize>,
     ip: IpAddr,
@@ -121,6 +123,7 @@ impl Sim {
             storage,
             conns: BTreeMap::new(),
             corrupt: false,
+            requests_closed: 0,
             upload_cap: None,
             ip: IpAddr::from([10, 0, 0, id as u8 + 1]),
             peer_id,
@@ -155,12 +158,19 @@ impl Sim {
         }
     }
 
+    /// `request` messages node `x` sent over all its connections so far.
+    fn requests_sent(&self, x: usize) -> u64 {
+        let n = &self.nodes[x];
+        n.requests_closed + n.conns.values().map(|c| c.pc.stats().requests).sum::<u64>()
+    }
+
     fn close(&mut self, x: usize, y: usize, reason: CloseReason) {
         self.closes.push((x, y, reason));
         for (p, q) in [(x, y), (y, x)] {
             let node = &mut self.nodes[p];
             if let Some(mut c) = node.conns.remove(&q) {
                 c.pc.handle_close(&mut node.swarm);
+                node.requests_closed += c.pc.stats().requests;
             }
         }
         self.links.remove(&(x, y));
@@ -358,6 +368,12 @@ impl Sim {
 }
 
 impl PeerConn {
+    /// Test helper: the outstanding request that comes first in the torrent.
+    fn first_request(&self) -> BlockRef {
+        let &(piece, offset, len) = self.outstanding.keys().min().expect("a request");
+        BlockRef { piece, offset, len }
+    }
+
     /// Test helper: flush control messages without taking an upload block.
     fn poll_transmit_control(&mut self, swarm: &mut Swarm, now: Instant, out: &mut Vec<u8>) {
         let choking = self.am_choking;
@@ -774,7 +790,7 @@ fn snubbed_peer_requests_go_back() {
     out.clear();
     pc.poll_transmit(&mut s, now + Duration::from_secs(21), &mut out);
     // Snubbed: one block re-requested, and the 7 cancels went out.
-    assert_eq!(pc.outstanding.iter().filter(|o| !o.cancelled).count(), 1);
+    assert_eq!(pc.outstanding.values().filter(|o| o.live != 0).count(), 1);
 }
 
 #[test]
@@ -876,7 +892,7 @@ fn payload_is_received_outside_handle_bytes() {
     feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
     let mut out = Vec::new();
     pc.poll_transmit(&mut s, now, &mut out);
-    let b = pc.outstanding[0].block;
+    let b = pc.first_request();
     let mut v = Vec::new();
     Message::Piece {
         index: b.piece.get(),
@@ -1044,4 +1060,439 @@ fn mixed_pieces_blame_only_the_corrupt_sender() {
         !swarm.is_banned_addr(sim.nodes[0].ip),
         "the honest seeder was banned"
     );
+}
+
+// ---- Requests bigger than a swarm block, between corvid peers ----
+
+/// Every request, cancel and reject triple in `out`, in order, tagged by message id.
+fn wire_triples(out: &[u8], pieces: u32) -> Vec<(u8, u32, u32, u32)> {
+    let lim = Limits {
+        pieces,
+        max_block: 1 << 20,
+    };
+    let mut v = Vec::new();
+    // Our own handshake comes first in a connection's first output.
+    let mut pos = if out.get(1..20) == Some(&b"BitTorrent protocol"[..]) {
+        wire::HANDSHAKE_LEN
+    } else {
+        0
+    };
+    while let Ok(Decoded::Message(m, n)) = wire::decode(&out[pos..], &lim) {
+        pos += n;
+        match m {
+            Message::Request { index, begin, len } => {
+                v.push((wire::id::REQUEST, index, begin, len))
+            }
+            Message::Cancel { index, begin, len } => v.push((wire::id::CANCEL, index, begin, len)),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// A connection to a remote that shook hands (fast extension on), sent its extension
+/// handshake with client `v` (none at all if `None`), has everything and unchoked us.
+fn opened_remote(
+    t: &Torrent,
+    v: Option<&str>,
+    max_request: Option<u32>,
+    swarm: &mut Swarm,
+    addr: &str,
+    now: Instant,
+) -> PeerConn {
+    let mut pc = PeerConn::new(
+        &PeerConfig::default(),
+        swarm,
+        addr.parse().unwrap(),
+        [7; 20],
+        now,
+    )
+    .unwrap();
+    let mut bytes = handshake_bytes(t.info_hash, true);
+    if v.is_some() || max_request.is_some() {
+        ExtendedHandshake {
+            v: v.map(str::to_owned),
+            corvid_max_request: max_request,
+            ..Default::default()
+        }
+        .encode(&mut bytes);
+    }
+    Message::HaveAll.encode(&mut bytes);
+    Message::Unchoke.encode(&mut bytes);
+    assert_eq!(pc.handle_bytes(swarm, &bytes, now), Ok(bytes.len()));
+    while pc.poll_event().is_some() {}
+    pc
+}
+
+fn empty_swarm(t: &Torrent) -> Swarm {
+    let n = t.lengths.piece_count();
+    Swarm::new(
+        SwarmConfig::default(),
+        t.info_hash,
+        t.lengths,
+        Bitfield::new(n),
+        1,
+    )
+}
+
+#[test]
+fn request_size_follows_the_remote() {
+    // 1 MiB in 512 KiB pieces: 64 blocks.
+    let t = torrent(1 << 20, 512 * 1024, 21);
+    let now = Instant::now();
+    let cases: [(Option<&str>, Option<u32>, u32); 5] = [
+        (Some("corvid 0.1.0"), None, 128 * 1024),
+        // It serves less than we would ask: ask for what it serves.
+        (Some("corvid 0.2.0"), Some(64 * 1024), 64 * 1024),
+        (Some("corvid 0.2.0"), Some(40_000), 32 * 1024),
+        // Stock clients: with a `v` that is not corvid's, and with no `v` at all.
+        (Some("libtorrent/2.0.9"), None, 16 * 1024),
+        (None, None, 16 * 1024),
+    ];
+    for (v, max, size) in cases {
+        let mut s = empty_swarm(&t);
+        let mut pc = opened_remote(&t, v, max, &mut s, "10.0.0.9:6881", now);
+        let mut out = Vec::new();
+        pc.poll_transmit(&mut s, now, &mut out);
+        let reqs = wire_triples(&out, t.lengths.piece_count());
+        assert_eq!(reqs.len() as u32, (1 << 20) / size, "{v:?} {max:?}");
+        assert!(
+            reqs.iter().all(|r| r.3 == size && r.2 % size == 0),
+            "{reqs:?}"
+        );
+        assert_eq!(pc.stats().requests, reqs.len() as u64);
+        // Each request is one outstanding entry; the swarm counts 16 KiB blocks.
+        assert_eq!(pc.outstanding.len(), reqs.len());
+        assert!(s.in_endgame());
+        pc.check_invariants();
+        s.check_invariants();
+    }
+}
+
+#[test]
+fn corvid_peers_use_big_requests_stock_remotes_get_16k() {
+    // 4 MiB in 256 KiB pieces: 256 blocks.
+    for stock_seeder in [false, true] {
+        let mut sim = Sim::new(torrent(4 << 20, 256 * 1024, 22));
+        let seed = sim.add_node(true);
+        if stock_seeder {
+            sim.nodes[seed].cfg.client = "libtorrent/2.0.9".into();
+        }
+        let dl = sim.add_node(false);
+        sim.connect_all();
+        assert!(sim.run_until(5_000, |s| s.all_complete(&[dl])));
+        sim.assert_data(dl);
+        let blocks = (4u64 << 20) / 16_384;
+        let requests = sim.requests_sent(dl);
+        if stock_seeder {
+            assert_eq!(requests, blocks);
+        } else {
+            // Eight blocks per request; end-game adds no duplicates with one source.
+            assert_eq!(requests, blocks / 8, "{requests} requests");
+        }
+        assert_eq!(sim.nodes[dl].swarm.stats().wasted, 0);
+        assert_eq!(sim.nodes[seed].swarm.stats().uploaded, 4 << 20);
+    }
+}
+
+#[test]
+fn corvid_swarm_with_big_requests_shares_and_completes() {
+    // Four corvid peers, 256 KiB pieces, a capped seeder: big requests between peers too.
+    // Pipelines far shorter than the torrent, so end-game (16 KiB duplicates) is a tail.
+    let mut sim = Sim::new(torrent(8 << 20, 256 * 1024, 23));
+    sim.add_node(true);
+    sim.nodes[0].upload_cap = Some(128 * 1024);
+    for _ in 0..4 {
+        let i = sim.add_node(false);
+        sim.nodes[i].cfg.initial_inflight = 512 * 1024;
+        sim.nodes[i].cfg.min_inflight = 512 * 1024;
+        sim.nodes[i].cfg.max_inflight = 512 * 1024;
+    }
+    sim.connect_all();
+    assert!(sim.run_until(20_000, |s| s.all_complete(&[1, 2, 3, 4])));
+    for i in 1..=4 {
+        sim.assert_data(i);
+        let blocks = (8u64 << 20) / 16_384;
+        assert!(
+            // 64 if every request were 128 KiB; end-game and pieces split between
+            // sources add some (about 100 here).
+            sim.requests_sent(i) < blocks / 4,
+            "node {i} sent {} requests",
+            sim.requests_sent(i)
+        );
+    }
+    let peers: u64 = (1..=4).map(|i| sim.nodes[i].swarm.stats().uploaded).sum();
+    assert!(peers > 0);
+}
+
+#[test]
+fn corrupt_corvid_sender_of_big_blocks_is_banned() {
+    let mut sim = Sim::new(torrent(2 << 20, 256 * 1024, 24));
+    sim.add_node(true);
+    let bad = sim.add_node(true);
+    sim.nodes[bad].corrupt = true;
+    let dl = sim.add_node(false);
+    sim.nodes[dl].cfg.initial_inflight = 512 * 1024;
+    sim.nodes[dl].cfg.min_inflight = 512 * 1024;
+    sim.nodes[dl].cfg.max_inflight = 512 * 1024;
+    sim.connect_all();
+    assert!(sim.run_until(10_000, |s| s.all_complete(&[dl])));
+    sim.assert_data(dl);
+    assert!(sim.nodes[dl].swarm.is_banned_addr(sim.nodes[bad].ip));
+    assert!(sim
+        .closes
+        .iter()
+        .any(|&(x, y, ref r)| x == dl && y == bad && *r == CloseReason::Banned));
+    assert!(sim.requests_sent(dl) < (2u64 << 20) / 16_384 / 2);
+}
+
+/// Feeds a `piece` header for (index, begin, len) and returns the events up to the first
+/// payload.
+fn piece_header(
+    s: &mut Swarm,
+    pc: &mut PeerConn,
+    index: u32,
+    begin: u32,
+    len: u32,
+    now: Instant,
+) -> Vec<Event> {
+    let mut v = Vec::new();
+    Message::Piece { index, begin, len }.encode(&mut v);
+    assert_eq!(pc.handle_bytes(s, &v, now), Ok(v.len()));
+    std::iter::from_fn(|| pc.poll_event()).collect()
+}
+
+#[test]
+fn endgame_race_inside_a_big_request_keeps_verified_bytes() {
+    // One piece of eight blocks. Corvid connection A asks for all of it in one request; in
+    // end-game, stock connection B duplicates every block and wins blocks 2 and 3, and is
+    // still writing block 5 when A's answer arrives. A's payload is garbage exactly where
+    // B's data belongs: if any of it were written over B's blocks, the hash would fail.
+    let t = torrent(8 * 16_384, 8 * 16_384, 25);
+    let now = Instant::now();
+    let mut s = empty_swarm(&t);
+    let mut a = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut b = opened_remote(&t, None, None, &mut s, "10.0.0.2:1", now);
+    let mut storage = vec![0u8; t.data.len()];
+    let mut out = Vec::new();
+    a.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1),
+        vec![(wire::id::REQUEST, 0, 0, 8 * 16_384)]
+    );
+    assert!(s.in_endgame());
+    out.clear();
+    b.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1).len(),
+        8,
+        "B duplicates every block at 16 KiB"
+    );
+    let blk = |i: u32| t.lengths.block(t.lengths.piece(0).unwrap(), i).unwrap();
+    let write = |storage: &mut Vec<u8>, block: BlockRef, src: &[u8]| {
+        let o = block.offset as usize;
+        storage[o..o + block.len as usize].copy_from_slice(&src[o..o + block.len as usize]);
+    };
+    for i in [2, 3] {
+        let ev = piece_header(&mut s, &mut b, 0, i * 16_384, 16_384, now);
+        assert_eq!(
+            ev,
+            vec![Event::ReceivePayload {
+                block: blk(i),
+                discard: false
+            }]
+        );
+        write(&mut storage, blk(i), &t.data);
+        b.handle_payload_done(&mut s, blk(i), now);
+    }
+    let ev = piece_header(&mut s, &mut b, 0, 5 * 16_384, 16_384, now);
+    assert_eq!(
+        ev,
+        vec![Event::ReceivePayload {
+            block: blk(5),
+            discard: false
+        }]
+    );
+    // A learns that blocks 2 and 3 arrived elsewhere: they are given back, but the
+    // request still covers wanted blocks, so nothing is cancelled on the wire.
+    out.clear();
+    a.poll_transmit(&mut s, now, &mut out);
+    assert!(
+        wire_triples(&out, 1).is_empty(),
+        "{:?}",
+        wire_triples(&out, 1)
+    );
+    a.check_invariants();
+    s.check_invariants();
+    let mut garbage = t.data.clone();
+    for i in [2usize, 3, 5] {
+        garbage[i * 16_384..(i + 1) * 16_384].fill(0xa5);
+    }
+    let mut events = piece_header(&mut s, &mut a, 0, 0, 8 * 16_384, now);
+    let mut runs = Vec::new();
+    while let Some(ev) = events.pop() {
+        let Event::ReceivePayload { block, discard } = ev else {
+            panic!("unexpected {ev:?}");
+        };
+        assert!(events.is_empty());
+        runs.push((block.offset / 16_384, block.len / 16_384, discard));
+        if !discard {
+            write(&mut storage, block, &garbage);
+        }
+        // Nothing is consumed while a run is pending.
+        assert_eq!(a.handle_bytes(&mut s, &[0, 0, 0, 0], now), Ok(0));
+        a.handle_payload_done(&mut s, block, now);
+        events = std::iter::from_fn(|| a.poll_event()).collect();
+    }
+    // Runs of equal verdict: 0-1 write, 2-3 dropped (given back), 4 write, 5 dropped
+    // (B is writing it), 6-7 write.
+    assert_eq!(
+        runs,
+        vec![
+            (0, 2, false),
+            (2, 2, true),
+            (4, 1, false),
+            (5, 1, true),
+            (6, 2, false)
+        ]
+    );
+    assert_eq!(a.stats().downloaded, 8 * 16_384);
+    a.check_invariants();
+    s.check_invariants();
+    // B finishes block 5: the piece is complete and hashes right.
+    write(&mut storage, blk(5), &t.data);
+    b.handle_payload_done(&mut s, blk(5), now);
+    let ev: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+    assert_eq!(ev, vec![Event::PieceComplete(t.lengths.piece(0).unwrap())]);
+    assert_eq!(storage, t.data);
+    s.handle_verdict(t.lengths.piece(0).unwrap(), true);
+    assert!(s.is_complete());
+    s.check_invariants();
+}
+
+#[test]
+fn reject_cancel_choke_and_close_free_every_block_of_a_big_request() {
+    // 1 MiB in 512 KiB pieces: eight requests of 128 KiB.
+    let t = torrent(1 << 20, 512 * 1024, 26);
+    let now = Instant::now();
+    let mut s = empty_swarm(&t);
+    let mut pc = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 8);
+    assert!(s.in_endgame());
+    let other = s.add_peer("10.0.0.2".parse().unwrap()).unwrap();
+    let full = Bitfield::full(t.lengths.piece_count());
+    let pick = |s: &mut Swarm, want| {
+        let mut v = Vec::new();
+        s.pick_blocks(other, &full, want, |_| true, |b| v.push(b));
+        v
+    };
+    // A reject gives back all eight blocks of that request, and only those.
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::Reject {
+            index: 1,
+            begin: 128 * 1024,
+            len: 128 * 1024,
+        }],
+        now,
+    )
+    .unwrap();
+    assert!(!s.in_endgame());
+    pc.check_invariants();
+    s.check_invariants();
+    let got = pick(&mut s, 64);
+    assert_eq!(got.len(), 8);
+    assert!(got
+        .iter()
+        .all(|b| b.piece.get() == 1 && (128..256).contains(&(b.offset / 1024))));
+    // The remote's answer to a rejected request is unrequested.
+    let mut v = Vec::new();
+    Message::Piece {
+        index: 1,
+        begin: 128 * 1024,
+        len: 128 * 1024,
+    }
+    .encode(&mut v);
+    assert!(matches!(
+        pc.handle_bytes(&mut s, &v, now),
+        Err(CloseReason::UnrequestedPiece { .. })
+    ));
+
+    // Snub: every live request is cancelled whole on the wire and its blocks go back.
+    let mut s = empty_swarm(&t);
+    let mut pc = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    let later = now + Duration::from_secs(21);
+    pc.handle_tick(&mut s, later);
+    out.clear();
+    pc.poll_transmit_control(&mut s, later, &mut out);
+    let msgs = wire_triples(&out, t.lengths.piece_count());
+    let cancels: Vec<_> = msgs.iter().filter(|m| m.0 == wire::id::CANCEL).collect();
+    assert_eq!(cancels.len(), 8);
+    assert!(cancels.iter().all(|m| m.3 == 128 * 1024));
+    // Snubbed: one 16 KiB block re-requested.
+    let reqs: Vec<_> = msgs.iter().filter(|m| m.0 == wire::id::REQUEST).collect();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].3, 16_384);
+    pc.check_invariants();
+    s.check_invariants();
+    // A late answer to a cancelled big request is read and dropped, not an error.
+    let (i, b0, l) = (cancels[0].1, cancels[0].2, cancels[0].3);
+    let ev = piece_header(&mut s, &mut pc, i, b0, l, later);
+    assert_eq!(ev.len(), 1);
+    assert!(matches!(ev[0], Event::ReceivePayload { discard: true, block } if block.len == l));
+
+    // Choke without the fast extension drops every request.
+    let mut s = empty_swarm(&t);
+    let mut pc = PeerConn::new(
+        &PeerConfig::default(),
+        &mut s,
+        "10.0.0.1:1".parse().unwrap(),
+        [7; 20],
+        now,
+    )
+    .unwrap();
+    let mut bytes = handshake_bytes(t.info_hash, false);
+    bytes[25] |= 0x10; // extension protocol only
+    ExtendedHandshake {
+        v: Some("corvid 0.1.0".into()),
+        ..Default::default()
+    }
+    .encode(&mut bytes);
+    Message::Bitfield(Bitfield::full(t.lengths.piece_count()).as_bytes()).encode(&mut bytes);
+    Message::Unchoke.encode(&mut bytes);
+    assert_eq!(pc.handle_bytes(&mut s, &bytes, now), Ok(bytes.len()));
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 8);
+    feed(&mut s, &mut pc, &[Message::Choke], now).unwrap();
+    assert!(pc.outstanding.is_empty() && !pc.expects_blocks());
+    pc.check_invariants();
+    s.check_invariants();
+    assert!(!s.in_endgame());
+
+    // Closing in the middle of a big payload aborts the blocks not yet written.
+    let mut s = empty_swarm(&t);
+    let mut pc = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    let ev = piece_header(&mut s, &mut pc, 0, 0, 128 * 1024, now);
+    let [Event::ReceivePayload {
+        block,
+        discard: false,
+    }] = ev[..]
+    else {
+        panic!("{ev:?}");
+    };
+    assert_eq!(block.len, 128 * 1024);
+    pc.handle_close(&mut s);
+    s.check_invariants();
+    let mut v = Vec::new();
+    let again = s.add_peer("10.0.0.3".parse().unwrap()).unwrap();
+    s.pick_blocks(again, &full, 1024, |_| false, |b| v.push(b));
+    assert_eq!(v.len(), 64, "every block is pickable again");
 }
