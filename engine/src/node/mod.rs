@@ -518,6 +518,13 @@ fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: S
 
 type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
 
+/// How often peers from the configuration are dialled again when not connected.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+
+fn now_since(t: Instant) -> Duration {
+    Instant::now().saturating_duration_since(t)
+}
+
 /// Turns verdicts into haves, reports progress and decides when to stop.
 fn control_loop(
     cfg: &NodeConfig,
@@ -542,6 +549,7 @@ fn control_loop(
         });
     }
     let mut last_progress = Instant::now();
+    let mut last_redial = Instant::now();
     let mut last_verified = Instant::now();
     let tick = Duration::from_millis(200);
     loop {
@@ -578,6 +586,19 @@ fn control_loop(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
         }
         let now = Instant::now();
+        // Peers given on the command line are dialled again while the download is
+        // incomplete and no connection to them is open or being made: a seeder that was
+        // not listening yet, a refused or timed-out dial, or a dropped connection must
+        // not leave a tracker-less peer stranded.
+        if cfg.mode == Mode::Download
+            && complete_at.is_none()
+            && now_since(last_redial) >= REDIAL_INTERVAL
+        {
+            last_redial = Instant::now();
+            for addr in &cfg.peers {
+                dial(shared, rt.mailboxes(), *addr);
+            }
+        }
         let pending: Vec<NodeEvent> = std::mem::take(&mut *shared.events.lock());
         for ev in &pending {
             on_event(ev);
