@@ -46,9 +46,9 @@ pub enum Mode {
 pub enum SeedUntil {
     /// Until told to stop.
     Stopped,
-    /// Once every piece has been uploaded at least once (Murder's seeder need not stay
-    /// after that: the peers hold everything between them). Used by tests that prove
-    /// peers serve each other.
+    /// Once every piece has been uploaded at least once and connected peers have
+    /// announced every piece (Murder's seeder need not stay after that: the peers hold
+    /// everything between them). Used by tests that prove peers serve each other.
     EveryPieceUploaded,
 }
 
@@ -302,6 +302,15 @@ impl Shared {
 
     pub fn every_piece_uploaded(&self) -> bool {
         self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
+    }
+
+    /// Whether every piece is announced (verified, `have`) by at least one connected peer.
+    /// Blocks uploaded once are not enough to leave: the blocks of one piece may have gone
+    /// to different peers, or still be in flight when our sockets close, and then no peer
+    /// can ever complete that piece.
+    pub fn peers_hold_every_piece(&self) -> bool {
+        let swarm = self.swarm.lock();
+        swarm.lengths().pieces().all(|p| swarm.availability(p) > 0)
     }
 
     /// Payload bytes still missing, for announces.
@@ -618,7 +627,9 @@ fn control_loop(
                 }
             }
             Mode::Seed => {
-                if cfg.seed_until == SeedUntil::EveryPieceUploaded && shared.every_piece_uploaded()
+                if cfg.seed_until == SeedUntil::EveryPieceUploaded
+                    && shared.every_piece_uploaded()
+                    && shared.peers_hold_every_piece()
                 {
                     break;
                 }
