@@ -439,7 +439,14 @@ impl PeerConn {
 
     fn on_message(&mut self, swarm: &mut Swarm, m: Message<'_>) -> Result<(), CloseReason> {
         let first = !self.seen_first;
-        self.seen_first = true;
+        // Keep-alives, extension handshakes (libtorrent sends its BEP 10 handshake before
+        // its bitfield or have-none) and DHT ports do not count as the first message.
+        if !matches!(
+            m,
+            Message::KeepAlive | Message::Extended { .. } | Message::Port(_)
+        ) {
+            self.seen_first = true;
+        }
         let need_fast = |fast: bool, what: &'static str| {
             if fast {
                 Ok(())
@@ -448,10 +455,7 @@ impl PeerConn {
             }
         };
         match m {
-            Message::KeepAlive => {
-                // Keep-alives do not count as the first message.
-                self.seen_first = !first;
-            }
+            Message::KeepAlive => {}
             Message::Choke => {
                 self.peer_choking = true;
                 if !self.fast {

@@ -666,6 +666,14 @@ fn hostile_inputs_close_with_reason() {
         now,
     );
     assert_eq!(r, Err(CloseReason::BitfieldNotFirst("bitfield")));
+    // libtorrent's order: extension handshake, then have-none; that is still "first".
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let ext = Message::Extended {
+        ext_id: 0,
+        payload: b"d1:md11:ut_metadatai3eee",
+    };
+    let r = feed(&mut s, &mut pc, &[ext, Message::HaveNone], now);
+    assert!(r.is_ok(), "{r:?}");
     // Fast messages without the fast extension.
     let (_t, mut s, mut pc, now) = opened(false, false);
     assert_eq!(
