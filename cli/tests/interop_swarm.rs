@@ -155,10 +155,11 @@ fn aria2_downloads_through_corvid_tracker() {
         "--seed-time=0",
         "--check-integrity=true",
         "--bt-stop-timeout=100",
-        "--listen-port=0",
         "--summary-interval=0",
         "--console-log-level=warn",
     ]);
+    // aria2 takes no port 0: a port free now (from the ephemeral range, >= 1024).
+    cmd.arg(format!("--listen-port={}", free_port()));
     cmd.arg(format!("--dir={}", dest.display())).arg(&torrent);
     let mut aria = Proc::spawn("aria2c", &mut cmd);
     let (code, lines, err) = aria.wait_exit(T);
