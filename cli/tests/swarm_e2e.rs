@@ -246,8 +246,8 @@ fn distribute(big: usize, seed: u64) -> Distributed {
 #[test]
 fn peers_serve_each_other_after_the_seeder_leaves() {
     let d = distribute(8 << 20, 12);
-    // The peers completed after the seeder left, so they finished from each other; and
-    // they carried a good share of the 8 copies.
+    // The seeder left on its own once the peers held every piece between them, and the
+    // peers carried a good share of the 8 copies to each other.
     assert!(
         d.from_peers >= 2 * d.size,
         "peers received only {} bytes from each other (seeder sent {}, {} counted from it)",
@@ -440,10 +440,21 @@ fn handshake(info_hash: &[u8; 20]) -> Vec<u8> {
     h
 }
 
-/// Sends `bytes` to the seeder, then reads until it closes the connection; panics if it
-/// is still open after 20 s.
-fn expect_disconnect(seeder: SocketAddr, what: &str, bytes: &[u8]) {
+/// Sends `bytes` to the seeder, reads until it closes the connection (panics if it is
+/// still open after 20 s), then checks the seeder logged the close with a reason
+/// containing `reason`.
+fn expect_disconnect(seeder: &mut Proc, addr: SocketAddr, what: &str, bytes: &[u8], reason: &str) {
+    let local = read_until_closed(addr, what, bytes);
+    let line = seeder.wait_line(&format!("\"addr\":\"{local}\""), T);
+    assert!(
+        line.contains("peer_closed") && line.contains(reason),
+        "{what}: the seeder closed for another reason than {reason:?}: {line}"
+    );
+}
+
+fn read_until_closed(seeder: SocketAddr, what: &str, bytes: &[u8]) -> SocketAddr {
     let mut s = TcpStream::connect(seeder).unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+    let local = s.local_addr().expect("local addr");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
     // The seeder may close before taking everything: a failed write is a disconnect too.
@@ -452,7 +463,7 @@ fn expect_disconnect(seeder: SocketAddr, what: &str, bytes: &[u8]) {
     let mut got = 0usize;
     loop {
         match s.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return local,
             Ok(n) => {
                 got += n;
                 assert!(got < 64 << 20, "{what}: the seeder keeps sending");
@@ -461,7 +472,7 @@ fn expect_disconnect(seeder: SocketAddr, what: &str, bytes: &[u8]) {
                 panic!("{what}: still connected after 20 s ({got} bytes received)")
             }
             // A reset is a disconnect.
-            Err(_) => return,
+            Err(_) => return local,
         }
     }
 }
@@ -477,22 +488,41 @@ fn hostile_connections_are_dropped_and_a_good_peer_still_completes() {
 
     let mut wrong = ih;
     wrong[0] ^= 0xff;
-    expect_disconnect(addr, "wrong info-hash", &handshake(&wrong));
+    expect_disconnect(
+        &mut seeder,
+        addr,
+        "wrong info-hash",
+        &handshake(&wrong),
+        "which is not this torrent",
+    );
 
-    expect_disconnect(addr, "garbage", &support::pseudo_random(4096, 99));
+    let garbage = support::pseudo_random(4096, 99);
+    expect_disconnect(&mut seeder, addr, "garbage", &garbage, "handshake");
 
     let len = r.pieces.div_ceil(8) as usize;
     let mut bitfield = handshake(&ih);
     bitfield.extend_from_slice(&(1 + len as u32).to_be_bytes());
     bitfield.push(5);
     bitfield.extend(std::iter::repeat_n(0xffu8, len));
-    expect_disconnect(addr, "bitfield with spare bits set", &bitfield);
+    expect_disconnect(
+        &mut seeder,
+        addr,
+        "bitfield with spare bits set",
+        &bitfield,
+        "spare bits",
+    );
 
     let mut oversized = handshake(&ih);
     oversized.extend_from_slice(&0xffff_fff0u32.to_be_bytes());
     oversized.push(7);
     oversized.extend_from_slice(&[0u8; 1024]);
-    expect_disconnect(addr, "oversized message length", &oversized);
+    expect_disconnect(
+        &mut seeder,
+        addr,
+        "oversized message length",
+        &oversized,
+        "exceeds",
+    );
 
     let dest = r.dest("good");
     let direct = addr.to_string();
