@@ -46,8 +46,8 @@ pub enum Mode {
 pub enum SeedUntil {
     /// Until told to stop.
     Stopped,
-    /// Once every piece has been uploaded at least once and connected peers have
-    /// announced every piece (Murder's seeder need not stay after that: the peers hold
+    /// Once every piece has been uploaded at least once and peers have announced
+    /// every piece (Murder's seeder need not stay after that: the peers hold
     /// everything between them). Used by tests that prove peers serve each other.
     EveryPieceUploaded,
 }
@@ -304,13 +304,13 @@ impl Shared {
         self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
     }
 
-    /// Whether every piece is announced (verified, `have`) by at least one connected peer.
-    /// Blocks uploaded once are not enough to leave: the blocks of one piece may have gone
-    /// to different peers, or still be in flight when our sockets close, and then no peer
-    /// can ever complete that piece.
+    /// Whether every piece was announced (verified, `have`) by some peer. Blocks uploaded
+    /// once are not enough to leave: the blocks of one piece may have gone to different
+    /// peers, or still be in flight when our sockets close, and then no peer can ever
+    /// complete that piece. Sticky, because a peer that completes closes its connection
+    /// to us (both sides complete) and its availability goes with it.
     pub fn peers_hold_every_piece(&self) -> bool {
-        let swarm = self.swarm.lock();
-        swarm.lengths().pieces().all(|p| swarm.availability(p) > 0)
+        self.swarm.lock().every_piece_announced()
     }
 
     /// Payload bytes still missing, for announces.
