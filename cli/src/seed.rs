@@ -23,7 +23,7 @@ use crate::{Exit, Failure};
         An HTTP tracker runs inside the seeder on --tracker-listen (default 0.0.0.0:8998, \
         Murder's port) unless --no-tracker; make the torrent with that tracker's URL. \
         Runs until SIGINT/SIGTERM (or, with --until-distributed, until every piece was \
-        uploaded once), then prints a report.",
+        uploaded once and connected peers announced every piece), then prints a report.",
     after_help = "Examples:\n  corvid make ./release-42 --tracker http://seed.example:8998/announce\n  \
         corvid seed release-42.torrent .\n  \
         corvid seed release-42.torrent /srv/releases --no-tracker --json"
@@ -45,8 +45,8 @@ pub struct Args {
     /// Skip the start-up hash check of the data.
     #[arg(long)]
     trust_data: bool,
-    /// Stop once every piece has been uploaded at least once (the peers then hold
-    /// everything between them).
+    /// Stop once every piece has been uploaded at least once and connected peers have
+    /// announced every piece (the peers then hold everything between them).
     #[arg(long)]
     until_distributed: bool,
     #[command(flatten)]

@@ -716,9 +716,8 @@ impl PeerConn {
                 self.update_interest(swarm);
             }
             Message::Bitfield(bytes) => {
-                if !first {
-                    return Err(CloseReason::BitfieldNotFirst("bitfield"));
-                }
+                // BEP 3 wants it first, but aria2 sends have-none and later a bitfield
+                // in place of haves: a late bitfield only adds pieces.
                 let bf = Bitfield::from_bytes(bytes, self.lengths.piece_count());
                 for p in self.lengths.pieces() {
                     if bf.get(p.get()) {

@@ -144,6 +144,10 @@ pub struct Swarm {
     lengths: Lengths,
     have: Bitfield,
     availability: Vec<u32>,
+    /// Pieces some connection announced at some time (sticky: a peer that completes and
+    /// disconnects still counts), and how many; see [`Swarm::every_piece_announced`].
+    announced: Bitfield,
+    announced_count: u32,
     partial_of: Vec<u32>,
     partials: Vec<Partial>,
     /// Slots of `partials` not in use, kept with their block vectors for reuse.
@@ -200,6 +204,8 @@ impl Swarm {
             lengths,
             have,
             availability: vec![0; n as usize],
+            announced: Bitfield::new(n),
+            announced_count: 0,
             partial_of: vec![NONE; n as usize],
             partials: Vec::new(),
             spare_partials: Vec::new(),
@@ -340,6 +346,15 @@ impl Swarm {
 
     pub fn add_availability(&mut self, piece: PieceIndex) {
         self.availability[piece.as_usize()] += 1;
+        if self.announced.set(piece.get()) {
+            self.announced_count += 1;
+        }
+    }
+
+    /// Whether every piece was announced by some connection at some time: a seeder
+    /// that sees this knows the peers hold everything between them.
+    pub fn every_piece_announced(&self) -> bool {
+        self.announced_count >= self.lengths.piece_count()
     }
 
     pub fn remove_availability(&mut self, piece: PieceIndex) {
@@ -1035,6 +1050,22 @@ mod tests {
         assert_eq!(pick(&mut s, b, &bf("1"), 1).len(), 1);
         assert!(pick(&mut s, a, &bf("1"), 4).is_empty());
         assert_eq!(pick(&mut s, b, &bf("1"), 4).len(), 1);
+    }
+
+    #[test]
+    fn every_piece_announced_is_sticky() {
+        let mut s = swarm(2, 4, 1);
+        let p0 = s.lengths.piece(0).unwrap();
+        let p1 = s.lengths.piece(1).unwrap();
+        s.add_availability(p0);
+        s.add_availability(p0);
+        assert!(!s.every_piece_announced());
+        s.add_availability(p1);
+        // The peers that announced leave: the pieces were still handed out.
+        for p in [p0, p0, p1] {
+            s.remove_availability(p);
+        }
+        assert!(s.every_piece_announced());
     }
 
     #[test]

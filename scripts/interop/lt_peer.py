@@ -25,6 +25,10 @@ def session():
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
+        # corvid speaks plain BitTorrent (no MSE/PE): do not open with an encrypted
+        # handshake that is refused before libtorrent falls back.
+        "out_enc_policy": int(lt.enc_policy.disabled),
+        "in_enc_policy": int(lt.enc_policy.disabled),
         "alert_mask": lt.alert.category_t.error_notification,
     })
 

@@ -103,10 +103,18 @@ impl Proc {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("{}: no line containing {needle:?} within {timeout:?}\n{}", self.name, self.dump())
+                    panic!(
+                        "{}: no line containing {needle:?} within {timeout:?}\n{}",
+                        self.name,
+                        self.dump()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("{}: exited before printing {needle:?}\n{}", self.name, self.dump())
+                    panic!(
+                        "{}: exited before printing {needle:?}\n{}",
+                        self.name,
+                        self.dump()
+                    )
                 }
             }
         }
@@ -128,11 +136,32 @@ impl Proc {
                 return (status.code(), self.seen.clone(), err);
             }
             if Instant::now() >= deadline {
-                panic!("{}: still running after {timeout:?}\n{}", self.name, self.dump());
+                panic!(
+                    "{}: still running after {timeout:?}\n{}",
+                    self.name,
+                    self.dump()
+                );
             }
             // Polling the exit status: std offers no blocking wait with a timeout.
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM: a corvid node then stops cleanly, prints its report and exits.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let pid = libc::pid_t::try_from(c.id()).expect("pid fits pid_t");
+            // SAFETY: kill(2) with a PID we spawned and have not reaped yet (the Child is
+            // still held), so the PID cannot have been reused by another process.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Every stdout line seen so far by `wait_line`/`wait_exit`.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
     }
 
     /// SIGKILL, as a crash would.
@@ -178,7 +207,11 @@ pub fn make_tree(root: &Path, big: usize, seed: u64) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("lib/deep/er")).unwrap();
     std::fs::write(root.join("bin/app"), pseudo_random(big, seed)).unwrap();
-    std::fs::write(root.join("lib/deep/er/data.bin"), pseudo_random(300_001, seed + 1)).unwrap();
+    std::fs::write(
+        root.join("lib/deep/er/data.bin"),
+        pseudo_random(300_001, seed + 1),
+    )
+    .unwrap();
     std::fs::write(root.join("lib/empty"), b"").unwrap();
     std::fs::write(root.join("README"), b"release notes\n").unwrap();
 }
@@ -198,7 +231,10 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 fn list(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -207,4 +243,38 @@ fn list(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p.strip_prefix(root).unwrap().to_path_buf());
         }
     }
+}
+
+/// A `corvid` command with `args`.
+pub fn corvid(args: &[&str]) -> Command {
+    let mut c = Command::new(corvid_bin());
+    c.args(args);
+    c
+}
+
+/// A port free right now on 127.0.0.1 (bound to port 0, then released): for programs that
+/// must be told a port up front (a tracker whose URL goes into the torrent).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The raw JSON token after `"key":` in a one-line object (a number, `true`, or a string
+/// with its quotes removed); enough for the flat fields corvid prints.
+pub fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.find('"').map(|end| &s[..end]);
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
+/// A numeric field of a JSON line; panics naming the field and the line when absent.
+pub fn json_u64(line: &str, key: &str) -> u64 {
+    json_field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key:?} in {line}"))
 }

@@ -46,9 +46,9 @@ pub enum Mode {
 pub enum SeedUntil {
     /// Until told to stop.
     Stopped,
-    /// Once every piece has been uploaded at least once (Murder's seeder need not stay
-    /// after that: the peers hold everything between them). Used by tests that prove
-    /// peers serve each other.
+    /// Once every piece has been uploaded at least once and peers have announced
+    /// every piece (Murder's seeder need not stay after that: the peers hold
+    /// everything between them). Used by tests that prove peers serve each other.
     EveryPieceUploaded,
 }
 
@@ -302,6 +302,15 @@ impl Shared {
 
     pub fn every_piece_uploaded(&self) -> bool {
         self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
+    }
+
+    /// Whether every piece was announced (verified, `have`) by some peer. Blocks uploaded
+    /// once are not enough to leave: the blocks of one piece may have gone to different
+    /// peers, or still be in flight when our sockets close, and then no peer can ever
+    /// complete that piece. Sticky, because a peer that completes closes its connection
+    /// to us (both sides complete) and its availability goes with it.
+    pub fn peers_hold_every_piece(&self) -> bool {
+        self.swarm.lock().every_piece_announced()
     }
 
     /// Payload bytes still missing, for announces.
@@ -649,7 +658,9 @@ fn control_loop(
                 }
             }
             Mode::Seed => {
-                if cfg.seed_until == SeedUntil::EveryPieceUploaded && shared.every_piece_uploaded()
+                if cfg.seed_until == SeedUntil::EveryPieceUploaded
+                    && shared.every_piece_uploaded()
+                    && shared.peers_hold_every_piece()
                 {
                     break;
                 }

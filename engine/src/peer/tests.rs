@@ -691,15 +691,28 @@ fn hostile_inputs_close_with_reason() {
         feed(&mut s, &mut pc, &[Message::Have(4)], now),
         Err(CloseReason::HaveOutOfRange(4))
     );
-    // A bitfield that is not first.
-    let (_t, mut s, mut pc, now) = opened(false, true);
+    // A bitfield that is not first (aria2 does this) only adds pieces.
+    let (t, mut s, mut pc, now) = opened(false, true);
     let r = feed(
         &mut s,
         &mut pc,
-        &[Message::Have(0), Message::Bitfield(&[0x80])],
+        &[Message::HaveNone, Message::Bitfield(&[0x40])],
         now,
     );
-    assert_eq!(r, Err(CloseReason::BitfieldNotFirst("bitfield")));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(s.availability(t.lengths.piece(1).unwrap()), 1);
+    // Have-none that is not first is still refused.
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let r = feed(&mut s, &mut pc, &[Message::Have(0), Message::HaveNone], now);
+    assert_eq!(r, Err(CloseReason::BitfieldNotFirst("have none")));
+    // libtorrent's order: extension handshake, then have-none; that is still "first".
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    let ext = Message::Extended {
+        ext_id: 0,
+        payload: b"d1:md11:ut_metadatai3eee",
+    };
+    let r = feed(&mut s, &mut pc, &[ext, Message::HaveNone], now);
+    assert!(r.is_ok(), "{r:?}");
     // Fast messages without the fast extension.
     let (_t, mut s, mut pc, now) = opened(false, false);
     assert_eq!(
