@@ -405,6 +405,41 @@ impl Storage {
         h.finalize().into()
     }
 
+    /// Faults in the pages of a piece for writing ahead of the network (Linux 5.14+
+    /// `MADV_POPULATE_WRITE`), without changing their contents. A receive into a page
+    /// that is not mapped yet stops in the kernel to allocate it (and, on ext4, to
+    /// reserve its block); profiling put that at about a third of the receiving core's
+    /// time. Doing it on another thread first leaves the io_uring core thread copying.
+    /// Returns false when the kernel does not support it or the storage is read-only;
+    /// callers just stop prefaulting then.
+    pub fn prefault(&self, piece: PieceIndex) -> bool {
+        if !self.writable {
+            return false;
+        }
+        const PAGE: usize = 4096;
+        for span in self.spans(piece, 0, self.piece_len(piece)) {
+            let Some((ptr, len)) = self.span_ptr(span) else {
+                continue;
+            };
+            // madvise wants a page-aligned start: widen the range back to the page that
+            // holds the span's first byte (mappings start on a page boundary).
+            let addr = ptr as usize;
+            let start = addr & !(PAGE - 1);
+            let len = len + (addr - start);
+            // SAFETY: the range lies inside one of this storage's live mappings
+            // (`span_ptr` checked it; widening only moves the start back within the
+            // mapping's first page at most). MADV_POPULATE_WRITE faults pages in without
+            // changing their contents, so no reader or writer can observe it.
+            let rc = unsafe {
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE)
+            };
+            if rc != 0 {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Writes dirty pages to disk (msync); a no-op for read-only storage.
     pub fn flush(&self) -> Result<(), StorageError> {
         if !self.writable {

@@ -487,7 +487,20 @@ pub fn run(
     }
 
     let announce = announce::start(&cfg, &shared, &rt, peer_addr);
-    let outcome = control_loop(&cfg, &shared, &rt, &verdict_rx, &stop, start, on_event);
+    let prefault = (cfg.mode == Mode::Download).then(|| Prefault::start(shared.clone()));
+    let outcome = control_loop(
+        &cfg,
+        &shared,
+        &rt,
+        &verdict_rx,
+        &stop,
+        start,
+        prefault.as_ref(),
+        on_event,
+    );
+    if let Some(p) = prefault {
+        p.stop();
+    }
     announce.stop(&shared);
     let services = rt.shutdown();
     drop(services);
@@ -527,6 +540,67 @@ fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: S
 
 type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
 
+/// Faults in the download's pages on its own thread, in piece order, at most
+/// [`Prefault::WINDOW`] bytes ahead of what is verified, so the io_uring core threads
+/// receive into pages that already exist (see [`Storage::prefault`]).
+struct Prefault {
+    thread: std::thread::JoinHandle<()>,
+    done: Arc<AtomicBool>,
+}
+
+impl Prefault {
+    const WINDOW: u64 = 1 << 30;
+
+    fn start(shared: Arc<Shared>) -> Prefault {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("corvid-prefault".into())
+            .spawn(move || {
+                let lengths = shared.storage.lengths();
+                let missing: Vec<PieceIndex> = {
+                    let swarm = shared.swarm.lock();
+                    lengths
+                        .pieces()
+                        .filter(|p| !swarm.have().get(p.get()))
+                        .collect()
+                };
+                let mut ahead = 0u64;
+                for p in missing {
+                    loop {
+                        if flag.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let verified =
+                            u64::from(shared.swarm.lock().have().count()) * lengths.piece_length();
+                        if ahead < verified + Self::WINDOW {
+                            break;
+                        }
+                        // Woken by the control loop after each verdict; the timeout only
+                        // bounds a missed wake-up.
+                        std::thread::park_timeout(Duration::from_millis(100));
+                    }
+                    if !shared.storage.prefault(p) {
+                        return;
+                    }
+                    ahead += u64::from(lengths.piece_size(p));
+                }
+            })
+            .expect("spawn prefault thread");
+        Prefault { thread, done }
+    }
+
+    fn wake(&self) {
+        self.thread.thread().unpark();
+    }
+
+    fn stop(self) {
+        self.done.store(true, Ordering::Relaxed);
+        self.wake();
+        let _ = self.thread.join();
+    }
+}
+
 /// How often peers from the configuration are dialled again when not connected.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -535,6 +609,7 @@ fn now_since(t: Instant) -> Duration {
 }
 
 /// Turns verdicts into haves, reports progress and decides when to stop.
+#[allow(clippy::too_many_arguments)]
 fn control_loop(
     cfg: &NodeConfig,
     shared: &Arc<Shared>,
@@ -542,6 +617,7 @@ fn control_loop(
     verdicts: &Receiver<Verdict>,
     stop: &StopFlag,
     start: Instant,
+    prefault: Option<&Prefault>,
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<LoopOutcome, NodeError> {
     let total = cfg.lengths.piece_count();
@@ -586,6 +662,9 @@ fn control_loop(
                     }
                 }
                 banned.extend(new_bans);
+                if let Some(p) = prefault {
+                    p.wake();
+                }
                 // Every connection sends its haves (and closes if banned) when polled.
                 for mb in rt.mailboxes() {
                     let _ = mb.send(CoreMsg::Poll);
