@@ -317,6 +317,38 @@ fn deploy_to_fleet_with_failures_reruns_and_second_tag() {
             "h{i}"
         );
     }
+
+    // 4. An existing release with other content is refused unless --force.
+    let conf = fleet.host_dir(5).join("app/releases/v1/lib/deep/conf");
+    std::fs::write(&conf, b"tampered\n").unwrap();
+    let (out, lines) = fleet.deploy(&v1, "v1", &[]);
+    assert_eq!(out.status.code(), Some(8), "{lines:?}");
+    for (host, res, err) in results(&lines) {
+        if host == "h5" {
+            assert_eq!(res, "failed");
+            assert!(err.contains("different content"), "{err}");
+        } else {
+            assert_eq!(res, "skipped", "{host}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(&conf).unwrap(), b"tampered\n");
+    let (out, lines) = fleet.deploy(&v1, "v1", &["--force"]);
+    assert!(
+        out.status.success(),
+        "--force: {}\n{lines:?}",
+        text(&out.stderr)
+    );
+    for (host, res, err) in results(&lines) {
+        let want = if host == "h5" { "deployed" } else { "skipped" };
+        assert_eq!(res, want, "{host}: {err}");
+    }
+    let app5 = fleet.host_dir(5).join("app");
+    assert_eq!(listing(&app5.join("releases/v1")), want_v1);
+    // Without --activate, current stays where it was.
+    assert_eq!(
+        std::fs::read_link(app5.join("current")).unwrap(),
+        PathBuf::from("releases/v2")
+    );
 }
 
 #[test]

@@ -126,6 +126,8 @@ impl HostOutcome {
 pub struct HostResult {
     pub host: String,
     pub outcome: HostOutcome,
+    /// From the start of the deploy until the release was in place on this host (or it
+    /// failed); a peer's linger afterwards is not counted.
     pub duration: Duration,
     pub bytes_from_seeder: u64,
     pub bytes_from_peers: u64,
@@ -343,7 +345,7 @@ fn peer_host(
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
-) -> (HostOutcome, u64, u64) {
+) -> (HostOutcome, u64, u64, Option<Instant>) {
     let dir = plan.dest.join(".corvid");
     let tfile = dir.join(format!("{}.torrent", plan.tag));
     let (dir, tfile) = (
@@ -375,7 +377,14 @@ fn peer_host(
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return (HostOutcome::Failed(format!("cannot run ssh: {e}")), 0, 0),
+        Err(e) => {
+            return (
+                HostOutcome::Failed(format!("cannot run ssh: {e}")),
+                0,
+                0,
+                None,
+            )
+        }
     };
     if let Some(mut stdin) = child.stdin.take() {
         // The torrent is small (hashes only); the remote `cat` reads it before anything
@@ -391,6 +400,8 @@ fn peer_host(
         s
     });
     let (mut status, mut from_seeder, mut from_peers) = (None, 0u64, 0u64);
+    // When the release was in place: the host's time, before its linger.
+    let mut released_at = None;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
@@ -403,7 +414,10 @@ fn peer_host(
                         });
                     }
                 }
-                Some("release") => status = json_field(&line, "status").map(str::to_string),
+                Some("release") => {
+                    status = json_field(&line, "status").map(str::to_string);
+                    released_at = Some(Instant::now());
+                }
                 Some("done") => {
                     let num = |k| {
                         json_field(&line, k)
@@ -434,7 +448,7 @@ fn peer_host(
             HostOutcome::Failed(format!("{} (exit {c}): {detail}", peer_exit_text(c)))
         }
     };
-    (outcome, from_seeder, from_peers)
+    (outcome, from_seeder, from_peers, released_at)
 }
 
 /// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
@@ -580,13 +594,16 @@ pub fn run(
         let hosts = &hosts;
         let worker = s.spawn(move || {
             for_each_host(live_hosts, plan.parallel, &|h| {
-                let (outcome, from_seeder, from_peers) =
+                let (outcome, from_seeder, from_peers, released_at) =
                     peer_host(plan, h, torrent, seeder_addr, &tx2);
                 let r = HostResult {
                     host: h.to_string(),
                     outcome,
-                    // From the start of the deploy: when this host was done.
-                    duration: start.elapsed(),
+                    // From the start of the deploy to the release in place (the linger
+                    // that follows is service to others, not this host's wait).
+                    duration: released_at
+                        .unwrap_or_else(Instant::now)
+                        .duration_since(start),
                     bytes_from_seeder: from_seeder,
                     bytes_from_peers: from_peers,
                     installed_corvid: hosts
