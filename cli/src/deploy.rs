@@ -304,6 +304,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         DeployError::Seeder(_) | DeployError::Tracker(_) | DeployError::SeederGone => {
             Failure::output(e)
         }
+        DeployError::Interrupted => Failure {
+            code: Exit::Interrupted,
+            error: e.into(),
+        },
         e => Failure::input(e),
     });
     if let Some(b) = display.bar.take() {

@@ -95,6 +95,8 @@ pub enum DeployError {
     Seeder(#[from] NodeError),
     #[error("seeder stopped before it listened")]
     SeederGone,
+    #[error("interrupted before the peers were started")]
+    Interrupted,
 }
 
 /// How one host ended.
@@ -470,6 +472,17 @@ pub fn run(
         bytes: std::fs::read(&plan.local_corvid).map_err(local_err)?,
     };
     let hosts = v.hosts;
+    // The tracker binds first: a busy --tracker-port fails before any host is touched.
+    let tcfg = TrackerConfig {
+        interval: Duration::from_secs(10),
+        min_interval: Duration::from_secs(5),
+        ..TrackerConfig::default()
+    };
+    let tracker = TrackerServer::bind(
+        SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
+        tcfg,
+    )
+    .map_err(|e| DeployError::Tracker(e.to_string()))?;
     let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
 
@@ -515,7 +528,12 @@ pub fn run(
     }
     let live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
     let payload_bytes = v.payload.total_length();
+    if stop.is_stopped() {
+        tracker.shutdown();
+        return Err(DeployError::Interrupted);
+    }
     if live.is_empty() {
+        tracker.shutdown();
         return Ok(FleetReport {
             hosts: results.into_iter().flatten().collect(),
             elapsed: start.elapsed(),
@@ -523,22 +541,12 @@ pub fn run(
             seeder_uploaded: 0,
         });
     }
-    let addr = plan
-        .seeder_addr
-        .or(seen_as)
-        .ok_or(DeployError::NoSeederAddr)?;
-
-    // Tracker, torrent, seeder.
-    let tcfg = TrackerConfig {
-        interval: Duration::from_secs(10),
-        min_interval: Duration::from_secs(5),
-        ..TrackerConfig::default()
+    let Some(addr) = plan.seeder_addr.or(seen_as) else {
+        tracker.shutdown();
+        return Err(DeployError::NoSeederAddr);
     };
-    let tracker = TrackerServer::bind(
-        SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
-        tcfg,
-    )
-    .map_err(|e| DeployError::Tracker(e.to_string()))?;
+
+    // Torrent and seeder.
     let url = format!(
         "http://{}/announce",
         SocketAddr::new(addr, tracker.local_addr().port())
@@ -549,7 +557,13 @@ pub fn run(
         comment: Some(format!("corvid deploy {}", plan.tag)),
         ..BuildOptions::default()
     };
-    let (m, torrent) = metainfo::build_payload(&v.payload, &opts, &pool, &mut |_| {})?;
+    let (m, torrent) = match metainfo::build_payload(&v.payload, &opts, &pool, &mut |_| {}) {
+        Ok(x) => x,
+        Err(e) => {
+            tracker.shutdown();
+            return Err(e.into());
+        }
+    };
     drop(pool);
     let seed_stop = StopFlag::new();
     let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
