@@ -95,9 +95,20 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         m.info.lengths.piece_length(),
         "downloading",
     );
-    match node::run(cfg, stop, &mut |ev| printer.event(ev)) {
+    // BEP 47 exec bits and symlinks, once every piece is verified.
+    let mut attrs: Option<Result<(), Failure>> = None;
+    let result = node::run(cfg, stop, &mut |ev| {
+        printer.event(ev);
+        if matches!(ev, NodeEvent::Complete { .. }) && attrs.is_none() {
+            attrs = Some(content::apply_attributes_named(&m.info, dest).map_err(Failure::output));
+        }
+    });
+    match result {
         Ok(report) => {
             printer.report(&report);
+            if let Some(Err(f)) = attrs {
+                return Err(f);
+            }
             Ok(if report.complete {
                 Exit::Ok
             } else {

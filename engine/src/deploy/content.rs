@@ -62,12 +62,28 @@ fn wanted_mode(info: &Info, index: usize) -> u32 {
 /// replacing whatever is at a link's path (a stale link from an earlier attempt). Called
 /// on the verified partial directory, before it is renamed into place.
 pub fn apply_attributes(info: &Info, root: &Path) -> Result<(), ReleaseError> {
-    for (i, f) in release_files(info).iter().enumerate() {
+    apply(info, root, &release_files(info), release_links(info))
+}
+
+/// [`apply_attributes`] for the plain layout of `corvid peer TORRENT DEST`, where the
+/// payload keeps its torrent paths (`DEST/NAME/...`).
+pub fn apply_attributes_named(info: &Info, dest: &Path) -> Result<(), ReleaseError> {
+    let links = info.symlinks.iter().map(|l| (l.path.clone(), l));
+    apply(info, dest, &info.files, links)
+}
+
+fn apply<'a>(
+    info: &Info,
+    root: &Path,
+    files: &[FileSpec],
+    links: impl Iterator<Item = (PathBuf, &'a Symlink)>,
+) -> Result<(), ReleaseError> {
+    for (i, f) in files.iter().enumerate() {
         let p = root.join(&f.path);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(wanted_mode(info, i)))
             .map_err(io_err(&p))?;
     }
-    for (rel, link) in release_links(info) {
+    for (rel, link) in links {
         let p = root.join(&rel);
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
