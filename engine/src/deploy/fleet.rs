@@ -295,11 +295,13 @@ fn check_host(
         .run(host, &script, b"")
         .map_err(|e| format!("cannot run ssh: {e}"))?;
     if out.code != 0 {
-        return Err(format!(
-            "ssh: {} (exit {})",
-            out.last_error_line(),
-            out.code
-        ));
+        let line = out.last_error_line();
+        let sep = if line.starts_with("ssh:") {
+            ""
+        } else {
+            "ssh: "
+        };
+        return Err(format!("{sep}{line} (exit {})", out.code));
     }
     let mut client = None;
     let mut version = None;
