@@ -295,7 +295,10 @@ fn check_host(
         .run(host, &script, b"")
         .map_err(|e| format!("cannot run ssh: {e}"))?;
     if out.code != 0 {
-        let line = out.last_error_line();
+        let mut line = out.last_error_line();
+        if line.is_empty() {
+            line = peer_exit_text(out.code).to_string();
+        }
         let sep = if line.starts_with("ssh:") {
             ""
         } else {

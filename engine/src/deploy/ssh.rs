@@ -2,7 +2,9 @@
 //!
 //! Every session runs `ssh -o BatchMode=yes [user options] -- HOST 'remote command'`:
 //! BatchMode, so a host that would ask for a password or a host-key confirmation fails at
-//! once instead of hanging the deploy; `--` before the host, which [`super::hosts`] has
+//! once instead of hanging the deploy; keep-alives after the user's options (ssh takes the
+//! first value it sees, so the user's own `-o ServerAlive...` wins), so a host that dies
+//! mid-transfer ends its session in about a minute instead of never; `--` before the host, which [`super::hosts`] has
 //! already checked cannot start with `-`. The remote command is one string for the remote
 //! shell, so every value in it goes through [`quote`].
 
@@ -47,6 +49,12 @@ impl Ssh {
         let mut c = Command::new("ssh");
         c.arg("-o").arg("BatchMode=yes");
         c.args(&self.options);
+        c.args([
+            "-o",
+            "ServerAliveInterval=10",
+            "-o",
+            "ServerAliveCountMax=6",
+        ]);
         c.arg("--").arg(host).arg(remote);
         c
     }
@@ -139,7 +147,19 @@ mod tests {
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
-            ["-o", "BatchMode=yes", "-F", "cfg", "--", "h1", "true"]
+            [
+                "-o",
+                "BatchMode=yes",
+                "-F",
+                "cfg",
+                "-o",
+                "ServerAliveInterval=10",
+                "-o",
+                "ServerAliveCountMax=6",
+                "--",
+                "h1",
+                "true"
+            ]
         );
     }
 }
