@@ -4,7 +4,7 @@
 //! fleet progress (hosts done/failed/total and the aggregate download rate) and prints the
 //! per-host table or JSON lines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -100,6 +100,8 @@ struct Display {
     done: usize,
     failed: usize,
     bytes: HashMap<String, u64>,
+    /// Hosts already counted (at their release, before the linger ends their session).
+    counted: HashSet<String>,
     last: (Instant, u64),
     rate: f64,
 }
@@ -122,6 +124,7 @@ impl Display {
             done: 0,
             failed: 0,
             bytes: HashMap::new(),
+            counted: HashSet::new(),
             last: (Instant::now(), 0),
             rate: 0.0,
         }
@@ -189,15 +192,37 @@ impl Display {
             FleetEvent::HostProgress { host, bytes_down } => {
                 self.bytes.insert(host.clone(), *bytes_down);
             }
+            FleetEvent::HostReleased {
+                host,
+                outcome,
+                duration,
+            } => {
+                if self.counted.insert(host.clone()) {
+                    self.done += 1;
+                    self.say(&format!(
+                        "[{}/{}] {host} {} in {:.1} s",
+                        self.done + self.failed,
+                        self.total,
+                        outcome.label(),
+                        duration.as_secs_f64()
+                    ));
+                }
+            }
             FleetEvent::HostDone(r) => {
+                if self.json {
+                    let _ = print(&format!("{}\n", host_json(r)));
+                }
+                if !self.counted.insert(r.host.clone()) {
+                    // Counted at its release already.
+                    self.refresh();
+                    return;
+                }
                 if r.outcome.ok() {
                     self.done += 1;
                 } else {
                     self.failed += 1;
                 }
-                if self.json {
-                    let _ = print(&format!("{}\n", host_json(r)));
-                } else {
+                if !self.json {
                     let why = match &r.outcome {
                         fleet::HostOutcome::Failed(w) => format!(": {w}"),
                         _ => String::new(),

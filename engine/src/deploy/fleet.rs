@@ -158,6 +158,16 @@ pub enum FleetEvent {
         host: String,
         bytes_down: u64,
     },
+    /// The release is in place on a host (it may linger, seeding, before [`HostDone`]).
+    /// `outcome` is [`HostOutcome::Deployed`] or [`HostOutcome::AlreadyPresent`];
+    /// `duration` is from the start of the deploy.
+    ///
+    /// [`HostDone`]: FleetEvent::HostDone
+    HostReleased {
+        host: String,
+        outcome: HostOutcome,
+        duration: Duration,
+    },
     HostDone(HostResult),
 }
 
@@ -348,6 +358,7 @@ fn check_host(
 /// The peer phase for one host.
 fn peer_host(
     plan: &DeployPlan,
+    start: Instant,
     host: &str,
     torrent: &[u8],
     seeder: SocketAddr,
@@ -423,7 +434,17 @@ fn peer_host(
                 }
                 Some("release") => {
                     status = json_field(&line, "status").map(str::to_string);
-                    released_at = Some(Instant::now());
+                    let now = Instant::now();
+                    released_at = Some(now);
+                    let _ = events.send(FleetEvent::HostReleased {
+                        host: host.to_string(),
+                        outcome: if status.as_deref() == Some("already_present") {
+                            HostOutcome::AlreadyPresent
+                        } else {
+                            HostOutcome::Deployed
+                        },
+                        duration: now.duration_since(start),
+                    });
                 }
                 Some("done") => {
                     let num = |k| {
@@ -614,7 +635,7 @@ pub fn run(
         let worker = s.spawn(move || {
             for_each_host(live_hosts, plan.parallel, &|h| {
                 let (outcome, from_seeder, from_peers, released_at) =
-                    peer_host(plan, h, torrent, seeder_addr, &tx2);
+                    peer_host(plan, start, h, torrent, seeder_addr, &tx2);
                 let r = HostResult {
                     host: h.to_string(),
                     outcome,
