@@ -28,7 +28,8 @@ use crate::{Exit, Failure};
         runs `corvid peer` on every host over ssh (your own ssh config, keys and agent; \
         BatchMode, so nothing prompts). Each host downloads the CONTENT of --src into \
         DEST/releases/TAG.partial, verifies every piece, applies exec bits and symlinks, and \
-        renames it to DEST/releases/TAG; --activate then points DEST/current at it.\n\n\
+        renames it to DEST/releases/TAG; --activate then points DEST/current at it. The \
+        torrent is kept at DEST/.corvid/TAG.torrent (for `corvid verify`).\n\n\
         corvid is looked for at --remote-corvid on each host (by that path, never PATH, \
         which non-interactive ssh sessions often lack) and installed there from this binary \
         when missing or different (version and SHA-1 compared). A host that already holds \

@@ -2,7 +2,8 @@
 //!
 //! 1. [`validate`]: the plan is checked and the source tree scanned before anything is
 //!    sent (missing DIR, relative --dest, bad TAG, links leaving the tree, empty payload).
-//! 2. Check phase, per host (at most `parallel` at once): one ssh session prints
+//! 2. The embedded tracker binds (a busy `--tracker-port` fails here, still before any
+//!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh session prints
 //!    `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1; if corvid is
 //!    missing or differs, a second session installs this binary (`cat` into a temporary
 //!    file, `chmod`, `mv` over the old one: never a half-written binary). A host that
