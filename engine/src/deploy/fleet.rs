@@ -510,30 +510,25 @@ pub fn run(
         tcfg,
     )
     .map_err(|e| DeployError::Tracker(e.to_string()))?;
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
 
-    // Check phase: on worker threads, events forwarded here as they come.
+    // Check phase: on worker threads, events forwarded here as they come, until the
+    // workers are done and their sender is gone.
+    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let checks = std::thread::scope(|s| {
-        let tx2 = tx.clone();
         let local = &local;
         let hosts = &hosts;
         let worker = s.spawn(move || {
-            for_each_host(hosts, plan.parallel, &|h| check_host(plan, local, h, &tx2))
+            for_each_host(hosts, plan.parallel, &|h| {
+                (check_host(plan, local, h, &tx), start.elapsed())
+            })
         });
-        while !worker.is_finished() {
-            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
-                on_event(&ev);
-            }
-        }
+        forward(&rx, on_event, &mut || {});
         worker.join().expect("check workers do not panic")
     });
-    for ev in rx.try_iter() {
-        on_event(&ev);
-    }
     let mut installed = vec![false; hosts.len()];
     let mut seen_as = None;
-    for (i, c) in checks.into_iter().enumerate() {
+    for (i, (c, at)) in checks.into_iter().enumerate() {
         match c {
             Ok((client, inst)) => {
                 installed[i] = inst;
@@ -543,7 +538,7 @@ pub fn run(
                 let r = HostResult {
                     host: hosts[i].clone(),
                     outcome: HostOutcome::Failed(why),
-                    duration: start.elapsed(),
+                    duration: at,
                     bytes_from_seeder: 0,
                     bytes_from_peers: 0,
                     installed_corvid: false,
@@ -627,8 +622,9 @@ pub fn run(
 
     // Peer phase.
     let live_hosts: Vec<String> = live.iter().map(|&i| hosts[i].clone()).collect();
+    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let peer_results = std::thread::scope(|s| {
-        let tx2 = tx.clone();
+        let tx2 = tx;
         let torrent = &torrent;
         let live_hosts = &live_hosts;
         let installed = &installed;
@@ -656,20 +652,15 @@ pub fn run(
                 r
             })
         });
-        while !worker.is_finished() {
+        forward(&rx, on_event, &mut || {
             if stop.is_stopped() {
-                // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them.
+                // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
+                // (the terminal's SIGINT reaches our ssh children too).
                 seed_stop.stop();
             }
-            if let Ok(ev) = rx.recv_timeout(Duration::from_millis(100)) {
-                on_event(&ev);
-            }
-        }
+        });
         worker.join().expect("peer workers do not panic")
     });
-    for ev in rx.try_iter() {
-        on_event(&ev);
-    }
     seed_stop.stop();
     let seed_report = seeder.join();
     tracker.shutdown();
@@ -686,6 +677,23 @@ pub fn run(
         payload_bytes,
         seeder_uploaded,
     })
+}
+
+/// Hands events to `on_event` until every sender is gone; `idle` runs at least every
+/// 100 ms meanwhile (to notice Ctrl-C).
+fn forward(
+    rx: &crossbeam_channel::Receiver<FleetEvent>,
+    on_event: &mut dyn FnMut(&FleetEvent),
+    idle: &mut dyn FnMut(),
+) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => on_event(&ev),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        idle();
+    }
 }
 
 fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String) -> NodeConfig {
