@@ -178,6 +178,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             Some(_) => replace = true,
         }
     }
+    content::prune_partial(&m.info, &rp.partial()).map_err(Failure::output)?;
     let stop = roles::stop_on_signals()?;
     let mut cfg = roles::node_config(
         Mode::Download,

@@ -103,6 +103,48 @@ fn apply<'a>(
     Ok(())
 }
 
+/// Removes from a partial directory whatever the torrent does not name (left by an
+/// earlier attempt at this tag with other content), so the release that is renamed into
+/// place holds exactly the torrent's files and links. Files the torrent names are kept:
+/// their verified pieces are reused.
+pub fn prune_partial(info: &Info, root: &Path) -> Result<(), ReleaseError> {
+    let mut keep: std::collections::HashSet<PathBuf> =
+        release_files(info).into_iter().map(|f| f.path).collect();
+    keep.extend(release_links(info).map(|(p, _)| p));
+    let dirs: std::collections::HashSet<PathBuf> = keep
+        .iter()
+        .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
+        .collect();
+    fn walk(
+        root: &Path,
+        rel: &Path,
+        keep: &std::collections::HashSet<PathBuf>,
+        dirs: &std::collections::HashSet<PathBuf>,
+    ) -> Result<(), ReleaseError> {
+        let dir = root.join(rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(io_err(&dir))?;
+            let r = rel.join(e.file_name());
+            let p = root.join(&r);
+            let is_dir = e.file_type().map_err(io_err(&p))?.is_dir();
+            if is_dir && dirs.contains(&r) {
+                walk(root, &r, keep, dirs)?;
+            } else if is_dir {
+                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+            } else if !keep.contains(&r) {
+                std::fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(())
+    }
+    walk(root, Path::new(""), &keep, &dirs)
+}
+
 /// Why an existing release directory does not hold this release, or `None` when every
 /// piece verifies, every file has its mode's exec bit and every symlink its target.
 /// Files the torrent does not name are not looked at.
@@ -188,6 +230,22 @@ mod tests {
         assert_eq!(std::fs::read(r.join("bin/data")).unwrap().len(), 40000);
         // Applying twice is fine (a retried attempt).
         apply_attributes(&m.info, r).unwrap();
+
+        // Stray entries from an earlier attempt are pruned, named ones kept.
+        std::fs::write(r.join("stray"), b"old").unwrap();
+        std::fs::create_dir_all(r.join("gone/deeper")).unwrap();
+        std::fs::write(r.join("gone/deeper/x"), b"old").unwrap();
+        std::fs::write(r.join("bin/old"), b"old").unwrap();
+        prune_partial(&m.info, r).unwrap();
+        let mut left: Vec<String> = Vec::new();
+        for e in ["stray", "gone", "bin/old", "bin/run", "bin/data", "data"] {
+            if std::fs::symlink_metadata(r.join(e)).is_ok() {
+                left.push(e.to_string());
+            }
+        }
+        assert_eq!(left, ["bin/run", "bin/data", "data"]);
+        assert_eq!(differs(&m.info, r, &m.info.pieces, &pool), None);
+        prune_partial(&m.info, &r.join("missing")).unwrap();
 
         // Changed bytes are found.
         std::fs::write(r.join("data"), vec![8u8; 40000]).unwrap();
