@@ -103,18 +103,10 @@ impl Proc {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "{}: no line containing {needle:?} within {timeout:?}\n{}",
-                        self.name,
-                        self.dump()
-                    )
+                    panic!("{}: no line containing {needle:?} within {timeout:?}\n{}", self.name, self.dump())
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "{}: exited before printing {needle:?}\n{}",
-                        self.name,
-                        self.dump()
-                    )
+                    panic!("{}: exited before printing {needle:?}\n{}", self.name, self.dump())
                 }
             }
         }
@@ -136,11 +128,7 @@ impl Proc {
                 return (status.code(), self.seen.clone(), err);
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{}: still running after {timeout:?}\n{}",
-                    self.name,
-                    self.dump()
-                );
+                panic!("{}: still running after {timeout:?}\n{}", self.name, self.dump());
             }
             // Polling the exit status: std offers no blocking wait with a timeout.
             std::thread::sleep(Duration::from_millis(20));
@@ -190,11 +178,7 @@ pub fn make_tree(root: &Path, big: usize, seed: u64) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("lib/deep/er")).unwrap();
     std::fs::write(root.join("bin/app"), pseudo_random(big, seed)).unwrap();
-    std::fs::write(
-        root.join("lib/deep/er/data.bin"),
-        pseudo_random(300_001, seed + 1),
-    )
-    .unwrap();
+    std::fs::write(root.join("lib/deep/er/data.bin"), pseudo_random(300_001, seed + 1)).unwrap();
     std::fs::write(root.join("lib/empty"), b"").unwrap();
     std::fs::write(root.join("README"), b"release notes\n").unwrap();
 }
@@ -214,10 +198,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 fn list(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
