@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod deploy;
 mod info;
 mod make;
 mod output;
@@ -37,6 +38,8 @@ pub enum Exit {
     Unavailable = 6,
     /// Stopped by SIGINT/SIGTERM before the download completed.
     Interrupted = 7,
+    /// `deploy`: some hosts failed (the others may have succeeded).
+    HostsFailed = 8,
 }
 
 /// An error with the exit code it maps to.
@@ -75,6 +78,7 @@ Examples:
   corvid verify release-42.torrent /srv/releases
   corvid seed release-42.torrent .          # embedded tracker on :8998
   corvid peer release-42.torrent /srv/releases --linger 30s
+  corvid deploy --hosts web1,web2 --src ./build --dest /srv/app --tag v42 --activate
 
 Exit codes:
   0  success
@@ -84,7 +88,8 @@ Exit codes:
   4  output error (output exists without --force, cannot write, disk full)
   5  transfer gave up (no progress within --stall-timeout)
   6  io_uring unavailable (kernel, sysctl or seccomp; the message says which)
-  7  interrupted by a signal before the download completed";
+  7  interrupted by a signal before the download completed
+  8  deploy: some hosts failed (each is listed with its reason)";
 
 #[derive(Parser, Debug)]
 #[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = AFTER_HELP)]
@@ -101,6 +106,7 @@ enum Command {
     Seed(seed::Args),
     Peer(peer::Args),
     Tracker(tracker::Args),
+    Deploy(deploy::Args),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         Command::Seed(a) => seed::run(a),
         Command::Peer(a) => peer::run(a),
         Command::Tracker(a) => tracker::run(a),
+        Command::Deploy(a) => deploy::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -16,8 +16,9 @@ use crate::{Exit, Failure};
     about = "Create a .torrent from a file or directory",
     long_about = "Create a .torrent from a file or directory.\n\n\
         Files are listed in byte order of their names; .git directories are skipped. \
-        Symbolic links, fifos, sockets and devices inside the tree are refused; PATH itself \
-        may be a symbolic link, which is resolved (the name is then the target's name). \
+        Executable files and symbolic links to paths inside the tree are recorded as BEP 47 \
+        attributes (x, l); links that are absolute or leave the tree, fifos, sockets and \
+        devices are refused; PATH itself may be a symbolic link, which is resolved (the name is then the target's name). \
         The piece size is the smallest power of two from 256 KiB to 16 MiB giving at most \
         4000 pieces, unless --piece-size says otherwise.",
     after_help = "Examples:\n  corvid make ./release-42 --tracker http://seed:8998/announce\n  \

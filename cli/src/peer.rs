@@ -1,11 +1,24 @@
 //! `corvid peer TORRENT DEST`: download a release from the swarm into DEST/NAME, verify
 //! every piece, keep seeding for the linger time (Murder's peers stayed ~30 s so the
 //! seeder is not a hotspot), exit 0 only when the data on disk is complete and verified.
+//!
+//! With `--release-dest PATH --tag TAG` (what `corvid deploy` runs on every host) the
+//! payload's content lands in `PATH/releases/TAG.partial/`, gets its BEP 47 exec bits and
+//! symlinks once every piece is verified, and is renamed to `PATH/releases/TAG` (and with
+//! `--activate` `PATH/current` flips to it) while the peer lingers on as a seeder. A host
+//! that already holds a verified `releases/TAG` exits 0 at once ("already present").
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corvid_engine::node::{self, Mode};
+use anyhow::anyhow;
+
+use corvid_engine::deploy::content;
+use corvid_engine::deploy::release::ReleasePaths;
+use corvid_engine::hash::HashPool;
+use corvid_engine::node::{self, Mode, NodeEvent};
+
+use crate::output::{json_object, json_str, print};
 
 use crate::roles::{self, NodeArgs, Printer};
 use crate::{Exit, Failure};
@@ -20,13 +33,31 @@ use crate::{Exit, Failure};
         --stall-timeout and gave up; 7 means it was interrupted.",
     after_help = "Examples:\n  corvid peer release-42.torrent /srv/releases\n  \
         corvid peer release-42.torrent /tmp/r --linger 0 --json\n  \
-        corvid peer release-42.torrent /tmp/r --peer 10.0.0.5:6881 --no-announce"
+        corvid peer release-42.torrent /tmp/r --peer 10.0.0.5:6881 --no-announce\n  \
+        corvid peer release-42.torrent --release-dest /srv/app --tag v42 --activate"
 )]
 pub struct Args {
     /// The .torrent file.
     torrent: PathBuf,
-    /// Directory to download into (the payload is DEST/NAME).
-    dest: PathBuf,
+    /// Directory to download into (the payload is DEST/NAME); not with --release-dest.
+    #[arg(
+        required_unless_present = "release_dest",
+        conflicts_with = "release_dest"
+    )]
+    dest: Option<PathBuf>,
+    /// Release layout: download the payload's content into PATH/releases/TAG.partial,
+    /// rename it to PATH/releases/TAG once verified (absolute PATH; needs --tag).
+    #[arg(long, value_name = "PATH", requires = "tag")]
+    release_dest: Option<PathBuf>,
+    /// Release name under PATH/releases (one plain name: no '/', no '..').
+    #[arg(long, value_name = "TAG", requires = "release_dest")]
+    tag: Option<String>,
+    /// With --release-dest: point PATH/current at the release once it is in place.
+    #[arg(long, requires = "release_dest")]
+    activate: bool,
+    /// With --release-dest: replace an existing releases/TAG whose content differs.
+    #[arg(long, requires = "release_dest")]
+    force: bool,
     /// Keep seeding this long after completing.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
@@ -38,8 +69,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<Exit, Failure> {
+    if let (Some(dest), Some(tag)) = (&args.release_dest, &args.tag) {
+        return run_release(&args, dest.clone(), tag.clone());
+    }
     let m = crate::info::load(&args.torrent)?;
-    let root = roles::dest_root(&args.dest)?;
+    let dest = args
+        .dest
+        .as_ref()
+        .ok_or_else(|| Failure::input(anyhow!("DEST or --release-dest is required")))?;
+    let root = roles::dest_root(dest)?;
     let stop = roles::stop_on_signals()?;
     let mut cfg = roles::node_config(
         Mode::Download,
@@ -57,9 +95,20 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         m.info.lengths.piece_length(),
         "downloading",
     );
-    match node::run(cfg, stop, &mut |ev| printer.event(ev)) {
+    // BEP 47 exec bits and symlinks, once every piece is verified.
+    let mut attrs: Option<Result<(), Failure>> = None;
+    let result = node::run(cfg, stop, &mut |ev| {
+        printer.event(ev);
+        if matches!(ev, NodeEvent::Complete { .. }) && attrs.is_none() {
+            attrs = Some(content::apply_attributes_named(&m.info, dest).map_err(Failure::output));
+        }
+    });
+    match result {
         Ok(report) => {
             printer.report(&report);
+            if let Some(Err(f)) = attrs {
+                return Err(f);
+            }
             Ok(if report.complete {
                 Exit::Ok
             } else {
@@ -69,6 +118,122 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         Err(e) => {
             printer.finish();
             Err(roles::node_failure(e))
+        }
+    }
+}
+
+/// One result line for `corvid deploy` (and people): `{"event":"release",...}` with
+/// `--json`, else a sentence on stderr.
+fn say_release(json: bool, status: &str, rp: &ReleasePaths, activated: bool) {
+    if json {
+        let _ = print(&format!(
+            "{}\n",
+            json_object(&[
+                ("event", json_str("release")),
+                ("status", json_str(status)),
+                ("path", json_str(&rp.finished().display().to_string())),
+                ("activated", activated.to_string()),
+            ])
+        ));
+    } else {
+        let what = if status == "already_present" {
+            "already present"
+        } else {
+            "installed"
+        };
+        let act = if activated {
+            ", current points at it"
+        } else {
+            ""
+        };
+        eprintln!("release {what}: {}{act}", rp.finished().display());
+    }
+}
+
+/// The release layout: check for an existing release, download into the partial
+/// directory, then (on the completion event, so the linger that follows seeds a finished
+/// release) apply attributes, rename into place and activate.
+fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure> {
+    let m = crate::info::load(&args.torrent)?;
+    let rp = ReleasePaths::new(&dest, &tag).map_err(Failure::input)?;
+    rp.prepare().map_err(Failure::output)?;
+    let json = args.node.json;
+    let mut replace = false;
+    if std::fs::symlink_metadata(rp.finished()).is_ok() {
+        let pool = HashPool::new(args.node.hash_threads.unwrap_or(2).max(1));
+        match content::differs(&m.info, &rp.finished(), &m.info.pieces, &pool) {
+            None => {
+                if args.activate {
+                    rp.activate().map_err(Failure::output)?;
+                }
+                say_release(json, "already_present", &rp, args.activate);
+                return Ok(Exit::Ok);
+            }
+            Some(why) if !args.force => {
+                return Err(Failure::output(anyhow!(
+                    "{} already exists with different content ({why}); use --force to replace it",
+                    rp.finished().display()
+                )));
+            }
+            Some(_) => replace = true,
+        }
+    }
+    content::prune_partial(&m.info, &rp.partial()).map_err(Failure::output)?;
+    let stop = roles::stop_on_signals()?;
+    let mut cfg = roles::node_config(
+        Mode::Download,
+        &m,
+        rp.partial(),
+        content::release_files(&m.info),
+        &args.node,
+        "0.0.0.0:0".parse().expect("constant address"),
+    )?;
+    cfg.linger = args.linger;
+    cfg.stall_timeout = args.stall_timeout;
+    let mut printer = Printer::new(
+        json,
+        m.info.lengths.total_length(),
+        m.info.lengths.piece_length(),
+        "downloading",
+    );
+    // Set on the completion event: Ok once the release is in place, or why it is not.
+    let mut placed: Option<Result<(), Failure>> = None;
+    let result = node::run(cfg, stop.clone(), &mut |ev| {
+        printer.event(ev);
+        if let NodeEvent::Complete { .. } = ev {
+            if placed.is_some() {
+                return;
+            }
+            let r = content::apply_attributes(&m.info, &rp.partial())
+                .and_then(|()| rp.finish(replace))
+                .and_then(|()| if args.activate { rp.activate() } else { Ok(()) })
+                .map_err(Failure::output);
+            if r.is_ok() {
+                say_release(json, "installed", &rp, args.activate);
+            } else {
+                // No point lingering with a release that could not be placed.
+                stop.stop();
+            }
+            placed = Some(r);
+        }
+    });
+    match result {
+        Ok(report) => {
+            printer.report(&report);
+            match placed {
+                Some(Ok(())) => Ok(Exit::Ok),
+                Some(Err(f)) => Err(f),
+                None => Ok(Exit::GaveUp),
+            }
+        }
+        Err(e) => {
+            printer.finish();
+            match placed {
+                // The release is in place; a later failure while lingering is not the
+                // deploy's failure.
+                Some(Ok(())) => Ok(Exit::Ok),
+                _ => Err(roles::node_failure(e)),
+            }
         }
     }
 }

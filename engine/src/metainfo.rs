@@ -61,7 +61,7 @@ pub enum MetainfoError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}: symbolic links are not shared (copy the target into the tree instead)")]
+    #[error("{0}: symbolic link is absolute or leaves the shared tree (only links to a path inside the tree are kept)")]
     Symlink(PathBuf),
     #[error("{0}: not a regular file or directory (fifo, socket or device)")]
     SpecialFile(PathBuf),
@@ -105,8 +105,56 @@ pub struct Info {
     /// hybrid v1+v2 torrents insert: zeros that exist in no directory. Storage does not
     /// synthesize them yet, so callers refuse such torrents for verify and download.
     pub pad_files: Vec<usize>,
+    /// Indices into `files` of BEP 47 executable files (`attr` contains `x`): a peer that
+    /// writes the release gives them mode 0755 instead of 0644.
+    pub executable: Vec<usize>,
+    /// BEP 47 symlinks (`attr` contains `l`). They hold no bytes, so they are not in
+    /// `files` (storage never opens them); a peer creates them after verification.
+    pub symlinks: Vec<Symlink>,
     /// Offset of each file's first byte in the payload stream (parallel to `files`).
     file_starts: Vec<u64>,
+}
+
+/// One BEP 47 symlink entry: where the link is, and what it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symlink {
+    /// The link's own path, like [`FileSpec::path`] (first component is the torrent name).
+    pub path: PathBuf,
+    /// The target's `symlink path` components, relative to the torrent's top directory
+    /// (libtorrent's reading of BEP 47), each validated like a path component, so the
+    /// target can never leave the tree.
+    pub target: Vec<String>,
+}
+
+impl Symlink {
+    /// The link text to write at `path`: the target relative to the link's own directory
+    /// (`../lib/x`), so the tree can move as a whole.
+    pub fn relative_target(&self) -> PathBuf {
+        // The link's directory within the top directory: skip the name, drop the leaf.
+        let comps: Vec<&std::ffi::OsStr> = self
+            .path
+            .components()
+            .skip(1)
+            .map(|c| c.as_os_str())
+            .collect();
+        let dir = &comps[..comps.len().saturating_sub(1)];
+        let common = dir
+            .iter()
+            .zip(&self.target)
+            .take_while(|(a, b)| **a == std::ffi::OsStr::new(b.as_str()))
+            .count();
+        let mut out = PathBuf::new();
+        for _ in common..dir.len() {
+            out.push("..");
+        }
+        for t in &self.target[common..] {
+            out.push(t);
+        }
+        if out.as_os_str().is_empty() {
+            out.push(".");
+        }
+        out
+    }
 }
 
 /// A parsed torrent file.
@@ -294,6 +342,8 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
     };
 
     let mut pad_files = Vec::new();
+    let mut executable = Vec::new();
+    let mut symlinks = Vec::new();
     let (files, multi_file) = match (d.get(b"length"), d.get(b"files")) {
         (Some(_), Some(_)) => {
             return Err(field("info", "has both `length` and `files`"));
@@ -301,6 +351,12 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         (None, None) => return Err(field("info", "has neither `length` nor `files`")),
         (Some(_), None) => {
             let length = req_len(d, "length", "info.length")?;
+            if d.get(b"attr")
+                .and_then(Value::as_bytes)
+                .is_some_and(|a| a.contains(&b'x'))
+            {
+                executable.push(0);
+            }
             (
                 vec![FileSpec {
                     path: PathBuf::from(name),
@@ -318,19 +374,40 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
             }
             let mut files = Vec::with_capacity(list.len());
             for (i, entry) in list.iter().enumerate() {
-                files.push(parse_file_entry(name, i, entry)?);
+                let spec = parse_file_entry(name, i, entry)?;
                 let attr = entry
                     .as_dict()
                     .and_then(|d| d.get(b"attr"))
-                    .and_then(Value::as_bytes);
-                if attr.is_some_and(|a| a.contains(&b'p')) {
-                    pad_files.push(i);
+                    .and_then(Value::as_bytes)
+                    .unwrap_or(b"");
+                if attr.contains(&b'l') {
+                    symlinks.push(parse_symlink(i, entry, spec)?);
+                    continue;
                 }
+                if attr.contains(&b'p') {
+                    pad_files.push(files.len());
+                }
+                if attr.contains(&b'x') {
+                    executable.push(files.len());
+                }
+                files.push(spec);
+            }
+            if files.is_empty() {
+                return Err(field("info.files", "lists only symlinks"));
             }
             (files, true)
         }
     };
-    check_collisions(&files)?;
+    check_collisions(
+        &files
+            .iter()
+            .cloned()
+            .chain(symlinks.iter().map(|l| FileSpec {
+                path: l.path.clone(),
+                length: 0,
+            }))
+            .collect::<Vec<_>>(),
+    )?;
     let mut total: u64 = 0;
     let mut file_starts = Vec::with_capacity(files.len());
     for f in &files {
@@ -356,7 +433,44 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
         lengths,
         private,
         pad_files,
+        executable,
+        symlinks,
         file_starts,
+    })
+}
+
+/// A BEP 47 symlink entry: no bytes (length 0), and a `symlink path` of safe components.
+fn parse_symlink(i: usize, entry: &Value<'_>, spec: FileSpec) -> Result<Symlink, MetainfoError> {
+    let at = format!("info.files[{i}]");
+    if spec.length != 0 {
+        return Err(field(
+            format!("{at}.length"),
+            format!("is {} for a symlink (must be 0)", spec.length),
+        ));
+    }
+    let comps = entry
+        .as_dict()
+        .and_then(|d| d.get(b"symlink path"))
+        .ok_or_else(|| field(format!("{at}.symlink path"), "is missing"))?
+        .as_list()
+        .ok_or_else(|| field(format!("{at}.symlink path"), "is not a list"))?;
+    if comps.is_empty() {
+        return Err(field(format!("{at}.symlink path"), "is empty"));
+    }
+    let mut target = Vec::with_capacity(comps.len());
+    for (j, c) in comps.iter().enumerate() {
+        let s = c
+            .as_str()
+            .ok_or_else(|| field(format!("{at}.symlink path[{j}]"), "is not a UTF-8 string"))?;
+        target.push(s.to_owned());
+    }
+    let shown = format!("{} -> {}", spec.path.display(), target.join("/"));
+    for s in &target {
+        check_component(s, &shown)?;
+    }
+    Ok(Symlink {
+        path: spec.path,
+        target,
     })
 }
 
@@ -526,6 +640,11 @@ pub struct Payload {
     pub name: String,
     /// Directory form (`files`) or single file (`length`).
     pub multi_file: bool,
+    /// Parallel to `disk_files`: the file has an exec bit (BEP 47 `x`).
+    pub executable: Vec<bool>,
+    /// Symlinks inside the tree (paths relative to `root`, like `disk_files`), with their
+    /// targets as components relative to the top directory (BEP 47 `l`).
+    pub symlinks: Vec<Symlink>,
 }
 
 impl Payload {
@@ -591,14 +710,22 @@ pub fn scan(path: &Path, name: Option<&str>) -> Result<Payload, MetainfoError> {
         .ok_or_else(|| MetainfoError::BadName(canon.display().to_string()))?
         .to_path_buf();
     let mut disk_files = Vec::new();
+    let mut executable = Vec::new();
+    let mut symlinks = Vec::new();
     let multi_file = if meta.is_file() {
         disk_files.push(FileSpec {
             path: PathBuf::from(&own_name),
             length: meta.len(),
         });
+        executable.push(is_executable(&meta));
         false
     } else if meta.is_dir() {
-        walk(&canon, Path::new(&own_name), &mut disk_files)?;
+        let mut w = Walk {
+            files: &mut disk_files,
+            executable: &mut executable,
+            symlinks: &mut symlinks,
+        };
+        walk(&canon, Path::new(&own_name), &mut w)?;
         true
     } else {
         return Err(MetainfoError::SpecialFile(canon));
@@ -608,6 +735,8 @@ pub fn scan(path: &Path, name: Option<&str>) -> Result<Payload, MetainfoError> {
         disk_files,
         name,
         multi_file,
+        executable,
+        symlinks,
     };
     if payload.total_length() == 0 {
         return Err(MetainfoError::EmptyPayload(canon));
@@ -615,7 +744,49 @@ pub fn scan(path: &Path, name: Option<&str>) -> Result<Payload, MetainfoError> {
     Ok(payload)
 }
 
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<FileSpec>) -> Result<(), MetainfoError> {
+fn is_executable(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o111 != 0
+}
+
+/// What [`walk`] collects.
+struct Walk<'a> {
+    files: &'a mut Vec<FileSpec>,
+    executable: &'a mut Vec<bool>,
+    symlinks: &'a mut Vec<Symlink>,
+}
+
+/// The target of the link at `rel` (first component: the top directory) as components
+/// relative to the top directory, or `None` when it is absolute, not UTF-8, or climbs out
+/// of the tree (resolved lexically: the link is kept as a link, never followed).
+fn link_target_in_tree(rel: &Path, target: &Path) -> Option<Vec<String>> {
+    if target.is_absolute() {
+        return None;
+    }
+    let mut out: Vec<String> = rel
+        .parent()?
+        .components()
+        .skip(1)
+        .map(|c| c.as_os_str().to_str().map(str::to_owned))
+        .collect::<Option<_>>()?;
+    for c in target.components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_str()?.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    // A link to the top directory itself has no components to name it by.
+    if out.is_empty() || out.iter().any(|c| check_component(c, c).is_err()) {
+        return None;
+    }
+    Some(out)
+}
+
+fn walk(dir: &Path, rel: &Path, out: &mut Walk<'_>) -> Result<(), MetainfoError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| MetainfoError::Io { path: p, source }
@@ -642,17 +813,25 @@ fn walk(dir: &Path, rel: &Path, out: &mut Vec<FileSpec>) -> Result<(), MetainfoE
         let meta = fs::symlink_metadata(&full).map_err(io(&full))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
-            return Err(MetainfoError::Symlink(full));
+            let target = fs::read_link(&full).map_err(io(&full))?;
+            let link_rel = rel.join(&name);
+            let target = link_target_in_tree(&link_rel, &target)
+                .ok_or_else(|| MetainfoError::Symlink(full.clone()))?;
+            out.symlinks.push(Symlink {
+                path: link_rel,
+                target,
+            });
         } else if ft.is_dir() {
             if name_str == ".git" {
                 continue;
             }
             walk(&full, &rel.join(&name), out)?;
         } else if ft.is_file() {
-            out.push(FileSpec {
+            out.files.push(FileSpec {
                 path: rel.join(&name),
                 length: meta.len(),
             });
+            out.executable.push(is_executable(&meta));
         } else {
             return Err(MetainfoError::SpecialFile(full));
         }
@@ -699,29 +878,49 @@ pub fn assemble(
     if opts.private {
         info.insert("private", OwnedValue::Int(1));
     }
+    // Path components below the top directory (the torrent name or the directory's own).
+    let below_top = |p: &Path| -> OwnedValue {
+        OwnedValue::List(
+            p.components()
+                .skip(1)
+                .map(|c| OwnedValue::bytes(c.as_os_str().as_encoded_bytes()))
+                .collect(),
+        )
+    };
     if payload.multi_file {
-        let files = payload
+        let mut files: Vec<OwnedValue> = payload
             .torrent_files()
             .into_iter()
-            .map(|f| {
+            .enumerate()
+            .map(|(i, f)| {
                 let mut d = OwnedValue::dict();
                 d.insert("length", OwnedValue::Int(f.length as i64));
-                let comps = f
-                    .path
-                    .components()
-                    .skip(1)
-                    .map(|c| match c {
-                        Component::Normal(s) => OwnedValue::bytes(s.as_encoded_bytes()),
-                        other => OwnedValue::bytes(other.as_os_str().as_encoded_bytes()),
-                    })
-                    .collect();
-                d.insert("path", OwnedValue::List(comps));
+                d.insert("path", below_top(&f.path));
+                if payload.executable.get(i).copied().unwrap_or(false) {
+                    d.insert("attr", OwnedValue::bytes("x"));
+                }
                 d
             })
             .collect();
+        // Symlinks hold no bytes, so their place in the list changes no offset; they go
+        // last, in walk order.
+        for l in &payload.symlinks {
+            let mut d = OwnedValue::dict();
+            d.insert("attr", OwnedValue::bytes("l"));
+            d.insert("length", OwnedValue::Int(0));
+            d.insert("path", below_top(&l.path));
+            d.insert(
+                "symlink path",
+                OwnedValue::List(l.target.iter().map(OwnedValue::bytes).collect()),
+            );
+            files.push(d);
+        }
         info.insert("files", OwnedValue::List(files));
     } else {
         info.insert("length", OwnedValue::Int(lengths.total_length() as i64));
+        if payload.executable.first().copied().unwrap_or(false) {
+            info.insert("attr", OwnedValue::bytes("x"));
+        }
     }
     let mut top = OwnedValue::dict();
     top.insert("info", info);
@@ -1225,6 +1424,83 @@ mod tests {
             assert_eq!(bytes, want, "{threads} threads");
             assert_eq!(last, m.info.lengths.total_length());
         }
+    }
+
+    #[test]
+    fn bep47_exec_bits_and_inside_links_round_trip() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tree();
+        let d = t.path().join("payload");
+        fs::create_dir_all(d.join("bin")).unwrap();
+        fs::write(d.join("bin/run"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(d.join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("../b/nested/z", d.join("bin/z")).unwrap();
+        std::os::unix::fs::symlink("a", d.join("link-a")).unwrap();
+        let pool = HashPool::new(1);
+        let opts = BuildOptions::default();
+        let (m, _) = build(&d, &opts, &pool, &mut |_| {}).unwrap();
+        let exec: Vec<_> = m
+            .info
+            .executable
+            .iter()
+            .map(|&i| &m.info.files[i].path)
+            .collect();
+        assert_eq!(exec, vec![&PathBuf::from("payload/bin/run")]);
+        assert_eq!(m.info.symlinks.len(), 2);
+        let z = &m.info.symlinks[0];
+        assert_eq!(z.path, PathBuf::from("payload/bin/z"));
+        assert_eq!(z.target, vec!["b", "nested", "z"]);
+        assert_eq!(z.relative_target(), PathBuf::from("../b/nested/z"));
+        let a = &m.info.symlinks[1];
+        assert_eq!(a.relative_target(), PathBuf::from("a"));
+        // Symlinks are not storage files.
+        assert!(m
+            .info
+            .files
+            .iter()
+            .all(|f| !f.path.ends_with("z") || f.length == 70000));
+
+        // Links that leave the tree or are absolute are refused.
+        for bad in ["../outside", "bin/../../x", "/etc/passwd"] {
+            let _ = fs::remove_file(d.join("bad"));
+            std::os::unix::fs::symlink(bad, d.join("bad")).unwrap();
+            assert!(
+                matches!(scan(&d, None), Err(MetainfoError::Symlink(_))),
+                "accepted {bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bep47_hostile_symlinks_are_refused() {
+        let entry = |extra: &str| {
+            multi(
+                &format!("ld6:lengthi10e4:pathl1:aeed4:attr1:l6:lengthi0e4:pathl1:le{extra}ee"),
+                10,
+            )
+        };
+        let ok = Metainfo::from_bytes(&entry("12:symlink pathl1:ae")).unwrap();
+        assert_eq!(ok.info.symlinks[0].target, vec!["a"]);
+        assert_eq!(ok.info.files.len(), 1);
+        for bad in [
+            "12:symlink pathl2:..e",
+            "12:symlink pathle",
+            "",
+            "12:symlink path1:a",
+        ] {
+            assert!(Metainfo::from_bytes(&entry(bad)).is_err(), "accepted {bad}");
+        }
+        // A symlink with bytes, and a symlink colliding with a file, are refused.
+        let with_len = multi(
+            "ld6:lengthi10e4:pathl1:aeed4:attr1:l6:lengthi3e4:pathl1:le12:symlink pathl1:aeee",
+            10,
+        );
+        assert!(Metainfo::from_bytes(&with_len).is_err());
+        let clash = multi(
+            "ld6:lengthi10e4:pathl1:aeed4:attr1:l6:lengthi0e4:pathl1:ae12:symlink pathl1:aeee",
+            10,
+        );
+        assert!(Metainfo::from_bytes(&clash).is_err());
     }
 
     #[test]

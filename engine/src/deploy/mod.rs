@@ -3,6 +3,14 @@
 //! - [`hosts`]: the host list and what counts as a safe ssh destination.
 //! - [`release`]: the on-host layout (`releases/TAG.partial` → `releases/TAG` →
 //!   `current`) and its atomic rename steps.
+//! - [`content`]: a release's files inside that layout, BEP 47 exec bits and symlinks,
+//!   and the check that an existing release already matches.
+//! - [`ssh`]: OpenSSH sessions and shell quoting.
+//! - [`fleet`]: the whole deploy: check and install corvid on every host, build the
+//!   torrent, seed it with an embedded tracker, run `corvid peer` everywhere, report.
 
+pub mod content;
+pub mod fleet;
 pub mod hosts;
 pub mod release;
+pub mod ssh;

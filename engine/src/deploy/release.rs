@@ -119,7 +119,14 @@ impl ReleasePaths {
                 .join(format!(".{}.old-{}", self.tag, std::process::id()));
             std::fs::rename(&finished, &aside).map_err(io_err(&finished))?;
             std::fs::rename(&partial, &finished).map_err(io_err(&partial))?;
-            return std::fs::remove_dir_all(&aside).map_err(io_err(&aside));
+            // What was there may have been a file or a symlink, not a directory.
+            let old_is_dir = std::fs::symlink_metadata(&aside).is_ok_and(|m| m.is_dir());
+            return if old_is_dir {
+                std::fs::remove_dir_all(&aside)
+            } else {
+                std::fs::remove_file(&aside)
+            }
+            .map_err(io_err(&aside));
         }
         std::fs::rename(&partial, &finished).map_err(io_err(&partial))?;
         sync_dir(&self.releases())
@@ -237,5 +244,18 @@ mod tests {
         assert_eq!(std::fs::read(p.finished().join("f")).unwrap(), b"old");
         p.finish(true).unwrap();
         assert_eq!(std::fs::read(p.finished().join("f")).unwrap(), b"new");
+
+        // A stray file (or link) where the release belongs is replaced too.
+        let q = ReleasePaths::new(dir.path(), "v2").unwrap();
+        std::fs::write(q.finished(), b"not a dir").unwrap();
+        std::fs::create_dir(q.partial()).unwrap();
+        q.finish(true).unwrap();
+        assert!(q.finished().is_dir());
+        let stray: Vec<_> = std::fs::read_dir(p.releases())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(stray.is_empty());
     }
 }

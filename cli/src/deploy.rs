@@ -1,0 +1,383 @@
+//! `corvid deploy`: one release to a fleet over SSH, Murder's one command without tar.
+//!
+//! The flow lives in `corvid_engine::deploy::fleet`; this module parses flags, shows
+//! fleet progress (hosts done/failed/total and the aggregate download rate) and prints the
+//! per-host table or JSON lines.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::ssh::Ssh;
+
+use crate::output::{human_size, json_object, json_str, print};
+use crate::roles;
+use crate::{Exit, Failure};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Deploy a directory to a fleet over SSH, as a BitTorrent swarm",
+    long_about = "Deploy a directory to a fleet over SSH, as a BitTorrent swarm.\n\n\
+        Builds a torrent of --src here, runs an embedded tracker and a seeder here, and \
+        runs `corvid peer` on every host over ssh (your own ssh config, keys and agent; \
+        BatchMode, so nothing prompts). Each host downloads the CONTENT of --src into \
+        DEST/releases/TAG.partial, verifies every piece, applies exec bits and symlinks, and \
+        renames it to DEST/releases/TAG; --activate then points DEST/current at it. The \
+        torrent is kept at DEST/.corvid/TAG.torrent (for `corvid verify`).\n\n\
+        corvid is looked for at --remote-corvid on each host (by that path, never PATH, \
+        which non-interactive ssh sessions often lack) and installed there from this binary \
+        when missing or different (version and SHA-1 compared). A host that already holds \
+        a verified releases/TAG is skipped; one holding different content is refused unless \
+        --force. Rerunning the same command finishes only what is missing.\n\n\
+        Bad input (missing --src, relative --dest, a TAG with '/' or '..', a symlink leaving \
+        the tree) is refused before any host is contacted. An unreachable host is reported \
+        as that host's failure and the others proceed. Exit 0 only when every host \
+        succeeded; 8 when some failed (listed with reasons).",
+    after_help = "Examples:\n  corvid deploy --hosts web1,web2,web3 --src ./build --dest /srv/app --tag v42 --activate\n  \
+        corvid deploy --hosts fleet.txt --src ./build --dest /srv/app --tag v42 \\\n      \
+        --ssh-option -F --ssh-option ./fleet_ssh_config --json"
+)]
+pub struct Args {
+    /// Hosts: a file (one ssh destination per line, # comments) or h1,h2,...
+    #[arg(long, value_name = "FILE|LIST")]
+    hosts: String,
+    /// Directory to deploy (its content lands directly in DEST/releases/TAG).
+    #[arg(long, value_name = "DIR")]
+    src: PathBuf,
+    /// Absolute base directory on every host.
+    #[arg(long, value_name = "PATH")]
+    dest: PathBuf,
+    /// Release name (one plain name: no '/', no '..').
+    #[arg(long, value_name = "TAG")]
+    tag: String,
+    /// Address hosts reach this machine at [default: what the first host's
+    /// $SSH_CONNECTION shows].
+    #[arg(long, value_name = "IP")]
+    seeder_addr: Option<IpAddr>,
+    /// Point DEST/current at the release on each host once it is in place.
+    #[arg(long)]
+    activate: bool,
+    /// Replace an existing DEST/releases/TAG whose content differs.
+    #[arg(long)]
+    force: bool,
+    /// How long each peer keeps seeding after it has the release.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
+    linger: Duration,
+    /// A peer gives up when no piece was verified for this long.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = roles::parse_duration)]
+    stall_timeout: Duration,
+    /// Most ssh sessions at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    parallel: usize,
+    /// Extra argument for every ssh (repeatable), e.g. --ssh-option -F --ssh-option FILE.
+    #[arg(long = "ssh-option", value_name = "ARG", allow_hyphen_values = true)]
+    ssh_options: Vec<String>,
+    /// Where corvid is (or gets installed) on the hosts; absolute or ~/...
+    #[arg(long, value_name = "PATH", default_value = "~/.local/bin/corvid")]
+    remote_corvid: String,
+    /// Port of the embedded tracker here (0: any free port; the torrent names it).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    tracker_port: u16,
+    /// Threads for hashing and seeding here [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fleet progress: a bar on a terminal, plain lines otherwise, nothing but results with
+/// --json.
+struct Display {
+    json: bool,
+    bar: Option<ProgressBar>,
+    total: usize,
+    done: usize,
+    failed: usize,
+    bytes: HashMap<String, u64>,
+    /// Hosts already counted (at their release, before the linger ends their session).
+    counted: HashSet<String>,
+    last: (Instant, u64),
+    rate: f64,
+}
+
+impl Display {
+    fn new(json: bool, total: usize) -> Self {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} hosts {prefix}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_message("deploying");
+            bar
+        });
+        Display {
+            json,
+            bar,
+            total,
+            done: 0,
+            failed: 0,
+            bytes: HashMap::new(),
+            counted: HashSet::new(),
+            last: (Instant::now(), 0),
+            rate: 0.0,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None if !self.json => eprintln!("{line}"),
+            None => {}
+        }
+    }
+
+    fn refresh(&mut self) {
+        let sum: u64 = self.bytes.values().sum();
+        let now = Instant::now();
+        let dt = now.duration_since(self.last.0).as_secs_f64();
+        if dt >= 0.5 {
+            self.rate = sum.saturating_sub(self.last.1) as f64 / dt;
+            self.last = (now, sum);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position((self.done + self.failed) as u64);
+            b.set_prefix(format!(
+                "({} failed) {}/s, {} total",
+                self.failed,
+                human_size(self.rate as u64),
+                human_size(sum)
+            ));
+        }
+    }
+
+    fn event(&mut self, ev: &FleetEvent) {
+        match ev {
+            FleetEvent::Seeding {
+                name,
+                bytes,
+                pieces,
+                seeder,
+                tracker,
+                hosts,
+            } => {
+                if self.json {
+                    let _ = print(&format!(
+                        "{}\n",
+                        json_object(&[
+                            ("event", json_str("seeding")),
+                            ("name", json_str(name)),
+                            ("bytes", bytes.to_string()),
+                            ("pieces", pieces.to_string()),
+                            ("seeder", json_str(&seeder.to_string())),
+                            ("tracker", json_str(tracker)),
+                            ("hosts", hosts.to_string()),
+                        ])
+                    ));
+                }
+                self.say(&format!(
+                    "seeding {name} ({}, {pieces} pieces) from {seeder}, tracker {tracker}",
+                    human_size(*bytes)
+                ));
+            }
+            FleetEvent::Installed { host } => {
+                self.say(&format!("{host}: installed corvid"));
+            }
+            FleetEvent::HostProgress { host, bytes_down } => {
+                self.bytes.insert(host.clone(), *bytes_down);
+            }
+            FleetEvent::HostReleased {
+                host,
+                outcome,
+                duration,
+            } => {
+                if self.counted.insert(host.clone()) {
+                    self.done += 1;
+                    self.say(&format!(
+                        "[{}/{}] {host} {} in {:.1} s",
+                        self.done + self.failed,
+                        self.total,
+                        outcome.label(),
+                        duration.as_secs_f64()
+                    ));
+                }
+            }
+            FleetEvent::HostDone(r) => {
+                if self.json {
+                    let _ = print(&format!("{}\n", host_json(r)));
+                }
+                if !self.counted.insert(r.host.clone()) {
+                    // Counted at its release already.
+                    self.refresh();
+                    return;
+                }
+                if r.outcome.ok() {
+                    self.done += 1;
+                } else {
+                    self.failed += 1;
+                }
+                if !self.json {
+                    let why = match &r.outcome {
+                        fleet::HostOutcome::Failed(w) => format!(": {w}"),
+                        _ => String::new(),
+                    };
+                    self.say(&format!(
+                        "[{}/{}] {} {} in {:.1} s{why}",
+                        self.done + self.failed,
+                        self.total,
+                        r.host,
+                        r.outcome.label(),
+                        r.duration.as_secs_f64()
+                    ));
+                }
+            }
+        }
+        self.refresh();
+    }
+}
+
+fn host_json(r: &HostResult) -> String {
+    let mut f = vec![
+        ("event", json_str("host")),
+        ("host", json_str(&r.host)),
+        ("result", json_str(r.outcome.label())),
+        ("duration_s", format!("{:.3}", r.duration.as_secs_f64())),
+        ("bytes_from_seeder", r.bytes_from_seeder.to_string()),
+        ("bytes_from_peers", r.bytes_from_peers.to_string()),
+        ("installed_corvid", r.installed_corvid.to_string()),
+    ];
+    if let fleet::HostOutcome::Failed(w) = &r.outcome {
+        f.push(("error", json_str(w)));
+    }
+    json_object(&f)
+}
+
+fn table(report: &fleet::FleetReport) -> String {
+    let w = report
+        .hosts
+        .iter()
+        .map(|h| h.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!(
+        "{:<w$}  {:>8}  {:>10}  {:>10}  result\n",
+        "host", "time", "seeder", "peers"
+    );
+    for h in &report.hosts {
+        let result = match &h.outcome {
+            fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
+            fleet::HostOutcome::Failed(w) => format!("FAILED: {w}"),
+            o => o.label().to_string(),
+        };
+        out.push_str(&format!(
+            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {result}\n",
+            h.host,
+            h.duration.as_secs_f64(),
+            human_size(h.bytes_from_seeder),
+            human_size(h.bytes_from_peers),
+        ));
+    }
+    let ok = report.hosts.iter().filter(|h| h.outcome.ok()).count();
+    out.push_str(&format!(
+        "{ok}/{} hosts ok in {:.1} s; payload {}, seeder uploaded {} ({:.2} copies)\n",
+        report.hosts.len(),
+        report.elapsed.as_secs_f64(),
+        human_size(report.payload_bytes),
+        human_size(report.seeder_uploaded),
+        report.seeder_uploaded as f64 / report.payload_bytes.max(1) as f64
+    ));
+    out
+}
+
+pub fn run(args: Args) -> Result<Exit, Failure> {
+    let local_corvid = std::env::current_exe()
+        .map_err(|e| Failure::input(anyhow!("cannot find this corvid binary: {e}")))?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let plan = DeployPlan {
+        hosts: args.hosts,
+        src: args.src,
+        dest: args.dest,
+        tag: args.tag,
+        seeder_addr: args.seeder_addr,
+        activate: args.activate,
+        force: args.force,
+        linger: args.linger,
+        stall_timeout: args.stall_timeout,
+        parallel: args.parallel,
+        ssh: Ssh {
+            options: args.ssh_options,
+        },
+        remote_corvid: args.remote_corvid,
+        local_corvid,
+        tracker_port: args.tracker_port,
+        threads,
+    };
+    // Checked here first so a usage mistake is reported before anything starts.
+    let v = fleet::validate(&plan).map_err(Failure::input)?;
+    let stop = roles::stop_on_signals()?;
+    let mut display = Display::new(args.json, v.hosts.len());
+    let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
+        DeployError::Seeder(_) | DeployError::Tracker(_) | DeployError::SeederGone => {
+            Failure::output(e)
+        }
+        DeployError::Interrupted => Failure {
+            code: Exit::Interrupted,
+            error: e.into(),
+        },
+        e => Failure::input(e),
+    });
+    if let Some(b) = display.bar.take() {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    if args.json {
+        let failed: Vec<String> = report
+            .hosts
+            .iter()
+            .filter(|h| !h.outcome.ok())
+            .map(|h| json_str(&h.host))
+            .collect();
+        let count = |l: &str| {
+            report
+                .hosts
+                .iter()
+                .filter(|h| h.outcome.label() == l)
+                .count()
+        };
+        print(&format!(
+            "{}\n",
+            json_object(&[
+                ("event", json_str("summary")),
+                ("hosts", report.hosts.len().to_string()),
+                ("deployed", count("deployed").to_string()),
+                ("skipped", count("skipped").to_string()),
+                ("failed", count("failed").to_string()),
+                ("failed_hosts", format!("[{}]", failed.join(","))),
+                ("elapsed_s", format!("{:.3}", report.elapsed.as_secs_f64())),
+                ("payload_bytes", report.payload_bytes.to_string()),
+                ("seeder_uploaded", report.seeder_uploaded.to_string()),
+            ])
+        ))?;
+    } else {
+        print(&table(&report))?;
+    }
+    if report.all_ok() {
+        return Ok(Exit::Ok);
+    }
+    for h in &report.hosts {
+        if let fleet::HostOutcome::Failed(w) = &h.outcome {
+            eprintln!("corvid: {} failed: {w}", h.host);
+        }
+    }
+    Ok(Exit::HostsFailed)
+}

@@ -1,0 +1,842 @@
+//! `corvid deploy` as a library: one release to every host, Murder's flow without tar.
+//!
+//! 1. [`validate`]: the plan is checked and the source tree scanned before anything is
+//!    sent (missing DIR, relative --dest, bad TAG, links leaving the tree, empty payload).
+//! 2. The embedded tracker binds (a busy `--tracker-port` fails here, still before any
+//!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh session prints
+//!    `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1; if corvid is
+//!    missing or differs, a second session installs this binary (`cat` into a temporary
+//!    file, `chmod`, `mv` over the old one: never a half-written binary). A host that
+//!    cannot be reached fails here, with ssh's message, and the others proceed.
+//! 3. The seeder address is `--seeder-addr`, else the client address the first
+//!    reachable host saw us at (the first field of its `$SSH_CONNECTION`).
+//! 4. The torrent is built here, the embedded tracker and the seeder start in this
+//!    process (the seeder on a thread: no child to babysit, its listening address comes
+//!    back as an event, and it stops by a flag once every host is done).
+//! 5. Peer phase, per host: one ssh session writes the `.torrent` into
+//!    `DEST/.corvid/TAG.torrent` from stdin, then execs `corvid peer --release-dest DEST
+//!    --tag TAG --json`; its JSON lines become progress, its final lines the result.
+//!
+//! Installing corvid goes by ssh `cat` from this host to each one (not through the swarm).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use sha1::{Digest, Sha1};
+
+use crate::hash::HashPool;
+use crate::metainfo::{self, BuildOptions, Metainfo, MetainfoError, Payload};
+use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, SeedUntil, StopFlag};
+use crate::tracker::{TrackerConfig, TrackerServer};
+
+use super::hosts::{parse_hosts, HostsError};
+use super::release::{validate_dest, validate_tag, ReleaseError};
+use super::ssh::{self, quote, quote_path, Ssh};
+
+/// Everything one deploy needs.
+#[derive(Debug, Clone)]
+pub struct DeployPlan {
+    /// `--hosts`: a file or a comma-separated list.
+    pub hosts: String,
+    pub src: PathBuf,
+    pub dest: PathBuf,
+    pub tag: String,
+    pub seeder_addr: Option<IpAddr>,
+    pub activate: bool,
+    pub force: bool,
+    /// How long each peer keeps seeding after it has the release.
+    pub linger: Duration,
+    pub stall_timeout: Duration,
+    /// Most ssh sessions at once.
+    pub parallel: usize,
+    pub ssh: Ssh,
+    /// Where corvid lives on the hosts (`~/` allowed).
+    pub remote_corvid: String,
+    /// The binary to install where the remote one is missing or different.
+    pub local_corvid: PathBuf,
+    /// Port of the embedded tracker (0: any free port; its URL goes into the torrent).
+    pub tracker_port: u16,
+    /// Threads for hashing here and for the seeder's event loops.
+    pub threads: usize,
+}
+
+/// Why a deploy could not start (no host has been contacted when these are returned,
+/// except [`DeployError::NoSeederAddr`] and the seeder's own failures).
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Hosts(#[from] HostsError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    #[error("--src {0:?} is not a directory")]
+    SrcNotDir(PathBuf),
+    #[error("--src: {0}")]
+    Source(#[from] MetainfoError),
+    #[error("--remote-corvid {0:?} must be an absolute path or start with ~/")]
+    RemotePath(String),
+    #[error("--parallel must be at least 1")]
+    Parallel,
+    #[error("cannot read this corvid binary {path:?}: {source}")]
+    LocalBinary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot tell which address hosts reach this machine at (no host answered with $SSH_CONNECTION); pass --seeder-addr")]
+    NoSeederAddr,
+    #[error("cannot start the tracker: {0}")]
+    Tracker(String),
+    #[error("seeder: {0}")]
+    Seeder(#[from] NodeError),
+    #[error("seeder stopped before it listened")]
+    SeederGone,
+    #[error("interrupted before the peers were started")]
+    Interrupted,
+}
+
+/// How one host ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostOutcome {
+    /// The release was downloaded, verified and put in place.
+    Deployed,
+    /// `releases/TAG` was already there and verified: nothing was transferred.
+    AlreadyPresent,
+    Failed(String),
+}
+
+impl HostOutcome {
+    pub fn ok(&self) -> bool {
+        !matches!(self, HostOutcome::Failed(_))
+    }
+    /// A short word for tables and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HostOutcome::Deployed => "deployed",
+            HostOutcome::AlreadyPresent => "skipped",
+            HostOutcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One host's result.
+#[derive(Debug, Clone)]
+pub struct HostResult {
+    pub host: String,
+    pub outcome: HostOutcome,
+    /// From the start of the deploy until the release was in place on this host (or it
+    /// failed); a peer's linger afterwards is not counted.
+    pub duration: Duration,
+    pub bytes_from_seeder: u64,
+    pub bytes_from_peers: u64,
+    /// This deploy installed (or replaced) corvid on the host.
+    pub installed_corvid: bool,
+}
+
+/// Progress, for the CLI's display.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    /// The torrent is built and the seeder and tracker listen.
+    Seeding {
+        name: String,
+        bytes: u64,
+        pieces: u32,
+        seeder: SocketAddr,
+        tracker: String,
+        hosts: usize,
+    },
+    /// corvid was installed on a host.
+    Installed {
+        host: String,
+    },
+    /// A host's downloaded byte count so far.
+    HostProgress {
+        host: String,
+        bytes_down: u64,
+    },
+    /// The release is in place on a host (it may linger, seeding, before [`HostDone`]).
+    /// `outcome` is [`HostOutcome::Deployed`] or [`HostOutcome::AlreadyPresent`];
+    /// `duration` is from the start of the deploy.
+    ///
+    /// [`HostDone`]: FleetEvent::HostDone
+    HostReleased {
+        host: String,
+        outcome: HostOutcome,
+        duration: Duration,
+    },
+    HostDone(HostResult),
+}
+
+/// The whole deploy.
+#[derive(Debug, Clone)]
+pub struct FleetReport {
+    pub hosts: Vec<HostResult>,
+    pub elapsed: Duration,
+    pub payload_bytes: u64,
+    /// Payload bytes the seeder uploaded (its uplink is the scarce resource).
+    pub seeder_uploaded: u64,
+}
+
+impl FleetReport {
+    pub fn all_ok(&self) -> bool {
+        self.hosts.iter().all(|h| h.outcome.ok())
+    }
+}
+
+/// What [`validate`] established.
+#[derive(Debug)]
+pub struct Validated {
+    pub hosts: Vec<String>,
+    pub payload: Payload,
+}
+
+/// Checks the plan and scans the source, touching no host.
+pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
+    validate_tag(&plan.tag)?;
+    validate_dest(&plan.dest)?;
+    if plan.parallel == 0 {
+        return Err(DeployError::Parallel);
+    }
+    let r = &plan.remote_corvid;
+    if !(r.starts_with('/') || r.starts_with("~/")) || r.contains('\0') {
+        return Err(DeployError::RemotePath(r.clone()));
+    }
+    if !plan.src.is_dir() {
+        return Err(DeployError::SrcNotDir(plan.src.clone()));
+    }
+    let hosts = parse_hosts(&plan.hosts)?;
+    let payload = metainfo::scan(&plan.src, None)?;
+    Ok(Validated { hosts, payload })
+}
+
+/// Text for a `corvid peer` exit code (see `corvid --help`).
+pub fn peer_exit_text(code: i32) -> &'static str {
+    match code {
+        1 => "data failed verification",
+        2 => "usage error (remote corvid too old for these flags?)",
+        3 => "input error (torrent or destination)",
+        4 => "disk or output error (exists without --force, permission, disk full)",
+        5 => "stalled: no progress within the stall timeout",
+        6 => "io_uring unavailable on the host",
+        7 => "interrupted by a signal",
+        126 | 127 => "corvid could not be executed on the host",
+        ssh::SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
+        _ => "failed",
+    }
+}
+
+/// The raw value of `"key":` in one flat JSON line written by corvid (numbers, `true`,
+/// or a string without escapes), enough to read `corvid peer --json` output.
+fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.find('"').map(|end| &s[..end]);
+    }
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim())
+}
+
+fn sha1_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(metainfo::hex(&h.finalize()))
+}
+
+struct Local {
+    version: String,
+    sha1: String,
+    bytes: Vec<u8>,
+}
+
+/// Runs `f` for every host on at most `parallel` threads; results in host order.
+fn for_each_host<T: Send>(
+    hosts: &[String],
+    parallel: usize,
+    f: &(dyn Fn(&str) -> T + Sync),
+) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<parking_lot::Mutex<Option<T>>> = hosts
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.min(hosts.len()).max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(h) = hosts.get(i) else { break };
+                *slots[i].lock() = Some(f(h));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| s.into_inner().expect("every slot filled by a worker"))
+        .collect()
+}
+
+/// The check phase for one host: `Ok((client address it saw us at, installed?))`.
+fn check_host(
+    plan: &DeployPlan,
+    local: &Local,
+    host: &str,
+    events: &Sender<FleetEvent>,
+) -> Result<(Option<IpAddr>, bool), String> {
+    let p = quote_path(&plan.remote_corvid);
+    let script = format!(
+        "echo \"conn $SSH_CONNECTION\"; P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version 2>/dev/null)\"; \
+         echo \"sha1 $(sha1sum < \"$P\" 2>/dev/null)\"; fi"
+    );
+    let out = plan
+        .ssh
+        .run(host, &script, b"")
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if out.code != 0 {
+        let mut line = out.last_error_line();
+        if line.is_empty() {
+            line = peer_exit_text(out.code).to_string();
+        }
+        let sep = if line.starts_with("ssh:") {
+            ""
+        } else {
+            "ssh: "
+        };
+        return Err(format!("{sep}{line} (exit {})", out.code));
+    }
+    let mut client = None;
+    let mut version = None;
+    let mut sum = None;
+    for line in out.stdout.lines() {
+        if let Some(c) = line.strip_prefix("conn ") {
+            client = c.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(v) = line.strip_prefix("version ") {
+            version = Some(v.trim().to_string());
+        } else if let Some(s) = line.strip_prefix("sha1 ") {
+            sum = s.split_whitespace().next().map(str::to_string);
+        }
+    }
+    let same = version.as_deref() == Some(local.version.as_str())
+        && sum.as_deref().is_none_or(|s| s == local.sha1);
+    if same {
+        return Ok((client, false));
+    }
+    let install = format!(
+        "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=\"$P.tmp.$$\"; cat > \"$T\"; \
+         chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
+    );
+    let out = plan
+        .ssh
+        .run(host, &install, &local.bytes)
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if out.code != 0 {
+        return Err(format!(
+            "installing corvid at {} failed: {} (exit {})",
+            plan.remote_corvid,
+            out.last_error_line(),
+            out.code
+        ));
+    }
+    let _ = events.send(FleetEvent::Installed {
+        host: host.to_string(),
+    });
+    Ok((client, true))
+}
+
+/// The peer phase for one host.
+fn peer_host(
+    plan: &DeployPlan,
+    start: Instant,
+    host: &str,
+    torrent: &[u8],
+    seeder: SocketAddr,
+    events: &Sender<FleetEvent>,
+) -> (HostOutcome, u64, u64, Option<Instant>) {
+    let dir = plan.dest.join(".corvid");
+    let tfile = dir.join(format!("{}.torrent", plan.tag));
+    let (dir, tfile) = (
+        quote(&dir.to_string_lossy()),
+        quote(&tfile.to_string_lossy()),
+    );
+    let mut cmd = format!(
+        "set -e; mkdir -p {dir}; cat > {tfile}; exec {} peer {tfile} --release-dest {} --tag {} \
+         --linger {}ms --stall-timeout {}ms --peer {} --json",
+        quote_path(&plan.remote_corvid),
+        quote(&plan.dest.to_string_lossy()),
+        quote(&plan.tag),
+        plan.linger.as_millis(),
+        plan.stall_timeout.as_millis(),
+        quote(&seeder.to_string()),
+    );
+    if plan.activate {
+        cmd.push_str(" --activate");
+    }
+    if plan.force {
+        cmd.push_str(" --force");
+    }
+    let child = plan
+        .ssh
+        .command(host, &cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                HostOutcome::Failed(format!("cannot run ssh: {e}")),
+                0,
+                0,
+                None,
+            )
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // The torrent is small (hashes only); the remote `cat` reads it before anything
+        // else happens, so this cannot block on our unread stdout.
+        let _ = std::io::Write::write_all(&mut stdin, torrent);
+    }
+    let mut err = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let (mut status, mut from_seeder, mut from_peers) = (None, 0u64, 0u64);
+    // When the release was in place: the host's time, before its linger.
+    let mut released_at = None;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            match json_field(&line, "event") {
+                Some("progress") => {
+                    if let Some(b) = json_field(&line, "bytes_down").and_then(|v| v.parse().ok()) {
+                        let _ = events.send(FleetEvent::HostProgress {
+                            host: host.to_string(),
+                            bytes_down: b,
+                        });
+                    }
+                }
+                Some("release") => {
+                    status = json_field(&line, "status").map(str::to_string);
+                    let now = Instant::now();
+                    released_at = Some(now);
+                    let _ = events.send(FleetEvent::HostReleased {
+                        host: host.to_string(),
+                        outcome: if status.as_deref() == Some("already_present") {
+                            HostOutcome::AlreadyPresent
+                        } else {
+                            HostOutcome::Deployed
+                        },
+                        duration: now.duration_since(start),
+                    });
+                }
+                Some("done") => {
+                    let num = |k| {
+                        json_field(&line, k)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    from_seeder = num("bytes_from_seeder");
+                    from_peers = num("bytes_from_peers");
+                }
+                _ => {}
+            }
+        }
+    }
+    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+    let stderr = err_reader.join().unwrap_or_default();
+    let last = ssh::Output {
+        code,
+        stdout: String::new(),
+        stderr,
+    }
+    .last_error_line();
+    let outcome = match (code, status.as_deref()) {
+        (0, Some("already_present")) => HostOutcome::AlreadyPresent,
+        (0, Some(_)) => HostOutcome::Deployed,
+        (0, None) => HostOutcome::Failed("peer exited 0 without reporting a release".into()),
+        (c, _) => {
+            let detail = last.strip_prefix("corvid: error: ").unwrap_or(&last);
+            HostOutcome::Failed(format!("{} (exit {c}): {detail}", peer_exit_text(c)))
+        }
+    };
+    (outcome, from_seeder, from_peers, released_at)
+}
+
+/// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
+/// the result, not as an error; errors are reserved for a deploy that could not start.
+pub fn run(
+    plan: &DeployPlan,
+    stop: StopFlag,
+    on_event: &mut dyn FnMut(&FleetEvent),
+) -> Result<FleetReport, DeployError> {
+    let start = Instant::now();
+    let v = validate(plan)?;
+    let local_err = |source| DeployError::LocalBinary {
+        path: plan.local_corvid.clone(),
+        source,
+    };
+    let local = Local {
+        version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
+        sha1: sha1_file(&plan.local_corvid).map_err(local_err)?,
+        bytes: std::fs::read(&plan.local_corvid).map_err(local_err)?,
+    };
+    let hosts = v.hosts;
+    // The tracker binds first: a busy --tracker-port fails before any host is touched.
+    let tcfg = TrackerConfig {
+        interval: Duration::from_secs(10),
+        min_interval: Duration::from_secs(5),
+        ..TrackerConfig::default()
+    };
+    let tracker = TrackerServer::bind(
+        SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
+        tcfg,
+    )
+    .map_err(|e| DeployError::Tracker(e.to_string()))?;
+    let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
+
+    // Check phase: on worker threads, events forwarded here as they come, until the
+    // workers are done and their sender is gone.
+    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+    let checks = std::thread::scope(|s| {
+        let local = &local;
+        let hosts = &hosts;
+        let worker = s.spawn(move || {
+            for_each_host(hosts, plan.parallel, &|h| {
+                (check_host(plan, local, h, &tx), start.elapsed())
+            })
+        });
+        forward(&rx, on_event, &mut || {});
+        worker.join().expect("check workers do not panic")
+    });
+    let mut installed = vec![false; hosts.len()];
+    let mut seen_as = None;
+    for (i, (c, at)) in checks.into_iter().enumerate() {
+        match c {
+            Ok((client, inst)) => {
+                installed[i] = inst;
+                seen_as = seen_as.or(client);
+            }
+            Err(why) => {
+                let r = HostResult {
+                    host: hosts[i].clone(),
+                    outcome: HostOutcome::Failed(why),
+                    duration: at,
+                    bytes_from_seeder: 0,
+                    bytes_from_peers: 0,
+                    installed_corvid: false,
+                };
+                on_event(&FleetEvent::HostDone(r.clone()));
+                results[i] = Some(r);
+            }
+        }
+    }
+    let live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
+    let payload_bytes = v.payload.total_length();
+    if stop.is_stopped() {
+        tracker.shutdown();
+        return Err(DeployError::Interrupted);
+    }
+    if live.is_empty() {
+        tracker.shutdown();
+        return Ok(FleetReport {
+            hosts: results.into_iter().flatten().collect(),
+            elapsed: start.elapsed(),
+            payload_bytes,
+            seeder_uploaded: 0,
+        });
+    }
+    let Some(addr) = plan.seeder_addr.or(seen_as) else {
+        tracker.shutdown();
+        return Err(DeployError::NoSeederAddr);
+    };
+
+    // Torrent and seeder.
+    let url = format!(
+        "http://{}/announce",
+        SocketAddr::new(addr, tracker.local_addr().port())
+    );
+    let pool = HashPool::new(plan.threads.max(1));
+    let opts = BuildOptions {
+        trackers: vec![url.clone()],
+        comment: Some(format!("corvid deploy {}", plan.tag)),
+        ..BuildOptions::default()
+    };
+    let (m, torrent) = match metainfo::build_payload(&v.payload, &opts, &pool, &mut |_| {}) {
+        Ok(x) => x,
+        Err(e) => {
+            tracker.shutdown();
+            return Err(e.into());
+        }
+    };
+    drop(pool);
+    let seed_stop = StopFlag::new();
+    let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
+    let seed_cfg = seeder_config(&m, &v.payload, plan, url.clone());
+    let seeder = {
+        let seed_stop = seed_stop.clone();
+        std::thread::spawn(move || {
+            node::run(seed_cfg, seed_stop, &mut |ev| {
+                if let NodeEvent::Listening { peer_addr } = ev {
+                    let _ = listen_tx.try_send(*peer_addr);
+                }
+            })
+        })
+    };
+    let seeder_port = match listen_rx.recv() {
+        Ok(a) => a.port(),
+        Err(_) => {
+            tracker.shutdown();
+            return match seeder.join() {
+                Ok(Err(e)) => Err(DeployError::Seeder(e)),
+                _ => Err(DeployError::SeederGone),
+            };
+        }
+    };
+    let seeder_addr = SocketAddr::new(addr, seeder_port);
+    on_event(&FleetEvent::Seeding {
+        name: m.info.name.clone(),
+        bytes: payload_bytes,
+        pieces: m.info.lengths.piece_count(),
+        seeder: seeder_addr,
+        tracker: url,
+        hosts: hosts.len(),
+    });
+
+    // Peer phase.
+    let live_hosts: Vec<String> = live.iter().map(|&i| hosts[i].clone()).collect();
+    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+    let peer_results = std::thread::scope(|s| {
+        let tx2 = tx;
+        let torrent = &torrent;
+        let live_hosts = &live_hosts;
+        let installed = &installed;
+        let hosts = &hosts;
+        let worker = s.spawn(move || {
+            for_each_host(live_hosts, plan.parallel, &|h| {
+                let (outcome, from_seeder, from_peers, released_at) =
+                    peer_host(plan, start, h, torrent, seeder_addr, &tx2);
+                let r = HostResult {
+                    host: h.to_string(),
+                    outcome,
+                    // From the start of the deploy to the release in place (the linger
+                    // that follows is service to others, not this host's wait).
+                    duration: released_at
+                        .unwrap_or_else(Instant::now)
+                        .duration_since(start),
+                    bytes_from_seeder: from_seeder,
+                    bytes_from_peers: from_peers,
+                    installed_corvid: hosts
+                        .iter()
+                        .position(|x| x == h)
+                        .is_some_and(|i| installed[i]),
+                };
+                let _ = tx2.send(FleetEvent::HostDone(r.clone()));
+                r
+            })
+        });
+        forward(&rx, on_event, &mut || {
+            if stop.is_stopped() {
+                // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
+                // (the terminal's SIGINT reaches our ssh children too).
+                seed_stop.stop();
+            }
+        });
+        worker.join().expect("peer workers do not panic")
+    });
+    seed_stop.stop();
+    let seed_report = seeder.join();
+    tracker.shutdown();
+    for (k, r) in peer_results.into_iter().enumerate() {
+        results[live[k]] = Some(r);
+    }
+    let seeder_uploaded = match seed_report {
+        Ok(Ok(r)) => r.transfer.bytes_up,
+        _ => 0,
+    };
+    Ok(FleetReport {
+        hosts: results.into_iter().flatten().collect(),
+        elapsed: start.elapsed(),
+        payload_bytes,
+        seeder_uploaded,
+    })
+}
+
+/// Hands events to `on_event` until every sender is gone; `idle` runs at least every
+/// 100 ms meanwhile (to notice Ctrl-C).
+fn forward(
+    rx: &crossbeam_channel::Receiver<FleetEvent>,
+    on_event: &mut dyn FnMut(&FleetEvent),
+    idle: &mut dyn FnMut(),
+) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(ev) => on_event(&ev),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        idle();
+    }
+}
+
+fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String) -> NodeConfig {
+    NodeConfig {
+        mode: Mode::Seed,
+        info_hash: m.info_hash,
+        lengths: m.info.lengths,
+        piece_hashes: Arc::new(m.info.pieces.clone()),
+        files: payload.disk_files.clone(),
+        root: payload.root.clone(),
+        listen: SocketAddr::new([0, 0, 0, 0].into(), 0),
+        cores: plan.threads.max(1),
+        hash_threads: plan.threads.max(1),
+        trackers: vec![url],
+        peers: Vec::new(),
+        linger: Duration::ZERO,
+        seed_until: SeedUntil::Stopped,
+        // Hashed moments ago by the build; a change since would fail at the peers.
+        trust_data: true,
+        stall_timeout: Duration::from_secs(120),
+        max_connections: 512,
+        peer: Default::default(),
+        swarm: Default::default(),
+        tuning: Default::default(),
+        announce_port: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(src: &Path) -> DeployPlan {
+        DeployPlan {
+            hosts: "h1,h2".into(),
+            src: src.to_path_buf(),
+            dest: "/srv/app".into(),
+            tag: "v1".into(),
+            seeder_addr: None,
+            activate: false,
+            force: false,
+            linger: Duration::ZERO,
+            stall_timeout: Duration::from_secs(10),
+            parallel: 4,
+            ssh: Ssh::default(),
+            remote_corvid: "~/.local/bin/corvid".into(),
+            local_corvid: "/nonexistent".into(),
+            tracker_port: 0,
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_any_host() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let ok = plan(d.path());
+        assert_eq!(validate(&ok).unwrap().hosts, vec!["h1", "h2"]);
+        let cases: Vec<(DeployPlan, &str)> = vec![
+            (
+                DeployPlan {
+                    dest: "rel/x".into(),
+                    ..ok.clone()
+                },
+                "absolute",
+            ),
+            (
+                DeployPlan {
+                    tag: "a/b".into(),
+                    ..ok.clone()
+                },
+                "plain name",
+            ),
+            (
+                DeployPlan {
+                    tag: "..".into(),
+                    ..ok.clone()
+                },
+                "plain name",
+            ),
+            (
+                DeployPlan {
+                    src: d.path().join("missing"),
+                    ..ok.clone()
+                },
+                "not a directory",
+            ),
+            (
+                DeployPlan {
+                    hosts: "-oProxyCommand=x".into(),
+                    ..ok.clone()
+                },
+                "ssh destination",
+            ),
+            (
+                DeployPlan {
+                    remote_corvid: "bin/corvid".into(),
+                    ..ok.clone()
+                },
+                "absolute path",
+            ),
+            (
+                DeployPlan {
+                    parallel: 0,
+                    ..ok.clone()
+                },
+                "--parallel",
+            ),
+        ];
+        for (p, want) in cases {
+            let e = validate(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} lacks {want:?}");
+        }
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("out")).unwrap();
+        assert!(matches!(validate(&ok), Err(DeployError::Source(_))));
+    }
+
+    #[test]
+    fn reads_peer_json_lines() {
+        let l = r#"{"event":"done","report":{"elapsed_s":1.5,"bytes_from_seeder":10,"bytes_from_peers":20}}"#;
+        assert_eq!(json_field(l, "event"), Some("done"));
+        assert_eq!(json_field(l, "bytes_from_seeder"), Some("10"));
+        assert_eq!(json_field(l, "bytes_from_peers"), Some("20"));
+        assert_eq!(json_field(l, "missing"), None);
+        assert_eq!(
+            peer_exit_text(5),
+            "stalled: no progress within the stall timeout"
+        );
+    }
+
+    #[test]
+    fn hosts_run_in_order_with_bounded_parallelism() {
+        let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let out = for_each_host(&hosts, 3, &|h| {
+            let n = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            h.to_uppercase()
+        });
+        assert_eq!(out[7], "H7");
+        assert!(peak.load(Ordering::SeqCst) <= 3);
+    }
+}
