@@ -349,7 +349,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             for r in 1..=c.runs {
                 let warm = payload::warm(&payload)?;
                 println!(
-                    "  warm: read the payload once into page cache ({:.2}s)",
+                    "  warm: synced dirty pages, read the payload once into page cache ({:.2}s)",
                     warm.as_secs_f64()
                 );
                 fleet.clear()?;

@@ -82,7 +82,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
         for r in 1..=c.runs {
             let warm = payload::warm(&payload)?;
             println!(
-                "  warm: read the payload once into page cache ({:.2}s)",
+                "  warm: synced dirty pages, read the payload once into page cache ({:.2}s)",
                 warm.as_secs_f64()
             );
             let res = match m.as_str() {

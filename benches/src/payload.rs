@@ -87,9 +87,14 @@ pub fn ensure(dir: &Path, size: u64) -> Result<Payload> {
     Ok(Payload { path, size, sha1 })
 }
 
-/// Reads the payload once so the measured run starts from page cache; returns the
-/// time the read took (long means it had been evicted).
+/// Flushes dirty pages left by the previous run (sync(2)), then reads the payload once
+/// so the measured run starts from page cache; returns the time the read took (long
+/// means it had been evicted). Without the sync, one method's gigabytes of writeback
+/// (scp and rsync write through the page cache too) would tax whichever method runs
+/// next.
 pub fn warm(p: &Payload) -> Result<Duration> {
+    // SAFETY: sync(2) takes no arguments and only schedules and waits for writeback.
+    unsafe { libc::sync() };
     let t = Instant::now();
     let mut f = File::open(&p.path).with_context(|| format!("opening {}", p.path.display()))?;
     let mut buf = vec![0u8; CHUNK];
