@@ -647,9 +647,17 @@ fn peer_ops(flags: u8, geom: u8, stream: &[u8]) -> Vec<u8> {
     ops
 }
 
+/// A torrent to build: name, directory form, files (path, length) and options.
+type TorrentCase = (
+    &'static str,
+    bool,
+    &'static [(&'static str, u64)],
+    BuildOptions,
+);
+
 /// Torrents made by the engine's own builder from in-memory file lists.
 fn sample_torrents() -> Vec<Vec<u8>> {
-    let cases: [(&str, bool, &[(&str, u64)], BuildOptions); 3] = [
+    let cases: [TorrentCase; 3] = [
         (
             "single.bin",
             false,
