@@ -556,8 +556,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         reqq: Some(64),
     }
     .encode(&mut ext);
-    let mut asks = ext.clone();
+    // The have-none / have-all must be the first message after the handshake.
+    let mut asks = Vec::new();
     Message::HaveNone.encode(&mut asks);
+    asks.extend_from_slice(&ext);
     Message::Interested.encode(&mut asks);
     for i in 0..lengths.piece_count() {
         let p = lengths.piece(i).expect("in range");
@@ -569,18 +571,22 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .encode(&mut asks);
     }
     out.push(("peer", "seeding".into(), peer_ops(0b011, geom, &asks)));
-    let mut serves = ext;
+    let mut serves = Vec::new();
     Message::HaveAll.encode(&mut serves);
+    serves.extend_from_slice(&ext);
     Message::Unchoke.encode(&mut serves);
-    let p0 = lengths.piece(0).expect("piece 0");
-    serves.extend_from_slice(&wire::piece_header(0, 0, lengths.piece_size(p0)));
-    serves.extend(std::iter::repeat_n(0xAB, lengths.piece_size(p0) as usize));
-    Message::Have(1).encode(&mut serves);
-    out.push((
-        "peer",
-        "downloading".into(),
-        peer_ops(0b1010, geom, &serves),
-    ));
+    // Our requests go out once the unchoke is handled, so the blocks come in a later
+    // segment (each segment is fed in its own operations).
+    let mut blocks = Vec::new();
+    for i in 0..2 {
+        let p = lengths.piece(i).expect("piece in range");
+        blocks.extend_from_slice(&wire::piece_header(i, 0, lengths.piece_size(p)));
+        blocks.extend(std::iter::repeat_n(0xAB, lengths.piece_size(p) as usize));
+    }
+    Message::Have(1).encode(&mut blocks);
+    let mut ops = peer_ops(0b1010, geom, &serves);
+    ops.extend_from_slice(&peer_ops(0b1010, geom, &blocks)[2..]);
+    out.push(("peer", "downloading".into(), ops));
 
     // tracker: request heads, queries and responses as corvid writes them.
     let mut req = proto::AnnounceRequest::new([0xAA; 20], *b"-CV0001-abcdefghijkl", 6881, 1000);
