@@ -2,7 +2,6 @@
 //! and stdout writing that reports errors (so a closed pipe ends us quietly) instead of
 //! panicking like `println!`.
 
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,23 +15,7 @@ pub fn print(text: &str) -> std::io::Result<()> {
 
 /// A JSON string literal, quotes included, escaped per RFC 8259.
 pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    corvid_engine::stats::json_string(s)
 }
 
 /// A JSON array of already-encoded values.

@@ -246,9 +246,17 @@ impl fmt::Display for Report {
     }
 }
 
+/// `s` as a JSON string literal, quotes included; the one escaper every JSON line corvid
+/// prints goes through.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_string(&mut out, s);
+    out
+}
+
 /// Appends `s` as a JSON string: quotes, backslashes and every control character escaped
 /// (RFC 8259 section 7), everything else, including non-ASCII, as UTF-8.
-fn push_json_string(out: &mut String, s: &str) {
+pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
