@@ -849,6 +849,12 @@ mod announce {
                 let c = &shared.counters;
                 let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, shared.left());
                 req.event = ann.event();
+                // A private swarm's tracker wants proof of the secret with every announce.
+                req.auth = shared
+                    .peer_cfg
+                    .secret
+                    .as_ref()
+                    .map(|s| s.announce_proof(&info_hash, &shared.our_id));
                 req.uploaded = c.uploaded.load(Ordering::Relaxed);
                 req.downloaded =
                     c.from_seeder.load(Ordering::Relaxed) + c.from_peers.load(Ordering::Relaxed);
