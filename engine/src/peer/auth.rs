@@ -48,6 +48,12 @@ impl Secret {
         Ok(Secret(Arc::from(bytes)))
     }
 
+    /// The secret's bytes, for handing it on to a process that must hold it (deploy writes
+    /// it to a 0600 file on each host). Never for printing or logging.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> HmacSha1 {
         // HMAC takes keys of any length (long ones are hashed first), so this cannot fail.
         let mut mac = <HmacSha1 as Mac>::new_from_slice(&self.0)
