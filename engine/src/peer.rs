@@ -39,6 +39,14 @@
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
 //!
+//! Private swarms ([`PeerConfig::secret`]): both sides put a fresh nonce (`corvid_nonce`,
+//! given to [`PeerConn::new`] by the caller) in their BEP 10 extension handshake, and answer
+//! the other's with a second one carrying `corvid_auth` = HMAC-SHA1(secret, info_hash ||
+//! their nonce || our peer id) (see [`auth`]). Until the remote's proof checks out we send
+//! nothing else (our bitfield is held back and goes out as the first message after it) and
+//! accept nothing but keep-alives and extension handshakes; a wrong or missing proof, or
+//! none within the handshake timeout, closes with [`CloseReason::NotAuthorized`].
+//!
 //! How a runtime drives one connection (every call with the swarm locked, briefly):
 //! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
 //!    `poll_transmit` to get our handshake out.
