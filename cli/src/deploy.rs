@@ -90,6 +90,10 @@ pub struct Args {
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// The secret reaches each host through the ssh session's stdin, into a 0600 file
+    /// beside the torrent (DEST/.corvid/TAG.secret).
+    #[command(flatten)]
+    secret: roles::SecretArgs,
 }
 
 /// Fleet progress: a bar on a terminal, plain lines otherwise, nothing but results with
@@ -321,6 +325,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         local_corvid,
         tracker_port: args.tracker_port,
         threads,
+        secret: args.secret.load()?,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     let v = fleet::validate(&plan).map_err(Failure::input)?;

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::metainfo::{FileSpec, Metainfo};
 use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
+use corvid_engine::peer::auth::Secret;
 
 use crate::output::{human_size, json_object, json_str, print};
 use crate::{Exit, Failure};
@@ -44,6 +45,55 @@ pub struct NodeArgs {
     /// Print JSON lines (events, then a final report) on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+/// Where a private swarm's shared secret comes from. Never a command-line value: any
+/// user on the host could read it in the process list.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SecretArgs {
+    /// Make the swarm private: read the shared secret from FILE (trailing newlines are
+    /// dropped), or set it in the environment variable CORVID_SECRET. There is no flag
+    /// taking the secret itself, since the process list would show it. Peers and tracker
+    /// then admit only those that prove the secret (HMAC challenge, never sent in clear).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The environment variable a secret may come from instead of `--secret-file`.
+pub const SECRET_ENV: &str = "CORVID_SECRET";
+
+impl SecretArgs {
+    /// The secret from `--secret-file`, else from `CORVID_SECRET`, else none (public).
+    pub fn load(&self) -> Result<Option<Secret>, Failure> {
+        let bytes = if let Some(path) = &self.secret_file {
+            let mut b = std::fs::read(path).map_err(|e| {
+                Failure::input(anyhow!(
+                    "cannot read the secret file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            while matches!(b.last(), Some(b'\n' | b'\r')) {
+                b.pop();
+            }
+            if b.is_empty() {
+                return Err(Failure::input(anyhow!(
+                    "the secret file {} is empty",
+                    path.display()
+                )));
+            }
+            b
+        } else {
+            match std::env::var_os(SECRET_ENV) {
+                Some(v) if !v.is_empty() => v.into_encoded_bytes(),
+                _ => return Ok(None),
+            }
+        };
+        Secret::new(&bytes)
+            .map(Some)
+            .map_err(|e| Failure::input(anyhow!("{e}")))
+    }
 }
 
 /// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
@@ -94,6 +144,10 @@ pub fn node_config(
     } else {
         m.trackers()
     };
+    let peer = corvid_engine::peer::PeerConfig {
+        secret: args.secret.load()?,
+        ..Default::default()
+    };
     Ok(NodeConfig {
         mode,
         info_hash: m.info_hash,
@@ -111,7 +165,7 @@ pub fn node_config(
         trust_data: false,
         stall_timeout: Duration::from_secs(120),
         max_connections: args.max_connections,
-        peer: Default::default(),
+        peer,
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,

@@ -61,6 +61,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         None
     } else {
         let cfg = TrackerConfig {
+            secret: args.node.secret.load()?,
             interval: args.tracker_interval,
             min_interval: args.tracker_interval.min(Duration::from_secs(10)),
             ..TrackerConfig::default()

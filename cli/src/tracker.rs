@@ -29,11 +29,14 @@ pub struct Args {
     /// Print the listening address as a JSON line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    secret: roles::SecretArgs,
 }
 
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let stop = roles::stop_on_signals()?;
     let cfg = TrackerConfig {
+        secret: args.secret.load()?,
         interval: args.interval,
         min_interval: args.interval.min(Duration::from_secs(10)),
         ..TrackerConfig::default()

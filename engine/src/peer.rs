@@ -39,6 +39,14 @@
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
 //!
+//! Private swarms ([`PeerConfig::secret`]): both sides put a fresh nonce (`corvid_nonce`,
+//! given to [`PeerConn::new`] by the caller) in their BEP 10 extension handshake, and answer
+//! the other's with a second one carrying `corvid_auth` = HMAC-SHA1(secret, info_hash ||
+//! their nonce || our peer id) (see [`auth`]). Until the remote's proof checks out we send
+//! nothing else (our bitfield is held back and goes out as the first message after it) and
+//! accept nothing but keep-alives and extension handshakes; a wrong or missing proof, or
+//! none within the handshake timeout, closes with [`CloseReason::NotAuthorized`].
+//!
 //! How a runtime drives one connection (every call with the swarm locked, briefly):
 //! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
 //!    `poll_transmit` to get our handshake out.
@@ -63,6 +71,9 @@ use std::time::{Duration, Instant};
 use crate::geometry::{BlockRef, Lengths, PieceIndex, BLOCK_SIZE};
 use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
+
+pub mod auth;
+use auth::{Secret, NONCE_LEN};
 
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
@@ -113,6 +124,10 @@ pub struct PeerConfig {
     /// Our extension handshake `v`.
     pub client: String,
     pub listen_port: Option<u16>,
+    /// A private swarm's shared secret: the remote must prove it (see [`auth`]) before we
+    /// send it our bitfield or serve it anything. `None`: a public swarm, stock clients
+    /// welcome.
+    pub secret: Option<Secret>,
 }
 
 impl Default for PeerConfig {
@@ -133,6 +148,7 @@ impl Default for PeerConfig {
             request_size_corvid: CORVID_MAX_REQUEST,
             client: concat!("corvid ", env!("CARGO_PKG_VERSION")).to_owned(),
             listen_port: None,
+            secret: None,
         }
     }
 }
@@ -172,6 +188,8 @@ pub enum CloseReason {
     SelfConnection,
     #[error("more than {0} bytes of replies queued: the remote sends faster than it reads")]
     SendQueueOverflow(usize),
+    #[error("private swarm: {0}")]
+    NotAuthorized(&'static str),
 }
 
 fn hex(b: &[u8]) -> String {
@@ -397,17 +415,26 @@ pub struct PeerConn {
     rate: Option<f64>,
     stats: PeerStats,
     released: bool,
+    /// Private swarms: the challenge we send the remote.
+    our_nonce: [u8; NONCE_LEN],
+    /// Private swarms: the remote's challenge, once its extension handshake brought it.
+    their_nonce: Option<[u8; NONCE_LEN]>,
+    /// Whether the remote proved the secret; always true in a public swarm. Until it is,
+    /// we send nothing but handshakes and accept nothing but extension handshakes.
+    authenticated: bool,
 }
 
 impl PeerConn {
     /// A new connection to or from `addr`; our handshake is the first thing
     /// `poll_transmit` writes (both sides send theirs at once). Banned addresses are
-    /// refused.
+    /// refused. `nonce` must be fresh random bytes per connection in a private swarm (it is
+    /// what makes a captured proof useless elsewhere); a public swarm ignores it.
     pub fn new(
         cfg: &PeerConfig,
         swarm: &mut Swarm,
         addr: SocketAddr,
         our_peer_id: [u8; 20],
+        nonce: [u8; NONCE_LEN],
         now: Instant,
     ) -> Result<Self, Banned> {
         let key = swarm.add_peer(addr.ip())?;
@@ -458,6 +485,9 @@ impl PeerConn {
             rate: None,
             stats: PeerStats::default(),
             released: false,
+            our_nonce: nonce,
+            their_nonce: None,
+            authenticated: cfg.secret.is_none(),
         })
     }
 
@@ -598,7 +628,33 @@ impl PeerConn {
         self.fast = h.supports_fast();
         self.extended = h.supports_extended();
         self.state = State::Open;
-        // Our view of what we have: a snapshot plus every later verdict from the log.
+        if self.cfg.secret.is_some() {
+            // Private: only our challenge goes out; what we have waits for the proof.
+            if !self.extended {
+                return Err(self.close(CloseReason::NotAuthorized(
+                    "remote does not speak the extension protocol, so cannot prove the secret",
+                )));
+            }
+            let mut ext = self.our_ext_handshake();
+            ext.corvid_nonce = Some(self.our_nonce);
+            ext.encode(&mut self.queued);
+        } else {
+            self.send_have(swarm);
+            if self.extended {
+                self.our_ext_handshake().encode(&mut self.queued);
+            }
+        }
+        self.events.push_back(Event::HandshakeDone {
+            peer_id: h.peer_id,
+            fast: self.fast,
+            extended: self.extended,
+        });
+        Ok(())
+    }
+
+    /// Our view of what we have, as the first message after the handshakes: a snapshot
+    /// plus every later verdict from the log.
+    fn send_have(&mut self, swarm: &Swarm) {
         let have = swarm.have();
         if self.fast && have.count() == 0 {
             self.queue(Message::HaveNone);
@@ -608,21 +664,62 @@ impl PeerConn {
             Message::Bitfield(have.as_bytes()).encode(&mut self.queued);
         }
         self.have_cursor = swarm.have_log().len();
-        if self.extended {
-            ExtendedHandshake {
-                m: Vec::new(),
-                v: Some(self.cfg.client.clone()),
-                p: self.cfg.listen_port,
-                reqq: Some(self.cfg.our_reqq),
-                corvid_max_request: Some(self.cfg.max_request_corvid),
-            }
-            .encode(&mut self.queued);
+    }
+
+    fn our_ext_handshake(&self) -> ExtendedHandshake {
+        ExtendedHandshake {
+            m: Vec::new(),
+            v: Some(self.cfg.client.clone()),
+            p: self.cfg.listen_port,
+            reqq: Some(self.cfg.our_reqq),
+            corvid_max_request: Some(self.cfg.max_request_corvid),
+            corvid_nonce: None,
+            corvid_auth: None,
         }
-        self.events.push_back(Event::HandshakeDone {
-            peer_id: h.peer_id,
-            fast: self.fast,
-            extended: self.extended,
-        });
+    }
+
+    /// Private swarms: answer the remote's challenge, then check its answer to ours. The
+    /// remote's nonce comes in its first extension handshake and its proof in a later one,
+    /// so by the time its proof checks out ours is queued before our bitfield, and the
+    /// remote sees our proof before anything else of ours.
+    fn on_private_ext_handshake(
+        &mut self,
+        swarm: &mut Swarm,
+        h: &ExtendedHandshake,
+    ) -> Result<(), CloseReason> {
+        let Some(secret) = self.cfg.secret.clone() else {
+            return Ok(());
+        };
+        if self.authenticated {
+            return Ok(());
+        }
+        if h.corvid_nonce.is_none() && h.corvid_auth.is_none() {
+            return Err(CloseReason::NotAuthorized(
+                "extension handshake carries no challenge or proof (not a private peer?)",
+            ));
+        }
+        let info_hash = swarm.info_hash();
+        if let (Some(n), None) = (h.corvid_nonce, self.their_nonce) {
+            self.their_nonce = Some(n);
+            let mut ext = self.our_ext_handshake();
+            ext.corvid_auth = Some(secret.peer_proof(&info_hash, &n, &self.our_peer_id));
+            ext.encode(&mut self.queued);
+        }
+        if let Some(proof) = h.corvid_auth {
+            if self.their_nonce.is_none() {
+                return Err(CloseReason::NotAuthorized(
+                    "proof sent before any challenge",
+                ));
+            }
+            let remote = self.remote_id.unwrap_or_default();
+            if !secret.verify_peer_proof(&info_hash, &self.our_nonce, &remote, &proof) {
+                return Err(CloseReason::NotAuthorized(
+                    "wrong proof of the swarm secret",
+                ));
+            }
+            self.authenticated = true;
+            self.send_have(swarm);
+        }
         Ok(())
     }
 
@@ -660,6 +757,11 @@ impl PeerConn {
     }
 
     fn on_message(&mut self, swarm: &mut Swarm, m: Message<'_>) -> Result<(), CloseReason> {
+        if !self.authenticated && !matches!(m, Message::KeepAlive | Message::Extended { .. }) {
+            return Err(CloseReason::NotAuthorized(
+                "message other than an extension handshake before proving the secret",
+            ));
+        }
         // A bitfield (or have all/none) must precede any have, so availability is never
         // counted twice; other messages may come first (libtorrent sends its extension
         // handshake before its bitfield, BEP 10 allows it; keep-alives, choke state and
@@ -824,7 +926,7 @@ impl PeerConn {
                 if ext_id == 0 {
                     let h = ExtendedHandshake::decode(payload)?;
                     self.remote_corvid = h.v.as_deref().is_some_and(|v| v.starts_with("corvid"));
-                    self.remote_client = h.v;
+                    self.remote_client = h.v.clone();
                     self.request_size = if self.remote_corvid {
                         let serves = h.corvid_max_request.unwrap_or(CORVID_MAX_REQUEST);
                         let size = self
@@ -842,6 +944,7 @@ impl PeerConn {
                     if let Some(q) = h.reqq {
                         self.remote_reqq = q.max(1);
                     }
+                    self.on_private_ext_handshake(swarm, &h)?;
                 }
                 // No other extension is advertised, so other ids are ignored.
             }
@@ -938,9 +1041,13 @@ impl PeerConn {
             self.close(CloseReason::Banned);
             return;
         }
-        if self.state == State::Handshaking {
+        if self.state == State::Handshaking || !self.authenticated {
             if now.saturating_duration_since(self.created) > self.cfg.handshake_timeout {
-                self.close(CloseReason::HandshakeTimeout);
+                self.close(if self.state == State::Handshaking {
+                    CloseReason::HandshakeTimeout
+                } else {
+                    CloseReason::NotAuthorized("no proof of the swarm secret within the timeout")
+                });
             }
             return;
         }
@@ -1057,6 +1164,13 @@ impl PeerConn {
             h.encode(out);
         }
         if self.state == State::Handshaking {
+            self.note_sent(out.len() > start, now);
+            return None;
+        }
+        if !self.authenticated {
+            // Private swarm, remote not yet proven: only our extension handshakes go out.
+            out.extend_from_slice(&self.queued);
+            self.queued.clear();
             self.note_sent(out.len() > start, now);
             return None;
         }

@@ -453,6 +453,12 @@ pub struct ExtendedHandshake {
     /// corvid peers, so a peer asking for bigger blocks never asks too much. Other clients
     /// ignore it (BEP 10: unknown keys are ignored).
     pub corvid_max_request: Option<u32>,
+    /// corvid private swarms: the sender's fresh challenge (16 bytes), which the receiver
+    /// answers with `corvid_auth` in a later extension handshake.
+    pub corvid_nonce: Option<[u8; 16]>,
+    /// corvid private swarms: the sender's proof of the secret for the receiver's nonce
+    /// (see `peer::auth`).
+    pub corvid_auth: Option<[u8; 20]>,
 }
 
 impl ExtendedHandshake {
@@ -475,6 +481,12 @@ impl ExtendedHandshake {
         }
         if let Some(r) = self.corvid_max_request {
             d.insert("corvid_max_request", OwnedValue::Int(i64::from(r)));
+        }
+        if let Some(n) = &self.corvid_nonce {
+            d.insert("corvid_nonce", OwnedValue::bytes(n));
+        }
+        if let Some(a) = &self.corvid_auth {
+            d.insert("corvid_auth", OwnedValue::bytes(a));
         }
         let start = out.len();
         put_u32(out, 0);
@@ -517,6 +529,14 @@ impl ExtendedHandshake {
             .get(b"corvid_max_request")
             .and_then(|v| v.as_int())
             .and_then(|r| u32::try_from(r).ok());
+        h.corvid_nonce = dict
+            .get(b"corvid_nonce")
+            .and_then(|v| v.as_bytes())
+            .and_then(|b| b.try_into().ok());
+        h.corvid_auth = dict
+            .get(b"corvid_auth")
+            .and_then(|v| v.as_bytes())
+            .and_then(|b| b.try_into().ok());
         Ok(h)
     }
 }
@@ -838,6 +858,8 @@ mod tests {
             p: Some(6881),
             reqq: Some(4096),
             corvid_max_request: Some(128 * 1024),
+            corvid_nonce: Some([7; 16]),
+            corvid_auth: Some([9; 20]),
         };
         let mut out = Vec::new();
         h.encode(&mut out);
@@ -856,6 +878,9 @@ mod tests {
         assert_eq!((h.p, h.reqq), (None, None));
         let h = ExtendedHandshake::decode(b"d18:corvid_max_requesti-1ee").unwrap();
         assert_eq!(h.corvid_max_request, None);
+        // A nonce or proof of the wrong length is no nonce or proof.
+        let h = ExtendedHandshake::decode(b"d11:corvid_auth3:abc12:corvid_nonce1:xe").unwrap();
+        assert_eq!((h.corvid_auth, h.corvid_nonce), (None, None));
     }
 
     #[test]

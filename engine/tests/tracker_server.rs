@@ -333,3 +333,86 @@ fn many_concurrent_clients_are_all_answered() {
     assert_eq!(r.incomplete, Some(33));
     assert_eq!(server.stats().announces, 32 * 5 + 1);
 }
+
+#[test]
+fn private_tracker_refuses_announces_and_scrapes_without_the_right_auth() {
+    use corvid_engine::peer::auth::Secret;
+    use corvid_engine::tracker::proto::{scrape_query, scrape_query_with_auth};
+    let secret = Secret::new(b"fleet secret").unwrap();
+    let wrong = Secret::new(b"guess").unwrap();
+    let (server, url) = start(TrackerConfig {
+        secret: Some(secret.clone()),
+        ..TrackerConfig::default()
+    });
+    let refused = |r: Result<_, TrackerError>| match r {
+        Err(TrackerError::Failure { reason, .. }) => {
+            assert!(reason.contains("private"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // No auth, a wrong secret's auth, and a right secret's auth for another peer id.
+    refused(announce(&url, &peer(1, 7001, 10), TIMEOUT));
+    let mut bad = peer(2, 7002, 10);
+    bad.auth = Some(wrong.announce_proof(&HASH, &[2; 20]));
+    refused(announce(&url, &bad, TIMEOUT));
+    let mut stolen = peer(3, 7003, 10);
+    stolen.auth = Some(secret.announce_proof(&HASH, &[4; 20]));
+    refused(announce(&url, &stolen, TIMEOUT));
+
+    let authed = |id: u8, port: u16| {
+        let mut r = peer(id, port, 10);
+        r.auth = Some(secret.announce_proof(&HASH, &[id; 20]));
+        r
+    };
+    let a = announce(&url, &authed(5, 7005), TIMEOUT).unwrap();
+    assert!(
+        a.peers.is_empty(),
+        "refused peers were recorded: {:?}",
+        a.peers
+    );
+    let b = announce(&url, &authed(6, 7006), TIMEOUT).unwrap();
+    assert_eq!(
+        b.peers.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        [addr(7005)]
+    );
+    let a = announce(&url, &authed(5, 7005), TIMEOUT).unwrap();
+    assert_eq!(
+        a.peers.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        [addr(7006)]
+    );
+
+    // Scrape: refused without auth (through the stock client), answered with it.
+    match scrape(&url, &[HASH], TIMEOUT) {
+        Err(TrackerError::Failure { reason, .. }) => {
+            assert!(reason.contains("private"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let scrape_with = |q: String| {
+        let req = format!("GET /scrape?{q} HTTP/1.0\r\n\r\n");
+        let (resp, _) = raw_exchange(server.local_addr(), req.as_bytes(), TIMEOUT);
+        String::from_utf8_lossy(&resp).into_owned()
+    };
+    let ok = scrape_with(scrape_query_with_auth(
+        &HASH,
+        &[5; 20],
+        &secret.announce_proof(&HASH, &[5; 20]),
+    ));
+    assert!(ok.contains("10:incompletei2e"), "{ok}");
+    let no = scrape_with(scrape_query_with_auth(
+        &HASH,
+        &[5; 20],
+        &wrong.announce_proof(&HASH, &[5; 20]),
+    ));
+    assert!(
+        no.contains("failure reason") && !no.contains("incomplete"),
+        "{no}"
+    );
+    let two = scrape_with(format!(
+        "{}&{}",
+        scrape_query(&[[1; 20]]),
+        scrape_query_with_auth(&HASH, &[5; 20], &secret.announce_proof(&HASH, &[5; 20]))
+    ));
+    assert!(two.contains("failure reason"), "{two}");
+    assert_eq!(server.stats().failures, 6);
+}

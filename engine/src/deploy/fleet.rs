@@ -33,6 +33,8 @@ use sha1::{Digest, Sha1};
 use crate::hash::HashPool;
 use crate::metainfo::{self, BuildOptions, Metainfo, MetainfoError, Payload};
 use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, SeedUntil, StopFlag};
+use crate::peer::auth::Secret;
+use crate::peer::PeerConfig;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::hosts::{parse_hosts, HostsError};
@@ -64,6 +66,10 @@ pub struct DeployPlan {
     pub tracker_port: u16,
     /// Threads for hashing here and for the seeder's event loops.
     pub threads: usize,
+    /// A private swarm's secret: the tracker and seeder here require it, and each host
+    /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
+    /// on a command line, where the remote process list would show it).
+    pub secret: Option<Secret>,
 }
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
@@ -356,24 +362,39 @@ fn check_host(
     Ok((client, true))
 }
 
-/// The peer phase for one host.
-fn peer_host(
-    plan: &DeployPlan,
-    start: Instant,
-    host: &str,
-    torrent: &[u8],
-    seeder: SocketAddr,
-    events: &Sender<FleetEvent>,
-) -> (HostOutcome, u64, u64, Option<Instant>) {
+/// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
+/// then, in a private swarm, the secret, split into two files by length (the secret's
+/// file made 0600 by a umask in a subshell, so the release itself keeps normal modes).
+fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
     let dir = plan.dest.join(".corvid");
     let tfile = dir.join(format!("{}.torrent", plan.tag));
-    let (dir, tfile) = (
+    let sfile = dir.join(format!("{}.secret", plan.tag));
+    let bundle = dir.join(format!("{}.incoming", plan.tag));
+    let (dir, tfile, sfile, bundle) = (
         quote(&dir.to_string_lossy()),
         quote(&tfile.to_string_lossy()),
+        quote(&sfile.to_string_lossy()),
+        quote(&bundle.to_string_lossy()),
     );
+    let mut stdin = torrent.to_vec();
+    let (receive, secret_flag) = match &plan.secret {
+        None => (format!("cat > {tfile}"), String::new()),
+        Some(secret) => {
+            stdin.extend_from_slice(secret.expose());
+            (
+                format!(
+                    "(umask 077; cat > {bundle}; head -c {n} {bundle} > {tfile}; \
+                     tail -c +{next} {bundle} > {sfile}; rm -f {bundle})",
+                    n = torrent.len(),
+                    next = torrent.len() + 1,
+                ),
+                format!(" --secret-file {sfile}"),
+            )
+        }
+    };
     let mut cmd = format!(
-        "set -e; mkdir -p {dir}; cat > {tfile}; exec {} peer {tfile} --release-dest {} --tag {} \
-         --linger {}ms --stall-timeout {}ms --peer {} --json",
+        "set -e; mkdir -p {dir}; {receive}; exec {} peer {tfile} --release-dest {} --tag {} \
+         --linger {}ms --stall-timeout {}ms --peer {} --json{secret_flag}",
         quote_path(&plan.remote_corvid),
         quote(&plan.dest.to_string_lossy()),
         quote(&plan.tag),
@@ -387,6 +408,19 @@ fn peer_host(
     if plan.force {
         cmd.push_str(" --force");
     }
+    (cmd, stdin)
+}
+
+/// The peer phase for one host.
+fn peer_host(
+    plan: &DeployPlan,
+    start: Instant,
+    host: &str,
+    torrent: &[u8],
+    seeder: SocketAddr,
+    events: &Sender<FleetEvent>,
+) -> (HostOutcome, u64, u64, Option<Instant>) {
+    let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
     let child = plan
         .ssh
         .command(host, &cmd)
@@ -408,7 +442,7 @@ fn peer_host(
     if let Some(mut stdin) = child.stdin.take() {
         // The torrent is small (hashes only); the remote `cat` reads it before anything
         // else happens, so this cannot block on our unread stdout.
-        let _ = std::io::Write::write_all(&mut stdin, torrent);
+        let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
     }
     let mut err = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
@@ -501,6 +535,7 @@ pub fn run(
     let hosts = v.hosts;
     // The tracker binds first: a busy --tracker-port fails before any host is touched.
     let tcfg = TrackerConfig {
+        secret: plan.secret.clone(),
         interval: Duration::from_secs(10),
         min_interval: Duration::from_secs(5),
         ..TrackerConfig::default()
@@ -715,7 +750,10 @@ fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String
         trust_data: true,
         stall_timeout: Duration::from_secs(120),
         max_connections: 512,
-        peer: Default::default(),
+        peer: PeerConfig {
+            secret: plan.secret.clone(),
+            ..PeerConfig::default()
+        },
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,
@@ -743,7 +781,56 @@ mod tests {
             local_corvid: "/nonexistent".into(),
             tracker_port: 0,
             threads: 1,
+            secret: None,
         }
+    }
+
+    #[test]
+    fn private_deploy_sends_the_secret_by_stdin_into_a_0600_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = plan(tmp.path());
+        p.dest = tmp.path().join("dest dir");
+        // `exec echo peer ...` shows what the host would run, without running a node.
+        p.remote_corvid = "/bin/echo".into();
+        p.secret = Some(Secret::new(b"s3cret \x00\xff bytes").unwrap());
+        let torrent = b"d8:announce3:urle".to_vec();
+        let seeder: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let (cmd, stdin) = peer_command(&p, &torrent, seeder);
+        assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let dir = p.dest.join(".corvid");
+        let tag = &p.tag;
+        assert_eq!(
+            std::fs::read(dir.join(format!("{tag}.torrent"))).unwrap(),
+            torrent
+        );
+        let sfile = dir.join(format!("{tag}.secret"));
+        assert_eq!(std::fs::read(&sfile).unwrap(), b"s3cret \x00\xff bytes");
+        let mode = std::fs::metadata(&sfile).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.join(format!("{tag}.incoming")).exists());
+        let echoed = String::from_utf8_lossy(&out.stdout);
+        assert!(echoed.contains("--secret-file"), "{echoed}");
+        assert!(
+            echoed.contains(&sfile.to_string_lossy().into_owned()),
+            "{echoed}"
+        );
+
+        // Without a secret: the torrent alone, no secret flag.
+        p.secret = None;
+        let (cmd, stdin) = peer_command(&p, &torrent, seeder);
+        assert_eq!(stdin, torrent);
+        assert!(!cmd.contains("secret"), "{cmd}");
     }
 
     #[test]

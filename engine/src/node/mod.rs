@@ -239,9 +239,26 @@ pub(crate) struct Shared {
     uploaded_blocks: Vec<AtomicU64>,
     uploaded_count: AtomicU64,
     total_blocks: u64,
+    /// Key and counter of the private-swarm nonces (see [`Shared::next_nonce`]).
+    nonce_key: [u8; 20],
+    nonce_counter: AtomicU64,
 }
 
 impl Shared {
+    /// A fresh challenge for one connection: SHA-1 of a per-run random key and a counter,
+    /// so nonces never repeat within a run and cannot be guessed across runs.
+    pub fn next_nonce(&self) -> [u8; 16] {
+        use sha1::{Digest, Sha1};
+        let n = self.nonce_counter.fetch_add(1, Ordering::Relaxed);
+        let d = Sha1::new()
+            .chain_update(self.nonce_key)
+            .chain_update(n.to_le_bytes())
+            .finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d[..16]);
+        out
+    }
+
     pub fn submit_hash(&self, piece: PieceIndex) {
         let expected = self.hashes[piece.as_usize()];
         self.pool.submit(
@@ -353,6 +370,18 @@ fn entropy() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// The key of this run's nonces: 20 bytes from the kernel's random source, or, where that
+/// cannot be read, the clock and pid (then nonces are still unique per run, if guessable).
+fn nonce_key() -> [u8; 20] {
+    use std::io::Read;
+    let mut key = [0u8; 20];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+    if read.is_err() {
+        key[..8].copy_from_slice(&entropy().to_le_bytes());
+    }
+    key
 }
 
 /// A handle to stop a running node from another thread or a signal handler.
@@ -468,6 +497,8 @@ pub fn run(
             .collect(),
         uploaded_count: AtomicU64::new(0),
         total_blocks,
+        nonce_key: nonce_key(),
+        nonce_counter: AtomicU64::new(0),
     });
 
     let rt_cfg = RuntimeConfig {
@@ -818,6 +849,12 @@ mod announce {
                 let c = &shared.counters;
                 let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, shared.left());
                 req.event = ann.event();
+                // A private swarm's tracker wants proof of the secret with every announce.
+                req.auth = shared
+                    .peer_cfg
+                    .secret
+                    .as_ref()
+                    .map(|s| s.announce_proof(&info_hash, &shared.our_id));
                 req.uploaded = c.uploaded.load(Ordering::Relaxed);
                 req.downloaded =
                     c.from_seeder.load(Ordering::Relaxed) + c.from_peers.load(Ordering::Relaxed);

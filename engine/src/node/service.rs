@@ -158,6 +158,7 @@ impl Service for PeerService {
             &mut swarm,
             peer,
             self.shared.our_id,
+            self.shared.next_nonce(),
             now,
         ) {
             Ok(pc) => Some(Conn {

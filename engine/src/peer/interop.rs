@@ -226,6 +226,7 @@ fn download_from_libtorrent_then_seed_to_it() {
         &mut swarm,
         addr,
         *b"-CV0001-interop-test",
+        [0; 16],
         Instant::now(),
     )
     .unwrap();
@@ -297,6 +298,7 @@ fn download_from_libtorrent_then_seed_to_it() {
             &mut seed,
             remote,
             *b"-CV0001-interop-seed",
+            [0; 16],
             Instant::now(),
         )
         .unwrap();

@@ -79,6 +79,8 @@ struct Sim {
     links: BTreeMap<(usize, usize), Link>,
     /// Every close seen: (node, remote node, reason).
     closes: Vec<(usize, usize, CloseReason)>,
+    /// Every byte each node sent to each other node, in order.
+    sent: BTreeMap<(usize, usize), Vec<u8>>,
 }
 
 impl Sim {
@@ -93,6 +95,7 @@ impl Sim {
             split_inputs: 0,
             links: BTreeMap::new(),
             closes: Vec::new(),
+            sent: BTreeMap::new(),
         }
     }
 
@@ -137,7 +140,13 @@ impl Sim {
             let addr = SocketAddr::new(self.nodes[y].ip, 6881);
             let node = &mut self.nodes[x];
             let cfg = node.cfg.clone();
-            if let Ok(pc) = PeerConn::new(&cfg, &mut node.swarm, addr, node.peer_id, self.now) {
+            // Distinct per connection and per connect call, as a real nonce source is.
+            let nonce = Sha1::digest([x as u8, y as u8, self.step as u8]).as_slice()[..16]
+                .try_into()
+                .unwrap();
+            if let Ok(pc) =
+                PeerConn::new(&cfg, &mut node.swarm, addr, node.peer_id, nonce, self.now)
+            {
                 node.conns.insert(
                     y,
                     Conn {
@@ -284,6 +293,7 @@ impl Sim {
                 closes.push((y, r.clone()));
             }
             if !out.is_empty() {
+                self.sent.entry((x, y)).or_default().extend_from_slice(&out);
                 self.links
                     .entry((x, y))
                     .or_default()
@@ -548,6 +558,7 @@ fn single(seed_us: bool) -> (Torrent, Swarm, PeerConn, Instant) {
         &mut swarm,
         "10.0.0.9:6881".parse().unwrap(),
         [7; 20],
+        [0; 16],
         now,
     )
     .unwrap();
@@ -996,6 +1007,7 @@ fn interest_survives_a_verdict_between_handshake_and_bitfield() {
         &mut s,
         "10.0.0.8:1".parse().unwrap(),
         [8; 20],
+        [0; 16],
         now,
     )
     .unwrap();
@@ -1118,6 +1130,7 @@ fn opened_remote(
         swarm,
         addr.parse().unwrap(),
         [7; 20],
+        [0; 16],
         now,
     )
     .unwrap();
@@ -1466,6 +1479,7 @@ fn reject_cancel_choke_and_close_free_every_block_of_a_big_request() {
         &mut s,
         "10.0.0.1:1".parse().unwrap(),
         [7; 20],
+        [0; 16],
         now,
     )
     .unwrap();
@@ -1508,4 +1522,227 @@ fn reject_cancel_choke_and_close_free_every_block_of_a_big_request() {
     let again = s.add_peer("10.0.0.3".parse().unwrap()).unwrap();
     s.pick_blocks(again, &full, 1024, |_| false, |b| v.push(b));
     assert_eq!(v.len(), 64, "every block is pickable again");
+}
+
+// ---- private swarms ----
+
+fn secret(s: &str) -> Option<Secret> {
+    Some(Secret::new(s.as_bytes()).unwrap())
+}
+
+/// The message ids in what `from` sent `to` after its handshake.
+fn sent_message_ids(sim: &Sim, from: usize, to: usize) -> Vec<u8> {
+    let Some(bytes) = sim.sent.get(&(from, to)) else {
+        return Vec::new();
+    };
+    let lim = Limits {
+        pieces: sim.t.lengths.piece_count(),
+        max_block: 1 << 20,
+    };
+    let mut rest = &bytes[wire::HANDSHAKE_LEN..];
+    let mut ids = Vec::new();
+    while let Ok(Decoded::Message(m, n)) = wire::decode(rest, &lim) {
+        let skip = match m {
+            Message::Piece { len, .. } => len as usize,
+            _ => 0,
+        };
+        ids.push(rest[4]);
+        rest = &rest[n + skip..];
+    }
+    assert!(rest.is_empty(), "undecodable tail of {} bytes", rest.len());
+    ids
+}
+
+/// Seeder 0 and peer 1 share the secret; peer 2 has `other`.
+fn private_trio(other: Option<Secret>) -> Sim {
+    let mut sim = Sim::new(torrent(300_000, 32_768, 5));
+    sim.add_node(true);
+    sim.add_node(false);
+    sim.add_node(false);
+    sim.nodes[0].cfg.secret = secret("fleet secret");
+    sim.nodes[1].cfg.secret = secret("fleet secret");
+    sim.nodes[2].cfg.secret = other;
+    sim.connect(0, 1);
+    sim.connect(0, 2);
+    assert!(sim.run_until(2_000, |s| s.all_complete(&[1])));
+    sim.assert_data(1);
+    // Give the outsider time to get anything it could.
+    sim.run_until(200, |_| false);
+    sim
+}
+
+#[test]
+fn private_peers_with_the_secret_exchange_the_torrent() {
+    let sim = private_trio(None);
+    // The seeder's first message after its handshakes to the authenticated peer is what
+    // it has (have-all), after its two extension handshakes (challenge, proof).
+    let ids = sent_message_ids(&sim, 0, 1);
+    assert_eq!(
+        &ids[..3],
+        &[wire::id::EXTENDED, wire::id::EXTENDED, wire::id::HAVE_ALL]
+    );
+    assert_eq!(sim.nodes[0].swarm.stats().uploaded, 300_000);
+}
+
+fn assert_outsider_got_nothing(sim: &Sim, why: &'static str) {
+    assert!(!sim.nodes[2].swarm.is_complete());
+    assert_eq!(sim.nodes[2].swarm.stats().downloaded, 0);
+    assert!(sim.nodes[2].storage.iter().all(|&b| b == 0));
+    // Nothing but extension handshakes went from the seeder to the outsider: no
+    // bitfield, no have, no piece.
+    let ids = sent_message_ids(sim, 0, 2);
+    assert!(ids.iter().all(|&i| i == wire::id::EXTENDED), "{ids:?}");
+    assert!(
+        sim.closes
+            .iter()
+            .any(|(x, y, r)| (*x, *y) == (0, 2) && *r == CloseReason::NotAuthorized(why)),
+        "{:?}",
+        sim.closes
+    );
+}
+
+#[test]
+fn private_peer_without_the_secret_gets_nothing_and_is_closed() {
+    let sim = private_trio(None);
+    assert_outsider_got_nothing(
+        &sim,
+        "message other than an extension handshake before proving the secret",
+    );
+}
+
+#[test]
+fn private_peer_with_a_wrong_secret_gets_nothing_and_is_closed() {
+    let sim = private_trio(secret("guessed"));
+    assert_outsider_got_nothing(&sim, "wrong proof of the swarm secret");
+}
+
+/// A private connection that took the remote's handshake; returns what we sent.
+fn private_opened(nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant, Vec<u8>) {
+    let t = torrent(100_000, 32_768, 9);
+    let mut swarm = Swarm::new(
+        SwarmConfig::default(),
+        t.info_hash,
+        t.lengths,
+        Bitfield::full(t.lengths.piece_count()),
+        1,
+    );
+    let now = Instant::now();
+    let cfg = PeerConfig {
+        secret: secret("fleet secret"),
+        ..PeerConfig::default()
+    };
+    let mut pc = PeerConn::new(
+        &cfg,
+        &mut swarm,
+        "10.0.0.9:6881".parse().unwrap(),
+        [7; 20],
+        nonce,
+        now,
+    )
+    .unwrap();
+    pc.handle_bytes(&mut swarm, &handshake_bytes(t.info_hash, true), now)
+        .unwrap();
+    while pc.poll_event().is_some() {}
+    let mut out = Vec::new();
+    assert_eq!(pc.poll_transmit(&mut swarm, now, &mut out), None);
+    (t, swarm, pc, now, out)
+}
+
+fn ext(nonce: Option<[u8; 16]>, auth: Option<[u8; 20]>) -> Vec<u8> {
+    let mut v = Vec::new();
+    ExtendedHandshake {
+        v: Some("corvid 0.1.0".into()),
+        corvid_nonce: nonce,
+        corvid_auth: auth,
+        ..Default::default()
+    }
+    .encode(&mut v);
+    v
+}
+
+#[test]
+fn private_captured_proof_fails_against_another_nonce() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let remote_id = [3; 20]; // what handshake_bytes claims
+                             // A proof captured from an earlier connection, where we had challenged with [1; 16].
+    let (t, mut swarm, mut pc, now, out) = private_opened([1; 16]);
+    let captured = s.peer_proof(&t.info_hash, &[1; 16], &remote_id);
+    // Only our handshake and our challenge went out, no have-all.
+    let ids_after_hs = &out[wire::HANDSHAKE_LEN..];
+    assert_eq!(ids_after_hs[4], wire::id::EXTENDED);
+    let ours = ExtendedHandshake::decode(&ids_after_hs[6..]).unwrap();
+    assert_eq!(ours.corvid_nonce, Some([1; 16]));
+    assert_eq!(ours.corvid_auth, None);
+    // With the same nonce the captured proof would be accepted...
+    let mut bytes = ext(Some([9; 16]), None);
+    bytes.extend(ext(None, Some(captured)));
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut swarm, now, &mut out);
+    assert!(out.windows(2).any(|w| w == [1, wire::id::HAVE_ALL]));
+
+    // ...but replayed against a fresh connection (a new nonce), it is refused.
+    let (_t, mut swarm, mut pc, now, _) = private_opened([2; 16]);
+    let r = pc.handle_bytes(&mut swarm, &bytes, now);
+    assert_eq!(
+        r,
+        Err(CloseReason::NotAuthorized(
+            "wrong proof of the swarm secret"
+        ))
+    );
+    let mut out = Vec::new();
+    assert_eq!(pc.poll_transmit(&mut swarm, now, &mut out), None);
+    assert!(!out.windows(2).any(|w| w == [1, wire::id::HAVE_ALL]));
+}
+
+#[test]
+fn private_remote_that_never_proves_is_closed_at_the_handshake_timeout() {
+    let (_t, mut swarm, mut pc, now, _) = private_opened([1; 16]);
+    let bytes = ext(Some([9; 16]), None);
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+    pc.handle_tick(&mut swarm, now + Duration::from_secs(5));
+    assert_eq!(pc.poll_event(), None);
+    pc.handle_tick(&mut swarm, now + Duration::from_secs(11));
+    assert_eq!(
+        pc.poll_event(),
+        Some(Event::Close(CloseReason::NotAuthorized(
+            "no proof of the swarm secret within the timeout"
+        )))
+    );
+}
+
+#[test]
+fn private_remote_without_extension_protocol_is_refused() {
+    let t = torrent(100_000, 32_768, 9);
+    let mut swarm = Swarm::new(
+        SwarmConfig::default(),
+        t.info_hash,
+        t.lengths,
+        Bitfield::new(4),
+        1,
+    );
+    let cfg = PeerConfig {
+        secret: secret("x"),
+        ..PeerConfig::default()
+    };
+    let now = Instant::now();
+    let mut pc = PeerConn::new(
+        &cfg,
+        &mut swarm,
+        "10.0.0.9:1".parse().unwrap(),
+        [7; 20],
+        [1; 16],
+        now,
+    )
+    .unwrap();
+    let mut hs = Vec::new();
+    Handshake {
+        reserved: [0; 8],
+        ..Handshake::ours(t.info_hash, [3; 20])
+    }
+    .encode(&mut hs);
+    assert!(matches!(
+        pc.handle_bytes(&mut swarm, &hs, now),
+        Err(CloseReason::NotAuthorized(_))
+    ));
 }

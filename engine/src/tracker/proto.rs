@@ -45,6 +45,8 @@ pub enum ProtoError {
     BadHashLength { name: &'static str, len: usize },
     #[error("query parameter {0:?} is not a valid number in range")]
     BadNumber(&'static str),
+    #[error("query parameter {0:?} must be 40 hex digits")]
+    BadHex(&'static str),
     #[error("query parameter event has unknown value {0:?}")]
     BadEvent(String),
     #[error("too many info_hash parameters in scrape (at most {MAX_SCRAPE_HASHES})")]
@@ -94,6 +96,9 @@ pub struct AnnounceRequest {
     pub numwant: Option<u32>,
     /// The address the client claims; the server only honours it from loopback.
     pub ip: Option<IpAddr>,
+    /// corvid's private-swarm extension `auth`: hex of HMAC-SHA1(secret, info_hash ||
+    /// peer_id) (see `peer::auth`). Other trackers ignore the unknown parameter.
+    pub auth: Option<[u8; 20]>,
 }
 
 impl AnnounceRequest {
@@ -110,6 +115,7 @@ impl AnnounceRequest {
             compact: true,
             numwant: None,
             ip: None,
+            auth: None,
         }
     }
 }
@@ -224,6 +230,7 @@ pub fn parse_announce_query(query: &str) -> Result<AnnounceRequest, ProtoError> 
     let mut compact = None;
     let mut numwant = None;
     let mut ip = None;
+    let mut auth = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (raw_key, raw_val) = pair.split_once('=').unwrap_or((pair, ""));
         let key =
@@ -239,6 +246,7 @@ pub fn parse_announce_query(query: &str) -> Result<AnnounceRequest, ProtoError> 
             b"compact" => "compact",
             b"numwant" => "numwant",
             b"ip" => "ip",
+            b"auth" => "auth",
             // Unknown parameters (key, corrupt, supportcrypto, ...) are ignored, as every
             // tracker does; clients add their own.
             _ => continue,
@@ -261,6 +269,7 @@ pub fn parse_announce_query(query: &str) -> Result<AnnounceRequest, ProtoError> 
             "left" => set_once!(left, number::<u64>(name, &val)?),
             "numwant" => set_once!(numwant, number::<u32>(name, &val)?),
             "compact" => set_once!(compact, number::<u8>(name, &val)? != 0),
+            "auth" => set_once!(auth, hex20(name, &val)?),
             "event" => set_once!(
                 event,
                 match val.as_slice() {
@@ -301,6 +310,7 @@ pub fn parse_announce_query(query: &str) -> Result<AnnounceRequest, ProtoError> 
         compact: compact.unwrap_or(true),
         numwant,
         ip: ip.flatten(),
+        auth,
     })
 }
 
@@ -399,6 +409,43 @@ pub fn announce_query(req: &AnnounceRequest) -> String {
         q.push_str("&ip=");
         percent_encode_into(&mut q, ip.to_string().as_bytes());
     }
+    if let Some(a) = req.auth {
+        q.push_str("&auth=");
+        push_hex(&mut q, &a);
+    }
+    q
+}
+
+fn push_hex(q: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        q.push_str(&format!("{b:02x}"));
+    }
+}
+
+/// The `peer_id` and `auth` a scrape of a private tracker carries (corvid's extension;
+/// one info-hash per scrape, since the proof covers one). Missing or malformed: `None`.
+pub fn parse_scrape_auth(query: &str) -> Option<([u8; 20], [u8; 20])> {
+    let mut peer_id = None;
+    let mut auth = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=')?;
+        let v = percent_decode(v)?;
+        match k {
+            "peer_id" => peer_id = Some(hash20("peer_id", &v).ok()?),
+            "auth" => auth = Some(hex20("auth", &v).ok()?),
+            _ => {}
+        }
+    }
+    Some((peer_id?, auth?))
+}
+
+/// The query string (without `?`) of a private tracker's scrape for one info-hash.
+pub fn scrape_query_with_auth(info_hash: &[u8; 20], peer_id: &[u8; 20], auth: &[u8; 20]) -> String {
+    let mut q = scrape_query(&[*info_hash]);
+    q.push_str("&peer_id=");
+    percent_encode_into(&mut q, peer_id);
+    q.push_str("&auth=");
+    push_hex(&mut q, auth);
     q
 }
 
@@ -698,6 +745,20 @@ fn hash20(name: &'static str, v: &[u8]) -> Result<[u8; 20], ProtoError> {
     <[u8; 20]>::try_from(v).map_err(|_| ProtoError::BadHashLength { name, len: v.len() })
 }
 
+/// 40 hex digits (either case) into 20 bytes.
+fn hex20(name: &'static str, v: &[u8]) -> Result<[u8; 20], ProtoError> {
+    if v.len() != 40 {
+        return Err(ProtoError::BadHex(name));
+    }
+    let mut out = [0u8; 20];
+    for (o, pair) in out.iter_mut().zip(v.chunks_exact(2)) {
+        let hi = hex_val(pair[0]).ok_or(ProtoError::BadHex(name))?;
+        let lo = hex_val(pair[1]).ok_or(ProtoError::BadHex(name))?;
+        *o = hi << 4 | lo;
+    }
+    Ok(out)
+}
+
 /// Parses a decimal number; anything else (sign, spaces, overflow, empty) is an error.
 fn number<T: std::str::FromStr>(name: &'static str, v: &[u8]) -> Result<T, ProtoError> {
     if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
@@ -728,6 +789,26 @@ mod tests {
     ];
     const P: [u8; 20] = *b"-CV0001-abcdefghijkl";
 
+    #[test]
+    fn auth_round_trips_and_bad_hex_is_refused() {
+        let mut req = AnnounceRequest::new(H, P, 6881, 30);
+        req.auth = Some([0xab; 20]);
+        let q = announce_query(&req);
+        assert!(q.contains(&format!("&auth={}", "ab".repeat(20))));
+        assert_eq!(parse_announce_query(&q).unwrap().auth, Some([0xab; 20]));
+        let short = q.replace(&"ab".repeat(20), "abc");
+        assert_eq!(
+            parse_announce_query(&short),
+            Err(ProtoError::BadHex("auth"))
+        );
+        let bad = q.replace(&"ab".repeat(20), &"zz".repeat(20));
+        assert_eq!(parse_announce_query(&bad), Err(ProtoError::BadHex("auth")));
+        let sq = scrape_query_with_auth(&H, &P, &[0xcd; 20]);
+        assert_eq!(parse_scrape_auth(&sq), Some((P, [0xcd; 20])));
+        assert_eq!(parse_scrape_query(&sq), Ok(vec![H]));
+        assert_eq!(parse_scrape_auth(&scrape_query(&[H])), None);
+    }
+
     fn good_query() -> String {
         announce_query(&AnnounceRequest {
             info_hash: H,
@@ -740,6 +821,7 @@ mod tests {
             compact: true,
             numwant: Some(50),
             ip: Some("10.0.0.1".parse().unwrap()),
+            auth: None,
         })
     }
 

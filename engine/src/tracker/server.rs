@@ -24,6 +24,7 @@ use super::proto::{
     AnnounceResponse, Event, Head, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
 use super::TrackerError;
+use crate::peer::auth::Secret;
 
 /// How the tracker behaves; [`Default`] suits a deploy (30 s interval).
 #[derive(Debug, Clone)]
@@ -46,6 +47,9 @@ pub struct TrackerConfig {
     pub request_timeout: Duration,
     /// Most connections open at once; beyond it the oldest is dropped.
     pub max_connections: usize,
+    /// A private tracker: announces and scrapes must carry corvid's `auth` proof of this
+    /// secret, or get a failure reason and record nothing.
+    pub secret: Option<Secret>,
 }
 
 impl Default for TrackerConfig {
@@ -54,6 +58,7 @@ impl Default for TrackerConfig {
             interval: Duration::from_secs(30),
             min_interval: Duration::from_secs(10),
             allowed: None,
+            secret: None,
             default_numwant: 50,
             max_numwant: 200,
             max_torrents: 10_000,
@@ -178,6 +183,14 @@ impl Swarms {
                 return Err("info_hash is not allowed on this tracker".into());
             }
         }
+        if let Some(secret) = &self.cfg.secret {
+            let ok = req
+                .auth
+                .is_some_and(|a| secret.verify_announce(&req.info_hash, &req.peer_id, &a));
+            if !ok {
+                return Err(PRIVATE_REFUSAL.into());
+            }
+        }
         if req.port == 0 {
             return Err("port 0 is not a listening port".into());
         }
@@ -284,6 +297,16 @@ impl Swarms {
         }
     }
 
+    /// A private tracker's check of a scrape: one info-hash, with the `peer_id` and `auth`
+    /// of an announce for it. `None`: answer it.
+    pub fn scrape_refusal(&self, hashes: &[[u8; 20]], query: &str) -> Option<&'static str> {
+        let secret = self.cfg.secret.as_ref()?;
+        match (hashes, proto::parse_scrape_auth(query)) {
+            ([h], Some((peer_id, auth))) if secret.verify_announce(h, &peer_id, &auth) => None,
+            _ => Some(PRIVATE_REFUSAL),
+        }
+    }
+
     /// Counts for each asked info-hash; unknown ones are zero, disallowed ones omitted.
     pub fn scrape(&self, hashes: &[[u8; 20]]) -> Vec<([u8; 20], ScrapeEntry)> {
         hashes
@@ -358,6 +381,11 @@ impl Swarms {
                 }
             },
             Ok(TrackerRequest::Scrape(hashes)) => {
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                if let Some(reason) = self.scrape_refusal(&hashes, query) {
+                    StatCells::bump(&stats.failures);
+                    return http_response("200 OK", &encode_failure(reason));
+                }
                 StatCells::bump(&stats.scrapes);
                 http_response("200 OK", &encode_scrape_response(&self.scrape(&hashes)))
             }
@@ -374,6 +402,9 @@ impl Swarms {
         }
     }
 }
+
+/// What a private tracker tells a client without a valid proof of the secret.
+const PRIVATE_REFUSAL: &str = "private tracker: missing or wrong auth (corvid --secret-file)";
 
 fn secs_u32(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
@@ -721,6 +752,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn private_swarms_record_only_authenticated_peers() {
+        let t0 = Instant::now();
+        let secret = Secret::new(b"k").unwrap();
+        let mut s = Swarms::new(TrackerConfig {
+            secret: Some(secret.clone()),
+            ..TrackerConfig::default()
+        });
+        let r = s.announce(&req(1, 7001, 5, Event::Started), ip("10.0.0.1"), t0);
+        assert_eq!(r, Err(PRIVATE_REFUSAL.to_owned()));
+        assert_eq!(s.peers(), 0);
+        let mut good = req(2, 7002, 5, Event::Started);
+        good.auth = Some(secret.announce_proof(&[7; 20], &[2; 20]));
+        assert!(s.announce(&good, ip("10.0.0.2"), t0).is_ok());
+        assert_eq!(s.peers(), 1);
+        assert_eq!(s.scrape_refusal(&[[7; 20]], ""), Some(PRIVATE_REFUSAL));
     }
 
     #[test]
