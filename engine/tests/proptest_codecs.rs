@@ -171,9 +171,20 @@ proptest! {
         v in proptest::option::of("[ -~]{0,20}"),
         p in proptest::option::of(any::<u16>()),
         reqq in proptest::option::of(any::<u32>()),
+        corvid_max_request in proptest::option::of(any::<u32>()),
+        corvid_nonce in proptest::option::of(any::<[u8; 16]>()),
+        corvid_auth in proptest::option::of(any::<[u8; 20]>()),
     ) {
         // The decoder reads `m` in dictionary order, which the encoder writes sorted.
-        let h = ExtendedHandshake { m: m.into_iter().collect(), v, p, reqq };
+        let h = ExtendedHandshake {
+            m: m.into_iter().collect(),
+            v,
+            p,
+            reqq,
+            corvid_max_request,
+            corvid_nonce,
+            corvid_auth,
+        };
         let mut buf = Vec::new();
         h.encode(&mut buf);
         let limits = Limits { pieces: 0, max_block: MAX_BLOCK };
@@ -206,6 +217,7 @@ fn announce_request() -> impl Strategy<Value = AnnounceRequest> {
         any::<bool>(),
         proptest::option::of(any::<u32>()),
         proptest::option::of(ip()),
+        proptest::option::of(any::<[u8; 20]>()),
     )
         .prop_map(
             |(
@@ -215,6 +227,7 @@ fn announce_request() -> impl Strategy<Value = AnnounceRequest> {
                 compact,
                 numwant,
                 ip,
+                auth,
             )| {
                 AnnounceRequest {
                     info_hash,
@@ -227,6 +240,7 @@ fn announce_request() -> impl Strategy<Value = AnnounceRequest> {
                     compact,
                     numwant,
                     ip,
+                    auth,
                 }
             },
         )

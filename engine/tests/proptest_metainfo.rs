@@ -76,11 +76,15 @@ proptest! {
         } else {
             vec![FileSpec { path: PathBuf::from(&name), length: single_len }]
         };
+        // Every other file executable, so BEP 47 `x` attributes round-trip too.
+        let executable = (0..disk_files.len()).map(|i| i % 2 == 1).collect();
         let payload = Payload {
             root: PathBuf::from("/nonexistent"),
             disk_files,
             name: name.clone(),
             multi_file: multi,
+            executable,
+            symlinks: Vec::new(),
         };
         // An empty payload has no pieces, which BEP 3 cannot express; corvid refuses it.
         prop_assume!(payload.total_length() > 0);

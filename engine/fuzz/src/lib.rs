@@ -227,7 +227,7 @@ pub fn peer(data: &[u8]) {
     let cfg = PeerConfig::default();
     let mut now = Instant::now();
     let addr = SocketAddr::from(([10, 0, 0, 2], 6881));
-    let mut conn = PeerConn::new(&cfg, &mut swarm, addr, *b"-CV0001-fuzzfuzzfuzz", now)
+    let mut conn = PeerConn::new(&cfg, &mut swarm, addr, *b"-CV0001-fuzzfuzzfuzz", [7; 16], now)
         .expect("a fresh swarm bans nobody");
     let mut h = PeerHarness {
         inbox: Vec::new(),
@@ -494,6 +494,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         v: Some("corvid 0.1.0".into()),
         p: Some(6881),
         reqq: Some(500),
+        corvid_max_request: Some(128 * 1024),
+        corvid_nonce: None,
+        corvid_auth: None,
     }
     .encode(&mut ext);
     let mut bits = Bitfield::new(20);
@@ -554,6 +557,9 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         v: Some("corvid 0.1.0".into()),
         p: None,
         reqq: Some(64),
+        corvid_max_request: None,
+        corvid_nonce: None,
+        corvid_auth: None,
     }
     .encode(&mut ext);
     // The have-none / have-all must be the first message after the handshake.
@@ -716,6 +722,8 @@ fn sample_torrents() -> Vec<Vec<u8>> {
                     .collect(),
                 name: name.into(),
                 multi_file: multi,
+                executable: vec![false; files.len()],
+                symlinks: Vec::new(),
             };
             let lengths = metainfo::payload_lengths(&payload, &opts).expect("seed geometry");
             let hashes: Vec<[u8; 20]> = (0..lengths.piece_count()).map(|i| [i as u8; 20]).collect();
