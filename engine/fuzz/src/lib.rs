@@ -227,8 +227,15 @@ pub fn peer(data: &[u8]) {
     let cfg = PeerConfig::default();
     let mut now = Instant::now();
     let addr = SocketAddr::from(([10, 0, 0, 2], 6881));
-    let mut conn = PeerConn::new(&cfg, &mut swarm, addr, *b"-CV0001-fuzzfuzzfuzz", [7; 16], now)
-        .expect("a fresh swarm bans nobody");
+    let mut conn = PeerConn::new(
+        &cfg,
+        &mut swarm,
+        addr,
+        *b"-CV0001-fuzzfuzzfuzz",
+        [7; 16],
+        now,
+    )
+    .expect("a fresh swarm bans nobody");
     let mut h = PeerHarness {
         inbox: Vec::new(),
         payload: None,
