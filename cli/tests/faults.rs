@@ -613,12 +613,13 @@ fn flood(greedy_conns: usize) {
         // Half a handshake (slowloris) or a greedy reader that never reads.
         if i >= greedy_conns {
             let _ = s.write_all(&hs[..30]);
-        } else if {
-            // Distinct peer ids, or all but one are closed as duplicates.
-            let mut g = greedy.clone();
-            g[64..68].copy_from_slice(&(i as u32).to_be_bytes());
-            s.write_all(&g).is_ok()
-        } {
+            socks.push(s);
+            continue;
+        }
+        // Distinct peer ids, or all but one are closed as duplicates.
+        let mut g = greedy.clone();
+        g[64..68].copy_from_slice(&(i as u32).to_be_bytes());
+        if s.write_all(&g).is_ok() {
             if let Ok(s2) = s.try_clone() {
                 let requests = requests.clone();
                 unchoked.push(std::thread::spawn(move || {
