@@ -33,7 +33,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
@@ -94,6 +94,8 @@ pub enum StorageError {
     },
     #[error("{}: path is not a plain relative path inside the payload root", path.display())]
     UnsafePath { path: PathBuf },
+    #[error("{}: is a symbolic link; refusing to write through it (it could point outside the destination)", path.display())]
+    Symlink { path: PathBuf },
     #[error("{}: listed twice in the torrent", path.display())]
     DuplicatePath { path: PathBuf },
     #[error("{}: {length} bytes do not fit in this machine's address space", path.display())]
@@ -154,6 +156,8 @@ impl Storage {
         // Space still to allocate: a kept file already has (some of) its blocks.
         let mut needed = 0u64;
         for spec in files {
+            // Refuse planted symlinks before anything is created or sized.
+            check_no_symlinks(root, &spec.path)?;
             let path = root.join(&spec.path);
             let allocated = match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() => m.blocks().saturating_mul(512),
@@ -169,16 +173,20 @@ impl Storage {
         let mut maps = Vec::with_capacity(files.len());
         for spec in files {
             let path = root.join(&spec.path);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| io_err("create directory", dir, e))?;
-            }
+            create_parents(root, &spec.path)?;
+            // O_NOFOLLOW: a symlink planted as the file itself since the check above is
+            // refused (ELOOP), never opened through.
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
-                .map_err(|e| io_err("open for writing", &path, e))?;
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) => StorageError::Symlink { path: path.clone() },
+                    _ => io_err("open for writing", &path, e),
+                })?;
             let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
             if !meta.is_file() {
                 return Err(StorageError::NotAFile { path });
@@ -558,6 +566,60 @@ fn check_layout(files: &[FileSpec], lengths: Lengths) -> Result<Vec<u64>, Storag
         });
     }
     Ok(ends)
+}
+
+/// Fails with [`StorageError::Symlink`] if any existing component of `rel` under `root` is
+/// a symbolic link. The root itself is the operator's choice and may be one; what lies
+/// below it may have been planted by someone else (a shared `/srv`, a previous release),
+/// and following it would write the payload over a file outside the destination.
+fn check_no_symlinks(root: &Path, rel: &Path) -> Result<(), StorageError> {
+    let mut p = root.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Err(StorageError::Symlink { path: p }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("inspect", &p, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directories leading to `rel` under `root` one at a time, refusing any that
+/// is a symbolic link (where `create_dir_all` would follow it) or not a directory.
+fn create_parents(root: &Path, rel: &Path) -> Result<(), StorageError> {
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    if !root.exists() {
+        std::fs::create_dir_all(root).map_err(|e| io_err("create directory", root, e))?;
+    }
+    let mut p = root.to_path_buf();
+    for c in parent.components() {
+        p.push(c);
+        match std::fs::create_dir(&p) {
+            Ok(()) => continue,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create directory", &p, e)),
+        }
+        // It existed (or appeared meanwhile): it must be a real directory.
+        let m = std::fs::symlink_metadata(&p).map_err(|e| io_err("inspect", &p, e))?;
+        if m.file_type().is_symlink() {
+            return Err(StorageError::Symlink { path: p });
+        }
+        if !m.is_dir() {
+            return Err(io_err(
+                "create directory",
+                &p,
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a directory",
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
@@ -1042,5 +1104,83 @@ mod tests {
             !dir.path().join("huge").exists(),
             "nothing is created before the check"
         );
+    }
+
+    /// A symlink planted where a payload file or one of its directories goes, pointing at
+    /// `victim` outside the destination: `create` names it and leaves the victim alone.
+    fn refuses_planted(plant: &str, victim_is_dir: bool) {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        let original = b"do not overwrite me".to_vec();
+        if victim_is_dir {
+            std::fs::create_dir(&victim).unwrap();
+            std::fs::write(victim.join("f1"), &original).unwrap();
+        } else {
+            std::fs::write(&victim, &original).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join(plant);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let files = [FileSpec {
+            path: PathBuf::from("name/sub/f1"),
+            length: 3 * PL,
+        }];
+        let err = Storage::create(dir.path(), &files, lengths_for(&[3 * PL], PL)).unwrap_err();
+        assert!(
+            matches!(&err, StorageError::Symlink { path } if *path == link),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&*link.to_string_lossy()), "{err}");
+        let after = if victim_is_dir {
+            std::fs::read(victim.join("f1")).unwrap()
+        } else {
+            std::fs::read(&victim).unwrap()
+        };
+        assert_eq!(after, original, "the victim was written through {plant}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_refuses_a_symlink_as_the_file() {
+        refuses_planted("name/sub/f1", false);
+    }
+
+    #[test]
+    fn create_refuses_a_symlink_as_a_directory() {
+        refuses_planted("name/sub", true);
+        refuses_planted("name", true);
+    }
+
+    #[test]
+    fn create_refuses_a_dangling_symlink_as_the_file() {
+        // A dangling link is the case O_CREAT would follow and create the target.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("created-by-us");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("name/sub")).unwrap();
+        let link = dir.path().join("name/sub/f1");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let files = [FileSpec {
+            path: PathBuf::from("name/sub/f1"),
+            length: PL,
+        }];
+        let err = Storage::create(dir.path(), &files, lengths_for(&[PL], PL)).unwrap_err();
+        assert!(matches!(err, StorageError::Symlink { .. }), "{err:?}");
+        assert!(!target.exists(), "a file was created through the link");
+    }
+
+    #[test]
+    fn the_root_itself_may_be_a_symlink() {
+        let real = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::os::unix::fs::symlink(real.path(), &root).unwrap();
+        let files = [FileSpec {
+            path: PathBuf::from("name/f"),
+            length: PL,
+        }];
+        Storage::create(&root, &files, lengths_for(&[PL], PL)).unwrap();
+        assert!(real.path().join("name/f").is_file());
     }
 }
