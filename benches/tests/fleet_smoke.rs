@@ -159,7 +159,8 @@ case $cmd in
     fi
     size=$(stat -c %s "$src")
     echo '{"event":"progress"}'
-    echo "{\"event\":\"done\",\"report\":{\"bytes_down\":$size,\"bytes_up\":0,\"from_seeder\":$size,\"from_peers\":0,\"duration_ms\":1,\"piece_latency_us\":{\"p50\":10,\"p99\":20}}}" ;;
+    echo "{\"event\":\"complete\",\"elapsed_s\":0.001}"
+    echo "{\"event\":\"done\",\"report\":{\"bytes_down\":$size,\"bytes_up\":0,\"bytes_from_seeder\":$size,\"bytes_from_peers\":0,\"elapsed_s\":0.001,\"piece_latency_us\":{\"p50\":10,\"p99\":20}}}" ;;
   *) echo "fake-corvid: unknown command $cmd" >&2; exit 2 ;;
 esac
 "#;

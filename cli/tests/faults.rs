@@ -563,14 +563,13 @@ fn connection_flood_keeps_memory_bounded_and_a_good_peer_served() {
     flood(100);
 }
 
-/// Known bug, found by this test: the seeder unchokes interested peers up to
+/// Found by this test (now fixed): the seeder unchoked interested peers up to
 /// `SwarmConfig::max_unchoked` (128) and never chokes one that stops reading, so 150
 /// connections that take an unchoke, queue requests and never read hold every slot and a
 /// good peer gets nothing (it gives up after its stall timeout). Needs a choker fix in
 /// `peer`/`swarm` (choke a peer whose sends have not progressed for a while, or keep a
 /// rotating slot).
 #[test]
-#[ignore = "known bug: non-reading peers hold all 128 unchoke slots and starve good peers"]
 fn greedy_non_readers_do_not_starve_a_good_peer() {
     flood(150);
 }

@@ -102,6 +102,13 @@ pub struct PeerConfig {
     /// With requests outstanding and no block for this long, the peer is snubbed: its
     /// requests go back to the picker and it gets one block at a time until it delivers.
     pub request_timeout: Duration,
+    /// An unchoked remote that neither asks for nor takes a block for this long is not
+    /// using its upload slot (e.g. it stopped reading its socket): it is choked, freeing
+    /// the slot for peers that read (otherwise enough such connections hold every slot
+    /// until the idle timeout).
+    pub upload_stall_timeout: Duration,
+    /// How long such a remote stays choked before it may have a slot again.
+    pub stall_penalty: Duration,
     pub initial_inflight: u64,
     pub min_inflight: u64,
     pub max_inflight: u64,
@@ -137,6 +144,8 @@ impl Default for PeerConfig {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(120),
             request_timeout: Duration::from_secs(20),
+            upload_stall_timeout: Duration::from_secs(10),
+            stall_penalty: Duration::from_secs(30),
             initial_inflight: 8 << 20,
             min_inflight: 1 << 20,
             max_inflight: 64 << 20,
@@ -410,6 +419,11 @@ pub struct PeerConn {
     last_recv: Instant,
     last_sent: Instant,
     last_block: Instant,
+    /// When the remote last used its upload slot: was unchoked, asked for a block, or
+    /// had one go out.
+    last_upload: Instant,
+    /// No upload slot for the remote before this (it stalled with a slot).
+    unchoke_after: Option<Instant>,
     rate_window_start: Instant,
     rate_window_bytes: u64,
     rate: Option<f64>,
@@ -480,6 +494,8 @@ impl PeerConn {
             last_recv: now,
             last_sent: now,
             last_block: now,
+            last_upload: now,
+            unchoke_after: None,
             rate_window_start: now,
             rate_window_bytes: 0,
             rate: None,
@@ -800,8 +816,12 @@ impl PeerConn {
             Message::Unchoke => self.peer_choking = false,
             Message::Interested => {
                 self.peer_interested = true;
-                if self.am_choking && swarm.try_unchoke(self.key) {
+                if self.am_choking
+                    && self.may_unchoke(self.last_recv)
+                    && swarm.try_unchoke(self.key)
+                {
                     self.am_choking = false;
+                    self.last_upload = self.last_recv;
                     self.queue(Message::Unchoke);
                 }
             }
@@ -869,6 +889,8 @@ impl PeerConn {
                     }
                     return Ok(());
                 }
+                // Asking is using the slot (`last_recv` is this message).
+                self.last_upload = self.last_recv;
                 self.their_requests.push_back(block);
             }
             Message::Cancel { index, begin, len } => {
@@ -1096,10 +1118,26 @@ impl PeerConn {
         let forget = self.cfg.request_timeout * 2;
         self.outstanding
             .retain(|_, o| !(o.live == 0 && now.saturating_duration_since(o.sent) > forget));
-        if self.peer_interested && self.am_choking && swarm.try_unchoke(self.key) {
+        if !self.am_choking
+            && now.saturating_duration_since(self.last_upload) > self.cfg.upload_stall_timeout
+        {
+            self.choke_remote(swarm);
+            self.unchoke_after = Some(now + self.cfg.stall_penalty);
+        }
+        if self.peer_interested
+            && self.am_choking
+            && self.may_unchoke(now)
+            && swarm.try_unchoke(self.key)
+        {
             self.am_choking = false;
+            self.last_upload = now;
             self.queue(Message::Unchoke);
         }
+    }
+
+    /// Whether a stall penalty (see [`PeerConfig::upload_stall_timeout`]) is over.
+    fn may_unchoke(&self, now: Instant) -> bool {
+        self.unchoke_after.is_none_or(|t| now >= t)
     }
 
     /// The connection is gone (closed by us, by the remote or by an error): give back its
@@ -1314,6 +1352,7 @@ impl PeerConn {
         self.stats.uploaded += u64::from(block.len);
         swarm.record_upload(block);
         self.last_sent = now;
+        self.last_upload = now;
         Some(Transmit::Block {
             header: wire::piece_header(block.piece.get(), block.offset, block.len),
             block,
