@@ -1746,3 +1746,39 @@ fn private_remote_without_extension_protocol_is_refused() {
         Err(CloseReason::NotAuthorized(_))
     ));
 }
+
+#[test]
+fn remote_that_does_not_use_its_upload_slot_is_choked_then_forgiven() {
+    let (_t, mut s, mut pc, now) = opened(true, true);
+    let cfg = PeerConfig::default();
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::HaveNone, Message::Interested],
+        now,
+    )
+    .unwrap();
+    assert!(!pc.choke_state().0, "an interested remote gets a slot");
+    // Asking for blocks is using the slot.
+    let later = now + cfg.upload_stall_timeout / 2;
+    let ask = Message::Request {
+        index: 0,
+        begin: 0,
+        len: 16_384,
+    };
+    feed(&mut s, &mut pc, &[ask], later).unwrap();
+    pc.handle_tick(
+        &mut s,
+        now + cfg.upload_stall_timeout + Duration::from_secs(1),
+    );
+    assert!(!pc.choke_state().0, "a remote that asks keeps its slot");
+    // Nothing asked or taken for longer than the stall timeout: choked, slot freed.
+    let idle = later + cfg.upload_stall_timeout + Duration::from_secs(1);
+    pc.handle_tick(&mut s, idle);
+    assert!(pc.choke_state().0);
+    // Not unchoked again during the penalty, unchoked after it.
+    pc.handle_tick(&mut s, idle + cfg.stall_penalty / 2);
+    assert!(pc.choke_state().0);
+    pc.handle_tick(&mut s, idle + cfg.stall_penalty + Duration::from_secs(1));
+    assert!(!pc.choke_state().0);
+}
