@@ -25,6 +25,10 @@ def session():
         "enable_upnp": False,
         "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
+        # corvid speaks BitTorrent over TCP only: an outgoing uTP (UDP) attempt to it
+        # times out, and libtorrent's reconnect back-off can then outlast a test.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
         # corvid speaks plain BitTorrent (no MSE/PE): do not open with an encrypted
         # handshake that is refused before libtorrent falls back.
         "out_enc_policy": int(lt.enc_policy.disabled),
