@@ -6,13 +6,13 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{assert_same_tree, corvid, free_port, json_field, json_u64, make_tree, Proc};
+use support::{
+    assert_same_tree, corvid, free_port, json_field, json_u64, make_tree, Proc, SlowRelay,
+};
 
 /// Bound on every wait: generous, the machine is shared and loaded.
 const T: Duration = Duration::from_secs(120);
@@ -312,74 +312,6 @@ fn late_peer_completes_from_peers_alone() {
         let done = finish(p);
         assert_peer_done(&r, &format!("early{i}"), &done, dest);
     }
-}
-
-/// A TCP relay that passes bytes from `upstream` to its clients at about `rate` bytes per
-/// second: slows one peer's download so a test can kill it half-way.
-struct SlowRelay {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl SlowRelay {
-    fn start(upstream: SocketAddr, rate: u64) -> SlowRelay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let addr = listener.local_addr().expect("relay addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => continue,
-                };
-                std::thread::spawn(move || pump(client, server, None));
-                std::thread::spawn(move || pump(s2, c2, Some(rate)));
-            }
-        });
-        SlowRelay { addr, stop }
-    }
-}
-
-impl Drop for SlowRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so its thread ends.
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// Copies `from` to `to`, at most `rate` bytes per second when given (pacing by sleeping
-/// is the point here: it is a throttle, not synchronisation).
-fn pump(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>) {
-    let mut buf = [0u8; 8192];
-    let start = Instant::now();
-    let mut sent = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        sent += n as u64;
-        if let Some(rate) = rate {
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
 }
 
 #[test]
