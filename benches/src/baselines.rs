@@ -142,9 +142,9 @@ pub fn rsync_argv(ssh_config: &str, src: &str, dest: &str) -> Vec<String> {
 
 /// One iperf3 run over loopback: a one-shot server on a free port, a client sending
 /// `size` bytes. Returns bits/s: the payload over iperf3's measured test duration.
-pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
+pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<Iperf3> {
     let port = crate::sshd::free_port()?;
-    iperf3_between(
+    iperf3_run(
         &Runner::Local,
         &Runner::Local,
         "127.0.0.1",
@@ -152,6 +152,16 @@ pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<f64> {
         size,
         timeout,
     )
+}
+
+/// One iperf3 measurement: its throughput and what it cost the CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Iperf3 {
+    pub bits_per_sec: f64,
+    /// User + system CPU seconds of client and server together (from wait4), when the
+    /// server's exit was seen: the kernel's TCP cost of moving the bytes both ways, plus
+    /// iperf3's own (small) start-up.
+    pub cpu_s: Option<f64>,
 }
 
 /// One iperf3 run from `client` to a one-shot server run by `server` on `addr:port`.
@@ -163,6 +173,17 @@ pub fn iperf3_between(
     size: u64,
     timeout: Duration,
 ) -> Result<f64> {
+    Ok(iperf3_run(server, client, addr, port, size, timeout)?.bits_per_sec)
+}
+
+fn iperf3_run(
+    server: &Runner,
+    client: &Runner,
+    addr: &str,
+    port: u16,
+    size: u64,
+    timeout: Duration,
+) -> Result<Iperf3> {
     let port = port.to_string();
     let (tx, rx) = mpsc::channel();
     // --forceflush: iperf3 block-buffers stdout into a pipe; the readiness line must
@@ -229,8 +250,19 @@ pub fn iperf3_between(
     }
     let bps = size as f64 * 8.0 / secs;
     // The one-shot server exits after the test; `server` is killed on drop otherwise.
-    let _ = rx.recv_timeout(Duration::from_secs(5));
-    Ok(bps)
+    let exit_by = Instant::now() + Duration::from_secs(5);
+    let mut server_cpu = None;
+    while let Ok(ev) = rx.recv_timeout(exit_by.saturating_duration_since(Instant::now())) {
+        if let ProcEvent::Exit { exit, .. } = ev {
+            server_cpu = Some(exit.usage.cpu_s());
+            break;
+        }
+    }
+    drop(server);
+    Ok(Iperf3 {
+        bits_per_sec: bps,
+        cpu_s: server_cpu.map(|s| s + f.exit.usage.cpu_s()),
+    })
 }
 
 #[cfg(test)]
@@ -305,7 +337,10 @@ mod tests {
         if crate::sshd::which("iperf3", &[]).is_err() {
             panic!("iperf3 is not installed; scripts/test-deps installs it");
         }
-        let bps = iperf3_loopback(8 << 20, Duration::from_secs(30)).unwrap();
-        assert!(bps > 1e6, "{bps}");
+        let r = iperf3_loopback(8 << 20, Duration::from_secs(30)).unwrap();
+        assert!(r.bits_per_sec > 1e6, "{r:?}");
+        // Both ends' CPU is known once the one-shot server has exited.
+        let cpu = r.cpu_s.expect("iperf3 server exit seen");
+        assert!(cpu > 0.0, "{r:?}");
     }
 }

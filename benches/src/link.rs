@@ -1,6 +1,8 @@
 //! Scenario `link`: one sender, one receiver, both on this machine over loopback.
 //!
-//! iperf3 gives the path's practical limit (memory to memory, no crypto, no disk); scp
+//! iperf3 gives the path's practical limit (memory to memory, no crypto, no disk); `ceiling`
+//! adds to its CPU time one SHA-1 pass and the page-cache work and shares the sum over the
+//! cores: the least time a verified transfer could take here (see ceiling.rs); scp
 //! (default cipher and AES-128-GCM) and rsync go through a private sshd on 127.0.0.1;
 //! corvid runs a seeder (with its tracker) and one peer. Each method runs `--runs`
 //! times from a payload warmed into page cache; every received copy is checked by
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub const METHODS: &[&str] = &["iperf3", "scp", "scp-gcm", "rsync", "corvid"];
+pub const METHODS: &[&str] = &["iperf3", "ceiling", "scp", "scp-gcm", "rsync", "corvid"];
 
 #[derive(Args, Debug)]
 pub struct LinkArgs {
@@ -87,6 +89,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
             );
             let res = match m.as_str() {
                 "iperf3" => run_iperf3(&payload, timeout),
+                "ceiling" => run_ceiling(&payload, &work, timeout),
                 "scp" | "scp-gcm" | "rsync" => {
                     let s = ssh.as_ref().context("sshd not started")?;
                     run_ssh_copy(m, s, &payload, &work, timeout)
@@ -102,7 +105,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
                         c.runs,
                         run.seconds,
                         fmt_mbps(c.size as f64 / run.seconds),
-                        if m == "iperf3" {
+                        if m == "iperf3" || m == "ceiling" {
                             ""
                         } else {
                             ", SHA-1 verified"
@@ -133,7 +136,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
     }
     drop(ssh);
 
-    let summary = format!(
+    let mut summary = format!(
         "link results: {} over loopback, {} run(s) each\n{}",
         fmt_bytes(c.size),
         c.runs,
@@ -147,12 +150,36 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
         .find(|m| m.method == "iperf3")
         .and_then(|m| m.summary())
         .map(|s| s.0);
+    let ceiling_med = results
+        .iter()
+        .find(|m| m.method == "ceiling")
+        .and_then(|m| m.summary())
+        .map(|s| s.0);
+    if let (Some(b), Some((med, _, _))) = (
+        ceiling_med,
+        results
+            .iter()
+            .find(|m| m.method == "corvid")
+            .and_then(|m| m.summary()),
+    ) {
+        let line = format!(
+            "corvid reached {:.0}% of the ceiling ({} of {})\n",
+            100.0 * b / med,
+            fmt_mbps(c.size as f64 / med),
+            fmt_mbps(c.size as f64 / b)
+        );
+        print!("{line}");
+        summary.push_str(&line);
+    }
     let methods_json: Vec<Json> = results
         .iter()
         .map(|m| {
             let mut j = report::method_json(m, c.size, None);
             if let (Some(i), Some((med, _, _))) = (iperf_med, m.summary()) {
                 j.push("fraction_of_iperf3", i / med);
+            }
+            if let (Some(b), Some((med, _, _))) = (ceiling_med, m.summary()) {
+                j.push("fraction_of_ceiling", b / med);
             }
             j
         })
@@ -177,6 +204,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
                 "seconds: wall time of the transfer command (ssh session setup included); corvid: from starting the peer to its done report",
                 "corvid make and seeder start-up are reported as make_s and seed_ready_s and are not in seconds",
                 "every received copy was checked by SHA-1 before its time was recorded; iperf3 has no payload and is checked by byte count",
+                "ceiling: (iperf3 CPU both ends + one SHA-1 pass + populating the page cache) / cores, measured in this run: the least time any verified transfer could take here",
                 "max_rss_kib counts mapped payload pages; peak_anon_rss_kib is VmRSS - RssFile sampled every 100 ms",
             ],
         );
@@ -223,8 +251,19 @@ pub fn outcome_of(results: &[MethodResult]) -> crate::Outcome {
     o
 }
 
+fn run_ceiling(p: &Payload, work: &Path, timeout: Duration) -> Result<Run, RunError> {
+    let c = crate::ceiling::measure(p, work, timeout)?;
+    let seconds = c.seconds();
+    Ok(Run {
+        seconds,
+        hosts: vec![("receiver".into(), seconds)],
+        ceiling: Some(c),
+        ..Run::default()
+    })
+}
+
 fn run_iperf3(p: &Payload, timeout: Duration) -> Result<Run, RunError> {
-    let bps = iperf3_loopback(p.size, timeout)?;
+    let bps = iperf3_loopback(p.size, timeout)?.bits_per_sec;
     let seconds = p.size as f64 * 8.0 / bps;
     Ok(Run {
         seconds,

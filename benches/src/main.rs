@@ -20,6 +20,7 @@
 //! ```
 
 mod baselines;
+mod ceiling;
 mod corvid;
 mod fleet;
 mod hash;

@@ -45,6 +45,8 @@ pub struct Run {
     pub corvid: Option<CorvidDetail>,
     /// iperf3's own receiver-side measurement.
     pub iperf3_bits_per_sec: Option<f64>,
+    /// The `ceiling` method's parts (its `seconds` is the bound they imply).
+    pub ceiling: Option<crate::ceiling::Ceiling>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +145,16 @@ pub fn run_json(r: &Run, size: u64) -> Json {
         );
     if let Some(b) = r.iperf3_bits_per_sec {
         j.push("iperf3_bits_per_sec", b);
+    }
+    if let Some(c) = &r.ceiling {
+        j.push(
+            "ceiling_cpu_s",
+            Json::obj()
+                .with("tcp_iperf3_both_ends", c.tcp_cpu_s)
+                .with("sha1", c.sha1_cpu_s)
+                .with("page_cache", c.page_cache_cpu_s)
+                .with("cores", c.cores),
+        );
     }
     if !r.procs.is_empty() {
         j.push(
@@ -308,6 +320,10 @@ pub fn link_table(methods: &[MethodResult], size: u64) -> String {
                 ));
                 if let Some(l) = corvid_line(m) {
                     out.push_str(&l);
+                    out.push('\n');
+                }
+                if let Some(c) = m.median_run().and_then(|r| r.ceiling) {
+                    out.push_str(&c.describe());
                     out.push('\n');
                 }
                 for l in process_lines(m) {
