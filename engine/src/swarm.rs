@@ -2,7 +2,8 @@
 //! are asked for, who is unchoked, who is banned.
 //!
 //! Contract: sans-IO like [`crate::peer`]: no sockets, no files, no clock, and no
-//! randomness of its own (the picker's tie-break RNG is a xorshift seeded by the caller).
+//! randomness of its own (the picker's tie-break is a random order of the pieces derived
+//! from a seed the caller gives, fixed for the swarm's life).
 //! No `unsafe` here. The runtime keeps one `Swarm` behind a lock and every [`PeerConn`]
 //! call borrows it briefly, so every method is short and none allocates per block.
 //!
@@ -160,7 +161,10 @@ pub struct Swarm {
     strikes: HashMap<IpAddr, u32>,
     have_log: Vec<PieceIndex>,
     cancel_log: Vec<BlockRef>,
-    rng: u64,
+    /// The new-piece tie-break: a random order of the pieces, fixed per swarm (so per
+    /// host: hosts still spread over different pieces), so that other parts of the node
+    /// can know which pieces the picker will start next; see [`Swarm::next_pieces`].
+    tie_salt: u64,
     unchoked: usize,
     stats: SwarmStats,
     /// Blocks of each piece we uploaded, saturating; see [`Swarm::spread`].
@@ -217,8 +221,7 @@ impl Swarm {
             strikes: HashMap::new(),
             have_log: Vec::new(),
             cancel_log: Vec::new(),
-            // xorshift must not start at zero.
-            rng: seed | 1,
+            tie_salt: mix(seed ^ 0x9e37_79b9_7f4a_7c15),
             unchoked: 0,
             stats: SwarmStats::default(),
             served_blocks: vec![0; n as usize],
@@ -242,6 +245,43 @@ impl Swarm {
     /// Pieces we have verified.
     pub fn have(&self) -> &Bitfield {
         &self.have
+    }
+
+    /// Up to `k` pieces we lack and `skip` does not hold, in the order the picker is
+    /// expected to receive them: pieces already started, then the others by availability
+    /// (pieces nobody announced last) and this swarm's fixed tie-break. Lets the node fault
+    /// in the pages of the pieces about to arrive, ahead of the network.
+    pub fn next_pieces(&self, skip: &Bitfield, k: usize) -> Vec<PieceIndex> {
+        let mut out: Vec<PieceIndex> = self
+            .active
+            .iter()
+            .filter_map(|&pi| self.lengths.piece(self.partials[pi as usize].piece))
+            .filter(|p| !skip.get(p.get()))
+            .take(k)
+            .collect();
+        if out.len() == k {
+            return out;
+        }
+        let mut rest: Vec<(bool, u32, u64, PieceIndex)> = self
+            .lengths
+            .pieces()
+            .filter(|p| {
+                let i = p.get();
+                !self.have.get(i) && !skip.get(i) && self.partial_of[p.as_usize()] == NONE
+            })
+            .map(|p| {
+                let a = self.availability[p.as_usize()];
+                (a == 0, a, mix(u64::from(p.get()) ^ self.tie_salt), p)
+            })
+            .collect();
+        let want = k - out.len();
+        if rest.len() > want {
+            rest.select_nth_unstable(want);
+            rest.truncate(want);
+        }
+        rest.sort_unstable();
+        out.extend(rest.into_iter().map(|t| t.3));
+        out
     }
 
     pub fn is_complete(&self) -> bool {
@@ -406,15 +446,6 @@ impl Swarm {
         u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
     }
 
-    fn next_rand(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
     fn start_partial(&mut self, piece: u32) -> u32 {
         let n = self
             .lengths
@@ -474,7 +505,7 @@ impl Swarm {
         found: &mut [u32; NEW_PICK_BATCH],
     ) -> usize {
         let k = k.clamp(1, NEW_PICK_BATCH);
-        let salt = self.next_rand();
+        let salt = self.tie_salt;
         // (availability, tie, piece), sorted ascending; `len` valid entries.
         let mut best = [(u32::MAX, u64::MAX, 0u32); NEW_PICK_BATCH];
         let mut len = 0;
@@ -850,7 +881,7 @@ impl Swarm {
     }
 }
 
-/// splitmix64's finaliser: spreads `i ^ salt` so each pick sees a fresh random order.
+/// splitmix64's finaliser: spreads `i ^ salt` into a random-looking order of the pieces.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
@@ -924,6 +955,48 @@ mod tests {
             })
             .collect();
         assert!(firsts.len() >= 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn next_pieces_predicts_the_pickers_order() {
+        let mut s = swarm(64, 2, 3);
+        let k = s.add_peer(ip(1)).unwrap();
+        let all = Bitfield::full(64);
+        for p in s.lengths.pieces().collect::<Vec<_>>() {
+            s.add_availability(p);
+        }
+        // A rarer piece comes first; a piece nobody has comes last.
+        s.add_availability(s.lengths.piece(5).unwrap());
+        let rare = s.lengths.piece(9).unwrap();
+        for p in s
+            .lengths
+            .pieces()
+            .filter(|&p| p != rare)
+            .collect::<Vec<_>>()
+        {
+            s.add_availability(p);
+        }
+        let planned = s.next_pieces(&Bitfield::new(64), 64);
+        assert_eq!(planned.len(), 64);
+        assert_eq!(planned[0], rare);
+        // Each pick of one block starts the next planned piece, which is then listed first
+        // as started (unless skipped) until it is fully requested.
+        for (n, want) in planned.iter().take(20).enumerate() {
+            let got = pick(&mut s, k, &all, 2);
+            assert!(
+                got.iter().all(|b| b.piece == *want),
+                "pick {n}: {got:?} vs {want:?}"
+            );
+        }
+        // The 20 started (requested, not yet received) pieces are listed first.
+        let mut skip = Bitfield::new(64);
+        assert_eq!(s.next_pieces(&skip, 20), planned[..20].to_vec());
+        for p in &planned[..=20] {
+            skip.set(p.get());
+        }
+        assert_eq!(s.next_pieces(&skip, 1), vec![planned[21]]);
+        let started = pick(&mut s, k, &all, 1);
+        assert_eq!(started[0].piece, planned[20]);
     }
 
     #[test]

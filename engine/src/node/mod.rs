@@ -571,9 +571,12 @@ fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: S
 
 type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
 
-/// Faults in the download's pages on its own thread, in piece order, at most
-/// [`Prefault::WINDOW`] bytes ahead of what is verified, so the io_uring core threads
-/// receive into pages that already exist (see [`Storage::prefault`]).
+/// Faults in the download's pages on its own thread, in the order the picker will receive
+/// them ([`Swarm::next_pieces`]: started pieces, then rarest first with the swarm's fixed
+/// tie-break), at most [`Prefault::WINDOW`] bytes ahead of what is verified, so the
+/// io_uring core threads receive into pages that already exist (see
+/// [`Storage::prefault`]). Following the picker matters: pieces arrive in a random order,
+/// and prefaulting in file order left the core thread faulting most pages itself.
 struct Prefault {
     thread: std::thread::JoinHandle<()>,
     done: Arc<AtomicBool>,
@@ -581,6 +584,8 @@ struct Prefault {
 
 impl Prefault {
     const WINDOW: u64 = 1 << 30;
+    /// Pieces planned per look at the swarm (one short lock each time).
+    const BATCH: usize = 16;
 
     fn start(shared: Arc<Shared>) -> Prefault {
         let done = Arc::new(AtomicBool::new(false));
@@ -589,32 +594,30 @@ impl Prefault {
             .name("corvid-prefault".into())
             .spawn(move || {
                 let lengths = shared.storage.lengths();
-                let missing: Vec<PieceIndex> = {
-                    let swarm = shared.swarm.lock();
-                    lengths
-                        .pieces()
-                        .filter(|p| !swarm.have().get(p.get()))
-                        .collect()
-                };
-                let mut ahead = 0u64;
-                for p in missing {
-                    loop {
-                        if flag.load(Ordering::Relaxed) {
+                let mut faulted = Bitfield::new(lengths.piece_count());
+                let mut faulted_bytes = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    let (next, verified) = {
+                        let swarm = shared.swarm.lock();
+                        if swarm.is_complete() {
                             return;
                         }
-                        let verified =
-                            u64::from(shared.swarm.lock().have().count()) * lengths.piece_length();
-                        if ahead < verified + Self::WINDOW {
-                            break;
-                        }
+                        let verified = u64::from(swarm.have().count()) * lengths.piece_length();
+                        (swarm.next_pieces(&faulted, Self::BATCH), verified)
+                    };
+                    if next.is_empty() || faulted_bytes >= verified + Self::WINDOW {
                         // Woken by the control loop after each verdict; the timeout only
-                        // bounds a missed wake-up.
+                        // bounds a missed wake-up (and re-plans as availability changes).
                         std::thread::park_timeout(Duration::from_millis(100));
+                        continue;
                     }
-                    if !shared.storage.prefault(p) {
-                        return;
+                    for p in next {
+                        if !shared.storage.prefault(p) {
+                            return;
+                        }
+                        faulted.set(p.get());
+                        faulted_bytes += u64::from(lengths.piece_size(p));
                     }
-                    ahead += u64::from(lengths.piece_size(p));
                 }
             })
             .expect("spawn prefault thread");
