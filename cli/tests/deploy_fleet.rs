@@ -493,6 +493,10 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
         seeder_up >= from_seeder,
         "{seeder_up} < {from_seeder}: {sum}"
     );
+    // A swarm: the hosts carried part of it, so the deployer sent fewer than 6 copies
+    // (2.9 to 3.6 in runs on a 2-core VM with unshaped links).
+    assert!(from_peers > 0, "hosts traded nothing: {sum}");
+    assert!(seeder_up < 6 * size, "the seeder sent every copy: {sum}");
     eprintln!(
         "binary {size} B: seeder uploaded {seeder_up} B ({:.2} copies) for 6 swarm hosts, \
          hosts traded {from_peers} B; install {} s",
