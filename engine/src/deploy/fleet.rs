@@ -37,7 +37,7 @@ use crate::peer::PeerConfig;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::hosts::{parse_hosts, HostsError};
-use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe};
+use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
 use super::release::{validate_dest, validate_tag, ReleaseError};
 use super::ssh::{self, quote, quote_path, receive_files, Ssh};
 
@@ -566,14 +566,17 @@ pub fn run(
     // Install phase, on worker threads; events forwarded here as they come.
     let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
     let routes = install::route(&live_probes, plan.swarm_install_min);
-    let live_hosts: Vec<String> = live.iter().map(|&i| hosts[i].clone()).collect();
+    let to_install: Vec<(String, Route)> = live
+        .iter()
+        .zip(routes)
+        .map(|(&i, r)| (hosts[i].clone(), r))
+        .collect();
     let install_start = start.elapsed();
     let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let (installs, summary) = std::thread::scope(|s| {
-        let (local, live_hosts, routes, url, stop) = (&local, &live_hosts, &routes, &url, &stop);
-        let worker = s.spawn(move || {
-            install::run_phase(plan, local, live_hosts, routes, url, addr, stop, &tx)
-        });
+        let (local, to_install, url, stop) = (&local, &to_install, &url, &stop);
+        let worker =
+            s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
         forward(&rx, on_event, &mut || {});
         worker.join().expect("install workers do not panic")
     });

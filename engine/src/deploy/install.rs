@@ -211,6 +211,18 @@ pub struct HostInstall {
     pub ssh_bytes: u64,
 }
 
+impl HostInstall {
+    /// Nothing installed, nothing transferred.
+    pub fn present() -> HostInstall {
+        HostInstall {
+            how: CorvidInstall::Present,
+            swarm_from_seeder: 0,
+            swarm_from_peers: 0,
+            ssh_bytes: 0,
+        }
+    }
+}
+
 /// The install phase as a whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstallSummary {
@@ -262,7 +274,9 @@ pub struct SwarmJob {
 /// secret). In a private directory beside the binary (same filesystem, so the final `mv`
 /// is a rename): the OLD corvid downloads the new one as a peer, `sha1sum` checks the
 /// whole file, `chmod 755`, `mv` over the old binary, then `{"event":"installed"}`.
-/// Exit 124 is the `timeout`, 65 a wrong SHA-1; the directory goes in every case.
+/// The script's own steps exit with codes of their own (65 a wrong SHA-1, 73 no room for
+/// the download directory, 74 no `sha1sum` result, 75 the rename, 124 the `timeout`), so
+/// they are not mistaken for the old corvid's; the directory goes in every case.
 pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
     let p = quote_path(remote_corvid);
     let receive = receive_files(
@@ -282,13 +296,14 @@ pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
         stdin.extend_from_slice(s.expose());
     }
     let cmd = format!(
-        "set -e; P={p}; D=\"$P.swarm.$$\"; rm -rf \"$D\"; mkdir -p \"$D\"; \
-         trap 'rm -rf \"$D\"' EXIT; trap 'exit 129' HUP INT TERM PIPE; {receive}; \
+        "set -e; P={p}; D=\"$P.swarm.$$\"; \
+         trap 'rm -rf \"$D\"' EXIT; trap 'exit 129' HUP INT TERM PIPE; \
+         {{ rm -rf \"$D\" && mkdir -p \"$D\" && {receive}; }} || exit 73; \
          timeout -k 5 {t} \"$P\" peer \"$D/corvid.torrent\" \"$D\" --linger {l}ms \
          --stall-timeout {s}ms --peer {seeder} --json{secret_flag}; \
-         F=\"$D/{name}\"; S=$(sha1sum < \"$F\"); S=${{S%% *}}; \
+         F=\"$D/{name}\"; S=$(sha1sum < \"$F\") || exit 74; S=${{S%% *}}; \
          if [ \"$S\" != {sha} ]; then echo \"corvid: error: the downloaded binary has SHA-1 $S, not {sha}\" >&2; exit 65; fi; \
-         chmod 755 \"$F\"; mv -f \"$F\" \"$P\"; echo '{{\"event\":\"installed\"}}'",
+         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo '{{\"event\":\"installed\"}}'",
         t = job.timeout.as_secs().max(1),
         l = job.linger.as_millis(),
         s = job.stall_timeout.as_millis(),
@@ -304,6 +319,9 @@ fn swarm_exit_text(code: i32) -> &'static str {
     match code {
         124 | 137 => "timed out on the host",
         65 => "the downloaded binary's SHA-1 is wrong",
+        73 => "cannot make the download directory beside the binary",
+        74 => "cannot checksum the download",
+        75 => "cannot put the new binary in place",
         129 => "the session was cut",
         c => peer_exit_text(c),
     }
@@ -400,12 +418,7 @@ pub(super) fn install_host(
     job: &Result<SwarmJob, String>,
 ) -> Result<HostInstall, String> {
     let size = local.bytes.len() as u64;
-    let mut out = HostInstall {
-        how: CorvidInstall::Present,
-        swarm_from_seeder: 0,
-        swarm_from_peers: 0,
-        ssh_bytes: 0,
-    };
+    let mut out = HostInstall::present();
     let why = match route {
         Route::Keep => return Ok(out),
         Route::Ssh => None,
@@ -508,14 +521,13 @@ fn start_binary_seeder(
     })
 }
 
-/// The install phase: `routes` is parallel to `hosts`. Starts the binary seeder when
-/// any host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
+/// The install phase for `hosts` and their routes. Starts the binary seeder when any
+/// host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
 /// host once `stop` is set), and returns each host's result, in order.
 pub(super) fn run_phase(
     plan: &DeployPlan,
     local: &LocalBinary,
-    hosts: &[String],
-    routes: &[Route],
+    hosts: &[(String, Route)],
     tracker_url: &str,
     addr: IpAddr,
     stop: &StopFlag,
@@ -526,7 +538,8 @@ pub(super) fn run_phase(
         binary_bytes: local.bytes.len() as u64,
         ..InstallSummary::default()
     };
-    let want_swarm = routes.contains(&Route::Swarm);
+    let count = |r: Route| hosts.iter().filter(|(_, x)| *x == r).count();
+    let want_swarm = count(Route::Swarm) > 0;
     let seeder = if want_swarm {
         Some(start_binary_seeder(plan, local, tracker_url, addr))
     } else {
@@ -543,24 +556,23 @@ pub(super) fn run_phase(
         }
     }
     let needing: Vec<usize> = (0..hosts.len())
-        .filter(|&i| routes[i] != Route::Keep)
+        .filter(|&i| hosts[i].1 != Route::Keep)
         .collect();
     let _ = events.send(FleetEvent::Installing {
-        swarm: routes.iter().filter(|r| **r == Route::Swarm).count(),
-        ssh: routes.iter().filter(|r| **r == Route::Ssh).count(),
+        swarm: count(Route::Swarm),
+        ssh: count(Route::Ssh),
         binary_bytes: summary.binary_bytes,
         pieces: match &seeder {
             Some(Ok(s)) => s.pieces,
             _ => 0,
         },
     });
-    let names: Vec<String> = needing.iter().map(|&i| hosts[i].clone()).collect();
-    let done = for_each_host(&names, plan.parallel, &|h| {
-        let i = needing[names.iter().position(|x| x == h).unwrap_or(0)];
+    let done = for_each_host(&needing, plan.parallel, &|&i: &usize| {
+        let (h, route) = (&hosts[i].0, hosts[i].1);
         if stop.is_stopped() {
             return Err("interrupted before corvid was installed".to_string());
         }
-        let r = install_host(plan, local, h, routes[i], &job);
+        let r = install_host(plan, local, h, route, &job);
         if let Ok(inst) = &r {
             let _ = events.send(FleetEvent::Installed {
                 host: h.to_string(),
@@ -576,17 +588,8 @@ pub(super) fn run_phase(
         }
         summary.pieces = s.pieces;
     }
-    let mut results: Vec<Result<HostInstall, String>> = routes
-        .iter()
-        .map(|_| {
-            Ok(HostInstall {
-                how: CorvidInstall::Present,
-                swarm_from_seeder: 0,
-                swarm_from_peers: 0,
-                ssh_bytes: 0,
-            })
-        })
-        .collect();
+    let mut results: Vec<Result<HostInstall, String>> =
+        hosts.iter().map(|_| Ok(HostInstall::present())).collect();
     for (k, r) in done.into_iter().enumerate() {
         if let Ok(h) = &r {
             summary.peers_exchanged += h.swarm_from_peers;
@@ -877,6 +880,17 @@ mod tests {
         assert_eq!(b.output.code, 2);
         assert_eq!(std::fs::read(&p).unwrap(), old);
         assert!(leftovers().is_empty(), "{:?}", leftovers());
+
+        // No room beside the binary (its directory is a file): the script's own code.
+        let f = d.path().join("plain file");
+        std::fs::write(&f, b"").unwrap();
+        let (cmd, stdin) = swarm_command(f.join("corvid").to_str().unwrap(), &j);
+        let b = sh(&cmd, &stdin);
+        assert_eq!(b.output.code, 73, "{}", b.output.stderr);
+        assert_eq!(
+            swarm_exit_text(73),
+            "cannot make the download directory beside the binary"
+        );
 
         // A private swarm: the secret arrives by stdin in a 0600 file, never in the command.
         let mut js = j.clone();
