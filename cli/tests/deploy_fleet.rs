@@ -515,6 +515,33 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
         support::json_u64(summary_line(&lines), "corvid_ssh_uploaded"),
         0
     );
+
+    // A private deploy: the binary's swarm needs the secret too (tracker, seeder and
+    // the old corvids all prove it), and it still goes by the swarm.
+    for i in 1..=4 {
+        place_corvid(&fleet, i, &other);
+    }
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, b"fleet secret\n").unwrap();
+    let secret_arg = secret.display().to_string();
+    let (out, lines) = fleet.deploy(
+        &src,
+        "v2",
+        &["--swarm-install-min", "4", "--secret-file", &secret_arg],
+    );
+    assert!(
+        out.status.success(),
+        "private deploy failed: {}\n{}",
+        text(&out.stderr),
+        lines.join("\n")
+    );
+    for i in 1..=HOSTS {
+        let l = host_line(&lines, &format!("h{i}"));
+        let want = if i <= 4 { "swarm" } else { "present" };
+        assert_eq!(support::json_field(l, "corvid"), Some(want), "{l}");
+        assert_eq!(support::json_field(l, "result"), Some("deployed"), "{l}");
+    }
+    assert_hosts_have_this_corvid(&fleet);
 }
 
 #[test]
