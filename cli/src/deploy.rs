@@ -14,6 +14,7 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
 
 use crate::output::{human_size, json_object, json_str, print};
@@ -32,7 +33,11 @@ use crate::{Exit, Failure};
         torrent is kept at DEST/.corvid/TAG.torrent (for `corvid verify`).\n\n\
         corvid is looked for at --remote-corvid on each host (by that path, never PATH, \
         which non-interactive ssh sessions often lack) and installed there from this binary \
-        when missing or different (version and SHA-1 compared). A host that already holds \
+        when missing or different (version and SHA-1 compared): over ssh, or, when at least \
+        --swarm-install-min hosts need it, as a swarm in which each host's old corvid \
+        downloads the new one from this machine and from the other hosts (then sha1sum, \
+        chmod, rename); hosts without a working corvid, or where the swarm fails, get it \
+        over ssh. The result says how (present, ssh, swarm, swarm->ssh). A host that already holds \
         a verified releases/TAG is skipped; one holding different content is refused unless \
         --force. Rerunning the same command finishes only what is missing.\n\n\
         Bad input (missing --src, relative --dest, a TAG with '/' or '..', a symlink leaving \
@@ -81,6 +86,10 @@ pub struct Args {
     /// Where corvid is (or gets installed) on the hosts; absolute or ~/...
     #[arg(long, value_name = "PATH", default_value = "~/.local/bin/corvid")]
     remote_corvid: String,
+    /// Install corvid through a swarm of the hosts' old corvids when at least N hosts
+    /// need it (fewer: over ssh; 0: always over ssh).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    swarm_install_min: usize,
     /// Port of the embedded tracker here (0: any free port; the torrent names it).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     tracker_port: u16,
@@ -191,8 +200,31 @@ impl Display {
                     human_size(*bytes)
                 ));
             }
-            FleetEvent::Installed { host } => {
-                self.say(&format!("{host}: installed corvid"));
+            FleetEvent::Installing {
+                swarm,
+                ssh,
+                binary_bytes,
+                pieces,
+            } => {
+                if *swarm > 0 {
+                    self.say(&format!(
+                        "installing corvid ({}) on {} hosts: {swarm} by the swarm ({pieces} pieces), {ssh} over ssh",
+                        human_size(*binary_bytes),
+                        swarm + ssh
+                    ));
+                } else if *ssh > 0 {
+                    self.say(&format!(
+                        "installing corvid ({}) on {ssh} hosts over ssh",
+                        human_size(*binary_bytes)
+                    ));
+                }
+            }
+            FleetEvent::Installed { host, how } => {
+                let why = match how {
+                    CorvidInstall::SwarmThenSsh(w) => format!(" (swarm failed: {w})"),
+                    _ => String::new(),
+                };
+                self.say(&format!("{host}: installed corvid by {}{why}", how.label()));
             }
             FleetEvent::HostProgress { host, bytes_down } => {
                 self.bytes.insert(host.clone(), *bytes_down);
@@ -255,12 +287,54 @@ fn host_json(r: &HostResult) -> String {
         ("duration_s", format!("{:.3}", r.duration.as_secs_f64())),
         ("bytes_from_seeder", r.bytes_from_seeder.to_string()),
         ("bytes_from_peers", r.bytes_from_peers.to_string()),
-        ("installed_corvid", r.installed_corvid.to_string()),
+        ("installed_corvid", r.installed_corvid().to_string()),
     ];
+    if let Some(c) = &r.corvid {
+        f.push(("corvid", json_str(c.how.label())));
+        if let CorvidInstall::SwarmThenSsh(w) = &c.how {
+            f.push(("corvid_swarm_error", json_str(w)));
+        }
+        if c.swarm_from_seeder + c.swarm_from_peers > 0 {
+            f.push(("corvid_from_seeder", c.swarm_from_seeder.to_string()));
+            f.push(("corvid_from_peers", c.swarm_from_peers.to_string()));
+        }
+    }
     if let fleet::HostOutcome::Failed(w) = &r.outcome {
         f.push(("error", json_str(w)));
     }
     json_object(&f)
+}
+
+/// The install phase in one line (none when nothing was installed): what the binary
+/// cost the deployer's uplink, by the swarm and over ssh, and what hosts traded.
+fn install_line(i: &InstallSummary) -> Option<String> {
+    if i.by_swarm + i.by_ssh == 0 {
+        return None;
+    }
+    let mut line = format!(
+        "corvid ({}) installed on {} hosts in {:.1} s: {} by the swarm, {} over ssh",
+        human_size(i.binary_bytes),
+        i.by_swarm + i.by_ssh,
+        i.elapsed.as_secs_f64(),
+        i.by_swarm,
+        i.by_ssh
+    );
+    if i.fell_back > 0 {
+        line.push_str(&format!(" ({} after the swarm failed)", i.fell_back));
+    }
+    line.push_str(&format!(
+        "; this machine uploaded {} to the swarm and {} over ssh",
+        human_size(i.seeder_uploaded),
+        human_size(i.ssh_uploaded)
+    ));
+    if i.pieces > 0 {
+        line.push_str(&format!(", hosts traded {}", human_size(i.peers_exchanged)));
+    }
+    if let Some(e) = &i.swarm_error {
+        line.push_str(&format!(" (no swarm: {e})"));
+    }
+    line.push('\n');
+    Some(line)
 }
 
 fn table(report: &fleet::FleetReport) -> String {
@@ -272,8 +346,8 @@ fn table(report: &fleet::FleetReport) -> String {
         .unwrap_or(4)
         .max(4);
     let mut out = format!(
-        "{:<w$}  {:>8}  {:>10}  {:>10}  result\n",
-        "host", "time", "seeder", "peers"
+        "{:<w$}  {:>8}  {:>10}  {:>10}  {:<10}  result\n",
+        "host", "time", "seeder", "peers", "corvid"
     );
     for h in &report.hosts {
         let result = match &h.outcome {
@@ -282,12 +356,16 @@ fn table(report: &fleet::FleetReport) -> String {
             o => o.label().to_string(),
         };
         out.push_str(&format!(
-            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {result}\n",
+            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:<10}  {result}\n",
             h.host,
             h.duration.as_secs_f64(),
             human_size(h.bytes_from_seeder),
             human_size(h.bytes_from_peers),
+            h.corvid.as_ref().map_or("-", |c| c.how.label()),
         ));
+    }
+    if let Some(line) = install_line(&report.install) {
+        out.push_str(&line);
     }
     let ok = report.hosts.iter().filter(|h| h.outcome.ok()).count();
     out.push_str(&format!(
@@ -320,9 +398,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         parallel: args.parallel,
         ssh: Ssh {
             options: args.ssh_options,
+            program: None,
         },
         remote_corvid: args.remote_corvid,
         local_corvid,
+        swarm_install_min: args.swarm_install_min,
         tracker_port: args.tracker_port,
         threads,
         secret: args.secret.load()?,
@@ -359,20 +439,41 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
                 .filter(|h| h.outcome.label() == l)
                 .count()
         };
-        print(&format!(
-            "{}\n",
-            json_object(&[
-                ("event", json_str("summary")),
-                ("hosts", report.hosts.len().to_string()),
-                ("deployed", count("deployed").to_string()),
-                ("skipped", count("skipped").to_string()),
-                ("failed", count("failed").to_string()),
-                ("failed_hosts", format!("[{}]", failed.join(","))),
-                ("elapsed_s", format!("{:.3}", report.elapsed.as_secs_f64())),
-                ("payload_bytes", report.payload_bytes.to_string()),
-                ("seeder_uploaded", report.seeder_uploaded.to_string()),
-            ])
-        ))?;
+        let mut fields = vec![
+            ("event", json_str("summary")),
+            ("hosts", report.hosts.len().to_string()),
+            ("deployed", count("deployed").to_string()),
+            ("skipped", count("skipped").to_string()),
+            ("failed", count("failed").to_string()),
+            ("failed_hosts", format!("[{}]", failed.join(","))),
+            ("elapsed_s", format!("{:.3}", report.elapsed.as_secs_f64())),
+            ("payload_bytes", report.payload_bytes.to_string()),
+            ("seeder_uploaded", report.seeder_uploaded.to_string()),
+            ("corvid_bytes", report.install.binary_bytes.to_string()),
+            ("corvid_by_swarm", report.install.by_swarm.to_string()),
+            ("corvid_by_ssh", report.install.by_ssh.to_string()),
+            ("corvid_fell_back", report.install.fell_back.to_string()),
+            (
+                "corvid_seeder_uploaded",
+                report.install.seeder_uploaded.to_string(),
+            ),
+            (
+                "corvid_peers_exchanged",
+                report.install.peers_exchanged.to_string(),
+            ),
+            (
+                "corvid_ssh_uploaded",
+                report.install.ssh_uploaded.to_string(),
+            ),
+            (
+                "corvid_install_s",
+                format!("{:.3}", report.install.elapsed.as_secs_f64()),
+            ),
+        ];
+        if let Some(e) = &report.install.swarm_error {
+            fields.push(("corvid_swarm_error", json_str(e)));
+        }
+        print(&format!("{}\n", json_object(&fields)))?;
     } else {
         print(&table(&report))?;
     }

@@ -3,43 +3,43 @@
 //! 1. [`validate`]: the plan is checked and the source tree scanned before anything is
 //!    sent (missing DIR, relative --dest, bad TAG, links leaving the tree, empty payload).
 //! 2. The embedded tracker binds (a busy `--tracker-port` fails here, still before any
-//!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh session prints
-//!    `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1; if corvid is
-//!    missing or differs, a second session installs this binary (`cat` into a temporary
-//!    file, `chmod`, `mv` over the old one: never a half-written binary). A host that
-//!    cannot be reached fails here, with ssh's message, and the others proceed.
+//!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh
+//!    session prints `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1. A
+//!    host that cannot be reached fails here, with ssh's message, and the others proceed.
 //! 3. The seeder address is `--seeder-addr`, else the client address the first
 //!    reachable host saw us at (the first field of its `$SSH_CONNECTION`).
-//! 4. The torrent is built here, the embedded tracker and the seeder start in this
+//! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
+//!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
+//!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
+//! 5. The torrent is built here, the embedded tracker and the seeder start in this
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
-//! 5. Peer phase, per host: one ssh session writes the `.torrent` into
+//! 6. Peer phase, per host: one ssh session writes the `.torrent` into
 //!    `DEST/.corvid/TAG.torrent` from stdin, then execs `corvid peer --release-dest DEST
 //!    --tag TAG --json`; its JSON lines become progress, its final lines the result.
-//!
-//! Installing corvid goes by ssh `cat` from this host to each one (not through the swarm).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use sha1::{Digest, Sha1};
 
 use crate::hash::HashPool;
 use crate::metainfo::{self, BuildOptions, Metainfo, MetainfoError, Payload};
-use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, SeedUntil, StopFlag};
+use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, SeedUntil, StopFlag};
 use crate::peer::auth::Secret;
 use crate::peer::PeerConfig;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::hosts::{parse_hosts, HostsError};
+use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
 use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, quote, quote_path, Ssh};
+use super::ssh::{self, quote, quote_path, receive_files, Ssh};
 
 /// Everything one deploy needs.
 #[derive(Debug, Clone)]
@@ -62,6 +62,9 @@ pub struct DeployPlan {
     pub remote_corvid: String,
     /// The binary to install where the remote one is missing or different.
     pub local_corvid: PathBuf,
+    /// Install corvid through a swarm of the hosts' old corvids when at least this many
+    /// hosts need it (0: always over ssh).
+    pub swarm_install_min: usize,
     /// Port of the embedded tracker (0: any free port; its URL goes into the torrent).
     pub tracker_port: u16,
     /// Threads for hashing here and for the seeder's event loops.
@@ -140,8 +143,16 @@ pub struct HostResult {
     pub duration: Duration,
     pub bytes_from_seeder: u64,
     pub bytes_from_peers: u64,
+    /// How corvid got onto the host; `None` when the host failed before (unreachable)
+    /// or during its install (the failure says which).
+    pub corvid: Option<HostInstall>,
+}
+
+impl HostResult {
     /// This deploy installed (or replaced) corvid on the host.
-    pub installed_corvid: bool,
+    pub fn installed_corvid(&self) -> bool {
+        self.corvid.as_ref().is_some_and(|c| c.how.installed())
+    }
 }
 
 /// Progress, for the CLI's display.
@@ -156,9 +167,18 @@ pub enum FleetEvent {
         tracker: String,
         hosts: usize,
     },
+    /// The install phase starts: this many hosts get corvid by the swarm and by ssh
+    /// (`pieces` is the binary torrent's, 0 when no swarm runs).
+    Installing {
+        swarm: usize,
+        ssh: usize,
+        binary_bytes: u64,
+        pieces: u32,
+    },
     /// corvid was installed on a host.
     Installed {
         host: String,
+        how: CorvidInstall,
     },
     /// A host's downloaded byte count so far.
     HostProgress {
@@ -186,6 +206,8 @@ pub struct FleetReport {
     pub payload_bytes: u64,
     /// Payload bytes the seeder uploaded (its uplink is the scarce resource).
     pub seeder_uploaded: u64,
+    /// How corvid got onto the hosts, and what it cost the deployer's uplink.
+    pub install: InstallSummary,
 }
 
 impl FleetReport {
@@ -238,7 +260,7 @@ pub fn peer_exit_text(code: i32) -> &'static str {
 
 /// The raw value of `"key":` in one flat JSON line written by corvid (numbers, `true`,
 /// or a string without escapes), enough to read `corvid peer --json` output.
-fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(super) fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!("\"{key}\":");
     let start = line.find(&pat)? + pat.len();
     let rest = &line[start..];
@@ -249,31 +271,11 @@ fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-fn sha1_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha1::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(metainfo::hex(&h.finalize()))
-}
-
-struct Local {
-    version: String,
-    sha1: String,
-    bytes: Vec<u8>,
-}
-
 /// Runs `f` for every host on at most `parallel` threads; results in host order.
-fn for_each_host<T: Send>(
-    hosts: &[String],
+pub(super) fn for_each_host<H: Sync, T: Send>(
+    hosts: &[H],
     parallel: usize,
-    f: &(dyn Fn(&str) -> T + Sync),
+    f: &(dyn Fn(&H) -> T + Sync),
 ) -> Vec<T> {
     let next = AtomicUsize::new(0);
     let slots: Vec<parking_lot::Mutex<Option<T>>> = hosts
@@ -295,22 +297,20 @@ fn for_each_host<T: Send>(
         .collect()
 }
 
-/// The check phase for one host: `Ok((client address it saw us at, installed?))`.
-fn check_host(
-    plan: &DeployPlan,
-    local: &Local,
-    host: &str,
-    events: &Sender<FleetEvent>,
-) -> Result<(Option<IpAddr>, bool), String> {
-    let p = quote_path(&plan.remote_corvid);
-    let script = format!(
-        "echo \"conn $SSH_CONNECTION\"; P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version 2>/dev/null)\"; \
-         echo \"sha1 $(sha1sum < \"$P\" 2>/dev/null)\"; fi"
-    );
-    let out = plan
+/// The check phase for one host: what it has at `--remote-corvid`.
+fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Probe, String> {
+    let script = install::probe_script(&plan.remote_corvid);
+    let b = plan
         .ssh
-        .run(host, &script, b"")
+        .run_bounded(host, &script, b"", install::PROBE_TIMEOUT, &mut |_| {})
         .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if b.timed_out {
+        return Err(format!(
+            "ssh: no answer within {} s",
+            install::PROBE_TIMEOUT.as_secs()
+        ));
+    }
+    let out = b.output;
     if out.code != 0 {
         let mut line = out.last_error_line();
         if line.is_empty() {
@@ -323,43 +323,7 @@ fn check_host(
         };
         return Err(format!("{sep}{line} (exit {})", out.code));
     }
-    let mut client = None;
-    let mut version = None;
-    let mut sum = None;
-    for line in out.stdout.lines() {
-        if let Some(c) = line.strip_prefix("conn ") {
-            client = c.split_whitespace().next().and_then(|a| a.parse().ok());
-        } else if let Some(v) = line.strip_prefix("version ") {
-            version = Some(v.trim().to_string());
-        } else if let Some(s) = line.strip_prefix("sha1 ") {
-            sum = s.split_whitespace().next().map(str::to_string);
-        }
-    }
-    let same = version.as_deref() == Some(local.version.as_str())
-        && sum.as_deref().is_none_or(|s| s == local.sha1);
-    if same {
-        return Ok((client, false));
-    }
-    let install = format!(
-        "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=\"$P.tmp.$$\"; cat > \"$T\"; \
-         chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
-    );
-    let out = plan
-        .ssh
-        .run(host, &install, &local.bytes)
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
-    if out.code != 0 {
-        return Err(format!(
-            "installing corvid at {} failed: {} (exit {})",
-            plan.remote_corvid,
-            out.last_error_line(),
-            out.code
-        ));
-    }
-    let _ = events.send(FleetEvent::Installed {
-        host: host.to_string(),
-    });
-    Ok((client, true))
+    Ok(install::parse_probe(&out.stdout, local))
 }
 
 /// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
@@ -377,19 +341,18 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         quote(&bundle.to_string_lossy()),
     );
     let mut stdin = torrent.to_vec();
-    let (receive, secret_flag) = match &plan.secret {
-        None => (format!("cat > {tfile}"), String::new()),
+    let receive = receive_files(
+        &tfile,
+        &sfile,
+        &bundle,
+        torrent.len(),
+        plan.secret.is_some(),
+    );
+    let secret_flag = match &plan.secret {
+        None => String::new(),
         Some(secret) => {
             stdin.extend_from_slice(secret.expose());
-            (
-                format!(
-                    "(umask 077; cat > {bundle}; head -c {n} {bundle} > {tfile}; \
-                     tail -c +{next} {bundle} > {sfile}; rm -f {bundle})",
-                    n = torrent.len(),
-                    next = torrent.len() + 1,
-                ),
-                format!(" --secret-file {sfile}"),
-            )
+            format!(" --secret-file {sfile}")
         }
     };
     let mut cmd = format!(
@@ -523,15 +486,11 @@ pub fn run(
 ) -> Result<FleetReport, DeployError> {
     let start = Instant::now();
     let v = validate(plan)?;
-    let local_err = |source| DeployError::LocalBinary {
-        path: plan.local_corvid.clone(),
-        source,
-    };
-    let local = Local {
-        version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
-        sha1: sha1_file(&plan.local_corvid).map_err(local_err)?,
-        bytes: std::fs::read(&plan.local_corvid).map_err(local_err)?,
-    };
+    let local =
+        LocalBinary::read(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
+            path: plan.local_corvid.clone(),
+            source,
+        })?;
     let hosts = v.hosts;
     // The tracker binds first: a busy --tracker-port fails before any host is touched.
     let tcfg = TrackerConfig {
@@ -546,45 +505,40 @@ pub fn run(
     )
     .map_err(|e| DeployError::Tracker(e.to_string()))?;
     let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
+    let fail = |i: usize, why: String, at: Duration, on_event: &mut dyn FnMut(&FleetEvent)| {
+        let r = HostResult {
+            host: hosts[i].clone(),
+            outcome: HostOutcome::Failed(why),
+            duration: at,
+            bytes_from_seeder: 0,
+            bytes_from_peers: 0,
+            corvid: None,
+        };
+        on_event(&FleetEvent::HostDone(r.clone()));
+        r
+    };
 
-    // Check phase: on worker threads, events forwarded here as they come, until the
-    // workers are done and their sender is gone.
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
-    let checks = std::thread::scope(|s| {
-        let local = &local;
-        let hosts = &hosts;
-        let worker = s.spawn(move || {
-            for_each_host(hosts, plan.parallel, &|h| {
-                (check_host(plan, local, h, &tx), start.elapsed())
-            })
-        });
-        forward(&rx, on_event, &mut || {});
-        worker.join().expect("check workers do not panic")
+    // Check phase.
+    let checks = for_each_host(&hosts, plan.parallel, &|h: &String| {
+        (probe_host(plan, &local, h), start.elapsed())
     });
-    let mut installed = vec![false; hosts.len()];
-    let mut seen_as = None;
+    let mut probes: Vec<Option<Probe>> = Vec::with_capacity(hosts.len());
     for (i, (c, at)) in checks.into_iter().enumerate() {
         match c {
-            Ok((client, inst)) => {
-                installed[i] = inst;
-                seen_as = seen_as.or(client);
-            }
+            Ok(p) => probes.push(Some(p)),
             Err(why) => {
-                let r = HostResult {
-                    host: hosts[i].clone(),
-                    outcome: HostOutcome::Failed(why),
-                    duration: at,
-                    bytes_from_seeder: 0,
-                    bytes_from_peers: 0,
-                    installed_corvid: false,
-                };
-                on_event(&FleetEvent::HostDone(r.clone()));
-                results[i] = Some(r);
+                results[i] = Some(fail(i, why, at, on_event));
+                probes.push(None);
             }
         }
     }
-    let live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
+    let seen_as = probes.iter().flatten().find_map(|p| p.client);
+    let mut live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
     let payload_bytes = v.payload.total_length();
+    let mut install_summary = InstallSummary {
+        binary_bytes: local.bytes.len() as u64,
+        ..InstallSummary::default()
+    };
     if stop.is_stopped() {
         tracker.shutdown();
         return Err(DeployError::Interrupted);
@@ -596,18 +550,65 @@ pub fn run(
             elapsed: start.elapsed(),
             payload_bytes,
             seeder_uploaded: 0,
+            install: install_summary,
         });
     }
     let Some(addr) = plan.seeder_addr.or(seen_as) else {
         tracker.shutdown();
         return Err(DeployError::NoSeederAddr);
     };
-
-    // Torrent and seeder.
+    // Both torrents (the binary's and the release's) announce here.
     let url = format!(
         "http://{}/announce",
         SocketAddr::new(addr, tracker.local_addr().port())
     );
+
+    // Install phase, on worker threads; events forwarded here as they come.
+    let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
+    let routes = install::route(&live_probes, plan.swarm_install_min);
+    let to_install: Vec<(String, Route)> = live
+        .iter()
+        .zip(routes)
+        .map(|(&i, r)| (hosts[i].clone(), r))
+        .collect();
+    let install_start = start.elapsed();
+    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+    let (installs, summary) = std::thread::scope(|s| {
+        let (local, to_install, url, stop) = (&local, &to_install, &url, &stop);
+        let worker =
+            s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
+        forward(&rx, on_event, &mut || {});
+        worker.join().expect("install workers do not panic")
+    });
+    install_summary = summary;
+    let mut corvid: Vec<Option<HostInstall>> = hosts.iter().map(|_| None).collect();
+    for (k, r) in installs.into_iter().enumerate() {
+        let i = live[k];
+        match r {
+            Ok(inst) => corvid[i] = Some(inst),
+            Err(why) => {
+                let at = install_start + install_summary.elapsed;
+                results[i] = Some(fail(i, why, at, on_event));
+            }
+        }
+    }
+    live.retain(|&i| results[i].is_none());
+    if stop.is_stopped() {
+        tracker.shutdown();
+        return Err(DeployError::Interrupted);
+    }
+    if live.is_empty() {
+        tracker.shutdown();
+        return Ok(FleetReport {
+            hosts: results.into_iter().flatten().collect(),
+            elapsed: start.elapsed(),
+            payload_bytes,
+            seeder_uploaded: 0,
+            install: install_summary,
+        });
+    }
+
+    // Torrent and seeder.
     let pool = HashPool::new(plan.threads.max(1));
     let opts = BuildOptions {
         trackers: vec![url.clone()],
@@ -622,27 +623,12 @@ pub fn run(
         }
     };
     drop(pool);
-    let seed_stop = StopFlag::new();
-    let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
     let seed_cfg = seeder_config(&m, &v.payload, plan, url.clone());
-    let seeder = {
-        let seed_stop = seed_stop.clone();
-        std::thread::spawn(move || {
-            node::run(seed_cfg, seed_stop, &mut |ev| {
-                if let NodeEvent::Listening { peer_addr } = ev {
-                    let _ = listen_tx.try_send(*peer_addr);
-                }
-            })
-        })
-    };
-    let seeder_port = match listen_rx.recv() {
-        Ok(a) => a.port(),
-        Err(_) => {
+    let (seed_stop, seeder, seeder_port) = match spawn_seeder(seed_cfg) {
+        Ok(x) => x,
+        Err(e) => {
             tracker.shutdown();
-            return match seeder.join() {
-                Ok(Err(e)) => Err(DeployError::Seeder(e)),
-                _ => Err(DeployError::SeederGone),
-            };
+            return Err(e);
         }
     };
     let seeder_addr = SocketAddr::new(addr, seeder_port);
@@ -656,16 +642,16 @@ pub fn run(
     });
 
     // Peer phase.
-    let live_hosts: Vec<String> = live.iter().map(|&i| hosts[i].clone()).collect();
     let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
     let peer_results = std::thread::scope(|s| {
         let tx2 = tx;
         let torrent = &torrent;
-        let live_hosts = &live_hosts;
-        let installed = &installed;
+        let live = &live;
+        let corvid = &corvid;
         let hosts = &hosts;
         let worker = s.spawn(move || {
-            for_each_host(live_hosts, plan.parallel, &|h| {
+            for_each_host(live, plan.parallel, &|&i: &usize| {
+                let h = hosts[i].as_str();
                 let (outcome, from_seeder, from_peers, released_at) =
                     peer_host(plan, start, h, torrent, seeder_addr, &tx2);
                 let r = HostResult {
@@ -678,10 +664,7 @@ pub fn run(
                         .duration_since(start),
                     bytes_from_seeder: from_seeder,
                     bytes_from_peers: from_peers,
-                    installed_corvid: hosts
-                        .iter()
-                        .position(|x| x == h)
-                        .is_some_and(|i| installed[i]),
+                    corvid: corvid[i].clone(),
                 };
                 let _ = tx2.send(FleetEvent::HostDone(r.clone()));
                 r
@@ -711,7 +694,35 @@ pub fn run(
         elapsed: start.elapsed(),
         payload_bytes,
         seeder_uploaded,
+        install: install_summary,
     })
+}
+
+/// A seeder's thread.
+pub(super) type SeederThread = JoinHandle<Result<NodeReport, NodeError>>;
+
+/// Starts a seeder node on a thread and waits for its listening port: `(its stop flag,
+/// the thread, the port)`.
+pub(super) fn spawn_seeder(cfg: NodeConfig) -> Result<(StopFlag, SeederThread, u16), DeployError> {
+    let stop = StopFlag::new();
+    let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            node::run(cfg, stop, &mut |ev| {
+                if let NodeEvent::Listening { peer_addr } = ev {
+                    let _ = listen_tx.try_send(*peer_addr);
+                }
+            })
+        })
+    };
+    match listen_rx.recv() {
+        Ok(a) => Ok((stop, thread, a.port())),
+        Err(_) => match thread.join() {
+            Ok(Err(e)) => Err(DeployError::Seeder(e)),
+            _ => Err(DeployError::SeederGone),
+        },
+    }
 }
 
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
@@ -731,7 +742,12 @@ fn forward(
     }
 }
 
-fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String) -> NodeConfig {
+pub(super) fn seeder_config(
+    m: &Metainfo,
+    payload: &Payload,
+    plan: &DeployPlan,
+    url: String,
+) -> NodeConfig {
     NodeConfig {
         mode: Mode::Seed,
         info_hash: m.info_hash,
@@ -763,6 +779,7 @@ fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn plan(src: &Path) -> DeployPlan {
         DeployPlan {
@@ -779,6 +796,7 @@ mod tests {
             ssh: Ssh::default(),
             remote_corvid: "~/.local/bin/corvid".into(),
             local_corvid: "/nonexistent".into(),
+            swarm_install_min: 8,
             tracker_port: 0,
             threads: 1,
             secret: None,

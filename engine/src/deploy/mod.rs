@@ -5,12 +5,15 @@
 //!   `current`) and its atomic rename steps.
 //! - [`content`]: a release's files inside that layout, BEP 47 exec bits and symlinks,
 //!   and the check that an existing release already matches.
-//! - [`ssh`]: OpenSSH sessions and shell quoting.
+//! - [`ssh`]: OpenSSH sessions (with deadlines) and shell quoting.
+//! - [`install`]: getting this corvid onto the hosts: the check, the grouping, and the
+//!   install by ssh or through a swarm of the hosts' old corvids.
 //! - [`fleet`]: the whole deploy: check and install corvid on every host, build the
 //!   torrent, seed it with an embedded tracker, run `corvid peer` everywhere, report.
 
 pub mod content;
 pub mod fleet;
 pub mod hosts;
+pub mod install;
 pub mod release;
 pub mod ssh;

@@ -8,8 +8,9 @@
 //! already checked cannot start with `-`. The remote command is one string for the remote
 //! shell, so every value in it goes through [`quote`].
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// ssh's own exit status for "could not connect or authenticate".
 pub const SSH_FAILED: i32 = 255;
@@ -19,6 +20,9 @@ pub const SSH_FAILED: i32 = 255;
 pub struct Ssh {
     /// Extra arguments passed to every `ssh` before the host (`-F file`, `-o X=Y`, `-p 22`).
     pub options: Vec<String>,
+    /// The ssh client to run [default: `ssh` from PATH]; tests put a stand-in here that
+    /// runs the remote command locally.
+    pub program: Option<std::path::PathBuf>,
 }
 
 /// What one session returned.
@@ -46,7 +50,11 @@ impl Output {
 impl Ssh {
     /// The command for one session (stdio not yet set).
     pub fn command(&self, host: &str, remote: &str) -> Command {
-        let mut c = Command::new("ssh");
+        let mut c = Command::new(
+            self.program
+                .as_deref()
+                .unwrap_or(std::path::Path::new("ssh")),
+        );
         c.arg("-o").arg("BatchMode=yes");
         c.args(&self.options);
         c.args([
@@ -99,6 +107,143 @@ impl Ssh {
             stderr,
         })
     }
+
+    /// [`Ssh::run`] with a deadline, handing each stdout line to `on_line` as it comes
+    /// (for progress). A session still running at `timeout` is killed: its [`Output`]
+    /// has `code` -1 and [`Bounded::timed_out`] is set. Reader threads of a killed
+    /// session are left to end on their own (a process ssh started could still hold the
+    /// pipes), so this returns within a couple of seconds of the deadline whatever the
+    /// remote does.
+    pub fn run_bounded(
+        &self,
+        host: &str,
+        remote: &str,
+        input: &[u8],
+        timeout: Duration,
+        on_line: &mut dyn FnMut(&str),
+    ) -> std::io::Result<Bounded> {
+        run_child(self.command(host, remote), input, timeout, on_line)
+    }
+}
+
+/// What [`Ssh::run_bounded`] returned.
+#[derive(Debug, Clone)]
+pub struct Bounded {
+    pub output: Output,
+    /// The deadline passed and the session was killed.
+    pub timed_out: bool,
+}
+
+/// The body of [`Ssh::run_bounded`], for any command (tests run `sh` here).
+pub fn run_child(
+    mut cmd: Command,
+    input: &[u8],
+    timeout: Duration,
+    on_line: &mut dyn FnMut(&str),
+) -> std::io::Result<Bounded> {
+    let deadline = Instant::now() + timeout;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    std::thread::spawn(move || {
+        if let Some(s) = stdin.as_mut() {
+            // A remote that exits early closes the pipe: its status says why.
+            let _ = s.write_all(&input);
+        }
+    });
+    let (err_tx, err_rx) = crossbeam_channel::bounded(1);
+    let mut err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        let _ = err_tx.send(s);
+    });
+    let (line_tx, line_rx) = crossbeam_channel::unbounded::<String>();
+    let out = child.stdout.take();
+    std::thread::spawn(move || {
+        let Some(out) = out else { return };
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    if line_tx
+                        .send(line.trim_end_matches(['\n', '\r']).to_string())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut stdout = String::new();
+    let mut timed_out = false;
+    loop {
+        match line_rx.recv_deadline(deadline) {
+            Ok(line) => {
+                on_line(&line);
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                // Not yet reaped, so the PID is still this child's.
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait()?;
+    // stderr ends with stdout unless something the session started keeps it open.
+    let stderr = err_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+    Ok(Bounded {
+        output: Output {
+            code: if timed_out {
+                -1
+            } else {
+                status.code().unwrap_or(-1)
+            },
+            stdout,
+            stderr,
+        },
+        timed_out,
+    })
+}
+
+/// A shell snippet that splits the session's stdin into a torrent file (`torrent_len`
+/// bytes) and, when `secret` is set, a secret file made 0600 by a umask in a subshell
+/// (so nothing else created by the command inherits that mode). The secret travels on
+/// stdin because a command line shows in the remote process list. All three paths are
+/// shell words, already quoted.
+pub fn receive_files(
+    torrent: &str,
+    secret_file: &str,
+    bundle: &str,
+    torrent_len: usize,
+    secret: bool,
+) -> String {
+    if secret {
+        format!(
+            "(umask 077; cat > {bundle}; head -c {torrent_len} {bundle} > {torrent}; \
+             tail -c +{next} {bundle} > {secret_file}; rm -f {bundle})",
+            next = torrent_len + 1,
+        )
+    } else {
+        format!("cat > {torrent}")
+    }
 }
 
 /// Quotes `s` as one word for a POSIX shell.
@@ -139,9 +284,56 @@ mod tests {
     }
 
     #[test]
+    fn a_session_past_its_deadline_is_killed_and_says_so() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo first; echo oops >&2; exec sleep 30");
+        let mut lines = Vec::new();
+        let t0 = Instant::now();
+        let b = run_child(cmd, b"", Duration::from_millis(300), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+        assert!(b.timed_out);
+        assert_eq!(b.output.code, -1);
+        assert_eq!(lines, ["first"]);
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+        // One that ends in time: its status, all its output, and its stdin was fed.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("cat; echo bad >&2; exit 3");
+        let b = run_child(cmd, b"a\nb\n", Duration::from_secs(20), &mut |_| {}).unwrap();
+        assert!(!b.timed_out);
+        assert_eq!(b.output.code, 3);
+        assert_eq!(b.output.stdout, "a\nb\n");
+        assert_eq!(b.output.last_error_line(), "bad");
+    }
+
+    #[test]
+    fn received_files_split_at_the_torrent_length() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        let s = d.path().join("s");
+        let b = d.path().join("b");
+        let (t, s, b) = (
+            quote(t.to_str().unwrap()),
+            quote(s.to_str().unwrap()),
+            quote(b.to_str().unwrap()),
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(receive_files(&t, &s, &b, 5, true));
+        let out = run_child(cmd, b"12345secret\n", Duration::from_secs(20), &mut |_| {}).unwrap();
+        assert_eq!(out.output.code, 0, "{}", out.output.stderr);
+        assert_eq!(std::fs::read(d.path().join("t")).unwrap(), b"12345");
+        assert_eq!(std::fs::read(d.path().join("s")).unwrap(), b"secret\n");
+        assert!(!d.path().join("b").exists());
+    }
+
+    #[test]
     fn host_goes_after_options_and_double_dash() {
         let ssh = Ssh {
             options: vec!["-F".into(), "cfg".into()],
+            program: None,
         };
         let c = ssh.command("h1", "true");
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();

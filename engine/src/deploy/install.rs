@@ -1,0 +1,1015 @@
+//! Getting corvid onto the hosts, before the release can be deployed with it.
+//!
+//! The check phase probes every host over ssh: the client address it sees us at, the
+//! remote corvid's `--version` and SHA-1, and whether `sha1sum` exists there. Hosts then
+//! fall in three groups ([`Found`]): up to date; a corvid that runs but differs (another
+//! version or build); none, or one that does not run. Those that need this binary get it
+//! one of two ways ([`route`]):
+//!
+//! - ssh stream: the binary through the session's stdin into a temporary file, `chmod`,
+//!   `mv` over the old one. The deployer's uplink carries one full copy per host.
+//! - swarm: when at least `--swarm-install-min` hosts need it, the deployer makes a
+//!   torrent of its own binary (in memory, [`SWARM_PIECE`] pieces), seeds it on the
+//!   deploy's tracker, and every host whose old corvid still runs uses that OLD corvid as
+//!   a peer (`OLD peer corvid.torrent DIR --json`, the command the release uses too): the
+//!   hosts trade pieces among themselves, so the deployer uploads a fraction of the
+//!   copies. Each host then checks the whole file's SHA-1 with `sha1sum` (the old corvid
+//!   verified every piece already; this guards against an old corvid's own bugs),
+//!   `chmod 755`, and renames it over the old one. The rename happens after the old peer
+//!   exited, so nothing holds the new file open for writing when it is executed later
+//!   (which would fail with ETXTBSY).
+//!
+//! Hosts with no usable corvid, and any host where the swarm fails (an old corvid too old
+//! for the flags, a stall, a timeout, a wrong SHA-1), get the ssh stream; the per-host
+//! result says which way it went and why ([`CorvidInstall`]). Every session has a
+//! deadline; a host whose install fails fails alone.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use sha1::{Digest, Sha1};
+
+use crate::metainfo::{self, BuildOptions, Payload};
+use crate::node::{NodeError, NodeReport, StopFlag};
+use crate::peer::auth::Secret;
+use crate::storage::FileSpec;
+
+use super::fleet::{
+    for_each_host, json_field, peer_exit_text, seeder_config, spawn_seeder, DeployPlan, FleetEvent,
+};
+use super::ssh::{quote, quote_path, receive_files};
+
+/// Piece size of the binary's torrent: small, so even a 10 MiB release build has 40
+/// pieces for the hosts to trade (a whole-file piece could not be shared until done).
+pub const SWARM_PIECE: u64 = 256 * 1024;
+/// The probe session: connect, `--version`, `sha1sum` of the remote binary.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streaming the binary over ssh (tens of MiB, a slow link).
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(600);
+/// The remote old corvid's download of the new one (its `--stall-timeout` ends it sooner
+/// when nothing moves); the session gets a little more, to report why.
+pub const SWARM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most a host keeps seeding the binary after it has it. Peers trade pieces while they
+/// download, so a long linger adds little, and every second of it delays the release.
+pub const SWARM_LINGER_MAX: Duration = Duration::from_secs(3);
+/// The name of the binary inside its torrent (and of the file the old corvid writes).
+const BINARY_NAME: &str = "corvid";
+
+/// This corvid: what every host should end up with.
+#[derive(Debug, Clone)]
+pub struct LocalBinary {
+    pub version: String,
+    /// Hex SHA-1 of the whole file, as `sha1sum` prints it.
+    pub sha1: String,
+    pub bytes: Vec<u8>,
+}
+
+impl LocalBinary {
+    /// Reads the binary once: what is streamed, seeded and compared is this snapshot,
+    /// even if the file is rebuilt during the deploy.
+    pub fn read(path: &Path) -> std::io::Result<LocalBinary> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+        Ok(LocalBinary {
+            version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
+            sha1: metainfo::hex(&Sha1::digest(&bytes)),
+            bytes,
+        })
+    }
+}
+
+/// What a host has at `--remote-corvid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Same version and SHA-1: nothing to do.
+    UpToDate,
+    /// A corvid that runs (it printed `version`) but is not this one.
+    Differs { version: String },
+    /// Nothing there, not executable, or it printed no version (wrong architecture,
+    /// truncated file).
+    Unusable,
+}
+
+/// One host's check result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The address the host saw us at (first field of `$SSH_CONNECTION`).
+    pub client: Option<IpAddr>,
+    pub found: Found,
+    /// `sha1sum` exists on the host: a swarm download can be checked there.
+    pub sha1sum: bool,
+}
+
+/// The check session's remote command.
+pub fn probe_script(remote_corvid: &str) -> String {
+    let p = quote_path(remote_corvid);
+    format!(
+        "echo \"conn $SSH_CONNECTION\"; command -v sha1sum >/dev/null 2>&1 && echo 'sha1sum yes'; \
+         P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version 2>/dev/null)\"; \
+         echo \"sha1 $(sha1sum < \"$P\" 2>/dev/null)\"; fi"
+    )
+}
+
+/// Reads [`probe_script`]'s output.
+pub fn parse_probe(stdout: &str, local: &LocalBinary) -> Probe {
+    let mut client = None;
+    let mut version: Option<String> = None;
+    let mut sum = None;
+    let mut sha1sum = false;
+    for line in stdout.lines() {
+        if let Some(c) = line.strip_prefix("conn ") {
+            client = c.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(v) = line.strip_prefix("version ") {
+            version = Some(v.trim().to_string());
+        } else if let Some(s) = line.strip_prefix("sha1 ") {
+            sum = s.split_whitespace().next().map(str::to_string);
+        } else if line.trim() == "sha1sum yes" {
+            sha1sum = true;
+        }
+    }
+    let found = match version {
+        None => Found::Unusable,
+        Some(v) if v.is_empty() => Found::Unusable,
+        // Without sha1sum on the host the version is all there is to compare.
+        Some(v) if v == local.version && sum.as_deref().is_none_or(|s| s == local.sha1) => {
+            Found::UpToDate
+        }
+        Some(version) => Found::Differs { version },
+    };
+    Probe {
+        client,
+        found,
+        sha1sum,
+    }
+}
+
+/// How a host is to get corvid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Already up to date.
+    Keep,
+    Ssh,
+    Swarm,
+}
+
+/// The install decision for the hosts that answered the probe: when at least
+/// `swarm_min` of them need the binary (0: never), those whose old corvid runs and that
+/// can check a SHA-1 go by the swarm; everyone else who needs it by ssh.
+pub fn route(probes: &[Probe], swarm_min: usize) -> Vec<Route> {
+    let needing = probes.iter().filter(|p| p.found != Found::UpToDate).count();
+    let swarm = swarm_min > 0 && needing >= swarm_min;
+    probes
+        .iter()
+        .map(|p| match p.found {
+            Found::UpToDate => Route::Keep,
+            Found::Differs { .. } if swarm && p.sha1sum => Route::Swarm,
+            _ => Route::Ssh,
+        })
+        .collect()
+}
+
+/// How corvid got onto a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorvidInstall {
+    /// It was already there and up to date.
+    Present,
+    Ssh,
+    Swarm,
+    /// The swarm failed for this reason; the ssh stream that followed worked.
+    SwarmThenSsh(String),
+}
+
+impl CorvidInstall {
+    /// A short word for tables and JSON.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CorvidInstall::Present => "present",
+            CorvidInstall::Ssh => "ssh",
+            CorvidInstall::Swarm => "swarm",
+            CorvidInstall::SwarmThenSsh(_) => "swarm->ssh",
+        }
+    }
+
+    /// This deploy wrote the binary on the host.
+    pub fn installed(&self) -> bool {
+        *self != CorvidInstall::Present
+    }
+}
+
+/// One host's install: how, and the bytes it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInstall {
+    pub how: CorvidInstall,
+    /// Binary bytes this host's old corvid downloaded from the deployer's seeder and
+    /// from other hosts (zero unless the swarm was tried).
+    pub swarm_from_seeder: u64,
+    pub swarm_from_peers: u64,
+    /// Binary bytes streamed to it over ssh.
+    pub ssh_bytes: u64,
+}
+
+impl HostInstall {
+    /// Nothing installed, nothing transferred.
+    pub fn present() -> HostInstall {
+        HostInstall {
+            how: CorvidInstall::Present,
+            swarm_from_seeder: 0,
+            swarm_from_peers: 0,
+            ssh_bytes: 0,
+        }
+    }
+}
+
+/// The install phase as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallSummary {
+    pub binary_bytes: u64,
+    /// Pieces of the binary's torrent (0: no swarm was run).
+    pub pieces: u32,
+    pub by_swarm: usize,
+    pub by_ssh: usize,
+    /// Hosts where the swarm failed and ssh followed (counted in `by_ssh` too).
+    pub fell_back: usize,
+    /// Binary bytes the deployer's seeder uploaded to the swarm.
+    pub seeder_uploaded: u64,
+    /// Binary bytes hosts downloaded from each other.
+    pub peers_exchanged: u64,
+    /// Binary bytes the deployer streamed over ssh.
+    pub ssh_uploaded: u64,
+    /// Wall time of the install phase (zero when nothing was installed).
+    pub elapsed: Duration,
+    /// Why no swarm ran although hosts were routed to it (the seeder did not start).
+    pub swarm_error: Option<String>,
+}
+
+/// The ssh stream's remote command: stdin into a temporary file beside the binary, then
+/// `chmod` and `mv` over it, so no host ever runs a half-written corvid.
+pub fn stream_command(remote_corvid: &str) -> String {
+    let p = quote_path(remote_corvid);
+    format!(
+        "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=\"$P.tmp.$$\"; \
+         trap 'rm -f \"$T\"' EXIT; cat > \"$T\"; chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
+    )
+}
+
+/// What a swarm install session needs.
+#[derive(Debug, Clone)]
+pub struct SwarmJob {
+    /// The binary's torrent.
+    pub torrent: Vec<u8>,
+    /// The deployer's binary seeder, as hosts reach it.
+    pub seeder: SocketAddr,
+    pub sha1: String,
+    pub linger: Duration,
+    pub stall_timeout: Duration,
+    /// The remote `timeout` around the old corvid's download.
+    pub timeout: Duration,
+    pub secret: Option<Secret>,
+}
+
+/// The swarm install's remote command and its stdin (the torrent, then a private swarm's
+/// secret). In a private directory beside the binary (same filesystem, so the final `mv`
+/// is a rename): the OLD corvid downloads the new one as a peer, `sha1sum` checks the
+/// whole file, `chmod 755`, `mv` over the old binary, then `{"event":"installed"}`.
+/// The script's own steps exit with codes of their own (65 a wrong SHA-1, 73 no room for
+/// the download directory, 74 no `sha1sum` result, 75 the rename, 124 the `timeout`), so
+/// they are not mistaken for the old corvid's; the directory goes in every case.
+pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
+    let p = quote_path(remote_corvid);
+    let receive = receive_files(
+        "\"$D/corvid.torrent\"",
+        "\"$D/secret\"",
+        "\"$D/incoming\"",
+        job.torrent.len(),
+        job.secret.is_some(),
+    );
+    let secret_flag = if job.secret.is_some() {
+        " --secret-file \"$D/secret\""
+    } else {
+        ""
+    };
+    let mut stdin = job.torrent.clone();
+    if let Some(s) = &job.secret {
+        stdin.extend_from_slice(s.expose());
+    }
+    let cmd = format!(
+        "set -e; P={p}; D=\"$P.swarm.$$\"; \
+         trap 'rm -rf \"$D\"' EXIT; trap 'exit 129' HUP INT TERM PIPE; \
+         {{ rm -rf \"$D\" && mkdir -p \"$D\" && {receive}; }} || exit 73; \
+         timeout -k 5 {t} \"$P\" peer \"$D/corvid.torrent\" \"$D\" --linger {l}ms \
+         --stall-timeout {s}ms --peer {seeder} --json{secret_flag}; \
+         F=\"$D/{name}\"; S=$(sha1sum < \"$F\") || exit 74; S=${{S%% *}}; \
+         if [ \"$S\" != {sha} ]; then echo \"corvid: error: the downloaded binary has SHA-1 $S, not {sha}\" >&2; exit 65; fi; \
+         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo '{{\"event\":\"installed\"}}'",
+        t = job.timeout.as_secs().max(1),
+        l = job.linger.as_millis(),
+        s = job.stall_timeout.as_millis(),
+        seeder = quote(&job.seeder.to_string()),
+        name = BINARY_NAME,
+        sha = quote(&job.sha1),
+    );
+    (cmd, stdin)
+}
+
+/// Text for a swarm install's exit status.
+fn swarm_exit_text(code: i32) -> &'static str {
+    match code {
+        124 | 137 => "timed out on the host",
+        65 => "the downloaded binary's SHA-1 is wrong",
+        73 => "cannot make the download directory beside the binary",
+        74 => "cannot checksum the download",
+        75 => "cannot put the new binary in place",
+        129 => "the session was cut",
+        c => peer_exit_text(c),
+    }
+}
+
+/// One line of why a remote step failed: its text, else the exit status's meaning.
+fn reason(code: i32, last: &str, text: &str) -> String {
+    let detail = last.strip_prefix("corvid: error: ").unwrap_or(last);
+    if detail.is_empty() {
+        format!("{text} (exit {code})")
+    } else {
+        format!("{text} (exit {code}): {detail}")
+    }
+}
+
+/// Streams the binary over ssh.
+fn stream(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<(), String> {
+    let cmd = stream_command(&plan.remote_corvid);
+    let b = plan
+        .ssh
+        .run_bounded(host, &cmd, &local.bytes, STREAM_TIMEOUT, &mut |_| {})
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    if b.timed_out {
+        return Err(format!(
+            "streaming corvid over ssh timed out after {} s",
+            STREAM_TIMEOUT.as_secs()
+        ));
+    }
+    if b.output.code != 0 {
+        return Err(format!(
+            "installing corvid at {} over ssh failed: {}",
+            plan.remote_corvid,
+            reason(b.output.code, &b.output.last_error_line(), "error")
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes a host's old corvid reported downloading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SwarmBytes {
+    from_seeder: u64,
+    from_peers: u64,
+}
+
+/// The swarm install on one host: `Ok` once the binary is verified and in place.
+fn swarm(plan: &DeployPlan, job: &SwarmJob, host: &str) -> (Result<(), String>, SwarmBytes) {
+    let (cmd, stdin) = swarm_command(&plan.remote_corvid, job);
+    let mut bytes = SwarmBytes::default();
+    let mut installed = false;
+    let r = plan.ssh.run_bounded(
+        host,
+        &cmd,
+        &stdin,
+        job.timeout + Duration::from_secs(15),
+        &mut |line| match json_field(line, "event") {
+            Some("done") => {
+                let num = |k| {
+                    json_field(line, k)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                bytes.from_seeder = num("bytes_from_seeder");
+                bytes.from_peers = num("bytes_from_peers");
+            }
+            Some("installed") => installed = true,
+            _ => {}
+        },
+    );
+    let result = match r {
+        Err(e) => Err(format!("cannot run ssh: {e}")),
+        Ok(b) if b.timed_out => Err(format!(
+            "timed out after {} s",
+            (job.timeout + Duration::from_secs(15)).as_secs()
+        )),
+        Ok(b) if b.output.code == 0 && installed => Ok(()),
+        Ok(b) if b.output.code == 0 => Err("the host did not confirm the install".into()),
+        Ok(b) => Err(reason(
+            b.output.code,
+            &b.output.last_error_line(),
+            swarm_exit_text(b.output.code),
+        )),
+    };
+    (result, bytes)
+}
+
+/// Installs corvid on one host along `route`; `job` is the swarm to use, or why there
+/// is none. `Err` is the host's failure.
+pub(super) fn install_host(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    host: &str,
+    route: Route,
+    job: &Result<SwarmJob, String>,
+) -> Result<HostInstall, String> {
+    let size = local.bytes.len() as u64;
+    let mut out = HostInstall::present();
+    let why = match route {
+        Route::Keep => return Ok(out),
+        Route::Ssh => None,
+        Route::Swarm => {
+            let tried = match job {
+                Ok(job) => {
+                    let (r, b) = swarm(plan, job, host);
+                    out.swarm_from_seeder = b.from_seeder;
+                    out.swarm_from_peers = b.from_peers;
+                    r
+                }
+                Err(e) => Err(e.clone()),
+            };
+            match tried {
+                Ok(()) => {
+                    out.how = CorvidInstall::Swarm;
+                    return Ok(out);
+                }
+                Err(why) => Some(why),
+            }
+        }
+    };
+    match (stream(plan, local, host), why) {
+        (Ok(()), None) => out.how = CorvidInstall::Ssh,
+        (Ok(()), Some(why)) => out.how = CorvidInstall::SwarmThenSsh(why),
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(why)) => return Err(format!("swarm install failed ({why}); then {e}")),
+    }
+    out.ssh_bytes = size;
+    Ok(out)
+}
+
+/// The deployer's seeder of its own binary.
+struct BinarySeeder {
+    stop: StopFlag,
+    thread: std::thread::JoinHandle<Result<NodeReport, NodeError>>,
+    job: SwarmJob,
+    pieces: u32,
+    /// The snapshot the seeder reads; removed when the seeder is gone.
+    _dir: tempfile::TempDir,
+}
+
+/// Makes the binary's torrent from the bytes in memory (one SHA-1 per piece, the
+/// engine's [`metainfo::assemble`]) and seeds a private snapshot of them on `url`'s
+/// tracker: the file on disk may be rebuilt meanwhile.
+fn start_binary_seeder(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    url: &str,
+    addr: IpAddr,
+) -> Result<BinarySeeder, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("corvid-deploy-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a directory for the binary's seed: {e}"))?;
+    let file = dir.path().join(BINARY_NAME);
+    std::fs::write(&file, &local.bytes)
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let payload = Payload {
+        root: dir.path().to_path_buf(),
+        disk_files: vec![FileSpec {
+            path: PathBuf::from(BINARY_NAME),
+            length: local.bytes.len() as u64,
+        }],
+        name: BINARY_NAME.into(),
+        multi_file: false,
+        executable: vec![true],
+        symlinks: Vec::new(),
+    };
+    let opts = BuildOptions {
+        trackers: vec![url.to_string()],
+        piece_length: Some(SWARM_PIECE),
+        comment: Some(format!("{} binary {}", local.version, local.sha1)),
+        ..BuildOptions::default()
+    };
+    let lengths = metainfo::payload_lengths(&payload, &opts).map_err(|e| e.to_string())?;
+    let hashes: Vec<[u8; 20]> = local
+        .bytes
+        .chunks(SWARM_PIECE as usize)
+        .map(|c| Sha1::digest(c).into())
+        .collect();
+    let (m, torrent) =
+        metainfo::assemble(&payload, &opts, lengths, &hashes).map_err(|e| e.to_string())?;
+    let cfg = seeder_config(&m, &payload, plan, url.to_string());
+    let (stop, thread, port) = spawn_seeder(cfg).map_err(|e| e.to_string())?;
+    Ok(BinarySeeder {
+        stop,
+        thread,
+        job: SwarmJob {
+            torrent,
+            seeder: SocketAddr::new(addr, port),
+            sha1: local.sha1.clone(),
+            linger: plan.linger.min(SWARM_LINGER_MAX),
+            stall_timeout: plan.stall_timeout,
+            timeout: SWARM_TIMEOUT,
+            secret: plan.secret.clone(),
+        },
+        pieces: m.info.lengths.piece_count(),
+        _dir: dir,
+    })
+}
+
+/// The install phase for `hosts` and their routes. Starts the binary seeder when any
+/// host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
+/// host once `stop` is set), and returns each host's result, in order.
+pub(super) fn run_phase(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    hosts: &[(String, Route)],
+    tracker_url: &str,
+    addr: IpAddr,
+    stop: &StopFlag,
+    events: &Sender<FleetEvent>,
+) -> (Vec<Result<HostInstall, String>>, InstallSummary) {
+    let start = Instant::now();
+    let mut summary = InstallSummary {
+        binary_bytes: local.bytes.len() as u64,
+        ..InstallSummary::default()
+    };
+    let count = |r: Route| hosts.iter().filter(|(_, x)| *x == r).count();
+    let want_swarm = count(Route::Swarm) > 0;
+    let seeder = if want_swarm {
+        Some(start_binary_seeder(plan, local, tracker_url, addr))
+    } else {
+        None
+    };
+    let job: Result<SwarmJob, String> = match &seeder {
+        Some(Ok(s)) => Ok(s.job.clone()),
+        Some(Err(e)) => Err(format!("the binary's seeder did not start: {e}")),
+        None => Err("no swarm".into()),
+    };
+    if let Err(e) = &job {
+        if want_swarm {
+            summary.swarm_error = Some(e.clone());
+        }
+    }
+    let needing: Vec<usize> = (0..hosts.len())
+        .filter(|&i| hosts[i].1 != Route::Keep)
+        .collect();
+    let _ = events.send(FleetEvent::Installing {
+        swarm: count(Route::Swarm),
+        ssh: count(Route::Ssh),
+        binary_bytes: summary.binary_bytes,
+        pieces: match &seeder {
+            Some(Ok(s)) => s.pieces,
+            _ => 0,
+        },
+    });
+    let done = for_each_host(&needing, plan.parallel, &|&i: &usize| {
+        let (h, route) = (&hosts[i].0, hosts[i].1);
+        if stop.is_stopped() {
+            return Err("interrupted before corvid was installed".to_string());
+        }
+        let r = install_host(plan, local, h, route, &job);
+        if let Ok(inst) = &r {
+            let _ = events.send(FleetEvent::Installed {
+                host: h.to_string(),
+                how: inst.how.clone(),
+            });
+        }
+        r
+    });
+    if let Some(Ok(s)) = seeder {
+        s.stop.stop();
+        if let Ok(Ok(report)) = s.thread.join() {
+            summary.seeder_uploaded = report.transfer.bytes_up;
+        }
+        summary.pieces = s.pieces;
+    }
+    let mut results: Vec<Result<HostInstall, String>> =
+        hosts.iter().map(|_| Ok(HostInstall::present())).collect();
+    for (k, r) in done.into_iter().enumerate() {
+        if let Ok(h) = &r {
+            summary.peers_exchanged += h.swarm_from_peers;
+            summary.ssh_uploaded += h.ssh_bytes;
+            match h.how {
+                CorvidInstall::Swarm => summary.by_swarm += 1,
+                CorvidInstall::Ssh => summary.by_ssh += 1,
+                CorvidInstall::SwarmThenSsh(_) => {
+                    summary.by_ssh += 1;
+                    summary.fell_back += 1;
+                }
+                CorvidInstall::Present => {}
+            }
+        }
+        results[needing[k]] = r;
+    }
+    if !needing.is_empty() {
+        summary.elapsed = start.elapsed();
+    }
+    (results, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use super::super::ssh::{run_child, Ssh};
+    use super::*;
+
+    fn local(bytes: &[u8]) -> LocalBinary {
+        LocalBinary {
+            version: "corvid 9.9.9".into(),
+            sha1: metainfo::hex(&Sha1::digest(bytes)),
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn probe(found: Found, sha1sum: bool) -> Probe {
+        Probe {
+            client: None,
+            found,
+            sha1sum,
+        }
+    }
+
+    fn sh(cmd: &str, stdin: &[u8]) -> super::super::ssh::Bounded {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(cmd);
+        run_child(c, stdin, Duration::from_secs(60), &mut |_| {}).unwrap()
+    }
+
+    fn write_exec(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_probe_sorts_hosts_into_three_groups() {
+        let l = local(b"this corvid");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bin dir/corvid");
+        let run = |p: &Path| {
+            parse_probe(
+                &sh(&probe_script(p.to_str().unwrap()), b"").output.stdout,
+                &l,
+            )
+        };
+
+        // Missing: unusable, and the host's sha1sum is seen all the same.
+        let r = run(&p);
+        assert_eq!(r.found, Found::Unusable);
+        assert!(r.sha1sum);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        // A binary that prints no version (wrong architecture, truncated): unusable.
+        write_exec(&p, "#!/bin/sh\nexit 1\n");
+        assert_eq!(run(&p).found, Found::Unusable);
+        // Same version, other bytes: differs.
+        write_exec(&p, "#!/bin/sh\necho 'corvid 9.9.9'\n");
+        assert_eq!(
+            run(&p).found,
+            Found::Differs {
+                version: "corvid 9.9.9".into()
+            }
+        );
+        // Byte for byte this one: up to date.
+        let same = local(&std::fs::read(&p).unwrap());
+        let out = sh(&probe_script(p.to_str().unwrap()), b"").output.stdout;
+        assert_eq!(parse_probe(&out, &same).found, Found::UpToDate);
+        // Another version: differs, whatever the bytes.
+        let newer = LocalBinary {
+            version: "corvid 10.0.0".into(),
+            ..same.clone()
+        };
+        assert!(matches!(
+            parse_probe(&out, &newer).found,
+            Found::Differs { .. }
+        ));
+
+        // Output from a host without sha1sum: the version decides, and no swarm.
+        let r = parse_probe(
+            "conn 10.0.0.1 5000 10.0.0.2 22\nversion corvid 9.9.9\nsha1 \n",
+            &l,
+        );
+        assert_eq!(r.found, Found::UpToDate);
+        assert!(!r.sha1sum);
+        assert_eq!(r.client, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_swarm_starts_at_the_threshold_and_takes_only_hosts_whose_corvid_runs() {
+        let differs = || {
+            probe(
+                Found::Differs {
+                    version: "corvid 0.0.1".into(),
+                },
+                true,
+            )
+        };
+        // 3 differ, 1 has none, 1 up to date, 1 differs but cannot check a SHA-1.
+        let no_sum = probe(
+            Found::Differs {
+                version: "corvid 0.0.1".into(),
+            },
+            false,
+        );
+        let hosts = vec![
+            differs(),
+            probe(Found::Unusable, true),
+            differs(),
+            probe(Found::UpToDate, true),
+            differs(),
+            no_sum,
+        ];
+        use Route::*;
+        // 5 need it: at a threshold of 5 or less the swarm runs.
+        for min in [1, 5] {
+            assert_eq!(
+                route(&hosts, min),
+                [Swarm, Ssh, Swarm, Keep, Swarm, Ssh],
+                "min {min}"
+            );
+        }
+        // Above it, or disabled: all over ssh.
+        for min in [6, 0] {
+            assert_eq!(
+                route(&hosts, min),
+                [Ssh, Ssh, Ssh, Keep, Ssh, Ssh],
+                "min {min}"
+            );
+        }
+        assert!(route(&[probe(Found::UpToDate, true)], 1) == [Keep]);
+        assert!(route(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn the_ssh_stream_replaces_the_binary_in_one_rename() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("new dir/corvid");
+        let out = sh(&stream_command(p.to_str().unwrap()), b"new binary");
+        assert_eq!(out.output.code, 0, "{}", out.output.stderr);
+        assert_eq!(std::fs::read(&p).unwrap(), b"new binary");
+        assert_eq!(mode(&p), 0o755);
+        // An old one is replaced, and no temporary file is left beside it.
+        let out = sh(&stream_command(p.to_str().unwrap()), b"newer");
+        assert_eq!(out.output.code, 0, "{}", out.output.stderr);
+        assert_eq!(std::fs::read(&p).unwrap(), b"newer");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["corvid"]);
+    }
+
+    /// A stand-in for an old corvid at `p`: `--version` answers, `peer` checks the
+    /// torrent it was given, records its arguments (and a secret file's content and
+    /// mode) in `d`, writes `payload` as the download and prints a final report; with
+    /// `payload` `None` it is too old for `peer` (usage error, exit 2).
+    fn old_corvid(p: &Path, d: &Path, torrent: &[u8], payload: Option<&[u8]>) {
+        std::fs::write(d.join("want.torrent"), torrent).unwrap();
+        let body = match payload {
+            None => "echo 'error: unexpected argument' >&2; exit 2".to_string(),
+            Some(b) => {
+                std::fs::write(d.join("payload"), b).unwrap();
+                format!(
+                    "echo \"$@\" > {log}\n\
+                     cmp -s \"$2\" {want} || {{ echo 'corvid: error: wrong torrent' >&2; exit 3; }}\n\
+                     prev=; for a in \"$@\"; do if [ \"$prev\" = --secret-file ]; then \
+                     cp \"$a\" {secret}; stat -c %a \"$a\" > {smode}; fi; prev=$a; done\n\
+                     cp {payload} \"$3/corvid\"\n\
+                     echo '{{\"event\":\"done\",\"report\":{{\"bytes_down\":{n},\"bytes_from_seeder\":7,\"bytes_from_peers\":9}}}}'",
+                    log = quote(d.join("args").to_str().unwrap()),
+                    want = quote(d.join("want.torrent").to_str().unwrap()),
+                    secret = quote(d.join("secret").to_str().unwrap()),
+                    smode = quote(d.join("secret.mode").to_str().unwrap()),
+                    payload = quote(d.join("payload").to_str().unwrap()),
+                    n = b.len(),
+                )
+            }
+        };
+        write_exec(
+            p,
+            &format!(
+                "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'corvid 0.0.1'; exit 0; fi\n{body}\n"
+            ),
+        );
+    }
+
+    fn job(l: &LocalBinary) -> SwarmJob {
+        SwarmJob {
+            torrent: b"d4:infod6:lengthi3eee".to_vec(),
+            seeder: "10.1.2.3:6881".parse().unwrap(),
+            sha1: l.sha1.clone(),
+            linger: Duration::from_millis(1500),
+            stall_timeout: Duration::from_secs(20),
+            timeout: Duration::from_secs(30),
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn the_swarm_command_installs_only_a_download_whose_sha1_matches() {
+        let l = local(b"the new corvid");
+        let j = job(&l);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bin/corvid");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let run = |j: &SwarmJob| {
+            let (cmd, stdin) = swarm_command(p.to_str().unwrap(), j);
+            let mut lines = Vec::new();
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(&cmd);
+            let b = run_child(c, &stdin, Duration::from_secs(60), &mut |x| {
+                lines.push(x.to_string())
+            })
+            .unwrap();
+            (b, lines, cmd)
+        };
+        let leftovers = || {
+            std::fs::read_dir(p.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n != "corvid")
+                .collect::<Vec<_>>()
+        };
+
+        // The old corvid downloads the right bytes: installed, 0755, nothing left over.
+        old_corvid(&p, d.path(), &j.torrent, Some(&l.bytes));
+        let (b, lines, _) = run(&j);
+        assert_eq!(b.output.code, 0, "{}", b.output.stderr);
+        assert_eq!(lines.last().unwrap(), r#"{"event":"installed"}"#);
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+        assert_eq!(mode(&p), 0o755);
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+        let args = std::fs::read_to_string(d.path().join("args")).unwrap();
+        for want in [
+            "--linger 1500ms",
+            "--stall-timeout 20000ms",
+            "--peer 10.1.2.3:6881",
+            "--json",
+        ] {
+            assert!(args.contains(want), "{args} lacks {want}");
+        }
+        assert!(!args.contains("--secret-file"), "{args}");
+
+        // Wrong bytes: exit 65, the old binary stays.
+        old_corvid(&p, d.path(), &j.torrent, Some(b"tampered"));
+        let old = std::fs::read(&p).unwrap();
+        let (b, lines, _) = run(&j);
+        assert_eq!(b.output.code, 65);
+        assert!(
+            b.output.last_error_line().contains("SHA-1"),
+            "{}",
+            b.output.stderr
+        );
+        assert!(!lines.iter().any(|l| l.contains("installed")));
+        assert_eq!(std::fs::read(&p).unwrap(), old);
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+
+        // An old corvid without these flags: its usage error, the old binary stays.
+        old_corvid(&p, d.path(), &j.torrent, None);
+        let old = std::fs::read(&p).unwrap();
+        let (b, _, _) = run(&j);
+        assert_eq!(b.output.code, 2);
+        assert_eq!(std::fs::read(&p).unwrap(), old);
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+
+        // No room beside the binary (its directory is a file): the script's own code.
+        let f = d.path().join("plain file");
+        std::fs::write(&f, b"").unwrap();
+        let (cmd, stdin) = swarm_command(f.join("corvid").to_str().unwrap(), &j);
+        let b = sh(&cmd, &stdin);
+        assert_eq!(b.output.code, 73, "{}", b.output.stderr);
+        assert_eq!(
+            swarm_exit_text(73),
+            "cannot make the download directory beside the binary"
+        );
+
+        // A private swarm: the secret arrives by stdin in a 0600 file, never in the command.
+        let mut js = j.clone();
+        js.secret = Some(Secret::new(b"hush \x00 bytes").unwrap());
+        old_corvid(&p, d.path(), &js.torrent, Some(&l.bytes));
+        let (b, _, cmd) = run(&js);
+        assert_eq!(b.output.code, 0, "{}", b.output.stderr);
+        assert!(!cmd.contains("hush"), "{cmd}");
+        assert_eq!(
+            std::fs::read(d.path().join("secret")).unwrap(),
+            b"hush \x00 bytes"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("secret.mode"))
+                .unwrap()
+                .trim(),
+            "600"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+    }
+
+    /// A plan whose `ssh` runs the remote command here, through `sh`.
+    fn local_plan(d: &Path, remote: &Path) -> DeployPlan {
+        let fake_ssh = d.join("fake-ssh");
+        write_exec(
+            &fake_ssh,
+            "#!/bin/sh\nwhile [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\nexec sh -c \"$3\"\n",
+        );
+        DeployPlan {
+            hosts: "h1".into(),
+            src: d.to_path_buf(),
+            dest: "/srv/app".into(),
+            tag: "v1".into(),
+            seeder_addr: None,
+            activate: false,
+            force: false,
+            linger: Duration::ZERO,
+            stall_timeout: Duration::from_secs(10),
+            parallel: 2,
+            ssh: Ssh {
+                options: Vec::new(),
+                program: Some(fake_ssh),
+            },
+            remote_corvid: remote.to_str().unwrap().into(),
+            local_corvid: "/nonexistent".into(),
+            swarm_install_min: 1,
+            tracker_port: 0,
+            threads: 1,
+            secret: None,
+        }
+    }
+
+    #[test]
+    fn a_host_whose_swarm_install_fails_falls_back_to_ssh_and_says_why() {
+        let l = local(b"the new corvid, a few bytes");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bin/corvid");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let plan = local_plan(d.path(), &p);
+        let j: Result<SwarmJob, String> = Ok(job(&l));
+        let size = l.bytes.len() as u64;
+
+        // Swarm works: by the swarm, the old corvid's byte counts kept, nothing by ssh.
+        old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, Some(&l.bytes));
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        assert_eq!(r.how, CorvidInstall::Swarm);
+        assert_eq!(
+            (r.swarm_from_seeder, r.swarm_from_peers, r.ssh_bytes),
+            (7, 9, 0)
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+
+        // The download is wrong: ssh follows, and the reason is kept.
+        old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, Some(b"bad"));
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        match &r.how {
+            CorvidInstall::SwarmThenSsh(why) => assert!(why.contains("SHA-1"), "{why}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(r.ssh_bytes, size);
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+        assert_eq!(mode(&p), 0o755);
+
+        // The old corvid is too old for the flags.
+        old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, None);
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        match &r.how {
+            CorvidInstall::SwarmThenSsh(why) => assert!(why.contains("usage error"), "{why}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+
+        // No seeder: straight to ssh, with that reason.
+        std::fs::remove_file(&p).unwrap();
+        let none: Result<SwarmJob, String> = Err("seeder down".into());
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &none).unwrap();
+        assert_eq!(r.how, CorvidInstall::SwarmThenSsh("seeder down".into()));
+        assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
+
+        // Up to date: untouched. Plain ssh: installed where nothing was.
+        let r = install_host(&plan, &l, "h1", Route::Keep, &none).unwrap();
+        assert_eq!(r.how, CorvidInstall::Present);
+        assert!(!r.how.installed());
+        let q = d.path().join("other/corvid");
+        let plan_q = local_plan(d.path(), &q);
+        let r = install_host(&plan_q, &l, "h1", Route::Ssh, &none).unwrap();
+        assert_eq!(r.how, CorvidInstall::Ssh);
+        assert_eq!(std::fs::read(&q).unwrap(), l.bytes);
+
+        // A host where even ssh cannot write the binary fails, naming both attempts.
+        let f = d.path().join("a file");
+        std::fs::write(&f, b"").unwrap();
+        let plan_bad = local_plan(d.path(), &f.join("corvid"));
+        let e = install_host(&plan_bad, &l, "h1", Route::Swarm, &none).unwrap_err();
+        assert!(
+            e.contains("seeder down") && e.contains("over ssh failed"),
+            "{e}"
+        );
+        let e = install_host(&plan_bad, &l, "h1", Route::Ssh, &none).unwrap_err();
+        assert!(e.starts_with("installing corvid at"), "{e}");
+    }
+}
