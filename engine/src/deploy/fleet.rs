@@ -757,6 +757,7 @@ fn seeder_config(m: &Metainfo, payload: &Payload, plan: &DeployPlan, url: String
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,
+        resume: None,
     }
 }
 
