@@ -538,7 +538,13 @@ pub fn run(
 
     let announce = announce::start(&cfg, &shared, &rt, peer_addr);
     let prefault = (cfg.mode == Mode::Download).then(|| Prefault::start(shared.clone()));
-    let keep_when_complete = cfg.resume.as_ref().map_or(true, |r| r.keep_when_complete);
+    let keep_when_complete = !matches!(
+        cfg.resume,
+        Some(ResumeConfig {
+            keep_when_complete: false,
+            ..
+        })
+    );
     let record_thread = record
         .take()
         .map(|w| RecordThread::start(shared.clone(), w, keep_when_complete));
