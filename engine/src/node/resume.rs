@@ -24,7 +24,15 @@
 //! ctime (at the write fault that makes a clean page writable), so a file that corvid was
 //! writing when it was SIGKILLed does not match its last record and gets re-hashed, while
 //! files that were complete before the kill match and are trusted. corvid never writes a
-//! verified piece again, so a completed file's times stay put. Anything else that writes
+//! verified piece again, so a completed file's times stay put. (A store into a page that
+//! is already dirty takes no fault and leaves the times alone, so a file can also match
+//! although corvid wrote unverified pieces into it after the record: harmless, because
+//! only the pieces the record lists are trusted, and those were synced before it was
+//! written and are never written again. Pieces verified after the last record are
+//! fetched again.) Pieces are picked rarest first with random ties, so in the middle of a
+//! download most files are being written: after a SIGKILL every file written since the
+//! record's own sync is re-hashed. A clean stop (SIGTERM, a stall) writes a final record
+//! with fresh times, after which nothing is re-hashed. Anything else that writes
 //! a file (an editor, `cp`, `dd`) changes its mtime and ctime too; ctime and the inode are
 //! recorded as well as the mtime because `touch -d`, `cp -p` and `rsync -t` can set an
 //! mtime back, but nothing in user space can set a ctime, and a file replaced by a rename
@@ -294,6 +302,9 @@ impl Record {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            refuse_symlinked_dir(dir).map_err(io_err)?;
+        }
         let f = match OpenOptions::new()
             .read(true)
             .custom_flags_nofollow()
@@ -666,6 +677,20 @@ impl RecordWriter {
     }
 }
 
+/// The record's directory must be a real directory: a symlink planted there (a shared
+/// `/srv`) would send the record, or read one, somewhere else.
+fn refuse_symlinked_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::other(format!(
+            "{} is a symbolic link; refusing to follow it",
+            dir.display()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The temporary file a record is written to before the rename.
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -690,6 +715,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err("create the directory of", path))?;
+    refuse_symlinked_dir(dir).map_err(err("write", path))?;
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -1064,6 +1090,18 @@ mod tests {
         let mut w2 = RecordWriter::new(blocked.join("x.resume"), [4; 20]);
         let e = w2.write(&s, &Bitfield::full(1)).unwrap_err();
         assert!(e.to_string().contains("blocked"), "{e}");
+        // a symlink planted as the record's directory is not followed, either way
+        let elsewhere = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
+        let via_link = planted.join("y.resume");
+        let e = RecordWriter::new(via_link.clone(), [4; 20])
+            .write(&s, &Bitfield::full(1))
+            .unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        std::fs::write(elsewhere.path().join("y.resume"), &old).unwrap();
+        assert!(Record::load(&via_link, 10_000).is_err());
         // and the first writer still works once the obstacle is gone
         assert!(w.write(&s, &Bitfield::full(1)).unwrap());
         let r = Record::load(&path, 10_000).unwrap().unwrap();
