@@ -300,7 +300,7 @@ fn a_file_changed_while_stopped_is_rechecked_and_repaired() {
 }
 
 #[test]
-fn a_garbage_record_means_a_full_recheck() {
+fn a_garbage_record_means_a_full_recheck_then_a_good_record() {
     let r = Release::new(81);
     let (mut seeder, seed_addr) = r.seeder();
     let dest = r.dest("garbage");
@@ -327,9 +327,18 @@ fn a_garbage_record_means_a_full_recheck() {
     assert_eq!(json_field(&done, "complete"), Some("true"), "{done}");
     assert_eq!(json_u64(&done, "bytes_down"), 0, "{done}");
     assert_same_tree(&r.payload, &dest.join("payload"));
-    // The garbage was replaced by a good record.
+    // The garbage was replaced by a good record, which the next start takes at its word:
+    // a finished download restarts without hashing anything.
     let rec = Record::load(&r.record(&dest), 1 << 20).unwrap().unwrap();
     assert!(rec.have.is_full());
+    let mut third = r.peer("garbage-3", &dest, seed_addr);
+    let checked = third.wait_line("\"event\":\"checked\"", T);
+    assert_eq!(json_field(&checked, "record"), Some("used"), "{checked}");
+    assert_eq!(json_u64(&checked, "trusted_pieces"), r.pieces, "{checked}");
+    assert_eq!(json_u64(&checked, "rechecked_pieces"), 0, "{checked}");
+    let done = finish(&mut third);
+    assert_eq!(json_field(&done, "complete"), Some("true"), "{done}");
+    assert_same_tree(&r.payload, &dest.join("payload"));
     finish(&mut seeder);
 }
 

@@ -471,7 +471,7 @@ pub fn run(
     let mut record = match (&cfg.resume, cfg.mode) {
         (Some(rc), Mode::Download) => {
             let mut w = RecordKeeper::new(RecordWriter::new(rc.path.clone(), cfg.info_hash));
-            if let Some(message) = w.write(&storage, &have) {
+            if let Some(message) = w.write(&storage, &have, true) {
                 on_event(&NodeEvent::Warning { message });
             }
             Some(w)
@@ -577,10 +577,12 @@ pub fn run(
     if let Some(t) = record_thread {
         let mut w = t.stop();
         let have = shared.swarm.lock().have().clone();
+        // Re-stamped even without new pieces: the files' times may have moved since the
+        // last record (exec bits applied on completion change the ctime).
         let warning = if have.is_full() && !keep_when_complete {
             w.retire()
         } else {
-            w.write(&storage, &have)
+            w.write(&storage, &have, true)
         };
         if let Some(message) = warning {
             on_event(&NodeEvent::Warning { message });
@@ -667,13 +669,14 @@ impl RecordKeeper {
         }
     }
 
-    /// Writes the record; returns the warning to report, the first time one fails.
-    fn write(&mut self, storage: &Storage, have: &Bitfield) -> Option<String> {
+    /// Writes the record (see [`RecordWriter::write`] for `restamp`); returns the warning
+    /// to report, the first time one fails.
+    fn write(&mut self, storage: &Storage, have: &Bitfield, restamp: bool) -> Option<String> {
         if self.retired {
             return None;
         }
         let t = Instant::now();
-        let r = self.writer.write(storage, have);
+        let r = self.writer.write(storage, have, restamp);
         self.last_took = t.elapsed();
         match r {
             Ok(_) => None,
@@ -698,7 +701,8 @@ impl RecordKeeper {
 }
 
 enum RecordMsg {
-    /// Write now (the download completed).
+    /// Write now, with the files' current times (the download completed, and the caller
+    /// may have changed the files' modes on that event).
     Now,
 }
 
@@ -725,10 +729,11 @@ impl RecordThread {
             .spawn(move || {
                 loop {
                     let wait = Self::INTERVAL.max(keeper.last_took * 20);
-                    match rx.recv_timeout(wait) {
-                        Ok(RecordMsg::Now) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    let restamp = match rx.recv_timeout(wait) {
+                        Ok(RecordMsg::Now) => true,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                    }
+                    };
                     let (have, complete) = {
                         let swarm = shared.swarm.lock();
                         (swarm.have().clone(), swarm.is_complete())
@@ -740,7 +745,7 @@ impl RecordThread {
                         }
                         break;
                     } else {
-                        keeper.write(&shared.storage, &have)
+                        keeper.write(&shared.storage, &have, restamp)
                     };
                     if let Some(message) = warning {
                         shared.push_event(NodeEvent::Warning { message });
@@ -875,6 +880,9 @@ fn control_loop(
         on_event(&NodeEvent::Complete {
             elapsed: start.elapsed(),
         });
+        if let Some(r) = record {
+            r.wake();
+        }
     }
     let mut last_progress = Instant::now();
     let mut last_redial = Instant::now();

@@ -179,7 +179,7 @@ pub enum RecordError {
     },
     #[error("resume record is {0} bytes, more than a record for this torrent can be")]
     TooLarge(u64),
-    #[error("resume record is not bencode: {0}")]
+    #[error("resume record is damaged ({0})")]
     Bencode(#[from] bencode::Error),
     #[error("resume record has version {0}, this corvid reads version {VERSION}")]
     Version(i64),
@@ -604,8 +604,8 @@ impl FileLayout {
 pub struct RecordWriter {
     path: PathBuf,
     info_hash: [u8; 20],
-    /// The bitfield of the record this writer last wrote (`None`: not written yet).
-    written: Option<Bitfield>,
+    /// The record this writer last wrote (`None`: not written yet).
+    written: Option<Record>,
 }
 
 impl RecordWriter {
@@ -622,16 +622,24 @@ impl RecordWriter {
     }
 
     /// Records `have`: syncs the files of the pieces verified since the last record,
-    /// stamps every file, and replaces the record atomically. `Ok(false)` when `have` is
-    /// what the record already says (nothing is written).
-    pub fn write(&mut self, storage: &Storage, have: &Bitfield) -> Result<bool, RecordError> {
-        if self.written.as_ref() == Some(have) {
+    /// stamps every file, and replaces the record atomically. Skipped (`Ok(false)`) when
+    /// `have` is what the record already says, unless `restamp` asks to record the files'
+    /// current times anyway (they change without new pieces too, e.g. when BEP 47 exec
+    /// bits are applied on completion); then it is skipped only if they did not change.
+    pub fn write(
+        &mut self,
+        storage: &Storage,
+        have: &Bitfield,
+        restamp: bool,
+    ) -> Result<bool, RecordError> {
+        let same_have = self.written.as_ref().is_some_and(|r| &r.have == have);
+        if same_have && !restamp {
             return Ok(false);
         }
         let lengths = storage.lengths();
         let mut dirty = BTreeSet::new();
         for i in have.ones() {
-            if self.written.as_ref().is_some_and(|w| w.get(i)) {
+            if self.written.as_ref().is_some_and(|r| r.have.get(i)) {
                 continue;
             }
             let Some(p) = lengths.piece(i) else { continue };
@@ -644,7 +652,7 @@ impl RecordWriter {
             })?;
         }
         // Stamped after the sync, so the times include every write the record vouches for.
-        let files = (0..storage.files().len())
+        let files: Vec<Option<FileStamp>> = (0..storage.files().len())
             .map(|i| {
                 storage
                     .file_metadata(i)
@@ -652,13 +660,16 @@ impl RecordWriter {
                     .map(|m| FileStamp::of(&m))
             })
             .collect();
+        if same_have && self.written.as_ref().is_some_and(|r| r.files == files) {
+            return Ok(false);
+        }
         let record = Record {
             info_hash: self.info_hash,
             have: have.clone(),
             files,
         };
         write_atomically(&self.path, &record.encode())?;
-        self.written = Some(have.clone());
+        self.written = Some(record);
         Ok(true)
     }
 
@@ -746,6 +757,7 @@ mod tests {
     use super::*;
     use crate::geometry::BLOCK_SIZE;
     use crate::storage::FileSpec;
+    use std::os::unix::fs::PermissionsExt;
 
     const PL: u64 = BLOCK_SIZE as u64;
 
@@ -1039,8 +1051,20 @@ mod tests {
         let mut w = RecordWriter::new(path.clone(), [3; 20]);
         let mut have = Bitfield::new(3);
         have.set(1);
-        assert!(w.write(&s, &have).unwrap());
-        assert!(!w.write(&s, &have).unwrap(), "nothing new: not rewritten");
+        assert!(w.write(&s, &have, false).unwrap());
+        assert!(
+            !w.write(&s, &have, false).unwrap(),
+            "nothing new: not rewritten"
+        );
+        assert!(
+            !w.write(&s, &have, true).unwrap(),
+            "same times: not rewritten"
+        );
+        // new times alone (a chmod changes the ctime) are recorded when asked for
+        let f1 = dir.path().join(&s.files()[1].path);
+        std::fs::set_permissions(&f1, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!w.write(&s, &have, false).unwrap());
+        assert!(w.write(&s, &have, true).unwrap());
         let r = Record::load(&path, 10_000).unwrap().unwrap();
         assert_eq!(r.have, have);
         assert_eq!(r.info_hash, [3; 20]);
@@ -1076,11 +1100,11 @@ mod tests {
         let path = record_path(dir.path(), &[4; 20], Some("v1"));
         assert!(path.ends_with(".corvid/0404040404040404040404040404040404040404.v1.resume"));
         let mut w = RecordWriter::new(path.clone(), [4; 20]);
-        w.write(&s, &Bitfield::new(1)).unwrap();
+        w.write(&s, &Bitfield::new(1), false).unwrap();
         let old = std::fs::read(&path).unwrap();
         // the temporary file cannot be created (a directory is in its place)
         std::fs::create_dir(temp_path(&path)).unwrap();
-        let e = w.write(&s, &Bitfield::full(1)).unwrap_err();
+        let e = w.write(&s, &Bitfield::full(1), false).unwrap_err();
         assert!(e.to_string().contains(".tmp"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), old);
         std::fs::remove_dir(temp_path(&path)).unwrap();
@@ -1088,7 +1112,7 @@ mod tests {
         let blocked = dir.path().join("blocked");
         std::fs::write(&blocked, b"").unwrap();
         let mut w2 = RecordWriter::new(blocked.join("x.resume"), [4; 20]);
-        let e = w2.write(&s, &Bitfield::full(1)).unwrap_err();
+        let e = w2.write(&s, &Bitfield::full(1), false).unwrap_err();
         assert!(e.to_string().contains("blocked"), "{e}");
         // a symlink planted as the record's directory is not followed, either way
         let elsewhere = tempfile::tempdir().unwrap();
@@ -1096,14 +1120,14 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
         let via_link = planted.join("y.resume");
         let e = RecordWriter::new(via_link.clone(), [4; 20])
-            .write(&s, &Bitfield::full(1))
+            .write(&s, &Bitfield::full(1), false)
             .unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
         std::fs::write(elsewhere.path().join("y.resume"), &old).unwrap();
         assert!(Record::load(&via_link, 10_000).is_err());
         // and the first writer still works once the obstacle is gone
-        assert!(w.write(&s, &Bitfield::full(1)).unwrap());
+        assert!(w.write(&s, &Bitfield::full(1), false).unwrap());
         let r = Record::load(&path, 10_000).unwrap().unwrap();
         assert!(r.have.is_full());
     }
