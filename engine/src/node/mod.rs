@@ -565,6 +565,7 @@ pub fn run(
     announce.stop(&shared);
     let services = rt.shutdown();
     drop(services);
+    let keeper = record_thread.map(RecordThread::stop);
     // Warnings the cores or the record thread raised after the control loop's last look.
     for ev in std::mem::take(&mut *shared.events.lock()) {
         if matches!(ev, NodeEvent::Warning { .. }) {
@@ -574,8 +575,7 @@ pub fn run(
     storage.flush()?;
     // The last record: whatever was verified until the end (an interrupted or stalled
     // download resumes from here too).
-    if let Some(t) = record_thread {
-        let mut w = t.stop();
+    if let Some(mut w) = keeper {
         let have = shared.swarm.lock().have().clone();
         // Re-stamped even without new pieces: the files' times may have moved since the
         // last record (exec bits applied on completion change the ctime).
