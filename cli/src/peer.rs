@@ -7,6 +7,11 @@
 //! symlinks once every piece is verified, and is renamed to `PATH/releases/TAG` (and with
 //! `--activate` `PATH/current` flips to it) while the peer lingers on as a seeder. A host
 //! that already holds a verified `releases/TAG` exits 0 at once ("already present").
+//!
+//! A restarted peer keeps the pieces its resume record vouches for without hashing them
+//! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
+//! `PATH/.corvid/<info-hash>.<TAG>.resume` for a release (outside `releases/`, removed
+//! when the release is complete).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +21,7 @@ use anyhow::anyhow;
 use corvid_engine::deploy::content;
 use corvid_engine::deploy::release::ReleasePaths;
 use corvid_engine::hash::HashPool;
+use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
 
 use crate::output::{json_object, json_str, print};
@@ -89,6 +95,12 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     )?;
     cfg.linger = args.linger;
     cfg.stall_timeout = args.stall_timeout;
+    // Beside the payload, not inside it: DEST/.corvid/<info-hash>.resume. Kept once
+    // complete, so running the same download again starts without hashing.
+    cfg.resume = Some(ResumeConfig {
+        path: resume::record_path(dest, &m.info_hash, None),
+        keep_when_complete: true,
+    });
     let mut printer = Printer::new(
         args.node.json,
         m.info.lengths.total_length(),
@@ -190,6 +202,13 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     )?;
     cfg.linger = args.linger;
     cfg.stall_timeout = args.stall_timeout;
+    // PATH/.corvid/<info-hash>.<TAG>.resume: outside releases/, so the record is never
+    // part of the tree renamed into place (or pruned from the partial directory), and
+    // removed once the release is complete (the partial directory it describes is gone).
+    cfg.resume = Some(ResumeConfig {
+        path: resume::record_path(&dest, &m.info_hash, Some(&tag)),
+        keep_when_complete: false,
+    });
     let mut printer = Printer::new(
         json,
         m.info.lengths.total_length(),

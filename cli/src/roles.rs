@@ -12,6 +12,7 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::metainfo::{FileSpec, Metainfo};
+use corvid_engine::node::resume::{RecordStatus, ResumeReport};
 use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
 use corvid_engine::peer::auth::Secret;
 
@@ -169,6 +170,7 @@ pub fn node_config(
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,
+        resume: None,
     })
 }
 
@@ -238,17 +240,37 @@ impl Printer {
                     self.say(&format!("listening for peers on {peer_addr}"));
                 }
             }
-            NodeEvent::Checked { have, total } => {
+            NodeEvent::Checked {
+                have,
+                total,
+                resume,
+            } => {
                 if self.json {
                     self.json_line(&[
                         ("event", json_str("checked")),
                         ("have", have.to_string()),
                         ("pieces", total.to_string()),
+                        ("resume", resume.to_json()),
                     ]);
-                } else if *have > 0 && have < total {
-                    self.say(&format!(
-                        "resuming: {have} of {total} pieces already verified"
-                    ));
+                } else {
+                    if let Some(line) = resume_line(resume, *total) {
+                        self.say(&line);
+                    }
+                    if *have > 0 && have < total {
+                        self.say(&format!(
+                            "resuming: {have} of {total} pieces already verified"
+                        ));
+                    }
+                }
+            }
+            NodeEvent::Warning { message } => {
+                if self.json {
+                    self.json_line(&[
+                        ("event", json_str("warning")),
+                        ("message", json_str(message)),
+                    ]);
+                } else {
+                    self.say(&format!("warning: {message}"));
                 }
             }
             NodeEvent::Progress(p) => {
@@ -349,6 +371,33 @@ impl Printer {
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// The one human line about the start-up check of a download, or nothing for a fresh
+/// download (no record, nothing on disk) or a seeder.
+fn resume_line(r: &ResumeReport, total: u32) -> Option<String> {
+    let hashed = format!(
+        "{} pieces ({}) hashed",
+        r.rechecked_pieces,
+        human_size(r.rechecked_bytes)
+    );
+    let why = r
+        .reason
+        .as_deref()
+        .map(|w| format!(" ({w})"))
+        .unwrap_or_default();
+    match r.record {
+        RecordStatus::Off => None,
+        RecordStatus::Absent if r.rechecked_pieces == 0 => None,
+        RecordStatus::Used => Some(format!(
+            "resume record used: {} of {total} pieces trusted without hashing, {hashed}{why}",
+            r.trusted_pieces
+        )),
+        RecordStatus::Absent => Some(format!("no resume record: {hashed}")),
+        RecordStatus::Mismatch | RecordStatus::Invalid => {
+            Some(format!("resume record ignored{why}: {hashed}"))
         }
     }
 }

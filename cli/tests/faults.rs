@@ -1,7 +1,7 @@
 //! Faults and hostile input, end to end with real `corvid` processes on loopback: a
 //! symlink planted in the destination, a seeder killed mid-swarm, a peer serving corrupt
-//! blocks, a tracker that dies and comes back, a full disk, no seeder at all, and a
-//! connection flood. (Network faults through `tc netem` are not tested: the kernel here
+//! blocks, a tracker that dies and comes back, a full disk (before the download, and
+//! filled by someone else during it), no seeder at all, and a connection flood. (Network faults through `tc netem` are not tested: the kernel here
 //! has no sch_netem.)
 
 mod support;
@@ -431,6 +431,83 @@ fn full_disk_is_refused_before_downloading() {
     assert_eq!(code, Some(4), "exit code; stderr: {err}");
     assert!(err.contains("needs") && err.contains("free"), "{err}");
     eprintln!("full disk refused in {took:?}: {}", err.trim());
+}
+
+/// Writes to `path` until the filesystem says ENOSPC; returns the bytes written. Bounded:
+/// at most `limit` bytes are attempted.
+fn fill_until_enospc(path: &Path, limit: u64) -> u64 {
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0xa5u8; 64 << 10];
+    let mut written = 0u64;
+    while written < limit {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return written,
+            Err(e) => panic!("filling {path:?}: {e}"),
+        }
+    }
+    panic!("{path:?}: {written} bytes written and still no ENOSPC");
+}
+
+#[test]
+fn disk_filled_by_someone_else_mid_download_is_survived() {
+    // A tmpfs just bigger than the payload (~4.3 MiB): the peer preallocates all of it.
+    let r = Release::new("http://127.0.0.1:9/announce", 4 << 20, "64K", 27);
+    let mnt = Tmpfs::mount(&r.dest("tight"), "6m");
+    let (mut seeder, seed_addr) = r.seeder(&["--no-tracker", "--no-announce"]);
+    // 1 MiB/s: the download takes a few seconds, so the disk fills half-way.
+    let relay = SlowRelay::start(seed_addr, 1 << 20);
+    let via = relay.addr.to_string();
+    let mut p = r.peer("tight", &mnt.0, &["--no-announce", "--peer", &via]);
+    let line = loop {
+        let line = p.wait_line("\"event\":\"progress\"", T);
+        if json_u64(&line, "have") > 0 {
+            break line;
+        }
+    };
+    assert!(
+        json_u64(&line, "have") < r.pieces,
+        "finished before the disk could be filled: {line}"
+    );
+    // Someone else takes every free byte left on the peer's filesystem.
+    let filled = fill_until_enospc(&mnt.0.join("filler"), 64 << 20);
+    // The resume record cannot be written any more: a warning naming it and the errno,
+    // while the download goes on into the blocks it preallocated.
+    let warning = p.wait_line("\"event\":\"warning\"", T);
+    assert!(
+        warning.contains(".resume") && warning.contains("os error 28"),
+        "{warning}"
+    );
+    if !p
+        .seen()
+        .iter()
+        .any(|l| l.contains("\"event\":\"complete\""))
+    {
+        p.wait_line("\"event\":\"complete\"", T);
+    }
+    // It exits 0 when told (not killed by SIGBUS), with every byte right.
+    let done = finish(&mut p);
+    assert_peer_done(&r, "tight", &done, &mnt.0);
+    let warnings = p
+        .seen()
+        .iter()
+        .filter(|l| l.contains("\"warning\""))
+        .count();
+    assert_eq!(warnings, 1, "the failing record is reported once");
+    let verify = corvid(&["verify"])
+        .arg(&r.torrent)
+        .arg(&mnt.0)
+        .output()
+        .expect("run corvid verify");
+    assert!(
+        verify.status.success(),
+        "corvid verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    eprintln!("disk filled with {filled} more bytes at {line}; completed anyway: {warning}");
+    drop(relay);
+    finish(&mut seeder);
 }
 
 #[test]

@@ -120,9 +120,14 @@ impl HashPool {
     /// far after each piece. Result in piece order.
     pub fn hash_all(&self, storage: &Arc<Storage>, progress: &mut dyn FnMut(u64)) -> Vec<[u8; 20]> {
         let mut out = vec![[0u8; 20]; storage.lengths().piece_count() as usize];
-        self.walk(storage, progress, |piece, digest| {
-            out[piece.as_usize()] = digest;
-        });
+        self.walk(
+            storage,
+            storage.lengths().pieces(),
+            progress,
+            |piece, digest| {
+                out[piece.as_usize()] = digest;
+            },
+        );
         out
     }
 
@@ -135,24 +140,51 @@ impl HashPool {
         progress: &mut dyn FnMut(u64),
     ) -> Vec<bool> {
         let mut out = vec![false; storage.lengths().piece_count() as usize];
-        self.walk(storage, progress, |piece, digest| {
-            out[piece.as_usize()] = expected.get(piece.as_usize()) == Some(&digest);
+        self.walk(
+            storage,
+            storage.lengths().pieces(),
+            progress,
+            |piece, digest| {
+                out[piece.as_usize()] = expected.get(piece.as_usize()) == Some(&digest);
+            },
+        );
+        out
+    }
+
+    /// Checks only `pieces` against `expected` (a restart re-checks the pieces its resume
+    /// record cannot vouch for). Result in piece order over the whole torrent; a piece not
+    /// listed is `false`, like one without an expected hash.
+    pub fn verify_pieces(
+        &self,
+        storage: &Arc<Storage>,
+        expected: &[[u8; 20]],
+        pieces: &[PieceIndex],
+        progress: &mut dyn FnMut(u64),
+    ) -> Vec<bool> {
+        let count = storage.lengths().piece_count();
+        let mut out = vec![false; count as usize];
+        // An index of some other torrent is skipped, not hashed (its size is undefined here).
+        let mine = pieces.iter().copied().filter(|p| p.get() < count);
+        self.walk(storage, mine, progress, |piece, digest| {
+            if let Some(slot) = out.get_mut(piece.as_usize()) {
+                *slot = expected.get(piece.as_usize()) == Some(&digest);
+            }
         });
         out
     }
 
-    /// Hashes every piece with a bounded window in flight, calling `done` once per piece
+    /// Hashes `pieces` with a bounded window in flight, calling `done` once per piece
     /// (in completion order) and `progress` with the running byte count.
     fn walk(
         &self,
         storage: &Arc<Storage>,
+        mut pieces: impl Iterator<Item = PieceIndex>,
         progress: &mut dyn FnMut(u64),
         mut done: impl FnMut(PieceIndex, [u8; 20]),
     ) {
         let lengths = storage.lengths();
         let window = self.workers.len() * IN_FLIGHT_PER_THREAD;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut pieces = lengths.pieces();
         let mut in_flight = 0usize;
         let mut hashed = 0u64;
         loop {
@@ -349,6 +381,30 @@ mod tests {
         let got = pool.verify_all(&s, &expected[..3], &mut |_| {});
         assert_eq!(got.len(), 21);
         assert!(got[..3].iter().all(|&ok| ok) && got[3..].iter().all(|&ok| !ok));
+    }
+
+    #[test]
+    fn verify_pieces_hashes_only_the_listed_pieces() {
+        let data = payload(10 * PL + 5);
+        let (_d, s) = storage_with(&data, PL);
+        let mut expected = sequential(&data, PL);
+        expected[7][0] ^= 1;
+        let l = s.lengths();
+        let pool = HashPool::new(2);
+        let listed: Vec<PieceIndex> = [1u32, 7, 10].iter().map(|&i| l.piece(i).unwrap()).collect();
+        let mut bytes = 0;
+        let got = pool.verify_pieces(&s, &expected, &listed, &mut |b| bytes = b);
+        let good: Vec<usize> = (0..got.len()).filter(|&i| got[i]).collect();
+        assert_eq!(
+            good,
+            vec![1, 10],
+            "7 is listed but bad; the others are not listed"
+        );
+        assert_eq!(bytes, 2 * PL + 5, "only the listed pieces were hashed");
+        // an index of a bigger torrent is skipped, not a panic
+        let other = Lengths::new(100 * PL, PL, 100).unwrap();
+        let got = pool.verify_pieces(&s, &expected, &[other.piece(50).unwrap()], &mut |_| {});
+        assert!(got.iter().all(|&ok| !ok));
     }
 
     #[test]

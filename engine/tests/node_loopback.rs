@@ -51,6 +51,7 @@ fn config(
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,
+        resume: None,
     }
 }
 

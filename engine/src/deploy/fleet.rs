@@ -773,6 +773,7 @@ pub(super) fn seeder_config(
         swarm: Default::default(),
         tuning: Default::default(),
         announce_port: 0,
+        resume: None,
     }
 }
 

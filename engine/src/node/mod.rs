@@ -7,8 +7,11 @@
 //! - `cores` runtime threads (io_uring each), owning the connections;
 //! - the hasher pool's threads;
 //! - one announce thread per tracker URL (blocking HTTP is fine at tracker rates);
+//! - a downloader's resume-record thread ([`resume`]: which pieces are verified, so a
+//!   restart need not hash them again), writing at most about once a second;
 //! - the caller's thread, running the control loop.
 
+pub mod resume;
 pub mod service;
 
 use std::collections::HashSet;
@@ -32,6 +35,7 @@ use crate::storage::{FileSpec, Storage, StorageError};
 use crate::swarm::{Swarm, SwarmConfig};
 use crate::wire::Bitfield;
 
+use resume::{Loaded, RecordWriter, ResumeConfig, ResumeReport};
 use service::{CoreMsg, PeerService};
 
 /// Seed what is on disk, or download it.
@@ -98,6 +102,9 @@ pub struct NodeConfig {
     pub tuning: NodeTuning,
     /// Port announced to trackers when it differs from the listening port (NAT); 0 = same.
     pub announce_port: u16,
+    /// Downloads: where the resume record lives (`None`: keep none, hash everything on
+    /// disk at start). Seeders ignore it.
+    pub resume: Option<ResumeConfig>,
 }
 
 /// Why a node could not run or finish.
@@ -131,10 +138,17 @@ pub enum NodeEvent {
     Listening {
         peer_addr: SocketAddr,
     },
-    /// The start-up check found this many verified pieces already on disk.
+    /// The start-up check found this many verified pieces already on disk; `resume` says
+    /// how many were kept on the resume record's word and how many were hashed.
     Checked {
         have: u32,
         total: u32,
+        resume: ResumeReport,
+    },
+    /// Something went wrong that the node works around (a resume record that cannot be
+    /// written); reported once, the node keeps going.
+    Warning {
+        message: String,
     },
     Progress(Progress),
     /// Every piece is verified and flushed to disk.
@@ -178,6 +192,8 @@ pub struct NodeReport {
     pub download_time: Option<Duration>,
     /// Bytes, seeder vs peers, piece latency percentiles.
     pub transfer: Report,
+    /// How the start-up check went (resume record used or not, pieces hashed).
+    pub resume: ResumeReport,
 }
 
 impl NodeReport {
@@ -187,7 +203,7 @@ impl NodeReport {
         t.pop(); // the closing brace
         let banned: Vec<String> = self.banned.iter().map(|a| format!("\"{a}\"")).collect();
         t.push_str(&format!(
-            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{}}}",
+            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{},\"resume\":{}}}",
             self.peer_addr,
             self.complete,
             self.pieces,
@@ -197,6 +213,7 @@ impl NodeReport {
             self.download_time
                 .map(|d| format!("{:.6}", d.as_secs_f64()))
                 .unwrap_or_else(|| "null".into()),
+            self.resume.to_json(),
         ));
         t
     }
@@ -417,10 +434,13 @@ pub fn run(
     let total = lengths.piece_count();
     let pool = HashPool::new(cfg.hash_threads.max(1));
 
-    let (storage, have) = match cfg.mode {
+    let (storage, have, resume_report) = match cfg.mode {
         Mode::Seed => {
             let storage = Arc::new(Storage::open_readonly(&cfg.root, &cfg.files, lengths)?);
-            if !cfg.trust_data {
+            let mut report = ResumeReport::off();
+            if cfg.trust_data {
+                report.trusted_pieces = total;
+            } else {
                 let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
                 let bad: Vec<u32> = (0..total).filter(|&i| !ok[i as usize]).collect();
                 if let Some(&first) = bad.first() {
@@ -430,35 +450,34 @@ pub fn run(
                         first,
                     });
                 }
+                report.rechecked_pieces = total;
+                report.rechecked_bytes = lengths.total_length();
             }
-            (storage, Bitfield::full(total))
+            (storage, Bitfield::full(total), report)
         }
         Mode::Download => {
-            // Files that hold no bytes yet cannot hold verified pieces: a fresh download
-            // skips the check (hashing 1 GiB of zeros costs about a second of both cores).
-            let has_data = cfg.files.iter().any(|f| {
-                std::fs::symlink_metadata(cfg.root.join(&f.path))
-                    .is_ok_and(|m| m.is_file() && m.len() > 0)
-            });
-            let storage = Arc::new(Storage::create(&cfg.root, &cfg.files, lengths)?);
-            let mut have = Bitfield::new(total);
-            if has_data {
-                // Whatever is already on disk (a restart) is checked, so only the missing
-                // or damaged pieces are fetched again.
-                let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
-                for (i, good) in ok.iter().enumerate() {
-                    if *good {
-                        have.set(i as u32);
-                    }
-                }
-            }
-            (storage, have)
+            let (storage, have, report) = start_download(&cfg, &pool)?;
+            (storage, have, report)
         }
     };
     on_event(&NodeEvent::Checked {
         have: have.count(),
         total,
+        resume: resume_report.clone(),
     });
+
+    // The record is rewritten straight away: the start-up check may have verified pieces
+    // the old record did not list, and `Storage::create` gave every file new times.
+    let mut record = match (&cfg.resume, cfg.mode) {
+        (Some(rc), Mode::Download) => {
+            let mut w = RecordKeeper::new(RecordWriter::new(rc.path.clone(), cfg.info_hash));
+            if let Some(message) = w.write(&storage, &have, true) {
+                on_event(&NodeEvent::Warning { message });
+            }
+            Some(w)
+        }
+        _ => None,
+    };
 
     let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
     let total_blocks: u64 = lengths
@@ -519,6 +538,16 @@ pub fn run(
 
     let announce = announce::start(&cfg, &shared, &rt, peer_addr);
     let prefault = (cfg.mode == Mode::Download).then(|| Prefault::start(shared.clone()));
+    let keep_when_complete = !matches!(
+        cfg.resume,
+        Some(ResumeConfig {
+            keep_when_complete: false,
+            ..
+        })
+    );
+    let record_thread = record
+        .take()
+        .map(|w| RecordThread::start(shared.clone(), w, keep_when_complete));
     let outcome = control_loop(
         &cfg,
         &shared,
@@ -527,6 +556,7 @@ pub fn run(
         &stop,
         start,
         prefault.as_ref(),
+        record_thread.as_ref(),
         on_event,
     );
     if let Some(p) = prefault {
@@ -535,7 +565,29 @@ pub fn run(
     announce.stop(&shared);
     let services = rt.shutdown();
     drop(services);
+    let keeper = record_thread.map(RecordThread::stop);
+    // Warnings the cores or the record thread raised after the control loop's last look.
+    for ev in std::mem::take(&mut *shared.events.lock()) {
+        if matches!(ev, NodeEvent::Warning { .. }) {
+            on_event(&ev);
+        }
+    }
     storage.flush()?;
+    // The last record: whatever was verified until the end (an interrupted or stalled
+    // download resumes from here too).
+    if let Some(mut w) = keeper {
+        let have = shared.swarm.lock().have().clone();
+        // Re-stamped even without new pieces: the files' times may have moved since the
+        // last record (exec bits applied on completion change the ctime).
+        let warning = if have.is_full() && !keep_when_complete {
+            w.retire()
+        } else {
+            w.write(&storage, &have, true)
+        };
+        if let Some(message) = warning {
+            on_event(&NodeEvent::Warning { message });
+        }
+    }
     let (complete_at, mut stats, banned) = outcome?;
 
     let swarm = shared.swarm.lock();
@@ -553,7 +605,171 @@ pub fn run(
         banned,
         download_time: complete_at.map(|t| t.duration_since(start)),
         transfer: stats.report(Instant::now()),
+        resume: resume_report,
     })
+}
+
+/// A download's start: reads the resume record, stamps the files before
+/// [`Storage::create`] touches them (its `fallocate` updates their times), creates and
+/// maps the storage, and hashes whatever the record cannot vouch for.
+fn start_download(
+    cfg: &NodeConfig,
+    pool: &HashPool,
+) -> Result<(Arc<Storage>, Bitfield, ResumeReport), NodeError> {
+    let lengths = cfg.lengths;
+    let file_lengths: Vec<u64> = cfg.files.iter().map(|f| f.length).collect();
+    let loaded = Loaded::read(cfg.resume.as_ref(), lengths.piece_count(), cfg.files.len());
+    let before: Vec<Option<resume::FileStamp>> = cfg
+        .files
+        .iter()
+        .map(|f| resume::FileStamp::of_path(&cfg.root.join(&f.path)))
+        .collect();
+    let storage = Arc::new(Storage::create(&cfg.root, &cfg.files, lengths)?);
+    // A file replaced between the look above and the open in `create` is not the file
+    // that was stamped: its pieces are hashed.
+    let now: Vec<Option<resume::FileStamp>> = before
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let opened = storage.file_metadata(i).and_then(Result::ok);
+            b.filter(|b| opened.is_some_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == b.ino))
+        })
+        .collect();
+    let plan = resume::plan(loaded, &cfg.info_hash, lengths, &file_lengths, &now);
+    let mut have = plan.trusted;
+    if !plan.recheck.is_empty() {
+        let ok = pool.verify_pieces(&storage, &cfg.piece_hashes, &plan.recheck, &mut |_| {});
+        for p in &plan.recheck {
+            if ok[p.as_usize()] {
+                have.set(p.get());
+            }
+        }
+    }
+    Ok((storage, have, plan.report))
+}
+
+/// A [`RecordWriter`] that reports only its first failure: a disk that is full stays full
+/// for a while, and one warning says it.
+struct RecordKeeper {
+    writer: RecordWriter,
+    warned: bool,
+    /// The record was removed on completion (release layout): nothing more is written.
+    retired: bool,
+    /// How long the last write took, to space writes out on slow disks.
+    last_took: Duration,
+}
+
+impl RecordKeeper {
+    fn new(writer: RecordWriter) -> RecordKeeper {
+        RecordKeeper {
+            writer,
+            warned: false,
+            retired: false,
+            last_took: Duration::ZERO,
+        }
+    }
+
+    /// Writes the record (see [`RecordWriter::write`] for `restamp`); returns the warning
+    /// to report, the first time one fails.
+    fn write(&mut self, storage: &Storage, have: &Bitfield, restamp: bool) -> Option<String> {
+        if self.retired {
+            return None;
+        }
+        let t = Instant::now();
+        let r = self.writer.write(storage, have, restamp);
+        self.last_took = t.elapsed();
+        match r {
+            Ok(_) => None,
+            Err(e) if !self.warned => {
+                self.warned = true;
+                Some(format!("{e}; downloading on without a resume record"))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn retire(&mut self) -> Option<String> {
+        if self.retired {
+            return None;
+        }
+        self.retired = true;
+        match self.writer.remove() {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+}
+
+enum RecordMsg {
+    /// Write now, with the files' current times (the download completed, and the caller
+    /// may have changed the files' modes on that event).
+    Now,
+}
+
+/// The thread that keeps the resume record current while downloading: at most about
+/// once per [`RecordThread::INTERVAL`] (longer if writes are slow, so they never take
+/// more than a few percent of a thread), and only when pieces were verified. It is not a
+/// core thread: syncing files and writing the record block.
+struct RecordThread {
+    thread: std::thread::JoinHandle<RecordKeeper>,
+    tx: Sender<RecordMsg>,
+}
+
+impl RecordThread {
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    fn start(
+        shared: Arc<Shared>,
+        mut keeper: RecordKeeper,
+        keep_when_complete: bool,
+    ) -> RecordThread {
+        let (tx, rx) = crossbeam_channel::unbounded::<RecordMsg>();
+        let thread = std::thread::Builder::new()
+            .name("corvid-record".into())
+            .spawn(move || {
+                loop {
+                    let wait = Self::INTERVAL.max(keeper.last_took * 20);
+                    let restamp = match rx.recv_timeout(wait) {
+                        Ok(RecordMsg::Now) => true,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    };
+                    let (have, complete) = {
+                        let swarm = shared.swarm.lock();
+                        (swarm.have().clone(), swarm.is_complete())
+                    };
+                    let warning = if complete && !keep_when_complete {
+                        let w = keeper.retire();
+                        if let Some(message) = w {
+                            shared.push_event(NodeEvent::Warning { message });
+                        }
+                        break;
+                    } else {
+                        keeper.write(&shared.storage, &have, restamp)
+                    };
+                    if let Some(message) = warning {
+                        shared.push_event(NodeEvent::Warning { message });
+                    }
+                }
+                keeper
+            })
+            .expect("spawn record thread");
+        RecordThread { thread, tx }
+    }
+
+    /// Asks for a write now (completion).
+    fn wake(&self) {
+        let _ = self.tx.send(RecordMsg::Now);
+    }
+
+    /// Stops the thread and hands back the writer for the final record.
+    fn stop(self) -> RecordKeeper {
+        drop(self.tx);
+        match self.thread.join() {
+            Ok(k) => k,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
 }
 
 /// Dials `addr` from the next core in turn, unless a connection to it is open already.
@@ -652,6 +868,7 @@ fn control_loop(
     stop: &StopFlag,
     start: Instant,
     prefault: Option<&Prefault>,
+    record: Option<&RecordThread>,
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<LoopOutcome, NodeError> {
     let total = cfg.lengths.piece_count();
@@ -666,6 +883,9 @@ fn control_loop(
         on_event(&NodeEvent::Complete {
             elapsed: start.elapsed(),
         });
+        if let Some(r) = record {
+            r.wake();
+        }
     }
     let mut last_progress = Instant::now();
     let mut last_redial = Instant::now();
@@ -749,6 +969,9 @@ fn control_loop(
                 elapsed: start.elapsed(),
             });
             shared.storage.flush()?;
+            if let Some(r) = record {
+                r.wake();
+            }
         }
         if stop.is_stopped() {
             if cfg.mode == Mode::Download && !is_complete {
