@@ -818,6 +818,56 @@ fn snubbed_peer_requests_go_back() {
 }
 
 #[test]
+fn a_silent_snubbed_peer_is_closed_long_before_the_idle_timeout() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 7);
+    // Requests time out at 20 s: given back, the peer snubbed, the connection still open.
+    let t = now + Duration::from_secs(21);
+    pc.handle_tick(&mut s, t);
+    assert!(!s.in_endgame(), "timed-out requests were not given back");
+    assert!(!pc.is_closed());
+    out.clear();
+    pc.poll_transmit(&mut s, t, &mut out);
+    // Still silent at 40 s: closed as stalled, not left until the 300 s idle timeout.
+    pc.handle_tick(&mut s, now + Duration::from_secs(39));
+    assert!(!pc.is_closed());
+    pc.handle_tick(&mut s, now + Duration::from_secs(41));
+    assert!(pc.is_closed());
+    let mut reasons = Vec::new();
+    while let Some(ev) = pc.poll_event() {
+        if let Event::Close(r) = ev {
+            reasons.push(r);
+        }
+    }
+    assert_eq!(reasons, [CloseReason::Stalled]);
+}
+
+#[test]
+fn a_snubbed_peer_that_still_talks_stays_open() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    pc.handle_tick(&mut s, now + Duration::from_secs(21));
+    // A keep-alive at 35 s: the remote is alive, only slow; no stalled close at 41 s.
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::KeepAlive],
+        now + Duration::from_secs(35),
+    )
+    .unwrap();
+    pc.handle_tick(&mut s, now + Duration::from_secs(41));
+    assert!(!pc.is_closed());
+    // Silent again for 40 s after that: closed.
+    pc.handle_tick(&mut s, now + Duration::from_secs(76));
+    assert!(pc.is_closed());
+}
+
+#[test]
 fn eight_peers_at_60ms_rtt_complete() {
     // 3 steps of 10 ms each way: a WAN-like RTT, with the default deep pipeline.
     let sim = eight_peers_with(Some(64 * 1024), false, 3);
