@@ -271,9 +271,9 @@ fn a_silent_peer_is_routed_around_and_closed_long_before_the_idle_timeout() {
     // data from h1 until h1 stops dead (SIGSTOP: its kernel still acknowledges TCP, so
     // only corvid's own timeouts can notice).
     let fleet = Fleet::up("nfc", 2, &[]);
-    fleet.ok(&["shape", "0", "--rate", "2mbit"]);
+    fleet.ok(&["shape", "0", "--rate", "4mbit"]);
     fleet.ok(&["shape", "1", "--rate", "40mbit"]);
-    let rel = Release::new(&fleet, 20 << 20, 63);
+    let rel = Release::new(&fleet, 32 << 20, 63);
     let mut seeder = rel.seeder(&fleet);
     let h1 = fleet.addr(1);
     let mut cmd = fleet.corvid(1, &["seed"]);

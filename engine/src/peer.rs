@@ -421,6 +421,8 @@ pub struct PeerConn {
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
+    /// The payload being received when `close` ran, for `handle_close` to give back.
+    closed_mid_payload: Option<Incoming>,
     /// The swarm epoch, remote piece count and end-game flag when the picker last came up
     /// short; picking again before one of them changes would find nothing.
     starved: Option<(u64, u32, bool)>,
@@ -498,6 +500,7 @@ impl PeerConn {
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
+            closed_mid_payload: None,
             starved: None,
             created: now,
             last_recv: now,
@@ -562,6 +565,11 @@ impl PeerConn {
 
     fn close(&mut self, reason: CloseReason) -> CloseReason {
         if self.state != State::Closed {
+            // A payload being received when we close (a timer fired mid-block) still holds
+            // its blocks in the swarm: `handle_close` gives them back.
+            if let State::Payload(inc) = self.state {
+                self.closed_mid_payload = Some(inc);
+            }
             self.state = State::Closed;
             self.events.push_back(Event::Close(reason.clone()));
         }
@@ -1167,7 +1175,11 @@ impl PeerConn {
             release_mask(swarm, key, o.live);
         }
         self.inflight = 0;
-        if let State::Payload(inc) = self.state {
+        let incoming = match self.state {
+            State::Payload(inc) => Some(inc),
+            _ => self.closed_mid_payload.take(),
+        };
+        if let Some(inc) = incoming {
             // Blocks of this and later runs accepted for writing hold junk or nothing.
             let key = (inc.piece, inc.begin, inc.len);
             for i in inc.done / BLOCK_SIZE..blocks_covered(key) {

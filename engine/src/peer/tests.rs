@@ -1339,6 +1339,45 @@ fn piece_header(
 }
 
 #[test]
+fn a_connection_closed_by_a_timer_mid_payload_gives_its_blocks_back() {
+    // A corvid remote goes silent (process stopped, link cut) while the payload of its
+    // 128 KiB answer is being received. The timer that closes the connection must free
+    // the blocks being written, or no connection ever fetches them again.
+    let t = torrent(8 * 16_384, 8 * 16_384, 26);
+    let now = Instant::now();
+    let mut s = empty_swarm(&t);
+    let mut a = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut out = Vec::new();
+    a.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1),
+        vec![(wire::id::REQUEST, 0, 0, 8 * 16_384)]
+    );
+    let ev = piece_header(&mut s, &mut a, 0, 0, 8 * 16_384, now);
+    assert!(matches!(ev[..], [Event::ReceivePayload { .. }]), "{ev:?}");
+    let mut t_close = None;
+    for secs in [21, 41, 301] {
+        let at = now + Duration::from_secs(secs);
+        a.handle_tick(&mut s, at);
+        if a.is_closed() {
+            t_close = Some(at);
+            break;
+        }
+    }
+    let at = t_close.expect("a silent remote is closed by a timer");
+    a.handle_close(&mut s);
+    s.check_invariants();
+    let mut b = opened_remote(&t, None, None, &mut s, "10.0.0.2:1", at);
+    out.clear();
+    b.poll_transmit(&mut s, at, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1).len(),
+        8,
+        "the blocks the closed connection was writing are not fetched again"
+    );
+}
+
+#[test]
 fn endgame_race_inside_a_big_request_keeps_verified_bytes() {
     // One piece of eight blocks. Corvid connection A asks for all of it in one request; in
     // end-game, stock connection B duplicates every block and wins blocks 2 and 3, and is
