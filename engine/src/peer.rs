@@ -102,6 +102,12 @@ pub struct PeerConfig {
     /// With requests outstanding and no block for this long, the peer is snubbed: its
     /// requests go back to the picker and it gets one block at a time until it delivers.
     pub request_timeout: Duration,
+    /// A snubbed remote (its requests timed out, see `request_timeout`) that has sent
+    /// nothing at all, not even a keep-alive, for this long while we still wait on it is
+    /// gone (its process stopped, its link cut): the connection is closed
+    /// ([`CloseReason::Stalled`]) so its slot can go to a live peer, rather than held until
+    /// the idle timeout. A slow remote still sends bytes and is never closed by this.
+    pub stalled_close_timeout: Duration,
     /// An unchoked remote that neither asks for nor takes a block for this long is not
     /// using its upload slot (e.g. it stopped reading its socket): it is choked, freeing
     /// the slot for peers that read (otherwise enough such connections hold every slot
@@ -144,6 +150,7 @@ impl Default for PeerConfig {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(120),
             request_timeout: Duration::from_secs(20),
+            stalled_close_timeout: Duration::from_secs(40),
             upload_stall_timeout: Duration::from_secs(10),
             stall_penalty: Duration::from_secs(30),
             initial_inflight: 8 << 20,
@@ -173,6 +180,8 @@ pub enum CloseReason {
     HandshakeTimeout,
     #[error("nothing received for longer than the idle timeout")]
     Idle,
+    #[error("stalled: requests timed out and nothing received since")]
+    Stalled,
     #[error("peer address is banned for sending pieces that failed their hash")]
     Banned,
     #[error("{0} after the first message")]
@@ -412,6 +421,8 @@ pub struct PeerConn {
     picked: Vec<BlockRef>,
     events: VecDeque<Event>,
     snubbed: bool,
+    /// The payload being received when `close` ran, for `handle_close` to give back.
+    closed_mid_payload: Option<Incoming>,
     /// The swarm epoch, remote piece count and end-game flag when the picker last came up
     /// short; picking again before one of them changes would find nothing.
     starved: Option<(u64, u32, bool)>,
@@ -489,6 +500,7 @@ impl PeerConn {
             picked: Vec::new(),
             events: VecDeque::new(),
             snubbed: false,
+            closed_mid_payload: None,
             starved: None,
             created: now,
             last_recv: now,
@@ -553,6 +565,11 @@ impl PeerConn {
 
     fn close(&mut self, reason: CloseReason) -> CloseReason {
         if self.state != State::Closed {
+            // A payload being received when we close (a timer fired mid-block) still holds
+            // its blocks in the swarm: `handle_close` gives them back.
+            if let State::Payload(inc) = self.state {
+                self.closed_mid_payload = Some(inc);
+            }
             self.state = State::Closed;
             self.events.push_back(Event::Close(reason.clone()));
         }
@@ -1114,6 +1131,13 @@ impl PeerConn {
             }
             self.inflight = 0;
         }
+        if self.snubbed
+            && !self.outstanding.is_empty()
+            && now.saturating_duration_since(self.last_recv) > self.cfg.stalled_close_timeout
+        {
+            self.close(CloseReason::Stalled);
+            return;
+        }
         // Cancelled requests the remote never answered are forgotten eventually.
         let forget = self.cfg.request_timeout * 2;
         self.outstanding
@@ -1151,7 +1175,11 @@ impl PeerConn {
             release_mask(swarm, key, o.live);
         }
         self.inflight = 0;
-        if let State::Payload(inc) = self.state {
+        let incoming = match self.state {
+            State::Payload(inc) => Some(inc),
+            _ => self.closed_mid_payload.take(),
+        };
+        if let Some(inc) = incoming {
             // Blocks of this and later runs accepted for writing hold junk or nothing.
             let key = (inc.piece, inc.begin, inc.len);
             for i in inc.done / BLOCK_SIZE..blocks_covered(key) {

@@ -818,6 +818,56 @@ fn snubbed_peer_requests_go_back() {
 }
 
 #[test]
+fn a_silent_snubbed_peer_is_closed_long_before_the_idle_timeout() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(pc.outstanding.len(), 7);
+    // Requests time out at 20 s: given back, the peer snubbed, the connection still open.
+    let t = now + Duration::from_secs(21);
+    pc.handle_tick(&mut s, t);
+    assert!(!s.in_endgame(), "timed-out requests were not given back");
+    assert!(!pc.is_closed());
+    out.clear();
+    pc.poll_transmit(&mut s, t, &mut out);
+    // Still silent at 40 s: closed as stalled, not left until the 300 s idle timeout.
+    pc.handle_tick(&mut s, now + Duration::from_secs(39));
+    assert!(!pc.is_closed());
+    pc.handle_tick(&mut s, now + Duration::from_secs(41));
+    assert!(pc.is_closed());
+    let mut reasons = Vec::new();
+    while let Some(ev) = pc.poll_event() {
+        if let Event::Close(r) = ev {
+            reasons.push(r);
+        }
+    }
+    assert_eq!(reasons, [CloseReason::Stalled]);
+}
+
+#[test]
+fn a_snubbed_peer_that_still_talks_stays_open() {
+    let (_t, mut s, mut pc, now) = opened(false, true);
+    feed(&mut s, &mut pc, &[Message::HaveAll, Message::Unchoke], now).unwrap();
+    let mut out = Vec::new();
+    pc.poll_transmit(&mut s, now, &mut out);
+    pc.handle_tick(&mut s, now + Duration::from_secs(21));
+    // A keep-alive at 35 s: the remote is alive, only slow; no stalled close at 41 s.
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::KeepAlive],
+        now + Duration::from_secs(35),
+    )
+    .unwrap();
+    pc.handle_tick(&mut s, now + Duration::from_secs(41));
+    assert!(!pc.is_closed());
+    // Silent again for 40 s after that: closed.
+    pc.handle_tick(&mut s, now + Duration::from_secs(76));
+    assert!(pc.is_closed());
+}
+
+#[test]
 fn eight_peers_at_60ms_rtt_complete() {
     // 3 steps of 10 ms each way: a WAN-like RTT, with the default deep pipeline.
     let sim = eight_peers_with(Some(64 * 1024), false, 3);
@@ -1286,6 +1336,45 @@ fn piece_header(
     Message::Piece { index, begin, len }.encode(&mut v);
     assert_eq!(pc.handle_bytes(s, &v, now), Ok(v.len()));
     std::iter::from_fn(|| pc.poll_event()).collect()
+}
+
+#[test]
+fn a_connection_closed_by_a_timer_mid_payload_gives_its_blocks_back() {
+    // A corvid remote goes silent (process stopped, link cut) while the payload of its
+    // 128 KiB answer is being received. The timer that closes the connection must free
+    // the blocks being written, or no connection ever fetches them again.
+    let t = torrent(8 * 16_384, 8 * 16_384, 26);
+    let now = Instant::now();
+    let mut s = empty_swarm(&t);
+    let mut a = opened_remote(&t, Some("corvid 0.1.0"), None, &mut s, "10.0.0.1:1", now);
+    let mut out = Vec::new();
+    a.poll_transmit(&mut s, now, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1),
+        vec![(wire::id::REQUEST, 0, 0, 8 * 16_384)]
+    );
+    let ev = piece_header(&mut s, &mut a, 0, 0, 8 * 16_384, now);
+    assert!(matches!(ev[..], [Event::ReceivePayload { .. }]), "{ev:?}");
+    let mut t_close = None;
+    for secs in [21, 41, 301] {
+        let at = now + Duration::from_secs(secs);
+        a.handle_tick(&mut s, at);
+        if a.is_closed() {
+            t_close = Some(at);
+            break;
+        }
+    }
+    let at = t_close.expect("a silent remote is closed by a timer");
+    a.handle_close(&mut s);
+    s.check_invariants();
+    let mut b = opened_remote(&t, None, None, &mut s, "10.0.0.2:1", at);
+    out.clear();
+    b.poll_transmit(&mut s, at, &mut out);
+    assert_eq!(
+        wire_triples(&out, 1).len(),
+        8,
+        "the blocks the closed connection was writing are not fetched again"
+    );
 }
 
 #[test]
