@@ -70,6 +70,10 @@ pub struct Args {
     /// Give up when no piece was verified for this long.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = roles::parse_duration)]
     stall_timeout: Duration,
+    /// Least time between two resume records while downloading (each syncs the data it
+    /// vouches for to disk first; after a crash, newer pieces are re-hashed).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = roles::parse_duration)]
+    resume_interval: Duration,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -100,6 +104,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     cfg.resume = Some(ResumeConfig {
         path: resume::record_path(dest, &m.info_hash, None),
         keep_when_complete: true,
+        interval: args.resume_interval,
     });
     let mut printer = Printer::new(
         args.node.json,
@@ -208,6 +213,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     cfg.resume = Some(ResumeConfig {
         path: resume::record_path(&dest, &m.info_hash, Some(&tag)),
         keep_when_complete: false,
+        interval: args.resume_interval,
     });
     let mut printer = Printer::new(
         json,

@@ -111,6 +111,8 @@ impl Release {
         cmd.args(["--listen", "127.0.0.1:0", "--linger", "60s", "--json"]);
         cmd.args(["--cores", "1", "--hash-threads", "1"]);
         cmd.args(["--stall-timeout", "60s", "--no-announce"]);
+        // A record a second (the default is 10 s), so a kill lands after a recent one.
+        cmd.args(["--resume-interval", "1s"]);
         cmd.args(["--peer", &from.to_string()]);
         Proc::spawn(name, &mut cmd)
     }
@@ -362,6 +364,8 @@ fn release_layout_keeps_its_record_outside_the_release() {
             "1",
         ]);
         cmd.args(["--stall-timeout", "60s", "--no-announce"]);
+        // A record a second (the default is 10 s), so a kill lands after a recent one.
+        cmd.args(["--resume-interval", "1s"]);
         cmd.args(["--peer", &from.to_string()]);
         Proc::spawn(name, &mut cmd)
     };

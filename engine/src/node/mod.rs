@@ -545,9 +545,13 @@ pub fn run(
             ..
         })
     );
+    let record_interval = cfg
+        .resume
+        .as_ref()
+        .map_or(ResumeConfig::DEFAULT_INTERVAL, |r| r.interval);
     let record_thread = record
         .take()
-        .map(|w| RecordThread::start(shared.clone(), w, keep_when_complete));
+        .map(|w| RecordThread::start(shared.clone(), w, keep_when_complete, record_interval));
     let outcome = control_loop(
         &cfg,
         &shared,
@@ -707,7 +711,7 @@ enum RecordMsg {
 }
 
 /// The thread that keeps the resume record current while downloading: at most about
-/// once per [`RecordThread::INTERVAL`] (longer if writes are slow, so they never take
+/// once per [`ResumeConfig::interval`] (longer if writes are slow, so they never take
 /// more than a few percent of a thread), and only when pieces were verified. It is not a
 /// core thread: syncing files and writing the record block.
 struct RecordThread {
@@ -716,19 +720,18 @@ struct RecordThread {
 }
 
 impl RecordThread {
-    const INTERVAL: Duration = Duration::from_secs(1);
-
     fn start(
         shared: Arc<Shared>,
         mut keeper: RecordKeeper,
         keep_when_complete: bool,
+        interval: Duration,
     ) -> RecordThread {
         let (tx, rx) = crossbeam_channel::unbounded::<RecordMsg>();
         let thread = std::thread::Builder::new()
             .name("corvid-record".into())
             .spawn(move || {
                 loop {
-                    let wait = Self::INTERVAL.max(keeper.last_took * 20);
+                    let wait = interval.max(keeper.last_took * 20);
                     let restamp = match rx.recv_timeout(wait) {
                         Ok(RecordMsg::Now) => true,
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
