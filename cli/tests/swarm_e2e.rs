@@ -470,3 +470,68 @@ fn hostile_connections_are_dropped_and_a_good_peer_still_completes() {
     assert_peer_done(&r, "good", &done, &dest);
     finish(&mut seeder);
 }
+
+/// Two peers told to dial each other (`--peer`) while both downloading: one of the two
+/// connections between them is closed as a duplicate, and the address it dialled must not
+/// be dialled again every redial while the other connection lives (it was, every 2 s).
+#[test]
+fn peers_that_dial_each_other_keep_one_connection() {
+    let r = Release::new("http://127.0.0.1:9/announce", 12 << 20, "64K", 23);
+    let (mut seeder, seed_addr) = r.seeder(&["--no-tracker"]);
+    // Slow enough that the download spans several 2 s redial rounds.
+    let relay = SlowRelay::start(seed_addr, 512 << 10);
+    let via_relay = relay.addr.to_string();
+    let ports = [free_port(), free_port()];
+    let mut peers: Vec<(Proc, PathBuf)> = (0..2)
+        .map(|i| {
+            let dest = r.dest(&format!("mutual-{i}"));
+            let listen = format!("127.0.0.1:{}", ports[i]);
+            let other = format!("127.0.0.1:{}", ports[1 - i]);
+            let mut cmd = corvid(&["peer"]);
+            cmd.arg(&r.torrent).arg(&dest);
+            cmd.args(["--listen", &listen, "--linger", "60s", "--json"]);
+            cmd.args(["--cores", "1", "--hash-threads", "1", "--no-announce"]);
+            cmd.args([
+                "--stall-timeout",
+                "100s",
+                "--peer",
+                &via_relay,
+                "--peer",
+                &other,
+            ]);
+            (Proc::spawn(&format!("mutual-{i}"), &mut cmd), dest)
+        })
+        .collect();
+    let started = Instant::now();
+    for (p, _) in peers.iter_mut() {
+        p.wait_line("\"event\":\"complete\"", T);
+    }
+    let took = started.elapsed();
+    let mut duplicates = 0;
+    for (p, dest) in peers.iter_mut() {
+        p.terminate();
+        let (code, lines, err) = p.wait_exit(T);
+        assert_eq!(code, Some(0), "{}\n{}\n{err}", p.name, lines.join("\n"));
+        let done = lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("\"event\":\"done\""))
+            .unwrap_or_else(|| panic!("{}: no done report", p.name));
+        assert_peer_done(&r, &p.name, done, dest);
+        duplicates += lines
+            .iter()
+            .filter(|l| l.contains("already connected to this peer"))
+            .count();
+    }
+    drop(relay);
+    finish(&mut seeder);
+    assert!(
+        took > Duration::from_secs(4),
+        "downloads took {took:?}: too fast to span redial rounds, the test proves nothing"
+    );
+    // The first crossing may close one connection on each side; no more after that.
+    assert!(
+        duplicates <= 2,
+        "{duplicates} duplicate connections closed in {took:?}"
+    );
+}

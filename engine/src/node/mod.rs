@@ -14,7 +14,7 @@
 pub mod resume;
 pub mod service;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -252,6 +252,11 @@ pub(crate) struct Shared {
     /// Addresses with an outbound connection open or being dialled, so announces do not
     /// dial the same peer twice.
     pub dialled: Mutex<HashSet<SocketAddr>>,
+    /// Addresses whose outbound connection turned out to reach a peer already connected
+    /// (it dialled us too, and its connection won): not dialled again while that peer
+    /// stays connected, or the redial of `--peer` addresses and every announce would open
+    /// and drop a duplicate connection each time.
+    pub same_peer: Mutex<HashMap<SocketAddr, [u8; 20]>>,
     /// Which 16 KiB blocks were uploaded at least once (a bitset), and how many.
     uploaded_blocks: Vec<AtomicU64>,
     uploaded_count: AtomicU64,
@@ -511,6 +516,7 @@ pub fn run(
         first_byte: (0..total).map(|_| AtomicU64::new(0)).collect(),
         events: Mutex::new(Vec::new()),
         dialled: Mutex::new(HashSet::new()),
+        same_peer: Mutex::new(HashMap::new()),
         uploaded_blocks: (0..total_blocks.div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect(),
@@ -777,6 +783,10 @@ impl RecordThread {
 
 /// Dials `addr` from the next core in turn, unless a connection to it is open already.
 fn dial(shared: &Shared, mailboxes: &[crate::runtime::Mailbox<CoreMsg>], addr: SocketAddr) {
+    let reaches = shared.same_peer.lock().get(&addr).copied();
+    if reaches.is_some_and(|id| shared.peer_ids.lock().contains(&id)) {
+        return;
+    }
     if !shared.dialled.lock().insert(addr) {
         return;
     }

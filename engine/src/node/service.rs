@@ -81,6 +81,12 @@ impl PeerService {
                         // Two peers that both dial each other end up with two
                         // connections; the one that finishes its handshake second goes.
                         conn.reason = Some("already connected to this peer".into());
+                        if conn.outbound {
+                            self.shared
+                                .same_peer
+                                .lock()
+                                .insert(conn.peer.addr(), peer_id);
+                        }
                         io.close(id);
                         continue;
                     }
