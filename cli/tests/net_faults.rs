@@ -98,21 +98,7 @@ impl Release {
 
 /// SIGTERM, then the `done` report; the exit code must be 0.
 fn finish(p: &mut Proc) -> String {
-    p.terminate();
-    let (code, lines, err) = p.wait_exit(Duration::from_secs(60));
-    assert_eq!(
-        code,
-        Some(0),
-        "{}: exit code\n{}\n{err}",
-        p.name,
-        lines.join("\n")
-    );
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("\"event\":\"done\""))
-        .cloned()
-        .unwrap_or_else(|| panic!("{}: no done report\n{}\n{err}", p.name, lines.join("\n")))
+    p.finish(Duration::from_secs(60))
 }
 
 /// The smallest of three TCP connect times (a lost SYN costs a 1 s retransmission, which

@@ -128,22 +128,7 @@ impl Release {
 
 /// SIGTERM, then the final `done` line; checks exit code 0.
 fn finish(p: &mut Proc) -> String {
-    p.terminate();
-    let (code, lines, err) = p.wait_exit(T);
-    let done = lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("\"event\":\"done\""))
-        .cloned()
-        .unwrap_or_else(|| panic!("{}: no done report\n{}\n{err}", p.name, lines.join("\n")));
-    assert_eq!(
-        code,
-        Some(0),
-        "{}: exit code\n{}\n{err}",
-        p.name,
-        lines.join("\n")
-    );
-    done
+    p.finish(T)
 }
 
 /// Files whose two pieces are both in the record.

@@ -120,22 +120,7 @@ impl Release {
 
 /// Stops a node with SIGTERM and returns its final `done` line, checking it exited 0.
 fn finish(p: &mut Proc) -> String {
-    p.terminate();
-    let (code, lines, err) = p.wait_exit(T);
-    let done = lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("\"event\":\"done\""))
-        .cloned()
-        .unwrap_or_else(|| panic!("{}: no done report\n{}\n{err}", p.name, lines.join("\n")));
-    assert_eq!(
-        code,
-        Some(0),
-        "{}: exit code after SIGTERM\n{}\n{err}",
-        p.name,
-        lines.join("\n")
-    );
-    done
+    p.finish(T)
 }
 
 /// Checks a peer's done report says complete and its data matches the release.
@@ -509,15 +494,8 @@ fn peers_that_dial_each_other_keep_one_connection() {
     let took = started.elapsed();
     let mut duplicates = 0;
     for (p, dest) in peers.iter_mut() {
-        p.terminate();
-        let (code, lines, err) = p.wait_exit(T);
-        assert_eq!(code, Some(0), "{}\n{}\n{err}", p.name, lines.join("\n"));
-        let done = lines
-            .iter()
-            .rev()
-            .find(|l| l.contains("\"event\":\"done\""))
-            .unwrap_or_else(|| panic!("{}: no done report", p.name));
-        assert_peer_done(&r, &p.name, done, dest);
+        let (done, lines) = p.finish_lines(T);
+        assert_peer_done(&r, &p.name, &done, dest);
         duplicates += lines
             .iter()
             .filter(|l| l.contains("already connected to this peer"))

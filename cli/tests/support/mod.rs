@@ -152,6 +152,34 @@ impl Proc {
         }
     }
 
+    /// Stops a corvid node with SIGTERM and checks it exited 0 after a final `done` line;
+    /// returns that line and every stdout line it printed.
+    pub fn finish_lines(&mut self, timeout: Duration) -> (String, Vec<String>) {
+        self.terminate();
+        let (code, lines, err) = self.wait_exit(timeout);
+        let done = lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("\"event\":\"done\""))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!("{}: no done report\n{}\n{err}", self.name, lines.join("\n"))
+            });
+        assert_eq!(
+            code,
+            Some(0),
+            "{}: exit code after SIGTERM\n{}\n{err}",
+            self.name,
+            lines.join("\n")
+        );
+        (done, lines)
+    }
+
+    /// [`Proc::finish_lines`], for the `done` line alone.
+    pub fn finish(&mut self, timeout: Duration) -> String {
+        self.finish_lines(timeout).0
+    }
+
     /// SIGTERM: a corvid node then stops cleanly, prints its report and exits.
     pub fn terminate(&self) {
         if let Some(c) = &self.child {
