@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{
-    assert_same_tree, corvid, free_port, json_field, json_u64, make_tree, Proc, SlowRelay,
+    assert_same_tree, corvid, free_port, info_hash, json_field, json_u64, make_torrent, make_tree,
+    start_seeder, torrent_info, Proc, SlowRelay,
 };
 
 /// Bound on every wait; each test stays well under 90 s when things work.
@@ -36,25 +37,8 @@ impl Release {
         let payload = parent.join("payload");
         make_tree(&payload, big, seed);
         let torrent = dir.path().join("release.torrent");
-        let out = corvid(&["make"])
-            .arg(&payload)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--tracker", tracker, "--piece-size", piece_size])
-            .args(["--threads", "1", "--json"])
-            .output()
-            .expect("run corvid make");
-        assert!(
-            out.status.success(),
-            "corvid make failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info = corvid(&["info"])
-            .arg(&torrent)
-            .arg("--json")
-            .output()
-            .expect("run corvid info");
-        let info = String::from_utf8_lossy(&info.stdout).into_owned();
+        make_torrent(&payload, &torrent, tracker, piece_size);
+        let info = torrent_info(&torrent);
         Release {
             pieces: json_u64(&info, "pieces"),
             dir,
@@ -65,18 +49,7 @@ impl Release {
     }
 
     fn info_hash(&self) -> [u8; 20] {
-        let out = corvid(&["info"])
-            .arg(&self.torrent)
-            .arg("--json")
-            .output()
-            .expect("run corvid info");
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
-        let hex = json_field(&line, "info_hash").expect("info_hash");
-        let mut h = [0u8; 20];
-        for (i, b) in h.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex info-hash");
-        }
-        h
+        info_hash(&self.torrent)
     }
 
     fn dest(&self, name: &str) -> PathBuf {
@@ -84,17 +57,7 @@ impl Release {
     }
 
     fn seeder(&self, extra: &[&str]) -> (Proc, SocketAddr) {
-        let mut cmd = corvid(&["seed"]);
-        cmd.arg(&self.torrent).arg(&self.parent);
-        cmd.args(["--listen", "127.0.0.1:0", "--json"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        cmd.args(extra);
-        let mut p = Proc::spawn("seeder", &mut cmd);
-        let line = p.wait_line("\"listening\"", T);
-        let addr = json_field(&line, "peer_addr")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no peer_addr in {line}"));
-        (p, addr)
+        start_seeder(&self.torrent, &self.parent, extra, T)
     }
 
     fn peer(&self, name: &str, dest: &Path, extra: &[&str]) -> Proc {

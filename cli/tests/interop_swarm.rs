@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    assert_same_tree, corvid, free_port, json_field, make_tree, python, require_tool, Proc,
+    assert_same_tree, corvid, free_port, json_field, make_tree, python, require_tool, start_seeder,
+    torrent_info, Proc,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -47,17 +48,7 @@ fn release(dir: &Path, tracker: Option<&str>, big: usize, seed: u64) -> (PathBuf
 }
 
 fn seeder(torrent: &Path, parent: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut cmd = corvid(&["seed"]);
-    cmd.arg(torrent).arg(parent);
-    cmd.args(["--listen", "127.0.0.1:0", "--json", "--cores", "1"]);
-    cmd.args(["--hash-threads", "1"]);
-    cmd.args(extra);
-    let mut p = Proc::spawn("corvid seed", &mut cmd);
-    let line = p.wait_line("\"listening\"", T);
-    let addr = json_field(&line, "peer_addr")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no peer_addr in {line}"));
-    (p, addr)
+    start_seeder(torrent, parent, extra, T)
 }
 
 /// Stops a corvid node with SIGTERM; checks it exits 0 with a report.
@@ -207,12 +198,7 @@ fn corvid_peers_meet_through_opentracker() {
     let probe_port = free_port();
     let url = format!("http://127.0.0.1:{probe_port}/announce");
     let (payload, torrent) = release(&payload_dir, Some(&url), 4 << 20, 24);
-    let info = corvid(&["info"])
-        .arg(&torrent)
-        .arg("--json")
-        .output()
-        .expect("corvid info");
-    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let info = torrent_info(&torrent);
     let hex = json_field(&info, "info_hash")
         .expect("info_hash")
         .to_string();

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use corvid_engine::node::resume::{record_path, Record};
-use support::{assert_same_tree, corvid, json_field, json_u64, Proc, SlowRelay};
+use support::{
+    assert_same_tree, corvid, info_hash, json_field, json_u64, make_torrent, start_seeder,
+    torrent_info, Proc, SlowRelay,
+};
 
 /// Bound on every wait.
 const T: Duration = Duration::from_secs(90);
@@ -47,32 +50,9 @@ impl Release {
             .unwrap();
         }
         let torrent = dir.path().join("release.torrent");
-        let out = corvid(&["make"])
-            .arg(&payload)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--tracker", "http://127.0.0.1:9/announce"])
-            .args(["--piece-size", "1MiB", "--threads", "1", "--json"])
-            .output()
-            .expect("run corvid make");
-        assert!(
-            out.status.success(),
-            "corvid make failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info = corvid(&["info"])
-            .arg(&torrent)
-            .arg("--json")
-            .output()
-            .expect("run corvid info");
-        let info = String::from_utf8_lossy(&info.stdout).into_owned();
-        let hex = json_field(&info, "info_hash")
-            .expect("info_hash")
-            .to_string();
-        let mut info_hash = [0u8; 20];
-        for (i, b) in info_hash.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex info-hash");
-        }
+        make_torrent(&payload, &torrent, "http://127.0.0.1:9/announce", "1MiB");
+        let info = torrent_info(&torrent);
+        let info_hash = info_hash(&torrent);
         let r = Release {
             size: json_u64(&info, "total_size"),
             pieces: json_u64(&info, "pieces"),
@@ -92,16 +72,7 @@ impl Release {
     }
 
     fn seeder(&self) -> (Proc, SocketAddr) {
-        let mut cmd = corvid(&["seed"]);
-        cmd.arg(&self.torrent).arg(&self.parent);
-        cmd.args(["--listen", "127.0.0.1:0", "--json", "--no-tracker"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        let mut p = Proc::spawn("seeder", &mut cmd);
-        let line = p.wait_line("\"listening\"", T);
-        let addr = json_field(&line, "peer_addr")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no peer_addr in {line}"));
-        (p, addr)
+        start_seeder(&self.torrent, &self.parent, &["--no-tracker"], T)
     }
 
     /// A peer downloading into `dest` from `from` only (no tracker).

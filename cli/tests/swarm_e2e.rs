@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::{
-    assert_same_tree, corvid, free_port, json_field, json_u64, make_tree, Proc, SlowRelay,
+    assert_same_tree, corvid, free_port, info_hash, json_field, json_u64, make_torrent, make_tree,
+    start_seeder, torrent_info, Proc, SlowRelay,
 };
 
 /// Bound on every wait: generous, the machine is shared and loaded.
@@ -38,29 +39,11 @@ impl Release {
         let payload = parent.join("payload");
         make_tree(&payload, big, seed);
         let torrent = dir.path().join("release.torrent");
-        let out = corvid(&["make"])
-            .arg(&payload)
-            .arg("-o")
-            .arg(&torrent)
-            .args(["--tracker", tracker, "--piece-size", piece_size])
-            .args(["--threads", "1", "--json"])
-            .output()
-            .expect("run corvid make");
-        assert!(
-            out.status.success(),
-            "corvid make failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
-        let info = corvid(&["info"])
-            .arg(&torrent)
-            .arg("--json")
-            .output()
-            .expect("run corvid info");
-        let info = String::from_utf8_lossy(&info.stdout).into_owned();
+        make_torrent(&payload, &torrent, tracker, piece_size);
+        let info = torrent_info(&torrent);
         let size = json_u64(&info, "total_size");
         let pieces = json_u64(&info, "pieces");
-        assert!(!line.is_empty() && size > 0);
+        assert!(size > 0);
         Release {
             dir,
             torrent,
@@ -72,18 +55,7 @@ impl Release {
     }
 
     fn info_hash(&self) -> [u8; 20] {
-        let out = corvid(&["info"])
-            .arg(&self.torrent)
-            .arg("--json")
-            .output()
-            .expect("run corvid info");
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
-        let hex = json_field(&line, "info_hash").expect("info_hash in corvid info --json");
-        let mut h = [0u8; 20];
-        for (i, b) in h.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex info-hash");
-        }
-        h
+        info_hash(&self.torrent)
     }
 
     fn dest(&self, name: &str) -> PathBuf {
@@ -93,17 +65,7 @@ impl Release {
     /// Starts a seeder (`extra` flags added) and returns it with its peer address once
     /// it listens.
     fn seeder(&self, extra: &[&str]) -> (Proc, SocketAddr) {
-        let mut cmd = corvid(&["seed"]);
-        cmd.arg(&self.torrent).arg(&self.parent);
-        cmd.args(["--listen", "127.0.0.1:0", "--json"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        cmd.args(extra);
-        let mut p = Proc::spawn("seeder", &mut cmd);
-        let line = p.wait_line("\"listening\"", T);
-        let addr = json_field(&line, "peer_addr")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no peer_addr in {line}"));
-        (p, addr)
+        start_seeder(&self.torrent, &self.parent, extra, T)
     }
 
     /// Starts a peer downloading into `dest` (`extra` flags added).

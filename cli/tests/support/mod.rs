@@ -285,6 +285,66 @@ pub fn corvid(args: &[&str]) -> Command {
     c
 }
 
+/// `corvid make PAYLOAD -o TORRENT --tracker TRACKER --piece-size SIZE` (one hashing
+/// thread), checked to succeed.
+pub fn make_torrent(payload: &Path, torrent: &Path, tracker: &str, piece_size: &str) {
+    let out = corvid(&["make"])
+        .arg(payload)
+        .arg("-o")
+        .arg(torrent)
+        .args(["--tracker", tracker, "--piece-size", piece_size])
+        .args(["--threads", "1", "--json"])
+        .output()
+        .expect("run corvid make");
+    assert!(
+        out.status.success(),
+        "corvid make failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `corvid info TORRENT --json`: one JSON line (`info_hash`, `total_size`, `pieces`, ...).
+pub fn torrent_info(torrent: &Path) -> String {
+    let out = corvid(&["info"])
+        .arg(torrent)
+        .arg("--json")
+        .output()
+        .expect("run corvid info");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A torrent's info-hash, as `corvid info` reports it.
+pub fn info_hash(torrent: &Path) -> [u8; 20] {
+    let info = torrent_info(torrent);
+    let hex = json_field(&info, "info_hash").expect("info_hash in corvid info --json");
+    let mut h = [0u8; 20];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex info-hash");
+    }
+    h
+}
+
+/// Starts `corvid seed TORRENT PARENT` on a free loopback port with one core and one
+/// hasher (`extra` flags added); returns it once it listens, with its peer address.
+pub fn start_seeder(
+    torrent: &Path,
+    parent: &Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> (Proc, SocketAddr) {
+    let mut cmd = corvid(&["seed"]);
+    cmd.arg(torrent).arg(parent);
+    cmd.args(["--listen", "127.0.0.1:0", "--json"]);
+    cmd.args(["--cores", "1", "--hash-threads", "1"]);
+    cmd.args(extra);
+    let mut p = Proc::spawn("seeder", &mut cmd);
+    let line = p.wait_line("\"listening\"", timeout);
+    let addr = json_field(&line, "peer_addr")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no peer_addr in {line}"));
+    (p, addr)
+}
+
 /// A port free right now on 127.0.0.1 (bound to port 0, then released): for programs that
 /// must be told a port up front (a tracker whose URL goes into the torrent).
 pub fn free_port() -> u16 {
