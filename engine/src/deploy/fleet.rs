@@ -539,19 +539,23 @@ pub fn run(
         binary_bytes: local.bytes.len() as u64,
         ..InstallSummary::default()
     };
-    if stop.is_stopped() {
-        tracker.shutdown();
-        return Err(DeployError::Interrupted);
-    }
-    if live.is_empty() {
-        tracker.shutdown();
-        return Ok(FleetReport {
-            hosts: results.into_iter().flatten().collect(),
-            elapsed: start.elapsed(),
-            payload_bytes,
-            seeder_uploaded: 0,
-            install: install_summary,
-        });
+    // Interrupted, or every host already failed: the tracker stops and nothing more runs.
+    let end_early =
+        |tracker: TrackerServer, results: Vec<Option<HostResult>>, install: InstallSummary| {
+            tracker.shutdown();
+            if stop.is_stopped() {
+                return Err(DeployError::Interrupted);
+            }
+            Ok(FleetReport {
+                hosts: results.into_iter().flatten().collect(),
+                elapsed: start.elapsed(),
+                payload_bytes,
+                seeder_uploaded: 0,
+                install,
+            })
+        };
+    if stop.is_stopped() || live.is_empty() {
+        return end_early(tracker, results, install_summary);
     }
     let Some(addr) = plan.seeder_addr.or(seen_as) else {
         tracker.shutdown();
@@ -593,19 +597,8 @@ pub fn run(
         }
     }
     live.retain(|&i| results[i].is_none());
-    if stop.is_stopped() {
-        tracker.shutdown();
-        return Err(DeployError::Interrupted);
-    }
-    if live.is_empty() {
-        tracker.shutdown();
-        return Ok(FleetReport {
-            hosts: results.into_iter().flatten().collect(),
-            elapsed: start.elapsed(),
-            payload_bytes,
-            seeder_uploaded: 0,
-            install: install_summary,
-        });
+    if stop.is_stopped() || live.is_empty() {
+        return end_early(tracker, results, install_summary);
     }
 
     // Torrent and seeder.
