@@ -813,8 +813,10 @@ struct Prefault {
 
 impl Prefault {
     const WINDOW: u64 = 1 << 30;
-    /// Pieces planned per look at the swarm (one short lock each time).
-    const BATCH: usize = 16;
+    /// Pieces planned per look at the swarm, at least. Each look scans every missing piece
+    /// under the swarm lock the core threads take, so a torrent of many pieces plans
+    /// a sixty-fourth of them at a time: at most ~64 full scans per download.
+    const MIN_BATCH: usize = 16;
 
     fn start(shared: Arc<Shared>) -> Prefault {
         let done = Arc::new(AtomicBool::new(false));
@@ -824,6 +826,7 @@ impl Prefault {
             .spawn(move || {
                 let lengths = shared.storage.lengths();
                 let mut faulted = Bitfield::new(lengths.piece_count());
+                let batch = (lengths.piece_count() as usize / 64).max(Self::MIN_BATCH);
                 let mut faulted_bytes = 0u64;
                 while !flag.load(Ordering::Relaxed) {
                     let (next, verified) = {
@@ -832,7 +835,7 @@ impl Prefault {
                             return;
                         }
                         let verified = u64::from(swarm.have().count()) * lengths.piece_length();
-                        (swarm.next_pieces(&faulted, Self::BATCH), verified)
+                        (swarm.next_pieces(&faulted, batch), verified)
                     };
                     if next.is_empty() || faulted_bytes >= verified + Self::WINDOW {
                         // Woken by the control loop after each verdict; the timeout only
