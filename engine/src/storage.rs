@@ -38,17 +38,19 @@
 //! enough on ext4, xfs and tmpfs), so a disk that fills up during a download, by someone
 //! else's hand, cannot crash corvid: the blocks it writes into are already its own.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use memmap2::{MmapOptions, MmapRaw};
 use sha1::{Digest, Sha1};
 
+use crate::fsat::{Dir, DirError};
 use crate::geometry::{BlockRef, Lengths, PieceIndex};
+use rustix::fs::OFlags;
 
 /// Most files a single 16 KiB block touches in real torrents is two or three; an iovec
 /// array of this size covers any block unless a torrent packs many tiny files together,
@@ -185,22 +187,32 @@ impl Storage {
 
         let mut maps = Vec::with_capacity(files.len());
         let mut ids = Vec::with_capacity(files.len());
+        // Everything below the root is reached through directory descriptors with
+        // O_NOFOLLOW (see `fsat`): a link planted after the check above, even as a
+        // directory on the way, is refused, never followed. The last parent is kept
+        // open, since a torrent's files mostly come a directory at a time.
+        let root_dir = Dir::create_root(root).map_err(dir_err)?;
+        let mut parent: Option<(PathBuf, Dir)> = None;
         for spec in files {
             let path = root.join(&spec.path);
-            create_parents(root, &spec.path)?;
-            // O_NOFOLLOW: a symlink planted as the file itself since the check above is
-            // refused (ELOOP), never opened through.
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => StorageError::Symlink { path: path.clone() },
-                    _ => io_err("open for writing", &path, e),
+            let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
+            let name = spec
+                .path
+                .file_name()
+                .ok_or_else(|| StorageError::UnsafePath {
+                    path: spec.path.clone(),
                 })?;
+            if parent.as_ref().is_none_or(|(p, _)| p != rel_parent) {
+                let d = root_dir
+                    .walk(rel_parent, true)
+                    .map_err(dir_err)?
+                    .expect("walk with create makes every directory");
+                parent = Some((rel_parent.to_path_buf(), d));
+            }
+            let (_, dir) = parent.as_ref().expect("set just above");
+            let file = dir
+                .open_file(name, OFlags::RDWR | OFlags::CREATE, 0o644)
+                .map_err(dir_err)?;
             let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
             if !meta.is_file() {
                 return Err(StorageError::NotAFile { path });
@@ -643,40 +655,25 @@ fn check_no_symlinks(root: &Path, rel: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Creates the directories leading to `rel` under `root` one at a time, refusing any that
-/// is a symbolic link (where `create_dir_all` would follow it) or not a directory.
-fn create_parents(root: &Path, rel: &Path) -> Result<(), StorageError> {
-    let Some(parent) = rel.parent() else {
-        return Ok(());
-    };
-    if !root.exists() {
-        std::fs::create_dir_all(root).map_err(|e| io_err("create directory", root, e))?;
+/// A descriptor-relative failure as the storage error naming the same path.
+fn dir_err(e: DirError) -> StorageError {
+    match e {
+        DirError::Symlink { path } => StorageError::Symlink { path },
+        DirError::NotRelative { path } => StorageError::UnsafePath { path },
+        DirError::NotADir { path } => io_err(
+            "create directory",
+            &path,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        ),
+        DirError::Io {
+            action,
+            path,
+            source,
+        } => io_err(action, &path, source),
     }
-    let mut p = root.to_path_buf();
-    for c in parent.components() {
-        p.push(c);
-        match std::fs::create_dir(&p) {
-            Ok(()) => continue,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create directory", &p, e)),
-        }
-        // It existed (or appeared meanwhile): it must be a real directory.
-        let m = std::fs::symlink_metadata(&p).map_err(|e| io_err("inspect", &p, e))?;
-        if m.file_type().is_symlink() {
-            return Err(StorageError::Symlink { path: p });
-        }
-        if !m.is_dir() {
-            return Err(io_err(
-                "create directory",
-                &p,
-                io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists and is not a directory",
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
@@ -1181,7 +1178,7 @@ mod tests {
     fn a_hole_left_by_preallocation_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
-        let f = OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)

@@ -14,9 +14,10 @@
 //! 5. The torrent is built here, the embedded tracker and the seeder start in this
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
-//! 6. Peer phase, per host: one ssh session writes the `.torrent` into
-//!    `DEST/.corvid/TAG.torrent` from stdin, then execs `corvid peer --release-dest DEST
-//!    --tag TAG --json`; its JSON lines become progress, its final lines the result.
+//! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
+//!    TAG --stdin-torrent LEN --json` with the torrent (and a private swarm's secret) on
+//!    its stdin, which that corvid keeps in `DEST/.corvid/` without following links; its
+//!    JSON lines become progress, its final lines the result.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +40,7 @@ use crate::tracker::{TrackerConfig, TrackerServer};
 use super::hosts::{parse_hosts, HostsError};
 use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
 use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, quote, quote_path, receive_files, Ssh};
+use super::ssh::{self, quote, quote_path, Ssh};
 
 /// Everything one deploy needs.
 #[derive(Debug, Clone)]
@@ -327,40 +328,26 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
 }
 
 /// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
-/// then, in a private swarm, the secret, split into two files by length (the secret's
-/// file made 0600 by a umask in a subshell, so the release itself keeps normal modes).
+/// then, in a private swarm, the secret. The remote corvid reads both from stdin
+/// (`--stdin-torrent LEN --stdin-secret`) and keeps them under `DEST/.corvid/` itself,
+/// through a directory descriptor and as new files renamed into place: a shell `>` would
+/// follow a link planted there and write the secret wherever it points.
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
-    let dir = plan.dest.join(".corvid");
-    let tfile = dir.join(format!("{}.torrent", plan.tag));
-    let sfile = dir.join(format!("{}.secret", plan.tag));
-    let bundle = dir.join(format!("{}.incoming", plan.tag));
-    let (dir, tfile, sfile, bundle) = (
-        quote(&dir.to_string_lossy()),
-        quote(&tfile.to_string_lossy()),
-        quote(&sfile.to_string_lossy()),
-        quote(&bundle.to_string_lossy()),
-    );
     let mut stdin = torrent.to_vec();
-    let receive = receive_files(
-        &tfile,
-        &sfile,
-        &bundle,
-        torrent.len(),
-        plan.secret.is_some(),
-    );
     let secret_flag = match &plan.secret {
-        None => String::new(),
+        None => "",
         Some(secret) => {
             stdin.extend_from_slice(secret.expose());
-            format!(" --secret-file {sfile}")
+            " --stdin-secret"
         }
     };
     let mut cmd = format!(
-        "set -e; mkdir -p {dir}; {receive}; exec {} peer {tfile} --release-dest {} --tag {} \
-         --linger {}ms --stall-timeout {}ms --peer {} --json{secret_flag}",
+        "exec {} peer --release-dest {} --tag {} --stdin-torrent {}{secret_flag} \
+         --linger {}ms --stall-timeout {}ms --peer {} --json",
         quote_path(&plan.remote_corvid),
         quote(&plan.dest.to_string_lossy()),
         quote(&plan.tag),
+        torrent.len(),
         plan.linger.as_millis(),
         plan.stall_timeout.as_millis(),
         quote(&seeder.to_string()),
@@ -798,8 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn private_deploy_sends_the_secret_by_stdin_into_a_0600_file() {
-        use std::os::unix::fs::PermissionsExt;
+    fn private_deploy_sends_the_secret_by_stdin_never_on_the_command_line() {
         let tmp = tempfile::tempdir().unwrap();
         let mut p = plan(tmp.path());
         p.dest = tmp.path().join("dest dir");
@@ -810,33 +796,22 @@ mod tests {
         let seeder: SocketAddr = "127.0.0.1:6881".parse().unwrap();
         let (cmd, stdin) = peer_command(&p, &torrent, seeder);
         assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
-        let mut child = std::process::Command::new("sh")
+        // No shell redirection writes anything: the remote corvid does, safely.
+        assert!(!cmd.contains('>'), "{cmd}");
+        assert_eq!(stdin, [&torrent[..], b"s3cret \x00\xff bytes"].concat());
+        let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
-        let dir = p.dest.join(".corvid");
-        let tag = &p.tag;
-        assert_eq!(
-            std::fs::read(dir.join(format!("{tag}.torrent"))).unwrap(),
-            torrent
-        );
-        let sfile = dir.join(format!("{tag}.secret"));
-        assert_eq!(std::fs::read(&sfile).unwrap(), b"s3cret \x00\xff bytes");
-        let mode = std::fs::metadata(&sfile).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.join(format!("{tag}.incoming")).exists());
         let echoed = String::from_utf8_lossy(&out.stdout);
-        assert!(echoed.contains("--secret-file"), "{echoed}");
-        assert!(
-            echoed.contains(&sfile.to_string_lossy().into_owned()),
-            "{echoed}"
+        let want = format!(
+            "peer --release-dest {} --tag v1 --stdin-torrent {} --stdin-secret ",
+            p.dest.display(),
+            torrent.len()
         );
+        assert!(echoed.starts_with(&want), "{echoed}");
 
         // Without a secret: the torrent alone, no secret flag.
         p.secret = None;

@@ -1,0 +1,197 @@
+//! The deploy path end to end on this machine: the library's `fleet::run` with an `ssh`
+//! stand-in that runs each remote command here through `sh`, so every host session is a
+//! real `corvid peer --release-dest ... --stdin-torrent` process fed by a real seeder and
+//! tracker on loopback. Used for attacks on the host's side of a deploy: links planted
+//! at the paths corvid derives under DEST.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corvid_engine::deploy::fleet::{self, DeployPlan, FleetReport, HostOutcome};
+use corvid_engine::deploy::ssh::Ssh;
+use corvid_engine::node::StopFlag;
+use corvid_engine::peer::auth::Secret;
+use support::corvid_bin;
+
+/// An `ssh` that drops its options and the host and runs the remote command here.
+fn fake_ssh(dir: &Path) -> PathBuf {
+    let p = dir.join("fake-ssh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\nwhile [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+         SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A source tree of a few files.
+fn make_src(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("app.bin"), support::pseudo_random(300_000, 7)).unwrap();
+    std::fs::write(src.join("sub/conf"), b"listen 80\n").unwrap();
+    src
+}
+
+fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPlan {
+    DeployPlan {
+        hosts: "h1".into(),
+        src: src.to_path_buf(),
+        dest: dest.to_path_buf(),
+        tag: "v1".into(),
+        seeder_addr: Some([127, 0, 0, 1].into()),
+        activate: true,
+        force: false,
+        linger: Duration::ZERO,
+        stall_timeout: Duration::from_secs(30),
+        parallel: 2,
+        ssh: Ssh {
+            options: Vec::new(),
+            program: Some(fake_ssh(dir)),
+        },
+        // This very binary on both sides: the probe finds it up to date, nothing installs.
+        remote_corvid: corvid_bin().to_str().unwrap().into(),
+        local_corvid: corvid_bin(),
+        swarm_install_min: 0,
+        tracker_port: 0,
+        threads: 1,
+        secret: secret.map(|s| Secret::new(s).unwrap()),
+    }
+}
+
+fn deploy(p: &DeployPlan) -> FleetReport {
+    fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs")
+}
+
+/// Every entry under `root` with its bytes (links as `-> target`), for before/after.
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+                out.push((p, b"<dir>".to_vec()));
+            } else if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.push((p, format!("-> {}", t.display()).into_bytes()));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A directory outside DEST that an attacker points links at, with something to lose.
+fn outside(dir: &Path) -> PathBuf {
+    let o = dir.join("outside");
+    std::fs::create_dir_all(o.join("keep")).unwrap();
+    std::fs::write(o.join("victim"), b"not corvid's\n").unwrap();
+    std::fs::write(o.join("keep/also"), b"nor this\n").unwrap();
+    std::fs::write(o.join("world-readable"), b"public\n").unwrap();
+    std::fs::set_permissions(
+        o.join("world-readable"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    o
+}
+
+#[test]
+fn a_link_planted_at_the_partial_release_is_refused_and_nothing_outside_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let src = make_src(t.path());
+    let out = outside(t.path());
+    let before = snapshot(&out);
+    let dest = t.path().join("dest");
+    std::fs::create_dir_all(dest.join("releases")).unwrap();
+    std::os::unix::fs::symlink(&out, dest.join("releases/v1.partial")).unwrap();
+
+    let r = deploy(&plan(t.path(), &src, &dest, None));
+    match &r.hosts[0].outcome {
+        HostOutcome::Failed(why) => assert!(
+            why.contains("v1.partial") && why.contains("symbolic link"),
+            "{why}"
+        ),
+        o => panic!("deployed through a planted link: {o:?}"),
+    }
+    // Nothing outside was pruned, and no payload landed there.
+    assert_eq!(snapshot(&out), before);
+    assert!(!dest.join("releases/v1").exists());
+    assert!(std::fs::symlink_metadata(dest.join("current")).is_err());
+
+    // With the link gone, the same deploy goes through.
+    std::fs::remove_file(dest.join("releases/v1.partial")).unwrap();
+    let r = deploy(&plan(t.path(), &src, &dest, None));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    assert_eq!(
+        std::fs::read(dest.join("current/sub/conf")).unwrap(),
+        b"listen 80\n"
+    );
+    assert_eq!(snapshot(&out), before);
+}
+
+#[test]
+fn links_planted_in_the_state_directory_never_receive_the_secret() {
+    let t = tempfile::tempdir().unwrap();
+    let src = make_src(t.path());
+    let out = outside(t.path());
+    let before = snapshot(&out);
+    let dest = t.path().join("dest");
+    let state = dest.join(".corvid");
+    std::fs::create_dir_all(&state).unwrap();
+    for name in ["v1.secret", "v1.torrent", "v1.incoming"] {
+        std::os::unix::fs::symlink(out.join("world-readable"), state.join(name)).unwrap();
+    }
+    let secret = b"fleet secret 8c1f";
+    let r = deploy(&plan(t.path(), &src, &dest, Some(secret)));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    // The link's target is untouched: the secret went to a new file in corvid's place.
+    assert_eq!(snapshot(&out), before);
+    let s = state.join("v1.secret");
+    let m = std::fs::symlink_metadata(&s).unwrap();
+    assert!(m.is_file(), "{m:?}");
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&s).unwrap(), secret);
+    assert!(std::fs::symlink_metadata(state.join("v1.torrent"))
+        .unwrap()
+        .is_file());
+    assert_eq!(
+        std::fs::read(dest.join("current/sub/conf")).unwrap(),
+        b"listen 80\n"
+    );
+}
+
+#[test]
+fn a_link_planted_as_a_directory_corvid_makes_is_refused() {
+    // `releases` or `.corvid` themselves: the peer stops before reading anything.
+    for planted in ["releases", ".corvid"] {
+        let t = tempfile::tempdir().unwrap();
+        let src = make_src(t.path());
+        let out = outside(t.path());
+        let before = snapshot(&out);
+        let dest = t.path().join("dest");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&out, dest.join(planted)).unwrap();
+        let r = deploy(&plan(t.path(), &src, &dest, Some(b"fleet secret")));
+        match &r.hosts[0].outcome {
+            HostOutcome::Failed(why) => {
+                assert!(
+                    why.contains(planted) && why.contains("symbolic link"),
+                    "{why}"
+                )
+            }
+            o => panic!("{planted}: deployed through a planted link: {o:?}"),
+        }
+        assert_eq!(snapshot(&out), before, "{planted}");
+    }
+}
