@@ -40,6 +40,8 @@ pub enum Exit {
     Interrupted = 7,
     /// `deploy`: some hosts failed (the others may have succeeded).
     HostsFailed = 8,
+    /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
+    Busy = 9,
 }
 
 /// An error with the exit code it maps to.
@@ -89,7 +91,8 @@ Exit codes:
   5  transfer gave up (no progress within --stall-timeout)
   6  io_uring unavailable (kernel, sysctl or seccomp; the message says which)
   7  interrupted by a signal before the download completed
-  8  deploy: some hosts failed (each is listed with its reason)";
+  8  deploy: some hosts failed (each is listed with its reason)
+  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)";
 
 #[derive(Parser, Debug)]
 #[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = AFTER_HELP)]

@@ -39,7 +39,9 @@ use crate::{Exit, Failure};
         The payload lands in DEST/NAME (NAME from the torrent). Pieces already on disk \
         and intact (from an earlier, interrupted run) are kept. Exit code 0 means every \
         piece is on disk and verified; 5 means the download made no progress for \
-        --stall-timeout and gave up; 7 means it was interrupted.",
+        --stall-timeout and gave up; 7 means it was interrupted; 9 means another corvid \
+        peer holds the same --release-dest/--tag (PATH/.corvid/TAG.lock) until its release \
+        is in place.",
     after_help = "Examples:\n  corvid peer release-42.torrent /srv/releases\n  \
         corvid peer release-42.torrent /tmp/r --linger 0 --json\n  \
         corvid peer release-42.torrent /tmp/r --peer 10.0.0.5:6881 --no-announce\n  \
@@ -256,6 +258,15 @@ fn receive(
 fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure> {
     let rp = ReleasePaths::new(&dest, &tag).map_err(Failure::input)?;
     let rel = rp.prepare().map_err(Failure::output)?;
+    // Held until the release is in place (or this process ends): a second run on the
+    // same DEST/TAG stops here with its own exit code instead of writing under us.
+    let mut lock = Some(rel.lock().map_err(|e| match e {
+        ReleaseError::Busy { .. } => Failure {
+            code: Exit::Busy,
+            error: e.into(),
+        },
+        e => Failure::output(e),
+    })?);
     let (m, secret) = match args.stdin_torrent {
         Some(len) => receive(args, &rel, len)?,
         None => {
@@ -350,6 +361,9 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 })
                 .map_err(Failure::output);
             if r.is_ok() {
+                // Placed: the linger only reads it. A rerun may check it (and find it
+                // present) while this one seeds.
+                lock = None;
                 say_release(json, "installed", &rp, args.activate);
             } else {
                 // No point lingering with a release that could not be placed.

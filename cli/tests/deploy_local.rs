@@ -2,10 +2,11 @@
 //! stand-in that runs each remote command here through `sh`, so every host session is a
 //! real `corvid peer --release-dest ... --stdin-torrent` process fed by a real seeder and
 //! tracker on loopback. Used for attacks on the host's side of a deploy: links planted
-//! at the paths corvid derives under DEST.
+//! at the paths corvid derives under DEST, and two peers on one release.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use corvid_engine::deploy::fleet::{self, DeployPlan, FleetReport, HostOutcome};
 use corvid_engine::deploy::ssh::Ssh;
 use corvid_engine::node::StopFlag;
 use corvid_engine::peer::auth::Secret;
-use support::corvid_bin;
+use support::{corvid, corvid_bin, json_u64, make_torrent, start_seeder, Proc, SlowRelay};
 
 /// An `ssh` that drops its options and the host and runs the remote command here.
 fn fake_ssh(dir: &Path) -> PathBuf {
@@ -194,4 +195,73 @@ fn a_link_planted_as_a_directory_corvid_makes_is_refused() {
         }
         assert_eq!(snapshot(&out), before, "{planted}");
     }
+}
+
+/// `corvid peer --release-dest DEST --tag v1` from `from` alone, text errors on stderr.
+fn release_peer(name: &str, torrent: &Path, dest: &Path, from: SocketAddr, linger: &str) -> Proc {
+    let mut cmd = corvid(&["peer"]);
+    cmd.arg(torrent).arg("--release-dest").arg(dest);
+    cmd.args(["--tag", "v1", "--linger", linger, "--json"]);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--hash-threads",
+        "1",
+    ]);
+    cmd.args(["--stall-timeout", "60s", "--no-announce"]);
+    cmd.args(["--peer", &from.to_string()]);
+    Proc::spawn(name, &mut cmd)
+}
+
+#[test]
+fn a_second_peer_on_the_same_release_exits_busy_while_the_first_downloads() {
+    const T: Duration = Duration::from_secs(90);
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("payload");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), support::pseudo_random(3 << 20, 11)).unwrap();
+    let torrent = t.path().join("r.torrent");
+    make_torrent(&src, &torrent, "http://127.0.0.1:9/announce", "256KiB");
+    let (mut seeder, seed_addr) = start_seeder(&torrent, t.path(), &["--no-tracker"], T);
+    // About 1 MiB/s: the first peer is mid-download for a few seconds.
+    let relay = SlowRelay::start(seed_addr, 1 << 20);
+    let dest = t.path().join("app");
+
+    let mut first = release_peer("first", &torrent, &dest, relay.addr, "60s");
+    let line = first.wait_line("\"event\":\"progress\"", T);
+    assert!(json_u64(&line, "have") < 12, "finished early: {line}");
+    // A second process on the same DEST/TAG: refused at once, with its own code.
+    let mut second = release_peer("second", &torrent, &dest, seed_addr, "0");
+    let (code, _, err) = second.wait_exit(T);
+    assert_eq!(code, Some(9), "{err}");
+    assert!(
+        err.contains("busy") && err.contains(".corvid/v1.lock"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("PID {}", first.pid())), "{err}");
+    assert!(
+        !dest.join("releases/v1").exists(),
+        "the loser placed a release"
+    );
+
+    // Once the first has its release in place it lets go (its linger only reads): a
+    // rerun finds the release present while the first still seeds.
+    first.wait_line("\"event\":\"release\"", T);
+    let mut third = release_peer("third", &torrent, &dest, seed_addr, "0");
+    let (code, lines, err) = third.wait_exit(T);
+    assert_eq!(code, Some(0), "{}\n{err}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("already_present")),
+        "{}",
+        lines.join("\n")
+    );
+    first.finish(T);
+    drop(relay);
+    seeder.finish(T);
+    assert_eq!(
+        std::fs::read(dest.join("releases/v1/big.bin")).unwrap(),
+        support::pseudo_random(3 << 20, 11)
+    );
 }

@@ -253,6 +253,7 @@ pub fn peer_exit_text(code: i32) -> &'static str {
         5 => "stalled: no progress within the stall timeout",
         6 => "io_uring unavailable on the host",
         7 => "interrupted by a signal",
+        9 => "busy: another corvid peer is working on this release on the host",
         126 | 127 => "corvid could not be executed on the host",
         ssh::SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
         _ => "failed",

@@ -9,7 +9,8 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, FlockOperation, OFlags};
+use rustix::io::Errno;
 
 use crate::fsat::{Dir, DirError};
 use crate::storage::FileSpec;
@@ -25,6 +26,13 @@ pub enum ReleaseError {
     ExistsDifferent(PathBuf),
     #[error(transparent)]
     Dir(#[from] DirError),
+    #[error("release {tag:?} in {dest:?} is busy: another corvid peer ({holder}) holds {lock:?}; let it finish (or stop it) and run again")]
+    Busy {
+        tag: String,
+        dest: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
     #[error("{path:?}: {source}")]
     Io {
         path: PathBuf,
@@ -141,7 +149,56 @@ pub struct OpenRelease {
     pub state: Dir,
 }
 
+/// The exclusive hold of one release (`flock` on `DEST/.corvid/TAG.lock`); dropping it
+/// (or the process ending, however it ends) lets the next run in.
+#[derive(Debug)]
+pub struct ReleaseLock {
+    _file: std::fs::File,
+}
+
 impl OpenRelease {
+    /// Takes the release for this process, or fails at once with
+    /// [`ReleaseError::Busy`] when another process holds it: two runs on one DEST/TAG (a
+    /// host listed under two names, a rerun while the last run's peers still run) would
+    /// otherwise prune, write and rename the same partial directory under each other.
+    /// The lock file stays (removing it would let a third run lock a different file);
+    /// it holds the holder's PID, for the loser's message.
+    pub fn lock(&self) -> Result<ReleaseLock, ReleaseError> {
+        use std::io::{Read, Seek, Write};
+        let name = format!("{}.lock", self.paths.tag);
+        let path = self.state.path().join(&name);
+        let io = |source: io::Error| ReleaseError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = self
+            .state
+            .open_file(&name, OFlags::RDWR | OFlags::CREATE, 0o644)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                file.set_len(0).map_err(io)?;
+                file.seek(io::SeekFrom::Start(0)).map_err(io)?;
+                writeln!(file, "{}", std::process::id()).map_err(io)?;
+                Ok(ReleaseLock { _file: file })
+            }
+            Err(Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                let _ = file.take(32).read_to_string(&mut text);
+                let holder = match text.trim().parse::<u32>() {
+                    Ok(pid) => format!("PID {pid}"),
+                    Err(_) => "PID unknown".to_string(),
+                };
+                Err(ReleaseError::Busy {
+                    tag: self.paths.tag.clone(),
+                    dest: self.paths.dest.clone(),
+                    lock: path.clone(),
+                    holder,
+                })
+            }
+            Err(e) => Err(io(e.into())),
+        }
+    }
+
     fn partial_name(&self) -> String {
         format!("{}.partial", self.paths.tag)
     }
@@ -356,5 +413,30 @@ mod tests {
                 .to_string();
             assert!(e.contains("symbolic link"), "{e}");
         }
+    }
+
+    #[test]
+    fn one_process_holds_a_release_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = ReleasePaths::new(dir.path(), "v1").unwrap();
+        let a = p.prepare().unwrap();
+        let b = p.prepare().unwrap();
+        let held = a.lock().unwrap();
+        // A second open file description (as another process has) is refused at once.
+        match b.lock() {
+            Err(ReleaseError::Busy { holder, lock, .. }) => {
+                assert_eq!(holder, format!("PID {}", std::process::id()));
+                assert!(lock.ends_with(".corvid/v1.lock"), "{lock:?}");
+            }
+            o => panic!("{o:?}"),
+        }
+        // Another tag is not held.
+        let other = ReleasePaths::new(dir.path(), "v2")
+            .unwrap()
+            .prepare()
+            .unwrap();
+        let _v2 = other.lock().unwrap();
+        drop(held);
+        let _again = b.lock().unwrap();
     }
 }
