@@ -14,6 +14,7 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
 
@@ -49,7 +50,9 @@ use crate::{Exit, Failure};
         --ssh-option -F --ssh-option ./fleet_ssh_config --json"
 )]
 pub struct Args {
-    /// Hosts: a file (one ssh destination per line, # comments) or h1,h2,...
+    /// Hosts: a file (one host per line, # comments) or h1,h2,... Each is
+    /// [user@]NAME, [user@]IPv4 or [user@][IPv6] with an optional :PORT (NAME may be an
+    /// alias from your ssh config); anything else is refused as a usage error (exit 2).
     #[arg(long, value_name = "FILE|LIST")]
     hosts: String,
     /// Directory to deploy (its content lands directly in DEST/releases/TAG).
@@ -408,7 +411,14 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         secret: args.secret.load()?,
     };
     // Checked here first so a usage mistake is reported before anything starts.
-    let v = fleet::validate(&plan).map_err(Failure::input)?;
+    // A host that is not a host is a usage mistake like a bad flag (exit 2).
+    let v = fleet::validate(&plan).map_err(|e| match e {
+        DeployError::Hosts(HostsError::BadHost(_)) => Failure {
+            code: Exit::Usage,
+            error: e.into(),
+        },
+        e => Failure::input(e),
+    })?;
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {

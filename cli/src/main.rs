@@ -25,8 +25,7 @@ pub enum Exit {
     Ok = 0,
     /// Verification ran and found bad or missing data.
     DataBad = 1,
-    /// Bad flags or arguments (clap's own code).
-    #[allow(dead_code)]
+    /// Bad flags or arguments (clap's own code; also a `--hosts` entry that is not a host).
     Usage = 2,
     /// Bad input: unreadable or invalid torrent, missing or unshareable payload path.
     Input = 3,

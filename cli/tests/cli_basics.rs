@@ -237,3 +237,32 @@ fn broken_pipe_is_not_an_error() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert!(o.stderr.is_empty(), "{}", err(&o));
 }
+
+#[test]
+fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    tree(d.path());
+    // An `ssh` first on PATH that records that it ran: it must not.
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ran = d.path().join("ssh-ran");
+    std::fs::write(
+        bin.join("ssh"),
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 255\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for hosts in ["web1,a$(id>/tmp/x)b", "x;reboot", "web1:22,h|nc", "`id`@h"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .args(["deploy", "--hosts", hosts, "--src", "rel"])
+            .args(["--dest", "/srv/app", "--tag", "v1"])
+            .current_dir(d.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, 2, "is not a host");
+        assert!(!ran.exists(), "ssh ran for {hosts:?}");
+    }
+}

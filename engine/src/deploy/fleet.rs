@@ -372,13 +372,12 @@ fn peer_host(
     events: &Sender<FleetEvent>,
 ) -> (HostOutcome, u64, u64, Option<Instant>) {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
-    let child = plan
-        .ssh
-        .command(host, &cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    });
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -391,7 +390,7 @@ fn peer_host(
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
-        // The torrent is small (hashes only); the remote `cat` reads it before anything
+        // The torrent is small (hashes only); the remote corvid reads it before anything
         // else happens, so this cannot block on our unread stdout.
         let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
     }
@@ -861,7 +860,7 @@ mod tests {
                     hosts: "-oProxyCommand=x".into(),
                     ..ok.clone()
                 },
-                "ssh destination",
+                "is not a host",
             ),
             (
                 DeployPlan {
