@@ -64,8 +64,8 @@ pub struct Args {
     /// Release name (one plain name: no '/', no '..').
     #[arg(long, value_name = "TAG")]
     tag: String,
-    /// Address hosts reach this machine at [default: what the first host's
-    /// $SSH_CONNECTION shows].
+    /// Address hosts reach this machine at [default: this machine's own source address
+    /// towards the first host, by its routing; hosts' $SSH_CONNECTION is a cross-check].
     #[arg(long, value_name = "IP")]
     seeder_addr: Option<IpAddr>,
     /// Point DEST/current at the release on each host once it is in place.
@@ -228,6 +228,15 @@ impl Display {
                     _ => String::new(),
                 };
                 self.say(&format!("{host}: installed corvid by {}{why}", how.label()));
+            }
+            FleetEvent::Warning(w) => {
+                if self.json {
+                    let _ = print(&format!(
+                        "{}\n",
+                        json_object(&[("event", json_str("warning")), ("message", json_str(w))])
+                    ));
+                }
+                self.say(&format!("warning: {w}"));
             }
             FleetEvent::HostProgress { host, bytes_down } => {
                 self.bytes.insert(host.clone(), *bytes_down);

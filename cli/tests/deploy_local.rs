@@ -11,19 +11,31 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corvid_engine::deploy::fleet::{self, DeployPlan, FleetReport, HostOutcome};
+use corvid_engine::deploy::fleet::{self, DeployPlan, FleetEvent, FleetReport, HostOutcome};
 use corvid_engine::deploy::ssh::Ssh;
 use corvid_engine::node::StopFlag;
 use corvid_engine::peer::auth::Secret;
 use support::{corvid, corvid_bin, json_u64, make_torrent, start_seeder, Proc, SlowRelay};
 
-/// An `ssh` that drops its options and the host and runs the remote command here.
+/// An `ssh` that drops its options and the host and runs the remote command here, as a
+/// host whose `$SSH_CONNECTION` says it sees this machine at 127.0.0.1.
 fn fake_ssh(dir: &Path) -> PathBuf {
-    let p = dir.join("fake-ssh");
+    fake_ssh_seen_from(dir, "127.0.0.1")
+}
+
+/// [`fake_ssh`] for a host that claims to see this machine at `client`; `ssh -G` says
+/// the host is 127.0.0.1.
+fn fake_ssh_seen_from(dir: &Path, client: &str) -> PathBuf {
+    let p = dir.join(format!("fake-ssh-{client}"));
     std::fs::write(
         &p,
-        "#!/bin/sh\nwhile [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
-         SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+        format!(
+            "#!/bin/sh
+if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi
+\
+             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+             SSH_CONNECTION='{client} 40000 127.0.0.1 22' exec sh -c \"$3\"\n"
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -263,5 +275,39 @@ fn a_second_peer_on_the_same_release_exits_busy_while_the_first_downloads() {
     assert_eq!(
         std::fs::read(dest.join("releases/v1/big.bin")).unwrap(),
         support::pseudo_random(3 << 20, 11)
+    );
+}
+
+#[test]
+fn a_host_cannot_point_the_fleet_at_another_seeder_address() {
+    // The host claims to see the deployer at 10.66.66.66 (its own address, say). Before,
+    // that became the tracker and seeder address of the whole fleet.
+    let t = tempfile::tempdir().unwrap();
+    let src = make_src(t.path());
+    let dest = t.path().join("dest");
+    let mut p = plan(t.path(), &src, &dest, None);
+    p.seeder_addr = None;
+    p.stall_timeout = Duration::from_secs(10);
+    p.ssh.program = Some(fake_ssh_seen_from(t.path(), "10.66.66.66"));
+    let mut seeder = None;
+    let mut warnings = Vec::new();
+    let r = fleet::run(&p, StopFlag::new(), &mut |ev| match ev {
+        FleetEvent::Seeding { seeder: s, .. } => seeder = Some(*s),
+        FleetEvent::Warning(w) => warnings.push(w.clone()),
+        _ => {}
+    })
+    .expect("the deploy runs");
+    // Our own route towards the host (127.0.0.1, per ssh -G) chose the address.
+    assert_eq!(
+        seeder.map(|s| s.ip()),
+        Some([127, 0, 0, 1].into()),
+        "{warnings:?}"
+    );
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("h1:") && w.contains("10.66.66.66")),
+        "{warnings:?}"
     );
 }

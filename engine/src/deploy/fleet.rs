@@ -6,8 +6,10 @@
 //!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh
 //!    session prints `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1. A
 //!    host that cannot be reached fails here, with ssh's message, and the others proceed.
-//! 3. The seeder address is `--seeder-addr`, else the client address the first
-//!    reachable host saw us at (the first field of its `$SSH_CONNECTION`).
+//! 3. The seeder address is `--seeder-addr`, else this machine's own source address
+//!    towards the first reachable host ([`choose_seeder_addr`]): a host's
+//!    `$SSH_CONNECTION` is only a cross-check, so one hostile host cannot point the
+//!    fleet's tracker and seeder at itself.
 //! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
 //!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
 //!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
@@ -98,8 +100,10 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot tell which address hosts reach this machine at (no host answered with $SSH_CONNECTION); pass --seeder-addr")]
+    #[error("cannot tell which address hosts reach this machine at (no route to any host from here, and no host answered with $SSH_CONNECTION); pass --seeder-addr")]
     NoSeederAddr,
+    #[error("cannot tell which address hosts reach this machine at: no route to them from here, and they disagree on where they see it ({0}); pass --seeder-addr")]
+    SeederAddrConflict(String),
     #[error("cannot start the tracker: {0}")]
     Tracker(String),
     #[error("seeder: {0}")]
@@ -197,6 +201,9 @@ pub enum FleetEvent {
         duration: Duration,
     },
     HostDone(HostResult),
+    /// Something the operator should know that does not stop the deploy (a host that
+    /// reports seeing this machine at another address than the one chosen).
+    Warning(String),
 }
 
 /// The whole deploy.
@@ -326,6 +333,79 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
         return Err(format!("{sep}{line} (exit {})", out.code));
     }
     Ok(install::parse_probe(&out.stdout, local))
+}
+
+/// What is known about how one host and this machine see each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrSeen {
+    pub host: String,
+    /// This machine's source address towards the host, by its own routing.
+    pub routed: Option<IpAddr>,
+    /// The client address the host says it sees (first field of its `$SSH_CONNECTION`).
+    pub reported: Option<IpAddr>,
+}
+
+/// The local address the kernel would send from towards `to`: a UDP socket connected
+/// there (connecting a UDP socket sends nothing) reports it. `None` when there is no
+/// route.
+pub fn routed_from(to: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match to {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    sock.connect(SocketAddr::new(to, 9)).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The address hosts are told to reach the tracker and seeder at, without
+/// `--seeder-addr`: this machine's own route to the first host it has one to, so what a
+/// host reports cannot choose it. Every host is then cross-checked: one routed from
+/// another local address, or reporting another client address than our route to it
+/// (NAT, or a host that lies), is a warning naming both. With no route to any host (all
+/// behind a jump host), the hosts' reports are used only when they all agree; hosts that
+/// disagree are refused.
+pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), DeployError> {
+    let mut warnings = Vec::new();
+    if let Some(addr) = seen.iter().find_map(|s| s.routed) {
+        for s in seen {
+            match (s.routed, s.reported) {
+                (Some(r), _) if r != addr => warnings.push(format!(
+                    "{}: this machine reaches it from {r}, not from {addr} (the seeder \
+                     address); pass --seeder-addr if it cannot reach {addr}",
+                    s.host
+                )),
+                (Some(r), Some(rep)) if rep != r => warnings.push(format!(
+                    "{}: says it sees this machine at {rep}, but this machine reaches it \
+                     from {r} (NAT, or a host that lies); using {addr}",
+                    s.host
+                )),
+                (None, Some(rep)) if rep != addr => warnings.push(format!(
+                    "{}: no route to it from here, and it says it sees this machine at \
+                     {rep}, not {addr}",
+                    s.host
+                )),
+                _ => {}
+            }
+        }
+        return Ok((addr, warnings));
+    }
+    let reports: Vec<(&str, IpAddr)> = seen
+        .iter()
+        .filter_map(|s| s.reported.map(|r| (s.host.as_str(), r)))
+        .collect();
+    let Some(&(_, first)) = reports.first() else {
+        return Err(DeployError::NoSeederAddr);
+    };
+    if reports.iter().any(|&(_, r)| r != first) {
+        let list: Vec<String> = reports.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+        return Err(DeployError::SeederAddrConflict(list.join(", ")));
+    }
+    warnings.push(format!(
+        "no route to the hosts from here; using {first}, the address all of them report seeing this machine at"
+    ));
+    Ok((first, warnings))
 }
 
 /// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
@@ -519,7 +599,6 @@ pub fn run(
             }
         }
     }
-    let seen_as = probes.iter().flatten().find_map(|p| p.client);
     let mut live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
     let payload_bytes = v.payload.total_length();
     let mut install_summary = InstallSummary {
@@ -544,9 +623,30 @@ pub fn run(
     if stop.is_stopped() || live.is_empty() {
         return end_early(tracker, results, install_summary);
     }
-    let Some(addr) = plan.seeder_addr.or(seen_as) else {
-        tracker.shutdown();
-        return Err(DeployError::NoSeederAddr);
+    let addr = match plan.seeder_addr {
+        Some(a) => a,
+        None => {
+            let seen: Vec<AddrSeen> = live
+                .iter()
+                .map(|&i| AddrSeen {
+                    host: hosts[i].clone(),
+                    routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
+                    reported: probes[i].as_ref().and_then(|p| p.client),
+                })
+                .collect();
+            match choose_seeder_addr(&seen) {
+                Ok((a, warnings)) => {
+                    for w in warnings {
+                        on_event(&FleetEvent::Warning(w));
+                    }
+                    a
+                }
+                Err(e) => {
+                    tracker.shutdown();
+                    return Err(e);
+                }
+            }
+        }
     };
     // Both torrents (the binary's and the release's) announce here.
     let url = format!(
@@ -883,6 +983,59 @@ mod tests {
         }
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("out")).unwrap();
         assert!(matches!(validate(&ok), Err(DeployError::Source(_))));
+    }
+
+    #[test]
+    fn the_seeder_address_comes_from_our_routing_not_from_a_host() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let seen = |host: &str, routed: Option<&str>, reported: Option<&str>| AddrSeen {
+            host: host.into(),
+            routed: routed.map(ip),
+            reported: reported.map(ip),
+        };
+        // The first host lies about where it sees us: our route wins, with a warning.
+        let (a, w) = choose_seeder_addr(&[
+            seen("evil", Some("10.0.0.1"), Some("10.6.6.6")),
+            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
+        ])
+        .unwrap();
+        assert_eq!(a, ip("10.0.0.1"));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("evil:") && w[0].contains("10.6.6.6"),
+            "{w:?}"
+        );
+        // A host routed from another local address: warned, the first route kept.
+        let (a, w) = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.1")),
+            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
+            seen("h3", Some("192.168.1.5"), Some("192.168.1.5")),
+        ])
+        .unwrap();
+        assert_eq!(a, ip("10.0.0.1"));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("h3:"), "{w:?}");
+        // No route at all: agreeing reports are used (with a warning), disagreeing ones
+        // refused, none at all is an error.
+        let (a, w) = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.9")),
+            seen("h2", None, Some("10.0.0.9")),
+        ])
+        .unwrap();
+        assert_eq!((a, w.len()), (ip("10.0.0.9"), 1));
+        let e = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.9")),
+            seen("evil", None, Some("10.6.6.6")),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, DeployError::SeederAddrConflict(_)), "{e}");
+        assert!(e.to_string().contains("evil: 10.6.6.6"), "{e}");
+        assert!(matches!(
+            choose_seeder_addr(&[seen("h1", None, None)]),
+            Err(DeployError::NoSeederAddr)
+        ));
+        // The routing itself: towards loopback, from loopback.
+        assert_eq!(routed_from(ip("127.0.0.1")), Some(ip("127.0.0.1")));
     }
 
     #[test]

@@ -77,6 +77,39 @@ impl Ssh {
         Ok(c)
     }
 
+    /// The address ssh would connect to for `host`, as `ssh -G` resolves it (aliases,
+    /// `HostName`, the user's `-F` config), then looked up here if it is a name. `None`
+    /// when ssh or the lookup cannot say (no such name, a stand-in ssh without `-G`).
+    pub fn resolve(&self, host: &str) -> Option<std::net::IpAddr> {
+        use std::net::ToSocketAddrs;
+        let dest = Destination::parse(host).ok()?;
+        let out = Command::new(
+            self.program
+                .as_deref()
+                .unwrap_or(std::path::Path::new("ssh")),
+        )
+        .arg("-G")
+        .args(&self.options)
+        .args(dest.ssh_args())
+        .arg("--")
+        .arg(&dest.host)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hostname "))?
+            .trim();
+        if let Ok(ip) = name.parse() {
+            return Some(ip);
+        }
+        // Only a name that is a host name reaches the resolver.
+        Destination::parse(name).ok()?;
+        (name, 22).to_socket_addrs().ok()?.next().map(|a| a.ip())
+    }
+
     /// Runs `remote` on `host`, feeding `input` to its stdin, and collects the output.
     pub fn run(&self, host: &str, remote: &str, input: &[u8]) -> std::io::Result<Output> {
         let mut child = self
