@@ -18,7 +18,7 @@ use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
 
-use crate::output::{human_size, json_object, json_str, print};
+use crate::output::{human_size, json_object, json_str, print, printable};
 use crate::roles;
 use crate::{Exit, Failure};
 
@@ -148,6 +148,8 @@ impl Display {
     }
 
     fn say(&self, line: &str) {
+        // Host names are checked, but reasons quote what hosts printed: escaped.
+        let line = printable(line);
         match &self.bar {
             Some(b) => b.println(line),
             None if !self.json => eprintln!("{line}"),
@@ -364,7 +366,7 @@ fn table(report: &fleet::FleetReport) -> String {
     for h in &report.hosts {
         let result = match &h.outcome {
             fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
-            fleet::HostOutcome::Failed(w) => format!("FAILED: {w}"),
+            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(w)),
             o => o.label().to_string(),
         };
         out.push_str(&format!(
@@ -501,7 +503,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     }
     for h in &report.hosts {
         if let fleet::HostOutcome::Failed(w) = &h.outcome {
-            eprintln!("corvid: {} failed: {w}", h.host);
+            eprintln!("corvid: {} failed: {}", h.host, printable(w));
         }
     }
     Ok(Exit::HostsFailed)

@@ -130,7 +130,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(Exit::Ok as u8);
             }
             // One line: the error and its causes joined, newlines flattened.
-            let msg = format!("{:#}", f.error).replace('\n', " ");
+            // Errors name files and trackers from the torrent: escaped for the terminal.
+            let msg = output::printable(&format!("{:#}", f.error).replace('\n', " "));
             eprintln!("corvid: error: {msg}");
             ExitCode::from(f.code as u8)
         }
