@@ -340,3 +340,42 @@ fn info_escapes_terminal_control_sequences_from_a_hostile_torrent() {
         "rel\x1b]0;owned\x07ease|rel\x1b]0;owned\x07ease/lib\x1b[2J/a\u{9b}31m\u{202e}txt.exe|hi\x1b[1A\x1b[2Kok"
     );
 }
+
+#[test]
+fn peer_refuses_two_torrent_files_that_are_one_file_on_disk() {
+    // On a case-insensitive filesystem `A` and `a` are one file; a hard link is the same
+    // situation on any filesystem. Mapping both and sizing the second shrank the first
+    // under its mapping: the process died of SIGBUS when it checked the data.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("rel");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("A"), vec![1u8; 300_000]).unwrap();
+    std::fs::write(src.join("a"), vec![2u8; 1000]).unwrap();
+    let o = corvid(&["make", "rel", "-o", "t.torrent", "--json"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let dest = d.path().join("dest/rel");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("A"), vec![1u8; 300_000]).unwrap();
+    std::fs::hard_link(dest.join("A"), dest.join("a")).unwrap();
+    let o = corvid(
+        &[
+            "peer",
+            "t.torrent",
+            "dest",
+            "--no-announce",
+            "--peer",
+            "127.0.0.1:9",
+            "--stall-timeout",
+            "5s",
+            "--linger",
+            "0",
+            "--cores",
+            "1",
+            "--hash-threads",
+            "1",
+        ],
+        d.path(),
+    );
+    assert_one_line_error(&o, 4, "are one file on disk");
+    assert_eq!(std::fs::metadata(dest.join("A")).unwrap().len(), 300_000);
+}

@@ -108,6 +108,8 @@ pub enum StorageError {
     Symlink { path: PathBuf },
     #[error("{}: listed twice in the torrent", path.display())]
     DuplicatePath { path: PathBuf },
+    #[error("{} and {} are one file on disk (a case-insensitive filesystem folds their names together, or one is a hard link to the other); the torrent needs two", first.display(), second.display())]
+    SameFile { first: PathBuf, second: PathBuf },
     #[error("{}: {length} bytes do not fit in this machine's address space", path.display())]
     TooLarge { path: PathBuf, length: u64 },
     #[error("the files add up to {files} bytes but the torrent's pieces cover {pieces}")]
@@ -193,6 +195,8 @@ impl Storage {
         // open, since a torrent's files mostly come a directory at a time.
         let root_dir = Dir::create_root(root).map_err(dir_err)?;
         let mut parent: Option<(PathBuf, Dir)> = None;
+        let mut opened: std::collections::HashMap<(u64, u64), usize> =
+            std::collections::HashMap::with_capacity(files.len());
         for spec in files {
             let path = root.join(&spec.path);
             let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
@@ -214,6 +218,17 @@ impl Storage {
                 .open_file(name, OFlags::RDWR | OFlags::CREATE, 0o644)
                 .map_err(dir_err)?;
             let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
+            // Two torrent paths that name one file (`A` and `a` on a case-insensitive
+            // filesystem, or a hard link left there) would be mapped twice, and sizing
+            // the second would shrink the first mapping under it (SIGBUS). Compared
+            // after opening, so whatever the filesystem folds or links is caught.
+            if let Some(&first) = opened.get(&(meta.dev(), meta.ino())) {
+                return Err(StorageError::SameFile {
+                    first: root.join(&files[first].path),
+                    second: path,
+                });
+            }
+            opened.insert((meta.dev(), meta.ino()), maps.len());
             if !meta.is_file() {
                 return Err(StorageError::NotAFile { path });
             }
@@ -1347,5 +1362,42 @@ mod tests {
         }];
         Storage::create(&root, &files, lengths_for(&[PL], PL)).unwrap();
         assert!(real.path().join("name/f").is_file());
+    }
+
+    #[test]
+    fn two_paths_that_are_one_file_are_refused_before_any_resize() {
+        // What a case-insensitive filesystem does to `A` and `a`, a hard link does on any
+        // filesystem: two names, one inode.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/A"), vec![5u8; 3000]).unwrap();
+        std::fs::hard_link(dir.path().join("d/A"), dir.path().join("d/a")).unwrap();
+        let files = vec![
+            FileSpec {
+                path: "d/A".into(),
+                length: 3000,
+            },
+            FileSpec {
+                path: "d/a".into(),
+                length: 1000,
+            },
+        ];
+        let err =
+            Storage::create(dir.path(), &files, lengths_for(&[3000, 1000], 16384)).unwrap_err();
+        match &err {
+            StorageError::SameFile { first, second } => {
+                assert!(first.ends_with("d/A") && second.ends_with("d/a"), "{err}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(err.to_string().contains("case-insensitive"), "{err}");
+        // The first file was not shrunk by sizing the second.
+        assert_eq!(
+            std::fs::metadata(dir.path().join("d/A")).unwrap().len(),
+            3000
+        );
+        // Apart, the same layout is fine.
+        std::fs::remove_file(dir.path().join("d/a")).unwrap();
+        Storage::create(dir.path(), &files, lengths_for(&[3000, 1000], 16384)).unwrap();
     }
 }
