@@ -626,14 +626,13 @@ pub fn run(
     let addr = match plan.seeder_addr {
         Some(a) => a,
         None => {
-            let seen: Vec<AddrSeen> = live
-                .iter()
-                .map(|&i| AddrSeen {
-                    host: hosts[i].clone(),
-                    routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
-                    reported: probes[i].as_ref().and_then(|p| p.client),
-                })
-                .collect();
+            // `ssh -G` and a name lookup per host: local, but a fleet of names is many
+            // lookups, so as parallel as the sessions.
+            let seen: Vec<AddrSeen> = for_each_host(&live, plan.parallel, &|&i: &usize| AddrSeen {
+                host: hosts[i].clone(),
+                routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
+                reported: probes[i].as_ref().and_then(|p| p.client),
+            });
             match choose_seeder_addr(&seen) {
                 Ok((a, warnings)) => {
                     for w in warnings {
