@@ -7,6 +7,10 @@
 //! symlinks once every piece is verified, and is renamed to `PATH/releases/TAG` (and with
 //! `--activate` `PATH/current` flips to it) while the peer lingers on as a seeder. A host
 //! that already holds a verified `releases/TAG` exits 0 at once ("already present").
+//! Every path below PATH is reached through directory descriptors that refuse planted
+//! symlinks ([`OpenRelease`]); one process at a time holds a release (`PATH/.corvid/
+//! TAG.lock`, exit 9 for the loser); `--stdin-torrent` takes the torrent (and a private
+//! swarm's secret) from stdin, as `corvid deploy` sends them, with no shell redirection.
 //!
 //! A restarted peer keeps the pieces its resume record vouches for without hashing them
 //! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
