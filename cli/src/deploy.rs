@@ -50,9 +50,10 @@ use crate::{Exit, Failure};
         --ssh-option -F --ssh-option ./fleet_ssh_config --json"
 )]
 pub struct Args {
-    /// Hosts: a file (one host per line, # comments) or h1,h2,... Each is
-    /// [user@]NAME, [user@]IPv4 or [user@][IPv6] with an optional :PORT (NAME may be an
-    /// alias from your ssh config); anything else is refused as a usage error (exit 2).
+    /// Hosts: a file (one host per line, # comments) or h1,h2,... Each is a NAME (an
+    /// alias from your ssh config works), an IPv4 address or an IPv6 address in
+    /// brackets, optionally with USER@ before and :PORT after; anything else is refused
+    /// as a usage error (exit 2).
     #[arg(long, value_name = "FILE|LIST")]
     hosts: String,
     /// Directory to deploy (its content lands directly in DEST/releases/TAG).
