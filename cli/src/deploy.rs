@@ -14,10 +14,11 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
 
-use crate::output::{human_size, json_object, json_str, print};
+use crate::output::{human_size, json_object, json_str, print, printable};
 use crate::roles;
 use crate::{Exit, Failure};
 
@@ -49,7 +50,10 @@ use crate::{Exit, Failure};
         --ssh-option -F --ssh-option ./fleet_ssh_config --json"
 )]
 pub struct Args {
-    /// Hosts: a file (one ssh destination per line, # comments) or h1,h2,...
+    /// Hosts: a file (one host per line, # comments) or h1,h2,... Each is a NAME (an
+    /// alias from your ssh config works), an IPv4 address or an IPv6 address in
+    /// brackets, optionally with USER@ before and :PORT after; anything else is refused
+    /// as a usage error (exit 2).
     #[arg(long, value_name = "FILE|LIST")]
     hosts: String,
     /// Directory to deploy (its content lands directly in DEST/releases/TAG).
@@ -61,8 +65,8 @@ pub struct Args {
     /// Release name (one plain name: no '/', no '..').
     #[arg(long, value_name = "TAG")]
     tag: String,
-    /// Address hosts reach this machine at [default: what the first host's
-    /// $SSH_CONNECTION shows].
+    /// Address hosts reach this machine at [default: this machine's own source address
+    /// towards the first host, by its routing; hosts' $SSH_CONNECTION is a cross-check].
     #[arg(long, value_name = "IP")]
     seeder_addr: Option<IpAddr>,
     /// Point DEST/current at the release on each host once it is in place.
@@ -145,6 +149,8 @@ impl Display {
     }
 
     fn say(&self, line: &str) {
+        // Host names are checked, but reasons quote what hosts printed: escaped.
+        let line = printable(line);
         match &self.bar {
             Some(b) => b.println(line),
             None if !self.json => eprintln!("{line}"),
@@ -225,6 +231,15 @@ impl Display {
                     _ => String::new(),
                 };
                 self.say(&format!("{host}: installed corvid by {}{why}", how.label()));
+            }
+            FleetEvent::Warning(w) => {
+                if self.json {
+                    let _ = print(&format!(
+                        "{}\n",
+                        json_object(&[("event", json_str("warning")), ("message", json_str(w))])
+                    ));
+                }
+                self.say(&format!("warning: {w}"));
             }
             FleetEvent::HostProgress { host, bytes_down } => {
                 self.bytes.insert(host.clone(), *bytes_down);
@@ -352,7 +367,7 @@ fn table(report: &fleet::FleetReport) -> String {
     for h in &report.hosts {
         let result = match &h.outcome {
             fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
-            fleet::HostOutcome::Failed(w) => format!("FAILED: {w}"),
+            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(w)),
             o => o.label().to_string(),
         };
         out.push_str(&format!(
@@ -408,7 +423,14 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         secret: args.secret.load()?,
     };
     // Checked here first so a usage mistake is reported before anything starts.
-    let v = fleet::validate(&plan).map_err(Failure::input)?;
+    // A host that is not a host is a usage mistake like a bad flag (exit 2).
+    let v = fleet::validate(&plan).map_err(|e| match e {
+        DeployError::Hosts(HostsError::BadHost(_)) => Failure {
+            code: Exit::Usage,
+            error: e.into(),
+        },
+        e => Failure::input(e),
+    })?;
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
@@ -482,7 +504,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     }
     for h in &report.hosts {
         if let fleet::HostOutcome::Failed(w) = &h.outcome {
-            eprintln!("corvid: {} failed: {w}", h.host);
+            eprintln!("corvid: {} failed: {}", h.host, printable(w));
         }
     }
     Ok(Exit::HostsFailed)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use corvid_engine::metainfo::Metainfo;
 
-use crate::output::{human_size, json_array, json_object, json_str, print};
+use crate::output::{human_size, json_array, json_object, json_str, print, printable};
 use crate::{Exit, Failure};
 
 #[derive(clap::Args, Debug)]
@@ -66,7 +66,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     let mut s = String::new();
-    s += &format!("name:         {}\n", i.name);
+    // Everything from the torrent goes through `printable`: a hostile torrent's escape
+    // sequences must not reach the terminal.
+    s += &format!("name:         {}\n", printable(&i.name));
     s += &format!("info-hash:    {}\n", m.info_hash_hex());
     s += &format!(
         "total size:   {} ({} bytes)\n",
@@ -82,21 +84,25 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         s += "private:      yes\n";
     }
     if let Some(c) = &m.comment {
-        s += &format!("comment:      {c}\n");
+        s += &format!("comment:      {}\n", printable(c));
     }
     if let Some(c) = &m.created_by {
-        s += &format!("created by:   {c}\n");
+        s += &format!("created by:   {}\n", printable(c));
     }
     let trackers = m.trackers();
     if trackers.is_empty() {
         s += "trackers:     (none)\n";
     }
     for t in trackers {
-        s += &format!("tracker:      {t}\n");
+        s += &format!("tracker:      {}\n", printable(&t));
     }
     s += &format!("files:        {}\n", i.files.len());
     for f in &i.files {
-        s += &format!("  {:>12}  {}\n", f.length, f.path.display());
+        s += &format!(
+            "  {:>12}  {}\n",
+            f.length,
+            printable(&f.path.display().to_string())
+        );
     }
     print(&s)?;
     Ok(Exit::Ok)

@@ -25,8 +25,7 @@ pub enum Exit {
     Ok = 0,
     /// Verification ran and found bad or missing data.
     DataBad = 1,
-    /// Bad flags or arguments (clap's own code).
-    #[allow(dead_code)]
+    /// Bad flags or arguments (clap's own code; also a `--hosts` entry that is not a host).
     Usage = 2,
     /// Bad input: unreadable or invalid torrent, missing or unshareable payload path.
     Input = 3,
@@ -40,6 +39,8 @@ pub enum Exit {
     Interrupted = 7,
     /// `deploy`: some hosts failed (the others may have succeeded).
     HostsFailed = 8,
+    /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
+    Busy = 9,
 }
 
 /// An error with the exit code it maps to.
@@ -89,7 +90,8 @@ Exit codes:
   5  transfer gave up (no progress within --stall-timeout)
   6  io_uring unavailable (kernel, sysctl or seccomp; the message says which)
   7  interrupted by a signal before the download completed
-  8  deploy: some hosts failed (each is listed with its reason)";
+  8  deploy: some hosts failed (each is listed with its reason)
+  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)";
 
 #[derive(Parser, Debug)]
 #[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = AFTER_HELP)]
@@ -128,7 +130,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(Exit::Ok as u8);
             }
             // One line: the error and its causes joined, newlines flattened.
-            let msg = format!("{:#}", f.error).replace('\n', " ");
+            // Errors name files and trackers from the torrent: escaped for the terminal.
+            let msg = output::printable(&format!("{:#}", f.error).replace('\n', " "));
             eprintln!("corvid: error: {msg}");
             ExitCode::from(f.code as u8)
         }

@@ -13,6 +13,34 @@ pub fn print(text: &str) -> std::io::Result<()> {
     out.flush()
 }
 
+/// `s` made safe for a terminal: control characters (C0 with ESC, DEL, C1) and the
+/// bidirectional-text overrides are written as `\x1b` / `\u{202e}` escapes. Names,
+/// paths, comments and tracker URLs come from torrents anyone can write; printed raw, an
+/// escape sequence in them could retitle the terminal, hide lines or move the cursor
+/// over other output, and a bidi override could make a path read as another one. JSON
+/// output needs none of this: its strings are escaped by [`json_str`].
+pub fn printable(s: &str) -> String {
+    use std::fmt::Write as _;
+    let risky = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(risky) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !risky(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    out
+}
+
 /// A JSON string literal, quotes included, escaped per RFC 8259.
 pub fn json_str(s: &str) -> String {
     corvid_engine::stats::json_string(s)
@@ -79,5 +107,20 @@ mod tests {
         );
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(12), "12 B");
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(printable("plain/päth ünïcode"), "plain/päth ünïcode");
+        assert_eq!(printable("a\x1b]0;owned\x07b"), "a\\x1b]0;owned\\x07b");
+        assert_eq!(
+            printable("x\ny\rz\t\x7f\u{9b}"),
+            "x\\x0ay\\x0dz\\x09\\x7f\\x9b"
+        );
+        assert_eq!(printable("gpj.\u{202e}exe"), "gpj.\\u{202e}exe");
+        for c in (0u32..0x20).chain(0x7f..0xa0) {
+            let c = char::from_u32(c).unwrap();
+            assert!(!printable(&c.to_string()).contains(c), "{c:?}");
+        }
     }
 }

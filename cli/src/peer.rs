@@ -7,6 +7,10 @@
 //! symlinks once every piece is verified, and is renamed to `PATH/releases/TAG` (and with
 //! `--activate` `PATH/current` flips to it) while the peer lingers on as a seeder. A host
 //! that already holds a verified `releases/TAG` exits 0 at once ("already present").
+//! Every path below PATH is reached through directory descriptors that refuse planted
+//! symlinks ([`OpenRelease`]); one process at a time holds a release (`PATH/.corvid/
+//! TAG.lock`, exit 9 for the loser); `--stdin-torrent` takes the torrent (and a private
+//! swarm's secret) from stdin, as `corvid deploy` sends them, with no shell redirection.
 //!
 //! A restarted peer keeps the pieces its resume record vouches for without hashing them
 //! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
@@ -19,10 +23,13 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use corvid_engine::deploy::content;
-use corvid_engine::deploy::release::ReleasePaths;
+use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths};
+use corvid_engine::fsat::{Dir, FileType};
 use corvid_engine::hash::HashPool;
+use corvid_engine::metainfo::Metainfo;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
+use corvid_engine::peer::auth::Secret;
 
 use crate::output::{json_object, json_str, print};
 
@@ -36,15 +43,18 @@ use crate::{Exit, Failure};
         The payload lands in DEST/NAME (NAME from the torrent). Pieces already on disk \
         and intact (from an earlier, interrupted run) are kept. Exit code 0 means every \
         piece is on disk and verified; 5 means the download made no progress for \
-        --stall-timeout and gave up; 7 means it was interrupted.",
+        --stall-timeout and gave up; 7 means it was interrupted; 9 means another corvid \
+        peer holds the same --release-dest/--tag (PATH/.corvid/TAG.lock) until its release \
+        is in place.",
     after_help = "Examples:\n  corvid peer release-42.torrent /srv/releases\n  \
         corvid peer release-42.torrent /tmp/r --linger 0 --json\n  \
         corvid peer release-42.torrent /tmp/r --peer 10.0.0.5:6881 --no-announce\n  \
         corvid peer release-42.torrent --release-dest /srv/app --tag v42 --activate"
 )]
 pub struct Args {
-    /// The .torrent file.
-    torrent: PathBuf,
+    /// The .torrent file (not with --stdin-torrent).
+    #[arg(required_unless_present = "stdin_torrent")]
+    torrent: Option<PathBuf>,
     /// Directory to download into (the payload is DEST/NAME); not with --release-dest.
     #[arg(
         required_unless_present = "release_dest",
@@ -64,6 +74,19 @@ pub struct Args {
     /// With --release-dest: replace an existing releases/TAG whose content differs.
     #[arg(long, requires = "release_dest")]
     force: bool,
+    /// With --release-dest: read the torrent, BYTES long, from stdin instead of a file
+    /// (what `corvid deploy` sends through ssh), and keep it as PATH/.corvid/TAG.torrent.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        requires = "release_dest",
+        conflicts_with = "torrent"
+    )]
+    stdin_torrent: Option<usize>,
+    /// With --stdin-torrent: the rest of stdin after the torrent is the private swarm's
+    /// secret (kept as PATH/.corvid/TAG.secret, mode 0600; never on a command line).
+    #[arg(long, requires = "stdin_torrent", conflicts_with = "secret_file")]
+    stdin_secret: bool,
     /// Keep seeding this long after completing.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
@@ -82,7 +105,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     if let (Some(dest), Some(tag)) = (&args.release_dest, &args.tag) {
         return run_release(&args, dest.clone(), tag.clone());
     }
-    let m = crate::info::load(&args.torrent)?;
+    let torrent = args
+        .torrent
+        .as_ref()
+        .ok_or_else(|| Failure::input(anyhow!("TORRENT is required without --stdin-torrent")))?;
+    let m = crate::info::load(torrent)?;
     let dest = args
         .dest
         .as_ref()
@@ -117,7 +144,12 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     let result = node::run(cfg, stop, &mut |ev| {
         printer.event(ev);
         if matches!(ev, NodeEvent::Complete { .. }) && attrs.is_none() {
-            attrs = Some(content::apply_attributes_named(&m.info, dest).map_err(Failure::output));
+            attrs = Some(
+                Dir::open(dest)
+                    .map_err(ReleaseError::from)
+                    .and_then(|d| content::apply_attributes_named(&m.info, &d))
+                    .map_err(Failure::output),
+            );
         }
     });
     match result {
@@ -167,44 +199,137 @@ fn say_release(json: bool, status: &str, rp: &ReleasePaths, activated: bool) {
     }
 }
 
+/// Most bytes `--stdin-secret` reads after the torrent: a secret is a short string, this
+/// only bounds what a wrong caller can make a host read.
+const STDIN_SECRET_MAX: usize = 64 * 1024;
+
+/// `--stdin-torrent`: the torrent (and with `--stdin-secret` the secret after it) from
+/// stdin. Both are kept under `.corvid/` as new files renamed into place (the secret
+/// 0600 from its creation), so a link planted at `TAG.torrent` or `TAG.secret` is
+/// replaced, never written through (which would hand the secret to whoever reads the
+/// link's target).
+fn receive(
+    args: &Args,
+    rel: &OpenRelease,
+    len: usize,
+) -> Result<(Metainfo, Option<Secret>), Failure> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take((len + STDIN_SECRET_MAX + 1) as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::input(anyhow!("cannot read the torrent from stdin: {e}")))?;
+    if bytes.len() < len {
+        return Err(Failure::input(anyhow!(
+            "stdin ended after {} bytes, but --stdin-torrent says the torrent is {len}",
+            bytes.len()
+        )));
+    }
+    let rest = bytes.split_off(len);
+    if !args.stdin_secret && !rest.is_empty() {
+        return Err(Failure::input(anyhow!(
+            "stdin holds {} bytes after the torrent, and no --stdin-secret",
+            rest.len()
+        )));
+    }
+    if rest.len() > STDIN_SECRET_MAX {
+        return Err(Failure::input(anyhow!(
+            "the secret after the torrent on stdin is longer than {STDIN_SECRET_MAX} bytes"
+        )));
+    }
+    let m = Metainfo::from_bytes(&bytes)
+        .map_err(|e| Failure::input(anyhow!("the torrent on stdin is not usable: {e}")))?;
+    let tag = &rel.paths.tag;
+    rel.state
+        .write_new(format!("{tag}.torrent"), &bytes, 0o644)
+        .map_err(Failure::output)?;
+    if !args.stdin_secret {
+        return Ok((m, None));
+    }
+    let secret =
+        Secret::new(&rest).map_err(|e| Failure::input(anyhow!("the secret on stdin: {e}")))?;
+    rel.state
+        .write_new(format!("{tag}.secret"), &rest, 0o600)
+        .map_err(Failure::output)?;
+    Ok((m, Some(secret)))
+}
+
 /// The release layout: check for an existing release, download into the partial
 /// directory, then (on the completion event, so the linger that follows seeds a finished
-/// release) apply attributes, rename into place and activate.
+/// release) apply attributes, rename into place and activate. Every path below DEST is
+/// reached through the descriptors of [`OpenRelease`], refusing planted links.
 fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure> {
-    let m = crate::info::load(&args.torrent)?;
     let rp = ReleasePaths::new(&dest, &tag).map_err(Failure::input)?;
-    rp.prepare().map_err(Failure::output)?;
+    let rel = rp.prepare().map_err(Failure::output)?;
+    // Held until the release is in place (or this process ends): a second run on the
+    // same DEST/TAG stops here with its own exit code instead of writing under us.
+    let mut lock = Some(rel.lock().map_err(|e| match e {
+        ReleaseError::Busy { .. } => Failure {
+            code: Exit::Busy,
+            error: e.into(),
+        },
+        e => Failure::output(e),
+    })?);
+    let (m, secret) = match args.stdin_torrent {
+        Some(len) => receive(args, &rel, len)?,
+        None => {
+            let torrent = args.torrent.as_ref().ok_or_else(|| {
+                Failure::input(anyhow!("TORRENT is required without --stdin-torrent"))
+            })?;
+            (crate::info::load(torrent)?, None)
+        }
+    };
     let json = args.node.json;
     let mut replace = false;
-    if std::fs::symlink_metadata(rp.finished()).is_ok() {
-        let pool = HashPool::new(args.node.hash_threads.unwrap_or(2).max(1));
-        match content::differs(&m.info, &rp.finished(), &m.info.pieces, &pool) {
-            None => {
-                if args.activate {
-                    rp.activate().map_err(Failure::output)?;
+    match rel.finished_kind().map_err(Failure::output)? {
+        None => {}
+        Some(FileType::Directory) => {
+            let pool = HashPool::new(args.node.hash_threads.unwrap_or(2).max(1));
+            match content::differs(&m.info, &rp.finished(), &m.info.pieces, &pool) {
+                None => {
+                    if args.activate {
+                        rel.activate().map_err(Failure::output)?;
+                    }
+                    say_release(json, "already_present", &rp, args.activate);
+                    return Ok(Exit::Ok);
                 }
-                say_release(json, "already_present", &rp, args.activate);
-                return Ok(Exit::Ok);
+                Some(why) if !args.force => {
+                    return Err(Failure::output(anyhow!(
+                        "{} already exists with different content ({why}); use --force to replace it",
+                        rp.finished().display()
+                    )));
+                }
+                Some(_) => replace = true,
             }
-            Some(why) if !args.force => {
-                return Err(Failure::output(anyhow!(
-                    "{} already exists with different content ({why}); use --force to replace it",
-                    rp.finished().display()
-                )));
-            }
-            Some(_) => replace = true,
         }
+        // A link (followed, it could make a tree elsewhere pass for this release) or a
+        // file: not a release, whatever it points at.
+        Some(_) if !args.force => {
+            return Err(Failure::output(anyhow!(
+                "{} exists and is not a directory (a symbolic link or a file, not followed); \
+                 use --force to replace it",
+                rp.finished().display()
+            )));
+        }
+        Some(_) => replace = true,
     }
-    content::prune_partial(&m.info, &rp.partial()).map_err(Failure::output)?;
+    let partial = rel.partial_dir().map_err(Failure::output)?;
+    content::prune_partial(&m.info, &partial).map_err(Failure::output)?;
     let stop = roles::stop_on_signals()?;
+    // Storage starts at DEST and reaches the files through `releases/TAG.partial/`,
+    // refusing a link anywhere on the way (DEST itself is the operator's path).
     let mut cfg = roles::node_config(
         Mode::Download,
         &m,
-        rp.partial(),
-        content::release_files(&m.info),
+        dest.clone(),
+        rel.partial_files(&content::release_files(&m.info)),
         &args.node,
         "0.0.0.0:0".parse().expect("constant address"),
     )?;
+    if secret.is_some() {
+        cfg.peer.secret = secret;
+    }
     cfg.linger = args.linger;
     cfg.stall_timeout = args.stall_timeout;
     // PATH/.corvid/<info-hash>.<TAG>.resume: outside releases/, so the record is never
@@ -229,11 +354,20 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             if placed.is_some() {
                 return;
             }
-            let r = content::apply_attributes(&m.info, &rp.partial())
-                .and_then(|()| rp.finish(replace))
-                .and_then(|()| if args.activate { rp.activate() } else { Ok(()) })
+            let r = content::apply_attributes(&m.info, &partial)
+                .and_then(|()| rel.finish(replace))
+                .and_then(|()| {
+                    if args.activate {
+                        rel.activate()
+                    } else {
+                        Ok(())
+                    }
+                })
                 .map_err(Failure::output);
             if r.is_ok() {
+                // Placed: the linger only reads it. A rerun may check it (and find it
+                // present) while this one seeds.
+                lock = None;
                 say_release(json, "installed", &rp, args.activate);
             } else {
                 // No point lingering with a release that could not be placed.

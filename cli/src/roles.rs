@@ -16,7 +16,7 @@ use corvid_engine::node::resume::{RecordStatus, ResumeReport};
 use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
 use corvid_engine::peer::auth::Secret;
 
-use crate::output::{human_size, json_object, json_str, print};
+use crate::output::{human_size, json_object, json_str, print, printable};
 use crate::{Exit, Failure};
 
 /// Flags every swarm role takes.
@@ -218,6 +218,8 @@ impl Printer {
     /// A line for humans: above the bar on a terminal, on stderr otherwise (stdout stays
     /// for results).
     fn say(&self, line: &str) {
+        // Tracker URLs and messages may come from the torrent or a tracker: escaped.
+        let line = printable(line);
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),

@@ -14,7 +14,7 @@ use corvid_engine::hash::HashPool;
 use corvid_engine::metainfo::{FileSpec, Metainfo};
 use corvid_engine::storage::Storage;
 
-use crate::output::{json_array, json_object, json_str, print, progress};
+use crate::output::{json_array, json_object, json_str, print, printable, progress};
 use crate::{Exit, Failure};
 
 #[derive(clap::Args, Debug)]
@@ -197,6 +197,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         ]);
         print(&format!("{obj}\n"))?;
     } else {
+        // Paths come from the torrent: escaped for the terminal (JSON escapes its own).
+        let shown = |i: usize| printable(&shown(i));
         let mut s = String::new();
         for (i, p) in &problems {
             s += &format!("file {}: {p}\n", shown(*i));

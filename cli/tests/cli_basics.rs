@@ -237,3 +237,145 @@ fn broken_pipe_is_not_an_error() {
     assert_eq!(o.status.code(), Some(0), "{}", err(&o));
     assert!(o.stderr.is_empty(), "{}", err(&o));
 }
+
+#[test]
+fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    tree(d.path());
+    // An `ssh` first on PATH that records that it ran: it must not.
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ran = d.path().join("ssh-ran");
+    std::fs::write(
+        bin.join("ssh"),
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 255\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for hosts in ["web1,a$(id>/tmp/x)b", "x;reboot", "web1:22,h|nc", "`id`@h"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .args(["deploy", "--hosts", hosts, "--src", "rel"])
+            .args(["--dest", "/srv/app", "--tag", "v1"])
+            .current_dir(d.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, 2, "is not a host");
+        assert!(!ran.exists(), "ssh ran for {hosts:?}");
+    }
+}
+
+/// A bencoded string.
+fn bstr(b: &[u8]) -> Vec<u8> {
+    [format!("{}:", b.len()).as_bytes(), b].concat()
+}
+
+#[test]
+fn info_escapes_terminal_control_sequences_from_a_hostile_torrent() {
+    let d = tempfile::tempdir().unwrap();
+    // Name, directory, file, comment, creator and tracker all carry escape sequences:
+    // retitle the terminal, clear it, recolour, a C1 CSI, and a bidi override.
+    let name = b"rel\x1b]0;owned\x07ease";
+    let dir = b"lib\x1b[2J";
+    let file = "a\u{9b}31m\u{202e}txt.exe".as_bytes();
+    let mut info = b"d5:filesld6:lengthi3e4:pathl".to_vec();
+    info.extend(bstr(dir));
+    info.extend(bstr(file));
+    info.extend(b"eee4:name");
+    info.extend(bstr(name));
+    info.extend(b"12:piece lengthi16384e6:pieces20:");
+    info.extend([7u8; 20]);
+    info.extend(b"e");
+    let mut t = b"d8:announce".to_vec();
+    t.extend(bstr(b"http://x/\x1b[8mhidden"));
+    t.extend(b"7:comment");
+    t.extend(bstr(b"hi\x1b[1A\x1b[2Kok"));
+    t.extend(b"10:created by");
+    t.extend(bstr(b"me\rforged"));
+    t.extend(b"4:info");
+    t.extend(info);
+    t.extend(b"e");
+    std::fs::write(d.path().join("evil.torrent"), &t).unwrap();
+
+    let o = corvid(&["info", "evil.torrent"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let text = out(&o);
+    for c in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}'] {
+        assert!(!text.contains(c), "{c:?} reached the terminal: {text:?}");
+    }
+    for shown in [
+        "rel\\x1b]0;owned\\x07ease",
+        "lib\\x1b[2J/a\\x9b31m\\u{202e}txt.exe",
+        "hi\\x1b[1A\\x1b[2Kok",
+        "me\\x0dforged",
+        "http://x/\\x1b[8mhidden",
+    ] {
+        assert!(text.contains(shown), "{shown:?} not in {text}");
+    }
+    // JSON stays JSON, and carries the exact strings.
+    let o = corvid(&["info", "evil.torrent", "--json"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let json = out(&o);
+    assert!(!json.contains('\x1b'), "{json:?}");
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; o=json.load(sys.stdin); \
+             sys.stdout.write(o['name']+'|'+o['files'][0]['path']+'|'+o['comment'])",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(json.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(check.status.success(), "not JSON: {json}");
+    assert_eq!(
+        String::from_utf8(check.stdout).unwrap(),
+        "rel\x1b]0;owned\x07ease|rel\x1b]0;owned\x07ease/lib\x1b[2J/a\u{9b}31m\u{202e}txt.exe|hi\x1b[1A\x1b[2Kok"
+    );
+}
+
+#[test]
+fn peer_refuses_two_torrent_files_that_are_one_file_on_disk() {
+    // On a case-insensitive filesystem `A` and `a` are one file; a hard link is the same
+    // situation on any filesystem. Mapping both and sizing the second shrank the first
+    // under its mapping: the process died of SIGBUS when it checked the data.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("rel");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("A"), vec![1u8; 300_000]).unwrap();
+    std::fs::write(src.join("a"), vec![2u8; 1000]).unwrap();
+    let o = corvid(&["make", "rel", "-o", "t.torrent", "--json"], d.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let dest = d.path().join("dest/rel");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("A"), vec![1u8; 300_000]).unwrap();
+    std::fs::hard_link(dest.join("A"), dest.join("a")).unwrap();
+    let o = corvid(
+        &[
+            "peer",
+            "t.torrent",
+            "dest",
+            "--no-announce",
+            "--peer",
+            "127.0.0.1:9",
+            "--stall-timeout",
+            "5s",
+            "--linger",
+            "0",
+            "--cores",
+            "1",
+            "--hash-threads",
+            "1",
+        ],
+        d.path(),
+    );
+    assert_one_line_error(&o, 4, "are one file on disk");
+    assert_eq!(std::fs::metadata(dest.join("A")).unwrap().len(), 300_000);
+}

@@ -3,6 +3,7 @@
 //! The parts, from the bytes on disk up to the fleet:
 //! - [`bencode`], [`metainfo`]: the torrent file format (BEP 3), strict and panic-free.
 //! - [`geometry`]: piece and block arithmetic, validated once into typed indices.
+//! - [`fsat`]: directory-descriptor file operations that refuse planted symlinks.
 //! - [`storage`]: payload files mapped into memory; blocks resolve to spans of the mapping,
 //!   which is what sockets read into and send from.
 //! - [`hash`]: the SHA-1 hasher pool that verifies pieces straight from the mapping.
@@ -16,6 +17,7 @@
 
 pub mod bencode;
 pub mod deploy;
+pub mod fsat;
 pub mod geometry;
 pub mod hash;
 pub mod metainfo;

@@ -38,17 +38,19 @@
 //! enough on ext4, xfs and tmpfs), so a disk that fills up during a download, by someone
 //! else's hand, cannot crash corvid: the blocks it writes into are already its own.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use memmap2::{MmapOptions, MmapRaw};
 use sha1::{Digest, Sha1};
 
+use crate::fsat::{Dir, DirError};
 use crate::geometry::{BlockRef, Lengths, PieceIndex};
+use rustix::fs::OFlags;
 
 /// Most files a single 16 KiB block touches in real torrents is two or three; an iovec
 /// array of this size covers any block unless a torrent packs many tiny files together,
@@ -106,6 +108,8 @@ pub enum StorageError {
     Symlink { path: PathBuf },
     #[error("{}: listed twice in the torrent", path.display())]
     DuplicatePath { path: PathBuf },
+    #[error("{} and {} are one file on disk (a case-insensitive filesystem folds their names together, or one is a hard link to the other); the torrent needs two", first.display(), second.display())]
+    SameFile { first: PathBuf, second: PathBuf },
     #[error("{}: {length} bytes do not fit in this machine's address space", path.display())]
     TooLarge { path: PathBuf, length: u64 },
     #[error("the files add up to {files} bytes but the torrent's pieces cover {pieces}")]
@@ -185,23 +189,46 @@ impl Storage {
 
         let mut maps = Vec::with_capacity(files.len());
         let mut ids = Vec::with_capacity(files.len());
+        // Everything below the root is reached through directory descriptors with
+        // O_NOFOLLOW (see `fsat`): a link planted after the check above, even as a
+        // directory on the way, is refused, never followed. The last parent is kept
+        // open, since a torrent's files mostly come a directory at a time.
+        let root_dir = Dir::create_root(root).map_err(dir_err)?;
+        let mut parent: Option<(PathBuf, Dir)> = None;
+        let mut opened: std::collections::HashMap<(u64, u64), usize> =
+            std::collections::HashMap::with_capacity(files.len());
         for spec in files {
             let path = root.join(&spec.path);
-            create_parents(root, &spec.path)?;
-            // O_NOFOLLOW: a symlink planted as the file itself since the check above is
-            // refused (ELOOP), never opened through.
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => StorageError::Symlink { path: path.clone() },
-                    _ => io_err("open for writing", &path, e),
+            let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
+            let name = spec
+                .path
+                .file_name()
+                .ok_or_else(|| StorageError::UnsafePath {
+                    path: spec.path.clone(),
                 })?;
+            if parent.as_ref().is_none_or(|(p, _)| p != rel_parent) {
+                let d = root_dir
+                    .walk(rel_parent, true)
+                    .map_err(dir_err)?
+                    .expect("walk with create makes every directory");
+                parent = Some((rel_parent.to_path_buf(), d));
+            }
+            let (_, dir) = parent.as_ref().expect("set just above");
+            let file = dir
+                .open_file(name, OFlags::RDWR | OFlags::CREATE, 0o644)
+                .map_err(dir_err)?;
             let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
+            // Two torrent paths that name one file (`A` and `a` on a case-insensitive
+            // filesystem, or a hard link left there) would be mapped twice, and sizing
+            // the second would shrink the first mapping under it (SIGBUS). Compared
+            // after opening, so whatever the filesystem folds or links is caught.
+            if let Some(&first) = opened.get(&(meta.dev(), meta.ino())) {
+                return Err(StorageError::SameFile {
+                    first: root.join(&files[first].path),
+                    second: path,
+                });
+            }
+            opened.insert((meta.dev(), meta.ino()), maps.len());
             if !meta.is_file() {
                 return Err(StorageError::NotAFile { path });
             }
@@ -643,40 +670,25 @@ fn check_no_symlinks(root: &Path, rel: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Creates the directories leading to `rel` under `root` one at a time, refusing any that
-/// is a symbolic link (where `create_dir_all` would follow it) or not a directory.
-fn create_parents(root: &Path, rel: &Path) -> Result<(), StorageError> {
-    let Some(parent) = rel.parent() else {
-        return Ok(());
-    };
-    if !root.exists() {
-        std::fs::create_dir_all(root).map_err(|e| io_err("create directory", root, e))?;
+/// A descriptor-relative failure as the storage error naming the same path.
+fn dir_err(e: DirError) -> StorageError {
+    match e {
+        DirError::Symlink { path } => StorageError::Symlink { path },
+        DirError::NotRelative { path } => StorageError::UnsafePath { path },
+        DirError::NotADir { path } => io_err(
+            "create directory",
+            &path,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        ),
+        DirError::Io {
+            action,
+            path,
+            source,
+        } => io_err(action, &path, source),
     }
-    let mut p = root.to_path_buf();
-    for c in parent.components() {
-        p.push(c);
-        match std::fs::create_dir(&p) {
-            Ok(()) => continue,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create directory", &p, e)),
-        }
-        // It existed (or appeared meanwhile): it must be a real directory.
-        let m = std::fs::symlink_metadata(&p).map_err(|e| io_err("inspect", &p, e))?;
-        if m.file_type().is_symlink() {
-            return Err(StorageError::Symlink { path: p });
-        }
-        if !m.is_dir() {
-            return Err(io_err(
-                "create directory",
-                &p,
-                io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists and is not a directory",
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> StorageError {
@@ -1181,7 +1193,7 @@ mod tests {
     fn a_hole_left_by_preallocation_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
-        let f = OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -1350,5 +1362,42 @@ mod tests {
         }];
         Storage::create(&root, &files, lengths_for(&[PL], PL)).unwrap();
         assert!(real.path().join("name/f").is_file());
+    }
+
+    #[test]
+    fn two_paths_that_are_one_file_are_refused_before_any_resize() {
+        // What a case-insensitive filesystem does to `A` and `a`, a hard link does on any
+        // filesystem: two names, one inode.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/A"), vec![5u8; 3000]).unwrap();
+        std::fs::hard_link(dir.path().join("d/A"), dir.path().join("d/a")).unwrap();
+        let files = vec![
+            FileSpec {
+                path: "d/A".into(),
+                length: 3000,
+            },
+            FileSpec {
+                path: "d/a".into(),
+                length: 1000,
+            },
+        ];
+        let err =
+            Storage::create(dir.path(), &files, lengths_for(&[3000, 1000], 16384)).unwrap_err();
+        match &err {
+            StorageError::SameFile { first, second } => {
+                assert!(first.ends_with("d/A") && second.ends_with("d/a"), "{err}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(err.to_string().contains("case-insensitive"), "{err}");
+        // The first file was not shrunk by sizing the second.
+        assert_eq!(
+            std::fs::metadata(dir.path().join("d/A")).unwrap().len(),
+            3000
+        );
+        // Apart, the same layout is fine.
+        std::fs::remove_file(dir.path().join("d/a")).unwrap();
+        Storage::create(dir.path(), &files, lengths_for(&[3000, 1000], 16384)).unwrap();
     }
 }

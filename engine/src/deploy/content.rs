@@ -6,22 +6,21 @@
 //! inside), so the torrent's top-level name is dropped from every path. A single-file
 //! torrent keeps its name: `releases/TAG/NAME`.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use crate::fsat::{Dir, DirError};
 
 use crate::hash::HashPool;
 use crate::metainfo::{Info, Symlink};
 use crate::storage::{FileSpec, Storage};
 
 use super::release::ReleaseError;
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
-    move |source| ReleaseError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Drops the torrent name from a multi-file path (`name/a/b` -> `a/b`).
 fn below_top(info: &Info, path: &Path) -> PathBuf {
@@ -60,45 +59,65 @@ fn wanted_mode(info: &Info, index: usize) -> u32 {
 
 /// Gives every file its mode (0755 for BEP 47 `x`, else 0644) and creates the symlinks,
 /// replacing whatever is at a link's path (a stale link from an earlier attempt). Called
-/// on the verified partial directory, before it is renamed into place.
-pub fn apply_attributes(info: &Info, root: &Path) -> Result<(), ReleaseError> {
+/// on the verified partial directory, before it is renamed into place. Works through
+/// `root`'s descriptor: a link planted below it is refused (or, where a symlink of the
+/// release belongs, replaced), never followed to chmod or write something elsewhere.
+pub fn apply_attributes(info: &Info, root: &Dir) -> Result<(), ReleaseError> {
     apply(info, root, &release_files(info), release_links(info))
 }
 
 /// [`apply_attributes`] for the plain layout of `corvid peer TORRENT DEST`, where the
 /// payload keeps its torrent paths (`DEST/NAME/...`).
-pub fn apply_attributes_named(info: &Info, dest: &Path) -> Result<(), ReleaseError> {
+pub fn apply_attributes_named(info: &Info, dest: &Dir) -> Result<(), ReleaseError> {
     let links = info.symlinks.iter().map(|l| (l.path.clone(), l));
     apply(info, dest, &info.files, links)
 }
 
+/// The directory holding `rel` and its last component, reached from `root` without
+/// following a link (created when `create`).
+fn parent_of(root: &Dir, rel: &Path, create: bool) -> Result<(Dir, OsString), ReleaseError> {
+    let name = rel.file_name().ok_or_else(|| DirError::NotRelative {
+        path: root.path().join(rel),
+    })?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let dir = root.walk(parent, create)?.ok_or_else(|| ReleaseError::Io {
+        path: root.path().join(parent),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    Ok((dir, name.to_os_string()))
+}
+
 fn apply<'a>(
     info: &Info,
-    root: &Path,
+    root: &Dir,
     files: &[FileSpec],
     links: impl Iterator<Item = (PathBuf, &'a Symlink)>,
 ) -> Result<(), ReleaseError> {
     for (i, f) in files.iter().enumerate() {
-        let p = root.join(&f.path);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(wanted_mode(info, i)))
-            .map_err(io_err(&p))?;
+        let (dir, name) = parent_of(root, &f.path, false)?;
+        // O_NOFOLLOW open, then fchmod: a link put in the file's place is refused.
+        let file = dir.open_file(&name, OFlags::RDONLY, 0)?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(wanted_mode(info, i))).map_err(|e| {
+            ReleaseError::Io {
+                path: root.path().join(&f.path),
+                source: e.into(),
+            }
+        })?;
     }
     for (rel, link) in links {
-        let p = root.join(&rel);
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => {
+        let (dir, name) = parent_of(root, &rel, true)?;
+        match dir.kind(&name)? {
+            Some(FileType::Directory) => {
                 return Err(ReleaseError::Io {
-                    path: p,
+                    path: root.path().join(&rel),
                     source: std::io::Error::other("a directory is where a symlink belongs"),
                 })
             }
-            Ok(_) => std::fs::remove_file(&p).map_err(io_err(&p))?,
-            Err(_) => {}
+            // A stale link or file: unlinked itself, whatever it points at.
+            Some(_) => dir.remove(&name)?,
+            None => {}
         }
-        std::os::unix::fs::symlink(link.relative_target(), &p).map_err(io_err(&p))?;
+        dir.symlink(&link.relative_target(), &name)?;
     }
     Ok(())
 }
@@ -106,38 +125,30 @@ fn apply<'a>(
 /// Removes from a partial directory whatever the torrent does not name (left by an
 /// earlier attempt at this tag with other content), so the release that is renamed into
 /// place holds exactly the torrent's files and links. Files the torrent names are kept:
-/// their verified pieces are reused.
-pub fn prune_partial(info: &Info, root: &Path) -> Result<(), ReleaseError> {
-    let mut keep: std::collections::HashSet<PathBuf> =
-        release_files(info).into_iter().map(|f| f.path).collect();
+/// their verified pieces are reused. Only real directories are descended into; a link
+/// is removed as a link, so nothing outside the partial directory is ever deleted.
+pub fn prune_partial(info: &Info, root: &Dir) -> Result<(), ReleaseError> {
+    let mut keep: HashSet<PathBuf> = release_files(info).into_iter().map(|f| f.path).collect();
     keep.extend(release_links(info).map(|(p, _)| p));
-    let dirs: std::collections::HashSet<PathBuf> = keep
+    let dirs: HashSet<PathBuf> = keep
         .iter()
         .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
         .collect();
     fn walk(
-        root: &Path,
+        dir: &Dir,
         rel: &Path,
-        keep: &std::collections::HashSet<PathBuf>,
-        dirs: &std::collections::HashSet<PathBuf>,
+        keep: &HashSet<PathBuf>,
+        dirs: &HashSet<PathBuf>,
     ) -> Result<(), ReleaseError> {
-        let dir = root.join(rel);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for e in entries {
-            let e = e.map_err(io_err(&dir))?;
-            let r = rel.join(e.file_name());
-            let p = root.join(&r);
-            let is_dir = e.file_type().map_err(io_err(&p))?.is_dir();
+        for (name, kind) in dir.entries()? {
+            let r = rel.join(&name);
+            let is_dir = kind == FileType::Directory;
             if is_dir && dirs.contains(&r) {
-                walk(root, &r, keep, dirs)?;
-            } else if is_dir {
-                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
-            } else if !keep.contains(&r) {
-                std::fs::remove_file(&p).map_err(io_err(&p))?;
+                if let Some(sub) = dir.open_dir(&name)? {
+                    walk(&sub, &r, keep, dirs)?;
+                }
+            } else if is_dir || !keep.contains(&r) {
+                dir.remove(&name)?;
             }
         }
         Ok(())
@@ -216,7 +227,8 @@ mod tests {
             .unwrap();
         std::fs::copy(d.join("data"), r.join("data")).unwrap();
         assert!(differs(&m.info, r, &m.info.pieces, &pool).is_some());
-        apply_attributes(&m.info, r).unwrap();
+        let rd = Dir::open(r).unwrap();
+        apply_attributes(&m.info, &rd).unwrap();
         assert_eq!(differs(&m.info, r, &m.info.pieces, &pool), None);
         let mode = std::fs::metadata(r.join("bin/run"))
             .unwrap()
@@ -229,14 +241,14 @@ mod tests {
         );
         assert_eq!(std::fs::read(r.join("bin/data")).unwrap().len(), 40000);
         // Applying twice is fine (a retried attempt).
-        apply_attributes(&m.info, r).unwrap();
+        apply_attributes(&m.info, &rd).unwrap();
 
         // Stray entries from an earlier attempt are pruned, named ones kept.
         std::fs::write(r.join("stray"), b"old").unwrap();
         std::fs::create_dir_all(r.join("gone/deeper")).unwrap();
         std::fs::write(r.join("gone/deeper/x"), b"old").unwrap();
         std::fs::write(r.join("bin/old"), b"old").unwrap();
-        prune_partial(&m.info, r).unwrap();
+        prune_partial(&m.info, &rd).unwrap();
         let mut left: Vec<String> = Vec::new();
         for e in ["stray", "gone", "bin/old", "bin/run", "bin/data", "data"] {
             if std::fs::symlink_metadata(r.join(e)).is_ok() {
@@ -245,7 +257,43 @@ mod tests {
         }
         assert_eq!(left, ["bin/run", "bin/data", "data"]);
         assert_eq!(differs(&m.info, r, &m.info.pieces, &pool), None);
-        prune_partial(&m.info, &r.join("missing")).unwrap();
+
+        // Links planted in the partial directory, where a directory the torrent names
+        // belongs and where a stray entry is: removed as links, their targets untouched.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), b"keep me").unwrap();
+        std::fs::remove_dir_all(r.join("bin")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("bin")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("stray")).unwrap();
+        prune_partial(&m.info, &rd).unwrap();
+        assert!(std::fs::symlink_metadata(r.join("bin")).is_err());
+        assert!(std::fs::symlink_metadata(r.join("stray")).is_err());
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep me"
+        );
+        // A link in a file's place is refused by apply, and the file it points at keeps
+        // its mode.
+        std::fs::create_dir(r.join("bin")).unwrap();
+        std::fs::copy(d.join("bin/run"), r.join("bin/run")).unwrap();
+        std::fs::remove_file(r.join("data")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), r.join("data")).unwrap();
+        std::fs::set_permissions(
+            outside.path().join("victim"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let e = apply_attributes(&m.info, &rd).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let mode = std::fs::metadata(outside.path().join("victim"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_file(r.join("data")).unwrap();
+        std::fs::copy(d.join("data"), r.join("data")).unwrap();
+        apply_attributes(&m.info, &rd).unwrap();
+        assert_eq!(differs(&m.info, r, &m.info.pieces, &pool), None);
 
         // Changed bytes are found.
         std::fs::write(r.join("data"), vec![8u8; 40000]).unwrap();

@@ -6,17 +6,20 @@
 //!    host is contacted). Check phase, per host (at most `parallel` at once): one ssh
 //!    session prints `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1. A
 //!    host that cannot be reached fails here, with ssh's message, and the others proceed.
-//! 3. The seeder address is `--seeder-addr`, else the client address the first
-//!    reachable host saw us at (the first field of its `$SSH_CONNECTION`).
+//! 3. The seeder address is `--seeder-addr`, else this machine's own source address
+//!    towards the first reachable host ([`choose_seeder_addr`]): a host's
+//!    `$SSH_CONNECTION` is only a cross-check, so one hostile host cannot point the
+//!    fleet's tracker and seeder at itself.
 //! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
 //!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
 //!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
 //! 5. The torrent is built here, the embedded tracker and the seeder start in this
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
-//! 6. Peer phase, per host: one ssh session writes the `.torrent` into
-//!    `DEST/.corvid/TAG.torrent` from stdin, then execs `corvid peer --release-dest DEST
-//!    --tag TAG --json`; its JSON lines become progress, its final lines the result.
+//! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
+//!    TAG --stdin-torrent LEN --json` with the torrent (and a private swarm's secret) on
+//!    its stdin, which that corvid keeps in `DEST/.corvid/` without following links; its
+//!    JSON lines become progress, its final lines the result.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +42,7 @@ use crate::tracker::{TrackerConfig, TrackerServer};
 use super::hosts::{parse_hosts, HostsError};
 use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
 use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, quote, quote_path, receive_files, Ssh};
+use super::ssh::{self, quote, quote_path, Ssh};
 
 /// Everything one deploy needs.
 #[derive(Debug, Clone)]
@@ -97,8 +100,10 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot tell which address hosts reach this machine at (no host answered with $SSH_CONNECTION); pass --seeder-addr")]
+    #[error("cannot tell which address hosts reach this machine at (no route to any host from here, and no host answered with $SSH_CONNECTION); pass --seeder-addr")]
     NoSeederAddr,
+    #[error("cannot tell which address hosts reach this machine at: no route to them from here, and they disagree on where they see it ({0}); pass --seeder-addr")]
+    SeederAddrConflict(String),
     #[error("cannot start the tracker: {0}")]
     Tracker(String),
     #[error("seeder: {0}")]
@@ -196,6 +201,9 @@ pub enum FleetEvent {
         duration: Duration,
     },
     HostDone(HostResult),
+    /// Something the operator should know that does not stop the deploy (a host that
+    /// reports seeing this machine at another address than the one chosen).
+    Warning(String),
 }
 
 /// The whole deploy.
@@ -252,6 +260,7 @@ pub fn peer_exit_text(code: i32) -> &'static str {
         5 => "stalled: no progress within the stall timeout",
         6 => "io_uring unavailable on the host",
         7 => "interrupted by a signal",
+        9 => "busy: another corvid peer is working on this release on the host",
         126 | 127 => "corvid could not be executed on the host",
         ssh::SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
         _ => "failed",
@@ -326,41 +335,100 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
     Ok(install::parse_probe(&out.stdout, local))
 }
 
+/// What is known about how one host and this machine see each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrSeen {
+    pub host: String,
+    /// This machine's source address towards the host, by its own routing.
+    pub routed: Option<IpAddr>,
+    /// The client address the host says it sees (first field of its `$SSH_CONNECTION`).
+    pub reported: Option<IpAddr>,
+}
+
+/// The local address the kernel would send from towards `to`: a UDP socket connected
+/// there (connecting a UDP socket sends nothing) reports it. `None` when there is no
+/// route.
+pub fn routed_from(to: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match to {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let sock = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    sock.connect(SocketAddr::new(to, 9)).ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The address hosts are told to reach the tracker and seeder at, without
+/// `--seeder-addr`: this machine's own route to the first host it has one to, so what a
+/// host reports cannot choose it. Every host is then cross-checked: one routed from
+/// another local address, or reporting another client address than our route to it
+/// (NAT, or a host that lies), is a warning naming both. With no route to any host (all
+/// behind a jump host), the hosts' reports are used only when they all agree; hosts that
+/// disagree are refused.
+pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), DeployError> {
+    let mut warnings = Vec::new();
+    if let Some(addr) = seen.iter().find_map(|s| s.routed) {
+        for s in seen {
+            match (s.routed, s.reported) {
+                (Some(r), _) if r != addr => warnings.push(format!(
+                    "{}: this machine reaches it from {r}, not from {addr} (the seeder \
+                     address); pass --seeder-addr if it cannot reach {addr}",
+                    s.host
+                )),
+                (Some(r), Some(rep)) if rep != r => warnings.push(format!(
+                    "{}: says it sees this machine at {rep}, but this machine reaches it \
+                     from {r} (NAT, or a host that lies); using {addr}",
+                    s.host
+                )),
+                (None, Some(rep)) if rep != addr => warnings.push(format!(
+                    "{}: no route to it from here, and it says it sees this machine at \
+                     {rep}, not {addr}",
+                    s.host
+                )),
+                _ => {}
+            }
+        }
+        return Ok((addr, warnings));
+    }
+    let reports: Vec<(&str, IpAddr)> = seen
+        .iter()
+        .filter_map(|s| s.reported.map(|r| (s.host.as_str(), r)))
+        .collect();
+    let Some(&(_, first)) = reports.first() else {
+        return Err(DeployError::NoSeederAddr);
+    };
+    if reports.iter().any(|&(_, r)| r != first) {
+        let list: Vec<String> = reports.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+        return Err(DeployError::SeederAddrConflict(list.join(", ")));
+    }
+    warnings.push(format!(
+        "no route to the hosts from here; using {first}, the address all of them report seeing this machine at"
+    ));
+    Ok((first, warnings))
+}
+
 /// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
-/// then, in a private swarm, the secret, split into two files by length (the secret's
-/// file made 0600 by a umask in a subshell, so the release itself keeps normal modes).
+/// then, in a private swarm, the secret. The remote corvid reads both from stdin
+/// (`--stdin-torrent LEN --stdin-secret`) and keeps them under `DEST/.corvid/` itself,
+/// through a directory descriptor and as new files renamed into place: a shell `>` would
+/// follow a link planted there and write the secret wherever it points.
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
-    let dir = plan.dest.join(".corvid");
-    let tfile = dir.join(format!("{}.torrent", plan.tag));
-    let sfile = dir.join(format!("{}.secret", plan.tag));
-    let bundle = dir.join(format!("{}.incoming", plan.tag));
-    let (dir, tfile, sfile, bundle) = (
-        quote(&dir.to_string_lossy()),
-        quote(&tfile.to_string_lossy()),
-        quote(&sfile.to_string_lossy()),
-        quote(&bundle.to_string_lossy()),
-    );
     let mut stdin = torrent.to_vec();
-    let receive = receive_files(
-        &tfile,
-        &sfile,
-        &bundle,
-        torrent.len(),
-        plan.secret.is_some(),
-    );
     let secret_flag = match &plan.secret {
-        None => String::new(),
+        None => "",
         Some(secret) => {
             stdin.extend_from_slice(secret.expose());
-            format!(" --secret-file {sfile}")
+            " --stdin-secret"
         }
     };
     let mut cmd = format!(
-        "set -e; mkdir -p {dir}; {receive}; exec {} peer {tfile} --release-dest {} --tag {} \
-         --linger {}ms --stall-timeout {}ms --peer {} --json{secret_flag}",
+        "exec {} peer --release-dest {} --tag {} --stdin-torrent {}{secret_flag} \
+         --linger {}ms --stall-timeout {}ms --peer {} --json",
         quote_path(&plan.remote_corvid),
         quote(&plan.dest.to_string_lossy()),
         quote(&plan.tag),
+        torrent.len(),
         plan.linger.as_millis(),
         plan.stall_timeout.as_millis(),
         quote(&seeder.to_string()),
@@ -384,13 +452,12 @@ fn peer_host(
     events: &Sender<FleetEvent>,
 ) -> (HostOutcome, u64, u64, Option<Instant>) {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
-    let child = plan
-        .ssh
-        .command(host, &cmd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    });
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -403,7 +470,7 @@ fn peer_host(
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
-        // The torrent is small (hashes only); the remote `cat` reads it before anything
+        // The torrent is small (hashes only); the remote corvid reads it before anything
         // else happens, so this cannot block on our unread stdout.
         let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
     }
@@ -532,7 +599,6 @@ pub fn run(
             }
         }
     }
-    let seen_as = probes.iter().flatten().find_map(|p| p.client);
     let mut live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
     let payload_bytes = v.payload.total_length();
     let mut install_summary = InstallSummary {
@@ -557,9 +623,29 @@ pub fn run(
     if stop.is_stopped() || live.is_empty() {
         return end_early(tracker, results, install_summary);
     }
-    let Some(addr) = plan.seeder_addr.or(seen_as) else {
-        tracker.shutdown();
-        return Err(DeployError::NoSeederAddr);
+    let addr = match plan.seeder_addr {
+        Some(a) => a,
+        None => {
+            // `ssh -G` and a name lookup per host: local, but a fleet of names is many
+            // lookups, so as parallel as the sessions.
+            let seen: Vec<AddrSeen> = for_each_host(&live, plan.parallel, &|&i: &usize| AddrSeen {
+                host: hosts[i].clone(),
+                routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
+                reported: probes[i].as_ref().and_then(|p| p.client),
+            });
+            match choose_seeder_addr(&seen) {
+                Ok((a, warnings)) => {
+                    for w in warnings {
+                        on_event(&FleetEvent::Warning(w));
+                    }
+                    a
+                }
+                Err(e) => {
+                    tracker.shutdown();
+                    return Err(e);
+                }
+            }
+        }
     };
     // Both torrents (the binary's and the release's) announce here.
     let url = format!(
@@ -798,8 +884,7 @@ mod tests {
     }
 
     #[test]
-    fn private_deploy_sends_the_secret_by_stdin_into_a_0600_file() {
-        use std::os::unix::fs::PermissionsExt;
+    fn private_deploy_sends_the_secret_by_stdin_never_on_the_command_line() {
         let tmp = tempfile::tempdir().unwrap();
         let mut p = plan(tmp.path());
         p.dest = tmp.path().join("dest dir");
@@ -810,33 +895,22 @@ mod tests {
         let seeder: SocketAddr = "127.0.0.1:6881".parse().unwrap();
         let (cmd, stdin) = peer_command(&p, &torrent, seeder);
         assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
-        let mut child = std::process::Command::new("sh")
+        // No shell redirection writes anything: the remote corvid does, safely.
+        assert!(!cmd.contains('>'), "{cmd}");
+        assert_eq!(stdin, [&torrent[..], b"s3cret \x00\xff bytes"].concat());
+        let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+            .output()
             .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
-        let dir = p.dest.join(".corvid");
-        let tag = &p.tag;
-        assert_eq!(
-            std::fs::read(dir.join(format!("{tag}.torrent"))).unwrap(),
-            torrent
-        );
-        let sfile = dir.join(format!("{tag}.secret"));
-        assert_eq!(std::fs::read(&sfile).unwrap(), b"s3cret \x00\xff bytes");
-        let mode = std::fs::metadata(&sfile).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.join(format!("{tag}.incoming")).exists());
         let echoed = String::from_utf8_lossy(&out.stdout);
-        assert!(echoed.contains("--secret-file"), "{echoed}");
-        assert!(
-            echoed.contains(&sfile.to_string_lossy().into_owned()),
-            "{echoed}"
+        let want = format!(
+            "peer --release-dest {} --tag v1 --stdin-torrent {} --stdin-secret ",
+            p.dest.display(),
+            torrent.len()
         );
+        assert!(echoed.starts_with(&want), "{echoed}");
 
         // Without a secret: the torrent alone, no secret flag.
         p.secret = None;
@@ -885,7 +959,7 @@ mod tests {
                     hosts: "-oProxyCommand=x".into(),
                     ..ok.clone()
                 },
-                "ssh destination",
+                "is not a host",
             ),
             (
                 DeployPlan {
@@ -908,6 +982,59 @@ mod tests {
         }
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("out")).unwrap();
         assert!(matches!(validate(&ok), Err(DeployError::Source(_))));
+    }
+
+    #[test]
+    fn the_seeder_address_comes_from_our_routing_not_from_a_host() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let seen = |host: &str, routed: Option<&str>, reported: Option<&str>| AddrSeen {
+            host: host.into(),
+            routed: routed.map(ip),
+            reported: reported.map(ip),
+        };
+        // The first host lies about where it sees us: our route wins, with a warning.
+        let (a, w) = choose_seeder_addr(&[
+            seen("evil", Some("10.0.0.1"), Some("10.6.6.6")),
+            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
+        ])
+        .unwrap();
+        assert_eq!(a, ip("10.0.0.1"));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("evil:") && w[0].contains("10.6.6.6"),
+            "{w:?}"
+        );
+        // A host routed from another local address: warned, the first route kept.
+        let (a, w) = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.1")),
+            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
+            seen("h3", Some("192.168.1.5"), Some("192.168.1.5")),
+        ])
+        .unwrap();
+        assert_eq!(a, ip("10.0.0.1"));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("h3:"), "{w:?}");
+        // No route at all: agreeing reports are used (with a warning), disagreeing ones
+        // refused, none at all is an error.
+        let (a, w) = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.9")),
+            seen("h2", None, Some("10.0.0.9")),
+        ])
+        .unwrap();
+        assert_eq!((a, w.len()), (ip("10.0.0.9"), 1));
+        let e = choose_seeder_addr(&[
+            seen("h1", None, Some("10.0.0.9")),
+            seen("evil", None, Some("10.6.6.6")),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, DeployError::SeederAddrConflict(_)), "{e}");
+        assert!(e.to_string().contains("evil: 10.6.6.6"), "{e}");
+        assert!(matches!(
+            choose_seeder_addr(&[seen("h1", None, None)]),
+            Err(DeployError::NoSeederAddr)
+        ));
+        // The routing itself: towards loopback, from loopback.
+        assert_eq!(routed_from(ip("127.0.0.1")), Some(ip("127.0.0.1")));
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The fleet's host list: `--hosts h1,h2,...` or `--hosts FILE` (one host per line,
-//! `#` comments). A host is whatever `ssh` accepts as a destination (an alias from the
-//! user's ssh config, `host`, `user@host`), so it is passed through untouched, except
-//! that it may not start with `-` (ssh would read it as an option) or contain
-//! whitespace or control characters (it would split or hide in a command line).
+//! `#` comments). A host is only what a host can be: an optional `user@`, then a DNS
+//! name (or an alias from the user's ssh config, which has the same shape), an IPv4
+//! address or a bracketed IPv6 one, then an optional `:port`. Anything else is refused
+//! up front: ssh substitutes the host into `ProxyCommand` and `Match exec` (`%h`), and
+//! older OpenSSH hands those to a shell, so `a$(id>/tmp/x)b` or `x;reboot` would run
+//! as commands on this machine.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
-    #[error("host {0:?} is not a valid ssh destination (no leading '-', no spaces or control characters)")]
+    #[error("host {0:?} is not a host: expected [user@]NAME, [user@]IPv4 or [user@][IPv6], with an optional :PORT (NAME: letters, digits, '-', '_', dot-separated)")]
     BadHost(String),
     #[error("host {0:?} is listed twice")]
     Duplicate(String),
@@ -43,10 +46,7 @@ pub fn parse_hosts(spec: &str) -> Result<Vec<String>, HostsError> {
     };
     let mut hosts: Vec<String> = Vec::with_capacity(entries.len());
     for h in entries {
-        let ok = !h.starts_with('-') && h.chars().all(|c| !c.is_whitespace() && !c.is_control());
-        if !ok {
-            return Err(HostsError::BadHost(h.to_string()));
-        }
+        Destination::parse(h)?;
         if hosts.iter().any(|x| x == h) {
             return Err(HostsError::Duplicate(h.to_string()));
         }
@@ -56,6 +56,92 @@ pub fn parse_hosts(spec: &str) -> Result<Vec<String>, HostsError> {
         return Err(HostsError::Empty);
     }
     Ok(hosts)
+}
+
+/// One host, split into what ssh takes as separate arguments (`-l USER`, `-p PORT`,
+/// then the bare host after `--`), so no part of it is ever parsed by ssh as anything
+/// else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub user: Option<String>,
+    /// A name, an IPv4 address, or an IPv6 address without its brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// A login name: letters, digits, `.`, `_`, `-`, not starting with `-`.
+fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 64
+        && !u.starts_with('-')
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A DNS name (or an ssh config alias of the same shape): dot-separated labels of
+/// letters, digits, `-` and `_`, none empty, none starting with `-`.
+fn valid_name(n: &str) -> bool {
+    n.len() <= 253
+        && n.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+impl Destination {
+    /// Parses `[user@]host[:port]`, where host is a name, an IPv4 address or `[IPv6]`
+    /// (a bare IPv6 address, which cannot carry a port, is taken too).
+    pub fn parse(s: &str) -> Result<Destination, HostsError> {
+        let bad = || HostsError::BadHost(s.to_string());
+        let (user, rest) = match s.split_once('@') {
+            Some((u, r)) if valid_user(u) => (Some(u.to_string()), r),
+            Some(_) => return Err(bad()),
+            None => (None, s),
+        };
+        let port_of = |p: &str| -> Result<u16, HostsError> {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 && !p.starts_with('+') && !p.starts_with('0') => Ok(n),
+                _ => Err(bad()),
+            }
+        };
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (addr, after) = inner.split_once(']').ok_or_else(bad)?;
+            addr.parse::<Ipv6Addr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                p => Some(port_of(p.strip_prefix(':').ok_or_else(bad)?)?),
+            };
+            (addr.to_string(), port)
+        } else if rest.parse::<Ipv6Addr>().is_ok() {
+            (rest.to_string(), None)
+        } else {
+            let (h, port) = match rest.split_once(':') {
+                Some((h, p)) => (h, Some(port_of(p)?)),
+                None => (rest, None),
+            };
+            if h.parse::<Ipv4Addr>().is_err() && !valid_name(h) {
+                return Err(bad());
+            }
+            (h.to_string(), port)
+        };
+        Ok(Destination { user, host, port })
+    }
+
+    /// The ssh arguments for this destination, the host last (after the caller's `--`).
+    pub fn ssh_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(u) = &self.user {
+            a.extend(["-l".to_string(), u.clone()]);
+        }
+        if let Some(p) = self.port {
+            a.extend(["-p".to_string(), p.to_string()]);
+        }
+        a
+    }
 }
 
 #[cfg(test)]
@@ -90,5 +176,72 @@ mod tests {
         assert!(matches!(parse_hosts("a,a"), Err(HostsError::Duplicate(_))));
         assert!(matches!(parse_hosts(" , "), Err(HostsError::Empty)));
         assert!(matches!(parse_hosts("a\tb"), Err(HostsError::BadHost(_))));
+    }
+
+    #[test]
+    fn only_what_a_host_can_be_is_accepted() {
+        let d = |s: &str| Destination::parse(s).unwrap();
+        assert_eq!(
+            d("deploy@web-1.example.com:2222"),
+            Destination {
+                user: Some("deploy".into()),
+                host: "web-1.example.com".into(),
+                port: Some(2222),
+            }
+        );
+        assert_eq!(d("h1").ssh_args(), Vec::<String>::new());
+        assert_eq!(d("10.0.0.7:22").host, "10.0.0.7");
+        assert_eq!(d("root@[fe80::1]:2200").host, "fe80::1");
+        assert_eq!(d("[::1]").port, None);
+        assert_eq!(d("::1").host, "::1");
+        assert_eq!(d("my_alias").host, "my_alias");
+        assert_eq!(
+            d("u@h:7").ssh_args(),
+            ["-l", "u", "-p", "7"].map(String::from)
+        );
+        for bad in [
+            "a$(id>/tmp/x)b",
+            "x;reboot",
+            "`id`",
+            "h|nc x 1",
+            "h&",
+            "-oProxyCommand=x",
+            "h -p 1",
+            "a\tb",
+            "%h",
+            "h'",
+            "h\"",
+            "",
+            "@h",
+            "-u@h",
+            "u@@h",
+            "a..b",
+            ".h",
+            "h.",
+            "-h",
+            "h:",
+            "h:0",
+            "h:65536",
+            "h:+22",
+            "h:022",
+            "h:22:22",
+            "[::1",
+            "[::1]x",
+            "[h]",
+            "[::1]:",
+            "fe80::1%eth0",
+            "u:p@h",
+            "h/x",
+            "h\\x",
+            "ssh://h",
+            &"a".repeat(64),
+        ] {
+            assert!(Destination::parse(bad).is_err(), "accepted {bad:?}");
+            assert!(parse_hosts(bad).is_err(), "list accepted {bad:?}");
+        }
+        assert!(matches!(
+            parse_hosts("web1,x;reboot"),
+            Err(HostsError::BadHost(h)) if h == "x;reboot"
+        ));
     }
 }

@@ -246,11 +246,13 @@ pub struct InstallSummary {
 }
 
 /// The ssh stream's remote command: stdin into a temporary file beside the binary, then
-/// `chmod` and `mv` over it, so no host ever runs a half-written corvid.
+/// `chmod` and `mv` over it, so no host ever runs a half-written corvid. The temporary
+/// file comes from `mktemp` (a new file, random name), so nothing planted at a guessable
+/// name is written through.
 pub fn stream_command(remote_corvid: &str) -> String {
     let p = quote_path(remote_corvid);
     format!(
-        "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=\"$P.tmp.$$\"; \
+        "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=$(mktemp \"$P.tmp.XXXXXX\"); \
          trap 'rm -f \"$T\"' EXIT; cat > \"$T\"; chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
     )
 }
@@ -272,7 +274,8 @@ pub struct SwarmJob {
 
 /// The swarm install's remote command and its stdin (the torrent, then a private swarm's
 /// secret). In a private directory beside the binary (same filesystem, so the final `mv`
-/// is a rename): the OLD corvid downloads the new one as a peer, `sha1sum` checks the
+/// is a rename; made with a plain `mkdir`, which fails rather than reuse whatever was
+/// planted at its name, so the shell's `>` into it cannot follow a link): the OLD corvid downloads the new one as a peer, `sha1sum` checks the
 /// whole file, `chmod 755`, `mv` over the old binary, then `{"event":"installed"}`.
 /// The script's own steps exit with codes of their own (65 a wrong SHA-1, 73 no room for
 /// the download directory, 74 no `sha1sum` result, 75 the rename, 124 the `timeout`), so
@@ -298,7 +301,7 @@ pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
     let cmd = format!(
         "set -e; P={p}; D=\"$P.swarm.$$\"; \
          trap 'rm -rf \"$D\"' EXIT; trap 'exit 129' HUP INT TERM PIPE; \
-         {{ rm -rf \"$D\" && mkdir -p \"$D\" && {receive}; }} || exit 73; \
+         {{ rm -rf \"$D\" && mkdir -m 700 \"$D\" && {receive}; }} || exit 73; \
          timeout -k 5 {t} \"$P\" peer \"$D/corvid.torrent\" \"$D\" --linger {l}ms \
          --stall-timeout {s}ms --peer {seeder} --json{secret_flag}; \
          F=\"$D/{name}\"; S=$(sha1sum < \"$F\") || exit 74; S=${{S%% *}}; \

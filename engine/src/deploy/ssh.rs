@@ -4,13 +4,16 @@
 //! BatchMode, so a host that would ask for a password or a host-key confirmation fails at
 //! once instead of hanging the deploy; keep-alives after the user's options (ssh takes the
 //! first value it sees, so the user's own `-o ServerAlive...` wins), so a host that dies
-//! mid-transfer ends its session in about a minute instead of never; `--` before the host, which [`super::hosts`] has
-//! already checked cannot start with `-`. The remote command is one string for the remote
+//! mid-transfer ends its session in about a minute instead of never; the host's own
+//! `-l USER` and `-p PORT` (from `user@host:port`), then `--` before the bare host, which
+//! [`super::hosts`] has checked is a name or an address and nothing else. The remote command is one string for the remote
 //! shell, so every value in it goes through [`quote`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::hosts::Destination;
 
 /// ssh's own exit status for "could not connect or authenticate".
 pub const SSH_FAILED: i32 = 255;
@@ -48,8 +51,12 @@ impl Output {
 }
 
 impl Ssh {
-    /// The command for one session (stdio not yet set).
-    pub fn command(&self, host: &str, remote: &str) -> Command {
+    /// The command for one session (stdio not yet set). The host is split into `-l USER`,
+    /// `-p PORT` and the bare host after `--` ([`Destination`]); one that is not a host
+    /// is refused here too, whoever the caller is.
+    pub fn command(&self, host: &str, remote: &str) -> std::io::Result<Command> {
+        let dest = Destination::parse(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let mut c = Command::new(
             self.program
                 .as_deref()
@@ -63,14 +70,50 @@ impl Ssh {
             "-o",
             "ServerAliveCountMax=6",
         ]);
-        c.arg("--").arg(host).arg(remote);
-        c
+        // After the user's options: ssh takes the last -p and -l it sees on the command
+        // line, so a host's own port and user win over a fleet-wide `--ssh-option -p`.
+        c.args(dest.ssh_args());
+        c.arg("--").arg(&dest.host).arg(remote);
+        Ok(c)
+    }
+
+    /// The address ssh would connect to for `host`, as `ssh -G` resolves it (aliases,
+    /// `HostName`, the user's `-F` config), then looked up here if it is a name. `None`
+    /// when ssh or the lookup cannot say (no such name, a stand-in ssh without `-G`).
+    pub fn resolve(&self, host: &str) -> Option<std::net::IpAddr> {
+        use std::net::ToSocketAddrs;
+        let dest = Destination::parse(host).ok()?;
+        let out = Command::new(
+            self.program
+                .as_deref()
+                .unwrap_or(std::path::Path::new("ssh")),
+        )
+        .arg("-G")
+        .args(&self.options)
+        .args(dest.ssh_args())
+        .arg("--")
+        .arg(&dest.host)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("hostname "))?
+            .trim();
+        if let Ok(ip) = name.parse() {
+            return Some(ip);
+        }
+        // Only a name that is a host name reaches the resolver.
+        Destination::parse(name).ok()?;
+        (name, 22).to_socket_addrs().ok()?.next().map(|a| a.ip())
     }
 
     /// Runs `remote` on `host`, feeding `input` to its stdin, and collects the output.
     pub fn run(&self, host: &str, remote: &str, input: &[u8]) -> std::io::Result<Output> {
         let mut child = self
-            .command(host, remote)
+            .command(host, remote)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -122,7 +165,7 @@ impl Ssh {
         timeout: Duration,
         on_line: &mut dyn FnMut(&str),
     ) -> std::io::Result<Bounded> {
-        run_child(self.command(host, remote), input, timeout, on_line)
+        run_child(self.command(host, remote)?, input, timeout, on_line)
     }
 }
 
@@ -335,7 +378,7 @@ mod tests {
             options: vec!["-F".into(), "cfg".into()],
             program: None,
         };
-        let c = ssh.command("h1", "true");
+        let c = ssh.command("h1", "true").unwrap();
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
@@ -353,5 +396,16 @@ mod tests {
                 "true"
             ]
         );
+        // User and port become ssh's own flags; the host alone follows `--`.
+        let c = ssh.command("deploy@[fe80::2]:2222", "true").unwrap();
+        let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args[args.len() - 7..],
+            ["-l", "deploy", "-p", "2222", "--", "fe80::2", "true"]
+        );
+        // Not a host: no command at all.
+        let e = ssh.command("a$(id>/tmp/x)b", "true").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("is not a host"), "{e}");
     }
 }

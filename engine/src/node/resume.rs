@@ -740,11 +740,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
     std::fs::create_dir_all(dir).map_err(err("create the directory of", path))?;
     refuse_symlinked_dir(dir).map_err(err("write", path))?;
     let tmp = temp_path(path);
+    // A new file every time: whatever is at the temporary name (a leftover, or a hard
+    // link planted there to have corvid truncate another file) is unlinked first, and
+    // O_EXCL|O_NOFOLLOW refuses anything that reappears meanwhile.
+    let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .custom_flags_nofollow()
             .open(&tmp)
             .map_err(err("create", &tmp))?;
@@ -1142,5 +1145,12 @@ mod tests {
         assert!(w.write(&s, &Bitfield::full(1), false).unwrap());
         let r = Record::load(&path, 10_000).unwrap().unwrap();
         assert!(r.have.is_full());
+        // a hard link planted at the temporary name is unlinked, not truncated through
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"someone else's").unwrap();
+        std::fs::hard_link(&victim, temp_path(&path)).unwrap();
+        assert!(w.write(&s, &Bitfield::new(1), false).unwrap());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's");
+        assert!(!Record::load(&path, 10_000).unwrap().unwrap().have.is_full());
     }
 }
