@@ -39,13 +39,16 @@
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
 //!
-//! Private swarms ([`PeerConfig::secret`]): both sides put a fresh nonce (`corvid_nonce`,
-//! given to [`PeerConn::new`] by the caller) in their BEP 10 extension handshake, and answer
-//! the other's with a second one carrying `corvid_auth` = HMAC-SHA1(secret, info_hash ||
-//! their nonce || our peer id) (see [`auth`]). Until the remote's proof checks out we send
-//! nothing else (our bitfield is held back and goes out as the first message after it) and
-//! accept nothing but keep-alives and extension handshakes; a wrong or missing proof, or
-//! none within the handshake timeout, closes with [`CloseReason::NotAuthorized`].
+//! Private swarms ([`PeerConfig::secret`]): the handshake of [`auth`] (version 2) runs
+//! in BEP 10 extension handshakes. Each side's first one carries its fresh nonce
+//! (`corvid_challenge`, given to [`PeerConn::new`] by the caller); the side that dialled
+//! ([`Role::Initiator`]) then proves the secret over the whole connection's transcript,
+//! and the responder checks that before proving in turn. A private responder also holds
+//! back its BitTorrent handshake until the initiator's named the right torrent. Until the
+//! remote's proof checks out we send nothing but those handshakes (our bitfield goes out
+//! as the first message after it) and accept nothing but keep-alives and extension
+//! handshakes; a wrong, early or missing proof, an old corvid's handshake, or no proof
+//! within the handshake timeout closes with [`CloseReason::NotAuthorized`].
 //!
 //! How a runtime drives one connection (every call with the swarm locked, briefly):
 //! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
@@ -73,7 +76,7 @@ use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
 pub mod auth;
-use auth::{Secret, NONCE_LEN};
+use auth::{AuthFields, PeerAuth, Role, Secret, NONCE_LEN, PEER_AUTH_VERSION};
 
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
@@ -440,30 +443,38 @@ pub struct PeerConn {
     rate: Option<f64>,
     stats: PeerStats,
     released: bool,
-    /// Private swarms: the challenge we send the remote.
-    our_nonce: [u8; NONCE_LEN],
-    /// Private swarms: the remote's challenge, once its extension handshake brought it.
-    their_nonce: Option<[u8; NONCE_LEN]>,
+    /// Private swarms: our side of the peer handshake.
+    auth: Option<PeerAuth>,
     /// Whether the remote proved the secret; always true in a public swarm. Until it is,
     /// we send nothing but handshakes and accept nothing but extension handshakes.
     authenticated: bool,
 }
 
 impl PeerConn {
-    /// A new connection to or from `addr`; our handshake is the first thing
-    /// `poll_transmit` writes (both sides send theirs at once). Banned addresses are
-    /// refused. `nonce` must be fresh random bytes per connection in a private swarm (it is
-    /// what makes a captured proof useless elsewhere); a public swarm ignores it.
+    /// A new connection to (`role` initiator: we dialled) or from `addr`; our handshake is
+    /// the first thing `poll_transmit` writes (both sides send theirs at once, except a
+    /// private responder, which answers the initiator's). Banned addresses are refused.
+    /// `nonce` must be fresh random bytes per connection in a private swarm (it is what
+    /// makes a proof useless elsewhere); a public swarm ignores it and the role.
     pub fn new(
         cfg: &PeerConfig,
         swarm: &mut Swarm,
         addr: SocketAddr,
+        role: Role,
         our_peer_id: [u8; 20],
         nonce: [u8; NONCE_LEN],
         now: Instant,
     ) -> Result<Self, Banned> {
         let key = swarm.add_peer(addr.ip())?;
         let lengths = *swarm.lengths();
+        let auth = cfg
+            .secret
+            .clone()
+            .map(|s| PeerAuth::new(s, role, swarm.info_hash(), our_peer_id, nonce));
+        // A private responder says nothing, not even which torrent or peer id it is, to a
+        // remote that has not named the torrent first.
+        let answer_first = auth.is_some() && role == Role::Responder;
+        let ours = Handshake::ours(swarm.info_hash(), our_peer_id);
         Ok(PeerConn {
             cfg: cfg.clone(),
             key,
@@ -474,7 +485,7 @@ impl PeerConn {
                 max_block: BLOCK_SIZE,
             },
             state: State::Handshaking,
-            handshake_out: Some(Handshake::ours(swarm.info_hash(), our_peer_id)),
+            handshake_out: (!answer_first).then_some(ours),
             our_peer_id,
             remote_id: None,
             fast: false,
@@ -513,8 +524,7 @@ impl PeerConn {
             rate: None,
             stats: PeerStats::default(),
             released: false,
-            our_nonce: nonce,
-            their_nonce: None,
+            auth,
             authenticated: cfg.secret.is_none(),
         })
     }
@@ -661,15 +671,20 @@ impl PeerConn {
         self.fast = h.supports_fast();
         self.extended = h.supports_extended();
         self.state = State::Open;
-        if self.cfg.secret.is_some() {
+        if let Some(auth) = self.auth.as_mut() {
             // Private: only our challenge goes out; what we have waits for the proof.
             if !self.extended {
                 return Err(self.close(CloseReason::NotAuthorized(
                     "remote does not speak the extension protocol, so cannot prove the secret",
                 )));
             }
+            auth.handle_remote_id(h.peer_id);
+            let nonce = auth.our_nonce();
+            if self.handshake_out.is_none() && auth.role() == Role::Responder {
+                self.handshake_out = Some(Handshake::ours(swarm.info_hash(), self.our_peer_id));
+            }
             let mut ext = self.our_ext_handshake();
-            ext.corvid_nonce = Some(self.our_nonce);
+            ext.corvid_challenge = Some(nonce);
             ext.encode(&mut self.queued);
         } else {
             self.send_have(swarm);
@@ -706,50 +721,41 @@ impl PeerConn {
             p: self.cfg.listen_port,
             reqq: Some(self.cfg.our_reqq),
             corvid_max_request: Some(self.cfg.max_request_corvid),
-            corvid_nonce: None,
-            corvid_auth: None,
+            corvid_auth_v: self.auth.as_ref().map(|_| PEER_AUTH_VERSION),
+            corvid_challenge: None,
+            corvid_proof: None,
+            corvid_v1: false,
         }
     }
 
-    /// Private swarms: answer the remote's challenge, then check its answer to ours. The
-    /// remote's nonce comes in its first extension handshake and its proof in a later one,
-    /// so by the time its proof checks out ours is queued before our bitfield, and the
-    /// remote sees our proof before anything else of ours.
+    /// Private swarms: one step of the peer handshake ([`PeerAuth`]). A proof we owe goes
+    /// out in an extension handshake of its own, queued before our bitfield, so the remote
+    /// sees it before anything else of ours.
     fn on_private_ext_handshake(
         &mut self,
         swarm: &mut Swarm,
         h: &ExtendedHandshake,
     ) -> Result<(), CloseReason> {
-        let Some(secret) = self.cfg.secret.clone() else {
+        let Some(auth) = self.auth.as_mut() else {
             return Ok(());
         };
         if self.authenticated {
             return Ok(());
         }
-        if h.corvid_nonce.is_none() && h.corvid_auth.is_none() {
-            return Err(CloseReason::NotAuthorized(
-                "extension handshake carries no challenge or proof (not a private peer?)",
-            ));
-        }
-        let info_hash = swarm.info_hash();
-        if let (Some(n), None) = (h.corvid_nonce, self.their_nonce) {
-            self.their_nonce = Some(n);
+        let step = auth
+            .handle(&AuthFields {
+                version: h.corvid_auth_v,
+                challenge: h.corvid_challenge,
+                proof: h.corvid_proof,
+                legacy: h.corvid_v1,
+            })
+            .map_err(CloseReason::NotAuthorized)?;
+        if let Some(proof) = step.send_proof {
             let mut ext = self.our_ext_handshake();
-            ext.corvid_auth = Some(secret.peer_proof(&info_hash, &n, &self.our_peer_id));
+            ext.corvid_proof = Some(proof);
             ext.encode(&mut self.queued);
         }
-        if let Some(proof) = h.corvid_auth {
-            if self.their_nonce.is_none() {
-                return Err(CloseReason::NotAuthorized(
-                    "proof sent before any challenge",
-                ));
-            }
-            let remote = self.remote_id.unwrap_or_default();
-            if !secret.verify_peer_proof(&info_hash, &self.our_nonce, &remote, &proof) {
-                return Err(CloseReason::NotAuthorized(
-                    "wrong proof of the swarm secret",
-                ));
-            }
+        if step.authenticated {
             self.authenticated = true;
             self.send_have(swarm);
         }

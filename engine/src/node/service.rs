@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::geometry::BlockRef;
+use crate::peer::auth::Role;
 use crate::peer::{CloseReason, Event, PeerConn, Transmit};
 use crate::runtime::{
     CloseReason as RtClose, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf,
@@ -163,6 +164,10 @@ impl Service for PeerService {
             &self.shared.peer_cfg,
             &mut swarm,
             peer,
+            match direction {
+                Direction::Outbound => Role::Initiator,
+                Direction::Inbound => Role::Responder,
+            },
             self.shared.our_id,
             self.shared.next_nonce(),
             now,
