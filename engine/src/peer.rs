@@ -220,7 +220,8 @@ fn hex(b: &[u8]) -> String {
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The remote's handshake checked out.
+    /// The remote's handshake checked out (in a private swarm: and its proof of the
+    /// secret); `peer_id` is who it is from now on.
     HandshakeDone {
         peer_id: [u8; 20],
         fast: bool,
@@ -692,12 +693,23 @@ impl PeerConn {
                 self.our_ext_handshake().encode(&mut self.queued);
             }
         }
-        self.events.push_back(Event::HandshakeDone {
-            peer_id: h.peer_id,
-            fast: self.fast,
-            extended: self.extended,
-        });
+        if self.auth.is_none() {
+            self.handshake_done();
+        }
         Ok(())
+    }
+
+    /// Tells the runtime who the remote is: at its BitTorrent handshake in a public swarm,
+    /// only once it proved the secret in a private one (so a stranger claiming a member's
+    /// peer id cannot take that id's place in the node's table of connected peers).
+    fn handshake_done(&mut self) {
+        if let Some(peer_id) = self.remote_id {
+            self.events.push_back(Event::HandshakeDone {
+                peer_id,
+                fast: self.fast,
+                extended: self.extended,
+            });
+        }
     }
 
     /// Our view of what we have, as the first message after the handshakes: a snapshot
@@ -758,6 +770,7 @@ impl PeerConn {
         if step.authenticated {
             self.authenticated = true;
             self.send_have(swarm);
+            self.handshake_done();
         }
         Ok(())
     }

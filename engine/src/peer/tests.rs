@@ -1931,6 +1931,29 @@ fn private_initiator_proves_on_the_responders_challenge_and_checks_its_proof() {
     );
     assert!(messages(&drain_out(&mut swarm, &mut pc, now)).is_empty());
 }
+#[test]
+fn private_remote_is_named_to_the_runtime_only_once_it_proved_the_secret() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let (t, mut swarm, mut pc, now) = private_conn(Role::Responder, [1; 16]);
+    pc.handle_bytes(&mut swarm, &handshake_bytes(t.info_hash, true), now)
+        .unwrap();
+    let bytes = ext(Some([9; 16]), None);
+    pc.handle_bytes(&mut swarm, &bytes, now).unwrap();
+    // A stranger claiming a member's id gets no entry in the node's peer table.
+    assert_eq!(pc.poll_event(), None);
+    let tr = transcript(&t, Role::Responder, [1; 16], [9; 16]);
+    let bytes = ext(None, Some(s.peer_proof(Role::Initiator, &tr)));
+    pc.handle_bytes(&mut swarm, &bytes, now).unwrap();
+    assert_eq!(
+        pc.poll_event(),
+        Some(Event::HandshakeDone {
+            peer_id: REMOTE_ID,
+            fast: true,
+            extended: true
+        })
+    );
+}
+
 /// What a private responder with challenge [1; 16] does with `proof` after the initiator
 /// challenged with [9; 16]: the close reason, and whether it sent anything but nothing.
 fn responder_given(proof: [u8; 20]) -> (Result<usize, CloseReason>, Vec<Msg>) {
