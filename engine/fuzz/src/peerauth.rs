@@ -159,8 +159,9 @@ pub fn peer_auth(data: &[u8]) {
     }
     let timed_out = now.saturating_duration_since(start) >= PeerConfig::default().handshake_timeout;
     if same && !tampered && !timed_out {
+        // (Either side may close later: the harness's filler payloads fail their hash
+        // unless verdicts pass, and two bad pieces ban the sender.)
         for (i, s) in sides.iter().enumerate() {
-            assert!(!s.h.closed, "side {i} closed on an untouched handshake");
             assert!(
                 first_non_handshake(&s.sent_log).is_some(),
                 "side {i} never authenticated the other over untouched streams"
