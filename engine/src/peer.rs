@@ -76,7 +76,9 @@ use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
 pub mod auth;
+mod requests;
 use auth::{AuthFields, PeerAuth, Role, Secret, NONCE_LEN, PEER_AUTH_VERSION};
+use requests::TheirRequests;
 
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
@@ -90,6 +92,16 @@ pub const MAX_QUEUED: usize = 1 << 20;
 /// extension handshake says otherwise (`corvid_max_request`): older corvid versions serve
 /// exactly this, so it is safe to ask for it without the advertisement.
 pub const CORVID_MAX_REQUEST: u32 = 128 * 1024;
+
+/// Largest message a private-swarm remote may send before it proved the secret: our
+/// extension handshakes are a few hundred bytes, and a stranger must not make us buffer
+/// (and re-parse under the swarm lock) a 1 MiB one.
+pub const MAX_UNAUTHENTICATED_MESSAGE: u32 = 4096;
+
+/// Buffers of one connection (its send queue, the scratch copy of a message that straddled
+/// a ring's seam) that grew past this for one big message are given back afterwards, so
+/// 512 connections do not each keep their largest message's worth.
+pub const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Most swarm blocks one request of ours may cover (a `u64` mask per request): 1 MiB.
 pub const MAX_REQUEST_BLOCKS: u32 = 64;
@@ -417,7 +429,7 @@ pub struct PeerConn {
     /// Our requests by their wire triple: a `piece` header finds its request in O(1).
     outstanding: Requests,
     inflight: u64,
-    their_requests: VecDeque<BlockRef>,
+    their_requests: TheirRequests,
     /// Control messages encoded while handling input, flushed by `poll_transmit`.
     queued: Vec<u8>,
     /// Holds a message that straddles the two input slices.
@@ -506,7 +518,7 @@ impl PeerConn {
             cancel_cursor: swarm.cancel_log().len(),
             outstanding: Requests::default(),
             inflight: 0,
-            their_requests: VecDeque::new(),
+            their_requests: TheirRequests::default(),
             queued: Vec::new(),
             scratch: Vec::new(),
             picked: Vec::new(),
@@ -642,6 +654,19 @@ impl PeerConn {
             } else {
                 (&b[(pos - a.len()).min(b.len())..], &[][..])
             };
+            if !self.authenticated {
+                let mut prefix = [0u8; 4];
+                for (d, s) in prefix.iter_mut().zip(x.iter().chain(y.iter())) {
+                    *d = *s;
+                }
+                if x.len() + y.len() >= 4
+                    && u32::from_be_bytes(prefix) > MAX_UNAUTHENTICATED_MESSAGE
+                {
+                    break Err(self.close(CloseReason::NotAuthorized(
+                        "message of more than 4 KiB before proving the secret",
+                    )));
+                }
+            }
             match wire::decode_split(x, y, &mut scratch, &self.limits) {
                 Err(e) => break Err(self.close(e.into())),
                 Ok(Decoded::Incomplete) => break Ok(pos),
@@ -657,8 +682,37 @@ impl PeerConn {
                 }
             }
         };
+        if scratch.capacity() > KEEP_BUFFER {
+            scratch = Vec::new();
+        }
         self.scratch = scratch;
         result
+    }
+
+    /// Whether `buffered` (the unconsumed input, in one slice) certainly holds no complete
+    /// message yet, so the runtime can wait for more bytes without taking the swarm lock:
+    /// a remote that trickles a big message a few bytes per segment would otherwise cost
+    /// one locked call per segment. False whenever `handle_bytes` could act (a complete
+    /// message or handshake, a piece header, or a prefix it will refuse).
+    pub fn wants_more(&self, buffered: &[u8]) -> bool {
+        match self.state {
+            State::Handshaking => {
+                let n = buffered.len().min(wire::PROTOCOL.len());
+                buffered.len() < wire::HANDSHAKE_LEN && buffered[..n] == wire::PROTOCOL[..n]
+            }
+            State::Open => {
+                let Some(prefix) = buffered.first_chunk::<4>() else {
+                    return true;
+                };
+                let len = u32::from_be_bytes(*prefix);
+                if !self.authenticated && len > MAX_UNAUTHENTICATED_MESSAGE {
+                    return false;
+                }
+                let id = buffered.get(4).copied().filter(|_| len > 0);
+                wire::frame_need(len, id, &self.limits).is_ok_and(|need| buffered.len() < need)
+            }
+            State::Payload(_) | State::Closed => false,
+        }
     }
 
     fn on_handshake(&mut self, swarm: &mut Swarm, h: Handshake) -> Result<(), CloseReason> {
@@ -930,13 +984,7 @@ impl PeerConn {
                 self.their_requests.push_back(block);
             }
             Message::Cancel { index, begin, len } => {
-                if let Some(i) = self
-                    .their_requests
-                    .iter()
-                    .position(|b| (b.piece.get(), b.offset, b.len) == (index, begin, len))
-                {
-                    self.their_requests.remove(i);
-                }
+                self.their_requests.cancel(index, begin, len);
             }
             Message::Piece { index, begin, len } => {
                 let unrequested = CloseReason::UnrequestedPiece { index, begin, len };
@@ -1386,6 +1434,7 @@ impl PeerConn {
         }
         out.extend_from_slice(&self.queued);
         self.queued.clear();
+        self.queued.shrink_to(KEEP_BUFFER);
         if out.len() == start
             && now.saturating_duration_since(self.last_sent) >= self.cfg.keepalive_interval
         {
@@ -1415,14 +1464,8 @@ impl PeerConn {
         if !swarm.is_complete() || self.their_requests.len() < 2 {
             return self.their_requests.pop_front();
         }
-        let best = self
-            .their_requests
-            .iter()
-            .take(SEEDER_LOOKAHEAD)
-            .enumerate()
-            .min_by_key(|(_, b)| swarm.spread(b.piece))
-            .map(|(i, _)| i)?;
-        self.their_requests.remove(best)
+        self.their_requests
+            .take_min_by(SEEDER_LOOKAHEAD, |b| swarm.spread(b.piece))
     }
 
     fn note_sent(&mut self, sent: bool, now: Instant) {
@@ -1449,6 +1492,7 @@ impl PeerConn {
             assert_eq!(o.live & !full_mask(blocks_covered(k)), 0);
         }
         assert!(self.their_requests.len() <= self.cfg.our_reqq as usize);
+        self.their_requests.check();
         assert!(!self.am_choking || self.their_requests.is_empty());
         assert!(self.useful <= self.remote_has.count());
     }

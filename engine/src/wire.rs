@@ -216,7 +216,10 @@ impl Message<'_> {
 
 /// Checks a message's length prefix (and id, if present) before its body is awaited, and
 /// says how many bytes, counting the prefix, must be present to yield the message.
-fn frame_need(len: u32, id: Option<u8>, limits: &Limits) -> Result<usize, WireError> {
+/// Bytes the message whose length prefix is `len` (and id `id`, once known) needs before
+/// it can be decoded: the whole frame, or a `piece`'s 13-byte header; an error as soon as
+/// the prefix shows the message cannot be valid.
+pub fn frame_need(len: u32, id: Option<u8>, limits: &Limits) -> Result<usize, WireError> {
     let Some(id) = id else {
         return Ok(if len == 0 { 4 } else { 5 });
     };

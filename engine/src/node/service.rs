@@ -284,6 +284,10 @@ impl Service for PeerService {
             }
             return Ok(n);
         }
+        if conn.peer.wants_more(bytes) {
+            // Nothing to decode yet: wait for more bytes without the swarm lock.
+            return Ok(0);
+        }
         let result = {
             let mut swarm = self.shared.swarm.lock();
             conn.peer.handle_bytes(&mut swarm, bytes, now)

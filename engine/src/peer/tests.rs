@@ -2107,3 +2107,144 @@ fn remote_that_does_not_use_its_upload_slot_is_choked_then_forgiven() {
     pc.handle_tick(&mut s, idle + cfg.stall_penalty + Duration::from_secs(1));
     assert!(!pc.choke_state().0);
 }
+
+// ---- bounded work per hostile input ----
+
+#[test]
+fn private_remote_cannot_send_a_big_message_before_proving() {
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    // Only the length prefix of a 1 MiB extension message: refused at once.
+    let prefix = (1u32 << 20).to_be_bytes();
+    assert!(
+        !pc.wants_more(&prefix),
+        "the prefix alone must reach handle_bytes"
+    );
+    assert_eq!(
+        pc.handle_bytes(&mut swarm, &prefix, now),
+        Err(CloseReason::NotAuthorized(
+            "message of more than 4 KiB before proving the secret"
+        ))
+    );
+    // A small one is fine.
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    let bytes = ext(Some([9; 16]), None);
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+}
+
+#[test]
+fn incomplete_messages_are_recognised_without_the_swarm() {
+    let (t, mut s, mut pc, now) = {
+        let t = torrent(100_000, 32_768, 9);
+        let mut s = Swarm::new(
+            SwarmConfig::default(),
+            t.info_hash,
+            t.lengths,
+            Bitfield::full(t.lengths.piece_count()),
+            1,
+        );
+        let now = Instant::now();
+        let pc = PeerConn::new(
+            &PeerConfig::default(),
+            &mut s,
+            "10.0.0.9:1".parse().unwrap(),
+            Role::Responder,
+            OUR_ID,
+            [0; 16],
+            now,
+        )
+        .unwrap();
+        (t, s, pc, now)
+    };
+    let hs = handshake_bytes(t.info_hash, true);
+    assert!(pc.wants_more(&hs[..30]));
+    assert!(!pc.wants_more(&hs), "a whole handshake");
+    assert!(
+        !pc.wants_more(b"GET / HTTP/1.1"),
+        "a bad prefix is for handle_bytes"
+    );
+    pc.handle_bytes(&mut s, &hs, now).unwrap();
+    // A 1 MiB extension message trickling in: every cut but the last waits.
+    let mut big = Vec::new();
+    Message::Extended {
+        ext_id: 7,
+        payload: &vec![b'x'; 1 << 20],
+    }
+    .encode(&mut big);
+    for cut in [0, 3, 4, 5, 13, 1000, big.len() - 1] {
+        assert!(pc.wants_more(&big[..cut]), "cut {cut}");
+    }
+    assert!(!pc.wants_more(&big));
+    // A piece header is enough to act on; a message that cannot be valid is too.
+    let hdr = wire::piece_header(0, 0, 16_384);
+    assert!(pc.wants_more(&hdr[..12]) && !pc.wants_more(&hdr));
+    assert!(
+        !pc.wants_more(&[0, 0, 0, 9, wire::id::HAVE]),
+        "have of the wrong length"
+    );
+    assert_eq!(pc.handle_bytes(&mut s, &big, now), Ok(big.len()));
+}
+
+#[test]
+fn buffers_grown_for_one_big_message_are_given_back() {
+    let now = Instant::now();
+    // A public connection that receives a 1 MiB extension message across a ring seam.
+    let (t, mut s2, mut pc2, now2) = {
+        let t = torrent(100_000, 32_768, 9);
+        let mut sw = Swarm::new(
+            SwarmConfig::default(),
+            t.info_hash,
+            t.lengths,
+            Bitfield::full(t.lengths.piece_count()),
+            1,
+        );
+        let pc = PeerConn::new(
+            &PeerConfig::default(),
+            &mut sw,
+            "10.0.0.9:1".parse().unwrap(),
+            Role::Responder,
+            OUR_ID,
+            [0; 16],
+            now,
+        )
+        .unwrap();
+        (t, sw, pc, now)
+    };
+    pc2.handle_bytes(&mut s2, &handshake_bytes(t.info_hash, true), now2)
+        .unwrap();
+    let mut big = Vec::new();
+    Message::Extended {
+        ext_id: 7,
+        payload: &vec![b'x'; 1 << 20],
+    }
+    .encode(&mut big);
+    let (a, b) = big.split_at(big.len() / 2);
+    assert_eq!(pc2.handle_bytes_split(&mut s2, a, b, now2), Ok(big.len()));
+    assert!(
+        pc2.scratch.capacity() <= KEEP_BUFFER,
+        "scratch kept {}",
+        pc2.scratch.capacity()
+    );
+    // The send queue: a flood of requests answered with rejects, then flushed.
+    let mut reqs = Vec::new();
+    for i in 0..60_000u32 {
+        Message::Request {
+            index: 0,
+            begin: (i % 2) * 16_384,
+            len: 16_384,
+        }
+        .encode(&mut reqs);
+    }
+    pc2.handle_bytes(&mut s2, &reqs, now2).unwrap();
+    let mut out = Vec::new();
+    while pc2.poll_transmit(&mut s2, now2, &mut out).is_some() {}
+    assert!(
+        out.len() > KEEP_BUFFER,
+        "the rejects went out ({} bytes)",
+        out.len()
+    );
+    assert!(
+        pc2.queued.capacity() <= KEEP_BUFFER,
+        "queue kept {}",
+        pc2.queued.capacity()
+    );
+}
