@@ -486,7 +486,7 @@ impl PeerConn {
             .map(|s| PeerAuth::new(s, role, swarm.info_hash(), our_peer_id, nonce));
         // A private responder says nothing, not even which torrent or peer id it is, to a
         // remote that has not named the torrent first.
-        let answer_first = auth.is_some() && role == Role::Responder;
+        let waits_for_theirs = auth.is_some() && role == Role::Responder;
         let ours = Handshake::ours(swarm.info_hash(), our_peer_id);
         Ok(PeerConn {
             cfg: cfg.clone(),
@@ -498,7 +498,7 @@ impl PeerConn {
                 max_block: BLOCK_SIZE,
             },
             state: State::Handshaking,
-            handshake_out: (!answer_first).then_some(ours),
+            handshake_out: (!waits_for_theirs).then_some(ours),
             our_peer_id,
             remote_id: None,
             fast: false,
