@@ -39,13 +39,16 @@
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.
 //!
-//! Private swarms ([`PeerConfig::secret`]): both sides put a fresh nonce (`corvid_nonce`,
-//! given to [`PeerConn::new`] by the caller) in their BEP 10 extension handshake, and answer
-//! the other's with a second one carrying `corvid_auth` = HMAC-SHA1(secret, info_hash ||
-//! their nonce || our peer id) (see [`auth`]). Until the remote's proof checks out we send
-//! nothing else (our bitfield is held back and goes out as the first message after it) and
-//! accept nothing but keep-alives and extension handshakes; a wrong or missing proof, or
-//! none within the handshake timeout, closes with [`CloseReason::NotAuthorized`].
+//! Private swarms ([`PeerConfig::secret`]): the handshake of [`auth`] (version 2) runs
+//! in BEP 10 extension handshakes. Each side's first one carries its fresh nonce
+//! (`corvid_challenge`, given to [`PeerConn::new`] by the caller); the side that dialled
+//! ([`Role::Initiator`]) then proves the secret over the whole connection's transcript,
+//! and the responder checks that before proving in turn. A private responder also holds
+//! back its BitTorrent handshake until the initiator's named the right torrent. Until the
+//! remote's proof checks out we send nothing but those handshakes (our bitfield goes out
+//! as the first message after it) and accept nothing but keep-alives and extension
+//! handshakes; a wrong, early or missing proof, an old corvid's handshake, or no proof
+//! within the handshake timeout closes with [`CloseReason::NotAuthorized`].
 //!
 //! How a runtime drives one connection (every call with the swarm locked, briefly):
 //! 1. `PeerConn::new` on connect/accept (refused if the address is banned), then
@@ -73,7 +76,9 @@ use crate::swarm::{Accept, Banned, PeerKey, Swarm};
 use crate::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
 pub mod auth;
-use auth::{Secret, NONCE_LEN};
+mod requests;
+use auth::{AuthFields, PeerAuth, Role, Secret, NONCE_LEN, PEER_AUTH_VERSION};
+use requests::TheirRequests;
 
 /// How far into a remote's request queue a seeder looks for the least-spread piece.
 pub const SEEDER_LOOKAHEAD: usize = 64;
@@ -87,6 +92,16 @@ pub const MAX_QUEUED: usize = 1 << 20;
 /// extension handshake says otherwise (`corvid_max_request`): older corvid versions serve
 /// exactly this, so it is safe to ask for it without the advertisement.
 pub const CORVID_MAX_REQUEST: u32 = 128 * 1024;
+
+/// Largest message a private-swarm remote may send before it proved the secret: our
+/// extension handshakes are a few hundred bytes, and a stranger must not make us buffer
+/// (and re-parse under the swarm lock) a 1 MiB one.
+pub const MAX_UNAUTHENTICATED_MESSAGE: u32 = 4096;
+
+/// Buffers of one connection (its send queue, the scratch copy of a message that straddled
+/// a ring's seam) that grew past this for one big message are given back afterwards, so
+/// 512 connections do not each keep their largest message's worth.
+pub const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Most swarm blocks one request of ours may cover (a `u64` mask per request): 1 MiB.
 pub const MAX_REQUEST_BLOCKS: u32 = 64;
@@ -217,7 +232,8 @@ fn hex(b: &[u8]) -> String {
 /// Something the runtime must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The remote's handshake checked out.
+    /// The remote's handshake checked out (in a private swarm: and its proof of the
+    /// secret); `peer_id` is who it is from now on.
     HandshakeDone {
         peer_id: [u8; 20],
         fast: bool,
@@ -413,7 +429,7 @@ pub struct PeerConn {
     /// Our requests by their wire triple: a `piece` header finds its request in O(1).
     outstanding: Requests,
     inflight: u64,
-    their_requests: VecDeque<BlockRef>,
+    their_requests: TheirRequests,
     /// Control messages encoded while handling input, flushed by `poll_transmit`.
     queued: Vec<u8>,
     /// Holds a message that straddles the two input slices.
@@ -440,30 +456,38 @@ pub struct PeerConn {
     rate: Option<f64>,
     stats: PeerStats,
     released: bool,
-    /// Private swarms: the challenge we send the remote.
-    our_nonce: [u8; NONCE_LEN],
-    /// Private swarms: the remote's challenge, once its extension handshake brought it.
-    their_nonce: Option<[u8; NONCE_LEN]>,
+    /// Private swarms: our side of the peer handshake.
+    auth: Option<PeerAuth>,
     /// Whether the remote proved the secret; always true in a public swarm. Until it is,
     /// we send nothing but handshakes and accept nothing but extension handshakes.
     authenticated: bool,
 }
 
 impl PeerConn {
-    /// A new connection to or from `addr`; our handshake is the first thing
-    /// `poll_transmit` writes (both sides send theirs at once). Banned addresses are
-    /// refused. `nonce` must be fresh random bytes per connection in a private swarm (it is
-    /// what makes a captured proof useless elsewhere); a public swarm ignores it.
+    /// A new connection to (`role` initiator: we dialled) or from `addr`; our handshake is
+    /// the first thing `poll_transmit` writes (both sides send theirs at once, except a
+    /// private responder, which answers the initiator's). Banned addresses are refused.
+    /// `nonce` must be fresh random bytes per connection in a private swarm (it is what
+    /// makes a proof useless elsewhere); a public swarm ignores it and the role.
     pub fn new(
         cfg: &PeerConfig,
         swarm: &mut Swarm,
         addr: SocketAddr,
+        role: Role,
         our_peer_id: [u8; 20],
         nonce: [u8; NONCE_LEN],
         now: Instant,
     ) -> Result<Self, Banned> {
         let key = swarm.add_peer(addr.ip())?;
         let lengths = *swarm.lengths();
+        let auth = cfg
+            .secret
+            .clone()
+            .map(|s| PeerAuth::new(s, role, swarm.info_hash(), our_peer_id, nonce));
+        // A private responder says nothing, not even which torrent or peer id it is, to a
+        // remote that has not named the torrent first.
+        let waits_for_theirs = auth.is_some() && role == Role::Responder;
+        let ours = Handshake::ours(swarm.info_hash(), our_peer_id);
         Ok(PeerConn {
             cfg: cfg.clone(),
             key,
@@ -474,7 +498,7 @@ impl PeerConn {
                 max_block: BLOCK_SIZE,
             },
             state: State::Handshaking,
-            handshake_out: Some(Handshake::ours(swarm.info_hash(), our_peer_id)),
+            handshake_out: (!waits_for_theirs).then_some(ours),
             our_peer_id,
             remote_id: None,
             fast: false,
@@ -494,7 +518,7 @@ impl PeerConn {
             cancel_cursor: swarm.cancel_log().len(),
             outstanding: Requests::default(),
             inflight: 0,
-            their_requests: VecDeque::new(),
+            their_requests: TheirRequests::default(),
             queued: Vec::new(),
             scratch: Vec::new(),
             picked: Vec::new(),
@@ -513,8 +537,7 @@ impl PeerConn {
             rate: None,
             stats: PeerStats::default(),
             released: false,
-            our_nonce: nonce,
-            their_nonce: None,
+            auth,
             authenticated: cfg.secret.is_none(),
         })
     }
@@ -631,6 +654,19 @@ impl PeerConn {
             } else {
                 (&b[(pos - a.len()).min(b.len())..], &[][..])
             };
+            if !self.authenticated {
+                let mut prefix = [0u8; 4];
+                for (d, s) in prefix.iter_mut().zip(x.iter().chain(y.iter())) {
+                    *d = *s;
+                }
+                if x.len() + y.len() >= 4
+                    && u32::from_be_bytes(prefix) > MAX_UNAUTHENTICATED_MESSAGE
+                {
+                    break Err(self.close(CloseReason::NotAuthorized(
+                        "message of more than 4 KiB before proving the secret",
+                    )));
+                }
+            }
             match wire::decode_split(x, y, &mut scratch, &self.limits) {
                 Err(e) => break Err(self.close(e.into())),
                 Ok(Decoded::Incomplete) => break Ok(pos),
@@ -646,8 +682,37 @@ impl PeerConn {
                 }
             }
         };
+        if scratch.capacity() > KEEP_BUFFER {
+            scratch = Vec::new();
+        }
         self.scratch = scratch;
         result
+    }
+
+    /// Whether `buffered` (the unconsumed input, in one slice) certainly holds no complete
+    /// message yet, so the runtime can wait for more bytes without taking the swarm lock:
+    /// a remote that trickles a big message a few bytes per segment would otherwise cost
+    /// one locked call per segment. False whenever `handle_bytes` could act (a complete
+    /// message or handshake, a piece header, or a prefix it will refuse).
+    pub fn wants_more(&self, buffered: &[u8]) -> bool {
+        match self.state {
+            State::Handshaking => {
+                let n = buffered.len().min(wire::PROTOCOL.len());
+                buffered.len() < wire::HANDSHAKE_LEN && buffered[..n] == wire::PROTOCOL[..n]
+            }
+            State::Open => {
+                let Some(prefix) = buffered.first_chunk::<4>() else {
+                    return true;
+                };
+                let len = u32::from_be_bytes(*prefix);
+                if !self.authenticated && len > MAX_UNAUTHENTICATED_MESSAGE {
+                    return false;
+                }
+                let id = buffered.get(4).copied().filter(|_| len > 0);
+                wire::frame_need(len, id, &self.limits).is_ok_and(|need| buffered.len() < need)
+            }
+            State::Payload(_) | State::Closed => false,
+        }
     }
 
     fn on_handshake(&mut self, swarm: &mut Swarm, h: Handshake) -> Result<(), CloseReason> {
@@ -661,15 +726,20 @@ impl PeerConn {
         self.fast = h.supports_fast();
         self.extended = h.supports_extended();
         self.state = State::Open;
-        if self.cfg.secret.is_some() {
+        if let Some(auth) = self.auth.as_mut() {
             // Private: only our challenge goes out; what we have waits for the proof.
             if !self.extended {
                 return Err(self.close(CloseReason::NotAuthorized(
                     "remote does not speak the extension protocol, so cannot prove the secret",
                 )));
             }
+            auth.handle_remote_id(h.peer_id);
+            let nonce = auth.our_nonce();
+            if self.handshake_out.is_none() && auth.role() == Role::Responder {
+                self.handshake_out = Some(Handshake::ours(swarm.info_hash(), self.our_peer_id));
+            }
             let mut ext = self.our_ext_handshake();
-            ext.corvid_nonce = Some(self.our_nonce);
+            ext.corvid_challenge = Some(nonce);
             ext.encode(&mut self.queued);
         } else {
             self.send_have(swarm);
@@ -677,12 +747,23 @@ impl PeerConn {
                 self.our_ext_handshake().encode(&mut self.queued);
             }
         }
-        self.events.push_back(Event::HandshakeDone {
-            peer_id: h.peer_id,
-            fast: self.fast,
-            extended: self.extended,
-        });
+        if self.auth.is_none() {
+            self.handshake_done();
+        }
         Ok(())
+    }
+
+    /// Tells the runtime who the remote is: at its BitTorrent handshake in a public swarm,
+    /// only once it proved the secret in a private one (so a stranger claiming a member's
+    /// peer id cannot take that id's place in the node's table of connected peers).
+    fn handshake_done(&mut self) {
+        if let Some(peer_id) = self.remote_id {
+            self.events.push_back(Event::HandshakeDone {
+                peer_id,
+                fast: self.fast,
+                extended: self.extended,
+            });
+        }
     }
 
     /// Our view of what we have, as the first message after the handshakes: a snapshot
@@ -706,52 +787,44 @@ impl PeerConn {
             p: self.cfg.listen_port,
             reqq: Some(self.cfg.our_reqq),
             corvid_max_request: Some(self.cfg.max_request_corvid),
-            corvid_nonce: None,
-            corvid_auth: None,
+            corvid_auth_v: self.auth.as_ref().map(|_| PEER_AUTH_VERSION),
+            corvid_challenge: None,
+            corvid_proof: None,
+            corvid_v1: false,
         }
     }
 
-    /// Private swarms: answer the remote's challenge, then check its answer to ours. The
-    /// remote's nonce comes in its first extension handshake and its proof in a later one,
-    /// so by the time its proof checks out ours is queued before our bitfield, and the
-    /// remote sees our proof before anything else of ours.
+    /// Private swarms: one step of the peer handshake ([`PeerAuth`]). A proof we owe goes
+    /// out in an extension handshake of its own, queued before our bitfield, so the remote
+    /// sees it before anything else of ours.
     fn on_private_ext_handshake(
         &mut self,
         swarm: &mut Swarm,
         h: &ExtendedHandshake,
     ) -> Result<(), CloseReason> {
-        let Some(secret) = self.cfg.secret.clone() else {
+        let Some(auth) = self.auth.as_mut() else {
             return Ok(());
         };
         if self.authenticated {
             return Ok(());
         }
-        if h.corvid_nonce.is_none() && h.corvid_auth.is_none() {
-            return Err(CloseReason::NotAuthorized(
-                "extension handshake carries no challenge or proof (not a private peer?)",
-            ));
-        }
-        let info_hash = swarm.info_hash();
-        if let (Some(n), None) = (h.corvid_nonce, self.their_nonce) {
-            self.their_nonce = Some(n);
+        let step = auth
+            .handle(&AuthFields {
+                version: h.corvid_auth_v,
+                challenge: h.corvid_challenge,
+                proof: h.corvid_proof,
+                legacy: h.corvid_v1,
+            })
+            .map_err(CloseReason::NotAuthorized)?;
+        if let Some(proof) = step.send_proof {
             let mut ext = self.our_ext_handshake();
-            ext.corvid_auth = Some(secret.peer_proof(&info_hash, &n, &self.our_peer_id));
+            ext.corvid_proof = Some(proof);
             ext.encode(&mut self.queued);
         }
-        if let Some(proof) = h.corvid_auth {
-            if self.their_nonce.is_none() {
-                return Err(CloseReason::NotAuthorized(
-                    "proof sent before any challenge",
-                ));
-            }
-            let remote = self.remote_id.unwrap_or_default();
-            if !secret.verify_peer_proof(&info_hash, &self.our_nonce, &remote, &proof) {
-                return Err(CloseReason::NotAuthorized(
-                    "wrong proof of the swarm secret",
-                ));
-            }
+        if step.authenticated {
             self.authenticated = true;
             self.send_have(swarm);
+            self.handshake_done();
         }
         Ok(())
     }
@@ -911,13 +984,7 @@ impl PeerConn {
                 self.their_requests.push_back(block);
             }
             Message::Cancel { index, begin, len } => {
-                if let Some(i) = self
-                    .their_requests
-                    .iter()
-                    .position(|b| (b.piece.get(), b.offset, b.len) == (index, begin, len))
-                {
-                    self.their_requests.remove(i);
-                }
+                self.their_requests.cancel(index, begin, len);
             }
             Message::Piece { index, begin, len } => {
                 let unrequested = CloseReason::UnrequestedPiece { index, begin, len };
@@ -1367,6 +1434,7 @@ impl PeerConn {
         }
         out.extend_from_slice(&self.queued);
         self.queued.clear();
+        self.queued.shrink_to(KEEP_BUFFER);
         if out.len() == start
             && now.saturating_duration_since(self.last_sent) >= self.cfg.keepalive_interval
         {
@@ -1396,14 +1464,8 @@ impl PeerConn {
         if !swarm.is_complete() || self.their_requests.len() < 2 {
             return self.their_requests.pop_front();
         }
-        let best = self
-            .their_requests
-            .iter()
-            .take(SEEDER_LOOKAHEAD)
-            .enumerate()
-            .min_by_key(|(_, b)| swarm.spread(b.piece))
-            .map(|(i, _)| i)?;
-        self.their_requests.remove(best)
+        self.their_requests
+            .take_min_by(SEEDER_LOOKAHEAD, |b| swarm.spread(b.piece))
     }
 
     fn note_sent(&mut self, sent: bool, now: Instant) {
@@ -1430,6 +1492,7 @@ impl PeerConn {
             assert_eq!(o.live & !full_mask(blocks_covered(k)), 0);
         }
         assert!(self.their_requests.len() <= self.cfg.our_reqq as usize);
+        self.their_requests.check();
         assert!(!self.am_choking || self.their_requests.is_empty());
         assert!(self.useful <= self.remote_has.count());
     }

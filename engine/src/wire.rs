@@ -216,7 +216,10 @@ impl Message<'_> {
 
 /// Checks a message's length prefix (and id, if present) before its body is awaited, and
 /// says how many bytes, counting the prefix, must be present to yield the message.
-fn frame_need(len: u32, id: Option<u8>, limits: &Limits) -> Result<usize, WireError> {
+/// Bytes the message whose length prefix is `len` (and id `id`, once known) needs before
+/// it can be decoded: the whole frame, or a `piece`'s 13-byte header; an error as soon as
+/// the prefix shows the message cannot be valid.
+pub fn frame_need(len: u32, id: Option<u8>, limits: &Limits) -> Result<usize, WireError> {
     let Some(id) = id else {
         return Ok(if len == 0 { 4 } else { 5 });
     };
@@ -453,12 +456,17 @@ pub struct ExtendedHandshake {
     /// corvid peers, so a peer asking for bigger blocks never asks too much. Other clients
     /// ignore it (BEP 10: unknown keys are ignored).
     pub corvid_max_request: Option<u32>,
-    /// corvid private swarms: the sender's fresh challenge (16 bytes), which the receiver
-    /// answers with `corvid_auth` in a later extension handshake.
-    pub corvid_nonce: Option<[u8; 16]>,
-    /// corvid private swarms: the sender's proof of the secret for the receiver's nonce
-    /// (see `peer::auth`).
-    pub corvid_auth: Option<[u8; 20]>,
+    /// corvid private swarms: the version of the peer handshake the sender speaks
+    /// (`corvid_auth_v`, 2 today; see `peer::auth`).
+    pub corvid_auth_v: Option<u32>,
+    /// corvid private swarms: the sender's fresh nonce (16 bytes, `corvid_challenge`).
+    pub corvid_challenge: Option<[u8; 16]>,
+    /// corvid private swarms: the sender's proof of the secret over this connection's
+    /// transcript (`corvid_proof`, see `peer::auth`).
+    pub corvid_proof: Option<[u8; 20]>,
+    /// Decoded only, never sent: the message carried the keys of the first private-swarm
+    /// handshake (`corvid_nonce` / `corvid_auth`), so an old corvid is refused by name.
+    pub corvid_v1: bool,
 }
 
 impl ExtendedHandshake {
@@ -482,11 +490,14 @@ impl ExtendedHandshake {
         if let Some(r) = self.corvid_max_request {
             d.insert("corvid_max_request", OwnedValue::Int(i64::from(r)));
         }
-        if let Some(n) = &self.corvid_nonce {
-            d.insert("corvid_nonce", OwnedValue::bytes(n));
+        if let Some(v) = self.corvid_auth_v {
+            d.insert("corvid_auth_v", OwnedValue::Int(i64::from(v)));
         }
-        if let Some(a) = &self.corvid_auth {
-            d.insert("corvid_auth", OwnedValue::bytes(a));
+        if let Some(n) = &self.corvid_challenge {
+            d.insert("corvid_challenge", OwnedValue::bytes(n));
+        }
+        if let Some(a) = &self.corvid_proof {
+            d.insert("corvid_proof", OwnedValue::bytes(a));
         }
         let start = out.len();
         put_u32(out, 0);
@@ -529,14 +540,19 @@ impl ExtendedHandshake {
             .get(b"corvid_max_request")
             .and_then(|v| v.as_int())
             .and_then(|r| u32::try_from(r).ok());
-        h.corvid_nonce = dict
-            .get(b"corvid_nonce")
+        h.corvid_auth_v = dict
+            .get(b"corvid_auth_v")
+            .and_then(|v| v.as_int())
+            .and_then(|r| u32::try_from(r).ok());
+        h.corvid_challenge = dict
+            .get(b"corvid_challenge")
             .and_then(|v| v.as_bytes())
             .and_then(|b| b.try_into().ok());
-        h.corvid_auth = dict
-            .get(b"corvid_auth")
+        h.corvid_proof = dict
+            .get(b"corvid_proof")
             .and_then(|v| v.as_bytes())
             .and_then(|b| b.try_into().ok());
+        h.corvid_v1 = dict.get(b"corvid_nonce").is_some() || dict.get(b"corvid_auth").is_some();
         Ok(h)
     }
 }
@@ -858,8 +874,10 @@ mod tests {
             p: Some(6881),
             reqq: Some(4096),
             corvid_max_request: Some(128 * 1024),
-            corvid_nonce: Some([7; 16]),
-            corvid_auth: Some([9; 20]),
+            corvid_auth_v: Some(2),
+            corvid_challenge: Some([7; 16]),
+            corvid_proof: Some([9; 20]),
+            corvid_v1: false,
         };
         let mut out = Vec::new();
         h.encode(&mut out);
@@ -879,8 +897,14 @@ mod tests {
         let h = ExtendedHandshake::decode(b"d18:corvid_max_requesti-1ee").unwrap();
         assert_eq!(h.corvid_max_request, None);
         // A nonce or proof of the wrong length is no nonce or proof.
-        let h = ExtendedHandshake::decode(b"d11:corvid_auth3:abc12:corvid_nonce1:xe").unwrap();
-        assert_eq!((h.corvid_auth, h.corvid_nonce), (None, None));
+        let h = ExtendedHandshake::decode(b"d16:corvid_challenge1:x12:corvid_proof3:abce").unwrap();
+        assert_eq!((h.corvid_proof, h.corvid_challenge), (None, None));
+        // The first handshake's keys are recognised, whatever their value, so an old
+        // corvid is refused by name.
+        let h = ExtendedHandshake::decode(b"d12:corvid_nonce1:xe").unwrap();
+        assert!(h.corvid_v1 && h.corvid_auth_v.is_none());
+        let h = ExtendedHandshake::decode(b"d11:corvid_auth20:aaaaaaaaaaaaaaaaaaaae").unwrap();
+        assert!(h.corvid_v1);
     }
 
     #[test]

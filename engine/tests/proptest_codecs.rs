@@ -172,8 +172,9 @@ proptest! {
         p in proptest::option::of(any::<u16>()),
         reqq in proptest::option::of(any::<u32>()),
         corvid_max_request in proptest::option::of(any::<u32>()),
-        corvid_nonce in proptest::option::of(any::<[u8; 16]>()),
-        corvid_auth in proptest::option::of(any::<[u8; 20]>()),
+        corvid_auth_v in proptest::option::of(any::<u32>()),
+        corvid_challenge in proptest::option::of(any::<[u8; 16]>()),
+        corvid_proof in proptest::option::of(any::<[u8; 20]>()),
     ) {
         // The decoder reads `m` in dictionary order, which the encoder writes sorted.
         let h = ExtendedHandshake {
@@ -182,8 +183,10 @@ proptest! {
             p,
             reqq,
             corvid_max_request,
-            corvid_nonce,
-            corvid_auth,
+            corvid_auth_v,
+            corvid_challenge,
+            corvid_proof,
+            corvid_v1: false,
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod rawpeer;
 
 /// Path of the `corvid` binary cargo built for these tests.
 pub fn corvid_bin() -> PathBuf {

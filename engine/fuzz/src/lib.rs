@@ -16,8 +16,11 @@ use corvid_engine::swarm::{Swarm, SwarmConfig};
 use corvid_engine::tracker::proto::{self, AnnounceResponse, TrackerRequest};
 use corvid_engine::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
+pub mod peerauth;
+pub use peerauth::peer_auth;
+
 /// The fuzz targets, by name (the binary names under `fuzz_targets/`).
-pub const TARGETS: &[&str] = &["bencode", "metainfo", "wire", "peer", "tracker"];
+pub const TARGETS: &[&str] = &["bencode", "metainfo", "wire", "peer", "tracker", "peerauth"];
 
 /// Runs the harness called `name` on `data`; `false` if there is no such target.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -27,6 +30,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "wire" => wire(data),
         "peer" => peer(data),
         "tracker" => tracker(data),
+        "peerauth" => peerauth::peer_auth(data),
         _ => return false,
     }
     true
@@ -186,7 +190,7 @@ fn extended_handshake(payload: &[u8]) {
 
 /// Small torrent geometries for the peer harness: 1 to 16 pieces of 16 to 128 KiB, with
 /// a short last piece.
-fn geometry(g: u8) -> Lengths {
+pub(crate) fn geometry(g: u8) -> Lengths {
     let piece_len = u64::from(BLOCK_SIZE) << (g & 3);
     let pieces = 1 + u64::from(g >> 2) % 16;
     let tail = (u64::from(g) * 977) % piece_len;
@@ -231,18 +235,13 @@ pub fn peer(data: &[u8]) {
         &cfg,
         &mut swarm,
         addr,
+        corvid_engine::peer::auth::Role::Responder,
         *b"-CV0001-fuzzfuzzfuzz",
         [7; 16],
         now,
     )
     .expect("a fresh swarm bans nobody");
-    let mut h = PeerHarness {
-        inbox: Vec::new(),
-        payload: None,
-        verdict_ok: flags & 8 != 0,
-        closed: false,
-        lengths,
-    };
+    let mut h = PeerHarness::new(lengths, flags & 8 != 0, false);
     if flags & 2 != 0 {
         Handshake::ours(PEER_INFO_HASH, *b"-XX0001-remotepeer00").encode(&mut h.inbox);
     }
@@ -277,19 +276,33 @@ pub fn peer(data: &[u8]) {
     }
 }
 
-struct PeerHarness {
+pub(crate) struct PeerHarness {
     inbox: Vec<u8>,
     payload: Option<(corvid_engine::geometry::BlockRef, bool)>,
     verdict_ok: bool,
     closed: bool,
     lengths: Lengths,
+    /// When set, everything sent (control bytes, then each block's header and as many
+    /// filler bytes as its payload) is appended here, for a harness that delivers it.
+    sent: Option<Vec<u8>>,
 }
 
 impl PeerHarness {
+    pub(crate) fn new(lengths: Lengths, verdict_ok: bool, record: bool) -> Self {
+        PeerHarness {
+            inbox: Vec::new(),
+            payload: None,
+            verdict_ok,
+            closed: false,
+            lengths,
+            sent: record.then(Vec::new),
+        }
+    }
+
     /// Runs the connection until it wants more input, the way the runtime does. Each
     /// round must consume bytes, finish a payload or emit an event, so a bound on the
     /// rounds catches a state machine that spins.
-    fn drive(&mut self, conn: &mut PeerConn, swarm: &mut Swarm, now: Instant) {
+    pub(crate) fn drive(&mut self, conn: &mut PeerConn, swarm: &mut Swarm, now: Instant) {
         let bound = 4 * self.inbox.len() + 64;
         for _ in 0..bound {
             if self.closed {
@@ -380,6 +393,12 @@ impl PeerHarness {
             let before = out.len();
             match conn.poll_transmit(swarm, now, &mut out) {
                 Some(Transmit::Block { header, block }) => {
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.extend_from_slice(&out);
+                        out.clear();
+                        sent.extend_from_slice(&header);
+                        sent.extend(std::iter::repeat_n(0xAB, block.len as usize));
+                    }
                     assert!(self.valid_block(block), "upload of invalid block {block:?}");
                     assert!(
                         swarm.have().get(block.piece.get()),
@@ -390,8 +409,16 @@ impl PeerHarness {
                         wire::piece_header(block.piece.get(), block.offset, block.len)
                     );
                 }
-                None if out.len() == before => return,
+                None if out.len() == before => {
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.extend_from_slice(&out);
+                    }
+                    return;
+                }
                 None => {}
+            }
+            if let Some(sent) = self.sent.as_mut() {
+                sent.extend_from_slice(&out);
             }
             out.clear();
         }
@@ -502,8 +529,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         p: Some(6881),
         reqq: Some(500),
         corvid_max_request: Some(128 * 1024),
-        corvid_nonce: None,
-        corvid_auth: None,
+        ..ExtendedHandshake::default()
     }
     .encode(&mut ext);
     let mut bits = Bitfield::new(20);
@@ -565,8 +591,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         p: None,
         reqq: Some(64),
         corvid_max_request: None,
-        corvid_nonce: None,
-        corvid_auth: None,
+        ..ExtendedHandshake::default()
     }
     .encode(&mut ext);
     // The have-none / have-all must be the first message after the handshake.
@@ -600,6 +625,20 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut ops = peer_ops(0b1010, geom, &serves);
     ops.extend_from_slice(&peer_ops(0b1010, geom, &blocks)[2..]);
     out.push(("peer", "downloading".into(), ops));
+
+    // peerauth: the private handshake untouched (same secret; then another secret), and
+    // delivered a few bytes at a time alternating sides, with a tick between.
+    out.push(("peerauth", "same-secret".into(), vec![0b101, geom]));
+    out.push(("peerauth", "other-secret".into(), vec![0b100, geom]));
+    let mut trickle = vec![0b111, geom];
+    for k in 0..40u8 {
+        let from = k & 1;
+        trickle.push(((1 << 1 | from) << 2) | 0);
+        if k % 8 == 7 {
+            trickle.push((2 << 2) | 1);
+        }
+    }
+    out.push(("peerauth", "trickle".into(), trickle));
 
     // tracker: request heads, queries and responses as corvid writes them.
     let mut req = proto::AnnounceRequest::new([0xAA; 20], *b"-CV0001-abcdefghijkl", 6881, 1000);

@@ -231,6 +231,87 @@ pub(crate) struct Counters {
     pub dials: AtomicU64,
 }
 
+/// How many inbound connections one remote address may hold, and how many of those may
+/// still be in their handshake (in a private swarm: not yet proven the secret), for a node
+/// allowed `max_connections`. Without these, one host opening idle sockets took every slot
+/// (issue 12): now it gets at most a quarter of them half-open (4 to 32) and half of them
+/// in all, while peers that complete their handshake on one address (a test fleet on
+/// loopback) still fit many to a host.
+pub(crate) fn per_ip_limits(max_connections: usize) -> IpLimits {
+    let handshaking = (max_connections / 4).clamp(4, 32);
+    IpLimits {
+        open: (max_connections / 2).max(handshaking),
+        handshaking,
+    }
+}
+
+/// See [`per_ip_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpLimits {
+    pub open: usize,
+    pub handshaking: usize,
+}
+
+/// One remote address's inbound connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpSlots {
+    pub open: usize,
+    pub handshaking: usize,
+}
+
+/// The inbound connections per remote address, against [`IpLimits`].
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    limits: IpLimits,
+    slots: HashMap<IpAddr, IpSlots>,
+}
+
+impl PerIp {
+    pub fn new(limits: IpLimits) -> Self {
+        PerIp {
+            limits,
+            slots: HashMap::new(),
+        }
+    }
+
+    /// Takes a slot for a new inbound connection from `ip` (in its handshake), if the
+    /// address is within its limits.
+    pub fn admit(&mut self, ip: IpAddr) -> bool {
+        let s = self.slots.entry(ip).or_default();
+        if s.open >= self.limits.open || s.handshaking >= self.limits.handshaking {
+            return false;
+        }
+        s.open += 1;
+        s.handshaking += 1;
+        true
+    }
+
+    /// A connection from `ip` finished its handshake.
+    pub fn handshake_done(&mut self, ip: IpAddr) {
+        if let Some(s) = self.slots.get_mut(&ip) {
+            s.handshaking = s.handshaking.saturating_sub(1);
+        }
+    }
+
+    /// A connection from `ip` closed; `handshaking` if it never finished its handshake.
+    pub fn release(&mut self, ip: IpAddr, handshaking: bool) {
+        if let Some(s) = self.slots.get_mut(&ip) {
+            s.open = s.open.saturating_sub(1);
+            if handshaking {
+                s.handshaking = s.handshaking.saturating_sub(1);
+            }
+            if s.open == 0 {
+                self.slots.remove(&ip);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn get(&self, ip: IpAddr) -> IpSlots {
+        self.slots.get(&ip).copied().unwrap_or_default()
+    }
+}
+
 /// State shared by every core and the control loop.
 pub(crate) struct Shared {
     pub swarm: Mutex<Swarm>,
@@ -243,6 +324,8 @@ pub(crate) struct Shared {
     pub peer_ids: Mutex<HashSet<[u8; 20]>>,
     pub counters: Counters,
     pub max_connections: usize,
+    /// Inbound connections per remote address (see [`per_ip_limits`]).
+    pub per_ip: Mutex<PerIp>,
     pub tuning: NodeTuning,
     start: Instant,
     /// Per piece: nanoseconds after `start` of its first payload byte, plus one (0: none).
@@ -511,6 +594,7 @@ pub fn run(
         peer_ids: Mutex::new(HashSet::new()),
         counters: Counters::default(),
         max_connections: cfg.max_connections,
+        per_ip: Mutex::new(PerIp::new(per_ip_limits(cfg.max_connections))),
         tuning: cfg.tuning.clone(),
         start,
         first_byte: (0..total).map(|_| AtomicU64::new(0)).collect(),
@@ -779,6 +863,69 @@ impl RecordThread {
             Err(p) => std::panic::resume_unwind(p),
         }
     }
+}
+
+/// Most addresses of one tracker response that are dialled (what we ask for: `numwant`
+/// 200). A tracker may send ~174,000 in one response; dialling them all would fill every
+/// connection slot with whatever the tracker chose.
+pub const MAX_TRACKER_PEERS: usize = 200;
+
+/// Whether an address a tracker handed us may be dialled: never port 0, an unspecified,
+/// multicast or broadcast address, or one in 0.0.0.0/8; loopback only when
+/// `allow_loopback` (see [`loopback_peers_allowed`]), since otherwise a remote tracker
+/// could point us at services on our own host.
+pub fn dialable(addr: SocketAddr, allow_loopback: bool) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_multicast() || (ip.is_loopback() && !allow_loopback) {
+        return false;
+    }
+    match ip {
+        IpAddr::V4(v4) => !v4.is_broadcast() && v4.octets()[0] != 0,
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .is_none_or(|v4| dialable(SocketAddr::new(IpAddr::V4(v4), 1), allow_loopback)),
+    }
+}
+
+/// Loopback peers from a tracker are dialled only when the tracker itself is on this host
+/// (its URL names `localhost`, 127.0.0.0/8 or ::1) or we listen on loopback: then they are
+/// peers on this host (a test swarm, the seeder's own), not a remote tracker's pick of our
+/// local services.
+pub fn loopback_peers_allowed(tracker_url: &str, listen: SocketAddr) -> bool {
+    if listen.ip().is_loopback() {
+        return true;
+    }
+    let rest = tracker_url
+        .split_once("://")
+        .map_or(tracker_url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The addresses of a tracker response worth dialling: not ours, [`dialable`], at most
+/// [`MAX_TRACKER_PEERS`].
+pub fn tracker_peers_to_dial(
+    peers: &[crate::tracker::proto::PeerInfo],
+    our_id: &[u8; 20],
+    allow_loopback: bool,
+) -> Vec<SocketAddr> {
+    peers
+        .iter()
+        .filter(|p| p.peer_id.as_ref() != Some(our_id))
+        .map(|p| p.addr)
+        .filter(|a| dialable(*a, allow_loopback))
+        .take(MAX_TRACKER_PEERS)
+        .collect()
 }
 
 /// Dials `addr` from the next core in turn, unless a connection to it is open already.
@@ -1052,6 +1199,7 @@ mod announce {
             peer_addr.port()
         };
         let mailboxes: Vec<_> = rt.mailboxes().to_vec();
+        let listen = peer_addr;
         let threads = cfg
             .trackers
             .iter()
@@ -1063,7 +1211,12 @@ mod announce {
                 let info_hash = cfg.info_hash;
                 std::thread::Builder::new()
                     .name("corvid-announce".into())
-                    .spawn(move || run_one(&url, info_hash, port, &shared, &mailboxes, &stop_rx))
+                    .spawn(move || {
+                        let loopback = loopback_peers_allowed(&url, listen);
+                        run_one(
+                            &url, info_hash, port, loopback, &shared, &mailboxes, &stop_rx,
+                        )
+                    })
                     .expect("spawn announce thread")
             })
             .collect();
@@ -1074,6 +1227,7 @@ mod announce {
         url: &str,
         info_hash: [u8; 20],
         port: u16,
+        loopback: bool,
         shared: &Shared,
         mailboxes: &[crate::runtime::Mailbox<CoreMsg>],
         stop_rx: &Receiver<()>,
@@ -1111,11 +1265,9 @@ mod announce {
                     Ok(resp) => {
                         ann.on_success(Instant::now(), sent, &resp);
                         if !stopping {
-                            for p in &resp.peers {
-                                if p.peer_id == Some(shared.our_id) {
-                                    continue;
-                                }
-                                super::dial(shared, mailboxes, p.addr);
+                            for addr in tracker_peers_to_dial(&resp.peers, &shared.our_id, loopback)
+                            {
+                                super::dial(shared, mailboxes, addr);
                             }
                         }
                     }
@@ -1155,5 +1307,147 @@ mod announce {
                 let _ = t.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limits_scale_with_the_connection_cap() {
+        let l = per_ip_limits(16);
+        assert_eq!((l.open, l.handshaking), (8, 4));
+        let l = per_ip_limits(512);
+        assert_eq!((l.open, l.handshaking), (256, 32));
+        let l = per_ip_limits(1);
+        assert!(l.open >= l.handshaking && l.handshaking >= 4);
+    }
+
+    #[test]
+    fn one_address_gets_few_half_open_slots_and_frees_them() {
+        let mut p = PerIp::new(IpLimits {
+            open: 6,
+            handshaking: 3,
+        });
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(p.admit(a) && p.admit(a) && p.admit(a));
+        assert!(
+            !p.admit(a),
+            "a fourth half-open connection from one address"
+        );
+        assert!(p.admit(b), "another address is not affected");
+        // Finished handshakes free half-open room, up to the address's total.
+        for _ in 0..3 {
+            p.handshake_done(a);
+        }
+        assert!(p.admit(a) && p.admit(a) && p.admit(a));
+        assert_eq!(
+            p.get(a),
+            IpSlots {
+                open: 6,
+                handshaking: 3
+            }
+        );
+        p.handshake_done(a);
+        assert!(!p.admit(a), "over the address's total");
+        // Closing gives slots back; the last one forgets the address.
+        p.release(a, true);
+        assert_eq!(
+            p.get(a),
+            IpSlots {
+                open: 5,
+                handshaking: 1
+            }
+        );
+        for _ in 0..5 {
+            p.release(a, false);
+        }
+        assert_eq!(p.get(a), IpSlots::default());
+        assert!(!p.slots.contains_key(&a));
+    }
+
+    #[test]
+    fn tracker_addresses_are_filtered_before_dialling() {
+        let ok = |a: &str, lo: bool| dialable(a.parse().unwrap(), lo);
+        assert!(ok("10.1.2.3:6881", false));
+        assert!(ok("[2001:db8::1]:6881", false));
+        for bad in [
+            "10.1.2.3:0",
+            "0.0.0.0:6881",
+            "0.1.2.3:6881",
+            "255.255.255.255:6881",
+            "224.0.0.1:6881",
+            "239.1.2.3:6881",
+            "[::]:6881",
+            "[ff02::1]:6881",
+            "[::ffff:255.255.255.255]:6881",
+            "127.0.0.1:6881",
+            "127.9.9.9:6881",
+            "[::1]:6881",
+            "[::ffff:127.0.0.1]:6881",
+        ] {
+            assert!(!ok(bad, false), "{bad} dialled");
+        }
+        assert!(ok("127.0.0.1:6881", true) && ok("[::1]:6881", true));
+        assert!(!ok("127.0.0.1:0", true) && !ok("224.0.0.1:1", true));
+    }
+
+    #[test]
+    fn loopback_peers_only_from_a_tracker_on_this_host() {
+        let any: SocketAddr = "0.0.0.0:6881".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for url in [
+            "http://127.0.0.1:8998/announce",
+            "http://127.3.2.1/announce",
+            "http://localhost:8998/announce?x=1",
+            "http://[::1]:8998/announce",
+            "http://user@127.0.0.1:1/a",
+        ] {
+            assert!(loopback_peers_allowed(url, any), "{url}");
+        }
+        for url in [
+            "http://tracker.example:8998/announce",
+            "http://10.0.0.1:8998/announce",
+            "http://[2001:db8::1]:8998/announce",
+            "http://127.0.0.1.evil.example/announce",
+            "http://localhost.evil.example/announce",
+        ] {
+            assert!(!loopback_peers_allowed(url, any), "{url}");
+        }
+        assert!(loopback_peers_allowed(
+            "http://tracker.example/announce",
+            lo
+        ));
+    }
+
+    #[test]
+    fn a_huge_tracker_response_is_capped_and_our_own_entry_skipped() {
+        use crate::tracker::proto::PeerInfo;
+        let me = [9u8; 20];
+        let mut peers: Vec<PeerInfo> = (0..174_000u32)
+            .map(|i| PeerInfo {
+                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6881)),
+                peer_id: None,
+            })
+            .collect();
+        peers.insert(
+            0,
+            PeerInfo {
+                addr: "10.9.9.9:1".parse().unwrap(),
+                peer_id: Some(me),
+            },
+        );
+        peers.insert(
+            1,
+            PeerInfo {
+                addr: "224.0.0.1:1".parse().unwrap(),
+                peer_id: None,
+            },
+        );
+        let d = tracker_peers_to_dial(&peers, &me, false);
+        assert_eq!(d.len(), MAX_TRACKER_PEERS);
+        assert!(!d.contains(&"10.9.9.9:1".parse().unwrap()));
+        assert!(d.iter().all(|a| dialable(*a, false)));
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::geometry::BlockRef;
+use crate::peer::auth::Role;
 use crate::peer::{CloseReason, Event, PeerConn, Transmit};
 use crate::runtime::{
     CloseReason as RtClose, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf,
@@ -54,6 +55,10 @@ pub struct Conn {
     from_seeder: bool,
     registered: bool,
     outbound: bool,
+    /// Inbound: the address whose slot this connection holds (see `PerIp`), and whether it
+    /// still counts as half-open there.
+    ip_slot: Option<std::net::IpAddr>,
+    handshaking: bool,
     reason: Option<String>,
 }
 
@@ -72,6 +77,11 @@ impl PeerService {
         while let Some(ev) = conn.peer.poll_event() {
             match ev {
                 Event::HandshakeDone { peer_id, .. } => {
+                    if std::mem::take(&mut conn.handshaking) {
+                        if let Some(ip) = conn.ip_slot {
+                            self.shared.per_ip.lock().handshake_done(ip);
+                        }
+                    }
                     if peer_id == self.shared.our_id {
                         conn.reason = Some("connected to ourselves".into());
                         io.close(id);
@@ -153,9 +163,24 @@ impl Service for PeerService {
         now: Instant,
     ) -> Option<Conn> {
         let c = &self.shared.counters;
+        // One address gets only so many inbound slots, fewer of them half-open, so a host
+        // holding idle sockets cannot take every slot.
+        let ip_slot = (direction == Direction::Inbound).then(|| peer.ip());
+        if let Some(ip) = ip_slot {
+            if !self.shared.per_ip.lock().admit(ip) {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let release_ip = || {
+            if let Some(ip) = ip_slot {
+                self.shared.per_ip.lock().release(ip, true);
+            }
+        };
         if c.connections.fetch_add(1, Ordering::Relaxed) >= self.shared.max_connections {
             c.connections.fetch_sub(1, Ordering::Relaxed);
             c.refused.fetch_add(1, Ordering::Relaxed);
+            release_ip();
             return None;
         }
         let mut swarm = self.shared.swarm.lock();
@@ -163,6 +188,10 @@ impl Service for PeerService {
             &self.shared.peer_cfg,
             &mut swarm,
             peer,
+            match direction {
+                Direction::Outbound => Role::Initiator,
+                Direction::Inbound => Role::Responder,
+            },
             self.shared.our_id,
             self.shared.next_nonce(),
             now,
@@ -175,9 +204,12 @@ impl Service for PeerService {
                 from_seeder: false,
                 registered: false,
                 outbound: direction == Direction::Outbound,
+                ip_slot,
+                handshaking: true,
                 reason: None,
             }),
             Err(_banned) => {
+                release_ip();
                 c.connections.fetch_sub(1, Ordering::Relaxed);
                 c.refused.fetch_add(1, Ordering::Relaxed);
                 if direction == Direction::Outbound {
@@ -251,6 +283,10 @@ impl Service for PeerService {
                 self.finish_payload(io, id, conn, now);
             }
             return Ok(n);
+        }
+        if conn.peer.wants_more(bytes) {
+            // Nothing to decode yet: wait for more bytes without the swarm lock.
+            return Ok(0);
         }
         let result = {
             let mut swarm = self.shared.swarm.lock();
@@ -387,6 +423,9 @@ impl Service for PeerService {
         }
         let c = &self.shared.counters;
         c.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = conn.ip_slot {
+            self.shared.per_ip.lock().release(ip, conn.handshaking);
+        }
         if conn.outbound {
             self.shared.dialled.lock().remove(&conn.peer.addr());
         }

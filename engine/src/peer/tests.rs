@@ -136,7 +136,8 @@ impl Sim {
     }
 
     fn connect(&mut self, a: usize, b: usize) {
-        for (x, y) in [(a, b), (b, a)] {
+        // `a` dials, `b` accepts.
+        for (x, y, role) in [(a, b, Role::Initiator), (b, a, Role::Responder)] {
             let addr = SocketAddr::new(self.nodes[y].ip, 6881);
             let node = &mut self.nodes[x];
             let cfg = node.cfg.clone();
@@ -144,9 +145,15 @@ impl Sim {
             let nonce = Sha1::digest([x as u8, y as u8, self.step as u8]).as_slice()[..16]
                 .try_into()
                 .unwrap();
-            if let Ok(pc) =
-                PeerConn::new(&cfg, &mut node.swarm, addr, node.peer_id, nonce, self.now)
-            {
+            if let Ok(pc) = PeerConn::new(
+                &cfg,
+                &mut node.swarm,
+                addr,
+                role,
+                node.peer_id,
+                nonce,
+                self.now,
+            ) {
                 node.conns.insert(
                     y,
                     Conn {
@@ -557,6 +564,7 @@ fn single(seed_us: bool) -> (Torrent, Swarm, PeerConn, Instant) {
         &PeerConfig::default(),
         &mut swarm,
         "10.0.0.9:6881".parse().unwrap(),
+        Role::Initiator,
         [7; 20],
         [0; 16],
         now,
@@ -1056,6 +1064,7 @@ fn interest_survives_a_verdict_between_handshake_and_bitfield() {
         &PeerConfig::default(),
         &mut s,
         "10.0.0.8:1".parse().unwrap(),
+        Role::Initiator,
         [8; 20],
         [0; 16],
         now,
@@ -1179,6 +1188,7 @@ fn opened_remote(
         &PeerConfig::default(),
         swarm,
         addr.parse().unwrap(),
+        Role::Initiator,
         [7; 20],
         [0; 16],
         now,
@@ -1567,6 +1577,7 @@ fn reject_cancel_choke_and_close_free_every_block_of_a_big_request() {
         &PeerConfig::default(),
         &mut s,
         "10.0.0.1:1".parse().unwrap(),
+        Role::Initiator,
         [7; 20],
         [0; 16],
         now,
@@ -1619,31 +1630,50 @@ fn secret(s: &str) -> Option<Secret> {
     Some(Secret::new(s.as_bytes()).unwrap())
 }
 
-/// The message ids in what `from` sent `to` after its handshake.
-fn sent_message_ids(sim: &Sim, from: usize, to: usize) -> Vec<u8> {
+/// What `from` sent `to` after its handshake: (id, payload after the id), piece payloads
+/// left out.
+fn sent_messages(sim: &Sim, from: usize, to: usize) -> Vec<(u8, Vec<u8>)> {
     let Some(bytes) = sim.sent.get(&(from, to)) else {
         return Vec::new();
     };
+    messages_after_handshake(bytes, sim.t.lengths.piece_count())
+}
+
+/// A message as (id, payload after the id).
+type Msg = (u8, Vec<u8>);
+
+fn messages_after_handshake(bytes: &[u8], pieces: u32) -> Vec<Msg> {
     let lim = Limits {
-        pieces: sim.t.lengths.piece_count(),
+        pieces,
         max_block: 1 << 20,
     };
-    let mut rest = &bytes[wire::HANDSHAKE_LEN..];
-    let mut ids = Vec::new();
+    let mut rest = bytes.get(wire::HANDSHAKE_LEN..).unwrap_or_default();
+    let mut msgs = Vec::new();
     while let Ok(Decoded::Message(m, n)) = wire::decode(rest, &lim) {
         let skip = match m {
             Message::Piece { len, .. } => len as usize,
             _ => 0,
         };
-        ids.push(rest[4]);
+        if n > 4 {
+            msgs.push((rest[4], rest[5..n].to_vec()));
+        }
         rest = &rest[n + skip..];
     }
     assert!(rest.is_empty(), "undecodable tail of {} bytes", rest.len());
-    ids
+    msgs
 }
 
-/// Seeder 0 and peer 1 share the secret; peer 2 has `other`.
-fn private_trio(other: Option<Secret>) -> Sim {
+/// The extension handshakes among `msgs`, decoded.
+fn ext_handshakes(msgs: &[(u8, Vec<u8>)]) -> Vec<ExtendedHandshake> {
+    msgs.iter()
+        .filter(|(i, p)| *i == wire::id::EXTENDED && p.first() == Some(&0))
+        .map(|(_, p)| ExtendedHandshake::decode(&p[1..]).unwrap())
+        .collect()
+}
+
+/// Seeder 0 and peer 1 share the secret (0 dials 1); peer 2 has `other`, and dials the
+/// seeder if `outsider_dials`, else the seeder dials it.
+fn private_trio(other: Option<Secret>, outsider_dials: bool) -> Sim {
     let mut sim = Sim::new(torrent(300_000, 32_768, 5));
     sim.add_node(true);
     sim.add_node(false);
@@ -1652,7 +1682,11 @@ fn private_trio(other: Option<Secret>) -> Sim {
     sim.nodes[1].cfg.secret = secret("fleet secret");
     sim.nodes[2].cfg.secret = other;
     sim.connect(0, 1);
-    sim.connect(0, 2);
+    if outsider_dials {
+        sim.connect(2, 0);
+    } else {
+        sim.connect(0, 2);
+    }
     assert!(sim.run_until(2_000, |s| s.all_complete(&[1])));
     sim.assert_data(1);
     // Give the outsider time to get anything it could.
@@ -1662,29 +1696,48 @@ fn private_trio(other: Option<Secret>) -> Sim {
 
 #[test]
 fn private_peers_with_the_secret_exchange_the_torrent() {
-    let sim = private_trio(None);
-    // The seeder's first message after its handshakes to the authenticated peer is what
-    // it has (have-all), after its two extension handshakes (challenge, proof).
-    let ids = sent_message_ids(&sim, 0, 1);
+    let sim = private_trio(None, false);
+    // The seeder dialled, so it proved first: its challenge, its proof, then (once the
+    // responder's proof checked out) what it has.
+    let msgs = sent_messages(&sim, 0, 1);
+    let ids: Vec<u8> = msgs.iter().map(|m| m.0).collect();
     assert_eq!(
         &ids[..3],
         &[wire::id::EXTENDED, wire::id::EXTENDED, wire::id::HAVE_ALL]
     );
+    let ext = ext_handshakes(&msgs);
+    assert_eq!(ext[0].corvid_auth_v, Some(auth::PEER_AUTH_VERSION));
+    assert!(ext[0].corvid_challenge.is_some() && ext[0].corvid_proof.is_none());
+    assert!(ext[1].corvid_proof.is_some() && ext[1].corvid_challenge.is_none());
+    // The responder answered the same way: challenge, then (after checking) its proof.
+    let ext = ext_handshakes(&sent_messages(&sim, 1, 0));
+    assert!(ext[0].corvid_challenge.is_some() && ext[0].corvid_proof.is_none());
+    assert!(ext[1].corvid_proof.is_some());
     assert_eq!(sim.nodes[0].swarm.stats().uploaded, 300_000);
 }
 
-fn assert_outsider_got_nothing(sim: &Sim, why: &'static str) {
+/// The outsider got nothing from the seeder but extension handshakes, with a proof among
+/// them only if `seeder_proved` (the seeder dialled it), and one side closed with `why`.
+fn assert_outsider_got_nothing(
+    sim: &Sim,
+    closer: (usize, usize),
+    why: &'static str,
+    seeder_proved: bool,
+) {
     assert!(!sim.nodes[2].swarm.is_complete());
     assert_eq!(sim.nodes[2].swarm.stats().downloaded, 0);
     assert!(sim.nodes[2].storage.iter().all(|&b| b == 0));
-    // Nothing but extension handshakes went from the seeder to the outsider: no
-    // bitfield, no have, no piece.
-    let ids = sent_message_ids(sim, 0, 2);
+    let msgs = sent_messages(sim, 0, 2);
+    let ids: Vec<u8> = msgs.iter().map(|m| m.0).collect();
     assert!(ids.iter().all(|&i| i == wire::id::EXTENDED), "{ids:?}");
+    let proved = ext_handshakes(&msgs)
+        .iter()
+        .any(|e| e.corvid_proof.is_some());
+    assert_eq!(proved, seeder_proved, "seeder's proof to the outsider");
     assert!(
         sim.closes
             .iter()
-            .any(|(x, y, r)| (*x, *y) == (0, 2) && *r == CloseReason::NotAuthorized(why)),
+            .any(|(x, y, r)| (*x, *y) == closer && *r == CloseReason::NotAuthorized(why)),
         "{:?}",
         sim.closes
     );
@@ -1692,21 +1745,29 @@ fn assert_outsider_got_nothing(sim: &Sim, why: &'static str) {
 
 #[test]
 fn private_peer_without_the_secret_gets_nothing_and_is_closed() {
-    let sim = private_trio(None);
-    assert_outsider_got_nothing(
-        &sim,
-        "message other than an extension handshake before proving the secret",
-    );
+    let why = "message other than an extension handshake before proving the secret";
+    // Dialled by the seeder, which would prove itself first (it chose to dial), but the
+    // outsider sends no challenge to prove against.
+    assert_outsider_got_nothing(&private_trio(None, false), (0, 2), why, false);
+    // Dialling the seeder: the seeder says nothing but its challenge.
+    assert_outsider_got_nothing(&private_trio(None, true), (0, 2), why, false);
 }
 
 #[test]
 fn private_peer_with_a_wrong_secret_gets_nothing_and_is_closed() {
-    let sim = private_trio(secret("guessed"));
-    assert_outsider_got_nothing(&sim, "wrong proof of the swarm secret");
+    let why = "wrong proof of the swarm secret";
+    // The outsider dials: its proof is wrong, and the seeder closes without proving.
+    assert_outsider_got_nothing(&private_trio(secret("guessed"), true), (0, 2), why, false);
+    // The seeder dials: the outsider finds the seeder's proof wrong and closes.
+    assert_outsider_got_nothing(&private_trio(secret("guessed"), false), (2, 0), why, true);
 }
 
-/// A private connection that took the remote's handshake; returns what we sent.
-fn private_opened(nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant, Vec<u8>) {
+const OUR_ID: [u8; 20] = [7; 20];
+/// The remote's id, as `handshake_bytes` claims it.
+const REMOTE_ID: [u8; 20] = [3; 20];
+
+/// A private seeder's connection in `role` with our challenge `nonce`, before any input.
+fn private_conn(role: Role, nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant) {
     let t = torrent(100_000, 32_768, 9);
     let mut swarm = Swarm::new(
         SwarmConfig::default(),
@@ -1720,15 +1781,22 @@ fn private_opened(nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant, Vec<u8
         secret: secret("fleet secret"),
         ..PeerConfig::default()
     };
-    let mut pc = PeerConn::new(
+    let pc = PeerConn::new(
         &cfg,
         &mut swarm,
         "10.0.0.9:6881".parse().unwrap(),
-        [7; 20],
+        role,
+        OUR_ID,
         nonce,
         now,
     )
     .unwrap();
+    (t, swarm, pc, now)
+}
+
+/// A private connection that took the remote's handshake; returns what we sent.
+fn private_opened(role: Role, nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant, Vec<u8>) {
+    let (t, mut swarm, mut pc, now) = private_conn(role, nonce);
     pc.handle_bytes(&mut swarm, &handshake_bytes(t.info_hash, true), now)
         .unwrap();
     while pc.poll_event().is_some() {}
@@ -1737,56 +1805,245 @@ fn private_opened(nonce: [u8; 16]) -> (Torrent, Swarm, PeerConn, Instant, Vec<u8
     (t, swarm, pc, now, out)
 }
 
-fn ext(nonce: Option<[u8; 16]>, auth: Option<[u8; 20]>) -> Vec<u8> {
+fn ext(challenge: Option<[u8; 16]>, proof: Option<[u8; 20]>) -> Vec<u8> {
     let mut v = Vec::new();
     ExtendedHandshake {
         v: Some("corvid 0.1.0".into()),
-        corvid_nonce: nonce,
-        corvid_auth: auth,
+        corvid_auth_v: Some(auth::PEER_AUTH_VERSION),
+        corvid_challenge: challenge,
+        corvid_proof: proof,
         ..Default::default()
     }
     .encode(&mut v);
     v
 }
 
-#[test]
-fn private_captured_proof_fails_against_another_nonce() {
-    let s = Secret::new(b"fleet secret").unwrap();
-    let remote_id = [3; 20]; // what handshake_bytes claims
-                             // A proof captured from an earlier connection, where we had challenged with [1; 16].
-    let (t, mut swarm, mut pc, now, out) = private_opened([1; 16]);
-    let captured = s.peer_proof(&t.info_hash, &[1; 16], &remote_id);
-    // Only our handshake and our challenge went out, no have-all.
-    let ids_after_hs = &out[wire::HANDSHAKE_LEN..];
-    assert_eq!(ids_after_hs[4], wire::id::EXTENDED);
-    let ours = ExtendedHandshake::decode(&ids_after_hs[6..]).unwrap();
-    assert_eq!(ours.corvid_nonce, Some([1; 16]));
-    assert_eq!(ours.corvid_auth, None);
-    // With the same nonce the captured proof would be accepted...
-    let mut bytes = ext(Some([9; 16]), None);
-    bytes.extend(ext(None, Some(captured)));
-    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+/// Everything `pc` has to send now.
+fn drain_out(swarm: &mut Swarm, pc: &mut PeerConn, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
-    pc.poll_transmit(&mut swarm, now, &mut out);
-    assert!(out.windows(2).any(|w| w == [1, wire::id::HAVE_ALL]));
+    while pc.poll_transmit(swarm, now, &mut out).is_some() {}
+    out
+}
 
-    // ...but replayed against a fresh connection (a new nonce), it is refused.
-    let (_t, mut swarm, mut pc, now, _) = private_opened([2; 16]);
-    let r = pc.handle_bytes(&mut swarm, &bytes, now);
+/// The messages in `out` (which holds no handshake), with their ids.
+fn messages(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut with_hs = vec![0u8; wire::HANDSHAKE_LEN];
+    with_hs.extend_from_slice(out);
+    messages_after_handshake(&with_hs, 4)
+}
+
+#[test]
+fn private_responder_says_nothing_until_the_initiator_named_the_torrent() {
+    let (t, mut swarm, mut pc, now) = private_conn(Role::Responder, [1; 16]);
+    assert!(
+        drain_out(&mut swarm, &mut pc, now).is_empty(),
+        "no handshake of ours yet"
+    );
+    // A handshake for another torrent is refused before we said anything.
+    let (_t2, mut swarm2, mut pc2, _) = private_conn(Role::Responder, [1; 16]);
+    assert!(matches!(
+        pc2.handle_bytes(&mut swarm2, &handshake_bytes([0xee; 20], true), now),
+        Err(CloseReason::WrongInfoHash(_))
+    ));
+    assert!(drain_out(&mut swarm2, &mut pc2, now).is_empty());
+    // The right one: our handshake, then our challenge, nothing else.
+    pc.handle_bytes(&mut swarm, &handshake_bytes(t.info_hash, true), now)
+        .unwrap();
+    let out = drain_out(&mut swarm, &mut pc, now);
+    let Ok(Decoded::Message(h, _)) = Handshake::decode(&out) else {
+        panic!("no handshake first")
+    };
+    assert_eq!((h.info_hash, h.peer_id), (t.info_hash, OUR_ID));
+    let msgs = messages(&out[wire::HANDSHAKE_LEN..]);
+    let ext = ext_handshakes(&msgs);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(ext[0].corvid_challenge, Some([1; 16]));
+    assert_eq!(ext[0].corvid_proof, None);
+    // An initiator, by contrast, says who it is at once.
+    let (_t, mut s, mut i, now) = private_conn(Role::Initiator, [1; 16]);
+    assert_eq!(drain_out(&mut s, &mut i, now).len(), wire::HANDSHAKE_LEN);
+}
+
+/// The transcript of a `private_opened` connection whose remote challenged with `theirs`.
+fn transcript(t: &Torrent, role: Role, ours: [u8; 16], theirs: [u8; 16]) -> auth::Transcript {
+    match role {
+        Role::Initiator => auth::Transcript {
+            info_hash: t.info_hash,
+            initiator_nonce: ours,
+            responder_nonce: theirs,
+            initiator_id: OUR_ID,
+            responder_id: REMOTE_ID,
+        },
+        Role::Responder => auth::Transcript {
+            info_hash: t.info_hash,
+            initiator_nonce: theirs,
+            responder_nonce: ours,
+            initiator_id: REMOTE_ID,
+            responder_id: OUR_ID,
+        },
+    }
+}
+
+#[test]
+fn private_responder_proves_only_after_a_good_initiator_proof() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let (t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    let tr = transcript(&t, Role::Responder, [1; 16], [9; 16]);
+    // The initiator's challenge alone earns nothing.
+    let bytes = ext(Some([9; 16]), None);
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+    assert!(drain_out(&mut swarm, &mut pc, now).is_empty());
+    assert_eq!(pc.poll_event(), None);
+    // Its proof does: our proof (responder role, same transcript), then have-all.
+    let bytes = ext(None, Some(s.peer_proof(Role::Initiator, &tr)));
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+    let msgs = messages(&drain_out(&mut swarm, &mut pc, now));
+    assert_eq!(msgs[0].0, wire::id::EXTENDED);
+    let proof = ext_handshakes(&msgs[..1])[0]
+        .corvid_proof
+        .expect("our proof");
+    assert!(s.verify_peer_proof(Role::Responder, &tr, &proof));
+    assert!(!s.verify_peer_proof(Role::Initiator, &tr, &proof));
+    assert_eq!(msgs[1].0, wire::id::HAVE_ALL);
+}
+
+#[test]
+fn private_initiator_proves_on_the_responders_challenge_and_checks_its_proof() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let (t, mut swarm, mut pc, now, out) = private_opened(Role::Initiator, [1; 16]);
+    let ours = ext_handshakes(&messages(&out[wire::HANDSHAKE_LEN..]));
+    assert_eq!(ours[0].corvid_challenge, Some([1; 16]));
+    let tr = transcript(&t, Role::Initiator, [1; 16], [9; 16]);
+    let bytes = ext(Some([9; 16]), None);
+    pc.handle_bytes(&mut swarm, &bytes, now).unwrap();
+    let msgs = messages(&drain_out(&mut swarm, &mut pc, now));
+    assert_eq!(msgs.len(), 1, "our proof and nothing else");
+    let proof = ext_handshakes(&msgs)[0].corvid_proof.unwrap();
+    assert!(s.verify_peer_proof(Role::Initiator, &tr, &proof));
+    // The responder's proof from an earlier connection (our nonce then was [2; 16]).
+    let old = transcript(&t, Role::Initiator, [2; 16], [9; 16]);
+    let replay = ext(None, Some(s.peer_proof(Role::Responder, &old)));
     assert_eq!(
-        r,
+        pc.handle_bytes(&mut swarm, &replay, now),
         Err(CloseReason::NotAuthorized(
             "wrong proof of the swarm secret"
         ))
     );
-    let mut out = Vec::new();
-    assert_eq!(pc.poll_transmit(&mut swarm, now, &mut out), None);
-    assert!(!out.windows(2).any(|w| w == [1, wire::id::HAVE_ALL]));
+    assert!(messages(&drain_out(&mut swarm, &mut pc, now)).is_empty());
+}
+#[test]
+fn private_remote_is_named_to_the_runtime_only_once_it_proved_the_secret() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let (t, mut swarm, mut pc, now) = private_conn(Role::Responder, [1; 16]);
+    pc.handle_bytes(&mut swarm, &handshake_bytes(t.info_hash, true), now)
+        .unwrap();
+    let bytes = ext(Some([9; 16]), None);
+    pc.handle_bytes(&mut swarm, &bytes, now).unwrap();
+    // A stranger claiming a member's id gets no entry in the node's peer table.
+    assert_eq!(pc.poll_event(), None);
+    let tr = transcript(&t, Role::Responder, [1; 16], [9; 16]);
+    let bytes = ext(None, Some(s.peer_proof(Role::Initiator, &tr)));
+    pc.handle_bytes(&mut swarm, &bytes, now).unwrap();
+    assert_eq!(
+        pc.poll_event(),
+        Some(Event::HandshakeDone {
+            peer_id: REMOTE_ID,
+            fast: true,
+            extended: true
+        })
+    );
+}
+
+/// What a private responder with challenge [1; 16] does with `proof` after the initiator
+/// challenged with [9; 16]: the close reason, and whether it sent anything but nothing.
+fn responder_given(proof: [u8; 20]) -> (Result<usize, CloseReason>, Vec<Msg>) {
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    let mut bytes = ext(Some([9; 16]), None);
+    bytes.extend(ext(None, Some(proof)));
+    let r = pc.handle_bytes(&mut swarm, &bytes, now);
+    (r, messages(&drain_out(&mut swarm, &mut pc, now)))
+}
+
+#[test]
+fn private_responder_refuses_proofs_for_another_role_order_or_connection() {
+    let s = Secret::new(b"fleet secret").unwrap();
+    let t = torrent(100_000, 32_768, 9);
+    let tr = transcript(&t, Role::Responder, [1; 16], [9; 16]);
+    let refused = Err(CloseReason::NotAuthorized(
+        "wrong proof of the swarm secret",
+    ));
+    let cases = [
+        ("right", s.peer_proof(Role::Initiator, &tr)),
+        ("wrong role", s.peer_proof(Role::Responder, &tr)),
+        (
+            "swapped nonces",
+            s.peer_proof(
+                Role::Initiator,
+                &auth::Transcript {
+                    initiator_nonce: tr.responder_nonce,
+                    responder_nonce: tr.initiator_nonce,
+                    ..tr
+                },
+            ),
+        ),
+        (
+            "another connection",
+            s.peer_proof(
+                Role::Initiator,
+                &auth::Transcript {
+                    responder_nonce: [2; 16],
+                    ..tr
+                },
+            ),
+        ),
+        (
+            "swapped peer ids",
+            s.peer_proof(
+                Role::Initiator,
+                &auth::Transcript {
+                    initiator_id: tr.responder_id,
+                    responder_id: tr.initiator_id,
+                    ..tr
+                },
+            ),
+        ),
+    ];
+    for (what, proof) in cases {
+        let (r, sent) = responder_given(proof);
+        if what == "right" {
+            assert!(r.is_ok(), "{what}: {r:?}");
+            assert!(sent.iter().any(|m| m.0 == wire::id::HAVE_ALL));
+        } else {
+            assert_eq!(r, refused, "{what}");
+            assert!(sent.is_empty(), "{what}: sent {sent:?}");
+        }
+    }
+}
+
+#[test]
+fn private_old_corvid_handshake_is_refused_by_name() {
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    // What corvid before handshake v2 sent: corvid_nonce, no version.
+    let mut d = crate::bencode::OwnedValue::dict();
+    d.insert("m", crate::bencode::OwnedValue::dict());
+    d.insert("v", crate::bencode::OwnedValue::bytes("corvid 0.1.0"));
+    d.insert("corvid_nonce", crate::bencode::OwnedValue::bytes([5u8; 16]));
+    let payload = d.encode();
+    let mut bytes = Vec::new();
+    Message::Extended {
+        ext_id: 0,
+        payload: &payload,
+    }
+    .encode(&mut bytes);
+    match pc.handle_bytes(&mut swarm, &bytes, now) {
+        Err(CloseReason::NotAuthorized(why)) => assert!(why.contains("v1"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
 fn private_remote_that_never_proves_is_closed_at_the_handshake_timeout() {
-    let (_t, mut swarm, mut pc, now, _) = private_opened([1; 16]);
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
     let bytes = ext(Some([9; 16]), None);
     assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
     pc.handle_tick(&mut swarm, now + Duration::from_secs(5));
@@ -1802,32 +2059,11 @@ fn private_remote_that_never_proves_is_closed_at_the_handshake_timeout() {
 
 #[test]
 fn private_remote_without_extension_protocol_is_refused() {
-    let t = torrent(100_000, 32_768, 9);
-    let mut swarm = Swarm::new(
-        SwarmConfig::default(),
-        t.info_hash,
-        t.lengths,
-        Bitfield::new(4),
-        1,
-    );
-    let cfg = PeerConfig {
-        secret: secret("x"),
-        ..PeerConfig::default()
-    };
-    let now = Instant::now();
-    let mut pc = PeerConn::new(
-        &cfg,
-        &mut swarm,
-        "10.0.0.9:1".parse().unwrap(),
-        [7; 20],
-        [1; 16],
-        now,
-    )
-    .unwrap();
+    let (t, mut swarm, mut pc, now) = private_conn(Role::Initiator, [1; 16]);
     let mut hs = Vec::new();
     Handshake {
         reserved: [0; 8],
-        ..Handshake::ours(t.info_hash, [3; 20])
+        ..Handshake::ours(t.info_hash, REMOTE_ID)
     }
     .encode(&mut hs);
     assert!(matches!(
@@ -1870,4 +2106,145 @@ fn remote_that_does_not_use_its_upload_slot_is_choked_then_forgiven() {
     assert!(pc.choke_state().0);
     pc.handle_tick(&mut s, idle + cfg.stall_penalty + Duration::from_secs(1));
     assert!(!pc.choke_state().0);
+}
+
+// ---- bounded work per hostile input ----
+
+#[test]
+fn private_remote_cannot_send_a_big_message_before_proving() {
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    // Only the length prefix of a 1 MiB extension message: refused at once.
+    let prefix = (1u32 << 20).to_be_bytes();
+    assert!(
+        !pc.wants_more(&prefix),
+        "the prefix alone must reach handle_bytes"
+    );
+    assert_eq!(
+        pc.handle_bytes(&mut swarm, &prefix, now),
+        Err(CloseReason::NotAuthorized(
+            "message of more than 4 KiB before proving the secret"
+        ))
+    );
+    // A small one is fine.
+    let (_t, mut swarm, mut pc, now, _) = private_opened(Role::Responder, [1; 16]);
+    let bytes = ext(Some([9; 16]), None);
+    assert_eq!(pc.handle_bytes(&mut swarm, &bytes, now), Ok(bytes.len()));
+}
+
+#[test]
+fn incomplete_messages_are_recognised_without_the_swarm() {
+    let (t, mut s, mut pc, now) = {
+        let t = torrent(100_000, 32_768, 9);
+        let mut s = Swarm::new(
+            SwarmConfig::default(),
+            t.info_hash,
+            t.lengths,
+            Bitfield::full(t.lengths.piece_count()),
+            1,
+        );
+        let now = Instant::now();
+        let pc = PeerConn::new(
+            &PeerConfig::default(),
+            &mut s,
+            "10.0.0.9:1".parse().unwrap(),
+            Role::Responder,
+            OUR_ID,
+            [0; 16],
+            now,
+        )
+        .unwrap();
+        (t, s, pc, now)
+    };
+    let hs = handshake_bytes(t.info_hash, true);
+    assert!(pc.wants_more(&hs[..30]));
+    assert!(!pc.wants_more(&hs), "a whole handshake");
+    assert!(
+        !pc.wants_more(b"GET / HTTP/1.1"),
+        "a bad prefix is for handle_bytes"
+    );
+    pc.handle_bytes(&mut s, &hs, now).unwrap();
+    // A 1 MiB extension message trickling in: every cut but the last waits.
+    let mut big = Vec::new();
+    Message::Extended {
+        ext_id: 7,
+        payload: &vec![b'x'; 1 << 20],
+    }
+    .encode(&mut big);
+    for cut in [0, 3, 4, 5, 13, 1000, big.len() - 1] {
+        assert!(pc.wants_more(&big[..cut]), "cut {cut}");
+    }
+    assert!(!pc.wants_more(&big));
+    // A piece header is enough to act on; a message that cannot be valid is too.
+    let hdr = wire::piece_header(0, 0, 16_384);
+    assert!(pc.wants_more(&hdr[..12]) && !pc.wants_more(&hdr));
+    assert!(
+        !pc.wants_more(&[0, 0, 0, 9, wire::id::HAVE]),
+        "have of the wrong length"
+    );
+    assert_eq!(pc.handle_bytes(&mut s, &big, now), Ok(big.len()));
+}
+
+#[test]
+fn buffers_grown_for_one_big_message_are_given_back() {
+    let now = Instant::now();
+    // A public connection that receives a 1 MiB extension message across a ring seam.
+    let (t, mut s2, mut pc2, now2) = {
+        let t = torrent(100_000, 32_768, 9);
+        let mut sw = Swarm::new(
+            SwarmConfig::default(),
+            t.info_hash,
+            t.lengths,
+            Bitfield::full(t.lengths.piece_count()),
+            1,
+        );
+        let pc = PeerConn::new(
+            &PeerConfig::default(),
+            &mut sw,
+            "10.0.0.9:1".parse().unwrap(),
+            Role::Responder,
+            OUR_ID,
+            [0; 16],
+            now,
+        )
+        .unwrap();
+        (t, sw, pc, now)
+    };
+    pc2.handle_bytes(&mut s2, &handshake_bytes(t.info_hash, true), now2)
+        .unwrap();
+    let mut big = Vec::new();
+    Message::Extended {
+        ext_id: 7,
+        payload: &vec![b'x'; 1 << 20],
+    }
+    .encode(&mut big);
+    let (a, b) = big.split_at(big.len() / 2);
+    assert_eq!(pc2.handle_bytes_split(&mut s2, a, b, now2), Ok(big.len()));
+    assert!(
+        pc2.scratch.capacity() <= KEEP_BUFFER,
+        "scratch kept {}",
+        pc2.scratch.capacity()
+    );
+    // The send queue: a flood of requests answered with rejects, then flushed.
+    let mut reqs = Vec::new();
+    for i in 0..60_000u32 {
+        Message::Request {
+            index: 0,
+            begin: (i % 2) * 16_384,
+            len: 16_384,
+        }
+        .encode(&mut reqs);
+    }
+    pc2.handle_bytes(&mut s2, &reqs, now2).unwrap();
+    let mut out = Vec::new();
+    while pc2.poll_transmit(&mut s2, now2, &mut out).is_some() {}
+    assert!(
+        out.len() > KEEP_BUFFER,
+        "the rejects went out ({} bytes)",
+        out.len()
+    );
+    assert!(
+        pc2.queued.capacity() <= KEEP_BUFFER,
+        "queue kept {}",
+        pc2.queued.capacity()
+    );
 }

@@ -780,6 +780,7 @@ impl<S: Service> Core<S> {
         let now = Instant::now();
         for _ in 0..MAX_DRIVE_STEPS {
             let max_message = self.config.max_message;
+            let recv_buffer = self.config.recv_buffer.max(64);
             let (service, mut io, slots) = self.io_parts();
             let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
                 return;
@@ -812,14 +813,7 @@ impl<S: Service> Core<S> {
                         }
                         continue;
                     }
-                    if e.rx_start == e.rx_end {
-                        e.rx_start = 0;
-                        e.rx_end = 0;
-                    } else if e.rx_start > 0 {
-                        e.rx.copy_within(e.rx_start..e.rx_end, 0);
-                        e.rx_end -= e.rx_start;
-                        e.rx_start = 0;
-                    }
+                    settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
                     if e.rx_end == e.rx.len() {
                         if e.rx.len() >= max_message {
                             self.begin_close(slot, CloseReason::MessageTooLarge(max_message));
@@ -1255,5 +1249,53 @@ impl<S: Service> Core<S> {
             return;
         }
         self.mark_dirty(slot);
+    }
+}
+
+/// Before the next receive into a connection's buffer: moves unconsumed bytes to the front,
+/// and gives back what the buffer grew by for one big message (up to `max_message`) once
+/// what is left fits the normal size again, so every connection does not keep its
+/// largest message's worth for good.
+fn settle_rx(rx: &mut Vec<u8>, start: &mut usize, end: &mut usize, base: usize) {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *start > 0 {
+        rx.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    if rx.len() > base && *end <= base {
+        rx.truncate(base);
+        rx.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::settle_rx;
+
+    #[test]
+    fn a_grown_receive_buffer_shrinks_back_once_its_content_fits() {
+        let base = 64 * 1024;
+        // Grown to 1 MiB for a big message, 100 unconsumed bytes left at its end.
+        let mut rx = vec![0u8; 1 << 20];
+        rx[(1 << 20) - 100..].fill(7);
+        let (mut start, mut end) = ((1 << 20) - 100, 1 << 20);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!((start, end), (0, 100));
+        assert_eq!(rx.len(), base);
+        assert!(rx.capacity() < 1 << 20);
+        assert!(rx[..100].iter().all(|&b| b == 7));
+        // Still filling a big message: not shrunk.
+        let mut rx = vec![0u8; 1 << 20];
+        let (mut start, mut end) = (0, base + 1);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!(rx.len(), 1 << 20);
+        // A normal buffer, emptied, is left alone.
+        let mut rx = vec![0u8; base];
+        let (mut start, mut end) = (10, 10);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!((start, end, rx.len()), (0, 0, base));
     }
 }
