@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use corvid_engine::tracker::{TrackerConfig, TrackerServer};
+use corvid_engine::tracker::{
+    TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
+};
 
 use crate::output::{json_object, json_str, print};
 use crate::roles;
@@ -26,6 +28,16 @@ pub struct Args {
     /// Announce interval told to peers.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     interval: Duration,
+    /// Most peers one source address (an IPv6 /64) may have in one swarm.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS_PER_IP)]
+    max_peers_per_ip: usize,
+    /// Most swarms one source address (an IPv6 /64) may have peers in.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SWARMS_PER_IP)]
+    max_swarms_per_ip: usize,
+    /// Record the address clients claim with `ip=` instead of the connection's source:
+    /// only behind a reverse proxy that sets it, since any client can claim any address.
+    #[arg(long)]
+    trust_ip_param: bool,
     /// Print the listening address as a JSON line.
     #[arg(long)]
     json: bool,
@@ -39,6 +51,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         secret: args.secret.load()?,
         interval: args.interval,
         min_interval: args.interval.min(Duration::from_secs(10)),
+        max_peers_per_ip: args.max_peers_per_ip,
+        max_swarms_per_ip: args.max_swarms_per_ip,
+        trust_ip_param: args.trust_ip_param,
         ..TrackerConfig::default()
     };
     let server = TrackerServer::bind(args.listen, cfg).map_err(|e| {
