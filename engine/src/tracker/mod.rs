@@ -19,7 +19,7 @@ pub use proto::{
     AnnounceRequest, AnnounceResponse, Event, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
 pub use server::{
-    Swarms, TrackerConfig, TrackerServer, TrackerStats, DEFAULT_MAX_PEERS_PER_IP,
+    Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats, DEFAULT_MAX_PEERS_PER_IP,
     DEFAULT_MAX_SWARMS_PER_IP,
 };
 

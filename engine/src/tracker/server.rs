@@ -129,6 +129,15 @@ impl StatCells {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn count(&self, o: Outcome) {
+        Self::bump(match o {
+            Outcome::Announce => &self.announces,
+            Outcome::Scrape => &self.scrapes,
+            Outcome::Failure => &self.failures,
+            Outcome::BadRequest => &self.bad_requests,
+        });
+    }
+
     fn snapshot(&self) -> TrackerStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TrackerStats {
@@ -558,60 +567,86 @@ impl Swarms {
         self.swarms.values().map(|s| s.peers.len()).sum()
     }
 
-    /// Answers one complete request head with the full HTTP response to send, counting
-    /// what happened in `stats`.
+    /// Answers the request bytes received so far on one connection from `source`: `None`
+    /// while the head is incomplete and within its limits (read more), else the whole HTTP
+    /// response to send and what the request came to. This is all the event loop does
+    /// with a request, so tests and the fuzzer drive exactly the server's path.
+    pub fn handle_request(
+        &mut self,
+        buf: &[u8],
+        source: IpAddr,
+        now: Instant,
+    ) -> Option<(Vec<u8>, Outcome)> {
+        let head = match proto::parse_head(buf) {
+            Ok(Head::Partial) => return None,
+            Ok(Head::Complete { target }) => Ok(target),
+            Err(e) => Err(e),
+        };
+        Some(self.respond(head, source, now))
+    }
+
+    /// Answers one complete request head (or the reason it is not acceptable).
     fn respond(
         &mut self,
         head: Result<String, ProtoError>,
         source: IpAddr,
         now: Instant,
-        stats: &StatCells,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Outcome) {
         let target = match head {
             Ok(t) => t,
             Err(e) => {
-                StatCells::bump(&stats.bad_requests);
                 let status = match e {
                     ProtoError::RequestLineTooLong => "414 URI Too Long",
                     ProtoError::HeadTooLong => "431 Request Header Fields Too Large",
                     ProtoError::BadMethod(_) => "405 Method Not Allowed",
                     _ => "400 Bad Request",
                 };
-                return http_response(status, &encode_failure(&e.to_string()));
+                let out = http_response(status, &encode_failure(&e.to_string()));
+                return (out, Outcome::BadRequest);
             }
+        };
+        let failure = |reason: &str| {
+            let out = http_response("200 OK", &encode_failure(reason));
+            (out, Outcome::Failure)
         };
         match proto::parse_target(&target) {
             Ok(TrackerRequest::Announce(req)) => match self.announce(&req, source, now) {
                 Ok(resp) => {
-                    StatCells::bump(&stats.announces);
-                    http_response("200 OK", &encode_announce_response(&resp, req.compact))
+                    let body = encode_announce_response(&resp, req.compact);
+                    (http_response("200 OK", &body), Outcome::Announce)
                 }
-                Err(reason) => {
-                    StatCells::bump(&stats.failures);
-                    http_response("200 OK", &encode_failure(&reason))
-                }
+                Err(reason) => failure(&reason),
             },
             Ok(TrackerRequest::Scrape(hashes)) => {
                 let query = target.split_once('?').map_or("", |(_, q)| q);
                 if let Some(reason) = self.scrape_refusal(&hashes, query) {
-                    StatCells::bump(&stats.failures);
-                    return http_response("200 OK", &encode_failure(reason));
+                    return failure(reason);
                 }
-                StatCells::bump(&stats.scrapes);
-                http_response("200 OK", &encode_scrape_response(&self.scrape(&hashes)))
+                let body = encode_scrape_response(&self.scrape(&hashes));
+                (http_response("200 OK", &body), Outcome::Scrape)
             }
             Err(e @ ProtoError::UnknownPath(_)) => {
-                StatCells::bump(&stats.bad_requests);
-                http_response("404 Not Found", &encode_failure(&e.to_string()))
+                let out = http_response("404 Not Found", &encode_failure(&e.to_string()));
+                (out, Outcome::BadRequest)
             }
             // Bad parameters: trackers answer 200 with a failure reason, which clients
             // show to the user, rather than an HTTP error they may only log as "400".
-            Err(e) => {
-                StatCells::bump(&stats.failures);
-                http_response("200 OK", &encode_failure(&e.to_string()))
-            }
+            Err(e) => failure(&e.to_string()),
         }
     }
+}
+
+/// What a request came to; the server counts each kind in [`TrackerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with peers.
+    Announce,
+    /// Answered with counts.
+    Scrape,
+    /// Answered 200 with a bencoded `failure reason` (refused, or bad parameters).
+    Failure,
+    /// Rejected at the HTTP level (400, 404, 405, 414, 431).
+    BadRequest,
 }
 
 /// What a private tracker tells a client without a valid proof of the secret.
@@ -892,12 +927,12 @@ impl EventLoop {
                         Ok(0) => return Step::Close,
                         Ok(n) => {
                             conn.buf.extend_from_slice(&chunk[..n]);
-                            let head = match proto::parse_head(&conn.buf) {
-                                Ok(Head::Partial) => continue,
-                                Ok(Head::Complete { target }) => Ok(target),
-                                Err(e) => Err(e),
+                            let Some((out, outcome)) =
+                                self.swarms.handle_request(&conn.buf, conn.source, now)
+                            else {
+                                continue;
                             };
-                            let out = self.swarms.respond(head, conn.source, now, &self.stats);
+                            self.stats.count(outcome);
                             self.stats
                                 .torrents
                                 .store(self.swarms.torrents() as u64, Ordering::Relaxed);
@@ -1405,39 +1440,43 @@ mod tests {
     }
 
     #[test]
-    fn respond_builds_http() {
+    fn requests_get_whole_http_answers() {
         let t0 = Instant::now();
-        let stats = StatCells::default();
         let mut s = Swarms::new(TrackerConfig::default());
+        let src = ip("10.0.0.1");
         let q = proto::announce_query(&req(1, 1, 10, Event::Started));
-        let out = s.respond(Ok(format!("/announce?{q}")), ip("10.0.0.1"), t0, &stats);
+        let head = format!("GET /announce?{q} HTTP/1.0\r\n\r\n");
+        assert_eq!(s.handle_request(&head.as_bytes()[..20], src, t0), None);
+        let (out, o) = s.handle_request(head.as_bytes(), src, t0).unwrap();
+        assert_eq!(o, Outcome::Announce);
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         let body = &out[text.find("\r\n\r\n").unwrap() + 4..];
         assert!(parse_announce_response(body).unwrap().is_ok());
-        let out = s.respond(
-            Err(ProtoError::RequestLineTooLong),
-            ip("10.0.0.1"),
-            t0,
-            &stats,
+        let long = format!(
+            "GET /{} HTTP/1.0\r\n\r\n",
+            "a".repeat(proto::MAX_REQUEST_LINE)
         );
+        let (out, o) = s.handle_request(long.as_bytes(), src, t0).unwrap();
+        assert_eq!(o, Outcome::BadRequest);
         assert!(out.starts_with(b"HTTP/1.0 414 "));
-        let out = s.respond(
-            Ok("/announce?info_hash=x".into()),
-            ip("10.0.0.1"),
-            t0,
-            &stats,
-        );
+        let (out, o) = s
+            .handle_request(b"GET /announce?info_hash=x HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::Failure);
         assert!(out.starts_with(b"HTTP/1.0 200 OK"));
         assert!(out.ends_with(
             b"d14:failure reason59:query parameter \"info_hash\" must be exactly 20 bytes, got 1e"
         ));
-        let out = s.respond(Ok("/nope".into()), ip("10.0.0.1"), t0, &stats);
+        let (out, o) = s
+            .handle_request(b"GET /nope HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::BadRequest);
         assert!(out.starts_with(b"HTTP/1.0 404 "));
-        let snap = stats.snapshot();
-        assert_eq!(
-            (snap.announces, snap.failures, snap.bad_requests),
-            (1, 1, 2)
-        );
+        let (out, o) = s
+            .handle_request(b"POST /announce HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::BadRequest);
+        assert!(out.starts_with(b"HTTP/1.0 405 "));
     }
 }
