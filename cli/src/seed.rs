@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use corvid_engine::node::{self, Mode, SeedUntil};
-use corvid_engine::tracker::{TrackerConfig, TrackerServer};
+use corvid_engine::tracker::{
+    TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
+};
 
 use crate::output::{json_object, json_str, print};
 use crate::roles::{self, NodeArgs, Printer};
@@ -42,6 +44,18 @@ pub struct Args {
     /// Announce interval the embedded tracker tells peers.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     tracker_interval: Duration,
+    /// Most peers one source address (an IPv6 /64) may have in one swarm of the embedded
+    /// tracker.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS_PER_IP)]
+    tracker_max_peers_per_ip: usize,
+    /// Most swarms one source address (an IPv6 /64) may have peers in on the embedded
+    /// tracker.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SWARMS_PER_IP)]
+    tracker_max_swarms_per_ip: usize,
+    /// Have the embedded tracker record the address clients claim with `ip=` instead of
+    /// the connection's source: only behind a reverse proxy that sets it.
+    #[arg(long)]
+    tracker_trust_ip_param: bool,
     /// Skip the start-up hash check of the data.
     #[arg(long)]
     trust_data: bool,
@@ -64,6 +78,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             secret: args.node.secret.load()?,
             interval: args.tracker_interval,
             min_interval: args.tracker_interval.min(Duration::from_secs(10)),
+            max_peers_per_ip: args.tracker_max_peers_per_ip,
+            max_swarms_per_ip: args.tracker_max_swarms_per_ip,
+            trust_ip_param: args.tracker_trust_ip_param,
             ..TrackerConfig::default()
         };
         Some(TrackerServer::bind(args.tracker_listen, cfg).map_err(|e| {

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use corvid_engine::tracker::{TrackerConfig, TrackerServer};
+use corvid_engine::tracker::{
+    TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
+};
 
-use crate::output::{json_object, json_str, print};
+use corvid_engine::stats::to_json_line;
+
+use crate::output::print;
 use crate::roles;
 use crate::{Exit, Failure};
 
@@ -26,11 +30,29 @@ pub struct Args {
     /// Announce interval told to peers.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     interval: Duration,
+    /// Most peers one source address (an IPv6 /64) may have in one swarm.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS_PER_IP)]
+    max_peers_per_ip: usize,
+    /// Most swarms one source address (an IPv6 /64) may have peers in.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SWARMS_PER_IP)]
+    max_swarms_per_ip: usize,
+    /// Record the address clients claim with `ip=` instead of the connection's source:
+    /// only behind a reverse proxy that sets it, since any client can claim any address.
+    #[arg(long)]
+    trust_ip_param: bool,
     /// Print the listening address as a JSON line.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     secret: roles::SecretArgs,
+}
+
+/// The `--json` lines, one object each, `event` first.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Line {
+    Listening { tracker_addr: String },
+    Done { announces: u64, scrapes: u64 },
 }
 
 pub fn run(args: Args) -> Result<Exit, Failure> {
@@ -39,6 +61,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         secret: args.secret.load()?,
         interval: args.interval,
         min_interval: args.interval.min(Duration::from_secs(10)),
+        max_peers_per_ip: args.max_peers_per_ip,
+        max_swarms_per_ip: args.max_swarms_per_ip,
+        trust_ip_param: args.trust_ip_param,
         ..TrackerConfig::default()
     };
     let server = TrackerServer::bind(args.listen, cfg).map_err(|e| {
@@ -46,13 +71,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     })?;
     let addr = server.local_addr();
     if args.json {
-        print(&format!(
-            "{}\n",
-            json_object(&[
-                ("event", json_str("listening")),
-                ("tracker_addr", json_str(&addr.to_string())),
-            ])
-        ))?;
+        let line = Line::Listening {
+            tracker_addr: addr.to_string(),
+        };
+        print(&format!("{}\n", to_json_line(&line)))?;
     } else {
         print(&format!("tracker listening on {addr}\n"))?;
     }
@@ -64,14 +86,37 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     let stats = server.stats();
     server.shutdown();
     if args.json {
-        print(&format!(
-            "{}\n",
-            json_object(&[
-                ("event", json_str("done")),
-                ("announces", stats.announces.to_string()),
-                ("scrapes", stats.scrapes.to_string()),
-            ])
-        ))?;
+        let line = Line::Done {
+            announces: stats.announces,
+            scrapes: stats.scrapes,
+        };
+        print(&format!("{}\n", to_json_line(&line)))?;
     }
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scripts and the e2e tests read these lines: the bytes stay as they were when they
+    /// were written by hand.
+    #[test]
+    fn json_lines_keep_their_shape() {
+        let listening = Line::Listening {
+            tracker_addr: "127.0.0.1:8998".into(),
+        };
+        assert_eq!(
+            to_json_line(&listening),
+            r#"{"event":"listening","tracker_addr":"127.0.0.1:8998"}"#
+        );
+        let done = Line::Done {
+            announces: 3,
+            scrapes: 1,
+        };
+        assert_eq!(
+            to_json_line(&done),
+            r#"{"event":"done","announces":3,"scrapes":1}"#
+        );
+    }
 }

@@ -3,18 +3,19 @@
 //! A [`TransferStats`] is owned by one thread (one per runtime core) and updated without
 //! locks or atomics; at the end the cores' stats are [`TransferStats::merge`]d and turned
 //! into a [`Report`], a plain value the CLI renders as text ([`std::fmt::Display`]) or as
-//! one JSON object ([`Report::to_json`]). The JSON is written by hand: the report is a
-//! flat object of numbers and one string, so a hand-written encoder with careful string
-//! escaping is smaller than serde and its derive machinery.
+//! one JSON object ([`Report::to_json`]). The JSON shape is a serde struct
+//! ([`ReportJson`]), so its keys and their order are written down once, and serde_json
+//! does the escaping.
 //!
 //! Piece latency is measured from the first request of a piece to its hash verdict, in
 //! microseconds, into an HdrHistogram (3 significant digits, 1 µs to 1 hour; longer
 //! values saturate at the top rather than being dropped).
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use serde::{Serialize, Serializer};
 
 /// Highest latency the histogram resolves: an hour, in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -143,7 +144,7 @@ fn latency_histogram() -> Histogram<u64> {
 
 /// Quantiles of a latency distribution, in microseconds; all zero when nothing was
 /// recorded. Values are HdrHistogram's (within 0.1% of the recorded ones).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub min: u64,
@@ -151,6 +152,7 @@ pub struct LatencySummary {
     pub p90: u64,
     pub p99: u64,
     pub max: u64,
+    #[serde(serialize_with = "json_number")]
     pub mean: f64,
 }
 
@@ -183,38 +185,38 @@ impl Report {
     /// The report as one JSON object on one line (no trailing newline), with keys in a
     /// fixed order. Durations are in seconds (`elapsed_s`) or microseconds (`_us`).
     pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(512);
-        out.push('{');
-        if let Some(label) = &self.label {
-            out.push_str("\"label\":");
-            push_json_string(&mut out, label);
-            out.push(',');
-        }
-        out.push_str("\"elapsed_s\":");
-        push_json_f64(&mut out, self.elapsed.as_secs_f64());
-        let ints = [
-            ("bytes_down", self.bytes_down),
-            ("bytes_up", self.bytes_up),
-            ("bytes_from_seeder", self.bytes_from_seeder),
-            ("bytes_from_peers", self.bytes_from_peers),
-            ("pieces_verified", self.pieces_verified),
-            ("pieces_failed", self.pieces_failed),
-        ];
-        for (k, v) in ints {
-            let _ = write!(out, ",\"{k}\":{v}");
-        }
-        out.push_str(",\"down_rate_bps\":");
-        push_json_f64(&mut out, self.down_rate());
-        let l = &self.piece_latency_us;
-        let _ = write!(
-            out,
-            ",\"piece_latency_us\":{{\"count\":{},\"min\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{},\"mean\":",
-            l.count, l.min, l.p50, l.p90, l.p99, l.max
-        );
-        push_json_f64(&mut out, l.mean);
-        out.push_str("}}");
-        out
+        let json = ReportJson {
+            label: self.label.as_deref(),
+            elapsed_s: self.elapsed.as_secs_f64(),
+            bytes_down: self.bytes_down,
+            bytes_up: self.bytes_up,
+            bytes_from_seeder: self.bytes_from_seeder,
+            bytes_from_peers: self.bytes_from_peers,
+            pieces_verified: self.pieces_verified,
+            pieces_failed: self.pieces_failed,
+            down_rate_bps: self.down_rate(),
+            piece_latency_us: &self.piece_latency_us,
+        };
+        to_json_line(&json)
     }
+}
+
+/// The JSON shape of a [`Report`], field order as printed.
+#[derive(Serialize)]
+pub struct ReportJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<&'a str>,
+    #[serde(serialize_with = "json_number")]
+    pub elapsed_s: f64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub bytes_from_seeder: u64,
+    pub bytes_from_peers: u64,
+    pub pieces_verified: u64,
+    pub pieces_failed: u64,
+    #[serde(serialize_with = "json_number")]
+    pub down_rate_bps: f64,
+    pub piece_latency_us: &'a LatencySummary,
 }
 
 impl fmt::Display for Report {
@@ -246,41 +248,41 @@ impl fmt::Display for Report {
     }
 }
 
+/// `value` as one line of JSON, with U+2028, U+2029 and DEL escaped as well: valid JSON
+/// raw, but they break JavaScript and some terminals, and they can only occur inside
+/// strings, so escaping them after serde_json is exact.
+pub fn to_json_line<T: Serialize + ?Sized>(value: &T) -> String {
+    // serde_json fails only on maps with non-string keys or a Serialize impl that errors;
+    // the shapes printed here are structs of numbers and strings.
+    let raw = serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode as JSON: {e}") }).to_string()
+    });
+    if !raw.contains(['\u{2028}', '\u{2029}', '\u{7f}']) {
+        return raw;
+    }
+    raw.replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+        .replace('\u{7f}', "\\u007f")
+}
+
 /// `s` as a JSON string literal, quotes included; the one escaper every JSON line corvid
 /// prints goes through.
 pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    push_json_string(&mut out, s);
-    out
+    to_json_line(s)
 }
 
-/// Appends `s` as a JSON string: quotes, backslashes and every control character escaped
-/// (RFC 8259 section 7), everything else, including non-ASCII, as UTF-8.
-pub fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
-                // U+2028/2029 are valid JSON but break JavaScript; escaping costs nothing.
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends a finite number; JSON has no NaN or infinity, so those become `null`.
-fn push_json_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
-        let _ = write!(out, "{v}");
+/// A number as JSON: an integral value (within the range f64 holds exactly) without a
+/// fraction, as corvid has always printed it (`"down_rate_bps":0`); others as the
+/// shortest decimal that reads back the same; NaN and infinities, which JSON lacks, as
+/// `null`.
+pub fn json_number<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if !v.is_finite() {
+        s.serialize_none()
+    } else if v.fract() == 0.0 && v.abs() <= EXACT {
+        s.serialize_i64(*v as i64)
     } else {
-        out.push_str("null");
+        s.serialize_f64(*v)
     }
 }
 
@@ -403,9 +405,13 @@ mod tests {
              \"pieces_verified\":5,\"pieces_failed\":0,\"down_rate_bps\":2,\
              \"piece_latency_us\":{\"count\":5,\"min\":1,\"p50\":2,\"p90\":3,\"p99\":4,\"max\":5,\"mean\":2.5}}"
         );
-        let mut nan = String::new();
-        push_json_f64(&mut nan, f64::NAN);
-        assert_eq!(nan, "null");
+        let mut nan = r.clone();
+        nan.piece_latency_us.mean = f64::NAN;
+        nan.elapsed = Duration::ZERO;
+        let j = nan.to_json();
+        assert!(j.contains("\"mean\":null}"), "{j}");
+        assert!(j.contains("\"elapsed_s\":0,"), "{j}");
+        assert_eq!(json_string("\u{7f}\u{2029}\t"), "\"\\u007f\\u2029\\t\"");
         let text = r.to_string();
         assert!(text.contains("p99 4 us"), "{text}");
     }

@@ -1,13 +1,15 @@
 //! The tracker server and client over real loopback sockets: two peers find each other,
-//! `stopped` removes, scrape counts, and hostile connections neither crash nor wedge it.
+//! `stopped` removes, scrape counts, and hostile connections neither crash nor wedge it;
+//! a flood of announces expires, per-address caps hold, entries belong to the address
+//! that made them and `ip=` is only a claim (a second client is 127.0.0.2).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use corvid_engine::tracker::{
-    announce, scrape, AnnounceRequest, Event, ScrapeEntry, TrackerConfig, TrackerError,
-    TrackerServer,
+    announce, proto, scrape, AnnounceRequest, AnnounceResponse, Event, ScrapeEntry, TrackerConfig,
+    TrackerError, TrackerServer, TrackerStats,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -415,4 +417,246 @@ fn private_tracker_refuses_announces_and_scrapes_without_the_right_auth() {
     ));
     assert!(two.contains("failure reason"), "{two}");
     assert_eq!(server.stats().failures, 6);
+}
+
+// ---- Issue 12, item 3: a public tracker under a flood of announces. ----
+
+/// Sends one announce over a socket bound to source address `from` (every 127.0.0.0/8
+/// address is this host's on loopback, so 127.0.0.2 is a second client) and returns the
+/// tracker's answer: the response, or its failure reason.
+fn announce_from(
+    from: Ipv4Addr,
+    server: SocketAddr,
+    req: &AnnounceRequest,
+) -> Result<AnnounceResponse, String> {
+    let target = format!("/announce?{}", proto::announce_query(req));
+    let mut s = connect_from(from, server);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("tracker answers and closes");
+    let body_at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head")
+        + 4;
+    proto::parse_announce_response(&out[body_at..]).expect("a bencoded answer")
+}
+
+/// A TCP connection to `server` from source address `from`: std has no bind-before-
+/// connect, so the socket is made with libc.
+fn connect_from(from: Ipv4Addr, server: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = server else {
+        panic!("IPv4 tracker expected: {server}")
+    };
+    let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a socket we just created and own alone; the TcpStream takes over
+    // closing it, also when an assertion below fails.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = sin(from, 0);
+    // SAFETY: `local` is a valid sockaddr_in of `len` bytes that outlives the call.
+    let rc = unsafe { libc::bind(fd, std::ptr::addr_of!(local).cast(), len) };
+    assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+    let remote = sin(*to.ip(), to.port());
+    // SAFETY: as for bind; a blocking connect to loopback.
+    let rc = unsafe { libc::connect(fd, std::ptr::addr_of!(remote).cast(), len) };
+    assert_eq!(
+        rc,
+        0,
+        "connect {server}: {}",
+        std::io::Error::last_os_error()
+    );
+    stream
+}
+
+const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// Waits, bounded, until the tracker's gauges say `done`; polls the stats, since the
+/// server publishes no event for an expiry pass.
+fn wait_for_stats(server: &TrackerServer, what: &str, done: impl Fn(&TrackerStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = server.stats();
+        if done(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The reported attack: 10,000 announces with random info-hashes and `event=completed`
+/// from brand-new peers. Before the fix those swarms never expired, and once their peers
+/// had, a new torrent still got "tracker is full: too many torrents" until restart.
+#[test]
+fn completed_flood_of_random_hashes_expires_and_new_torrents_get_in() {
+    const FLOOD: usize = 10_000;
+    let cfg = TrackerConfig {
+        // Peers expire after two intervals: 2 s keeps the test short.
+        interval: Duration::from_secs(1),
+        max_torrents: FLOOD,
+        // The per-IP caps would stop this flood from one address early (tested below);
+        // here the attacker is taken to have enough addresses, so expiry must hold alone.
+        max_peers_per_ip: FLOOD,
+        max_swarms_per_ip: FLOOD,
+        ..TrackerConfig::default()
+    };
+    let (server, url) = start(cfg);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut x = 0x9e37_79b9_7f4a_7c15 ^ (t + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+                for _ in 0..FLOOD / 4 {
+                    let mut hash = [0u8; 20];
+                    for b in &mut hash {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        *b = (x >> 24) as u8;
+                    }
+                    let mut r = AnnounceRequest::new(hash, [t as u8; 20], 6881, 0);
+                    r.event = Event::Completed;
+                    announce(&url, &r, TIMEOUT).expect("flood announce accepted");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("flood thread");
+    }
+    let flood_time = started.elapsed();
+    let after_flood = server.stats();
+    eprintln!("flood: {FLOOD} announces in {flood_time:?}; then {after_flood:?}");
+    assert_eq!(after_flood.announces, FLOOD as u64);
+    assert!(after_flood.torrents > 0, "{after_flood:?}");
+
+    // Every flood peer expires two intervals after its announce; their swarms must go too.
+    wait_for_stats(&server, "the flood's swarms to expire", |s| {
+        s.peers == 0 && s.torrents == 0
+    });
+    let fresh = AnnounceRequest::new([0x5a; 20], [9; 20], 7000, 10);
+    let r = announce(&url, &fresh, TIMEOUT).expect("a new torrent is accepted");
+    assert_eq!(r.incomplete, Some(1));
+    server.shutdown();
+}
+
+#[test]
+fn per_ip_caps_hold_over_real_sockets() {
+    let cfg = TrackerConfig {
+        max_peers_per_ip: 3,
+        max_swarms_per_ip: 2,
+        ..TrackerConfig::default()
+    };
+    let (server, _url) = start(cfg);
+    let sa = server.local_addr();
+    let in_swarm =
+        |h: u8, id: u8| AnnounceRequest::new([h; 20], [id; 20], 7000 + u16::from(id), 10);
+    for id in 1..=3 {
+        announce_from(A, sa, &in_swarm(1, id)).expect("within the cap");
+    }
+    let refused = announce_from(A, sa, &in_swarm(1, 4)).unwrap_err();
+    assert!(
+        refused.contains("too many peers from your address"),
+        "{refused}"
+    );
+    // The cap is per address: another source still joins that swarm.
+    let r = announce_from(B, sa, &in_swarm(1, 4)).expect("another address");
+    assert_eq!(r.peers.len(), 3);
+
+    announce_from(A, sa, &in_swarm(2, 1)).expect("second swarm");
+    for h in 3..40 {
+        let refused = announce_from(A, sa, &in_swarm(h, 1)).unwrap_err();
+        assert!(
+            refused.contains("too many swarms from your address"),
+            "{refused}"
+        );
+    }
+    assert_eq!(server.stats().torrents, 2, "refused swarms hold no slot");
+    announce_from(B, sa, &in_swarm(3, 1)).expect("another address, another swarm");
+
+    // Leaving a swarm gives the slot back.
+    let mut stop = in_swarm(2, 1);
+    stop.event = Event::Stopped;
+    announce_from(A, sa, &stop).unwrap();
+    announce_from(A, sa, &in_swarm(4, 1)).expect("slot given back");
+    server.shutdown();
+}
+
+/// A peer's id is public (dictionary responses show it); another address using it must
+/// not remove the peer (`stopped`) or redirect it (a regular announce with its own port).
+#[test]
+fn spoofed_stopped_from_another_address_cannot_remove_a_peer() {
+    let (server, _url) = start(TrackerConfig::default());
+    let sa = server.local_addr();
+    announce_from(A, sa, &peer(1, 7001, 100)).unwrap();
+    let mut dict = peer(2, 7002, 100);
+    dict.compact = false;
+    let seen = announce_from(A, sa, &dict).unwrap();
+    let victim = seen.peers[0].peer_id.expect("dictionary peers carry ids");
+    assert_eq!(victim, [1; 20]);
+
+    let mut spoof = AnnounceRequest::new(HASH, victim, 6666, 100);
+    spoof.event = Event::Stopped;
+    let refused = announce_from(B, sa, &spoof).unwrap_err();
+    assert!(refused.contains("another address"), "{refused}");
+    spoof.event = Event::None;
+    let refused = announce_from(B, sa, &spoof).unwrap_err();
+    assert!(refused.contains("another address"), "{refused}");
+
+    let mut again = peer(2, 7002, 100);
+    again.event = Event::None;
+    let r = announce_from(A, sa, &again).unwrap();
+    let got: Vec<SocketAddr> = r.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(got, [addr(7001)], "the victim is still there, unmoved");
+    assert_eq!(server.stats().peers, 2);
+
+    // Its own address can still stop it.
+    let mut stop = peer(1, 7001, 100);
+    stop.event = Event::Stopped;
+    announce_from(A, sa, &stop).unwrap();
+    assert_eq!(server.stats().peers, 1);
+    server.shutdown();
+}
+
+/// `ip=` is a claim; by default it is not recorded, from loopback neither (a local
+/// reverse proxy would make every client loopback). With `trust_ip_param` it is.
+#[test]
+fn ip_param_is_ignored_unless_the_operator_trusts_it() {
+    for trust in [false, true] {
+        let (server, url) = start(TrackerConfig {
+            trust_ip_param: trust,
+            ..TrackerConfig::default()
+        });
+        let mut claim = peer(1, 7001, 100);
+        claim.ip = Some("192.0.2.7".parse().unwrap());
+        announce(&url, &claim, TIMEOUT).unwrap();
+        let r = announce(&url, &peer(2, 7002, 100), TIMEOUT).unwrap();
+        let got: Vec<SocketAddr> = r.peers.iter().map(|p| p.addr).collect();
+        let want: SocketAddr = if trust {
+            "192.0.2.7:7001".parse().unwrap()
+        } else {
+            addr(7001)
+        };
+        assert_eq!(got, [want], "trust_ip_param: {trust}");
+        server.shutdown();
+    }
 }

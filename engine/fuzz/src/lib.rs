@@ -5,22 +5,32 @@
 //! a few valid inputs built with the engine's own encoders, so the fuzzer starts from
 //! messages that get past the first checks.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use corvid_engine::bencode::{self, OwnedValue};
 use corvid_engine::geometry::{Lengths, BLOCK_SIZE};
 use corvid_engine::metainfo::{self, BuildOptions, FileSpec, Metainfo, Payload};
+use corvid_engine::peer::auth::Secret;
 use corvid_engine::peer::{Event, PeerConfig, PeerConn, Transmit};
 use corvid_engine::swarm::{Swarm, SwarmConfig};
 use corvid_engine::tracker::proto::{self, AnnounceResponse, TrackerRequest};
+use corvid_engine::tracker::{Outcome, Swarms, TrackerConfig};
 use corvid_engine::wire::{self, Bitfield, Decoded, ExtendedHandshake, Handshake, Limits, Message};
 
 pub mod peerauth;
 pub use peerauth::peer_auth;
 
 /// The fuzz targets, by name (the binary names under `fuzz_targets/`).
-pub const TARGETS: &[&str] = &["bencode", "metainfo", "wire", "peer", "tracker", "peerauth"];
+pub const TARGETS: &[&str] = &[
+    "bencode",
+    "metainfo",
+    "wire",
+    "peer",
+    "tracker",
+    "tracker_server",
+    "peerauth",
+];
 
 /// Runs the harness called `name` on `data`; `false` if there is no such target.
 pub fn run(name: &str, data: &[u8]) -> bool {
@@ -31,6 +41,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "peer" => peer(data),
         "tracker" => tracker(data),
         "peerauth" => peerauth::peer_auth(data),
+        "tracker_server" => tracker_server(data),
         _ => return false,
     }
     true
@@ -489,6 +500,201 @@ pub fn tracker(data: &[u8]) {
     }
 }
 
+/// Where the `tracker_server` harness's requests come from: two loopback clients, an
+/// IPv4 host and the same host v4-mapped, and IPv6 hosts of which two share a /64.
+const SOURCES: [&str; 8] = [
+    "127.0.0.1",
+    "127.0.0.2",
+    "10.0.0.1",
+    "::ffff:10.0.0.1",
+    "::1",
+    "2001:db8::1",
+    "2001:db8::2",
+    "2001:db8:1::1",
+];
+
+/// What `ip=` may claim in the `tracker_server` harness (index 0: no claim): usable
+/// addresses, a v4-mapped one, and ones no peer can have.
+const CLAIMS: [Option<&str>; 8] = [
+    None,
+    Some("192.0.2.7"),
+    Some("10.0.0.1"),
+    Some("::ffff:192.0.2.7"),
+    Some("2001:db8::9"),
+    Some("0.0.0.0"),
+    Some("224.0.0.1"),
+    Some("255.255.255.255"),
+];
+
+/// The private-swarm secret of the `tracker_server` harness.
+const FUZZ_SECRET: &[u8] = b"fuzz secret";
+
+/// The tracker server's request handling, exactly as its event loop drives it
+/// (`Swarms::handle_request`), under limits small enough for the fuzzer to reach: a
+/// stream of requests from a few source addresses at advancing times, and expiry passes.
+/// After every step the per-IP counts must agree with the peers tracked and every cap
+/// must hold (`Swarms::check_invariants`), and every answer must be one whole HTTP
+/// response whose body parses, on the client's side, as what the outcome says.
+///
+/// Input: 4 bytes of configuration, then operations.
+/// - config: flags (bit 0: trust `ip=`; bit 1: private, with [`FUZZ_SECRET`]), peers
+///   per IP (low nibble & 7, + 1) and swarms per IP (high nibble & 7, + 1), torrents
+///   (& 7, + 1) and peers per torrent (bits 3..7 & 15, + 1), interval in seconds (& 31, + 1).
+/// - operation: `op`, `dt` (seconds the clock advances first), then by `op & 3`:
+///   0: `len` and `len` raw request bytes; 1: an announce built from 5 bytes (hash and
+///   peer index; event, left, compact, numwant; port, 2 bytes; claim and auth), then
+///   `len` and `len` bytes appended to its query; 2: an expiry pass; 3: a scrape of
+///   hash `op >> 5`. The source is `SOURCES[(op >> 2) & 7]`.
+pub fn tracker_server(data: &[u8]) {
+    let Some((cfg, mut ops)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let secret = Secret::new(FUZZ_SECRET).expect("non-empty secret");
+    let tcfg = TrackerConfig {
+        interval: Duration::from_secs(u64::from(cfg[3] & 31) + 1),
+        min_interval: Duration::from_secs(1),
+        trust_ip_param: cfg[0] & 1 != 0,
+        secret: (cfg[0] & 2 != 0).then(|| secret.clone()),
+        max_peers_per_ip: usize::from(cfg[1] & 7) + 1,
+        max_swarms_per_ip: usize::from((cfg[1] >> 4) & 7) + 1,
+        max_torrents: usize::from(cfg[2] & 7) + 1,
+        max_peers_per_torrent: usize::from((cfg[2] >> 3) & 15) + 1,
+        max_numwant: 8,
+        ..TrackerConfig::default()
+    };
+    let max_numwant = tcfg.max_numwant as usize;
+    let mut swarms = Swarms::new(tcfg);
+    let mut now = Instant::now();
+    let hash = |i: u8| [0xA0 | (i & 7); 20];
+    while let Some((&[op, dt], rest)) = ops.split_first_chunk::<2>() {
+        ops = rest;
+        now += Duration::from_secs(u64::from(dt));
+        let source: IpAddr = SOURCES[usize::from((op >> 2) & 7)]
+            .parse()
+            .expect("literal address");
+        // `whole`: built here, so certainly one complete head.
+        let (request, whole) = match op & 3 {
+            0 => {
+                let Some((&len, rest)) = ops.split_first() else {
+                    return;
+                };
+                let n = usize::from(len).min(rest.len());
+                ops = &rest[n..];
+                (rest[..n].to_vec(), false)
+            }
+            1 => {
+                let Some((&[who, how, p0, p1, claim], rest)) = ops.split_first_chunk::<5>() else {
+                    return;
+                };
+                let Some((&len, rest)) = rest.split_first() else {
+                    return;
+                };
+                let n = usize::from(len).min(rest.len());
+                let extra = &rest[..n];
+                ops = &rest[n..];
+                let peer_id = [0x50 | ((who >> 3) & 7); 20];
+                let mut req = proto::AnnounceRequest::new(
+                    hash(who),
+                    peer_id,
+                    u16::from_be_bytes([p0, p1]),
+                    if how & 4 != 0 { 0 } else { 1000 },
+                );
+                req.event = [
+                    proto::Event::None,
+                    proto::Event::Started,
+                    proto::Event::Completed,
+                    proto::Event::Stopped,
+                ][usize::from(how & 3)];
+                req.compact = how & 8 == 0;
+                req.numwant = (how & 16 != 0).then_some(u32::from(how >> 5) * 3);
+                req.ip = CLAIMS[usize::from(claim & 7)].map(|c| c.parse().expect("literal"));
+                if claim & 8 != 0 {
+                    req.auth = Some(secret.announce_proof(&req.info_hash, &peer_id));
+                }
+                let mut r = format!("GET /announce?{}", proto::announce_query(&req)).into_bytes();
+                r.extend_from_slice(extra);
+                r.extend_from_slice(b" HTTP/1.0\r\n\r\n");
+                (r, extra.is_empty())
+            }
+            2 => {
+                swarms.expire(now);
+                if let Err(e) = swarms.check_invariants() {
+                    panic!("after expiry: {e}");
+                }
+                continue;
+            }
+            _ => {
+                let q = proto::scrape_query(&[hash(op >> 5)]);
+                (
+                    format!("GET /scrape?{q} HTTP/1.0\r\n\r\n").into_bytes(),
+                    true,
+                )
+            }
+        };
+        let Some((out, outcome)) = swarms.handle_request(&request, source, now) else {
+            assert!(!whole, "a whole request got no answer");
+            continue;
+        };
+        // The announce the server read, if it read one (appended bytes may change it).
+        let asker = match proto::parse_head(&request) {
+            Ok(proto::Head::Complete { target }) => match proto::parse_target(&target) {
+                Ok(TrackerRequest::Announce(r)) => Some(r),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Err(e) = swarms.check_invariants() {
+            panic!("after {outcome:?} from {source}: {e}");
+        }
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP head");
+        let head = std::str::from_utf8(&out[..split]).expect("an ASCII head");
+        let body = &out[split + 4..];
+        assert!(head.starts_with("HTTP/1.0 "), "{head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        match outcome {
+            Outcome::Announce => {
+                let resp = proto::parse_announce_response(body)
+                    .expect("announce answer parses")
+                    .expect("and is not a failure");
+                assert!(
+                    resp.peers.len() <= max_numwant,
+                    "{} peers",
+                    resp.peers.len()
+                );
+                if let Some(req) = &asker {
+                    assert!(
+                        resp.peers.iter().all(|p| p.peer_id != Some(req.peer_id)),
+                        "the asker was handed itself"
+                    );
+                    if req.event != proto::Event::Stopped {
+                        let counts = swarms.scrape(&[req.info_hash]);
+                        let e = counts.first().expect("no allow-list").1;
+                        assert!(e.complete + e.incomplete >= 1, "the asker is not counted");
+                        assert!(swarms.torrents() >= 1);
+                    }
+                }
+            }
+            Outcome::Failure => {
+                proto::parse_announce_response(body)
+                    .expect("a failure parses")
+                    .expect_err("as a failure");
+            }
+            Outcome::Scrape => {
+                proto::parse_scrape_response(body)
+                    .expect("scrape answer parses")
+                    .expect("and is not a failure");
+            }
+            Outcome::BadRequest => assert!(head.starts_with("HTTP/1.0 4"), "{head}"),
+        }
+    }
+}
+
 /// Valid inputs for each target, built with the engine's own encoders: (target, name,
 /// bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -690,6 +896,49 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         proto::encode_scrape_response(&[([5; 20], Default::default())]),
     ));
     out.push(("tracker", "failure".into(), proto::encode_failure("no")));
+
+    // tracker_server: a public and a private tracker with small caps, several sources
+    // announcing, completing, stopping; a raw request, an expiry and a scrape.
+    let announce_op = |src: u8, who: u8, how: u8, port: u16, claim: u8| {
+        let mut v = vec![(src << 2) | 1, 1, who, how];
+        v.extend_from_slice(&port.to_be_bytes());
+        v.extend_from_slice(&[claim, 0]);
+        v
+    };
+    for (name, flags) in [("public", 0u8), ("trust-ip", 1), ("private", 2)] {
+        let mut ops = vec![flags, 0x12, 0x1b, 9];
+        for (src, who, how) in [
+            (0u8, 0u8, 1u8),
+            (0, 8, 1),
+            (0, 16, 1),
+            (1, 24, 1),
+            (2, 1, 1),
+            (3, 9, 2),
+            (5, 2, 1),
+            (6, 10, 1),
+            (7, 3, 0x1c),
+            (1, 0, 3),
+            (0, 0, 2),
+        ] {
+            ops.extend(announce_op(
+                src,
+                who,
+                how,
+                6881 + u16::from(who),
+                8 | (who & 7),
+            ));
+        }
+        ops.extend_from_slice(&[3, 5]); // scrape hash 0
+        ops.extend_from_slice(&[2, 30]); // expiry after 30 s
+        ops.extend(announce_op(4, 0, 1, 7000, 8));
+        out.push(("tracker_server", name.into(), ops));
+    }
+    let raw = format!("GET /announce?{q} HTTP/1.0\r\n\r\n");
+    let mut ops = vec![0, 0x77, 0xff, 3, 0, 0, raw.len() as u8];
+    ops.extend_from_slice(raw.as_bytes());
+    ops.extend_from_slice(&[0b100, 0, 12]);
+    ops.extend_from_slice(b"GET /announc");
+    out.push(("tracker_server", "raw".into(), ops));
     out
 }
 

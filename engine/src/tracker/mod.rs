@@ -18,7 +18,10 @@ pub use client::{announce, scrape, Announcer, BackoffPolicy};
 pub use proto::{
     AnnounceRequest, AnnounceResponse, Event, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
-pub use server::{Swarms, TrackerConfig, TrackerServer, TrackerStats};
+pub use server::{
+    Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats, DEFAULT_MAX_PEERS_PER_IP,
+    DEFAULT_MAX_SWARMS_PER_IP,
+};
 
 /// Murder's tracker port, kept as corvid's default so existing firewall rules fit.
 pub const DEFAULT_PORT: u16 = 8998;

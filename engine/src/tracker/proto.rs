@@ -94,7 +94,8 @@ pub struct AnnounceRequest {
     pub compact: bool,
     /// How many peers the client would like; `None` leaves it to the tracker.
     pub numwant: Option<u32>,
-    /// The address the client claims; the server only honours it from loopback.
+    /// The address the client claims; the server records it only if its operator trusts
+    /// the parameter (`TrackerConfig::trust_ip_param`).
     pub ip: Option<IpAddr>,
     /// corvid's private-swarm extension `auth`: hex of HMAC-SHA1(secret, info_hash ||
     /// peer_id) (see `peer::auth`). Other trackers ignore the unknown parameter.
@@ -286,7 +287,7 @@ pub fn parse_announce_query(query: &str) -> Result<AnnounceRequest, ProtoError> 
                 }
             ),
             // A claimed address that does not parse is ignored rather than fatal: it is
-            // only advisory, and only honoured from loopback.
+            // only advisory, and only honoured where the operator trusts it.
             "ip" => set_once!(
                 ip,
                 std::str::from_utf8(&val)

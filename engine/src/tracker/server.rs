@@ -8,6 +8,10 @@
 //! [`TrackerConfig::max_connections`] are open, the oldest is dropped for the newcomer, so
 //! a slowloris client must outpace the deadline with ever more sockets to starve anyone.
 //! Responses close the connection (HTTP/1.0 style), as tracker clients expect.
+//!
+//! Against a flood of announces (a public tracker takes them from anyone): swarms live only
+//! while they have live peers, each source address has a share of peers and swarms, and a
+//! peer's entry answers only to the address that made it; see [`Swarms`].
 
 use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
@@ -26,6 +30,11 @@ use super::proto::{
 use super::TrackerError;
 use crate::peer::auth::Secret;
 
+/// Default of [`TrackerConfig::max_peers_per_ip`].
+pub const DEFAULT_MAX_PEERS_PER_IP: usize = 64;
+/// Default of [`TrackerConfig::max_swarms_per_ip`].
+pub const DEFAULT_MAX_SWARMS_PER_IP: usize = 64;
+
 /// How the tracker behaves; [`Default`] suits a deploy (30 s interval).
 #[derive(Debug, Clone)]
 pub struct TrackerConfig {
@@ -43,6 +52,16 @@ pub struct TrackerConfig {
     pub max_torrents: usize,
     /// Most peers tracked per swarm.
     pub max_peers_per_torrent: usize,
+    /// Most peers one source address may have in one swarm. Several peers per host is
+    /// normal (tests and the demo run a whole swarm on 127.0.0.1); thousands is a flood.
+    pub max_peers_per_ip: usize,
+    /// Most swarms one source address may have peers in, so one host cannot take all
+    /// [`TrackerConfig::max_torrents`] slots with random info-hashes.
+    pub max_swarms_per_ip: usize,
+    /// Record the address a client claims with `ip=` instead of the connection's source.
+    /// Only right behind a reverse proxy that sets it: otherwise any client could point a
+    /// swarm at a third party's host (a reflection attack), or take another's caps.
+    pub trust_ip_param: bool,
     /// Time a connection has, from accept, to send its request and read the answer.
     pub request_timeout: Duration,
     /// Most connections open at once; beyond it the oldest is dropped.
@@ -63,6 +82,9 @@ impl Default for TrackerConfig {
             max_numwant: 200,
             max_torrents: 10_000,
             max_peers_per_torrent: 100_000,
+            max_peers_per_ip: DEFAULT_MAX_PEERS_PER_IP,
+            max_swarms_per_ip: DEFAULT_MAX_SWARMS_PER_IP,
+            trust_ip_param: false,
             request_timeout: Duration::from_secs(5),
             max_connections: 256,
         }
@@ -107,6 +129,15 @@ impl StatCells {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn count(&self, o: Outcome) {
+        Self::bump(match o {
+            Outcome::Announce => &self.announces,
+            Outcome::Scrape => &self.scrapes,
+            Outcome::Failure => &self.failures,
+            Outcome::BadRequest => &self.bad_requests,
+        });
+    }
+
     fn snapshot(&self) -> TrackerStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TrackerStats {
@@ -122,17 +153,73 @@ impl StatCells {
     }
 }
 
+/// What the tracker remembers of one peer.
 #[derive(Debug, Clone)]
 struct PeerEntry {
+    /// Where other peers are told to connect.
     addr: SocketAddr,
+    /// The address the entry was made from (see [`Swarms::announce`]): only announces
+    /// from there may update or remove it, so knowing a peer's id (dictionary responses
+    /// show it) is not enough to redirect or drop that peer.
+    owner: IpAddr,
     left: u64,
     last_seen: Instant,
+}
+
+/// A count per source network ([`ip_key`]); absent means zero, so the map holds only
+/// networks that have something tracked.
+#[derive(Debug, Default)]
+struct IpCounts(HashMap<IpAddr, usize>);
+
+impl IpCounts {
+    fn get(&self, key: &IpAddr) -> usize {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+
+    /// Counts one more; true if it is the first.
+    fn add(&mut self, key: IpAddr) -> bool {
+        let n = self.0.entry(key).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Counts one fewer; true if that was the last.
+    fn sub(&mut self, key: IpAddr) -> bool {
+        match self.0.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.0.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The unit the per-IP caps count: an IPv4 address, or an IPv6 /64, the usual allocation
+/// of one host or site (counting single IPv6 addresses would give every host 2^64 of
+/// them).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Swarm {
     peers: HashMap<[u8; 20], PeerEntry>,
-    /// Completed events seen (scrape's `downloaded`).
+    /// Peers per source network in this swarm, kept in step with `peers`.
+    per_ip: IpCounts,
+    /// Completed events seen from peers this tracker saw downloading (scrape's
+    /// `downloaded`).
     downloaded: u64,
     /// Where the next peer list starts, so successive announces see different peers.
     cursor: usize,
@@ -145,14 +232,63 @@ impl Swarm {
         let seeds = self.peers.values().filter(|p| p.left == 0).count() as u64;
         (seeds, self.peers.len() as u64 - seeds)
     }
+
+    /// Adds a peer not yet in the swarm, counting it against its source network.
+    fn insert(&mut self, id: [u8; 20], entry: PeerEntry, swarms_per_ip: &mut IpCounts) {
+        let key = ip_key(entry.owner);
+        if self.per_ip.add(key) {
+            swarms_per_ip.add(key);
+        }
+        if let Some(old) = self.peers.insert(id, entry) {
+            // Callers insert only absent ids; should one be replaced, keep counts true.
+            Self::release(&mut self.per_ip, old.owner, swarms_per_ip);
+        }
+    }
+
+    fn remove(&mut self, id: &[u8; 20], swarms_per_ip: &mut IpCounts) {
+        if let Some(p) = self.peers.remove(id) {
+            Self::release(&mut self.per_ip, p.owner, swarms_per_ip);
+        }
+    }
+
+    /// Drops peers last seen before `cut`.
+    fn drop_stale(&mut self, cut: Instant, swarms_per_ip: &mut IpCounts) {
+        let per_ip = &mut self.per_ip;
+        self.peers.retain(|_, p| {
+            let keep = p.last_seen >= cut;
+            if !keep {
+                Self::release(per_ip, p.owner, swarms_per_ip);
+            }
+            keep
+        });
+    }
+
+    fn release(per_ip: &mut IpCounts, owner: IpAddr, swarms_per_ip: &mut IpCounts) {
+        let key = ip_key(owner);
+        if per_ip.sub(key) {
+            swarms_per_ip.sub(key);
+        }
+    }
 }
 
 /// Every swarm the tracker knows, keyed by info-hash. Sans-IO: the caller passes the
 /// connection's source address and the time.
+///
+/// What bounds it against a flood: a swarm lives only while it has live peers (none
+/// announced within two intervals: gone at the next [`Swarms::expire`]), each source
+/// network may hold [`TrackerConfig::max_peers_per_ip`] peers in a swarm and be in
+/// [`TrackerConfig::max_swarms_per_ip`] swarms, and the totals are capped. So random
+/// info-hashes from one host take at most its share of slots, and nothing they take
+/// outlives the peers that took it.
 #[derive(Debug)]
 pub struct Swarms {
     cfg: TrackerConfig,
     swarms: HashMap<[u8; 20], Swarm>,
+    /// Swarms each source network has peers in.
+    swarms_per_ip: IpCounts,
+    /// When [`Swarms::expire`] last ran, so a full tracker sweeps at most once per half
+    /// interval however fast newcomers knock.
+    last_expire: Option<Instant>,
 }
 
 impl Swarms {
@@ -160,6 +296,8 @@ impl Swarms {
         Swarms {
             cfg,
             swarms: HashMap::new(),
+            swarms_per_ip: IpCounts::default(),
+            last_expire: None,
         }
     }
 
@@ -167,11 +305,10 @@ impl Swarms {
     /// to the client as `failure reason`).
     ///
     /// The recorded address is the connection's source, not the `ip` parameter: honouring
-    /// a claimed address from anywhere would let any client point a swarm at a third
-    /// party's host (a reflection attack). From loopback the claim is honoured, since a
-    /// process on the tracker's own host (a seeder started beside it, a local proxy, the
-    /// tests) is trusted and would otherwise be recorded as 127.0.0.1, which no remote
-    /// peer can reach.
+    /// a claimed address would let any client point a swarm at a third party's host (a
+    /// reflection attack), take another host's per-IP share, or claim another's entries.
+    /// Only with [`TrackerConfig::trust_ip_param`] (a reverse proxy in front that sets
+    /// it) is the claim recorded, and then it stands for the client everywhere.
     pub fn announce(
         &mut self,
         req: &AnnounceRequest,
@@ -194,18 +331,18 @@ impl Swarms {
         if req.port == 0 {
             return Err("port 0 is not a listening port".into());
         }
-        let source = source.to_canonical();
-        let ip = match req.ip {
-            Some(claimed) if source.is_loopback() => claimed.to_canonical(),
-            _ => source,
-        };
+        let ip = self.recorded_ip(req.ip, source.to_canonical());
         let addr = SocketAddr::new(ip, req.port);
-        let expire_before = now.checked_sub(self.cfg.interval * 2);
+        let key = ip_key(ip);
 
         if req.event == Event::Stopped {
             if let Some(swarm) = self.swarms.get_mut(&req.info_hash) {
-                swarm.peers.remove(&req.peer_id);
-                if swarm.peers.is_empty() && swarm.downloaded == 0 {
+                match swarm.peers.get(&req.peer_id) {
+                    Some(p) if p.owner != ip => return Err(NOT_YOURS.into()),
+                    Some(_) => swarm.remove(&req.peer_id, &mut self.swarms_per_ip),
+                    None => {}
+                }
+                if swarm.peers.is_empty() {
                     self.swarms.remove(&req.info_hash);
                 }
             }
@@ -217,9 +354,14 @@ impl Swarms {
         }
 
         if !self.swarms.contains_key(&req.info_hash) && self.swarms.len() >= self.cfg.max_torrents {
-            return Err("tracker is full: too many torrents".into());
+            // Slots may be held by swarms whose peers all went quiet since the last pass.
+            self.expire_if_due(now);
+            if self.swarms.len() >= self.cfg.max_torrents {
+                return Err(TRACKER_FULL.into());
+            }
         }
-        let max_peers = self.cfg.max_peers_per_torrent;
+        let cfg = &self.cfg;
+        let swarms_per_ip = &mut self.swarms_per_ip;
         let swarm = self.swarms.entry(req.info_hash).or_default();
         // Drop this swarm's stale peers now rather than waiting for `expire`, so nobody is
         // handed a peer that has been gone for two intervals.
@@ -227,12 +369,13 @@ impl Swarms {
         // then be handed out up to 2.5 intervals after its last announce.
         let sweep_due = swarm
             .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.interval / 2);
-        if let (Some(cut), true) = (expire_before, sweep_due) {
-            swarm.peers.retain(|_, p| p.last_seen >= cut);
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.interval / 2);
+        if let (Some(cut), true) = (now.checked_sub(cfg.interval * 2), sweep_due) {
+            swarm.drop_stale(cut, swarms_per_ip);
             swarm.last_sweep = Some(now);
         }
-        match swarm.peers.get_mut(&req.peer_id) {
+        let recorded = match swarm.peers.get_mut(&req.peer_id) {
+            Some(p) if p.owner != ip => Err(NOT_YOURS),
             Some(p) => {
                 if req.event == Event::Completed && p.left > 0 {
                     swarm.downloaded += 1;
@@ -240,29 +383,42 @@ impl Swarms {
                 p.addr = addr;
                 p.left = req.left;
                 p.last_seen = now;
+                Ok(())
             }
+            // A new peer's `completed` is not counted: the tracker never saw it download,
+            // and counting it would let strangers make up history.
             None => {
-                if swarm.peers.len() >= max_peers {
-                    return Err("swarm is full".into());
-                }
-                if req.event == Event::Completed {
-                    swarm.downloaded += 1;
-                }
-                swarm.peers.insert(
-                    req.peer_id,
-                    PeerEntry {
+                let from_ip = swarm.per_ip.get(&key);
+                if swarm.peers.len() >= cfg.max_peers_per_torrent {
+                    Err("swarm is full")
+                } else if from_ip >= cfg.max_peers_per_ip {
+                    Err(TOO_MANY_PEERS_FROM_IP)
+                } else if from_ip == 0 && swarms_per_ip.get(&key) >= cfg.max_swarms_per_ip {
+                    Err(TOO_MANY_SWARMS_FROM_IP)
+                } else {
+                    let entry = PeerEntry {
                         addr,
+                        owner: ip,
                         left: req.left,
                         last_seen: now,
-                    },
-                );
+                    };
+                    swarm.insert(req.peer_id, entry, swarms_per_ip);
+                    Ok(())
+                }
             }
+        };
+        if let Err(reason) = recorded {
+            // A refused newcomer must not leave an empty swarm behind to hold a slot.
+            if swarm.peers.is_empty() {
+                self.swarms.remove(&req.info_hash);
+            }
+            return Err(reason.into());
         }
 
         let want = req
             .numwant
-            .unwrap_or(self.cfg.default_numwant)
-            .min(self.cfg.max_numwant) as usize;
+            .unwrap_or(cfg.default_numwant)
+            .min(cfg.max_numwant) as usize;
         // A seeder has no use for other seeders.
         let asker_is_seed = req.left == 0;
         let candidates: Vec<PeerInfo> = swarm
@@ -283,6 +439,15 @@ impl Swarms {
         }
         let (complete, incomplete) = swarm.counts();
         Ok(self.response(complete, incomplete, peers))
+    }
+
+    /// The address to record for a client: its connection's source, or its `ip=` claim if
+    /// the operator trusts claims and the claim is an address a peer can have.
+    fn recorded_ip(&self, claimed: Option<IpAddr>, source: IpAddr) -> IpAddr {
+        match claimed.map(|c| c.to_canonical()) {
+            Some(c) if self.cfg.trust_ip_param && is_unicast(c) => c,
+            _ => source,
+        }
     }
 
     fn response(&self, complete: u64, incomplete: u64, peers: Vec<PeerInfo>) -> AnnounceResponse {
@@ -326,15 +491,70 @@ impl Swarms {
             .collect()
     }
 
-    /// Forgets peers not seen for twice the interval, and swarms left empty.
+    /// Forgets peers not seen for twice the interval, and every swarm left without peers
+    /// (whatever its history: a swarm nobody is in holds no slot).
     pub fn expire(&mut self, now: Instant) {
+        self.last_expire = Some(now);
         let Some(cut) = now.checked_sub(self.cfg.interval * 2) else {
             return;
         };
+        let swarms_per_ip = &mut self.swarms_per_ip;
         self.swarms.retain(|_, s| {
-            s.peers.retain(|_, p| p.last_seen >= cut);
-            !s.peers.is_empty() || s.downloaded > 0
+            s.drop_stale(cut, swarms_per_ip);
+            !s.peers.is_empty()
         });
+    }
+
+    fn expire_if_due(&mut self, now: Instant) {
+        let due = self
+            .last_expire
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.interval / 2);
+        if due {
+            self.expire(now);
+        }
+    }
+
+    /// Checks that the per-IP counts agree with the peers tracked and that no swarm is
+    /// empty after an announce; for tests and the fuzzer, which call it after each step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut swarms_per_ip: HashMap<IpAddr, usize> = HashMap::new();
+        for (hash, s) in &self.swarms {
+            let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+            for p in s.peers.values() {
+                *per_ip.entry(ip_key(p.owner)).or_default() += 1;
+                if p.addr.ip() != p.owner {
+                    return Err(format!("peer at {} owned by {}", p.addr, p.owner));
+                }
+            }
+            if per_ip != s.per_ip.0 {
+                return Err(format!(
+                    "swarm {hash:02x?}: per-IP counts {:?}, peers say {per_ip:?}",
+                    s.per_ip.0
+                ));
+            }
+            for (k, n) in &per_ip {
+                if *n > self.cfg.max_peers_per_ip {
+                    return Err(format!("{k} has {n} peers in swarm {hash:02x?}"));
+                }
+                *swarms_per_ip.entry(*k).or_default() += 1;
+            }
+        }
+        if swarms_per_ip != self.swarms_per_ip.0 {
+            return Err(format!(
+                "swarms per IP {:?}, swarms say {swarms_per_ip:?}",
+                self.swarms_per_ip.0
+            ));
+        }
+        if let Some((k, n)) = swarms_per_ip
+            .iter()
+            .find(|(_, n)| **n > self.cfg.max_swarms_per_ip)
+        {
+            return Err(format!("{k} is in {n} swarms"));
+        }
+        if self.swarms.len() > self.cfg.max_torrents {
+            return Err(format!("{} swarms tracked", self.swarms.len()));
+        }
+        Ok(())
     }
 
     /// Swarms tracked.
@@ -347,64 +567,100 @@ impl Swarms {
         self.swarms.values().map(|s| s.peers.len()).sum()
     }
 
-    /// Answers one complete request head with the full HTTP response to send, counting
-    /// what happened in `stats`.
+    /// Answers the request bytes received so far on one connection from `source`: `None`
+    /// while the head is incomplete and within its limits (read more), else the whole HTTP
+    /// response to send and what the request came to. This is all the event loop does
+    /// with a request, so tests and the fuzzer drive exactly the server's path.
+    pub fn handle_request(
+        &mut self,
+        buf: &[u8],
+        source: IpAddr,
+        now: Instant,
+    ) -> Option<(Vec<u8>, Outcome)> {
+        let head = match proto::parse_head(buf) {
+            Ok(Head::Partial) => return None,
+            Ok(Head::Complete { target }) => Ok(target),
+            Err(e) => Err(e),
+        };
+        Some(self.respond(head, source, now))
+    }
+
+    /// Answers one complete request head (or the reason it is not acceptable).
     fn respond(
         &mut self,
         head: Result<String, ProtoError>,
         source: IpAddr,
         now: Instant,
-        stats: &StatCells,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Outcome) {
         let target = match head {
             Ok(t) => t,
             Err(e) => {
-                StatCells::bump(&stats.bad_requests);
                 let status = match e {
                     ProtoError::RequestLineTooLong => "414 URI Too Long",
                     ProtoError::HeadTooLong => "431 Request Header Fields Too Large",
                     ProtoError::BadMethod(_) => "405 Method Not Allowed",
                     _ => "400 Bad Request",
                 };
-                return http_response(status, &encode_failure(&e.to_string()));
+                let out = http_response(status, &encode_failure(&e.to_string()));
+                return (out, Outcome::BadRequest);
             }
+        };
+        let failure = |reason: &str| {
+            let out = http_response("200 OK", &encode_failure(reason));
+            (out, Outcome::Failure)
         };
         match proto::parse_target(&target) {
             Ok(TrackerRequest::Announce(req)) => match self.announce(&req, source, now) {
                 Ok(resp) => {
-                    StatCells::bump(&stats.announces);
-                    http_response("200 OK", &encode_announce_response(&resp, req.compact))
+                    let body = encode_announce_response(&resp, req.compact);
+                    (http_response("200 OK", &body), Outcome::Announce)
                 }
-                Err(reason) => {
-                    StatCells::bump(&stats.failures);
-                    http_response("200 OK", &encode_failure(&reason))
-                }
+                Err(reason) => failure(&reason),
             },
             Ok(TrackerRequest::Scrape(hashes)) => {
                 let query = target.split_once('?').map_or("", |(_, q)| q);
                 if let Some(reason) = self.scrape_refusal(&hashes, query) {
-                    StatCells::bump(&stats.failures);
-                    return http_response("200 OK", &encode_failure(reason));
+                    return failure(reason);
                 }
-                StatCells::bump(&stats.scrapes);
-                http_response("200 OK", &encode_scrape_response(&self.scrape(&hashes)))
+                let body = encode_scrape_response(&self.scrape(&hashes));
+                (http_response("200 OK", &body), Outcome::Scrape)
             }
             Err(e @ ProtoError::UnknownPath(_)) => {
-                StatCells::bump(&stats.bad_requests);
-                http_response("404 Not Found", &encode_failure(&e.to_string()))
+                let out = http_response("404 Not Found", &encode_failure(&e.to_string()));
+                (out, Outcome::BadRequest)
             }
             // Bad parameters: trackers answer 200 with a failure reason, which clients
             // show to the user, rather than an HTTP error they may only log as "400".
-            Err(e) => {
-                StatCells::bump(&stats.failures);
-                http_response("200 OK", &encode_failure(&e.to_string()))
-            }
+            Err(e) => failure(&e.to_string()),
         }
     }
 }
 
+/// What a request came to; the server counts each kind in [`TrackerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with peers.
+    Announce,
+    /// Answered with counts.
+    Scrape,
+    /// Answered 200 with a bencoded `failure reason` (refused, or bad parameters).
+    Failure,
+    /// Rejected at the HTTP level (400, 404, 405, 414, 431).
+    BadRequest,
+}
+
 /// What a private tracker tells a client without a valid proof of the secret.
 const PRIVATE_REFUSAL: &str = "private tracker: missing or wrong auth (corvid --secret-file)";
+/// An announce for a peer id whose entry was made from another address.
+const NOT_YOURS: &str = "peer_id is registered from another address";
+const TRACKER_FULL: &str = "tracker is full: too many torrents";
+const TOO_MANY_PEERS_FROM_IP: &str = "too many peers from your address in this swarm";
+const TOO_MANY_SWARMS_FROM_IP: &str = "too many swarms from your address";
+
+/// An address other peers could connect to: not unspecified, multicast or broadcast.
+fn is_unicast(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast() && ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
 
 fn secs_u32(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
@@ -671,12 +927,12 @@ impl EventLoop {
                         Ok(0) => return Step::Close,
                         Ok(n) => {
                             conn.buf.extend_from_slice(&chunk[..n]);
-                            let head = match proto::parse_head(&conn.buf) {
-                                Ok(Head::Partial) => continue,
-                                Ok(Head::Complete { target }) => Ok(target),
-                                Err(e) => Err(e),
+                            let Some((out, outcome)) =
+                                self.swarms.handle_request(&conn.buf, conn.source, now)
+                            else {
+                                continue;
                             };
-                            let out = self.swarms.respond(head, conn.source, now, &self.stats);
+                            self.stats.count(outcome);
                             self.stats
                                 .torrents
                                 .store(self.swarms.torrents() as u64, Ordering::Relaxed);
@@ -879,27 +1135,30 @@ mod tests {
     }
 
     #[test]
-    fn claimed_ip_only_from_loopback() {
+    fn claimed_ip_is_ignored_unless_trusted() {
         let t0 = Instant::now();
+        let claimed = |id: u8, to: &str| {
+            let mut r = req(id, u16::from(id), 10, Event::Started);
+            r.ip = Some(ip(to));
+            r
+        };
+        // Default: the claim is ignored from anywhere, loopback included (a local reverse
+        // proxy would otherwise let every client behind it spoof).
         let mut s = Swarms::new(TrackerConfig::default());
-        let mut r1 = req(1, 1, 10, Event::Started);
-        r1.ip = Some(ip("192.0.2.7"));
-        s.announce(&r1, ip("203.0.113.5"), t0).unwrap();
-        let mut r2 = req(2, 2, 10, Event::Started);
-        r2.ip = Some(ip("192.0.2.8"));
-        s.announce(&r2, ip("127.0.0.1"), t0).unwrap();
+        s.announce(&claimed(1, "192.0.2.7"), ip("203.0.113.5"), t0)
+            .unwrap();
+        s.announce(&claimed(2, "192.0.2.8"), ip("127.0.0.1"), t0)
+            .unwrap();
         let r3 = s
             .announce(&req(3, 3, 10, Event::Started), ip("::ffff:10.0.0.3"), t0)
             .unwrap();
         let mut got: Vec<SocketAddr> = r3.peers.iter().map(|p| p.addr).collect();
         got.sort();
-        assert_eq!(
-            got,
-            vec![
-                "192.0.2.8:2".parse().unwrap(),
-                "203.0.113.5:1".parse().unwrap()
-            ]
-        );
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.1:2".parse().unwrap(),
+            "203.0.113.5:1".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
         // The v4-mapped source was recorded as plain IPv4.
         let r1 = s
             .announce(&req(1, 1, 10, Event::None), ip("203.0.113.5"), t0)
@@ -908,6 +1167,186 @@ mod tests {
             .peers
             .iter()
             .any(|p| p.addr == "10.0.0.3:3".parse().unwrap()));
+        s.check_invariants().unwrap();
+
+        // Trusted: a usable claim is recorded from any source; unusable ones are not.
+        let mut s = Swarms::new(TrackerConfig {
+            trust_ip_param: true,
+            ..TrackerConfig::default()
+        });
+        s.announce(&claimed(1, "192.0.2.7"), ip("127.0.0.1"), t0)
+            .unwrap();
+        s.announce(&claimed(2, "0.0.0.0"), ip("10.0.0.2"), t0)
+            .unwrap();
+        s.announce(&claimed(4, "224.0.0.1"), ip("10.0.0.4"), t0)
+            .unwrap();
+        let r3 = s
+            .announce(&req(3, 3, 10, Event::Started), ip("10.0.0.3"), t0)
+            .unwrap();
+        let mut got: Vec<SocketAddr> = r3.peers.iter().map(|p| p.addr).collect();
+        got.sort();
+        let want: Vec<SocketAddr> = vec![
+            "10.0.0.2:2".parse().unwrap(),
+            "10.0.0.4:4".parse().unwrap(),
+            "192.0.2.7:1".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+        // And the claimed address is the entry's owner: the proxy's own address is not.
+        assert_eq!(
+            s.announce(&req(1, 1, 10, Event::Stopped), ip("127.0.0.1"), t0),
+            Err(NOT_YOURS.into())
+        );
+        s.announce(&claimed(1, "192.0.2.7"), ip("127.0.0.1"), t0)
+            .unwrap();
+    }
+
+    /// The flood of issue 12: `completed` from brand-new peers under random info-hashes
+    /// until the tracker is full. Before the fix those swarms never expired and every new
+    /// torrent was refused until restart.
+    #[test]
+    fn completed_flood_expires_and_new_torrents_get_in() {
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(10);
+        let mut s = Swarms::new(TrackerConfig {
+            interval,
+            max_torrents: 300,
+            ..TrackerConfig::default()
+        });
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..300u32 {
+            let mut hash = [0u8; 20];
+            for b in &mut hash {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let mut r = req(1, 6881, 0, Event::Completed);
+            r.info_hash = hash;
+            // Many sources, as an attacker past the per-IP caps would use.
+            let src = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            s.announce(&r, src, t0).unwrap();
+            assert_eq!(
+                s.scrape(&[hash])[0].1.downloaded,
+                0,
+                "a stranger's completed"
+            );
+        }
+        assert_eq!(s.torrents(), 300);
+        let newcomer = req(2, 7000, 10, Event::Started);
+        assert_eq!(
+            s.announce(&newcomer, ip("192.0.2.1"), t0 + interval),
+            Err(TRACKER_FULL.into())
+        );
+        // Right at the peer expiry the flood's peers are still alive...
+        assert_eq!(
+            s.announce(&newcomer, ip("192.0.2.1"), t0 + interval * 2),
+            Err(TRACKER_FULL.into())
+        );
+        // ...and after it the newcomer's own announce sweeps them out (sweeps on demand
+        // are half an interval apart, however fast newcomers knock).
+        let later = t0 + interval * 2 + interval / 2;
+        s.announce(&newcomer, ip("192.0.2.1"), later).unwrap();
+        assert_eq!((s.torrents(), s.peers()), (1, 1));
+        s.check_invariants().unwrap();
+        // A swarm with a real download expires like any other once its peers are gone.
+        s.announce(&req(3, 7001, 0, Event::Completed), ip("192.0.2.3"), later)
+            .unwrap();
+        s.announce(&req(2, 7000, 0, Event::Completed), ip("192.0.2.1"), later)
+            .unwrap();
+        assert_eq!(s.scrape(&[[7; 20]])[0].1.downloaded, 1);
+        s.expire(later + interval * 3);
+        assert_eq!(s.torrents(), 0);
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn per_ip_caps_bound_peers_and_swarms() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig {
+            max_peers_per_ip: 3,
+            max_swarms_per_ip: 2,
+            ..TrackerConfig::default()
+        });
+        let in_swarm = |h: u8, id: u8, event: Event| {
+            let mut r = req(id, 6000 + u16::from(id), 10, event);
+            r.info_hash = [h; 20];
+            r
+        };
+        let a = ip("10.0.0.1");
+        for id in 1..=3 {
+            s.announce(&in_swarm(7, id, Event::Started), a, t0).unwrap();
+        }
+        assert_eq!(
+            s.announce(&in_swarm(7, 4, Event::Started), a, t0),
+            Err(TOO_MANY_PEERS_FROM_IP.into())
+        );
+        // Known peers still announce; other addresses are not held back.
+        s.announce(&in_swarm(7, 1, Event::None), a, t0).unwrap();
+        s.announce(&in_swarm(7, 4, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        // Swarms: a second is fine, a third is not, and the refusal leaves nothing behind.
+        s.announce(&in_swarm(8, 1, Event::Started), a, t0).unwrap();
+        assert_eq!(
+            s.announce(&in_swarm(9, 1, Event::Started), a, t0),
+            Err(TOO_MANY_SWARMS_FROM_IP.into())
+        );
+        assert_eq!(s.torrents(), 2);
+        s.check_invariants().unwrap();
+        // Leaving a swarm gives its slot back.
+        s.announce(&in_swarm(8, 1, Event::Stopped), a, t0).unwrap();
+        s.announce(&in_swarm(9, 1, Event::Started), a, t0).unwrap();
+        // An IPv6 /64 counts as one source; another /64 does not.
+        for (n, src) in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3"]
+            .iter()
+            .enumerate()
+        {
+            s.announce(&in_swarm(7, 20 + n as u8, Event::Started), ip(src), t0)
+                .unwrap();
+        }
+        assert_eq!(
+            s.announce(&in_swarm(7, 30, Event::Started), ip("2001:db8:0:1::9"), t0),
+            Err(TOO_MANY_PEERS_FROM_IP.into())
+        );
+        s.announce(&in_swarm(7, 30, Event::Started), ip("2001:db8:0:2::9"), t0)
+            .unwrap();
+        s.check_invariants().unwrap();
+        // Expiry gives every slot back.
+        s.expire(t0 + Duration::from_secs(61));
+        assert_eq!((s.torrents(), s.peers()), (0, 0));
+        s.check_invariants().unwrap();
+        assert!(s.swarms_per_ip.0.is_empty());
+    }
+
+    #[test]
+    fn entries_belong_to_the_address_that_made_them() {
+        let t0 = Instant::now();
+        let mut s = Swarms::new(TrackerConfig::default());
+        s.announce(&req(1, 1001, 10, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        // Another address with the same peer id can neither move nor remove the entry.
+        assert_eq!(
+            s.announce(&req(1, 6666, 10, Event::None), ip("10.6.6.6"), t0),
+            Err(NOT_YOURS.into())
+        );
+        assert_eq!(
+            s.announce(&req(1, 6666, 10, Event::Stopped), ip("10.6.6.6"), t0),
+            Err(NOT_YOURS.into())
+        );
+        let b = s
+            .announce(&req(2, 1002, 10, Event::Started), ip("10.0.0.2"), t0)
+            .unwrap();
+        let got: Vec<SocketAddr> = b.peers.iter().map(|p| p.addr).collect();
+        assert_eq!(got, ["10.0.0.1:1001".parse::<SocketAddr>().unwrap()]);
+        // Its own address still can; once expired, the id is free for anyone.
+        s.announce(&req(1, 1001, 10, Event::Stopped), ip("10.0.0.1"), t0)
+            .unwrap();
+        s.announce(&req(1, 1001, 10, Event::Started), ip("10.0.0.1"), t0)
+            .unwrap();
+        let later = t0 + Duration::from_secs(61);
+        s.announce(&req(1, 7777, 10, Event::Started), ip("10.7.7.7"), later)
+            .unwrap();
+        s.check_invariants().unwrap();
     }
 
     #[test]
@@ -1001,39 +1440,43 @@ mod tests {
     }
 
     #[test]
-    fn respond_builds_http() {
+    fn requests_get_whole_http_answers() {
         let t0 = Instant::now();
-        let stats = StatCells::default();
         let mut s = Swarms::new(TrackerConfig::default());
+        let src = ip("10.0.0.1");
         let q = proto::announce_query(&req(1, 1, 10, Event::Started));
-        let out = s.respond(Ok(format!("/announce?{q}")), ip("10.0.0.1"), t0, &stats);
+        let head = format!("GET /announce?{q} HTTP/1.0\r\n\r\n");
+        assert_eq!(s.handle_request(&head.as_bytes()[..20], src, t0), None);
+        let (out, o) = s.handle_request(head.as_bytes(), src, t0).unwrap();
+        assert_eq!(o, Outcome::Announce);
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         let body = &out[text.find("\r\n\r\n").unwrap() + 4..];
         assert!(parse_announce_response(body).unwrap().is_ok());
-        let out = s.respond(
-            Err(ProtoError::RequestLineTooLong),
-            ip("10.0.0.1"),
-            t0,
-            &stats,
+        let long = format!(
+            "GET /{} HTTP/1.0\r\n\r\n",
+            "a".repeat(proto::MAX_REQUEST_LINE)
         );
+        let (out, o) = s.handle_request(long.as_bytes(), src, t0).unwrap();
+        assert_eq!(o, Outcome::BadRequest);
         assert!(out.starts_with(b"HTTP/1.0 414 "));
-        let out = s.respond(
-            Ok("/announce?info_hash=x".into()),
-            ip("10.0.0.1"),
-            t0,
-            &stats,
-        );
+        let (out, o) = s
+            .handle_request(b"GET /announce?info_hash=x HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::Failure);
         assert!(out.starts_with(b"HTTP/1.0 200 OK"));
         assert!(out.ends_with(
             b"d14:failure reason59:query parameter \"info_hash\" must be exactly 20 bytes, got 1e"
         ));
-        let out = s.respond(Ok("/nope".into()), ip("10.0.0.1"), t0, &stats);
+        let (out, o) = s
+            .handle_request(b"GET /nope HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::BadRequest);
         assert!(out.starts_with(b"HTTP/1.0 404 "));
-        let snap = stats.snapshot();
-        assert_eq!(
-            (snap.announces, snap.failures, snap.bad_requests),
-            (1, 1, 2)
-        );
+        let (out, o) = s
+            .handle_request(b"POST /announce HTTP/1.0\r\n\r\n", src, t0)
+            .unwrap();
+        assert_eq!(o, Outcome::BadRequest);
+        assert!(out.starts_with(b"HTTP/1.0 405 "));
     }
 }
