@@ -459,6 +459,10 @@ pub struct ExtendedHandshake {
     /// corvid private swarms: the sender's proof of the secret for the receiver's nonce
     /// (see `peer::auth`).
     pub corvid_auth: Option<[u8; 20]>,
+    /// corvid's seeding plan (see `swarm`'s module docs): 1 = the sender follows a seeder's
+    /// plan (requests from it only pieces it suggested, until it sends 1 itself); 2 = the
+    /// sender is a seeder that plans: it will suggest to the receiver which pieces to take.
+    pub corvid_plan: Option<u32>,
 }
 
 impl ExtendedHandshake {
@@ -487,6 +491,9 @@ impl ExtendedHandshake {
         }
         if let Some(a) = &self.corvid_auth {
             d.insert("corvid_auth", OwnedValue::bytes(a));
+        }
+        if let Some(p) = self.corvid_plan {
+            d.insert("corvid_plan", OwnedValue::Int(i64::from(p)));
         }
         let start = out.len();
         put_u32(out, 0);
@@ -537,6 +544,10 @@ impl ExtendedHandshake {
             .get(b"corvid_auth")
             .and_then(|v| v.as_bytes())
             .and_then(|b| b.try_into().ok());
+        h.corvid_plan = dict
+            .get(b"corvid_plan")
+            .and_then(|v| v.as_int())
+            .and_then(|p| u32::try_from(p).ok());
         Ok(h)
     }
 }
@@ -606,6 +617,16 @@ impl Bitfield {
         }
         self.bytes[(i / 8) as usize] |= 0x80 >> (i % 8);
         self.count += 1;
+        true
+    }
+
+    /// Clears bit `i`; returns whether it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.bytes[(i / 8) as usize] &= !(0x80 >> (i % 8));
+        self.count -= 1;
         true
     }
 
@@ -860,6 +881,7 @@ mod tests {
             corvid_max_request: Some(128 * 1024),
             corvid_nonce: Some([7; 16]),
             corvid_auth: Some([9; 20]),
+            corvid_plan: Some(2),
         };
         let mut out = Vec::new();
         h.encode(&mut out);

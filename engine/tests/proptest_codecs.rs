@@ -174,6 +174,7 @@ proptest! {
         corvid_max_request in proptest::option::of(any::<u32>()),
         corvid_nonce in proptest::option::of(any::<[u8; 16]>()),
         corvid_auth in proptest::option::of(any::<[u8; 20]>()),
+        corvid_plan in proptest::option::of(any::<u32>()),
     ) {
         // The decoder reads `m` in dictionary order, which the encoder writes sorted.
         let h = ExtendedHandshake {
@@ -184,6 +185,7 @@ proptest! {
             corvid_max_request,
             corvid_nonce,
             corvid_auth,
+            corvid_plan,
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);

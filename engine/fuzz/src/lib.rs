@@ -504,6 +504,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         corvid_max_request: Some(128 * 1024),
         corvid_nonce: None,
         corvid_auth: None,
+        corvid_plan: Some(1),
     }
     .encode(&mut ext);
     let mut bits = Bitfield::new(20);
@@ -567,6 +568,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         corvid_max_request: None,
         corvid_nonce: None,
         corvid_auth: None,
+        corvid_plan: Some(1),
     }
     .encode(&mut ext);
     // The have-none / have-all must be the first message after the handshake.
