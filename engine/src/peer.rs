@@ -494,6 +494,11 @@ pub struct PeerConn {
     mask: Bitfield,
     mask_gen: u32,
     mask_built: Option<(u32, u32)>,
+    /// Pieces a planning remote refused us: asked again only if no other connection
+    /// of ours has them (the peers holding them may be out of our reach).
+    refused: Vec<PieceIndex>,
+    /// Serving side: pieces we refused this remote once; asked again, they are served.
+    refused_remote: Bitfield,
 }
 
 impl PeerConn {
@@ -573,6 +578,8 @@ impl PeerConn {
             mask: Bitfield::new(lengths.piece_count()),
             mask_gen: 0,
             mask_built: None,
+            refused: Vec::new(),
+            refused_remote: Bitfield::new(lengths.piece_count()),
         })
     }
 
@@ -1055,8 +1062,14 @@ impl PeerConn {
                     }
                     return Ok(());
                 }
-                if self.planning(swarm) && !swarm.plan_admit(self.key, block) {
-                    // Another peer holds (or is getting) this piece: ask it there.
+                if self.planning(swarm)
+                    && !swarm.plan_admit(self.key, block)
+                    && !self.refused_remote.get(index)
+                {
+                    // Another peer holds (or is getting) this piece: ask it there. A
+                    // follower asks again only when none of its peers has the piece
+                    // (they may be out of its reach), and is then served.
+                    self.refused_remote.set(index);
                     self.queue(Message::Reject { index, begin, len });
                     return Ok(());
                 }
@@ -1104,6 +1117,9 @@ impl PeerConn {
                 if self.follow != Follow::Free && self.allowed.clear(index) {
                     // Refused by a planning seeder: fetch it from the peers.
                     self.mask_gen = self.mask_gen.wrapping_add(1);
+                    if let Some(p) = self.lengths.piece(index) {
+                        self.refused.push(p);
+                    }
                 }
                 if let Some(piece) = self.lengths.piece(index) {
                     let key = (piece, begin, len);
@@ -1478,6 +1494,20 @@ impl PeerConn {
                 .min((self.remote_reqq as usize).saturating_mul(per_req));
             let batch = (cap / 16).max(1);
             let live = self.inflight > 0;
+            // A refused piece that no other connection of ours has (any more) is asked
+            // for again here; the seeder serves a second ask.
+            let before = self.refused.len();
+            let allowed = &mut self.allowed;
+            self.refused.retain(|&p| {
+                let alone = !swarm.have().get(p.get()) && swarm.availability(p) <= 1;
+                if alone {
+                    allowed.set(p.get());
+                }
+                !alone && !swarm.have().get(p.get())
+            });
+            if self.refused.len() != before {
+                self.mask_gen = self.mask_gen.wrapping_add(1);
+            }
             let starved_key = (
                 swarm.epoch(),
                 self.remote_has.count(),

@@ -47,7 +47,9 @@
 //! - The first receiver of a piece is its holder. A request for a piece that someone
 //!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
 //!   for extra copies (10% of the payload) lasts: that pays for end-game help on the
-//!   last, rarest pieces ([`Swarm::plan_admit`]). A piece whose holder left before
+//!   last, rarest pieces ([`Swarm::plan_admit`]). A refused follower asks again only if
+//!   none of its own connections has the piece (the holders may be out of its reach: it
+//!   knows only the seeder), and a second ask is served. A piece whose holder left before
 //!   passing it on, or that nobody live announces any more, has no source: it is handed
 //!   out again and served to whoever asks.
 //! - Once every piece went out whole and a follower's handed pieces are sent, the

@@ -1941,3 +1941,22 @@ fn planning_seeder_resends_what_leaving_peers_took() {
     }
     assert!(!sim.nodes[3].swarm.is_complete());
 }
+
+#[test]
+fn planning_seeder_serves_peers_that_cannot_reach_each_other() {
+    // A star: every peer knows only the seeder (`--peer SEED`, no tracker). Pieces the
+    // seeder refused because another peer holds them are asked for again, since no
+    // connection of the asker has them, and then served.
+    let mut sim = Sim::new(torrent(1_000_000, 32_768, 6));
+    sim.add_node(true);
+    for _ in 0..3 {
+        sim.add_node(false);
+    }
+    for i in 1..=3 {
+        sim.connect(0, i);
+    }
+    assert!(sim.run_until(5_000, |s| s.all_complete(&[1, 2, 3])));
+    for i in 1..=3 {
+        sim.assert_data(i);
+    }
+}
