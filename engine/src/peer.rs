@@ -170,6 +170,12 @@ pub const PLAN_DEPTH_BYTES: u64 = 1 << 20;
 /// Pieces handed to one peer at a time: [`PLAN_DEPTH_BYTES`], at least 2, at most this.
 pub const PLAN_DEPTH_MAX: usize = 64;
 
+/// How long a follower refused a piece waits for one of its own connections to announce
+/// it before asking the seeder again: long enough for the holder's `have` to arrive and
+/// for connections still being set up to open (a second ask is always served, so asking
+/// early costs the seeder a copy), short next to a deploy.
+pub const PLAN_REASK_AFTER: Duration = Duration::from_secs(2);
+
 impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
@@ -494,9 +500,10 @@ pub struct PeerConn {
     mask: Bitfield,
     mask_gen: u32,
     mask_built: Option<(u32, u32)>,
-    /// Pieces a planning remote refused us: asked again only if no other connection
-    /// of ours has them (the peers holding them may be out of our reach).
-    refused: Vec<PieceIndex>,
+    /// Pieces a planning remote refused us, and when: asked again only if, after
+    /// [`PLAN_REASK_AFTER`], no other connection of ours has them (the peers holding them
+    /// may be out of our reach).
+    refused: Vec<(PieceIndex, Instant)>,
     /// Serving side: pieces we refused this remote once; asked again, they are served.
     refused_remote: Bitfield,
 }
@@ -1118,7 +1125,7 @@ impl PeerConn {
                     // Refused by a planning seeder: fetch it from the peers.
                     self.mask_gen = self.mask_gen.wrapping_add(1);
                     if let Some(p) = self.lengths.piece(index) {
-                        self.refused.push(p);
+                        self.refused.push((p, self.last_recv));
                     }
                 }
                 if let Some(piece) = self.lengths.piece(index) {
@@ -1498,8 +1505,10 @@ impl PeerConn {
             // for again here; the seeder serves a second ask.
             let before = self.refused.len();
             let allowed = &mut self.allowed;
-            self.refused.retain(|&p| {
-                let alone = !swarm.have().get(p.get()) && swarm.availability(p) <= 1;
+            self.refused.retain(|&(p, at)| {
+                let alone = !swarm.have().get(p.get())
+                    && swarm.availability(p) <= 1
+                    && now.saturating_duration_since(at) >= PLAN_REASK_AFTER;
                 if alone {
                     allowed.set(p.get());
                 }
