@@ -216,8 +216,10 @@ fn peers_serve_each_other_after_the_seeder_leaves() {
 #[test]
 fn seeder_uploads_less_than_two_copies() {
     let d = distribute(24 << 20, 16);
-    // One copy, plus at most the plan's 10% budget of extra copies, plus slack for
-    // requests in flight when the budget ran out.
+    // One copy, plus the plan's 5% budget of extra copies, plus pieces sent again
+    // because their holder left before passing them on or an asker could not reach it
+    // (1.10 copies on an idle machine, up to 1.30 with the plan's first 10% budget on a
+    // loaded one).
     assert!(
         d.seeder_up * 5 <= d.size * 6,
         "the seeder uploaded {} bytes ({:.2} copies) for a {} byte payload to {PEERS} \

@@ -46,7 +46,7 @@
 //!   asks it for those only, and fetches everything else from peers, rarest first.
 //! - The first receiver of a piece is its holder. A request for a piece that someone
 //!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
-//!   for extra copies (10% of the payload) lasts: that pays for end-game help on the
+//!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
 //!   last, rarest pieces ([`Swarm::plan_admit`]). A refused follower asks again only if
 //!   none of its own connections has the piece (the holders may be out of its reach: it
 //!   knows only the seeder), and a second ask is served. A piece whose holder left before
@@ -98,7 +98,7 @@ impl Default for SwarmConfig {
             max_unchoked: 128,
             ban_strikes: 2,
             endgame_dup: 2,
-            seed_extra_permille: 100,
+            seed_extra_permille: 50,
         }
     }
 }
@@ -1369,7 +1369,11 @@ mod tests {
         let pl = u64::from(4 * BLOCK_SIZE);
         let l = Lengths::new(pl * 10, pl, 10).unwrap();
         // 40 blocks, 10%: four extra blocks.
-        let mut s = Swarm::new(SwarmConfig::default(), [0; 20], l, Bitfield::full(10), 1);
+        let cfg = SwarmConfig {
+            seed_extra_permille: 100,
+            ..SwarmConfig::default()
+        };
+        let mut s = Swarm::new(cfg, [0; 20], l, Bitfield::full(10), 1);
         let (a, b) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
         let p0 = s.plan_next(a, &Bitfield::new(10)).unwrap();
         let blk = |s: &Swarm, n| s.lengths.block(p0, n).unwrap();
