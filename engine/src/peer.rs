@@ -174,7 +174,7 @@ pub const PLAN_DEPTH_MAX: usize = 64;
 /// it before asking the seeder again: long enough for the holder's `have` to arrive and
 /// for connections still being set up to open (a second ask is always served, so asking
 /// early costs the seeder a copy), short next to a deploy.
-pub const PLAN_REASK_AFTER: Duration = Duration::from_secs(2);
+pub const PLAN_REASK_AFTER: Duration = Duration::from_millis(500);
 
 impl Default for PeerConfig {
     fn default() -> Self {
