@@ -271,6 +271,8 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
     let mut done_at: Vec<Option<(f64, PeerReport)>> = vec![None; n];
     let mut complete_at: Vec<Option<f64>> = vec![None; n];
     let mut exits: Vec<Option<(f64, ExitInfo)>> = vec![None; n];
+    // Each peer's last stdout lines (progress, closed connections), for a timeout's report.
+    let mut last_out: Vec<std::collections::VecDeque<String>> = vec![Default::default(); n];
     let deadline = t0 + s.timeout;
     let mut terminated = false;
     while exits.iter().any(Option::is_none) {
@@ -290,6 +292,11 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
                 at,
                 text,
             }) if idx >= 1 => {
+                let keep = &mut last_out[idx - 1];
+                if keep.len() == 6 {
+                    keep.pop_front();
+                }
+                keep.push_back(text.clone());
                 // The peer's completion time is when it says every piece is verified
                 // (`complete`), not when it exits after lingering and flushing.
                 if is_complete_event(&text) && complete_at[idx - 1].is_none() {
@@ -336,10 +343,23 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
                     .filter(|&i| done_at[i].is_none())
                     .map(|i| s.peers[i].host.as_str())
                     .collect();
+                let tails: Vec<String> = (0..n)
+                    .filter(|&i| done_at[i].is_none())
+                    .map(|i| {
+                        let out: Vec<&str> = last_out[i].iter().map(String::as_str).collect();
+                        format!(
+                            "{}: stderr {}; last stdout {}",
+                            s.peers[i].host,
+                            peers[i].stderr_tail(),
+                            out.join(" ")
+                        )
+                    })
+                    .collect();
                 bail!(
-                    "corvid swarm timed out after {:.0}s; not done: {}",
+                    "corvid swarm timed out after {:.0}s; not done: {}; their stderr: {}",
                     s.timeout.as_secs_f64(),
-                    missing.join(", ")
+                    missing.join(", "),
+                    tails.join(" | ")
                 );
             }
         }

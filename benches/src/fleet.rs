@@ -13,6 +13,7 @@
 
 use crate::baselines::{self, Job};
 use crate::corvid::{self, PeerSpec, Runner, Swarm};
+use crate::cpu::CpuSample;
 use crate::json::Json;
 use crate::payload::{self, Payload};
 use crate::proc;
@@ -356,6 +357,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
                 match run_method(m, &fleet, c, &a, &payload, &work, timeout, r as u16) {
                     Ok(mut run) => {
                         run.warm_s = warm.as_secs_f64();
+                        println!("  {}", report::fleet_corvid_line(&run, c.size).trim());
                         let mut hs: Vec<f64> = run.hosts.iter().map(|h| h.1).collect();
                         hs.sort_by(f64::total_cmp);
                         println!(
@@ -395,7 +397,7 @@ pub fn run(a: FleetArgs) -> Result<crate::Outcome> {
             rate.as_ref()
                 .map_or("unshaped".to_string(), |r| r.tc.clone()),
             bound_s.map_or("-".to_string(), |b| format!("{b:.3}s")),
-            report::fleet_table(&results, bound_s)
+            report::fleet_table(&results, bound_s, c.size)
         );
         println!();
         print!("{table}");
@@ -504,7 +506,9 @@ fn run_method(
     let src = p.path.display().to_string();
     let recv = fleet.recv_dir().display().to_string();
     let name = p.name();
-    let run = match m {
+    // CPU busy over the transfer alone (the SHA-1 check below is not part of it).
+    let mut cpu0 = CpuSample::now();
+    let mut run = match m {
         "scp-seq" | "scp-par" | "rsync" => {
             let jobs = (1..=fleet.n)
                 .map(|h| {
@@ -540,6 +544,7 @@ fn run_method(
                 c.piece_size.as_deref(),
             )?
             .as_secs_f64();
+            cpu0 = CpuSample::now();
             let swarm = Swarm {
                 bin: &bin,
                 torrent: &torrent,
@@ -568,6 +573,9 @@ fn run_method(
         }
         other => return Err(anyhow!("method {other} not implemented for fleet").into()),
     };
+    run.cpu_busy = cpu0
+        .zip(CpuSample::now())
+        .and_then(|(a, b)| a.busy_until(&b));
     let bad = fleet.verify(p)?;
     if !bad.is_empty() {
         return Err(RunError::DataLoss(anyhow!("{m}: {}", bad.join("; "))));

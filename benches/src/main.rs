@@ -22,6 +22,7 @@
 mod baselines;
 mod ceiling;
 mod corvid;
+mod cpu;
 mod fleet;
 mod hash;
 mod json;

@@ -47,6 +47,8 @@ pub struct Run {
     pub iperf3_bits_per_sec: Option<f64>,
     /// The `ceiling` method's parts (its `seconds` is the bound they imply).
     pub ceiling: Option<crate::ceiling::Ceiling>,
+    /// How busy this machine's cores were during the run (`/proc/stat`).
+    pub cpu_busy: Option<crate::cpu::CpuBusy>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +148,11 @@ pub fn run_json(r: &Run, size: u64) -> Json {
     if let Some(b) = r.iperf3_bits_per_sec {
         j.push("iperf3_bits_per_sec", b);
     }
+    if let Some(b) = r.cpu_busy {
+        j.push("cpu_busy_all_cores", b.all);
+        j.push("cpu_busy_normal_priority", b.normal);
+        j.push("cpu_bound", b.bound());
+    }
     if let Some(c) = &r.ceiling {
         j.push(
             "ceiling_cpu_s",
@@ -179,6 +186,7 @@ pub fn run_json(r: &Run, size: u64) -> Json {
                 .with("make_s", c.make_s)
                 .with("seed_ready_s", c.seed_ready_s)
                 .with("bytes_from_seeder", c.from_seeder)
+                .with("seeder_copies", c.from_seeder as f64 / size.max(1) as f64)
                 .with("bytes_from_peers", c.from_peers)
                 .with("peers_bytes_down", c.bytes_down)
                 .with("peers_bytes_up", c.peers_bytes_up)
@@ -345,8 +353,30 @@ pub fn link_table(methods: &[MethodResult], size: u64) -> String {
     out
 }
 
+/// The fleet line of a corvid run: the seeder's upload in copies of the payload, each
+/// peer's upload, and how busy the CPUs were (a CPU-bound run is not a link figure).
+pub fn fleet_corvid_line(r: &Run, size: u64) -> String {
+    let cpu = crate::cpu::label(r.cpu_busy);
+    let Some(c) = &r.corvid else {
+        return format!("    {cpu}");
+    };
+    let ups: Vec<String> = c
+        .reports
+        .iter()
+        .map(|(h, rep)| {
+            let up = rep.get("bytes_up").and_then(Json::as_u64).unwrap_or(0);
+            format!("{h} {:.2}", up as f64 / size.max(1) as f64)
+        })
+        .collect();
+    format!(
+        "    seeder sent {:.3} copies; {cpu}; peers' upload in copies: {}",
+        c.from_seeder as f64 / size.max(1) as f64,
+        ups.join(", ")
+    )
+}
+
 /// The `fleet` table for one fleet size.
-pub fn fleet_table(methods: &[MethodResult], bound_s: Option<f64>) -> String {
+pub fn fleet_table(methods: &[MethodResult], bound_s: Option<f64>, size: u64) -> String {
     let mut out = format!(
         "{:<8} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
         "method", "median s", "min s", "max s", "x S/C", "host p10", "host p50", "host p90"
@@ -381,6 +411,11 @@ pub fn fleet_table(methods: &[MethodResult], bound_s: Option<f64>) -> String {
                 ));
                 if let Some(l) = corvid_line(m) {
                     out.push_str(&l);
+                    out.push('\n');
+                }
+                for r in m.runs() {
+                    out.push_str(&format!("  run {:.3}s:\n", r.seconds));
+                    out.push_str(&fleet_corvid_line(r, size));
                     out.push('\n');
                 }
                 for l in process_lines(m) {
@@ -448,11 +483,35 @@ mod tests {
         let t = link_table(&ms, 1 << 30);
         assert!(t.contains("25%"), "{t}");
         assert!(t.contains("FAILED: corvid binary not found"), "{t}");
-        let f = fleet_table(&ms[1..2], Some(2.0));
+        let f = fleet_table(&ms[1..2], Some(2.0), 1);
         assert!(f.contains("2.00"), "{f}");
         let j = method_json(&ms[1], 1 << 30, Some(2.0));
         assert_eq!(j.get("median_over_bound"), Some(&Json::Num(2.0)));
         let j = method_json(&ms[2], 1 << 30, None);
         assert_eq!(j.get("status").and_then(Json::as_str), Some("failed"));
+    }
+
+    #[test]
+    fn fleet_line_counts_copies_and_labels_cpu() {
+        let report = crate::json::parse(r#"{"bytes_up":150}"#).unwrap();
+        let r = Run {
+            seconds: 1.0,
+            cpu_busy: Some(crate::cpu::CpuBusy {
+                all: 0.9,
+                normal: 0.9,
+            }),
+            corvid: Some(CorvidDetail {
+                from_seeder: 230,
+                reports: vec![("h1".into(), report)],
+                ..CorvidDetail::default()
+            }),
+            ..Run::default()
+        };
+        let l = fleet_corvid_line(&r, 100);
+        assert!(l.contains("seeder sent 2.300 copies"), "{l}");
+        assert!(l.contains("h1 1.50"), "{l}");
+        assert!(l.contains("CPU-BOUND"), "{l}");
+        let j = run_json(&r, 100);
+        assert_eq!(j.get("cpu_bound"), Some(&Json::Bool(true)));
     }
 }

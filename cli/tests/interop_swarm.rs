@@ -88,6 +88,59 @@ fn libtorrent_downloads_from_corvid_seeder() {
     assert!(up >= 4 << 20, "seeder reports {up} bytes up: {done}");
 }
 
+/// A corvid seeder planning for corvid peers (it suggests their pieces and refuses the
+/// ones another peer holds) while a libtorrent peer downloads from it at the same time:
+/// the stock client is served as before, and the corvid peers, which know only the
+/// seeder here, still complete (a piece refused because an unreachable peer holds it is
+/// asked for again and served).
+#[test]
+fn libtorrent_completes_beside_corvid_peers_on_the_plan() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (payload, torrent) = release(dir.path(), None, 4 << 20, 25);
+    let (mut seed, addr) = seeder(&torrent, &dir.path().join("src"), &["--no-tracker"]);
+    let seed_addr = addr.to_string();
+    let mut peers: Vec<(Proc, PathBuf)> = (0..2)
+        .map(|i| {
+            let dest = dir.path().join(format!("corvid{i}"));
+            let mut cmd = corvid(&["peer"]);
+            cmd.arg(&torrent).arg(&dest);
+            cmd.args(["--peer", &seed_addr, "--no-announce", "--linger", "0"]);
+            cmd.args(["--listen", "127.0.0.1:0", "--json", "--cores", "1"]);
+            cmd.args(["--hash-threads", "1", "--stall-timeout", "100s"]);
+            (Proc::spawn(&format!("corvid peer {i}"), &mut cmd), dest)
+        })
+        .collect();
+    let dest = dir.path().join("lt");
+    let mut cmd = Command::new(python());
+    cmd.arg(lt_script())
+        .arg("download")
+        .arg(&torrent)
+        .arg(&dest);
+    cmd.args(["--peer", &seed_addr, "--timeout", "100"]);
+    let mut lt = Proc::spawn("libtorrent download", &mut cmd);
+    let (code, lines, err) = lt.wait_exit(T);
+    assert_eq!(code, Some(0), "libtorrent: {}\n{err}", lines.join("\n"));
+    assert!(lines.iter().any(|l| l == "done"), "{}", lines.join("\n"));
+    assert_same_tree(&payload, &dest.join("payload"));
+    for (i, (p, dest)) in peers.iter_mut().enumerate() {
+        let (code, lines, err) = p.wait_exit(T);
+        assert_eq!(
+            code,
+            Some(0),
+            "corvid peer {i}: {}\n{err}",
+            lines.join("\n")
+        );
+        let done = lines
+            .iter()
+            .find(|l| l.contains("\"event\":\"done\""))
+            .expect("done report");
+        assert_eq!(json_field(done, "complete"), Some("true"), "{done}");
+        assert_same_tree(&payload, &dest.join("payload"));
+    }
+    finish(&mut seed);
+}
+
 #[test]
 fn corvid_downloads_from_libtorrent_seeder() {
     require_libtorrent();

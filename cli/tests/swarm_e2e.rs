@@ -209,19 +209,21 @@ fn peers_serve_each_other_after_the_seeder_leaves() {
     );
 }
 
-/// The issue's target: the seeder sends each piece about once and the peers pass it on.
-/// On loopback the engine's seeder today uploads 1.5 to 4 copies of 24 MiB (up to ~7 of
-/// 8 MiB): peers open with an 8 MiB request pipeline to it, it serves every request, and
-/// about a third of what it sends is discarded by peers as duplicates. Ignored until a
-/// seeding policy (BEP 16-like: offer each piece to one peer first) lands.
+/// The seeder sends each piece about once and the peers pass it on (the seeding plan,
+/// see the engine's `swarm` module docs). Before the plan, the seeder uploaded 1.5 to 4
+/// copies of 24 MiB on loopback: peers asked it for the same pieces, unaware of what
+/// the others were fetching from it, and it served every request.
 #[test]
-#[ignore = "known gap: the seeder uploads 1.5-4 copies on loopback, target < 2"]
 fn seeder_uploads_less_than_two_copies() {
     let d = distribute(24 << 20, 16);
+    // One copy, plus the plan's 5% budget of extra copies, plus pieces sent again
+    // because their holder left before passing them on or an asker could not reach it
+    // (1.10 copies on an idle machine, up to 1.30 with the plan's first 10% budget on a
+    // loaded one).
     assert!(
-        d.seeder_up < 2 * d.size,
-        "the seeder uploaded {} bytes ({:.2} copies) for a {} byte payload: it should \
-         send about one copy and leave the rest to the peers",
+        d.seeder_up * 5 <= d.size * 6,
+        "the seeder uploaded {} bytes ({:.2} copies) for a {} byte payload to {PEERS} \
+         peers: it should send about one copy and leave the rest to the peers",
         d.seeder_up,
         d.seeder_up as f64 / d.size as f64,
         d.size

@@ -28,6 +28,44 @@
 //! [`NEW_PICK_BATCH`] pieces; connections skip the picker entirely while nothing changed
 //! since it last came up short ([`Swarm::epoch`]).
 //!
+//! Seeding a fleet (the plan). In a fleet every host's link has the same rate C, so
+//! the floor is S/C: each host must take the S-byte payload through its own downlink.
+//! Reaching it needs the seeder to send each piece about once (its uplink carries S in
+//! S/C) and every peer to pass on what it got. Measured before the plan (namespace
+//! fleet, 100 Mbit/s links, 64 MiB, 256 KiB pieces, N=16): the seeder sent 1.9-2.1
+//! copies, because peers picking rarest-first cannot see which pieces other peers are
+//! already fetching from it, so they asked it for the same ones; the deploy took 2.2-2.35
+//! x S/C. Super-seeding (BEP 16, one piece per peer until it shows up elsewhere) made
+//! that fleet slower still: the seed idled. So the plan hands out whole pipelines, not
+//! single pieces:
+//! - A seeder (complete at the handshake, fast extension on both sides) says
+//!   `corvid_plan: 2` in its extension handshake; a corvid peer says `1` (it follows).
+//!   To a follower it suggests (BEP 6 suggest) the pieces to fetch from it: every piece
+//!   once, in order ([`Swarm::plan_next`]), enough of them to keep the follower's
+//!   requests flowing (1 MiB, at least 2 pieces, at most a fair share). The follower
+//!   asks it for those only, and fetches everything else from peers, rarest first.
+//! - The first receiver of a piece is its holder. A request for a piece that someone
+//!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
+//!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
+//!   last, rarest pieces ([`Swarm::plan_admit`]). A refused follower asks again only if
+//!   none of its own connections has the piece (the holders may be out of its reach: it
+//!   knows only the seeder), and a second ask is served. A piece whose holder left before
+//!   passing it on, or that nobody live announces any more, has no source: it is handed
+//!   out again and served to whoever asks.
+//! - Once every piece went out whole and a follower's handed pieces are sent, the
+//!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
+//!   the budget), and pieces that later lose their last source are suggested again, so a
+//!   peer refused earlier can fetch them from the seeder (nothing can strand a peer).
+//! - Stock clients (no `corvid_plan`) are served as before: any request, least-spread
+//!   piece first ([`Swarm::spread`]).
+//!
+//! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
+//! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
+//! and 1.74 x at N=24, where refused peers re-ask while first copies are still on their
+//! way, see [`crate::peer::PLAN_REASK_AFTER`]). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
+//! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
+//! a requester that queues seconds of requests at one busy relay leaves others idle.
+//!
 //! [`PeerConn`]: crate::peer::PeerConn
 
 use std::collections::{HashMap, HashSet};
@@ -51,6 +89,9 @@ pub struct SwarmConfig {
     pub ban_strikes: u32,
     /// How many connections may have the same block requested at once in end-game.
     pub endgame_dup: u16,
+    /// The seeding plan's budget for copies beyond the first (end-game help), in
+    /// thousandths of the payload; see the module docs.
+    pub seed_extra_permille: u32,
 }
 
 impl Default for SwarmConfig {
@@ -59,6 +100,7 @@ impl Default for SwarmConfig {
             max_unchoked: 128,
             ban_strikes: 2,
             endgame_dup: 2,
+            seed_extra_permille: 50,
         }
     }
 }
@@ -174,6 +216,19 @@ pub struct Swarm {
     /// Bumped whenever a block may have become pickable again (released, aborted, a
     /// verdict), so a connection whose last pick came up short knows when to retry.
     epoch: u64,
+    /// Seeding plan: the connection each piece's first copy was handed to.
+    holder: Vec<Option<PeerKey>>,
+    /// Seeding plan: pieces below this were all handed out once.
+    fresh_cursor: u32,
+    /// Seeding plan: blocks served as extra copies (end-game help), and the budget for them.
+    extra_blocks: u64,
+    extra_budget: u64,
+    /// Seeding plan: pieces not yet sent whole once, and which were.
+    first_pass_left: u32,
+    served_whole: Vec<bool>,
+    /// Seeding plan: bumped whenever a piece may have lost its last source (a connection
+    /// left, or one that held it went away), so an exhausted plan knows when to look again.
+    plan_epoch: u64,
 }
 
 impl Swarm {
@@ -203,7 +258,6 @@ impl Swarm {
             *last &= !(((1u16 << spare) - 1) as u8);
         }
         Swarm {
-            cfg,
             info_hash,
             lengths,
             have,
@@ -227,6 +281,19 @@ impl Swarm {
             served_blocks: vec![0; n as usize],
             unstarted,
             epoch: 0,
+            holder: vec![None; n as usize],
+            fresh_cursor: 0,
+            extra_blocks: 0,
+            extra_budget: lengths
+                .pieces()
+                .map(|p| u64::from(lengths.blocks_in_piece(p)))
+                .sum::<u64>()
+                * u64::from(cfg.seed_extra_permille)
+                / 1000,
+            plan_epoch: 0,
+            first_pass_left: n,
+            served_whole: vec![false; n as usize],
+            cfg,
         }
     }
 
@@ -362,6 +429,7 @@ impl Swarm {
     /// [`PeerConn::handle_close`]: crate::peer::PeerConn::handle_close
     pub fn remove_peer(&mut self, key: PeerKey) {
         self.epoch += 1;
+        self.plan_epoch += 1;
         self.release_unchoke(key);
         for &pi in &self.active {
             let p = &mut self.partials[pi as usize];
@@ -400,6 +468,9 @@ impl Swarm {
     pub fn remove_availability(&mut self, piece: PieceIndex) {
         let a = &mut self.availability[piece.as_usize()];
         *a = a.saturating_sub(1);
+        if *a == 0 {
+            self.plan_epoch += 1;
+        }
     }
 
     /// Asks for an upload slot; true if the connection holds one (now or already).
@@ -429,12 +500,121 @@ impl Swarm {
         }
     }
 
-    /// Counts an uploaded block (or a bigger request's span, counted in 16 KiB blocks),
-    /// for the stats and for [`Swarm::spread`].
-    pub fn record_upload(&mut self, block: BlockRef) {
+    /// Counts a block (or a bigger request's span, counted in 16 KiB blocks) uploaded to
+    /// connection `to`, for the stats, for [`Swarm::spread`] and for the seeding plan (a
+    /// piece nobody holds becomes held by its first receiver).
+    pub fn record_upload(&mut self, to: PeerKey, block: BlockRef) {
         self.stats.uploaded += u64::from(block.len);
-        let s = &mut self.served_blocks[block.piece.as_usize()];
+        let i = block.piece.as_usize();
+        let s = &mut self.served_blocks[i];
         *s = s.saturating_add(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
+        let s = *s;
+        if !self.holder_live(i) {
+            self.holder[i] = Some(to);
+        }
+        if self.first_pass_left > 0
+            && s >= self.lengths.blocks_in_piece(block.piece)
+            && !std::mem::replace(&mut self.served_whole[i], true)
+        {
+            self.first_pass_left -= 1;
+        }
+    }
+
+    fn holder_live(&self, i: usize) -> bool {
+        self.holder[i].is_some_and(|k| self.slot(k).is_some())
+    }
+
+    /// Whether some other connection than ours can pass the piece on: a live connection
+    /// announced it, or its first copy went (is going) to a connection still here.
+    pub fn has_source(&self, piece: PieceIndex) -> bool {
+        let i = piece.as_usize();
+        self.availability[i] > 0 || (self.served_blocks[i] > 0 && self.holder_live(i))
+    }
+
+    /// Whether at least one whole copy of the piece went out.
+    pub fn served_once(&self, piece: PieceIndex) -> bool {
+        self.served_blocks[piece.as_usize()] >= self.lengths.blocks_in_piece(piece)
+    }
+
+    /// The connection the piece's first copy was handed to, if it is still here.
+    pub fn holder(&self, piece: PieceIndex) -> Option<PeerKey> {
+        let i = piece.as_usize();
+        self.holder_live(i).then(|| self.holder[i]).flatten()
+    }
+
+    /// See the `plan_epoch` field.
+    pub fn plan_epoch(&self) -> u64 {
+        self.plan_epoch
+    }
+
+    /// Seeding plan: whether every piece has gone out whole at least once.
+    pub fn first_pass_done(&self) -> bool {
+        self.first_pass_left == 0
+    }
+
+    /// Connections in the swarm now.
+    pub fn live_peers(&self) -> usize {
+        self.peers.len() - self.spare_peers.len()
+    }
+
+    /// Seeding plan: the next piece to hand to connection `to` (whose remote holds
+    /// `remote`), which becomes its holder. First every piece once, in order; once all are
+    /// handed out, pieces that lost every source (their holder left before passing them
+    /// on, nobody announces them). `None`: nothing to hand out now.
+    pub fn plan_next(&mut self, to: PeerKey, remote: &Bitfield) -> Option<PieceIndex> {
+        let n = self.lengths.piece_count();
+        // Fresh pieces: the cursor moves over pieces handed out; a piece this remote
+        // already has is left for another connection.
+        let mut i = self.fresh_cursor;
+        while i < n {
+            if self.holder[i as usize].is_some() || self.served_blocks[i as usize] > 0 {
+                if i == self.fresh_cursor {
+                    self.fresh_cursor += 1;
+                }
+                i += 1;
+                continue;
+            }
+            if !remote.get(i) {
+                self.holder[i as usize] = Some(to);
+                return self.lengths.piece(i);
+            }
+            i += 1;
+        }
+        // Pieces without a source, handed out again.
+        for p in self.lengths.pieces() {
+            let i = p.as_usize();
+            if remote.get(p.get()) || self.holder[i] == Some(to) || self.has_source(p) {
+                continue;
+            }
+            if self.holder_live(i) && self.served_blocks[i] == 0 {
+                // Handed to a live connection that has not asked for it yet.
+                continue;
+            }
+            self.holder[i] = Some(to);
+            return Some(p);
+        }
+        None
+    }
+
+    /// Seeding plan: whether to serve a request of connection `from` for `block`, a
+    /// remote that follows the plan. Yes for a piece handed to it, or one without any
+    /// other source (its holder left or failed it); otherwise yes only while the budget
+    /// for extra copies lasts (end-game help). A refusal is answered with a reject.
+    pub fn plan_admit(&mut self, from: PeerKey, block: BlockRef) -> bool {
+        let i = block.piece.as_usize();
+        if self.holder[i] == Some(from) {
+            return true;
+        }
+        if !self.has_source(block.piece) {
+            self.holder[i] = Some(from);
+            return true;
+        }
+        let n = u64::from(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
+        if self.extra_blocks + n <= self.extra_budget {
+            self.extra_blocks += n;
+            return true;
+        }
+        false
     }
 
     /// How widely a piece is spread, as far as we know: connections that announced it
@@ -1148,12 +1328,76 @@ mod tests {
         let p1 = s.lengths.piece(1).unwrap();
         s.add_availability(p1);
         assert!(s.spread(p0) < s.spread(p1));
+        let k = s.add_peer(ip(1)).unwrap();
         for n in 0..4 {
-            s.record_upload(s.lengths.block(p0, n).unwrap());
+            s.record_upload(k, s.lengths.block(p0, n).unwrap());
         }
         // One whole copy sent counts like one peer announcing it.
         assert_eq!(s.spread(p0), s.spread(p1));
         assert_eq!(s.stats().uploaded, 4 * u64::from(BLOCK_SIZE));
+    }
+
+    #[test]
+    fn plan_hands_each_piece_once_then_what_lost_its_source() {
+        let mut s = swarm(4, 2, 1);
+        let (a, b) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
+        let none = Bitfield::new(4);
+        let next = |s: &mut Swarm, k| s.plan_next(k, &none).map(|p| p.get());
+        // Fresh pieces in order, each to one connection; a remote's own pieces skipped.
+        assert_eq!(s.plan_next(a, &bf("1000")).map(|p| p.get()), Some(1));
+        assert_eq!(next(&mut s, b), Some(0));
+        assert_eq!(next(&mut s, a), Some(2));
+        assert_eq!(next(&mut s, b), Some(3));
+        // Everything is handed to live connections: nothing more, not even to another.
+        assert_eq!(next(&mut s, a), None);
+        let c = s.add_peer(ip(3)).unwrap();
+        assert_eq!(next(&mut s, c), None);
+        // b got half of piece 0 and then left: piece 0 (and 3, never sent) lost their
+        // only source and are handed out again.
+        let epoch = s.plan_epoch();
+        s.record_upload(b, s.lengths.block(s.lengths.piece(0).unwrap(), 0).unwrap());
+        assert!(s.has_source(s.lengths.piece(0).unwrap()));
+        s.remove_peer(b);
+        assert_ne!(s.plan_epoch(), epoch);
+        assert!(!s.has_source(s.lengths.piece(0).unwrap()));
+        assert_eq!(next(&mut s, c), Some(0));
+        assert_eq!(next(&mut s, c), Some(3));
+        assert_eq!(next(&mut s, c), None);
+        assert!(!s.first_pass_done());
+    }
+
+    #[test]
+    fn plan_admits_holders_sourceless_pieces_and_a_budget_of_extras() {
+        let pl = u64::from(4 * BLOCK_SIZE);
+        let l = Lengths::new(pl * 10, pl, 10).unwrap();
+        // 40 blocks, 10%: four extra blocks.
+        let cfg = SwarmConfig {
+            seed_extra_permille: 100,
+            ..SwarmConfig::default()
+        };
+        let mut s = Swarm::new(cfg, [0; 20], l, Bitfield::full(10), 1);
+        let (a, b) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
+        let p0 = s.plan_next(a, &Bitfield::new(10)).unwrap();
+        let blk = |s: &Swarm, n| s.lengths.block(p0, n).unwrap();
+        // The holder is served; before any of it went out, another asker takes it over.
+        assert!(s.plan_admit(a, blk(&s, 0)));
+        assert!(s.plan_admit(b, blk(&s, 0)));
+        assert_eq!(s.holder(p0), Some(b));
+        for n in 0..4 {
+            s.record_upload(b, blk(&s, n));
+        }
+        assert!(s.served_once(p0));
+        // Now b can pass it on: a third party gets extra copies only within the budget.
+        let c = s.add_peer(ip(3)).unwrap();
+        for n in 0..4 {
+            assert!(s.plan_admit(c, blk(&s, n)), "extra block {n}");
+        }
+        assert!(!s.plan_admit(c, blk(&s, 0)));
+        assert!(s.plan_admit(b, blk(&s, 0)));
+        // Its holder gone and nobody announcing it, it is anyone's again.
+        s.remove_peer(b);
+        assert!(s.plan_admit(c, blk(&s, 1)));
+        assert_eq!(s.holder(p0), Some(c));
     }
 
     #[test]

@@ -467,6 +467,10 @@ pub struct ExtendedHandshake {
     /// Decoded only, never sent: the message carried the keys of the first private-swarm
     /// handshake (`corvid_nonce` / `corvid_auth`), so an old corvid is refused by name.
     pub corvid_v1: bool,
+    /// corvid's seeding plan (see `swarm`'s module docs): 1 = the sender follows a seeder's
+    /// plan (requests from it only pieces it suggested, until it sends 1 itself); 2 = the
+    /// sender is a seeder that plans: it will suggest to the receiver which pieces to take.
+    pub corvid_plan: Option<u32>,
 }
 
 impl ExtendedHandshake {
@@ -498,6 +502,9 @@ impl ExtendedHandshake {
         }
         if let Some(a) = &self.corvid_proof {
             d.insert("corvid_proof", OwnedValue::bytes(a));
+        }
+        if let Some(p) = self.corvid_plan {
+            d.insert("corvid_plan", OwnedValue::Int(i64::from(p)));
         }
         let start = out.len();
         put_u32(out, 0);
@@ -553,6 +560,10 @@ impl ExtendedHandshake {
             .and_then(|v| v.as_bytes())
             .and_then(|b| b.try_into().ok());
         h.corvid_v1 = dict.get(b"corvid_nonce").is_some() || dict.get(b"corvid_auth").is_some();
+        h.corvid_plan = dict
+            .get(b"corvid_plan")
+            .and_then(|v| v.as_int())
+            .and_then(|p| u32::try_from(p).ok());
         Ok(h)
     }
 }
@@ -622,6 +633,16 @@ impl Bitfield {
         }
         self.bytes[(i / 8) as usize] |= 0x80 >> (i % 8);
         self.count += 1;
+        true
+    }
+
+    /// Clears bit `i`; returns whether it was set.
+    pub fn clear(&mut self, i: u32) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.bytes[(i / 8) as usize] &= !(0x80 >> (i % 8));
+        self.count -= 1;
         true
     }
 
@@ -878,6 +899,7 @@ mod tests {
             corvid_challenge: Some([7; 16]),
             corvid_proof: Some([9; 20]),
             corvid_v1: false,
+            corvid_plan: Some(2),
         };
         let mut out = Vec::new();
         h.encode(&mut out);

@@ -175,6 +175,7 @@ proptest! {
         corvid_auth_v in proptest::option::of(any::<u32>()),
         corvid_challenge in proptest::option::of(any::<[u8; 16]>()),
         corvid_proof in proptest::option::of(any::<[u8; 20]>()),
+        corvid_plan in proptest::option::of(any::<u32>()),
     ) {
         // The decoder reads `m` in dictionary order, which the encoder writes sorted.
         let h = ExtendedHandshake {
@@ -187,6 +188,7 @@ proptest! {
             corvid_challenge,
             corvid_proof,
             corvid_v1: false,
+            corvid_plan,
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);

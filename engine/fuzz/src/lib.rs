@@ -735,6 +735,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         p: Some(6881),
         reqq: Some(500),
         corvid_max_request: Some(128 * 1024),
+        corvid_plan: Some(1),
         ..ExtendedHandshake::default()
     }
     .encode(&mut ext);
@@ -797,6 +798,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         p: None,
         reqq: Some(64),
         corvid_max_request: None,
+        corvid_plan: Some(1),
         ..ExtendedHandshake::default()
     }
     .encode(&mut ext);

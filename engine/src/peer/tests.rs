@@ -2248,3 +2248,92 @@ fn buffers_grown_for_one_big_message_are_given_back() {
         pc2.queued.capacity()
     );
 }
+
+#[test]
+fn planning_seeder_sends_each_piece_about_once() {
+    // The fleet's shape: the seeder's uplink is the scarce link (32 KiB per 10 ms step,
+    // a copy takes ~30 steps), peers' uplinks are uncapped. Without the plan the seeder
+    // sent about two copies here (see `capped_seeder_swarm_completes_via_peers`).
+    for (cap, piece) in [(32 * 1024, 32_768u64), (64 * 1024, 65_536)] {
+        let mut sim = Sim::new(torrent(1_000_000, piece, 2));
+        sim.add_node(true);
+        sim.nodes[0].upload_cap = Some(cap);
+        for _ in 0..8 {
+            sim.add_node(false);
+        }
+        sim.connect_all();
+        let peers: Vec<usize> = (1..=8).collect();
+        assert!(sim.run_until(20_000, |s| s.all_complete(&peers)));
+        for &i in &peers {
+            sim.assert_data(i);
+        }
+        let seeder = sim.nodes[0].swarm.stats().uploaded;
+        eprintln!(
+            "cap {cap} piece {piece}: seeder {seeder} in {} steps",
+            sim.step
+        );
+        assert!(
+            seeder <= 1_150_000,
+            "seeder uploaded {seeder} bytes = {:.2} copies",
+            seeder as f64 / 1e6
+        );
+    }
+}
+
+#[test]
+fn planning_seeder_resends_what_leaving_peers_took() {
+    // Peers leave the moment they complete (`--linger 0`), so pieces they were the only
+    // relay of lose every source; the ones refused earlier (extra-copy budget spent) are
+    // suggested again and the rest still complete. One peer also dies mid-run.
+    let mut sim = Sim::new(torrent(2_000_000, 32_768, 5));
+    sim.add_node(true);
+    sim.nodes[0].upload_cap = Some(32 * 1024);
+    for _ in 0..8 {
+        let i = sim.add_node(false);
+        sim.nodes[i].upload_cap = Some(48 * 1024);
+    }
+    sim.connect_all();
+    let peers: Vec<usize> = (1..=8).collect();
+    let mut gone: Vec<usize> = Vec::new();
+    for step in 0..20_000 {
+        if peers.iter().all(|&i| gone.contains(&i)) {
+            break;
+        }
+        sim.run_step();
+        for &i in &peers {
+            let kill = i == 3 && step == 20;
+            if gone.contains(&i) || !(kill || sim.nodes[i].swarm.is_complete()) {
+                continue;
+            }
+            gone.push(i);
+            let ids: Vec<usize> = sim.nodes[i].conns.keys().copied().collect();
+            for y in ids {
+                sim.close(i, y, CloseReason::Idle);
+            }
+        }
+    }
+    for &i in peers.iter().filter(|&&i| i != 3) {
+        assert!(sim.nodes[i].swarm.is_complete(), "peer {i} stuck");
+        sim.assert_data(i);
+    }
+    assert!(!sim.nodes[3].swarm.is_complete());
+}
+
+#[test]
+fn planning_seeder_serves_peers_that_cannot_reach_each_other() {
+    // A star: every peer knows only the seeder (`--peer SEED`, no tracker). Pieces the
+    // seeder refused because another peer holds them are asked for again, since no
+    // connection of the asker has them, and then served.
+    let mut sim = Sim::new(torrent(1_000_000, 32_768, 6));
+    sim.add_node(true);
+    for _ in 0..3 {
+        sim.add_node(false);
+    }
+    for i in 1..=3 {
+        sim.connect(0, i);
+    }
+    assert!(sim.run_until(5_000, |s| s.all_complete(&[1, 2, 3])));
+    for i in 1..=3 {
+        sim.assert_data(i);
+    }
+}
