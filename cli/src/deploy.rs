@@ -425,7 +425,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
     let v = fleet::validate(&plan).map_err(|e| match e {
-        DeployError::Hosts(HostsError::BadHost(_)) => Failure {
+        DeployError::Hosts(HostsError::BadHost(_)) | DeployError::DestNotUtf8(_) => Failure {
             code: Exit::Usage,
             error: e.into(),
         },

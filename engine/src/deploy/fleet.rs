@@ -86,6 +86,10 @@ pub enum DeployError {
     Hosts(#[from] HostsError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    /// The remote command line is text a shell parses: a path that is not UTF-8 could
+    /// only be sent approximately (lossily), which would deploy somewhere else.
+    #[error("--dest {0:?} is not valid UTF-8; the hosts' shell command can only carry it exactly as UTF-8")]
+    DestNotUtf8(PathBuf),
     #[error("--src {0:?} is not a directory")]
     SrcNotDir(PathBuf),
     #[error("--src: {0}")]
@@ -235,6 +239,9 @@ pub struct Validated {
 pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     validate_tag(&plan.tag)?;
     validate_dest(&plan.dest)?;
+    if plan.dest.to_str().is_none() {
+        return Err(DeployError::DestNotUtf8(plan.dest.clone()));
+    }
     if plan.parallel == 0 {
         return Err(DeployError::Parallel);
     }
@@ -426,7 +433,8 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         "exec {} peer --release-dest {} --tag {} --stdin-torrent {}{secret_flag} \
          --linger {}ms --stall-timeout {}ms --peer {} --json",
         quote_path(&plan.remote_corvid),
-        quote(&plan.dest.to_string_lossy()),
+        // UTF-8 by `validate`; anything else was refused, never approximated.
+        quote(plan.dest.to_str().unwrap_or_default()),
         quote(&plan.tag),
         torrent.len(),
         plan.linger.as_millis(),
@@ -976,6 +984,18 @@ mod tests {
                 "--parallel",
             ),
         ];
+        let not_utf8 = DeployPlan {
+            dest: PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                    b"/srv/app\xff".to_vec(),
+                ),
+            ),
+            ..ok.clone()
+        };
+        assert!(matches!(
+            validate(&not_utf8),
+            Err(DeployError::DestNotUtf8(_))
+        ));
         for (p, want) in cases {
             let e = validate(&p).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} lacks {want:?}");
