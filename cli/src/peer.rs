@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use corvid_engine::deploy::content;
+use corvid_engine::deploy::contract::{PeerLine, ReleaseLine, ReleaseStatus};
 use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths};
 use corvid_engine::fsat::{Dir, FileType};
 use corvid_engine::hash::HashPool;
@@ -31,7 +32,7 @@ use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
 use corvid_engine::peer::auth::Secret;
 
-use crate::output::{json_object, json_str, print};
+use crate::output::print;
 
 use crate::roles::{self, NodeArgs, Printer};
 use crate::{Exit, Failure};
@@ -173,22 +174,18 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
 
 /// One result line for `corvid deploy` (and people): `{"event":"release",...}` with
 /// `--json`, else a sentence on stderr.
-fn say_release(json: bool, status: &str, rp: &ReleasePaths, activated: bool) {
+fn say_release(json: bool, status: ReleaseStatus, rp: &ReleasePaths, activated: bool) {
     if json {
-        let _ = print(&format!(
-            "{}\n",
-            json_object(&[
-                ("event", json_str("release")),
-                ("status", json_str(status)),
-                ("path", json_str(&rp.finished().display().to_string())),
-                ("activated", activated.to_string()),
-            ])
-        ));
+        let line = PeerLine::Release(ReleaseLine {
+            status,
+            path: rp.finished().display().to_string(),
+            activated,
+        });
+        let _ = print(&format!("{}\n", line.to_json()));
     } else {
-        let what = if status == "already_present" {
-            "already present"
-        } else {
-            "installed"
+        let what = match status {
+            ReleaseStatus::AlreadyPresent => "already present",
+            ReleaseStatus::Installed => "installed",
         };
         let act = if activated {
             ", current points at it"
@@ -291,7 +288,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                     if args.activate {
                         rel.activate().map_err(Failure::output)?;
                     }
-                    say_release(json, "already_present", &rp, args.activate);
+                    say_release(json, ReleaseStatus::AlreadyPresent, &rp, args.activate);
                     return Ok(Exit::Ok);
                 }
                 Some(why) if !args.force => {
@@ -368,7 +365,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 // Placed: the linger only reads it. A rerun may check it (and find it
                 // present) while this one seeds.
                 lock = None;
-                say_release(json, "installed", &rp, args.activate);
+                say_release(json, ReleaseStatus::Installed, &rp, args.activate);
             } else {
                 // No point lingering with a release that could not be placed.
                 stop.stop();
@@ -393,6 +390,56 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 Some(Ok(())) => Ok(Exit::Ok),
                 _ => Err(roles::node_failure(e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use corvid_engine::deploy::contract::PeerCommand;
+
+    #[derive(Parser)]
+    struct PeerCli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The command line the deployer builds is one this `corvid peer` accepts, read as
+    /// the deployer meant it.
+    #[test]
+    fn parses_the_command_line_the_deployer_sends() {
+        for (secret, activate, force) in [(false, false, false), (true, true, true)] {
+            let c = PeerCommand {
+                corvid: "~/.local/bin/corvid".into(),
+                dest: "/srv/my app".into(),
+                tag: "v42".into(),
+                torrent_len: 321,
+                stdin_secret: secret,
+                linger: Duration::from_millis(2500),
+                stall_timeout: Duration::from_secs(90),
+                seeder: "10.0.0.1:6881".parse().unwrap(),
+                activate,
+                force,
+            };
+            let argv = c.args();
+            assert_eq!(argv[0], "peer");
+            let a = PeerCli::try_parse_from(
+                std::iter::once("corvid-peer".into()).chain(argv.into_iter().skip(1)),
+            )
+            .unwrap()
+            .args;
+            assert_eq!(a.release_dest, Some(PathBuf::from("/srv/my app")));
+            assert_eq!(a.tag.as_deref(), Some("v42"));
+            assert_eq!(a.stdin_torrent, Some(321));
+            assert_eq!(a.stdin_secret, secret);
+            assert_eq!(a.linger, Duration::from_millis(2500));
+            assert_eq!(a.stall_timeout, Duration::from_secs(90));
+            assert_eq!((a.activate, a.force), (activate, force));
+            assert!(a.node.json);
+            assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
+            assert!(a.torrent.is_none() && a.dest.is_none());
         }
     }
 }

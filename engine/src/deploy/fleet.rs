@@ -39,10 +39,11 @@ use crate::peer::auth::Secret;
 use crate::peer::PeerConfig;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
+use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
 use super::hosts::{parse_hosts, HostsError};
 use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
 use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, quote, quote_path, Ssh};
+use super::ssh::{self, Ssh};
 
 /// Everything one deploy needs.
 #[derive(Debug, Clone)]
@@ -257,36 +258,6 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     Ok(Validated { hosts, payload })
 }
 
-/// Text for a `corvid peer` exit code (see `corvid --help`).
-pub fn peer_exit_text(code: i32) -> &'static str {
-    match code {
-        1 => "data failed verification",
-        2 => "usage error (remote corvid too old for these flags?)",
-        3 => "input error (torrent or destination)",
-        4 => "disk or output error (exists without --force, permission, disk full)",
-        5 => "stalled: no progress within the stall timeout",
-        6 => "io_uring unavailable on the host",
-        7 => "interrupted by a signal",
-        9 => "busy: another corvid peer is working on this release on the host",
-        126 | 127 => "corvid could not be executed on the host",
-        ssh::SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
-        _ => "failed",
-    }
-}
-
-/// The raw value of `"key":` in one flat JSON line written by corvid (numbers, `true`,
-/// or a string without escapes), enough to read `corvid peer --json` output.
-pub(super) fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":");
-    let start = line.find(&pat)? + pat.len();
-    let rest = &line[start..];
-    if let Some(s) = rest.strip_prefix('"') {
-        return s.find('"').map(|end| &s[..end]);
-    }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim())
-}
-
 /// Runs `f` for every host on at most `parallel` threads; results in host order.
 pub(super) fn for_each_host<H: Sync, T: Send>(
     hosts: &[H],
@@ -330,7 +301,7 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
     if out.code != 0 {
         let mut line = out.last_error_line();
         if line.is_empty() {
-            line = peer_exit_text(out.code).to_string();
+            line = remote_exit_text(out.code).to_string();
         }
         let sep = if line.starts_with("ssh:") {
             ""
@@ -422,32 +393,31 @@ pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), De
 /// follow a link planted there and write the secret wherever it points.
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
     let mut stdin = torrent.to_vec();
-    let secret_flag = match &plan.secret {
-        None => "",
-        Some(secret) => {
-            stdin.extend_from_slice(secret.expose());
-            " --stdin-secret"
-        }
-    };
-    let mut cmd = format!(
-        "exec {} peer --release-dest {} --tag {} --stdin-torrent {}{secret_flag} \
-         --linger {}ms --stall-timeout {}ms --peer {} --json",
-        quote_path(&plan.remote_corvid),
+    if let Some(secret) = &plan.secret {
+        stdin.extend_from_slice(secret.expose());
+    }
+    let cmd = PeerCommand {
+        corvid: plan.remote_corvid.clone(),
         // UTF-8 by `validate`; anything else was refused, never approximated.
-        quote(plan.dest.to_str().unwrap_or_default()),
-        quote(&plan.tag),
-        torrent.len(),
-        plan.linger.as_millis(),
-        plan.stall_timeout.as_millis(),
-        quote(&seeder.to_string()),
-    );
-    if plan.activate {
-        cmd.push_str(" --activate");
+        dest: plan.dest.to_str().unwrap_or_default().to_string(),
+        tag: plan.tag.clone(),
+        torrent_len: torrent.len(),
+        stdin_secret: plan.secret.is_some(),
+        linger: plan.linger,
+        stall_timeout: plan.stall_timeout,
+        seeder,
+        activate: plan.activate,
+        force: plan.force,
     }
-    if plan.force {
-        cmd.push_str(" --force");
-    }
+    .shell();
     (cmd, stdin)
+}
+
+fn outcome_of(status: ReleaseStatus) -> HostOutcome {
+    match status {
+        ReleaseStatus::Installed => HostOutcome::Deployed,
+        ReleaseStatus::AlreadyPresent => HostOutcome::AlreadyPresent,
+    }
 }
 
 /// The peer phase for one host.
@@ -496,39 +466,28 @@ fn peer_host(
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            match json_field(&line, "event") {
-                Some("progress") => {
-                    if let Some(b) = json_field(&line, "bytes_down").and_then(|v| v.parse().ok()) {
-                        let _ = events.send(FleetEvent::HostProgress {
-                            host: host.to_string(),
-                            bytes_down: b,
-                        });
-                    }
+            match PeerLine::parse(&line) {
+                Some(PeerLine::Progress { bytes_down }) => {
+                    let _ = events.send(FleetEvent::HostProgress {
+                        host: host.to_string(),
+                        bytes_down,
+                    });
                 }
-                Some("release") => {
-                    status = json_field(&line, "status").map(str::to_string);
+                Some(PeerLine::Release(r)) => {
+                    status = Some(r.status);
                     let now = Instant::now();
                     released_at = Some(now);
                     let _ = events.send(FleetEvent::HostReleased {
                         host: host.to_string(),
-                        outcome: if status.as_deref() == Some("already_present") {
-                            HostOutcome::AlreadyPresent
-                        } else {
-                            HostOutcome::Deployed
-                        },
+                        outcome: outcome_of(r.status),
                         duration: now.duration_since(start),
                     });
                 }
-                Some("done") => {
-                    let num = |k| {
-                        json_field(&line, k)
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0)
-                    };
-                    from_seeder = num("bytes_from_seeder");
-                    from_peers = num("bytes_from_peers");
+                Some(PeerLine::Done { report }) => {
+                    from_seeder = report.bytes_from_seeder;
+                    from_peers = report.bytes_from_peers;
                 }
-                _ => {}
+                Some(PeerLine::Installed) | None => {}
             }
         }
     }
@@ -540,13 +499,12 @@ fn peer_host(
         stderr,
     }
     .last_error_line();
-    let outcome = match (code, status.as_deref()) {
-        (0, Some("already_present")) => HostOutcome::AlreadyPresent,
-        (0, Some(_)) => HostOutcome::Deployed,
+    let outcome = match (code, status) {
+        (0, Some(s)) => outcome_of(s),
         (0, None) => HostOutcome::Failed("peer exited 0 without reporting a release".into()),
         (c, _) => {
             let detail = last.strip_prefix("corvid: error: ").unwrap_or(&last);
-            HostOutcome::Failed(format!("{} (exit {c}): {detail}", peer_exit_text(c)))
+            HostOutcome::Failed(format!("{} (exit {c}): {detail}", remote_exit_text(c)))
         }
     };
     (outcome, from_seeder, from_peers, released_at)
@@ -1055,19 +1013,6 @@ mod tests {
         ));
         // The routing itself: towards loopback, from loopback.
         assert_eq!(routed_from(ip("127.0.0.1")), Some(ip("127.0.0.1")));
-    }
-
-    #[test]
-    fn reads_peer_json_lines() {
-        let l = r#"{"event":"done","report":{"elapsed_s":1.5,"bytes_from_seeder":10,"bytes_from_peers":20}}"#;
-        assert_eq!(json_field(l, "event"), Some("done"));
-        assert_eq!(json_field(l, "bytes_from_seeder"), Some("10"));
-        assert_eq!(json_field(l, "bytes_from_peers"), Some("20"));
-        assert_eq!(json_field(l, "missing"), None);
-        assert_eq!(
-            peer_exit_text(5),
-            "stalled: no progress within the stall timeout"
-        );
     }
 
     #[test]

@@ -37,9 +37,8 @@ use crate::node::{NodeError, NodeReport, StopFlag};
 use crate::peer::auth::Secret;
 use crate::storage::FileSpec;
 
-use super::fleet::{
-    for_each_host, json_field, peer_exit_text, seeder_config, spawn_seeder, DeployPlan, FleetEvent,
-};
+use super::contract::{remote_exit_text, PeerLine};
+use super::fleet::{for_each_host, seeder_config, spawn_seeder, DeployPlan, FleetEvent};
 use super::ssh::{quote, quote_path, receive_files};
 
 /// Piece size of the binary's torrent: small, so even a 10 MiB release build has 40
@@ -306,13 +305,14 @@ pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
          --stall-timeout {s}ms --peer {seeder} --json{secret_flag}; \
          F=\"$D/{name}\"; S=$(sha1sum < \"$F\") || exit 74; S=${{S%% *}}; \
          if [ \"$S\" != {sha} ]; then echo \"corvid: error: the downloaded binary has SHA-1 $S, not {sha}\" >&2; exit 65; fi; \
-         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo '{{\"event\":\"installed\"}}'",
+         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo {installed}",
         t = job.timeout.as_secs().max(1),
         l = job.linger.as_millis(),
         s = job.stall_timeout.as_millis(),
         seeder = quote(&job.seeder.to_string()),
         name = BINARY_NAME,
         sha = quote(&job.sha1),
+        installed = quote(&PeerLine::Installed.to_json()),
     );
     (cmd, stdin)
 }
@@ -326,7 +326,7 @@ fn swarm_exit_text(code: i32) -> &'static str {
         74 => "cannot checksum the download",
         75 => "cannot put the new binary in place",
         129 => "the session was cut",
-        c => peer_exit_text(c),
+        c => remote_exit_text(c),
     }
 }
 
@@ -380,17 +380,12 @@ fn swarm(plan: &DeployPlan, job: &SwarmJob, host: &str) -> (Result<(), String>, 
         &cmd,
         &stdin,
         job.timeout + Duration::from_secs(15),
-        &mut |line| match json_field(line, "event") {
-            Some("done") => {
-                let num = |k| {
-                    json_field(line, k)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
-                bytes.from_seeder = num("bytes_from_seeder");
-                bytes.from_peers = num("bytes_from_peers");
+        &mut |line| match PeerLine::parse(line) {
+            Some(PeerLine::Done { report }) => {
+                bytes.from_seeder = report.bytes_from_seeder;
+                bytes.from_peers = report.bytes_from_peers;
             }
-            Some("installed") => installed = true,
+            Some(PeerLine::Installed) => installed = true,
             _ => {}
         },
     );

@@ -1,5 +1,7 @@
 //! Fleet deploys as a library, so the CLI stays thin and tests can drive it.
 //!
+//! - [`contract`]: what the deployer and the remote `corvid peer` agree on: the command
+//!   line, the JSON lines, the exit codes.
 //! - [`hosts`]: the host list and what counts as a safe ssh destination.
 //! - [`release`]: the on-host layout (`releases/TAG.partial` → `releases/TAG` →
 //!   `current`) and its atomic rename steps.
@@ -12,6 +14,7 @@
 //!   torrent, seed it with an embedded tracker, run `corvid peer` everywhere, report.
 
 pub mod content;
+pub mod contract;
 pub mod fleet;
 pub mod hosts;
 pub mod install;
