@@ -434,9 +434,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
-        DeployError::Seeder(_) | DeployError::Tracker(_) | DeployError::SeederGone => {
-            Failure::output(e)
-        }
+        DeployError::Seeder(_) | DeployError::Tracker(_) => Failure::output(e),
         DeployError::Interrupted => Failure {
             code: Exit::Interrupted,
             error: e.into(),

@@ -25,59 +25,24 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::hash::HashPool;
-use crate::metainfo::{self, BuildOptions, Metainfo, MetainfoError, Payload};
-use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, SeedUntil, StopFlag};
-use crate::peer::auth::Secret;
-use crate::peer::PeerConfig;
+use crate::metainfo::{self, BuildOptions, MetainfoError, Payload};
+use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
-use super::hosts::{parse_hosts, HostsError};
-use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
+use super::hosts::{for_each_host, parse_hosts, HostsError};
+use super::install::{
+    self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
+};
+pub use super::plan::DeployPlan;
 use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, Ssh};
-
-/// Everything one deploy needs.
-#[derive(Debug, Clone)]
-pub struct DeployPlan {
-    /// `--hosts`: a file or a comma-separated list.
-    pub hosts: String,
-    pub src: PathBuf,
-    pub dest: PathBuf,
-    pub tag: String,
-    pub seeder_addr: Option<IpAddr>,
-    pub activate: bool,
-    pub force: bool,
-    /// How long each peer keeps seeding after it has the release.
-    pub linger: Duration,
-    pub stall_timeout: Duration,
-    /// Most ssh sessions at once.
-    pub parallel: usize,
-    pub ssh: Ssh,
-    /// Where corvid lives on the hosts (`~/` allowed).
-    pub remote_corvid: String,
-    /// The binary to install where the remote one is missing or different.
-    pub local_corvid: PathBuf,
-    /// Install corvid through a swarm of the hosts' old corvids when at least this many
-    /// hosts need it (0: always over ssh).
-    pub swarm_install_min: usize,
-    /// Port of the embedded tracker (0: any free port; its URL goes into the torrent).
-    pub tracker_port: u16,
-    /// Threads for hashing here and for the seeder's event loops.
-    pub threads: usize,
-    /// A private swarm's secret: the tracker and seeder here require it, and each host
-    /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
-    /// on a command line, where the remote process list would show it).
-    pub secret: Option<Secret>,
-}
+use super::seeder::{seeder_config, spawn_seeder, SeederError};
+use super::ssh;
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
 /// except [`DeployError::NoSeederAddr`] and the seeder's own failures).
@@ -111,12 +76,29 @@ pub enum DeployError {
     SeederAddrConflict(String),
     #[error("cannot start the tracker: {0}")]
     Tracker(String),
-    #[error("seeder: {0}")]
-    Seeder(#[from] NodeError),
-    #[error("seeder stopped before it listened")]
-    SeederGone,
+    #[error(transparent)]
+    Seeder(#[from] SeederError),
     #[error("interrupted before the peers were started")]
     Interrupted,
+}
+
+impl From<InstallEvent> for FleetEvent {
+    fn from(e: InstallEvent) -> Self {
+        match e {
+            InstallEvent::Installing {
+                swarm,
+                ssh,
+                binary_bytes,
+                pieces,
+            } => FleetEvent::Installing {
+                swarm,
+                ssh,
+                binary_bytes,
+                pieces,
+            },
+            InstallEvent::Installed { host, how } => FleetEvent::Installed { host, how },
+        }
+    }
 }
 
 /// How one host ended.
@@ -256,32 +238,6 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     let hosts = parse_hosts(&plan.hosts)?;
     let payload = metainfo::scan(&plan.src, None)?;
     Ok(Validated { hosts, payload })
-}
-
-/// Runs `f` for every host on at most `parallel` threads; results in host order.
-pub(super) fn for_each_host<H: Sync, T: Send>(
-    hosts: &[H],
-    parallel: usize,
-    f: &(dyn Fn(&H) -> T + Sync),
-) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<parking_lot::Mutex<Option<T>>> = hosts
-        .iter()
-        .map(|_| parking_lot::Mutex::new(None))
-        .collect();
-    std::thread::scope(|s| {
-        for _ in 0..parallel.min(hosts.len()).max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(h) = hosts.get(i) else { break };
-                *slots[i].lock() = Some(f(h));
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|s| s.into_inner().expect("every slot filled by a worker"))
-        .collect()
 }
 
 /// The check phase for one host: what it has at `--remote-corvid`.
@@ -628,7 +584,7 @@ pub fn run(
         .map(|(&i, r)| (hosts[i].clone(), r))
         .collect();
     let install_start = start.elapsed();
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+    let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
     let (installs, summary) = std::thread::scope(|s| {
         let (local, to_install, url, stop) = (&local, &to_install, &url, &stop);
         let worker =
@@ -668,12 +624,18 @@ pub fn run(
         }
     };
     drop(pool);
-    let seed_cfg = seeder_config(&m, &v.payload, plan, url.clone());
+    let seed_cfg = seeder_config(
+        &m,
+        &v.payload,
+        plan.threads,
+        plan.secret.clone(),
+        url.clone(),
+    );
     let (seed_stop, seeder, seeder_port) = match spawn_seeder(seed_cfg) {
         Ok(x) => x,
         Err(e) => {
             tracker.shutdown();
-            return Err(e);
+            return Err(e.into());
         }
     };
     let seeder_addr = SocketAddr::new(addr, seeder_port);
@@ -743,43 +705,16 @@ pub fn run(
     })
 }
 
-/// A seeder's thread.
-pub(super) type SeederThread = JoinHandle<Result<NodeReport, NodeError>>;
-
-/// Starts a seeder node on a thread and waits for its listening port: `(its stop flag,
-/// the thread, the port)`.
-pub(super) fn spawn_seeder(cfg: NodeConfig) -> Result<(StopFlag, SeederThread, u16), DeployError> {
-    let stop = StopFlag::new();
-    let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            node::run(cfg, stop, &mut |ev| {
-                if let NodeEvent::Listening { peer_addr } = ev {
-                    let _ = listen_tx.try_send(*peer_addr);
-                }
-            })
-        })
-    };
-    match listen_rx.recv() {
-        Ok(a) => Ok((stop, thread, a.port())),
-        Err(_) => match thread.join() {
-            Ok(Err(e)) => Err(DeployError::Seeder(e)),
-            _ => Err(DeployError::SeederGone),
-        },
-    }
-}
-
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
 /// 100 ms meanwhile (to notice Ctrl-C).
-fn forward(
-    rx: &crossbeam_channel::Receiver<FleetEvent>,
+fn forward<E: Into<FleetEvent>>(
+    rx: &crossbeam_channel::Receiver<E>,
     on_event: &mut dyn FnMut(&FleetEvent),
     idle: &mut dyn FnMut(),
 ) {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ev) => on_event(&ev),
+            Ok(ev) => on_event(&ev.into()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
@@ -787,44 +722,11 @@ fn forward(
     }
 }
 
-pub(super) fn seeder_config(
-    m: &Metainfo,
-    payload: &Payload,
-    plan: &DeployPlan,
-    url: String,
-) -> NodeConfig {
-    NodeConfig {
-        mode: Mode::Seed,
-        info_hash: m.info_hash,
-        lengths: m.info.lengths,
-        piece_hashes: Arc::new(m.info.pieces.clone()),
-        files: payload.disk_files.clone(),
-        root: payload.root.clone(),
-        listen: SocketAddr::new([0, 0, 0, 0].into(), 0),
-        cores: plan.threads.max(1),
-        hash_threads: plan.threads.max(1),
-        trackers: vec![url],
-        peers: Vec::new(),
-        linger: Duration::ZERO,
-        seed_until: SeedUntil::Stopped,
-        // Hashed moments ago by the build; a change since would fail at the peers.
-        trust_data: true,
-        stall_timeout: Duration::from_secs(120),
-        max_connections: 512,
-        peer: PeerConfig {
-            secret: plan.secret.clone(),
-            ..PeerConfig::default()
-        },
-        swarm: Default::default(),
-        tuning: Default::default(),
-        announce_port: 0,
-        resume: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::ssh::Ssh;
+    use crate::peer::auth::Secret;
     use std::path::Path;
 
     fn plan(src: &Path) -> DeployPlan {
@@ -1013,21 +915,5 @@ mod tests {
         ));
         // The routing itself: towards loopback, from loopback.
         assert_eq!(routed_from(ip("127.0.0.1")), Some(ip("127.0.0.1")));
-    }
-
-    #[test]
-    fn hosts_run_in_order_with_bounded_parallelism() {
-        let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
-        let running = AtomicUsize::new(0);
-        let peak = AtomicUsize::new(0);
-        let out = for_each_host(&hosts, 3, &|h| {
-            let n = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(n, Ordering::SeqCst);
-            std::thread::yield_now();
-            running.fetch_sub(1, Ordering::SeqCst);
-            h.to_uppercase()
-        });
-        assert_eq!(out[7], "H7");
-        assert!(peak.load(Ordering::SeqCst) <= 3);
     }
 }

@@ -38,7 +38,9 @@ use crate::peer::auth::Secret;
 use crate::storage::FileSpec;
 
 use super::contract::{remote_exit_text, PeerLine};
-use super::fleet::{for_each_host, seeder_config, spawn_seeder, DeployPlan, FleetEvent};
+use super::hosts::for_each_host;
+use super::plan::DeployPlan;
+use super::seeder::{seeder_config, spawn_seeder};
 use super::ssh::{quote, quote_path, receive_files};
 
 /// Piece size of the binary's torrent: small, so even a 10 MiB release build has 40
@@ -500,7 +502,13 @@ fn start_binary_seeder(
         .collect();
     let (m, torrent) =
         metainfo::assemble(&payload, &opts, lengths, &hashes).map_err(|e| e.to_string())?;
-    let cfg = seeder_config(&m, &payload, plan, url.to_string());
+    let cfg = seeder_config(
+        &m,
+        &payload,
+        plan.threads,
+        plan.secret.clone(),
+        url.to_string(),
+    );
     let (stop, thread, port) = spawn_seeder(cfg).map_err(|e| e.to_string())?;
     Ok(BinarySeeder {
         stop,
@@ -519,6 +527,21 @@ fn start_binary_seeder(
     })
 }
 
+/// Progress of the install phase (the deploy forwards it as its own events).
+#[derive(Debug, Clone)]
+pub enum InstallEvent {
+    /// This many hosts get corvid by the swarm and by ssh (`pieces` is the binary
+    /// torrent's, 0 when no swarm runs).
+    Installing {
+        swarm: usize,
+        ssh: usize,
+        binary_bytes: u64,
+        pieces: u32,
+    },
+    /// corvid was installed on a host.
+    Installed { host: String, how: CorvidInstall },
+}
+
 /// The install phase for `hosts` and their routes. Starts the binary seeder when any
 /// host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
 /// host once `stop` is set), and returns each host's result, in order.
@@ -529,7 +552,7 @@ pub(super) fn run_phase(
     tracker_url: &str,
     addr: IpAddr,
     stop: &StopFlag,
-    events: &Sender<FleetEvent>,
+    events: &Sender<InstallEvent>,
 ) -> (Vec<Result<HostInstall, String>>, InstallSummary) {
     let start = Instant::now();
     let mut summary = InstallSummary {
@@ -556,7 +579,7 @@ pub(super) fn run_phase(
     let needing: Vec<usize> = (0..hosts.len())
         .filter(|&i| hosts[i].1 != Route::Keep)
         .collect();
-    let _ = events.send(FleetEvent::Installing {
+    let _ = events.send(InstallEvent::Installing {
         swarm: count(Route::Swarm),
         ssh: count(Route::Ssh),
         binary_bytes: summary.binary_bytes,
@@ -572,7 +595,7 @@ pub(super) fn run_phase(
         }
         let r = install_host(plan, local, h, route, &job);
         if let Ok(inst) = &r {
-            let _ = events.send(FleetEvent::Installed {
+            let _ = events.send(InstallEvent::Installed {
                 host: h.to_string(),
                 how: inst.how.clone(),
             });
