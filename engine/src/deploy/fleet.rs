@@ -480,23 +480,137 @@ pub fn run(
             path: plan.local_corvid.clone(),
             source,
         })?;
-    let hosts = v.hosts;
-    // The tracker binds first: a busy --tracker-port fails before any host is touched.
+    let tracker = bind_tracker(plan)?;
+    let deploy = Deploy {
+        plan,
+        stop: &stop,
+        start,
+        results: v.hosts.iter().map(|_| None).collect(),
+        hosts: v.hosts,
+        payload_bytes: v.payload.total_length(),
+        install: InstallSummary {
+            binary_bytes: local.bytes.len() as u64,
+            ..InstallSummary::default()
+        },
+    };
+    let result = deploy.run_phases(&v.payload, &local, &tracker, on_event);
+    // Every way out, early or not, stops the tracker.
+    tracker.shutdown();
+    result
+}
+
+/// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
+/// is touched.
+fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
     let tcfg = TrackerConfig {
         secret: plan.secret.clone(),
         interval: Duration::from_secs(10),
         min_interval: Duration::from_secs(5),
         ..TrackerConfig::default()
     };
-    let tracker = TrackerServer::bind(
+    TrackerServer::bind(
         SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
         tcfg,
     )
-    .map_err(|e| DeployError::Tracker(e.to_string()))?;
-    let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
-    let fail = |i: usize, why: String, at: Duration, on_event: &mut dyn FnMut(&FleetEvent)| {
+    .map_err(|e| DeployError::Tracker(e.to_string()))
+}
+
+/// One deploy in progress: the hosts and what is known of each so far.
+struct Deploy<'a> {
+    plan: &'a DeployPlan,
+    stop: &'a StopFlag,
+    start: Instant,
+    hosts: Vec<String>,
+    /// A host's result once it has one; a host that fails a phase gets it at once and
+    /// takes no part in the phases after.
+    results: Vec<Option<HostResult>>,
+    payload_bytes: u64,
+    install: InstallSummary,
+}
+
+impl Deploy<'_> {
+    /// The phases in order (see the module docs), each on the hosts still live.
+    fn run_phases(
+        mut self,
+        payload: &Payload,
+        local: &LocalBinary,
+        tracker: &TrackerServer,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Result<FleetReport, DeployError> {
+        let probes = self.check_phase(local, on_event);
+        if self.over() {
+            return self.end_early();
+        }
+        let addr = self.seeder_addr(&probes, on_event)?;
+        // Both torrents (the binary's and the release's) announce here.
+        let url = format!(
+            "http://{}/announce",
+            SocketAddr::new(addr, tracker.local_addr().port())
+        );
+        let corvid = self.install_phase(local, &probes, &url, addr, on_event);
+        if self.over() {
+            return self.end_early();
+        }
+        let (m, torrent) = build_torrent(self.plan, payload, &url)?;
+        let seed_cfg = seeder_config(
+            &m,
+            payload,
+            self.plan.threads,
+            self.plan.secret.clone(),
+            url.clone(),
+        );
+        let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
+        let seeder_addr = SocketAddr::new(addr, seeder_port);
+        on_event(&FleetEvent::Seeding {
+            name: m.info.name.clone(),
+            bytes: self.payload_bytes,
+            pieces: m.info.lengths.piece_count(),
+            seeder: seeder_addr,
+            tracker: url,
+            hosts: self.hosts.len(),
+        });
+        self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
+        seed_stop.stop();
+        let seeder_uploaded = match seeder.join() {
+            Ok(Ok(r)) => r.transfer.bytes_up,
+            _ => 0,
+        };
+        Ok(self.report(seeder_uploaded))
+    }
+
+    /// Hosts without a result yet, in host order.
+    fn live(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.results[i].is_none())
+            .collect()
+    }
+
+    /// Interrupted, or every host already failed: nothing more runs.
+    fn over(&self) -> bool {
+        self.stop.is_stopped() || self.live().is_empty()
+    }
+
+    fn end_early(self) -> Result<FleetReport, DeployError> {
+        if self.stop.is_stopped() {
+            return Err(DeployError::Interrupted);
+        }
+        Ok(self.report(0))
+    }
+
+    fn report(self, seeder_uploaded: u64) -> FleetReport {
+        FleetReport {
+            hosts: self.results.into_iter().flatten().collect(),
+            elapsed: self.start.elapsed(),
+            payload_bytes: self.payload_bytes,
+            seeder_uploaded,
+            install: self.install,
+        }
+    }
+
+    /// Host `i` failed `at` into the deploy: its result, reported at once.
+    fn fail(&mut self, i: usize, why: String, at: Duration, on_event: &mut dyn FnMut(&FleetEvent)) {
         let r = HostResult {
-            host: hosts[i].clone(),
+            host: self.hosts[i].clone(),
             outcome: HostOutcome::Failed(why),
             duration: at,
             bytes_from_seeder: 0,
@@ -504,205 +618,163 @@ pub fn run(
             corvid: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
-        r
-    };
+        self.results[i] = Some(r);
+    }
 
-    // Check phase.
-    let checks = for_each_host(&hosts, plan.parallel, &|h: &String| {
-        (probe_host(plan, &local, h), start.elapsed())
-    });
-    let mut probes: Vec<Option<Probe>> = Vec::with_capacity(hosts.len());
-    for (i, (c, at)) in checks.into_iter().enumerate() {
-        match c {
-            Ok(p) => probes.push(Some(p)),
-            Err(why) => {
-                results[i] = Some(fail(i, why, at, on_event));
-                probes.push(None);
+    /// Check phase: every host's probe (`None` where it failed).
+    fn check_phase(
+        &mut self,
+        local: &LocalBinary,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Vec<Option<Probe>> {
+        let (plan, start) = (self.plan, self.start);
+        let checks = for_each_host(&self.hosts, plan.parallel, &|h: &String| {
+            (probe_host(plan, local, h), start.elapsed())
+        });
+        let mut probes = Vec::with_capacity(self.hosts.len());
+        for (i, (c, at)) in checks.into_iter().enumerate() {
+            match c {
+                Ok(p) => probes.push(Some(p)),
+                Err(why) => {
+                    self.fail(i, why, at, on_event);
+                    probes.push(None);
+                }
             }
         }
+        probes
     }
-    let mut live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
-    let payload_bytes = v.payload.total_length();
-    let mut install_summary = InstallSummary {
-        binary_bytes: local.bytes.len() as u64,
-        ..InstallSummary::default()
-    };
-    // Interrupted, or every host already failed: the tracker stops and nothing more runs.
-    let end_early =
-        |tracker: TrackerServer, results: Vec<Option<HostResult>>, install: InstallSummary| {
-            tracker.shutdown();
-            if stop.is_stopped() {
-                return Err(DeployError::Interrupted);
-            }
-            Ok(FleetReport {
-                hosts: results.into_iter().flatten().collect(),
-                elapsed: start.elapsed(),
-                payload_bytes,
-                seeder_uploaded: 0,
-                install,
-            })
-        };
-    if stop.is_stopped() || live.is_empty() {
-        return end_early(tracker, results, install_summary);
-    }
-    let addr = match plan.seeder_addr {
-        Some(a) => a,
-        None => {
-            // `ssh -G` and a name lookup per host: local, but a fleet of names is many
-            // lookups, so as parallel as the sessions.
-            let seen: Vec<AddrSeen> = for_each_host(&live, plan.parallel, &|&i: &usize| AddrSeen {
+
+    /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts.
+    fn seeder_addr(
+        &self,
+        probes: &[Option<Probe>],
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Result<IpAddr, DeployError> {
+        if let Some(a) = self.plan.seeder_addr {
+            return Ok(a);
+        }
+        let (plan, hosts) = (self.plan, &self.hosts);
+        // `ssh -G` and a name lookup per host: local, but a fleet of names is many
+        // lookups, so as parallel as the sessions.
+        let seen: Vec<AddrSeen> =
+            for_each_host(&self.live(), plan.parallel, &|&i: &usize| AddrSeen {
                 host: hosts[i].clone(),
                 routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
                 reported: probes[i].as_ref().and_then(|p| p.client),
             });
-            match choose_seeder_addr(&seen) {
-                Ok((a, warnings)) => {
-                    for w in warnings {
-                        on_event(&FleetEvent::Warning(w));
-                    }
-                    a
-                }
-                Err(e) => {
-                    tracker.shutdown();
-                    return Err(e);
+        let (a, warnings) = choose_seeder_addr(&seen)?;
+        for w in warnings {
+            on_event(&FleetEvent::Warning(w));
+        }
+        Ok(a)
+    }
+
+    /// Install phase, on worker threads; events forwarded here as they come. Returns how
+    /// corvid got onto each host (`None` for hosts that failed).
+    fn install_phase(
+        &mut self,
+        local: &LocalBinary,
+        probes: &[Option<Probe>],
+        url: &str,
+        addr: IpAddr,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Vec<Option<HostInstall>> {
+        let live = self.live();
+        let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
+        let routes = install::route(&live_probes, self.plan.swarm_install_min);
+        let to_install: Vec<(String, Route)> = live
+            .iter()
+            .zip(routes)
+            .map(|(&i, r)| (self.hosts[i].clone(), r))
+            .collect();
+        let install_start = self.start.elapsed();
+        let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
+        let (plan, stop) = (self.plan, self.stop);
+        let (installs, summary) = std::thread::scope(|s| {
+            let to_install = &to_install;
+            let worker =
+                s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
+            forward(&rx, on_event, &mut || {});
+            worker.join().expect("install workers do not panic")
+        });
+        self.install = summary;
+        let mut corvid: Vec<Option<HostInstall>> = self.hosts.iter().map(|_| None).collect();
+        for (k, r) in installs.into_iter().enumerate() {
+            let i = live[k];
+            match r {
+                Ok(inst) => corvid[i] = Some(inst),
+                Err(why) => {
+                    let at = install_start + self.install.elapsed;
+                    self.fail(i, why, at, on_event);
                 }
             }
         }
-    };
-    // Both torrents (the binary's and the release's) announce here.
-    let url = format!(
-        "http://{}/announce",
-        SocketAddr::new(addr, tracker.local_addr().port())
-    );
+        corvid
+    }
 
-    // Install phase, on worker threads; events forwarded here as they come.
-    let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
-    let routes = install::route(&live_probes, plan.swarm_install_min);
-    let to_install: Vec<(String, Route)> = live
-        .iter()
-        .zip(routes)
-        .map(|(&i, r)| (hosts[i].clone(), r))
-        .collect();
-    let install_start = start.elapsed();
-    let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
-    let (installs, summary) = std::thread::scope(|s| {
-        let (local, to_install, url, stop) = (&local, &to_install, &url, &stop);
-        let worker =
-            s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
-        forward(&rx, on_event, &mut || {});
-        worker.join().expect("install workers do not panic")
-    });
-    install_summary = summary;
-    let mut corvid: Vec<Option<HostInstall>> = hosts.iter().map(|_| None).collect();
-    for (k, r) in installs.into_iter().enumerate() {
-        let i = live[k];
-        match r {
-            Ok(inst) => corvid[i] = Some(inst),
-            Err(why) => {
-                let at = install_start + install_summary.elapsed;
-                results[i] = Some(fail(i, why, at, on_event));
-            }
+    /// Peer phase: `corvid peer` on every live host, each host's result recorded.
+    fn peer_phase(
+        &mut self,
+        torrent: &[u8],
+        corvid: &[Option<HostInstall>],
+        seeder_addr: SocketAddr,
+        seed_stop: &StopFlag,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) {
+        let live = self.live();
+        let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
+        let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+        let peer_results = std::thread::scope(|s| {
+            let live = &live;
+            let worker = s.spawn(move || {
+                for_each_host(live, plan.parallel, &|&i: &usize| {
+                    let h = hosts[i].as_str();
+                    let (outcome, from_seeder, from_peers, released_at) =
+                        peer_host(plan, start, h, torrent, seeder_addr, &tx);
+                    let r = HostResult {
+                        host: h.to_string(),
+                        outcome,
+                        // From the start of the deploy to the release in place (the
+                        // linger that follows is service to others, not this host's wait).
+                        duration: released_at
+                            .unwrap_or_else(Instant::now)
+                            .duration_since(start),
+                        bytes_from_seeder: from_seeder,
+                        bytes_from_peers: from_peers,
+                        corvid: corvid[i].clone(),
+                    };
+                    let _ = tx.send(FleetEvent::HostDone(r.clone()));
+                    r
+                })
+            });
+            forward(&rx, on_event, &mut || {
+                if stop.is_stopped() {
+                    // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
+                    // (the terminal's SIGINT reaches our ssh children too).
+                    seed_stop.stop();
+                }
+            });
+            worker.join().expect("peer workers do not panic")
+        });
+        for (k, r) in peer_results.into_iter().enumerate() {
+            self.results[live[k]] = Some(r);
         }
     }
-    live.retain(|&i| results[i].is_none());
-    if stop.is_stopped() || live.is_empty() {
-        return end_early(tracker, results, install_summary);
-    }
+}
 
-    // Torrent and seeder.
+/// The release's torrent, announcing at `url`: the metainfo and its bytes.
+fn build_torrent(
+    plan: &DeployPlan,
+    payload: &Payload,
+    url: &str,
+) -> Result<(metainfo::Metainfo, Vec<u8>), DeployError> {
     let pool = HashPool::new(plan.threads.max(1));
     let opts = BuildOptions {
-        trackers: vec![url.clone()],
+        trackers: vec![url.to_string()],
         comment: Some(format!("corvid deploy {}", plan.tag)),
         ..BuildOptions::default()
     };
-    let (m, torrent) = match metainfo::build_payload(&v.payload, &opts, &pool, &mut |_| {}) {
-        Ok(x) => x,
-        Err(e) => {
-            tracker.shutdown();
-            return Err(e.into());
-        }
-    };
-    drop(pool);
-    let seed_cfg = seeder_config(
-        &m,
-        &v.payload,
-        plan.threads,
-        plan.secret.clone(),
-        url.clone(),
-    );
-    let (seed_stop, seeder, seeder_port) = match spawn_seeder(seed_cfg) {
-        Ok(x) => x,
-        Err(e) => {
-            tracker.shutdown();
-            return Err(e.into());
-        }
-    };
-    let seeder_addr = SocketAddr::new(addr, seeder_port);
-    on_event(&FleetEvent::Seeding {
-        name: m.info.name.clone(),
-        bytes: payload_bytes,
-        pieces: m.info.lengths.piece_count(),
-        seeder: seeder_addr,
-        tracker: url,
-        hosts: hosts.len(),
-    });
-
-    // Peer phase.
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
-    let peer_results = std::thread::scope(|s| {
-        let tx2 = tx;
-        let torrent = &torrent;
-        let live = &live;
-        let corvid = &corvid;
-        let hosts = &hosts;
-        let worker = s.spawn(move || {
-            for_each_host(live, plan.parallel, &|&i: &usize| {
-                let h = hosts[i].as_str();
-                let (outcome, from_seeder, from_peers, released_at) =
-                    peer_host(plan, start, h, torrent, seeder_addr, &tx2);
-                let r = HostResult {
-                    host: h.to_string(),
-                    outcome,
-                    // From the start of the deploy to the release in place (the linger
-                    // that follows is service to others, not this host's wait).
-                    duration: released_at
-                        .unwrap_or_else(Instant::now)
-                        .duration_since(start),
-                    bytes_from_seeder: from_seeder,
-                    bytes_from_peers: from_peers,
-                    corvid: corvid[i].clone(),
-                };
-                let _ = tx2.send(FleetEvent::HostDone(r.clone()));
-                r
-            })
-        });
-        forward(&rx, on_event, &mut || {
-            if stop.is_stopped() {
-                // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
-                // (the terminal's SIGINT reaches our ssh children too).
-                seed_stop.stop();
-            }
-        });
-        worker.join().expect("peer workers do not panic")
-    });
-    seed_stop.stop();
-    let seed_report = seeder.join();
-    tracker.shutdown();
-    for (k, r) in peer_results.into_iter().enumerate() {
-        results[live[k]] = Some(r);
-    }
-    let seeder_uploaded = match seed_report {
-        Ok(Ok(r)) => r.transfer.bytes_up,
-        _ => 0,
-    };
-    Ok(FleetReport {
-        hosts: results.into_iter().flatten().collect(),
-        elapsed: start.elapsed(),
-        payload_bytes,
-        seeder_uploaded,
-        install: install_summary,
-    })
+    Ok(metainfo::build_payload(payload, &opts, &pool, &mut |_| {})?)
 }
 
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
