@@ -11,6 +11,9 @@
 //! - [`PeerLine`]: the JSON lines the remote half prints with `--json` that the deployer
 //!   reads (progress, release, done, installed), as serde types.
 //!
+//! The remote release steps themselves (receive the torrent, check an existing release,
+//! place the new one) are in [`super::remote`], each failure with its [`Exit`].
+//!
 
 use std::net::SocketAddr;
 use std::time::Duration;

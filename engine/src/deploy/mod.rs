@@ -10,6 +10,7 @@
 //! - [`ssh`]: OpenSSH sessions (with deadlines) and shell quoting.
 //! - [`install`]: getting this corvid onto the hosts: the check, the grouping, and the
 //!   install by ssh or through a swarm of the hosts' old corvids.
+//! - [`remote`]: the release steps `corvid peer` runs on a host around its download.
 //! - [`plan`]: the deploy's parameters; [`seeder`]: the seeders run in this process.
 //! - [`fleet`]: the whole deploy: check and install corvid on every host, build the
 //!   torrent, seed it with an embedded tracker, run `corvid peer` everywhere, report.
@@ -21,5 +22,6 @@ pub mod hosts;
 pub mod install;
 pub mod plan;
 pub mod release;
+pub mod remote;
 pub mod seeder;
 pub mod ssh;
