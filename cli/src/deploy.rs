@@ -307,7 +307,7 @@ fn host_json(r: &HostResult) -> String {
     if let Some(c) = &r.corvid {
         f.push(("corvid", json_str(c.how.label())));
         if let CorvidInstall::SwarmThenSsh(w) = &c.how {
-            f.push(("corvid_swarm_error", json_str(w)));
+            f.push(("corvid_swarm_error", json_str(&w.to_string())));
         }
         if c.swarm_from_seeder + c.swarm_from_peers > 0 {
             f.push(("corvid_from_seeder", c.swarm_from_seeder.to_string()));
@@ -315,7 +315,7 @@ fn host_json(r: &HostResult) -> String {
         }
     }
     if let fleet::HostOutcome::Failed(w) = &r.outcome {
-        f.push(("error", json_str(w)));
+        f.push(("error", json_str(&w.to_string())));
     }
     json_object(&f)
 }
@@ -367,7 +367,7 @@ fn table(report: &fleet::FleetReport) -> String {
     for h in &report.hosts {
         let result = match &h.outcome {
             fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
-            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(w)),
+            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(&w.to_string())),
             o => o.label().to_string(),
         };
         out.push_str(&format!(
@@ -502,7 +502,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     }
     for h in &report.hosts {
         if let fleet::HostOutcome::Failed(w) = &h.outcome {
-            eprintln!("corvid: {} failed: {}", h.host, printable(w));
+            eprintln!("corvid: {} failed: {}", h.host, printable(&w.to_string()));
         }
     }
     Ok(Exit::HostsFailed)

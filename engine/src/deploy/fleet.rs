@@ -35,6 +35,7 @@ use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
+use super::host_error::HostError;
 use super::hosts::{for_each_host, parse_hosts, HostsError};
 use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
@@ -108,7 +109,7 @@ pub enum HostOutcome {
     Deployed,
     /// `releases/TAG` was already there and verified: nothing was transferred.
     AlreadyPresent,
-    Failed(String),
+    Failed(HostError),
 }
 
 impl HostOutcome {
@@ -241,17 +242,14 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
 }
 
 /// The check phase for one host: what it has at `--remote-corvid`.
-fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Probe, String> {
+fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Probe, HostError> {
     let script = install::probe_script(&plan.remote_corvid);
     let b = plan
         .ssh
         .run_bounded(host, &script, b"", install::PROBE_TIMEOUT, &mut |_| {})
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
+        .map_err(|e| HostError::SshSpawn(e.to_string()))?;
     if b.timed_out {
-        return Err(format!(
-            "ssh: no answer within {} s",
-            install::PROBE_TIMEOUT.as_secs()
-        ));
+        return Err(HostError::ProbeTimeout(install::PROBE_TIMEOUT.as_secs()));
     }
     let out = b.output;
     if out.code != 0 {
@@ -259,12 +257,10 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
         if line.is_empty() {
             line = remote_exit_text(out.code).to_string();
         }
-        let sep = if line.starts_with("ssh:") {
-            ""
-        } else {
-            "ssh: "
-        };
-        return Err(format!("{sep}{line} (exit {})", out.code));
+        return Err(HostError::Probe {
+            code: out.code,
+            line,
+        });
     }
     Ok(install::parse_probe(&out.stdout, local))
 }
@@ -396,7 +392,7 @@ fn peer_host(
         Ok(c) => c,
         Err(e) => {
             return (
-                HostOutcome::Failed(format!("cannot run ssh: {e}")),
+                HostOutcome::Failed(HostError::SshSpawn(e.to_string())),
                 0,
                 0,
                 None,
@@ -457,10 +453,14 @@ fn peer_host(
     .last_error_line();
     let outcome = match (code, status) {
         (0, Some(s)) => outcome_of(s),
-        (0, None) => HostOutcome::Failed("peer exited 0 without reporting a release".into()),
+        (0, None) => HostOutcome::Failed(HostError::NoRelease),
         (c, _) => {
             let detail = last.strip_prefix("corvid: error: ").unwrap_or(&last);
-            HostOutcome::Failed(format!("{} (exit {c}): {detail}", remote_exit_text(c)))
+            HostOutcome::Failed(HostError::Peer {
+                code: c,
+                text: remote_exit_text(c),
+                detail: detail.to_string(),
+            })
         }
     };
     (outcome, from_seeder, from_peers, released_at)
@@ -608,7 +608,13 @@ impl Deploy<'_> {
     }
 
     /// Host `i` failed `at` into the deploy: its result, reported at once.
-    fn fail(&mut self, i: usize, why: String, at: Duration, on_event: &mut dyn FnMut(&FleetEvent)) {
+    fn fail(
+        &mut self,
+        i: usize,
+        why: HostError,
+        at: Duration,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) {
         let r = HostResult {
             host: self.hosts[i].clone(),
             outcome: HostOutcome::Failed(why),

@@ -10,6 +10,7 @@
 //! - [`ssh`]: OpenSSH sessions (with deadlines) and shell quoting.
 //! - [`install`]: getting this corvid onto the hosts: the check, the grouping, and the
 //!   install by ssh or through a swarm of the hosts' old corvids.
+//! - [`host_error`]: why one host failed, as a typed value in the report.
 //! - [`remote`]: the release steps `corvid peer` runs on a host around its download.
 //! - [`plan`]: the deploy's parameters; [`seeder`]: the seeders run in this process.
 //! - [`fleet`]: the whole deploy: check and install corvid on every host, build the
@@ -18,6 +19,7 @@
 pub mod content;
 pub mod contract;
 pub mod fleet;
+pub mod host_error;
 pub mod hosts;
 pub mod install;
 pub mod plan;
