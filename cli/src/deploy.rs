@@ -256,37 +256,40 @@ impl Display {
                     ));
                 }
             }
-            FleetEvent::HostDone(r) => {
-                if self.json {
-                    print_line(&DeployLine::Host(HostLine::new(r)));
-                }
-                if !self.counted.insert(r.host.clone()) {
-                    // Counted at its release already.
-                    self.refresh();
-                    return;
-                }
-                if r.outcome.ok() {
-                    self.done += 1;
-                } else {
-                    self.failed += 1;
-                }
-                if !self.json {
-                    let why = match &r.outcome {
-                        fleet::HostOutcome::Failed(w) => format!(": {w}"),
-                        _ => String::new(),
-                    };
-                    self.say(&format!(
-                        "[{}/{}] {} {} in {:.1} s{why}",
-                        self.done + self.failed,
-                        self.total,
-                        r.host,
-                        r.outcome.label(),
-                        r.duration.as_secs_f64()
-                    ));
-                }
-            }
+            FleetEvent::HostDone(r) => self.host_done(r),
         }
         self.refresh();
+    }
+
+    /// A host's final result: a JSON line, and the count and a line unless its release
+    /// was counted already (the caller refreshes the bar).
+    fn host_done(&mut self, r: &HostResult) {
+        if self.json {
+            print_line(&DeployLine::Host(HostLine::new(r)));
+        }
+        if !self.counted.insert(r.host.clone()) {
+            // Counted at its release already.
+            return;
+        }
+        if r.outcome.ok() {
+            self.done += 1;
+        } else {
+            self.failed += 1;
+        }
+        if !self.json {
+            let why = match &r.outcome {
+                fleet::HostOutcome::Failed(w) => format!(": {w}"),
+                _ => String::new(),
+            };
+            self.say(&format!(
+                "[{}/{}] {} {} in {:.1} s{why}",
+                self.done + self.failed,
+                self.total,
+                r.host,
+                r.outcome.label(),
+                r.duration.as_secs_f64()
+            ));
+        }
     }
 }
 

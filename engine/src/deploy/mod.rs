@@ -12,7 +12,8 @@
 //!   install by ssh or through a swarm of the hosts' old corvids.
 //! - [`host_error`]: why one host failed, as a typed value in the report.
 //! - [`remote`]: the release steps `corvid peer` runs on a host around its download.
-//! - [`plan`]: the deploy's parameters; [`seeder`]: the seeders run in this process.
+//! - [`plan`]: the deploy's parameters; [`seeder`]: the seeders run in this process;
+//!   [`seeder_addr`]: the address the hosts reach them at.
 //! - [`fleet`]: the whole deploy: check and install corvid on every host, build the
 //!   torrent, seed it with an embedded tracker, run `corvid peer` everywhere, report.
 
@@ -26,4 +27,5 @@ pub mod plan;
 pub mod release;
 pub mod remote;
 pub mod seeder;
+pub mod seeder_addr;
 pub mod ssh;
