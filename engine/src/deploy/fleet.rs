@@ -17,9 +17,13 @@
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
 //! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
-//!    TAG --stdin-torrent LEN --json` with the torrent (and a private swarm's secret) on
-//!    its stdin, which that corvid keeps in `DEST/.corvid/` without following links; its
-//!    JSON lines become progress, its final lines the result.
+//!    TAG --stdin-torrent LEN --json` ([`PeerCommand`]) with the torrent (and a private
+//!    swarm's secret) on its stdin, which that corvid keeps in `DEST/.corvid/` without
+//!    following links ([`super::remote`]); its JSON lines ([`PeerLine`]) become progress,
+//!    its final lines and exit code ([`super::contract::Exit`]) the result.
+//!
+//! The steps are the methods of one private `Deploy` value, each on the hosts still live;
+//! a host that fails a step gets its [`HostOutcome::Failed`] at once and the others go on.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
