@@ -27,64 +27,26 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::hash::HashPool;
-use crate::metainfo::{self, BuildOptions, MetainfoError, Payload};
+use crate::metainfo::{self, BuildOptions, Payload};
 use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
 use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
 use super::host_error::HostError;
-use super::hosts::{for_each_host, parse_hosts, HostsError};
+use super::hosts::for_each_host;
 use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
 };
-pub use super::plan::DeployPlan;
-use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::seeder::{seeder_config, spawn_seeder, SeederError};
+pub use super::plan::{validate, DeployError, DeployPlan, Validated};
+use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
 use super::ssh;
-
-/// Why a deploy could not start (no host has been contacted when these are returned,
-/// except [`DeployError::SeederAddr`] and the seeder's own failures).
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error(transparent)]
-    Hosts(#[from] HostsError),
-    #[error(transparent)]
-    Release(#[from] ReleaseError),
-    /// The remote command line is text a shell parses: a path that is not UTF-8 could
-    /// only be sent approximately (lossily), which would deploy somewhere else.
-    #[error("--dest {0:?} is not valid UTF-8; the hosts' shell command can only carry it exactly as UTF-8")]
-    DestNotUtf8(PathBuf),
-    #[error("--src {0:?} is not a directory")]
-    SrcNotDir(PathBuf),
-    #[error("--src: {0}")]
-    Source(#[from] MetainfoError),
-    #[error("--remote-corvid {0:?} must be an absolute path or start with ~/")]
-    RemotePath(String),
-    #[error("--parallel must be at least 1")]
-    Parallel,
-    #[error("cannot read this corvid binary {path:?}: {source}")]
-    LocalBinary {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    SeederAddr(#[from] SeederAddrError),
-    #[error("cannot start the tracker: {0}")]
-    Tracker(String),
-    #[error(transparent)]
-    Seeder(#[from] SeederError),
-    #[error("interrupted before the peers were started")]
-    Interrupted,
-}
 
 impl From<InstallEvent> for FleetEvent {
     fn from(e: InstallEvent) -> Self {
@@ -213,35 +175,6 @@ impl FleetReport {
     pub fn all_ok(&self) -> bool {
         self.hosts.iter().all(|h| h.outcome.ok())
     }
-}
-
-/// What [`validate`] established.
-#[derive(Debug)]
-pub struct Validated {
-    pub hosts: Vec<String>,
-    pub payload: Payload,
-}
-
-/// Checks the plan and scans the source, touching no host.
-pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
-    validate_tag(&plan.tag)?;
-    validate_dest(&plan.dest)?;
-    if plan.dest.to_str().is_none() {
-        return Err(DeployError::DestNotUtf8(plan.dest.clone()));
-    }
-    if plan.parallel == 0 {
-        return Err(DeployError::Parallel);
-    }
-    let r = &plan.remote_corvid;
-    if !(r.starts_with('/') || r.starts_with("~/")) || r.contains('\0') {
-        return Err(DeployError::RemotePath(r.clone()));
-    }
-    if !plan.src.is_dir() {
-        return Err(DeployError::SrcNotDir(plan.src.clone()));
-    }
-    let hosts = parse_hosts(&plan.hosts)?;
-    let payload = metainfo::scan(&plan.src, None)?;
-    Ok(Validated { hosts, payload })
 }
 
 /// The check phase for one host: what it has at `--remote-corvid`.
@@ -735,7 +668,7 @@ mod tests {
     use super::*;
     use crate::deploy::ssh::Ssh;
     use crate::peer::auth::Secret;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     fn plan(src: &Path) -> DeployPlan {
         DeployPlan {
