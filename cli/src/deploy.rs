@@ -18,7 +18,10 @@ use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
 
-use crate::output::{human_size, json_object, json_str, print, printable};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::output::{human_size, print, printable};
 use crate::roles;
 use crate::{Exit, Failure};
 
@@ -188,18 +191,14 @@ impl Display {
                 hosts,
             } => {
                 if self.json {
-                    let _ = print(&format!(
-                        "{}\n",
-                        json_object(&[
-                            ("event", json_str("seeding")),
-                            ("name", json_str(name)),
-                            ("bytes", bytes.to_string()),
-                            ("pieces", pieces.to_string()),
-                            ("seeder", json_str(&seeder.to_string())),
-                            ("tracker", json_str(tracker)),
-                            ("hosts", hosts.to_string()),
-                        ])
-                    ));
+                    print_line(&DeployLine::Seeding {
+                        name,
+                        bytes: *bytes,
+                        pieces: *pieces,
+                        seeder: seeder.to_string(),
+                        tracker,
+                        hosts: *hosts,
+                    });
                 }
                 self.say(&format!(
                     "seeding {name} ({}, {pieces} pieces) from {seeder}, tracker {tracker}",
@@ -234,10 +233,7 @@ impl Display {
             }
             FleetEvent::Warning(w) => {
                 if self.json {
-                    let _ = print(&format!(
-                        "{}\n",
-                        json_object(&[("event", json_str("warning")), ("message", json_str(w))])
-                    ));
+                    print_line(&DeployLine::Warning { message: w });
                 }
                 self.say(&format!("warning: {w}"));
             }
@@ -260,64 +256,184 @@ impl Display {
                     ));
                 }
             }
-            FleetEvent::HostDone(r) => {
-                if self.json {
-                    let _ = print(&format!("{}\n", host_json(r)));
-                }
-                if !self.counted.insert(r.host.clone()) {
-                    // Counted at its release already.
-                    self.refresh();
-                    return;
-                }
-                if r.outcome.ok() {
-                    self.done += 1;
-                } else {
-                    self.failed += 1;
-                }
-                if !self.json {
-                    let why = match &r.outcome {
-                        fleet::HostOutcome::Failed(w) => format!(": {w}"),
-                        _ => String::new(),
-                    };
-                    self.say(&format!(
-                        "[{}/{}] {} {} in {:.1} s{why}",
-                        self.done + self.failed,
-                        self.total,
-                        r.host,
-                        r.outcome.label(),
-                        r.duration.as_secs_f64()
-                    ));
-                }
-            }
+            FleetEvent::HostDone(r) => self.host_done(r),
         }
         self.refresh();
     }
+
+    /// A host's final result: a JSON line, and the count and a line unless its release
+    /// was counted already (the caller refreshes the bar).
+    fn host_done(&mut self, r: &HostResult) {
+        if self.json {
+            print_line(&DeployLine::Host(HostLine::new(r)));
+        }
+        if !self.counted.insert(r.host.clone()) {
+            // Counted at its release already.
+            return;
+        }
+        if r.outcome.ok() {
+            self.done += 1;
+        } else {
+            self.failed += 1;
+        }
+        if !self.json {
+            let why = match &r.outcome {
+                fleet::HostOutcome::Failed(w) => format!(": {w}"),
+                _ => String::new(),
+            };
+            self.say(&format!(
+                "[{}/{}] {} {} in {:.1} s{why}",
+                self.done + self.failed,
+                self.total,
+                r.host,
+                r.outcome.label(),
+                r.duration.as_secs_f64()
+            ));
+        }
+    }
 }
 
-fn host_json(r: &HostResult) -> String {
-    let mut f = vec![
-        ("event", json_str("host")),
-        ("host", json_str(&r.host)),
-        ("result", json_str(r.outcome.label())),
-        ("duration_s", format!("{:.3}", r.duration.as_secs_f64())),
-        ("bytes_from_seeder", r.bytes_from_seeder.to_string()),
-        ("bytes_from_peers", r.bytes_from_peers.to_string()),
-        ("installed_corvid", r.installed_corvid().to_string()),
-    ];
-    if let Some(c) = &r.corvid {
-        f.push(("corvid", json_str(c.how.label())));
-        if let CorvidInstall::SwarmThenSsh(w) = &c.how {
-            f.push(("corvid_swarm_error", json_str(w)));
-        }
-        if c.swarm_from_seeder + c.swarm_from_peers > 0 {
-            f.push(("corvid_from_seeder", c.swarm_from_seeder.to_string()));
-            f.push(("corvid_from_peers", c.swarm_from_peers.to_string()));
+/// The `--json` lines of `corvid deploy`, one object per line, keys in this order.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum DeployLine<'a> {
+    Seeding {
+        name: &'a str,
+        bytes: u64,
+        pieces: u32,
+        seeder: String,
+        tracker: &'a str,
+        hosts: usize,
+    },
+    Warning {
+        message: &'a str,
+    },
+    Host(HostLine<'a>),
+    Summary(SummaryLine<'a>),
+}
+
+/// One host's result.
+#[derive(Serialize)]
+struct HostLine<'a> {
+    host: &'a str,
+    result: &'static str,
+    duration_s: Box<RawValue>,
+    bytes_from_seeder: u64,
+    bytes_from_peers: u64,
+    installed_corvid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corvid: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corvid_swarm_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corvid_from_seeder: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corvid_from_peers: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl<'a> HostLine<'a> {
+    fn new(r: &'a HostResult) -> Self {
+        let c = r.corvid.as_ref();
+        let swarmed = c.filter(|c| c.swarm_from_seeder + c.swarm_from_peers > 0);
+        HostLine {
+            host: &r.host,
+            result: r.outcome.label(),
+            duration_s: seconds(r.duration),
+            bytes_from_seeder: r.bytes_from_seeder,
+            bytes_from_peers: r.bytes_from_peers,
+            installed_corvid: r.installed_corvid(),
+            corvid: c.map(|c| c.how.label()),
+            corvid_swarm_error: c.and_then(|c| match &c.how {
+                CorvidInstall::SwarmThenSsh(w) => Some(w.to_string()),
+                _ => None,
+            }),
+            corvid_from_seeder: swarmed.map(|c| c.swarm_from_seeder),
+            corvid_from_peers: swarmed.map(|c| c.swarm_from_peers),
+            error: match &r.outcome {
+                fleet::HostOutcome::Failed(w) => Some(w.to_string()),
+                _ => None,
+            },
         }
     }
-    if let fleet::HostOutcome::Failed(w) = &r.outcome {
-        f.push(("error", json_str(w)));
+}
+
+/// The last line: counts, bytes, and what installing corvid cost.
+#[derive(Serialize)]
+struct SummaryLine<'a> {
+    hosts: usize,
+    deployed: usize,
+    skipped: usize,
+    failed: usize,
+    failed_hosts: Vec<&'a str>,
+    elapsed_s: Box<RawValue>,
+    payload_bytes: u64,
+    seeder_uploaded: u64,
+    corvid_bytes: u64,
+    corvid_by_swarm: usize,
+    corvid_by_ssh: usize,
+    corvid_fell_back: usize,
+    corvid_seeder_uploaded: u64,
+    corvid_peers_exchanged: u64,
+    corvid_ssh_uploaded: u64,
+    corvid_install_s: Box<RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corvid_swarm_error: Option<&'a str>,
+}
+
+impl<'a> SummaryLine<'a> {
+    fn new(report: &'a fleet::FleetReport) -> Self {
+        let count = |l: &str| {
+            report
+                .hosts
+                .iter()
+                .filter(|h| h.outcome.label() == l)
+                .count()
+        };
+        let i = &report.install;
+        SummaryLine {
+            hosts: report.hosts.len(),
+            deployed: count("deployed"),
+            skipped: count("skipped"),
+            failed: count("failed"),
+            failed_hosts: report
+                .hosts
+                .iter()
+                .filter(|h| !h.outcome.ok())
+                .map(|h| h.host.as_str())
+                .collect(),
+            elapsed_s: seconds(report.elapsed),
+            payload_bytes: report.payload_bytes,
+            seeder_uploaded: report.seeder_uploaded,
+            corvid_bytes: i.binary_bytes,
+            corvid_by_swarm: i.by_swarm,
+            corvid_by_ssh: i.by_ssh,
+            corvid_fell_back: i.fell_back,
+            corvid_seeder_uploaded: i.seeder_uploaded,
+            corvid_peers_exchanged: i.peers_exchanged,
+            corvid_ssh_uploaded: i.ssh_uploaded,
+            corvid_install_s: seconds(i.elapsed),
+            corvid_swarm_error: i.swarm_error.as_deref(),
+        }
     }
-    json_object(&f)
+}
+
+/// Seconds with exactly three decimals (`2.775`, `0.000`), as these lines always had.
+fn seconds(d: Duration) -> Box<RawValue> {
+    RawValue::from_string(format!("{:.3}", d.as_secs_f64()))
+        .expect("a formatted float is a JSON number")
+}
+
+impl DeployLine<'_> {
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("deploy lines have string keys and plain values")
+    }
+}
+
+/// Prints one line; a closed stdout ends the output, not the deploy.
+fn print_line(line: &DeployLine<'_>) {
+    let _ = print(&format!("{}\n", line.to_json()));
 }
 
 /// The install phase in one line (none when nothing was installed): what the binary
@@ -367,7 +483,7 @@ fn table(report: &fleet::FleetReport) -> String {
     for h in &report.hosts {
         let result = match &h.outcome {
             fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
-            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(w)),
+            fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(&w.to_string())),
             o => o.label().to_string(),
         };
         out.push_str(&format!(
@@ -425,7 +541,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
     let v = fleet::validate(&plan).map_err(|e| match e {
-        DeployError::Hosts(HostsError::BadHost(_)) => Failure {
+        DeployError::Hosts(HostsError::BadHost(_)) | DeployError::DestNotUtf8(_) => Failure {
             code: Exit::Usage,
             error: e.into(),
         },
@@ -434,9 +550,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
-        DeployError::Seeder(_) | DeployError::Tracker(_) | DeployError::SeederGone => {
-            Failure::output(e)
-        }
+        DeployError::Seeder(_) | DeployError::Tracker(_) => Failure::output(e),
         DeployError::Interrupted => Failure {
             code: Exit::Interrupted,
             error: e.into(),
@@ -448,54 +562,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     }
     let report = report?;
     if args.json {
-        let failed: Vec<String> = report
-            .hosts
-            .iter()
-            .filter(|h| !h.outcome.ok())
-            .map(|h| json_str(&h.host))
-            .collect();
-        let count = |l: &str| {
-            report
-                .hosts
-                .iter()
-                .filter(|h| h.outcome.label() == l)
-                .count()
-        };
-        let mut fields = vec![
-            ("event", json_str("summary")),
-            ("hosts", report.hosts.len().to_string()),
-            ("deployed", count("deployed").to_string()),
-            ("skipped", count("skipped").to_string()),
-            ("failed", count("failed").to_string()),
-            ("failed_hosts", format!("[{}]", failed.join(","))),
-            ("elapsed_s", format!("{:.3}", report.elapsed.as_secs_f64())),
-            ("payload_bytes", report.payload_bytes.to_string()),
-            ("seeder_uploaded", report.seeder_uploaded.to_string()),
-            ("corvid_bytes", report.install.binary_bytes.to_string()),
-            ("corvid_by_swarm", report.install.by_swarm.to_string()),
-            ("corvid_by_ssh", report.install.by_ssh.to_string()),
-            ("corvid_fell_back", report.install.fell_back.to_string()),
-            (
-                "corvid_seeder_uploaded",
-                report.install.seeder_uploaded.to_string(),
-            ),
-            (
-                "corvid_peers_exchanged",
-                report.install.peers_exchanged.to_string(),
-            ),
-            (
-                "corvid_ssh_uploaded",
-                report.install.ssh_uploaded.to_string(),
-            ),
-            (
-                "corvid_install_s",
-                format!("{:.3}", report.install.elapsed.as_secs_f64()),
-            ),
-        ];
-        if let Some(e) = &report.install.swarm_error {
-            fields.push(("corvid_swarm_error", json_str(e)));
-        }
-        print(&format!("{}\n", json_object(&fields)))?;
+        print(&format!(
+            "{}\n",
+            DeployLine::Summary(SummaryLine::new(&report)).to_json()
+        ))?;
     } else {
         print(&table(&report))?;
     }
@@ -504,8 +574,74 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     }
     for h in &report.hosts {
         if let fleet::HostOutcome::Failed(w) = &h.outcome {
-            eprintln!("corvid: {} failed: {}", h.host, printable(w));
+            eprintln!("corvid: {} failed: {}", h.host, printable(&w.to_string()));
         }
     }
     Ok(Exit::HostsFailed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_engine::deploy::fleet::{FleetReport, HostOutcome};
+    use corvid_engine::deploy::host_error::HostError;
+    use corvid_engine::deploy::install::HostInstall;
+
+    /// The lines README.md shows, byte for byte, and the optional fields in their places.
+    #[test]
+    fn json_lines_keep_their_bytes() {
+        let skipped = HostResult {
+            host: "h4".into(),
+            outcome: HostOutcome::AlreadyPresent,
+            duration: Duration::from_millis(3048),
+            bytes_from_seeder: 0,
+            bytes_from_peers: 0,
+            corvid: Some(HostInstall::present()),
+        };
+        assert_eq!(
+            DeployLine::Host(HostLine::new(&skipped)).to_json(),
+            r#"{"event":"host","host":"h4","result":"skipped","duration_s":3.048,"bytes_from_seeder":0,"bytes_from_peers":0,"installed_corvid":false,"corvid":"present"}"#
+        );
+        let deployed = HostResult {
+            host: "h2".into(),
+            outcome: HostOutcome::Deployed,
+            duration: Duration::from_millis(2775),
+            bytes_from_seeder: 3000007,
+            ..skipped.clone()
+        };
+        let report = FleetReport {
+            hosts: vec![deployed, skipped.clone()],
+            elapsed: Duration::from_millis(7940),
+            payload_bytes: 3000007,
+            seeder_uploaded: 3000007,
+            install: InstallSummary {
+                binary_bytes: 44203672,
+                ..InstallSummary::default()
+            },
+        };
+        assert_eq!(
+            DeployLine::Summary(SummaryLine::new(&report)).to_json(),
+            r#"{"event":"summary","hosts":2,"deployed":1,"skipped":1,"failed":0,"failed_hosts":[],"elapsed_s":7.940,"payload_bytes":3000007,"seeder_uploaded":3000007,"corvid_bytes":44203672,"corvid_by_swarm":0,"corvid_by_ssh":0,"corvid_fell_back":0,"corvid_seeder_uploaded":0,"corvid_peers_exchanged":0,"corvid_ssh_uploaded":0,"corvid_install_s":0.000}"#
+        );
+
+        let failed = HostResult {
+            host: "h\"3".into(),
+            outcome: HostOutcome::Failed(HostError::NoRelease),
+            corvid: Some(HostInstall {
+                how: CorvidInstall::SwarmThenSsh(HostError::NoSwarm),
+                swarm_from_seeder: 5,
+                swarm_from_peers: 0,
+                ssh_bytes: 9,
+            }),
+            ..skipped
+        };
+        assert_eq!(
+            DeployLine::Host(HostLine::new(&failed)).to_json(),
+            r#"{"event":"host","host":"h\"3","result":"failed","duration_s":3.048,"bytes_from_seeder":0,"bytes_from_peers":0,"installed_corvid":true,"corvid":"swarm->ssh","corvid_swarm_error":"no swarm","corvid_from_seeder":5,"corvid_from_peers":0,"error":"peer exited 0 without reporting a release"}"#
+        );
+        assert_eq!(
+            DeployLine::Warning { message: "w\n" }.to_json(),
+            r#"{"event":"warning","message":"w\n"}"#
+        );
+    }
 }

@@ -19,29 +19,9 @@ mod seed;
 mod tracker;
 mod verify;
 
-/// Exit codes, documented in `--help`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Ok = 0,
-    /// Verification ran and found bad or missing data.
-    DataBad = 1,
-    /// Bad flags or arguments (clap's own code; also a `--hosts` entry that is not a host).
-    Usage = 2,
-    /// Bad input: unreadable or invalid torrent, missing or unshareable payload path.
-    Input = 3,
-    /// Cannot write the output (exists without --force, permission, disk full).
-    Output = 4,
-    /// A download made no progress for its stall timeout and gave up.
-    GaveUp = 5,
-    /// io_uring cannot be used on this machine (the message names the cause and fix).
-    Unavailable = 6,
-    /// Stopped by SIGINT/SIGTERM before the download completed.
-    Interrupted = 7,
-    /// `deploy`: some hosts failed (the others may have succeeded).
-    HostsFailed = 8,
-    /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
-    Busy = 9,
-}
+/// Exit codes, documented in `--help`: one enum with the deployer, which reads them from
+/// the hosts' `corvid peer`.
+pub use corvid_engine::deploy::contract::Exit;
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]
@@ -72,29 +52,22 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-const AFTER_HELP: &str = "\
+const EXAMPLES: &str = "\
 Examples:
   corvid make ./release-42 --tracker http://seed:8998/announce
   corvid info release-42.torrent --json
   corvid verify release-42.torrent /srv/releases
   corvid seed release-42.torrent .          # embedded tracker on :8998
   corvid peer release-42.torrent /srv/releases --linger 30s
-  corvid deploy --hosts web1,web2 --src ./build --dest /srv/app --tag v42 --activate
+  corvid deploy --hosts web1,web2 --src ./build --dest /srv/app --tag v42 --activate";
 
-Exit codes:
-  0  success
-  1  verification found bad or missing data
-  2  usage error (bad flags or arguments)
-  3  input error (invalid torrent, missing or unshareable payload)
-  4  output error (output exists without --force, cannot write, disk full)
-  5  transfer gave up (no progress within --stall-timeout)
-  6  io_uring unavailable (kernel, sysctl or seccomp; the message says which)
-  7  interrupted by a signal before the download completed
-  8  deploy: some hosts failed (each is listed with its reason)
-  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)";
+/// The examples, then the exit codes from [`Exit::help_text`].
+fn after_help() -> String {
+    format!("{EXAMPLES}\n\n{}", Exit::help_text())
+}
 
 #[derive(Parser, Debug)]
-#[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = AFTER_HELP)]
+#[command(name = "corvid", version, about = "Deploy files to Linux server fleets over BitTorrent", after_help = after_help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -123,17 +96,17 @@ fn main() -> ExitCode {
         Command::Deploy(a) => deploy::run(a),
     };
     match result {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code.code()),
         Err(f) => {
             if is_broken_pipe(&f.error) {
                 // The reader went away (`corvid info x | head`): not our failure.
-                return ExitCode::from(Exit::Ok as u8);
+                return ExitCode::from(Exit::Ok.code());
             }
             // One line: the error and its causes joined, newlines flattened.
             // Errors name files and trackers from the torrent: escaped for the terminal.
             let msg = output::printable(&format!("{:#}", f.error).replace('\n', " "));
             eprintln!("corvid: error: {msg}");
-            ExitCode::from(f.code as u8)
+            ExitCode::from(f.code.code())
         }
     }
 }

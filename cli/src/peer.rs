@@ -8,9 +8,11 @@
 //! `--activate` `PATH/current` flips to it) while the peer lingers on as a seeder. A host
 //! that already holds a verified `releases/TAG` exits 0 at once ("already present").
 //! Every path below PATH is reached through directory descriptors that refuse planted
-//! symlinks ([`OpenRelease`]); one process at a time holds a release (`PATH/.corvid/
-//! TAG.lock`, exit 9 for the loser); `--stdin-torrent` takes the torrent (and a private
-//! swarm's secret) from stdin, as `corvid deploy` sends them, with no shell redirection.
+//! symlinks; one process at a time holds a release (`PATH/.corvid/TAG.lock`, exit 9 for
+//! the loser); `--stdin-torrent` takes the torrent (and a private swarm's secret) from
+//! stdin, as `corvid deploy` sends them, with no shell redirection. Those release steps
+//! live in the engine (`corvid_engine::deploy::remote`); this module wires them to the
+//! node and its output.
 //!
 //! A restarted peer keeps the pieces its resume record vouches for without hashing them
 //! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
@@ -23,15 +25,14 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use corvid_engine::deploy::content;
-use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths};
-use corvid_engine::fsat::{Dir, FileType};
-use corvid_engine::hash::HashPool;
-use corvid_engine::metainfo::Metainfo;
+use corvid_engine::deploy::contract::{PeerLine, ReleaseLine, ReleaseStatus};
+use corvid_engine::deploy::release::{ReleaseError, ReleasePaths};
+use corvid_engine::deploy::remote::{self, Existing, RemoteError};
+use corvid_engine::fsat::Dir;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
-use corvid_engine::peer::auth::Secret;
 
-use crate::output::{json_object, json_str, print};
+use crate::output::print;
 
 use crate::roles::{self, NodeArgs, Printer};
 use crate::{Exit, Failure};
@@ -173,22 +174,18 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
 
 /// One result line for `corvid deploy` (and people): `{"event":"release",...}` with
 /// `--json`, else a sentence on stderr.
-fn say_release(json: bool, status: &str, rp: &ReleasePaths, activated: bool) {
+fn say_release(json: bool, status: ReleaseStatus, rp: &ReleasePaths, activated: bool) {
     if json {
-        let _ = print(&format!(
-            "{}\n",
-            json_object(&[
-                ("event", json_str("release")),
-                ("status", json_str(status)),
-                ("path", json_str(&rp.finished().display().to_string())),
-                ("activated", activated.to_string()),
-            ])
-        ));
+        let line = PeerLine::Release(ReleaseLine {
+            status,
+            path: rp.finished().display().to_string(),
+            activated,
+        });
+        let _ = print(&format!("{}\n", line.to_json()));
     } else {
-        let what = if status == "already_present" {
-            "already present"
-        } else {
-            "installed"
+        let what = match status {
+            ReleaseStatus::AlreadyPresent => "already present",
+            ReleaseStatus::Installed => "installed",
         };
         let act = if activated {
             ", current points at it"
@@ -199,80 +196,30 @@ fn say_release(json: bool, status: &str, rp: &ReleasePaths, activated: bool) {
     }
 }
 
-/// Most bytes `--stdin-secret` reads after the torrent: a secret is a short string, this
-/// only bounds what a wrong caller can make a host read.
-const STDIN_SECRET_MAX: usize = 64 * 1024;
-
-/// `--stdin-torrent`: the torrent (and with `--stdin-secret` the secret after it) from
-/// stdin. Both are kept under `.corvid/` as new files renamed into place (the secret
-/// 0600 from its creation), so a link planted at `TAG.torrent` or `TAG.secret` is
-/// replaced, never written through (which would hand the secret to whoever reads the
-/// link's target).
-fn receive(
-    args: &Args,
-    rel: &OpenRelease,
-    len: usize,
-) -> Result<(Metainfo, Option<Secret>), Failure> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take((len + STDIN_SECRET_MAX + 1) as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::input(anyhow!("cannot read the torrent from stdin: {e}")))?;
-    if bytes.len() < len {
-        return Err(Failure::input(anyhow!(
-            "stdin ended after {} bytes, but --stdin-torrent says the torrent is {len}",
-            bytes.len()
-        )));
+/// A release step's failure, with the exit code the contract gives it.
+fn remote_failure(e: impl Into<RemoteError>) -> Failure {
+    let e = e.into();
+    Failure {
+        code: e.exit(),
+        error: e.into(),
     }
-    let rest = bytes.split_off(len);
-    if !args.stdin_secret && !rest.is_empty() {
-        return Err(Failure::input(anyhow!(
-            "stdin holds {} bytes after the torrent, and no --stdin-secret",
-            rest.len()
-        )));
-    }
-    if rest.len() > STDIN_SECRET_MAX {
-        return Err(Failure::input(anyhow!(
-            "the secret after the torrent on stdin is longer than {STDIN_SECRET_MAX} bytes"
-        )));
-    }
-    let m = Metainfo::from_bytes(&bytes)
-        .map_err(|e| Failure::input(anyhow!("the torrent on stdin is not usable: {e}")))?;
-    let tag = &rel.paths.tag;
-    rel.state
-        .write_new(format!("{tag}.torrent"), &bytes, 0o644)
-        .map_err(Failure::output)?;
-    if !args.stdin_secret {
-        return Ok((m, None));
-    }
-    let secret =
-        Secret::new(&rest).map_err(|e| Failure::input(anyhow!("the secret on stdin: {e}")))?;
-    rel.state
-        .write_new(format!("{tag}.secret"), &rest, 0o600)
-        .map_err(Failure::output)?;
-    Ok((m, Some(secret)))
 }
 
 /// The release layout: check for an existing release, download into the partial
 /// directory, then (on the completion event, so the linger that follows seeds a finished
 /// release) apply attributes, rename into place and activate. Every path below DEST is
-/// reached through the descriptors of [`OpenRelease`], refusing planted links.
+/// reached through the descriptors of [`OpenRelease`](corvid_engine::deploy::release::OpenRelease), refusing planted links.
 fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure> {
-    let rp = ReleasePaths::new(&dest, &tag).map_err(Failure::input)?;
-    let rel = rp.prepare().map_err(Failure::output)?;
+    let rp = ReleasePaths::new(&dest, &tag).map_err(remote_failure)?;
+    let rel = rp.prepare().map_err(remote_failure)?;
     // Held until the release is in place (or this process ends): a second run on the
     // same DEST/TAG stops here with its own exit code instead of writing under us.
-    let mut lock = Some(rel.lock().map_err(|e| match e {
-        ReleaseError::Busy { .. } => Failure {
-            code: Exit::Busy,
-            error: e.into(),
-        },
-        e => Failure::output(e),
-    })?);
+    let mut lock = Some(rel.lock().map_err(remote_failure)?);
     let (m, secret) = match args.stdin_torrent {
-        Some(len) => receive(args, &rel, len)?,
+        Some(len) => {
+            remote::receive_torrent(&mut std::io::stdin().lock(), len, args.stdin_secret, &rel)
+                .map_err(remote_failure)?
+        }
         None => {
             let torrent = args.torrent.as_ref().ok_or_else(|| {
                 Failure::input(anyhow!("TORRENT is required without --stdin-torrent"))
@@ -281,39 +228,19 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
         }
     };
     let json = args.node.json;
-    let mut replace = false;
-    match rel.finished_kind().map_err(Failure::output)? {
-        None => {}
-        Some(FileType::Directory) => {
-            let pool = HashPool::new(args.node.hash_threads.unwrap_or(2).max(1));
-            match content::differs(&m.info, &rp.finished(), &m.info.pieces, &pool) {
-                None => {
-                    if args.activate {
-                        rel.activate().map_err(Failure::output)?;
-                    }
-                    say_release(json, "already_present", &rp, args.activate);
-                    return Ok(Exit::Ok);
+    let hash_threads = args.node.hash_threads.unwrap_or(2);
+    let replace =
+        match remote::check_existing(&rel, &m, args.force, hash_threads).map_err(remote_failure)? {
+            Existing::Same => {
+                if args.activate {
+                    rel.activate().map_err(remote_failure)?;
                 }
-                Some(why) if !args.force => {
-                    return Err(Failure::output(anyhow!(
-                        "{} already exists with different content ({why}); use --force to replace it",
-                        rp.finished().display()
-                    )));
-                }
-                Some(_) => replace = true,
+                say_release(json, ReleaseStatus::AlreadyPresent, &rp, args.activate);
+                return Ok(Exit::Ok);
             }
-        }
-        // A link (followed, it could make a tree elsewhere pass for this release) or a
-        // file: not a release, whatever it points at.
-        Some(_) if !args.force => {
-            return Err(Failure::output(anyhow!(
-                "{} exists and is not a directory (a symbolic link or a file, not followed); \
-                 use --force to replace it",
-                rp.finished().display()
-            )));
-        }
-        Some(_) => replace = true,
-    }
+            Existing::Absent => false,
+            Existing::Replace => true,
+        };
     let partial = rel.partial_dir().map_err(Failure::output)?;
     content::prune_partial(&m.info, &partial).map_err(Failure::output)?;
     let stop = roles::stop_on_signals()?;
@@ -354,21 +281,13 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             if placed.is_some() {
                 return;
             }
-            let r = content::apply_attributes(&m.info, &partial)
-                .and_then(|()| rel.finish(replace))
-                .and_then(|()| {
-                    if args.activate {
-                        rel.activate()
-                    } else {
-                        Ok(())
-                    }
-                })
-                .map_err(Failure::output);
+            let r = remote::place(&rel, &m.info, &partial, replace, args.activate)
+                .map_err(remote_failure);
             if r.is_ok() {
                 // Placed: the linger only reads it. A rerun may check it (and find it
                 // present) while this one seeds.
                 lock = None;
-                say_release(json, "installed", &rp, args.activate);
+                say_release(json, ReleaseStatus::Installed, &rp, args.activate);
             } else {
                 // No point lingering with a release that could not be placed.
                 stop.stop();
@@ -393,6 +312,56 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 Some(Ok(())) => Ok(Exit::Ok),
                 _ => Err(roles::node_failure(e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use corvid_engine::deploy::contract::PeerCommand;
+
+    #[derive(Parser)]
+    struct PeerCli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The command line the deployer builds is one this `corvid peer` accepts, read as
+    /// the deployer meant it.
+    #[test]
+    fn parses_the_command_line_the_deployer_sends() {
+        for (secret, activate, force) in [(false, false, false), (true, true, true)] {
+            let c = PeerCommand {
+                corvid: "~/.local/bin/corvid".into(),
+                dest: "/srv/my app".into(),
+                tag: "v42".into(),
+                torrent_len: 321,
+                stdin_secret: secret,
+                linger: Duration::from_millis(2500),
+                stall_timeout: Duration::from_secs(90),
+                seeder: "10.0.0.1:6881".parse().unwrap(),
+                activate,
+                force,
+            };
+            let argv = c.args();
+            assert_eq!(argv[0], "peer");
+            let a = PeerCli::try_parse_from(
+                std::iter::once("corvid-peer".into()).chain(argv.into_iter().skip(1)),
+            )
+            .unwrap()
+            .args;
+            assert_eq!(a.release_dest, Some(PathBuf::from("/srv/my app")));
+            assert_eq!(a.tag.as_deref(), Some("v42"));
+            assert_eq!(a.stdin_torrent, Some(321));
+            assert_eq!(a.stdin_secret, secret);
+            assert_eq!(a.linger, Duration::from_millis(2500));
+            assert_eq!(a.stall_timeout, Duration::from_secs(90));
+            assert_eq!((a.activate, a.force), (activate, force));
+            assert!(a.node.json);
+            assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
+            assert!(a.torrent.is_none() && a.dest.is_none());
         }
     }
 }

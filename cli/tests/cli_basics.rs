@@ -267,6 +267,36 @@ fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
     }
 }
 
+#[test]
+fn deploy_refuses_a_dest_that_is_not_utf8_before_running_ssh() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    tree(d.path());
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ran = d.path().join("ssh-ran");
+    std::fs::write(
+        bin.join("ssh"),
+        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 255\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // Sent lossily this would become `/srv/app\u{fffd}`: another directory.
+    let dest = std::ffi::OsStr::from_bytes(b"/srv/app\xff");
+    let o = Command::new(env!("CARGO_BIN_EXE_corvid"))
+        .args(["deploy", "--hosts", "web1", "--src", "rel", "--tag", "v1"])
+        .arg("--dest")
+        .arg(dest)
+        .current_dir(d.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "is not valid UTF-8");
+    assert!(!ran.exists(), "ssh ran for a non-UTF-8 --dest");
+}
+
 /// A bencoded string.
 fn bstr(b: &[u8]) -> Vec<u8> {
     [format!("{}:", b.len()).as_bytes(), b].concat()

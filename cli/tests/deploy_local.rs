@@ -131,10 +131,13 @@ fn a_link_planted_at_the_partial_release_is_refused_and_nothing_outside_changes(
 
     let r = deploy(&plan(t.path(), &src, &dest, None));
     match &r.hosts[0].outcome {
-        HostOutcome::Failed(why) => assert!(
-            why.contains("v1.partial") && why.contains("symbolic link"),
-            "{why}"
-        ),
+        HostOutcome::Failed(why) => {
+            let why = why.to_string();
+            assert!(
+                why.contains("v1.partial") && why.contains("symbolic link"),
+                "{why}"
+            )
+        }
         o => panic!("deployed through a planted link: {o:?}"),
     }
     // Nothing outside was pruned, and no payload landed there.
@@ -198,6 +201,7 @@ fn a_link_planted_as_a_directory_corvid_makes_is_refused() {
         let r = deploy(&plan(t.path(), &src, &dest, Some(b"fleet secret")));
         match &r.hosts[0].outcome {
             HostOutcome::Failed(why) => {
+                let why = why.to_string();
                 assert!(
                     why.contains(planted) && why.contains("symbolic link"),
                     "{why}"

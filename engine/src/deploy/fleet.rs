@@ -17,101 +17,54 @@
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
 //! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
-//!    TAG --stdin-torrent LEN --json` with the torrent (and a private swarm's secret) on
-//!    its stdin, which that corvid keeps in `DEST/.corvid/` without following links; its
-//!    JSON lines become progress, its final lines the result.
+//!    TAG --stdin-torrent LEN --json` ([`PeerCommand`]) with the torrent (and a private
+//!    swarm's secret) on its stdin, which that corvid keeps in `DEST/.corvid/` without
+//!    following links ([`super::remote`]); its JSON lines ([`PeerLine`]) become progress,
+//!    its final lines and exit code ([`super::contract::Exit`]) the result.
+//!
+//! The steps are the methods of one private `Deploy` value, each on the hosts still live;
+//! a host that fails a step gets its [`HostOutcome::Failed`] at once and the others go on.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::hash::HashPool;
-use crate::metainfo::{self, BuildOptions, Metainfo, MetainfoError, Payload};
-use crate::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, SeedUntil, StopFlag};
-use crate::peer::auth::Secret;
-use crate::peer::PeerConfig;
+use crate::metainfo::{self, BuildOptions, Payload};
+use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
-use super::hosts::{parse_hosts, HostsError};
-use super::install::{self, CorvidInstall, HostInstall, InstallSummary, LocalBinary, Probe, Route};
-use super::release::{validate_dest, validate_tag, ReleaseError};
-use super::ssh::{self, quote, quote_path, Ssh};
+use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
+use super::host_error::HostError;
+use super::hosts::for_each_host;
+use super::install::{
+    self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
+};
+pub use super::plan::{validate, DeployError, DeployPlan, Validated};
+use super::seeder::{seeder_config, spawn_seeder};
+pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
+use super::ssh;
 
-/// Everything one deploy needs.
-#[derive(Debug, Clone)]
-pub struct DeployPlan {
-    /// `--hosts`: a file or a comma-separated list.
-    pub hosts: String,
-    pub src: PathBuf,
-    pub dest: PathBuf,
-    pub tag: String,
-    pub seeder_addr: Option<IpAddr>,
-    pub activate: bool,
-    pub force: bool,
-    /// How long each peer keeps seeding after it has the release.
-    pub linger: Duration,
-    pub stall_timeout: Duration,
-    /// Most ssh sessions at once.
-    pub parallel: usize,
-    pub ssh: Ssh,
-    /// Where corvid lives on the hosts (`~/` allowed).
-    pub remote_corvid: String,
-    /// The binary to install where the remote one is missing or different.
-    pub local_corvid: PathBuf,
-    /// Install corvid through a swarm of the hosts' old corvids when at least this many
-    /// hosts need it (0: always over ssh).
-    pub swarm_install_min: usize,
-    /// Port of the embedded tracker (0: any free port; its URL goes into the torrent).
-    pub tracker_port: u16,
-    /// Threads for hashing here and for the seeder's event loops.
-    pub threads: usize,
-    /// A private swarm's secret: the tracker and seeder here require it, and each host
-    /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
-    /// on a command line, where the remote process list would show it).
-    pub secret: Option<Secret>,
-}
-
-/// Why a deploy could not start (no host has been contacted when these are returned,
-/// except [`DeployError::NoSeederAddr`] and the seeder's own failures).
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error(transparent)]
-    Hosts(#[from] HostsError),
-    #[error(transparent)]
-    Release(#[from] ReleaseError),
-    #[error("--src {0:?} is not a directory")]
-    SrcNotDir(PathBuf),
-    #[error("--src: {0}")]
-    Source(#[from] MetainfoError),
-    #[error("--remote-corvid {0:?} must be an absolute path or start with ~/")]
-    RemotePath(String),
-    #[error("--parallel must be at least 1")]
-    Parallel,
-    #[error("cannot read this corvid binary {path:?}: {source}")]
-    LocalBinary {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot tell which address hosts reach this machine at (no route to any host from here, and no host answered with $SSH_CONNECTION); pass --seeder-addr")]
-    NoSeederAddr,
-    #[error("cannot tell which address hosts reach this machine at: no route to them from here, and they disagree on where they see it ({0}); pass --seeder-addr")]
-    SeederAddrConflict(String),
-    #[error("cannot start the tracker: {0}")]
-    Tracker(String),
-    #[error("seeder: {0}")]
-    Seeder(#[from] NodeError),
-    #[error("seeder stopped before it listened")]
-    SeederGone,
-    #[error("interrupted before the peers were started")]
-    Interrupted,
+impl From<InstallEvent> for FleetEvent {
+    fn from(e: InstallEvent) -> Self {
+        match e {
+            InstallEvent::Installing {
+                swarm,
+                ssh,
+                binary_bytes,
+                pieces,
+            } => FleetEvent::Installing {
+                swarm,
+                ssh,
+                binary_bytes,
+                pieces,
+            },
+            InstallEvent::Installed { host, how } => FleetEvent::Installed { host, how },
+        }
+    }
 }
 
 /// How one host ended.
@@ -121,7 +74,7 @@ pub enum HostOutcome {
     Deployed,
     /// `releases/TAG` was already there and verified: nothing was transferred.
     AlreadyPresent,
-    Failed(String),
+    Failed(HostError),
 }
 
 impl HostOutcome {
@@ -224,188 +177,28 @@ impl FleetReport {
     }
 }
 
-/// What [`validate`] established.
-#[derive(Debug)]
-pub struct Validated {
-    pub hosts: Vec<String>,
-    pub payload: Payload,
-}
-
-/// Checks the plan and scans the source, touching no host.
-pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
-    validate_tag(&plan.tag)?;
-    validate_dest(&plan.dest)?;
-    if plan.parallel == 0 {
-        return Err(DeployError::Parallel);
-    }
-    let r = &plan.remote_corvid;
-    if !(r.starts_with('/') || r.starts_with("~/")) || r.contains('\0') {
-        return Err(DeployError::RemotePath(r.clone()));
-    }
-    if !plan.src.is_dir() {
-        return Err(DeployError::SrcNotDir(plan.src.clone()));
-    }
-    let hosts = parse_hosts(&plan.hosts)?;
-    let payload = metainfo::scan(&plan.src, None)?;
-    Ok(Validated { hosts, payload })
-}
-
-/// Text for a `corvid peer` exit code (see `corvid --help`).
-pub fn peer_exit_text(code: i32) -> &'static str {
-    match code {
-        1 => "data failed verification",
-        2 => "usage error (remote corvid too old for these flags?)",
-        3 => "input error (torrent or destination)",
-        4 => "disk or output error (exists without --force, permission, disk full)",
-        5 => "stalled: no progress within the stall timeout",
-        6 => "io_uring unavailable on the host",
-        7 => "interrupted by a signal",
-        9 => "busy: another corvid peer is working on this release on the host",
-        126 | 127 => "corvid could not be executed on the host",
-        ssh::SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
-        _ => "failed",
-    }
-}
-
-/// The raw value of `"key":` in one flat JSON line written by corvid (numbers, `true`,
-/// or a string without escapes), enough to read `corvid peer --json` output.
-pub(super) fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":");
-    let start = line.find(&pat)? + pat.len();
-    let rest = &line[start..];
-    if let Some(s) = rest.strip_prefix('"') {
-        return s.find('"').map(|end| &s[..end]);
-    }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim())
-}
-
-/// Runs `f` for every host on at most `parallel` threads; results in host order.
-pub(super) fn for_each_host<H: Sync, T: Send>(
-    hosts: &[H],
-    parallel: usize,
-    f: &(dyn Fn(&H) -> T + Sync),
-) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<parking_lot::Mutex<Option<T>>> = hosts
-        .iter()
-        .map(|_| parking_lot::Mutex::new(None))
-        .collect();
-    std::thread::scope(|s| {
-        for _ in 0..parallel.min(hosts.len()).max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(h) = hosts.get(i) else { break };
-                *slots[i].lock() = Some(f(h));
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|s| s.into_inner().expect("every slot filled by a worker"))
-        .collect()
-}
-
 /// The check phase for one host: what it has at `--remote-corvid`.
-fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Probe, String> {
+fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Probe, HostError> {
     let script = install::probe_script(&plan.remote_corvid);
     let b = plan
         .ssh
         .run_bounded(host, &script, b"", install::PROBE_TIMEOUT, &mut |_| {})
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
+        .map_err(|e| HostError::SshSpawn(e.to_string()))?;
     if b.timed_out {
-        return Err(format!(
-            "ssh: no answer within {} s",
-            install::PROBE_TIMEOUT.as_secs()
-        ));
+        return Err(HostError::ProbeTimeout(install::PROBE_TIMEOUT.as_secs()));
     }
     let out = b.output;
     if out.code != 0 {
         let mut line = out.last_error_line();
         if line.is_empty() {
-            line = peer_exit_text(out.code).to_string();
+            line = remote_exit_text(out.code).to_string();
         }
-        let sep = if line.starts_with("ssh:") {
-            ""
-        } else {
-            "ssh: "
-        };
-        return Err(format!("{sep}{line} (exit {})", out.code));
+        return Err(HostError::Probe {
+            code: out.code,
+            line,
+        });
     }
     Ok(install::parse_probe(&out.stdout, local))
-}
-
-/// What is known about how one host and this machine see each other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddrSeen {
-    pub host: String,
-    /// This machine's source address towards the host, by its own routing.
-    pub routed: Option<IpAddr>,
-    /// The client address the host says it sees (first field of its `$SSH_CONNECTION`).
-    pub reported: Option<IpAddr>,
-}
-
-/// The local address the kernel would send from towards `to`: a UDP socket connected
-/// there (connecting a UDP socket sends nothing) reports it. `None` when there is no
-/// route.
-pub fn routed_from(to: IpAddr) -> Option<IpAddr> {
-    let any: IpAddr = match to {
-        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let sock = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
-    sock.connect(SocketAddr::new(to, 9)).ok()?;
-    let ip = sock.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
-}
-
-/// The address hosts are told to reach the tracker and seeder at, without
-/// `--seeder-addr`: this machine's own route to the first host it has one to, so what a
-/// host reports cannot choose it. Every host is then cross-checked: one routed from
-/// another local address, or reporting another client address than our route to it
-/// (NAT, or a host that lies), is a warning naming both. With no route to any host (all
-/// behind a jump host), the hosts' reports are used only when they all agree; hosts that
-/// disagree are refused.
-pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), DeployError> {
-    let mut warnings = Vec::new();
-    if let Some(addr) = seen.iter().find_map(|s| s.routed) {
-        for s in seen {
-            match (s.routed, s.reported) {
-                (Some(r), _) if r != addr => warnings.push(format!(
-                    "{}: this machine reaches it from {r}, not from {addr} (the seeder \
-                     address); pass --seeder-addr if it cannot reach {addr}",
-                    s.host
-                )),
-                (Some(r), Some(rep)) if rep != r => warnings.push(format!(
-                    "{}: says it sees this machine at {rep}, but this machine reaches it \
-                     from {r} (NAT, or a host that lies); using {addr}",
-                    s.host
-                )),
-                (None, Some(rep)) if rep != addr => warnings.push(format!(
-                    "{}: no route to it from here, and it says it sees this machine at \
-                     {rep}, not {addr}",
-                    s.host
-                )),
-                _ => {}
-            }
-        }
-        return Ok((addr, warnings));
-    }
-    let reports: Vec<(&str, IpAddr)> = seen
-        .iter()
-        .filter_map(|s| s.reported.map(|r| (s.host.as_str(), r)))
-        .collect();
-    let Some(&(_, first)) = reports.first() else {
-        return Err(DeployError::NoSeederAddr);
-    };
-    if reports.iter().any(|&(_, r)| r != first) {
-        let list: Vec<String> = reports.iter().map(|(h, r)| format!("{h}: {r}")).collect();
-        return Err(DeployError::SeederAddrConflict(list.join(", ")));
-    }
-    warnings.push(format!(
-        "no route to the hosts from here; using {first}, the address all of them report seeing this machine at"
-    ));
-    Ok((first, warnings))
 }
 
 /// The remote shell command of a host's peer phase and what its stdin gets: the torrent,
@@ -415,31 +208,31 @@ pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), De
 /// follow a link planted there and write the secret wherever it points.
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
     let mut stdin = torrent.to_vec();
-    let secret_flag = match &plan.secret {
-        None => "",
-        Some(secret) => {
-            stdin.extend_from_slice(secret.expose());
-            " --stdin-secret"
-        }
-    };
-    let mut cmd = format!(
-        "exec {} peer --release-dest {} --tag {} --stdin-torrent {}{secret_flag} \
-         --linger {}ms --stall-timeout {}ms --peer {} --json",
-        quote_path(&plan.remote_corvid),
-        quote(&plan.dest.to_string_lossy()),
-        quote(&plan.tag),
-        torrent.len(),
-        plan.linger.as_millis(),
-        plan.stall_timeout.as_millis(),
-        quote(&seeder.to_string()),
-    );
-    if plan.activate {
-        cmd.push_str(" --activate");
+    if let Some(secret) = &plan.secret {
+        stdin.extend_from_slice(secret.expose());
     }
-    if plan.force {
-        cmd.push_str(" --force");
+    let cmd = PeerCommand {
+        corvid: plan.remote_corvid.clone(),
+        // UTF-8 by `validate`; anything else was refused, never approximated.
+        dest: plan.dest.to_str().unwrap_or_default().to_string(),
+        tag: plan.tag.clone(),
+        torrent_len: torrent.len(),
+        stdin_secret: plan.secret.is_some(),
+        linger: plan.linger,
+        stall_timeout: plan.stall_timeout,
+        seeder,
+        activate: plan.activate,
+        force: plan.force,
     }
+    .shell();
     (cmd, stdin)
+}
+
+fn outcome_of(status: ReleaseStatus) -> HostOutcome {
+    match status {
+        ReleaseStatus::Installed => HostOutcome::Deployed,
+        ReleaseStatus::AlreadyPresent => HostOutcome::AlreadyPresent,
+    }
 }
 
 /// The peer phase for one host.
@@ -462,7 +255,7 @@ fn peer_host(
         Ok(c) => c,
         Err(e) => {
             return (
-                HostOutcome::Failed(format!("cannot run ssh: {e}")),
+                HostOutcome::Failed(HostError::SshSpawn(e.to_string())),
                 0,
                 0,
                 None,
@@ -488,39 +281,28 @@ fn peer_host(
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            match json_field(&line, "event") {
-                Some("progress") => {
-                    if let Some(b) = json_field(&line, "bytes_down").and_then(|v| v.parse().ok()) {
-                        let _ = events.send(FleetEvent::HostProgress {
-                            host: host.to_string(),
-                            bytes_down: b,
-                        });
-                    }
+            match PeerLine::parse(&line) {
+                Some(PeerLine::Progress { bytes_down }) => {
+                    let _ = events.send(FleetEvent::HostProgress {
+                        host: host.to_string(),
+                        bytes_down,
+                    });
                 }
-                Some("release") => {
-                    status = json_field(&line, "status").map(str::to_string);
+                Some(PeerLine::Release(r)) => {
+                    status = Some(r.status);
                     let now = Instant::now();
                     released_at = Some(now);
                     let _ = events.send(FleetEvent::HostReleased {
                         host: host.to_string(),
-                        outcome: if status.as_deref() == Some("already_present") {
-                            HostOutcome::AlreadyPresent
-                        } else {
-                            HostOutcome::Deployed
-                        },
+                        outcome: outcome_of(r.status),
                         duration: now.duration_since(start),
                     });
                 }
-                Some("done") => {
-                    let num = |k| {
-                        json_field(&line, k)
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0)
-                    };
-                    from_seeder = num("bytes_from_seeder");
-                    from_peers = num("bytes_from_peers");
+                Some(PeerLine::Done { report }) => {
+                    from_seeder = report.bytes_from_seeder;
+                    from_peers = report.bytes_from_peers;
                 }
-                _ => {}
+                Some(PeerLine::Installed) | None => {}
             }
         }
     }
@@ -532,13 +314,16 @@ fn peer_host(
         stderr,
     }
     .last_error_line();
-    let outcome = match (code, status.as_deref()) {
-        (0, Some("already_present")) => HostOutcome::AlreadyPresent,
-        (0, Some(_)) => HostOutcome::Deployed,
-        (0, None) => HostOutcome::Failed("peer exited 0 without reporting a release".into()),
+    let outcome = match (code, status) {
+        (0, Some(s)) => outcome_of(s),
+        (0, None) => HostOutcome::Failed(HostError::NoRelease),
         (c, _) => {
             let detail = last.strip_prefix("corvid: error: ").unwrap_or(&last);
-            HostOutcome::Failed(format!("{} (exit {c}): {detail}", peer_exit_text(c)))
+            HostOutcome::Failed(HostError::Peer {
+                code: c,
+                text: remote_exit_text(c),
+                detail: detail.to_string(),
+            })
         }
     };
     (outcome, from_seeder, from_peers, released_at)
@@ -558,23 +343,143 @@ pub fn run(
             path: plan.local_corvid.clone(),
             source,
         })?;
-    let hosts = v.hosts;
-    // The tracker binds first: a busy --tracker-port fails before any host is touched.
+    let tracker = bind_tracker(plan)?;
+    let deploy = Deploy {
+        plan,
+        stop: &stop,
+        start,
+        results: v.hosts.iter().map(|_| None).collect(),
+        hosts: v.hosts,
+        payload_bytes: v.payload.total_length(),
+        install: InstallSummary {
+            binary_bytes: local.bytes.len() as u64,
+            ..InstallSummary::default()
+        },
+    };
+    let result = deploy.run_phases(&v.payload, &local, &tracker, on_event);
+    // Every way out, early or not, stops the tracker.
+    tracker.shutdown();
+    result
+}
+
+/// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
+/// is touched.
+fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
     let tcfg = TrackerConfig {
         secret: plan.secret.clone(),
         interval: Duration::from_secs(10),
         min_interval: Duration::from_secs(5),
         ..TrackerConfig::default()
     };
-    let tracker = TrackerServer::bind(
+    TrackerServer::bind(
         SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
         tcfg,
     )
-    .map_err(|e| DeployError::Tracker(e.to_string()))?;
-    let mut results: Vec<Option<HostResult>> = hosts.iter().map(|_| None).collect();
-    let fail = |i: usize, why: String, at: Duration, on_event: &mut dyn FnMut(&FleetEvent)| {
+    .map_err(|e| DeployError::Tracker(e.to_string()))
+}
+
+/// One deploy in progress: the hosts and what is known of each so far.
+struct Deploy<'a> {
+    plan: &'a DeployPlan,
+    stop: &'a StopFlag,
+    start: Instant,
+    hosts: Vec<String>,
+    /// A host's result once it has one; a host that fails a phase gets it at once and
+    /// takes no part in the phases after.
+    results: Vec<Option<HostResult>>,
+    payload_bytes: u64,
+    install: InstallSummary,
+}
+
+impl Deploy<'_> {
+    /// The phases in order (see the module docs), each on the hosts still live.
+    fn run_phases(
+        mut self,
+        payload: &Payload,
+        local: &LocalBinary,
+        tracker: &TrackerServer,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Result<FleetReport, DeployError> {
+        let probes = self.check_phase(local, on_event);
+        if self.over() {
+            return self.end_early();
+        }
+        let addr = self.seeder_addr(&probes, on_event)?;
+        // Both torrents (the binary's and the release's) announce here.
+        let url = format!(
+            "http://{}/announce",
+            SocketAddr::new(addr, tracker.local_addr().port())
+        );
+        let corvid = self.install_phase(local, &probes, &url, addr, on_event);
+        if self.over() {
+            return self.end_early();
+        }
+        let (m, torrent) = build_torrent(self.plan, payload, &url)?;
+        let seed_cfg = seeder_config(
+            &m,
+            payload,
+            self.plan.threads,
+            self.plan.secret.clone(),
+            url.clone(),
+        );
+        let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
+        let seeder_addr = SocketAddr::new(addr, seeder_port);
+        on_event(&FleetEvent::Seeding {
+            name: m.info.name.clone(),
+            bytes: self.payload_bytes,
+            pieces: m.info.lengths.piece_count(),
+            seeder: seeder_addr,
+            tracker: url,
+            hosts: self.hosts.len(),
+        });
+        self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
+        seed_stop.stop();
+        let seeder_uploaded = match seeder.join() {
+            Ok(Ok(r)) => r.transfer.bytes_up,
+            _ => 0,
+        };
+        Ok(self.report(seeder_uploaded))
+    }
+
+    /// Hosts without a result yet, in host order.
+    fn live(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.results[i].is_none())
+            .collect()
+    }
+
+    /// Interrupted, or every host already failed: nothing more runs.
+    fn over(&self) -> bool {
+        self.stop.is_stopped() || self.live().is_empty()
+    }
+
+    fn end_early(self) -> Result<FleetReport, DeployError> {
+        if self.stop.is_stopped() {
+            return Err(DeployError::Interrupted);
+        }
+        Ok(self.report(0))
+    }
+
+    fn report(self, seeder_uploaded: u64) -> FleetReport {
+        FleetReport {
+            hosts: self.results.into_iter().flatten().collect(),
+            elapsed: self.start.elapsed(),
+            payload_bytes: self.payload_bytes,
+            seeder_uploaded,
+            install: self.install,
+        }
+    }
+
+    /// Host `i` failed `at` into the deploy: its result, reported at once.
+    fn fail(
+        &mut self,
+        i: usize,
+        why: HostError,
+        at: Duration,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) {
         let r = HostResult {
-            host: hosts[i].clone(),
+            host: self.hosts[i].clone(),
             outcome: HostOutcome::Failed(why),
             duration: at,
             bytes_from_seeder: 0,
@@ -582,238 +487,175 @@ pub fn run(
             corvid: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
-        r
-    };
+        self.results[i] = Some(r);
+    }
 
-    // Check phase.
-    let checks = for_each_host(&hosts, plan.parallel, &|h: &String| {
-        (probe_host(plan, &local, h), start.elapsed())
-    });
-    let mut probes: Vec<Option<Probe>> = Vec::with_capacity(hosts.len());
-    for (i, (c, at)) in checks.into_iter().enumerate() {
-        match c {
-            Ok(p) => probes.push(Some(p)),
-            Err(why) => {
-                results[i] = Some(fail(i, why, at, on_event));
-                probes.push(None);
+    /// Check phase: every host's probe (`None` where it failed).
+    fn check_phase(
+        &mut self,
+        local: &LocalBinary,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Vec<Option<Probe>> {
+        let (plan, start) = (self.plan, self.start);
+        let checks = for_each_host(&self.hosts, plan.parallel, &|h: &String| {
+            (probe_host(plan, local, h), start.elapsed())
+        });
+        let mut probes = Vec::with_capacity(self.hosts.len());
+        for (i, (c, at)) in checks.into_iter().enumerate() {
+            match c {
+                Ok(p) => probes.push(Some(p)),
+                Err(why) => {
+                    self.fail(i, why, at, on_event);
+                    probes.push(None);
+                }
             }
         }
+        probes
     }
-    let mut live: Vec<usize> = (0..hosts.len()).filter(|&i| results[i].is_none()).collect();
-    let payload_bytes = v.payload.total_length();
-    let mut install_summary = InstallSummary {
-        binary_bytes: local.bytes.len() as u64,
-        ..InstallSummary::default()
-    };
-    // Interrupted, or every host already failed: the tracker stops and nothing more runs.
-    let end_early =
-        |tracker: TrackerServer, results: Vec<Option<HostResult>>, install: InstallSummary| {
-            tracker.shutdown();
-            if stop.is_stopped() {
-                return Err(DeployError::Interrupted);
-            }
-            Ok(FleetReport {
-                hosts: results.into_iter().flatten().collect(),
-                elapsed: start.elapsed(),
-                payload_bytes,
-                seeder_uploaded: 0,
-                install,
-            })
-        };
-    if stop.is_stopped() || live.is_empty() {
-        return end_early(tracker, results, install_summary);
-    }
-    let addr = match plan.seeder_addr {
-        Some(a) => a,
-        None => {
-            // `ssh -G` and a name lookup per host: local, but a fleet of names is many
-            // lookups, so as parallel as the sessions.
-            let seen: Vec<AddrSeen> = for_each_host(&live, plan.parallel, &|&i: &usize| AddrSeen {
+
+    /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts.
+    fn seeder_addr(
+        &self,
+        probes: &[Option<Probe>],
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Result<IpAddr, DeployError> {
+        if let Some(a) = self.plan.seeder_addr {
+            return Ok(a);
+        }
+        let (plan, hosts) = (self.plan, &self.hosts);
+        // `ssh -G` and a name lookup per host: local, but a fleet of names is many
+        // lookups, so as parallel as the sessions.
+        let seen: Vec<AddrSeen> =
+            for_each_host(&self.live(), plan.parallel, &|&i: &usize| AddrSeen {
                 host: hosts[i].clone(),
                 routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
                 reported: probes[i].as_ref().and_then(|p| p.client),
             });
-            match choose_seeder_addr(&seen) {
-                Ok((a, warnings)) => {
-                    for w in warnings {
-                        on_event(&FleetEvent::Warning(w));
-                    }
-                    a
-                }
-                Err(e) => {
-                    tracker.shutdown();
-                    return Err(e);
+        let (a, warnings) = choose_seeder_addr(&seen)?;
+        for w in warnings {
+            on_event(&FleetEvent::Warning(w));
+        }
+        Ok(a)
+    }
+
+    /// Install phase, on worker threads; events forwarded here as they come. Returns how
+    /// corvid got onto each host (`None` for hosts that failed).
+    fn install_phase(
+        &mut self,
+        local: &LocalBinary,
+        probes: &[Option<Probe>],
+        url: &str,
+        addr: IpAddr,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) -> Vec<Option<HostInstall>> {
+        let live = self.live();
+        let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
+        let routes = install::route(&live_probes, self.plan.swarm_install_min);
+        let to_install: Vec<(String, Route)> = live
+            .iter()
+            .zip(routes)
+            .map(|(&i, r)| (self.hosts[i].clone(), r))
+            .collect();
+        let install_start = self.start.elapsed();
+        let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
+        let (plan, stop) = (self.plan, self.stop);
+        let (installs, summary) = std::thread::scope(|s| {
+            let to_install = &to_install;
+            let worker =
+                s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
+            forward(&rx, on_event, &mut || {});
+            worker.join().expect("install workers do not panic")
+        });
+        self.install = summary;
+        let mut corvid: Vec<Option<HostInstall>> = self.hosts.iter().map(|_| None).collect();
+        for (k, r) in installs.into_iter().enumerate() {
+            let i = live[k];
+            match r {
+                Ok(inst) => corvid[i] = Some(inst),
+                Err(why) => {
+                    let at = install_start + self.install.elapsed;
+                    self.fail(i, why, at, on_event);
                 }
             }
         }
-    };
-    // Both torrents (the binary's and the release's) announce here.
-    let url = format!(
-        "http://{}/announce",
-        SocketAddr::new(addr, tracker.local_addr().port())
-    );
+        corvid
+    }
 
-    // Install phase, on worker threads; events forwarded here as they come.
-    let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
-    let routes = install::route(&live_probes, plan.swarm_install_min);
-    let to_install: Vec<(String, Route)> = live
-        .iter()
-        .zip(routes)
-        .map(|(&i, r)| (hosts[i].clone(), r))
-        .collect();
-    let install_start = start.elapsed();
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
-    let (installs, summary) = std::thread::scope(|s| {
-        let (local, to_install, url, stop) = (&local, &to_install, &url, &stop);
-        let worker =
-            s.spawn(move || install::run_phase(plan, local, to_install, url, addr, stop, &tx));
-        forward(&rx, on_event, &mut || {});
-        worker.join().expect("install workers do not panic")
-    });
-    install_summary = summary;
-    let mut corvid: Vec<Option<HostInstall>> = hosts.iter().map(|_| None).collect();
-    for (k, r) in installs.into_iter().enumerate() {
-        let i = live[k];
-        match r {
-            Ok(inst) => corvid[i] = Some(inst),
-            Err(why) => {
-                let at = install_start + install_summary.elapsed;
-                results[i] = Some(fail(i, why, at, on_event));
-            }
+    /// Peer phase: `corvid peer` on every live host, each host's result recorded.
+    fn peer_phase(
+        &mut self,
+        torrent: &[u8],
+        corvid: &[Option<HostInstall>],
+        seeder_addr: SocketAddr,
+        seed_stop: &StopFlag,
+        on_event: &mut dyn FnMut(&FleetEvent),
+    ) {
+        let live = self.live();
+        let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
+        let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+        let peer_results = std::thread::scope(|s| {
+            let live = &live;
+            let worker = s.spawn(move || {
+                for_each_host(live, plan.parallel, &|&i: &usize| {
+                    let h = hosts[i].as_str();
+                    let (outcome, from_seeder, from_peers, released_at) =
+                        peer_host(plan, start, h, torrent, seeder_addr, &tx);
+                    let r = HostResult {
+                        host: h.to_string(),
+                        outcome,
+                        // From the start of the deploy to the release in place (the
+                        // linger that follows is service to others, not this host's wait).
+                        duration: released_at
+                            .unwrap_or_else(Instant::now)
+                            .duration_since(start),
+                        bytes_from_seeder: from_seeder,
+                        bytes_from_peers: from_peers,
+                        corvid: corvid[i].clone(),
+                    };
+                    let _ = tx.send(FleetEvent::HostDone(r.clone()));
+                    r
+                })
+            });
+            forward(&rx, on_event, &mut || {
+                if stop.is_stopped() {
+                    // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
+                    // (the terminal's SIGINT reaches our ssh children too).
+                    seed_stop.stop();
+                }
+            });
+            worker.join().expect("peer workers do not panic")
+        });
+        for (k, r) in peer_results.into_iter().enumerate() {
+            self.results[live[k]] = Some(r);
         }
     }
-    live.retain(|&i| results[i].is_none());
-    if stop.is_stopped() || live.is_empty() {
-        return end_early(tracker, results, install_summary);
-    }
+}
 
-    // Torrent and seeder.
+/// The release's torrent, announcing at `url`: the metainfo and its bytes.
+fn build_torrent(
+    plan: &DeployPlan,
+    payload: &Payload,
+    url: &str,
+) -> Result<(metainfo::Metainfo, Vec<u8>), DeployError> {
     let pool = HashPool::new(plan.threads.max(1));
     let opts = BuildOptions {
-        trackers: vec![url.clone()],
+        trackers: vec![url.to_string()],
         comment: Some(format!("corvid deploy {}", plan.tag)),
         ..BuildOptions::default()
     };
-    let (m, torrent) = match metainfo::build_payload(&v.payload, &opts, &pool, &mut |_| {}) {
-        Ok(x) => x,
-        Err(e) => {
-            tracker.shutdown();
-            return Err(e.into());
-        }
-    };
-    drop(pool);
-    let seed_cfg = seeder_config(&m, &v.payload, plan, url.clone());
-    let (seed_stop, seeder, seeder_port) = match spawn_seeder(seed_cfg) {
-        Ok(x) => x,
-        Err(e) => {
-            tracker.shutdown();
-            return Err(e);
-        }
-    };
-    let seeder_addr = SocketAddr::new(addr, seeder_port);
-    on_event(&FleetEvent::Seeding {
-        name: m.info.name.clone(),
-        bytes: payload_bytes,
-        pieces: m.info.lengths.piece_count(),
-        seeder: seeder_addr,
-        tracker: url,
-        hosts: hosts.len(),
-    });
-
-    // Peer phase.
-    let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
-    let peer_results = std::thread::scope(|s| {
-        let tx2 = tx;
-        let torrent = &torrent;
-        let live = &live;
-        let corvid = &corvid;
-        let hosts = &hosts;
-        let worker = s.spawn(move || {
-            for_each_host(live, plan.parallel, &|&i: &usize| {
-                let h = hosts[i].as_str();
-                let (outcome, from_seeder, from_peers, released_at) =
-                    peer_host(plan, start, h, torrent, seeder_addr, &tx2);
-                let r = HostResult {
-                    host: h.to_string(),
-                    outcome,
-                    // From the start of the deploy to the release in place (the linger
-                    // that follows is service to others, not this host's wait).
-                    duration: released_at
-                        .unwrap_or_else(Instant::now)
-                        .duration_since(start),
-                    bytes_from_seeder: from_seeder,
-                    bytes_from_peers: from_peers,
-                    corvid: corvid[i].clone(),
-                };
-                let _ = tx2.send(FleetEvent::HostDone(r.clone()));
-                r
-            })
-        });
-        forward(&rx, on_event, &mut || {
-            if stop.is_stopped() {
-                // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
-                // (the terminal's SIGINT reaches our ssh children too).
-                seed_stop.stop();
-            }
-        });
-        worker.join().expect("peer workers do not panic")
-    });
-    seed_stop.stop();
-    let seed_report = seeder.join();
-    tracker.shutdown();
-    for (k, r) in peer_results.into_iter().enumerate() {
-        results[live[k]] = Some(r);
-    }
-    let seeder_uploaded = match seed_report {
-        Ok(Ok(r)) => r.transfer.bytes_up,
-        _ => 0,
-    };
-    Ok(FleetReport {
-        hosts: results.into_iter().flatten().collect(),
-        elapsed: start.elapsed(),
-        payload_bytes,
-        seeder_uploaded,
-        install: install_summary,
-    })
-}
-
-/// A seeder's thread.
-pub(super) type SeederThread = JoinHandle<Result<NodeReport, NodeError>>;
-
-/// Starts a seeder node on a thread and waits for its listening port: `(its stop flag,
-/// the thread, the port)`.
-pub(super) fn spawn_seeder(cfg: NodeConfig) -> Result<(StopFlag, SeederThread, u16), DeployError> {
-    let stop = StopFlag::new();
-    let (listen_tx, listen_rx) = crossbeam_channel::bounded(1);
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            node::run(cfg, stop, &mut |ev| {
-                if let NodeEvent::Listening { peer_addr } = ev {
-                    let _ = listen_tx.try_send(*peer_addr);
-                }
-            })
-        })
-    };
-    match listen_rx.recv() {
-        Ok(a) => Ok((stop, thread, a.port())),
-        Err(_) => match thread.join() {
-            Ok(Err(e)) => Err(DeployError::Seeder(e)),
-            _ => Err(DeployError::SeederGone),
-        },
-    }
+    Ok(metainfo::build_payload(payload, &opts, &pool, &mut |_| {})?)
 }
 
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
 /// 100 ms meanwhile (to notice Ctrl-C).
-fn forward(
-    rx: &crossbeam_channel::Receiver<FleetEvent>,
+fn forward<E: Into<FleetEvent>>(
+    rx: &crossbeam_channel::Receiver<E>,
     on_event: &mut dyn FnMut(&FleetEvent),
     idle: &mut dyn FnMut(),
 ) {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(ev) => on_event(&ev),
+            Ok(ev) => on_event(&ev.into()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }
@@ -821,45 +663,12 @@ fn forward(
     }
 }
 
-pub(super) fn seeder_config(
-    m: &Metainfo,
-    payload: &Payload,
-    plan: &DeployPlan,
-    url: String,
-) -> NodeConfig {
-    NodeConfig {
-        mode: Mode::Seed,
-        info_hash: m.info_hash,
-        lengths: m.info.lengths,
-        piece_hashes: Arc::new(m.info.pieces.clone()),
-        files: payload.disk_files.clone(),
-        root: payload.root.clone(),
-        listen: SocketAddr::new([0, 0, 0, 0].into(), 0),
-        cores: plan.threads.max(1),
-        hash_threads: plan.threads.max(1),
-        trackers: vec![url],
-        peers: Vec::new(),
-        linger: Duration::ZERO,
-        seed_until: SeedUntil::Stopped,
-        // Hashed moments ago by the build; a change since would fail at the peers.
-        trust_data: true,
-        stall_timeout: Duration::from_secs(120),
-        max_connections: 512,
-        peer: PeerConfig {
-            secret: plan.secret.clone(),
-            ..PeerConfig::default()
-        },
-        swarm: Default::default(),
-        tuning: Default::default(),
-        announce_port: 0,
-        resume: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::deploy::ssh::Ssh;
+    use crate::peer::auth::Secret;
+    use std::path::{Path, PathBuf};
 
     fn plan(src: &Path) -> DeployPlan {
         DeployPlan {
@@ -976,93 +785,23 @@ mod tests {
                 "--parallel",
             ),
         ];
+        let not_utf8 = DeployPlan {
+            dest: PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                    b"/srv/app\xff".to_vec(),
+                ),
+            ),
+            ..ok.clone()
+        };
+        assert!(matches!(
+            validate(&not_utf8),
+            Err(DeployError::DestNotUtf8(_))
+        ));
         for (p, want) in cases {
             let e = validate(&p).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} lacks {want:?}");
         }
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("out")).unwrap();
         assert!(matches!(validate(&ok), Err(DeployError::Source(_))));
-    }
-
-    #[test]
-    fn the_seeder_address_comes_from_our_routing_not_from_a_host() {
-        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
-        let seen = |host: &str, routed: Option<&str>, reported: Option<&str>| AddrSeen {
-            host: host.into(),
-            routed: routed.map(ip),
-            reported: reported.map(ip),
-        };
-        // The first host lies about where it sees us: our route wins, with a warning.
-        let (a, w) = choose_seeder_addr(&[
-            seen("evil", Some("10.0.0.1"), Some("10.6.6.6")),
-            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
-        ])
-        .unwrap();
-        assert_eq!(a, ip("10.0.0.1"));
-        assert_eq!(w.len(), 1);
-        assert!(
-            w[0].starts_with("evil:") && w[0].contains("10.6.6.6"),
-            "{w:?}"
-        );
-        // A host routed from another local address: warned, the first route kept.
-        let (a, w) = choose_seeder_addr(&[
-            seen("h1", None, Some("10.0.0.1")),
-            seen("h2", Some("10.0.0.1"), Some("10.0.0.1")),
-            seen("h3", Some("192.168.1.5"), Some("192.168.1.5")),
-        ])
-        .unwrap();
-        assert_eq!(a, ip("10.0.0.1"));
-        assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("h3:"), "{w:?}");
-        // No route at all: agreeing reports are used (with a warning), disagreeing ones
-        // refused, none at all is an error.
-        let (a, w) = choose_seeder_addr(&[
-            seen("h1", None, Some("10.0.0.9")),
-            seen("h2", None, Some("10.0.0.9")),
-        ])
-        .unwrap();
-        assert_eq!((a, w.len()), (ip("10.0.0.9"), 1));
-        let e = choose_seeder_addr(&[
-            seen("h1", None, Some("10.0.0.9")),
-            seen("evil", None, Some("10.6.6.6")),
-        ])
-        .unwrap_err();
-        assert!(matches!(e, DeployError::SeederAddrConflict(_)), "{e}");
-        assert!(e.to_string().contains("evil: 10.6.6.6"), "{e}");
-        assert!(matches!(
-            choose_seeder_addr(&[seen("h1", None, None)]),
-            Err(DeployError::NoSeederAddr)
-        ));
-        // The routing itself: towards loopback, from loopback.
-        assert_eq!(routed_from(ip("127.0.0.1")), Some(ip("127.0.0.1")));
-    }
-
-    #[test]
-    fn reads_peer_json_lines() {
-        let l = r#"{"event":"done","report":{"elapsed_s":1.5,"bytes_from_seeder":10,"bytes_from_peers":20}}"#;
-        assert_eq!(json_field(l, "event"), Some("done"));
-        assert_eq!(json_field(l, "bytes_from_seeder"), Some("10"));
-        assert_eq!(json_field(l, "bytes_from_peers"), Some("20"));
-        assert_eq!(json_field(l, "missing"), None);
-        assert_eq!(
-            peer_exit_text(5),
-            "stalled: no progress within the stall timeout"
-        );
-    }
-
-    #[test]
-    fn hosts_run_in_order_with_bounded_parallelism() {
-        let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
-        let running = AtomicUsize::new(0);
-        let peak = AtomicUsize::new(0);
-        let out = for_each_host(&hosts, 3, &|h| {
-            let n = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(n, Ordering::SeqCst);
-            std::thread::yield_now();
-            running.fetch_sub(1, Ordering::SeqCst);
-            h.to_uppercase()
-        });
-        assert_eq!(out[7], "H7");
-        assert!(peak.load(Ordering::SeqCst) <= 3);
     }
 }

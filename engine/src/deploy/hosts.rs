@@ -8,6 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostsError {
@@ -144,6 +145,32 @@ impl Destination {
     }
 }
 
+/// Runs `f` for every host on at most `parallel` threads; results in host order.
+pub fn for_each_host<H: Sync, T: Send>(
+    hosts: &[H],
+    parallel: usize,
+    f: &(dyn Fn(&H) -> T + Sync),
+) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<parking_lot::Mutex<Option<T>>> = hosts
+        .iter()
+        .map(|_| parking_lot::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.min(hosts.len()).max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(h) = hosts.get(i) else { break };
+                *slots[i].lock() = Some(f(h));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| s.into_inner().expect("every slot filled by a worker"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +270,21 @@ mod tests {
             parse_hosts("web1,x;reboot"),
             Err(HostsError::BadHost(h)) if h == "x;reboot"
         ));
+    }
+
+    #[test]
+    fn hosts_run_in_order_with_bounded_parallelism() {
+        let hosts: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+        let running = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let out = for_each_host(&hosts, 3, &|h| {
+            let n = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            h.to_uppercase()
+        });
+        assert_eq!(out[7], "H7");
+        assert!(peak.load(Ordering::SeqCst) <= 3);
     }
 }

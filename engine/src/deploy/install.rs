@@ -37,9 +37,11 @@ use crate::node::{NodeError, NodeReport, StopFlag};
 use crate::peer::auth::Secret;
 use crate::storage::FileSpec;
 
-use super::fleet::{
-    for_each_host, json_field, peer_exit_text, seeder_config, spawn_seeder, DeployPlan, FleetEvent,
-};
+use super::contract::{remote_exit_text, PeerLine};
+use super::host_error::{HostError, RemoteFailure};
+use super::hosts::for_each_host;
+use super::plan::DeployPlan;
+use super::seeder::{seeder_config, spawn_seeder, SeederError};
 use super::ssh::{quote, quote_path, receive_files};
 
 /// Piece size of the binary's torrent: small, so even a 10 MiB release build has 40
@@ -179,7 +181,7 @@ pub enum CorvidInstall {
     Ssh,
     Swarm,
     /// The swarm failed for this reason; the ssh stream that followed worked.
-    SwarmThenSsh(String),
+    SwarmThenSsh(HostError),
 }
 
 impl CorvidInstall {
@@ -306,13 +308,14 @@ pub fn swarm_command(remote_corvid: &str, job: &SwarmJob) -> (String, Vec<u8>) {
          --stall-timeout {s}ms --peer {seeder} --json{secret_flag}; \
          F=\"$D/{name}\"; S=$(sha1sum < \"$F\") || exit 74; S=${{S%% *}}; \
          if [ \"$S\" != {sha} ]; then echo \"corvid: error: the downloaded binary has SHA-1 $S, not {sha}\" >&2; exit 65; fi; \
-         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo '{{\"event\":\"installed\"}}'",
+         {{ chmod 755 \"$F\" && mv -f \"$F\" \"$P\"; }} || exit 75; echo {installed}",
         t = job.timeout.as_secs().max(1),
         l = job.linger.as_millis(),
         s = job.stall_timeout.as_millis(),
         seeder = quote(&job.seeder.to_string()),
         name = BINARY_NAME,
         sha = quote(&job.sha1),
+        installed = quote(&PeerLine::Installed.to_json()),
     );
     (cmd, stdin)
 }
@@ -326,39 +329,25 @@ fn swarm_exit_text(code: i32) -> &'static str {
         74 => "cannot checksum the download",
         75 => "cannot put the new binary in place",
         129 => "the session was cut",
-        c => peer_exit_text(c),
-    }
-}
-
-/// One line of why a remote step failed: its text, else the exit status's meaning.
-fn reason(code: i32, last: &str, text: &str) -> String {
-    let detail = last.strip_prefix("corvid: error: ").unwrap_or(last);
-    if detail.is_empty() {
-        format!("{text} (exit {code})")
-    } else {
-        format!("{text} (exit {code}): {detail}")
+        c => remote_exit_text(c),
     }
 }
 
 /// Streams the binary over ssh.
-fn stream(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<(), String> {
+fn stream(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<(), HostError> {
     let cmd = stream_command(&plan.remote_corvid);
     let b = plan
         .ssh
         .run_bounded(host, &cmd, &local.bytes, STREAM_TIMEOUT, &mut |_| {})
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
+        .map_err(|e| HostError::SshSpawn(e.to_string()))?;
     if b.timed_out {
-        return Err(format!(
-            "streaming corvid over ssh timed out after {} s",
-            STREAM_TIMEOUT.as_secs()
-        ));
+        return Err(HostError::StreamTimeout(STREAM_TIMEOUT.as_secs()));
     }
     if b.output.code != 0 {
-        return Err(format!(
-            "installing corvid at {} over ssh failed: {}",
-            plan.remote_corvid,
-            reason(b.output.code, &b.output.last_error_line(), "error")
-        ));
+        return Err(HostError::Stream {
+            path: plan.remote_corvid.clone(),
+            failure: RemoteFailure::new(b.output.code, &b.output.last_error_line(), "error"),
+        });
     }
     Ok(())
 }
@@ -371,7 +360,7 @@ struct SwarmBytes {
 }
 
 /// The swarm install on one host: `Ok` once the binary is verified and in place.
-fn swarm(plan: &DeployPlan, job: &SwarmJob, host: &str) -> (Result<(), String>, SwarmBytes) {
+fn swarm(plan: &DeployPlan, job: &SwarmJob, host: &str) -> (Result<(), HostError>, SwarmBytes) {
     let (cmd, stdin) = swarm_command(&plan.remote_corvid, job);
     let mut bytes = SwarmBytes::default();
     let mut installed = false;
@@ -380,33 +369,27 @@ fn swarm(plan: &DeployPlan, job: &SwarmJob, host: &str) -> (Result<(), String>, 
         &cmd,
         &stdin,
         job.timeout + Duration::from_secs(15),
-        &mut |line| match json_field(line, "event") {
-            Some("done") => {
-                let num = |k| {
-                    json_field(line, k)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0)
-                };
-                bytes.from_seeder = num("bytes_from_seeder");
-                bytes.from_peers = num("bytes_from_peers");
+        &mut |line| match PeerLine::parse(line) {
+            Some(PeerLine::Done { report }) => {
+                bytes.from_seeder = report.bytes_from_seeder;
+                bytes.from_peers = report.bytes_from_peers;
             }
-            Some("installed") => installed = true,
+            Some(PeerLine::Installed) => installed = true,
             _ => {}
         },
     );
     let result = match r {
-        Err(e) => Err(format!("cannot run ssh: {e}")),
-        Ok(b) if b.timed_out => Err(format!(
-            "timed out after {} s",
-            (job.timeout + Duration::from_secs(15)).as_secs()
+        Err(e) => Err(HostError::SshSpawn(e.to_string())),
+        Ok(b) if b.timed_out => Err(HostError::SwarmTimeout(
+            (job.timeout + Duration::from_secs(15)).as_secs(),
         )),
         Ok(b) if b.output.code == 0 && installed => Ok(()),
-        Ok(b) if b.output.code == 0 => Err("the host did not confirm the install".into()),
-        Ok(b) => Err(reason(
+        Ok(b) if b.output.code == 0 => Err(HostError::SwarmUnconfirmed),
+        Ok(b) => Err(HostError::Swarm(RemoteFailure::new(
             b.output.code,
             &b.output.last_error_line(),
             swarm_exit_text(b.output.code),
-        )),
+        ))),
     };
     (result, bytes)
 }
@@ -418,8 +401,8 @@ pub(super) fn install_host(
     local: &LocalBinary,
     host: &str,
     route: Route,
-    job: &Result<SwarmJob, String>,
-) -> Result<HostInstall, String> {
+    job: &Result<SwarmJob, HostError>,
+) -> Result<HostInstall, HostError> {
     let size = local.bytes.len() as u64;
     let mut out = HostInstall::present();
     let why = match route {
@@ -448,10 +431,33 @@ pub(super) fn install_host(
         (Ok(()), None) => out.how = CorvidInstall::Ssh,
         (Ok(()), Some(why)) => out.how = CorvidInstall::SwarmThenSsh(why),
         (Err(e), None) => return Err(e),
-        (Err(e), Some(why)) => return Err(format!("swarm install failed ({why}); then {e}")),
+        (Err(e), Some(why)) => {
+            return Err(HostError::SwarmThenStream {
+                swarm: Box::new(why),
+                stream: Box::new(e),
+            })
+        }
     }
     out.ssh_bytes = size;
     Ok(out)
+}
+
+/// Why the deployer's seeder of its own binary did not start (the swarm install is then
+/// skipped: every host gets corvid over ssh).
+#[derive(Debug, thiserror::Error)]
+pub enum BinarySeederError {
+    #[error("cannot make a directory for the binary's seed: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Torrent(#[from] metainfo::MetainfoError),
+    #[error(transparent)]
+    Seeder(#[from] SeederError),
 }
 
 /// The deployer's seeder of its own binary.
@@ -472,14 +478,16 @@ fn start_binary_seeder(
     local: &LocalBinary,
     url: &str,
     addr: IpAddr,
-) -> Result<BinarySeeder, String> {
+) -> Result<BinarySeeder, BinarySeederError> {
     let dir = tempfile::Builder::new()
         .prefix("corvid-deploy-")
         .tempdir()
-        .map_err(|e| format!("cannot make a directory for the binary's seed: {e}"))?;
+        .map_err(BinarySeederError::TempDir)?;
     let file = dir.path().join(BINARY_NAME);
-    std::fs::write(&file, &local.bytes)
-        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    std::fs::write(&file, &local.bytes).map_err(|source| BinarySeederError::Write {
+        path: file.clone(),
+        source,
+    })?;
     let payload = Payload {
         root: dir.path().to_path_buf(),
         disk_files: vec![FileSpec {
@@ -497,16 +505,21 @@ fn start_binary_seeder(
         comment: Some(format!("{} binary {}", local.version, local.sha1)),
         ..BuildOptions::default()
     };
-    let lengths = metainfo::payload_lengths(&payload, &opts).map_err(|e| e.to_string())?;
+    let lengths = metainfo::payload_lengths(&payload, &opts)?;
     let hashes: Vec<[u8; 20]> = local
         .bytes
         .chunks(SWARM_PIECE as usize)
         .map(|c| Sha1::digest(c).into())
         .collect();
-    let (m, torrent) =
-        metainfo::assemble(&payload, &opts, lengths, &hashes).map_err(|e| e.to_string())?;
-    let cfg = seeder_config(&m, &payload, plan, url.to_string());
-    let (stop, thread, port) = spawn_seeder(cfg).map_err(|e| e.to_string())?;
+    let (m, torrent) = metainfo::assemble(&payload, &opts, lengths, &hashes)?;
+    let cfg = seeder_config(
+        &m,
+        &payload,
+        plan.threads,
+        plan.secret.clone(),
+        url.to_string(),
+    );
+    let (stop, thread, port) = spawn_seeder(cfg)?;
     Ok(BinarySeeder {
         stop,
         thread,
@@ -524,6 +537,21 @@ fn start_binary_seeder(
     })
 }
 
+/// Progress of the install phase (the deploy forwards it as its own events).
+#[derive(Debug, Clone)]
+pub enum InstallEvent {
+    /// This many hosts get corvid by the swarm and by ssh (`pieces` is the binary
+    /// torrent's, 0 when no swarm runs).
+    Installing {
+        swarm: usize,
+        ssh: usize,
+        binary_bytes: u64,
+        pieces: u32,
+    },
+    /// corvid was installed on a host.
+    Installed { host: String, how: CorvidInstall },
+}
+
 /// The install phase for `hosts` and their routes. Starts the binary seeder when any
 /// host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
 /// host once `stop` is set), and returns each host's result, in order.
@@ -534,8 +562,8 @@ pub(super) fn run_phase(
     tracker_url: &str,
     addr: IpAddr,
     stop: &StopFlag,
-    events: &Sender<FleetEvent>,
-) -> (Vec<Result<HostInstall, String>>, InstallSummary) {
+    events: &Sender<InstallEvent>,
+) -> (Vec<Result<HostInstall, HostError>>, InstallSummary) {
     let start = Instant::now();
     let mut summary = InstallSummary {
         binary_bytes: local.bytes.len() as u64,
@@ -548,20 +576,20 @@ pub(super) fn run_phase(
     } else {
         None
     };
-    let job: Result<SwarmJob, String> = match &seeder {
+    let job: Result<SwarmJob, HostError> = match &seeder {
         Some(Ok(s)) => Ok(s.job.clone()),
-        Some(Err(e)) => Err(format!("the binary's seeder did not start: {e}")),
-        None => Err("no swarm".into()),
+        Some(Err(e)) => Err(HostError::SeederDown(e.to_string())),
+        None => Err(HostError::NoSwarm),
     };
     if let Err(e) = &job {
         if want_swarm {
-            summary.swarm_error = Some(e.clone());
+            summary.swarm_error = Some(e.to_string());
         }
     }
     let needing: Vec<usize> = (0..hosts.len())
         .filter(|&i| hosts[i].1 != Route::Keep)
         .collect();
-    let _ = events.send(FleetEvent::Installing {
+    let _ = events.send(InstallEvent::Installing {
         swarm: count(Route::Swarm),
         ssh: count(Route::Ssh),
         binary_bytes: summary.binary_bytes,
@@ -573,11 +601,11 @@ pub(super) fn run_phase(
     let done = for_each_host(&needing, plan.parallel, &|&i: &usize| {
         let (h, route) = (&hosts[i].0, hosts[i].1);
         if stop.is_stopped() {
-            return Err("interrupted before corvid was installed".to_string());
+            return Err(HostError::Interrupted);
         }
         let r = install_host(plan, local, h, route, &job);
         if let Ok(inst) = &r {
-            let _ = events.send(FleetEvent::Installed {
+            let _ = events.send(InstallEvent::Installed {
                 host: h.to_string(),
                 how: inst.how.clone(),
             });
@@ -591,7 +619,7 @@ pub(super) fn run_phase(
         }
         summary.pieces = s.pieces;
     }
-    let mut results: Vec<Result<HostInstall, String>> =
+    let mut results: Vec<Result<HostInstall, HostError>> =
         hosts.iter().map(|_| Ok(HostInstall::present())).collect();
     for (k, r) in done.into_iter().enumerate() {
         if let Ok(h) = &r {
@@ -953,7 +981,7 @@ mod tests {
         let p = d.path().join("bin/corvid");
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         let plan = local_plan(d.path(), &p);
-        let j: Result<SwarmJob, String> = Ok(job(&l));
+        let j: Result<SwarmJob, HostError> = Ok(job(&l));
         let size = l.bytes.len() as u64;
 
         // Swarm works: by the swarm, the old corvid's byte counts kept, nothing by ssh.
@@ -970,7 +998,9 @@ mod tests {
         old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, Some(b"bad"));
         let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
         match &r.how {
-            CorvidInstall::SwarmThenSsh(why) => assert!(why.contains("SHA-1"), "{why}"),
+            CorvidInstall::SwarmThenSsh(why) => {
+                assert!(why.to_string().contains("SHA-1"), "{why}")
+            }
             o => panic!("{o:?}"),
         }
         assert_eq!(r.ssh_bytes, size);
@@ -981,16 +1011,21 @@ mod tests {
         old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, None);
         let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
         match &r.how {
-            CorvidInstall::SwarmThenSsh(why) => assert!(why.contains("usage error"), "{why}"),
+            CorvidInstall::SwarmThenSsh(why) => {
+                assert!(why.to_string().contains("usage error"), "{why}")
+            }
             o => panic!("{o:?}"),
         }
         assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
 
         // No seeder: straight to ssh, with that reason.
         std::fs::remove_file(&p).unwrap();
-        let none: Result<SwarmJob, String> = Err("seeder down".into());
+        let none: Result<SwarmJob, HostError> = Err(HostError::SeederDown("seeder down".into()));
         let r = install_host(&plan, &l, "h1", Route::Swarm, &none).unwrap();
-        assert_eq!(r.how, CorvidInstall::SwarmThenSsh("seeder down".into()));
+        assert_eq!(
+            r.how,
+            CorvidInstall::SwarmThenSsh(HostError::SeederDown("seeder down".into()))
+        );
         assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
 
         // Up to date: untouched. Plain ssh: installed where nothing was.
@@ -1007,12 +1042,16 @@ mod tests {
         let f = d.path().join("a file");
         std::fs::write(&f, b"").unwrap();
         let plan_bad = local_plan(d.path(), &f.join("corvid"));
-        let e = install_host(&plan_bad, &l, "h1", Route::Swarm, &none).unwrap_err();
+        let e = install_host(&plan_bad, &l, "h1", Route::Swarm, &none)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("seeder down") && e.contains("over ssh failed"),
             "{e}"
         );
-        let e = install_host(&plan_bad, &l, "h1", Route::Ssh, &none).unwrap_err();
+        let e = install_host(&plan_bad, &l, "h1", Route::Ssh, &none)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("installing corvid at"), "{e}");
     }
 }

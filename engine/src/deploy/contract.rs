@@ -1,0 +1,392 @@
+//! The contract between the two halves of a deploy: `corvid deploy` here, and the
+//! `corvid peer` it runs on every host over ssh. Both halves are built from this module,
+//! so neither can drift from the other:
+//!
+//! - [`Exit`]: every exit code corvid uses, with the line `corvid --help` prints for it
+//!   ([`Exit::help_text`]) and what the deployer says when a host's corvid ends with it
+//!   ([`remote_exit_text`]).
+//! - [`PeerCommand`]: the remote command line (`corvid peer --release-dest ...`), as an
+//!   argument list the CLI's parser is tested against and as the quoted shell command
+//!   ssh runs.
+//! - [`PeerLine`]: the JSON lines the remote half prints with `--json` that the deployer
+//!   reads (progress, release, done, installed), as serde types.
+//!
+//! The remote release steps themselves (receive the torrent, check an existing release,
+//! place the new one) are in [`super::remote`], each failure with its [`Exit`].
+//!
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ssh::{quote, quote_path, SSH_FAILED};
+
+/// Exit codes of every corvid subcommand. The numbers are public API (scripts and the
+/// deployer read them); the order of [`Exit::ALL`] is the order of `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Verification ran and found bad or missing data.
+    DataBad = 1,
+    /// Bad flags or arguments (clap's own code; also a `--hosts` entry that is not a
+    /// host, or a `--dest` that is not UTF-8).
+    Usage = 2,
+    /// Bad input: unreadable or invalid torrent, missing or unshareable payload path.
+    Input = 3,
+    /// Cannot write the output (exists without --force, permission, disk full).
+    Output = 4,
+    /// A download made no progress for its stall timeout and gave up.
+    GaveUp = 5,
+    /// io_uring cannot be used on this machine (the message names the cause and fix).
+    Unavailable = 6,
+    /// Stopped by SIGINT/SIGTERM before the download completed.
+    Interrupted = 7,
+    /// `deploy`: some hosts failed (the others may have succeeded).
+    HostsFailed = 8,
+    /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
+    Busy = 9,
+}
+
+impl Exit {
+    /// Every code, in `--help` order.
+    pub const ALL: [Exit; 10] = [
+        Exit::Ok,
+        Exit::DataBad,
+        Exit::Usage,
+        Exit::Input,
+        Exit::Output,
+        Exit::GaveUp,
+        Exit::Unavailable,
+        Exit::Interrupted,
+        Exit::HostsFailed,
+        Exit::Busy,
+    ];
+
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The code for a process exit status, if corvid defines it.
+    pub fn from_code(code: i32) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|e| i32::from(e.code()) == code)
+    }
+
+    /// Its line in `corvid --help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::DataBad => "verification found bad or missing data",
+            Exit::Usage => "usage error (bad flags or arguments)",
+            Exit::Input => "input error (invalid torrent, missing or unshareable payload)",
+            Exit::Output => "output error (output exists without --force, cannot write, disk full)",
+            Exit::GaveUp => "transfer gave up (no progress within --stall-timeout)",
+            Exit::Unavailable => {
+                "io_uring unavailable (kernel, sysctl or seccomp; the message says which)"
+            }
+            Exit::Interrupted => "interrupted by a signal before the download completed",
+            Exit::HostsFailed => "deploy: some hosts failed (each is listed with its reason)",
+            Exit::Busy => {
+                "peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
+            }
+        }
+    }
+
+    /// What it means when a host's `corvid peer` (run by the deployer) ends with it;
+    /// `None` for codes `corvid peer` does not use to report a failure.
+    pub fn remote_meaning(self) -> Option<&'static str> {
+        Some(match self {
+            Exit::DataBad => "data failed verification",
+            Exit::Usage => "usage error (remote corvid too old for these flags?)",
+            Exit::Input => "input error (torrent or destination)",
+            Exit::Output => "disk or output error (exists without --force, permission, disk full)",
+            Exit::GaveUp => "stalled: no progress within the stall timeout",
+            Exit::Unavailable => "io_uring unavailable on the host",
+            Exit::Interrupted => "interrupted by a signal",
+            Exit::Busy => "busy: another corvid peer is working on this release on the host",
+            Exit::Ok | Exit::HostsFailed => return None,
+        })
+    }
+
+    /// The `Exit codes:` section of `corvid --help`, one line per code.
+    pub fn help_text() -> String {
+        let mut s = String::from("Exit codes:");
+        for e in Exit::ALL {
+            s.push_str(&format!("\n  {}  {}", e.code(), e.help()));
+        }
+        s
+    }
+}
+
+/// The deployer's text for the exit status of a remote command: corvid's own codes
+/// ([`Exit::remote_meaning`]), the shell's "cannot execute" codes, and ssh's own failure.
+pub fn remote_exit_text(code: i32) -> &'static str {
+    if let Some(text) = Exit::from_code(code).and_then(Exit::remote_meaning) {
+        return text;
+    }
+    match code {
+        126 | 127 => "corvid could not be executed on the host",
+        SSH_FAILED => "ssh failed (unreachable, refused or authentication)",
+        _ => "failed",
+    }
+}
+
+/// One host's `corvid peer` for a release: what the deployer runs over ssh. The torrent
+/// (and a private swarm's secret after it) go through the session's stdin, never on the
+/// command line, where the host's process list would show the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCommand {
+    /// `--remote-corvid`: absolute or `~/...` (expanded by the remote shell).
+    pub corvid: String,
+    /// The release base directory (UTF-8: the shell command is text).
+    pub dest: String,
+    pub tag: String,
+    /// Length of the torrent on stdin.
+    pub torrent_len: usize,
+    /// The secret follows the torrent on stdin.
+    pub stdin_secret: bool,
+    pub linger: Duration,
+    pub stall_timeout: Duration,
+    pub seeder: SocketAddr,
+    pub activate: bool,
+    pub force: bool,
+}
+
+impl PeerCommand {
+    /// The arguments after the program, as `corvid peer` parses them.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "peer".into(),
+            "--release-dest".into(),
+            self.dest.clone(),
+            "--tag".into(),
+            self.tag.clone(),
+            "--stdin-torrent".into(),
+            self.torrent_len.to_string(),
+        ];
+        if self.stdin_secret {
+            a.push("--stdin-secret".into());
+        }
+        a.extend([
+            "--linger".into(),
+            format!("{}ms", self.linger.as_millis()),
+            "--stall-timeout".into(),
+            format!("{}ms", self.stall_timeout.as_millis()),
+            "--peer".into(),
+            self.seeder.to_string(),
+            "--json".into(),
+        ]);
+        if self.activate {
+            a.push("--activate".into());
+        }
+        if self.force {
+            a.push("--force".into());
+        }
+        a
+    }
+
+    /// The remote shell command: `exec CORVID ARGS...`, every argument quoted.
+    pub fn shell(&self) -> String {
+        let mut cmd = format!("exec {}", quote_path(&self.corvid));
+        for a in self.args() {
+            cmd.push(' ');
+            cmd.push_str(&quote(&a));
+        }
+        cmd
+    }
+}
+
+/// What a `release` line says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// Downloaded, verified and renamed into place.
+    Installed,
+    /// `releases/TAG` was there already with the same content.
+    AlreadyPresent,
+}
+
+/// The `release` line: the release is in place on the host (a linger may follow).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseLine {
+    pub status: ReleaseStatus,
+    /// `DEST/releases/TAG`, for people reading the log.
+    pub path: String,
+    /// `DEST/current` points at it.
+    pub activated: bool,
+}
+
+/// Of the final `done` line's report, what the deployer reads (the report has more).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneTransfer {
+    #[serde(default)]
+    pub bytes_from_seeder: u64,
+    #[serde(default)]
+    pub bytes_from_peers: u64,
+}
+
+/// A `--json` line of the remote half, by its `event` field: the ones the deployer acts
+/// on. Other events (and fields) are for people and are skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PeerLine {
+    /// Bytes downloaded so far.
+    Progress {
+        bytes_down: u64,
+    },
+    Release(ReleaseLine),
+    /// The node's final report.
+    Done {
+        report: DoneTransfer,
+    },
+    /// The swarm install's script put the new binary in place.
+    Installed,
+}
+
+impl PeerLine {
+    /// One output line, `None` for lines the deployer does not act on (other events,
+    /// text, a line cut short).
+    pub fn parse(line: &str) -> Option<PeerLine> {
+        serde_json::from_str(line).ok()
+    }
+
+    /// The line as the remote half prints it (no newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("PeerLine has only string keys and plain values")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_text_lists_every_code_once_in_order() {
+        let h = Exit::help_text();
+        let lines: Vec<&str> = h.lines().collect();
+        assert_eq!(lines[0], "Exit codes:");
+        assert_eq!(lines.len(), Exit::ALL.len() + 1);
+        for (i, l) in lines[1..].iter().enumerate() {
+            assert!(l.starts_with(&format!("  {i}  ")), "{l:?}");
+        }
+        assert_eq!(
+            lines[10],
+            "  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
+        );
+        for c in 0..=9 {
+            assert_eq!(Exit::from_code(c).map(|e| i32::from(e.code())), Some(c));
+        }
+        assert_eq!(Exit::from_code(10), None);
+        assert_eq!(Exit::from_code(-1), None);
+    }
+
+    #[test]
+    fn remote_exit_statuses_read_as_the_deployer_reports_them() {
+        assert_eq!(
+            remote_exit_text(5),
+            "stalled: no progress within the stall timeout"
+        );
+        assert_eq!(
+            remote_exit_text(9),
+            "busy: another corvid peer is working on this release on the host"
+        );
+        assert_eq!(
+            remote_exit_text(127),
+            "corvid could not be executed on the host"
+        );
+        assert_eq!(
+            remote_exit_text(255),
+            "ssh failed (unreachable, refused or authentication)"
+        );
+        assert_eq!(remote_exit_text(8), "failed");
+        assert_eq!(remote_exit_text(-1), "failed");
+    }
+
+    #[test]
+    fn reads_the_lines_the_deployer_acts_on_and_skips_the_rest() {
+        let done = r#"{"event":"done","report":{"elapsed_s":1.5,"bytes_from_seeder":10,"bytes_from_peers":20,"piece_latency_us":{"count":1}}}"#;
+        assert_eq!(
+            PeerLine::parse(done),
+            Some(PeerLine::Done {
+                report: DoneTransfer {
+                    bytes_from_seeder: 10,
+                    bytes_from_peers: 20
+                }
+            })
+        );
+        assert_eq!(
+            PeerLine::parse(r#"{"event":"progress","bytes_down":7,"pieces":1}"#),
+            Some(PeerLine::Progress { bytes_down: 7 })
+        );
+        assert_eq!(
+            PeerLine::parse(r#"{"event":"installed"}"#),
+            Some(PeerLine::Installed)
+        );
+        for skipped in [
+            r#"{"event":"listening","peer_addr":"1.2.3.4:5"}"#,
+            r#"{"event":"progress"}"#,
+            r#"{"event":"release","status":"exploded","path":"/x","activated":false}"#,
+            r#"{"event":"done","rep"#,
+            "corvid: error: x",
+            "",
+        ] {
+            assert_eq!(PeerLine::parse(skipped), None, "{skipped}");
+        }
+    }
+
+    #[test]
+    fn the_release_line_round_trips_byte_for_byte() {
+        let line = PeerLine::Release(ReleaseLine {
+            status: ReleaseStatus::AlreadyPresent,
+            path: "/srv/app/releases/v\"1\u{1b}".into(),
+            activated: true,
+        });
+        let text = line.to_json();
+        assert_eq!(
+            text,
+            r#"{"event":"release","status":"already_present","path":"/srv/app/releases/v\"1\u001b","activated":true}"#
+        );
+        assert_eq!(PeerLine::parse(&text), Some(line));
+    }
+
+    #[test]
+    fn the_command_line_quotes_every_argument_and_carries_no_secret() {
+        let c = PeerCommand {
+            corvid: "~/bin/corvid".into(),
+            dest: "/srv/my app'; rm -rf /".into(),
+            tag: "v1".into(),
+            torrent_len: 123,
+            stdin_secret: true,
+            linger: Duration::from_secs(2),
+            stall_timeout: Duration::from_millis(1500),
+            seeder: "127.0.0.1:6881".parse().unwrap(),
+            activate: true,
+            force: false,
+        };
+        let args = c.args();
+        assert_eq!(
+            args[..3],
+            ["peer", "--release-dest", "/srv/my app'; rm -rf /"]
+        );
+        assert!(args.contains(&"--stdin-secret".to_string()));
+        assert!(args.contains(&"--activate".to_string()));
+        assert!(!args.contains(&"--force".to_string()));
+        // The shell gives back exactly the arguments.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                c.shell()
+                    .replacen("exec ~/'bin/corvid'", "printf '%s\\n'", 1),
+            )
+            .output()
+            .unwrap();
+        let echoed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(echoed, args);
+    }
+}
