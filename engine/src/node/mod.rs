@@ -657,8 +657,9 @@ pub fn run(
         p.stop();
     }
     announce.stop(&shared);
-    let services = rt.shutdown();
-    drop(services);
+    if let Some(message) = stop_cores(rt) {
+        on_event(&NodeEvent::Warning { message });
+    }
     let keeper = record_thread.map(RecordThread::stop);
     // Warnings the cores or the record thread raised after the control loop's last look.
     for ev in std::mem::take(&mut *shared.events.lock()) {
@@ -701,6 +702,16 @@ pub fn run(
         transfer: stats.report(Instant::now()),
         resume: resume_report,
     })
+}
+
+/// Stops the cores. A failure (a core that panicked, buffers leaked by a timed-out shutdown)
+/// becomes a warning rather than the run's error: every piece counted was hash-verified and
+/// written through the shared mapping, so the outcome stands, but the operator must see that
+/// something broke (it used to be dropped).
+fn stop_cores<S: runtime::Service>(rt: Runtime<S>) -> Option<String> {
+    rt.shutdown()
+        .err()
+        .map(|e| format!("stopping the network cores: {e}"))
 }
 
 /// A download's start: reads the resume record, stamps the files before
@@ -1313,6 +1324,78 @@ mod announce {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::{CloseReason, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
+    use crate::runtime::{SendBuf, Service};
+
+    /// A service with a bug: it panics on the first connection, after saying so.
+    struct PanicsOnConnect(Sender<()>);
+
+    impl Service for PanicsOnConnect {
+        type Conn = ();
+        type Msg = ();
+        type Error = String;
+        fn on_connected(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: SocketAddr,
+            _: Direction,
+            _: Instant,
+        ) -> Option<()> {
+            let _ = self.0.send(());
+            panic!("a bug in the service");
+        }
+        fn next_recv(&mut self, _: &mut (), _: &mut RecvIovecs<'_>) -> RecvTarget {
+            RecvTarget::Pause
+        }
+        fn on_bytes(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: &mut (),
+            _: &[u8],
+            _: Instant,
+        ) -> Result<usize, String> {
+            Ok(0)
+        }
+        fn on_recv_done(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: &mut (),
+            _: Instant,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+            false
+        }
+        fn on_mailbox(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: &mut Conns<'_, (), String>,
+            _: (),
+            _: Instant,
+        ) {
+        }
+        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseReason<String>) {}
+    }
+
+    #[test]
+    fn a_core_that_panicked_is_reported_when_the_cores_stop() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cfg = RuntimeConfig {
+            cores: 1,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(cfg, move |_| PanicsOnConnect(tx.clone())).unwrap();
+        let _client = std::net::TcpStream::connect(rt.local_addr().unwrap()).unwrap();
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the core accepted the connection");
+        let warning = stop_cores(rt).expect("the panic is reported");
+        assert!(warning.contains("core 0 thread panicked"), "{warning}");
+    }
 
     #[test]
     fn per_ip_limits_scale_with_the_connection_cap() {
