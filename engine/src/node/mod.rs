@@ -197,26 +197,41 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    /// One JSON object: the transfer report's fields plus the node's own.
+    /// One JSON object: the transfer report's fields, then the node's own.
     pub fn to_json(&self) -> String {
-        let mut t = self.transfer.to_json();
-        t.pop(); // the closing brace
-        let banned: Vec<String> = self.banned.iter().map(|a| format!("\"{a}\"")).collect();
-        t.push_str(&format!(
-            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{},\"resume\":{}}}",
-            self.peer_addr,
-            self.complete,
-            self.pieces,
-            self.bytes_total,
-            self.wasted,
-            banned.join(","),
-            self.download_time
-                .map(|d| format!("{:.6}", d.as_secs_f64()))
-                .unwrap_or_else(|| "null".into()),
-            self.resume.to_json(),
-        ));
-        t
+        crate::stats::to_json_line(&self.json())
     }
+
+    /// The JSON shape, for lines that embed the report (`{"event":"done","report":..}`).
+    pub fn json(&self) -> NodeReportJson<'_> {
+        NodeReportJson {
+            transfer: self.transfer.json(),
+            peer_addr: self.peer_addr,
+            complete: self.complete,
+            pieces: self.pieces,
+            bytes_total: self.bytes_total,
+            wasted: self.wasted,
+            banned: &self.banned,
+            download_s: self.download_time,
+            resume: &self.resume,
+        }
+    }
+}
+
+/// The JSON shape of a [`NodeReport`], fields in the order printed.
+#[derive(serde::Serialize)]
+pub struct NodeReportJson<'a> {
+    #[serde(flatten)]
+    pub transfer: crate::stats::ReportJson<'a>,
+    pub peer_addr: SocketAddr,
+    pub complete: bool,
+    pub pieces: u32,
+    pub bytes_total: u64,
+    pub wasted: u64,
+    pub banned: &'a [IpAddr],
+    #[serde(serialize_with = "crate::stats::json_seconds")]
+    pub download_s: Option<Duration>,
+    pub resume: &'a ResumeReport,
 }
 
 #[derive(Debug, Default)]
