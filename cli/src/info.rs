@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use corvid_engine::metainfo::Metainfo;
 
-use crate::output::{human_size, json_array, json_object, json_str, print, printable};
+use corvid_engine::stats::to_json_line;
+
+use crate::output::{human_size, print, printable};
 use crate::{Exit, Failure};
 
 #[derive(clap::Args, Debug)]
@@ -31,38 +33,55 @@ pub fn load(path: &Path) -> Result<Metainfo, Failure> {
         .map_err(Failure::input)
 }
 
+/// `corvid info --json`, fields in the order printed.
+#[derive(serde::Serialize)]
+struct InfoJson<'a> {
+    name: &'a str,
+    info_hash: String,
+    total_size: u64,
+    piece_length: u64,
+    pieces: u32,
+    multi_file: bool,
+    private: bool,
+    files: Vec<FileJson>,
+    trackers: Vec<String>,
+    comment: Option<&'a str>,
+    created_by: Option<&'a str>,
+    creation_date: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct FileJson {
+    path: String,
+    size: u64,
+}
+
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let m = load(&args.torrent)?;
     let i = &m.info;
     if args.json {
-        let files = json_array(i.files.iter().map(|f| {
-            json_object(&[
-                ("path", json_str(&f.path.to_string_lossy())),
-                ("size", f.length.to_string()),
-            ])
-        }));
-        let opt = |s: &Option<String>| s.as_deref().map_or("null".to_owned(), json_str);
-        let obj = json_object(&[
-            ("name", json_str(&i.name)),
-            ("info_hash", json_str(&m.info_hash_hex())),
-            ("total_size", i.lengths.total_length().to_string()),
-            ("piece_length", i.lengths.piece_length().to_string()),
-            ("pieces", i.lengths.piece_count().to_string()),
-            ("multi_file", i.multi_file.to_string()),
-            ("private", i.private.to_string()),
-            ("files", files),
-            (
-                "trackers",
-                json_array(m.trackers().iter().map(|t| json_str(t))),
-            ),
-            ("comment", opt(&m.comment)),
-            ("created_by", opt(&m.created_by)),
-            (
-                "creation_date",
-                m.creation_date.map_or("null".to_owned(), |d| d.to_string()),
-            ),
-        ]);
-        print(&format!("{obj}\n"))?;
+        let obj = InfoJson {
+            name: &i.name,
+            info_hash: m.info_hash_hex(),
+            total_size: i.lengths.total_length(),
+            piece_length: i.lengths.piece_length(),
+            pieces: i.lengths.piece_count(),
+            multi_file: i.multi_file,
+            private: i.private,
+            files: i
+                .files
+                .iter()
+                .map(|f| FileJson {
+                    path: f.path.to_string_lossy().into_owned(),
+                    size: f.length,
+                })
+                .collect(),
+            trackers: m.trackers(),
+            comment: m.comment.as_deref(),
+            created_by: m.created_by.as_deref(),
+            creation_date: m.creation_date,
+        };
+        print(&format!("{}\n", to_json_line(&obj)))?;
         return Ok(Exit::Ok);
     }
     let mut s = String::new();

@@ -8,7 +8,9 @@ use anyhow::{anyhow, Context};
 use corvid_engine::hash::HashPool;
 use corvid_engine::metainfo::{self, BuildOptions};
 
-use crate::output::{human_size, json_array, json_object, json_str, print, progress};
+use corvid_engine::stats::to_json_line;
+
+use crate::output::{human_size, print, progress};
 use crate::{Exit, Failure};
 
 #[derive(clap::Args, Debug)]
@@ -93,20 +95,29 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
 
     let l = meta.info.lengths;
     if args.json {
-        let obj = json_object(&[
-            ("output", json_str(&output.to_string_lossy())),
-            ("name", json_str(&meta.info.name)),
-            ("info_hash", json_str(&meta.info_hash_hex())),
-            ("total_size", l.total_length().to_string()),
-            ("piece_length", l.piece_length().to_string()),
-            ("pieces", l.piece_count().to_string()),
-            ("files", meta.info.files.len().to_string()),
-            (
-                "trackers",
-                json_array(meta.trackers().iter().map(|t| json_str(t))),
-            ),
-        ]);
-        print(&format!("{obj}\n"))?;
+        /// `corvid make --json`, fields in the order printed.
+        #[derive(serde::Serialize)]
+        struct MadeJson<'a> {
+            output: &'a str,
+            name: &'a str,
+            info_hash: String,
+            total_size: u64,
+            piece_length: u64,
+            pieces: u32,
+            files: usize,
+            trackers: Vec<String>,
+        }
+        let obj = MadeJson {
+            output: &output.to_string_lossy(),
+            name: &meta.info.name,
+            info_hash: meta.info_hash_hex(),
+            total_size: l.total_length(),
+            piece_length: l.piece_length(),
+            pieces: l.piece_count(),
+            files: meta.info.files.len(),
+            trackers: meta.trackers(),
+        };
+        print(&format!("{}\n", to_json_line(&obj)))?;
     } else {
         print(&format!(
             "{}\ninfo-hash {}\n{} in {} files, {} pieces of {}\n",

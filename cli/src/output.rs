@@ -18,7 +18,8 @@ pub fn print(text: &str) -> std::io::Result<()> {
 /// paths, comments and tracker URLs come from torrents anyone can write; printed raw, an
 /// escape sequence in them could retitle the terminal, hide lines or move the cursor
 /// over other output, and a bidi override could make a path read as another one. JSON
-/// output needs none of this: its strings are escaped by [`json_str`].
+/// output needs none of this: its strings are escaped by serde_json
+/// ([`corvid_engine::stats::to_json_line`]).
 pub fn printable(s: &str) -> String {
     use std::fmt::Write as _;
     let risky = |c: char| {
@@ -39,26 +40,6 @@ pub fn printable(s: &str) -> String {
         }
     }
     out
-}
-
-/// A JSON string literal, quotes included, escaped per RFC 8259.
-pub fn json_str(s: &str) -> String {
-    corvid_engine::stats::json_string(s)
-}
-
-/// A JSON array of already-encoded values.
-pub fn json_array(items: impl IntoIterator<Item = String>) -> String {
-    let items: Vec<String> = items.into_iter().collect();
-    format!("[{}]", items.join(","))
-}
-
-/// A JSON object from (key, already-encoded value) pairs.
-pub fn json_object(fields: &[(&str, String)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{}", json_str(k), v))
-        .collect();
-    format!("{{{}}}", body.join(","))
 }
 
 /// A bar over `len` payload bytes on stderr, or a hidden one when stderr is not a terminal (logs
@@ -99,12 +80,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_json() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
-        assert_eq!(
-            json_object(&[("k", json_array(["1".into(), json_str("x")]))]),
-            "{\"k\":[1,\"x\"]}"
-        );
+    fn human_sizes() {
         assert_eq!(human_size(1536), "1.5 KiB");
         assert_eq!(human_size(12), "12 B");
     }

@@ -13,11 +13,71 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::metainfo::{FileSpec, Metainfo};
 use corvid_engine::node::resume::{RecordStatus, ResumeReport};
-use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
+use corvid_engine::node::{
+    self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, NodeReportJson, StopFlag,
+};
 use corvid_engine::peer::auth::Secret;
+use corvid_engine::stats::{json_seconds, to_json_line};
 
-use crate::output::{human_size, json_object, json_str, print, printable};
+use crate::output::{human_size, print, printable};
 use crate::{Exit, Failure};
+
+/// One `--json` line of `seed` and `peer`, tagged by `event`; fields in the order printed
+/// (scripts, the benches and the deployer read them).
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum NodeLine<'a> {
+    Listening {
+        peer_addr: SocketAddr,
+        /// `seed --tracker`: where its tracker listens.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracker_addr: Option<SocketAddr>,
+    },
+    Checked {
+        have: u32,
+        pieces: u32,
+        resume: &'a ResumeReport,
+    },
+    Warning {
+        message: &'a str,
+    },
+    Progress {
+        have: u32,
+        pieces: u32,
+        bytes_down: u64,
+        bytes_up: u64,
+        peers: usize,
+    },
+    Complete {
+        #[serde(serialize_with = "json_seconds")]
+        elapsed_s: Option<Duration>,
+    },
+    TrackerError {
+        url: &'a str,
+        error: &'a str,
+    },
+    PeerClosed {
+        addr: SocketAddr,
+        reason: &'a str,
+    },
+    Done {
+        report: NodeReportJson<'a>,
+    },
+}
+
+impl NodeLine<'_> {
+    pub fn listening(peer_addr: SocketAddr, tracker_addr: Option<SocketAddr>) -> Self {
+        NodeLine::Listening {
+            peer_addr,
+            tracker_addr,
+        }
+    }
+
+    /// The line as printed, without the newline.
+    pub fn to_json(&self) -> String {
+        to_json_line(self)
+    }
+}
 
 /// Flags every swarm role takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -226,18 +286,15 @@ impl Printer {
         }
     }
 
-    fn json_line(&self, fields: &[(&str, String)]) {
-        let _ = print(&format!("{}\n", json_object(fields)));
+    fn json_line(&self, line: &NodeLine<'_>) {
+        let _ = print(&format!("{}\n", to_json_line(line)));
     }
 
     pub fn event(&mut self, ev: &NodeEvent) {
         match ev {
             NodeEvent::Listening { peer_addr } => {
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("listening")),
-                        ("peer_addr", json_str(&peer_addr.to_string())),
-                    ]);
+                    self.json_line(&NodeLine::listening(*peer_addr, None));
                 } else {
                     self.say(&format!("listening for peers on {peer_addr}"));
                 }
@@ -248,12 +305,11 @@ impl Printer {
                 resume,
             } => {
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("checked")),
-                        ("have", have.to_string()),
-                        ("pieces", total.to_string()),
-                        ("resume", resume.to_json()),
-                    ]);
+                    self.json_line(&NodeLine::Checked {
+                        have: *have,
+                        pieces: *total,
+                        resume,
+                    });
                 } else {
                     if let Some(line) = resume_line(resume, *total) {
                         self.say(&line);
@@ -267,10 +323,7 @@ impl Printer {
             }
             NodeEvent::Warning { message } => {
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("warning")),
-                        ("message", json_str(message)),
-                    ]);
+                    self.json_line(&NodeLine::Warning { message });
                 } else {
                     self.say(&format!("warning: {message}"));
                 }
@@ -281,14 +334,13 @@ impl Printer {
                     bar.set_position(done);
                     bar.set_prefix(format!("up {} peers {}", human_size(p.bytes_up), p.peers));
                 } else if self.json {
-                    self.json_line(&[
-                        ("event", json_str("progress")),
-                        ("have", p.have.to_string()),
-                        ("pieces", p.total.to_string()),
-                        ("bytes_down", p.bytes_down.to_string()),
-                        ("bytes_up", p.bytes_up.to_string()),
-                        ("peers", p.peers.to_string()),
-                    ]);
+                    self.json_line(&NodeLine::Progress {
+                        have: p.have,
+                        pieces: p.total,
+                        bytes_down: p.bytes_down,
+                        bytes_up: p.bytes_up,
+                        peers: p.peers,
+                    });
                 }
             }
             NodeEvent::Complete { elapsed } => {
@@ -296,10 +348,9 @@ impl Printer {
                     bar.set_position(self.total_bytes);
                 }
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("complete")),
-                        ("elapsed_s", format!("{:.6}", elapsed.as_secs_f64())),
-                    ]);
+                    self.json_line(&NodeLine::Complete {
+                        elapsed_s: Some(*elapsed),
+                    });
                 } else {
                     self.say(&format!(
                         "complete: {} verified in {:.2} s",
@@ -310,22 +361,17 @@ impl Printer {
             }
             NodeEvent::TrackerError { url, error } => {
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("tracker_error")),
-                        ("url", json_str(url)),
-                        ("error", json_str(error)),
-                    ]);
+                    self.json_line(&NodeLine::TrackerError { url, error });
                 } else {
                     self.say(&format!("tracker {url}: {error}"));
                 }
             }
             NodeEvent::PeerClosed { addr, reason } => {
                 if self.json {
-                    self.json_line(&[
-                        ("event", json_str("peer_closed")),
-                        ("addr", json_str(&addr.to_string())),
-                        ("reason", json_str(reason)),
-                    ]);
+                    self.json_line(&NodeLine::PeerClosed {
+                        addr: *addr,
+                        reason,
+                    });
                 }
             }
         }
@@ -337,10 +383,7 @@ impl Printer {
             bar.finish_and_clear();
         }
         if self.json {
-            let _ = print(&format!(
-                "{{\"event\":\"done\",\"report\":{}}}\n",
-                r.to_json()
-            ));
+            self.json_line(&NodeLine::Done { report: r.json() });
             return;
         }
         let t = &r.transfer;
@@ -432,4 +475,108 @@ pub fn dest_root(dest: &Path) -> Result<PathBuf, Failure> {
     std::fs::create_dir_all(dest)
         .map_err(|e| Failure::output(anyhow!("cannot create {}: {e}", dest.display())))?;
     Ok(dest.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_engine::stats::Report;
+
+    /// Every kind of line, byte for byte as the hand-written builder printed it.
+    #[test]
+    fn json_lines_keep_their_bytes() {
+        let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();
+        let tracker: SocketAddr = "[::1]:8998".parse().unwrap();
+        let resume = ResumeReport {
+            record: RecordStatus::Invalid,
+            reason: Some("torn \"record\"\n".into()),
+            trusted_pieces: 0,
+            rechecked_pieces: 4,
+            rechecked_bytes: 1000,
+        };
+        let report = NodeReport {
+            peer_addr: addr,
+            complete: false,
+            pieces: 4,
+            bytes_total: 1000,
+            wasted: 0,
+            banned: Vec::new(),
+            download_time: None,
+            transfer: Report {
+                label: None,
+                elapsed: Duration::from_secs(2),
+                bytes_down: 0,
+                bytes_up: 0,
+                bytes_from_seeder: 0,
+                bytes_from_peers: 0,
+                pieces_verified: 0,
+                pieces_failed: 0,
+                piece_latency_us: Default::default(),
+            },
+            resume: ResumeReport::off(),
+        };
+        let cases = [
+            (
+                NodeLine::listening(addr, None),
+                r#"{"event":"listening","peer_addr":"127.0.0.1:6881"}"#,
+            ),
+            (
+                NodeLine::listening(addr, Some(tracker)),
+                r#"{"event":"listening","peer_addr":"127.0.0.1:6881","tracker_addr":"[::1]:8998"}"#,
+            ),
+            (
+                NodeLine::Checked {
+                    have: 0,
+                    pieces: 4,
+                    resume: &resume,
+                },
+                r#"{"event":"checked","have":0,"pieces":4,"resume":{"record":"invalid","reason":"torn \"record\"\n","trusted_pieces":0,"rechecked_pieces":4,"rechecked_bytes":1000}}"#,
+            ),
+            (
+                NodeLine::Warning {
+                    message: "disk full\u{2028}",
+                },
+                r#"{"event":"warning","message":"disk full\u2028"}"#,
+            ),
+            (
+                NodeLine::Progress {
+                    have: 1,
+                    pieces: 4,
+                    bytes_down: 250,
+                    bytes_up: 10,
+                    peers: 3,
+                },
+                r#"{"event":"progress","have":1,"pieces":4,"bytes_down":250,"bytes_up":10,"peers":3}"#,
+            ),
+            (
+                NodeLine::Complete {
+                    elapsed_s: Some(Duration::from_millis(2500)),
+                },
+                r#"{"event":"complete","elapsed_s":2.500000}"#,
+            ),
+            (
+                NodeLine::TrackerError {
+                    url: "http://t/a",
+                    error: "refused",
+                },
+                r#"{"event":"tracker_error","url":"http://t/a","error":"refused"}"#,
+            ),
+            (
+                NodeLine::PeerClosed {
+                    addr,
+                    reason: "stalled: 40 s",
+                },
+                r#"{"event":"peer_closed","addr":"127.0.0.1:6881","reason":"stalled: 40 s"}"#,
+            ),
+            (
+                NodeLine::Done {
+                    report: report.json(),
+                },
+                r#"{"event":"done","report":{"elapsed_s":2,"bytes_down":0,"bytes_up":0,"bytes_from_seeder":0,"bytes_from_peers":0,"pieces_verified":0,"pieces_failed":0,"down_rate_bps":0,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"127.0.0.1:6881","complete":false,"pieces":4,"bytes_total":1000,"wasted":0,"banned":[],"download_s":null,"resume":{"record":"off","reason":null,"trusted_pieces":0,"rechecked_pieces":0,"rechecked_bytes":0}}}"#,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(line.to_json(), want);
+        }
+    }
 }

@@ -12,7 +12,7 @@ use corvid_engine::tracker::{
     TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
 };
 
-use crate::output::{json_object, json_str, print};
+use crate::output::print;
 use crate::roles::{self, NodeArgs, Printer};
 use crate::{Exit, Failure};
 
@@ -114,14 +114,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         if let (node::NodeEvent::Listening { peer_addr }, Some(t)) = (ev, tracker_addr) {
             // One line that says where both listen, for scripts and tests.
             if json {
-                let _ = print(&format!(
-                    "{}\n",
-                    json_object(&[
-                        ("event", json_str("listening")),
-                        ("peer_addr", json_str(&peer_addr.to_string())),
-                        ("tracker_addr", json_str(&t.to_string())),
-                    ])
-                ));
+                let line = roles::NodeLine::listening(*peer_addr, Some(t));
+                let _ = print(&format!("{}\n", line.to_json()));
                 return;
             }
             eprintln!("tracker listening on {t}");

@@ -14,7 +14,9 @@ use corvid_engine::hash::HashPool;
 use corvid_engine::metainfo::{FileSpec, Metainfo};
 use corvid_engine::storage::Storage;
 
-use crate::output::{json_array, json_object, json_str, print, printable, progress};
+use corvid_engine::stats::to_json_line;
+
+use crate::output::{print, printable, progress};
 use crate::{Exit, Failure};
 
 #[derive(clap::Args, Debug)]
@@ -161,41 +163,57 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     };
 
     if args.json {
-        let bad_p = json_array(bad_pieces.iter().map(|&p| {
-            json_object(&[
-                ("piece", p.to_string()),
-                (
-                    "files",
-                    json_array(piece_files(p).into_iter().map(|f| json_str(&shown(f)))),
-                ),
-            ])
-        }));
+        /// `corvid verify --json`, fields in the order printed.
+        #[derive(serde::Serialize)]
+        struct VerifyJson<'a> {
+            ok: bool,
+            info_hash: String,
+            pieces: u32,
+            hashed: bool,
+            bad_pieces: Vec<BadPiece>,
+            bad_files: Vec<BadFile<'a>>,
+        }
+        #[derive(serde::Serialize)]
+        struct BadPiece {
+            piece: u32,
+            files: Vec<String>,
+        }
+        #[derive(serde::Serialize)]
+        struct BadFile<'a> {
+            path: String,
+            bad_pieces: u32,
+            problem: &'a str,
+        }
+        let bad_p = bad_pieces
+            .iter()
+            .map(|&p| BadPiece {
+                piece: p,
+                files: piece_files(p).into_iter().map(shown).collect(),
+            })
+            .collect();
         let mut bad_f = Vec::new();
         for (i, n) in file_bad.iter().enumerate() {
             let problem = problems
                 .iter()
                 .find(|(j, _)| *j == i)
-                .map(|(_, p)| p.clone());
+                .map(|(_, p)| p.as_str());
             if *n > 0 || problem.is_some() {
-                bad_f.push(json_object(&[
-                    ("path", json_str(&shown(i))),
-                    ("bad_pieces", n.to_string()),
-                    (
-                        "problem",
-                        json_str(problem.as_deref().unwrap_or("hash mismatch")),
-                    ),
-                ]));
+                bad_f.push(BadFile {
+                    path: shown(i),
+                    bad_pieces: *n,
+                    problem: problem.unwrap_or("hash mismatch"),
+                });
             }
         }
-        let obj = json_object(&[
-            ("ok", all_ok.to_string()),
-            ("info_hash", json_str(&m.info_hash_hex())),
-            ("pieces", info.lengths.piece_count().to_string()),
-            ("hashed", hashed.to_string()),
-            ("bad_pieces", bad_p),
-            ("bad_files", json_array(bad_f)),
-        ]);
-        print(&format!("{obj}\n"))?;
+        let obj = VerifyJson {
+            ok: all_ok,
+            info_hash: m.info_hash_hex(),
+            pieces: info.lengths.piece_count(),
+            hashed,
+            bad_pieces: bad_p,
+            bad_files: bad_f,
+        };
+        print(&format!("{}\n", to_json_line(&obj)))?;
     } else {
         // Paths come from the torrent: escaped for the terminal (JSON escapes its own).
         let shown = |i: usize| printable(&shown(i));

@@ -409,3 +409,51 @@ fn peer_refuses_two_torrent_files_that_are_one_file_on_disk() {
     assert_one_line_error(&o, 4, "are one file on disk");
     assert_eq!(std::fs::metadata(dest.join("A")).unwrap().len(), 300_000);
 }
+
+/// `make`, `info` and `verify --json` print one object each, with the fields and order
+/// scripts have read since before these lines went through serde.
+#[test]
+fn json_outputs_keep_their_shape() {
+    let t = tempfile::tempdir().unwrap();
+    tree(t.path());
+    let hash = "9608292c5aab695085e0fb0ef6b74e26114c5ac7";
+    let o = corvid(&["make", "rel", "-o", "t.torrent", "--json"], t.path());
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    assert_eq!(
+        out(&o),
+        format!(
+            r#"{{"output":"t.torrent","name":"rel","info_hash":"{hash}","total_size":200003,"piece_length":262144,"pieces":1,"files":2,"trackers":[]}}"#
+        ) + "\n"
+    );
+    let o = corvid(&["info", "--json", "t.torrent"], t.path());
+    let info = out(&o);
+    let (head, date) = info
+        .rsplit_once(",\"creation_date\":")
+        .unwrap_or_else(|| panic!("no creation_date: {info}"));
+    assert!(
+        date.trim_end().trim_end_matches('}').parse::<i64>().is_ok(),
+        "{info}"
+    );
+    assert_eq!(
+        head,
+        format!(
+            r#"{{"name":"rel","info_hash":"{hash}","total_size":200003,"piece_length":262144,"pieces":1,"multi_file":true,"private":false,"files":[{{"path":"rel/VERSION","size":3}},{{"path":"rel/lib/a.so","size":200000}}],"trackers":[],"comment":null,"created_by":"corvid {}""#,
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let o = corvid(&["verify", "--json", "t.torrent", "rel"], t.path());
+    assert_eq!(
+        out(&o),
+        format!(
+            r#"{{"ok":true,"info_hash":"{hash}","pieces":1,"hashed":true,"bad_pieces":[],"bad_files":[]}}"#
+        ) + "\n"
+    );
+    std::fs::write(t.path().join("rel/VERSION"), b"43\n").unwrap();
+    let o = corvid(&["verify", "--json", "t.torrent", "rel"], t.path());
+    assert_eq!(
+        out(&o),
+        format!(
+            r#"{{"ok":false,"info_hash":"{hash}","pieces":1,"hashed":true,"bad_pieces":[{{"piece":0,"files":["rel/VERSION","rel/lib/a.so"]}}],"bad_files":[{{"path":"rel/VERSION","bad_pieces":1,"problem":"hash mismatch"}},{{"path":"rel/lib/a.so","bad_pieces":1,"problem":"hash mismatch"}}]}}"#
+        ) + "\n"
+    );
+}

@@ -185,7 +185,12 @@ impl Report {
     /// The report as one JSON object on one line (no trailing newline), with keys in a
     /// fixed order. Durations are in seconds (`elapsed_s`) or microseconds (`_us`).
     pub fn to_json(&self) -> String {
-        let json = ReportJson {
+        to_json_line(&self.json())
+    }
+
+    /// The JSON shape, for objects that embed the report's fields (the node's report).
+    pub fn json(&self) -> ReportJson<'_> {
+        ReportJson {
             label: self.label.as_deref(),
             elapsed_s: self.elapsed.as_secs_f64(),
             bytes_down: self.bytes_down,
@@ -196,8 +201,7 @@ impl Report {
             pieces_failed: self.pieces_failed,
             down_rate_bps: self.down_rate(),
             piece_latency_us: &self.piece_latency_us,
-        };
-        to_json_line(&json)
+        }
     }
 }
 
@@ -283,6 +287,18 @@ pub fn json_number<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_i64(*v as i64)
     } else {
         s.serialize_f64(*v)
+    }
+}
+
+/// Seconds with exactly six decimals (`1.500000`), as the node's JSON lines always printed
+/// durations; `None` as `null`.
+pub fn json_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    match d {
+        None => s.serialize_none(),
+        Some(d) => serde_json::value::RawValue::from_string(format!("{:.6}", d.as_secs_f64()))
+            .map_err(S::Error::custom)?
+            .serialize(s),
     }
 }
 

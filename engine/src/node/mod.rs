@@ -197,26 +197,41 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    /// One JSON object: the transfer report's fields plus the node's own.
+    /// One JSON object: the transfer report's fields, then the node's own.
     pub fn to_json(&self) -> String {
-        let mut t = self.transfer.to_json();
-        t.pop(); // the closing brace
-        let banned: Vec<String> = self.banned.iter().map(|a| format!("\"{a}\"")).collect();
-        t.push_str(&format!(
-            ",\"peer_addr\":\"{}\",\"complete\":{},\"pieces\":{},\"bytes_total\":{},\"wasted\":{},\"banned\":[{}],\"download_s\":{},\"resume\":{}}}",
-            self.peer_addr,
-            self.complete,
-            self.pieces,
-            self.bytes_total,
-            self.wasted,
-            banned.join(","),
-            self.download_time
-                .map(|d| format!("{:.6}", d.as_secs_f64()))
-                .unwrap_or_else(|| "null".into()),
-            self.resume.to_json(),
-        ));
-        t
+        crate::stats::to_json_line(&self.json())
     }
+
+    /// The JSON shape, for lines that embed the report (`{"event":"done","report":..}`).
+    pub fn json(&self) -> NodeReportJson<'_> {
+        NodeReportJson {
+            transfer: self.transfer.json(),
+            peer_addr: self.peer_addr,
+            complete: self.complete,
+            pieces: self.pieces,
+            bytes_total: self.bytes_total,
+            wasted: self.wasted,
+            banned: &self.banned,
+            download_s: self.download_time,
+            resume: &self.resume,
+        }
+    }
+}
+
+/// The JSON shape of a [`NodeReport`], fields in the order printed.
+#[derive(serde::Serialize)]
+pub struct NodeReportJson<'a> {
+    #[serde(flatten)]
+    pub transfer: crate::stats::ReportJson<'a>,
+    pub peer_addr: SocketAddr,
+    pub complete: bool,
+    pub pieces: u32,
+    pub bytes_total: u64,
+    pub wasted: u64,
+    pub banned: &'a [IpAddr],
+    #[serde(serialize_with = "crate::stats::json_seconds")]
+    pub download_s: Option<Duration>,
+    pub resume: &'a ResumeReport,
 }
 
 #[derive(Debug, Default)]
@@ -657,8 +672,9 @@ pub fn run(
         p.stop();
     }
     announce.stop(&shared);
-    let services = rt.shutdown();
-    drop(services);
+    if let Some(message) = stop_cores(rt) {
+        on_event(&NodeEvent::Warning { message });
+    }
     let keeper = record_thread.map(RecordThread::stop);
     // Warnings the cores or the record thread raised after the control loop's last look.
     for ev in std::mem::take(&mut *shared.events.lock()) {
@@ -701,6 +717,16 @@ pub fn run(
         transfer: stats.report(Instant::now()),
         resume: resume_report,
     })
+}
+
+/// Stops the cores. A failure (a core that panicked, buffers leaked by a timed-out shutdown)
+/// becomes a warning rather than the run's error: every piece counted was hash-verified and
+/// written through the shared mapping, so the outcome stands, but the operator must see that
+/// something broke (it used to be dropped).
+fn stop_cores<S: runtime::Service>(rt: Runtime<S>) -> Option<String> {
+    rt.shutdown()
+        .err()
+        .map(|e| format!("stopping the network cores: {e}"))
 }
 
 /// A download's start: reads the resume record, stamps the files before
@@ -1313,6 +1339,127 @@ mod announce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample_report(download_time: Option<Duration>, reason: Option<&str>) -> NodeReport {
+        NodeReport {
+            peer_addr: "[::1]:6881".parse().unwrap(),
+            complete: true,
+            pieces: 4,
+            bytes_total: 1000,
+            wasted: 7,
+            banned: vec!["10.0.0.9".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            download_time,
+            transfer: Report {
+                label: None,
+                elapsed: Duration::from_millis(1500),
+                bytes_down: 1000,
+                bytes_up: 3,
+                bytes_from_seeder: 600,
+                bytes_from_peers: 400,
+                pieces_verified: 4,
+                pieces_failed: 1,
+                piece_latency_us: Default::default(),
+            },
+            resume: ResumeReport {
+                record: resume::RecordStatus::Mismatch,
+                reason: reason.map(str::to_owned),
+                trusted_pieces: 1,
+                rechecked_pieces: 3,
+                rechecked_bytes: 750,
+            },
+        }
+    }
+
+    /// The `done` line's report, byte for byte as corvid has printed it (scripts and the
+    /// benches read these fields).
+    #[test]
+    fn the_report_json_keeps_its_bytes() {
+        let r = sample_report(
+            Some(Duration::from_micros(1_250_000)),
+            Some("a.bin changed"),
+        );
+        assert_eq!(
+            r.to_json(),
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750}}"#
+        );
+        let r = sample_report(None, None);
+        assert_eq!(
+            r.to_json(),
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750}}"#
+        );
+    }
+    use crate::runtime::{CloseReason, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
+    use crate::runtime::{SendBuf, Service};
+
+    /// A service with a bug: it panics on the first connection, after saying so.
+    struct PanicsOnConnect(Sender<()>);
+
+    impl Service for PanicsOnConnect {
+        type Conn = ();
+        type Msg = ();
+        type Error = String;
+        fn on_connected(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: SocketAddr,
+            _: Direction,
+            _: Instant,
+        ) -> Option<()> {
+            let _ = self.0.send(());
+            panic!("a bug in the service");
+        }
+        fn next_recv(&mut self, _: &mut (), _: &mut RecvIovecs<'_>) -> RecvTarget {
+            RecvTarget::Pause
+        }
+        fn on_bytes(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: &mut (),
+            _: &[u8],
+            _: Instant,
+        ) -> Result<usize, String> {
+            Ok(0)
+        }
+        fn on_recv_done(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: ConnId,
+            _: &mut (),
+            _: Instant,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+            false
+        }
+        fn on_mailbox(
+            &mut self,
+            _: &mut CoreIo<'_, ()>,
+            _: &mut Conns<'_, (), String>,
+            _: (),
+            _: Instant,
+        ) {
+        }
+        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseReason<String>) {}
+    }
+
+    #[test]
+    fn a_core_that_panicked_is_reported_when_the_cores_stop() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cfg = RuntimeConfig {
+            cores: 1,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..RuntimeConfig::default()
+        };
+        let rt = Runtime::start(cfg, move |_| PanicsOnConnect(tx.clone())).unwrap();
+        let _client = std::net::TcpStream::connect(rt.local_addr().unwrap()).unwrap();
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the core accepted the connection");
+        let warning = stop_cores(rt).expect("the panic is reported");
+        assert!(warning.contains("core 0 thread panicked"), "{warning}");
+    }
 
     #[test]
     fn per_ip_limits_scale_with_the_connection_cap() {

@@ -384,7 +384,8 @@ impl NoFollow for OpenOptions {
 }
 
 /// How the start-up went, for the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RecordStatus {
     /// A record matched the torrent and vouched for the files that still match it.
     Used,
@@ -410,8 +411,8 @@ impl RecordStatus {
     }
 }
 
-/// The start-up check, as reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The start-up check, as reported (in JSON with these field names, in this order).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ResumeReport {
     pub record: RecordStatus,
     /// Why the record was not used (or which files did not match).
@@ -433,34 +434,6 @@ impl ResumeReport {
             rechecked_bytes: 0,
         }
     }
-
-    /// `{"record":"used","reason":null,"trusted_pieces":..}`.
-    pub fn to_json(&self) -> String {
-        let reason = match &self.reason {
-            Some(r) => format!("\"{}\"", json_escape(r)),
-            None => "null".into(),
-        };
-        format!(
-            "{{\"record\":\"{}\",\"reason\":{reason},\"trusted_pieces\":{},\"rechecked_pieces\":{},\"rechecked_bytes\":{}}}",
-            self.record.as_str(),
-            self.trusted_pieces,
-            self.rechecked_pieces,
-            self.rechecked_bytes
-        )
-    }
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// What the record said at start.

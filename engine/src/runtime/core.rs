@@ -333,7 +333,15 @@ pub(super) fn run<S: Service>(
     core.arm_accept();
     core.arm_mailbox();
     core.arm_tick();
-    match core.run_loop() {
+    // A panicking service must not unwind through `Core`: dropping it would free buffers that
+    // operations still in flight reference. The panic is caught and the core leaked like on
+    // a shutdown timeout, so the runtime reports it and nothing is freed under the kernel.
+    let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run_loop()));
+    let Ok(looped) = looped else {
+        std::mem::forget(core);
+        return Err(RuntimeError::Panicked { core: index });
+    };
+    match looped {
         Ok(()) => Ok(core.service),
         Err(e) => {
             // Operations may still reference the core's buffers: leak them rather than free

@@ -271,8 +271,8 @@ pub enum RuntimeError {
         /// The OS error.
         source: io::Error,
     },
-    /// A core thread panicked.
-    #[error("core {core} thread panicked")]
+    /// A core thread panicked (a bug in the service or the core); its buffers were leaked.
+    #[error("core {core} thread panicked; its buffers were leaked")]
     Panicked {
         /// Which core.
         core: usize,
