@@ -73,7 +73,12 @@ pub fn peer_auth(data: &[u8]) {
     let seeder = usize::from(flags & 2 != 0);
     let secrets = [
         Secret::new(b"fleet secret").expect("non-empty"),
-        Secret::new(if same { b"fleet secret" } else { b"guess secret" }).expect("non-empty"),
+        Secret::new(if same {
+            b"fleet secret"
+        } else {
+            b"guess secret"
+        })
+        .expect("non-empty"),
     ];
     let start = Instant::now();
     let mut now = start;
@@ -187,7 +192,10 @@ fn messages(stream: &[u8]) -> Vec<(Option<u8>, Vec<u8>)> {
             Message::Piece { len, .. } => len as usize,
             _ => 0,
         };
-        out.push((rest.get(4).copied().filter(|_| n > 4), rest[5.min(n)..n].to_vec()));
+        out.push((
+            rest.get(4).copied().filter(|_| n > 4),
+            rest[5.min(n)..n].to_vec(),
+        ));
         rest = rest.get(n + skip..).unwrap_or_default();
     }
     out
@@ -260,7 +268,10 @@ fn check_side(side: &Side, i: usize, same: bool) {
         .iter()
         .any(|m| ext(m).is_some_and(|e| e.corvid_proof.is_some()));
     if !same {
-        assert!(!opened, "side {i} got past the handshake without the secret");
+        assert!(
+            !opened,
+            "side {i} got past the handshake without the secret"
+        );
     }
     if opened {
         assert!(
