@@ -48,6 +48,9 @@ pub struct Proc {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The stderr reader: it may still be copying the last bytes when the child is
+    /// reaped, so `wait_exit` waits for it to reach end-of-file before reading `stderr`.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -71,7 +74,7 @@ impl Proc {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -88,6 +91,7 @@ impl Proc {
             lines,
             seen: Vec::new(),
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -138,6 +142,17 @@ impl Proc {
                     self.seen.push(line);
                 }
                 self.child = None;
+                // The pipe's last writer exited, so the reader reaches end-of-file
+                // promptly; bounded anyway in case a grandchild inherited the pipe.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while !reader.is_finished() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if reader.is_finished() {
+                        let _ = reader.join();
+                    }
+                }
                 let err = self.stderr.lock().unwrap().clone();
                 return (status.code(), self.seen.clone(), err);
             }
