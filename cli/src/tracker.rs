@@ -2,12 +2,14 @@
 //! scrape), for swarms whose seeder runs without its embedded one.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
 
 use corvid_engine::tracker::{
-    TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
+    Topology, TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
 };
 
 use corvid_engine::stats::to_json_line;
@@ -21,7 +23,8 @@ use crate::{Exit, Failure};
     about = "Run an HTTP BitTorrent tracker",
     long_about = "Run an HTTP BitTorrent tracker (announce with compact peer lists, and \
         scrape) until SIGINT/SIGTERM. Murder's default port 8998.",
-    after_help = "Examples:\n  corvid tracker\n  corvid tracker --listen 127.0.0.1:0 --json"
+    after_help = "Examples:\n  corvid tracker\n  corvid tracker --listen 127.0.0.1:0 --json\n  \
+        corvid tracker --topology racks.txt    # lines: 10.1.0.0/16 rack=r1"
 )]
 pub struct Args {
     /// Address to listen on (port 0: any free port, printed at start).
@@ -40,6 +43,10 @@ pub struct Args {
     /// only behind a reverse proxy that sets it, since any client can claim any address.
     #[arg(long)]
     trust_ip_param: bool,
+    /// Racks of the fleet: lines `ADDR rack=NAME` (ADDR an IP, IP:PORT or CIDR network,
+    /// `#` comments). Peers in a known rack get mostly same-rack peers from the tracker.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
     /// Print the listening address as a JSON line.
     #[arg(long)]
     json: bool,
@@ -64,6 +71,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         max_peers_per_ip: args.max_peers_per_ip,
         max_swarms_per_ip: args.max_swarms_per_ip,
         trust_ip_param: args.trust_ip_param,
+        topology: load_topology(args.topology.as_deref())?,
         ..TrackerConfig::default()
     };
     let server = TrackerServer::bind(args.listen, cfg).map_err(|e| {
@@ -93,6 +101,12 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         print(&format!("{}\n", to_json_line(&line)))?;
     }
     Ok(Exit::Ok)
+}
+
+/// Reads `--topology`; a bad file is the operator's input error, named by line.
+pub fn load_topology(path: Option<&Path>) -> Result<Option<Arc<Topology>>, Failure> {
+    path.map(|p| Topology::load(p).map(Arc::new).map_err(Failure::input))
+        .transpose()
 }
 
 #[cfg(test)]

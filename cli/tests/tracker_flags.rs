@@ -116,3 +116,58 @@ fn seed_flags_set_the_embedded_trackers_caps_and_ip_trust() {
     assert_eq!(seen, ["192.0.2.7:7001"]);
     seeder.finish(T);
 }
+
+/// `--topology` on `corvid tracker`: loopback peers told apart by port, four a rack. A
+/// newcomer in rack a gets its four rack mates and two of rack b's four (a third of the
+/// same-rack count, rounded up), where without the file it would get all eight.
+#[test]
+fn tracker_topology_hands_out_mostly_same_rack_peers() {
+    let t = tempfile::tempdir().unwrap();
+    let racks = t.path().join("racks.txt");
+    let mut text = String::from("# two racks on one host, by port\n");
+    for id in 1..=9u16 {
+        let rack = if id <= 4 || id == 9 { "a" } else { "b" };
+        text.push_str(&format!("127.0.0.1:{} rack={rack}\n", 7000 + id));
+    }
+    std::fs::write(&racks, text).unwrap();
+    let (mut p, url) = start_tracker(&["--topology", racks.to_str().unwrap()]);
+    for id in 1..=8 {
+        announce(&url, &peer(1, id, None), T).unwrap();
+    }
+    let mut r = peer(1, 9, None);
+    r.event = Event::Started;
+    let resp = announce(&url, &r, T).expect("newcomer announce");
+    let ports: Vec<u16> = resp.peers.iter().map(|p| p.addr.port()).collect();
+    assert_eq!(ports.len(), 6, "{ports:?}");
+    assert_eq!(ports.iter().filter(|&&p| p <= 7004).count(), 4, "{ports:?}");
+    // A client outside the topology gets everyone, as before.
+    assert_eq!(seen_by_newcomer(&url, 1).len(), 9);
+    p.finish(T);
+}
+
+/// A bad topology line stops `corvid tracker` and `corvid seed` at start with the input
+/// exit code (3), naming the file's line.
+#[test]
+fn bad_topology_files_are_refused_with_their_line() {
+    let t = tempfile::tempdir().unwrap();
+    let racks = t.path().join("racks.txt");
+    std::fs::write(&racks, "10.0.0.0/24 rack=a\n10.0.1.0/24 rack a\n").unwrap();
+    let mut tracker = corvid(&["tracker", "--listen", "127.0.0.1:0", "--topology"]);
+    tracker.arg(&racks);
+    let payload = t.path().join("payload");
+    make_tree(&payload, 16 << 10, 3);
+    let torrent = t.path().join("p.torrent");
+    make_torrent(&payload, &torrent, "http://127.0.0.1:1/announce", "16K");
+    let mut seed = corvid(&["seed"]);
+    seed.arg(&torrent).arg(t.path());
+    seed.args(["--listen", "127.0.0.1:0", "--tracker-listen", "127.0.0.1:0"]);
+    seed.arg("--topology").arg(&racks);
+    for (name, mut cmd) in [("tracker", tracker), ("seed", seed)] {
+        let (code, _, err) = Proc::spawn(name, &mut cmd).wait_exit(T);
+        assert_eq!(code, Some(3), "{name}: {err}");
+        assert!(
+            err.contains("racks.txt line 2") && err.contains("no rack=NAME"),
+            "{name}: {err}"
+        );
+    }
+}

@@ -9,10 +9,13 @@
 //! - [`client`]: blocking [`announce`] and [`scrape`] over plain HTTP/1.0, and
 //!   [`Announcer`], the sans-IO schedule (interval, min interval, backoff) the runtime
 //!   follows.
+//! - [`topology`]: which rack each peer is in (`--topology FILE`, deploy's `rack=`), so
+//!   [`Swarms`] can hand out mostly same-rack peers.
 
 pub mod client;
 pub mod proto;
 pub mod server;
+pub mod topology;
 
 pub use client::{announce, scrape, Announcer, BackoffPolicy};
 pub use proto::{
@@ -22,6 +25,7 @@ pub use server::{
     Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats, DEFAULT_MAX_PEERS_PER_IP,
     DEFAULT_MAX_SWARMS_PER_IP,
 };
+pub use topology::{RackId, Topology, TopologyError};
 
 /// Murder's tracker port, kept as corvid's default so existing firewall rules fit.
 pub const DEFAULT_PORT: u16 = 8998;

@@ -27,6 +27,7 @@ use super::proto::{
     self, encode_announce_response, encode_failure, encode_scrape_response, AnnounceRequest,
     AnnounceResponse, Event, Head, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
+use super::topology::{RackId, Topology};
 use super::TrackerError;
 use crate::peer::auth::Secret;
 
@@ -69,6 +70,10 @@ pub struct TrackerConfig {
     /// A private tracker: announces and scrapes must carry corvid's `auth` proof of this
     /// secret, or get a failure reason and record nothing.
     pub secret: Option<Secret>,
+    /// Racks of the fleet: a peer in a known rack is handed mostly peers of its own rack
+    /// (see [`Swarms::announce`]); without it, or for a peer in no rack, every peer is
+    /// as good as another.
+    pub topology: Option<Arc<Topology>>,
 }
 
 impl Default for TrackerConfig {
@@ -78,6 +83,7 @@ impl Default for TrackerConfig {
             min_interval: Duration::from_secs(10),
             allowed: None,
             secret: None,
+            topology: None,
             default_numwant: 50,
             max_numwant: 200,
             max_torrents: 10_000,
@@ -164,6 +170,8 @@ struct PeerEntry {
     owner: IpAddr,
     left: u64,
     last_seen: Instant,
+    /// Its rack by [`TrackerConfig::topology`], looked up when it announces.
+    rack: Option<RackId>,
 }
 
 /// A count per source network ([`ip_key`]); absent means zero, so the map holds only
@@ -263,6 +271,72 @@ impl Swarm {
         });
     }
 
+    /// Up to `want` peers other than `asker`, rotating through the swarm so successive
+    /// announces see different peers; a seeder gets no seeders.
+    fn handout(&mut self, asker: &[u8; 20], asker_is_seed: bool, want: usize) -> Vec<PeerInfo> {
+        let candidates: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| *id != asker && !(asker_is_seed && p.left == 0))
+            .map(peer_info)
+            .collect();
+        let n = candidates.len();
+        let mut peers = Vec::with_capacity(want.min(n));
+        if n > 0 {
+            let start = self.cursor % n;
+            self.cursor = self.cursor.wrapping_add(want.max(1));
+            peers.extend(candidates.iter().cycle().skip(start).take(want.min(n)));
+        }
+        peers
+    }
+
+    /// The handout for a downloading peer in `rack`: seeders first (up to a quarter of
+    /// the list, at least [`MIN_SEEDS`], same-rack ones first: late in a deploy the
+    /// finished peers next door serve best), then the other peers split about 3:1
+    /// between the asker's rack and the rest. Cross-rack peers are at most a third of
+    /// the same-rack ones (at least one, so racks stay joined and a piece the rack lacks
+    /// can come in), and all of the list when the asker's rack has nobody else.
+    ///
+    /// The cap holds even when fewer peers than `want` exist: handing every peer out
+    /// whenever the swarm is small would connect a small fleet all-to-all across racks.
+    fn rack_handout(&mut self, asker: &[u8; 20], rack: RackId, want: usize) -> Vec<PeerInfo> {
+        let (mut seeds, mut same, mut other) = (Vec::new(), Vec::new(), Vec::new());
+        let mut far_seeds = Vec::new();
+        for (id, p) in self.peers.iter().filter(|(id, _)| *id != asker) {
+            let near = p.rack == Some(rack);
+            match (p.left == 0, near) {
+                (true, true) => seeds.push(peer_info((id, p))),
+                (true, false) => far_seeds.push(peer_info((id, p))),
+                (false, true) => same.push(peer_info((id, p))),
+                (false, false) => other.push(peer_info((id, p))),
+            }
+        }
+        let cursor = self.cursor;
+        self.cursor = self.cursor.wrapping_add(want.max(1));
+        // Rotate each group on its own, then put the near seeders before the far ones.
+        for g in [&mut seeds, &mut far_seeds, &mut same, &mut other] {
+            if !g.is_empty() {
+                let k = cursor % g.len();
+                g.rotate_left(k);
+            }
+        }
+        seeds.append(&mut far_seeds);
+        let n_seeds = seeds.len().min(want.div_ceil(4).max(MIN_SEEDS)).min(want);
+        let rest = want - n_seeds;
+        let reserve = other.len().min(rest / 4);
+        let n_same = same.len().min(rest - reserve);
+        let n_other = if n_same == 0 {
+            other.len().min(rest)
+        } else {
+            other.len().min(n_same.div_ceil(3)).min(rest - n_same)
+        };
+        let mut peers = Vec::with_capacity(n_seeds + n_same + n_other);
+        peers.extend(seeds.into_iter().take(n_seeds));
+        peers.extend(same.into_iter().take(n_same));
+        peers.extend(other.into_iter().take(n_other));
+        peers
+    }
+
     fn release(per_ip: &mut IpCounts, owner: IpAddr, swarms_per_ip: &mut IpCounts) {
         let key = ip_key(owner);
         if per_ip.sub(key) {
@@ -334,6 +408,7 @@ impl Swarms {
         let ip = self.recorded_ip(req.ip, source.to_canonical());
         let addr = SocketAddr::new(ip, req.port);
         let key = ip_key(ip);
+        let rack = self.cfg.topology.as_ref().and_then(|t| t.rack_of(addr));
 
         if req.event == Event::Stopped {
             if let Some(swarm) = self.swarms.get_mut(&req.info_hash) {
@@ -381,6 +456,7 @@ impl Swarms {
                     swarm.downloaded += 1;
                 }
                 p.addr = addr;
+                p.rack = rack;
                 p.left = req.left;
                 p.last_seen = now;
                 Ok(())
@@ -401,6 +477,7 @@ impl Swarms {
                         owner: ip,
                         left: req.left,
                         last_seen: now,
+                        rack,
                     };
                     swarm.insert(req.peer_id, entry, swarms_per_ip);
                     Ok(())
@@ -419,24 +496,11 @@ impl Swarms {
             .numwant
             .unwrap_or(cfg.default_numwant)
             .min(cfg.max_numwant) as usize;
-        // A seeder has no use for other seeders.
-        let asker_is_seed = req.left == 0;
-        let candidates: Vec<PeerInfo> = swarm
-            .peers
-            .iter()
-            .filter(|(id, p)| **id != req.peer_id && !(asker_is_seed && p.left == 0))
-            .map(|(id, p)| PeerInfo {
-                addr: p.addr,
-                peer_id: Some(*id),
-            })
-            .collect();
-        let n = candidates.len();
-        let mut peers = Vec::with_capacity(want.min(n));
-        if n > 0 {
-            let start = swarm.cursor % n;
-            swarm.cursor = swarm.cursor.wrapping_add(want.max(1));
-            peers.extend(candidates.iter().cycle().skip(start).take(want.min(n)));
-        }
+        let peers = match rack {
+            // A seeder feeds every rack, so it gets the plain rotation too.
+            Some(rack) if req.left > 0 => swarm.rack_handout(&req.peer_id, rack, want),
+            _ => swarm.handout(&req.peer_id, req.left == 0, want),
+        };
         let (complete, incomplete) = swarm.counts();
         Ok(self.response(complete, incomplete, peers))
     }
@@ -524,6 +588,13 @@ impl Swarms {
                 *per_ip.entry(ip_key(p.owner)).or_default() += 1;
                 if p.addr.ip() != p.owner {
                     return Err(format!("peer at {} owned by {}", p.addr, p.owner));
+                }
+                let rack = self.cfg.topology.as_ref().and_then(|t| t.rack_of(p.addr));
+                if p.rack != rack {
+                    return Err(format!(
+                        "peer at {} in rack {:?}, not {rack:?}",
+                        p.addr, p.rack
+                    ));
                 }
             }
             if per_ip != s.per_ip.0 {
@@ -647,6 +718,18 @@ pub enum Outcome {
     Failure,
     /// Rejected at the HTTP level (400, 404, 405, 414, 431).
     BadRequest,
+}
+
+/// Seeders a rack-aware handout includes, if there are that many, however small the
+/// asker's `numwant`: with several seeders (one per datacenter), each peer should reach
+/// more than one.
+const MIN_SEEDS: usize = 2;
+
+fn peer_info((id, p): (&[u8; 20], &PeerEntry)) -> PeerInfo {
+    PeerInfo {
+        addr: p.addr,
+        peer_id: Some(*id),
+    }
 }
 
 /// What a private tracker tells a client without a valid proof of the secret.
@@ -1437,6 +1520,119 @@ mod tests {
             seen.extend(resp.peers.iter().map(|p| p.addr));
         }
         assert_eq!(seen.len(), 9, "rotation reaches every other peer");
+    }
+
+    /// A swarm of `per_rack` leechers in each of racks a (10.1.0.0/16) and b (10.2.0.0/16)
+    /// plus one seeder at 10.1.0.100, and the tracker that knows it.
+    fn racked_swarm(per_rack: u8) -> (Swarms, Instant) {
+        let t0 = Instant::now();
+        let topology = Topology::parse(
+            "10.1.0.0/16 rack=a\n10.2.0.0/16 rack=b\n10.3.0.0/16 rack=c\n",
+            "t",
+        )
+        .unwrap();
+        let mut s = Swarms::new(TrackerConfig {
+            topology: Some(Arc::new(topology)),
+            ..TrackerConfig::default()
+        });
+        s.announce(&req(200, 6881, 0, Event::Started), ip("10.1.0.100"), t0)
+            .unwrap();
+        for i in 1..=per_rack {
+            for net in [1u8, 2] {
+                let id = i + if net == 2 { 100 } else { 0 };
+                let src = IpAddr::from([10, net, 0, i]);
+                s.announce(&req(id, 6881, 10, Event::Started), src, t0)
+                    .unwrap();
+            }
+        }
+        s.check_invariants().unwrap();
+        (s, t0)
+    }
+
+    fn in_net(p: &PeerInfo, net: u8) -> bool {
+        matches!(p.addr.ip(), IpAddr::V4(v4) if v4.octets()[..2] == [10, net])
+    }
+
+    #[test]
+    fn racked_peers_get_mostly_their_own_rack_and_always_the_seeder() {
+        let (mut s, t0) = racked_swarm(40);
+        let seeder: SocketAddr = "10.1.0.100:6881".parse().unwrap();
+        for (id, src, home, away) in [(1u8, "10.1.0.1", 1u8, 2u8), (101, "10.2.0.1", 2, 1)] {
+            let mut seen_away = HashSet::new();
+            for round in 0..4 {
+                let resp = s
+                    .announce(&req(id, 6881, 10, Event::None), ip(src), t0)
+                    .unwrap();
+                assert_eq!(resp.peers.len(), 50, "round {round}");
+                assert_eq!(resp.peers[0].addr, seeder, "the seeder comes first");
+                let leechers = &resp.peers[1..];
+                let near = leechers.iter().filter(|p| in_net(p, home)).count();
+                let far = leechers.iter().filter(|p| in_net(p, away)).count();
+                assert_eq!(near + far, 49);
+                assert!((36..=37).contains(&near), "{near} same-rack of 49");
+                assert!(leechers.iter().all(|p| p.peer_id != Some([id; 20])));
+                seen_away.extend(leechers.iter().filter(|p| in_net(p, away)).map(|p| p.addr));
+            }
+            assert!(
+                seen_away.len() > 20,
+                "cross-rack peers rotate: {}",
+                seen_away.len()
+            );
+        }
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn small_racked_swarms_are_not_joined_all_to_all() {
+        // Three leechers a rack: each gets the seeder, both rack mates and one peer of
+        // the other rack, where the plain handout gives all six.
+        let (mut s, t0) = racked_swarm(3);
+        let r = s
+            .announce(&req(102, 6881, 10, Event::None), ip("10.2.0.2"), t0)
+            .unwrap();
+        assert_eq!(r.peers.len(), 4, "{:?}", r.peers);
+        assert_eq!(r.peers.iter().filter(|p| in_net(p, 2)).count(), 2);
+        assert_eq!(r.peers.iter().filter(|p| in_net(p, 1)).count(), 2);
+        assert_eq!(r.peers[0].addr, "10.1.0.100:6881".parse().unwrap());
+        // A peer alone in its rack gets everyone.
+        let t = s
+            .announce(&req(150, 6881, 10, Event::Started), ip("10.3.9.9"), t0)
+            .unwrap();
+        assert_eq!(t.peers.len(), 7);
+    }
+
+    #[test]
+    fn peers_outside_the_topology_and_seeders_get_the_plain_handout() {
+        let (mut s, t0) = racked_swarm(3);
+        let outside = s
+            .announce(&req(77, 6881, 10, Event::Started), ip("192.0.2.1"), t0)
+            .unwrap();
+        assert_eq!(outside.peers.len(), 7, "everyone, as without a topology");
+        let seeder = s
+            .announce(&req(200, 6881, 0, Event::None), ip("10.1.0.100"), t0)
+            .unwrap();
+        assert_eq!(seeder.peers.len(), 7, "a seeder sees every leecher");
+        // The peer outside the topology counts as another rack's for racked askers.
+        let r = s
+            .announce(&req(1, 6881, 10, Event::None), ip("10.1.0.1"), t0)
+            .unwrap();
+        assert_eq!(r.peers.len(), 4, "{:?}", r.peers);
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn several_seeders_are_all_handed_out() {
+        let (mut s, t0) = racked_swarm(3);
+        s.announce(&req(201, 6881, 0, Event::Started), ip("10.2.0.100"), t0)
+            .unwrap();
+        let mut r = req(1, 6881, 10, Event::None);
+        r.numwant = Some(3);
+        let resp = s.announce(&r, ip("10.1.0.1"), t0).unwrap();
+        let addrs: Vec<String> = resp.peers.iter().map(|p| p.addr.to_string()).collect();
+        assert_eq!(addrs.len(), 3, "{addrs:?}");
+        assert_eq!(addrs[0], "10.1.0.100:6881", "the same-rack seeder first");
+        assert_eq!(addrs[1], "10.2.0.100:6881", "then the other rack's");
+        assert!(in_net(&resp.peers[2], 1), "{addrs:?}");
     }
 
     #[test]
