@@ -660,3 +660,70 @@ fn ip_param_is_ignored_unless_the_operator_trusts_it() {
         server.shutdown();
     }
 }
+
+// ---- Issue 11: racks. ----
+
+/// A racked tracker over real sockets, with clients as stock ones talk to it (plain
+/// HTTP/1.0 GETs, compact and dictionary answers): rack a is 127.0.0.1 and the seeder's
+/// 127.0.0.3, rack b is 127.0.0.2, four leechers each. A rack-b newcomer gets the seeder,
+/// its four rack mates and two of rack a (a third of four, rounded up), where a tracker
+/// without the topology hands out all nine; the answers keep their usual shape.
+#[test]
+fn racked_tracker_prefers_the_askers_rack_in_both_answer_forms() {
+    let topology = corvid_engine::tracker::Topology::parse(
+        "127.0.0.1 rack=a\n127.0.0.3 rack=a\n127.0.0.2 rack=b\n",
+        "test",
+    )
+    .unwrap();
+    let cfg = TrackerConfig {
+        topology: Some(std::sync::Arc::new(topology)),
+        ..TrackerConfig::default()
+    };
+    let (server, _) = start(cfg);
+    let (plain, _) = start(TrackerConfig::default());
+    const C: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+    for s in [&server, &plain] {
+        let to = s.local_addr();
+        announce_from(C, to, &peer(50, 6881, 0)).unwrap();
+        for i in 1..=4u8 {
+            announce_from(A, to, &peer(i, 7000 + u16::from(i), 10)).unwrap();
+            announce_from(B, to, &peer(10 + i, 8000 + u16::from(i), 10)).unwrap();
+        }
+    }
+    let newcomer = peer(19, 8009, 10);
+    let all = announce_from(B, plain.local_addr(), &newcomer).unwrap();
+    assert_eq!(all.peers.len(), 9);
+
+    let got = announce_from(B, server.local_addr(), &newcomer).unwrap();
+    let addrs: Vec<SocketAddr> = got.peers.iter().map(|p| p.addr).collect();
+    assert_eq!(addrs.len(), 7, "{addrs:?}");
+    assert_eq!(addrs[0], SocketAddr::from((C, 6881)), "the seeder first");
+    let rack_b = addrs.iter().filter(|a| a.ip() == B).count();
+    assert_eq!(rack_b, 4, "{addrs:?}");
+    assert_eq!((got.complete, got.incomplete), (Some(1), Some(9)));
+
+    // The raw answers: BEP 23's 6 bytes a peer in `peers`, and BEP 3's list of
+    // dictionaries with `peer id` when asked with compact=0.
+    let mut again = newcomer.clone();
+    again.event = Event::None;
+    for compact in [true, false] {
+        again.compact = compact;
+        let target = format!("/announce?{}", proto::announce_query(&again));
+        let mut s = connect_from(B, server.local_addr());
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(format!("GET {target} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+        if compact {
+            assert!(text.contains("5:peers42:"), "7 compact peers: {text}");
+        } else {
+            assert!(text.contains("5:peersld2:ip9:127.0.0."), "{text}");
+            assert_eq!(text.matches("7:peer id20:").count(), 7, "{text}");
+        }
+    }
+    server.shutdown();
+    plain.shutdown();
+}
