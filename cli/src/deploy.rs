@@ -56,7 +56,8 @@ pub struct Args {
     /// Hosts: a file (one host per line, # comments) or h1,h2,... Each is a NAME (an
     /// alias from your ssh config works), an IPv4 address or an IPv6 address in
     /// brackets, optionally with USER@ before and :PORT after; anything else is refused
-    /// as a usage error (exit 2).
+    /// as a usage error (exit 2). A host may end with ` rack=NAME`: the embedded tracker
+    /// then hands each host mostly peers of its own rack.
     #[arg(long, value_name = "FILE|LIST")]
     hosts: String,
     /// Directory to deploy (its content lands directly in DEST/releases/TAG).

@@ -365,7 +365,10 @@ pub fn run(
 /// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
 /// is touched.
 fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
+    // Hosts' `rack=` fields make the tracker rack-aware (issue 11).
+    let topology = super::hosts::host_topology(&plan.hosts)?.map(std::sync::Arc::new);
     let tcfg = TrackerConfig {
+        topology,
         secret: plan.secret.clone(),
         interval: Duration::from_secs(10),
         min_interval: Duration::from_secs(5),

@@ -5,8 +5,13 @@
 //! up front: ssh substitutes the host into `ProxyCommand` and `Match exec` (`%h`), and
 //! older OpenSSH hands those to a shell, so `a$(id>/tmp/x)b` or `x;reboot` would run
 //! as commands on this machine.
+//!
+//! A host may carry its rack, `web1 rack=r1` (a line of the file or an item of the list):
+//! [`host_topology`] turns those into the embedded tracker's
+//! [`Topology`](crate::tracker::Topology), by the addresses the hosts' names resolve to
+//! here (the addresses the tracker will see them announce from).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,6 +19,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub enum HostsError {
     #[error("host {0:?} is not a host: expected [user@]NAME, [user@]IPv4 or [user@][IPv6], with an optional :PORT (NAME: letters, digits, '-', '_', dot-separated)")]
     BadHost(String),
+    #[error("host {host:?}: rack name {rack:?} must be 1-64 of letters, digits, '.', '_', '-'")]
+    BadRack { host: String, rack: String },
+    #[error(
+        "host {host:?} (rack={rack}): cannot resolve its address for the tracker's topology: {why}"
+    )]
+    Resolve {
+        host: String,
+        rack: String,
+        why: String,
+    },
+    #[error("host {host:?} (rack={rack}): {why}")]
+    RackConflict {
+        host: String,
+        rack: String,
+        why: String,
+    },
     #[error("host {0:?} is listed twice")]
     Duplicate(String),
     #[error("the host list is empty")]
@@ -28,6 +49,14 @@ pub enum HostsError {
 
 /// Reads `spec` as a file when one exists at that path, else as a comma-separated list.
 pub fn parse_hosts(spec: &str) -> Result<Vec<String>, HostsError> {
+    Ok(parse_host_racks(spec)?
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect())
+}
+
+/// [`parse_hosts`], with each host's `rack=NAME` if it has one.
+pub fn parse_host_racks(spec: &str) -> Result<Vec<(String, Option<String>)>, HostsError> {
     let path = Path::new(spec);
     let text;
     let entries: Vec<&str> = if !spec.contains(',') && path.is_file() {
@@ -45,18 +74,62 @@ pub fn parse_hosts(spec: &str) -> Result<Vec<String>, HostsError> {
             .filter(|h| !h.is_empty())
             .collect()
     };
-    let mut hosts: Vec<String> = Vec::with_capacity(entries.len());
-    for h in entries {
+    let mut hosts: Vec<(String, Option<String>)> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        // Only a last field `rack=NAME` is taken off: whatever else follows whitespace
+        // stays part of the host and is refused by `Destination::parse`.
+        let (h, rack) = match entry.rsplit_once(char::is_whitespace) {
+            Some((h, r)) if r.starts_with("rack=") => (h.trim_end(), Some(&r[5..])),
+            _ => (entry, None),
+        };
         Destination::parse(h)?;
-        if hosts.iter().any(|x| x == h) {
+        if let Some(r) = rack.filter(|r| !crate::tracker::topology::valid_rack_name(r)) {
+            return Err(HostsError::BadRack {
+                host: h.to_string(),
+                rack: r.to_string(),
+            });
+        }
+        if hosts.iter().any(|(x, _)| x == h) {
             return Err(HostsError::Duplicate(h.to_string()));
         }
-        hosts.push(h.to_string());
+        hosts.push((h.to_string(), rack.map(str::to_string)));
     }
     if hosts.is_empty() {
         return Err(HostsError::Empty);
     }
     Ok(hosts)
+}
+
+/// The racks of `spec`'s hosts as a tracker topology (`None` when no host names a rack):
+/// each host's name resolves to the addresses it will announce from. A name that does
+/// not resolve here is an error rather than a host silently outside its rack.
+pub fn host_topology(spec: &str) -> Result<Option<crate::tracker::Topology>, HostsError> {
+    let mut t = crate::tracker::Topology::default();
+    for (i, (host, rack)) in parse_host_racks(spec)?.into_iter().enumerate() {
+        let Some(rack) = rack else { continue };
+        let dest = Destination::parse(&host)?;
+        let addrs: Vec<IpAddr> = match dest.host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => (dest.host.as_str(), 0)
+                .to_socket_addrs()
+                .map_err(|e| HostsError::Resolve {
+                    host: host.clone(),
+                    rack: rack.clone(),
+                    why: e.to_string(),
+                })?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        for ip in addrs {
+            t.add(&ip.to_string(), &rack, i + 1)
+                .map_err(|e| HostsError::RackConflict {
+                    host: host.clone(),
+                    rack: rack.clone(),
+                    why: e.to_string(),
+                })?;
+        }
+    }
+    Ok((!t.is_empty()).then_some(t))
 }
 
 /// One host, split into what ssh takes as separate arguments (`-l USER`, `-p PORT`,
@@ -192,6 +265,73 @@ mod tests {
             parse_hosts(f.to_str().unwrap()).unwrap(),
             vec!["web1", "web2"]
         );
+    }
+
+    #[test]
+    fn hosts_may_carry_their_rack() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hosts");
+        std::fs::write(
+            &f,
+            "# two racks\n10.0.0.1 rack=r1\nroot@10.0.0.2:22\track=r1  # tab\n127.0.0.1 rack=r2\nweb9\n",
+        )
+        .unwrap();
+        let spec = f.to_str().unwrap();
+        assert_eq!(
+            parse_host_racks(spec).unwrap(),
+            vec![
+                ("10.0.0.1".to_string(), Some("r1".to_string())),
+                ("root@10.0.0.2:22".to_string(), Some("r1".to_string())),
+                ("127.0.0.1".to_string(), Some("r2".to_string())),
+                ("web9".to_string(), None),
+            ]
+        );
+        assert_eq!(
+            parse_hosts(spec).unwrap(),
+            ["10.0.0.1", "root@10.0.0.2:22", "127.0.0.1", "web9"]
+        );
+        // web9 has no rack, so it need not resolve.
+        let t = host_topology(spec).unwrap().expect("racks given");
+        let rack = |a: &str| {
+            t.rack_of(a.parse().unwrap())
+                .map(|r| t.rack_name(r).to_string())
+        };
+        assert_eq!(rack("10.0.0.2:6881").as_deref(), Some("r1"));
+        assert_eq!(rack("127.0.0.1:6881").as_deref(), Some("r2"));
+        assert_eq!(rack("10.0.0.3:6881"), None);
+        assert!(host_topology("a,b").unwrap().is_none());
+        // A name resolves to the addresses the tracker will see.
+        let t = host_topology("localhost rack=lo").unwrap().unwrap();
+        assert!(t.rack_of("127.0.0.1:1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn bad_racks_are_named() {
+        assert!(matches!(
+            parse_hosts("web1 rack=a/b"),
+            Err(HostsError::BadRack { host, rack }) if host == "web1" && rack == "a/b"
+        ));
+        assert!(matches!(
+            parse_hosts("web1 rack="),
+            Err(HostsError::BadRack { .. })
+        ));
+        // Anything but a last rack= field is still part of the host, and refused.
+        assert!(matches!(
+            parse_hosts("web1 zone=a"),
+            Err(HostsError::BadHost(_))
+        ));
+        assert!(matches!(
+            parse_hosts("web1 rack=a rack=b"),
+            Err(HostsError::BadHost(_))
+        ));
+        assert!(matches!(
+            host_topology("10.0.0.1 rack=a,10.0.0.1:2222 rack=b"),
+            Err(HostsError::RackConflict { .. })
+        ));
+        assert!(matches!(
+            host_topology("no-such-host.invalid rack=a"),
+            Err(HostsError::Resolve { .. })
+        ));
     }
 
     #[test]

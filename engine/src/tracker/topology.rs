@@ -157,12 +157,7 @@ impl Topology {
     }
 
     fn intern(&mut self, name: &str) -> Result<RackId, LineError> {
-        let ok = !name.is_empty()
-            && name.len() <= MAX_RACK_NAME
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !ok {
+        if !valid_rack_name(name) {
             return Err(LineError::BadRack(name.to_string()));
         }
         if let Some(i) = self.names.iter().position(|n| n == name) {
@@ -199,6 +194,15 @@ impl Topology {
     pub fn racks(&self) -> usize {
         self.names.len()
     }
+}
+
+/// 1-64 of letters, digits, `.`, `_`, `-`: a label that is safe in logs and reports.
+pub fn valid_rack_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_RACK_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 enum Rule {
