@@ -109,3 +109,285 @@ fn two_seeders_of_one_release_both_serve_the_peers() {
     );
     tracker.finish(T);
 }
+
+// ---- Two racks on a namespace fleet ----
+
+/// Every host's link, both ways.
+const HOST_RATE: &str = "100mbit";
+/// The link between the two racks' switches, each way: the oversubscribed uplink.
+const SPINE_RATE: &str = "30mbit";
+/// Peers per rack; the seeder is a fourth host in rack a.
+const PER_RACK: usize = 3;
+
+/// Two racks of network namespaces: rack a's hosts on bridge `ba`, rack b's on `bb`, both
+/// bridges in a switch namespace and joined by a veth pair (`xa` in `ba`, `xb` in `bb`)
+/// shaped with tbf each way, so traffic between racks crosses one shaped link whose
+/// counters say how much crossed. Hosts are 10.97.0.1-.15 in rack a and .17-.31 in rack
+/// b (10.97.0.0/28 and 10.97.0.16/28). Dropping it deletes every namespace it made,
+/// pass or fail.
+struct TwoRacks {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+impl TwoRacks {
+    fn sh(args: &[&str]) {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    fn host_ns(&self, h: usize) -> String {
+        format!("{}-h{h}", self.prefix)
+    }
+
+    /// Host `h`'s address: hosts 0..=PER_RACK are rack a, the rest rack b.
+    fn addr(h: usize) -> String {
+        if h <= PER_RACK {
+            format!("10.97.0.{}", h + 1)
+        } else {
+            format!("10.97.0.{}", 17 + h - PER_RACK - 1)
+        }
+    }
+
+    fn up(hosts: usize) -> TwoRacks {
+        let prefix = format!("crk{}", std::process::id());
+        let mut r = TwoRacks {
+            prefix,
+            namespaces: Vec::new(),
+        };
+        let sw = r.switch();
+        Self::sh(&["ip", "netns", "add", &sw]);
+        r.namespaces.push(sw.clone());
+        let ip_sw = |args: &[&str]| {
+            let mut a = vec!["ip", "-n", sw.as_str()];
+            a.extend_from_slice(args);
+            Self::sh(&a);
+        };
+        let tc = |ns: &str, dev: &str, rate: &str| {
+            Self::sh(&[
+                "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                rate, "burst", "64kb", "latency", "100ms",
+            ]);
+        };
+        for br in ["ba", "bb"] {
+            ip_sw(&["link", "add", br, "type", "bridge"]);
+            ip_sw(&["link", "set", br, "up"]);
+        }
+        ip_sw(&["link", "add", "xa", "type", "veth", "peer", "name", "xb"]);
+        for (x, br) in [("xa", "ba"), ("xb", "bb")] {
+            ip_sw(&["link", "set", x, "master", br]);
+            ip_sw(&["link", "set", x, "up"]);
+            tc(&sw, x, SPINE_RATE);
+        }
+        for h in 0..hosts {
+            let ns = r.host_ns(h);
+            Self::sh(&["ip", "netns", "add", &ns]);
+            r.namespaces.push(ns.clone());
+            let port = format!("v{h}");
+            ip_sw(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            let br = if h <= PER_RACK { "ba" } else { "bb" };
+            ip_sw(&["link", "set", &port, "master", br]);
+            ip_sw(&["link", "set", &port, "up"]);
+            tc(&sw, &port, HOST_RATE);
+            let cidr = format!("{}/24", Self::addr(h));
+            Self::sh(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"]);
+            Self::sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            Self::sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            tc(&ns, "eth0", HOST_RATE);
+        }
+        r
+    }
+
+    /// Bytes sent across the inter-rack link so far, both ways.
+    fn crossed(&self) -> u64 {
+        ["xa", "xb"]
+            .iter()
+            .map(|dev| {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &self.switch(), "cat"])
+                    .arg(format!("/sys/class/net/{dev}/statistics/tx_bytes"))
+                    .output()
+                    .expect("read counters");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{dev} tx_bytes: {out:?}"))
+            })
+            .sum()
+    }
+
+    /// `corvid ARGS` in host `h`'s network namespace (`ip netns exec` execs it, so the
+    /// PID is corvid's and the test kills it by that PID).
+    fn corvid(&self, h: usize, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &self.host_ns(h)])
+            .arg(support::corvid_bin())
+            .args(args);
+        c
+    }
+}
+
+impl Drop for TwoRacks {
+    fn drop(&mut self) {
+        // Hosts first, the switch last; deleting a namespace deletes its interfaces.
+        for ns in self.namespaces.iter().rev() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// What one deploy over the two racks moved.
+struct RackRun {
+    /// Payload bytes the peers received, in all.
+    received: u64,
+    /// Bytes (with headers) that crossed between the racks.
+    crossed: u64,
+    seconds: f64,
+    seeder_up: u64,
+}
+
+/// The seeder (host 0, rack a, with the embedded tracker, given `topology` or not) and
+/// one peer on every other host; all peers must complete with the release's data.
+fn rack_run(
+    racks: &TwoRacks,
+    dir: &Path,
+    payload: &Path,
+    torrent: &Path,
+    topology: Option<&Path>,
+) -> RackRun {
+    let hosts = 1 + 2 * PER_RACK;
+    let seed_addr = TwoRacks::addr(0);
+    let mut args = vec![
+        "seed".to_string(),
+        torrent.display().to_string(),
+        payload.parent().unwrap().display().to_string(),
+        "--listen".into(),
+        format!("{seed_addr}:6881"),
+        "--tracker-listen".into(),
+        format!("{seed_addr}:8998"),
+        "--tracker-interval".into(),
+        "2s".into(),
+        "--json".into(),
+    ];
+    if let Some(t) = topology {
+        args.extend(["--topology".to_string(), t.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let before = racks.crossed();
+    let start = std::time::Instant::now();
+    let mut seeder = Proc::spawn("seeder", &mut racks.corvid(0, &args));
+    seeder.wait_line("\"listening\"", T);
+    let mut peers: Vec<(Proc, PathBuf)> = (1..hosts)
+        .map(|h| {
+            let dest = dir.join(format!("h{h}"));
+            let listen = format!("{}:6881", TwoRacks::addr(h));
+            let mut cmd = racks.corvid(
+                h,
+                &[
+                    "peer",
+                    &torrent.display().to_string(),
+                    &dest.display().to_string(),
+                ],
+            );
+            cmd.args(["--listen", &listen, "--linger", "60s", "--json"]);
+            cmd.args([
+                "--cores",
+                "1",
+                "--hash-threads",
+                "1",
+                "--stall-timeout",
+                "100s",
+            ]);
+            (Proc::spawn(&format!("h{h}"), &mut cmd), dest)
+        })
+        .collect();
+    for (p, _) in &mut peers {
+        p.wait_line("\"event\":\"complete\"", T);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut received = 0;
+    for (p, dest) in &mut peers {
+        let done = p.finish(T);
+        assert_eq!(json_field(&done, "complete"), Some("true"), "{done}");
+        assert_same_tree(payload, &dest.join("payload"));
+        received += json_u64(&done, "bytes_down");
+    }
+    let seeder_up = json_u64(&seeder.finish(T), "bytes_up");
+    RackRun {
+        received,
+        crossed: racks.crossed() - before,
+        seconds,
+        seeder_up,
+    }
+}
+
+/// Issue 11: with the topology, most of what peers receive comes from inside their own
+/// rack. Rack a holds the seeder and three peers, rack b three peers; the link between
+/// the racks is shaped below the hosts' links, as a rack uplink is oversubscribed. Runs
+/// the same deploy without the topology too, for the comparison it prints.
+#[test]
+fn with_a_topology_most_bytes_stay_inside_a_rack() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED with_a_topology_most_bytes_stay_inside_a_rack: needs root for network \
+             namespaces, bridges and tc (CI runs the tests as root)"
+        );
+        return;
+    }
+    let hosts = 1 + 2 * PER_RACK;
+    let racks = TwoRacks::up(hosts);
+    let t = tempfile::tempdir().unwrap();
+    let payload = t.path().join("src").join("payload");
+    make_tree(&payload, 24 << 20, 31);
+    let torrent = t.path().join("release.torrent");
+    let url = format!("http://{}:8998/announce", TwoRacks::addr(0));
+    make_torrent(&payload, &torrent, &url, "256K");
+    let topology = t.path().join("racks.txt");
+    std::fs::write(
+        &topology,
+        "# the test's two racks\n10.97.0.0/28 rack=a\n10.97.0.16/28 rack=b\n",
+    )
+    .unwrap();
+
+    let plain = rack_run(&racks, &t.path().join("plain"), &payload, &torrent, None);
+    let racked = rack_run(
+        &racks,
+        &t.path().join("racked"),
+        &payload,
+        &torrent,
+        Some(&topology),
+    );
+    let inside = |r: &RackRun| 1.0 - r.crossed as f64 / r.received as f64;
+    for (name, r) in [("without topology", &plain), ("with topology", &racked)] {
+        eprintln!(
+            "{name}: peers received {} bytes, {} crossed racks: {:.0}% from inside the rack, \
+             {:.1} s, seeder sent {:.2} copies",
+            r.received,
+            r.crossed,
+            100.0 * inside(r),
+            r.seconds,
+            r.seeder_up as f64 * (2 * PER_RACK) as f64 / r.received as f64
+        );
+    }
+    assert!(
+        inside(&racked) > 0.5,
+        "with the topology only {:.0}% of the bytes came from inside the rack",
+        100.0 * inside(&racked)
+    );
+}

@@ -172,6 +172,10 @@ struct PeerEntry {
     last_seen: Instant,
     /// Its rack by [`TrackerConfig::topology`], looked up when it announces.
     rack: Option<RackId>,
+    /// It has had everything since it first announced: a seeder the deploy started (one
+    /// per datacenter, say), not a peer that finished. Rack-aware handouts give the
+    /// former to everyone and treat the latter as the rack member it is.
+    origin_seed: bool,
 }
 
 /// A count per source network ([`ip_key`]); absent means zero, so the map holds only
@@ -290,10 +294,12 @@ impl Swarm {
         peers
     }
 
-    /// The handout for a downloading peer in `rack`: seeders first (up to a quarter of
-    /// the list, at least [`MIN_SEEDS`], same-rack ones first: late in a deploy the
-    /// finished peers next door serve best), then the other peers split about 3:1
-    /// between the asker's rack and the rest. Cross-rack peers are at most a third of
+    /// The handout for a downloading peer in `rack`: the origin seeders first (those
+    /// that had everything when they first announced; up to a quarter of the list, at
+    /// least [`MIN_SEEDS`], same-rack ones first), then the other peers, finished or not,
+    /// split about 3:1 between the asker's rack and the rest. A finished peer is not
+    /// handed out as a seeder to every rack: that would join the racks all to all as a
+    /// deploy ends. Cross-rack peers are at most a third of
     /// the same-rack ones (at least one, so racks stay joined and a piece the rack lacks
     /// can come in), and all of the list when the asker's rack has nobody else.
     ///
@@ -304,7 +310,7 @@ impl Swarm {
         let mut far_seeds = Vec::new();
         for (id, p) in self.peers.iter().filter(|(id, _)| *id != asker) {
             let near = p.rack == Some(rack);
-            match (p.left == 0, near) {
+            match (p.origin_seed, near) {
                 (true, true) => seeds.push(peer_info((id, p))),
                 (true, false) => far_seeds.push(peer_info((id, p))),
                 (false, true) => same.push(peer_info((id, p))),
@@ -314,7 +320,10 @@ impl Swarm {
         let cursor = self.cursor;
         self.cursor = self.cursor.wrapping_add(want.max(1));
         // Rotate each group on its own, then put the near seeders before the far ones.
-        for g in [&mut seeds, &mut far_seeds, &mut same, &mut other] {
+        // Cross-rack peers do not rotate: they are ranked by a score of the pair (see
+        // [`pair_score`]), so each re-announce names the same few, and a peer's links
+        // across the spine stay few instead of growing by some each interval.
+        for g in [&mut seeds, &mut far_seeds, &mut same] {
             if !g.is_empty() {
                 let k = cursor % g.len();
                 g.rotate_left(k);
@@ -330,6 +339,11 @@ impl Swarm {
         } else {
             other.len().min(n_same.div_ceil(3)).min(rest - n_same)
         };
+        if n_other > 0 && n_other < other.len() {
+            other.select_nth_unstable_by_key(n_other - 1, |p| {
+                std::cmp::Reverse(pair_score(asker, &p.peer_id.unwrap_or_default()))
+            });
+        }
         let mut peers = Vec::with_capacity(n_seeds + n_same + n_other);
         peers.extend(seeds.into_iter().take(n_seeds));
         peers.extend(same.into_iter().take(n_same));
@@ -457,6 +471,7 @@ impl Swarms {
                 }
                 p.addr = addr;
                 p.rack = rack;
+                p.origin_seed &= req.left == 0;
                 p.left = req.left;
                 p.last_seen = now;
                 Ok(())
@@ -478,6 +493,7 @@ impl Swarms {
                         left: req.left,
                         last_seen: now,
                         rack,
+                        origin_seed: req.left == 0,
                     };
                     swarm.insert(req.peer_id, entry, swarms_per_ip);
                     Ok(())
@@ -724,6 +740,20 @@ pub enum Outcome {
 /// asker's `numwant`: with several seeders (one per datacenter), each peer should reach
 /// more than one.
 const MIN_SEEDS: usize = 2;
+
+/// A score of a pair of peers, the same whichever asks: cross-rack peers are the
+/// highest-scoring of the other racks, so when A's pick in rack b is B, B's pick in rack a
+/// tends to be A, and the two share one connection rather than holding two across the
+/// spine. (Rendezvous hashing; not secret, and a peer choosing its id to be picked gains
+/// only a connection it could have dialled anyway.)
+fn pair_score(a: &[u8; 20], b: &[u8; 20]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lo.hash(&mut h);
+    hi.hash(&mut h);
+    h.finish()
+}
 
 fn peer_info((id, p): (&[u8; 20], &PeerEntry)) -> PeerInfo {
     PeerInfo {
@@ -1558,7 +1588,7 @@ mod tests {
         let (mut s, t0) = racked_swarm(40);
         let seeder: SocketAddr = "10.1.0.100:6881".parse().unwrap();
         for (id, src, home, away) in [(1u8, "10.1.0.1", 1u8, 2u8), (101, "10.2.0.1", 2, 1)] {
-            let mut seen_away = HashSet::new();
+            let mut seen_away: Option<HashSet<SocketAddr>> = None;
             for round in 0..4 {
                 let resp = s
                     .announce(&req(id, 6881, 10, Event::None), ip(src), t0)
@@ -1571,13 +1601,14 @@ mod tests {
                 assert_eq!(near + far, 49);
                 assert!((36..=37).contains(&near), "{near} same-rack of 49");
                 assert!(leechers.iter().all(|p| p.peer_id != Some([id; 20])));
-                seen_away.extend(leechers.iter().filter(|p| in_net(p, away)).map(|p| p.addr));
+                let away_now: HashSet<SocketAddr> = leechers
+                    .iter()
+                    .filter(|p| in_net(p, away))
+                    .map(|p| p.addr)
+                    .collect();
+                let first = seen_away.get_or_insert_with(|| away_now.clone());
+                assert_eq!(*first, away_now, "the cross-rack peers stay the same");
             }
-            assert!(
-                seen_away.len() > 20,
-                "cross-rack peers rotate: {}",
-                seen_away.len()
-            );
         }
         s.check_invariants().unwrap();
     }
@@ -1617,6 +1648,37 @@ mod tests {
             .announce(&req(1, 6881, 10, Event::None), ip("10.1.0.1"), t0)
             .unwrap();
         assert_eq!(r.peers.len(), 4, "{:?}", r.peers);
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn finished_peers_stay_rack_members_not_seeders_for_all() {
+        let (mut s, t0) = racked_swarm(3);
+        for id in [101, 102] {
+            s.announce(
+                &req(id, 6881, 0, Event::Completed),
+                ip(&format!("10.2.0.{}", id - 100)),
+                t0,
+            )
+            .unwrap();
+        }
+        let r = s
+            .announce(&req(1, 6881, 10, Event::None), ip("10.1.0.1"), t0)
+            .unwrap();
+        assert_eq!(r.peers.len(), 4, "{:?}", r.peers);
+        assert_eq!(r.peers[0].addr, "10.1.0.100:6881".parse().unwrap());
+        assert_eq!(r.peers.iter().filter(|p| in_net(p, 2)).count(), 1);
+        // In their own rack they serve as the neighbours they are.
+        let b = s
+            .announce(&req(103, 6881, 10, Event::None), ip("10.2.0.3"), t0)
+            .unwrap();
+        let mates: HashSet<SocketAddr> = b
+            .peers
+            .iter()
+            .filter(|p| in_net(p, 2))
+            .map(|p| p.addr)
+            .collect();
+        assert_eq!(mates.len(), 2, "{:?}", b.peers);
         s.check_invariants().unwrap();
     }
 
