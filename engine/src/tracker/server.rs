@@ -12,6 +12,10 @@
 //! Against a flood of announces (a public tracker takes them from anyone): swarms live only
 //! while they have live peers, each source address has a share of peers and swarms, and a
 //! peer's entry answers only to the address that made it; see [`Swarms`].
+//!
+//! With a [`Topology`] (`--topology`), a downloading peer in a known rack is handed the
+//! origin seeders, mostly its own rack's peers and a stable few of other racks', so a
+//! piece crosses a rack's oversubscribed uplink about once ([`Swarm::rack_handout`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
