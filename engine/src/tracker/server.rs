@@ -1686,6 +1686,60 @@ mod tests {
         s.check_invariants().unwrap();
     }
 
+    proptest::proptest! {
+        /// Any swarm of origin seeders, leechers and finished peers over racks a, b and no
+        /// rack: a leecher's list is within numwant, has no duplicates and not the asker;
+        /// a racked leecher's lists origin seeders first and holds at most a third as many
+        /// cross-rack peers as same-rack ones (at least one).
+        #[test]
+        fn rack_handouts_keep_their_bounds(
+            peers in proptest::collection::vec((0u8..3, 0u8..3), 0..60),
+            asker_rack in 0u8..3,
+            numwant in 0u32..80,
+        ) {
+            let t0 = Instant::now();
+            let topology =
+                Topology::parse("10.1.0.0/16 rack=a\n10.2.0.0/16 rack=b\n", "t").unwrap();
+            let mut s = Swarms::new(TrackerConfig {
+                topology: Some(Arc::new(topology)),
+                ..TrackerConfig::default()
+            });
+            let mut origin = HashSet::new();
+            for (i, (rack, kind)) in peers.iter().enumerate() {
+                let id = i as u8 + 1;
+                let src = IpAddr::from([10, rack + 1, 0, id]);
+                let left = if *kind == 0 { 0 } else { 10 };
+                s.announce(&req(id, 6881, left, Event::Started), src, t0).unwrap();
+                if *kind == 2 {
+                    s.announce(&req(id, 6881, 0, Event::Completed), src, t0).unwrap();
+                }
+                if *kind == 0 {
+                    origin.insert(SocketAddr::new(src, 6881));
+                }
+            }
+            let mut r = req(250, 6881, 10, Event::Started);
+            r.numwant = Some(numwant);
+            let src = IpAddr::from([10, asker_rack + 1, 0, 250]);
+            let resp = s.announce(&r, src, t0).unwrap();
+            s.check_invariants().unwrap();
+            let got: Vec<SocketAddr> = resp.peers.iter().map(|p| p.addr).collect();
+            proptest::prop_assert!(got.len() <= numwant as usize);
+            let unique: HashSet<_> = got.iter().collect();
+            proptest::prop_assert_eq!(unique.len(), got.len());
+            proptest::prop_assert!(resp.peers.iter().all(|p| p.peer_id != Some([250; 20])));
+            if asker_rack < 2 {
+                let seeds = got.iter().take_while(|a| origin.contains(a)).count();
+                proptest::prop_assert!(got[seeds..].iter().all(|a| !origin.contains(a)));
+                let rest = &resp.peers[seeds..];
+                let same = rest.iter().filter(|p| in_net(p, asker_rack + 1)).count();
+                let cross = rest.len() - same;
+                if same > 0 {
+                    proptest::prop_assert!(cross <= same.div_ceil(3).max(1), "{same} {cross}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn several_seeders_are_all_handed_out() {
         let (mut s, t0) = racked_swarm(3);
