@@ -1,7 +1,9 @@
 //! Interop: a real libtorrent swarm (Debian's python3-libtorrent) finds itself through
 //! corvid's tracker. A seeder and a leecher session, with DHT, LSD, UPnP and NAT-PMP off,
 //! share a small torrent whose only tracker is ours; the leecher finishing proves that
-//! libtorrent's announces parse and that our compact peer list is usable.
+//! libtorrent's announces parse and that our compact peer list is usable. It runs against
+//! a plain tracker and against one with a topology that puts both sessions in a rack (the
+//! rack-aware handout must keep stock clients working).
 //!
 //! If python3-libtorrent is missing the test fails: CI installs it, and a silent pass
 //! would hide that interop is untested.
@@ -64,6 +66,17 @@ impl Drop for Guard {
 
 #[test]
 fn libtorrent_swarm_uses_corvid_tracker() {
+    run_libtorrent_swarm(None);
+}
+
+#[test]
+fn libtorrent_swarm_uses_a_racked_corvid_tracker() {
+    let topology = corvid_engine::tracker::Topology::parse("127.0.0.0/8 rack=lo\n", "test")
+        .expect("constant topology");
+    run_libtorrent_swarm(Some(std::sync::Arc::new(topology)));
+}
+
+fn run_libtorrent_swarm(topology: Option<std::sync::Arc<corvid_engine::tracker::Topology>>) {
     let probe = Command::new(PYTHON)
         .args(["-c", "import libtorrent"])
         .output()
@@ -78,6 +91,7 @@ fn libtorrent_swarm_uses_corvid_tracker() {
     let cfg = TrackerConfig {
         interval: Duration::from_secs(2),
         min_interval: Duration::from_secs(1),
+        topology,
         ..TrackerConfig::default()
     };
     let server = TrackerServer::bind("127.0.0.1:0".parse().unwrap(), cfg).expect("bind");
