@@ -303,9 +303,9 @@ impl Swarm {
     /// least [`MIN_SEEDS`], same-rack ones first), then the other peers, finished or not,
     /// split about 3:1 between the asker's rack and the rest. A finished peer is not
     /// handed out as a seeder to every rack: that would join the racks all to all as a
-    /// deploy ends. Cross-rack peers are at most a third of
-    /// the same-rack ones (at least one, so racks stay joined and a piece the rack lacks
-    /// can come in), and all of the list when the asker's rack has nobody else.
+    /// deploy ends. Cross-rack peers are at most a third of the same-rack ones (at least
+    /// one, so racks stay joined and a piece the rack lacks can come in), and all of the
+    /// list when the asker's rack has nobody else.
     ///
     /// The cap holds even when fewer peers than `want` exist: handing every peer out
     /// whenever the swarm is small would connect a small fleet all-to-all across racks.
