@@ -258,41 +258,68 @@ struct RackRun {
     /// Bytes (with headers) that crossed between the racks.
     crossed: u64,
     seconds: f64,
-    seeder_up: u64,
+    /// Copies of the payload the seeders sent, in all.
+    seeder_copies: f64,
 }
 
-/// The seeder (host 0, rack a, with the embedded tracker, given `topology` or not) and
-/// one peer on every other host; all peers must complete with the release's data.
+impl RackRun {
+    /// The share of what peers received that did not cross between racks.
+    fn inside(&self) -> f64 {
+        1.0 - self.crossed as f64 / self.received as f64
+    }
+}
+
+/// The seeder on host 0 (rack a, with the embedded tracker, given `topology` or not),
+/// with `second_seeder` a second one on the last host (rack b, from its own copy of the
+/// release), and one peer on every host between; all peers must complete with the
+/// release's data.
 fn rack_run(
     racks: &TwoRacks,
     dir: &Path,
     payload: &Path,
     torrent: &Path,
     topology: Option<&Path>,
+    second_seeder: Option<&Path>,
 ) -> RackRun {
-    let hosts = 1 + 2 * PER_RACK;
-    let seed_addr = TwoRacks::addr(0);
-    let mut args = vec![
-        "seed".to_string(),
-        torrent.display().to_string(),
-        payload.parent().unwrap().display().to_string(),
-        "--listen".into(),
-        format!("{seed_addr}:6881"),
-        "--tracker-listen".into(),
-        format!("{seed_addr}:8998"),
-        "--tracker-interval".into(),
-        "2s".into(),
-        "--json".into(),
-    ];
-    if let Some(t) = topology {
-        args.extend(["--topology".to_string(), t.display().to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let seed_cmd = |h: usize, data: &Path, extra: &[String]| {
+        let addr = TwoRacks::addr(h);
+        let mut args = vec![
+            "seed".to_string(),
+            torrent.display().to_string(),
+            data.display().to_string(),
+            "--listen".into(),
+            format!("{addr}:6881"),
+            "--json".into(),
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        racks.corvid(h, &args)
+    };
     let before = racks.crossed();
     let start = std::time::Instant::now();
-    let mut seeder = Proc::spawn("seeder", &mut racks.corvid(0, &args));
-    seeder.wait_line("\"listening\"", T);
-    let mut peers: Vec<(Proc, PathBuf)> = (1..hosts)
+    let mut extra = vec![
+        "--tracker-listen".to_string(),
+        format!("{}:8998", TwoRacks::addr(0)),
+        "--tracker-interval".into(),
+        "2s".into(),
+    ];
+    if let Some(t) = topology {
+        extra.extend(["--topology".to_string(), t.display().to_string()]);
+    }
+    let data = payload.parent().unwrap();
+    let mut seeders = vec![Proc::spawn("seeder-a", &mut seed_cmd(0, data, &extra))];
+    let last = 2 * PER_RACK + 1;
+    if let Some(copy) = second_seeder {
+        let no_tracker = ["--no-tracker".to_string()];
+        seeders.push(Proc::spawn(
+            "seeder-b",
+            &mut seed_cmd(last, copy, &no_tracker),
+        ));
+    }
+    for s in &mut seeders {
+        s.wait_line("\"listening\"", T);
+    }
+    let mut peers: Vec<(Proc, PathBuf)> = (1..last)
         .map(|h| {
             let dest = dir.join(format!("h{h}"));
             let listen = format!("{}:6881", TwoRacks::addr(h));
@@ -327,19 +354,24 @@ fn rack_run(
         assert_same_tree(payload, &dest.join("payload"));
         received += json_u64(&done, "bytes_down");
     }
-    let seeder_up = json_u64(&seeder.finish(T), "bytes_up");
+    let seeder_up: u64 = seeders
+        .iter_mut()
+        .map(|s| json_u64(&s.finish(T), "bytes_up"))
+        .sum();
     RackRun {
         received,
         crossed: racks.crossed() - before,
         seconds,
-        seeder_up,
+        seeder_copies: seeder_up as f64 * (2 * PER_RACK) as f64 / received as f64,
     }
 }
 
 /// Issue 11: with the topology, most of what peers receive comes from inside their own
-/// rack. Rack a holds the seeder and three peers, rack b three peers; the link between
-/// the racks is shaped below the hosts' links, as a rack uplink is oversubscribed. Runs
-/// the same deploy without the topology too, for the comparison it prints.
+/// rack. Rack a holds the seeder and three peers, rack b three peers (and, in the second
+/// pair of runs, a seeder of its own, as with one seeder per datacenter); the link
+/// between the racks is shaped below the hosts' links, as a rack uplink is
+/// oversubscribed. Each setup runs without the topology too, for the comparison it
+/// prints; with a seeder in each rack, the topology must keep clearly more inside.
 #[test]
 fn with_a_topology_most_bytes_stay_inside_a_rack() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -350,11 +382,12 @@ fn with_a_topology_most_bytes_stay_inside_a_rack() {
         );
         return;
     }
-    let hosts = 1 + 2 * PER_RACK;
-    let racks = TwoRacks::up(hosts);
+    let racks = TwoRacks::up(2 * PER_RACK + 2);
     let t = tempfile::tempdir().unwrap();
     let payload = t.path().join("src").join("payload");
     make_tree(&payload, 24 << 20, 31);
+    let copy = t.path().join("copy");
+    copy_tree(&t.path().join("src"), &copy);
     let torrent = t.path().join("release.torrent");
     let url = format!("http://{}:8998/announce", TwoRacks::addr(0));
     make_torrent(&payload, &torrent, &url, "256K");
@@ -365,29 +398,45 @@ fn with_a_topology_most_bytes_stay_inside_a_rack() {
     )
     .unwrap();
 
-    let plain = rack_run(&racks, &t.path().join("plain"), &payload, &torrent, None);
-    let racked = rack_run(
-        &racks,
-        &t.path().join("racked"),
-        &payload,
-        &torrent,
-        Some(&topology),
-    );
-    let inside = |r: &RackRun| 1.0 - r.crossed as f64 / r.received as f64;
-    for (name, r) in [("without topology", &plain), ("with topology", &racked)] {
+    let mut runs = Vec::new();
+    for (name, topo, second) in [
+        ("one seeder, without topology", None, None),
+        ("one seeder, with topology", Some(topology.as_path()), None),
+        (
+            "a seeder a rack, without topology",
+            None,
+            Some(copy.as_path()),
+        ),
+        (
+            "a seeder a rack, with topology",
+            Some(topology.as_path()),
+            Some(copy.as_path()),
+        ),
+    ] {
+        let dir = t.path().join(format!("run{}", runs.len()));
+        let r = rack_run(&racks, &dir, &payload, &torrent, topo, second);
         eprintln!(
             "{name}: peers received {} bytes, {} crossed racks: {:.0}% from inside the rack, \
-             {:.1} s, seeder sent {:.2} copies",
+             {:.1} s, seeders sent {:.2} copies",
             r.received,
             r.crossed,
-            100.0 * inside(r),
+            100.0 * r.inside(),
             r.seconds,
-            r.seeder_up as f64 * (2 * PER_RACK) as f64 / r.received as f64
+            r.seeder_copies
+        );
+        runs.push(r);
+    }
+    for r in [&runs[1], &runs[3]] {
+        assert!(
+            r.inside() > 0.5,
+            "with the topology only {:.0}% of the bytes came from inside the rack",
+            100.0 * r.inside()
         );
     }
     assert!(
-        inside(&racked) > 0.5,
-        "with the topology only {:.0}% of the bytes came from inside the rack",
-        100.0 * inside(&racked)
+        runs[3].inside() > runs[2].inside() + 0.1,
+        "with a seeder in each rack the topology kept {:.0}% inside, without it {:.0}%",
+        100.0 * runs[3].inside(),
+        100.0 * runs[2].inside()
     );
 }

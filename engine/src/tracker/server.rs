@@ -300,7 +300,8 @@ impl Swarm {
 
     /// The handout for a downloading peer in `rack`: the origin seeders first (those
     /// that had everything when they first announced; up to a quarter of the list, at
-    /// least [`MIN_SEEDS`], same-rack ones first), then the other peers, finished or not,
+    /// least [`MIN_SEEDS`]): those of its own rack, or if its rack has none, those of
+    /// the other racks (with one seeder per datacenter, each feeds its own), then the other peers, finished or not,
     /// split about 3:1 between the asker's rack and the rest. A finished peer is not
     /// handed out as a seeder to every rack: that would join the racks all to all as a
     /// deploy ends. Cross-rack peers are at most a third of the same-rack ones (at least
@@ -333,7 +334,9 @@ impl Swarm {
                 g.rotate_left(k);
             }
         }
-        seeds.append(&mut far_seeds);
+        if seeds.is_empty() {
+            seeds = far_seeds;
+        }
         let n_seeds = seeds.len().min(want.div_ceil(4).max(MIN_SEEDS)).min(want);
         let rest = want - n_seeds;
         let reserve = other.len().min(rest / 4);
@@ -1741,7 +1744,7 @@ mod tests {
     }
 
     #[test]
-    fn several_seeders_are_all_handed_out() {
+    fn a_racks_own_seeder_is_handed_out_else_every_racks() {
         let (mut s, t0) = racked_swarm(3);
         s.announce(&req(201, 6881, 0, Event::Started), ip("10.2.0.100"), t0)
             .unwrap();
@@ -1750,9 +1753,19 @@ mod tests {
         let resp = s.announce(&r, ip("10.1.0.1"), t0).unwrap();
         let addrs: Vec<String> = resp.peers.iter().map(|p| p.addr.to_string()).collect();
         assert_eq!(addrs.len(), 3, "{addrs:?}");
-        assert_eq!(addrs[0], "10.1.0.100:6881", "the same-rack seeder first");
-        assert_eq!(addrs[1], "10.2.0.100:6881", "then the other rack's");
-        assert!(in_net(&resp.peers[2], 1), "{addrs:?}");
+        assert_eq!(addrs[0], "10.1.0.100:6881", "the same-rack seeder only");
+        assert!(resp.peers[1..].iter().all(|p| in_net(p, 1)), "{addrs:?}");
+        // A rack without a seeder of its own gets every rack's.
+        s.announce(&req(150, 6881, 10, Event::Started), ip("10.3.0.1"), t0)
+            .unwrap();
+        let lone = s
+            .announce(&req(151, 6881, 10, Event::Started), ip("10.3.0.2"), t0)
+            .unwrap();
+        let seeders: HashSet<String> = lone.peers[..2].iter().map(|p| p.addr.to_string()).collect();
+        let want: HashSet<String> = ["10.1.0.100:6881", "10.2.0.100:6881"]
+            .map(String::from)
+            .into();
+        assert_eq!(seeders, want, "{:?}", lone.peers);
     }
 
     #[test]
