@@ -1,6 +1,7 @@
 //! The baselines, run as the real programs a user would run: iperf3 (the practical limit
 //! of the path, no disk, no crypto), scp (default cipher and AES-128-GCM) and rsync over
-//! ssh. Also the batch runner both scenarios use to run a set of commands one after
+//! ssh; and the stock BitTorrent swarm (libtorrent seeding through python3-libtorrent,
+//! aria2 downloading, Debian's opentracker introducing them). Also the batch runner both scenarios use to run a set of commands one after
 //! another or all at once and time each one's completion.
 
 use crate::corvid::Runner;
@@ -9,6 +10,69 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// A stock libtorrent seeder for the fleet's `stock` method: seeds `TORRENT` from
+/// `SAVE_DIR` (trusted, like `corvid seed --trust-data`) on `IP:6881` with libtorrent's
+/// default settings (unchoke slots, request queues), announces to the torrent's tracker,
+/// prints `seeding` once it serves and then `up BYTES` (payload uploaded) whenever that
+/// grows, and once more on SIGTERM before it exits (or when `TIMEOUT_S` passes).
+pub const LT_SEED_PY: &str = r#"
+import signal, sys, time
+import libtorrent as lt
+torrent, save, ip, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+ses = lt.session({
+    "listen_interfaces": ip + ":6881",
+    "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    "enable_outgoing_utp": False, "enable_incoming_utp": False,
+    "alert_mask": lt.alert.category_t.error_notification,
+})
+atp = lt.add_torrent_params()
+atp.ti = lt.torrent_info(torrent)
+atp.save_path = save
+atp.flags |= lt.torrent_flags.seed_mode
+h = ses.add_torrent(atp)
+def stop(*_):
+    print("up", h.status().total_payload_upload, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+deadline = time.monotonic() + timeout
+seeding, up = False, -1
+while time.monotonic() < deadline:
+    for a in ses.pop_alerts():
+        print("alert:", a.message(), file=sys.stderr, flush=True)
+    s = h.status()
+    if s.is_seeding and not seeding:
+        h.force_reannounce()
+        print("seeding", flush=True)
+        seeding = True
+    if s.total_payload_upload != up:
+        up = s.total_payload_upload
+        print("up", up, flush=True)
+    time.sleep(0.1)
+"#;
+
+/// aria2c downloading `torrent` into `dir` as a fleet host would with stock settings: no
+/// DHT, LPD or PEX (the tracker introduces the peers), no hash re-check of the finished
+/// file, and exit once complete (`--seed-time=0`, like `corvid peer --linger 0s`).
+pub fn aria2_argv(torrent: &str, dir: &str) -> Vec<String> {
+    [
+        "aria2c",
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--seed-time=0",
+        "--check-integrity=false",
+        "--bt-hash-check-seed=false",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--listen-port=6881",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--dir={dir}"), torrent.to_string()])
+    .collect()
+}
 
 /// One command of a batch; `host` names the receiver it serves in error messages.
 pub struct Job {

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub const METHODS: &[&str] = &["scp-seq", "scp-par", "rsync", "corvid"];
+/// `stock`: libtorrent seeds, aria2 downloads, opentracker introduces them (see
+/// [`run_stock`]): the stock-client baseline on the same fleet.
+pub const METHODS: &[&str] = &["scp-seq", "scp-par", "rsync", "corvid", "stock"];
 
 /// Fixed ports are safe here: each fleet host is a fresh network namespace of its own.
 const TRACKER_BASE_PORT: u16 = 8998;
@@ -571,6 +573,21 @@ fn run_method(
             }
             run
         }
+        "stock" => {
+            let bin = corvid::locate(&c.corvid)?;
+            let torrent = work.join(format!("fleet-{}-{run_no}.torrent", fleet.n));
+            let _ = std::fs::remove_file(&torrent);
+            let tport = TRACKER_BASE_PORT + run_no;
+            let a0 = &fleet.addrs[0];
+            corvid::make(
+                &bin,
+                &p.path,
+                &torrent,
+                &format!("http://{a0}:{tport}/announce"),
+                c.piece_size.as_deref(),
+            )?;
+            run_stock(fleet, &bin, &torrent, p, work, tport, timeout, &mut cpu0)?
+        }
         other => return Err(anyhow!("method {other} not implemented for fleet").into()),
     };
     run.cpu_busy = cpu0
@@ -581,6 +598,147 @@ fn run_method(
         return Err(RunError::DataLoss(anyhow!("{m}: {}", bad.join("; "))));
     }
     Ok(run)
+}
+
+/// The stock-client swarm: opentracker and a libtorrent seeder on h0, then aria2c on every
+/// receiver at once; a host completes when its aria2c exits 0. The seeder's upload
+/// (libtorrent's payload counter) is reported as the seeder's copies. `cpu0` is reset once
+/// the seeder serves, so set-up is not counted.
+#[allow(clippy::too_many_arguments)]
+fn run_stock(
+    fleet: &Fleet,
+    bin: &Path,
+    torrent: &Path,
+    p: &Payload,
+    work: &Path,
+    tport: u16,
+    timeout: Duration,
+    cpu0: &mut Option<CpuSample>,
+) -> Result<Run, RunError> {
+    use crate::proc::{Proc, ProcEvent, Stream};
+    let a0 = &fleet.addrs[0];
+    // opentracker serves only whitelisted torrents (Debian's build): whitelist this one.
+    let info = proc::run_ok(
+        "corvid info",
+        Command::new(bin).arg("info").arg(torrent).arg("--json"),
+        Duration::from_secs(30),
+    )?;
+    let text = info.stdout.join("\n");
+    let hash = text
+        .split("\"info_hash\":\"")
+        .nth(1)
+        .and_then(|r| r.get(..40))
+        .ok_or_else(|| anyhow!("corvid info printed no info_hash: {text}"))?;
+    let ot_dir = work.join(format!("opentracker-{tport}"));
+    std::fs::create_dir_all(&ot_dir).context("opentracker dir")?;
+    std::fs::write(ot_dir.join("whitelist.txt"), format!("{hash}\n")).context("whitelist")?;
+    let script = work.join("lt_seed.py");
+    std::fs::write(&script, baselines::LT_SEED_PY).context("write lt_seed.py")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let port = tport.to_string();
+    let ot_argv = [
+        "sh".to_string(),
+        "-c".into(),
+        // The access list is read relative to `-d`.
+        format!(
+            "exec opentracker -i {a0} -p {port} -P {port} -d '{}' -w whitelist.txt",
+            ot_dir.display()
+        ),
+    ];
+    let _tracker = Proc::spawn(
+        "opentracker on h0",
+        &mut fleet.runner(0).command(&ot_argv),
+        0,
+        tx.clone(),
+    )?;
+    let seed_argv = [
+        "/usr/bin/python3".to_string(),
+        script.display().to_string(),
+        torrent.display().to_string(),
+        p.dir().display().to_string(),
+        a0.clone(),
+        format!("{}", timeout.as_secs() + 60),
+    ];
+    let seed = Proc::spawn(
+        "libtorrent seed on h0",
+        &mut fleet.runner(0).command(&seed_argv),
+        1,
+        tx,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ProcEvent::Line {
+                idx: 1,
+                stream: Stream::Out,
+                text,
+                ..
+            }) if text == "seeding" => break,
+            Ok(ProcEvent::Exit { idx, exit, .. }) => {
+                return Err(anyhow!(
+                    "stock: {} exited before the seeder served ({}): {}",
+                    if idx == 0 {
+                        "opentracker"
+                    } else {
+                        "libtorrent seed"
+                    },
+                    exit.describe(),
+                    seed.stderr_tail()
+                )
+                .into())
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(anyhow!(
+                    "stock: libtorrent seed printed no `seeding` within 60s: {}",
+                    seed.stderr_tail()
+                )
+                .into())
+            }
+        }
+    }
+    *cpu0 = CpuSample::now();
+    let t = torrent.display().to_string();
+    let recv = fleet.recv_dir().display().to_string();
+    let jobs = (1..=fleet.n)
+        .map(|h| Job {
+            host: format!("h{h}"),
+            cmd: fleet.runner(h).command(&baselines::aria2_argv(&t, &recv)),
+        })
+        .collect();
+    let done = baselines::run_jobs("stock (aria2c)", jobs, true, timeout)?;
+    // The seeder prints its final upload counter on SIGTERM, then exits.
+    seed.signal(libc::SIGTERM);
+    let mut seeder_up = 0;
+    let stop_by = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = stop_by.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ProcEvent::Line {
+                idx: 1,
+                stream: Stream::Out,
+                text,
+                ..
+            }) => {
+                if let Some(v) = text.strip_prefix("up ").and_then(|v| v.parse().ok()) {
+                    seeder_up = v;
+                }
+            }
+            Ok(ProcEvent::Exit { idx: 1, .. }) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Ok(Run {
+        seconds: done.iter().map(|d| d.seconds).fold(0.0, f64::max),
+        hosts: done.iter().map(|d| (d.host.clone(), d.seconds)).collect(),
+        // Only the seeder's upload is known for stock clients; the rest stays empty.
+        corvid: Some(report::CorvidDetail {
+            from_seeder: seeder_up,
+            ..report::CorvidDetail::default()
+        }),
+        ..Run::default()
+    })
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -66,6 +66,19 @@
 //! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
 //! a requester that queues seconds of requests at one busy relay leaves others idle.
 //!
+//! Tried and not kept: serving a refused follower's second ask only once some peer has
+//! announced the piece to the seeder (a re-ask while the first copy is still on its way
+//! to the holder is refused again, the follower asking every 500 ms). Same fleet at N=16,
+//! with other builds saturating both cores, each build 3 runs in the same session: the
+//! seeder sent 1.16/1.16/1.06 copies in 1.49-1.61 x S/C, the unchanged build
+//! 1.06/1.07/1.29 copies in 1.49-1.59 x: no gain that load lets us see. At 50 Mbit/s
+//! (`benches/runs/2026-11-28-vm/fleet-reask-rule-50mbit`; a first copy then takes
+//! longer than the 500 ms wait to reach its holder) it sent
+//! 1.15/1.19/1.02 copies against 1.18/1.20/1.21, but the third run took 4.65 x S/C
+//! (49.9 s): the rule cannot serve a piece whose first copy stalls at its holder
+//! until that connection times out, so it trades copies for liveness. Naming the
+//! holder to the refused peer (so it waits only while it can reach it) is the way on.
+//!
 //! [`PeerConn`]: crate::peer::PeerConn
 
 use std::collections::{HashMap, HashSet};

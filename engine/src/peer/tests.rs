@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::swarm::SwarmConfig;
+use auth::Secret;
 use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
