@@ -78,7 +78,8 @@ pub struct Args {
     /// Replace an existing DEST/releases/TAG whose content differs.
     #[arg(long)]
     force: bool,
-    /// How long each peer keeps seeding after it has the release.
+    /// How long each peer keeps seeding after it has the release, at most: once every
+    /// host holds it, all peers are told to stop and the deploy returns.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
     /// A peer gives up when no piece was verified for this long.
@@ -257,6 +258,16 @@ impl Display {
                 }
             }
             FleetEvent::HostDone(r) => self.host_done(r),
+            FleetEvent::PeersStopped { peers } => {
+                if self.json {
+                    print_line(&DeployLine::PeersStopped { peers: *peers });
+                }
+                if *peers > 0 {
+                    self.say(&format!(
+                        "every host holds the release: stopping {peers} lingering peers"
+                    ));
+                }
+            }
         }
         self.refresh();
     }
@@ -307,6 +318,10 @@ enum DeployLine<'a> {
     },
     Warning {
         message: &'a str,
+    },
+    /// Every host holds the release; this many lingering peers were told to stop.
+    PeersStopped {
+        peers: usize,
     },
     Host(HostLine<'a>),
     Summary(SummaryLine<'a>),
@@ -371,6 +386,8 @@ struct SummaryLine<'a> {
     payload_bytes: u64,
     seeder_uploaded: u64,
     corvid_bytes: u64,
+    corvid_file_bytes: u64,
+    corvid_stream_bytes: u64,
     corvid_by_swarm: usize,
     corvid_by_ssh: usize,
     corvid_fell_back: usize,
@@ -407,6 +424,8 @@ impl<'a> SummaryLine<'a> {
             payload_bytes: report.payload_bytes,
             seeder_uploaded: report.seeder_uploaded,
             corvid_bytes: i.binary_bytes,
+            corvid_file_bytes: i.file_bytes,
+            corvid_stream_bytes: i.stream_bytes,
             corvid_by_swarm: i.by_swarm,
             corvid_by_ssh: i.by_ssh,
             corvid_fell_back: i.fell_back,
@@ -443,8 +462,10 @@ fn install_line(i: &InstallSummary) -> Option<String> {
         return None;
     }
     let mut line = format!(
-        "corvid ({}) installed on {} hosts in {:.1} s: {} by the swarm, {} over ssh",
+        "corvid ({}; {} with debug info, {} compressed over ssh) installed on {} hosts in {:.1} s: {} by the swarm, {} over ssh",
         human_size(i.binary_bytes),
+        human_size(i.file_bytes),
+        human_size(i.stream_bytes),
         i.by_swarm + i.by_ssh,
         i.elapsed.as_secs_f64(),
         i.by_swarm,
@@ -615,13 +636,15 @@ mod tests {
             payload_bytes: 3000007,
             seeder_uploaded: 3000007,
             install: InstallSummary {
-                binary_bytes: 44203672,
+                binary_bytes: 4594256,
+                file_bytes: 53409584,
+                stream_bytes: 1613185,
                 ..InstallSummary::default()
             },
         };
         assert_eq!(
             DeployLine::Summary(SummaryLine::new(&report)).to_json(),
-            r#"{"event":"summary","hosts":2,"deployed":1,"skipped":1,"failed":0,"failed_hosts":[],"elapsed_s":7.940,"payload_bytes":3000007,"seeder_uploaded":3000007,"corvid_bytes":44203672,"corvid_by_swarm":0,"corvid_by_ssh":0,"corvid_fell_back":0,"corvid_seeder_uploaded":0,"corvid_peers_exchanged":0,"corvid_ssh_uploaded":0,"corvid_install_s":0.000}"#
+            r#"{"event":"summary","hosts":2,"deployed":1,"skipped":1,"failed":0,"failed_hosts":[],"elapsed_s":7.940,"payload_bytes":3000007,"seeder_uploaded":3000007,"corvid_bytes":4594256,"corvid_file_bytes":53409584,"corvid_stream_bytes":1613185,"corvid_by_swarm":0,"corvid_by_ssh":0,"corvid_fell_back":0,"corvid_seeder_uploaded":0,"corvid_peers_exchanged":0,"corvid_ssh_uploaded":0,"corvid_install_s":0.000}"#
         );
 
         let failed = HostResult {

@@ -88,6 +88,11 @@ pub struct Args {
     /// secret (kept as PATH/.corvid/TAG.secret, mode 0600; never on a command line).
     #[arg(long, requires = "stdin_torrent", conflicts_with = "secret_file")]
     stdin_secret: bool,
+    /// With --stdin-torrent: stdin is framed (the secret as a length line and its bytes)
+    /// and stays open; its end stops the linger once the release is in place. This is
+    /// how `corvid deploy` stops every peer once the whole fleet holds the release.
+    #[arg(long, requires = "stdin_torrent")]
+    stdin_control: bool,
     /// Keep seeding this long after completing.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
@@ -196,6 +201,65 @@ fn say_release(json: bool, status: ReleaseStatus, rp: &ReleasePaths, activated: 
     }
 }
 
+/// The end of the linger under `--stdin-control`: the deployer closes the session's
+/// stdin once every host holds the release (Murder's `stop_all_peering`), and the peer
+/// stops as soon as both that has happened and its own release is in place. Before the
+/// release is placed an early end of stdin (the deployer went away) changes nothing:
+/// the download finishes and only the linger is skipped.
+struct LingerEnd {
+    state: std::sync::Arc<LingerState>,
+}
+
+struct LingerState {
+    eof: std::sync::atomic::AtomicBool,
+    placed: std::sync::atomic::AtomicBool,
+    stop: node::StopFlag,
+}
+
+impl LingerState {
+    /// Both set: stop. Each side sets its own flag and then checks the other's, so
+    /// whichever comes second sees both (SeqCst).
+    fn check(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.eof.load(SeqCst) && self.placed.load(SeqCst) {
+            self.stop.stop();
+        }
+    }
+}
+
+impl LingerEnd {
+    /// A thread reads what is left of stdin (after the torrent and secret) to its end.
+    /// It is not joined: a peer that ends by itself (linger over) exits with it blocked.
+    fn watch_stdin(stop: node::StopFlag) -> LingerEnd {
+        let state = std::sync::Arc::new(LingerState {
+            eof: false.into(),
+            placed: false.into(),
+            stop,
+        });
+        let s = state.clone();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut input = std::io::stdin().lock();
+            // Nothing but the end is meaningful; a read error counts as the end too.
+            while let Ok(n) = std::io::Read::read(&mut input, &mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            s.eof.store(true, std::sync::atomic::Ordering::SeqCst);
+            s.check();
+        });
+        LingerEnd { state }
+    }
+
+    fn placed(&self) {
+        self.state
+            .placed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.check();
+    }
+}
+
 /// A release step's failure, with the exit code the contract gives it.
 fn remote_failure(e: impl Into<RemoteError>) -> Failure {
     let e = e.into();
@@ -216,6 +280,13 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     // same DEST/TAG stops here with its own exit code instead of writing under us.
     let mut lock = Some(rel.lock().map_err(remote_failure)?);
     let (m, secret) = match args.stdin_torrent {
+        Some(len) if args.stdin_control => remote::receive_torrent_framed(
+            &mut std::io::stdin().lock(),
+            len,
+            args.stdin_secret,
+            &rel,
+        )
+        .map_err(remote_failure)?,
         Some(len) => {
             remote::receive_torrent(&mut std::io::stdin().lock(), len, args.stdin_secret, &rel)
                 .map_err(remote_failure)?
@@ -244,6 +315,9 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     let partial = rel.partial_dir().map_err(Failure::output)?;
     content::prune_partial(&m.info, &partial).map_err(Failure::output)?;
     let stop = roles::stop_on_signals()?;
+    let linger_end = args
+        .stdin_control
+        .then(|| LingerEnd::watch_stdin(stop.clone()));
     // Storage starts at DEST and reaches the files through `releases/TAG.partial/`,
     // refusing a link anywhere on the way (DEST itself is the operator's path).
     let mut cfg = roles::node_config(
@@ -288,6 +362,9 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 // present) while this one seeds.
                 lock = None;
                 say_release(json, ReleaseStatus::Installed, &rp, args.activate);
+                if let Some(end) = &linger_end {
+                    end.placed();
+                }
             } else {
                 // No point lingering with a release that could not be placed.
                 stop.stop();
@@ -356,6 +433,7 @@ mod tests {
             assert_eq!(a.tag.as_deref(), Some("v42"));
             assert_eq!(a.stdin_torrent, Some(321));
             assert_eq!(a.stdin_secret, secret);
+            assert!(a.stdin_control);
             assert_eq!(a.linger, Duration::from_millis(2500));
             assert_eq!(a.stall_timeout, Duration::from_secs(90));
             assert_eq!((a.activate, a.force), (activate, force));

@@ -70,11 +70,16 @@ impl Fleet {
             .join(format!("hosts/h{i}"))
     }
 
-    /// `corvid deploy` run on h0 against h1..hN.
+    /// `corvid deploy` run on h0 against h1..h8.
     fn deploy(&self, src: &Path, tag: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        self.deploy_to(HOSTS, src, tag, extra)
+    }
+
+    /// `corvid deploy` run on h0 against h1..hN (`--linger 1s` unless `extra` says).
+    fn deploy_to(&self, n: usize, src: &Path, tag: &str, extra: &[&str]) -> (Output, Vec<String>) {
         let disk = self.disk();
         let cfg = self.line(&["ssh-config"]);
-        let hosts: Vec<String> = (1..=HOSTS).map(|i| format!("h{i}")).collect();
+        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
         let mut args: Vec<String> = vec![
             "exec".into(),
             "0".into(),
@@ -94,14 +99,15 @@ impl Fleet {
             "-F".into(),
             "--ssh-option".into(),
             cfg,
-            "--linger".into(),
-            "1s".into(),
             "--stall-timeout".into(),
             "30s".into(),
             "--threads".into(),
             "1".into(),
             "--json".into(),
         ];
+        if !extra.contains(&"--linger") {
+            args.extend(["--linger".into(), "1s".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.script(&refs);
@@ -391,9 +397,25 @@ fn other_build() -> Vec<u8> {
     b
 }
 
-/// Every host ends with exactly this corvid, executable, and no install leftovers.
+/// This corvid as the deploy ships it: without debug info (`objcopy --strip-debug`).
+fn shipped_corvid() -> (PathBuf, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("corvid");
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(env!("CARGO_BIN_EXE_corvid"))
+        .arg(&p)
+        .status()
+        .expect("run objcopy (binutils)");
+    assert!(st.success());
+    (p, d)
+}
+
+/// Every host ends with exactly this corvid as shipped (stripped), executable, and no
+/// install leftovers.
 fn assert_hosts_have_this_corvid(fleet: &Fleet) {
-    let want = sha1_of(Path::new(env!("CARGO_BIN_EXE_corvid")));
+    let (shipped, _d) = shipped_corvid();
+    let want = sha1_of(&shipped);
     for i in 1..=HOSTS {
         let p = host_corvid(fleet, i);
         assert_eq!(sha1_of(&p), want, "h{i}");
@@ -429,9 +451,11 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_src(&src, 5);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
+    let file_size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
         .unwrap()
         .len();
+    let size = std::fs::metadata(shipped_corvid().0).unwrap().len();
+    assert!(size < file_size / 2, "{size} of {file_size}");
     // h1..h6 run another build of corvid; h7 and h8 have none.
     let other = other_build();
     for i in 1..=6 {
@@ -473,12 +497,19 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
     assert_hosts_have_this_corvid(&fleet);
     let sum = summary_line(&lines);
     assert_eq!(support::json_u64(sum, "corvid_bytes"), size, "{sum}");
+    assert_eq!(
+        support::json_u64(sum, "corvid_file_bytes"),
+        file_size,
+        "{sum}"
+    );
+    let stream = support::json_u64(sum, "corvid_stream_bytes");
+    assert!(stream < size, "not compressed: {sum}");
     assert_eq!(support::json_u64(sum, "corvid_by_swarm"), 6, "{sum}");
     assert_eq!(support::json_u64(sum, "corvid_by_ssh"), 2, "{sum}");
     assert_eq!(support::json_u64(sum, "corvid_fell_back"), 0, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        2 * size,
+        2 * stream,
         "{sum}"
     );
     assert_eq!(
@@ -550,9 +581,10 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_src(&src, 6);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
+    let file_size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
         .unwrap()
         .len();
+    let size = std::fs::metadata(shipped_corvid().0).unwrap().len();
     let other = other_build();
     for i in 1..=3 {
         place_corvid(&fleet, i, &other);
@@ -572,14 +604,19 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     }
     let sum = summary_line(&lines);
     assert_eq!(support::json_u64(sum, "corvid_by_ssh"), 8, "{sum}");
+    // Stripped, then gzip -9 on the wire: a fraction of the file this corvid runs from.
+    let stream = support::json_u64(sum, "corvid_stream_bytes");
+    assert_eq!(support::json_u64(sum, "corvid_bytes"), size, "{sum}");
+    assert!(stream < size && size < file_size, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        8 * size,
+        8 * stream,
         "{sum}"
     );
     assert_eq!(support::json_u64(sum, "corvid_seeder_uploaded"), 0, "{sum}");
     eprintln!(
-        "binary {size} B over ssh to 8 hosts: install {} s",
+        "binary {file_size} B (stripped {size} B, gzip {stream} B) over ssh to 8 hosts: \
+         install {} s",
         support::json_field(sum, "corvid_install_s").unwrap_or("?")
     );
     assert_hosts_have_this_corvid(&fleet);
@@ -627,7 +664,7 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     assert_eq!(support::json_u64(sum, "corvid_fell_back"), 2, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        2 * size,
+        2 * support::json_u64(sum, "corvid_stream_bytes"),
         "{sum}"
     );
     assert!(
@@ -681,4 +718,54 @@ fn bad_input_is_refused_before_contacting_hosts() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Once every host holds the release the deploy tells the lingering peers to stop and
+/// returns: a 10-minute --linger does not hold it up.
+#[test]
+fn deploy_returns_once_every_host_holds_the_release() {
+    const N: usize = 3;
+    let fleet = Fleet::up("lg", N);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_src(&src, 7);
+    let (out, lines) = fleet.deploy_to(N, &src, "v1", &["--activate", "--linger", "600s"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        lines.join("\n")
+    );
+    // Order: the stop comes after every release and before any session ended (host
+    // lines are printed as sessions end), and it reached every lingering peer.
+    let stopped = lines
+        .iter()
+        .position(|l| l.contains("\"event\":\"peers_stopped\""))
+        .unwrap_or_else(|| panic!("no peers_stopped line: {lines:?}"));
+    assert_eq!(support::json_u64(&lines[stopped], "peers"), N as u64);
+    let hosts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"event\":\"host\""))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hosts.len(), N, "{lines:?}");
+    assert!(hosts.iter().all(|&i| i > stopped), "{lines:?}");
+    for (host, res, err) in results(&lines) {
+        assert_eq!(res, "deployed", "{host}: {err}");
+    }
+    // A guard, not the synchronisation: far below the 600 s linger.
+    let elapsed: f64 = support::json_field(summary_line(&lines), "elapsed_s")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(elapsed < 120.0, "deploy took {elapsed} s");
+    // The peers are gone: a second deploy of the same release is not refused as busy
+    // and finds it present everywhere.
+    let (out, lines) = fleet.deploy_to(N, &src, "v1", &["--linger", "600s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (host, res, err) in results(&lines) {
+        assert_eq!(res, "skipped", "{host}: {err}");
+    }
+    eprintln!("deploy with --linger 600s to {N} hosts returned in {elapsed} s");
 }

@@ -145,7 +145,8 @@ pub struct PeerCommand {
     pub tag: String,
     /// Length of the torrent on stdin.
     pub torrent_len: usize,
-    /// The secret follows the torrent on stdin.
+    /// The secret follows the torrent on stdin (as a length line and its bytes: the
+    /// stdin is framed, `--stdin-control`, see [`super::remote::receive_torrent_framed`]).
     pub stdin_secret: bool,
     pub linger: Duration,
     pub stall_timeout: Duration,
@@ -169,6 +170,8 @@ impl PeerCommand {
         if self.stdin_secret {
             a.push("--stdin-secret".into());
         }
+        // The session's stdin stays open; its end stops the linger once the fleet is done.
+        a.push("--stdin-control".into());
         a.extend([
             "--linger".into(),
             format!("{}ms", self.linger.as_millis()),
@@ -371,6 +374,7 @@ mod tests {
             ["peer", "--release-dest", "/srv/my app'; rm -rf /"]
         );
         assert!(args.contains(&"--stdin-secret".to_string()));
+        assert!(args.contains(&"--stdin-control".to_string()));
         assert!(args.contains(&"--activate".to_string()));
         assert!(!args.contains(&"--force".to_string()));
         // The shell gives back exactly the arguments.

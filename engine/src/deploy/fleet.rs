@@ -27,7 +27,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
+use std::process::{ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -154,6 +154,11 @@ pub enum FleetEvent {
         duration: Duration,
     },
     HostDone(HostResult),
+    /// Every host of the peer phase holds the release (or failed): the `peers` sessions
+    /// still open were told to stop lingering, and the deploy ends as they exit.
+    PeersStopped {
+        peers: usize,
+    },
     /// Something the operator should know that does not stop the deploy (a host that
     /// reports seeing this machine at another address than the one chosen).
     Warning(String),
@@ -209,6 +214,8 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
     let mut stdin = torrent.to_vec();
     if let Some(secret) = &plan.secret {
+        // Framed (`--stdin-control`): the session's stdin stays open after it.
+        stdin.extend_from_slice(format!("{}\n", secret.expose().len()).as_bytes());
         stdin.extend_from_slice(secret.expose());
     }
     let cmd = PeerCommand {
@@ -235,6 +242,59 @@ fn outcome_of(status: ReleaseStatus) -> HostOutcome {
     }
 }
 
+/// Murder's `stop_all_peering`, without `pkill`: every host's `corvid peer` runs with
+/// `--stdin-control`, and its session's stdin stays open here until every host of the
+/// peer phase has its release in place (or has failed). Then all of them are closed at
+/// once, and each peer, seeing the end of its stdin, stops lingering and exits. So the
+/// linger serves slower hosts while some are unfinished and never delays the operator.
+struct LingerGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    /// Hosts still without a release (or a failure).
+    pending: usize,
+    /// The open stdins of the sessions started so far.
+    held: Vec<ChildStdin>,
+}
+
+impl LingerGate {
+    fn new(hosts: usize) -> LingerGate {
+        LingerGate {
+            state: std::sync::Mutex::new(GateState {
+                pending: hosts,
+                held: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // Nothing panics while holding it; a poisoned lock still holds valid counts.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a session's stdin open until the fleet is done (closes it at once when it
+    /// is done already).
+    fn hold(&self, stdin: ChildStdin) {
+        let mut s = self.lock();
+        if s.pending > 0 {
+            s.held.push(stdin);
+        }
+    }
+
+    /// One host is finished; when it is the last, the held stdins are handed back, for
+    /// the caller to announce and then close (so the announcement comes before any
+    /// session ends because of it).
+    fn finished(&self) -> Option<Vec<ChildStdin>> {
+        let mut s = self.lock();
+        s.pending = s.pending.checked_sub(1)?;
+        if s.pending > 0 {
+            return None;
+        }
+        Some(std::mem::take(&mut s.held))
+    }
+}
+
 /// The peer phase for one host.
 fn peer_host(
     plan: &DeployPlan,
@@ -243,6 +303,45 @@ fn peer_host(
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
+    gate: &LingerGate,
+) -> (HostOutcome, u64, u64, Option<Instant>) {
+    // This host counts as finished once, at its release or else at its session's end.
+    let mut counted = false;
+    let finish = |counted: &mut bool| {
+        if !std::mem::replace(counted, true) {
+            if let Some(stdins) = gate.finished() {
+                let _ = events.send(FleetEvent::PeersStopped {
+                    peers: stdins.len(),
+                });
+                drop(stdins);
+            }
+        }
+    };
+    let r = peer_session(
+        plan,
+        start,
+        host,
+        torrent,
+        seeder,
+        events,
+        gate,
+        &mut || finish(&mut counted),
+    );
+    finish(&mut counted);
+    r
+}
+
+/// One host's `corvid peer` session; `released` is called at its release line.
+#[allow(clippy::too_many_arguments)]
+fn peer_session(
+    plan: &DeployPlan,
+    start: Instant,
+    host: &str,
+    torrent: &[u8],
+    seeder: SocketAddr,
+    events: &Sender<FleetEvent>,
+    gate: &LingerGate,
+    released: &mut dyn FnMut(),
 ) -> (HostOutcome, u64, u64, Option<Instant>) {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
     let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
@@ -266,6 +365,8 @@ fn peer_host(
         // The torrent is small (hashes only); the remote corvid reads it before anything
         // else happens, so this cannot block on our unread stdout.
         let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
+        let _ = std::io::Write::flush(&mut stdin);
+        gate.hold(stdin);
     }
     let mut err = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
@@ -297,6 +398,7 @@ fn peer_host(
                         outcome: outcome_of(r.status),
                         duration: now.duration_since(start),
                     });
+                    released();
                 }
                 Some(PeerLine::Done { report }) => {
                     from_seeder = report.bytes_from_seeder;
@@ -339,7 +441,7 @@ pub fn run(
     let start = Instant::now();
     let v = validate(plan)?;
     let local =
-        LocalBinary::read(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
+        LocalBinary::shipped(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
             path: plan.local_corvid.clone(),
             source,
         })?;
@@ -353,6 +455,8 @@ pub fn run(
         payload_bytes: v.payload.total_length(),
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
+            file_bytes: local.file_bytes,
+            stream_bytes: local.stream_bytes(true).len() as u64,
             ..InstallSummary::default()
         },
     };
@@ -551,10 +655,13 @@ impl Deploy<'_> {
         let live = self.live();
         let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
         let routes = install::route(&live_probes, self.plan.swarm_install_min);
-        let to_install: Vec<(String, Route)> = live
+        let to_install: Vec<(String, Route, bool)> = live
             .iter()
             .zip(routes)
-            .map(|(&i, r)| (self.hosts[i].clone(), r))
+            .map(|(&i, r)| {
+                let gzip = probes[i].as_ref().is_some_and(|p| p.gzip);
+                (self.hosts[i].clone(), r, gzip)
+            })
             .collect();
         let install_start = self.start.elapsed();
         let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
@@ -593,13 +700,14 @@ impl Deploy<'_> {
         let live = self.live();
         let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
         let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+        let gate = LingerGate::new(live.len());
         let peer_results = std::thread::scope(|s| {
-            let live = &live;
+            let (live, gate) = (&live, &gate);
             let worker = s.spawn(move || {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
                     let (outcome, from_seeder, from_peers, released_at) =
-                        peer_host(plan, start, h, torrent, seeder_addr, &tx);
+                        peer_host(plan, start, h, torrent, seeder_addr, &tx, gate);
                     let r = HostResult {
                         host: h.to_string(),
                         outcome,
@@ -706,7 +814,7 @@ mod tests {
         assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
         // No shell redirection writes anything: the remote corvid does, safely.
         assert!(!cmd.contains('>'), "{cmd}");
-        assert_eq!(stdin, [&torrent[..], b"s3cret \x00\xff bytes"].concat());
+        assert_eq!(stdin, [&torrent[..], b"15\ns3cret \x00\xff bytes"].concat());
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
