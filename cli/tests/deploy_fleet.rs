@@ -769,3 +769,160 @@ fn deploy_returns_once_every_host_holds_the_release() {
     }
     eprintln!("deploy with --linger 600s to {N} hosts returned in {elapsed} s");
 }
+
+impl Fleet {
+    /// `corvid SUB --hosts H --dest DISK/app ...` run on h0, with the fleet's ssh config
+    /// and the hosts' corvid.
+    fn ops(&self, sub: &str, hosts: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        let disk = self.disk();
+        let cfg = self.line(&["ssh-config"]);
+        let mut args: Vec<String> = vec![
+            "exec".into(),
+            "0".into(),
+            env!("CARGO_BIN_EXE_corvid").into(),
+            sub.into(),
+            "--hosts".into(),
+            hosts.into(),
+            "--dest".into(),
+            format!("{disk}/app"),
+            "--remote-corvid".into(),
+            format!("{disk}/bin/corvid"),
+            "--ssh-option".into(),
+            "-F".into(),
+            "--ssh-option".into(),
+            cfg,
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.script(&refs);
+        let lines = text(&out.stdout).lines().map(str::to_string).collect();
+        (out, lines)
+    }
+}
+
+/// The JSON line of `host` among `lines` (any event).
+fn line_of<'a>(lines: &'a [String], host: &str) -> &'a str {
+    let tag = format!("\"host\":\"{host}\"");
+    lines
+        .iter()
+        .find(|l| l.contains(&tag))
+        .unwrap_or_else(|| panic!("no line for {host}: {lines:?}"))
+}
+
+/// `status` shows every case (current, previous, sizes, a release that does not verify,
+/// a leftover partial, an unreachable host), and `activate` flips where the release
+/// verifies and refuses, with the reason, where it does not or is missing.
+#[test]
+fn status_and_activate_show_and_flip_releases() {
+    const N: usize = 3;
+    let fleet = Fleet::up("st", N);
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    make_src(&v1, 11);
+    make_src(&v2, 12);
+    for (src, tag) in [(&v1, "v1"), (&v2, "v2")] {
+        let (out, lines) = fleet.deploy_to(N, src, tag, &["--activate"]);
+        assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    }
+    let size = |d: &Path| -> u64 {
+        listing(d)
+            .iter()
+            .filter_map(|l| l.split(" file exec=").nth(1))
+            .map(|r| r.split(' ').nth(1).unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // h2: v1 tampered with, a download left half-done; h3: unreachable.
+    let app2 = fleet.host_dir(2).join("app");
+    std::fs::write(app2.join("releases/v1/lib/deep/conf"), b"tampered\n").unwrap();
+    std::fs::create_dir_all(app2.join("releases/v3.partial")).unwrap();
+    assert!(fleet.script(&["sshd", "3", "stop"]).status.success());
+
+    let (out, lines) = fleet.ops("status", "h1,h2,h3", &["--json"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
+    let h1 = line_of(&lines, "h1");
+    let version = text(
+        &Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_eq!(
+        support::json_field(h1, "corvid"),
+        Some(version.trim()),
+        "{h1}"
+    );
+    assert_eq!(support::json_field(h1, "current"), Some("v2"), "{h1}");
+    assert_eq!(support::json_field(h1, "previous"), Some("v1"), "{h1}");
+    let want = format!(
+        r#""releases":[{{"tag":"v1","bytes":{},"verified":true}},{{"tag":"v2","bytes":{},"verified":true}}],"partial":[]"#,
+        size(&v1),
+        size(&v2)
+    );
+    assert!(h1.contains(&want), "{h1}\nlacks {want}");
+    let h2 = line_of(&lines, "h2");
+    assert!(
+        h2.contains(r#"{"tag":"v1","bytes":"#) && h2.contains(r#""verified":false,"problem":"#),
+        "{h2}"
+    );
+    assert!(h2.contains(r#""partial":["v3"]"#), "{h2}");
+    let h3 = line_of(&lines, "h3");
+    assert_eq!(support::json_field(h3, "reachable"), Some("false"), "{h3}");
+    assert!(
+        support::json_field(h3, "error").unwrap().contains("ssh"),
+        "{h3}"
+    );
+
+    let (out, lines) = fleet.ops("status", "h1,h2,h3", &[]);
+    assert_eq!(out.status.code(), Some(8));
+    let table = lines.join("\n");
+    assert!(
+        line_of_text(&table, "h3").contains("UNREACHABLE"),
+        "{table}"
+    );
+    assert!(line_of_text(&table, "h2").contains("BAD: "), "{table}");
+    assert!(line_of_text(&table, "h2").contains("v3"), "{table}");
+
+    // Roll back to v1: h1 flips, h2 refuses (v1 does not verify there) and stays on v2.
+    assert!(fleet.script(&["sshd", "3", "start"]).status.success());
+    let (out, lines) = fleet.ops("activate", "h1,h2,h3", &["--tag", "v1", "--json"]);
+    assert_eq!(out.status.code(), Some(8), "{lines:?}");
+    let l = line_of(&lines, "h1");
+    assert_eq!(support::json_field(l, "result"), Some("activated"), "{l}");
+    assert_eq!(support::json_field(l, "was"), Some("v2"), "{l}");
+    let l = line_of(&lines, "h2");
+    assert_eq!(support::json_field(l, "result"), Some("refused"), "{l}");
+    assert!(
+        l.contains(r#""error":"release \"v1\" does not verify: "#),
+        "{l}"
+    );
+    assert_eq!(
+        support::json_field(line_of(&lines, "h3"), "result"),
+        Some("activated")
+    );
+    let current = |i: usize| std::fs::read_link(fleet.host_dir(i).join("app/current")).unwrap();
+    assert_eq!(current(1), PathBuf::from("releases/v1"));
+    assert_eq!(current(2), PathBuf::from("releases/v2"));
+    assert_eq!(current(3), PathBuf::from("releases/v1"));
+
+    // --previous returns h1 and h3 to v2; a missing tag is refused everywhere.
+    let (out, lines) = fleet.ops("activate", "h1,h3", &["--previous"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    assert_eq!(current(1), PathBuf::from("releases/v2"));
+    assert_eq!(current(3), PathBuf::from("releases/v2"));
+    let (out, lines) = fleet.ops("activate", "h1,h2", &["--tag", "v9"]);
+    assert_eq!(out.status.code(), Some(8));
+    for h in ["h1", "h2"] {
+        let l = line_of_text(&lines.join("\n"), h);
+        assert!(l.contains("REFUSED") && l.contains("not present"), "{l}");
+    }
+}
+
+/// The line of a table that starts with `host`.
+fn line_of_text(table: &str, host: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_else(|| panic!("no row for {host}: {table}"))
+        .to_string()
+}

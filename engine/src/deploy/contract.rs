@@ -43,7 +43,8 @@ pub enum Exit {
     Unavailable = 6,
     /// Stopped by SIGINT/SIGTERM before the download completed.
     Interrupted = 7,
-    /// `deploy`: some hosts failed (the others may have succeeded).
+    /// `deploy`, `status`, `activate`: some hosts failed (the others may have
+    /// succeeded).
     HostsFailed = 8,
     /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
     Busy = 9,
@@ -87,7 +88,9 @@ impl Exit {
                 "io_uring unavailable (kernel, sysctl or seccomp; the message says which)"
             }
             Exit::Interrupted => "interrupted by a signal before the download completed",
-            Exit::HostsFailed => "deploy: some hosts failed (each is listed with its reason)",
+            Exit::HostsFailed => {
+                "deploy/status/activate: some hosts failed (each is listed with its reason)"
+            }
             Exit::Busy => {
                 "peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
             }
