@@ -104,6 +104,18 @@ pub struct Args {
     /// Threads for hashing and seeding here [default: number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// After activating, keep only the newest N releases on each host (never removing
+    /// the current one nor the one before it). Needs --activate.
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// Run CMD (with `sh -c`, in the release directory, CORVID_RELEASE/CORVID_TAG/
+    /// CORVID_DEST set) on each host after its flip, e.g. 'systemctl reload app'. A
+    /// failing CMD fails that host only. Needs --activate.
+    #[arg(long, value_name = "CMD")]
+    after_activate: Option<String>,
+    /// Most time --after-activate may take on a host before it is killed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = roles::parse_duration)]
+    hook_timeout: Duration,
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -344,6 +356,12 @@ struct HostLine<'a> {
     corvid_from_seeder: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid_from_peers: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pruned: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_status: Option<Option<i32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_output: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -366,6 +384,9 @@ impl<'a> HostLine<'a> {
             }),
             corvid_from_seeder: swarmed.map(|c| c.swarm_from_seeder),
             corvid_from_peers: swarmed.map(|c| c.swarm_from_peers),
+            pruned: &r.pruned,
+            hook_status: r.hook.as_ref().map(|h| h.status),
+            hook_output: r.hook.as_ref().map(|h| h.tail.as_slice()),
             error: match &r.outcome {
                 fleet::HostOutcome::Failed(w) => Some(w.to_string()),
                 _ => None,
@@ -507,6 +528,11 @@ fn table(report: &fleet::FleetReport) -> String {
             fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(&w.to_string())),
             o => o.label().to_string(),
         };
+        let result = if h.pruned.is_empty() {
+            result
+        } else {
+            format!("{result}; pruned {}", h.pruned.join(","))
+        };
         out.push_str(&format!(
             "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:<10}  {result}\n",
             h.host,
@@ -558,11 +584,19 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         tracker_port: args.tracker_port,
         threads,
         secret: args.secret.load()?,
+        keep: args.keep,
+        after_activate: args.after_activate,
+        hook_timeout: args.hook_timeout,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
     let v = fleet::validate(&plan).map_err(|e| match e {
-        DeployError::Hosts(HostsError::BadHost(_)) | DeployError::DestNotUtf8(_) => Failure {
+        DeployError::Hosts(HostsError::BadHost(_))
+        | DeployError::DestNotUtf8(_)
+        | DeployError::Keep
+        | DeployError::NeedsActivate(_)
+        | DeployError::EmptyHook
+        | DeployError::HookTimeout => Failure {
             code: Exit::Usage,
             error: e.into(),
         },
@@ -618,6 +652,8 @@ mod tests {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             corvid: Some(HostInstall::present()),
+            pruned: Vec::new(),
+            hook: None,
         };
         assert_eq!(
             DeployLine::Host(HostLine::new(&skipped)).to_json(),

@@ -926,3 +926,157 @@ fn line_of_text(table: &str, host: &str) -> String {
         .unwrap_or_else(|| panic!("no row for {host}: {table}"))
         .to_string()
 }
+
+/// `--keep 1` prunes all but the new release and the previous one; `--after-activate`
+/// runs on each host after its flip with the release in its environment, and a host
+/// where it fails is that host's failure alone (and keeps its old releases).
+#[test]
+fn keep_prunes_old_releases_and_a_failing_hook_fails_its_host_only() {
+    const N: usize = 3;
+    let fleet = Fleet::up("kp", N);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, tag) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        make_src(&tmp.path().join(tag), 20 + i as u64);
+    }
+    for tag in ["v1", "v2", "v3"] {
+        let (out, lines) = fleet.deploy_to(N, &tmp.path().join(tag), tag, &["--activate"]);
+        assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    }
+    // Back to v1, so v1 becomes the previous release when v4 is activated.
+    let (out, lines) = fleet.ops("activate", "h1,h2,h3", &["--tag", "v1"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    std::fs::write(fleet.host_dir(2).join("app/fail-hook"), b"").unwrap();
+    let hook = "echo \"hook $CORVID_TAG $CORVID_RELEASE $(cat lib/deep/conf)\"; \
+                if [ -e \"$CORVID_DEST/fail-hook\" ]; then echo failing here >&2; exit 4; fi";
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v4"),
+        "v4",
+        &["--activate", "--keep", "1", "--after-activate", hook],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let disk = fleet.disk();
+    for i in 1..=N {
+        let l = host_line(&lines, &format!("h{i}"));
+        let app = fleet.host_dir(i).join("app");
+        // Every host flipped before its hook ran.
+        assert_eq!(
+            std::fs::read_link(app.join("current")).unwrap(),
+            PathBuf::from("releases/v4"),
+            "h{i}"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(app.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert!(
+            l.contains(&format!(
+                r#""hook_output":["hook v4 {disk}/app/releases/v4 seed 23""#
+            )),
+            "{l}"
+        );
+        if i == 2 {
+            assert_eq!(support::json_field(l, "result"), Some("failed"), "{l}");
+            assert_eq!(support::json_field(l, "hook_status"), Some("4"), "{l}");
+            assert!(l.contains(r#""failing here"]"#), "{l}");
+            assert!(
+                l.contains("--after-activate failed (exit 4): failing here"),
+                "{l}"
+            );
+            assert!(!l.contains("pruned"), "{l}");
+            assert_eq!(left, ["v1", "v2", "v3", "v4"], "h2");
+        } else {
+            assert_eq!(support::json_field(l, "result"), Some("deployed"), "{l}");
+            assert_eq!(support::json_field(l, "hook_status"), Some("0"), "{l}");
+            assert!(l.contains(r#""pruned":["v2","v3"]"#), "{l}");
+            // The newest (current) and the previous one stay.
+            assert_eq!(left, ["v1", "v4"], "h{i}");
+            assert!(!app.join(".corvid/v2.torrent").exists());
+        }
+    }
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("h2 failed: --after-activate failed (exit 4)"),
+        "{err}"
+    );
+}
+
+/// Bad flags for the fleet operations are refused before any host is contacted, each
+/// with the usage exit code.
+#[test]
+fn ops_flags_are_checked_before_any_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let src = src.display().to_string();
+    let corvid = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .args(args)
+            .args(["--ssh-option", "-oConnectTimeout=1"])
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let deploy = [
+        "deploy",
+        "--hosts",
+        "nonexistent.invalid",
+        "--src",
+        &src,
+        "--dest",
+        "/srv/app",
+        "--tag",
+        "v1",
+    ];
+    for (extra, want) in [
+        (
+            &["--activate", "--keep", "0"][..],
+            "--keep must be at least 1",
+        ),
+        (&["--keep", "2"][..], "--keep needs --activate"),
+        (
+            &["--activate", "--after-activate", " "][..],
+            "--after-activate is empty",
+        ),
+        (
+            &["--after-activate", "true"][..],
+            "--after-activate needs --activate",
+        ),
+    ] {
+        let args: Vec<&str> = deploy.iter().chain(extra).copied().collect();
+        let (code, err) = corvid(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(
+            !err.contains("nonexistent.invalid"),
+            "a host was contacted: {err}"
+        );
+    }
+    let on = ["--hosts", "nonexistent.invalid", "--dest", "/srv/app"];
+    for (args, want) in [
+        (vec!["activate", "--tag", "../v1"], "not a plain name"),
+        (vec!["activate", "--tag", "v1.partial"], "not a plain name"),
+        (
+            vec!["status", "--parallel", "0"],
+            "--parallel must be at least 1",
+        ),
+    ] {
+        let args: Vec<&str> = args.into_iter().chain(on).collect();
+        let (code, err) = corvid(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !err.contains("nonexistent.invalid"),
+            "a host was contacted: {err}"
+        );
+    }
+    let (code, err) = corvid(&["activate", "--dest", "relative", "--tag", "v1"]);
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -74,11 +74,18 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         tracker_port: 0,
         threads: 1,
         secret: secret.map(|s| Secret::new(s).unwrap()),
+        keep: None,
+        after_activate: None,
+        hook_timeout: Duration::from_secs(60),
     }
 }
 
 fn deploy(p: &DeployPlan) -> FleetReport {
-    fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs")
+    let r = fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs");
+    // The "host" runs this very build (with debug info): up to date, so the stripped
+    // copy a deploy ships is never written over the test's own binary.
+    assert_eq!(r.install.by_ssh + r.install.by_swarm, 0, "{:?}", r.install);
+    r
 }
 
 /// Every entry under `root` with its bytes (links as `-> target`), for before/after.

@@ -48,11 +48,13 @@ pub enum Exit {
     HostsFailed = 8,
     /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
     Busy = 9,
+    /// `peer --after-activate`: the command run after the activation failed or timed out.
+    HookFailed = 10,
 }
 
 impl Exit {
     /// Every code, in `--help` order.
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::DataBad,
         Exit::Usage,
@@ -63,6 +65,7 @@ impl Exit {
         Exit::Interrupted,
         Exit::HostsFailed,
         Exit::Busy,
+        Exit::HookFailed,
     ];
 
     /// The process exit status.
@@ -94,6 +97,9 @@ impl Exit {
             Exit::Busy => {
                 "peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
             }
+            Exit::HookFailed => {
+                "peer: the --after-activate command failed or timed out (the release is active)"
+            }
         }
     }
 
@@ -109,6 +115,7 @@ impl Exit {
             Exit::Unavailable => "io_uring unavailable on the host",
             Exit::Interrupted => "interrupted by a signal",
             Exit::Busy => "busy: another corvid peer is working on this release on the host",
+            Exit::HookFailed => "the --after-activate command failed",
             Exit::Ok | Exit::HostsFailed => return None,
         })
     }
@@ -156,6 +163,10 @@ pub struct PeerCommand {
     pub seeder: SocketAddr,
     pub activate: bool,
     pub force: bool,
+    /// `--keep N`: prune after activating.
+    pub keep: Option<usize>,
+    /// `--after-activate CMD` and its `--hook-timeout`.
+    pub after_activate: Option<(String, Duration)>,
 }
 
 impl PeerCommand {
@@ -190,6 +201,17 @@ impl PeerCommand {
         if self.force {
             a.push("--force".into());
         }
+        if let Some(n) = self.keep {
+            a.extend(["--keep".into(), n.to_string()]);
+        }
+        if let Some((cmd, timeout)) = &self.after_activate {
+            a.extend([
+                "--after-activate".into(),
+                cmd.clone(),
+                "--hook-timeout".into(),
+                format!("{}ms", timeout.as_millis()),
+            ]);
+        }
         a
     }
 
@@ -222,6 +244,28 @@ pub struct ReleaseLine {
     pub path: String,
     /// `DEST/current` points at it.
     pub activated: bool,
+    /// Releases `--keep` removed after the activation, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+    /// What `--after-activate` did, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookResult>,
+}
+
+/// How a host's `--after-activate` command (or `--check`) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    /// Its exit status; `None` when it was killed (by a signal, or at its timeout).
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    /// The last lines it printed (stdout and stderr together).
+    pub tail: Vec<String>,
+}
+
+impl HookResult {
+    pub fn ok(&self) -> bool {
+        self.status == Some(0) && !self.timed_out
+    }
 }
 
 /// Of the final `done` line's report, what the deployer reads (the report has more).
@@ -281,10 +325,10 @@ mod tests {
             lines[10],
             "  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
         );
-        for c in 0..=9 {
+        for c in 0..=10 {
             assert_eq!(Exit::from_code(c).map(|e| i32::from(e.code())), Some(c));
         }
-        assert_eq!(Exit::from_code(10), None);
+        assert_eq!(Exit::from_code(11), None);
         assert_eq!(Exit::from_code(-1), None);
     }
 
@@ -348,6 +392,8 @@ mod tests {
             status: ReleaseStatus::AlreadyPresent,
             path: "/srv/app/releases/v\"1\u{1b}".into(),
             activated: true,
+            pruned: Vec::new(),
+            hook: None,
         });
         let text = line.to_json();
         assert_eq!(
@@ -370,6 +416,11 @@ mod tests {
             seeder: "127.0.0.1:6881".parse().unwrap(),
             activate: true,
             force: false,
+            keep: Some(3),
+            after_activate: Some((
+                "systemctl reload 'app'; echo $CORVID_RELEASE".into(),
+                Duration::from_secs(5),
+            )),
         };
         let args = c.args();
         assert_eq!(

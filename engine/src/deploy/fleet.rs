@@ -37,7 +37,7 @@ use crate::metainfo::{self, BuildOptions, Payload};
 use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
-use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
+use super::contract::{remote_exit_text, HookResult, PeerCommand, PeerLine, ReleaseStatus};
 use super::host_error::HostError;
 use super::hosts::for_each_host;
 use super::install::{
@@ -104,6 +104,10 @@ pub struct HostResult {
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
+    /// Releases `--keep` removed on the host, oldest first.
+    pub pruned: Vec<String>,
+    /// How `--after-activate` ended on the host.
+    pub hook: Option<HookResult>,
 }
 
 impl HostResult {
@@ -230,6 +234,8 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         seeder,
         activate: plan.activate,
         force: plan.force,
+        keep: plan.keep,
+        after_activate: plan.after_activate.clone().map(|c| (c, plan.hook_timeout)),
     }
     .shell();
     (cmd, stdin)
@@ -304,7 +310,7 @@ fn peer_host(
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
     gate: &LingerGate,
-) -> (HostOutcome, u64, u64, Option<Instant>) {
+) -> PeerEnd {
     // This host counts as finished once, at its release or else at its session's end.
     let mut counted = false;
     let finish = |counted: &mut bool| {
@@ -342,7 +348,7 @@ fn peer_session(
     events: &Sender<FleetEvent>,
     gate: &LingerGate,
     released: &mut dyn FnMut(),
-) -> (HostOutcome, u64, u64, Option<Instant>) {
+) -> PeerEnd {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
     let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
         c.stdin(Stdio::piped())
@@ -353,12 +359,7 @@ fn peer_session(
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            return (
-                HostOutcome::Failed(HostError::SshSpawn(e.to_string())),
-                0,
-                0,
-                None,
-            )
+            return PeerEnd::failed(HostError::SshSpawn(e.to_string()));
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
@@ -376,9 +377,8 @@ fn peer_session(
         }
         s
     });
-    let (mut status, mut from_seeder, mut from_peers) = (None, 0u64, 0u64);
-    // When the release was in place: the host's time, before its linger.
-    let mut released_at = None;
+    let mut end = PeerEnd::failed(HostError::NoRelease);
+    let mut status = None;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
@@ -392,7 +392,9 @@ fn peer_session(
                 Some(PeerLine::Release(r)) => {
                     status = Some(r.status);
                     let now = Instant::now();
-                    released_at = Some(now);
+                    end.released_at = Some(now);
+                    end.pruned = r.pruned;
+                    end.hook = r.hook;
                     let _ = events.send(FleetEvent::HostReleased {
                         host: host.to_string(),
                         outcome: outcome_of(r.status),
@@ -401,8 +403,8 @@ fn peer_session(
                     released();
                 }
                 Some(PeerLine::Done { report }) => {
-                    from_seeder = report.bytes_from_seeder;
-                    from_peers = report.bytes_from_peers;
+                    end.from_seeder = report.bytes_from_seeder;
+                    end.from_peers = report.bytes_from_peers;
                 }
                 Some(PeerLine::Installed) | None => {}
             }
@@ -416,7 +418,17 @@ fn peer_session(
         stderr,
     }
     .last_error_line();
-    let outcome = match (code, status) {
+    let hook_failed = end.hook.as_ref().filter(|h| !h.ok());
+    end.outcome = match (code, status) {
+        // The release is active, but the operator's command after it failed.
+        (_, Some(_)) if hook_failed.is_some() => {
+            let h = hook_failed.expect("checked");
+            HostOutcome::Failed(HostError::Hook {
+                status: h.status,
+                timed_out: h.timed_out,
+                last: h.tail.last().cloned().unwrap_or_default(),
+            })
+        }
         (0, Some(s)) => outcome_of(s),
         (0, None) => HostOutcome::Failed(HostError::NoRelease),
         (c, _) => {
@@ -428,7 +440,31 @@ fn peer_session(
             })
         }
     };
-    (outcome, from_seeder, from_peers, released_at)
+    end
+}
+
+/// How one host's peer session ended.
+struct PeerEnd {
+    outcome: HostOutcome,
+    from_seeder: u64,
+    from_peers: u64,
+    /// When the release was in place: the host's time, before its linger.
+    released_at: Option<Instant>,
+    pruned: Vec<String>,
+    hook: Option<HookResult>,
+}
+
+impl PeerEnd {
+    fn failed(why: HostError) -> PeerEnd {
+        PeerEnd {
+            outcome: HostOutcome::Failed(why),
+            from_seeder: 0,
+            from_peers: 0,
+            released_at: None,
+            pruned: Vec::new(),
+            hook: None,
+        }
+    }
 }
 
 /// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
@@ -589,6 +625,8 @@ impl Deploy<'_> {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             corvid: None,
+            pruned: Vec::new(),
+            hook: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
         self.results[i] = Some(r);
@@ -706,19 +744,21 @@ impl Deploy<'_> {
             let worker = s.spawn(move || {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
-                    let (outcome, from_seeder, from_peers, released_at) =
-                        peer_host(plan, start, h, torrent, seeder_addr, &tx, gate);
+                    let end = peer_host(plan, start, h, torrent, seeder_addr, &tx, gate);
                     let r = HostResult {
                         host: h.to_string(),
-                        outcome,
+                        outcome: end.outcome,
                         // From the start of the deploy to the release in place (the
                         // linger that follows is service to others, not this host's wait).
-                        duration: released_at
+                        duration: end
+                            .released_at
                             .unwrap_or_else(Instant::now)
                             .duration_since(start),
-                        bytes_from_seeder: from_seeder,
-                        bytes_from_peers: from_peers,
+                        bytes_from_seeder: end.from_seeder,
+                        bytes_from_peers: end.from_peers,
                         corvid: corvid[i].clone(),
+                        pruned: end.pruned,
+                        hook: end.hook,
                     };
                     let _ = tx.send(FleetEvent::HostDone(r.clone()));
                     r
@@ -797,6 +837,9 @@ mod tests {
             tracker_port: 0,
             threads: 1,
             secret: None,
+            keep: None,
+            after_activate: None,
+            hook_timeout: Duration::from_secs(60),
         }
     }
 
@@ -891,6 +934,36 @@ mod tests {
                     ..ok.clone()
                 },
                 "--parallel",
+            ),
+            (
+                DeployPlan {
+                    keep: Some(0),
+                    activate: true,
+                    ..ok.clone()
+                },
+                "--keep must be at least 1",
+            ),
+            (
+                DeployPlan {
+                    keep: Some(2),
+                    ..ok.clone()
+                },
+                "--keep needs --activate",
+            ),
+            (
+                DeployPlan {
+                    after_activate: Some("  ".into()),
+                    activate: true,
+                    ..ok.clone()
+                },
+                "--after-activate is empty",
+            ),
+            (
+                DeployPlan {
+                    after_activate: Some("true".into()),
+                    ..ok.clone()
+                },
+                "--after-activate needs --activate",
             ),
         ];
         let not_utf8 = DeployPlan {

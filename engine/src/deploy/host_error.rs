@@ -49,6 +49,13 @@ pub enum HostError {
     /// `corvid peer` ended with success but never printed its `release` line.
     #[error("peer exited 0 without reporting a release")]
     NoRelease,
+    /// The `--after-activate` command failed on the host (the release is active there).
+    #[error("--after-activate {}: {last}", hook_how(*.status, *.timed_out))]
+    Hook {
+        status: Option<i32>,
+        timed_out: bool,
+        last: String,
+    },
     /// `corvid peer` failed: the meaning of its exit status and its last error line.
     #[error("{text} (exit {code}): {detail}")]
     Peer {
@@ -56,6 +63,14 @@ pub enum HostError {
         text: &'static str,
         detail: String,
     },
+}
+
+fn hook_how(status: Option<i32>, timed_out: bool) -> String {
+    match (status, timed_out) {
+        (_, true) => "timed out".into(),
+        (Some(c), _) => format!("failed (exit {c})"),
+        (None, _) => "was killed".into(),
+    }
 }
 
 /// A remote command's failure status: what the status means and the command's last

@@ -74,6 +74,9 @@ pub struct LocalBinary {
     pub gzipped: Option<Vec<u8>>,
     /// The size of the file this corvid runs from.
     pub file_bytes: u64,
+    /// Hex SHA-1 of that file: a host running exactly it (debug info and all) is up to
+    /// date too.
+    pub file_sha1: String,
 }
 
 impl LocalBinary {
@@ -85,11 +88,13 @@ impl LocalBinary {
         Ok(LocalBinary::of(bytes, None))
     }
 
-    fn of(bytes: Vec<u8>, file_bytes: Option<u64>) -> LocalBinary {
+    fn of(bytes: Vec<u8>, file: Option<&LocalBinary>) -> LocalBinary {
+        let sha1 = metainfo::hex(&Sha1::digest(&bytes));
         LocalBinary {
             version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
-            sha1: metainfo::hex(&Sha1::digest(&bytes)),
-            file_bytes: file_bytes.unwrap_or(bytes.len() as u64),
+            file_bytes: file.map_or(bytes.len() as u64, |f| f.file_bytes),
+            file_sha1: file.map_or_else(|| sha1.clone(), |f| f.file_sha1.clone()),
+            sha1,
             bytes,
             gzipped: None,
         }
@@ -105,7 +110,7 @@ impl LocalBinary {
         let read = LocalBinary::read(path)?;
         let stripped = strip_debug(path).filter(|s| s.len() < read.bytes.len());
         let mut b = match stripped {
-            Some(s) => LocalBinary::of(s, Some(read.file_bytes)),
+            Some(s) => LocalBinary::of(s, Some(&read)),
             None => read,
         };
         b.gzipped = gzip(&b.bytes).filter(|z| z.len() < b.bytes.len());
@@ -222,7 +227,12 @@ pub fn parse_probe(stdout: &str, local: &LocalBinary) -> Probe {
         None => Found::Unusable,
         Some(v) if v.is_empty() => Found::Unusable,
         // Without sha1sum on the host the version is all there is to compare.
-        Some(v) if v == local.version && sum.as_deref().is_none_or(|s| s == local.sha1) => {
+        Some(v)
+            if v == local.version
+                && sum
+                    .as_deref()
+                    .is_none_or(|s| s == local.sha1 || s == local.file_sha1) =>
+        {
             Found::UpToDate
         }
         Some(version) => Found::Differs { version },
@@ -769,6 +779,7 @@ mod tests {
             bytes: bytes.to_vec(),
             gzipped: gzip(bytes),
             file_bytes: bytes.len() as u64,
+            file_sha1: metainfo::hex(&Sha1::digest(b"the unstripped file")),
         }
     }
 
@@ -828,6 +839,22 @@ mod tests {
         let same = local(&std::fs::read(&p).unwrap());
         let out = sh(&probe_script(p.to_str().unwrap()), b"").output.stdout;
         assert_eq!(parse_probe(&out, &same).found, Found::UpToDate);
+        // The file this corvid was stripped from (the same build with debug info): up
+        // to date as well, never replaced by the stripped copy.
+        let stripped_of_it = LocalBinary {
+            sha1: "0".repeat(40),
+            file_sha1: same.sha1.clone(),
+            ..same.clone()
+        };
+        assert_eq!(parse_probe(&out, &stripped_of_it).found, Found::UpToDate);
+        let other = LocalBinary {
+            file_sha1: "1".repeat(40),
+            ..stripped_of_it
+        };
+        assert!(matches!(
+            parse_probe(&out, &other).found,
+            Found::Differs { .. }
+        ));
         // Another version: differs, whatever the bytes.
         let newer = LocalBinary {
             version: "corvid 10.0.0".into(),
@@ -1136,6 +1163,9 @@ mod tests {
             tracker_port: 0,
             threads: 1,
             secret: None,
+            keep: None,
+            after_activate: None,
+            hook_timeout: Duration::from_secs(60),
         }
     }
 

@@ -24,10 +24,10 @@ use crate::hash::HashPool;
 use crate::metainfo::Metainfo;
 
 use super::content;
-use super::contract::{remote_exit_text, Exit};
+use super::contract::{remote_exit_text, Exit, HookResult};
 use super::hosts::for_each_host;
 use super::release::{validate_dest, validate_tag, ReleaseError, ReleasePaths, STATE_DIR};
-use super::ssh::{quote, quote_path, Ssh};
+use super::ssh::{quote, quote_path, run_child, Ssh};
 
 /// The file in `.corvid/` naming the release that was current before the last change.
 pub const PREVIOUS_FILE: &str = "previous";
@@ -334,6 +334,43 @@ pub fn prune(dest: &Path, keep: usize) -> Result<Vec<String>, OpsError> {
     Ok(removed)
 }
 
+/// Lines of a hook's output kept for the report.
+pub const HOOK_TAIL: usize = 10;
+
+/// Runs an operator's command (`--after-activate`, `--check`) on this host with `sh -c`,
+/// in the release directory, with `CORVID_RELEASE` (that directory), `CORVID_TAG` and
+/// `CORVID_DEST` in its environment and nothing on its stdin; killed at `timeout`.
+/// Its output (stderr merged into stdout) is kept, the last [`HOOK_TAIL`] lines.
+pub fn run_hook(cmd: &str, dest: &Path, tag: &str, timeout: Duration) -> HookResult {
+    let release = dest.join("releases").join(tag);
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!("exec 2>&1\n{cmd}"))
+        .current_dir(&release)
+        .env("CORVID_RELEASE", &release)
+        .env("CORVID_TAG", tag)
+        .env("CORVID_DEST", dest);
+    match run_child(c, b"", timeout, &mut |_| {}) {
+        Ok(b) => {
+            let lines: Vec<&str> = b.output.stdout.lines().collect();
+            let tail = lines[lines.len().saturating_sub(HOOK_TAIL)..]
+                .iter()
+                .map(|l| l.to_string())
+                .collect();
+            HookResult {
+                status: (!b.timed_out && b.output.code >= 0).then_some(b.output.code),
+                timed_out: b.timed_out,
+                tail,
+            }
+        }
+        Err(e) => HookResult {
+            status: None,
+            timed_out: false,
+            tail: vec![format!("cannot run sh in {}: {e}", release.display())],
+        },
+    }
+}
+
 /// One host's answer to an operation run over ssh: its JSON line parsed, or why there
 /// is none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,6 +533,36 @@ mod tests {
         assert_eq!(v2.verified, None);
         // The link at releases/v4 is not a release.
         assert!(s.releases.iter().all(|r| r.tag != "v4"));
+    }
+
+    #[test]
+    fn a_hook_gets_the_release_and_reports_status_output_and_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        deployed(d.path(), "v1", b"one");
+        let r = run_hook(
+            "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i; done; \
+             echo \"$CORVID_TAG $CORVID_RELEASE $(cat f)\" >&2; exit 3",
+            d.path(),
+            "v1",
+            Duration::from_secs(30),
+        );
+        assert_eq!(r.status, Some(3));
+        assert!(!r.ok() && !r.timed_out);
+        assert_eq!(r.tail.len(), HOOK_TAIL);
+        assert_eq!(r.tail[0], "line 4");
+        assert_eq!(
+            r.tail[9],
+            format!("v1 {} one", d.path().join("releases/v1").display())
+        );
+        assert!(run_hook("true", d.path(), "v1", Duration::from_secs(30)).ok());
+        let t = run_hook(
+            "echo started; sleep 30",
+            d.path(),
+            "v1",
+            Duration::from_millis(300),
+        );
+        assert!(t.timed_out && t.status.is_none() && !t.ok());
+        assert_eq!(t.tail, ["started"]);
     }
 
     #[test]

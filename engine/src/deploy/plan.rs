@@ -47,6 +47,13 @@ pub struct DeployPlan {
     /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
     /// on a command line, where the remote process list would show it).
     pub secret: Option<Secret>,
+    /// `--keep N`: after activating, each host keeps the newest N releases (and always
+    /// the current and previous one).
+    pub keep: Option<usize>,
+    /// `--after-activate CMD`: run on each host after its flip, bounded by
+    /// `hook_timeout`.
+    pub after_activate: Option<String>,
+    pub hook_timeout: Duration,
 }
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
@@ -69,6 +76,14 @@ pub enum DeployError {
     RemotePath(String),
     #[error("--parallel must be at least 1")]
     Parallel,
+    #[error("--keep must be at least 1 (the release just activated is always kept)")]
+    Keep,
+    #[error("{0} needs --activate (it acts after the flip of current)")]
+    NeedsActivate(&'static str),
+    #[error("--after-activate is empty: give the command to run on each host")]
+    EmptyHook,
+    #[error("--hook-timeout must be more than 0")]
+    HookTimeout,
     #[error("cannot read this corvid binary {path:?}: {source}")]
     LocalBinary {
         path: PathBuf,
@@ -101,6 +116,23 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     }
     if plan.parallel == 0 {
         return Err(DeployError::Parallel);
+    }
+    if plan.keep == Some(0) {
+        return Err(DeployError::Keep);
+    }
+    if plan.keep.is_some() && !plan.activate {
+        return Err(DeployError::NeedsActivate("--keep"));
+    }
+    if let Some(h) = &plan.after_activate {
+        if h.trim().is_empty() {
+            return Err(DeployError::EmptyHook);
+        }
+        if !plan.activate {
+            return Err(DeployError::NeedsActivate("--after-activate"));
+        }
+        if plan.hook_timeout.is_zero() {
+            return Err(DeployError::HookTimeout);
+        }
     }
     let r = &plan.remote_corvid;
     if !(r.starts_with('/') || r.starts_with("~/")) || r.contains('\0') {
