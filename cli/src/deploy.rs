@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::fleet::{self, Batch, DeployError, DeployPlan, FleetEvent, HostResult};
 use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
@@ -116,6 +116,18 @@ pub struct Args {
     /// Most time --after-activate may take on a host before it is killed.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = roles::parse_duration)]
     hook_timeout: Duration,
+    /// Rolling activation: download everywhere first, then activate in waves of N hosts
+    /// or N% of the fleet (with the hook, --check and --keep per host); a failing wave
+    /// stops the rollout and the later waves keep their old release. Needs --activate.
+    #[arg(long, value_name = "N|N%")]
+    batch: Option<Batch>,
+    /// With --batch: run CMD on each host of a wave after its hook (like
+    /// --after-activate); a failure stops the rollout.
+    #[arg(long, value_name = "CMD")]
+    check: Option<String>,
+    /// With --batch: return the hosts of a failed wave to the release they ran before.
+    #[arg(long)]
+    rollback_on_failure: bool,
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -138,6 +150,9 @@ struct Display {
     counted: HashSet<String>,
     last: (Instant, u64),
     rate: f64,
+    /// A rolling activation decides hosts' results after their downloads: their JSON
+    /// lines are printed from the final report instead.
+    defer_hosts: bool,
 }
 
 impl Display {
@@ -161,6 +176,7 @@ impl Display {
             counted: HashSet::new(),
             last: (Instant::now(), 0),
             rate: 0.0,
+            defer_hosts: false,
         }
     }
 
@@ -270,6 +286,34 @@ impl Display {
                 }
             }
             FleetEvent::HostDone(r) => self.host_done(r),
+            FleetEvent::Wave {
+                wave,
+                hosts,
+                ok,
+                rolled_back,
+            } => {
+                if self.json {
+                    print_line(&DeployLine::Wave {
+                        wave: *wave,
+                        hosts,
+                        ok: *ok,
+                        rolled_back,
+                    });
+                }
+                let mut line = format!(
+                    "wave {wave} ({}): {}",
+                    hosts.join(","),
+                    if *ok {
+                        "activated"
+                    } else {
+                        "FAILED: the rollout stops here, later waves keep their old release"
+                    }
+                );
+                if !rolled_back.is_empty() {
+                    line.push_str(&format!("; rolled back {}", rolled_back.join(",")));
+                }
+                self.say(&line);
+            }
             FleetEvent::PeersStopped { peers } => {
                 if self.json {
                     print_line(&DeployLine::PeersStopped { peers: *peers });
@@ -287,7 +331,7 @@ impl Display {
     /// A host's final result: a JSON line, and the count and a line unless its release
     /// was counted already (the caller refreshes the bar).
     fn host_done(&mut self, r: &HostResult) {
-        if self.json {
+        if self.json && !self.defer_hosts {
             print_line(&DeployLine::Host(HostLine::new(r)));
         }
         if !self.counted.insert(r.host.clone()) {
@@ -330,6 +374,13 @@ enum DeployLine<'a> {
     },
     Warning {
         message: &'a str,
+    },
+    /// A wave of a rolling activation.
+    Wave {
+        wave: usize,
+        hosts: &'a [String],
+        ok: bool,
+        rolled_back: &'a [String],
     },
     /// Every host holds the release; this many lingering peers were told to stop.
     PeersStopped {
@@ -587,6 +638,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         keep: args.keep,
         after_activate: args.after_activate,
         hook_timeout: args.hook_timeout,
+        batch: args.batch,
+        check: args.check,
+        rollback_on_failure: args.rollback_on_failure,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
@@ -596,7 +650,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         | DeployError::Keep
         | DeployError::NeedsActivate(_)
         | DeployError::EmptyHook
-        | DeployError::HookTimeout => Failure {
+        | DeployError::HookTimeout
+        | DeployError::BatchTooLarge { .. }
+        | DeployError::NeedsBatch(_)
+        | DeployError::EmptyCheck => Failure {
             code: Exit::Usage,
             error: e.into(),
         },
@@ -604,6 +661,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     })?;
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
+    display.defer_hosts = plan.batch.is_some();
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
         DeployError::Seeder(_) | DeployError::Tracker(_) => Failure::output(e),
         DeployError::Interrupted => Failure {
@@ -616,6 +674,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         b.finish_and_clear();
     }
     let report = report?;
+    if args.json && display.defer_hosts {
+        for h in &report.hosts {
+            print_line(&DeployLine::Host(HostLine::new(h)));
+        }
+    }
     if args.json {
         print(&format!(
             "{}\n",

@@ -13,7 +13,9 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use corvid_engine::deploy::hosts::parse_hosts;
-use corvid_engine::deploy::ops::{self, Activated, HostAnswer, HostStatus, OpsError, Target};
+use corvid_engine::deploy::ops::{
+    self, Activated, AfterFlip, HostAnswer, HostStatus, OpsError, Target,
+};
 use corvid_engine::deploy::release::{validate_dest, validate_tag};
 use corvid_engine::deploy::ssh::Ssh;
 
@@ -259,6 +261,20 @@ pub struct ActivateArgs {
     /// The release that was current before the last activation (per host).
     #[arg(long)]
     previous: bool,
+    /// Run CMD (sh -c, in the release directory, CORVID_RELEASE/CORVID_TAG/CORVID_DEST
+    /// set) on each host after its flip; a failure fails that host.
+    #[arg(long, value_name = "CMD")]
+    after_activate: Option<String>,
+    /// Run CMD after --after-activate succeeded (the same way); a failure fails the host.
+    #[arg(long, value_name = "CMD")]
+    check: Option<String>,
+    /// Most time --after-activate and --check may each take.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::roles::parse_duration)]
+    hook_timeout: std::time::Duration,
+    /// After the flip (and a successful hook and check), keep only the newest N releases
+    /// (never the current or the previous one).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
 }
 
 /// One host's `activate --hosts ... --json` line.
@@ -271,15 +287,18 @@ struct ActivateLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     was: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
+    error: Option<String>,
 }
 
 impl<'a> ActivateLine<'a> {
     fn new(host: &'a str, a: &'a HostAnswer<Activated>) -> Self {
         let (result, tag, was, error) = match a {
-            HostAnswer::Ok(x) => ("activated", Some(x.tag.as_str()), x.was.as_deref(), None),
-            HostAnswer::Failed(e) => ("refused", None, None, Some(e.as_str())),
-            HostAnswer::Unreachable(e) => ("unreachable", None, None, Some(e.as_str())),
+            HostAnswer::Ok(x) => match x.failure() {
+                None => ("activated", Some(x.tag.as_str()), x.was.as_deref(), None),
+                Some(w) => ("failed", Some(x.tag.as_str()), x.was.as_deref(), Some(w)),
+            },
+            HostAnswer::Failed(e) => ("refused", None, None, Some(e.clone())),
+            HostAnswer::Unreachable(e) => ("unreachable", None, None, Some(e.clone())),
         };
         ActivateLine {
             host,
@@ -300,8 +319,26 @@ pub fn activate(args: ActivateArgs) -> Result<Exit, Failure> {
         }
         None => Target::Previous,
     };
+    for (flag, c) in [
+        ("--after-activate", &args.after_activate),
+        ("--check", &args.check),
+    ] {
+        if c.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(usage(anyhow!("{flag} is empty: give the command to run")));
+        }
+    }
+    if args.hook_timeout.is_zero() {
+        return Err(usage(anyhow!("--hook-timeout must be more than 0")));
+    }
+    let after = AfterFlip {
+        hook: args.after_activate.clone(),
+        check: args.check.clone(),
+        timeout: args.hook_timeout,
+        keep: args.keep.map(|n| n as usize),
+    };
     let Some(hosts) = at.validate()? else {
-        let a = ops::activate(&at.dest, &target, at.hash_threads).map_err(ops_failure)?;
+        let a =
+            ops::activate_with(&at.dest, &target, at.hash_threads, &after).map_err(ops_failure)?;
         if at.json {
             json_line(&a)?;
         } else {
@@ -311,12 +348,29 @@ pub fn activate(args: ActivateArgs) -> Result<Exit, Failure> {
                 a.was.as_deref().unwrap_or("none")
             );
         }
+        if let Some(why) = a.failure() {
+            eprintln!("corvid: error: {why}");
+            return Ok(Exit::HookFailed);
+        }
         return Ok(Exit::Ok);
     };
-    let extra = match &target {
+    let mut extra = match &target {
         Target::Tag(t) => vec!["--tag".to_string(), t.clone()],
         Target::Previous => vec!["--previous".to_string()],
     };
+    for (flag, v) in [
+        ("--after-activate", args.after_activate.clone()),
+        ("--check", args.check.clone()),
+        ("--keep", args.keep.map(|n| n.to_string())),
+        (
+            "--hook-timeout",
+            Some(format!("{}ms", args.hook_timeout.as_millis())),
+        ),
+    ] {
+        if let Some(v) = v {
+            extra.extend([flag.to_string(), v]);
+        }
+    }
     let answers: Vec<HostAnswer<Activated>> = ops::on_hosts(
         &at.ssh(),
         &hosts,
@@ -333,6 +387,11 @@ pub fn activate(args: ActivateArgs) -> Result<Exit, Failure> {
             json_line(&line)?;
         } else {
             let text = match a {
+                HostAnswer::Ok(x) if !x.ok() => format!(
+                    "FAILED after activating {}: {}",
+                    x.tag,
+                    printable(&x.failure().unwrap_or_default())
+                ),
                 HostAnswer::Ok(x) => format!(
                     "activated {} (was {})",
                     x.tag,

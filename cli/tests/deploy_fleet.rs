@@ -1049,6 +1049,19 @@ fn ops_flags_are_checked_before_any_host() {
             &["--after-activate", "true"][..],
             "--after-activate needs --activate",
         ),
+        (
+            &["--activate", "--batch", "2"][..],
+            "--batch 2 is larger than the fleet (1 hosts)",
+        ),
+        (&["--activate", "--batch", "0"][..], "at least 1"),
+        (
+            &["--activate", "--check", "true"][..],
+            "--check needs --batch",
+        ),
+        (
+            &["--activate", "--batch", "1", "--check", ""][..],
+            "--check is empty",
+        ),
     ] {
         let args: Vec<&str> = deploy.iter().chain(extra).copied().collect();
         let (code, err) = corvid(&args);
@@ -1079,4 +1092,114 @@ fn ops_flags_are_checked_before_any_host() {
     }
     let (code, err) = corvid(&["activate", "--dest", "relative", "--tag", "v1"]);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// Rolling activation: everyone downloads first, then waves of 2; a failing `--check` in
+/// wave 2 stops the rollout with wave 3 untouched (old release active, new one present);
+/// with `--rollback-on-failure` the failed wave goes back to what it ran before.
+#[test]
+fn a_failing_check_in_wave_2_stops_the_rollout_and_can_roll_it_back() {
+    const N: usize = 6;
+    let fleet = Fleet::up("rl", N);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, tag) in ["v1", "v2", "v3"].iter().enumerate() {
+        make_src(&tmp.path().join(tag), 30 + i as u64);
+    }
+    let (out, lines) = fleet.deploy_to(N, &tmp.path().join("v1"), "v1", &["--activate"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    std::fs::write(fleet.host_dir(3).join("app/fail-check"), b"").unwrap();
+    let check = "if [ -e \"$CORVID_DEST/fail-check\" ]; then echo unhealthy; exit 3; fi";
+    let current = |i: usize| {
+        std::fs::read_link(fleet.host_dir(i).join("app/current"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let waves = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains("\"event\":\"wave\""))
+            .cloned()
+            .collect()
+    };
+
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v2"),
+        "v2",
+        &["--activate", "--batch", "2", "--check", check],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let w = waves(&lines);
+    assert_eq!(
+        w,
+        [
+            r#"{"event":"wave","wave":1,"hosts":["h1","h2"],"ok":true,"rolled_back":[]}"#,
+            r#"{"event":"wave","wave":2,"hosts":["h3","h4"],"ok":false,"rolled_back":[]}"#,
+        ],
+        "{lines:?}"
+    );
+    for i in 1..=N {
+        let l = host_line(&lines, &format!("h{i}"));
+        // Everyone downloaded the release before any activation.
+        assert!(fleet.host_dir(i).join("app/releases/v2").is_dir(), "h{i}");
+        match i {
+            1 | 2 | 4 => {
+                assert_eq!(support::json_field(l, "result"), Some("deployed"), "{l}");
+                assert_eq!(current(i), "releases/v2", "h{i}");
+            }
+            3 => {
+                assert!(l.contains("--check failed (exit 3): unhealthy"), "{l}");
+                assert_eq!(current(i), "releases/v2", "h{i}");
+            }
+            _ => {
+                assert!(l.contains("the rollout stopped after wave 2 failed"), "{l}");
+                assert_eq!(current(i), "releases/v1", "h{i}: wave 3 was touched");
+            }
+        }
+    }
+
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v3"),
+        "v3",
+        &[
+            "--activate",
+            "--batch",
+            "33%",
+            "--check",
+            check,
+            "--rollback-on-failure",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let w = waves(&lines);
+    assert_eq!(w.len(), 2, "{lines:?}");
+    assert!(
+        w[1].contains(r#""ok":false,"rolled_back":["h3","h4"]"#),
+        "{w:?}"
+    );
+    let expect = [
+        "releases/v3",
+        "releases/v3",
+        "releases/v2",
+        "releases/v2",
+        "releases/v1",
+        "releases/v1",
+    ];
+    for i in 1..=N {
+        assert_eq!(current(i), expect[i - 1], "h{i}");
+    }
+    let l4 = host_line(&lines, "h4");
+    assert!(l4.contains("rolled back to v2"), "{l4}");
 }

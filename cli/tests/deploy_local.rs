@@ -77,6 +77,9 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         keep: None,
         after_activate: None,
         hook_timeout: Duration::from_secs(60),
+        batch: None,
+        check: None,
+        rollback_on_failure: false,
     }
 }
 

@@ -43,7 +43,8 @@ use super::hosts::for_each_host;
 use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
 };
-pub use super::plan::{validate, DeployError, DeployPlan, Validated};
+use super::ops::{self, Activated, HostAnswer};
+pub use super::plan::{validate, Batch, DeployError, DeployPlan, Validated};
 use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
 use super::ssh;
@@ -158,6 +159,14 @@ pub enum FleetEvent {
         duration: Duration,
     },
     HostDone(HostResult),
+    /// A wave of a rolling activation is over: its hosts, whether every one activated
+    /// (hook and check included), and the hosts returned to their previous release.
+    Wave {
+        wave: usize,
+        hosts: Vec<String>,
+        ok: bool,
+        rolled_back: Vec<String>,
+    },
     /// Every host of the peer phase holds the release (or failed): the `peers` sessions
     /// still open were told to stop lingering, and the deploy ends as they exit.
     PeersStopped {
@@ -232,10 +241,15 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         linger: plan.linger,
         stall_timeout: plan.stall_timeout,
         seeder,
-        activate: plan.activate,
+        // A rolling activation flips in waves afterwards, each with its hook and keep.
+        activate: plan.activate && plan.batch.is_none(),
         force: plan.force,
-        keep: plan.keep,
-        after_activate: plan.after_activate.clone().map(|c| (c, plan.hook_timeout)),
+        keep: plan.keep.filter(|_| plan.batch.is_none()),
+        after_activate: plan
+            .after_activate
+            .clone()
+            .filter(|_| plan.batch.is_none())
+            .map(|c| (c, plan.hook_timeout)),
     }
     .shell();
     (cmd, stdin)
@@ -574,11 +588,149 @@ impl Deploy<'_> {
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
+        if let Some(batch) = self.plan.batch {
+            self.rollout(batch, on_event);
+        }
         let seeder_uploaded = match seeder.join() {
             Ok(Ok(r)) => r.transfer.bytes_up,
             _ => 0,
         };
         Ok(self.report(seeder_uploaded))
+    }
+
+    /// Rolling activation, after every host downloaded: the hosts that hold the release
+    /// are activated in waves (`corvid activate` on each, with the hook, the check and
+    /// `--keep`); the first wave with a failure stops the rollout, the later waves keep
+    /// their old release, and with `--rollback-on-failure` the hosts of the failed wave
+    /// that flipped go back to the release they ran before.
+    fn rollout(&mut self, batch: Batch, on_event: &mut dyn FnMut(&FleetEvent)) {
+        let plan = self.plan;
+        let ready: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.results[i].as_ref().is_some_and(|r| r.outcome.ok()))
+            .collect();
+        let size = batch.size(self.hosts.len());
+        let dest = plan.dest.to_str().unwrap_or_default().to_string();
+        let mut args: Vec<String> = vec![
+            "activate".into(),
+            "--dest".into(),
+            dest.clone(),
+            "--tag".into(),
+            plan.tag.clone(),
+        ];
+        let timeout = format!("{}ms", plan.hook_timeout.as_millis());
+        for (flag, v) in [
+            ("--after-activate", plan.after_activate.clone()),
+            ("--check", plan.check.clone()),
+            ("--keep", plan.keep.map(|n| n.to_string())),
+        ] {
+            if let Some(v) = v {
+                args.extend([flag.to_string(), v]);
+            }
+        }
+        if plan.after_activate.is_some() || plan.check.is_some() {
+            args.extend(["--hook-timeout".into(), timeout]);
+        }
+        let mut stopped_at: Option<usize> = None;
+        for (w, wave) in ready.chunks(size).enumerate() {
+            let wave_no = w + 1;
+            if let Some(failed) = stopped_at {
+                for &i in wave {
+                    self.set_failed(i, HostError::NotActivated(failed));
+                }
+                continue;
+            }
+            let names: Vec<String> = wave.iter().map(|&i| self.hosts[i].clone()).collect();
+            let answers: Vec<HostAnswer<Activated>> =
+                ops::on_hosts(&plan.ssh, &names, plan.parallel, &plan.remote_corvid, &args);
+            let mut ok = true;
+            // Hosts that flipped, with the release they ran before.
+            let mut flipped: Vec<(usize, Option<String>)> = Vec::new();
+            for (&i, a) in wave.iter().zip(answers) {
+                match a {
+                    HostAnswer::Ok(act) => {
+                        flipped.push((i, act.was.clone()));
+                        if let Some(r) = self.results[i].as_mut() {
+                            r.hook = act.hook.clone();
+                            r.pruned = act.pruned.clone();
+                        }
+                        if let Some(why) = act.failure() {
+                            ok = false;
+                            self.set_failed(i, HostError::Activation(why));
+                        }
+                    }
+                    HostAnswer::Failed(e) | HostAnswer::Unreachable(e) => {
+                        ok = false;
+                        self.set_failed(i, HostError::Activation(e));
+                    }
+                }
+            }
+            let mut rolled_back = Vec::new();
+            if !ok {
+                stopped_at = Some(wave_no);
+                if plan.rollback_on_failure {
+                    rolled_back = self.roll_back(&flipped, &dest);
+                }
+            }
+            on_event(&FleetEvent::Wave {
+                wave: wave_no,
+                hosts: names,
+                ok,
+                rolled_back,
+            });
+        }
+    }
+
+    /// Returns each host in `flipped` to the release it ran before (`corvid activate
+    /// --tag OLD`); the names of those that are back.
+    fn roll_back(&mut self, flipped: &[(usize, Option<String>)], dest: &str) -> Vec<String> {
+        let plan = self.plan;
+        let mut back = Vec::new();
+        for (i, was) in flipped {
+            let host = self.hosts[*i].clone();
+            let why = match was {
+                None => "no release was active before; nothing to roll back to".to_string(),
+                Some(old) => {
+                    let args: Vec<String> = vec![
+                        "activate".into(),
+                        "--dest".into(),
+                        dest.to_string(),
+                        "--tag".into(),
+                        old.clone(),
+                    ];
+                    match ops::on_hosts::<Activated>(
+                        &plan.ssh,
+                        std::slice::from_ref(&host),
+                        1,
+                        &plan.remote_corvid,
+                        &args,
+                    )
+                    .pop()
+                    {
+                        Some(HostAnswer::Ok(_)) => {
+                            back.push(host.clone());
+                            format!("rolled back to {old}")
+                        }
+                        Some(HostAnswer::Failed(e) | HostAnswer::Unreachable(e)) => {
+                            format!("rollback to {old} failed: {e}")
+                        }
+                        None => format!("rollback to {old} failed"),
+                    }
+                }
+            };
+            let prior = match self.results[*i].as_ref().map(|r| &r.outcome) {
+                Some(HostOutcome::Failed(HostError::Activation(w))) => format!("{w}; "),
+                _ => "the wave failed; ".to_string(),
+            };
+            self.set_failed(*i, HostError::Activation(format!("{prior}{why}")));
+        }
+        back
+    }
+
+    /// Marks a host that has a result as failed (a rollout step after its download).
+    fn set_failed(&mut self, i: usize, why: HostError) {
+        if let Some(r) = self.results[i].as_mut() {
+            r.outcome = HostOutcome::Failed(why);
+        }
     }
 
     /// Hosts without a result yet, in host order.
@@ -840,6 +992,9 @@ mod tests {
             keep: None,
             after_activate: None,
             hook_timeout: Duration::from_secs(60),
+            batch: None,
+            check: None,
+            rollback_on_failure: false,
         }
     }
 

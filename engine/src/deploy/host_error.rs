@@ -56,6 +56,16 @@ pub enum HostError {
         timed_out: bool,
         last: String,
     },
+    /// A rolling activation failed on the host: refused, unreachable, or its hook or
+    /// check failed (then the release is active unless it was rolled back; the text says).
+    #[error("activation: {0}")]
+    Activation(String),
+    /// A rolling activation stopped at an earlier wave: the host holds the release but
+    /// still runs its old one.
+    #[error(
+        "not activated: the rollout stopped after wave {0} failed; this host keeps its old release"
+    )]
+    NotActivated(usize),
     /// `corvid peer` failed: the meaning of its exit status and its last error line.
     #[error("{text} (exit {code}): {detail}")]
     Peer {

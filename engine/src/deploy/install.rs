@@ -1166,6 +1166,9 @@ mod tests {
             keep: None,
             after_activate: None,
             hook_timeout: Duration::from_secs(60),
+            batch: None,
+            check: None,
+            rollback_on_failure: false,
         }
     }
 

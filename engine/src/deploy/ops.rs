@@ -104,6 +104,71 @@ pub struct Activated {
     pub tag: String,
     /// What `current` pointed at before.
     pub was: Option<String>,
+    /// `--after-activate`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookResult>,
+    /// `--check`, when given (run only after a hook that succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HookResult>,
+    /// Releases `--keep` removed (only when hook and check succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+}
+
+impl Activated {
+    /// The hook and the check (those that ran) succeeded.
+    pub fn ok(&self) -> bool {
+        self.hook.as_ref().is_none_or(HookResult::ok)
+            && self.check.as_ref().is_none_or(HookResult::ok)
+    }
+
+    /// Why not [`Activated::ok`], in one line.
+    pub fn failure(&self) -> Option<String> {
+        let line = |what: &str, h: &HookResult| {
+            let how = match (h.status, h.timed_out) {
+                (_, true) => "timed out".to_string(),
+                (Some(c), _) => format!("failed (exit {c})"),
+                (None, _) => "was killed".to_string(),
+            };
+            format!("{what} {how}: {}", h.tail.last().map_or("", String::as_str))
+        };
+        match (&self.hook, &self.check) {
+            (Some(h), _) if !h.ok() => Some(line("--after-activate", h)),
+            (_, Some(c)) if !c.ok() => Some(line("--check", c)),
+            _ => None,
+        }
+    }
+}
+
+/// What runs after an activation on the host: `--after-activate`, then `--check`, then
+/// (both having succeeded) `--keep`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AfterFlip {
+    pub hook: Option<String>,
+    pub check: Option<String>,
+    pub timeout: Duration,
+    pub keep: Option<usize>,
+}
+
+/// [`activate`], then what [`AfterFlip`] asks for; a failing hook or check is in the
+/// result (see [`Activated::ok`]), not an error: the flip happened.
+pub fn activate_with(
+    dest: &Path,
+    target: &Target,
+    hash_threads: usize,
+    after: &AfterFlip,
+) -> Result<Activated, OpsError> {
+    let mut a = activate(dest, target, hash_threads)?;
+    if let Some(cmd) = &after.hook {
+        a.hook = Some(run_hook(cmd, dest, &a.tag, after.timeout));
+    }
+    if let Some(cmd) = after.check.as_ref().filter(|_| a.ok()) {
+        a.check = Some(run_hook(cmd, dest, &a.tag, after.timeout));
+    }
+    if let Some(n) = after.keep.filter(|_| a.ok()) {
+        a.pruned = prune(dest, n)?;
+    }
+    Ok(a)
 }
 
 /// This corvid's version line, as `--version` prints it.
@@ -291,7 +356,13 @@ pub fn activate(dest: &Path, target: &Target, hash_threads: usize) -> Result<Act
     }
     let was = ReleasePaths::active_tag(dest);
     paths.prepare()?.activate()?;
-    Ok(Activated { tag, was })
+    Ok(Activated {
+        tag,
+        was,
+        hook: None,
+        check: None,
+        pruned: Vec::new(),
+    })
 }
 
 /// Removes the oldest releases beyond the newest `keep`, never the one `current` points
@@ -412,7 +483,8 @@ pub fn on_hosts<T: serde::de::DeserializeOwned + Send>(
             .rev()
             .find_map(|l| serde_json::from_str::<T>(l).ok());
         match (out.code, parsed) {
-            (0, Some(v)) => HostAnswer::Ok(v),
+            // A line means the operation happened; a failure after it (a hook) is in it.
+            (_, Some(v)) => HostAnswer::Ok(v),
             (code, _) => {
                 let line = out.last_error_line();
                 let line = line.strip_prefix("corvid: error: ").unwrap_or(&line);
@@ -484,13 +556,8 @@ mod tests {
         assert!(s.releases.iter().all(|r| r.verified == Some(true)));
 
         let a = activate(dest, &Target::Tag("v1".into()), 1).unwrap();
-        assert_eq!(
-            a,
-            Activated {
-                tag: "v1".into(),
-                was: None
-            }
-        );
+        assert_eq!((a.tag.as_str(), a.was.as_deref()), ("v1", None));
+        assert!(a.ok() && a.failure().is_none());
         let a = activate(dest, &Target::Tag("v2".into()), 1).unwrap();
         assert_eq!(a.was.as_deref(), Some("v1"));
         let s = status(dest, 1).unwrap();
