@@ -128,6 +128,11 @@ pub struct Args {
     /// With --batch: return the hosts of a failed wave to the release they ran before.
     #[arg(long)]
     rollback_on_failure: bool,
+    /// Open a new ssh connection for every session instead of one shared connection per
+    /// host (OpenSSH ControlMaster, with its sockets in a private directory removed at
+    /// the end); for ssh setups that cannot multiplex.
+    #[arg(long)]
+    no_ssh_multiplex: bool,
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -628,7 +633,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         ssh: Ssh {
             options: args.ssh_options,
             program: None,
+            control_dir: None,
         },
+        ssh_multiplex: !args.no_ssh_multiplex,
         remote_corvid: args.remote_corvid,
         local_corvid,
         swarm_install_min: args.swarm_install_min,

@@ -85,6 +85,7 @@ impl Where {
         Ssh {
             options: self.ssh_options.clone(),
             program: None,
+            control_dir: None,
         }
     }
 

@@ -77,12 +77,26 @@ impl Fleet {
 
     /// `corvid deploy` run on h0 against h1..hN (`--linger 1s` unless `extra` says).
     fn deploy_to(&self, n: usize, src: &Path, tag: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        self.deploy_in(None, n, src, tag, extra)
+    }
+
+    /// [`Fleet::deploy_to`] with `TMPDIR` set for the deployer.
+    fn deploy_in(
+        &self,
+        tmpdir: Option<&Path>,
+        n: usize,
+        src: &Path,
+        tag: &str,
+        extra: &[&str],
+    ) -> (Output, Vec<String>) {
         let disk = self.disk();
         let cfg = self.line(&["ssh-config"]);
         let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
-        let mut args: Vec<String> = vec![
-            "exec".into(),
-            "0".into(),
+        let mut args: Vec<String> = vec!["exec".into(), "0".into(), "env".into()];
+        if let Some(t) = tmpdir {
+            args.push(format!("TMPDIR={}", t.display()));
+        }
+        args.extend([
             env!("CARGO_BIN_EXE_corvid").into(),
             "deploy".into(),
             "--hosts".into(),
@@ -104,7 +118,7 @@ impl Fleet {
             "--threads".into(),
             "1".into(),
             "--json".into(),
-        ];
+        ]);
         if !extra.contains(&"--linger") {
             args.extend(["--linger".into(), "1s".into()]);
         }
@@ -1202,4 +1216,68 @@ fn a_failing_check_in_wave_2_stops_the_rollout_and_can_roll_it_back() {
     }
     let l4 = host_line(&lines, "h4");
     assert!(l4.contains("rolled back to v2"), "{l4}");
+}
+
+/// Every process whose command line mentions `needle` (read from /proc; nothing is
+/// signalled).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The deploy shares one ssh connection per host (ControlMaster) and leaves neither
+/// control sockets nor master processes behind; the deploy overhead for a small
+/// release is measured with and without sharing.
+#[test]
+fn ssh_connections_are_shared_and_leave_nothing_behind() {
+    let fleet = Fleet::up("mx", HOSTS);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.conf"), b"small release\n").unwrap();
+    let t = tmp.path().join("deployer-tmp");
+    std::fs::create_dir_all(&t).unwrap();
+    // The first run installs corvid; the measured ones find it present.
+    let (out, lines) = fleet.deploy_in(Some(&t), HOSTS, &src, "v0", &["--activate"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    let needle = t.display().to_string();
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3 {
+        for (k, extra) in [&[][..], &["--no-ssh-multiplex"][..]].iter().enumerate() {
+            let tag = format!("r{round}m{k}");
+            let mut args = vec!["--activate", "--linger", "0s"];
+            args.extend_from_slice(extra);
+            let (out, lines) = fleet.deploy_in(Some(&t), HOSTS, &src, &tag, &args);
+            assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+            for (h, res, err) in results(&lines) {
+                assert_eq!(res, "deployed", "{h}: {err}");
+            }
+            let el: f64 = support::json_field(summary_line(&lines), "elapsed_s")
+                .unwrap()
+                .parse()
+                .unwrap();
+            times[k].push(el);
+            // Nothing left: the private socket directory is gone, no master runs.
+            let left: Vec<_> = std::fs::read_dir(&t).unwrap().flatten().collect();
+            assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+            let masters = processes_mentioning(&needle);
+            assert!(masters.is_empty(), "still running: {masters:?}");
+        }
+    }
+    for v in &mut times {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "deploy of a 14-byte release to {HOSTS} hosts, corvid present, --linger 0s: \
+         shared connections {:?} s (median {}), a connection per session {:?} s (median {})",
+        times[0], times[0][1], times[1], times[1][1]
+    );
 }

@@ -66,7 +66,9 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         ssh: Ssh {
             options: Vec::new(),
             program: Some(fake_ssh(dir)),
+            control_dir: None,
         },
+        ssh_multiplex: true,
         // This very binary on both sides: the probe finds it up to date, nothing installs.
         remote_corvid: corvid_bin().to_str().unwrap().into(),
         local_corvid: corvid_bin(),

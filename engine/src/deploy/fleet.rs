@@ -22,6 +22,14 @@
 //!    following links ([`super::remote`]); its JSON lines ([`PeerLine`]) become progress,
 //!    its final lines and exit code ([`super::contract::Exit`]) the result.
 //!
+//! 7. Once every host holds the release, the deployer closes the peers' stdin
+//!    ([`LingerGate`]): they stop lingering and the deploy returns.
+//! 8. With `--batch`, the rollout ([`Deploy::rollout`]): activation in waves, each host
+//!    through `corvid activate` ([`super::ops`]).
+//!
+//! Every ssh session of one deploy shares one connection per host
+//! ([`ssh::Multiplex`]), closed and its socket directory removed at the end.
+//!
 //! The steps are the methods of one private `Deploy` value, each on the hosts still live;
 //! a host that fails a step gets its [`HostOutcome::Failed`] at once and the others go on.
 
@@ -490,6 +498,37 @@ pub fn run(
 ) -> Result<FleetReport, DeployError> {
     let start = Instant::now();
     let v = validate(plan)?;
+    // One connection per host for every session below; without a directory for the
+    // sockets, a connection per session as before.
+    let mux = plan
+        .ssh_multiplex
+        .then(|| ssh::Multiplex::start(&plan.ssh).ok())
+        .flatten();
+    let shared;
+    let plan = match &mux {
+        Some(m) => {
+            shared = DeployPlan {
+                ssh: m.ssh().clone(),
+                ..plan.clone()
+            };
+            &shared
+        }
+        None => plan,
+    };
+    let result = run_with(plan, &v, start, stop, on_event);
+    if let Some(m) = mux {
+        m.close(&v.hosts, plan.parallel);
+    }
+    result
+}
+
+fn run_with(
+    plan: &DeployPlan,
+    v: &Validated,
+    start: Instant,
+    stop: StopFlag,
+    on_event: &mut dyn FnMut(&FleetEvent),
+) -> Result<FleetReport, DeployError> {
     let local =
         LocalBinary::shipped(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
             path: plan.local_corvid.clone(),
@@ -501,7 +540,7 @@ pub fn run(
         stop: &stop,
         start,
         results: v.hosts.iter().map(|_| None).collect(),
-        hosts: v.hosts,
+        hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
@@ -983,6 +1022,7 @@ mod tests {
             stall_timeout: Duration::from_secs(10),
             parallel: 4,
             ssh: Ssh::default(),
+            ssh_multiplex: false,
             remote_corvid: "~/.local/bin/corvid".into(),
             local_corvid: "/nonexistent".into(),
             swarm_install_min: 8,

@@ -1156,7 +1156,9 @@ mod tests {
             ssh: Ssh {
                 options: Vec::new(),
                 program: Some(fake_ssh),
+                control_dir: None,
             },
+            ssh_multiplex: false,
             remote_corvid: remote.to_str().unwrap().into(),
             local_corvid: "/nonexistent".into(),
             swarm_install_min: 1,

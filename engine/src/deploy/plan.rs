@@ -32,6 +32,8 @@ pub struct DeployPlan {
     /// Most ssh sessions at once.
     pub parallel: usize,
     pub ssh: Ssh,
+    /// Share one ssh connection per host for the whole deploy ([`super::ssh::Multiplex`]).
+    pub ssh_multiplex: bool,
     /// Where corvid lives on the hosts (`~/` allowed).
     pub remote_corvid: String,
     /// The binary to install where the remote one is missing or different.
