@@ -98,7 +98,7 @@ impl Exit {
                 "peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
             }
             Exit::HookFailed => {
-                "peer: the --after-activate command failed or timed out (the release is active)"
+                "peer, activate: the --after-activate or --check command failed (the release is active)"
             }
         }
     }
