@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use corvid_engine::deploy::fleet::{self, DeployError, DeployPlan, FleetEvent, HostResult};
+use corvid_engine::deploy::fleet::{self, Batch, DeployError, DeployPlan, FleetEvent, HostResult};
 use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
@@ -79,7 +79,8 @@ pub struct Args {
     /// Replace an existing DEST/releases/TAG whose content differs.
     #[arg(long)]
     force: bool,
-    /// How long each peer keeps seeding after it has the release.
+    /// How long each peer keeps seeding after it has the release, at most: once every
+    /// host holds it, all peers are told to stop and the deploy returns.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
     /// A peer gives up when no piece was verified for this long.
@@ -104,6 +105,35 @@ pub struct Args {
     /// Threads for hashing and seeding here [default: number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// After activating, keep only the newest N releases on each host (never removing
+    /// the current one nor the one before it). Needs --activate.
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+    /// Run CMD (with `sh -c`, in the release directory, CORVID_RELEASE/CORVID_TAG/
+    /// CORVID_DEST set) on each host after its flip, e.g. 'systemctl reload app'. A
+    /// failing CMD fails that host only. Needs --activate.
+    #[arg(long, value_name = "CMD")]
+    after_activate: Option<String>,
+    /// Most time --after-activate may take on a host before it is killed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = roles::parse_duration)]
+    hook_timeout: Duration,
+    /// Rolling activation: download everywhere first, then activate in waves of N hosts
+    /// or N% of the fleet (with the hook, --check and --keep per host); a failing wave
+    /// stops the rollout and the later waves keep their old release. Needs --activate.
+    #[arg(long, value_name = "N|N%")]
+    batch: Option<Batch>,
+    /// With --batch: run CMD on each host of a wave after its hook (like
+    /// --after-activate); a failure stops the rollout.
+    #[arg(long, value_name = "CMD")]
+    check: Option<String>,
+    /// With --batch: return the hosts of a failed wave to the release they ran before.
+    #[arg(long)]
+    rollback_on_failure: bool,
+    /// Open a new ssh connection for every session instead of one shared connection per
+    /// host (OpenSSH ControlMaster, with its sockets in a private directory removed at
+    /// the end); for ssh setups that cannot multiplex.
+    #[arg(long)]
+    no_ssh_multiplex: bool,
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -126,6 +156,9 @@ struct Display {
     counted: HashSet<String>,
     last: (Instant, u64),
     rate: f64,
+    /// A rolling activation decides hosts' results after their downloads: their JSON
+    /// lines are printed from the final report instead.
+    defer_hosts: bool,
 }
 
 impl Display {
@@ -149,6 +182,7 @@ impl Display {
             counted: HashSet::new(),
             last: (Instant::now(), 0),
             rate: 0.0,
+            defer_hosts: false,
         }
     }
 
@@ -258,6 +292,44 @@ impl Display {
                 }
             }
             FleetEvent::HostDone(r) => self.host_done(r),
+            FleetEvent::Wave {
+                wave,
+                hosts,
+                ok,
+                rolled_back,
+            } => {
+                if self.json {
+                    print_line(&DeployLine::Wave {
+                        wave: *wave,
+                        hosts,
+                        ok: *ok,
+                        rolled_back,
+                    });
+                }
+                let mut line = format!(
+                    "wave {wave} ({}): {}",
+                    hosts.join(","),
+                    if *ok {
+                        "activated"
+                    } else {
+                        "FAILED: the rollout stops here, later waves keep their old release"
+                    }
+                );
+                if !rolled_back.is_empty() {
+                    line.push_str(&format!("; rolled back {}", rolled_back.join(",")));
+                }
+                self.say(&line);
+            }
+            FleetEvent::PeersStopped { peers } => {
+                if self.json {
+                    print_line(&DeployLine::PeersStopped { peers: *peers });
+                }
+                if *peers > 0 {
+                    self.say(&format!(
+                        "every host holds the release: stopping {peers} lingering peers"
+                    ));
+                }
+            }
         }
         self.refresh();
     }
@@ -265,7 +337,7 @@ impl Display {
     /// A host's final result: a JSON line, and the count and a line unless its release
     /// was counted already (the caller refreshes the bar).
     fn host_done(&mut self, r: &HostResult) {
-        if self.json {
+        if self.json && !self.defer_hosts {
             print_line(&DeployLine::Host(HostLine::new(r)));
         }
         if !self.counted.insert(r.host.clone()) {
@@ -309,6 +381,17 @@ enum DeployLine<'a> {
     Warning {
         message: &'a str,
     },
+    /// A wave of a rolling activation.
+    Wave {
+        wave: usize,
+        hosts: &'a [String],
+        ok: bool,
+        rolled_back: &'a [String],
+    },
+    /// Every host holds the release; this many lingering peers were told to stop.
+    PeersStopped {
+        peers: usize,
+    },
     Host(HostLine<'a>),
     Summary(SummaryLine<'a>),
 }
@@ -330,6 +413,12 @@ struct HostLine<'a> {
     corvid_from_seeder: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid_from_peers: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pruned: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_status: Option<Option<i32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook_output: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -352,6 +441,9 @@ impl<'a> HostLine<'a> {
             }),
             corvid_from_seeder: swarmed.map(|c| c.swarm_from_seeder),
             corvid_from_peers: swarmed.map(|c| c.swarm_from_peers),
+            pruned: &r.pruned,
+            hook_status: r.hook.as_ref().map(|h| h.status),
+            hook_output: r.hook.as_ref().map(|h| h.tail.as_slice()),
             error: match &r.outcome {
                 fleet::HostOutcome::Failed(w) => Some(w.to_string()),
                 _ => None,
@@ -372,6 +464,8 @@ struct SummaryLine<'a> {
     payload_bytes: u64,
     seeder_uploaded: u64,
     corvid_bytes: u64,
+    corvid_file_bytes: u64,
+    corvid_stream_bytes: u64,
     corvid_by_swarm: usize,
     corvid_by_ssh: usize,
     corvid_fell_back: usize,
@@ -408,6 +502,8 @@ impl<'a> SummaryLine<'a> {
             payload_bytes: report.payload_bytes,
             seeder_uploaded: report.seeder_uploaded,
             corvid_bytes: i.binary_bytes,
+            corvid_file_bytes: i.file_bytes,
+            corvid_stream_bytes: i.stream_bytes,
             corvid_by_swarm: i.by_swarm,
             corvid_by_ssh: i.by_ssh,
             corvid_fell_back: i.fell_back,
@@ -444,8 +540,10 @@ fn install_line(i: &InstallSummary) -> Option<String> {
         return None;
     }
     let mut line = format!(
-        "corvid ({}) installed on {} hosts in {:.1} s: {} by the swarm, {} over ssh",
+        "corvid ({}; {} with debug info, {} compressed over ssh) installed on {} hosts in {:.1} s: {} by the swarm, {} over ssh",
         human_size(i.binary_bytes),
+        human_size(i.file_bytes),
+        human_size(i.stream_bytes),
         i.by_swarm + i.by_ssh,
         i.elapsed.as_secs_f64(),
         i.by_swarm,
@@ -486,6 +584,11 @@ fn table(report: &fleet::FleetReport) -> String {
             fleet::HostOutcome::AlreadyPresent => "skipped (already present)".to_string(),
             fleet::HostOutcome::Failed(w) => format!("FAILED: {}", printable(&w.to_string())),
             o => o.label().to_string(),
+        };
+        let result = if h.pruned.is_empty() {
+            result
+        } else {
+            format!("{result}; pruned {}", h.pruned.join(","))
         };
         out.push_str(&format!(
             "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:<10}  {result}\n",
@@ -531,18 +634,34 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         ssh: Ssh {
             options: args.ssh_options,
             program: None,
+            control_dir: None,
         },
+        ssh_multiplex: !args.no_ssh_multiplex,
         remote_corvid: args.remote_corvid,
         local_corvid,
         swarm_install_min: args.swarm_install_min,
         tracker_port: args.tracker_port,
         threads,
         secret: args.secret.load()?,
+        keep: args.keep,
+        after_activate: args.after_activate,
+        hook_timeout: args.hook_timeout,
+        batch: args.batch,
+        check: args.check,
+        rollback_on_failure: args.rollback_on_failure,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
     let v = fleet::validate(&plan).map_err(|e| match e {
-        DeployError::Hosts(HostsError::BadHost(_)) | DeployError::DestNotUtf8(_) => Failure {
+        DeployError::Hosts(HostsError::BadHost(_))
+        | DeployError::DestNotUtf8(_)
+        | DeployError::Keep
+        | DeployError::NeedsActivate(_)
+        | DeployError::EmptyHook
+        | DeployError::HookTimeout
+        | DeployError::BatchTooLarge { .. }
+        | DeployError::NeedsBatch(_)
+        | DeployError::EmptyCheck => Failure {
             code: Exit::Usage,
             error: e.into(),
         },
@@ -550,6 +669,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     })?;
     let stop = roles::stop_on_signals()?;
     let mut display = Display::new(args.json, v.hosts.len());
+    display.defer_hosts = plan.batch.is_some();
     let report = fleet::run(&plan, stop, &mut |ev| display.event(ev)).map_err(|e| match e {
         DeployError::Seeder(_) | DeployError::Tracker(_) => Failure::output(e),
         DeployError::Interrupted => Failure {
@@ -562,6 +682,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         b.finish_and_clear();
     }
     let report = report?;
+    if args.json && display.defer_hosts {
+        for h in &report.hosts {
+            print_line(&DeployLine::Host(HostLine::new(h)));
+        }
+    }
     if args.json {
         print(&format!(
             "{}\n",
@@ -598,6 +723,8 @@ mod tests {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             corvid: Some(HostInstall::present()),
+            pruned: Vec::new(),
+            hook: None,
         };
         assert_eq!(
             DeployLine::Host(HostLine::new(&skipped)).to_json(),
@@ -616,13 +743,15 @@ mod tests {
             payload_bytes: 3000007,
             seeder_uploaded: 3000007,
             install: InstallSummary {
-                binary_bytes: 44203672,
+                binary_bytes: 4594256,
+                file_bytes: 53409584,
+                stream_bytes: 1613185,
                 ..InstallSummary::default()
             },
         };
         assert_eq!(
             DeployLine::Summary(SummaryLine::new(&report)).to_json(),
-            r#"{"event":"summary","hosts":2,"deployed":1,"skipped":1,"failed":0,"failed_hosts":[],"elapsed_s":7.940,"payload_bytes":3000007,"seeder_uploaded":3000007,"corvid_bytes":44203672,"corvid_by_swarm":0,"corvid_by_ssh":0,"corvid_fell_back":0,"corvid_seeder_uploaded":0,"corvid_peers_exchanged":0,"corvid_ssh_uploaded":0,"corvid_install_s":0.000}"#
+            r#"{"event":"summary","hosts":2,"deployed":1,"skipped":1,"failed":0,"failed_hosts":[],"elapsed_s":7.940,"payload_bytes":3000007,"seeder_uploaded":3000007,"corvid_bytes":4594256,"corvid_file_bytes":53409584,"corvid_stream_bytes":1613185,"corvid_by_swarm":0,"corvid_by_ssh":0,"corvid_fell_back":0,"corvid_seeder_uploaded":0,"corvid_peers_exchanged":0,"corvid_ssh_uploaded":0,"corvid_install_s":0.000}"#
         );
 
         let failed = HostResult {

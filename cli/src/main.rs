@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod deploy;
 mod info;
 mod make;
+mod ops;
 mod output;
 mod peer;
 mod roles;
@@ -59,7 +60,9 @@ Examples:
   corvid verify release-42.torrent /srv/releases
   corvid seed release-42.torrent .          # embedded tracker on :8998
   corvid peer release-42.torrent /srv/releases --linger 30s
-  corvid deploy --hosts web1,web2 --src ./build --dest /srv/app --tag v42 --activate";
+  corvid deploy --hosts web1,web2 --src ./build --dest /srv/app --tag v42 --activate
+  corvid status --hosts web1,web2 --dest /srv/app
+  corvid activate --hosts web1,web2 --dest /srv/app --previous";
 
 /// The examples, then the exit codes from [`Exit::help_text`].
 fn after_help() -> String {
@@ -82,6 +85,8 @@ enum Command {
     Peer(peer::Args),
     Tracker(tracker::Args),
     Deploy(deploy::Args),
+    Status(ops::StatusArgs),
+    Activate(ops::ActivateArgs),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +99,8 @@ fn main() -> ExitCode {
         Command::Peer(a) => peer::run(a),
         Command::Tracker(a) => tracker::run(a),
         Command::Deploy(a) => deploy::run(a),
+        Command::Status(a) => ops::status(a),
+        Command::Activate(a) => ops::activate(a),
     };
     match result {
         Ok(code) => ExitCode::from(code.code()),

@@ -88,6 +88,22 @@ pub struct Args {
     /// secret (kept as PATH/.corvid/TAG.secret, mode 0600; never on a command line).
     #[arg(long, requires = "stdin_torrent", conflicts_with = "secret_file")]
     stdin_secret: bool,
+    /// With --activate: afterwards remove the oldest releases beyond the newest N (never
+    /// the current one nor the one before it).
+    #[arg(long, value_name = "N", requires = "activate", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
+    /// With --activate: run CMD with `sh -c` after the flip, in the release directory,
+    /// with CORVID_RELEASE, CORVID_TAG and CORVID_DEST set; exit 10 if it fails.
+    #[arg(long, value_name = "CMD", requires = "activate")]
+    after_activate: Option<String>,
+    /// Most time --after-activate may take before it is killed (and counts as failed).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = roles::parse_duration)]
+    hook_timeout: Duration,
+    /// With --stdin-torrent: stdin is framed (the secret as a length line and its bytes)
+    /// and stays open; its end stops the linger once the release is in place. This is
+    /// how `corvid deploy` stops every peer once the whole fleet holds the release.
+    #[arg(long, requires = "stdin_torrent")]
+    stdin_control: bool,
     /// Keep seeding this long after completing.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
@@ -174,12 +190,20 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
 
 /// One result line for `corvid deploy` (and people): `{"event":"release",...}` with
 /// `--json`, else a sentence on stderr.
-fn say_release(json: bool, status: ReleaseStatus, rp: &ReleasePaths, activated: bool) {
+fn say_release(
+    json: bool,
+    status: ReleaseStatus,
+    rp: &ReleasePaths,
+    activated: bool,
+    after: AfterActivate,
+) {
     if json {
         let line = PeerLine::Release(ReleaseLine {
             status,
             path: rp.finished().display().to_string(),
             activated,
+            pruned: after.pruned,
+            hook: after.hook,
         });
         let _ = print(&format!("{}\n", line.to_json()));
     } else {
@@ -194,6 +218,108 @@ fn say_release(json: bool, status: ReleaseStatus, rp: &ReleasePaths, activated: 
         };
         eprintln!("release {what}: {}{act}", rp.finished().display());
     }
+}
+
+/// The end of the linger under `--stdin-control`: the deployer closes the session's
+/// stdin once every host holds the release (Murder's `stop_all_peering`), and the peer
+/// stops as soon as both that has happened and its own release is in place. Before the
+/// release is placed an early end of stdin (the deployer went away) changes nothing:
+/// the download finishes and only the linger is skipped.
+struct LingerEnd {
+    state: std::sync::Arc<LingerState>,
+}
+
+struct LingerState {
+    eof: std::sync::atomic::AtomicBool,
+    placed: std::sync::atomic::AtomicBool,
+    stop: node::StopFlag,
+}
+
+impl LingerState {
+    /// Both set: stop. Each side sets its own flag and then checks the other's, so
+    /// whichever comes second sees both (SeqCst).
+    fn check(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.eof.load(SeqCst) && self.placed.load(SeqCst) {
+            self.stop.stop();
+        }
+    }
+}
+
+impl LingerEnd {
+    /// A thread reads what is left of stdin (after the torrent and secret) to its end.
+    /// It is not joined: a peer that ends by itself (linger over) exits with it blocked.
+    fn watch_stdin(stop: node::StopFlag) -> LingerEnd {
+        let state = std::sync::Arc::new(LingerState {
+            eof: false.into(),
+            placed: false.into(),
+            stop,
+        });
+        let s = state.clone();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut input = std::io::stdin().lock();
+            // Nothing but the end is meaningful; a read error counts as the end too.
+            while let Ok(n) = std::io::Read::read(&mut input, &mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            s.eof.store(true, std::sync::atomic::Ordering::SeqCst);
+            s.check();
+        });
+        LingerEnd { state }
+    }
+
+    fn placed(&self) {
+        self.state
+            .placed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.state.check();
+    }
+}
+
+/// What followed an activation: the `--after-activate` command, then (only when it
+/// succeeded, so a failed host keeps its older releases to roll back to) `--keep`.
+#[derive(Default)]
+struct AfterActivate {
+    hook: Option<corvid_engine::deploy::contract::HookResult>,
+    pruned: Vec<String>,
+}
+
+impl AfterActivate {
+    fn exit(&self) -> Exit {
+        match &self.hook {
+            Some(h) if !h.ok() => Exit::HookFailed,
+            _ => Exit::Ok,
+        }
+    }
+}
+
+fn after_activate(args: &Args, dest: &std::path::Path, tag: &str) -> AfterActivate {
+    let mut after = AfterActivate::default();
+    if let Some(cmd) = &args.after_activate {
+        let h = corvid_engine::deploy::ops::run_hook(cmd, dest, tag, args.hook_timeout);
+        if !h.ok() {
+            eprintln!(
+                "corvid: error: --after-activate failed ({}): {}",
+                h.status
+                    .map_or("killed".to_string(), |c| format!("exit {c}")),
+                h.tail.last().map_or("", String::as_str)
+            );
+            after.hook = Some(h);
+            return after;
+        }
+        after.hook = Some(h);
+    }
+    if let Some(n) = args.keep {
+        match corvid_engine::deploy::ops::prune(dest, n as usize) {
+            Ok(p) => after.pruned = p,
+            // The release is active; a prune that failed leaves more than asked.
+            Err(e) => eprintln!("corvid: warning: --keep {n}: {e}"),
+        }
+    }
+    after
 }
 
 /// A release step's failure, with the exit code the contract gives it.
@@ -216,6 +342,13 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     // same DEST/TAG stops here with its own exit code instead of writing under us.
     let mut lock = Some(rel.lock().map_err(remote_failure)?);
     let (m, secret) = match args.stdin_torrent {
+        Some(len) if args.stdin_control => remote::receive_torrent_framed(
+            &mut std::io::stdin().lock(),
+            len,
+            args.stdin_secret,
+            &rel,
+        )
+        .map_err(remote_failure)?,
         Some(len) => {
             remote::receive_torrent(&mut std::io::stdin().lock(), len, args.stdin_secret, &rel)
                 .map_err(remote_failure)?
@@ -232,11 +365,20 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     let replace =
         match remote::check_existing(&rel, &m, args.force, hash_threads).map_err(remote_failure)? {
             Existing::Same => {
+                let mut after = AfterActivate::default();
                 if args.activate {
                     rel.activate().map_err(remote_failure)?;
+                    after = after_activate(args, &dest, &tag);
                 }
-                say_release(json, ReleaseStatus::AlreadyPresent, &rp, args.activate);
-                return Ok(Exit::Ok);
+                let code = after.exit();
+                say_release(
+                    json,
+                    ReleaseStatus::AlreadyPresent,
+                    &rp,
+                    args.activate,
+                    after,
+                );
+                return Ok(code);
             }
             Existing::Absent => false,
             Existing::Replace => true,
@@ -244,6 +386,9 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     let partial = rel.partial_dir().map_err(Failure::output)?;
     content::prune_partial(&m.info, &partial).map_err(Failure::output)?;
     let stop = roles::stop_on_signals()?;
+    let linger_end = args
+        .stdin_control
+        .then(|| LingerEnd::watch_stdin(stop.clone()));
     // Storage starts at DEST and reaches the files through `releases/TAG.partial/`,
     // refusing a link anywhere on the way (DEST itself is the operator's path).
     let mut cfg = roles::node_config(
@@ -275,6 +420,8 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     );
     // Set on the completion event: Ok once the release is in place, or why it is not.
     let mut placed: Option<Result<(), Failure>> = None;
+    // What a failed --after-activate makes of a placed release.
+    let mut hook_exit = Exit::Ok;
     let result = node::run(cfg, stop.clone(), &mut |ev| {
         printer.event(ev);
         if let NodeEvent::Complete { .. } = ev {
@@ -287,7 +434,16 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
                 // Placed: the linger only reads it. A rerun may check it (and find it
                 // present) while this one seeds.
                 lock = None;
-                say_release(json, ReleaseStatus::Installed, &rp, args.activate);
+                let after = if args.activate {
+                    after_activate(args, &dest, &tag)
+                } else {
+                    AfterActivate::default()
+                };
+                hook_exit = after.exit();
+                say_release(json, ReleaseStatus::Installed, &rp, args.activate, after);
+                if let Some(end) = &linger_end {
+                    end.placed();
+                }
             } else {
                 // No point lingering with a release that could not be placed.
                 stop.stop();
@@ -299,7 +455,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
         Ok(report) => {
             printer.report(&report);
             match placed {
-                Some(Ok(())) => Ok(Exit::Ok),
+                Some(Ok(())) => Ok(hook_exit),
                 Some(Err(f)) => Err(f),
                 None => Ok(Exit::GaveUp),
             }
@@ -309,7 +465,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             match placed {
                 // The release is in place; a later failure while lingering is not the
                 // deploy's failure.
-                Some(Ok(())) => Ok(Exit::Ok),
+                Some(Ok(())) => Ok(hook_exit),
                 _ => Err(roles::node_failure(e)),
             }
         }
@@ -344,6 +500,13 @@ mod tests {
                 seeder: "10.0.0.1:6881".parse().unwrap(),
                 activate,
                 force,
+                keep: activate.then_some(3),
+                after_activate: activate.then(|| {
+                    (
+                        "systemctl reload 'my app'".to_string(),
+                        Duration::from_secs(7),
+                    )
+                }),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -356,9 +519,18 @@ mod tests {
             assert_eq!(a.tag.as_deref(), Some("v42"));
             assert_eq!(a.stdin_torrent, Some(321));
             assert_eq!(a.stdin_secret, secret);
+            assert!(a.stdin_control);
             assert_eq!(a.linger, Duration::from_millis(2500));
             assert_eq!(a.stall_timeout, Duration::from_secs(90));
             assert_eq!((a.activate, a.force), (activate, force));
+            assert_eq!(a.keep, activate.then_some(3));
+            assert_eq!(
+                a.after_activate.as_deref(),
+                activate.then_some("systemctl reload 'my app'")
+            );
+            if activate {
+                assert_eq!(a.hook_timeout, Duration::from_secs(7));
+            }
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());

@@ -70,14 +70,33 @@ impl Fleet {
             .join(format!("hosts/h{i}"))
     }
 
-    /// `corvid deploy` run on h0 against h1..hN.
+    /// `corvid deploy` run on h0 against h1..h8.
     fn deploy(&self, src: &Path, tag: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        self.deploy_to(HOSTS, src, tag, extra)
+    }
+
+    /// `corvid deploy` run on h0 against h1..hN (`--linger 1s` unless `extra` says).
+    fn deploy_to(&self, n: usize, src: &Path, tag: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        self.deploy_in(None, n, src, tag, extra)
+    }
+
+    /// [`Fleet::deploy_to`] with `TMPDIR` set for the deployer.
+    fn deploy_in(
+        &self,
+        tmpdir: Option<&Path>,
+        n: usize,
+        src: &Path,
+        tag: &str,
+        extra: &[&str],
+    ) -> (Output, Vec<String>) {
         let disk = self.disk();
         let cfg = self.line(&["ssh-config"]);
-        let hosts: Vec<String> = (1..=HOSTS).map(|i| format!("h{i}")).collect();
-        let mut args: Vec<String> = vec![
-            "exec".into(),
-            "0".into(),
+        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        let mut args: Vec<String> = vec!["exec".into(), "0".into(), "env".into()];
+        if let Some(t) = tmpdir {
+            args.push(format!("TMPDIR={}", t.display()));
+        }
+        args.extend([
             env!("CARGO_BIN_EXE_corvid").into(),
             "deploy".into(),
             "--hosts".into(),
@@ -94,14 +113,15 @@ impl Fleet {
             "-F".into(),
             "--ssh-option".into(),
             cfg,
-            "--linger".into(),
-            "1s".into(),
             "--stall-timeout".into(),
             "30s".into(),
             "--threads".into(),
             "1".into(),
             "--json".into(),
-        ];
+        ]);
+        if !extra.contains(&"--linger") {
+            args.extend(["--linger".into(), "1s".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.script(&refs);
@@ -391,9 +411,25 @@ fn other_build() -> Vec<u8> {
     b
 }
 
-/// Every host ends with exactly this corvid, executable, and no install leftovers.
+/// This corvid as the deploy ships it: without debug info (`objcopy --strip-debug`).
+fn shipped_corvid() -> (PathBuf, tempfile::TempDir) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("corvid");
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(env!("CARGO_BIN_EXE_corvid"))
+        .arg(&p)
+        .status()
+        .expect("run objcopy (binutils)");
+    assert!(st.success());
+    (p, d)
+}
+
+/// Every host ends with exactly this corvid as shipped (stripped), executable, and no
+/// install leftovers.
 fn assert_hosts_have_this_corvid(fleet: &Fleet) {
-    let want = sha1_of(Path::new(env!("CARGO_BIN_EXE_corvid")));
+    let (shipped, _d) = shipped_corvid();
+    let want = sha1_of(&shipped);
     for i in 1..=HOSTS {
         let p = host_corvid(fleet, i);
         assert_eq!(sha1_of(&p), want, "h{i}");
@@ -429,9 +465,11 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_src(&src, 5);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
+    let file_size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
         .unwrap()
         .len();
+    let size = std::fs::metadata(shipped_corvid().0).unwrap().len();
+    assert!(size < file_size / 2, "{size} of {file_size}");
     // h1..h6 run another build of corvid; h7 and h8 have none.
     let other = other_build();
     for i in 1..=6 {
@@ -473,12 +511,19 @@ fn corvid_is_installed_by_the_swarm_from_the_threshold_on() {
     assert_hosts_have_this_corvid(&fleet);
     let sum = summary_line(&lines);
     assert_eq!(support::json_u64(sum, "corvid_bytes"), size, "{sum}");
+    assert_eq!(
+        support::json_u64(sum, "corvid_file_bytes"),
+        file_size,
+        "{sum}"
+    );
+    let stream = support::json_u64(sum, "corvid_stream_bytes");
+    assert!(stream < size, "not compressed: {sum}");
     assert_eq!(support::json_u64(sum, "corvid_by_swarm"), 6, "{sum}");
     assert_eq!(support::json_u64(sum, "corvid_by_ssh"), 2, "{sum}");
     assert_eq!(support::json_u64(sum, "corvid_fell_back"), 0, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        2 * size,
+        2 * stream,
         "{sum}"
     );
     assert_eq!(
@@ -550,9 +595,10 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_src(&src, 6);
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
+    let file_size = std::fs::metadata(env!("CARGO_BIN_EXE_corvid"))
         .unwrap()
         .len();
+    let size = std::fs::metadata(shipped_corvid().0).unwrap().len();
     let other = other_build();
     for i in 1..=3 {
         place_corvid(&fleet, i, &other);
@@ -572,14 +618,19 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     }
     let sum = summary_line(&lines);
     assert_eq!(support::json_u64(sum, "corvid_by_ssh"), 8, "{sum}");
+    // Stripped, then gzip -9 on the wire: a fraction of the file this corvid runs from.
+    let stream = support::json_u64(sum, "corvid_stream_bytes");
+    assert_eq!(support::json_u64(sum, "corvid_bytes"), size, "{sum}");
+    assert!(stream < size && size < file_size, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        8 * size,
+        8 * stream,
         "{sum}"
     );
     assert_eq!(support::json_u64(sum, "corvid_seeder_uploaded"), 0, "{sum}");
     eprintln!(
-        "binary {size} B over ssh to 8 hosts: install {} s",
+        "binary {file_size} B (stripped {size} B, gzip {stream} B) over ssh to 8 hosts: \
+         install {} s",
         support::json_field(sum, "corvid_install_s").unwrap_or("?")
     );
     assert_hosts_have_this_corvid(&fleet);
@@ -627,7 +678,7 @@ fn below_the_threshold_corvid_goes_over_ssh_and_a_failed_swarm_falls_back() {
     assert_eq!(support::json_u64(sum, "corvid_fell_back"), 2, "{sum}");
     assert_eq!(
         support::json_u64(sum, "corvid_ssh_uploaded"),
-        2 * size,
+        2 * support::json_u64(sum, "corvid_stream_bytes"),
         "{sum}"
     );
     assert!(
@@ -680,5 +731,553 @@ fn bad_input_is_refused_before_contacting_hosts() {
         text(&out.stderr).contains("leaves the shared tree"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// Once every host holds the release the deploy tells the lingering peers to stop and
+/// returns: a 10-minute --linger does not hold it up.
+#[test]
+fn deploy_returns_once_every_host_holds_the_release() {
+    const N: usize = 3;
+    let fleet = Fleet::up("lg", N);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_src(&src, 7);
+    let (out, lines) = fleet.deploy_to(N, &src, "v1", &["--activate", "--linger", "600s"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        lines.join("\n")
+    );
+    // Order: the stop comes after every release and before any session ended (host
+    // lines are printed as sessions end), and it reached every lingering peer.
+    let stopped = lines
+        .iter()
+        .position(|l| l.contains("\"event\":\"peers_stopped\""))
+        .unwrap_or_else(|| panic!("no peers_stopped line: {lines:?}"));
+    assert_eq!(support::json_u64(&lines[stopped], "peers"), N as u64);
+    let hosts: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"event\":\"host\""))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hosts.len(), N, "{lines:?}");
+    assert!(hosts.iter().all(|&i| i > stopped), "{lines:?}");
+    for (host, res, err) in results(&lines) {
+        assert_eq!(res, "deployed", "{host}: {err}");
+    }
+    // A guard, not the synchronisation: far below the 600 s linger.
+    let elapsed: f64 = support::json_field(summary_line(&lines), "elapsed_s")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(elapsed < 120.0, "deploy took {elapsed} s");
+    // The peers are gone: a second deploy of the same release is not refused as busy
+    // and finds it present everywhere.
+    let (out, lines) = fleet.deploy_to(N, &src, "v1", &["--linger", "600s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (host, res, err) in results(&lines) {
+        assert_eq!(res, "skipped", "{host}: {err}");
+    }
+    eprintln!("deploy with --linger 600s to {N} hosts returned in {elapsed} s");
+}
+
+impl Fleet {
+    /// `corvid SUB --hosts H --dest DISK/app ...` run on h0, with the fleet's ssh config
+    /// and the hosts' corvid.
+    fn ops(&self, sub: &str, hosts: &str, extra: &[&str]) -> (Output, Vec<String>) {
+        let disk = self.disk();
+        let cfg = self.line(&["ssh-config"]);
+        let mut args: Vec<String> = vec![
+            "exec".into(),
+            "0".into(),
+            env!("CARGO_BIN_EXE_corvid").into(),
+            sub.into(),
+            "--hosts".into(),
+            hosts.into(),
+            "--dest".into(),
+            format!("{disk}/app"),
+            "--remote-corvid".into(),
+            format!("{disk}/bin/corvid"),
+            "--ssh-option".into(),
+            "-F".into(),
+            "--ssh-option".into(),
+            cfg,
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.script(&refs);
+        let lines = text(&out.stdout).lines().map(str::to_string).collect();
+        (out, lines)
+    }
+}
+
+/// The JSON line of `host` among `lines` (any event).
+fn line_of<'a>(lines: &'a [String], host: &str) -> &'a str {
+    let tag = format!("\"host\":\"{host}\"");
+    lines
+        .iter()
+        .find(|l| l.contains(&tag))
+        .unwrap_or_else(|| panic!("no line for {host}: {lines:?}"))
+}
+
+/// `status` shows every case (current, previous, sizes, a release that does not verify,
+/// a leftover partial, an unreachable host), and `activate` flips where the release
+/// verifies and refuses, with the reason, where it does not or is missing.
+#[test]
+fn status_and_activate_show_and_flip_releases() {
+    const N: usize = 3;
+    let fleet = Fleet::up("st", N);
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    make_src(&v1, 11);
+    make_src(&v2, 12);
+    for (src, tag) in [(&v1, "v1"), (&v2, "v2")] {
+        let (out, lines) = fleet.deploy_to(N, src, tag, &["--activate"]);
+        assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    }
+    let size = |d: &Path| -> u64 {
+        listing(d)
+            .iter()
+            .filter_map(|l| l.split(" file exec=").nth(1))
+            .map(|r| r.split(' ').nth(1).unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // h2: v1 tampered with, a download left half-done; h3: unreachable.
+    let app2 = fleet.host_dir(2).join("app");
+    std::fs::write(app2.join("releases/v1/lib/deep/conf"), b"tampered\n").unwrap();
+    std::fs::create_dir_all(app2.join("releases/v3.partial")).unwrap();
+    assert!(fleet.script(&["sshd", "3", "stop"]).status.success());
+
+    let (out, lines) = fleet.ops("status", "h1,h2,h3", &["--json"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
+    let h1 = line_of(&lines, "h1");
+    let version = text(
+        &Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .arg("--version")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_eq!(
+        support::json_field(h1, "corvid"),
+        Some(version.trim()),
+        "{h1}"
+    );
+    assert_eq!(support::json_field(h1, "current"), Some("v2"), "{h1}");
+    assert_eq!(support::json_field(h1, "previous"), Some("v1"), "{h1}");
+    let want = format!(
+        r#""releases":[{{"tag":"v1","bytes":{},"verified":true}},{{"tag":"v2","bytes":{},"verified":true}}],"partial":[]"#,
+        size(&v1),
+        size(&v2)
+    );
+    assert!(h1.contains(&want), "{h1}\nlacks {want}");
+    let h2 = line_of(&lines, "h2");
+    assert!(
+        h2.contains(r#"{"tag":"v1","bytes":"#) && h2.contains(r#""verified":false,"problem":"#),
+        "{h2}"
+    );
+    assert!(h2.contains(r#""partial":["v3"]"#), "{h2}");
+    let h3 = line_of(&lines, "h3");
+    assert_eq!(support::json_field(h3, "reachable"), Some("false"), "{h3}");
+    assert!(
+        support::json_field(h3, "error").unwrap().contains("ssh"),
+        "{h3}"
+    );
+
+    let (out, lines) = fleet.ops("status", "h1,h2,h3", &[]);
+    assert_eq!(out.status.code(), Some(8));
+    let table = lines.join("\n");
+    assert!(
+        line_of_text(&table, "h3").contains("UNREACHABLE"),
+        "{table}"
+    );
+    assert!(line_of_text(&table, "h2").contains("BAD: "), "{table}");
+    assert!(line_of_text(&table, "h2").contains("v3"), "{table}");
+
+    // Roll back to v1: h1 flips, h2 refuses (v1 does not verify there) and stays on v2.
+    assert!(fleet.script(&["sshd", "3", "start"]).status.success());
+    let (out, lines) = fleet.ops("activate", "h1,h2,h3", &["--tag", "v1", "--json"]);
+    assert_eq!(out.status.code(), Some(8), "{lines:?}");
+    let l = line_of(&lines, "h1");
+    assert_eq!(support::json_field(l, "result"), Some("activated"), "{l}");
+    assert_eq!(support::json_field(l, "was"), Some("v2"), "{l}");
+    let l = line_of(&lines, "h2");
+    assert_eq!(support::json_field(l, "result"), Some("refused"), "{l}");
+    assert!(
+        l.contains(r#""error":"release \"v1\" does not verify: "#),
+        "{l}"
+    );
+    assert_eq!(
+        support::json_field(line_of(&lines, "h3"), "result"),
+        Some("activated")
+    );
+    let current = |i: usize| std::fs::read_link(fleet.host_dir(i).join("app/current")).unwrap();
+    assert_eq!(current(1), PathBuf::from("releases/v1"));
+    assert_eq!(current(2), PathBuf::from("releases/v2"));
+    assert_eq!(current(3), PathBuf::from("releases/v1"));
+
+    // --previous returns h1 and h3 to v2; a missing tag is refused everywhere.
+    let (out, lines) = fleet.ops("activate", "h1,h3", &["--previous"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    assert_eq!(current(1), PathBuf::from("releases/v2"));
+    assert_eq!(current(3), PathBuf::from("releases/v2"));
+    let (out, lines) = fleet.ops("activate", "h1,h2", &["--tag", "v9"]);
+    assert_eq!(out.status.code(), Some(8));
+    for h in ["h1", "h2"] {
+        let l = line_of_text(&lines.join("\n"), h);
+        assert!(l.contains("REFUSED") && l.contains("not present"), "{l}");
+    }
+}
+
+/// The line of a table that starts with `host`.
+fn line_of_text(table: &str, host: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_else(|| panic!("no row for {host}: {table}"))
+        .to_string()
+}
+
+/// `--keep 1` prunes all but the new release and the previous one; `--after-activate`
+/// runs on each host after its flip with the release in its environment, and a host
+/// where it fails is that host's failure alone (and keeps its old releases).
+#[test]
+fn keep_prunes_old_releases_and_a_failing_hook_fails_its_host_only() {
+    const N: usize = 3;
+    let fleet = Fleet::up("kp", N);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, tag) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        make_src(&tmp.path().join(tag), 20 + i as u64);
+    }
+    for tag in ["v1", "v2", "v3"] {
+        let (out, lines) = fleet.deploy_to(N, &tmp.path().join(tag), tag, &["--activate"]);
+        assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    }
+    // Back to v1, so v1 becomes the previous release when v4 is activated.
+    let (out, lines) = fleet.ops("activate", "h1,h2,h3", &["--tag", "v1"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    std::fs::write(fleet.host_dir(2).join("app/fail-hook"), b"").unwrap();
+    let hook = "echo \"hook $CORVID_TAG $CORVID_RELEASE $(cat lib/deep/conf)\"; \
+                if [ -e \"$CORVID_DEST/fail-hook\" ]; then echo failing here >&2; exit 4; fi";
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v4"),
+        "v4",
+        &["--activate", "--keep", "1", "--after-activate", hook],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let disk = fleet.disk();
+    for i in 1..=N {
+        let l = host_line(&lines, &format!("h{i}"));
+        let app = fleet.host_dir(i).join("app");
+        // Every host flipped before its hook ran.
+        assert_eq!(
+            std::fs::read_link(app.join("current")).unwrap(),
+            PathBuf::from("releases/v4"),
+            "h{i}"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(app.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert!(
+            l.contains(&format!(
+                r#""hook_output":["hook v4 {disk}/app/releases/v4 seed 23""#
+            )),
+            "{l}"
+        );
+        if i == 2 {
+            assert_eq!(support::json_field(l, "result"), Some("failed"), "{l}");
+            assert_eq!(support::json_field(l, "hook_status"), Some("4"), "{l}");
+            assert!(l.contains(r#""failing here"]"#), "{l}");
+            assert!(
+                l.contains("--after-activate failed (exit 4): failing here"),
+                "{l}"
+            );
+            assert!(!l.contains("pruned"), "{l}");
+            assert_eq!(left, ["v1", "v2", "v3", "v4"], "h2");
+        } else {
+            assert_eq!(support::json_field(l, "result"), Some("deployed"), "{l}");
+            assert_eq!(support::json_field(l, "hook_status"), Some("0"), "{l}");
+            assert!(l.contains(r#""pruned":["v2","v3"]"#), "{l}");
+            // The newest (current) and the previous one stay.
+            assert_eq!(left, ["v1", "v4"], "h{i}");
+            assert!(!app.join(".corvid/v2.torrent").exists());
+        }
+    }
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("h2 failed: --after-activate failed (exit 4)"),
+        "{err}"
+    );
+}
+
+/// Bad flags for the fleet operations are refused before any host is contacted, each
+/// with the usage exit code.
+#[test]
+fn ops_flags_are_checked_before_any_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let src = src.display().to_string();
+    let corvid = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_corvid"))
+            .args(args)
+            .args(["--ssh-option", "-oConnectTimeout=1"])
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let deploy = [
+        "deploy",
+        "--hosts",
+        "nonexistent.invalid",
+        "--src",
+        &src,
+        "--dest",
+        "/srv/app",
+        "--tag",
+        "v1",
+    ];
+    for (extra, want) in [
+        (
+            &["--activate", "--keep", "0"][..],
+            "--keep must be at least 1",
+        ),
+        (&["--keep", "2"][..], "--keep needs --activate"),
+        (
+            &["--activate", "--after-activate", " "][..],
+            "--after-activate is empty",
+        ),
+        (
+            &["--after-activate", "true"][..],
+            "--after-activate needs --activate",
+        ),
+        (
+            &["--activate", "--batch", "2"][..],
+            "--batch 2 is larger than the fleet (1 hosts)",
+        ),
+        (&["--activate", "--batch", "0"][..], "at least 1"),
+        (
+            &["--activate", "--check", "true"][..],
+            "--check needs --batch",
+        ),
+        (
+            &["--activate", "--batch", "1", "--check", ""][..],
+            "--check is empty",
+        ),
+    ] {
+        let args: Vec<&str> = deploy.iter().chain(extra).copied().collect();
+        let (code, err) = corvid(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert!(
+            !err.contains("nonexistent.invalid"),
+            "a host was contacted: {err}"
+        );
+    }
+    let on = ["--hosts", "nonexistent.invalid", "--dest", "/srv/app"];
+    for (args, want) in [
+        (vec!["activate", "--tag", "../v1"], "not a plain name"),
+        (vec!["activate", "--tag", "v1.partial"], "not a plain name"),
+        (
+            vec!["status", "--parallel", "0"],
+            "--parallel must be at least 1",
+        ),
+    ] {
+        let args: Vec<&str> = args.into_iter().chain(on).collect();
+        let (code, err) = corvid(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !err.contains("nonexistent.invalid"),
+            "a host was contacted: {err}"
+        );
+    }
+    let (code, err) = corvid(&["activate", "--dest", "relative", "--tag", "v1"]);
+    assert_eq!(code, Some(2), "{err}");
+}
+
+/// Rolling activation: everyone downloads first, then waves of 2; a failing `--check` in
+/// wave 2 stops the rollout with wave 3 untouched (old release active, new one present);
+/// with `--rollback-on-failure` the failed wave goes back to what it ran before.
+#[test]
+fn a_failing_check_in_wave_2_stops_the_rollout_and_can_roll_it_back() {
+    const N: usize = 6;
+    let fleet = Fleet::up("rl", N);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, tag) in ["v1", "v2", "v3"].iter().enumerate() {
+        make_src(&tmp.path().join(tag), 30 + i as u64);
+    }
+    let (out, lines) = fleet.deploy_to(N, &tmp.path().join("v1"), "v1", &["--activate"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    std::fs::write(fleet.host_dir(3).join("app/fail-check"), b"").unwrap();
+    let check = "if [ -e \"$CORVID_DEST/fail-check\" ]; then echo unhealthy; exit 3; fi";
+    let current = |i: usize| {
+        std::fs::read_link(fleet.host_dir(i).join("app/current"))
+            .unwrap()
+            .display()
+            .to_string()
+    };
+    let waves = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains("\"event\":\"wave\""))
+            .cloned()
+            .collect()
+    };
+
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v2"),
+        "v2",
+        &["--activate", "--batch", "2", "--check", check],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let w = waves(&lines);
+    assert_eq!(
+        w,
+        [
+            r#"{"event":"wave","wave":1,"hosts":["h1","h2"],"ok":true,"rolled_back":[]}"#,
+            r#"{"event":"wave","wave":2,"hosts":["h3","h4"],"ok":false,"rolled_back":[]}"#,
+        ],
+        "{lines:?}"
+    );
+    for i in 1..=N {
+        let l = host_line(&lines, &format!("h{i}"));
+        // Everyone downloaded the release before any activation.
+        assert!(fleet.host_dir(i).join("app/releases/v2").is_dir(), "h{i}");
+        match i {
+            1 | 2 | 4 => {
+                assert_eq!(support::json_field(l, "result"), Some("deployed"), "{l}");
+                assert_eq!(current(i), "releases/v2", "h{i}");
+            }
+            3 => {
+                assert!(l.contains("--check failed (exit 3): unhealthy"), "{l}");
+                assert_eq!(current(i), "releases/v2", "h{i}");
+            }
+            _ => {
+                assert!(l.contains("the rollout stopped after wave 2 failed"), "{l}");
+                assert_eq!(current(i), "releases/v1", "h{i}: wave 3 was touched");
+            }
+        }
+    }
+
+    let (out, lines) = fleet.deploy_to(
+        N,
+        &tmp.path().join("v3"),
+        "v3",
+        &[
+            "--activate",
+            "--batch",
+            "33%",
+            "--check",
+            check,
+            "--rollback-on-failure",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}\n{lines:?}",
+        text(&out.stderr)
+    );
+    let w = waves(&lines);
+    assert_eq!(w.len(), 2, "{lines:?}");
+    assert!(
+        w[1].contains(r#""ok":false,"rolled_back":["h3","h4"]"#),
+        "{w:?}"
+    );
+    let expect = [
+        "releases/v3",
+        "releases/v3",
+        "releases/v2",
+        "releases/v2",
+        "releases/v1",
+        "releases/v1",
+    ];
+    for i in 1..=N {
+        assert_eq!(current(i), expect[i - 1], "h{i}");
+    }
+    let l4 = host_line(&lines, "h4");
+    assert!(l4.contains("rolled back to v2"), "{l4}");
+}
+
+/// Every process whose command line mentions `needle` (read from /proc; nothing is
+/// signalled).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The deploy shares one ssh connection per host (ControlMaster) and leaves neither
+/// control sockets nor master processes behind; the deploy overhead for a small
+/// release is measured with and without sharing.
+#[test]
+fn ssh_connections_are_shared_and_leave_nothing_behind() {
+    let fleet = Fleet::up("mx", HOSTS);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.conf"), b"small release\n").unwrap();
+    let t = tmp.path().join("deployer-tmp");
+    std::fs::create_dir_all(&t).unwrap();
+    // The first run installs corvid; the measured ones find it present.
+    let (out, lines) = fleet.deploy_in(Some(&t), HOSTS, &src, "v0", &["--activate"]);
+    assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+    let needle = t.display().to_string();
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3 {
+        for (k, extra) in [&[][..], &["--no-ssh-multiplex"][..]].iter().enumerate() {
+            let tag = format!("r{round}m{k}");
+            let mut args = vec!["--activate", "--linger", "0s"];
+            args.extend_from_slice(extra);
+            let (out, lines) = fleet.deploy_in(Some(&t), HOSTS, &src, &tag, &args);
+            assert!(out.status.success(), "{}\n{lines:?}", text(&out.stderr));
+            for (h, res, err) in results(&lines) {
+                assert_eq!(res, "deployed", "{h}: {err}");
+            }
+            let el: f64 = support::json_field(summary_line(&lines), "elapsed_s")
+                .unwrap()
+                .parse()
+                .unwrap();
+            times[k].push(el);
+            // Nothing left: the private socket directory is gone, no master runs.
+            let left: Vec<_> = std::fs::read_dir(&t).unwrap().flatten().collect();
+            assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+            let masters = processes_mentioning(&needle);
+            assert!(masters.is_empty(), "still running: {masters:?}");
+        }
+    }
+    for v in &mut times {
+        v.sort_by(f64::total_cmp);
+    }
+    eprintln!(
+        "deploy of a 14-byte release to {HOSTS} hosts, corvid present, --linger 0s: \
+         shared connections {:?} s (median {}), a connection per session {:?} s (median {})",
+        times[0], times[0][1], times[1], times[1][1]
     );
 }

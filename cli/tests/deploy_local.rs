@@ -66,7 +66,9 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         ssh: Ssh {
             options: Vec::new(),
             program: Some(fake_ssh(dir)),
+            control_dir: None,
         },
+        ssh_multiplex: true,
         // This very binary on both sides: the probe finds it up to date, nothing installs.
         remote_corvid: corvid_bin().to_str().unwrap().into(),
         local_corvid: corvid_bin(),
@@ -74,11 +76,21 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         tracker_port: 0,
         threads: 1,
         secret: secret.map(|s| Secret::new(s).unwrap()),
+        keep: None,
+        after_activate: None,
+        hook_timeout: Duration::from_secs(60),
+        batch: None,
+        check: None,
+        rollback_on_failure: false,
     }
 }
 
 fn deploy(p: &DeployPlan) -> FleetReport {
-    fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs")
+    let r = fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs");
+    // The "host" runs this very build (with debug info): up to date, so the stripped
+    // copy a deploy ships is never written over the test's own binary.
+    assert_eq!(r.install.by_ssh + r.install.by_swarm, 0, "{:?}", r.install);
+    r
 }
 
 /// Every entry under `root` with its bytes (links as `-> target`), for before/after.

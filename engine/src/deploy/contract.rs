@@ -43,15 +43,18 @@ pub enum Exit {
     Unavailable = 6,
     /// Stopped by SIGINT/SIGTERM before the download completed.
     Interrupted = 7,
-    /// `deploy`: some hosts failed (the others may have succeeded).
+    /// `deploy`, `status`, `activate`: some hosts failed (the others may have
+    /// succeeded).
     HostsFailed = 8,
     /// `peer --release-dest`: another corvid peer is working on the same DEST/TAG.
     Busy = 9,
+    /// `peer --after-activate`: the command run after the activation failed or timed out.
+    HookFailed = 10,
 }
 
 impl Exit {
     /// Every code, in `--help` order.
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::DataBad,
         Exit::Usage,
@@ -62,6 +65,7 @@ impl Exit {
         Exit::Interrupted,
         Exit::HostsFailed,
         Exit::Busy,
+        Exit::HookFailed,
     ];
 
     /// The process exit status.
@@ -87,9 +91,14 @@ impl Exit {
                 "io_uring unavailable (kernel, sysctl or seccomp; the message says which)"
             }
             Exit::Interrupted => "interrupted by a signal before the download completed",
-            Exit::HostsFailed => "deploy: some hosts failed (each is listed with its reason)",
+            Exit::HostsFailed => {
+                "deploy/status/activate: some hosts failed (each is listed with its reason)"
+            }
             Exit::Busy => {
                 "peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
+            }
+            Exit::HookFailed => {
+                "peer, activate: the --after-activate or --check command failed (the release is active)"
             }
         }
     }
@@ -106,6 +115,7 @@ impl Exit {
             Exit::Unavailable => "io_uring unavailable on the host",
             Exit::Interrupted => "interrupted by a signal",
             Exit::Busy => "busy: another corvid peer is working on this release on the host",
+            Exit::HookFailed => "the --after-activate command failed",
             Exit::Ok | Exit::HostsFailed => return None,
         })
     }
@@ -145,13 +155,18 @@ pub struct PeerCommand {
     pub tag: String,
     /// Length of the torrent on stdin.
     pub torrent_len: usize,
-    /// The secret follows the torrent on stdin.
+    /// The secret follows the torrent on stdin (as a length line and its bytes: the
+    /// stdin is framed, `--stdin-control`, see [`super::remote::receive_torrent_framed`]).
     pub stdin_secret: bool,
     pub linger: Duration,
     pub stall_timeout: Duration,
     pub seeder: SocketAddr,
     pub activate: bool,
     pub force: bool,
+    /// `--keep N`: prune after activating.
+    pub keep: Option<usize>,
+    /// `--after-activate CMD` and its `--hook-timeout`.
+    pub after_activate: Option<(String, Duration)>,
 }
 
 impl PeerCommand {
@@ -169,6 +184,8 @@ impl PeerCommand {
         if self.stdin_secret {
             a.push("--stdin-secret".into());
         }
+        // The session's stdin stays open; its end stops the linger once the fleet is done.
+        a.push("--stdin-control".into());
         a.extend([
             "--linger".into(),
             format!("{}ms", self.linger.as_millis()),
@@ -183,6 +200,17 @@ impl PeerCommand {
         }
         if self.force {
             a.push("--force".into());
+        }
+        if let Some(n) = self.keep {
+            a.extend(["--keep".into(), n.to_string()]);
+        }
+        if let Some((cmd, timeout)) = &self.after_activate {
+            a.extend([
+                "--after-activate".into(),
+                cmd.clone(),
+                "--hook-timeout".into(),
+                format!("{}ms", timeout.as_millis()),
+            ]);
         }
         a
     }
@@ -216,6 +244,28 @@ pub struct ReleaseLine {
     pub path: String,
     /// `DEST/current` points at it.
     pub activated: bool,
+    /// Releases `--keep` removed after the activation, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
+    /// What `--after-activate` did, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookResult>,
+}
+
+/// How a host's `--after-activate` command (or `--check`) ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    /// Its exit status; `None` when it was killed (by a signal, or at its timeout).
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    /// The last lines it printed (stdout and stderr together).
+    pub tail: Vec<String>,
+}
+
+impl HookResult {
+    pub fn ok(&self) -> bool {
+        self.status == Some(0) && !self.timed_out
+    }
 }
 
 /// Of the final `done` line's report, what the deployer reads (the report has more).
@@ -275,10 +325,10 @@ mod tests {
             lines[10],
             "  9  peer: another corvid peer is working on the same release (DEST/.corvid/TAG.lock)"
         );
-        for c in 0..=9 {
+        for c in 0..=10 {
             assert_eq!(Exit::from_code(c).map(|e| i32::from(e.code())), Some(c));
         }
-        assert_eq!(Exit::from_code(10), None);
+        assert_eq!(Exit::from_code(11), None);
         assert_eq!(Exit::from_code(-1), None);
     }
 
@@ -342,6 +392,8 @@ mod tests {
             status: ReleaseStatus::AlreadyPresent,
             path: "/srv/app/releases/v\"1\u{1b}".into(),
             activated: true,
+            pruned: Vec::new(),
+            hook: None,
         });
         let text = line.to_json();
         assert_eq!(
@@ -364,6 +416,11 @@ mod tests {
             seeder: "127.0.0.1:6881".parse().unwrap(),
             activate: true,
             force: false,
+            keep: Some(3),
+            after_activate: Some((
+                "systemctl reload 'app'; echo $CORVID_RELEASE".into(),
+                Duration::from_secs(5),
+            )),
         };
         let args = c.args();
         assert_eq!(
@@ -371,6 +428,7 @@ mod tests {
             ["peer", "--release-dest", "/srv/my app'; rm -rf /"]
         );
         assert!(args.contains(&"--stdin-secret".to_string()));
+        assert!(args.contains(&"--stdin-control".to_string()));
         assert!(args.contains(&"--activate".to_string()));
         assert!(!args.contains(&"--force".to_string()));
         // The shell gives back exactly the arguments.

@@ -22,12 +22,20 @@
 //!    following links ([`super::remote`]); its JSON lines ([`PeerLine`]) become progress,
 //!    its final lines and exit code ([`super::contract::Exit`]) the result.
 //!
+//! 7. Once every host holds the release, the deployer closes the peers' stdin
+//!    ([`LingerGate`]): they stop lingering and the deploy returns.
+//! 8. With `--batch`, the rollout ([`Deploy::rollout`]): activation in waves, each host
+//!    through `corvid activate` ([`super::ops`]).
+//!
+//! Every ssh session of one deploy shares one connection per host
+//! ([`ssh::Multiplex`]), closed and its socket directory removed at the end.
+//!
 //! The steps are the methods of one private `Deploy` value, each on the hosts still live;
 //! a host that fails a step gets its [`HostOutcome::Failed`] at once and the others go on.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
+use std::process::{ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -37,13 +45,14 @@ use crate::metainfo::{self, BuildOptions, Payload};
 use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
-use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
+use super::contract::{remote_exit_text, HookResult, PeerCommand, PeerLine, ReleaseStatus};
 use super::host_error::HostError;
 use super::hosts::for_each_host;
 use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
 };
-pub use super::plan::{validate, DeployError, DeployPlan, Validated};
+use super::ops::{self, Activated, HostAnswer};
+pub use super::plan::{validate, Batch, DeployError, DeployPlan, Validated};
 use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
 use super::ssh;
@@ -104,6 +113,10 @@ pub struct HostResult {
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
+    /// Releases `--keep` removed on the host, oldest first.
+    pub pruned: Vec<String>,
+    /// How `--after-activate` ended on the host.
+    pub hook: Option<HookResult>,
 }
 
 impl HostResult {
@@ -154,6 +167,19 @@ pub enum FleetEvent {
         duration: Duration,
     },
     HostDone(HostResult),
+    /// A wave of a rolling activation is over: its hosts, whether every one activated
+    /// (hook and check included), and the hosts returned to their previous release.
+    Wave {
+        wave: usize,
+        hosts: Vec<String>,
+        ok: bool,
+        rolled_back: Vec<String>,
+    },
+    /// Every host of the peer phase holds the release (or failed): the `peers` sessions
+    /// still open were told to stop lingering, and the deploy ends as they exit.
+    PeersStopped {
+        peers: usize,
+    },
     /// Something the operator should know that does not stop the deploy (a host that
     /// reports seeing this machine at another address than the one chosen).
     Warning(String),
@@ -209,6 +235,8 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
 fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (String, Vec<u8>) {
     let mut stdin = torrent.to_vec();
     if let Some(secret) = &plan.secret {
+        // Framed (`--stdin-control`): the session's stdin stays open after it.
+        stdin.extend_from_slice(format!("{}\n", secret.expose().len()).as_bytes());
         stdin.extend_from_slice(secret.expose());
     }
     let cmd = PeerCommand {
@@ -221,8 +249,15 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         linger: plan.linger,
         stall_timeout: plan.stall_timeout,
         seeder,
-        activate: plan.activate,
+        // A rolling activation flips in waves afterwards, each with its hook and keep.
+        activate: plan.activate && plan.batch.is_none(),
         force: plan.force,
+        keep: plan.keep.filter(|_| plan.batch.is_none()),
+        after_activate: plan
+            .after_activate
+            .clone()
+            .filter(|_| plan.batch.is_none())
+            .map(|c| (c, plan.hook_timeout)),
     }
     .shell();
     (cmd, stdin)
@@ -235,6 +270,59 @@ fn outcome_of(status: ReleaseStatus) -> HostOutcome {
     }
 }
 
+/// Murder's `stop_all_peering`, without `pkill`: every host's `corvid peer` runs with
+/// `--stdin-control`, and its session's stdin stays open here until every host of the
+/// peer phase has its release in place (or has failed). Then all of them are closed at
+/// once, and each peer, seeing the end of its stdin, stops lingering and exits. So the
+/// linger serves slower hosts while some are unfinished and never delays the operator.
+struct LingerGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    /// Hosts still without a release (or a failure).
+    pending: usize,
+    /// The open stdins of the sessions started so far.
+    held: Vec<ChildStdin>,
+}
+
+impl LingerGate {
+    fn new(hosts: usize) -> LingerGate {
+        LingerGate {
+            state: std::sync::Mutex::new(GateState {
+                pending: hosts,
+                held: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // Nothing panics while holding it; a poisoned lock still holds valid counts.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a session's stdin open until the fleet is done (closes it at once when it
+    /// is done already).
+    fn hold(&self, stdin: ChildStdin) {
+        let mut s = self.lock();
+        if s.pending > 0 {
+            s.held.push(stdin);
+        }
+    }
+
+    /// One host is finished; when it is the last, the held stdins are handed back, for
+    /// the caller to announce and then close (so the announcement comes before any
+    /// session ends because of it).
+    fn finished(&self) -> Option<Vec<ChildStdin>> {
+        let mut s = self.lock();
+        s.pending = s.pending.checked_sub(1)?;
+        if s.pending > 0 {
+            return None;
+        }
+        Some(std::mem::take(&mut s.held))
+    }
+}
+
 /// The peer phase for one host.
 fn peer_host(
     plan: &DeployPlan,
@@ -243,7 +331,46 @@ fn peer_host(
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
-) -> (HostOutcome, u64, u64, Option<Instant>) {
+    gate: &LingerGate,
+) -> PeerEnd {
+    // This host counts as finished once, at its release or else at its session's end.
+    let mut counted = false;
+    let finish = |counted: &mut bool| {
+        if !std::mem::replace(counted, true) {
+            if let Some(stdins) = gate.finished() {
+                let _ = events.send(FleetEvent::PeersStopped {
+                    peers: stdins.len(),
+                });
+                drop(stdins);
+            }
+        }
+    };
+    let r = peer_session(
+        plan,
+        start,
+        host,
+        torrent,
+        seeder,
+        events,
+        gate,
+        &mut || finish(&mut counted),
+    );
+    finish(&mut counted);
+    r
+}
+
+/// One host's `corvid peer` session; `released` is called at its release line.
+#[allow(clippy::too_many_arguments)]
+fn peer_session(
+    plan: &DeployPlan,
+    start: Instant,
+    host: &str,
+    torrent: &[u8],
+    seeder: SocketAddr,
+    events: &Sender<FleetEvent>,
+    gate: &LingerGate,
+    released: &mut dyn FnMut(),
+) -> PeerEnd {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
     let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
         c.stdin(Stdio::piped())
@@ -254,18 +381,15 @@ fn peer_host(
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            return (
-                HostOutcome::Failed(HostError::SshSpawn(e.to_string())),
-                0,
-                0,
-                None,
-            )
+            return PeerEnd::failed(HostError::SshSpawn(e.to_string()));
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
         // The torrent is small (hashes only); the remote corvid reads it before anything
         // else happens, so this cannot block on our unread stdout.
         let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
+        let _ = std::io::Write::flush(&mut stdin);
+        gate.hold(stdin);
     }
     let mut err = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
@@ -275,9 +399,8 @@ fn peer_host(
         }
         s
     });
-    let (mut status, mut from_seeder, mut from_peers) = (None, 0u64, 0u64);
-    // When the release was in place: the host's time, before its linger.
-    let mut released_at = None;
+    let mut end = PeerEnd::failed(HostError::NoRelease);
+    let mut status = None;
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
@@ -291,16 +414,19 @@ fn peer_host(
                 Some(PeerLine::Release(r)) => {
                     status = Some(r.status);
                     let now = Instant::now();
-                    released_at = Some(now);
+                    end.released_at = Some(now);
+                    end.pruned = r.pruned;
+                    end.hook = r.hook;
                     let _ = events.send(FleetEvent::HostReleased {
                         host: host.to_string(),
                         outcome: outcome_of(r.status),
                         duration: now.duration_since(start),
                     });
+                    released();
                 }
                 Some(PeerLine::Done { report }) => {
-                    from_seeder = report.bytes_from_seeder;
-                    from_peers = report.bytes_from_peers;
+                    end.from_seeder = report.bytes_from_seeder;
+                    end.from_peers = report.bytes_from_peers;
                 }
                 Some(PeerLine::Installed) | None => {}
             }
@@ -314,7 +440,17 @@ fn peer_host(
         stderr,
     }
     .last_error_line();
-    let outcome = match (code, status) {
+    let hook_failed = end.hook.as_ref().filter(|h| !h.ok());
+    end.outcome = match (code, status) {
+        // The release is active, but the operator's command after it failed.
+        (_, Some(_)) if hook_failed.is_some() => {
+            let h = hook_failed.expect("checked");
+            HostOutcome::Failed(HostError::Hook {
+                status: h.status,
+                timed_out: h.timed_out,
+                last: h.tail.last().cloned().unwrap_or_default(),
+            })
+        }
         (0, Some(s)) => outcome_of(s),
         (0, None) => HostOutcome::Failed(HostError::NoRelease),
         (c, _) => {
@@ -326,7 +462,31 @@ fn peer_host(
             })
         }
     };
-    (outcome, from_seeder, from_peers, released_at)
+    end
+}
+
+/// How one host's peer session ended.
+struct PeerEnd {
+    outcome: HostOutcome,
+    from_seeder: u64,
+    from_peers: u64,
+    /// When the release was in place: the host's time, before its linger.
+    released_at: Option<Instant>,
+    pruned: Vec<String>,
+    hook: Option<HookResult>,
+}
+
+impl PeerEnd {
+    fn failed(why: HostError) -> PeerEnd {
+        PeerEnd {
+            outcome: HostOutcome::Failed(why),
+            from_seeder: 0,
+            from_peers: 0,
+            released_at: None,
+            pruned: Vec::new(),
+            hook: None,
+        }
+    }
 }
 
 /// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
@@ -338,8 +498,39 @@ pub fn run(
 ) -> Result<FleetReport, DeployError> {
     let start = Instant::now();
     let v = validate(plan)?;
+    // One connection per host for every session below; without a directory for the
+    // sockets, a connection per session as before.
+    let mux = plan
+        .ssh_multiplex
+        .then(|| ssh::Multiplex::start(&plan.ssh).ok())
+        .flatten();
+    let shared;
+    let plan = match &mux {
+        Some(m) => {
+            shared = DeployPlan {
+                ssh: m.ssh().clone(),
+                ..plan.clone()
+            };
+            &shared
+        }
+        None => plan,
+    };
+    let result = run_with(plan, &v, start, stop, on_event);
+    if let Some(m) = mux {
+        m.close(&v.hosts, plan.parallel);
+    }
+    result
+}
+
+fn run_with(
+    plan: &DeployPlan,
+    v: &Validated,
+    start: Instant,
+    stop: StopFlag,
+    on_event: &mut dyn FnMut(&FleetEvent),
+) -> Result<FleetReport, DeployError> {
     let local =
-        LocalBinary::read(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
+        LocalBinary::shipped(&plan.local_corvid).map_err(|source| DeployError::LocalBinary {
             path: plan.local_corvid.clone(),
             source,
         })?;
@@ -349,10 +540,12 @@ pub fn run(
         stop: &stop,
         start,
         results: v.hosts.iter().map(|_| None).collect(),
-        hosts: v.hosts,
+        hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
+            file_bytes: local.file_bytes,
+            stream_bytes: local.stream_bytes(true).len() as u64,
             ..InstallSummary::default()
         },
     };
@@ -437,11 +630,149 @@ impl Deploy<'_> {
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
+        if let Some(batch) = self.plan.batch {
+            self.rollout(batch, on_event);
+        }
         let seeder_uploaded = match seeder.join() {
             Ok(Ok(r)) => r.transfer.bytes_up,
             _ => 0,
         };
         Ok(self.report(seeder_uploaded))
+    }
+
+    /// Rolling activation, after every host downloaded: the hosts that hold the release
+    /// are activated in waves (`corvid activate` on each, with the hook, the check and
+    /// `--keep`); the first wave with a failure stops the rollout, the later waves keep
+    /// their old release, and with `--rollback-on-failure` the hosts of the failed wave
+    /// that flipped go back to the release they ran before.
+    fn rollout(&mut self, batch: Batch, on_event: &mut dyn FnMut(&FleetEvent)) {
+        let plan = self.plan;
+        let ready: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.results[i].as_ref().is_some_and(|r| r.outcome.ok()))
+            .collect();
+        let size = batch.size(self.hosts.len());
+        let dest = plan.dest.to_str().unwrap_or_default().to_string();
+        let mut args: Vec<String> = vec![
+            "activate".into(),
+            "--dest".into(),
+            dest.clone(),
+            "--tag".into(),
+            plan.tag.clone(),
+        ];
+        let timeout = format!("{}ms", plan.hook_timeout.as_millis());
+        for (flag, v) in [
+            ("--after-activate", plan.after_activate.clone()),
+            ("--check", plan.check.clone()),
+            ("--keep", plan.keep.map(|n| n.to_string())),
+        ] {
+            if let Some(v) = v {
+                args.extend([flag.to_string(), v]);
+            }
+        }
+        if plan.after_activate.is_some() || plan.check.is_some() {
+            args.extend(["--hook-timeout".into(), timeout]);
+        }
+        let mut stopped_at: Option<usize> = None;
+        for (w, wave) in ready.chunks(size).enumerate() {
+            let wave_no = w + 1;
+            if let Some(failed) = stopped_at {
+                for &i in wave {
+                    self.set_failed(i, HostError::NotActivated(failed));
+                }
+                continue;
+            }
+            let names: Vec<String> = wave.iter().map(|&i| self.hosts[i].clone()).collect();
+            let answers: Vec<HostAnswer<Activated>> =
+                ops::on_hosts(&plan.ssh, &names, plan.parallel, &plan.remote_corvid, &args);
+            let mut ok = true;
+            // Hosts that flipped, with the release they ran before.
+            let mut flipped: Vec<(usize, Option<String>)> = Vec::new();
+            for (&i, a) in wave.iter().zip(answers) {
+                match a {
+                    HostAnswer::Ok(act) => {
+                        flipped.push((i, act.was.clone()));
+                        if let Some(r) = self.results[i].as_mut() {
+                            r.hook = act.hook.clone();
+                            r.pruned = act.pruned.clone();
+                        }
+                        if let Some(why) = act.failure() {
+                            ok = false;
+                            self.set_failed(i, HostError::Activation(why));
+                        }
+                    }
+                    HostAnswer::Failed(e) | HostAnswer::Unreachable(e) => {
+                        ok = false;
+                        self.set_failed(i, HostError::Activation(e));
+                    }
+                }
+            }
+            let mut rolled_back = Vec::new();
+            if !ok {
+                stopped_at = Some(wave_no);
+                if plan.rollback_on_failure {
+                    rolled_back = self.roll_back(&flipped, &dest);
+                }
+            }
+            on_event(&FleetEvent::Wave {
+                wave: wave_no,
+                hosts: names,
+                ok,
+                rolled_back,
+            });
+        }
+    }
+
+    /// Returns each host in `flipped` to the release it ran before (`corvid activate
+    /// --tag OLD`); the names of those that are back.
+    fn roll_back(&mut self, flipped: &[(usize, Option<String>)], dest: &str) -> Vec<String> {
+        let plan = self.plan;
+        let mut back = Vec::new();
+        for (i, was) in flipped {
+            let host = self.hosts[*i].clone();
+            let why = match was {
+                None => "no release was active before; nothing to roll back to".to_string(),
+                Some(old) => {
+                    let args: Vec<String> = vec![
+                        "activate".into(),
+                        "--dest".into(),
+                        dest.to_string(),
+                        "--tag".into(),
+                        old.clone(),
+                    ];
+                    match ops::on_hosts::<Activated>(
+                        &plan.ssh,
+                        std::slice::from_ref(&host),
+                        1,
+                        &plan.remote_corvid,
+                        &args,
+                    )
+                    .pop()
+                    {
+                        Some(HostAnswer::Ok(_)) => {
+                            back.push(host.clone());
+                            format!("rolled back to {old}")
+                        }
+                        Some(HostAnswer::Failed(e) | HostAnswer::Unreachable(e)) => {
+                            format!("rollback to {old} failed: {e}")
+                        }
+                        None => format!("rollback to {old} failed"),
+                    }
+                }
+            };
+            let prior = match self.results[*i].as_ref().map(|r| &r.outcome) {
+                Some(HostOutcome::Failed(HostError::Activation(w))) => format!("{w}; "),
+                _ => "the wave failed; ".to_string(),
+            };
+            self.set_failed(*i, HostError::Activation(format!("{prior}{why}")));
+        }
+        back
+    }
+
+    /// Marks a host that has a result as failed (a rollout step after its download).
+    fn set_failed(&mut self, i: usize, why: HostError) {
+        if let Some(r) = self.results[i].as_mut() {
+            r.outcome = HostOutcome::Failed(why);
+        }
     }
 
     /// Hosts without a result yet, in host order.
@@ -488,6 +819,8 @@ impl Deploy<'_> {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             corvid: None,
+            pruned: Vec::new(),
+            hook: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
         self.results[i] = Some(r);
@@ -554,10 +887,13 @@ impl Deploy<'_> {
         let live = self.live();
         let live_probes: Vec<Probe> = live.iter().filter_map(|&i| probes[i].clone()).collect();
         let routes = install::route(&live_probes, self.plan.swarm_install_min);
-        let to_install: Vec<(String, Route)> = live
+        let to_install: Vec<(String, Route, bool)> = live
             .iter()
             .zip(routes)
-            .map(|(&i, r)| (self.hosts[i].clone(), r))
+            .map(|(&i, r)| {
+                let gzip = probes[i].as_ref().is_some_and(|p| p.gzip);
+                (self.hosts[i].clone(), r, gzip)
+            })
             .collect();
         let install_start = self.start.elapsed();
         let (tx, rx) = crossbeam_channel::unbounded::<InstallEvent>();
@@ -596,24 +932,27 @@ impl Deploy<'_> {
         let live = self.live();
         let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
         let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+        let gate = LingerGate::new(live.len());
         let peer_results = std::thread::scope(|s| {
-            let live = &live;
+            let (live, gate) = (&live, &gate);
             let worker = s.spawn(move || {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
-                    let (outcome, from_seeder, from_peers, released_at) =
-                        peer_host(plan, start, h, torrent, seeder_addr, &tx);
+                    let end = peer_host(plan, start, h, torrent, seeder_addr, &tx, gate);
                     let r = HostResult {
                         host: h.to_string(),
-                        outcome,
+                        outcome: end.outcome,
                         // From the start of the deploy to the release in place (the
                         // linger that follows is service to others, not this host's wait).
-                        duration: released_at
+                        duration: end
+                            .released_at
                             .unwrap_or_else(Instant::now)
                             .duration_since(start),
-                        bytes_from_seeder: from_seeder,
-                        bytes_from_peers: from_peers,
+                        bytes_from_seeder: end.from_seeder,
+                        bytes_from_peers: end.from_peers,
                         corvid: corvid[i].clone(),
+                        pruned: end.pruned,
+                        hook: end.hook,
                     };
                     let _ = tx.send(FleetEvent::HostDone(r.clone()));
                     r
@@ -686,12 +1025,19 @@ mod tests {
             stall_timeout: Duration::from_secs(10),
             parallel: 4,
             ssh: Ssh::default(),
+            ssh_multiplex: false,
             remote_corvid: "~/.local/bin/corvid".into(),
             local_corvid: "/nonexistent".into(),
             swarm_install_min: 8,
             tracker_port: 0,
             threads: 1,
             secret: None,
+            keep: None,
+            after_activate: None,
+            hook_timeout: Duration::from_secs(60),
+            batch: None,
+            check: None,
+            rollback_on_failure: false,
         }
     }
 
@@ -709,7 +1055,7 @@ mod tests {
         assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
         // No shell redirection writes anything: the remote corvid does, safely.
         assert!(!cmd.contains('>'), "{cmd}");
-        assert_eq!(stdin, [&torrent[..], b"s3cret \x00\xff bytes"].concat());
+        assert_eq!(stdin, [&torrent[..], b"15\ns3cret \x00\xff bytes"].concat());
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)
@@ -786,6 +1132,36 @@ mod tests {
                     ..ok.clone()
                 },
                 "--parallel",
+            ),
+            (
+                DeployPlan {
+                    keep: Some(0),
+                    activate: true,
+                    ..ok.clone()
+                },
+                "--keep must be at least 1",
+            ),
+            (
+                DeployPlan {
+                    keep: Some(2),
+                    ..ok.clone()
+                },
+                "--keep needs --activate",
+            ),
+            (
+                DeployPlan {
+                    after_activate: Some("  ".into()),
+                    activate: true,
+                    ..ok.clone()
+                },
+                "--after-activate is empty",
+            ),
+            (
+                DeployPlan {
+                    after_activate: Some("true".into()),
+                    ..ok.clone()
+                },
+                "--after-activate needs --activate",
             ),
         ];
         let not_utf8 = DeployPlan {

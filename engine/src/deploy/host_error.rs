@@ -49,6 +49,23 @@ pub enum HostError {
     /// `corvid peer` ended with success but never printed its `release` line.
     #[error("peer exited 0 without reporting a release")]
     NoRelease,
+    /// The `--after-activate` command failed on the host (the release is active there).
+    #[error("--after-activate {}: {last}", hook_how(*.status, *.timed_out))]
+    Hook {
+        status: Option<i32>,
+        timed_out: bool,
+        last: String,
+    },
+    /// A rolling activation failed on the host: refused, unreachable, or its hook or
+    /// check failed (then the release is active unless it was rolled back; the text says).
+    #[error("activation: {0}")]
+    Activation(String),
+    /// A rolling activation stopped at an earlier wave: the host holds the release but
+    /// still runs its old one.
+    #[error(
+        "not activated: the rollout stopped after wave {0} failed; this host keeps its old release"
+    )]
+    NotActivated(usize),
     /// `corvid peer` failed: the meaning of its exit status and its last error line.
     #[error("{text} (exit {code}): {detail}")]
     Peer {
@@ -56,6 +73,14 @@ pub enum HostError {
         text: &'static str,
         detail: String,
     },
+}
+
+fn hook_how(status: Option<i32>, timed_out: bool) -> String {
+    match (status, timed_out) {
+        (_, true) => "timed out".into(),
+        (Some(c), _) => format!("failed (exit {c})"),
+        (None, _) => "was killed".into(),
+    }
 }
 
 /// A remote command's failure status: what the status means and the command's last

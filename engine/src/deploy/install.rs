@@ -64,9 +64,19 @@ const BINARY_NAME: &str = "corvid";
 #[derive(Debug, Clone)]
 pub struct LocalBinary {
     pub version: String,
-    /// Hex SHA-1 of the whole file, as `sha1sum` prints it.
+    /// Hex SHA-1 of `bytes`, as `sha1sum` prints it.
     pub sha1: String,
+    /// The binary the hosts get (without debug info when [`LocalBinary::shipped`] could
+    /// strip it).
     pub bytes: Vec<u8>,
+    /// `bytes` compressed with `gzip -9`, what the ssh stream sends to hosts that have
+    /// `gzip` (`None` when gzip is not here or did not make it smaller).
+    pub gzipped: Option<Vec<u8>>,
+    /// The size of the file this corvid runs from.
+    pub file_bytes: u64,
+    /// Hex SHA-1 of that file: a host running exactly it (debug info and all) is up to
+    /// date too.
+    pub file_sha1: String,
 }
 
 impl LocalBinary {
@@ -75,12 +85,87 @@ impl LocalBinary {
     pub fn read(path: &Path) -> std::io::Result<LocalBinary> {
         let mut bytes = Vec::new();
         std::fs::File::open(path)?.read_to_end(&mut bytes)?;
-        Ok(LocalBinary {
-            version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
-            sha1: metainfo::hex(&Sha1::digest(&bytes)),
-            bytes,
-        })
+        Ok(LocalBinary::of(bytes, None))
     }
+
+    fn of(bytes: Vec<u8>, file: Option<&LocalBinary>) -> LocalBinary {
+        let sha1 = metainfo::hex(&Sha1::digest(&bytes));
+        LocalBinary {
+            version: format!("corvid {}", env!("CARGO_PKG_VERSION")),
+            file_bytes: file.map_or(bytes.len() as u64, |f| f.file_bytes),
+            file_sha1: file.map_or_else(|| sha1.clone(), |f| f.file_sha1.clone()),
+            sha1,
+            bytes,
+            gzipped: None,
+        }
+    }
+
+    /// What a deploy ships: the binary without its debug info (`objcopy
+    /// --strip-debug`: a release build carries 15 MB of it, which no host needs to run),
+    /// and that compressed for the ssh stream (`gzip -9`; every Linux host can `gzip
+    /// -dc`). Either tool missing or failing here means shipping the bytes as they are:
+    /// slower, never wrong. The hosts compare their corvid's SHA-1 with the stripped
+    /// bytes, so a stripped corvid on a host counts as this one.
+    pub fn shipped(path: &Path) -> std::io::Result<LocalBinary> {
+        let read = LocalBinary::read(path)?;
+        let stripped = strip_debug(path).filter(|s| s.len() < read.bytes.len());
+        let mut b = match stripped {
+            Some(s) => LocalBinary::of(s, Some(&read)),
+            None => read,
+        };
+        b.gzipped = gzip(&b.bytes).filter(|z| z.len() < b.bytes.len());
+        Ok(b)
+    }
+
+    /// What the ssh stream sends to a host (with or without `gzip` there).
+    pub fn stream_bytes(&self, host_gzip: bool) -> &[u8] {
+        match &self.gzipped {
+            Some(z) if host_gzip => z,
+            _ => &self.bytes,
+        }
+    }
+}
+
+/// `objcopy --strip-debug` of `path` into a temporary file: its bytes if that worked and
+/// they still look like an ELF file.
+fn strip_debug(path: &Path) -> Option<Vec<u8>> {
+    let dir = tempfile::Builder::new()
+        .prefix("corvid-strip-")
+        .tempdir()
+        .ok()?;
+    let out = dir.path().join("corvid");
+    let status = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(path)
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()?;
+    let bytes = std::fs::read(&out).ok()?;
+    (status.success() && bytes.starts_with(b"\x7fELF")).then_some(bytes)
+}
+
+/// `gzip -9` of `bytes` (the tool, not a crate: one more process per deploy is cheaper
+/// than a compressor in every corvid, and the hosts decompress with the same tool).
+fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut c = std::process::Command::new("gzip")
+        .arg("-9c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = c.stdin.take()?;
+    // Written from another thread: gzip's output would fill its pipe while we write.
+    let out = std::thread::scope(|s| {
+        s.spawn(move || std::io::Write::write_all(&mut stdin, bytes));
+        let mut out = Vec::new();
+        c.stdout.take()?.read_to_end(&mut out).ok()?;
+        Some(out)
+    })?;
+    c.wait().ok()?.success().then_some(out)
 }
 
 /// What a host has at `--remote-corvid`.
@@ -103,6 +188,8 @@ pub struct Probe {
     pub found: Found,
     /// `sha1sum` exists on the host: a swarm download can be checked there.
     pub sha1sum: bool,
+    /// `gzip` exists on the host: the ssh stream can be compressed.
+    pub gzip: bool,
 }
 
 /// The check session's remote command.
@@ -110,6 +197,7 @@ pub fn probe_script(remote_corvid: &str) -> String {
     let p = quote_path(remote_corvid);
     format!(
         "echo \"conn $SSH_CONNECTION\"; command -v sha1sum >/dev/null 2>&1 && echo 'sha1sum yes'; \
+         command -v gzip >/dev/null 2>&1 && echo 'gzip yes'; \
          P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version 2>/dev/null)\"; \
          echo \"sha1 $(sha1sum < \"$P\" 2>/dev/null)\"; fi"
     )
@@ -121,6 +209,7 @@ pub fn parse_probe(stdout: &str, local: &LocalBinary) -> Probe {
     let mut version: Option<String> = None;
     let mut sum = None;
     let mut sha1sum = false;
+    let mut gzip = false;
     for line in stdout.lines() {
         if let Some(c) = line.strip_prefix("conn ") {
             client = c.split_whitespace().next().and_then(|a| a.parse().ok());
@@ -130,13 +219,20 @@ pub fn parse_probe(stdout: &str, local: &LocalBinary) -> Probe {
             sum = s.split_whitespace().next().map(str::to_string);
         } else if line.trim() == "sha1sum yes" {
             sha1sum = true;
+        } else if line.trim() == "gzip yes" {
+            gzip = true;
         }
     }
     let found = match version {
         None => Found::Unusable,
         Some(v) if v.is_empty() => Found::Unusable,
         // Without sha1sum on the host the version is all there is to compare.
-        Some(v) if v == local.version && sum.as_deref().is_none_or(|s| s == local.sha1) => {
+        Some(v)
+            if v == local.version
+                && sum
+                    .as_deref()
+                    .is_none_or(|s| s == local.sha1 || s == local.file_sha1) =>
+        {
             Found::UpToDate
         }
         Some(version) => Found::Differs { version },
@@ -145,6 +241,7 @@ pub fn parse_probe(stdout: &str, local: &LocalBinary) -> Probe {
         client,
         found,
         sha1sum,
+        gzip,
     }
 }
 
@@ -228,7 +325,12 @@ impl HostInstall {
 /// The install phase as a whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstallSummary {
+    /// The binary the hosts get (stripped of debug info where `objcopy` could).
     pub binary_bytes: u64,
+    /// The deployer's own binary file, before stripping.
+    pub file_bytes: u64,
+    /// What the ssh stream sends per host (gzip-compressed where that is smaller).
+    pub stream_bytes: u64,
     /// Pieces of the binary's torrent (0: no swarm was run).
     pub pieces: u32,
     pub by_swarm: usize,
@@ -251,11 +353,15 @@ pub struct InstallSummary {
 /// `chmod` and `mv` over it, so no host ever runs a half-written corvid. The temporary
 /// file comes from `mktemp` (a new file, random name), so nothing planted at a guessable
 /// name is written through.
-pub fn stream_command(remote_corvid: &str) -> String {
+///
+/// With `gzipped` the stream is `gzip -9` output and the host decompresses it (`gzip
+/// -dc`, whose CRC check fails a cut stream before anything is renamed).
+pub fn stream_command(remote_corvid: &str, gzipped: bool) -> String {
     let p = quote_path(remote_corvid);
+    let copy = if gzipped { "gzip -dc" } else { "cat" };
     format!(
         "set -e; P={p}; mkdir -p \"$(dirname \"$P\")\"; T=$(mktemp \"$P.tmp.XXXXXX\"); \
-         trap 'rm -f \"$T\"' EXIT; cat > \"$T\"; chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
+         trap 'rm -f \"$T\"' EXIT; {copy} > \"$T\"; chmod 755 \"$T\"; mv -f \"$T\" \"$P\""
     )
 }
 
@@ -333,12 +439,19 @@ fn swarm_exit_text(code: i32) -> &'static str {
     }
 }
 
-/// Streams the binary over ssh.
-fn stream(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<(), HostError> {
-    let cmd = stream_command(&plan.remote_corvid);
+/// Streams the binary over ssh (compressed where the host has `gzip`); `Ok` is the
+/// bytes sent.
+fn stream(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    host: &str,
+    host_gzip: bool,
+) -> Result<u64, HostError> {
+    let bytes = local.stream_bytes(host_gzip);
+    let cmd = stream_command(&plan.remote_corvid, bytes.len() != local.bytes.len());
     let b = plan
         .ssh
-        .run_bounded(host, &cmd, &local.bytes, STREAM_TIMEOUT, &mut |_| {})
+        .run_bounded(host, &cmd, bytes, STREAM_TIMEOUT, &mut |_| {})
         .map_err(|e| HostError::SshSpawn(e.to_string()))?;
     if b.timed_out {
         return Err(HostError::StreamTimeout(STREAM_TIMEOUT.as_secs()));
@@ -349,7 +462,7 @@ fn stream(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<(), Host
             failure: RemoteFailure::new(b.output.code, &b.output.last_error_line(), "error"),
         });
     }
-    Ok(())
+    Ok(bytes.len() as u64)
 }
 
 /// Bytes a host's old corvid reported downloading.
@@ -402,8 +515,8 @@ pub(super) fn install_host(
     host: &str,
     route: Route,
     job: &Result<SwarmJob, HostError>,
+    host_gzip: bool,
 ) -> Result<HostInstall, HostError> {
-    let size = local.bytes.len() as u64;
     let mut out = HostInstall::present();
     let why = match route {
         Route::Keep => return Ok(out),
@@ -427,9 +540,15 @@ pub(super) fn install_host(
             }
         }
     };
-    match (stream(plan, local, host), why) {
-        (Ok(()), None) => out.how = CorvidInstall::Ssh,
-        (Ok(()), Some(why)) => out.how = CorvidInstall::SwarmThenSsh(why),
+    let sent = match (stream(plan, local, host, host_gzip), why) {
+        (Ok(n), None) => {
+            out.how = CorvidInstall::Ssh;
+            n
+        }
+        (Ok(n), Some(why)) => {
+            out.how = CorvidInstall::SwarmThenSsh(why);
+            n
+        }
         (Err(e), None) => return Err(e),
         (Err(e), Some(why)) => {
             return Err(HostError::SwarmThenStream {
@@ -437,8 +556,8 @@ pub(super) fn install_host(
                 stream: Box::new(e),
             })
         }
-    }
-    out.ssh_bytes = size;
+    };
+    out.ssh_bytes = sent;
     Ok(out)
 }
 
@@ -552,13 +671,13 @@ pub enum InstallEvent {
     Installed { host: String, how: CorvidInstall },
 }
 
-/// The install phase for `hosts` and their routes. Starts the binary seeder when any
+/// The install phase for `hosts`, their routes and whether each has `gzip`. Starts the binary seeder when any
 /// host goes by the swarm, installs on at most `plan.parallel` hosts at once (no new
 /// host once `stop` is set), and returns each host's result, in order.
 pub(super) fn run_phase(
     plan: &DeployPlan,
     local: &LocalBinary,
-    hosts: &[(String, Route)],
+    hosts: &[(String, Route, bool)],
     tracker_url: &str,
     addr: IpAddr,
     stop: &StopFlag,
@@ -567,9 +686,11 @@ pub(super) fn run_phase(
     let start = Instant::now();
     let mut summary = InstallSummary {
         binary_bytes: local.bytes.len() as u64,
+        file_bytes: local.file_bytes,
+        stream_bytes: local.stream_bytes(true).len() as u64,
         ..InstallSummary::default()
     };
-    let count = |r: Route| hosts.iter().filter(|(_, x)| *x == r).count();
+    let count = |r: Route| hosts.iter().filter(|(_, x, _)| *x == r).count();
     let want_swarm = count(Route::Swarm) > 0;
     let seeder = if want_swarm {
         Some(start_binary_seeder(plan, local, tracker_url, addr))
@@ -599,11 +720,11 @@ pub(super) fn run_phase(
         },
     });
     let done = for_each_host(&needing, plan.parallel, &|&i: &usize| {
-        let (h, route) = (&hosts[i].0, hosts[i].1);
+        let (h, route, gzip) = (&hosts[i].0, hosts[i].1, hosts[i].2);
         if stop.is_stopped() {
             return Err(HostError::Interrupted);
         }
-        let r = install_host(plan, local, h, route, &job);
+        let r = install_host(plan, local, h, route, &job, gzip);
         if let Ok(inst) = &r {
             let _ = events.send(InstallEvent::Installed {
                 host: h.to_string(),
@@ -656,6 +777,9 @@ mod tests {
             version: "corvid 9.9.9".into(),
             sha1: metainfo::hex(&Sha1::digest(bytes)),
             bytes: bytes.to_vec(),
+            gzipped: gzip(bytes),
+            file_bytes: bytes.len() as u64,
+            file_sha1: metainfo::hex(&Sha1::digest(b"the unstripped file")),
         }
     }
 
@@ -664,6 +788,7 @@ mod tests {
             client: None,
             found,
             sha1sum,
+            gzip: true,
         }
     }
 
@@ -714,6 +839,22 @@ mod tests {
         let same = local(&std::fs::read(&p).unwrap());
         let out = sh(&probe_script(p.to_str().unwrap()), b"").output.stdout;
         assert_eq!(parse_probe(&out, &same).found, Found::UpToDate);
+        // The file this corvid was stripped from (the same build with debug info): up
+        // to date as well, never replaced by the stripped copy.
+        let stripped_of_it = LocalBinary {
+            sha1: "0".repeat(40),
+            file_sha1: same.sha1.clone(),
+            ..same.clone()
+        };
+        assert_eq!(parse_probe(&out, &stripped_of_it).found, Found::UpToDate);
+        let other = LocalBinary {
+            file_sha1: "1".repeat(40),
+            ..stripped_of_it
+        };
+        assert!(matches!(
+            parse_probe(&out, &other).found,
+            Found::Differs { .. }
+        ));
         // Another version: differs, whatever the bytes.
         let newer = LocalBinary {
             version: "corvid 10.0.0".into(),
@@ -780,16 +921,67 @@ mod tests {
         assert!(route(&[], 1).is_empty());
     }
 
+    /// What a deploy ships of a real binary with debug info (this test executable): no
+    /// debug info, still runs, and the gzip stream the host unpacks gives it back exactly;
+    /// a cut stream leaves the old binary in place.
+    #[test]
+    fn the_shipped_binary_is_stripped_compressed_and_still_runs() {
+        let exe = std::env::current_exe().unwrap();
+        let b = LocalBinary::shipped(&exe).unwrap();
+        let on_disk = std::fs::metadata(&exe).unwrap().len();
+        assert_eq!(b.file_bytes, on_disk);
+        assert!(
+            (b.bytes.len() as u64) < on_disk,
+            "not stripped: {} of {on_disk}",
+            b.bytes.len()
+        );
+        assert_eq!(b.sha1, metainfo::hex(&Sha1::digest(&b.bytes)));
+        let z = b.gzipped.as_ref().expect("gzip is here");
+        assert!(z.len() < b.bytes.len());
+        eprintln!(
+            "test binary {on_disk} B, stripped {} B, gzip -9 {} B",
+            b.bytes.len(),
+            z.len()
+        );
+        assert_eq!(b.stream_bytes(true), &z[..]);
+        assert_eq!(b.stream_bytes(false), &b.bytes[..]);
+
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("bin/corvid");
+        let out = sh(&stream_command(p.to_str().unwrap(), true), z);
+        assert_eq!(out.output.code, 0, "{}", out.output.stderr);
+        assert_eq!(std::fs::read(&p).unwrap(), b.bytes);
+        assert_eq!(mode(&p), 0o755);
+        // The stripped test executable still runs (it lists this very test).
+        let listed = Command::new(&p).arg("--list").output().unwrap();
+        assert!(listed.status.success());
+        assert!(String::from_utf8_lossy(&listed.stdout)
+            .contains("the_shipped_binary_is_stripped_compressed_and_still_runs"));
+
+        // A stream cut short fails the gzip check: nothing replaced, nothing left over.
+        let out = sh(
+            &stream_command(p.to_str().unwrap(), true),
+            &z[..z.len() / 2],
+        );
+        assert_ne!(out.output.code, 0);
+        assert_eq!(std::fs::read(&p).unwrap(), b.bytes);
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["corvid"]);
+    }
+
     #[test]
     fn the_ssh_stream_replaces_the_binary_in_one_rename() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("new dir/corvid");
-        let out = sh(&stream_command(p.to_str().unwrap()), b"new binary");
+        let out = sh(&stream_command(p.to_str().unwrap(), false), b"new binary");
         assert_eq!(out.output.code, 0, "{}", out.output.stderr);
         assert_eq!(std::fs::read(&p).unwrap(), b"new binary");
         assert_eq!(mode(&p), 0o755);
         // An old one is replaced, and no temporary file is left beside it.
-        let out = sh(&stream_command(p.to_str().unwrap()), b"newer");
+        let out = sh(&stream_command(p.to_str().unwrap(), false), b"newer");
         assert_eq!(out.output.code, 0, "{}", out.output.stderr);
         assert_eq!(std::fs::read(&p).unwrap(), b"newer");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap())
@@ -964,13 +1156,21 @@ mod tests {
             ssh: Ssh {
                 options: Vec::new(),
                 program: Some(fake_ssh),
+                control_dir: None,
             },
+            ssh_multiplex: false,
             remote_corvid: remote.to_str().unwrap().into(),
             local_corvid: "/nonexistent".into(),
             swarm_install_min: 1,
             tracker_port: 0,
             threads: 1,
             secret: None,
+            keep: None,
+            after_activate: None,
+            hook_timeout: Duration::from_secs(60),
+            batch: None,
+            check: None,
+            rollback_on_failure: false,
         }
     }
 
@@ -986,7 +1186,7 @@ mod tests {
 
         // Swarm works: by the swarm, the old corvid's byte counts kept, nothing by ssh.
         old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, Some(&l.bytes));
-        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j, false).unwrap();
         assert_eq!(r.how, CorvidInstall::Swarm);
         assert_eq!(
             (r.swarm_from_seeder, r.swarm_from_peers, r.ssh_bytes),
@@ -996,7 +1196,7 @@ mod tests {
 
         // The download is wrong: ssh follows, and the reason is kept.
         old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, Some(b"bad"));
-        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j, false).unwrap();
         match &r.how {
             CorvidInstall::SwarmThenSsh(why) => {
                 assert!(why.to_string().contains("SHA-1"), "{why}")
@@ -1009,7 +1209,7 @@ mod tests {
 
         // The old corvid is too old for the flags.
         old_corvid(&p, d.path(), &j.as_ref().unwrap().torrent, None);
-        let r = install_host(&plan, &l, "h1", Route::Swarm, &j).unwrap();
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &j, false).unwrap();
         match &r.how {
             CorvidInstall::SwarmThenSsh(why) => {
                 assert!(why.to_string().contains("usage error"), "{why}")
@@ -1021,7 +1221,7 @@ mod tests {
         // No seeder: straight to ssh, with that reason.
         std::fs::remove_file(&p).unwrap();
         let none: Result<SwarmJob, HostError> = Err(HostError::SeederDown("seeder down".into()));
-        let r = install_host(&plan, &l, "h1", Route::Swarm, &none).unwrap();
+        let r = install_host(&plan, &l, "h1", Route::Swarm, &none, false).unwrap();
         assert_eq!(
             r.how,
             CorvidInstall::SwarmThenSsh(HostError::SeederDown("seeder down".into()))
@@ -1029,12 +1229,12 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), l.bytes);
 
         // Up to date: untouched. Plain ssh: installed where nothing was.
-        let r = install_host(&plan, &l, "h1", Route::Keep, &none).unwrap();
+        let r = install_host(&plan, &l, "h1", Route::Keep, &none, false).unwrap();
         assert_eq!(r.how, CorvidInstall::Present);
         assert!(!r.how.installed());
         let q = d.path().join("other/corvid");
         let plan_q = local_plan(d.path(), &q);
-        let r = install_host(&plan_q, &l, "h1", Route::Ssh, &none).unwrap();
+        let r = install_host(&plan_q, &l, "h1", Route::Ssh, &none, false).unwrap();
         assert_eq!(r.how, CorvidInstall::Ssh);
         assert_eq!(std::fs::read(&q).unwrap(), l.bytes);
 
@@ -1042,14 +1242,14 @@ mod tests {
         let f = d.path().join("a file");
         std::fs::write(&f, b"").unwrap();
         let plan_bad = local_plan(d.path(), &f.join("corvid"));
-        let e = install_host(&plan_bad, &l, "h1", Route::Swarm, &none)
+        let e = install_host(&plan_bad, &l, "h1", Route::Swarm, &none, false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("seeder down") && e.contains("over ssh failed"),
             "{e}"
         );
-        let e = install_host(&plan_bad, &l, "h1", Route::Ssh, &none)
+        let e = install_host(&plan_bad, &l, "h1", Route::Ssh, &none, false)
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("installing corvid at"), "{e}");

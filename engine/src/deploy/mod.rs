@@ -11,6 +11,8 @@
 //! - [`install`]: getting this corvid onto the hosts: the check, the grouping, and the
 //!   install by ssh or through a swarm of the hosts' old corvids.
 //! - [`host_error`]: why one host failed, as a typed value in the report.
+//! - [`ops`]: status, activation (rollback) and pruning of the releases on a host, and
+//!   running them on every host over ssh.
 //! - [`remote`]: the release steps `corvid peer` runs on a host around its download.
 //! - [`plan`]: the deploy's parameters; [`seeder`]: the seeders run in this process;
 //!   [`seeder_addr`]: the address the hosts reach them at.
@@ -23,6 +25,7 @@ pub mod fleet;
 pub mod host_error;
 pub mod hosts;
 pub mod install;
+pub mod ops;
 pub mod plan;
 pub mod release;
 pub mod remote;

@@ -32,6 +32,8 @@ pub struct DeployPlan {
     /// Most ssh sessions at once.
     pub parallel: usize,
     pub ssh: Ssh,
+    /// Share one ssh connection per host for the whole deploy ([`super::ssh::Multiplex`]).
+    pub ssh_multiplex: bool,
     /// Where corvid lives on the hosts (`~/` allowed).
     pub remote_corvid: String,
     /// The binary to install where the remote one is missing or different.
@@ -47,6 +49,55 @@ pub struct DeployPlan {
     /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
     /// on a command line, where the remote process list would show it).
     pub secret: Option<Secret>,
+    /// `--keep N`: after activating, each host keeps the newest N releases (and always
+    /// the current and previous one).
+    pub keep: Option<usize>,
+    /// `--after-activate CMD`: run on each host after its flip, bounded by
+    /// `hook_timeout`.
+    pub after_activate: Option<String>,
+    pub hook_timeout: Duration,
+    /// `--batch`: download everywhere first, then activate in waves of this size.
+    pub batch: Option<Batch>,
+    /// `--check CMD`: run on each host of a wave after its hook; a failure stops the
+    /// rollout.
+    pub check: Option<String>,
+    /// `--rollback-on-failure`: a failed wave goes back to its previous release.
+    pub rollback_on_failure: bool,
+}
+
+/// The size of an activation wave: a number of hosts or a share of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Hosts(usize),
+    Percent(u8),
+}
+
+impl std::str::FromStr for Batch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Batch, String> {
+        let bad =
+            || format!("--batch {s:?}: give a number of hosts (N) or a share (N%), at least 1");
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(Batch::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Batch::Hosts(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl Batch {
+    /// Hosts per wave in a fleet of `hosts` (a share rounds up: at least one host).
+    pub fn size(self, hosts: usize) -> usize {
+        match self {
+            Batch::Hosts(n) => n,
+            Batch::Percent(p) => (hosts * usize::from(p)).div_ceil(100).max(1),
+        }
+    }
 }
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
@@ -69,6 +120,20 @@ pub enum DeployError {
     RemotePath(String),
     #[error("--parallel must be at least 1")]
     Parallel,
+    #[error("--keep must be at least 1 (the release just activated is always kept)")]
+    Keep,
+    #[error("{0} needs --activate (it acts after the flip of current)")]
+    NeedsActivate(&'static str),
+    #[error("--after-activate is empty: give the command to run on each host")]
+    EmptyHook,
+    #[error("--hook-timeout must be more than 0")]
+    HookTimeout,
+    #[error("--batch {batch} is larger than the fleet ({hosts} hosts)")]
+    BatchTooLarge { batch: usize, hosts: usize },
+    #[error("{0} needs --batch (it belongs to a rolling activation)")]
+    NeedsBatch(&'static str),
+    #[error("--check is empty: give the command to run on each host")]
+    EmptyCheck,
     #[error("cannot read this corvid binary {path:?}: {source}")]
     LocalBinary {
         path: PathBuf,
@@ -102,6 +167,23 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     if plan.parallel == 0 {
         return Err(DeployError::Parallel);
     }
+    if plan.keep == Some(0) {
+        return Err(DeployError::Keep);
+    }
+    if plan.keep.is_some() && !plan.activate {
+        return Err(DeployError::NeedsActivate("--keep"));
+    }
+    if let Some(h) = &plan.after_activate {
+        if h.trim().is_empty() {
+            return Err(DeployError::EmptyHook);
+        }
+        if !plan.activate {
+            return Err(DeployError::NeedsActivate("--after-activate"));
+        }
+        if plan.hook_timeout.is_zero() {
+            return Err(DeployError::HookTimeout);
+        }
+    }
     let r = &plan.remote_corvid;
     if !(r.starts_with('/') || r.starts_with("~/")) || r.contains('\0') {
         return Err(DeployError::RemotePath(r.clone()));
@@ -109,7 +191,48 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     if !plan.src.is_dir() {
         return Err(DeployError::SrcNotDir(plan.src.clone()));
     }
+    if plan.batch.is_some() && !plan.activate {
+        return Err(DeployError::NeedsActivate("--batch"));
+    }
+    if plan.batch.is_none() {
+        if plan.check.is_some() {
+            return Err(DeployError::NeedsBatch("--check"));
+        }
+        if plan.rollback_on_failure {
+            return Err(DeployError::NeedsBatch("--rollback-on-failure"));
+        }
+    }
+    if plan.check.as_ref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(DeployError::EmptyCheck);
+    }
     let hosts = parse_hosts(&plan.hosts)?;
+    if let Some(Batch::Hosts(n)) = plan.batch {
+        if n > hosts.len() {
+            return Err(DeployError::BatchTooLarge {
+                batch: n,
+                hosts: hosts.len(),
+            });
+        }
+    }
     let payload = metainfo::scan(&plan.src, None)?;
     Ok(Validated { hosts, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_a_count_or_a_share_rounded_up() {
+        assert_eq!("3".parse::<Batch>(), Ok(Batch::Hosts(3)));
+        assert_eq!("10%".parse::<Batch>(), Ok(Batch::Percent(10)));
+        for bad in ["0", "0%", "101%", "-1", "x", "%", ""] {
+            assert!(bad.parse::<Batch>().is_err(), "{bad}");
+        }
+        assert_eq!(Batch::Percent(10).size(16), 2);
+        assert_eq!(Batch::Percent(33).size(6), 2);
+        assert_eq!(Batch::Percent(1).size(3), 1);
+        assert_eq!(Batch::Percent(100).size(5), 5);
+        assert_eq!(Batch::Hosts(4).size(16), 4);
+    }
 }

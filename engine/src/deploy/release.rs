@@ -262,7 +262,20 @@ impl OpenRelease {
     /// Points `current` at this release: a new symlink under a temporary name, renamed
     /// over `current` (rename replaces a symlink atomically). The link is relative, so
     /// the whole DEST can move.
+    ///
+    /// When `current` pointed at another release, that one's tag is kept in
+    /// `.corvid/previous` first (what `corvid activate --previous` returns to, and what
+    /// `--keep` never removes).
     pub fn activate(&self) -> Result<(), ReleaseError> {
+        if let Some(was) = ReleasePaths::active_tag(&self.paths.dest) {
+            if was != self.paths.tag {
+                self.state.write_new(
+                    super::ops::PREVIOUS_FILE,
+                    format!("{was}\n").as_bytes(),
+                    0o644,
+                )?;
+            }
+        }
         let tmp = format!(".current.tmp-{}", std::process::id());
         self.dest.remove(&tmp)?;
         let target = Path::new("releases").join(&self.paths.tag);

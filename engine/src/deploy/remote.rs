@@ -4,6 +4,8 @@
 //!
 //! 1. [`receive_torrent`]: with `--stdin-torrent`, the torrent (and a private swarm's
 //!    secret) from stdin, kept under `DEST/.corvid/` as new files renamed into place.
+//!    With `--stdin-control` ([`receive_torrent_framed`]) the session's stdin stays open
+//!    after them, and its end tells a lingering peer that the whole fleet is done.
 //! 2. [`check_existing`]: a `releases/TAG` already there is verified; the same content
 //!    means "already present", different content or a non-directory is refused unless
 //!    `--force`.
@@ -13,7 +15,7 @@
 //! Every path below DEST is reached through the descriptors of [`OpenRelease`]. Each
 //! failure carries the exit code the deployer reads it by ([`RemoteError::exit`]).
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 
 use crate::fsat::{Dir, FileType};
@@ -40,6 +42,8 @@ pub enum RemoteError {
     StdinShort { got: usize, want: usize },
     #[error("stdin holds {0} bytes after the torrent, and no --stdin-secret")]
     Trailing(usize),
+    #[error("stdin: the secret's length line after the torrent is not a number")]
+    SecretFrame,
     #[error("the secret after the torrent on stdin is longer than {STDIN_SECRET_MAX} bytes")]
     SecretTooLong,
     #[error("the torrent on stdin is not usable: {0}")]
@@ -67,6 +71,7 @@ impl RemoteError {
             | RemoteError::StdinShort { .. }
             | RemoteError::Trailing(_)
             | RemoteError::SecretTooLong
+            | RemoteError::SecretFrame
             | RemoteError::Torrent(_)
             | RemoteError::Secret(_) => Exit::Input,
         }
@@ -102,14 +107,72 @@ pub fn receive_torrent(
     if rest.len() > STDIN_SECRET_MAX {
         return Err(RemoteError::SecretTooLong);
     }
+    keep_torrent(bytes, with_secret.then_some(rest), rel)
+}
+
+/// `--stdin-torrent LEN --stdin-control`: the torrent, exactly LEN bytes, then with
+/// `with_secret` the secret as a decimal length line and that many bytes; `input` is left
+/// just after them. The deployer keeps the session's stdin open afterwards: its end is
+/// the signal that every host holds the release and the linger can stop (Murder's
+/// `stop_all_peering`), so nothing here may read to the end.
+pub fn receive_torrent_framed(
+    input: &mut dyn BufRead,
+    len: usize,
+    with_secret: bool,
+    rel: &OpenRelease,
+) -> Result<(Metainfo, Option<Secret>), RemoteError> {
+    let bytes = read_exact_vec(input, len)?;
+    if !with_secret {
+        return keep_torrent(bytes, None, rel);
+    }
+    // At most 20 digits and the newline; a longer line is not a length.
+    let mut line = Vec::new();
+    input
+        .take(22)
+        .read_until(b'\n', &mut line)
+        .map_err(RemoteError::StdinRead)?;
+    let n: usize = std::str::from_utf8(&line)
+        .ok()
+        .and_then(|l| l.strip_suffix('\n'))
+        .and_then(|l| l.parse().ok())
+        .ok_or(RemoteError::SecretFrame)?;
+    if n > STDIN_SECRET_MAX {
+        return Err(RemoteError::SecretTooLong);
+    }
+    let secret = read_exact_vec(input, n)?;
+    keep_torrent(bytes, Some(secret), rel)
+}
+
+/// Exactly `len` bytes, or [`RemoteError::StdinShort`] with how many came.
+fn read_exact_vec(input: &mut dyn BufRead, len: usize) -> Result<Vec<u8>, RemoteError> {
+    let mut bytes = Vec::with_capacity(len.min(1 << 20));
+    input
+        .take(len as u64)
+        .read_to_end(&mut bytes)
+        .map_err(RemoteError::StdinRead)?;
+    if bytes.len() < len {
+        return Err(RemoteError::StdinShort {
+            got: bytes.len(),
+            want: len,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parses the torrent and keeps it (and the secret) under `.corvid/`.
+fn keep_torrent(
+    bytes: Vec<u8>,
+    secret: Option<Vec<u8>>,
+    rel: &OpenRelease,
+) -> Result<(Metainfo, Option<Secret>), RemoteError> {
     let m = Metainfo::from_bytes(&bytes).map_err(RemoteError::Torrent)?;
     let tag = &rel.paths.tag;
     rel.state
         .write_new(format!("{tag}.torrent"), &bytes, 0o644)
         .map_err(ReleaseError::from)?;
-    if !with_secret {
+    let Some(rest) = secret else {
         return Ok((m, None));
-    }
+    };
     let secret = Secret::new(&rest).map_err(RemoteError::Secret)?;
     rel.state
         .write_new(format!("{tag}.secret"), &rest, 0o600)
@@ -227,6 +290,42 @@ mod tests {
         let e = receive_torrent(&mut &b"junk"[..], 4, false, &rel).unwrap_err();
         assert!(matches!(e, RemoteError::Torrent(_)));
         for e in [short, trailing, e] {
+            assert_eq!(e.exit(), Exit::Input);
+        }
+    }
+
+    #[test]
+    fn framed_stdin_stops_after_the_secret_and_leaves_the_rest() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), b"payload").unwrap();
+        let (_, t) = torrent_of(src.path());
+        let d = tempfile::tempdir().unwrap();
+        let rel = release(d.path());
+        let secret = b"s3cret \x00\n\xff";
+        let input = [&t[..], b"10\n", secret, b"more later"].concat();
+        let mut r = &input[..];
+        let (_, s) = receive_torrent_framed(&mut r, t.len(), true, &rel).unwrap();
+        assert_eq!(s.unwrap().expose(), secret);
+        // What follows is left for the caller (the stop signal's reader).
+        assert_eq!(r, b"more later");
+        let input = [&t[..], b"rest"].concat();
+        let mut r = &input[..];
+        let (_, s) = receive_torrent_framed(&mut r, t.len(), false, &rel).unwrap();
+        assert!(s.is_none());
+        assert_eq!(r, b"rest");
+
+        for (bad, want) in [
+            ([&t[..], b"x1\nab"].concat(), "not a number"),
+            (
+                [&t[..], b"99999999999999999999999999\n"].concat(),
+                "not a number",
+            ),
+            ([&t[..], b"5\nab"].concat(), "stdin ended after 2 bytes"),
+            ([&t[..], b"70000\n"].concat(), "longer than"),
+            (t[..9].to_vec(), "stdin ended after 9 bytes"),
+        ] {
+            let e = receive_torrent_framed(&mut &bad[..], t.len(), true, &rel).unwrap_err();
+            assert!(e.to_string().contains(want), "{e} lacks {want}");
             assert_eq!(e.exit(), Exit::Input);
         }
     }

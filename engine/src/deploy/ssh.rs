@@ -26,6 +26,9 @@ pub struct Ssh {
     /// The ssh client to run [default: `ssh` from PATH]; tests put a stand-in here that
     /// runs the remote command locally.
     pub program: Option<std::path::PathBuf>,
+    /// Share one connection per host between sessions (OpenSSH ControlMaster), with the
+    /// control sockets in this private directory ([`Multiplex`]).
+    pub control_dir: Option<std::path::PathBuf>,
 }
 
 /// What one session returned.
@@ -70,6 +73,9 @@ impl Ssh {
             "-o",
             "ServerAliveCountMax=6",
         ]);
+        if let Some(d) = &self.control_dir {
+            c.args(control_args(d));
+        }
         // After the user's options: ssh takes the last -p and -l it sees on the command
         // line, so a host's own port and user win over a fleet-wide `--ssh-option -p`.
         c.args(dest.ssh_args());
@@ -166,6 +172,86 @@ impl Ssh {
         on_line: &mut dyn FnMut(&str),
     ) -> std::io::Result<Bounded> {
         run_child(self.command(host, remote)?, input, timeout, on_line)
+    }
+}
+
+/// The options that make ssh share one master connection per host through a socket
+/// in `dir` (`%C`: a hash of the local host, remote host, port and user), kept up to
+/// 120 s while idle (the deploy ends it sooner, [`Multiplex::close`]).
+fn control_args(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    let mut path = dir.as_os_str().to_os_string();
+    path.push("/%C");
+    let mut cp = std::ffi::OsString::from("ControlPath=");
+    cp.push(path);
+    vec![
+        "-o".into(),
+        "ControlMaster=auto".into(),
+        "-o".into(),
+        cp,
+        "-o".into(),
+        "ControlPersist=120".into(),
+    ]
+}
+
+/// One ssh connection per host for a whole deploy: every session (check, install,
+/// peer, activation) runs over the host's master connection, so a host costs one TCP and
+/// key exchange, not one per step. The control sockets live in a private directory
+/// (mode 0700, from `tempfile`), which [`Multiplex::close`] empties by asking each
+/// master to exit (`ssh -O exit`) and then removes; dropping it without `close` still
+/// removes the directory, and the masters exit on their own after 120 s idle.
+pub struct Multiplex {
+    dir: tempfile::TempDir,
+    ssh: Ssh,
+}
+
+impl Multiplex {
+    /// `ssh` with a fresh control directory.
+    pub fn start(ssh: &Ssh) -> std::io::Result<Multiplex> {
+        use std::os::unix::fs::PermissionsExt;
+        // Only we may reach the sockets: whoever can connect to one runs commands on
+        // the host as us.
+        let dir = tempfile::Builder::new()
+            .prefix("corvid-ssh-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
+        let ssh = Ssh {
+            control_dir: Some(dir.path().to_path_buf()),
+            ..ssh.clone()
+        };
+        Ok(Multiplex { dir, ssh })
+    }
+
+    /// The ssh that shares connections.
+    pub fn ssh(&self) -> &Ssh {
+        &self.ssh
+    }
+
+    /// Stops the masters of `hosts` (those that have one) and removes the directory.
+    pub fn close(self, hosts: &[String], parallel: usize) {
+        let any = std::fs::read_dir(self.dir.path()).is_ok_and(|mut d| d.next().is_some());
+        if any {
+            super::hosts::for_each_host(hosts, parallel.max(1), &|h: &String| {
+                let Ok(dest) = Destination::parse(h) else {
+                    return;
+                };
+                let _ = Command::new(
+                    self.ssh
+                        .program
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("ssh")),
+                )
+                .args(&self.ssh.options)
+                .args(control_args(self.dir.path()))
+                .args(dest.ssh_args())
+                .args(["-O", "exit", "--"])
+                .arg(&dest.host)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            });
+        }
+        drop(self.dir);
     }
 }
 
@@ -377,7 +463,36 @@ mod tests {
         let ssh = Ssh {
             options: vec!["-F".into(), "cfg".into()],
             program: None,
+            control_dir: None,
         };
+        // Shared connections: the control options after the user's (whose own
+        // ControlPath, coming first, wins in ssh), the socket in the private directory.
+        let m = Multiplex::start(&ssh).unwrap();
+        let dir = m.ssh().control_dir.clone().unwrap();
+        assert!(dir.is_dir());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&dir).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
+        let c = m.ssh().command("h1", "true").unwrap();
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_str().unwrap().to_string())
+            .collect();
+        let cp = format!("ControlPath={}/%C", dir.display());
+        assert_eq!(
+            args[8..14],
+            [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                cp.as_str(),
+                "-o",
+                "ControlPersist=120"
+            ]
+        );
+        m.close(&["h1".to_string()], 1);
+        assert!(!dir.exists());
         let c = ssh.command("h1", "true").unwrap();
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
