@@ -558,6 +558,12 @@ mod tests {
                 r#"{"event":"listening","peer_addr":"127.0.0.1:6881","tracker_addr":"[::1]:8998"}"#,
             ),
             (
+                NodeLine::MetricsListening {
+                    metrics_addr: tracker,
+                },
+                r#"{"event":"metrics_listening","metrics_addr":"[::1]:8998"}"#,
+            ),
+            (
                 NodeLine::Checked {
                     have: 0,
                     pieces: 4,

@@ -142,5 +142,12 @@ mod tests {
             to_json_line(&done),
             r#"{"event":"done","announces":3,"scrapes":1}"#
         );
+        let metrics = Line::MetricsListening {
+            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+        };
+        assert_eq!(
+            to_json_line(&metrics),
+            r#"{"event":"metrics_listening","metrics_addr":"127.0.0.1:9100"}"#
+        );
     }
 }
