@@ -73,9 +73,9 @@ impl Path2 {
 }
 
 /// Two namespaces and the veth pair between them; removed on drop and on interrupt.
-struct Veth {
-    a: String,
-    b: String,
+pub(crate) struct Veth {
+    pub(crate) a: String,
+    pub(crate) b: String,
     cleanup: u64,
 }
 
@@ -102,10 +102,10 @@ fn veth_down(a: &str, b: &str) {
 }
 
 impl Veth {
-    const SENDER_IP: &'static str = "10.214.0.1";
-    const RECEIVER_IP: &'static str = "10.214.0.2";
+    pub(crate) const SENDER_IP: &'static str = "10.214.0.1";
+    pub(crate) const RECEIVER_IP: &'static str = "10.214.0.2";
 
-    fn up() -> Result<Veth> {
+    pub(crate) fn up() -> Result<Veth> {
         let pid = std::process::id();
         let a = format!("corvid-link-s{pid}");
         let b = format!("corvid-link-r{pid}");

@@ -30,6 +30,7 @@ mod link;
 mod payload;
 mod proc;
 mod report;
+mod sendpath;
 mod sshd;
 mod svg;
 mod units;
@@ -78,6 +79,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench hash --size 1GiB
     Hash(hash::HashArgs),
+    /// CPU per GiB of sending from the page cache over loopback: send from the mapping,
+    /// sendfile, MSG_ZEROCOPY (the seeder's zero-copy question).
+    ///
+    /// Example: corvid-bench sendpath --size 1GiB --runs 3
+    Sendpath(sendpath::SendpathArgs),
 }
 
 /// Flags every scenario takes.
@@ -183,6 +189,10 @@ fn main() -> ExitCode {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
+            failed: Vec::new(),
+            data_loss: Vec::new(),
+        }),
+        Cmd::Sendpath(a) => sendpath::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),
         }),
