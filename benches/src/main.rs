@@ -4,8 +4,11 @@
 //! repeated.
 //!
 //! Scenarios are subcommands:
-//! - `link`: one sender, one receiver on loopback (see `link.rs`);
+//! - `link`: one sender, one receiver on loopback or a veth pair, with CPU per GiB per
+//!   role (see `link.rs`);
 //! - `fleet`: a simulated fleet of namespaced hosts with shaped links (see `fleet.rs`).
+//! - `sendpath`: CPU per GiB of sending from the page cache, per way of sending (see
+//!   `sendpath.rs`); `hash`: SHA-1 throughput.
 //!
 //! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
 //! reported.
