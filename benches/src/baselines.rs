@@ -219,13 +219,17 @@ pub fn iperf3_loopback(size: u64, timeout: Duration) -> Result<Iperf3> {
 }
 
 /// One iperf3 measurement: its throughput and what it cost the CPU.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Iperf3 {
     pub bits_per_sec: f64,
     /// User + system CPU seconds of client and server together (from wait4), when the
     /// server's exit was seen: the kernel's TCP cost of moving the bytes both ways, plus
     /// iperf3's own (small) start-up.
     pub cpu_s: Option<f64>,
+    /// The client's (the sender's) resource use.
+    pub client_usage: Usage,
+    /// The server's (the receiver's), when its exit was seen.
+    pub server_usage: Option<Usage>,
 }
 
 /// One iperf3 run from `client` to a one-shot server run by `server` on `addr:port`.
@@ -240,7 +244,8 @@ pub fn iperf3_between(
     Ok(iperf3_run(server, client, addr, port, size, timeout)?.bits_per_sec)
 }
 
-fn iperf3_run(
+/// [`iperf3_between`] with the CPU each end spent (`link` reports it per GiB).
+pub fn iperf3_run(
     server: &Runner,
     client: &Runner,
     addr: &str,
@@ -315,17 +320,21 @@ fn iperf3_run(
     let bps = size as f64 * 8.0 / secs;
     // The one-shot server exits after the test; `server` is killed on drop otherwise.
     let exit_by = Instant::now() + Duration::from_secs(5);
-    let mut server_cpu = None;
+    let mut server_usage = None;
     while let Ok(ev) = rx.recv_timeout(exit_by.saturating_duration_since(Instant::now())) {
         if let ProcEvent::Exit { exit, .. } = ev {
-            server_cpu = Some(exit.usage.cpu_s());
+            server_usage = Some(exit.usage);
             break;
         }
     }
     drop(server);
     Ok(Iperf3 {
         bits_per_sec: bps,
-        cpu_s: server_cpu.map(|s| s + f.exit.usage.cpu_s()),
+        cpu_s: server_usage
+            .as_ref()
+            .map(|s| s.cpu_s() + f.exit.usage.cpu_s()),
+        client_usage: f.exit.usage,
+        server_usage,
     })
 }
 

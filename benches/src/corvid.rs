@@ -23,6 +23,10 @@ pub enum Runner {
         name: String,
         host: usize,
     },
+    /// In network namespace `name`, via `ip netns exec` (which execs too).
+    Netns {
+        name: String,
+    },
 }
 
 impl Runner {
@@ -40,6 +44,11 @@ impl Runner {
                     .arg("exec")
                     .arg(host.to_string())
                     .args(argv);
+                c
+            }
+            Runner::Netns { name } => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec"]).arg(name).args(argv);
                 c
             }
         }

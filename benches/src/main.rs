@@ -4,8 +4,11 @@
 //! repeated.
 //!
 //! Scenarios are subcommands:
-//! - `link`: one sender, one receiver on loopback (see `link.rs`);
+//! - `link`: one sender, one receiver on loopback or a veth pair, with CPU per GiB per
+//!   role (see `link.rs`);
 //! - `fleet`: a simulated fleet of namespaced hosts with shaped links (see `fleet.rs`).
+//! - `sendpath`: CPU per GiB of sending from the page cache, per way of sending (see
+//!   `sendpath.rs`); `hash`: SHA-1 throughput.
 //!
 //! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
 //! reported.
@@ -30,6 +33,7 @@ mod link;
 mod payload;
 mod proc;
 mod report;
+mod sendpath;
 mod sshd;
 mod svg;
 mod units;
@@ -78,6 +82,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench hash --size 1GiB
     Hash(hash::HashArgs),
+    /// CPU per GiB of sending from the page cache over loopback: send from the mapping,
+    /// sendfile, MSG_ZEROCOPY (the seeder's zero-copy question).
+    ///
+    /// Example: corvid-bench sendpath --size 1GiB --runs 3
+    Sendpath(sendpath::SendpathArgs),
 }
 
 /// Flags every scenario takes.
@@ -183,6 +192,10 @@ fn main() -> ExitCode {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
+            failed: Vec::new(),
+            data_loss: Vec::new(),
+        }),
+        Cmd::Sendpath(a) => sendpath::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),
         }),

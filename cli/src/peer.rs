@@ -29,6 +29,7 @@ use corvid_engine::deploy::contract::{PeerLine, ReleaseLine, ReleaseStatus};
 use corvid_engine::deploy::release::{ReleaseError, ReleasePaths};
 use corvid_engine::deploy::remote::{self, Existing, RemoteError};
 use corvid_engine::fsat::Dir;
+use corvid_engine::metrics::NodeMetrics;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
 
@@ -156,9 +157,13 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         m.info.lengths.piece_length(),
         "downloading",
     );
+    let mut node_metrics = None;
+    let _metrics = roles::start_metrics(args.node.metrics_listen, args.node.json, |r| {
+        node_metrics = Some(NodeMetrics::register(r));
+    })?;
     // BEP 47 exec bits and symlinks, once every piece is verified.
     let mut attrs: Option<Result<(), Failure>> = None;
-    let result = node::run(cfg, stop, &mut |ev| {
+    let result = node::run_with_metrics(cfg, stop, node_metrics, &mut |ev| {
         printer.event(ev);
         if matches!(ev, NodeEvent::Complete { .. }) && attrs.is_none() {
             attrs = Some(
@@ -418,11 +423,15 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
         m.info.lengths.piece_length(),
         "downloading",
     );
+    let mut node_metrics = None;
+    let _metrics = roles::start_metrics(args.node.metrics_listen, json, |r| {
+        node_metrics = Some(NodeMetrics::register(r));
+    })?;
     // Set on the completion event: Ok once the release is in place, or why it is not.
     let mut placed: Option<Result<(), Failure>> = None;
     // What a failed --after-activate makes of a placed release.
     let mut hook_exit = Exit::Ok;
-    let result = node::run(cfg, stop.clone(), &mut |ev| {
+    let result = node::run_with_metrics(cfg, stop.clone(), node_metrics, &mut |ev| {
         printer.event(ev);
         if let NodeEvent::Complete { .. } = ev {
             if placed.is_some() {

@@ -12,6 +12,7 @@ use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use corvid_engine::metainfo::{FileSpec, Metainfo};
+use corvid_engine::metrics::{MetricsServer, Registry};
 use corvid_engine::node::resume::{RecordStatus, ResumeReport};
 use corvid_engine::node::{
     self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, NodeReportJson, StopFlag,
@@ -63,6 +64,10 @@ pub enum NodeLine<'a> {
     Done {
         report: NodeReportJson<'a>,
     },
+    /// `--metrics-listen`: where the Prometheus endpoint listens.
+    MetricsListening {
+        metrics_addr: SocketAddr,
+    },
 }
 
 impl NodeLine<'_> {
@@ -106,6 +111,10 @@ pub struct NodeArgs {
     /// Print JSON lines (events, then a final report) on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (port 0: any free port; the
+    /// bound address is printed at start).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub secret: SecretArgs,
 }
@@ -232,6 +241,30 @@ pub fn node_config(
         announce_port: 0,
         resume: None,
     })
+}
+
+/// Starts the `--metrics-listen` endpoint, if asked, serving what `fill` registers, and
+/// says where it listens (a `metrics_listening` JSON line, or a line on stderr).
+pub fn start_metrics(
+    listen: Option<SocketAddr>,
+    json: bool,
+    fill: impl FnOnce(&mut Registry),
+) -> Result<Option<MetricsServer>, Failure> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let mut registry = Registry::default();
+    fill(&mut registry);
+    let server = MetricsServer::start(addr, Arc::new(registry))
+        .map_err(|e| Failure::output(anyhow!("cannot serve metrics: {e}")))?;
+    let metrics_addr = server.local_addr();
+    if json {
+        let line = NodeLine::MetricsListening { metrics_addr };
+        print(&format!("{}\n", line.to_json()))?;
+    } else {
+        eprintln!("metrics on http://{metrics_addr}/metrics");
+    }
+    Ok(Some(server))
 }
 
 /// SIGINT and SIGTERM set the stop flag: the node finishes cleanly (announces `stopped`,
@@ -523,6 +556,12 @@ mod tests {
             (
                 NodeLine::listening(addr, Some(tracker)),
                 r#"{"event":"listening","peer_addr":"127.0.0.1:6881","tracker_addr":"[::1]:8998"}"#,
+            ),
+            (
+                NodeLine::MetricsListening {
+                    metrics_addr: tracker,
+                },
+                r#"{"event":"metrics_listening","metrics_addr":"[::1]:8998"}"#,
             ),
             (
                 NodeLine::Checked {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
+use corvid_engine::metrics::{NodeMetrics, TrackerCollector};
 use corvid_engine::node::{self, Mode, SeedUntil};
 use corvid_engine::tracker::{
     TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
@@ -114,7 +115,14 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     );
     let tracker_addr = tracker.as_ref().map(|t| t.local_addr());
     let json = args.node.json;
-    let result = node::run(cfg, stop, &mut |ev| {
+    let mut node_metrics = None;
+    let _metrics = roles::start_metrics(args.node.metrics_listen, json, |r| {
+        node_metrics = Some(NodeMetrics::register(r));
+        if let Some(t) = &tracker {
+            TrackerCollector::register(r, t.stats_handle());
+        }
+    })?;
+    let result = node::run_with_metrics(cfg, stop, node_metrics, &mut |ev| {
         if let (node::NodeEvent::Listening { peer_addr }, Some(t)) = (ev, tracker_addr) {
             // One line that says where both listen, for scripts and tests.
             if json {

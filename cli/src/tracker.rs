@@ -12,7 +12,9 @@ use corvid_engine::tracker::{
     Topology, TrackerConfig, TrackerServer, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
 };
 
+use corvid_engine::metrics::{MetricsServer, Registry, TrackerCollector};
 use corvid_engine::stats::to_json_line;
+use std::sync::Arc;
 
 use crate::output::print;
 use crate::roles;
@@ -50,6 +52,10 @@ pub struct Args {
     /// Print the listening address as a JSON line.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (port 0: any free port; the
+    /// bound address is printed at start).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     secret: roles::SecretArgs,
 }
@@ -59,6 +65,7 @@ pub struct Args {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Line {
     Listening { tracker_addr: String },
+    MetricsListening { metrics_addr: SocketAddr },
     Done { announces: u64, scrapes: u64 },
 }
 
@@ -86,6 +93,23 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     } else {
         print(&format!("tracker listening on {addr}\n"))?;
     }
+    let _metrics = match args.metrics_listen {
+        None => None,
+        Some(listen) => {
+            let mut registry = Registry::default();
+            TrackerCollector::register(&mut registry, server.stats_handle());
+            let m = MetricsServer::start(listen, Arc::new(registry))
+                .map_err(|e| Failure::output(anyhow!("cannot serve metrics: {e}")))?;
+            let metrics_addr = m.local_addr();
+            if args.json {
+                let line = Line::MetricsListening { metrics_addr };
+                print(&format!("{}\n", to_json_line(&line)))?;
+            } else {
+                eprintln!("metrics on http://{metrics_addr}/metrics");
+            }
+            Some(m)
+        }
+    };
     // The server runs on its own thread; this one only waits for a signal. Polling a flag
     // is what signal-hook's flag API offers; 100 ms bounds the delay of a clean stop.
     while !stop.is_stopped() {
@@ -131,6 +155,13 @@ mod tests {
         assert_eq!(
             to_json_line(&done),
             r#"{"event":"done","announces":3,"scrapes":1}"#
+        );
+        let metrics = Line::MetricsListening {
+            metrics_addr: "127.0.0.1:9100".parse().unwrap(),
+        };
+        assert_eq!(
+            to_json_line(&metrics),
+            r#"{"event":"metrics_listening","metrics_addr":"127.0.0.1:9100"}"#
         );
     }
 }

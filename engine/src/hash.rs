@@ -97,6 +97,11 @@ impl HashPool {
         self.workers.len()
     }
 
+    /// Jobs submitted and not yet taken by a worker (the hash queue depth metric).
+    pub fn queued(&self) -> usize {
+        self.jobs.as_ref().map_or(0, Sender::len)
+    }
+
     /// Asynchronous verify, for the runtime's many pieces in flight: the verdict goes to
     /// `reply` when the piece has been hashed. The piece must be complete in `storage`
     /// (mapping contract, rule 2). If `reply`'s receiver is gone the verdict is dropped.

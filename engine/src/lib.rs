@@ -13,6 +13,7 @@
 //!   hasher wired together, with announces and progress.
 //! - [`tracker`]: HTTP tracker server and announce client.
 //! - [`stats`]: counters and latency histograms reported by the CLI.
+//! - [`metrics`]: the same counters for Prometheus, served over HTTP.
 //! - [`deploy`]: fleet deploys over ssh and the atomic on-host release layout.
 
 pub mod bencode;
@@ -21,6 +22,7 @@ pub mod fsat;
 pub mod geometry;
 pub mod hash;
 pub mod metainfo;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod runtime;

@@ -28,6 +28,7 @@ use std::net::IpAddr;
 
 use crate::geometry::{Lengths, PieceIndex, BLOCK_SIZE};
 use crate::hash::{HashPool, Verdict};
+use crate::metrics::{NodeLive, NodeMetrics};
 use crate::peer::PeerConfig;
 use crate::runtime::{self, Runtime, RuntimeConfig, RuntimeError, UringUnavailable};
 use crate::stats::{Report, TransferStats};
@@ -362,6 +363,8 @@ pub(crate) struct Shared {
     /// Key and counter of the private-swarm nonces (see [`Shared::next_nonce`]).
     nonce_key: [u8; 20],
     nonce_counter: AtomicU64,
+    /// Where events are pushed for `--metrics-listen` (see [`run_with_metrics`]).
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl Shared {
@@ -407,6 +410,9 @@ impl Shared {
     }
 
     pub fn log_close(&self, addr: SocketAddr, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.connection_closed(reason);
+        }
         self.push_event(NodeEvent::PeerClosed {
             addr,
             reason: reason.to_string(),
@@ -531,6 +537,17 @@ pub fn run(
     stop: StopFlag,
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<NodeReport, NodeError> {
+    run_with_metrics(cfg, stop, None, on_event)
+}
+
+/// [`run`], also feeding `metrics` (`--metrics-listen`): the node's own counters are read
+/// at each scrape, its piece verdicts, close reasons and announces pushed as they happen.
+pub fn run_with_metrics(
+    cfg: NodeConfig,
+    stop: StopFlag,
+    metrics: Option<Arc<NodeMetrics>>,
+    on_event: &mut dyn FnMut(&NodeEvent),
+) -> Result<NodeReport, NodeError> {
     runtime::probe()?;
     let start = Instant::now();
     let lengths = cfg.lengths;
@@ -623,7 +640,9 @@ pub fn run(
         total_blocks,
         nonce_key: nonce_key(),
         nonce_counter: AtomicU64::new(0),
+        metrics,
     });
+    let _metrics = MetricsAttached::new(&shared);
 
     let rt_cfg = RuntimeConfig {
         cores: cfg.cores.max(1),
@@ -717,6 +736,56 @@ pub fn run(
         transfer: stats.report(Instant::now()),
         resume: resume_report,
     })
+}
+
+/// Attaches a node's counts to its metrics for as long as it lives; on drop (before the
+/// node's last `Shared` goes: declared after it) the last counts stay for later scrapes.
+struct MetricsAttached(Option<Arc<NodeMetrics>>);
+
+impl MetricsAttached {
+    fn new(shared: &Arc<Shared>) -> MetricsAttached {
+        let m = shared.metrics.clone();
+        if let Some(m) = &m {
+            let weak = Arc::downgrade(shared);
+            m.attach(Box::new(move || weak.upgrade().map(|s| live_counts(&s))));
+        }
+        MetricsAttached(m)
+    }
+}
+
+impl Drop for MetricsAttached {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.detach();
+        }
+    }
+}
+
+/// The counts behind the `--json` report, as the metrics endpoint shows them.
+fn live_counts(shared: &Shared) -> NodeLive {
+    let c = &shared.counters;
+    let (have, total, swarm_wasted) = {
+        let swarm = shared.swarm.lock();
+        (
+            swarm.have().count(),
+            swarm.lengths().piece_count(),
+            swarm.stats().wasted,
+        )
+    };
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    NodeLive {
+        bytes_from_seeder: get(&c.from_seeder),
+        bytes_from_peers: get(&c.from_peers),
+        bytes_up: get(&c.uploaded),
+        bytes_wasted: swarm_wasted + get(&c.wasted),
+        connections: c.connections.load(Ordering::Relaxed) as u64,
+        established: c.peers.load(Ordering::Relaxed) as u64,
+        refused: get(&c.refused),
+        dials: get(&c.dials),
+        hash_queue: shared.pool.queued() as u64,
+        pieces_have: u64::from(have),
+        pieces_total: u64::from(total),
+    }
 }
 
 /// Stops the cores. A failure (a core that panicked, buffers leaked by a timed-out shutdown)
@@ -1098,10 +1167,17 @@ fn control_loop(
                     if v.ok {
                         last_verified = Instant::now();
                         if let Some(first) = first {
-                            stats.record_piece_verified(start.elapsed().saturating_sub(first));
+                            let latency = start.elapsed().saturating_sub(first);
+                            stats.record_piece_verified(latency);
+                            if let Some(m) = &shared.metrics {
+                                m.piece_verified(latency);
+                            }
                         }
                     } else {
                         stats.record_piece_failed();
+                        if let Some(m) = &shared.metrics {
+                            m.piece_failed();
+                        }
                     }
                 }
                 banned.extend(new_bans);
@@ -1287,7 +1363,11 @@ mod announce {
                 } else {
                     TIMEOUT
                 };
-                match announce(url, &req, timeout) {
+                let result = announce(url, &req, timeout);
+                if let Some(m) = &shared.metrics {
+                    m.announced(sent, result.is_ok());
+                }
+                match result {
                     Ok(resp) => {
                         ann.on_success(Instant::now(), sent, &resp);
                         if !stopping {

@@ -22,8 +22,8 @@ pub use proto::{
     AnnounceRequest, AnnounceResponse, Event, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
 pub use server::{
-    Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats, DEFAULT_MAX_PEERS_PER_IP,
-    DEFAULT_MAX_SWARMS_PER_IP,
+    AnnounceEvents, Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats,
+    TrackerStatsHandle, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
 };
 pub use topology::{RackId, Topology, TopologyError};
 

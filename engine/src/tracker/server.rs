@@ -120,6 +120,30 @@ pub struct TrackerStats {
     pub torrents: u64,
     /// Peers tracked, over all swarms, at the last request.
     pub peers: u64,
+    /// Announces answered with peers, by event (they add up to `announces`).
+    pub announces_by_event: AnnounceEvents,
+}
+
+/// Announces answered with peers, by the event they carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnnounceEvents {
+    /// Regular announces (no `event`).
+    pub none: u64,
+    pub started: u64,
+    pub completed: u64,
+    pub stopped: u64,
+}
+
+impl AnnounceEvents {
+    fn bump(&mut self, e: Event) {
+        let c = match e {
+            Event::None => &mut self.none,
+            Event::Started => &mut self.started,
+            Event::Completed => &mut self.completed,
+            Event::Stopped => &mut self.stopped,
+        };
+        *c += 1;
+    }
 }
 
 #[derive(Default)]
@@ -132,6 +156,8 @@ struct StatCells {
     timeouts: AtomicU64,
     torrents: AtomicU64,
     peers: AtomicU64,
+    /// [`AnnounceEvents`] in field order.
+    by_event: [AtomicU64; 4],
 }
 
 impl StatCells {
@@ -159,7 +185,35 @@ impl StatCells {
             timeouts: g(&self.timeouts),
             torrents: g(&self.torrents),
             peers: g(&self.peers),
+            announces_by_event: AnnounceEvents {
+                none: g(&self.by_event[0]),
+                started: g(&self.by_event[1]),
+                completed: g(&self.by_event[2]),
+                stopped: g(&self.by_event[3]),
+            },
         }
+    }
+
+    fn publish_events(&self, e: AnnounceEvents) {
+        for (cell, v) in self
+            .by_event
+            .iter()
+            .zip([e.none, e.started, e.completed, e.stopped])
+        {
+            cell.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A handle on a running tracker's counters, for readers on other threads (the metrics
+/// endpoint) that do not own the [`TrackerServer`].
+#[derive(Clone)]
+pub struct TrackerStatsHandle(Arc<StatCells>);
+
+impl TrackerStatsHandle {
+    /// What the tracker has done so far.
+    pub fn snapshot(&self) -> TrackerStats {
+        self.0.snapshot()
     }
 }
 
@@ -384,6 +438,8 @@ pub struct Swarms {
     /// When [`Swarms::expire`] last ran, so a full tracker sweeps at most once per half
     /// interval however fast newcomers knock.
     last_expire: Option<Instant>,
+    /// Announces answered with peers, by event.
+    announced: AnnounceEvents,
 }
 
 impl Swarms {
@@ -393,6 +449,7 @@ impl Swarms {
             swarms: HashMap::new(),
             swarms_per_ip: IpCounts::default(),
             last_expire: None,
+            announced: AnnounceEvents::default(),
         }
     }
 
@@ -656,6 +713,11 @@ impl Swarms {
         self.swarms.len()
     }
 
+    /// Announces answered with peers so far, by event.
+    pub fn announces_by_event(&self) -> AnnounceEvents {
+        self.announced
+    }
+
     /// Peers tracked, over all swarms.
     pub fn peers(&self) -> usize {
         self.swarms.values().map(|s| s.peers.len()).sum()
@@ -706,6 +768,7 @@ impl Swarms {
         match proto::parse_target(&target) {
             Ok(TrackerRequest::Announce(req)) => match self.announce(&req, source, now) {
                 Ok(resp) => {
+                    self.announced.bump(req.event);
                     let body = encode_announce_response(&resp, req.compact);
                     (http_response("200 OK", &body), Outcome::Announce)
                 }
@@ -853,6 +916,11 @@ impl TrackerServer {
     /// What the tracker has done so far.
     pub fn stats(&self) -> TrackerStats {
         self.stats.snapshot()
+    }
+
+    /// A handle that reads [`TrackerServer::stats`] from anywhere, while the server runs.
+    pub fn stats_handle(&self) -> TrackerStatsHandle {
+        TrackerStatsHandle(Arc::clone(&self.stats))
     }
 
     /// Stops serving, closes every connection and waits for the thread.
@@ -1053,6 +1121,7 @@ impl EventLoop {
                                 continue;
                             };
                             self.stats.count(outcome);
+                            self.stats.publish_events(self.swarms.announces_by_event());
                             self.stats
                                 .torrents
                                 .store(self.swarms.torrents() as u64, Ordering::Relaxed);
