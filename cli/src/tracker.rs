@@ -14,7 +14,6 @@ use corvid_engine::tracker::{
 
 use corvid_engine::metrics::{MetricsServer, Registry, TrackerCollector};
 use corvid_engine::stats::to_json_line;
-use std::sync::Arc;
 
 use crate::output::print;
 use crate::roles;
