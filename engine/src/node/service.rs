@@ -28,7 +28,7 @@ use crate::runtime::{
 use crate::storage::{Storage, BLOCK_IOVECS};
 use crate::wire::PIECE_HEADER_LEN;
 
-use super::{is_seeder_id, Shared};
+use super::shared::{is_seeder_id, Shared};
 
 /// Messages for a core's mailbox.
 #[derive(Debug)]
