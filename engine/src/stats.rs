@@ -109,20 +109,7 @@ impl TransferStats {
     pub fn report(&self, now: Instant) -> Report {
         let end = self.ended.unwrap_or(now);
         let elapsed = end.saturating_duration_since(self.started);
-        let h = &self.piece_latency_us;
-        let piece_latency_us = if h.is_empty() {
-            LatencySummary::default()
-        } else {
-            LatencySummary {
-                count: h.len(),
-                min: h.min(),
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                max: h.max(),
-                mean: h.mean(),
-            }
-        };
+        let piece_latency_us = LatencySummary::of(&self.piece_latency_us);
         Report {
             label: None,
             elapsed,
@@ -142,7 +129,7 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
-/// Quantiles of a latency distribution, in microseconds; all zero when nothing was
+/// Quantiles of a latency distribution, in the unit of the field that holds it (`_us`, `_ns`); all zero when nothing was
 /// recorded. Values are HdrHistogram's (within 0.1% of the recorded ones).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct LatencySummary {
@@ -154,6 +141,24 @@ pub struct LatencySummary {
     pub max: u64,
     #[serde(serialize_with = "json_number")]
     pub mean: f64,
+}
+
+impl LatencySummary {
+    /// The quantiles of `h` (all zero when it is empty).
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
 }
 
 /// The summary of one transfer, for printing.

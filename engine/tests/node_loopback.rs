@@ -117,4 +117,14 @@ fn seeder_to_one_peer_over_io_uring() {
     seed_stop.stop();
     let seed_report = seeder.join().unwrap().expect("seeder ran");
     assert_eq!(seed_report.transfer.bytes_up, total);
+    // Every node reports how its swarm lock was used: both sides took it (the cores once
+    // per batch, the control loop once per iteration), and each take was timed.
+    for r in [&report, &seed_report] {
+        let l = &r.swarm_lock;
+        assert!(l.acquisitions > 0, "{l:?}");
+        assert_eq!(l.hold_ns.count, l.acquisitions, "{l:?}");
+        assert_eq!(l.wait_ns.count, l.acquisitions, "{l:?}");
+        assert!(l.hold_ns.max >= l.hold_ns.p50 && l.hold_ns.p50 > 0, "{l:?}");
+    }
+    assert_eq!(report.wasted, 0, "a clean transfer drops nothing");
 }

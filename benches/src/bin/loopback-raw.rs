@@ -173,7 +173,7 @@ impl Service for Bench {
         }
         Ok(())
     }
-    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>, _: std::time::Instant) -> bool {
         let Conn::Send { r, header, queued } = conn else {
             return false;
         };

@@ -75,17 +75,18 @@ fn run_one(
     stop_rx: &Receiver<()>,
 ) {
     let mut ann = Announcer::new(Instant::now(), BackoffPolicy::default());
-    let mut told_complete = shared.swarm.lock().is_complete();
+    let mut told_complete = shared.door.snapshot().complete;
     let mut stopping = false;
     loop {
         let now = Instant::now();
-        if !told_complete && shared.swarm.lock().is_complete() {
+        let snap = shared.door.snapshot();
+        if !told_complete && snap.complete {
             told_complete = true;
             ann.completed(now);
         }
         if ann.is_due(now) {
             let c = &shared.counters;
-            let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, shared.left());
+            let mut req = AnnounceRequest::new(info_hash, shared.our_id, port, snap.left);
             req.event = ann.event();
             // A private swarm's tracker wants proof of the secret with every announce.
             req.auth = shared

@@ -1,5 +1,8 @@
-//! The control loop, on the caller's thread: turns hash verdicts into haves, redials
-//! configured peers, reports progress and events, and decides when the node is done.
+//! The control loop, on the caller's thread: turns hash verdicts into haves, publishes
+//! the swarm snapshot the reading threads use, answers the prefault thread's requests for
+//! a plan, redials configured peers, reports progress and events, and decides when the
+//! node is done. It takes the swarm lock once per iteration (one verdict batch, or a
+//! 200 ms tick).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +11,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use crate::geometry::PieceIndex;
 use crate::hash::Verdict;
 use crate::runtime::Runtime;
 use crate::stats::TransferStats;
+use crate::wire::Bitfield;
 
 use super::config::{Mode, NodeConfig, SeedUntil};
 use super::dial::dial;
+use super::door::SwarmSnapshot;
 use super::prefault::Prefault;
 use super::record::RecordThread;
 use super::report::{NodeEvent, Progress};
@@ -41,158 +47,261 @@ impl StopFlag {
     }
 }
 
-type LoopOutcome = (Option<Instant>, TransferStats, Vec<IpAddr>);
+/// What the control loop hands back to [`super::run`].
+pub(super) struct LoopOutcome {
+    pub complete_at: Option<Instant>,
+    pub stats: TransferStats,
+    pub banned: Vec<IpAddr>,
+    /// Payload bytes of pieces that failed their hash.
+    pub failed_bytes: u64,
+}
 
+/// How often peers from the configuration are dialled again when not connected.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest the loop sleeps waiting for a verdict or a plan request.
+const TICK: Duration = Duration::from_millis(200);
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
-fn now_since(t: Instant) -> Duration {
-    Instant::now().saturating_duration_since(t)
+/// The threads the control loop hears from or talks to, besides the cores.
+pub(super) struct Helpers<'a> {
+    /// The hasher pool's verdicts.
+    pub verdicts: &'a Receiver<Verdict>,
+    pub prefault: Option<&'a Prefault>,
+    pub record: Option<&'a RecordThread>,
+    /// Requests of the prefault thread: how many pieces of the plan it wants.
+    pub plan_requests: &'a Receiver<usize>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Verdicts(Vec<Verdict>),
+    Plan(usize),
+    Tick,
+}
+
+/// The loop's state between iterations.
+struct Control<'a> {
+    cfg: &'a NodeConfig,
+    shared: &'a Shared,
+    rt: &'a Runtime<PeerService>,
+    helpers: Helpers<'a>,
+    start: Instant,
+    out: LoopOutcome,
+    last_progress: Instant,
+    last_redial: Instant,
+    last_verified: Instant,
+    /// Sticky once true (peers that complete disconnect, and their counts go with them).
+    every_piece_served: bool,
+    /// The last published set of verified pieces, shared until it changes.
+    have: Option<Arc<Bitfield>>,
+    plan: Arc<Vec<PieceIndex>>,
 }
 
 /// Turns verdicts into haves, reports progress and decides when to stop.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn control_loop(
     cfg: &NodeConfig,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     rt: &Runtime<PeerService>,
-    verdicts: &Receiver<Verdict>,
     stop: &StopFlag,
     start: Instant,
-    prefault: Option<&Prefault>,
-    record: Option<&RecordThread>,
+    helpers: Helpers<'_>,
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<LoopOutcome, NodeError> {
-    let total = cfg.lengths.piece_count();
-    let mut stats = TransferStats::new(start);
-    let mut banned = Vec::new();
-    let mut complete_at = if shared.swarm.lock().is_complete() && cfg.mode == Mode::Download {
-        Some(Instant::now())
-    } else {
-        None
+    let now = Instant::now();
+    let mut c = Control {
+        cfg,
+        shared,
+        rt,
+        helpers,
+        start,
+        out: LoopOutcome {
+            complete_at: None,
+            stats: TransferStats::new(start),
+            banned: Vec::new(),
+            failed_bytes: 0,
+        },
+        last_progress: now,
+        last_redial: now,
+        last_verified: now,
+        every_piece_served: false,
+        have: None,
+        plan: Arc::new(Vec::new()),
     };
-    if complete_at.is_some() {
-        on_event(&NodeEvent::Complete {
-            elapsed: start.elapsed(),
-        });
-        if let Some(r) = record {
-            r.wake();
-        }
-    }
-    let mut last_progress = Instant::now();
-    let mut last_redial = Instant::now();
-    let mut last_verified = Instant::now();
-    let tick = Duration::from_millis(200);
+    let mut wake = Wake::Tick;
     loop {
-        match verdicts.recv_timeout(tick) {
+        let snap = c.apply(&wake);
+        c.after_verdicts(&wake);
+        c.redial();
+        for ev in std::mem::take(&mut *shared.events.lock()) {
+            on_event(&ev);
+        }
+        c.progress(&snap, on_event);
+        if cfg.mode == Mode::Download && snap.complete && c.out.complete_at.is_none() {
+            c.completed(on_event)?;
+        }
+        if c.finished(&snap, stop)? {
+            break;
+        }
+        wake = next_wake(c.helpers.verdicts, c.helpers.plan_requests);
+    }
+    Ok(c.out)
+}
+
+/// Waits up to [`TICK`] for verdicts (taking all that are queued) or a plan request.
+fn next_wake(verdicts: &Receiver<Verdict>, plans: &Receiver<usize>) -> Wake {
+    crossbeam_channel::select! {
+        recv(verdicts) -> v => match v {
             Ok(v) => {
                 let mut batch = vec![v];
                 batch.extend(verdicts.try_iter());
-                let mut new_bans = Vec::new();
-                {
-                    let mut swarm = shared.swarm.lock();
-                    for v in &batch {
-                        let out = swarm.handle_verdict(v.piece, v.ok);
-                        new_bans.extend(out.banned);
-                    }
-                }
-                for v in &batch {
-                    let first = shared.take_first_byte(v.piece);
-                    if v.ok {
-                        last_verified = Instant::now();
-                        if let Some(first) = first {
-                            stats.record_piece_verified(start.elapsed().saturating_sub(first));
-                        }
-                    } else {
-                        stats.record_piece_failed();
-                    }
-                }
-                banned.extend(new_bans);
-                if let Some(p) = prefault {
-                    p.wake();
-                }
-                // Every connection sends its haves (and closes if banned) when polled.
-                for mb in rt.mailboxes() {
-                    let _ = mb.send(CoreMsg::Poll);
+                Wake::Verdicts(batch)
+            }
+            Err(_) => Wake::Tick,
+        },
+        recv(plans) -> k => k.map_or(Wake::Tick, Wake::Plan),
+        default(TICK) => Wake::Tick,
+    }
+}
+
+impl Control<'_> {
+    /// The one look at the swarm per iteration: applies the verdicts, computes a plan if
+    /// the prefault thread asked, and publishes the snapshot.
+    fn apply(&mut self, wake: &Wake) -> Arc<SwarmSnapshot> {
+        let check_served = self.cfg.seed_until == SeedUntil::EveryPieceUploaded
+            && self.cfg.mode == Mode::Seed
+            && !self.every_piece_served;
+        let lengths = self.cfg.lengths;
+        let (snap, bans) = self.shared.door.with_swarm(|swarm| {
+            let mut bans = Vec::new();
+            if let Wake::Verdicts(batch) = wake {
+                for v in batch {
+                    bans.extend(swarm.handle_verdict(v.piece, v.ok).banned);
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+            if let Wake::Plan(k) = wake {
+                self.plan = Arc::new(swarm.next_pieces(&Bitfield::new(lengths.piece_count()), *k));
+            }
+            if check_served && swarm.every_piece_announced() {
+                self.every_piece_served = lengths.pieces().all(|p| swarm.served_once(p));
+            }
+            let have = match &self.have {
+                Some(h) if h.count() == swarm.have().count() => h.clone(),
+                _ => Arc::new(swarm.have().clone()),
+            };
+            self.have = Some(have.clone());
+            let snap = SwarmSnapshot::of(swarm, have, self.every_piece_served, self.plan.clone());
+            (snap, bans)
+        });
+        self.out.banned.extend(bans);
+        let snap = Arc::new(snap);
+        self.shared.door.publish(snap.clone());
+        if let (Wake::Plan(_), Some(p)) = (wake, self.helpers.prefault) {
+            p.wake();
         }
-        let now = Instant::now();
-        // Peers given on the command line are dialled again while the download is
-        // incomplete and no connection to them is open or being made: a seeder that was
-        // not listening yet, a refused or timed-out dial, or a dropped connection must
-        // not leave a tracker-less peer stranded.
-        if cfg.mode == Mode::Download
-            && complete_at.is_none()
-            && now_since(last_redial) >= REDIAL_INTERVAL
+        snap
+    }
+
+    /// Piece latencies and failures into the stats; the cores poll their connections,
+    /// which sends the haves (and closes banned peers).
+    fn after_verdicts(&mut self, wake: &Wake) {
+        let Wake::Verdicts(batch) = wake else { return };
+        for v in batch {
+            let first = self.shared.take_first_byte(v.piece);
+            if v.ok {
+                self.last_verified = Instant::now();
+                if let Some(first) = first {
+                    let latency = self.start.elapsed().saturating_sub(first);
+                    self.out.stats.record_piece_verified(latency);
+                }
+            } else {
+                self.out.stats.record_piece_failed();
+                self.out.failed_bytes += u64::from(self.cfg.lengths.piece_size(v.piece));
+            }
+        }
+        if let Some(p) = self.helpers.prefault {
+            p.wake();
+        }
+        for mb in self.rt.mailboxes() {
+            let _ = mb.send(CoreMsg::Poll);
+        }
+    }
+
+    /// Peers given on the command line are dialled again while the download is
+    /// incomplete and no connection to them is open or being made: a seeder that was
+    /// not listening yet, a refused or timed-out dial, or a dropped connection must not
+    /// leave a tracker-less peer stranded.
+    fn redial(&mut self) {
+        if self.cfg.mode == Mode::Download
+            && self.out.complete_at.is_none()
+            && self.last_redial.elapsed() >= REDIAL_INTERVAL
         {
-            last_redial = Instant::now();
-            for addr in &cfg.peers {
-                dial(shared, rt.mailboxes(), *addr);
+            self.last_redial = Instant::now();
+            for addr in &self.cfg.peers {
+                dial(self.shared, self.rt.mailboxes(), *addr);
             }
         }
-        let pending: Vec<NodeEvent> = std::mem::take(&mut *shared.events.lock());
-        for ev in &pending {
-            on_event(ev);
+    }
+
+    fn progress(&mut self, snap: &SwarmSnapshot, on_event: &mut dyn FnMut(&NodeEvent)) {
+        if self.last_progress.elapsed() < PROGRESS_INTERVAL {
+            return;
         }
-        let (have, is_complete) = {
-            let swarm = shared.swarm.lock();
-            (swarm.have().count(), swarm.is_complete())
-        };
-        if now.duration_since(last_progress) >= Duration::from_millis(500) {
-            last_progress = now;
-            let c = &shared.counters;
-            on_event(&NodeEvent::Progress(Progress {
-                have,
-                total,
-                bytes_down: c.from_seeder.load(Ordering::Relaxed)
-                    + c.from_peers.load(Ordering::Relaxed),
-                bytes_up: c.uploaded.load(Ordering::Relaxed),
-                peers: c.peers.load(Ordering::Relaxed),
-            }));
+        self.last_progress = Instant::now();
+        let c = &self.shared.counters;
+        on_event(&NodeEvent::Progress(Progress {
+            have: snap.have.count(),
+            total: self.cfg.lengths.piece_count(),
+            bytes_down: c.from_seeder.load(Ordering::Relaxed)
+                + c.from_peers.load(Ordering::Relaxed),
+            bytes_up: c.uploaded.load(Ordering::Relaxed),
+            peers: c.peers.load(Ordering::Relaxed),
+        }));
+    }
+
+    /// Every piece is verified (in the page cache, like any copy tool's result); the
+    /// msync that makes it durable follows, and `run` returns only after it.
+    fn completed(&mut self, on_event: &mut dyn FnMut(&NodeEvent)) -> Result<(), NodeError> {
+        self.out.complete_at = Some(Instant::now());
+        on_event(&NodeEvent::Complete {
+            elapsed: self.start.elapsed(),
+        });
+        self.shared.storage.flush()?;
+        if let Some(r) = self.helpers.record {
+            r.wake();
         }
-        if cfg.mode == Mode::Download && is_complete && complete_at.is_none() {
-            // Every piece is verified (in the page cache, like any copy tool's result);
-            // the msync that makes it durable follows, and `run` returns only after it.
-            complete_at = Some(now);
-            on_event(&NodeEvent::Complete {
-                elapsed: start.elapsed(),
-            });
-            shared.storage.flush()?;
-            if let Some(r) = record {
-                r.wake();
-            }
-        }
+        Ok(())
+    }
+
+    /// Whether the node is done: stopped, lingered long enough, stalled (an error), or a
+    /// seeder whose peers hold everything.
+    fn finished(&self, snap: &SwarmSnapshot, stop: &StopFlag) -> Result<bool, NodeError> {
+        let (have, total) = (snap.have.count(), self.cfg.lengths.piece_count());
         if stop.is_stopped() {
-            if cfg.mode == Mode::Download && !is_complete {
+            if self.cfg.mode == Mode::Download && !snap.complete {
                 return Err(NodeError::Interrupted { have, total });
             }
-            break;
+            return Ok(true);
         }
-        match cfg.mode {
-            Mode::Download => {
-                if let Some(t) = complete_at {
-                    if now.duration_since(t) >= cfg.linger {
-                        break;
-                    }
-                } else if now.duration_since(last_verified) >= cfg.stall_timeout {
+        Ok(match self.cfg.mode {
+            Mode::Download => match self.out.complete_at {
+                Some(t) => t.elapsed() >= self.cfg.linger,
+                None if self.last_verified.elapsed() >= self.cfg.stall_timeout => {
                     return Err(NodeError::Stalled {
-                        secs: cfg.stall_timeout.as_secs(),
+                        secs: self.cfg.stall_timeout.as_secs(),
                         have,
                         total,
                     });
                 }
-            }
+                None => false,
+            },
+            // Every piece announced by some peer, not only uploaded once: the blocks of
+            // one piece may have gone to different peers, or still be in flight when our
+            // sockets close, and then no peer could ever complete it.
             Mode::Seed => {
-                if cfg.seed_until == SeedUntil::EveryPieceUploaded
-                    && shared.every_piece_uploaded()
-                    && shared.peers_hold_every_piece()
-                {
-                    break;
-                }
+                self.cfg.seed_until == SeedUntil::EveryPieceUploaded
+                    && snap.every_piece_served
+                    && snap.every_piece_announced
             }
-        }
+        })
     }
-    Ok((complete_at, stats, banned))
 }

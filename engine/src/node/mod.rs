@@ -1,20 +1,28 @@
 //! A node: one torrent, seeded or downloaded, on the thread-per-core runtime.
 //!
-//! [`run`] wires the parts together: storage mapped once, the hasher pool, one
-//! [`Swarm`] behind a lock, one [`PeerService`](service::PeerService) per core, and
-//! a control loop on the calling thread that turns hash verdicts into haves, announces
-//! to trackers, reports progress and decides when the node is done. Threads:
-//! - `cores` runtime threads (io_uring each), owning the connections;
-//! - the hasher pool's threads;
-//! - one announce thread per tracker URL (blocking HTTP is fine at tracker rates);
-//! - a downloader's resume-record thread ([`resume`]: which pieces are verified, so a
-//!   restart need not hash them again), writing at most about once a second;
-//! - the caller's thread, running the control loop.
+//! [`run`] wires the parts together: storage mapped once, the hasher pool, one swarm
+//! behind one door (`door`), one [`PeerService`] per core, and a
+//! control loop on the calling thread. One file per thread kind:
+//! - `cores` runtime threads (io_uring each; [`service`]), owning the connections. Each
+//!   takes the swarm lock once per batch of completions, with the batch's `now`;
+//! - the hasher pool's threads, whose verdicts go to the control loop;
+//! - `control`: the caller's thread. It applies verdicts to the swarm (the only place
+//!   pieces become ours), publishes the swarm snapshot, redials, reports progress and
+//!   decides when the node is done;
+//! - `announce`: one thread per tracker URL (blocking HTTP is fine at tracker rates);
+//! - `record`: a downloader's resume-record thread ([`resume`]: which pieces are
+//!   verified, so a restart need not hash them again);
+//! - `prefault`: a downloader's page-faulting thread, ahead of the picker.
+//!
+//! Announce, record and prefault only read the swarm, and read the snapshot the control
+//! loop publishes, never the lock. The rest: `config`, `report`, `shared` (what
+//! every thread reaches), `per_ip` (admission), `dial`.
 
 mod announce;
 mod config;
 mod control;
 mod dial;
+mod door;
 mod per_ip;
 mod prefault;
 mod record;
@@ -23,12 +31,9 @@ pub mod resume;
 pub mod service;
 mod shared;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-
-use parking_lot::Mutex;
 
 use crate::hash::HashPool;
 use crate::runtime::{self, Runtime, RuntimeConfig, RuntimeError, UringUnavailable};
@@ -39,17 +44,17 @@ use crate::wire::Bitfield;
 pub use config::{Mode, NodeConfig, NodeTuning, SeedUntil};
 pub use control::StopFlag;
 pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRACKER_PEERS};
+pub use door::SwarmLockReport;
 pub use report::{NodeEvent, NodeReport, NodeReportJson, Progress};
 pub use shared::make_peer_id;
 
-use control::control_loop;
+use control::{control_loop, Helpers, LoopOutcome};
 use dial::dial;
-use per_ip::{per_ip_limits, PerIp};
 use prefault::Prefault;
 use record::{RecordKeeper, RecordThread};
 use resume::{Loaded, RecordWriter, ResumeConfig, ResumeReport};
 use service::PeerService;
-use shared::{entropy, nonce_key, Counters, Shared};
+use shared::{entropy, Shared};
 
 /// Why a node could not run or finish.
 #[derive(Debug, thiserror::Error)]
@@ -84,45 +89,19 @@ pub fn run(
 ) -> Result<NodeReport, NodeError> {
     runtime::probe()?;
     let start = Instant::now();
-    let lengths = cfg.lengths;
-    let total = lengths.piece_count();
     let pool = HashPool::new(cfg.hash_threads.max(1));
-
     let (storage, have, resume_report) = match cfg.mode {
-        Mode::Seed => {
-            let storage = Arc::new(Storage::open_readonly(&cfg.root, &cfg.files, lengths)?);
-            let mut report = ResumeReport::off();
-            if cfg.trust_data {
-                report.trusted_pieces = total;
-            } else {
-                let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
-                let bad: Vec<u32> = (0..total).filter(|&i| !ok[i as usize]).collect();
-                if let Some(&first) = bad.first() {
-                    return Err(NodeError::BadSeedData {
-                        bad: bad.len() as u32,
-                        total,
-                        first,
-                    });
-                }
-                report.rechecked_pieces = total;
-                report.rechecked_bytes = lengths.total_length();
-            }
-            (storage, Bitfield::full(total), report)
-        }
-        Mode::Download => {
-            let (storage, have, report) = start_download(&cfg, &pool)?;
-            (storage, have, report)
-        }
+        Mode::Seed => start_seed(&cfg, &pool)?,
+        Mode::Download => start_download(&cfg, &pool)?,
     };
     on_event(&NodeEvent::Checked {
         have: have.count(),
-        total,
+        total: cfg.lengths.piece_count(),
         resume: resume_report.clone(),
     });
-
     // The record is rewritten straight away: the start-up check may have verified pieces
     // the old record did not list, and `Storage::create` gave every file new times.
-    let mut record = match (&cfg.resume, cfg.mode) {
+    let record = match (&cfg.resume, cfg.mode) {
         (Some(rc), Mode::Download) => {
             let mut w = RecordKeeper::new(RecordWriter::new(rc.path.clone(), cfg.info_hash));
             if let Some(message) = w.write(&storage, &have, true) {
@@ -132,50 +111,15 @@ pub fn run(
         }
         _ => None,
     };
-
     let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded();
-    let total_blocks: u64 = lengths
-        .pieces()
-        .map(|p| u64::from(lengths.blocks_in_piece(p)))
-        .sum();
-    let our_id = make_peer_id(cfg.mode, entropy());
-    let mut peer_cfg = cfg.peer.clone();
-    let shared = Arc::new(Shared {
-        swarm: Mutex::new(Swarm::new(
-            cfg.swarm.clone(),
-            cfg.info_hash,
-            lengths,
-            have,
-            entropy(),
-        )),
-        storage: storage.clone(),
-        hashes: cfg.piece_hashes.clone(),
-        pool,
-        verdict_tx,
-        peer_cfg: {
-            peer_cfg.listen_port = None;
-            peer_cfg.clone()
-        },
-        our_id,
-        peer_ids: Mutex::new(HashSet::new()),
-        counters: Counters::default(),
-        max_connections: cfg.max_connections,
-        per_ip: Mutex::new(PerIp::new(per_ip_limits(cfg.max_connections))),
-        tuning: cfg.tuning.clone(),
-        start,
-        first_byte: (0..total).map(|_| AtomicU64::new(0)).collect(),
-        events: Mutex::new(Vec::new()),
-        dialled: Mutex::new(HashSet::new()),
-        same_peer: Mutex::new(HashMap::new()),
-        uploaded_blocks: (0..total_blocks.div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect(),
-        uploaded_count: AtomicU64::new(0),
-        total_blocks,
-        nonce_key: nonce_key(),
-        nonce_counter: AtomicU64::new(0),
-    });
-
+    let swarm = Swarm::new(
+        cfg.swarm.clone(),
+        cfg.info_hash,
+        cfg.lengths,
+        have,
+        entropy(),
+    );
+    let shared = Arc::new(Shared::new(&cfg, swarm, storage, pool, verdict_tx, start));
     let rt_cfg = RuntimeConfig {
         cores: cfg.cores.max(1),
         listen: Some(cfg.listen),
@@ -187,13 +131,38 @@ pub fn run(
     };
     let peer_addr = rt.local_addr().unwrap_or(cfg.listen);
     on_event(&NodeEvent::Listening { peer_addr });
-
     for addr in &cfg.peers {
         dial(&shared, rt.mailboxes(), *addr);
     }
+    let outcome = run_threads(
+        &cfg,
+        &shared,
+        rt,
+        peer_addr,
+        &stop,
+        record,
+        &verdict_rx,
+        on_event,
+    );
+    finish(&cfg, &shared, peer_addr, resume_report, outcome?)
+}
 
-    let announce = announce::start(&cfg, &shared, &rt, peer_addr);
-    let prefault = (cfg.mode == Mode::Download).then(|| Prefault::start(shared.clone()));
+/// The threads around the cores while the control loop runs on this one; stops them
+/// all (cores included) when it returns, and writes the last resume record.
+#[allow(clippy::too_many_arguments)]
+fn run_threads(
+    cfg: &NodeConfig,
+    shared: &Arc<Shared>,
+    rt: Runtime<PeerService>,
+    peer_addr: std::net::SocketAddr,
+    stop: &StopFlag,
+    record: Option<RecordKeeper>,
+    verdicts: &crossbeam_channel::Receiver<crate::hash::Verdict>,
+    on_event: &mut dyn FnMut(&NodeEvent),
+) -> Result<LoopOutcome, NodeError> {
+    let announce = announce::start(cfg, shared, &rt, peer_addr);
+    let (plan_tx, plan_rx) = crossbeam_channel::bounded(1);
+    let prefault = (cfg.mode == Mode::Download).then(|| Prefault::start(shared.clone(), plan_tx));
     let keep_when_complete = !matches!(
         cfg.resume,
         Some(ResumeConfig {
@@ -205,24 +174,19 @@ pub fn run(
         .resume
         .as_ref()
         .map_or(ResumeConfig::DEFAULT_INTERVAL, |r| r.interval);
-    let record_thread = record
-        .take()
-        .map(|w| RecordThread::start(shared.clone(), w, keep_when_complete, record_interval));
-    let outcome = control_loop(
-        &cfg,
-        &shared,
-        &rt,
-        &verdict_rx,
-        &stop,
-        start,
-        prefault.as_ref(),
-        record_thread.as_ref(),
-        on_event,
-    );
+    let record_thread =
+        record.map(|w| RecordThread::start(shared.clone(), w, keep_when_complete, record_interval));
+    let helpers = Helpers {
+        verdicts,
+        prefault: prefault.as_ref(),
+        record: record_thread.as_ref(),
+        plan_requests: &plan_rx,
+    };
+    let outcome = control_loop(cfg, shared, &rt, stop, shared.start, helpers, on_event);
     if let Some(p) = prefault {
         p.stop();
     }
-    announce.stop(&shared);
+    announce.stop(shared);
     if let Some(message) = stop_cores(rt) {
         on_event(&NodeEvent::Warning { message });
     }
@@ -233,41 +197,87 @@ pub fn run(
             on_event(&ev);
         }
     }
-    storage.flush()?;
+    shared.storage.flush()?;
     // The last record: whatever was verified until the end (an interrupted or stalled
     // download resumes from here too).
     if let Some(mut w) = keeper {
-        let have = shared.swarm.lock().have().clone();
+        let have = shared.door.with_swarm(|s| s.have().clone());
         // Re-stamped even without new pieces: the files' times may have moved since the
         // last record (exec bits applied on completion change the ctime).
         let warning = if have.is_full() && !keep_when_complete {
             w.retire()
         } else {
-            w.write(&storage, &have, true)
+            w.write(&shared.storage, &have, true)
         };
         if let Some(message) = warning {
             on_event(&NodeEvent::Warning { message });
         }
     }
-    let (complete_at, mut stats, banned) = outcome?;
+    outcome
+}
 
-    let swarm = shared.swarm.lock();
+/// The final report, from the control loop's outcome and the counters.
+fn finish(
+    cfg: &NodeConfig,
+    shared: &Shared,
+    peer_addr: std::net::SocketAddr,
+    resume: ResumeReport,
+    outcome: LoopOutcome,
+) -> Result<NodeReport, NodeError> {
+    let LoopOutcome {
+        complete_at,
+        mut stats,
+        banned,
+        failed_bytes,
+    } = outcome;
     let c = &shared.counters;
     stats.record_download(c.from_seeder.load(Ordering::Relaxed), true);
     stats.record_download(c.from_peers.load(Ordering::Relaxed), false);
     stats.record_upload(c.uploaded.load(Ordering::Relaxed));
-    stats.finish(Instant::now());
+    let now = Instant::now();
+    stats.finish(now);
     Ok(NodeReport {
         peer_addr,
-        complete: swarm.is_complete(),
-        pieces: total,
-        bytes_total: lengths.total_length(),
-        wasted: swarm.stats().wasted + c.wasted.load(Ordering::Relaxed),
+        complete: shared.door.with_swarm(|s| s.is_complete()),
+        pieces: cfg.lengths.piece_count(),
+        bytes_total: cfg.lengths.total_length(),
+        // Dropped payload (end-game duplicates, cancelled copies) as the cores counted it,
+        // plus the pieces that failed their hash: each byte counted once.
+        wasted: c.wasted.load(Ordering::Relaxed) + failed_bytes,
         banned,
-        download_time: complete_at.map(|t| t.duration_since(start)),
-        transfer: stats.report(Instant::now()),
-        resume: resume_report,
+        download_time: complete_at.map(|t| t.duration_since(shared.start)),
+        transfer: stats.report(now),
+        resume,
+        swarm_lock: shared.door.lock_report(now - shared.start),
     })
+}
+
+/// A seeder's start: maps the data read-only and, unless told to trust it, hashes every
+/// piece (a seeder with bad data would spread it).
+fn start_seed(
+    cfg: &NodeConfig,
+    pool: &HashPool,
+) -> Result<(Arc<Storage>, Bitfield, ResumeReport), NodeError> {
+    let lengths = cfg.lengths;
+    let total = lengths.piece_count();
+    let storage = Arc::new(Storage::open_readonly(&cfg.root, &cfg.files, lengths)?);
+    let mut report = ResumeReport::off();
+    if cfg.trust_data {
+        report.trusted_pieces = total;
+    } else {
+        let ok = pool.verify_all(&storage, &cfg.piece_hashes, &mut |_| {});
+        let bad: Vec<u32> = (0..total).filter(|&i| !ok[i as usize]).collect();
+        if let Some(&first) = bad.first() {
+            return Err(NodeError::BadSeedData {
+                bad: bad.len() as u32,
+                total,
+                first,
+            });
+        }
+        report.rechecked_pieces = total;
+        report.rechecked_bytes = lengths.total_length();
+    }
+    Ok((storage, Bitfield::full(total), report))
 }
 
 /// Stops the cores. A failure (a core that panicked, buffers leaked by a timed-out shutdown)
@@ -368,7 +378,7 @@ mod tests {
         ) -> Result<(), String> {
             Ok(())
         }
-        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
             false
         }
         fn on_mailbox(

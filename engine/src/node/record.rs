@@ -104,10 +104,8 @@ impl RecordThread {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => false,
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                     };
-                    let (have, complete) = {
-                        let swarm = shared.swarm.lock();
-                        (swarm.have().clone(), swarm.is_complete())
-                    };
+                    let snap = shared.door.snapshot();
+                    let (have, complete) = (&snap.have, snap.complete);
                     let warning = if complete && !keep_when_complete {
                         let w = keeper.retire();
                         if let Some(message) = w {
@@ -115,7 +113,7 @@ impl RecordThread {
                         }
                         break;
                     } else {
-                        keeper.write(&shared.storage, &have, restamp)
+                        keeper.write(&shared.storage, have, restamp)
                     };
                     if let Some(message) = warning {
                         shared.push_event(NodeEvent::Warning { message });

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::stats::Report;
 
+use super::door::SwarmLockReport;
 use super::resume::ResumeReport;
 
 /// What happened, for progress bars and JSON lines.
@@ -71,6 +72,9 @@ pub struct NodeReport {
     pub transfer: Report,
     /// How the start-up check went (resume record used or not, pieces hashed).
     pub resume: ResumeReport,
+    /// How long threads waited for the swarm lock and held it (see the node module's
+    /// docs for what these numbers decided).
+    pub swarm_lock: SwarmLockReport,
 }
 
 impl NodeReport {
@@ -91,6 +95,7 @@ impl NodeReport {
             banned: &self.banned,
             download_s: self.download_time,
             resume: &self.resume,
+            swarm_lock: &self.swarm_lock,
         }
     }
 }
@@ -109,6 +114,7 @@ pub struct NodeReportJson<'a> {
     #[serde(serialize_with = "crate::stats::json_seconds")]
     pub download_s: Option<Duration>,
     pub resume: &'a ResumeReport,
+    pub swarm_lock: &'a SwarmLockReport,
 }
 
 #[cfg(test)]
@@ -143,11 +149,18 @@ mod tests {
                 rechecked_pieces: 3,
                 rechecked_bytes: 750,
             },
+            swarm_lock: SwarmLockReport {
+                acquisitions: 10,
+                per_second: 2.5,
+                held_fraction: 0.125,
+                wait_ns: Default::default(),
+                hold_ns: Default::default(),
+            },
         }
     }
 
     /// The `done` line's report, byte for byte as corvid has printed it (scripts and the
-    /// benches read these fields).
+    /// benches read these fields); `swarm_lock` was added at the end (issue 13).
     #[test]
     fn the_report_json_keeps_its_bytes() {
         let r = sample_report(
@@ -156,12 +169,12 @@ mod tests {
         );
         assert_eq!(
             r.to_json(),
-            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750}}"#
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
         );
         let r = sample_report(None, None);
         assert_eq!(
             r.to_json(),
-            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750}}"#
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
         );
     }
 }

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
-use crate::geometry::{Lengths, PieceIndex, BLOCK_SIZE};
+use crate::geometry::PieceIndex;
 use crate::hash::{HashPool, Verdict};
 use crate::peer::PeerConfig;
 use crate::storage::Storage;
 use crate::swarm::Swarm;
 
-use super::config::{Mode, NodeTuning};
-use super::per_ip::PerIp;
+use super::config::{Mode, NodeConfig, NodeTuning};
+use super::door::SwarmDoor;
+use super::per_ip::{per_ip_limits, PerIp};
 use super::report::NodeEvent;
 
 #[derive(Debug, Default)]
@@ -34,7 +35,8 @@ pub(crate) struct Counters {
 
 /// State shared by every core and the control loop.
 pub(crate) struct Shared {
-    pub swarm: Mutex<Swarm>,
+    /// The swarm, behind its one door.
+    pub door: SwarmDoor,
     pub storage: Arc<Storage>,
     pub hashes: Arc<Vec<[u8; 20]>>,
     pub pool: HashPool,
@@ -60,16 +62,47 @@ pub(crate) struct Shared {
     /// stays connected, or the redial of `--peer` addresses and every announce would open
     /// and drop a duplicate connection each time.
     pub same_peer: Mutex<HashMap<SocketAddr, [u8; 20]>>,
-    /// Which 16 KiB blocks were uploaded at least once (a bitset), and how many.
-    pub(super) uploaded_blocks: Vec<AtomicU64>,
-    pub(super) uploaded_count: AtomicU64,
-    pub(super) total_blocks: u64,
     /// Key and counter of the private-swarm nonces (see [`Shared::next_nonce`]).
     pub(super) nonce_key: [u8; 20],
     pub(super) nonce_counter: AtomicU64,
 }
 
 impl Shared {
+    pub fn new(
+        cfg: &NodeConfig,
+        swarm: Swarm,
+        storage: Arc<Storage>,
+        pool: HashPool,
+        verdict_tx: Sender<Verdict>,
+        start: Instant,
+    ) -> Shared {
+        let mut peer_cfg = cfg.peer.clone();
+        peer_cfg.listen_port = None;
+        Shared {
+            door: SwarmDoor::new(swarm),
+            storage,
+            hashes: cfg.piece_hashes.clone(),
+            pool,
+            verdict_tx,
+            peer_cfg,
+            our_id: make_peer_id(cfg.mode, entropy()),
+            peer_ids: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            max_connections: cfg.max_connections,
+            per_ip: Mutex::new(PerIp::new(per_ip_limits(cfg.max_connections))),
+            tuning: cfg.tuning.clone(),
+            start,
+            first_byte: (0..cfg.lengths.piece_count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            events: Mutex::new(Vec::new()),
+            dialled: Mutex::new(HashSet::new()),
+            same_peer: Mutex::new(HashMap::new()),
+            nonce_key: nonce_key(),
+            nonce_counter: AtomicU64::new(0),
+        }
+    }
+
     /// A fresh challenge for one connection: SHA-1 of a per-run random key and a counter,
     /// so nonces never repeat within a run and cannot be guessed across runs.
     pub fn next_nonce(&self) -> [u8; 16] {
@@ -124,45 +157,6 @@ impl Shared {
         if q.len() < 10_000 {
             q.push(ev);
         }
-    }
-
-    /// Records an uploaded block (all 16 KiB blocks it covers).
-    pub fn mark_uploaded(&self, lengths: &Lengths, block: crate::geometry::BlockRef) {
-        let per_piece = lengths.piece_length() / u64::from(BLOCK_SIZE);
-        let first = u64::from(block.piece.get()) * per_piece + u64::from(block.offset / BLOCK_SIZE);
-        let last = first + u64::from((block.len - 1) / BLOCK_SIZE);
-        for b in first..=last {
-            let Some(word) = self.uploaded_blocks.get((b / 64) as usize) else {
-                return;
-            };
-            let bit = 1u64 << (b % 64);
-            if word.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
-                self.uploaded_count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    pub fn every_piece_uploaded(&self) -> bool {
-        self.uploaded_count.load(Ordering::Relaxed) >= self.total_blocks
-    }
-
-    /// Whether every piece was announced (verified, `have`) by some peer. Blocks uploaded
-    /// once are not enough to leave: the blocks of one piece may have gone to different
-    /// peers, or still be in flight when our sockets close, and then no peer can ever
-    /// complete that piece. Sticky, because a peer that completes closes its connection
-    /// to us (both sides complete) and its availability goes with it.
-    pub fn peers_hold_every_piece(&self) -> bool {
-        self.swarm.lock().every_piece_announced()
-    }
-
-    /// Payload bytes still missing, for announces.
-    pub fn left(&self) -> u64 {
-        let swarm = self.swarm.lock();
-        let l = swarm.lengths();
-        l.pieces()
-            .filter(|p| !swarm.have().get(p.get()))
-            .map(|p| u64::from(l.piece_size(p)))
-            .sum()
     }
 }
 

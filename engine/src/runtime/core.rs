@@ -264,6 +264,9 @@ struct Core<S: Service> {
     /// Messages may remain in the inbox: drain again before blocking.
     inbox_pending: bool,
     shutting_down: Option<Instant>,
+    /// When the kernel last handed back completions: the `now` of every callback of the
+    /// batch they start.
+    now: Instant,
     /// SQEs that did not fit in the submission queue, in order.
     backlog: std::collections::VecDeque<Vec<squeue::Entry>>,
 }
@@ -328,6 +331,7 @@ pub(super) fn run<S: Service>(
         core_inflight: 0,
         inbox_pending: true,
         shutting_down: None,
+        now: Instant::now(),
         backlog: std::collections::VecDeque::new(),
     };
     core.arm_accept();
@@ -337,7 +341,11 @@ pub(super) fn run<S: Service>(
     // operations still in flight reference. The panic is caught and the core leaked like on
     // a shutdown timeout, so the runtime reports it and nothing is freed under the kernel.
     let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run_loop()));
-    let Ok(looped) = looped else {
+    // What the service holds for its batch (a lock other threads wait on) is let go even
+    // when the core is leaked below, or a panic here would hang every other thread.
+    let released =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.service.end_batch()));
+    let (Ok(looped), Ok(())) = (looped, released) else {
         std::mem::forget(core);
         return Err(RuntimeError::Panicked { core: index });
     };
@@ -516,6 +524,9 @@ impl<S: Service> Core<S> {
             } else {
                 1
             };
+            // The batch is over: the service lets go of what it holds (e.g. the swarm
+            // lock) before this thread sleeps in the kernel.
+            self.service.end_batch();
             let res = if self.shutting_down.is_some() && wait == 1 {
                 // Bounded wait so the shutdown deadline is checked even if nothing completes.
                 let ts = types::Timespec::from(std::time::Duration::from_millis(50));
@@ -533,6 +544,7 @@ impl<S: Service> Core<S> {
                     ) => {}
                 Err(e) => return Err(LoopError::Io(e)),
             }
+            self.now = Instant::now();
             cqes.clear();
             cqes.extend(
                 self.ring
@@ -785,7 +797,7 @@ impl<S: Service> Core<S> {
     }
 
     fn drive_recv(&mut self, slot: u32) {
-        let now = Instant::now();
+        let now = self.now;
         for _ in 0..MAX_DRIVE_STEPS {
             let max_message = self.config.max_message;
             let recv_buffer = self.config.recv_buffer.max(64);
@@ -914,6 +926,7 @@ impl<S: Service> Core<S> {
 
     fn drive_send(&mut self, slot: u32) {
         let batch = self.config.send_batch;
+        let now = self.now;
         let (service, _io, slots) = self.io_parts();
         let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
             return;
@@ -930,7 +943,7 @@ impl<S: Service> Core<S> {
             len: 0,
         };
         while out.len < batch && out.segs.len() < MAX_SEND_SEGS {
-            if !service.next_send(conn, &mut out) {
+            if !service.next_send(conn, &mut out, now) {
                 break;
             }
         }
@@ -965,7 +978,7 @@ impl<S: Service> Core<S> {
 
     fn drain_inbox(&mut self) {
         self.inbox_pending = false;
-        let now = Instant::now();
+        let now = self.now;
         for _ in 0..MAX_DRAIN {
             let Some(msg) = self.inbox.try_recv() else {
                 return;
@@ -1019,7 +1032,7 @@ impl<S: Service> Core<S> {
                 self.tick_armed = false;
                 self.core_inflight -= 1;
                 if res == -libc::ETIME && self.shutting_down.is_none() {
-                    let now = Instant::now();
+                    let now = self.now;
                     let (service, mut io, slots) = self.io_parts();
                     service.on_tick(&mut io, &mut Conns { slots }, now);
                     self.mark_all_dirty();
@@ -1074,7 +1087,7 @@ impl<S: Service> Core<S> {
 
     /// Ask the service to take the connection in `slot`; closes it if refused.
     fn open(&mut self, slot: u32) {
-        let now = Instant::now();
+        let now = self.now;
         let (service, mut io, slots) = self.io_parts();
         let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
             return;
@@ -1126,7 +1139,7 @@ impl<S: Service> Core<S> {
     }
 
     fn recv_done(&mut self, slot: u32, res: i32) {
-        let now = Instant::now();
+        let now = self.now;
         let (service, mut io, slots) = self.io_parts();
         let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
             return;
@@ -1201,7 +1214,7 @@ impl<S: Service> Core<S> {
     }
 
     fn send_done(&mut self, slot: u32, res: i32) {
-        let now = Instant::now();
+        let now = self.now;
         let (service, mut io, slots) = self.io_parts();
         let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
             return;

@@ -161,8 +161,9 @@ pub trait Service: Send + 'static {
     ) -> Result<(), Self::Error>;
 
     /// Append what to send next to `out`; return `false` when there is nothing (more). Called
-    /// repeatedly while no send is in flight, until `false` or the batch is full.
-    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>) -> bool;
+    /// repeatedly while no send is in flight, until `false` or the batch is full. `now` is
+    /// the time of the current batch of completions.
+    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>, now: Instant) -> bool;
 
     /// Everything appended since the previous call was written to the socket; spans pushed
     /// into it are no longer referenced.
@@ -193,6 +194,12 @@ pub trait Service: Send + 'static {
         _now: Instant,
     ) {
     }
+
+    /// The core handled a batch of completions (and everything they made ready) and is about
+    /// to wait for the kernel: release what was taken for the batch, e.g. a lock shared with
+    /// other cores, so it is held once per batch rather than once per callback. Also called
+    /// once when the core stops, even after a panic in the service.
+    fn end_batch(&mut self) {}
 
     /// The connection is gone and its I/O finished; `conn` is handed back for last accounting.
     fn on_closed(

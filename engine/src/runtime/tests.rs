@@ -94,7 +94,7 @@ impl Service for Echo {
     ) -> Result<(), String> {
         Err("echo never asks for iovecs".into())
     }
-    fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>, _: Instant) -> bool {
         if conn.pending.is_empty() {
             return false;
         }
@@ -405,7 +405,7 @@ impl Service for Transfer {
         }
         Ok(())
     }
-    fn next_send(&mut self, conn: &mut TConn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut TConn, out: &mut SendBuf<'_>, _: Instant) -> bool {
         let TConn::Send {
             region,
             header_sent,
@@ -718,7 +718,7 @@ impl Service for Hoarder {
     ) -> Result<(), String> {
         Ok(())
     }
-    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
         false
     }
     fn on_mailbox(
