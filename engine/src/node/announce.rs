@@ -18,7 +18,7 @@ use crate::tracker::proto::AnnounceRequest;
 use super::config::NodeConfig;
 use super::dial::{dial, loopback_peers_allowed, tracker_peers_to_dial};
 use super::report::NodeEvent;
-use super::service::{CoreMsg, PeerService};
+use super::service::{NodeMsg, PeerService};
 use super::shared::Shared;
 
 pub struct Announce {
@@ -71,7 +71,7 @@ fn run_one(
     port: u16,
     loopback: bool,
     shared: &Shared,
-    mailboxes: &[crate::runtime::Mailbox<CoreMsg>],
+    mailboxes: &[crate::runtime::Mailbox<NodeMsg>],
     stop_rx: &Receiver<()>,
 ) {
     let mut ann = Announcer::new(Instant::now(), BackoffPolicy::default());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::geometry::PieceIndex;
-use crate::hash::Verdict;
+use crate::hash::HashVerdict;
 use crate::runtime::Runtime;
 use crate::stats::TransferStats;
 use crate::wire::Bitfield;
@@ -23,7 +23,7 @@ use super::door::SwarmSnapshot;
 use super::prefault::Prefault;
 use super::record::RecordThread;
 use super::report::{NodeEvent, Progress};
-use super::service::{CoreMsg, PeerService};
+use super::service::{NodeMsg, PeerService};
 use super::shared::Shared;
 use super::NodeError;
 
@@ -65,7 +65,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// The threads the control loop hears from or talks to, besides the cores.
 pub(super) struct Helpers<'a> {
     /// The hasher pool's verdicts.
-    pub verdicts: &'a Receiver<Verdict>,
+    pub verdicts: &'a Receiver<HashVerdict>,
     pub prefault: Option<&'a Prefault>,
     pub record: Option<&'a RecordThread>,
     /// Requests of the prefault thread: how many pieces of the plan it wants.
@@ -74,7 +74,7 @@ pub(super) struct Helpers<'a> {
 
 /// What woke the loop.
 enum Wake {
-    Verdicts(Vec<Verdict>),
+    Verdicts(Vec<HashVerdict>),
     Plan(usize),
     Tick,
 }
@@ -148,17 +148,21 @@ pub(super) fn control_loop(
 }
 
 /// Waits up to [`TICK`] for verdicts (taking all that are queued) or a plan request.
-fn next_wake(verdicts: &Receiver<Verdict>, plans: &Receiver<usize>) -> Wake {
+fn next_wake(verdicts: &Receiver<HashVerdict>, plans: &Receiver<usize>) -> Wake {
+    let batch = |v: HashVerdict| {
+        let mut batch = vec![v];
+        batch.extend(verdicts.try_iter());
+        Wake::Verdicts(batch)
+    };
     crossbeam_channel::select! {
-        recv(verdicts) -> v => match v {
-            Ok(v) => {
-                let mut batch = vec![v];
-                batch.extend(verdicts.try_iter());
-                Wake::Verdicts(batch)
-            }
-            Err(_) => Wake::Tick,
+        recv(verdicts) -> v => v.map_or(Wake::Tick, batch),
+        recv(plans) -> k => match k {
+            Ok(k) => Wake::Plan(k),
+            // No prefault thread (a seeder, or it finished): a closed channel is always
+            // ready, so wait for verdicts alone rather than spin (a seeder's control loop
+            // once did, taking the swarm lock 700,000 times a second).
+            Err(_) => verdicts.recv_timeout(TICK).map_or(Wake::Tick, batch),
         },
-        recv(plans) -> k => k.map_or(Wake::Tick, Wake::Plan),
         default(TICK) => Wake::Tick,
     }
 }
@@ -222,7 +226,7 @@ impl Control<'_> {
             p.wake();
         }
         for mb in self.rt.mailboxes() {
-            let _ = mb.send(CoreMsg::Poll);
+            let _ = mb.send(NodeMsg::Poll);
         }
     }
 

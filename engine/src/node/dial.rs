@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use super::service::CoreMsg;
+use super::service::NodeMsg;
 use super::shared::Shared;
 
 /// Most addresses of one tracker response that are dialled (what we ask for: `numwant`
@@ -73,7 +73,7 @@ pub fn tracker_peers_to_dial(
 /// Dials `addr` from the next core in turn, unless a connection to it is open already.
 pub(super) fn dial(
     shared: &Shared,
-    mailboxes: &[crate::runtime::Mailbox<CoreMsg>],
+    mailboxes: &[crate::runtime::Mailbox<NodeMsg>],
     addr: SocketAddr,
 ) {
     let reaches = shared.same_peer.lock().get(&addr).copied();

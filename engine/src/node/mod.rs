@@ -45,7 +45,7 @@ pub use config::{Mode, NodeConfig, NodeTuning, SeedUntil};
 pub use control::StopFlag;
 pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRACKER_PEERS};
 pub use door::SwarmLockReport;
-pub use report::{NodeEvent, NodeReport, NodeReportJson, Progress};
+pub use report::{NodeEvent, NodeReport, Progress};
 pub use shared::make_peer_id;
 
 use control::{control_loop, Helpers, LoopOutcome};
@@ -157,7 +157,7 @@ fn run_threads(
     peer_addr: std::net::SocketAddr,
     stop: &StopFlag,
     record: Option<RecordKeeper>,
-    verdicts: &crossbeam_channel::Receiver<crate::hash::Verdict>,
+    verdicts: &crossbeam_channel::Receiver<crate::hash::HashVerdict>,
     on_event: &mut dyn FnMut(&NodeEvent),
 ) -> Result<LoopOutcome, NodeError> {
     let announce = announce::start(cfg, shared, &rt, peer_addr);
@@ -332,7 +332,7 @@ fn start_download(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{CloseReason, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
+    use crate::runtime::{CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
     use crate::runtime::{SendBuf, Service};
     use crossbeam_channel::Sender;
     use std::net::SocketAddr;
@@ -389,7 +389,7 @@ mod tests {
             _: Instant,
         ) {
         }
-        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseReason<String>) {}
+        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseCause<String>) {}
     }
 
     #[test]

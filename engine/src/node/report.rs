@@ -55,9 +55,13 @@ pub struct Progress {
     pub peers: usize,
 }
 
-/// The final report.
-#[derive(Debug, Clone)]
+/// The final report. Its JSON shape is this struct: the transfer report's fields first
+/// (flattened), then the node's own.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct NodeReport {
+    /// Bytes, seeder vs peers, piece latency percentiles.
+    #[serde(flatten)]
+    pub transfer: Report,
     pub peer_addr: SocketAddr,
     pub complete: bool,
     pub pieces: u32,
@@ -67,9 +71,8 @@ pub struct NodeReport {
     /// Addresses banned for sending data that failed its hash.
     pub banned: Vec<IpAddr>,
     /// Start to completion (downloads).
+    #[serde(rename = "download_s", serialize_with = "crate::stats::json_seconds")]
     pub download_time: Option<Duration>,
-    /// Bytes, seeder vs peers, piece latency percentiles.
-    pub transfer: Report,
     /// How the start-up check went (resume record used or not, pieces hashed).
     pub resume: ResumeReport,
     /// How long threads waited for the swarm lock and held it (see the node module's
@@ -80,41 +83,8 @@ pub struct NodeReport {
 impl NodeReport {
     /// One JSON object: the transfer report's fields, then the node's own.
     pub fn to_json(&self) -> String {
-        crate::stats::to_json_line(&self.json())
+        crate::stats::to_json_line(self)
     }
-
-    /// The JSON shape, for lines that embed the report (`{"event":"done","report":..}`).
-    pub fn json(&self) -> NodeReportJson<'_> {
-        NodeReportJson {
-            transfer: self.transfer.json(),
-            peer_addr: self.peer_addr,
-            complete: self.complete,
-            pieces: self.pieces,
-            bytes_total: self.bytes_total,
-            wasted: self.wasted,
-            banned: &self.banned,
-            download_s: self.download_time,
-            resume: &self.resume,
-            swarm_lock: &self.swarm_lock,
-        }
-    }
-}
-
-/// The JSON shape of a [`NodeReport`], fields in the order printed.
-#[derive(serde::Serialize)]
-pub struct NodeReportJson<'a> {
-    #[serde(flatten)]
-    pub transfer: crate::stats::ReportJson<'a>,
-    pub peer_addr: SocketAddr,
-    pub complete: bool,
-    pub pieces: u32,
-    pub bytes_total: u64,
-    pub wasted: u64,
-    pub banned: &'a [IpAddr],
-    #[serde(serialize_with = "crate::stats::json_seconds")]
-    pub download_s: Option<Duration>,
-    pub resume: &'a ResumeReport,
-    pub swarm_lock: &'a SwarmLockReport,
 }
 
 #[cfg(test)]
@@ -140,6 +110,7 @@ mod tests {
                 bytes_from_peers: 400,
                 pieces_verified: 4,
                 pieces_failed: 1,
+                down_rate_bps: 1000.0 / 1.5,
                 piece_latency_us: Default::default(),
             },
             resume: ResumeReport {

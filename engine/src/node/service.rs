@@ -24,8 +24,7 @@ use crate::geometry::BlockRef;
 use crate::peer::auth::Role;
 use crate::peer::{CloseReason, Event, PeerConn, Transmit};
 use crate::runtime::{
-    CloseReason as RtClose, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf,
-    Service,
+    CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf, Service,
 };
 use crate::storage::{Storage, BLOCK_IOVECS};
 use crate::wire::PIECE_HEADER_LEN;
@@ -35,14 +34,14 @@ use super::shared::{is_seeder_id, Shared};
 
 /// Messages for a core's mailbox.
 #[derive(Debug)]
-pub enum CoreMsg {
+pub enum NodeMsg {
     /// Something torrent-wide changed (a verified piece, a ban): poll every connection.
     Poll,
 }
 
 /// A payload being received for a block.
 #[derive(Debug, Clone, Copy)]
-struct Payload {
+struct BlockInFlight {
     block: BlockRef,
     discard: bool,
     /// Bytes of the block already in storage (or dropped).
@@ -53,7 +52,7 @@ struct Payload {
 pub struct Conn {
     peer: PeerConn,
     storage: Arc<Storage>,
-    payload: Option<Payload>,
+    payload: Option<BlockInFlight>,
     remote_id: Option<[u8; 20]>,
     from_seeder: bool,
     registered: bool,
@@ -82,7 +81,7 @@ impl PeerService {
     }
 
     /// Acts on everything the protocol asked for since the last call.
-    fn drain_events(&mut self, io: &mut CoreIo<'_, CoreMsg>, id: ConnId, conn: &mut Conn) {
+    fn drain_events(&mut self, io: &mut CoreIo<'_, NodeMsg>, id: ConnId, conn: &mut Conn) {
         while let Some(ev) = conn.peer.poll_event() {
             match ev {
                 Event::HandshakeDone { peer_id, .. } => {
@@ -116,7 +115,7 @@ impl PeerService {
                 }
                 Event::ReceivePayload { block, discard } => {
                     self.shared.mark_first_byte(block.piece);
-                    conn.payload = Some(Payload {
+                    conn.payload = Some(BlockInFlight {
                         block,
                         discard,
                         done: 0,
@@ -133,7 +132,7 @@ impl PeerService {
 
     fn finish_payload(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         now: Instant,
@@ -158,12 +157,12 @@ impl PeerService {
 
 impl Service for PeerService {
     type Conn = Conn;
-    type Msg = CoreMsg;
+    type Msg = NodeMsg;
     type Error = CloseReason;
 
     fn on_connected(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _id: ConnId,
         peer: SocketAddr,
         direction: Direction,
@@ -228,7 +227,7 @@ impl Service for PeerService {
 
     fn on_connect_failed(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         peer: SocketAddr,
         error: &std::io::Error,
     ) {
@@ -275,7 +274,7 @@ impl Service for PeerService {
 
     fn on_bytes(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         bytes: &[u8],
@@ -303,7 +302,7 @@ impl Service for PeerService {
 
     fn on_recv_done(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         now: Instant,
@@ -370,21 +369,21 @@ impl Service for PeerService {
 
     fn on_mailbox(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _conns: &mut Conns<'_, Conn, CloseReason>,
-        msg: CoreMsg,
+        msg: NodeMsg,
         _now: Instant,
     ) {
         // The runtime polls every connection after a mailbox message, which is all a
         // verified piece (have broadcast) or a ban needs.
         match msg {
-            CoreMsg::Poll => {}
+            NodeMsg::Poll => {}
         }
     }
 
     fn on_tick(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         conns: &mut Conns<'_, Conn, CloseReason>,
         now: Instant,
     ) {
@@ -415,10 +414,10 @@ impl Service for PeerService {
 
     fn on_closed(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _id: ConnId,
         mut conn: Conn,
-        reason: RtClose<CloseReason>,
+        reason: CloseCause<CloseReason>,
     ) {
         conn.peer.handle_close(self.swarm.get(&self.shared.door));
         let c = &self.shared.counters;

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
 use crate::geometry::PieceIndex;
-use crate::hash::{HashPool, Verdict};
+use crate::hash::{HashPool, HashVerdict};
 use crate::peer::PeerConfig;
 use crate::storage::Storage;
 use crate::swarm::Swarm;
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     pub storage: Arc<Storage>,
     pub hashes: Arc<Vec<[u8; 20]>>,
     pub pool: HashPool,
-    pub verdict_tx: Sender<Verdict>,
+    pub verdict_tx: Sender<HashVerdict>,
     pub peer_cfg: PeerConfig,
     pub our_id: [u8; 20],
     pub peer_ids: Mutex<HashSet<[u8; 20]>>,
@@ -73,7 +73,7 @@ impl Shared {
         swarm: Swarm,
         storage: Arc<Storage>,
         pool: HashPool,
-        verdict_tx: Sender<Verdict>,
+        verdict_tx: Sender<HashVerdict>,
         start: Instant,
     ) -> Shared {
         let mut peer_cfg = cfg.peer.clone();

@@ -29,11 +29,11 @@ enum Closed {
     Other(String),
 }
 
-fn closed<E: fmt::Display>(r: &CloseReason<E>) -> Closed {
+fn closed<E: fmt::Display>(r: &CloseCause<E>) -> Closed {
     match r {
-        CloseReason::PeerClosed => Closed::ByPeer,
-        CloseReason::Io(e) => Closed::Io(e.kind()),
-        CloseReason::Shutdown => Closed::Shutdown,
+        CloseCause::PeerClosed => Closed::ByPeer,
+        CloseCause::Io(e) => Closed::Io(e.kind()),
+        CloseCause::Shutdown => Closed::Shutdown,
         other => Closed::Other(other.to_string()),
     }
 }
@@ -119,7 +119,7 @@ impl Service for Echo {
         _: &mut CoreIo<'_, ()>,
         _: ConnId,
         _: EchoConn,
-        reason: CloseReason<String>,
+        reason: CloseCause<String>,
     ) {
         let _ = self.closed.send(closed(&reason));
     }
@@ -445,7 +445,7 @@ impl Service for Transfer {
         _: &mut CoreIo<'_, u32>,
         _: ConnId,
         conn: TConn,
-        reason: CloseReason<String>,
+        reason: CloseCause<String>,
     ) {
         let d = match conn {
             TConn::Recv { .. } => Direction::Inbound,
@@ -729,7 +729,7 @@ impl Service for Hoarder {
         _: Instant,
     ) {
     }
-    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseReason<String>) {
+    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseCause<String>) {
         let _ = self.0.send(closed(&reason));
     }
 }

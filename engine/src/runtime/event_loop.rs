@@ -9,10 +9,10 @@
 //! their completions, close the socket through the ring, and only after that completion free
 //! the slab entry (with its buffers) and hand the service's state back via `on_closed`.
 
-use super::mailbox::{CoreMsg, Inbox, Mailbox};
+use super::mailbox::{Envelope, Inbox, Mailbox};
 use super::net::{self, RawAddr};
 use super::ops::{self, vectored::IoVecs, ConnOp, Token};
-use super::{CloseReason, ConnId, Direction, RecvTarget, RuntimeConfig, RuntimeError, Service};
+use super::{CloseCause, ConnId, Direction, RecvTarget, RuntimeConfig, RuntimeError, Service};
 use crossbeam_channel::Sender;
 use io_uring::{cqueue, squeue, types, IoUring};
 use std::io;
@@ -175,7 +175,7 @@ struct Entry<C, E> {
     direction: Direction,
     state: State,
     conn: Option<C>,
-    reason: Option<CloseReason<E>>,
+    reason: Option<CloseCause<E>>,
     inflight: u32,
     connecting: bool,
     recv_inflight: bool,
@@ -568,7 +568,7 @@ impl<S: Service> Core<S> {
                     Action::Dial(addr) => self.dial(addr),
                     Action::Close(id) => {
                         if self.valid(id) {
-                            self.begin_close(id.slot, CloseReason::Local);
+                            self.begin_close(id.slot, CloseCause::Local);
                         }
                     }
                     Action::Wake(id) => {
@@ -712,7 +712,7 @@ impl<S: Service> Core<S> {
         }
     }
 
-    fn begin_close(&mut self, slot: u32, reason: CloseReason<S::Error>) {
+    fn begin_close(&mut self, slot: u32, reason: CloseCause<S::Error>) {
         let Some(e) = self.entry(slot) else { return };
         if e.state == State::Closing {
             return;
@@ -781,13 +781,13 @@ impl<S: Service> Core<S> {
         self.generations[slot as usize] = e.id.generation.wrapping_add(1);
         self.free.push(slot);
         self.live -= 1;
-        let reason = e.reason.take().unwrap_or(CloseReason::Local);
+        let reason = e.reason.take().unwrap_or(CloseCause::Local);
         let (service, mut io, _) = self.io_parts();
         match e.conn.take() {
             Some(conn) => service.on_closed(&mut io, e.id, conn, reason),
             None if e.direction == Direction::Outbound => {
                 let err = match reason {
-                    CloseReason::Io(err) => err,
+                    CloseCause::Io(err) => err,
                     other => io::Error::other(other.to_string()),
                 };
                 service.on_connect_failed(&mut io, e.peer, &err);
@@ -827,7 +827,7 @@ impl<S: Service> Core<S> {
                             Ok(0) => e.rx_stalled = true,
                             Ok(n) => e.rx_start += n.min(avail),
                             Err(err) => {
-                                self.begin_close(slot, CloseReason::Protocol(err));
+                                self.begin_close(slot, CloseCause::Protocol(err));
                                 return;
                             }
                         }
@@ -836,7 +836,7 @@ impl<S: Service> Core<S> {
                     settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
                     if e.rx_end == e.rx.len() {
                         if e.rx.len() >= max_message {
-                            self.begin_close(slot, CloseReason::MessageTooLarge(max_message));
+                            self.begin_close(slot, CloseCause::MessageTooLarge(max_message));
                             return;
                         }
                         let grown = (e.rx.len() * 2).min(max_message);
@@ -894,7 +894,7 @@ impl<S: Service> Core<S> {
                     }
                     if e.recv_iov.is_done() {
                         if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
-                            self.begin_close(slot, CloseReason::Protocol(err));
+                            self.begin_close(slot, CloseCause::Protocol(err));
                             return;
                         }
                         continue;
@@ -984,9 +984,9 @@ impl<S: Service> Core<S> {
                 return;
             };
             match msg {
-                CoreMsg::Dial(addr) => self.dial(addr),
-                CoreMsg::Shutdown => self.begin_shutdown(),
-                CoreMsg::User(m) => {
+                Envelope::Dial(addr) => self.dial(addr),
+                Envelope::Shutdown => self.begin_shutdown(),
+                Envelope::User(m) => {
                     let (service, mut io, slots) = self.io_parts();
                     service.on_mailbox(&mut io, &mut Conns { slots }, m, now);
                     self.mark_all_dirty();
@@ -1011,7 +1011,7 @@ impl<S: Service> Core<S> {
             self.cancel_core(Token::Tick);
         }
         for slot in 0..self.slots.len() as u32 {
-            self.begin_close(slot, CloseReason::Shutdown);
+            self.begin_close(slot, CloseCause::Shutdown);
         }
     }
 
@@ -1098,7 +1098,7 @@ impl<S: Service> Core<S> {
                 e.state = State::Open;
                 self.mark_dirty(slot);
             }
-            None => self.begin_close(slot, CloseReason::Local),
+            None => self.begin_close(slot, CloseCause::Local),
         }
     }
 
@@ -1121,7 +1121,7 @@ impl<S: Service> Core<S> {
                     } else {
                         io::Error::from_raw_os_error(-res)
                     };
-                    self.begin_close(slot, CloseReason::Io(err));
+                    self.begin_close(slot, CloseCause::Io(err));
                 } else {
                     let _ = net::set_nodelay(e.fd);
                     self.open(slot);
@@ -1154,12 +1154,12 @@ impl<S: Service> Core<S> {
                 // Resubmit the same target: the iovec cursor is unchanged, the buffer too.
                 self.resubmit_recv(slot);
             } else {
-                self.begin_close(slot, CloseReason::Io(io::Error::from_raw_os_error(-res)));
+                self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
             }
             return;
         }
         if res == 0 {
-            self.begin_close(slot, CloseReason::PeerClosed);
+            self.begin_close(slot, CloseCause::PeerClosed);
             return;
         }
         let n = res as usize;
@@ -1167,7 +1167,7 @@ impl<S: Service> Core<S> {
             if !e.recv_iov.advance(n) {
                 self.begin_close(
                     slot,
-                    CloseReason::Io(io::Error::other(
+                    CloseCause::Io(io::Error::other(
                         "kernel reported more bytes than requested",
                     )),
                 );
@@ -1180,7 +1180,7 @@ impl<S: Service> Core<S> {
             }
             let Some(conn) = e.conn.as_mut() else { return };
             if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
-                self.begin_close(slot, CloseReason::Protocol(err));
+                self.begin_close(slot, CloseCause::Protocol(err));
                 return;
             }
         } else {
@@ -1225,13 +1225,13 @@ impl<S: Service> Core<S> {
         }
         let id = e.id;
         if res < 0 && !is_transient(-res) {
-            self.begin_close(slot, CloseReason::Io(io::Error::from_raw_os_error(-res)));
+            self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
             return;
         }
         if res == 0 && e.send_iov.remaining() > 0 {
             self.begin_close(
                 slot,
-                CloseReason::Io(io::Error::new(
+                CloseCause::Io(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "sendmsg wrote nothing",
                 )),
@@ -1241,7 +1241,7 @@ impl<S: Service> Core<S> {
         if res > 0 && !e.send_iov.advance(res as usize) {
             self.begin_close(
                 slot,
-                CloseReason::Io(io::Error::other(
+                CloseCause::Io(io::Error::other(
                     "kernel reported more bytes than requested",
                 )),
             );
@@ -1266,7 +1266,7 @@ impl<S: Service> Core<S> {
         }
         let Some(conn) = e.conn.as_mut() else { return };
         if let Err(err) = service.on_send_done(&mut io, id, conn, now) {
-            self.begin_close(slot, CloseReason::Protocol(err));
+            self.begin_close(slot, CloseCause::Protocol(err));
             return;
         }
         self.mark_dirty(slot);
