@@ -14,9 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use corvid_engine::metainfo::{FileSpec, Metainfo};
 use corvid_engine::metrics::{MetricsServer, Registry};
 use corvid_engine::node::resume::{RecordStatus, ResumeReport};
-use corvid_engine::node::{
-    self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, NodeReportJson, StopFlag,
-};
+use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
 use corvid_engine::peer::auth::Secret;
 use corvid_engine::stats::{json_seconds, to_json_line};
 
@@ -62,7 +60,7 @@ pub enum NodeLine<'a> {
         reason: &'a str,
     },
     Done {
-        report: NodeReportJson<'a>,
+        report: &'a NodeReport,
     },
     /// `--metrics-listen`: where the Prometheus endpoint listens.
     MetricsListening {
@@ -416,7 +414,7 @@ impl Printer {
             bar.finish_and_clear();
         }
         if self.json {
-            self.json_line(&NodeLine::Done { report: r.json() });
+            self.json_line(&NodeLine::Done { report: r });
             return;
         }
         let t = &r.transfer;
@@ -544,9 +542,11 @@ mod tests {
                 bytes_from_peers: 0,
                 pieces_verified: 0,
                 pieces_failed: 0,
+                down_rate_bps: 0.0,
                 piece_latency_us: Default::default(),
             },
             resume: ResumeReport::off(),
+            swarm_lock: Default::default(),
         };
         let cases = [
             (
@@ -608,10 +608,8 @@ mod tests {
                 r#"{"event":"peer_closed","addr":"127.0.0.1:6881","reason":"stalled: 40 s"}"#,
             ),
             (
-                NodeLine::Done {
-                    report: report.json(),
-                },
-                r#"{"event":"done","report":{"elapsed_s":2,"bytes_down":0,"bytes_up":0,"bytes_from_seeder":0,"bytes_from_peers":0,"pieces_verified":0,"pieces_failed":0,"down_rate_bps":0,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"127.0.0.1:6881","complete":false,"pieces":4,"bytes_total":1000,"wasted":0,"banned":[],"download_s":null,"resume":{"record":"off","reason":null,"trusted_pieces":0,"rechecked_pieces":0,"rechecked_bytes":0}}}"#,
+                NodeLine::Done { report: &report },
+                r#"{"event":"done","report":{"elapsed_s":2,"bytes_down":0,"bytes_up":0,"bytes_from_seeder":0,"bytes_from_peers":0,"pieces_verified":0,"pieces_failed":0,"down_rate_bps":0,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"127.0.0.1:6881","complete":false,"pieces":4,"bytes_total":1000,"wasted":0,"banned":[],"download_s":null,"resume":{"record":"off","reason":null,"trusted_pieces":0,"rechecked_pieces":0,"rechecked_bytes":0},"swarm_lock":{"acquisitions":0,"per_second":0,"held_fraction":0,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}}"#,
             ),
         ];
         for (line, want) in cases {

@@ -34,7 +34,7 @@ const IN_FLIGHT_PER_THREAD: usize = 4;
 
 /// The outcome of one asynchronous verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct HashVerdict {
     pub piece: PieceIndex,
     pub ok: bool,
     /// From [`HashPool::submit`] to the verdict: queueing plus hashing, what the piece
@@ -50,7 +50,7 @@ enum Job {
         piece: PieceIndex,
         expected: [u8; 20],
         submitted: Instant,
-        reply: Sender<Verdict>,
+        reply: Sender<HashVerdict>,
     },
     Hash {
         storage: Arc<Storage>,
@@ -110,7 +110,7 @@ impl HashPool {
         storage: Arc<Storage>,
         piece: PieceIndex,
         expected: [u8; 20],
-        reply: Sender<Verdict>,
+        reply: Sender<HashVerdict>,
     ) {
         self.send(Job::Verify {
             storage,
@@ -261,7 +261,7 @@ fn work(jobs: Receiver<Job>) {
                 let ok = hash_caught(&storage, piece) == Some(expected);
                 let end = Instant::now();
                 // The submitter may have gone away (torrent stopped); that is not an error.
-                let _ = reply.send(Verdict {
+                let _ = reply.send(HashVerdict {
                     piece,
                     ok,
                     elapsed: end - submitted,
@@ -426,7 +426,7 @@ mod tests {
             pool.submit(Arc::clone(&s), p, expected[p.as_usize()], tx.clone());
         }
         drop(tx);
-        let mut verdicts: Vec<Verdict> = rx.iter().collect();
+        let mut verdicts: Vec<HashVerdict> = rx.iter().collect();
         assert_eq!(
             verdicts.len(),
             64,

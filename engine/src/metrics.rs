@@ -575,7 +575,7 @@ fn serve(mut stream: TcpStream, registry: &Registry) {
 mod tests {
     use super::*;
     use crate::peer::CloseReason;
-    use crate::runtime::CloseReason as RtClose;
+    use crate::runtime::CloseCause as RtClose;
 
     fn get(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();

@@ -3,9 +3,8 @@
 //! A [`TransferStats`] is owned by one thread (one per runtime core) and updated without
 //! locks or atomics; at the end the cores' stats are [`TransferStats::merge`]d and turned
 //! into a [`Report`], a plain value the CLI renders as text ([`std::fmt::Display`]) or as
-//! one JSON object ([`Report::to_json`]). The JSON shape is a serde struct
-//! ([`ReportJson`]), so its keys and their order are written down once, and serde_json
-//! does the escaping.
+//! one JSON object ([`Report::to_json`]). The report is its own JSON shape (serde), so its
+//! keys and their order are written down once, and serde_json does the escaping.
 //!
 //! Piece latency is measured from the first request of a piece to its hash verdict, in
 //! microseconds, into an HdrHistogram (3 significant digits, 1 µs to 1 hour; longer
@@ -109,20 +108,7 @@ impl TransferStats {
     pub fn report(&self, now: Instant) -> Report {
         let end = self.ended.unwrap_or(now);
         let elapsed = end.saturating_duration_since(self.started);
-        let h = &self.piece_latency_us;
-        let piece_latency_us = if h.is_empty() {
-            LatencySummary::default()
-        } else {
-            LatencySummary {
-                count: h.len(),
-                min: h.min(),
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                max: h.max(),
-                mean: h.mean(),
-            }
-        };
+        let piece_latency_us = LatencySummary::of(&self.piece_latency_us);
         Report {
             label: None,
             elapsed,
@@ -132,6 +118,7 @@ impl TransferStats {
             bytes_from_peers: self.bytes_from_peers,
             pieces_verified: self.pieces_verified,
             pieces_failed: self.pieces_failed,
+            down_rate_bps: rate(self.bytes_down, elapsed),
             piece_latency_us,
         }
     }
@@ -142,7 +129,7 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
 }
 
-/// Quantiles of a latency distribution, in microseconds; all zero when nothing was
+/// Quantiles of a latency distribution, in the unit of the field that holds it (`_us`, `_ns`); all zero when nothing was
 /// recorded. Values are HdrHistogram's (within 0.1% of the recorded ones).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct LatencySummary {
@@ -156,11 +143,32 @@ pub struct LatencySummary {
     pub mean: f64,
 }
 
-/// The summary of one transfer, for printing.
-#[derive(Debug, Clone, PartialEq)]
+impl LatencySummary {
+    /// The quantiles of `h` (all zero when it is empty).
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// The summary of one transfer, for printing. Its JSON shape is this struct (keys in
+/// field order; durations in seconds as `_s` or microseconds as `_us`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// What the report is about (a host name, a run id), set by the caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    #[serde(rename = "elapsed_s", serialize_with = "json_duration")]
     pub elapsed: Duration,
     pub bytes_down: u64,
     pub bytes_up: u64,
@@ -168,59 +176,32 @@ pub struct Report {
     pub bytes_from_peers: u64,
     pub pieces_verified: u64,
     pub pieces_failed: u64,
+    /// Download rate in bytes per second over `elapsed` (0 if no time passed), computed
+    /// once by [`TransferStats::report`].
+    #[serde(serialize_with = "json_number")]
+    pub down_rate_bps: f64,
     pub piece_latency_us: LatencySummary,
 }
 
 impl Report {
-    /// Download rate in bytes per second over the elapsed time (0 if no time passed).
-    pub fn down_rate(&self) -> f64 {
-        let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.bytes_down as f64 / s
-        } else {
-            0.0
-        }
-    }
-
-    /// The report as one JSON object on one line (no trailing newline), with keys in a
-    /// fixed order. Durations are in seconds (`elapsed_s`) or microseconds (`_us`).
+    /// The report as one JSON object on one line (no trailing newline).
     pub fn to_json(&self) -> String {
-        to_json_line(&self.json())
-    }
-
-    /// The JSON shape, for objects that embed the report's fields (the node's report).
-    pub fn json(&self) -> ReportJson<'_> {
-        ReportJson {
-            label: self.label.as_deref(),
-            elapsed_s: self.elapsed.as_secs_f64(),
-            bytes_down: self.bytes_down,
-            bytes_up: self.bytes_up,
-            bytes_from_seeder: self.bytes_from_seeder,
-            bytes_from_peers: self.bytes_from_peers,
-            pieces_verified: self.pieces_verified,
-            pieces_failed: self.pieces_failed,
-            down_rate_bps: self.down_rate(),
-            piece_latency_us: &self.piece_latency_us,
-        }
+        to_json_line(self)
     }
 }
 
-/// The JSON shape of a [`Report`], field order as printed.
-#[derive(Serialize)]
-pub struct ReportJson<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<&'a str>,
-    #[serde(serialize_with = "json_number")]
-    pub elapsed_s: f64,
-    pub bytes_down: u64,
-    pub bytes_up: u64,
-    pub bytes_from_seeder: u64,
-    pub bytes_from_peers: u64,
-    pub pieces_verified: u64,
-    pub pieces_failed: u64,
-    #[serde(serialize_with = "json_number")]
-    pub down_rate_bps: f64,
-    pub piece_latency_us: &'a LatencySummary,
+/// Bytes per second over `elapsed`, 0 if no time passed.
+fn rate(bytes: u64, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s > 0.0 {
+        bytes as f64 / s
+    } else {
+        0.0
+    }
+}
+
+fn json_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    json_number(&d.as_secs_f64(), s)
 }
 
 impl fmt::Display for Report {
@@ -234,7 +215,7 @@ impl fmt::Display for Report {
             "  {:.1} MiB down in {:.2} s ({:.1} MiB/s), {:.1} MiB up",
             mib(self.bytes_down),
             self.elapsed.as_secs_f64(),
-            self.down_rate() / (1024.0 * 1024.0),
+            self.down_rate_bps / (1024.0 * 1024.0),
             mib(self.bytes_up)
         )?;
         writeln!(
@@ -326,7 +307,7 @@ mod tests {
         );
         assert_eq!(r.bytes_up, 500);
         assert_eq!((r.pieces_verified, r.pieces_failed), (100, 1));
-        assert_eq!(r.down_rate(), 2000.0);
+        assert_eq!(r.down_rate_bps, 2000.0);
         let l = r.piece_latency_us;
         assert_eq!(l.count, 100);
         // Within HdrHistogram's 3-significant-digit precision of the exact values.
@@ -345,7 +326,7 @@ mod tests {
         let mut s = TransferStats::new(t0);
         let r = s.report(t0);
         assert_eq!(r.piece_latency_us, LatencySummary::default());
-        assert_eq!(r.down_rate(), 0.0);
+        assert_eq!(r.down_rate_bps, 0.0);
         assert!(
             r.to_json().contains("\"down_rate_bps\":0,"),
             "{}",
@@ -404,6 +385,7 @@ mod tests {
             bytes_from_peers: 2,
             pieces_verified: 5,
             pieces_failed: 0,
+            down_rate_bps: 2.0,
             piece_latency_us: LatencySummary {
                 count: 5,
                 min: 1,

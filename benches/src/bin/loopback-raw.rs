@@ -10,7 +10,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use corvid_engine::runtime::{
-    CloseReason, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, Runtime, RuntimeConfig,
+    CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, Runtime, RuntimeConfig,
     SendBuf, Service,
 };
 use crossbeam_channel::Sender;
@@ -173,7 +173,7 @@ impl Service for Bench {
         }
         Ok(())
     }
-    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>, _: std::time::Instant) -> bool {
         let Conn::Send { r, header, queued } = conn else {
             return false;
         };
@@ -198,7 +198,7 @@ impl Service for Bench {
         _: Instant,
     ) {
     }
-    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: Conn, _: CloseReason<String>) {}
+    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: Conn, _: CloseCause<String>) {}
 }
 
 fn mapped(

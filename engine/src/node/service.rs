@@ -3,14 +3,16 @@
 //! Each core runs one [`PeerService`]; each connection's [`Conn`] holds its
 //! [`PeerConn`] and an `Arc` of the storage its receive and send spans point into, so the
 //! mapping outlives every in-flight operation (the runtime drops a `Conn` only after its
-//! last completion). The torrent-wide [`Swarm`] is one `parking_lot::Mutex` for all
-//! cores, locked once per protocol call; calls are short and never allocate per block.
+//! last completion). The torrent-wide swarm is shared by all cores behind one door
+//! (`SwarmDoor`): a core takes its lock at the first protocol
+//! call of a batch of completions that needs it and keeps it until the runtime calls
+//! [`Service::end_batch`], before waiting for I/O again.
 //!
 //! Data path: a `piece` header is read into the connection's small buffer; the payload is
 //! then received by the kernel straight into the mapped file ([`RecvTarget::Iovecs`]).
 //! The one copy left is the payload bytes that arrived in the same receive as the header;
 //! receiving at most a header's worth while requests are outstanding
-//! ([`NodeTuning::header_sized_recv`]) makes that copy rare. Uploads are sent with
+//! ([`NodeTuning::header_sized_recv`](super::NodeTuning::header_sized_recv)) makes that copy rare. Uploads are sent with
 //! `sendmsg` from the header bytes plus spans of the mapping, without copying.
 
 use std::net::SocketAddr;
@@ -22,24 +24,24 @@ use crate::geometry::BlockRef;
 use crate::peer::auth::Role;
 use crate::peer::{CloseReason, Event, PeerConn, Transmit};
 use crate::runtime::{
-    CloseReason as RtClose, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf,
-    Service,
+    CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget, SendBuf, Service,
 };
 use crate::storage::{Storage, BLOCK_IOVECS};
 use crate::wire::PIECE_HEADER_LEN;
 
-use super::{is_seeder_id, Shared};
+use super::door::CoreLock;
+use super::shared::{is_seeder_id, Shared};
 
 /// Messages for a core's mailbox.
 #[derive(Debug)]
-pub enum CoreMsg {
+pub enum NodeMsg {
     /// Something torrent-wide changed (a verified piece, a ban): poll every connection.
     Poll,
 }
 
 /// A payload being received for a block.
 #[derive(Debug, Clone, Copy)]
-struct Payload {
+struct BlockInFlight {
     block: BlockRef,
     discard: bool,
     /// Bytes of the block already in storage (or dropped).
@@ -50,7 +52,7 @@ struct Payload {
 pub struct Conn {
     peer: PeerConn,
     storage: Arc<Storage>,
-    payload: Option<Payload>,
+    payload: Option<BlockInFlight>,
     remote_id: Option<[u8; 20]>,
     from_seeder: bool,
     registered: bool,
@@ -65,15 +67,21 @@ pub struct Conn {
 /// The per-core service the runtime drives.
 pub struct PeerService {
     shared: Arc<Shared>,
+    /// The swarm, locked from the first callback of a batch that needs it until
+    /// [`Service::end_batch`].
+    swarm: CoreLock,
 }
 
 impl PeerService {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
-        PeerService { shared }
+        PeerService {
+            shared,
+            swarm: CoreLock::default(),
+        }
     }
 
     /// Acts on everything the protocol asked for since the last call.
-    fn drain_events(&mut self, io: &mut CoreIo<'_, CoreMsg>, id: ConnId, conn: &mut Conn) {
+    fn drain_events(&mut self, io: &mut CoreIo<'_, NodeMsg>, id: ConnId, conn: &mut Conn) {
         while let Some(ev) = conn.peer.poll_event() {
             match ev {
                 Event::HandshakeDone { peer_id, .. } => {
@@ -107,7 +115,7 @@ impl PeerService {
                 }
                 Event::ReceivePayload { block, discard } => {
                     self.shared.mark_first_byte(block.piece);
-                    conn.payload = Some(Payload {
+                    conn.payload = Some(BlockInFlight {
                         block,
                         discard,
                         done: 0,
@@ -124,7 +132,7 @@ impl PeerService {
 
     fn finish_payload(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         now: Instant,
@@ -141,22 +149,20 @@ impl PeerService {
             c.from_peers
                 .fetch_add(u64::from(p.block.len), Ordering::Relaxed);
         }
-        {
-            let mut swarm = self.shared.swarm.lock();
-            conn.peer.handle_payload_done(&mut swarm, p.block, now);
-        }
+        let swarm = self.swarm.get(&self.shared.door);
+        conn.peer.handle_payload_done(swarm, p.block, now);
         self.drain_events(io, id, conn);
     }
 }
 
 impl Service for PeerService {
     type Conn = Conn;
-    type Msg = CoreMsg;
+    type Msg = NodeMsg;
     type Error = CloseReason;
 
     fn on_connected(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _id: ConnId,
         peer: SocketAddr,
         direction: Direction,
@@ -183,10 +189,9 @@ impl Service for PeerService {
             release_ip();
             return None;
         }
-        let mut swarm = self.shared.swarm.lock();
         match PeerConn::new(
             &self.shared.peer_cfg,
-            &mut swarm,
+            self.swarm.get(&self.shared.door),
             peer,
             match direction {
                 Direction::Outbound => Role::Initiator,
@@ -222,7 +227,7 @@ impl Service for PeerService {
 
     fn on_connect_failed(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         peer: SocketAddr,
         error: &std::io::Error,
     ) {
@@ -269,7 +274,7 @@ impl Service for PeerService {
 
     fn on_bytes(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         bytes: &[u8],
@@ -288,17 +293,16 @@ impl Service for PeerService {
             // Nothing to decode yet: wait for more bytes without the swarm lock.
             return Ok(0);
         }
-        let result = {
-            let mut swarm = self.shared.swarm.lock();
-            conn.peer.handle_bytes(&mut swarm, bytes, now)
-        };
+        let result = conn
+            .peer
+            .handle_bytes(self.swarm.get(&self.shared.door), bytes, now);
         self.drain_events(io, id, conn);
         result
     }
 
     fn on_recv_done(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         id: ConnId,
         conn: &mut Conn,
         now: Instant,
@@ -325,13 +329,10 @@ impl Service for PeerService {
         Ok(())
     }
 
-    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut Conn, out: &mut SendBuf<'_>, now: Instant) -> bool {
         let before = out.len();
-        let now = Instant::now();
-        let block = {
-            let mut swarm = self.shared.swarm.lock();
-            out.write(|buf| conn.peer.poll_transmit(&mut swarm, now, buf))
-        };
+        let swarm = self.swarm.get(&self.shared.door);
+        let block = out.write(|buf| conn.peer.poll_transmit(swarm, now, buf));
         if let Some(Transmit::Block { header, block }) = block {
             out.push_bytes(&header);
             let mut iov = [libc::iovec {
@@ -362,37 +363,34 @@ impl Service for PeerService {
                 .counters
                 .uploaded
                 .fetch_add(u64::from(block.len), Ordering::Relaxed);
-            self.shared.mark_uploaded(&conn.storage.lengths(), block);
         }
         out.len() > before
     }
 
     fn on_mailbox(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _conns: &mut Conns<'_, Conn, CloseReason>,
-        msg: CoreMsg,
+        msg: NodeMsg,
         _now: Instant,
     ) {
         // The runtime polls every connection after a mailbox message, which is all a
         // verified piece (have broadcast) or a ban needs.
         match msg {
-            CoreMsg::Poll => {}
+            NodeMsg::Poll => {}
         }
     }
 
     fn on_tick(
         &mut self,
-        io: &mut CoreIo<'_, CoreMsg>,
+        io: &mut CoreIo<'_, NodeMsg>,
         conns: &mut Conns<'_, Conn, CloseReason>,
         now: Instant,
     ) {
         let mut closing = Vec::new();
         for (id, conn) in conns.iter_mut() {
-            {
-                let mut swarm = self.shared.swarm.lock();
-                conn.peer.handle_tick(&mut swarm, now);
-            }
+            conn.peer
+                .handle_tick(self.swarm.get(&self.shared.door), now);
             while let Some(ev) = conn.peer.poll_event() {
                 match ev {
                     Event::Close(reason) => {
@@ -410,17 +408,18 @@ impl Service for PeerService {
         }
     }
 
+    fn end_batch(&mut self) {
+        self.swarm.release(&self.shared.door);
+    }
+
     fn on_closed(
         &mut self,
-        _io: &mut CoreIo<'_, CoreMsg>,
+        _io: &mut CoreIo<'_, NodeMsg>,
         _id: ConnId,
         mut conn: Conn,
-        reason: RtClose<CloseReason>,
+        reason: CloseCause<CloseReason>,
     ) {
-        {
-            let mut swarm = self.shared.swarm.lock();
-            conn.peer.handle_close(&mut swarm);
-        }
+        conn.peer.handle_close(self.swarm.get(&self.shared.door));
         let c = &self.shared.counters;
         c.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = conn.ip_slot {

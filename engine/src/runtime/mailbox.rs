@@ -3,8 +3,10 @@
 //! Each core keeps an 8-byte read of its eventfd outstanding on its ring (see `ops::eventfd`).
 //! A sender pushes the message into the channel first and then writes to the eventfd, so by
 //! the time the ring's read completes the message is visible; the core then drains the
-//! channel. Messages carry work that must run on the owning core: dial a peer, a have to
-//! broadcast, a hash verdict, shutdown.
+//! channel. Messages carry work that must run on the owning core: dial a peer, shut down,
+//! or the service's own message (the node sends only `NodeMsg::Poll`: "the swarm changed,
+//! poll every connection"; haves and verdicts themselves reach the connections through the
+//! shared swarm, not through the mailbox).
 
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 /// A message for a core.
 #[derive(Debug)]
-pub enum CoreMsg<M> {
+pub enum Envelope<M> {
     /// Open an outbound connection to this address (the service's `on_connected` follows).
     Dial(SocketAddr),
     /// An application message, handed to the service's `on_mailbox`.
@@ -35,7 +37,7 @@ pub struct MailboxClosed {
 #[derive(Debug)]
 pub struct Mailbox<M> {
     core: usize,
-    tx: Sender<CoreMsg<M>>,
+    tx: Sender<Envelope<M>>,
     bell: Arc<OwnedFd>,
 }
 
@@ -52,12 +54,12 @@ impl<M> Clone for Mailbox<M> {
 impl<M> Mailbox<M> {
     /// Deliver an application message to the core's service.
     pub fn send(&self, msg: M) -> Result<(), MailboxClosed> {
-        self.post(CoreMsg::User(msg))
+        self.post(Envelope::User(msg))
     }
 
     /// Ask the core to open a connection to `addr`.
     pub fn dial(&self, addr: SocketAddr) -> Result<(), MailboxClosed> {
-        self.post(CoreMsg::Dial(addr))
+        self.post(Envelope::Dial(addr))
     }
 
     /// Which core this mailbox reaches.
@@ -66,7 +68,7 @@ impl<M> Mailbox<M> {
     }
 
     /// Enqueue, then ring the doorbell (in that order, so the woken core sees the message).
-    pub fn post(&self, msg: CoreMsg<M>) -> Result<(), MailboxClosed> {
+    pub fn post(&self, msg: Envelope<M>) -> Result<(), MailboxClosed> {
         self.tx
             .send(msg)
             .map_err(|_| MailboxClosed { core: self.core })?;
@@ -81,7 +83,7 @@ impl<M> Mailbox<M> {
 /// The receiving side, owned by the core.
 #[derive(Debug)]
 pub struct Inbox<M> {
-    rx: Receiver<CoreMsg<M>>,
+    rx: Receiver<Envelope<M>>,
     bell: Arc<OwnedFd>,
 }
 
@@ -92,7 +94,7 @@ impl<M> Inbox<M> {
     }
 
     /// The next queued message, if any.
-    pub fn try_recv(&self) -> Option<CoreMsg<M>> {
+    pub fn try_recv(&self) -> Option<Envelope<M>> {
         self.rx.try_recv().ok()
     }
 }
@@ -130,8 +132,8 @@ mod tests {
         // SAFETY: reads 8 bytes into a live local from our eventfd.
         let n = unsafe { libc::read(rx.eventfd(), (&mut counter as *mut u64).cast(), 8) };
         assert_eq!((n, counter), (8, 2), "one doorbell ring per message");
-        assert!(matches!(rx.try_recv(), Some(CoreMsg::User(7))));
-        assert!(matches!(rx.try_recv(), Some(CoreMsg::Dial(_))));
+        assert!(matches!(rx.try_recv(), Some(Envelope::User(7))));
+        assert!(matches!(rx.try_recv(), Some(Envelope::Dial(_))));
         assert!(rx.try_recv().is_none());
         drop(rx);
         assert_eq!(tx.send(1), Err(MailboxClosed { core: 3 }));

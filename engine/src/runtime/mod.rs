@@ -1,10 +1,13 @@
 //! runtime: thread-per-core io_uring event loops that drive connection state machines.
 //!
-//! Each core is one thread with its own `IoUring`, its own [`Service`] (the per-core state, e.g.
-//! a swarm and its peer connections) and its own `SO_REUSEPORT` listener: the kernel spreads
-//! incoming connections over the cores' listeners and a connection never migrates, so nothing
-//! on the data path is shared or locked. Cores talk only through their [`Mailbox`] (crossbeam
-//! channel + an eventfd the ring keeps a read outstanding on).
+//! Each core is one thread with its own `IoUring`, its own [`Service`] (the per-core state and
+//! its connections) and its own `SO_REUSEPORT` listener: the kernel spreads incoming
+//! connections over the cores' listeners and a connection never migrates, so sockets, buffers
+//! and connection state are never shared. The runtime itself shares nothing between cores
+//! except their [`Mailbox`]es (crossbeam channel + an eventfd the ring keeps a read
+//! outstanding on). A service may share state across its cores: the node's swarm is one
+//! lock for all of them, which the core lets its service take once per batch of completions
+//! ([`Service::end_batch`] is where the service releases it, before the core waits).
 //!
 //! The runtime is generic: it knows sockets and buffers, not BitTorrent. A [`Service`] says
 //! where the next received bytes go ([`RecvTarget`]: the connection's own buffer for protocol
@@ -20,16 +23,16 @@
 //! runtime drops that state only after the connection's last completion.
 //!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
-//! [`mailbox`], `net` (sockets), `core` (the event loop).
+//! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
 
-mod core;
+mod event_loop;
 pub mod mailbox;
 mod net;
 pub mod ops;
 pub mod probe;
 
-pub use self::core::{Conns, CoreIo, RecvIovecs, SendBuf};
-pub use mailbox::{CoreMsg, Mailbox, MailboxClosed};
+pub use event_loop::{Conns, CoreIo, RecvIovecs, SendBuf};
+pub use mailbox::{Envelope, Mailbox, MailboxClosed};
 pub use probe::{probe, UringUnavailable};
 
 use std::fmt;
@@ -79,7 +82,7 @@ pub enum RecvTarget {
 
 /// Why a connection closed.
 #[derive(Debug)]
-pub enum CloseReason<E> {
+pub enum CloseCause<E> {
     /// The peer closed its side (EOF).
     PeerClosed,
     /// A socket error: ECONNRESET, EPIPE, ETIMEDOUT...
@@ -94,15 +97,15 @@ pub enum CloseReason<E> {
     Shutdown,
 }
 
-impl<E: fmt::Display> fmt::Display for CloseReason<E> {
+impl<E: fmt::Display> fmt::Display for CloseCause<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CloseReason::PeerClosed => write!(f, "peer closed the connection"),
-            CloseReason::Io(e) => write!(f, "socket error: {e}"),
-            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
-            CloseReason::MessageTooLarge(n) => write!(f, "message larger than {n} bytes"),
-            CloseReason::Local => write!(f, "closed locally"),
-            CloseReason::Shutdown => write!(f, "runtime shutting down"),
+            CloseCause::PeerClosed => write!(f, "peer closed the connection"),
+            CloseCause::Io(e) => write!(f, "socket error: {e}"),
+            CloseCause::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseCause::MessageTooLarge(n) => write!(f, "message larger than {n} bytes"),
+            CloseCause::Local => write!(f, "closed locally"),
+            CloseCause::Shutdown => write!(f, "runtime shutting down"),
         }
     }
 }
@@ -161,8 +164,9 @@ pub trait Service: Send + 'static {
     ) -> Result<(), Self::Error>;
 
     /// Append what to send next to `out`; return `false` when there is nothing (more). Called
-    /// repeatedly while no send is in flight, until `false` or the batch is full.
-    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>) -> bool;
+    /// repeatedly while no send is in flight, until `false` or the batch is full. `now` is
+    /// the time of the current batch of completions.
+    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>, now: Instant) -> bool;
 
     /// Everything appended since the previous call was written to the socket; spans pushed
     /// into it are no longer referenced.
@@ -194,13 +198,19 @@ pub trait Service: Send + 'static {
     ) {
     }
 
+    /// The core handled a batch of completions (and everything they made ready) and is about
+    /// to wait for the kernel: release what was taken for the batch, e.g. a lock shared with
+    /// other cores, so it is held once per batch rather than once per callback. Also called
+    /// once when the core stops, even after a panic in the service.
+    fn end_batch(&mut self) {}
+
     /// The connection is gone and its I/O finished; `conn` is handed back for last accounting.
     fn on_closed(
         &mut self,
         io: &mut CoreIo<'_, Self::Msg>,
         id: ConnId,
         conn: Self::Conn,
-        reason: CloseReason<Self::Error>,
+        reason: CloseCause<Self::Error>,
     );
 }
 
@@ -346,7 +356,7 @@ impl<S: Service> Runtime<S> {
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{core}", config.name))
-                .spawn(move || self::core::run(core, config, service, inbox, all, listener, ready));
+                .spawn(move || event_loop::run(core, config, service, inbox, all, listener, ready));
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(source) => {
@@ -408,7 +418,7 @@ impl<S: Service> Runtime<S> {
 
     fn stop_all(&mut self) -> Vec<Result<S, RuntimeError>> {
         for m in &self.mailboxes {
-            let _ = m.post(CoreMsg::Shutdown);
+            let _ = m.post(Envelope::Shutdown);
         }
         self.threads
             .drain(..)

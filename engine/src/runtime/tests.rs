@@ -29,11 +29,11 @@ enum Closed {
     Other(String),
 }
 
-fn closed<E: fmt::Display>(r: &CloseReason<E>) -> Closed {
+fn closed<E: fmt::Display>(r: &CloseCause<E>) -> Closed {
     match r {
-        CloseReason::PeerClosed => Closed::ByPeer,
-        CloseReason::Io(e) => Closed::Io(e.kind()),
-        CloseReason::Shutdown => Closed::Shutdown,
+        CloseCause::PeerClosed => Closed::ByPeer,
+        CloseCause::Io(e) => Closed::Io(e.kind()),
+        CloseCause::Shutdown => Closed::Shutdown,
         other => Closed::Other(other.to_string()),
     }
 }
@@ -94,7 +94,7 @@ impl Service for Echo {
     ) -> Result<(), String> {
         Err("echo never asks for iovecs".into())
     }
-    fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>, _: Instant) -> bool {
         if conn.pending.is_empty() {
             return false;
         }
@@ -119,7 +119,7 @@ impl Service for Echo {
         _: &mut CoreIo<'_, ()>,
         _: ConnId,
         _: EchoConn,
-        reason: CloseReason<String>,
+        reason: CloseCause<String>,
     ) {
         let _ = self.closed.send(closed(&reason));
     }
@@ -405,7 +405,7 @@ impl Service for Transfer {
         }
         Ok(())
     }
-    fn next_send(&mut self, conn: &mut TConn, out: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, conn: &mut TConn, out: &mut SendBuf<'_>, _: Instant) -> bool {
         let TConn::Send {
             region,
             header_sent,
@@ -445,7 +445,7 @@ impl Service for Transfer {
         _: &mut CoreIo<'_, u32>,
         _: ConnId,
         conn: TConn,
-        reason: CloseReason<String>,
+        reason: CloseCause<String>,
     ) {
         let d = match conn {
             TConn::Recv { .. } => Direction::Inbound,
@@ -718,7 +718,7 @@ impl Service for Hoarder {
     ) -> Result<(), String> {
         Ok(())
     }
-    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>) -> bool {
+    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
         false
     }
     fn on_mailbox(
@@ -729,7 +729,7 @@ impl Service for Hoarder {
         _: Instant,
     ) {
     }
-    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseReason<String>) {
+    fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseCause<String>) {
         let _ = self.0.send(closed(&reason));
     }
 }

@@ -8,17 +8,24 @@
 //! Teardown of a connection: mark it closing, cancel its in-flight operations, wait for all
 //! their completions, close the socket through the ring, and only after that completion free
 //! the slab entry (with its buffers) and hand the service's state back via `on_closed`.
+//!
+//! Here: the handles callbacks get (`CoreIo`, `RecvIovecs`, `SendBuf`, `Conns`), the slab
+//! entry, the loop and its core-level operations (accept, mailbox, tick). `data_path`:
+//! receives and sends; `lifecycle`: opening and closing connections.
 
-use super::mailbox::{CoreMsg, Inbox, Mailbox};
+use super::mailbox::{Envelope, Inbox, Mailbox};
 use super::net::{self, RawAddr};
 use super::ops::{self, vectored::IoVecs, ConnOp, Token};
-use super::{CloseReason, ConnId, Direction, RecvTarget, RuntimeConfig, RuntimeError, Service};
+use super::{CloseCause, ConnId, Direction, RecvTarget, RuntimeConfig, RuntimeError, Service};
 use crossbeam_channel::Sender;
 use io_uring::{cqueue, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Instant;
+
+mod data_path;
+mod lifecycle;
 
 /// What a callback asked the loop to do once it returns.
 #[derive(Debug)]
@@ -175,7 +182,7 @@ struct Entry<C, E> {
     direction: Direction,
     state: State,
     conn: Option<C>,
-    reason: Option<CloseReason<E>>,
+    reason: Option<CloseCause<E>>,
     inflight: u32,
     connecting: bool,
     recv_inflight: bool,
@@ -264,6 +271,9 @@ struct Core<S: Service> {
     /// Messages may remain in the inbox: drain again before blocking.
     inbox_pending: bool,
     shutting_down: Option<Instant>,
+    /// When the kernel last handed back completions: the `now` of every callback of the
+    /// batch they start.
+    now: Instant,
     /// SQEs that did not fit in the submission queue, in order.
     backlog: std::collections::VecDeque<Vec<squeue::Entry>>,
 }
@@ -328,6 +338,7 @@ pub(super) fn run<S: Service>(
         core_inflight: 0,
         inbox_pending: true,
         shutting_down: None,
+        now: Instant::now(),
         backlog: std::collections::VecDeque::new(),
     };
     core.arm_accept();
@@ -337,7 +348,11 @@ pub(super) fn run<S: Service>(
     // operations still in flight reference. The panic is caught and the core leaked like on
     // a shutdown timeout, so the runtime reports it and nothing is freed under the kernel.
     let looped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.run_loop()));
-    let Ok(looped) = looped else {
+    // What the service holds for its batch (a lock other threads wait on) is let go even
+    // when the core is leaked below, or a panic here would hang every other thread.
+    let released =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.service.end_batch()));
+    let (Ok(looped), Ok(())) = (looped, released) else {
         std::mem::forget(core);
         return Err(RuntimeError::Panicked { core: index });
     };
@@ -516,6 +531,9 @@ impl<S: Service> Core<S> {
             } else {
                 1
             };
+            // The batch is over: the service lets go of what it holds (e.g. the swarm
+            // lock) before this thread sleeps in the kernel.
+            self.service.end_batch();
             let res = if self.shutting_down.is_some() && wait == 1 {
                 // Bounded wait so the shutdown deadline is checked even if nothing completes.
                 let ts = types::Timespec::from(std::time::Duration::from_millis(50));
@@ -533,6 +551,7 @@ impl<S: Service> Core<S> {
                     ) => {}
                 Err(e) => return Err(LoopError::Io(e)),
             }
+            self.now = Instant::now();
             cqes.clear();
             cqes.extend(
                 self.ring
@@ -556,7 +575,7 @@ impl<S: Service> Core<S> {
                     Action::Dial(addr) => self.dial(addr),
                     Action::Close(id) => {
                         if self.valid(id) {
-                            self.begin_close(id.slot, CloseReason::Local);
+                            self.begin_close(id.slot, CloseCause::Local);
                         }
                     }
                     Action::Wake(id) => {
@@ -595,49 +614,6 @@ impl<S: Service> Core<S> {
         }
     }
 
-    fn alloc(&mut self, fd: RawFd, peer: SocketAddr, direction: Direction, state: State) -> u32 {
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[slot as usize];
-        self.slots[slot as usize] = Some(Box::new(Entry {
-            id: ConnId { slot, generation },
-            fd,
-            peer,
-            direction,
-            state,
-            conn: None,
-            reason: None,
-            inflight: 0,
-            connecting: false,
-            recv_inflight: false,
-            send_inflight: false,
-            close_submitted: false,
-            dirty: false,
-            rx: vec![0; self.config.recv_buffer.max(64)],
-            rx_start: 0,
-            rx_end: 0,
-            rx_stalled: false,
-            recv_into_iovecs: false,
-            recv_iov: IoVecs::default(),
-            // SAFETY: msghdr is plain old data; all-zero is an empty header.
-            recv_msg: unsafe { std::mem::zeroed() },
-            send_bytes: Vec::new(),
-            send_segs: Vec::new(),
-            send_iov: IoVecs::default(),
-            // SAFETY: as above.
-            send_msg: unsafe { std::mem::zeroed() },
-            addr: RawAddr::from_std(peer),
-        }));
-        self.live += 1;
-        slot
-    }
-
     fn entry(&mut self, slot: u32) -> Option<&mut Entry<S::Conn, S::Error>> {
         self.slots.get_mut(slot as usize)?.as_deref_mut()
     }
@@ -655,325 +631,17 @@ impl<S: Service> Core<S> {
         }
     }
 
-    fn dial(&mut self, addr: SocketAddr) {
-        if self.shutting_down.is_some() {
-            return;
-        }
-        let fd = match net::tcp_socket(&addr) {
-            Ok(fd) => fd.into_raw_fd(),
-            Err(err) => {
-                let (service, mut io, _) = self.io_parts();
-                service.on_connect_failed(&mut io, addr, &err);
-                return;
-            }
-        };
-        let slot = self.alloc(fd, addr, Direction::Outbound, State::Connecting);
-        let Some(e) = self.entry(slot) else { return };
-        e.connecting = true;
-        let (ptr, len) = (e.addr.as_ptr(), e.addr.len);
-        let ts: *const types::Timespec = &*self.connect_ts;
-        let connect = ops::connect::connect(
-            fd,
-            ptr,
-            len,
-            true,
-            Token::Conn {
-                slot,
-                op: ConnOp::Connect,
-            }
-            .encode(),
-        );
-        let timeout = ops::timeout::link_timeout(
-            ts,
-            Token::Conn {
-                slot,
-                op: ConnOp::ConnectTimeout,
-            }
-            .encode(),
-        );
-        // SAFETY: the address lives in the boxed entry, freed only after both completions;
-        // `connect_ts` is owned by the core, which outlives every operation. Pushed as one
-        // unit so the link is not split across two submissions.
-        unsafe { self.push(&[connect, timeout]) };
-        if let Some(e) = self.entry(slot) {
-            e.inflight += 2;
-        }
-    }
-
-    fn begin_close(&mut self, slot: u32, reason: CloseReason<S::Error>) {
-        let Some(e) = self.entry(slot) else { return };
-        if e.state == State::Closing {
-            return;
-        }
-        e.state = State::Closing;
-        e.reason.get_or_insert(reason);
-        let mut targets = Vec::with_capacity(3);
-        if e.connecting {
-            targets.push(ConnOp::Connect);
-        }
-        if e.recv_inflight {
-            targets.push(ConnOp::Recv);
-        }
-        if e.send_inflight {
-            targets.push(ConnOp::Send);
-        }
-        for op in targets {
-            let target = Token::Conn { slot, op }.encode();
-            // SAFETY: a cancel references no memory.
-            unsafe {
-                self.push_conn(
-                    slot,
-                    ops::close::cancel(
-                        target,
-                        Token::Conn {
-                            slot,
-                            op: ConnOp::Cancel,
-                        }
-                        .encode(),
-                    ),
-                )
-            };
-        }
-        self.maybe_finish_close(slot);
-    }
-
-    /// Once nothing of a closing connection is in flight, close its socket through the ring.
-    fn maybe_finish_close(&mut self, slot: u32) {
-        let Some(e) = self.entry(slot) else { return };
-        if e.state != State::Closing || e.inflight > 0 || e.close_submitted {
-            return;
-        }
-        e.close_submitted = true;
-        let fd = e.fd;
-        // SAFETY: close references no memory.
-        unsafe {
-            self.push_conn(
-                slot,
-                ops::close::close(
-                    fd,
-                    Token::Conn {
-                        slot,
-                        op: ConnOp::Close,
-                    }
-                    .encode(),
-                ),
-            )
-        };
-    }
-
-    /// The socket is closed and nothing is in flight: free the entry, tell the service.
-    fn release(&mut self, slot: u32) {
-        let Some(mut e) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
-            return;
-        };
-        self.generations[slot as usize] = e.id.generation.wrapping_add(1);
-        self.free.push(slot);
-        self.live -= 1;
-        let reason = e.reason.take().unwrap_or(CloseReason::Local);
-        let (service, mut io, _) = self.io_parts();
-        match e.conn.take() {
-            Some(conn) => service.on_closed(&mut io, e.id, conn, reason),
-            None if e.direction == Direction::Outbound => {
-                let err = match reason {
-                    CloseReason::Io(err) => err,
-                    other => io::Error::other(other.to_string()),
-                };
-                service.on_connect_failed(&mut io, e.peer, &err);
-            }
-            None => {}
-        }
-    }
-
-    fn drive_recv(&mut self, slot: u32) {
-        let now = Instant::now();
-        for _ in 0..MAX_DRIVE_STEPS {
-            let max_message = self.config.max_message;
-            let recv_buffer = self.config.recv_buffer.max(64);
-            let (service, mut io, slots) = self.io_parts();
-            let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-                return;
-            };
-            if e.state != State::Open || e.recv_inflight {
-                return;
-            }
-            let Some(conn) = e.conn.as_mut() else { return };
-            let id = e.id;
-            e.recv_iov.clear();
-            let target = service.next_recv(
-                conn,
-                &mut RecvIovecs {
-                    iov: &mut e.recv_iov,
-                },
-            );
-            match target {
-                RecvTarget::Pause => return,
-                RecvTarget::Buffer { max } => {
-                    if e.rx_end > e.rx_start && !e.rx_stalled {
-                        let avail = e.rx_end - e.rx_start;
-                        match service.on_bytes(&mut io, id, conn, &e.rx[e.rx_start..e.rx_end], now)
-                        {
-                            Ok(0) => e.rx_stalled = true,
-                            Ok(n) => e.rx_start += n.min(avail),
-                            Err(err) => {
-                                self.begin_close(slot, CloseReason::Protocol(err));
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
-                    if e.rx_end == e.rx.len() {
-                        if e.rx.len() >= max_message {
-                            self.begin_close(slot, CloseReason::MessageTooLarge(max_message));
-                            return;
-                        }
-                        let grown = (e.rx.len() * 2).min(max_message);
-                        e.rx.resize(grown, 0);
-                    }
-                    let mut want = e.rx.len() - e.rx_end;
-                    if max > 0 {
-                        want = want.min(max);
-                    }
-                    let want = u32::try_from(want).unwrap_or(u32::MAX);
-                    let ptr = e.rx[e.rx_end..].as_mut_ptr();
-                    e.recv_into_iovecs = false;
-                    e.recv_inflight = true;
-                    let fd = e.fd;
-                    let entry = ops::recv::recv(
-                        fd,
-                        ptr,
-                        want,
-                        Token::Conn {
-                            slot,
-                            op: ConnOp::Recv,
-                        }
-                        .encode(),
-                    );
-                    // SAFETY: `rx` lives in the boxed entry and is neither resized nor read
-                    // while `recv_inflight` is set; the entry is freed only after completion.
-                    unsafe { self.push_conn(slot, entry) };
-                    return;
-                }
-                RecvTarget::Iovecs => {
-                    if e.rx_end > e.rx_start {
-                        // Bytes that arrived before the service knew they were payload: the
-                        // one copy the data path makes, bounded by one buffer receive.
-                        let mut copied = 0;
-                        let src = &e.rx[e.rx_start..e.rx_end];
-                        for v in e.recv_iov.pending() {
-                            let n = v.iov_len.min(src.len() - copied);
-                            // SAFETY: the service promised (push_span contract) the span is
-                            // valid for writes of iov_len bytes and unaliased; `src` is our
-                            // own buffer, so the regions do not overlap.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    src[copied..].as_ptr(),
-                                    v.iov_base.cast::<u8>(),
-                                    n,
-                                )
-                            };
-                            copied += n;
-                            if copied == src.len() {
-                                break;
-                            }
-                        }
-                        e.recv_iov.advance(copied);
-                        e.rx_start += copied;
-                    }
-                    if e.recv_iov.is_done() {
-                        if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
-                            self.begin_close(slot, CloseReason::Protocol(err));
-                            return;
-                        }
-                        continue;
-                    }
-                    e.recv_iov.fill_msghdr(&mut e.recv_msg);
-                    e.recv_into_iovecs = true;
-                    e.recv_inflight = true;
-                    let msg: *mut libc::msghdr = &mut e.recv_msg;
-                    let entry = ops::recv::recvmsg(
-                        e.fd,
-                        msg,
-                        Token::Conn {
-                            slot,
-                            op: ConnOp::Recv,
-                        }
-                        .encode(),
-                    );
-                    // SAFETY: the msghdr and iovec array live in the boxed entry, untouched
-                    // while `recv_inflight`; the spans are covered by push_span's contract
-                    // (the service's Conn, which owns them, is dropped only after completion).
-                    unsafe { self.push_conn(slot, entry) };
-                    return;
-                }
-            }
-        }
-        // Too many steps without blocking on I/O: continue in the next iteration.
-        self.mark_dirty(slot);
-    }
-
-    fn drive_send(&mut self, slot: u32) {
-        let batch = self.config.send_batch;
-        let (service, _io, slots) = self.io_parts();
-        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-            return;
-        };
-        if e.state != State::Open || e.send_inflight {
-            return;
-        }
-        let Some(conn) = e.conn.as_mut() else { return };
-        e.send_bytes.clear();
-        e.send_segs.clear();
-        let mut out = SendBuf {
-            bytes: &mut e.send_bytes,
-            segs: &mut e.send_segs,
-            len: 0,
-        };
-        while out.len < batch && out.segs.len() < MAX_SEND_SEGS {
-            if !service.next_send(conn, &mut out) {
-                break;
-            }
-        }
-        if out.len == 0 {
-            return;
-        }
-        e.send_iov.clear();
-        for seg in &e.send_segs {
-            match *seg {
-                Seg::Bytes { start, end } => e
-                    .send_iov
-                    .push(e.send_bytes[start..end].as_ptr().cast_mut(), end - start),
-                Seg::Span { ptr, len } => e.send_iov.push(ptr.cast_mut(), len),
-            }
-        }
-        e.send_iov.fill_msghdr(&mut e.send_msg);
-        e.send_inflight = true;
-        let msg: *const libc::msghdr = &e.send_msg;
-        let entry = ops::send::sendmsg(
-            e.fd,
-            msg,
-            Token::Conn {
-                slot,
-                op: ConnOp::Send,
-            }
-            .encode(),
-        );
-        // SAFETY: msghdr, iovec array and `send_bytes` live in the boxed entry and are not
-        // modified while `send_inflight`; spans are covered by push_span's contract.
-        unsafe { self.push_conn(slot, entry) };
-    }
-
     fn drain_inbox(&mut self) {
         self.inbox_pending = false;
-        let now = Instant::now();
+        let now = self.now;
         for _ in 0..MAX_DRAIN {
             let Some(msg) = self.inbox.try_recv() else {
                 return;
             };
             match msg {
-                CoreMsg::Dial(addr) => self.dial(addr),
-                CoreMsg::Shutdown => self.begin_shutdown(),
-                CoreMsg::User(m) => {
+                Envelope::Dial(addr) => self.dial(addr),
+                Envelope::Shutdown => self.begin_shutdown(),
+                Envelope::User(m) => {
                     let (service, mut io, slots) = self.io_parts();
                     service.on_mailbox(&mut io, &mut Conns { slots }, m, now);
                     self.mark_all_dirty();
@@ -998,7 +666,7 @@ impl<S: Service> Core<S> {
             self.cancel_core(Token::Tick);
         }
         for slot in 0..self.slots.len() as u32 {
-            self.begin_close(slot, CloseReason::Shutdown);
+            self.begin_close(slot, CloseCause::Shutdown);
         }
     }
 
@@ -1019,7 +687,7 @@ impl<S: Service> Core<S> {
                 self.tick_armed = false;
                 self.core_inflight -= 1;
                 if res == -libc::ETIME && self.shutting_down.is_none() {
-                    let now = Instant::now();
+                    let now = self.now;
                     let (service, mut io, slots) = self.io_parts();
                     service.on_tick(&mut io, &mut Conns { slots }, now);
                     self.mark_all_dirty();
@@ -1029,63 +697,6 @@ impl<S: Service> Core<S> {
             }
             Token::CoreCancel => self.core_inflight -= 1,
             Token::Conn { slot, op } => self.complete_conn(slot, op, res),
-        }
-    }
-
-    fn on_accept(&mut self, res: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accept_armed = false;
-            self.core_inflight -= 1;
-        }
-        if res < 0 {
-            let errno = -res;
-            if errno == libc::EINVAL && self.accept_multishot {
-                // Kernel without multishot accept (< 5.19): fall back to one SQE per accept.
-                self.accept_multishot = false;
-                self.arm_accept();
-            } else if is_transient(errno) || errno == libc::ECONNABORTED {
-                self.arm_accept();
-            }
-            // Other errors (EMFILE, ECANCELED...): re-armed on the next tick, if any.
-            return;
-        }
-        if !self.accept_armed {
-            self.arm_accept();
-        }
-        let fd = res;
-        if self.shutting_down.is_some() {
-            // SAFETY: `fd` was just accepted and is owned by nobody else.
-            unsafe { libc::close(fd) };
-            return;
-        }
-        let peer = match net::peer_addr(fd) {
-            Ok(p) => p,
-            Err(_) => {
-                // The peer is already gone (ENOTCONN): nothing to serve.
-                // SAFETY: as above.
-                unsafe { libc::close(fd) };
-                return;
-            }
-        };
-        let _ = net::set_nodelay(fd);
-        let slot = self.alloc(fd, peer, Direction::Inbound, State::Open);
-        self.open(slot);
-    }
-
-    /// Ask the service to take the connection in `slot`; closes it if refused.
-    fn open(&mut self, slot: u32) {
-        let now = Instant::now();
-        let (service, mut io, slots) = self.io_parts();
-        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-            return;
-        };
-        match service.on_connected(&mut io, e.id, e.peer, e.direction, now) {
-            Some(conn) => {
-                e.conn = Some(conn);
-                e.state = State::Open;
-                self.mark_dirty(slot);
-            }
-            None => self.begin_close(slot, CloseReason::Local),
         }
     }
 
@@ -1108,7 +719,7 @@ impl<S: Service> Core<S> {
                     } else {
                         io::Error::from_raw_os_error(-res)
                     };
-                    self.begin_close(slot, CloseReason::Io(err));
+                    self.begin_close(slot, CloseCause::Io(err));
                 } else {
                     let _ = net::set_nodelay(e.fd);
                     self.open(slot);
@@ -1123,187 +734,5 @@ impl<S: Service> Core<S> {
             ConnOp::Send => self.send_done(slot, res),
         }
         self.maybe_finish_close(slot);
-    }
-
-    fn recv_done(&mut self, slot: u32, res: i32) {
-        let now = Instant::now();
-        let (service, mut io, slots) = self.io_parts();
-        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-            return;
-        };
-        e.recv_inflight = false;
-        if e.state != State::Open {
-            return;
-        }
-        let id = e.id;
-        if res < 0 {
-            if is_transient(-res) {
-                // Resubmit the same target: the iovec cursor is unchanged, the buffer too.
-                self.resubmit_recv(slot);
-            } else {
-                self.begin_close(slot, CloseReason::Io(io::Error::from_raw_os_error(-res)));
-            }
-            return;
-        }
-        if res == 0 {
-            self.begin_close(slot, CloseReason::PeerClosed);
-            return;
-        }
-        let n = res as usize;
-        if e.recv_into_iovecs {
-            if !e.recv_iov.advance(n) {
-                self.begin_close(
-                    slot,
-                    CloseReason::Io(io::Error::other(
-                        "kernel reported more bytes than requested",
-                    )),
-                );
-                return;
-            }
-            if !e.recv_iov.is_done() {
-                // Short read: receive the rest into the remaining spans.
-                self.resubmit_recv(slot);
-                return;
-            }
-            let Some(conn) = e.conn.as_mut() else { return };
-            if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
-                self.begin_close(slot, CloseReason::Protocol(err));
-                return;
-            }
-        } else {
-            e.rx_end = (e.rx_end + n).min(e.rx.len());
-            e.rx_stalled = false;
-        }
-        self.mark_dirty(slot);
-    }
-
-    /// Submit the pending receive again (after a short read or a transient error).
-    fn resubmit_recv(&mut self, slot: u32) {
-        let Some(e) = self.entry(slot) else { return };
-        if !e.recv_into_iovecs {
-            // A buffer receive is never resumed as is: drive_recv decides afresh.
-            self.mark_dirty(slot);
-            return;
-        }
-        e.recv_iov.fill_msghdr(&mut e.recv_msg);
-        let entry = ops::recv::recvmsg(
-            e.fd,
-            &mut e.recv_msg,
-            Token::Conn {
-                slot,
-                op: ConnOp::Recv,
-            }
-            .encode(),
-        );
-        e.recv_inflight = true;
-        // SAFETY: as in drive_recv: memory in the boxed entry or under push_span's contract.
-        unsafe { self.push_conn(slot, entry) };
-    }
-
-    fn send_done(&mut self, slot: u32, res: i32) {
-        let now = Instant::now();
-        let (service, mut io, slots) = self.io_parts();
-        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-            return;
-        };
-        e.send_inflight = false;
-        if e.state != State::Open {
-            return;
-        }
-        let id = e.id;
-        if res < 0 && !is_transient(-res) {
-            self.begin_close(slot, CloseReason::Io(io::Error::from_raw_os_error(-res)));
-            return;
-        }
-        if res == 0 && e.send_iov.remaining() > 0 {
-            self.begin_close(
-                slot,
-                CloseReason::Io(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "sendmsg wrote nothing",
-                )),
-            );
-            return;
-        }
-        if res > 0 && !e.send_iov.advance(res as usize) {
-            self.begin_close(
-                slot,
-                CloseReason::Io(io::Error::other(
-                    "kernel reported more bytes than requested",
-                )),
-            );
-            return;
-        }
-        if !e.send_iov.is_done() {
-            // Short write (or EAGAIN): send the remainder.
-            e.send_iov.fill_msghdr(&mut e.send_msg);
-            e.send_inflight = true;
-            let entry = ops::send::sendmsg(
-                e.fd,
-                &e.send_msg,
-                Token::Conn {
-                    slot,
-                    op: ConnOp::Send,
-                }
-                .encode(),
-            );
-            // SAFETY: as in drive_send.
-            unsafe { self.push_conn(slot, entry) };
-            return;
-        }
-        let Some(conn) = e.conn.as_mut() else { return };
-        if let Err(err) = service.on_send_done(&mut io, id, conn, now) {
-            self.begin_close(slot, CloseReason::Protocol(err));
-            return;
-        }
-        self.mark_dirty(slot);
-    }
-}
-
-/// Before the next receive into a connection's buffer: moves unconsumed bytes to the front,
-/// and gives back what the buffer grew by for one big message (up to `max_message`) once
-/// what is left fits the normal size again, so every connection does not keep its
-/// largest message's worth for good.
-fn settle_rx(rx: &mut Vec<u8>, start: &mut usize, end: &mut usize, base: usize) {
-    if *start == *end {
-        *start = 0;
-        *end = 0;
-    } else if *start > 0 {
-        rx.copy_within(*start..*end, 0);
-        *end -= *start;
-        *start = 0;
-    }
-    if rx.len() > base && *end <= base {
-        rx.truncate(base);
-        rx.shrink_to_fit();
-    }
-}
-
-#[cfg(test)]
-mod settle_tests {
-    use super::settle_rx;
-
-    #[test]
-    fn a_grown_receive_buffer_shrinks_back_once_its_content_fits() {
-        let base = 64 * 1024;
-        // Grown to 1 MiB for a big message, 100 unconsumed bytes left at its end.
-        let mut rx = vec![0u8; 1 << 20];
-        rx[(1 << 20) - 100..].fill(7);
-        let (mut start, mut end) = ((1 << 20) - 100, 1 << 20);
-        settle_rx(&mut rx, &mut start, &mut end, base);
-        assert_eq!((start, end), (0, 100));
-        assert_eq!(rx.len(), base);
-        assert!(rx.capacity() < 1 << 20);
-        assert!(rx[..100].iter().all(|&b| b == 7));
-        // Still filling a big message: not shrunk.
-        let mut rx = vec![0u8; 1 << 20];
-        let (mut start, mut end) = (0, base + 1);
-        settle_rx(&mut rx, &mut start, &mut end, base);
-        assert_eq!(rx.len(), 1 << 20);
-        // A normal buffer, emptied, is left alone.
-        let mut rx = vec![0u8; base];
-        let (mut start, mut end) = (10, 10);
-        settle_rx(&mut rx, &mut start, &mut end, base);
-        assert_eq!((start, end, rx.len()), (0, 0, base));
     }
 }

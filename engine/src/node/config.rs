@@ -1,0 +1,83 @@
+//! What a node is asked to do: the mode, when a seeder stops, the tuning knobs and the
+//! whole configuration, as the CLI and the tests build it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::geometry::Lengths;
+use crate::peer::PeerConfig;
+use crate::storage::FileSpec;
+use crate::swarm::SwarmConfig;
+
+use super::resume::ResumeConfig;
+
+/// Seed what is on disk, or download it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Seed,
+    Download,
+}
+
+/// When a seeding node stops by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedUntil {
+    /// Until told to stop.
+    Stopped,
+    /// Once every piece has been uploaded at least once and peers have announced
+    /// every piece (Murder's seeder need not stay after that: the peers hold
+    /// everything between them). Used by tests that prove peers serve each other.
+    EveryPieceUploaded,
+}
+
+/// Performance knobs that benchmarks compare.
+#[derive(Debug, Clone)]
+pub struct NodeTuning {
+    /// While blocks are expected, receive at most a piece header into the buffer, so the
+    /// payload that follows lands in the mapping without a copy (one more receive per
+    /// block).
+    pub header_sized_recv: bool,
+}
+
+impl Default for NodeTuning {
+    fn default() -> Self {
+        NodeTuning {
+            header_sized_recv: true,
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    pub info_hash: [u8; 20],
+    pub lengths: Lengths,
+    pub piece_hashes: Arc<Vec<[u8; 20]>>,
+    pub files: Vec<FileSpec>,
+    /// Directory the file paths are relative to.
+    pub root: PathBuf,
+    pub listen: SocketAddr,
+    pub cores: usize,
+    pub hash_threads: usize,
+    pub trackers: Vec<String>,
+    /// Peers to dial at start, besides what trackers return.
+    pub peers: Vec<SocketAddr>,
+    /// A downloader keeps seeding this long after it completes.
+    pub linger: Duration,
+    pub seed_until: SeedUntil,
+    /// Seeder: skip the start-up hash check of the data.
+    pub trust_data: bool,
+    /// Give up when no piece was verified for this long while incomplete.
+    pub stall_timeout: Duration,
+    pub max_connections: usize,
+    pub peer: PeerConfig,
+    pub swarm: SwarmConfig,
+    pub tuning: NodeTuning,
+    /// Port announced to trackers when it differs from the listening port (NAT); 0 = same.
+    pub announce_port: u16,
+    /// Downloads: where the resume record lives (`None`: keep none, hash everything on
+    /// disk at start). Seeders ignore it.
+    pub resume: Option<ResumeConfig>,
+}

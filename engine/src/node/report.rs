@@ -1,0 +1,151 @@
+//! What a node tells its caller: events while it runs ([`NodeEvent`]) and the final
+//! [`NodeReport`], whose JSON shape is a serde struct (scripts and benches read it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::stats::Report;
+
+use super::door::SwarmLockReport;
+use super::resume::ResumeReport;
+
+/// What happened, for progress bars and JSON lines.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// Listening for peers; `peer_addr` is the bound address.
+    Listening {
+        peer_addr: SocketAddr,
+    },
+    /// The start-up check found this many verified pieces already on disk; `resume` says
+    /// how many were kept on the resume record's word and how many were hashed.
+    Checked {
+        have: u32,
+        total: u32,
+        resume: ResumeReport,
+    },
+    /// Something went wrong that the node works around (a resume record that cannot be
+    /// written); reported once, the node keeps going.
+    Warning {
+        message: String,
+    },
+    Progress(Progress),
+    /// Every piece is verified and flushed to disk.
+    Complete {
+        elapsed: Duration,
+    },
+    /// A tracker could not be reached or refused us (the node keeps going).
+    TrackerError {
+        url: String,
+        error: String,
+    },
+    /// A connection closed, with the reason (hostile peers show up here).
+    PeerClosed {
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// A snapshot of the node's state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub have: u32,
+    pub total: u32,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub peers: usize,
+}
+
+/// The final report. Its JSON shape is this struct: the transfer report's fields first
+/// (flattened), then the node's own.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    /// Bytes, seeder vs peers, piece latency percentiles.
+    #[serde(flatten)]
+    pub transfer: Report,
+    pub peer_addr: SocketAddr,
+    pub complete: bool,
+    pub pieces: u32,
+    pub bytes_total: u64,
+    /// Payload bytes dropped: end-game duplicates and pieces that failed their hash.
+    pub wasted: u64,
+    /// Addresses banned for sending data that failed its hash.
+    pub banned: Vec<IpAddr>,
+    /// Start to completion (downloads).
+    #[serde(rename = "download_s", serialize_with = "crate::stats::json_seconds")]
+    pub download_time: Option<Duration>,
+    /// How the start-up check went (resume record used or not, pieces hashed).
+    pub resume: ResumeReport,
+    /// How long threads waited for the swarm lock and held it (see the node module's
+    /// docs for what these numbers decided).
+    pub swarm_lock: SwarmLockReport,
+}
+
+impl NodeReport {
+    /// One JSON object: the transfer report's fields, then the node's own.
+    pub fn to_json(&self) -> String {
+        crate::stats::to_json_line(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::resume;
+
+    fn sample_report(download_time: Option<Duration>, reason: Option<&str>) -> NodeReport {
+        NodeReport {
+            peer_addr: "[::1]:6881".parse().unwrap(),
+            complete: true,
+            pieces: 4,
+            bytes_total: 1000,
+            wasted: 7,
+            banned: vec!["10.0.0.9".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            download_time,
+            transfer: Report {
+                label: None,
+                elapsed: Duration::from_millis(1500),
+                bytes_down: 1000,
+                bytes_up: 3,
+                bytes_from_seeder: 600,
+                bytes_from_peers: 400,
+                pieces_verified: 4,
+                pieces_failed: 1,
+                down_rate_bps: 1000.0 / 1.5,
+                piece_latency_us: Default::default(),
+            },
+            resume: ResumeReport {
+                record: resume::RecordStatus::Mismatch,
+                reason: reason.map(str::to_owned),
+                trusted_pieces: 1,
+                rechecked_pieces: 3,
+                rechecked_bytes: 750,
+            },
+            swarm_lock: SwarmLockReport {
+                acquisitions: 10,
+                per_second: 2.5,
+                held_fraction: 0.125,
+                wait_ns: Default::default(),
+                hold_ns: Default::default(),
+            },
+        }
+    }
+
+    /// The `done` line's report, byte for byte as corvid has printed it (scripts and the
+    /// benches read these fields); `swarm_lock` was added at the end (issue 13).
+    #[test]
+    fn the_report_json_keeps_its_bytes() {
+        let r = sample_report(
+            Some(Duration::from_micros(1_250_000)),
+            Some("a.bin changed"),
+        );
+        assert_eq!(
+            r.to_json(),
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
+        );
+        let r = sample_report(None, None);
+        assert_eq!(
+            r.to_json(),
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The state every thread of a node reaches: the swarm, the storage, the hasher pool,
+//! the counters and the bookkeeping of connections and peers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::geometry::PieceIndex;
+use crate::hash::{HashPool, HashVerdict};
+use crate::metrics::NodeMetrics;
+use crate::peer::PeerConfig;
+use crate::storage::Storage;
+use crate::swarm::Swarm;
+
+use super::config::{Mode, NodeConfig, NodeTuning};
+use super::door::SwarmDoor;
+use super::per_ip::{per_ip_limits, PerIp};
+use super::report::NodeEvent;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub from_seeder: AtomicU64,
+    pub from_peers: AtomicU64,
+    /// Payload dropped by the cores: end-game duplicates, cancelled copies.
+    pub wasted: AtomicU64,
+    /// Payload bytes of pieces that failed their hash.
+    pub failed: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub connections: AtomicUsize,
+    pub peers: AtomicUsize,
+    pub refused: AtomicU64,
+    pub dials: AtomicU64,
+}
+
+/// State shared by every core and the control loop.
+pub(crate) struct Shared {
+    /// The swarm, behind its one door.
+    pub door: SwarmDoor,
+    pub storage: Arc<Storage>,
+    pub hashes: Arc<Vec<[u8; 20]>>,
+    pub pool: HashPool,
+    pub verdict_tx: Sender<HashVerdict>,
+    pub peer_cfg: PeerConfig,
+    pub our_id: [u8; 20],
+    pub peer_ids: Mutex<HashSet<[u8; 20]>>,
+    pub counters: Counters,
+    pub max_connections: usize,
+    /// Inbound connections per remote address (see [`per_ip_limits`]).
+    pub per_ip: Mutex<PerIp>,
+    pub tuning: NodeTuning,
+    pub(super) start: Instant,
+    /// Per piece: nanoseconds after `start` of its first payload byte, plus one (0: none).
+    pub(super) first_byte: Vec<AtomicU64>,
+    /// Events from the cores and announce threads, for the control loop to report.
+    pub(super) events: Mutex<Vec<NodeEvent>>,
+    /// Addresses with an outbound connection open or being dialled, so announces do not
+    /// dial the same peer twice.
+    pub dialled: Mutex<HashSet<SocketAddr>>,
+    /// Addresses whose outbound connection turned out to reach a peer already connected
+    /// (it dialled us too, and its connection won): not dialled again while that peer
+    /// stays connected, or the redial of `--peer` addresses and every announce would open
+    /// and drop a duplicate connection each time.
+    pub same_peer: Mutex<HashMap<SocketAddr, [u8; 20]>>,
+    /// Key and counter of the private-swarm nonces (see [`Shared::next_nonce`]).
+    pub(super) nonce_key: [u8; 20],
+    pub(super) nonce_counter: AtomicU64,
+    /// Where events are pushed for `--metrics-listen` (see [`super::run_with_metrics`]).
+    pub(super) metrics: Option<Arc<NodeMetrics>>,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: &NodeConfig,
+        swarm: Swarm,
+        storage: Arc<Storage>,
+        pool: HashPool,
+        verdict_tx: Sender<HashVerdict>,
+        start: Instant,
+        metrics: Option<Arc<NodeMetrics>>,
+    ) -> Shared {
+        let mut peer_cfg = cfg.peer.clone();
+        peer_cfg.listen_port = None;
+        Shared {
+            door: SwarmDoor::new(swarm),
+            storage,
+            hashes: cfg.piece_hashes.clone(),
+            pool,
+            verdict_tx,
+            peer_cfg,
+            our_id: make_peer_id(cfg.mode, entropy()),
+            peer_ids: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            max_connections: cfg.max_connections,
+            per_ip: Mutex::new(PerIp::new(per_ip_limits(cfg.max_connections))),
+            tuning: cfg.tuning.clone(),
+            start,
+            first_byte: (0..cfg.lengths.piece_count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            events: Mutex::new(Vec::new()),
+            dialled: Mutex::new(HashSet::new()),
+            same_peer: Mutex::new(HashMap::new()),
+            nonce_key: nonce_key(),
+            nonce_counter: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// A fresh challenge for one connection: SHA-1 of a per-run random key and a counter,
+    /// so nonces never repeat within a run and cannot be guessed across runs.
+    pub fn next_nonce(&self) -> [u8; 16] {
+        use sha1::{Digest, Sha1};
+        let n = self.nonce_counter.fetch_add(1, Ordering::Relaxed);
+        let d = Sha1::new()
+            .chain_update(self.nonce_key)
+            .chain_update(n.to_le_bytes())
+            .finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d[..16]);
+        out
+    }
+
+    pub fn submit_hash(&self, piece: PieceIndex) {
+        let expected = self.hashes[piece.as_usize()];
+        self.pool.submit(
+            self.storage.clone(),
+            piece,
+            expected,
+            self.verdict_tx.clone(),
+        );
+    }
+
+    pub fn mark_first_byte(&self, piece: PieceIndex) {
+        if let Some(slot) = self.first_byte.get(piece.as_usize()) {
+            if slot.load(Ordering::Relaxed) == 0 {
+                let t = self.start.elapsed().as_nanos() as u64 + 1;
+                let _ = slot.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(super) fn take_first_byte(&self, piece: PieceIndex) -> Option<Duration> {
+        let t = self
+            .first_byte
+            .get(piece.as_usize())?
+            .swap(0, Ordering::Relaxed);
+        (t > 0).then(|| Duration::from_nanos(t - 1))
+    }
+
+    pub fn log_close(&self, addr: SocketAddr, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.connection_closed(reason);
+        }
+        self.push_event(NodeEvent::PeerClosed {
+            addr,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn push_event(&self, ev: NodeEvent) {
+        // Bounded: a flood of connections must not grow memory without limit.
+        let mut q = self.events.lock();
+        if q.len() < 10_000 {
+            q.push(ev);
+        }
+    }
+}
+
+/// corvid's peer ids: Azureus style `-CV0100-`, then a role byte (`S` for a seeder that
+/// started with all the data, `P` for a downloader) and 11 random bytes. Peers use the
+/// role to report bytes from the seeder apart from bytes from other peers.
+pub fn make_peer_id(mode: Mode, random: u64) -> [u8; 20] {
+    let mut id = *b"-CV0100-P00000000000";
+    if mode == Mode::Seed {
+        id[8] = b'S';
+    }
+    let mut x = random | 1;
+    for b in id[9..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(x % 36) as usize];
+    }
+    id
+}
+
+pub(crate) fn is_seeder_id(id: &[u8; 20]) -> bool {
+    id.starts_with(b"-CV") && id[8] == b'S'
+}
+
+/// A source of per-run randomness without a dependency: the clock and the pid.
+pub(super) fn entropy() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// The key of this run's nonces: 20 bytes from the kernel's random source, or, where that
+/// cannot be read, the clock and pid (then nonces are still unique per run, if guessable).
+pub(super) fn nonce_key() -> [u8; 20] {
+    use std::io::Read;
+    let mut key = [0u8; 20];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key));
+    if read.is_err() {
+        key[..8].copy_from_slice(&entropy().to_le_bytes());
+    }
+    key
+}

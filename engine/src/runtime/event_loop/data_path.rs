@@ -1,0 +1,392 @@
+//! The data path of one core: asking the service where the next bytes go and what to
+//! send, submitting one receive and one send per connection, and handling their
+//! completions.
+
+use super::*;
+
+impl<S: Service> Core<S> {
+    pub(super) fn drive_recv(&mut self, slot: u32) {
+        let now = self.now;
+        for _ in 0..MAX_DRIVE_STEPS {
+            let max_message = self.config.max_message;
+            let recv_buffer = self.config.recv_buffer.max(64);
+            let (service, mut io, slots) = self.io_parts();
+            let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
+                return;
+            };
+            if e.state != State::Open || e.recv_inflight {
+                return;
+            }
+            let Some(conn) = e.conn.as_mut() else { return };
+            let id = e.id;
+            e.recv_iov.clear();
+            let target = service.next_recv(
+                conn,
+                &mut RecvIovecs {
+                    iov: &mut e.recv_iov,
+                },
+            );
+            match target {
+                RecvTarget::Pause => return,
+                RecvTarget::Buffer { max } => {
+                    if e.rx_end > e.rx_start && !e.rx_stalled {
+                        let avail = e.rx_end - e.rx_start;
+                        match service.on_bytes(&mut io, id, conn, &e.rx[e.rx_start..e.rx_end], now)
+                        {
+                            Ok(0) => e.rx_stalled = true,
+                            Ok(n) => e.rx_start += n.min(avail),
+                            Err(err) => {
+                                self.begin_close(slot, CloseCause::Protocol(err));
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    if !make_rx_room(
+                        &mut e.rx,
+                        &mut e.rx_start,
+                        &mut e.rx_end,
+                        recv_buffer,
+                        max_message,
+                    ) {
+                        self.begin_close(slot, CloseCause::MessageTooLarge(max_message));
+                        return;
+                    }
+                    let mut want = e.rx.len() - e.rx_end;
+                    if max > 0 {
+                        want = want.min(max);
+                    }
+                    let want = u32::try_from(want).unwrap_or(u32::MAX);
+                    let ptr = e.rx[e.rx_end..].as_mut_ptr();
+                    e.recv_into_iovecs = false;
+                    e.recv_inflight = true;
+                    let fd = e.fd;
+                    let entry = ops::recv::recv(
+                        fd,
+                        ptr,
+                        want,
+                        Token::Conn {
+                            slot,
+                            op: ConnOp::Recv,
+                        }
+                        .encode(),
+                    );
+                    // SAFETY: `rx` lives in the boxed entry and is neither resized nor read
+                    // while `recv_inflight` is set; the entry is freed only after completion.
+                    unsafe { self.push_conn(slot, entry) };
+                    return;
+                }
+                RecvTarget::Iovecs => {
+                    copy_buffered_into_iovecs(&e.rx, &mut e.rx_start, e.rx_end, &mut e.recv_iov);
+                    if e.recv_iov.is_done() {
+                        if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
+                            self.begin_close(slot, CloseCause::Protocol(err));
+                            return;
+                        }
+                        continue;
+                    }
+                    e.recv_iov.fill_msghdr(&mut e.recv_msg);
+                    e.recv_into_iovecs = true;
+                    e.recv_inflight = true;
+                    let msg: *mut libc::msghdr = &mut e.recv_msg;
+                    let entry = ops::recv::recvmsg(
+                        e.fd,
+                        msg,
+                        Token::Conn {
+                            slot,
+                            op: ConnOp::Recv,
+                        }
+                        .encode(),
+                    );
+                    // SAFETY: the msghdr and iovec array live in the boxed entry, untouched
+                    // while `recv_inflight`; the spans are covered by push_span's contract
+                    // (the service's Conn, which owns them, is dropped only after completion).
+                    unsafe { self.push_conn(slot, entry) };
+                    return;
+                }
+            }
+        }
+        // Too many steps without blocking on I/O: continue in the next iteration.
+        self.mark_dirty(slot);
+    }
+
+    pub(super) fn drive_send(&mut self, slot: u32) {
+        let batch = self.config.send_batch;
+        let now = self.now;
+        let (service, _io, slots) = self.io_parts();
+        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        if e.state != State::Open || e.send_inflight {
+            return;
+        }
+        let Some(conn) = e.conn.as_mut() else { return };
+        e.send_bytes.clear();
+        e.send_segs.clear();
+        let mut out = SendBuf {
+            bytes: &mut e.send_bytes,
+            segs: &mut e.send_segs,
+            len: 0,
+        };
+        while out.len < batch && out.segs.len() < MAX_SEND_SEGS {
+            if !service.next_send(conn, &mut out, now) {
+                break;
+            }
+        }
+        if out.len == 0 {
+            return;
+        }
+        e.send_iov.clear();
+        for seg in &e.send_segs {
+            match *seg {
+                Seg::Bytes { start, end } => e
+                    .send_iov
+                    .push(e.send_bytes[start..end].as_ptr().cast_mut(), end - start),
+                Seg::Span { ptr, len } => e.send_iov.push(ptr.cast_mut(), len),
+            }
+        }
+        e.send_iov.fill_msghdr(&mut e.send_msg);
+        e.send_inflight = true;
+        let msg: *const libc::msghdr = &e.send_msg;
+        let entry = ops::send::sendmsg(
+            e.fd,
+            msg,
+            Token::Conn {
+                slot,
+                op: ConnOp::Send,
+            }
+            .encode(),
+        );
+        // SAFETY: msghdr, iovec array and `send_bytes` live in the boxed entry and are not
+        // modified while `send_inflight`; spans are covered by push_span's contract.
+        unsafe { self.push_conn(slot, entry) };
+    }
+
+    pub(super) fn recv_done(&mut self, slot: u32, res: i32) {
+        let now = self.now;
+        let (service, mut io, slots) = self.io_parts();
+        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        e.recv_inflight = false;
+        if e.state != State::Open {
+            return;
+        }
+        let id = e.id;
+        if res < 0 {
+            if is_transient(-res) {
+                // Resubmit the same target: the iovec cursor is unchanged, the buffer too.
+                self.resubmit_recv(slot);
+            } else {
+                self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
+            }
+            return;
+        }
+        if res == 0 {
+            self.begin_close(slot, CloseCause::PeerClosed);
+            return;
+        }
+        let n = res as usize;
+        if e.recv_into_iovecs {
+            if !e.recv_iov.advance(n) {
+                self.begin_close(
+                    slot,
+                    CloseCause::Io(io::Error::other(
+                        "kernel reported more bytes than requested",
+                    )),
+                );
+                return;
+            }
+            if !e.recv_iov.is_done() {
+                // Short read: receive the rest into the remaining spans.
+                self.resubmit_recv(slot);
+                return;
+            }
+            let Some(conn) = e.conn.as_mut() else { return };
+            if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
+                self.begin_close(slot, CloseCause::Protocol(err));
+                return;
+            }
+        } else {
+            e.rx_end = (e.rx_end + n).min(e.rx.len());
+            e.rx_stalled = false;
+        }
+        self.mark_dirty(slot);
+    }
+
+    /// Submit the pending receive again (after a short read or a transient error).
+    pub(super) fn resubmit_recv(&mut self, slot: u32) {
+        let Some(e) = self.entry(slot) else { return };
+        if !e.recv_into_iovecs {
+            // A buffer receive is never resumed as is: drive_recv decides afresh.
+            self.mark_dirty(slot);
+            return;
+        }
+        e.recv_iov.fill_msghdr(&mut e.recv_msg);
+        let entry = ops::recv::recvmsg(
+            e.fd,
+            &mut e.recv_msg,
+            Token::Conn {
+                slot,
+                op: ConnOp::Recv,
+            }
+            .encode(),
+        );
+        e.recv_inflight = true;
+        // SAFETY: as in drive_recv: memory in the boxed entry or under push_span's contract.
+        unsafe { self.push_conn(slot, entry) };
+    }
+
+    pub(super) fn send_done(&mut self, slot: u32, res: i32) {
+        let now = self.now;
+        let (service, mut io, slots) = self.io_parts();
+        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        e.send_inflight = false;
+        if e.state != State::Open {
+            return;
+        }
+        let id = e.id;
+        if res < 0 && !is_transient(-res) {
+            self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        if res == 0 && e.send_iov.remaining() > 0 {
+            self.begin_close(
+                slot,
+                CloseCause::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "sendmsg wrote nothing",
+                )),
+            );
+            return;
+        }
+        if res > 0 && !e.send_iov.advance(res as usize) {
+            self.begin_close(
+                slot,
+                CloseCause::Io(io::Error::other(
+                    "kernel reported more bytes than requested",
+                )),
+            );
+            return;
+        }
+        if !e.send_iov.is_done() {
+            // Short write (or EAGAIN): send the remainder.
+            e.send_iov.fill_msghdr(&mut e.send_msg);
+            e.send_inflight = true;
+            let entry = ops::send::sendmsg(
+                e.fd,
+                &e.send_msg,
+                Token::Conn {
+                    slot,
+                    op: ConnOp::Send,
+                }
+                .encode(),
+            );
+            // SAFETY: as in drive_send.
+            unsafe { self.push_conn(slot, entry) };
+            return;
+        }
+        let Some(conn) = e.conn.as_mut() else { return };
+        if let Err(err) = service.on_send_done(&mut io, id, conn, now) {
+            self.begin_close(slot, CloseCause::Protocol(err));
+            return;
+        }
+        self.mark_dirty(slot);
+    }
+}
+
+/// Bytes that arrived in the buffer before the service knew they were payload go into the
+/// iovecs it gave: the one copy the data path makes, bounded by one buffer receive.
+fn copy_buffered_into_iovecs(rx: &[u8], rx_start: &mut usize, rx_end: usize, iov: &mut IoVecs) {
+    if rx_end <= *rx_start {
+        return;
+    }
+    let mut copied = 0;
+    let src = &rx[*rx_start..rx_end];
+    for v in iov.pending() {
+        let n = v.iov_len.min(src.len() - copied);
+        // SAFETY: the service promised (push_span contract) the span is
+        // valid for writes of iov_len bytes and unaliased; `src` is our
+        // own buffer, so the regions do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src[copied..].as_ptr(), v.iov_base.cast::<u8>(), n)
+        };
+        copied += n;
+        if copied == src.len() {
+            break;
+        }
+    }
+    iov.advance(copied);
+    *rx_start += copied;
+}
+
+/// Makes room at the end of the receive buffer: moves the unconsumed bytes to the front
+/// (shrinking a grown buffer back) and doubles it when full. False when a full buffer is
+/// already `max_message` bytes: one message is too large.
+fn make_rx_room(
+    rx: &mut Vec<u8>,
+    rx_start: &mut usize,
+    rx_end: &mut usize,
+    recv_buffer: usize,
+    max_message: usize,
+) -> bool {
+    settle_rx(rx, rx_start, rx_end, recv_buffer);
+    if *rx_end == rx.len() {
+        if rx.len() >= max_message {
+            return false;
+        }
+        let grown = (rx.len() * 2).min(max_message);
+        rx.resize(grown, 0);
+    }
+    true
+}
+
+/// Before the next receive into a connection's buffer: moves unconsumed bytes to the front,
+/// and gives back what the buffer grew by for one big message (up to `max_message`) once
+/// what is left fits the normal size again, so every connection does not keep its
+/// largest message's worth for good.
+fn settle_rx(rx: &mut Vec<u8>, start: &mut usize, end: &mut usize, base: usize) {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *start > 0 {
+        rx.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    if rx.len() > base && *end <= base {
+        rx.truncate(base);
+        rx.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::settle_rx;
+
+    #[test]
+    fn a_grown_receive_buffer_shrinks_back_once_its_content_fits() {
+        let base = 64 * 1024;
+        // Grown to 1 MiB for a big message, 100 unconsumed bytes left at its end.
+        let mut rx = vec![0u8; 1 << 20];
+        rx[(1 << 20) - 100..].fill(7);
+        let (mut start, mut end) = ((1 << 20) - 100, 1 << 20);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!((start, end), (0, 100));
+        assert_eq!(rx.len(), base);
+        assert!(rx.capacity() < 1 << 20);
+        assert!(rx[..100].iter().all(|&b| b == 7));
+        // Still filling a big message: not shrunk.
+        let mut rx = vec![0u8; 1 << 20];
+        let (mut start, mut end) = (0, base + 1);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!(rx.len(), 1 << 20);
+        // A normal buffer, emptied, is left alone.
+        let mut rx = vec![0u8; base];
+        let (mut start, mut end) = (10, 10);
+        settle_rx(&mut rx, &mut start, &mut end, base);
+        assert_eq!((start, end, rx.len()), (0, 0, base));
+    }
+}
