@@ -70,14 +70,17 @@ fn seeder_to_one_peer_over_io_uring() {
         FileSpec {
             path: "b.bin".into(),
             length: b.len() as u64,
+            pad: false,
         },
         FileSpec {
             path: "d/a.bin".into(),
             length: a.len() as u64,
+            pad: false,
         },
         FileSpec {
             path: "empty".into(),
             length: 0,
+            pad: false,
         },
     ];
     let total = (a.len() + b.len()) as u64;

@@ -641,6 +641,11 @@ fn build_torrent(
     let opts = BuildOptions {
         trackers: vec![url.to_string()],
         comment: Some(format!("corvid deploy {}", plan.tag)),
+        // Every file on a piece boundary: a file unchanged since the last release keeps its
+        // pieces, so hosts reuse them from that release (`crate::reuse`) whatever changed
+        // before it in the list. The cost is at most a piece of zeros per file on a first
+        // deploy; without it, one piece per file boundary is lost on every later one.
+        align: true,
         ..BuildOptions::default()
     };
     Ok(metainfo::build_payload(payload, &opts, &pool, &mut |_| {})?)

@@ -493,6 +493,7 @@ fn start_binary_seeder(
         disk_files: vec![FileSpec {
             path: PathBuf::from(BINARY_NAME),
             length: local.bytes.len() as u64,
+            pad: false,
         }],
         name: BINARY_NAME.into(),
         multi_file: false,

@@ -1026,6 +1026,7 @@ mod tests {
             .map(|(i, &length)| FileSpec {
                 path: PathBuf::from(format!("payload/f{i}")),
                 length,
+                pad: false,
             })
             .collect();
         Storage::create(dir, &specs, lengths_of(files, PL)).unwrap()
