@@ -320,6 +320,9 @@ struct HostLine<'a> {
     duration_s: Box<RawValue>,
     bytes_from_seeder: u64,
     bytes_from_peers: u64,
+    /// Taken from a release already on the host (omitted when none was).
+    #[serde(skip_serializing_if = "is_zero")]
+    bytes_reused: u64,
     installed_corvid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid: Option<&'static str>,
@@ -343,6 +346,7 @@ impl<'a> HostLine<'a> {
             duration_s: seconds(r.duration),
             bytes_from_seeder: r.bytes_from_seeder,
             bytes_from_peers: r.bytes_from_peers,
+            bytes_reused: r.bytes_reused,
             installed_corvid: r.installed_corvid(),
             corvid: c.map(|c| c.how.label()),
             corvid_swarm_error: c.and_then(|c| match &c.how {
@@ -477,8 +481,8 @@ fn table(report: &fleet::FleetReport) -> String {
         .unwrap_or(4)
         .max(4);
     let mut out = format!(
-        "{:<w$}  {:>8}  {:>10}  {:>10}  {:<10}  result\n",
-        "host", "time", "seeder", "peers", "corvid"
+        "{:<w$}  {:>8}  {:>10}  {:>10}  {:>10}  {:<10}  result\n",
+        "host", "time", "reused", "seeder", "peers", "corvid"
     );
     for h in &report.hosts {
         let result = match &h.outcome {
@@ -487,9 +491,10 @@ fn table(report: &fleet::FleetReport) -> String {
             o => o.label().to_string(),
         };
         out.push_str(&format!(
-            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:<10}  {result}\n",
+            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:>10}  {:<10}  {result}\n",
             h.host,
             h.duration.as_secs_f64(),
+            human_size(h.bytes_reused),
             human_size(h.bytes_from_seeder),
             human_size(h.bytes_from_peers),
             h.corvid.as_ref().map_or("-", |c| c.how.label()),
@@ -580,6 +585,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     Ok(Exit::HostsFailed)
 }
 
+/// serde's `skip_serializing_if` for counters shown only when something was counted.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,6 +606,7 @@ mod tests {
             duration: Duration::from_millis(3048),
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
+            bytes_reused: 0,
             corvid: Some(HostInstall::present()),
         };
         assert_eq!(

@@ -52,6 +52,7 @@ fn config(
         tuning: Default::default(),
         announce_port: 0,
         resume: None,
+        base: None,
     }
 }
 

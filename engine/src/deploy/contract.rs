@@ -225,6 +225,30 @@ pub struct DoneTransfer {
     pub bytes_from_seeder: u64,
     #[serde(default)]
     pub bytes_from_peers: u64,
+    #[serde(default)]
+    pub resume: DoneResume,
+}
+
+/// The `resume` object of the `done` report: what the start-up check found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneResume {
+    /// Present when the peer had a base release to reuse.
+    #[serde(default)]
+    pub reuse: Option<DoneReuse>,
+}
+
+/// Of `resume.reuse`, the bytes the host took from its base release instead of the swarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneReuse {
+    #[serde(default)]
+    pub reused_bytes: u64,
+}
+
+impl DoneTransfer {
+    /// Bytes the host took from a release it already had.
+    pub fn bytes_reused(&self) -> u64 {
+        self.resume.reuse.map_or(0, |r| r.reused_bytes)
+    }
 }
 
 /// A `--json` line of the remote half, by its `event` field: the ones the deployer acts
@@ -312,10 +336,16 @@ mod tests {
             Some(PeerLine::Done {
                 report: DoneTransfer {
                     bytes_from_seeder: 10,
-                    bytes_from_peers: 20
+                    bytes_from_peers: 20,
+                    ..DoneTransfer::default()
                 }
             })
         );
+        let reused = r#"{"event":"done","report":{"bytes_from_seeder":1,"resume":{"record":"off","reuse":{"base":"/r/v1","reused_bytes":4096,"reused_pieces":1}}}}"#;
+        match PeerLine::parse(reused) {
+            Some(PeerLine::Done { report }) => assert_eq!(report.bytes_reused(), 4096),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             PeerLine::parse(r#"{"event":"progress","bytes_down":7,"pieces":1}"#),
             Some(PeerLine::Progress { bytes_down: 7 })

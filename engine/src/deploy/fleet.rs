@@ -37,7 +37,7 @@ use crate::metainfo::{self, BuildOptions, Payload};
 use crate::node::StopFlag;
 use crate::tracker::{TrackerConfig, TrackerServer};
 
-use super::contract::{remote_exit_text, PeerCommand, PeerLine, ReleaseStatus};
+use super::contract::{remote_exit_text, DoneTransfer, PeerCommand, PeerLine, ReleaseStatus};
 use super::host_error::HostError;
 use super::hosts::for_each_host;
 use super::install::{
@@ -101,6 +101,8 @@ pub struct HostResult {
     pub duration: Duration,
     pub bytes_from_seeder: u64,
     pub bytes_from_peers: u64,
+    /// Bytes the host took from a release it already had (`crate::reuse`).
+    pub bytes_reused: u64,
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
@@ -243,7 +245,7 @@ fn peer_host(
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
-) -> (HostOutcome, u64, u64, Option<Instant>) {
+) -> (HostOutcome, DoneTransfer, Option<Instant>) {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
     let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
         c.stdin(Stdio::piped())
@@ -256,8 +258,7 @@ fn peer_host(
         Err(e) => {
             return (
                 HostOutcome::Failed(HostError::SshSpawn(e.to_string())),
-                0,
-                0,
+                DoneTransfer::default(),
                 None,
             )
         }
@@ -275,7 +276,7 @@ fn peer_host(
         }
         s
     });
-    let (mut status, mut from_seeder, mut from_peers) = (None, 0u64, 0u64);
+    let (mut status, mut transfer) = (None, DoneTransfer::default());
     // When the release was in place: the host's time, before its linger.
     let mut released_at = None;
     if let Some(out) = child.stdout.take() {
@@ -299,8 +300,7 @@ fn peer_host(
                     });
                 }
                 Some(PeerLine::Done { report }) => {
-                    from_seeder = report.bytes_from_seeder;
-                    from_peers = report.bytes_from_peers;
+                    transfer = report;
                 }
                 Some(PeerLine::Installed) | None => {}
             }
@@ -326,7 +326,7 @@ fn peer_host(
             })
         }
     };
-    (outcome, from_seeder, from_peers, released_at)
+    (outcome, transfer, released_at)
 }
 
 /// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
@@ -484,6 +484,7 @@ impl Deploy<'_> {
             duration: at,
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
+            bytes_reused: 0,
             corvid: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
@@ -598,7 +599,7 @@ impl Deploy<'_> {
             let worker = s.spawn(move || {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
-                    let (outcome, from_seeder, from_peers, released_at) =
+                    let (outcome, transfer, released_at) =
                         peer_host(plan, start, h, torrent, seeder_addr, &tx);
                     let r = HostResult {
                         host: h.to_string(),
@@ -608,8 +609,9 @@ impl Deploy<'_> {
                         duration: released_at
                             .unwrap_or_else(Instant::now)
                             .duration_since(start),
-                        bytes_from_seeder: from_seeder,
-                        bytes_from_peers: from_peers,
+                        bytes_from_seeder: transfer.bytes_from_seeder,
+                        bytes_from_peers: transfer.bytes_from_peers,
+                        bytes_reused: transfer.bytes_reused(),
                         corvid: corvid[i].clone(),
                     };
                     let _ = tx.send(FleetEvent::HostDone(r.clone()));

@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Downloads: where the resume record lives (`None`: keep none, hash everything on
     /// disk at start). Seeders ignore it.
     pub resume: Option<ResumeConfig>,
+    /// Downloads: a release already on the host to fill pieces from before the swarm is
+    /// asked (see [`crate::reuse`]). Seeders ignore it.
+    pub base: Option<crate::reuse::Base>,
 }
 
 /// Why a node could not run or finish.
@@ -755,7 +758,7 @@ fn start_download(
             b.filter(|b| opened.is_some_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == b.ino))
         })
         .collect();
-    let plan = resume::plan(loaded, &cfg.info_hash, lengths, &file_lengths, &now);
+    let mut plan = resume::plan(loaded, &cfg.info_hash, lengths, &file_lengths, &now);
     let mut have = plan.trusted;
     if !plan.recheck.is_empty() {
         let ok = pool.verify_pieces(&storage, &cfg.piece_hashes, &plan.recheck, &mut |_| {});
@@ -765,6 +768,11 @@ fn start_download(
             }
         }
     }
+    // Before any peer is met, so the first bitfield announces what the base supplied.
+    plan.report.reuse = cfg
+        .base
+        .as_ref()
+        .map(|b| crate::reuse::fill(&storage, &cfg.piece_hashes, &mut have, b, pool));
     Ok((storage, have, plan.report))
 }
 
@@ -1366,6 +1374,7 @@ mod tests {
                 trusted_pieces: 1,
                 rechecked_pieces: 3,
                 rechecked_bytes: 750,
+                reuse: None,
             },
         }
     }
