@@ -23,6 +23,7 @@ mod baselines;
 mod ceiling;
 mod corvid;
 mod cpu;
+mod delta;
 mod fleet;
 mod hash;
 mod json;
@@ -78,6 +79,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench hash --size 1GiB
     Hash(hash::HashArgs),
+    /// A release with 1% changed, to every host of the simulated fleet at once:
+    /// `corvid deploy` reusing the previous release against rsync's delta (needs root).
+    ///
+    /// Example: corvid-bench delta --size 1GiB --files 200 --peers 16 --rate 100mbit
+    Delta(delta::DeltaArgs),
 }
 
 /// Flags every scenario takes.
@@ -182,6 +188,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
+        Cmd::Delta(a) => delta::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),
