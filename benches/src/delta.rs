@@ -48,6 +48,9 @@ pub struct DeltaArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub fleet_script: Option<PathBuf>,
+    /// Deploy with `--align` (BEP 47 pad files).
+    #[arg(long)]
+    pub align: bool,
 }
 
 /// Fast deterministic bytes (xorshift64*), distinct per seed.
@@ -71,6 +74,17 @@ fn write_file(path: &Path, len: usize, seed: u64) -> Result<()> {
     std::fs::write(path, b).with_context(|| format!("writing {}", path.display()))
 }
 
+/// A changed file gets a newer mtime than its old version (generated in the same second),
+/// as a rebuilt file would, so rsync's size-and-mtime quick check looks at it.
+fn touch_later(path: &Path) -> Result<()> {
+    let t = std::time::SystemTime::now() + Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(t)?;
+    Ok(())
+}
+
 /// The `files` shape: `n` files of unequal sizes adding up to about `size`, in 10
 /// directories; v2 rewrites every 100th file (same size, new bytes). Returns the
 /// release directories and the bytes changed.
@@ -87,10 +101,17 @@ fn files_shape(dir: &Path, size: u64, n: usize) -> Result<(PathBuf, PathBuf, u64
         write_file(&v1.join(&rel), len, i as u64)?;
         if i % 100 == 50 {
             write_file(&v2.join(&rel), len, 1_000_000 + i as u64)?;
+            touch_later(&v2.join(&rel))?;
             changed += len as u64;
         } else {
             std::fs::create_dir_all(v2.join(&rel).parent().expect("has a parent"))?;
             std::fs::copy(v1.join(&rel), v2.join(&rel))?;
+            // As a build that did not touch the file: rsync's quick check skips it.
+            let t = std::fs::metadata(v1.join(&rel))?.modified()?;
+            std::fs::File::options()
+                .write(true)
+                .open(v2.join(&rel))?
+                .set_modified(t)?;
         }
     }
     Ok((v1, v2, changed))
@@ -114,6 +135,7 @@ fn block_shape(dir: &Path, size: u64) -> Result<(PathBuf, PathBuf, u64)> {
     }
     std::fs::create_dir_all(&v2)?;
     std::fs::write(v2.join("data.bin"), b)?;
+    touch_later(&v2.join("data.bin"))?;
     Ok((v1, v2, changed))
 }
 
@@ -152,9 +174,10 @@ fn corvid_deploy(
     src: &Path,
     dest: &str,
     tag: &str,
+    align: bool,
 ) -> Result<(f64, u64, u64, u64)> {
     let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
-    let argv: Vec<String> = vec![
+    let mut argv: Vec<String> = vec![
         corvid.display().to_string(),
         "deploy".into(),
         "--hosts".into(),
@@ -176,6 +199,9 @@ fn corvid_deploy(
         "0s".into(),
         "--json".into(),
     ];
+    if align {
+        argv.push("--align".into());
+    }
     let t = Instant::now();
     let out = fleet
         .runner(0)
@@ -295,7 +321,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         eprintln!("delta {shape}: {} changed", units::fmt_bytes(*changed));
         // The previous release on every host: corvid's by a full deploy (measured),
         // rsync's by a local copy.
-        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v1, &dest, "v1")?;
+        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v1, &dest, "v1", a.align)?;
         results.push(Measured {
             shape,
             method: "corvid full deploy (v1)",
@@ -316,7 +342,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
                 bail!("copying v1 to {}", to.display());
             }
         }
-        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v2, &dest, "v2")?;
+        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v2, &dest, "v2", a.align)?;
         check_hosts(&fleet, &format!("{shape}-app/releases/v2"), v2)?;
         results.push(Measured {
             shape,
@@ -365,6 +391,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         .with("files", a.files)
         .with("peers", a.peers)
         .with("rate", a.rate.as_str())
+        .with("align", a.align)
         .with(
             "results",
             Json::Arr(results.iter().map(Measured::json).collect()),

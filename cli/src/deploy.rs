@@ -106,6 +106,11 @@ pub struct Args {
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Start every file on a piece boundary (BEP 47 pad files, as `make --align`), so
+    /// hosts also reuse files that moved or changed size from their base release; costs
+    /// up to a piece of zeros per file on the wire.
+    #[arg(long)]
+    align: bool,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -542,6 +547,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         tracker_port: args.tracker_port,
         threads,
         secret: args.secret.load()?,
+        align: args.align,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).

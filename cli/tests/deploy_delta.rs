@@ -59,6 +59,7 @@ fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
         tracker_port: 0,
         threads: 1,
         secret: None,
+        align: true,
     }
 }
 

@@ -74,6 +74,7 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         tracker_port: 0,
         threads: 1,
         secret: secret.map(|s| Secret::new(s).unwrap()),
+        align: false,
     }
 }
 

@@ -972,6 +972,7 @@ mod tests {
             tracker_port: 0,
             threads: 1,
             secret: None,
+            align: false,
         }
     }
 

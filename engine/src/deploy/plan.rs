@@ -47,6 +47,10 @@ pub struct DeployPlan {
     /// gets it in a 0600 file beside the torrent, through the ssh session's stdin (never
     /// on a command line, where the remote process list would show it).
     pub secret: Option<Secret>,
+    /// `--align`: BEP 47 pad files put every file on a piece boundary (see
+    /// `metainfo::aligned`), so a host can reuse a file that moved or changed size in
+    /// place from its base release; off by default (the pads' zeros cross the wire).
+    pub align: bool,
 }
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
