@@ -111,6 +111,10 @@ pub struct Args {
     /// up to a piece of zeros per file on the wire.
     #[arg(long)]
     align: bool,
+    /// The release under DEST/releases that hosts fill unchanged pieces from before
+    /// asking the swarm [default: the one DEST/current points at].
+    #[arg(long, value_name = "TAG")]
+    base: Option<String>,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -548,6 +552,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         threads,
         secret: args.secret.load()?,
         align: args.align,
+        base: args.base,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).

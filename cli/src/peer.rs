@@ -18,6 +18,10 @@
 //! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
 //! `PATH/.corvid/<info-hash>.<TAG>.resume` for a release (outside `releases/`, removed
 //! when the release is complete).
+//!
+//! Before the swarm, a peer fills what it can from an earlier release on the host
+//! (`corvid_engine::reuse`): for a release the one `current` points at, or `--base`;
+//! every reused piece is hashed like a downloaded one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -386,6 +390,7 @@ mod tests {
                 seeder: "10.0.0.1:6881".parse().unwrap(),
                 activate,
                 force,
+                base: secret.then(|| "v41".to_string()),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -401,6 +406,7 @@ mod tests {
             assert_eq!(a.linger, Duration::from_millis(2500));
             assert_eq!(a.stall_timeout, Duration::from_secs(90));
             assert_eq!((a.activate, a.force), (activate, force));
+            assert_eq!(a.base.as_deref(), secret.then_some("v41"));
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());

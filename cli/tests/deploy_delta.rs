@@ -60,6 +60,7 @@ fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
         threads: 1,
         secret: None,
         align: true,
+        base: None,
     }
 }
 
@@ -147,6 +148,15 @@ fn a_delta_deploy_takes_unchanged_pieces_from_the_current_release() {
     let r3 = deploy(&plan(t.path(), &src2, &full, "v2"));
     assert_eq!(r3.hosts[0].bytes_reused, 0);
     assert_same_tree(&full.join("releases/v2"), &dest.join("releases/v2"));
+
+    // Rolling back to v1's content as v3 with `--base v1` (current is v2): all reused.
+    let mut p = plan(t.path(), &src1, &dest, "v3");
+    p.base = Some("v1".into());
+    let r4 = deploy(&p);
+    let h4 = &r4.hosts[0];
+    assert_eq!(h4.bytes_from_seeder + h4.bytes_from_peers, 0, "{h4:?}");
+    assert_eq!(h4.bytes_reused, aligned_total(&src1), "{h4:?}");
+    assert_same_tree(&src1, &dest.join("releases/v3"));
 }
 
 #[test]

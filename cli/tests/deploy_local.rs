@@ -75,6 +75,7 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         threads: 1,
         secret: secret.map(|s| Secret::new(s).unwrap()),
         align: false,
+        base: None,
     }
 }
 

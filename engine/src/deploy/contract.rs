@@ -152,6 +152,8 @@ pub struct PeerCommand {
     pub seeder: SocketAddr,
     pub activate: bool,
     pub force: bool,
+    /// `--base TAG` (else the peer reuses the release `current` points at).
+    pub base: Option<String>,
 }
 
 impl PeerCommand {
@@ -183,6 +185,9 @@ impl PeerCommand {
         }
         if self.force {
             a.push("--force".into());
+        }
+        if let Some(b) = &self.base {
+            a.extend(["--base".into(), b.clone()]);
         }
         a
     }
@@ -394,6 +399,7 @@ mod tests {
             seeder: "127.0.0.1:6881".parse().unwrap(),
             activate: true,
             force: false,
+            base: Some("v0 x".into()),
         };
         let args = c.args();
         assert_eq!(

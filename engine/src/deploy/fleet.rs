@@ -225,6 +225,7 @@ fn peer_command(plan: &DeployPlan, torrent: &[u8], seeder: SocketAddr) -> (Strin
         seeder,
         activate: plan.activate,
         force: plan.force,
+        base: plan.base.clone(),
     }
     .shell();
     (cmd, stdin)
@@ -698,6 +699,7 @@ mod tests {
             threads: 1,
             secret: None,
             align: false,
+            base: None,
         }
     }
 

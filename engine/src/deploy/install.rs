@@ -973,6 +973,7 @@ mod tests {
             threads: 1,
             secret: None,
             align: false,
+            base: None,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct DeployPlan {
     /// `metainfo::aligned`), so a host can reuse a file that moved or changed size in
     /// place from its base release; off by default (the pads' zeros cross the wire).
     pub align: bool,
+    /// `--base TAG`: the release under `DEST/releases` hosts reuse pieces from, instead
+    /// of the one `current` points at.
+    pub base: Option<String>,
 }
 
 /// Why a deploy could not start (no host has been contacted when these are returned,
@@ -99,6 +102,9 @@ pub struct Validated {
 /// Checks the plan and scans the source, touching no host.
 pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     validate_tag(&plan.tag)?;
+    if let Some(b) = &plan.base {
+        validate_tag(b)?;
+    }
     validate_dest(&plan.dest)?;
     if plan.dest.to_str().is_none() {
         return Err(DeployError::DestNotUtf8(plan.dest.clone()));
