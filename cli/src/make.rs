@@ -111,6 +111,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             piece_length: u64,
             pieces: u32,
             files: usize,
+            /// Only with --align (the shape scripts read stays as it was without).
+            #[serde(skip_serializing_if = "is_zero")]
             pad_files: usize,
             trackers: Vec<String>,
         }
@@ -138,6 +140,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         ))?;
     }
     Ok(Exit::Ok)
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Writes `bytes` to a temporary file beside `out`, syncs it, then moves it into place, so
