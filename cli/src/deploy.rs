@@ -608,6 +608,42 @@ mod tests {
     use corvid_engine::deploy::host_error::HostError;
     use corvid_engine::deploy::install::HostInstall;
 
+    /// A host that reused its base release: `bytes_reused` in its JSON line (after the
+    /// swarm's counters) and the table's `reused` column, as README.md shows them.
+    #[test]
+    fn reused_bytes_show_in_the_line_and_the_table() {
+        let h = HostResult {
+            host: "h1".into(),
+            outcome: HostOutcome::Deployed,
+            duration: Duration::from_millis(1248),
+            bytes_from_seeder: 524288,
+            bytes_from_peers: 0,
+            bytes_reused: 6962643,
+            corvid: Some(HostInstall::present()),
+        };
+        assert_eq!(
+            DeployLine::Host(HostLine::new(&h)).to_json(),
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"installed_corvid":false,"corvid":"present"}"#
+        );
+        let report = FleetReport {
+            hosts: vec![h],
+            elapsed: Duration::from_millis(2000),
+            payload_bytes: 7000000,
+            seeder_uploaded: 524288,
+            install: InstallSummary::default(),
+        };
+        let t = table(&report);
+        let mut lines = t.lines();
+        assert_eq!(
+            lines.next(),
+            Some("host      time      reused      seeder       peers  corvid      result")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("h1        1.2s     6.6 MiB   512.0 KiB         0 B  present     deployed")
+        );
+    }
+
     /// The lines README.md shows, byte for byte, and the optional fields in their places.
     #[test]
     fn json_lines_keep_their_bytes() {
