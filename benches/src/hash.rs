@@ -144,6 +144,7 @@ pub fn run(a: HashArgs) -> Result<()> {
     let files = [FileSpec {
         path: PathBuf::from(name),
         length: size,
+        pad: false,
     }];
     let storage = Arc::new(Storage::open_readonly(&root, &files, lengths)?);
     let mut counts = vec![1];

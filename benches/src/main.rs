@@ -26,6 +26,7 @@ mod baselines;
 mod ceiling;
 mod corvid;
 mod cpu;
+mod delta;
 mod fleet;
 mod hash;
 mod json;
@@ -87,6 +88,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench sendpath --size 1GiB --runs 3
     Sendpath(sendpath::SendpathArgs),
+    /// A release with 1% changed, to every host of the simulated fleet at once:
+    /// `corvid deploy` reusing the previous release against rsync's delta (needs root).
+    ///
+    /// Example: corvid-bench delta --size 1GiB --files 200 --peers 16 --rate 100mbit
+    Delta(delta::DeltaArgs),
 }
 
 /// Flags every scenario takes.
@@ -191,6 +197,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
+        Cmd::Delta(a) => delta::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),

@@ -137,6 +137,15 @@ pub struct Args {
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// Start every file on a piece boundary (BEP 47 pad files, as `make --align`), so
+    /// hosts also reuse files that moved or changed size from their base release; costs
+    /// up to a piece of zeros per file on the wire.
+    #[arg(long)]
+    align: bool,
+    /// The release under DEST/releases that hosts fill unchanged pieces from before
+    /// asking the swarm [default: the one DEST/current points at].
+    #[arg(long, value_name = "TAG")]
+    base: Option<String>,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -404,6 +413,9 @@ struct HostLine<'a> {
     duration_s: Box<RawValue>,
     bytes_from_seeder: u64,
     bytes_from_peers: u64,
+    /// Taken from a release already on the host (omitted when none was).
+    #[serde(skip_serializing_if = "is_zero")]
+    bytes_reused: u64,
     installed_corvid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid: Option<&'static str>,
@@ -433,6 +445,7 @@ impl<'a> HostLine<'a> {
             duration_s: seconds(r.duration),
             bytes_from_seeder: r.bytes_from_seeder,
             bytes_from_peers: r.bytes_from_peers,
+            bytes_reused: r.bytes_reused,
             installed_corvid: r.installed_corvid(),
             corvid: c.map(|c| c.how.label()),
             corvid_swarm_error: c.and_then(|c| match &c.how {
@@ -576,8 +589,8 @@ fn table(report: &fleet::FleetReport) -> String {
         .unwrap_or(4)
         .max(4);
     let mut out = format!(
-        "{:<w$}  {:>8}  {:>10}  {:>10}  {:<10}  result\n",
-        "host", "time", "seeder", "peers", "corvid"
+        "{:<w$}  {:>8}  {:>10}  {:>10}  {:>10}  {:<10}  result\n",
+        "host", "time", "reused", "seeder", "peers", "corvid"
     );
     for h in &report.hosts {
         let result = match &h.outcome {
@@ -591,9 +604,10 @@ fn table(report: &fleet::FleetReport) -> String {
             format!("{result}; pruned {}", h.pruned.join(","))
         };
         out.push_str(&format!(
-            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:<10}  {result}\n",
+            "{:<w$}  {:>7.1}s  {:>10}  {:>10}  {:>10}  {:<10}  {result}\n",
             h.host,
             h.duration.as_secs_f64(),
+            human_size(h.bytes_reused),
             human_size(h.bytes_from_seeder),
             human_size(h.bytes_from_peers),
             h.corvid.as_ref().map_or("-", |c| c.how.label()),
@@ -649,6 +663,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         batch: args.batch,
         check: args.check,
         rollback_on_failure: args.rollback_on_failure,
+        align: args.align,
+        base: args.base,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
@@ -706,12 +722,55 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     Ok(Exit::HostsFailed)
 }
 
+/// serde's `skip_serializing_if` for counters shown only when something was counted.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use corvid_engine::deploy::fleet::{FleetReport, HostOutcome};
     use corvid_engine::deploy::host_error::HostError;
     use corvid_engine::deploy::install::HostInstall;
+
+    /// A host that reused its base release: `bytes_reused` in its JSON line (after the
+    /// swarm's counters) and the table's `reused` column, as README.md shows them.
+    #[test]
+    fn reused_bytes_show_in_the_line_and_the_table() {
+        let h = HostResult {
+            host: "h1".into(),
+            outcome: HostOutcome::Deployed,
+            duration: Duration::from_millis(1248),
+            bytes_from_seeder: 524288,
+            bytes_from_peers: 0,
+            bytes_reused: 6962643,
+            corvid: Some(HostInstall::present()),
+            pruned: Vec::new(),
+            hook: None,
+        };
+        assert_eq!(
+            DeployLine::Host(HostLine::new(&h)).to_json(),
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"installed_corvid":false,"corvid":"present"}"#
+        );
+        let report = FleetReport {
+            hosts: vec![h],
+            elapsed: Duration::from_millis(2000),
+            payload_bytes: 7000000,
+            seeder_uploaded: 524288,
+            install: InstallSummary::default(),
+        };
+        let t = table(&report);
+        let mut lines = t.lines();
+        assert_eq!(
+            lines.next(),
+            Some("host      time      reused      seeder       peers  corvid      result")
+        );
+        assert_eq!(
+            lines.next(),
+            Some("h1        1.2s     6.6 MiB   512.0 KiB         0 B  present     deployed")
+        );
+    }
 
     /// The lines README.md shows, byte for byte, and the optional fields in their places.
     #[test]
@@ -722,6 +781,7 @@ mod tests {
             duration: Duration::from_millis(3048),
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
+            bytes_reused: 0,
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,

@@ -21,6 +21,7 @@ use crate::{Exit, Failure};
         Executable files and symbolic links to paths inside the tree are recorded as BEP 47 \
         attributes (x, l); links that are absolute or leave the tree, fifos, sockets and \
         devices are refused; PATH itself may be a symbolic link, which is resolved (the name is then the target's name). \
+        --align pads every file to a piece boundary (BEP 47 pad files), as `deploy` does. \
         The piece size is the smallest power of two from 256 KiB to 16 MiB giving at most \
         4000 pieces, unless --piece-size says otherwise.",
     after_help = "Examples:\n  corvid make ./release-42 --tracker http://seed:8998/announce\n  \
@@ -44,6 +45,10 @@ pub struct Args {
     /// Hashing threads [default: number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Start every file on a piece boundary with BEP 47 pad files (zeros named `.pad/N`
+    /// that exist on no disk), so unchanged files keep their pieces in the next release.
+    #[arg(long)]
+    align: bool,
     /// Overwrite the output file if it exists.
     #[arg(long)]
     force: bool,
@@ -70,6 +75,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         piece_length,
         name: args.name.clone(),
         creation_date: Some(creation_date),
+        align: args.align,
         ..Default::default()
     };
 
@@ -105,6 +111,9 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             piece_length: u64,
             pieces: u32,
             files: usize,
+            /// Only with --align (the shape scripts read stays as it was without).
+            #[serde(skip_serializing_if = "is_zero")]
+            pad_files: usize,
             trackers: Vec<String>,
         }
         let obj = MadeJson {
@@ -114,7 +123,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             total_size: l.total_length(),
             piece_length: l.piece_length(),
             pieces: l.piece_count(),
-            files: meta.info.files.len(),
+            files: meta.info.files.len() - meta.info.pad_files.len(),
+            pad_files: meta.info.pad_files.len(),
             trackers: meta.trackers(),
         };
         print(&format!("{}\n", to_json_line(&obj)))?;
@@ -124,12 +134,16 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             output.display(),
             meta.info_hash_hex(),
             human_size(l.total_length()),
-            meta.info.files.len(),
+            meta.info.files.len() - meta.info.pad_files.len(),
             l.piece_count(),
             human_size(l.piece_length()),
         ))?;
     }
     Ok(Exit::Ok)
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Writes `bytes` to a temporary file beside `out`, syncs it, then moves it into place, so

@@ -18,8 +18,12 @@
 //! (see `corvid_engine::node::resume`): `DEST/.corvid/<info-hash>.resume`, or
 //! `PATH/.corvid/<info-hash>.<TAG>.resume` for a release (outside `releases/`, removed
 //! when the release is complete).
+//!
+//! Before the swarm, a peer fills what it can from an earlier release on the host
+//! (`corvid_engine::reuse`): for a release the one `current` points at, or `--base`;
+//! every reused piece is hashed like a downloaded one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -32,6 +36,7 @@ use corvid_engine::fsat::Dir;
 use corvid_engine::metrics::NodeMetrics;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
+use corvid_engine::reuse::Base;
 
 use crate::output::print;
 
@@ -105,6 +110,16 @@ pub struct Args {
     /// how `corvid deploy` stops every peer once the whole fleet holds the release.
     #[arg(long, requires = "stdin_torrent")]
     stdin_control: bool,
+    /// Fill pieces from an earlier release before asking the swarm (files at the same
+    /// path and size, then any piece whose hash matches a block of an old file; all
+    /// verified): with --release-dest a TAG under PATH/releases or a directory, else the
+    /// directory holding the old payload's content. With --release-dest the release
+    /// `current` points at is used unless --no-base.
+    #[arg(long, value_name = "TAG|DIR")]
+    base: Option<String>,
+    /// Reuse no earlier release.
+    #[arg(long, conflicts_with = "base")]
+    no_base: bool,
     /// Keep seeding this long after completing.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = roles::parse_duration)]
     linger: Duration,
@@ -144,6 +159,16 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
     )?;
     cfg.linger = args.linger;
     cfg.stall_timeout = args.stall_timeout;
+    if let Some(dir) = args.base.as_ref().filter(|_| !args.no_base) {
+        cfg.base = Some(Base {
+            dir: PathBuf::from(dir),
+            strip: if m.info.multi_file {
+                PathBuf::from(&m.info.name)
+            } else {
+                PathBuf::new()
+            },
+        });
+    }
     // Beside the payload, not inside it: DEST/.corvid/<info-hash>.resume. Kept once
     // complete, so running the same download again starts without hashing.
     cfg.resume = Some(ResumeConfig {
@@ -327,6 +352,26 @@ fn after_activate(args: &Args, dest: &std::path::Path, tag: &str) -> AfterActiva
     after
 }
 
+/// The release to reuse pieces from: `--base TAG` (under DEST/releases) or `--base DIR`,
+/// else the one `current` points at; never the release being made. A base that does not
+/// exist reuses nothing (the swarm has every piece).
+fn release_base(args: &Args, dest: &Path, tag: &str) -> Option<Base> {
+    if args.no_base {
+        return None;
+    }
+    let releases = dest.join("releases");
+    let dir = match &args.base {
+        Some(b) if b.contains('/') => PathBuf::from(b),
+        Some(b) if b == tag => return None,
+        Some(b) => releases.join(b),
+        None => releases.join(ReleasePaths::active_tag(dest).filter(|t| t != tag)?),
+    };
+    Some(Base {
+        dir,
+        strip: Path::new("releases").join(format!("{tag}.partial")),
+    })
+}
+
 /// A release step's failure, with the exit code the contract gives it.
 fn remote_failure(e: impl Into<RemoteError>) -> Failure {
     let e = e.into();
@@ -409,6 +454,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     }
     cfg.linger = args.linger;
     cfg.stall_timeout = args.stall_timeout;
+    cfg.base = release_base(args, &dest, &tag);
     // PATH/.corvid/<info-hash>.<TAG>.resume: outside releases/, so the record is never
     // part of the tree renamed into place (or pruned from the partial directory), and
     // removed once the release is complete (the partial directory it describes is gone).
@@ -516,6 +562,7 @@ mod tests {
                         Duration::from_secs(7),
                     )
                 }),
+                base: secret.then(|| "v41".to_string()),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -540,6 +587,7 @@ mod tests {
             if activate {
                 assert_eq!(a.hook_timeout, Duration::from_secs(7));
             }
+            assert_eq!(a.base.as_deref(), secret.then_some("v41"));
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());

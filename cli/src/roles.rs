@@ -238,6 +238,7 @@ pub fn node_config(
         tuning: Default::default(),
         announce_port: 0,
         resume: None,
+        base: None,
     })
 }
 
@@ -344,6 +345,19 @@ impl Printer {
                 } else {
                     if let Some(line) = resume_line(resume, *total) {
                         self.say(&line);
+                    }
+                    if let Some(r) = &resume.reuse {
+                        self.say(&format!(
+                            "base {}: {} pieces ({}) reused, {} failed their hash{}",
+                            printable(&r.base),
+                            r.reused_pieces,
+                            human_size(r.reused_bytes),
+                            r.rejected_pieces,
+                            r.warning
+                                .as_deref()
+                                .map(|w| format!(" ({})", printable(w)))
+                                .unwrap_or_default()
+                        ));
                     }
                     if *have > 0 && have < total {
                         self.say(&format!(
@@ -524,6 +538,7 @@ mod tests {
             trusted_pieces: 0,
             rechecked_pieces: 4,
             rechecked_bytes: 1000,
+            reuse: None,
         };
         let report = NodeReport {
             peer_addr: addr,

@@ -57,6 +57,7 @@ pub(crate) fn locate(m: &Metainfo, path: &Path) -> Result<(PathBuf, Vec<FileSpec
             .map(|f| FileSpec {
                 path: f.path.components().skip(1).collect(),
                 length: f.length,
+                pad: f.pad,
             })
             .collect();
         return Ok((path.to_path_buf(), files));
@@ -72,6 +73,7 @@ pub(crate) fn locate(m: &Metainfo, path: &Path) -> Result<(PathBuf, Vec<FileSpec
         let files = vec![FileSpec {
             path: PathBuf::from(name),
             length: info.lengths.total_length(),
+            pad: false,
         }];
         return Ok((parent, files));
     }
@@ -85,6 +87,10 @@ pub(crate) fn locate(m: &Metainfo, path: &Path) -> Result<(PathBuf, Vec<FileSpec
 
 /// A file problem found before hashing.
 fn file_problem(root: &Path, f: &FileSpec) -> Option<String> {
+    if f.pad {
+        // Zeros by definition, on no disk: storage maps them (see `FileSpec::pad`).
+        return None;
+    }
     match std::fs::metadata(root.join(&f.path)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing".into()),
         Err(e) => Some(format!("unreadable: {e}")),
@@ -98,15 +104,6 @@ fn file_problem(root: &Path, f: &FileSpec) -> Option<String> {
 
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let m = crate::info::load(&args.torrent)?;
-    if let Some(&first) = m.info.pad_files.first() {
-        return Err(Failure::input(anyhow!(
-            "{} has BEP 47 pad files ({} of them, e.g. {}), as libtorrent's hybrid v1+v2 \
-             torrents do; corvid cannot verify those yet (make the torrent v1-only)",
-            args.torrent.display(),
-            m.info.pad_files.len(),
-            m.info.files[first].path.display()
-        )));
-    }
     let (root, files) = locate(&m, &args.path)?;
     let info = &m.info;
     let threads = match args.threads {

@@ -1281,3 +1281,59 @@ fn ssh_connections_are_shared_and_leave_nothing_behind() {
         times[0], times[0][1], times[1], times[1][1]
     );
 }
+
+/// Delta releases on the fleet: v2 differs from v1 (current on every host) by one byte of
+/// `lib/big.bin`, so each host fills v2 from v1 and fetches one piece; on h3 a byte of an
+/// unchanged piece of v1 rotted after v1 was deployed, so h3 fetches that piece too rather
+/// than copying it. Every host ends with v2 exactly as a full deploy writes it.
+#[test]
+fn a_delta_release_reuses_the_current_one_and_fetches_only_the_change() {
+    const PIECE: u64 = 256 * 1024;
+    let fleet = Fleet::up("dl", HOSTS);
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = tmp.path().join("v1src");
+    let v2 = tmp.path().join("v2src");
+    make_src(&v1, 7);
+    make_src(&v2, 7);
+    let big = v2.join("lib/big.bin");
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[PIECE as usize + 5] ^= 0x5a;
+    std::fs::write(&big, &bytes).unwrap();
+
+    let (out, lines) = fleet.deploy(&v1, "v1", &["--activate"]);
+    assert!(out.status.success(), "v1: {}\n{lines:?}", text(&out.stderr));
+    for i in 1..=HOSTS {
+        let l = host_line(&lines, &format!("h{i}"));
+        assert!(!l.contains("bytes_reused"), "first deploy reused: {l}");
+    }
+    let rotten = fleet.host_dir(3).join("app/releases/v1/lib/big.bin");
+    let mut b = std::fs::read(&rotten).unwrap();
+    b[2 * PIECE as usize + 77] ^= 1;
+    std::fs::write(&rotten, &b).unwrap();
+
+    let (out, lines) = fleet.deploy(&v2, "v2", &["--activate"]);
+    assert!(out.status.success(), "v2: {}\n{lines:?}", text(&out.stderr));
+    let want = listing(&v2);
+    for i in 1..=HOSTS {
+        let l = host_line(&lines, &format!("h{i}"));
+        let fetched =
+            support::json_u64(l, "bytes_from_seeder") + support::json_u64(l, "bytes_from_peers");
+        let want_fetched = if i == 3 { 2 * PIECE } else { PIECE };
+        assert_eq!(fetched, want_fetched, "h{i}: {l}");
+        assert!(
+            support::json_u64(l, "bytes_reused") >= 3 * PIECE,
+            "h{i}: {l}"
+        );
+        let app = fleet.host_dir(i).join("app");
+        assert_eq!(listing(&app.join("releases/v2")), want, "h{i}");
+        assert_eq!(
+            std::fs::read_link(app.join("current")).unwrap(),
+            PathBuf::from("releases/v2"),
+            "h{i}"
+        );
+    }
+    // The seeder sent about one piece per host, not the release again.
+    let s = summary_line(&lines);
+    let uploaded = support::json_u64(s, "seeder_uploaded");
+    assert!(uploaded <= (HOSTS as u64 + 1) * PIECE, "{s}");
+}

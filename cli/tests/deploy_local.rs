@@ -82,6 +82,8 @@ fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPla
         batch: None,
         check: None,
         rollback_on_failure: false,
+        align: false,
+        base: None,
     }
 }
 

@@ -29,12 +29,24 @@ fn require_libtorrent() {
 
 /// A payload tree under `dir/src/payload` and its torrent `dir/release.torrent`.
 fn release(dir: &Path, tracker: Option<&str>, big: usize, seed: u64) -> (PathBuf, PathBuf) {
+    release_with(dir, tracker, big, seed, &[])
+}
+
+/// [`release`] with more `corvid make` flags (`--align`).
+fn release_with(
+    dir: &Path,
+    tracker: Option<&str>,
+    big: usize,
+    seed: u64,
+    extra: &[&str],
+) -> (PathBuf, PathBuf) {
     let payload = dir.join("src/payload");
     make_tree(&payload, big, seed);
     let torrent = dir.join("release.torrent");
     let mut cmd = corvid(&["make"]);
     cmd.arg(&payload).arg("-o").arg(&torrent);
     cmd.args(["--piece-size", "64K", "--threads", "1"]);
+    cmd.args(extra);
     if let Some(url) = tracker {
         cmd.args(["--tracker", url]);
     }
@@ -86,6 +98,40 @@ fn libtorrent_downloads_from_corvid_seeder() {
     let done = finish(&mut seed);
     let up = support::json_u64(&done, "bytes_up");
     assert!(up >= 4 << 20, "seeder reports {up} bytes up: {done}");
+}
+
+/// A torrent made with `corvid make --align` carries BEP 47 pad files that exist on no
+/// disk: the corvid seeder serves their zeros from memory, and libtorrent (which reads
+/// pad files) downloads the release byte for byte, with no pad file in its tree.
+#[test]
+fn libtorrent_downloads_aligned_torrent_from_corvid_seeder() {
+    require_libtorrent();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (payload, torrent) = release_with(dir.path(), None, 3 << 20, 23, &["--align"]);
+    let info = torrent_info(&torrent);
+    assert!(info.contains("/.pad/"), "no pad files in {info}");
+    let (mut seed, addr) = seeder(&torrent, &dir.path().join("src"), &["--no-tracker"]);
+    let dest = dir.path().join("lt");
+    let mut cmd = Command::new(python());
+    cmd.arg(lt_script())
+        .arg("download")
+        .arg(&torrent)
+        .arg(&dest);
+    cmd.args(["--peer", &addr.to_string(), "--timeout", "100"]);
+    let mut lt = Proc::spawn("libtorrent download", &mut cmd);
+    let (code, lines, err) = lt.wait_exit(T);
+    if code != Some(0) {
+        seed.terminate();
+        let (_, seed_lines, seed_err) = seed.wait_exit(T);
+        panic!(
+            "libtorrent download failed ({code:?}):\n{}\n{err}\n--- seeder ---\n{}\n{seed_err}",
+            lines.join("\n"),
+            seed_lines.join("\n")
+        );
+    }
+    assert!(lines.iter().any(|l| l == "done"), "{}", lines.join("\n"));
+    assert_same_tree(&payload, &dest.join("payload"));
+    finish(&mut seed);
 }
 
 /// A corvid seeder planning for corvid peers (it suggests their pieces and refuses the

@@ -367,10 +367,10 @@ fn libtorrent_made_torrent_reads_and_verifies() {
 }
 
 /// libtorrent's default (hybrid v1+v2) torrents carry BEP 47 pad files: `info` must still
-/// agree on the v1 info-hash, and `verify` must refuse clearly rather than report the pad
-/// files as missing data.
+/// agree on the v1 info-hash, and `verify` must pass the payload (the pads are zeros that
+/// exist on no disk) and still catch a changed byte.
 #[test]
-fn libtorrent_hybrid_torrent_reads_and_verify_refuses_clearly() {
+fn libtorrent_hybrid_torrent_with_pad_files_reads_and_verifies() {
     let t = tempfile::tempdir().unwrap();
     let p = make_tree(t.path());
     let script = LT_CREATE.replace(", flags=lt.create_torrent.v1_only", "");
@@ -396,6 +396,21 @@ fn libtorrent_hybrid_torrent_reads_and_verify_refuses_clearly() {
     assert_eq!(json_field(&stdout(&o), "info_hash"), lt.info_hash);
     assert_eq!(json_files(&stdout(&o)), lt.files);
     let o = corvid(&["verify", "hy.torrent", "."], t.path());
-    assert_eq!(o.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("BEP 47 pad files"));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!p.join(".pad").exists(), "verify must not create pad files");
+    let victim = p.join("bin/app");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&victim, &bytes).unwrap();
+    let o = corvid(&["verify", "hy.torrent", "."], t.path());
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a changed byte must fail verification"
+    );
 }

@@ -312,6 +312,7 @@ mod tests {
             .map(|(i, &length)| FileSpec {
                 path: PathBuf::from(format!("f{i}")),
                 length,
+                pad: false,
             })
             .collect();
         let l = Lengths::new(total, piece_length, total.div_ceil(piece_length)).unwrap();

@@ -7,6 +7,7 @@
 //! - [`storage`]: payload files mapped into memory; blocks resolve to spans of the mapping,
 //!   which is what sockets read into and send from.
 //! - [`hash`]: the SHA-1 hasher pool that verifies pieces straight from the mapping.
+//! - [`reuse`]: a download's pieces filled from a release already on the host, verified.
 //! - [`wire`], [`peer`], [`swarm`]: the peer protocol as a sans-IO state machine.
 //! - [`runtime`]: thread-per-core io_uring event loops that drive the state machines.
 //! - [`node`]: one torrent seeded or downloaded: the runtime, protocol, storage and
@@ -25,6 +26,7 @@ pub mod metainfo;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod reuse;
 pub mod runtime;
 pub mod stats;
 pub mod storage;

@@ -361,6 +361,7 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
                 vec![FileSpec {
                     path: PathBuf::from(name),
                     length,
+                    pad: false,
                 }],
                 false,
             )
@@ -374,7 +375,7 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
             }
             let mut files = Vec::with_capacity(list.len());
             for (i, entry) in list.iter().enumerate() {
-                let spec = parse_file_entry(name, i, entry)?;
+                let mut spec = parse_file_entry(name, i, entry)?;
                 let attr = entry
                     .as_dict()
                     .and_then(|d| d.get(b"attr"))
@@ -385,7 +386,9 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
                     continue;
                 }
                 if attr.contains(&b'p') {
+                    check_pad(i, &spec, piece_length)?;
                     pad_files.push(files.len());
+                    spec.pad = true;
                 }
                 if attr.contains(&b'x') {
                     executable.push(files.len());
@@ -401,10 +404,12 @@ fn parse_info(d: &Dict<'_>) -> Result<Info, MetainfoError> {
     check_collisions(
         &files
             .iter()
+            .filter(|f| !f.pad)
             .cloned()
             .chain(symlinks.iter().map(|l| FileSpec {
                 path: l.path.clone(),
                 length: 0,
+                pad: false,
             }))
             .collect::<Vec<_>>(),
     )?;
@@ -501,7 +506,46 @@ fn parse_file_entry(name: &str, i: usize, entry: &Value<'_>) -> Result<FileSpec,
         check_component(s, &shown)?;
         path.push(s);
     }
-    Ok(FileSpec { path, length })
+    Ok(FileSpec {
+        path,
+        length,
+        pad: false,
+    })
+}
+
+/// A pad file is zeros standing in for no file: BEP 47 names it `.pad/N` (libtorrent
+/// writes `N` = its length, older makers other numbers, so the number is not checked),
+/// and it exists only to reach the next piece boundary, so it is shorter than a piece.
+/// Pads never reach a disk, which is why several may share one path; anything else under
+/// a `p` attribute is refused, so a torrent cannot pass a real file off as a pad.
+fn check_pad(i: usize, spec: &FileSpec, piece_length: u64) -> Result<(), MetainfoError> {
+    let at = format!("info.files[{i}]");
+    let comps: Vec<_> = spec.path.components().skip(1).collect();
+    let ok_path = comps.len() == 2
+        && comps[0].as_os_str() == ".pad"
+        && comps[1]
+            .as_os_str()
+            .to_str()
+            .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    if !ok_path {
+        return Err(field(
+            format!("{at}.path"),
+            format!(
+                "is {:?} for a pad file (BEP 47 pads are `.pad/N`)",
+                spec.path.display().to_string()
+            ),
+        ));
+    }
+    if spec.length >= piece_length {
+        return Err(field(
+            format!("{at}.length"),
+            format!(
+                "is {} for a pad file, not less than the piece length {piece_length}",
+                spec.length
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rejects a path component that could leave the payload directory or mean something
@@ -627,6 +671,8 @@ pub struct BuildOptions {
     pub creation_date: Option<i64>,
     /// BEP 27 private flag.
     pub private: bool,
+    /// Start every file on a piece boundary with BEP 47 pad files (see [`aligned`]).
+    pub align: bool,
 }
 
 /// What [`scan`] found: the files to hash, where they are, and what the torrent calls them.
@@ -662,6 +708,7 @@ impl Payload {
                 .map(|f| FileSpec {
                     path: PathBuf::from(&self.name),
                     length: f.length,
+                    pad: false,
                 })
                 .collect();
         }
@@ -674,6 +721,7 @@ impl Payload {
                 FileSpec {
                     path: Path::new(&self.name).join(comps.as_path()),
                     length: f.length,
+                    pad: f.pad,
                 }
             })
             .collect()
@@ -716,6 +764,7 @@ pub fn scan(path: &Path, name: Option<&str>) -> Result<Payload, MetainfoError> {
         disk_files.push(FileSpec {
             path: PathBuf::from(&own_name),
             length: meta.len(),
+            pad: false,
         });
         executable.push(is_executable(&meta));
         false
@@ -830,6 +879,7 @@ fn walk(dir: &Path, rel: &Path, out: &mut Walk<'_>) -> Result<(), MetainfoError>
             out.files.push(FileSpec {
                 path: rel.join(&name),
                 length: meta.len(),
+                pad: false,
             });
             out.executable.push(is_executable(&meta));
         } else {
@@ -839,12 +889,65 @@ fn walk(dir: &Path, rel: &Path, out: &mut Walk<'_>) -> Result<(), MetainfoError>
     Ok(())
 }
 
-/// The torrent's geometry for a payload and options.
+/// `payload` with a BEP 47 pad file (`.pad/N`, N zeros, `attr` `p`) after every file
+/// that does not end on a piece boundary, except the last, so every file starts a piece.
+/// A file that did not change between two releases then has the same pieces in both
+/// torrents whatever changed before it, which is what lets a peer reuse the old release
+/// piece by piece ([`crate::reuse`]). The pads are never on disk: storage maps zeros for
+/// them. A single file needs no pad, and empty files get none (they start no piece).
+pub fn aligned(payload: &Payload, piece_length: u64) -> Payload {
+    if !payload.multi_file || piece_length == 0 {
+        return payload.clone();
+    }
+    let top = payload
+        .disk_files
+        .first()
+        .and_then(|f| f.path.components().next())
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .unwrap_or_default();
+    let mut out = Payload {
+        disk_files: Vec::with_capacity(payload.disk_files.len() * 2),
+        executable: Vec::with_capacity(payload.disk_files.len() * 2),
+        ..payload.clone()
+    };
+    let last_with_bytes = payload.disk_files.iter().rposition(|f| f.length > 0);
+    let mut offset = 0u64;
+    for (i, f) in payload.disk_files.iter().enumerate() {
+        out.disk_files.push(f.clone());
+        out.executable
+            .push(payload.executable.get(i).copied().unwrap_or(false));
+        offset = offset.saturating_add(f.length);
+        let tail = offset % piece_length;
+        if f.length == 0 || tail == 0 || Some(i) >= last_with_bytes {
+            continue;
+        }
+        let n = piece_length - tail;
+        out.disk_files.push(FileSpec {
+            path: top.join(".pad").join(n.to_string()),
+            length: n,
+            pad: true,
+        });
+        out.executable.push(false);
+        offset += n;
+    }
+    out
+}
+
+/// The piece length for a payload: the one asked for, else [`auto_piece_length`] of the
+/// unpadded size (pads add at most a piece per file, which must not change the choice).
+fn piece_length_for(payload: &Payload, opts: &BuildOptions) -> u64 {
+    opts.piece_length
+        .unwrap_or_else(|| auto_piece_length(payload.total_length()))
+}
+
+/// The torrent's geometry for a payload and options (pads included when aligning).
 pub fn payload_lengths(payload: &Payload, opts: &BuildOptions) -> Result<Lengths, MetainfoError> {
-    let total = payload.total_length();
-    let piece_length = opts
-        .piece_length
-        .unwrap_or_else(|| auto_piece_length(total));
+    let piece_length = piece_length_for(payload, opts);
+    let total = if opts.align {
+        aligned(payload, piece_length).total_length()
+    } else {
+        payload.total_length()
+    };
     Ok(Lengths::new(
         total,
         piece_length,
@@ -896,7 +999,9 @@ pub fn assemble(
                 let mut d = OwnedValue::dict();
                 d.insert("length", OwnedValue::Int(f.length as i64));
                 d.insert("path", below_top(&f.path));
-                if payload.executable.get(i).copied().unwrap_or(false) {
+                if f.pad {
+                    d.insert("attr", OwnedValue::bytes("p"));
+                } else if payload.executable.get(i).copied().unwrap_or(false) {
                     d.insert("attr", OwnedValue::bytes("x"));
                 }
                 d
@@ -971,6 +1076,13 @@ pub fn build_payload(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
     let lengths = payload_lengths(payload, opts)?;
+    let padded;
+    let payload = if opts.align {
+        padded = aligned(payload, piece_length_for(payload, opts));
+        &padded
+    } else {
+        payload
+    };
     let storage = Arc::new(Storage::open_readonly(
         &payload.root,
         &payload.disk_files,
@@ -1035,7 +1147,7 @@ mod tests {
 
     #[test]
     fn parses_multi_file_with_name_prefix() {
-        let files = "ld6:lengthi10e4:pathl1:a1:beed4:attr1:p6:lengthi0e4:pathl5:emptyee\
+        let files = "ld6:lengthi10e4:pathl1:a1:beed4:attr1:p6:lengthi0e4:pathl4:.pad1:0ee\
                      d6:lengthi20000e4:pathl1:ceee";
         let m = Metainfo::from_bytes(&multi(files, 20010)).unwrap();
         let paths: Vec<_> = m.info.files.iter().map(|f| f.path.clone()).collect();
@@ -1043,7 +1155,7 @@ mod tests {
             paths,
             vec![
                 PathBuf::from("top/a/b"),
-                PathBuf::from("top/empty"),
+                PathBuf::from("top/.pad/0"),
                 PathBuf::from("top/c")
             ]
         );
@@ -1423,6 +1535,89 @@ mod tests {
                 build(&t.path().join("payload"), &opts, &pool, &mut |b| last = b).unwrap();
             assert_eq!(bytes, want, "{threads} threads");
             assert_eq!(last, m.info.lengths.total_length());
+        }
+    }
+
+    /// `--align`: every file with bytes starts a piece, the pads are `.pad/N` with `attr`
+    /// `p`, never on disk, and the hashes are those of the files with zeros between them.
+    #[test]
+    fn aligned_build_starts_every_file_on_a_piece() {
+        let t = tree();
+        let pl = 16384u64;
+        let opts = BuildOptions {
+            piece_length: Some(pl),
+            creation_date: Some(1),
+            align: true,
+            ..Default::default()
+        };
+        let pool = HashPool::new(2);
+        let (m, bytes) = build(&t.path().join("payload"), &opts, &pool, &mut |_| {}).unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("4:attr1:p"));
+        assert!(!m.info.pad_files.is_empty());
+        let mut oracle = Vec::new();
+        for (i, f) in m.info.files.iter().enumerate() {
+            let (start, _) = m.info.file_range(i).unwrap();
+            if f.pad {
+                assert!(m.info.pad_files.contains(&i));
+                assert_eq!(f.path, Path::new("payload/.pad").join(f.length.to_string()));
+                assert!(f.length > 0 && f.length < pl, "{f:?}");
+                oracle.extend(vec![0u8; f.length as usize]);
+            } else {
+                if f.length > 0 {
+                    assert_eq!(start % pl, 0, "{} starts at {start}", f.path.display());
+                }
+                oracle.extend(fs::read(t.path().join(&f.path)).unwrap());
+            }
+        }
+        // The last file is not padded: the payload ends where it ends.
+        assert!(!m.info.files.last().unwrap().pad);
+        let want: Vec<[u8; 20]> = oracle
+            .chunks(pl as usize)
+            .map(|c| Sha1::digest(c).into())
+            .collect();
+        assert_eq!(m.info.pieces, want);
+        assert!(!t.path().join("payload/.pad").exists());
+        // Without alignment nothing changes.
+        let plain = BuildOptions {
+            align: false,
+            ..opts
+        };
+        let (m, _) = build(&t.path().join("payload"), &plain, &pool, &mut |_| {}).unwrap();
+        assert!(m.info.pad_files.is_empty());
+    }
+
+    /// Pads may share a path (they are never opened); a `p` file that is not a short
+    /// `.pad/N` is refused, as is an unsafe pad path.
+    #[test]
+    fn pad_files_parse_and_malformed_ones_are_refused() {
+        let pad = |path: &str, len: u64| format!("d4:attr1:p6:lengthi{len}e4:pathl{path}ee");
+        let real = "d6:lengthi10e4:pathl1:aee";
+        let ok = format!(
+            "l{real}{}{real2}{}d6:lengthi1e4:pathl1:ceee",
+            pad("4:.pad1:6", 6),
+            pad("4:.pad1:6", 6),
+            real2 = "d6:lengthi10e4:pathl1:bee"
+        );
+        let m = Metainfo::from_bytes(&multi(&ok, 33)).unwrap();
+        assert_eq!(m.info.pad_files, vec![1, 3]);
+        assert!(m.info.files[1].pad && !m.info.files[0].pad);
+        for (bad, why) in [
+            (pad("3:etc6:passwd", 6), "pad file"),
+            (pad("1:6", 6), "pad file"),
+            (pad("4:.pad2:x1", 6), "pad file"),
+            (pad("4:.pad1:61:7", 6), "pad file"),
+            (pad("4:.pad2:..", 6), "unsafe"),
+            (
+                pad("4:.pad5:99999", 99999),
+                "not less than the piece length",
+            ),
+        ] {
+            let list = format!("l{real}{bad}d6:lengthi1e4:pathl1:ceee");
+            let total = 11 + if bad.contains("99999") { 99999 } else { 6 };
+            let err = Metainfo::from_bytes(&multi(&list, total))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 

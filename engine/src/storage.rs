@@ -65,6 +65,10 @@ pub struct FileSpec {
     /// overwrite someone else's file.
     pub path: PathBuf,
     pub length: u64,
+    /// A BEP 47 pad file (`attr` `p`): zeros that align the next file to a piece boundary.
+    /// It exists on no disk: storage maps anonymous zero memory in its place, so it is
+    /// hashed and sent like any other bytes but never created, opened or synced.
+    pub pad: bool,
 }
 
 /// A contiguous run of one file that a payload range covers.
@@ -172,7 +176,7 @@ impl Storage {
 
         // Space still to allocate: a kept file already has (some of) its blocks.
         let mut needed = 0u64;
-        for spec in files {
+        for spec in files.iter().filter(|f| !f.pad) {
             // Refuse planted symlinks before anything is created or sized.
             check_no_symlinks(root, &spec.path)?;
             let path = root.join(&spec.path);
@@ -198,6 +202,11 @@ impl Storage {
         let mut opened: std::collections::HashMap<(u64, u64), usize> =
             std::collections::HashMap::with_capacity(files.len());
         for spec in files {
+            if spec.pad {
+                maps.push(pad_map(spec, root)?);
+                ids.push((0, 0));
+                continue;
+            }
             let path = root.join(&spec.path);
             let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
             let name = spec
@@ -275,6 +284,11 @@ impl Storage {
         let mut maps = Vec::with_capacity(files.len());
         let mut ids = Vec::with_capacity(files.len());
         for spec in files {
+            if spec.pad {
+                maps.push(pad_map(spec, root)?);
+                ids.push((0, 0));
+                continue;
+            }
             let path = root.join(&spec.path);
             let file = match File::open(&path) {
                 Ok(f) => f,
@@ -502,6 +516,9 @@ impl Storage {
             return Ok(());
         }
         for (map, spec) in self.maps.iter().zip(&self.files) {
+            if spec.pad {
+                continue;
+            }
             if let Some(map) = map {
                 map.flush()
                     .map_err(|e| io_err("flush", &self.root.join(&spec.path), e))?;
@@ -519,7 +536,7 @@ impl Storage {
             return Ok(());
         }
         match (self.maps.get(index), self.files.get(index)) {
-            (Some(Some(map)), Some(spec)) => map
+            (Some(Some(map)), Some(spec)) if !spec.pad => map
                 .flush()
                 .map_err(|e| io_err("flush", &self.root.join(&spec.path), e)),
             _ => Ok(()),
@@ -529,9 +546,12 @@ impl Storage {
     /// The metadata (size, times, inode) of file `index` as it is on disk now, provided
     /// it is still the file that was mapped: a file replaced or removed since is an error
     /// (so a resume record never vouches for a file corvid did not write). `None` for an
-    /// index out of range.
+    /// index out of range and for a pad file, which is on no disk.
     pub fn file_metadata(&self, index: usize) -> Option<io::Result<std::fs::Metadata>> {
         let spec = self.files.get(index)?;
+        if spec.pad {
+            return None;
+        }
         let &(dev, ino) = self.ids.get(index)?;
         let path = self.root.join(&spec.path);
         Some(std::fs::symlink_metadata(&path).and_then(|m| {
@@ -608,13 +628,32 @@ impl Iterator for SpanIter<'_> {
     }
 }
 
+/// The stand-in for a pad file: anonymous private memory, zeros until written. A peer
+/// receives a piece's pad bytes into it like any others (so a piece whose sender put
+/// anything but zeros there fails its hash and is fetched again), and a seeder sends
+/// zeros from it; untouched pages are the kernel's shared zero page, so an idle pad
+/// costs no memory.
+fn pad_map(spec: &FileSpec, root: &Path) -> Result<Option<MmapRaw>, StorageError> {
+    if spec.length == 0 {
+        return Ok(None);
+    }
+    let path = root.join(&spec.path);
+    let len = map_len(spec.length, &path)?;
+    let map = MmapOptions::new()
+        .len(len)
+        .map_anon()
+        .map_err(|e| io_err("map zeros for pad file", &path, e))?;
+    Ok(Some(MmapRaw::from(map)))
+}
+
 /// Checks that the files tile the payload and that their paths stay under the root;
 /// returns the files' end offsets.
 fn check_layout(files: &[FileSpec], lengths: Lengths) -> Result<Vec<u64>, StorageError> {
     // The same file twice would be mapped twice, and sizing the second could shrink the
     // first one's mapping under it (SIGBUS, mapping contract rule 3).
+    // Pads are never opened, so several may share a path (`.pad/N` names their length).
     let mut seen = std::collections::HashSet::with_capacity(files.len());
-    for spec in files {
+    for spec in files.iter().filter(|f| !f.pad) {
         if !seen.insert(spec.path.as_path()) {
             return Err(StorageError::DuplicatePath {
                 path: spec.path.clone(),
@@ -849,6 +888,7 @@ mod tests {
             .map(|(i, &length)| FileSpec {
                 path: PathBuf::from(format!("d{}/f{i}", i % 2)),
                 length,
+                pad: false,
             })
             .collect()
     }
@@ -933,6 +973,68 @@ mod tests {
             let path = s.root().join(&s.files()[i].path);
             assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
         }
+    }
+
+    /// Pad files are zeros that no disk holds: never created (two may share a path),
+    /// hashed and read as zeros, written like other bytes (so a wrong pad fails its hash),
+    /// and skipped by flush, sync and metadata; read-only storage maps them too.
+    #[test]
+    fn pad_files_are_zeros_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pad = |n: u64| FileSpec {
+            path: PathBuf::from(format!("top/.pad/{n}")),
+            length: n,
+            pad: true,
+        };
+        let real = |name: &str, n: u64| FileSpec {
+            path: PathBuf::from(format!("top/{name}")),
+            length: n,
+            pad: false,
+        };
+        let files = vec![
+            real("a", PL - 100),
+            pad(100),
+            real("b", PL - 100),
+            pad(100),
+            real("c", 10),
+        ];
+        let l = Lengths::new(2 * PL + 10, PL, 3).unwrap();
+        let s = Storage::create(dir.path(), &files, l).unwrap();
+        assert!(!dir.path().join("top/.pad").exists());
+        assert!(s.file_metadata(1).is_none());
+        assert!(s.file_metadata(0).unwrap().is_ok());
+        let p0 = l.piece(0).unwrap();
+        let mut want = vec![0u8; PL as usize];
+        assert_eq!(s.hash_piece(p0), <[u8; 20]>::from(Sha1::digest(&want)));
+        let data: Vec<u8> = (0..PL).map(|i| (i % 251) as u8 + 1).collect();
+        let b = BlockRef {
+            piece: p0,
+            offset: 0,
+            len: PL as u32,
+        };
+        // SAFETY: nothing else reads or writes this storage in the test.
+        unsafe { s.write_block(b, &data).unwrap() };
+        want.copy_from_slice(&data);
+        assert_eq!(s.hash_piece(p0), <[u8; 20]>::from(Sha1::digest(&want)));
+        let mut zeros_in_pad = data.clone();
+        zeros_in_pad[(PL - 100) as usize..].fill(0);
+        // SAFETY: as above.
+        unsafe { s.write_block(b, &zeros_in_pad).unwrap() };
+        assert_eq!(
+            s.hash_piece(p0),
+            <[u8; 20]>::from(Sha1::digest(&zeros_in_pad))
+        );
+        s.flush().unwrap();
+        for i in 0..files.len() {
+            s.sync_file(i).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("top/a")).unwrap(),
+            &zeros_in_pad[..(PL - 100) as usize]
+        );
+        let ro = Storage::open_readonly(dir.path(), &files, l).unwrap();
+        assert_eq!(ro.hash_piece(p0), s.hash_piece(p0));
+        assert!(!dir.path().join("top/.pad").exists());
     }
 
     #[test]
@@ -1147,10 +1249,12 @@ mod tests {
             FileSpec {
                 path: PathBuf::from("a/b"),
                 length: 60,
+                pad: false,
             },
             FileSpec {
                 path: PathBuf::from("a//b"),
                 length: 40,
+                pad: false,
             },
         ];
         let err = Storage::create(dir.path(), &twice, l).unwrap_err();
@@ -1159,6 +1263,7 @@ mod tests {
             let files = [FileSpec {
                 path: PathBuf::from(bad),
                 length: 100,
+                pad: false,
             }];
             let err = Storage::create(dir.path(), &files, l).unwrap_err();
             assert!(
@@ -1274,6 +1379,7 @@ mod tests {
         let files = [FileSpec {
             path: PathBuf::from("huge"),
             length: total,
+            pad: false,
         }];
         let err = Storage::create(dir.path(), &files, l).unwrap_err();
         assert!(
@@ -1305,6 +1411,7 @@ mod tests {
         let files = [FileSpec {
             path: PathBuf::from("name/sub/f1"),
             length: 3 * PL,
+            pad: false,
         }];
         let err = Storage::create(dir.path(), &files, lengths_for(&[3 * PL], PL)).unwrap_err();
         assert!(
@@ -1344,6 +1451,7 @@ mod tests {
         let files = [FileSpec {
             path: PathBuf::from("name/sub/f1"),
             length: PL,
+            pad: false,
         }];
         let err = Storage::create(dir.path(), &files, lengths_for(&[PL], PL)).unwrap_err();
         assert!(matches!(err, StorageError::Symlink { .. }), "{err:?}");
@@ -1359,6 +1467,7 @@ mod tests {
         let files = [FileSpec {
             path: PathBuf::from("name/f"),
             length: PL,
+            pad: false,
         }];
         Storage::create(&root, &files, lengths_for(&[PL], PL)).unwrap();
         assert!(real.path().join("name/f").is_file());
@@ -1376,10 +1485,12 @@ mod tests {
             FileSpec {
                 path: "d/A".into(),
                 length: 3000,
+                pad: false,
             },
             FileSpec {
                 path: "d/a".into(),
                 length: 1000,
+                pad: false,
             },
         ];
         let err =

@@ -52,6 +52,7 @@ fn config(
         tuning: Default::default(),
         announce_port: 0,
         resume: None,
+        base: None,
     }
 }
 
@@ -70,14 +71,17 @@ fn seeder_to_one_peer_over_io_uring() {
         FileSpec {
             path: "b.bin".into(),
             length: b.len() as u64,
+            pad: false,
         },
         FileSpec {
             path: "d/a.bin".into(),
             length: a.len() as u64,
+            pad: false,
         },
         FileSpec {
             path: "empty".into(),
             length: 0,
+            pad: false,
         },
     ];
     let total = (a.len() + b.len()) as u64;
@@ -140,6 +144,7 @@ fn an_idle_seeder_does_not_spin_on_its_swarm_lock() {
     let files = vec![FileSpec {
         path: "x.bin".into(),
         length: data.len() as u64,
+        pad: false,
     }];
     let total = data.len() as u64;
     let piece = 256 * 1024;

@@ -49,6 +49,7 @@ fn options() -> impl Strategy<Value = BuildOptions> {
                 comment,
                 creation_date,
                 private,
+                align: false,
             },
         )
 }
@@ -70,11 +71,11 @@ proptest! {
                 .iter()
                 .map(|(p, l)| FileSpec {
                     path: std::iter::once(&name).chain(p).collect::<PathBuf>(),
-                    length: *l,
+                    length: *l, pad: false,
                 })
                 .collect()
         } else {
-            vec![FileSpec { path: PathBuf::from(&name), length: single_len }]
+            vec![FileSpec { path: PathBuf::from(&name), length: single_len, pad: false }]
         };
         // Every other file executable, so BEP 47 `x` attributes round-trip too.
         let executable = (0..disk_files.len()).map(|i| i % 2 == 1).collect();

@@ -1016,7 +1016,7 @@ fn sample_torrents() -> Vec<Vec<u8>> {
                     .iter()
                     .map(|(p, l)| FileSpec {
                         path: p.into(),
-                        length: *l,
+                        length: *l, pad: false,
                     })
                     .collect(),
                 name: name.into(),

@@ -38,6 +38,7 @@ pub fn release_files(info: &Info) -> Vec<FileSpec> {
         .map(|f| FileSpec {
             path: below_top(info, &f.path),
             length: f.length,
+            pad: f.pad,
         })
         .collect()
 }
@@ -93,7 +94,8 @@ fn apply<'a>(
     files: &[FileSpec],
     links: impl Iterator<Item = (PathBuf, &'a Symlink)>,
 ) -> Result<(), ReleaseError> {
-    for (i, f) in files.iter().enumerate() {
+    // Pad files (BEP 47 `p`) are on no disk: nothing to chmod.
+    for (i, f) in files.iter().enumerate().filter(|(_, f)| !f.pad) {
         let (dir, name) = parent_of(root, &f.path, false)?;
         // O_NOFOLLOW open, then fchmod: a link put in the file's place is refused.
         let file = dir.open_file(&name, OFlags::RDONLY, 0)?;
@@ -128,7 +130,11 @@ fn apply<'a>(
 /// their verified pieces are reused. Only real directories are descended into; a link
 /// is removed as a link, so nothing outside the partial directory is ever deleted.
 pub fn prune_partial(info: &Info, root: &Dir) -> Result<(), ReleaseError> {
-    let mut keep: HashSet<PathBuf> = release_files(info).into_iter().map(|f| f.path).collect();
+    let mut keep: HashSet<PathBuf> = release_files(info)
+        .into_iter()
+        .filter(|f| !f.pad)
+        .map(|f| f.path)
+        .collect();
     keep.extend(release_links(info).map(|(p, _)| p));
     let dirs: HashSet<PathBuf> = keep
         .iter()
@@ -161,7 +167,7 @@ pub fn prune_partial(info: &Info, root: &Dir) -> Result<(), ReleaseError> {
 /// Files the torrent does not name are not looked at.
 pub fn differs(info: &Info, root: &Path, pieces: &[[u8; 20]], pool: &HashPool) -> Option<String> {
     let files = release_files(info);
-    for (i, f) in files.iter().enumerate() {
+    for (i, f) in files.iter().enumerate().filter(|(_, f)| !f.pad) {
         let p = root.join(&f.path);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_file() => {

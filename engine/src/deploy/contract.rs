@@ -167,6 +167,8 @@ pub struct PeerCommand {
     pub keep: Option<usize>,
     /// `--after-activate CMD` and its `--hook-timeout`.
     pub after_activate: Option<(String, Duration)>,
+    /// `--base TAG` (else the peer reuses the release `current` points at).
+    pub base: Option<String>,
 }
 
 impl PeerCommand {
@@ -211,6 +213,9 @@ impl PeerCommand {
                 "--hook-timeout".into(),
                 format!("{}ms", timeout.as_millis()),
             ]);
+        }
+        if let Some(b) = &self.base {
+            a.extend(["--base".into(), b.clone()]);
         }
         a
     }
@@ -275,6 +280,30 @@ pub struct DoneTransfer {
     pub bytes_from_seeder: u64,
     #[serde(default)]
     pub bytes_from_peers: u64,
+    #[serde(default)]
+    pub resume: DoneResume,
+}
+
+/// The `resume` object of the `done` report: what the start-up check found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneResume {
+    /// Present when the peer had a base release to reuse.
+    #[serde(default)]
+    pub reuse: Option<DoneReuse>,
+}
+
+/// Of `resume.reuse`, the bytes the host took from its base release instead of the swarm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneReuse {
+    #[serde(default)]
+    pub reused_bytes: u64,
+}
+
+impl DoneTransfer {
+    /// Bytes the host took from a release it already had.
+    pub fn bytes_reused(&self) -> u64 {
+        self.resume.reuse.map_or(0, |r| r.reused_bytes)
+    }
 }
 
 /// A `--json` line of the remote half, by its `event` field: the ones the deployer acts
@@ -362,10 +391,16 @@ mod tests {
             Some(PeerLine::Done {
                 report: DoneTransfer {
                     bytes_from_seeder: 10,
-                    bytes_from_peers: 20
+                    bytes_from_peers: 20,
+                    ..DoneTransfer::default()
                 }
             })
         );
+        let reused = r#"{"event":"done","report":{"bytes_from_seeder":1,"resume":{"record":"off","reuse":{"base":"/r/v1","reused_bytes":4096,"reused_pieces":1}}}}"#;
+        match PeerLine::parse(reused) {
+            Some(PeerLine::Done { report }) => assert_eq!(report.bytes_reused(), 4096),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             PeerLine::parse(r#"{"event":"progress","bytes_down":7,"pieces":1}"#),
             Some(PeerLine::Progress { bytes_down: 7 })
@@ -421,6 +456,7 @@ mod tests {
                 "systemctl reload 'app'; echo $CORVID_RELEASE".into(),
                 Duration::from_secs(5),
             )),
+            base: Some("v0 x".into()),
         };
         let args = c.args();
         assert_eq!(

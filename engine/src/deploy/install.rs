@@ -612,6 +612,7 @@ fn start_binary_seeder(
         disk_files: vec![FileSpec {
             path: PathBuf::from(BINARY_NAME),
             length: local.bytes.len() as u64,
+            pad: false,
         }],
         name: BINARY_NAME.into(),
         multi_file: false,
@@ -1171,6 +1172,8 @@ mod tests {
             batch: None,
             check: None,
             rollback_on_failure: false,
+            align: false,
+            base: None,
         }
     }
 

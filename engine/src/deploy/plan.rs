@@ -63,6 +63,13 @@ pub struct DeployPlan {
     pub check: Option<String>,
     /// `--rollback-on-failure`: a failed wave goes back to its previous release.
     pub rollback_on_failure: bool,
+    /// `--align`: BEP 47 pad files put every file on a piece boundary (see
+    /// `metainfo::aligned`), so a host can reuse a file that moved or changed size in
+    /// place from its base release; off by default (the pads' zeros cross the wire).
+    pub align: bool,
+    /// `--base TAG`: the release under `DEST/releases` hosts reuse pieces from, instead
+    /// of the one `current` points at.
+    pub base: Option<String>,
 }
 
 /// The size of an activation wave: a number of hosts or a share of the fleet.
@@ -160,6 +167,9 @@ pub struct Validated {
 /// Checks the plan and scans the source, touching no host.
 pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
     validate_tag(&plan.tag)?;
+    if let Some(b) = &plan.base {
+        validate_tag(b)?;
+    }
     validate_dest(&plan.dest)?;
     if plan.dest.to_str().is_none() {
         return Err(DeployError::DestNotUtf8(plan.dest.clone()));

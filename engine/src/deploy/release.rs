@@ -218,6 +218,7 @@ impl OpenRelease {
             .map(|f| FileSpec {
                 path: base.join(&f.path),
                 length: f.length,
+                pad: f.pad,
             })
             .collect()
     }

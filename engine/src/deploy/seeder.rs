@@ -61,7 +61,13 @@ pub fn seeder_config(
         info_hash: m.info_hash,
         lengths: m.info.lengths,
         piece_hashes: Arc::new(m.info.pieces.clone()),
-        files: payload.disk_files.clone(),
+        // With the pad files the torrent was built with (deploy aligns), so the layout
+        // matches its pieces.
+        files: if m.info.pad_files.is_empty() {
+            payload.disk_files.clone()
+        } else {
+            crate::metainfo::aligned(payload, m.info.lengths.piece_length()).disk_files
+        },
         root: payload.root.clone(),
         listen: SocketAddr::new([0, 0, 0, 0].into(), 0),
         cores: threads.max(1),
@@ -82,5 +88,6 @@ pub fn seeder_config(
         tuning: Default::default(),
         announce_port: 0,
         resume: None,
+        base: None,
     }
 }

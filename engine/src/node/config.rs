@@ -80,4 +80,7 @@ pub struct NodeConfig {
     /// Downloads: where the resume record lives (`None`: keep none, hash everything on
     /// disk at start). Seeders ignore it.
     pub resume: Option<ResumeConfig>,
+    /// Downloads: a release already on the host to fill pieces from before the swarm is
+    /// asked (see [`crate::reuse`]). Seeders ignore it.
+    pub base: Option<crate::reuse::Base>,
 }

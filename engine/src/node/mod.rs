@@ -396,7 +396,7 @@ fn start_download(
             b.filter(|b| opened.is_some_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == b.ino))
         })
         .collect();
-    let plan = resume::plan(loaded, &cfg.info_hash, lengths, &file_lengths, &now);
+    let mut plan = resume::plan(loaded, &cfg.info_hash, lengths, &file_lengths, &now);
     let mut have = plan.trusted;
     if !plan.recheck.is_empty() {
         let ok = pool.verify_pieces(&storage, &cfg.piece_hashes, &plan.recheck, &mut |_| {});
@@ -406,6 +406,11 @@ fn start_download(
             }
         }
     }
+    // Before any peer is met, so the first bitfield announces what the base supplied.
+    plan.report.reuse = cfg
+        .base
+        .as_ref()
+        .map(|b| crate::reuse::fill(&storage, &cfg.piece_hashes, &mut have, b, pool));
     Ok((storage, have, plan.report))
 }
 

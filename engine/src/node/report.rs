@@ -119,6 +119,7 @@ mod tests {
                 trusted_pieces: 1,
                 rechecked_pieces: 3,
                 rechecked_bytes: 750,
+                reuse: None,
             },
             swarm_lock: SwarmLockReport {
                 acquisitions: 10,

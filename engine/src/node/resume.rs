@@ -422,6 +422,9 @@ pub struct ResumeReport {
     /// Pieces hashed at start, and their bytes.
     pub rechecked_pieces: u32,
     pub rechecked_bytes: u64,
+    /// What a base release supplied (only when one was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<crate::reuse::ReuseReport>,
 }
 
 impl ResumeReport {
@@ -432,6 +435,7 @@ impl ResumeReport {
             trusted_pieces: 0,
             rechecked_pieces: 0,
             rechecked_bytes: 0,
+            reuse: None,
         }
     }
 }
@@ -543,6 +547,7 @@ pub fn plan(
             trusted_pieces: trusted.count(),
             rechecked_pieces: recheck.len() as u32,
             rechecked_bytes,
+            reuse: None,
         },
         trusted,
         recheck,
@@ -1026,6 +1031,7 @@ mod tests {
             .map(|(i, &length)| FileSpec {
                 path: PathBuf::from(format!("payload/f{i}")),
                 length,
+                pad: false,
             })
             .collect();
         Storage::create(dir, &specs, lengths_of(files, PL)).unwrap()

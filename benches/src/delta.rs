@@ -1,0 +1,405 @@
+//! `delta`: a release that changed a little, to every host of the simulated fleet at
+//! once: `corvid deploy` (hosts fill the new release from the one `current` points at,
+//! then fetch what changed) against `rsync -a` from h0 to every host in parallel (its
+//! delta algorithm against the previous copy), in the same run.
+//!
+//! Two shapes of change: `files` (a tree of many files, 1% of them rewritten) and `block`
+//! (one large file, 4 KiB edited in place in every 100th MiB). Both methods start from
+//! the previous release already on every host: corvid's by a full `corvid deploy` (timed
+//! and reported as the full-deploy reference), rsync's by a local copy into each host's
+//! directory (not timed). Reported per method: wall time until every host holds the new
+//! release, and bytes on the wire (corvid: what hosts received from the seeder and from
+//! each other; rsync: `Total bytes sent` from h0).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::baselines::{self, Job};
+use crate::fleet::{default_fleet_name, Fleet};
+use crate::json::{self, Json};
+use crate::units;
+
+#[derive(Args, Debug)]
+pub struct DeltaArgs {
+    /// Release size.
+    #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
+    pub size: u64,
+    /// Files in the `files` shape.
+    #[arg(long, default_value_t = 200)]
+    pub files: usize,
+    /// Receivers (h0 deploys).
+    #[arg(long, default_value_t = 16)]
+    pub peers: usize,
+    /// Link rate of every host, as tc reads it (e.g. 100mbit, 1gbit, none).
+    #[arg(long, default_value = "100mbit")]
+    pub rate: String,
+    /// The corvid binary to measure (hosts run it from the same path).
+    #[arg(long, default_value = "target/release/corvid")]
+    pub corvid: PathBuf,
+    /// Scratch directory for the releases.
+    #[arg(long, default_value = "target/bench-data/delta")]
+    pub dir: PathBuf,
+    /// Where results.json goes [default: benches/runs/<date>-<hostname>/delta-<time>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub fleet_script: Option<PathBuf>,
+    /// Deploy with `--align` (BEP 47 pad files).
+    #[arg(long)]
+    pub align: bool,
+}
+
+/// Fast deterministic bytes (xorshift64*), distinct per seed.
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        c.copy_from_slice(&v[..c.len()]);
+    }
+}
+
+fn write_file(path: &Path, len: usize, seed: u64) -> Result<()> {
+    let mut b = vec![0u8; len];
+    fill(&mut b, seed);
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(path, b).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A changed file gets a newer mtime than its old version (generated in the same second),
+/// as a rebuilt file would, so rsync's size-and-mtime quick check looks at it.
+fn touch_later(path: &Path) -> Result<()> {
+    let t = std::time::SystemTime::now() + Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(t)?;
+    Ok(())
+}
+
+/// The `files` shape: `n` files of unequal sizes adding up to about `size`, in 10
+/// directories; v2 rewrites every 100th file (same size, new bytes). Returns the
+/// release directories and the bytes changed.
+fn files_shape(dir: &Path, size: u64, n: usize) -> Result<(PathBuf, PathBuf, u64)> {
+    let (v1, v2) = (dir.join("files-v1"), dir.join("files-v2"));
+    let _ = std::fs::remove_dir_all(&v1);
+    let _ = std::fs::remove_dir_all(&v2);
+    let avg = size / n as u64;
+    let mut changed = 0;
+    for i in 0..n {
+        // 50%..150% of the average, deterministic.
+        let len = (avg / 2 + (avg * ((i as u64 * 37) % 100)) / 100) as usize;
+        let rel = format!("d{}/f{i:04}.bin", i % 10);
+        write_file(&v1.join(&rel), len, i as u64)?;
+        if i % 100 == 50 {
+            write_file(&v2.join(&rel), len, 1_000_000 + i as u64)?;
+            touch_later(&v2.join(&rel))?;
+            changed += len as u64;
+        } else {
+            std::fs::create_dir_all(v2.join(&rel).parent().expect("has a parent"))?;
+            std::fs::copy(v1.join(&rel), v2.join(&rel))?;
+            // As a build that did not touch the file: rsync's quick check skips it.
+            let t = std::fs::metadata(v1.join(&rel))?.modified()?;
+            std::fs::File::options()
+                .write(true)
+                .open(v2.join(&rel))?
+                .set_modified(t)?;
+        }
+    }
+    Ok((v1, v2, changed))
+}
+
+/// The `block` shape: one file of `size`; v2 has 4 KiB changed at the middle of every
+/// 100th MiB.
+fn block_shape(dir: &Path, size: u64) -> Result<(PathBuf, PathBuf, u64)> {
+    let (v1, v2) = (dir.join("block-v1"), dir.join("block-v2"));
+    let _ = std::fs::remove_dir_all(&v1);
+    let _ = std::fs::remove_dir_all(&v2);
+    write_file(&v1.join("data.bin"), size as usize, 42)?;
+    let mut b = std::fs::read(v1.join("data.bin"))?;
+    let mib = 1usize << 20;
+    let mut changed = 0;
+    let mut at = 50 * mib + mib / 2;
+    while at + 4096 <= b.len() {
+        fill(&mut b[at..at + 4096], at as u64);
+        changed += 4096;
+        at += 100 * mib;
+    }
+    std::fs::create_dir_all(&v2)?;
+    std::fs::write(v2.join("data.bin"), b)?;
+    touch_later(&v2.join("data.bin"))?;
+    Ok((v1, v2, changed))
+}
+
+#[derive(Debug)]
+struct Measured {
+    shape: &'static str,
+    method: &'static str,
+    seconds: f64,
+    wire_bytes: u64,
+    /// corvid: bytes hosts took from the release they had.
+    reused_bytes: u64,
+    /// corvid: what the seeder uploaded.
+    seeder_bytes: u64,
+}
+
+fn json_u64(v: &Json, k: &str) -> u64 {
+    v.get(k).and_then(Json::as_u64).unwrap_or(0)
+}
+
+impl Measured {
+    fn json(&self) -> Json {
+        Json::obj()
+            .with("shape", self.shape)
+            .with("method", self.method)
+            .with("seconds", self.seconds)
+            .with("wire_bytes", self.wire_bytes)
+            .with("reused_bytes", self.reused_bytes)
+            .with("seeder_bytes", self.seeder_bytes)
+    }
+}
+
+/// `corvid deploy` from h0 to every host; returns (seconds, wire, reused, seeder).
+fn corvid_deploy(
+    fleet: &Fleet,
+    corvid: &Path,
+    src: &Path,
+    dest: &str,
+    tag: &str,
+    align: bool,
+) -> Result<(f64, u64, u64, u64)> {
+    let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
+    let mut argv: Vec<String> = vec![
+        corvid.display().to_string(),
+        "deploy".into(),
+        "--hosts".into(),
+        hosts.join(","),
+        "--src".into(),
+        src.display().to_string(),
+        "--dest".into(),
+        dest.into(),
+        "--tag".into(),
+        tag.into(),
+        "--activate".into(),
+        "--remote-corvid".into(),
+        corvid.display().to_string(),
+        "--ssh-option".into(),
+        "-F".into(),
+        "--ssh-option".into(),
+        fleet.ssh_config.display().to_string(),
+        "--linger".into(),
+        "0s".into(),
+        "--json".into(),
+    ];
+    if align {
+        argv.push("--align".into());
+    }
+    let t = Instant::now();
+    let out = fleet
+        .runner(0)
+        .command(&argv)
+        .output()
+        .context("running corvid deploy on h0")?;
+    let secs = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "corvid deploy {tag} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (mut wire, mut reused, mut seeder) = (0, 0, 0);
+    for line in stdout.lines() {
+        let Ok(v) = json::parse(line) else {
+            continue;
+        };
+        match v.get("event").and_then(|e| e.as_str()) {
+            Some("host") => {
+                wire += json_u64(&v, "bytes_from_seeder") + json_u64(&v, "bytes_from_peers");
+                reused += json_u64(&v, "bytes_reused");
+            }
+            Some("summary") => seeder = json_u64(&v, "seeder_uploaded"),
+            _ => {}
+        }
+    }
+    Ok((secs, wire, reused, seeder))
+}
+
+/// `rsync -a --stats` from h0 to every host at once; returns (seconds, bytes sent).
+fn rsync_all(fleet: &Fleet, src: &Path, dest: &str) -> Result<(f64, u64)> {
+    let cfg = fleet.ssh_config.display().to_string();
+    let jobs = (1..=fleet.n)
+        .map(|h| {
+            let mut argv = baselines::rsync_argv(
+                &cfg,
+                &format!("{}/", src.display()),
+                &format!("h{h}:{dest}/"),
+            );
+            argv.insert(1, "-a".into());
+            argv.insert(2, "--stats".into());
+            Job {
+                host: format!("h{h}"),
+                cmd: fleet.runner(0).command(&argv),
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let done = baselines::run_jobs("rsync", jobs, true, Duration::from_secs(3600))?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut sent = 0u64;
+    for d in &done {
+        for l in &d.stdout {
+            if let Some(rest) = l.strip_prefix("Total bytes sent: ") {
+                sent += rest.replace(',', "").trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Ok((secs, sent))
+}
+
+/// Every host's copy of `rel` under its private directory matches `want` byte for byte.
+fn check_hosts(fleet: &Fleet, rel: &str, want: &Path) -> Result<()> {
+    let hosts = fleet
+        .disk
+        .parent()
+        .context("disk has a parent")?
+        .join("hosts");
+    for h in 1..=fleet.n {
+        let got = hosts.join(format!("h{h}")).join(rel);
+        let st = Command::new("diff")
+            .arg("-rq")
+            .arg(want)
+            .arg(&got)
+            .status()
+            .context("running diff")?;
+        if !st.success() {
+            bail!("h{h}: {} differs from {}", got.display(), want.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
+    let corvid = crate::corvid::locate(&a.corvid)?;
+    let script = match &a.fleet_script {
+        Some(p) => p.clone(),
+        None => PathBuf::from("scripts/fleet"),
+    }
+    .canonicalize()
+    .context("scripts/fleet (run from the repository root or pass --fleet-script)")?;
+    let rate = units::parse_rate(&a.rate)?;
+    std::fs::create_dir_all(&a.dir)?;
+    let dir = a.dir.canonicalize()?;
+    eprintln!(
+        "delta: generating releases of {} in {}",
+        units::fmt_bytes(a.size),
+        dir.display()
+    );
+    let shapes = [
+        ("files", files_shape(&dir, a.size, a.files)?),
+        ("block", block_shape(&dir, a.size)?),
+    ];
+    let fleet = Fleet::up(&script, &default_fleet_name(), a.peers, rate.as_ref())?;
+    let disk = fleet.disk.display().to_string();
+    let hosts = fleet
+        .disk
+        .parent()
+        .context("disk has a parent")?
+        .join("hosts");
+    let mut results = Vec::new();
+    for (shape, (v1, v2, changed)) in &shapes {
+        let dest = format!("{disk}/{shape}-app");
+        let rs = format!("{disk}/{shape}-rsync");
+        eprintln!("delta {shape}: {} changed", units::fmt_bytes(*changed));
+        // The previous release on every host: corvid's by a full deploy (measured),
+        // rsync's by a local copy.
+        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v1, &dest, "v1", a.align)?;
+        results.push(Measured {
+            shape,
+            method: "corvid full deploy (v1)",
+            seconds: s,
+            wire_bytes: w,
+            reused_bytes: r,
+            seeder_bytes: sd,
+        });
+        for h in 1..=fleet.n {
+            let to = hosts.join(format!("h{h}")).join(format!("{shape}-rsync"));
+            std::fs::create_dir_all(&to)?;
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", v1.display()))
+                .arg(&to)
+                .status()?;
+            if !st.success() {
+                bail!("copying v1 to {}", to.display());
+            }
+        }
+        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v2, &dest, "v2", a.align)?;
+        check_hosts(&fleet, &format!("{shape}-app/releases/v2"), v2)?;
+        results.push(Measured {
+            shape,
+            method: "corvid deploy v2 (delta)",
+            seconds: s,
+            wire_bytes: w,
+            reused_bytes: r,
+            seeder_bytes: sd,
+        });
+        let (s, w) = rsync_all(&fleet, v2, &rs)?;
+        check_hosts(&fleet, &format!("{shape}-rsync"), v2)?;
+        results.push(Measured {
+            shape,
+            method: "rsync -a v2 to all hosts at once",
+            seconds: s,
+            wire_bytes: w,
+            reused_bytes: 0,
+            seeder_bytes: w,
+        });
+        // Each host holds three copies of the release per shape: free them before the next.
+        for h in 1..=fleet.n {
+            for d in [format!("{shape}-app"), format!("{shape}-rsync")] {
+                let _ = std::fs::remove_dir_all(hosts.join(format!("h{h}")).join(d));
+            }
+        }
+        for m in results.iter().filter(|m| m.shape == *shape) {
+            eprintln!(
+                "  {:<36} {:>8.2} s  wire {:>10}  reused {:>10}",
+                m.method,
+                m.seconds,
+                units::fmt_bytes(m.wire_bytes),
+                units::fmt_bytes(m.reused_bytes)
+            );
+        }
+    }
+    drop(fleet);
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("benches/runs")
+            .join(format!("{}-{}", crate::utc_stamp(false), crate::hostname()))
+            .join(format!("delta-{}", crate::utc_stamp(true)))
+    });
+    std::fs::create_dir_all(&out)?;
+    let doc = Json::obj()
+        .with("scenario", "delta")
+        .with("size", a.size)
+        .with("files", a.files)
+        .with("peers", a.peers)
+        .with("rate", a.rate.as_str())
+        .with("align", a.align)
+        .with(
+            "results",
+            Json::Arr(results.iter().map(Measured::json).collect()),
+        );
+    std::fs::write(out.join("results.json"), doc.pretty())?;
+    eprintln!("delta: results in {}", out.display());
+    Ok(crate::Outcome {
+        failed: Vec::new(),
+        data_loss: Vec::new(),
+    })
+}

@@ -1,0 +1,262 @@
+//! Delta releases end to end on this machine: the library's `fleet::run` with an `ssh`
+//! stand-in that runs the remote command here, so each deploy is a real seeder, tracker
+//! and `corvid peer --release-dest` process. Release 1 goes out in full; release 2, with
+//! one file edited, is filled from release 1 on the host (the release `current` points
+//! at) and only the changed piece crosses the network. Also the plain `corvid peer
+//! --base DIR` path, and corvid downloading an aligned (pad-file) torrent from corvid.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corvid_engine::deploy::fleet::{self, DeployPlan, FleetReport, HostOutcome};
+use corvid_engine::deploy::ssh::Ssh;
+use corvid_engine::node::StopFlag;
+use support::{
+    assert_same_tree, corvid, corvid_bin, json_field, pseudo_random, start_seeder, Proc,
+};
+
+const T: Duration = Duration::from_secs(120);
+/// deploy's smallest automatic piece size, which these small releases get.
+const PIECE: u64 = 256 * 1024;
+
+/// An `ssh` that drops its options and the host and runs the remote command here.
+fn fake_ssh(dir: &Path) -> PathBuf {
+    let p = dir.join("fake-ssh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\n\
+         if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
+         while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+         SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
+    DeployPlan {
+        hosts: "h1".into(),
+        src: src.to_path_buf(),
+        dest: dest.to_path_buf(),
+        tag: tag.into(),
+        seeder_addr: Some([127, 0, 0, 1].into()),
+        activate: true,
+        force: false,
+        linger: Duration::ZERO,
+        stall_timeout: Duration::from_secs(30),
+        parallel: 2,
+        ssh: Ssh {
+            options: Vec::new(),
+            program: Some(fake_ssh(dir)),
+            control_dir: None,
+        },
+        ssh_multiplex: true,
+        remote_corvid: corvid_bin().to_str().unwrap().into(),
+        local_corvid: corvid_bin(),
+        swarm_install_min: 0,
+        tracker_port: 0,
+        threads: 1,
+        secret: None,
+        keep: None,
+        after_activate: None,
+        hook_timeout: Duration::from_secs(60),
+        batch: None,
+        check: None,
+        rollback_on_failure: false,
+        align: true,
+        base: None,
+    }
+}
+
+fn deploy(p: &DeployPlan) -> FleetReport {
+    let r = fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs");
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    r
+}
+
+/// Eight files of unequal sizes (so pads differ), two directories deep.
+fn release1(dir: &Path) -> PathBuf {
+    let src = dir.join("src1");
+    for i in 0..8u64 {
+        let p = src.join(format!("d{}/f{i}", i % 2));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, pseudo_random(700_000 + 33_333 * i as usize, 100 + i)).unwrap();
+    }
+    src
+}
+
+/// The torrent's length for a release of [`release1`]'s shape: every file but the last
+/// (in name order) rounded up to a piece by its pad file.
+fn aligned_total(src: &Path) -> u64 {
+    let lens: Vec<u64> = (0..8u64)
+        .map(|i| format!("d{}/f{i}", i % 2))
+        .collect::<std::collections::BTreeSet<_>>()
+        .iter()
+        .map(|rel| std::fs::metadata(src.join(rel)).unwrap().len())
+        .collect();
+    let (last, rest) = lens.split_last().unwrap();
+    rest.iter().map(|l| l.div_ceil(PIECE) * PIECE).sum::<u64>() + last
+}
+
+/// Release 1 with one byte of `d1/f3` changed in place (its second piece).
+fn release2(dir: &Path, src1: &Path) -> PathBuf {
+    let src = dir.join("src2");
+    for i in 0..8u64 {
+        let rel = format!("d{}/f{i}", i % 2);
+        let mut bytes = std::fs::read(src1.join(&rel)).unwrap();
+        if i == 3 {
+            bytes[PIECE as usize + 5] ^= 0x5a;
+        }
+        std::fs::create_dir_all(src.join(&rel).parent().unwrap()).unwrap();
+        std::fs::write(src.join(&rel), bytes).unwrap();
+    }
+    src
+}
+
+#[test]
+fn a_delta_deploy_takes_unchanged_pieces_from_the_current_release() {
+    let t = tempfile::tempdir().unwrap();
+    let src1 = release1(t.path());
+    let src2 = release2(t.path(), &src1);
+    let dest = t.path().join("dest");
+    let r1 = deploy(&plan(t.path(), &src1, &dest, "v1"));
+    let h1 = &r1.hosts[0];
+    assert_eq!(h1.bytes_reused, 0, "{h1:?}");
+    // The first deploy sends everything, pad zeros included.
+    assert_eq!(
+        h1.bytes_from_seeder + h1.bytes_from_peers,
+        aligned_total(&src1)
+    );
+
+    let r2 = deploy(&plan(t.path(), &src2, &dest, "v2"));
+    let h2 = &r2.hosts[0];
+    let fetched = h2.bytes_from_seeder + h2.bytes_from_peers;
+    // Every file starts a piece (deploy aligns), so the one changed byte costs one piece.
+    assert_eq!(fetched, PIECE, "{h2:?}");
+    assert_eq!(h2.bytes_reused + fetched, aligned_total(&src2), "{h2:?}");
+    assert_same_tree(&src2, &dest.join("releases/v2"));
+    assert_same_tree(&src1, &dest.join("releases/v1"));
+    assert_eq!(
+        std::fs::read_link(dest.join("current")).unwrap(),
+        Path::new("releases/v2")
+    );
+    // No file of v2 is the same inode as v1's (copies or reflinks, never hard links).
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(dest.join("releases/v1/d0/f0")).unwrap();
+    let b = std::fs::metadata(dest.join("releases/v2/d0/f0")).unwrap();
+    assert_ne!(a.ino(), b.ino());
+    assert!(!dest.join("releases/v2/.pad").exists());
+
+    // The same release deployed in full elsewhere is byte-identical.
+    let full = t.path().join("full");
+    let r3 = deploy(&plan(t.path(), &src2, &full, "v2"));
+    assert_eq!(r3.hosts[0].bytes_reused, 0);
+    assert_same_tree(&full.join("releases/v2"), &dest.join("releases/v2"));
+
+    // Rolling back to v1's content as v3 with `--base v1` (current is v2): all reused.
+    let mut p = plan(t.path(), &src1, &dest, "v3");
+    p.base = Some("v1".into());
+    let r4 = deploy(&p);
+    let h4 = &r4.hosts[0];
+    assert_eq!(h4.bytes_from_seeder + h4.bytes_from_peers, 0, "{h4:?}");
+    assert_eq!(h4.bytes_reused, aligned_total(&src1), "{h4:?}");
+    assert_same_tree(&src1, &dest.join("releases/v3"));
+}
+
+#[test]
+fn a_corrupted_base_file_is_fetched_from_the_swarm_not_copied() {
+    let t = tempfile::tempdir().unwrap();
+    let src1 = release1(t.path());
+    let src2 = release2(t.path(), &src1);
+    let dest = t.path().join("dest");
+    deploy(&plan(t.path(), &src1, &dest, "v1"));
+    // Bit rot in an unchanged file of the base release, same size.
+    let victim = dest.join("releases/v1/d0/f6");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[2 * PIECE as usize + 77] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let r2 = deploy(&plan(t.path(), &src2, &dest, "v2"));
+    let h2 = &r2.hosts[0];
+    // The edited piece and the rotten one come from the swarm.
+    assert_eq!(
+        h2.bytes_from_seeder + h2.bytes_from_peers,
+        2 * PIECE,
+        "{h2:?}"
+    );
+    assert_eq!(h2.bytes_reused + 2 * PIECE, aligned_total(&src2), "{h2:?}");
+    assert_same_tree(&src2, &dest.join("releases/v2"));
+}
+
+/// `corvid peer TORRENT DEST --base DIR` outside the release layout, on an aligned torrent
+/// made by `corvid make --align` and seeded by corvid: the `--json` report names what the
+/// base supplied, and only the rest is downloaded.
+#[test]
+fn corvid_peer_reuses_a_base_directory_for_an_aligned_torrent() {
+    let t = tempfile::tempdir().unwrap();
+    let src1 = release1(t.path());
+    let src2 = release2(t.path(), &src1);
+    let parent = t.path().join("seed");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::rename(&src2, parent.join("payload")).unwrap();
+    let torrent = t.path().join("r2.torrent");
+    let o = corvid(&["make", "--align", "--threads", "1", "--json"])
+        .arg(parent.join("payload"))
+        .arg("-o")
+        .arg(&torrent)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let made = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(json_field(&made, "files"), Some("8"), "{made}");
+    assert_eq!(json_field(&made, "pad_files"), Some("7"), "{made}");
+    let (mut seed, addr) = start_seeder(&torrent, &parent, &["--no-tracker"], T);
+
+    let run = |dest: &Path, base: Option<&Path>| -> String {
+        let mut cmd = corvid(&["peer"]);
+        cmd.arg(&torrent).arg(dest);
+        cmd.args([
+            "--peer",
+            &addr.to_string(),
+            "--no-announce",
+            "--linger",
+            "0",
+        ]);
+        cmd.args(["--listen", "127.0.0.1:0", "--json", "--cores", "1"]);
+        cmd.args(["--hash-threads", "1", "--stall-timeout", "60s"]);
+        if let Some(b) = base {
+            cmd.arg("--base").arg(b);
+        }
+        let mut p = Proc::spawn("corvid peer", &mut cmd);
+        let (code, lines, err) = p.wait_exit(T);
+        assert_eq!(code, Some(0), "{}\n{err}", lines.join("\n"));
+        lines
+            .into_iter()
+            .find(|l| l.contains("\"event\":\"done\""))
+            .expect("done report")
+    };
+    let with_base = t.path().join("delta");
+    let done = run(&with_base, Some(&src1));
+    assert_same_tree(&parent.join("payload"), &with_base.join("payload"));
+    let down = support::json_u64(&done, "bytes_down");
+    let reused = support::json_u64(&done, "reused_bytes");
+    assert!(done.contains("\"reuse\":{\"base\":"), "{done}");
+    assert!(down <= 2 * PIECE, "downloaded {down}: {done}");
+    assert_eq!(
+        reused + down,
+        support::json_u64(&done, "bytes_total"),
+        "{done}"
+    );
+
+    // Without a base the same torrent downloads in full, to the same bytes.
+    let plain = t.path().join("plain");
+    let done = run(&plain, None);
+    assert!(!done.contains("\"reuse\""), "{done}");
+    assert_same_tree(&plain.join("payload"), &with_base.join("payload"));
+    assert!(!plain.join("payload/.pad").exists());
+    seed.finish(T);
+}
