@@ -30,6 +30,7 @@ mod link;
 mod payload;
 mod proc;
 mod report;
+mod sim;
 mod sshd;
 mod svg;
 mod units;
@@ -78,6 +79,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench hash --size 1GiB
     Hash(hash::HashArgs),
+    /// A fleet of N hosts simulated in virtual time, running corvid's own protocol code
+    /// over a modelled network of racks (no root, no sockets).
+    ///
+    /// Example: corvid-bench sim --hosts 10,100,1000 --size 1GiB --rate 10gbit
+    Sim(sim::SimArgs),
 }
 
 /// Flags every scenario takes.
@@ -182,6 +188,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
+        Cmd::Sim(a) => sim::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),
