@@ -227,6 +227,8 @@ struct End {
     /// The payload run `PeerConn` is receiving, and bytes of it still due.
     receiving: Option<(BlockRef, u64)>,
     closed: bool,
+    /// In its host's `ready` queue.
+    ready: bool,
 }
 
 struct Host {
@@ -238,8 +240,8 @@ struct Host {
     /// Remote hosts we have a connection with (sorted), so a pair connects once.
     linked: Vec<u32>,
     up_busy: bool,
-    /// Round-robin position in `ends` for admitting segments into `egress`.
-    up_next: usize,
+    /// Connections with unsent bytes, in round-robin order for admission into `egress`.
+    ready: VecDeque<u32>,
     /// Segments (end, bytes) waiting for the uplink, in order.
     egress: VecDeque<(u32, u32)>,
     egress_bytes: u64,
@@ -256,7 +258,12 @@ enum Ev {
     Announce(u32),
     /// Host `0` dialled host `1`; the connection is up.
     Connected(u32, u32),
-    UplinkDone(u32),
+    /// Host `0`'s uplink finished sending `n` bytes of `end`.
+    UplinkDone {
+        host: u32,
+        end: u32,
+        n: u32,
+    },
     /// A segment of `n` bytes of `end`'s stream arrives at `stage` (1 source rack uplink,
     /// 2 destination rack downlink, 3 host downlink, 4 delivered).
     Hop {
@@ -335,7 +342,7 @@ impl Sim {
                 ends: Vec::new(),
                 linked: Vec::new(),
                 up_busy: false,
-                up_next: 0,
+                ready: VecDeque::new(),
                 egress: VecDeque::new(),
                 egress_bytes: 0,
                 gone: false,
@@ -433,9 +440,15 @@ impl Sim {
             }
             Ev::Announce(h) => self.announce(h as usize),
             Ev::Connected(a, b) => self.connect(a as usize, b as usize),
-            Ev::UplinkDone(h) => {
-                self.hosts[h as usize].up_busy = false;
-                self.kick_uplink(h as usize);
+            Ev::UplinkDone { host, end, n } => {
+                self.hosts[host as usize].up_busy = false;
+                let stage = if self.same_rack_end(end as usize) {
+                    3
+                } else {
+                    1
+                };
+                self.hop(end as usize, n, stage);
+                self.kick_uplink(host as usize);
             }
             Ev::Hop { end, n, stage } => self.hop(end as usize, n, stage),
             Ev::Verdict(h, piece) => self.verdict(h as usize, piece),
@@ -544,6 +557,7 @@ impl Sim {
                 rx_pay: 0,
                 receiving: None,
                 closed: false,
+                ready: false,
             });
             let host = &mut self.hosts[me];
             host.ends.push(if me == a { ia } else { ib });
@@ -586,6 +600,11 @@ impl Sim {
             }
         }
         self.out_buf = out;
+        let end = &mut self.ends[e];
+        if !end.ready && end.out.unsent() > 0 {
+            end.ready = true;
+            host.ready.push_back(e as u32);
+        }
         self.drain_events(e);
     }
 
@@ -594,31 +613,29 @@ impl Sim {
     fn kick_uplink(&mut self, h: usize) {
         let limit = self.cfg.egress_queue.max(1);
         while self.hosts[h].egress_bytes < limit {
-            let host = &self.hosts[h];
-            let k = host.ends.len();
-            let mut admitted = false;
-            for i in 0..k {
-                let pos = (host.up_next + i) % k;
-                let e = host.ends[pos] as usize;
-                let unsent = self.ends[e].out.unsent();
-                if unsent == 0 || self.ends[e].closed {
-                    continue;
-                }
-                let n = unsent.min(u64::from(self.cfg.segment));
-                self.ends[e].out.handed += n;
-                let host = &mut self.hosts[h];
-                host.up_next = (pos + 1) % k;
-                host.egress.push_back((e as u32, n as u32));
-                host.egress_bytes += n;
-                admitted = true;
-                // The sender's buffer has room again: ask its PeerConn for more.
-                if self.ends[e].out.unsent() < self.cfg.sndbuf {
-                    self.fill(e);
-                }
+            let Some(e) = self.hosts[h].ready.pop_front() else {
                 break;
+            };
+            let e = e as usize;
+            let unsent = self.ends[e].out.unsent();
+            if unsent == 0 || self.ends[e].closed {
+                self.ends[e].ready = false;
+                continue;
             }
-            if !admitted {
-                break;
+            let n = unsent.min(u64::from(self.cfg.segment));
+            self.ends[e].out.handed += n;
+            let host = &mut self.hosts[h];
+            host.egress.push_back((e as u32, n as u32));
+            host.egress_bytes += n;
+            // The sender's buffer has room again: ask its PeerConn for more.
+            if self.ends[e].out.unsent() < self.cfg.sndbuf {
+                self.fill(e);
+            }
+            let end = &mut self.ends[e];
+            if end.out.unsent() > 0 && !end.closed {
+                self.hosts[h].ready.push_back(e as u32);
+            } else {
+                end.ready = false;
             }
         }
         let host = &mut self.hosts[h];
@@ -631,9 +648,14 @@ impl Sim {
         host.egress_bytes -= u64::from(n);
         host.up_busy = true;
         let done = self.now + xfer_ns(u64::from(n), self.cfg.host_rate());
-        self.at(done, Ev::UplinkDone(h as u32));
-        let stage = if self.same_rack_end(e as usize) { 3 } else { 1 };
-        self.at(done, Ev::Hop { end: e, n, stage });
+        self.at(
+            done,
+            Ev::UplinkDone {
+                host: h as u32,
+                end: e,
+                n,
+            },
+        );
     }
 
     fn same_rack_end(&self, e: usize) -> bool {

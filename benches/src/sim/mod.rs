@@ -72,13 +72,16 @@ pub struct SimArgs {
     pub rack_aware: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Runs per size, with seeds seed, seed+1, ...; the median run is reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub runs: u64,
     /// Virtual time limit per run.
     #[arg(long, default_value = "600s", value_parser = units::parse_duration)]
     pub time_limit: Duration,
     /// Host egress queue (FIFO, shared by the host's connections), e.g. 1.5MB for
     /// 1000 full-size packets, tc's default under HTB; 0: fair queueing per connection.
-    #[arg(long, default_value = "0", value_parser = units::parse_size)]
-    pub egress_queue: u64,
+    #[arg(long, value_parser = units::parse_size)]
+    pub egress_queue: Option<u64>,
     /// A host leaves this long after it completes (the fleet bench runs peers with
     /// --linger 0s); unset: every host stays until all are done.
     #[arg(long, value_parser = units::parse_duration)]
@@ -131,7 +134,7 @@ impl SimArgs {
             time_limit: self.time_limit,
             request_size: self.request_size as u32,
             tick: Duration::from_millis(100),
-            egress_queue: self.egress_queue,
+            egress_queue: self.egress_queue.unwrap_or(0),
             linger: self.linger,
         })
     }
@@ -290,47 +293,58 @@ pub fn run(a: SimArgs) -> Result<crate::Outcome> {
     for &aware in &modes {
         let mut points = Vec::new();
         for &n in &a.hosts {
-            let cfg = a.config(n, aware)?;
-            if params == Json::Null {
-                params = params_json(&a, &cfg);
+            let mut tries = Vec::new();
+            for k in 0..a.runs {
+                let mut cfg = a.config(n, aware)?;
+                cfg.seed = a.seed.wrapping_add(k);
+                if params == Json::Null {
+                    params = params_json(&a, &cfg);
+                }
+                let t0 = std::time::Instant::now();
+                let r = simulate(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let wall = t0.elapsed().as_secs_f64();
+                let j = result_json(&cfg, &r);
+                let num = |k: &str| j.get(k).and_then(Json::as_f64).unwrap_or(f64::NAN);
+                let line = format!(
+                    "N={n:>6} rack-aware={:<3} seed {} done {:.3}s = {:.3} x S/C (p10/p50/p90 {:.3}/{:.3}/{:.3}s), seeder {:.3} copies, max rack in {:.2} copies, {} conns, {} events, wall {:.1}s",
+                    if aware { "on" } else { "off" },
+                    cfg.seed,
+                    num("completion_s"),
+                    num("over_bound"),
+                    num("host_p10_s"),
+                    num("host_p50_s"),
+                    num("host_p90_s"),
+                    num("seeder_copies"),
+                    num("max_rack_in_copies"),
+                    r.connections,
+                    r.events,
+                    wall
+                );
+                println!("{line}");
+                summary.push_str(&line);
+                summary.push('\n');
+                if !r.all_verified {
+                    failed.push(format!(
+                        "N={n} seed {}: {} hosts incomplete at the time limit",
+                        cfg.seed,
+                        r.done_at.iter().filter(|d| d.is_none()).count()
+                    ));
+                }
+                tries.push((num("completion_s"), j, wall));
             }
-            let t0 = std::time::Instant::now();
-            let r = simulate(cfg.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let wall = t0.elapsed().as_secs_f64();
-            let j = result_json(&cfg, &r);
-            let line = format!(
-                "N={n:>6} rack-aware={:<3} done {:.3}s = {:.3} x S/C (p10/p50/p90 {:.3}/{:.3}/{:.3}s), seeder {:.3} copies, max rack in {:.2} copies, {} conns, {} events, wall {:.1}s",
-                if aware { "on" } else { "off" },
-                j.get("completion_s").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("over_bound").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("host_p10_s").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("host_p50_s").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("host_p90_s").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("seeder_copies").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                j.get("max_rack_in_copies").and_then(Json::as_f64).unwrap_or(f64::NAN),
-                r.connections,
-                r.events,
-                wall
+            // Like the fleet bench: the median run stands for the size, min and max beside.
+            tries.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let (lo, hi) = (tries[0].0, tries[tries.len() - 1].0);
+            let all: Vec<Json> = tries.iter().map(|t| Json::from(t.0)).collect();
+            let walls: Vec<Json> = tries.iter().map(|t| Json::from(round(t.2, 2))).collect();
+            let (med, j, _) = tries.swap_remove(tries.len() / 2);
+            points.push((n as f64, med, lo, hi));
+            runs.push(
+                Json::obj()
+                    .with("median", j)
+                    .with("completion_s_sorted", Json::Arr(all))
+                    .with("wall_s", Json::Arr(walls)),
             );
-            println!("{line}");
-            summary.push_str(&line);
-            summary.push('\n');
-            if !r.all_verified {
-                failed.push(format!(
-                    "N={n}: {} hosts incomplete at the time limit",
-                    r.done_at.iter().filter(|d| d.is_none()).count()
-                ));
-            }
-            let done = j
-                .get("completion_s")
-                .and_then(Json::as_f64)
-                .unwrap_or(f64::NAN);
-            let p10 = j
-                .get("host_p10_s")
-                .and_then(Json::as_f64)
-                .unwrap_or(f64::NAN);
-            points.push((n as f64, done, p10, done));
-            runs.push(Json::obj().with("result", j).with("wall_s", round(wall, 2)));
         }
         series.push(svg::Series {
             label: format!(
@@ -390,7 +404,7 @@ fn comparison(fleet: &[(usize, f64, f64, f64)], runs: &[Json]) -> (String, Vec<J
     for &(n, med, over, copies) in fleet {
         let Some(r) = runs
             .iter()
-            .map(|r| r.get("result"))
+            .map(|r| r.get("median"))
             .find(|r| r.and_then(|r| r.get("hosts")).and_then(Json::as_u64) == Some(n as u64))
         else {
             continue;
