@@ -29,6 +29,9 @@ use corvid_engine::swarm::{Swarm, SwarmConfig};
 use corvid_engine::tracker::{AnnounceRequest, Swarms, TrackerConfig};
 use corvid_engine::wire::Bitfield;
 
+/// Control packets up to this size skip the link queues under fair queueing.
+const SMALL: u64 = 512;
+
 /// Port every simulated host listens on.
 const PORT: u16 = 6881;
 
@@ -623,6 +626,29 @@ impl Sim {
                 continue;
             }
             let n = unsent.min(u64::from(self.cfg.segment));
+            let out = &self.ends[e].out;
+            if self.cfg.egress_queue == 0
+                && out.handed == 0
+                && n <= SMALL
+                && matches!(out.chunks.front(), Some(Chunk::Ctrl(v)) if v.len() as u64 == n)
+            {
+                // A lone small control packet under fair queueing waits for no one's
+                // segment and takes nanoseconds to serialize: it only crosses the
+                // latency. (Saves most events of a big fleet: haves.)
+                self.ends[e].out.handed += n;
+                self.ends[e].ready = false;
+                let dst = self.ends[self.ends[e].remote as usize].host as usize;
+                let at = self.now + self.latency(h, dst);
+                self.at(
+                    at,
+                    Ev::Hop {
+                        end: e as u32,
+                        n: n as u32,
+                        stage: 4,
+                    },
+                );
+                continue;
+            }
             self.ends[e].out.handed += n;
             let host = &mut self.hosts[h];
             host.egress.push_back((e as u32, n as u32));
