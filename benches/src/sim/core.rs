@@ -65,6 +65,9 @@ pub struct SimConfig {
     pub numwant: usize,
     /// The tracker hands out mostly same-rack peers (see [`handout`]).
     pub rack_aware: bool,
+    /// With `rack_aware`: peers from other racks in each handout (at least; more when
+    /// the asker's rack has too few).
+    pub cross_rack_peers: usize,
     pub seed: u64,
     /// Give up at this virtual time.
     pub time_limit: Duration,
@@ -485,8 +488,9 @@ impl Sim {
             .copied()
             .filter(|&p| p as usize != h && !(left == 0 && p == 0))
             .collect();
-        let mut peers: Vec<u32> = if resp.peers.len() >= candidates.len() {
-            // The tracker returned everyone: same set, canonical order.
+        let mut peers: Vec<u32> = if !self.cfg.rack_aware && resp.peers.len() >= candidates.len() {
+            // The tracker returned everyone: same set, canonical order. (A rack-aware
+            // tracker chooses even then: few peers from other racks.)
             let mut v: Vec<u32> = resp
                 .peers
                 .iter()
@@ -910,8 +914,8 @@ impl Sim {
 
 /// Which peers the tracker hands `h` when it must choose `numwant` of `candidates`
 /// (announce order): a window that moves on with every announce, as corvid's tracker
-/// does with its cursor. Rack aware: three quarters from `h`'s own rack, the rest
-/// from the others (and the seeder always, so first copies can flow).
+/// does with its cursor. Rack aware: all but [`SimConfig::cross_rack_peers`] from `h`'s
+/// own rack, the rest from the others (and the seeder always, so first copies can flow).
 fn handout(
     cfg: &SimConfig,
     racks: &[u32],
@@ -933,7 +937,7 @@ fn handout(
             .iter()
             .copied()
             .partition(|&p| racks[p as usize] == mine);
-        let k_same = (want * 3 / 4).min(same.len());
+        let k_same = want.saturating_sub(cfg.cross_rack_peers).min(same.len());
         let mut v = pick(&same, k_same, rng);
         v.extend(pick(&other, want - k_same, rng));
         v

@@ -70,6 +70,9 @@ pub struct SimArgs {
     /// Rack-aware tracker handout: on, off, or both (runs every size twice).
     #[arg(long, default_value = "off")]
     pub rack_aware: String,
+    /// With --rack-aware: peers from other racks in each tracker handout.
+    #[arg(long, default_value_t = 4)]
+    pub cross_rack_peers: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Runs per size, with seeds seed, seed+1, ...; the median run is reported.
@@ -130,6 +133,7 @@ impl SimArgs {
             start_spread: self.start_spread,
             numwant: self.numwant,
             rack_aware,
+            cross_rack_peers: self.cross_rack_peers,
             seed: self.seed,
             time_limit: self.time_limit,
             request_size: self.request_size as u32,
@@ -213,6 +217,7 @@ fn params_json(a: &SimArgs, c: &SimConfig) -> Json {
         .with("hash_rate", c.hash_rate)
         .with("start_spread_s", c.start_spread.as_secs_f64())
         .with("numwant", c.numwant)
+        .with("cross_rack_peers", c.cross_rack_peers)
         .with("egress_queue", c.egress_queue)
         .with("linger_s", c.linger.map(|l| l.as_secs_f64()))
         .with("seed", c.seed)
@@ -462,6 +467,7 @@ mod tests {
             start_spread: Duration::from_millis(50),
             numwant: 200,
             rack_aware: false,
+            cross_rack_peers: 2,
             seed,
             time_limit: Duration::from_secs(120),
             request_size: 128 << 10,
