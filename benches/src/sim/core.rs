@@ -65,8 +65,8 @@ pub struct SimConfig {
     pub numwant: usize,
     /// The tracker hands out mostly same-rack peers (see [`handout`]).
     pub rack_aware: bool,
-    /// With `rack_aware`: peers from other racks in each handout (at least; more when
-    /// the asker's rack has too few).
+    /// With `rack_aware`: peers from other racks in each handout (however few peers the
+    /// asker's rack has).
     pub cross_rack_peers: usize,
     pub seed: u64,
     /// Give up at this virtual time.
@@ -937,9 +937,9 @@ fn handout(
             .iter()
             .copied()
             .partition(|&p| racks[p as usize] == mine);
-        let k_same = want.saturating_sub(cfg.cross_rack_peers).min(same.len());
-        let mut v = pick(&same, k_same, rng);
-        v.extend(pick(&other, want - k_same, rng));
+        let k_other = cfg.cross_rack_peers.min(want);
+        let mut v = pick(&same, want - k_other, rng);
+        v.extend(pick(&other, k_other, rng));
         v
     } else {
         pick(candidates, want, rng)
