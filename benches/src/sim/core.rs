@@ -75,6 +75,8 @@ pub struct SimConfig {
     pub request_size: u32,
     /// `PeerConn` tick period (the runtime's is 100 ms).
     pub tick: Duration,
+    /// Upload slots per host (`SwarmConfig::max_unchoked`; the daemon's default is 128).
+    pub max_unchoked: usize,
     /// Bytes a host's egress queue (the qdisc under the shaper) holds, shared FIFO by all
     /// its connections; 0: one segment, the uplink then serves connections round robin
     /// (fair queueing). A deep FIFO delays every request behind other peers' blocks.
@@ -349,7 +351,16 @@ impl Sim {
             peer_id[..8].copy_from_slice(b"-CV0000-");
             peer_id[8..16].copy_from_slice(&(i as u64).to_be_bytes());
             hosts.push(Host {
-                swarm: Swarm::new(SwarmConfig::default(), INFO_HASH, lengths, have, rng.next()),
+                swarm: Swarm::new(
+                    SwarmConfig {
+                        max_unchoked: cfg.max_unchoked,
+                        ..SwarmConfig::default()
+                    },
+                    INFO_HASH,
+                    lengths,
+                    have,
+                    rng.next(),
+                ),
                 rack: cfg.rack_of(i) as u32,
                 addr: SocketAddr::new(host_ip(i), PORT),
                 peer_id,

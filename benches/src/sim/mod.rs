@@ -70,6 +70,9 @@ pub struct SimArgs {
     /// Rack-aware tracker handout: on, off, or both (runs every size twice).
     #[arg(long, default_value = "off")]
     pub rack_aware: String,
+    /// Upload slots per host (the daemon's default: 128).
+    #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().max_unchoked)]
+    pub max_unchoked: usize,
     /// With --rack-aware: peers from other racks in each tracker handout.
     #[arg(long, default_value_t = 4)]
     pub cross_rack_peers: usize,
@@ -138,6 +141,7 @@ impl SimArgs {
             time_limit: self.time_limit,
             request_size: self.request_size as u32,
             tick: Duration::from_millis(100),
+            max_unchoked: self.max_unchoked,
             egress_queue: self.egress_queue.unwrap_or(0),
             linger: self.linger,
         })
@@ -217,6 +221,7 @@ fn params_json(a: &SimArgs, c: &SimConfig) -> Json {
         .with("hash_rate", c.hash_rate)
         .with("start_spread_s", c.start_spread.as_secs_f64())
         .with("numwant", c.numwant)
+        .with("max_unchoked", c.max_unchoked)
         .with("cross_rack_peers", c.cross_rack_peers)
         .with("egress_queue", c.egress_queue)
         .with("linger_s", c.linger.map(|l| l.as_secs_f64()))
@@ -472,6 +477,7 @@ mod tests {
             time_limit: Duration::from_secs(120),
             request_size: 128 << 10,
             tick: Duration::from_millis(100),
+            max_unchoked: 128,
             egress_queue: 0,
             linger: None,
         }
