@@ -6,6 +6,8 @@
 //! Scenarios are subcommands:
 //! - `link`: one sender, one receiver on loopback (see `link.rs`);
 //! - `fleet`: a simulated fleet of namespaced hosts with shaped links (see `fleet.rs`).
+//! - `sim`: N hosts in virtual time on corvid's own protocol code, over a modelled
+//!   network of racks (see `sim/`); no root, no sockets.
 //!
 //! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
 //! reported.
