@@ -9,6 +9,8 @@
 //! - `fleet`: a simulated fleet of namespaced hosts with shaped links (see `fleet.rs`).
 //! - `sendpath`: CPU per GiB of sending from the page cache, per way of sending (see
 //!   `sendpath.rs`); `hash`: SHA-1 throughput.
+//! - `sim`: N hosts in virtual time on corvid's own protocol code, over a modelled
+//!   network of racks (see `sim/`); no root, no sockets.
 //!
 //! Every transfer is verified (SHA-1 of what each receiver holds) before its time is
 //! reported.
@@ -35,6 +37,7 @@ mod payload;
 mod proc;
 mod report;
 mod sendpath;
+mod sim;
 mod sshd;
 mod svg;
 mod units;
@@ -93,6 +96,11 @@ enum Cmd {
     ///
     /// Example: corvid-bench delta --size 1GiB --files 200 --peers 16 --rate 100mbit
     Delta(delta::DeltaArgs),
+    /// A fleet of N hosts simulated in virtual time, running corvid's own protocol code
+    /// over a modelled network of racks (no root, no sockets).
+    ///
+    /// Example: corvid-bench sim --hosts 10,100,1000 --size 1GiB --rate 10gbit
+    Sim(sim::SimArgs),
 }
 
 /// Flags every scenario takes.
@@ -198,6 +206,7 @@ fn main() -> ExitCode {
         Cmd::Link(a) => link::run(a),
         Cmd::Fleet(a) => fleet::run(a),
         Cmd::Delta(a) => delta::run(a),
+        Cmd::Sim(a) => sim::run(a),
         Cmd::Hash(a) => hash::run(a).map(|()| Outcome {
             failed: Vec::new(),
             data_loss: Vec::new(),

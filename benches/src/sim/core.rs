@@ -1,0 +1,998 @@
+//! The simulation itself: hosts running corvid's real `Swarm` and `PeerConn` over a
+//! modelled network, in virtual time.
+//!
+//! Model (message level, store and forward): every connection direction is a byte stream
+//! (control bytes are the real wire bytes `PeerConn` wrote, block payloads are only a
+//! length). A host's uplink serves its connections round robin, one segment (at most
+//! [`SimConfig::segment`] bytes) at a time, at the host rate. A segment then crosses, in
+//! FIFO order at their rates, the source rack's uplink and the destination rack's
+//! downlink (only between racks), then the receiving host's downlink, and arrives after
+//! the path's propagation latency. Queues never drop: a sender is throttled only by how
+//! much the receivers asked for (`PeerConn`'s request pipeline) and by its socket buffer
+//! ([`SimConfig::sndbuf`]), which is how BitTorrent bounds them too. Not modelled: TCP
+//! slow start and congestion control, loss and retransmits, the kernel's socket buffer
+//! autotuning, CPU time other than hashing, disks (the page cache holds the payload).
+//! Wire overhead (Ethernet, IP and TCP headers) is a constant factor on every rate.
+//!
+//! Everything is deterministic: events are ordered by (virtual time, sequence number),
+//! randomness comes from one seeded generator, and nothing iterates a hash map.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use corvid_engine::geometry::{BlockRef, Lengths};
+use corvid_engine::peer::auth::Role;
+use corvid_engine::peer::{Event, PeerConfig, PeerConn, Transmit};
+use corvid_engine::swarm::{Swarm, SwarmConfig};
+use corvid_engine::tracker::{AnnounceRequest, Swarms, TrackerConfig};
+use corvid_engine::wire::Bitfield;
+
+/// Control packets up to this size skip the link queues under fair queueing.
+const SMALL: u64 = 512;
+
+/// Port every simulated host listens on.
+const PORT: u16 = 6881;
+
+/// One simulated deploy's parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Downloading hosts; one more host, the seeder, has the payload at the start.
+    pub hosts: usize,
+    pub size: u64,
+    pub piece_size: u64,
+    /// Host link rate, each direction, bits per second (nominal, before wire overhead).
+    pub rate_bps: f64,
+    /// Hosts per rack (the seeder counts as one); 0: one flat network, no rack uplinks.
+    pub rack_size: usize,
+    /// Rack uplink oversubscription: uplink rate = rack_size x rate / oversub.
+    pub oversub: f64,
+    /// One-way propagation latency of each hop (host link, rack uplink).
+    pub hop_latency: Duration,
+    /// Payload share of the wire bytes (headers of Ethernet, IP and TCP).
+    pub goodput: f64,
+    /// Largest unit a link sends at once.
+    pub segment: u32,
+    /// Bytes a connection may hold unsent (the socket's send buffer) before its
+    /// `PeerConn` is asked for more blocks.
+    pub sndbuf: u64,
+    /// SHA-1 bytes per second per host (one hasher).
+    pub hash_rate: f64,
+    /// Spread of host start times (uniform in [0, start_spread)).
+    pub start_spread: Duration,
+    /// Peers asked of the tracker (the daemon asks 200).
+    pub numwant: usize,
+    /// The tracker hands out mostly same-rack peers (see [`handout`]).
+    pub rack_aware: bool,
+    /// With `rack_aware`: peers from other racks in each handout (however few peers the
+    /// asker's rack has).
+    pub cross_rack_peers: usize,
+    pub seed: u64,
+    /// Give up at this virtual time.
+    pub time_limit: Duration,
+    /// Request size to corvid peers (the daemon's default is 128 KiB).
+    pub request_size: u32,
+    /// `PeerConn` tick period (the runtime's is 100 ms).
+    pub tick: Duration,
+    /// Upload slots per host (`SwarmConfig::max_unchoked`; the daemon's default is 128).
+    pub max_unchoked: usize,
+    /// Bytes a host's egress queue (the qdisc under the shaper) holds, shared FIFO by all
+    /// its connections; 0: one segment, the uplink then serves connections round robin
+    /// (fair queueing). A deep FIFO delays every request behind other peers' blocks.
+    pub egress_queue: u64,
+    /// A host that completed leaves (closes every connection) after this long; `None`:
+    /// every host stays until all are done.
+    pub linger: Option<Duration>,
+}
+
+impl SimConfig {
+    /// Payload bytes per second of a host link.
+    pub fn host_rate(&self) -> f64 {
+        self.rate_bps / 8.0 * self.goodput
+    }
+
+    fn uplink_rate(&self) -> f64 {
+        self.host_rate() * self.rack_size as f64 / self.oversub
+    }
+
+    pub fn racks(&self) -> usize {
+        if self.rack_size == 0 {
+            1
+        } else {
+            (self.hosts + 1).div_ceil(self.rack_size)
+        }
+    }
+
+    fn rack_of(&self, host: usize) -> usize {
+        host.checked_div(self.rack_size).unwrap_or(0)
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct SimResult {
+    /// Virtual seconds at which each downloading host (1..=hosts) verified its last piece;
+    /// `None` if it did not within the time limit.
+    pub done_at: Vec<Option<f64>>,
+    /// Payload bytes each host uploaded (index 0: the seeder).
+    pub uploaded: Vec<u64>,
+    /// Bytes that crossed each rack's uplink, (out of the rack, into the rack).
+    pub rack_bytes: Vec<(u64, u64)>,
+    /// Whether every downloading host holds every piece, verified.
+    pub all_verified: bool,
+    pub events: u64,
+    pub connections: u64,
+    /// Virtual seconds at which the simulation stopped.
+    pub end: f64,
+}
+
+/// Deterministic generator (splitmix64): the simulation's only randomness.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+}
+
+/// Bytes of a stream: real control bytes, or a block payload of which only the length
+/// matters (its content is what the seeder has; hashing always succeeds).
+#[derive(Debug)]
+enum Chunk {
+    Ctrl(Vec<u8>),
+    Pay(u64),
+}
+
+/// One direction of a connection: what the sender wrote and the network has not yet
+/// delivered, with `handed` bytes of it already on the wire.
+#[derive(Debug, Default)]
+struct Stream {
+    chunks: VecDeque<Chunk>,
+    total: u64,
+    handed: u64,
+}
+
+impl Stream {
+    fn push_ctrl(&mut self, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        self.total += b.len() as u64;
+        if let Some(Chunk::Ctrl(v)) = self.chunks.back_mut() {
+            v.extend_from_slice(b);
+        } else {
+            self.chunks.push_back(Chunk::Ctrl(b.to_vec()));
+        }
+    }
+
+    fn push_pay(&mut self, n: u64) {
+        self.total += n;
+        self.chunks.push_back(Chunk::Pay(n));
+    }
+
+    fn unsent(&self) -> u64 {
+        self.total - self.handed
+    }
+
+    /// Moves the first `n` bytes to the receiver: control bytes into `ctrl`, payload
+    /// into the `pay` counter. The receiving `PeerConn` stops at every `piece` header, so
+    /// payload consumed by count and control bytes consumed in order cannot be confused.
+    fn deliver(&mut self, mut n: u64, ctrl: &mut Vec<u8>, pay: &mut u64) {
+        self.total -= n;
+        self.handed -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            match front {
+                Chunk::Ctrl(v) => {
+                    let k = (v.len() as u64).min(n) as usize;
+                    ctrl.extend_from_slice(&v[..k]);
+                    n -= k as u64;
+                    if k == v.len() {
+                        self.chunks.pop_front();
+                    } else {
+                        v.drain(..k);
+                    }
+                }
+                Chunk::Pay(p) => {
+                    let k = (*p).min(n);
+                    *pay += k;
+                    n -= k;
+                    *p -= k;
+                    if *p == 0 {
+                        self.chunks.pop_front();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One end of a connection, owned by `host`.
+struct End {
+    host: u32,
+    remote: u32,
+    peer: PeerConn,
+    out: Stream,
+    /// Delivered control bytes not yet consumed by `handle_bytes`.
+    rx: Vec<u8>,
+    /// Delivered payload bytes not yet consumed.
+    rx_pay: u64,
+    /// The payload run `PeerConn` is receiving, and bytes of it still due.
+    receiving: Option<(BlockRef, u64)>,
+    closed: bool,
+    /// In its host's `ready` queue.
+    ready: bool,
+}
+
+struct Host {
+    swarm: Swarm,
+    rack: u32,
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    ends: Vec<u32>,
+    /// Remote hosts we have a connection with (sorted), so a pair connects once.
+    linked: Vec<u32>,
+    up_busy: bool,
+    /// Connections with unsent bytes, in round-robin order for admission into `egress`.
+    ready: VecDeque<u32>,
+    /// Segments (end, bytes) waiting for the uplink, in order.
+    egress: VecDeque<(u32, u32)>,
+    egress_bytes: u64,
+    gone: bool,
+    hash_free: u64,
+    done_at: Option<u64>,
+    uploaded: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Start(u32),
+    Announce(u32),
+    /// Host `0` dialled host `1`; the connection is up.
+    Connected(u32, u32),
+    /// Host `0`'s uplink finished sending `n` bytes of `end`.
+    UplinkDone {
+        host: u32,
+        end: u32,
+        n: u32,
+    },
+    /// A segment of `n` bytes of `end`'s stream arrives at `stage` (1 source rack uplink,
+    /// 2 destination rack downlink, 3 host downlink, 4 delivered).
+    Hop {
+        end: u32,
+        n: u32,
+        stage: u8,
+    },
+    Verdict(u32, u32),
+    Tick(u32),
+    Leave(u32),
+    FifoDone(u32),
+}
+
+/// A link served first come, first served: when it is free again, and the segments
+/// (done at, end, bytes) in it.
+#[derive(Default)]
+struct Fifo {
+    free: u64,
+    q: VecDeque<(u64, u32, u32)>,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    lengths: Lengths,
+    peer_cfg: PeerConfig,
+    base: Instant,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    hosts: Vec<Host>,
+    ends: Vec<End>,
+    tracker: Swarms,
+    /// Announce order, for the deterministic handout.
+    announced: Vec<u32>,
+    /// FIFO links: rack uplinks, rack downlinks, host downlinks.
+    fifos: Vec<Fifo>,
+    rack_bytes: Vec<(u64, u64)>,
+    rng: Rng,
+    events: u64,
+    remaining: usize,
+    out_buf: Vec<u8>,
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+fn xfer_ns(bytes: u64, rate: f64) -> u64 {
+    ((bytes as f64) / rate * 1e9).ceil() as u64
+}
+
+fn host_ip(i: usize) -> IpAddr {
+    let i = i as u32 + 1;
+    IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8))
+}
+
+const INFO_HASH: [u8; 20] = *b"corvid-sim-infohash!";
+
+impl Sim {
+    fn new(cfg: SimConfig) -> Result<Sim, String> {
+        let count = cfg.size.div_ceil(cfg.piece_size);
+        let lengths = Lengths::new(cfg.size, cfg.piece_size, count).map_err(|e| e.to_string())?;
+        let peer_cfg = PeerConfig {
+            request_size_corvid: cfg.request_size,
+            max_request_corvid: cfg.request_size,
+            ..PeerConfig::default()
+        };
+        let mut rng = Rng(cfg.seed);
+        let n = cfg.hosts + 1;
+        let mut hosts = Vec::with_capacity(n);
+        for i in 0..n {
+            let have = if i == 0 {
+                Bitfield::full(lengths.piece_count())
+            } else {
+                Bitfield::new(lengths.piece_count())
+            };
+            let mut peer_id = [0u8; 20];
+            peer_id[..8].copy_from_slice(b"-CV0000-");
+            peer_id[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+            hosts.push(Host {
+                swarm: Swarm::new(
+                    SwarmConfig {
+                        max_unchoked: cfg.max_unchoked,
+                        ..SwarmConfig::default()
+                    },
+                    INFO_HASH,
+                    lengths,
+                    have,
+                    rng.next(),
+                ),
+                rack: cfg.rack_of(i) as u32,
+                addr: SocketAddr::new(host_ip(i), PORT),
+                peer_id,
+                ends: Vec::new(),
+                linked: Vec::new(),
+                up_busy: false,
+                ready: VecDeque::new(),
+                egress: VecDeque::new(),
+                egress_bytes: 0,
+                gone: false,
+                hash_free: 0,
+                done_at: None,
+                uploaded: 0,
+            });
+        }
+        let racks = cfg.racks();
+        let tracker = Swarms::new(TrackerConfig {
+            max_peers_per_torrent: usize::MAX,
+            max_numwant: u32::MAX,
+            ..TrackerConfig::default()
+        });
+        let mut sim = Sim {
+            lengths,
+            peer_cfg,
+            base: Instant::now(),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            hosts,
+            ends: Vec::new(),
+            tracker,
+            announced: Vec::new(),
+            fifos: (0..2 * racks + n).map(|_| Fifo::default()).collect(),
+            rack_bytes: vec![(0, 0); racks],
+            rng,
+            events: 0,
+            remaining: cfg.hosts,
+            out_buf: Vec::new(),
+            cfg,
+        };
+        sim.at(0, Ev::Start(0));
+        for h in 1..n {
+            let t = sim.rng.below(nanos(sim.cfg.start_spread).max(1));
+            sim.at(t, Ev::Start(h as u32));
+        }
+        Ok(sim)
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq, ev)));
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    /// One-way latency between two hosts: two host links, plus two rack uplinks between
+    /// racks.
+    fn latency(&self, a: usize, b: usize) -> u64 {
+        let hops = if self.hosts[a].rack == self.hosts[b].rack {
+            2
+        } else {
+            4
+        };
+        nanos(self.cfg.hop_latency) * hops
+    }
+
+    fn run(mut self) -> SimResult {
+        let limit = nanos(self.cfg.time_limit);
+        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+            if t > limit || self.remaining == 0 {
+                break;
+            }
+            self.now = t;
+            self.events += 1;
+            self.handle(ev);
+        }
+        let all_verified = self.hosts[1..].iter().all(|h| h.swarm.is_complete());
+        SimResult {
+            done_at: self.hosts[1..]
+                .iter()
+                .map(|h| h.done_at.map(|t| t as f64 / 1e9))
+                .collect(),
+            uploaded: self.hosts.iter().map(|h| h.uploaded).collect(),
+            rack_bytes: self.rack_bytes.clone(),
+            all_verified,
+            events: self.events,
+            connections: self.ends.len() as u64 / 2,
+            end: self.now as f64 / 1e9,
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(h) => {
+                self.at(self.now, Ev::Announce(h));
+                let first = self.now + self.rng.below(nanos(self.cfg.tick).max(1));
+                self.at(first, Ev::Tick(h));
+            }
+            Ev::Announce(h) => self.announce(h as usize),
+            Ev::Connected(a, b) => self.connect(a as usize, b as usize),
+            Ev::UplinkDone { host, end, n } => {
+                self.hosts[host as usize].up_busy = false;
+                let stage = if self.same_rack_end(end as usize) {
+                    3
+                } else {
+                    1
+                };
+                self.hop(end as usize, n, stage);
+                self.kick_uplink(host as usize);
+            }
+            Ev::Hop { end, n, stage } => self.hop(end as usize, n, stage),
+            Ev::Verdict(h, piece) => self.verdict(h as usize, piece),
+            Ev::Tick(h) => self.tick(h as usize),
+            Ev::Leave(h) => self.leave(h as usize),
+            Ev::FifoDone(f) => self.fifo_done(f as usize),
+        }
+    }
+
+    /// The tracker's answer to `h`: corvid's own tracker logic records the announce;
+    /// which peers come back is decided by [`handout`] when the tracker would have to
+    /// choose (it picks from a hash map, whose order differs per process).
+    fn announce(&mut self, h: usize) {
+        let host = &self.hosts[h];
+        let left = if h == 0 { 0 } else { self.cfg.size };
+        let mut req = AnnounceRequest::new(INFO_HASH, host.peer_id, PORT, left);
+        req.numwant = Some(self.cfg.numwant as u32);
+        let resp = match self.tracker.announce(&req, host.addr.ip(), self.instant()) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let candidates: Vec<u32> = self
+            .announced
+            .iter()
+            .copied()
+            .filter(|&p| p as usize != h && !(left == 0 && p == 0))
+            .collect();
+        let mut peers: Vec<u32> = if !self.cfg.rack_aware && resp.peers.len() >= candidates.len() {
+            // The tracker returned everyone: same set, canonical order. (A rack-aware
+            // tracker chooses even then: few peers from other racks.)
+            let mut v: Vec<u32> = resp
+                .peers
+                .iter()
+                .filter_map(|p| self.host_by_addr(p.addr))
+                .collect();
+            v.sort_unstable();
+            v
+        } else {
+            handout(
+                &self.cfg,
+                &self.hosts_racks(),
+                h,
+                &candidates,
+                &mut self.rng,
+            )
+        };
+        self.announced.push(h as u32);
+        peers.retain(|&p| p as usize != h);
+        // The tracker runs on the seeder's host: its answer takes a round trip, then each
+        // TCP connect another, after which both sides start their PeerConn.
+        let answer = self.now + 2 * self.latency(h, 0);
+        for p in peers {
+            let t = answer + 2 * self.latency(h, p as usize);
+            self.at(t, Ev::Connected(h as u32, p));
+        }
+    }
+
+    fn hosts_racks(&self) -> Vec<u32> {
+        self.hosts.iter().map(|h| h.rack).collect()
+    }
+
+    fn host_by_addr(&self, addr: SocketAddr) -> Option<u32> {
+        let IpAddr::V4(v4) = addr.ip() else {
+            return None;
+        };
+        let o = v4.octets();
+        let i = (u32::from(o[1]) << 16 | u32::from(o[2]) << 8 | u32::from(o[3])).checked_sub(1)?;
+        ((i as usize) < self.hosts.len()).then_some(i)
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        if self.hosts[a].gone
+            || self.hosts[b].gone
+            || self.hosts[a].linked.binary_search(&(b as u32)).is_ok()
+        {
+            return;
+        }
+        let now = self.instant();
+        let ia = self.ends.len() as u32;
+        let ib = ia + 1;
+        let mk = |sim: &mut Sim, me: usize, other: usize, role: Role| -> Option<PeerConn> {
+            let addr = sim.hosts[other].addr;
+            let id = sim.hosts[me].peer_id;
+            PeerConn::new(
+                &sim.peer_cfg,
+                &mut sim.hosts[me].swarm,
+                addr,
+                role,
+                id,
+                [0; 16],
+                now,
+            )
+            .ok()
+        };
+        let (Some(pa), Some(pb)) = (
+            mk(self, a, b, Role::Initiator),
+            mk(self, b, a, Role::Responder),
+        ) else {
+            return;
+        };
+        for (me, other, peer, remote) in [(a, b, pa, ib), (b, a, pb, ia)] {
+            self.ends.push(End {
+                host: me as u32,
+                remote,
+                peer,
+                out: Stream::default(),
+                rx: Vec::new(),
+                rx_pay: 0,
+                receiving: None,
+                closed: false,
+                ready: false,
+            });
+            let host = &mut self.hosts[me];
+            host.ends.push(if me == a { ia } else { ib });
+            let pos = host
+                .linked
+                .binary_search(&(other as u32))
+                .unwrap_or_else(|e| e);
+            host.linked.insert(pos, other as u32);
+        }
+        self.fill(ia as usize);
+        self.fill(ib as usize);
+        self.kick_uplink(a);
+        self.kick_uplink(b);
+    }
+
+    /// Polls `e`'s `PeerConn` for bytes while its send buffer has room.
+    fn fill(&mut self, e: usize) {
+        let mut out = std::mem::take(&mut self.out_buf);
+        let end = &mut self.ends[e];
+        if end.closed {
+            self.out_buf = out;
+            return;
+        }
+        let host = &mut self.hosts[end.host as usize];
+        let now = self.base + Duration::from_nanos(self.now);
+        loop {
+            out.clear();
+            let block = end.peer.poll_transmit(&mut host.swarm, now, &mut out);
+            end.out.push_ctrl(&out);
+            match block {
+                Some(Transmit::Block { header, block }) => {
+                    end.out.push_ctrl(&header);
+                    end.out.push_pay(u64::from(block.len));
+                    host.uploaded += u64::from(block.len);
+                    if end.out.unsent() >= self.cfg.sndbuf {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        self.out_buf = out;
+        let end = &mut self.ends[e];
+        if !end.ready && end.out.unsent() > 0 {
+            end.ready = true;
+            host.ready.push_back(e as u32);
+        }
+        self.drain_events(e);
+    }
+
+    /// Admits segments of the host's connections into its egress queue (round robin,
+    /// while there is room), and starts the uplink on the queue's head if it is idle.
+    fn kick_uplink(&mut self, h: usize) {
+        let limit = self.cfg.egress_queue.max(1);
+        while self.hosts[h].egress_bytes < limit {
+            let Some(e) = self.hosts[h].ready.pop_front() else {
+                break;
+            };
+            let e = e as usize;
+            let unsent = self.ends[e].out.unsent();
+            if unsent == 0 || self.ends[e].closed {
+                self.ends[e].ready = false;
+                continue;
+            }
+            let n = unsent.min(u64::from(self.cfg.segment));
+            let out = &self.ends[e].out;
+            if self.cfg.egress_queue == 0
+                && out.handed == 0
+                && n <= SMALL
+                && matches!(out.chunks.front(), Some(Chunk::Ctrl(v)) if v.len() as u64 == n)
+            {
+                // A lone small control packet under fair queueing waits for no one's
+                // segment and takes nanoseconds to serialize: it only crosses the
+                // latency. (Saves most events of a big fleet: haves.)
+                self.ends[e].out.handed += n;
+                self.ends[e].ready = false;
+                let dst = self.ends[self.ends[e].remote as usize].host as usize;
+                let at = self.now + self.latency(h, dst);
+                self.at(
+                    at,
+                    Ev::Hop {
+                        end: e as u32,
+                        n: n as u32,
+                        stage: 4,
+                    },
+                );
+                continue;
+            }
+            self.ends[e].out.handed += n;
+            let host = &mut self.hosts[h];
+            host.egress.push_back((e as u32, n as u32));
+            host.egress_bytes += n;
+            // The sender's buffer has room again: ask its PeerConn for more.
+            if self.ends[e].out.unsent() < self.cfg.sndbuf {
+                self.fill(e);
+            }
+            let end = &mut self.ends[e];
+            if end.out.unsent() > 0 && !end.closed {
+                self.hosts[h].ready.push_back(e as u32);
+            } else {
+                end.ready = false;
+            }
+        }
+        let host = &mut self.hosts[h];
+        if host.up_busy {
+            return;
+        }
+        let Some((e, n)) = host.egress.pop_front() else {
+            return;
+        };
+        host.egress_bytes -= u64::from(n);
+        host.up_busy = true;
+        let done = self.now + xfer_ns(u64::from(n), self.cfg.host_rate());
+        self.at(
+            done,
+            Ev::UplinkDone {
+                host: h as u32,
+                end: e,
+                n,
+            },
+        );
+    }
+
+    fn same_rack_end(&self, e: usize) -> bool {
+        let end = &self.ends[e];
+        let r = &self.ends[end.remote as usize];
+        self.hosts[end.host as usize].rack == self.hosts[r.host as usize].rack
+    }
+
+    fn hop(&mut self, e: usize, n: u32, stage: u8) {
+        let src = self.ends[e].host as usize;
+        let dst_end = self.ends[e].remote as usize;
+        let dst = self.ends[dst_end].host as usize;
+        let bytes = u64::from(n);
+        match stage {
+            1 => {
+                let r = self.hosts[src].rack as usize;
+                self.rack_bytes[r].0 += bytes;
+                self.enqueue(r, e, n, self.cfg.uplink_rate());
+            }
+            2 => {
+                let r = self.hosts[dst].rack as usize;
+                self.rack_bytes[r].1 += bytes;
+                let racks = self.rack_bytes.len();
+                self.enqueue(racks + r, e, n, self.cfg.uplink_rate());
+            }
+            3 => {
+                let f = 2 * self.rack_bytes.len() + dst;
+                self.enqueue(f, e, n, self.cfg.host_rate());
+            }
+            _ => {
+                let (a, b) = if e < dst_end {
+                    let (x, y) = self.ends.split_at_mut(dst_end);
+                    (&mut x[e], &mut y[0])
+                } else {
+                    let (x, y) = self.ends.split_at_mut(e);
+                    (&mut y[0], &mut x[dst_end])
+                };
+                a.out.deliver(bytes, &mut b.rx, &mut b.rx_pay);
+                self.receive(dst_end);
+            }
+        }
+    }
+
+    /// A segment joins FIFO link `f`; only the link's head has an event in the queue,
+    /// so a long queue at an oversubscribed uplink does not grow the event heap.
+    fn enqueue(&mut self, f: usize, e: usize, n: u32, rate: f64) {
+        let fifo = &mut self.fifos[f];
+        let start = self.now.max(fifo.free);
+        let done = start + xfer_ns(u64::from(n), rate);
+        fifo.free = done;
+        fifo.q.push_back((done, e as u32, n));
+        if fifo.q.len() == 1 {
+            self.at(done, Ev::FifoDone(f as u32));
+        }
+    }
+
+    /// FIFO link `f`'s head segment is through: on to the next stage.
+    fn fifo_done(&mut self, f: usize) {
+        let Some((_, e, n)) = self.fifos[f].q.pop_front() else {
+            return;
+        };
+        if let Some(&(next, _, _)) = self.fifos[f].q.front() {
+            self.at(next, Ev::FifoDone(f as u32));
+        }
+        let racks = self.rack_bytes.len();
+        if f < racks {
+            self.hop(e as usize, n, 2);
+        } else if f < 2 * racks {
+            self.hop(e as usize, n, 3);
+        } else {
+            let src = self.ends[e as usize].host as usize;
+            let dst = f - 2 * racks;
+            let at = self.now + self.latency(src, dst);
+            self.at(
+                at,
+                Ev::Hop {
+                    end: e,
+                    n,
+                    stage: 4,
+                },
+            );
+        }
+    }
+
+    /// Feeds delivered bytes to `e`'s `PeerConn`, the way the runtime does: control bytes
+    /// through `handle_bytes`, a block's payload (once all of it arrived) through
+    /// `handle_payload_done`.
+    fn receive(&mut self, e: usize) {
+        let now = self.instant();
+        loop {
+            let end = &mut self.ends[e];
+            if end.closed {
+                break;
+            }
+            let host = &mut self.hosts[end.host as usize];
+            if let Some((block, due)) = end.receiving {
+                let k = due.min(end.rx_pay);
+                end.rx_pay -= k;
+                if k < due {
+                    end.receiving = Some((block, due - k));
+                    break;
+                }
+                end.receiving = None;
+                end.peer.handle_payload_done(&mut host.swarm, block, now);
+                self.drain_events(e);
+                continue;
+            }
+            if end.rx.is_empty() {
+                break;
+            }
+            let used = match end.peer.handle_bytes(&mut host.swarm, &end.rx, now) {
+                Ok(n) => {
+                    end.rx.drain(..n);
+                    n
+                }
+                Err(_) => 0,
+            };
+            self.drain_events(e);
+            if self.ends[e].receiving.is_none() && used == 0 {
+                break;
+            }
+        }
+        self.fill(e);
+        let h = self.ends[e].host as usize;
+        self.kick_uplink(h);
+    }
+
+    fn drain_events(&mut self, e: usize) {
+        while let Some(ev) = self.ends[e].peer.poll_event() {
+            match ev {
+                Event::ReceivePayload { block, .. } => {
+                    self.ends[e].receiving = Some((block, u64::from(block.len)));
+                }
+                Event::PieceComplete(piece) => {
+                    let h = self.ends[e].host as usize;
+                    let len = u64::from(self.lengths.piece_size(piece));
+                    let host = &mut self.hosts[h];
+                    let start = self.now.max(host.hash_free);
+                    let done = start + xfer_ns(len, self.cfg.hash_rate);
+                    host.hash_free = done;
+                    self.at(done, Ev::Verdict(h as u32, piece.get()));
+                }
+                Event::Close(_) => self.close(e),
+                Event::HandshakeDone { .. } => {}
+            }
+        }
+    }
+
+    fn close(&mut self, e: usize) {
+        if self.ends[e].closed {
+            return;
+        }
+        let h = self.ends[e].host as usize;
+        self.ends[e].closed = true;
+        self.ends[e].peer.handle_close(&mut self.hosts[h].swarm);
+        self.hosts[h].ends.retain(|&x| x as usize != e);
+        let r = self.ends[e].remote as usize;
+        // The remote sees the FIN after the bytes already sent (simplified: at once).
+        if !self.ends[r].closed {
+            let rh = self.ends[r].host as usize;
+            self.ends[r].closed = true;
+            self.ends[r].peer.handle_close(&mut self.hosts[rh].swarm);
+            self.hosts[rh].ends.retain(|&x| x as usize != r);
+        }
+    }
+
+    fn verdict(&mut self, h: usize, piece: u32) {
+        let Some(p) = self.lengths.piece(piece) else {
+            return;
+        };
+        let host = &mut self.hosts[h];
+        host.swarm.handle_verdict(p, true);
+        if host.done_at.is_none() && host.swarm.is_complete() && h != 0 {
+            host.done_at = Some(self.now);
+            self.remaining -= 1;
+            if let Some(l) = self.cfg.linger {
+                self.at(self.now + nanos(l), Ev::Leave(h as u32));
+            }
+        }
+        // Like the runtime: every connection is polled after a verdict (have broadcast).
+        let ends = self.hosts[h].ends.clone();
+        for e in ends {
+            self.fill(e as usize);
+        }
+        self.kick_uplink(h);
+    }
+
+    /// The host's process exits: every connection closes.
+    fn leave(&mut self, h: usize) {
+        self.hosts[h].gone = true;
+        let ends = self.hosts[h].ends.clone();
+        for e in ends {
+            self.close(e as usize);
+        }
+    }
+
+    fn tick(&mut self, h: usize) {
+        if self.hosts[h].gone {
+            return;
+        }
+        let now = self.instant();
+        let ends = self.hosts[h].ends.clone();
+        for &e in &ends {
+            let e = e as usize;
+            let end = &mut self.ends[e];
+            if end.closed {
+                continue;
+            }
+            end.peer.handle_tick(&mut self.hosts[h].swarm, now);
+            self.drain_events(e);
+        }
+        for &e in &ends {
+            self.fill(e as usize);
+        }
+        self.kick_uplink(h);
+        self.at(self.now + nanos(self.cfg.tick), Ev::Tick(h as u32));
+    }
+}
+
+/// Which peers the tracker hands `h` when it must choose `numwant` of `candidates`
+/// (announce order): a window that moves on with every announce, as corvid's tracker
+/// does with its cursor. Rack aware: all but [`SimConfig::cross_rack_peers`] from `h`'s
+/// own rack, the rest from the others (and the seeder always, so first copies can flow).
+fn handout(
+    cfg: &SimConfig,
+    racks: &[u32],
+    h: usize,
+    candidates: &[u32],
+    rng: &mut Rng,
+) -> Vec<u32> {
+    let want = cfg.numwant;
+    let pick = |pool: &[u32], k: usize, rng: &mut Rng| -> Vec<u32> {
+        if pool.len() <= k {
+            return pool.to_vec();
+        }
+        let start = rng.below(pool.len() as u64) as usize;
+        pool.iter().cycle().skip(start).take(k).copied().collect()
+    };
+    let mut out = if cfg.rack_aware && cfg.rack_size > 0 {
+        let mine = racks[h];
+        let (same, other): (Vec<u32>, Vec<u32>) = candidates
+            .iter()
+            .copied()
+            .partition(|&p| racks[p as usize] == mine);
+        let k_other = cfg.cross_rack_peers.min(want);
+        let mut v = pick(&same, want - k_other, rng);
+        v.extend(pick(&other, k_other, rng));
+        v
+    } else {
+        pick(candidates, want, rng)
+    };
+    if !out.contains(&0) && candidates.contains(&0) {
+        out.push(0);
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Runs one simulated deploy.
+pub fn simulate(cfg: SimConfig) -> Result<SimResult, String> {
+    Ok(Sim::new(cfg)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the segment boundaries, the receiver sees the sender's control bytes in
+    /// order and every payload byte counted once.
+    #[test]
+    fn stream_delivers_in_order_across_any_split() {
+        for step in [1u64, 3, 7, 16, 1000] {
+            let mut s = Stream::default();
+            s.push_ctrl(b"abc");
+            s.push_ctrl(b"de");
+            s.push_pay(10);
+            s.push_ctrl(b"fgh");
+            s.push_pay(5);
+            assert_eq!(s.total, 23);
+            let (mut ctrl, mut pay) = (Vec::new(), 0);
+            while s.total > 0 {
+                let n = step.min(s.total);
+                s.handed += n;
+                assert_eq!(s.unsent(), s.total - n);
+                s.deliver(n, &mut ctrl, &mut pay);
+            }
+            assert_eq!(ctrl, b"abcdefgh");
+            assert_eq!(pay, 15);
+            assert!(s.chunks.is_empty());
+        }
+    }
+}
