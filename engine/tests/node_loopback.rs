@@ -174,3 +174,69 @@ fn an_idle_seeder_does_not_spin_on_its_swarm_lock() {
         l.per_second
     );
 }
+
+/// CPU time of the calling thread (user + system).
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is valid on Linux.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    assert_eq!(rc, 0);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// A download that has no piece to plan (no peer has announced any) does not spin: its
+/// prefault thread and control loop once woke each other in a loop, asking for and
+/// computing empty plans (three such peers on a 2-core host ran at 60-70% CPU each and
+/// starved a link emulator until no byte moved). The control loop runs on the caller's
+/// thread, so its CPU time over a second of waiting is measured here.
+#[test]
+fn a_download_with_nothing_to_plan_does_not_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let data = payload(2_000_000, 4);
+    std::fs::write(src.join("x.bin"), &data).unwrap();
+    let files = vec![FileSpec {
+        path: "x.bin".into(),
+        length: data.len() as u64,
+        pad: false,
+    }];
+    let total = data.len() as u64;
+    let piece = 256 * 1024;
+    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
+    let pool = HashPool::new(1);
+    let storage = Arc::new(Storage::open_readonly(&src, &files, lengths).unwrap());
+    let hashes = Arc::new(pool.hash_all(&storage, &mut |_| {}));
+    drop(storage);
+    let dst = dir.path().join("dst");
+    let cfg = config(Mode::Download, &dst, &files, lengths, hashes);
+    let stop = StopFlag::new();
+    let mut progress = 0;
+    let mut first: Option<(std::time::Instant, Duration)> = None;
+    let mut used = None;
+    let result = node::run(cfg, stop.clone(), &mut |ev| {
+        // Progress comes every 500 ms: measure from the first to the fourth.
+        if matches!(ev, NodeEvent::Progress(_)) {
+            progress += 1;
+            if progress == 1 {
+                first = Some((std::time::Instant::now(), thread_cpu()));
+            }
+            if progress == 4 {
+                let (t0, c0) = first.unwrap();
+                used = Some((thread_cpu() - c0, t0.elapsed()));
+                stop.stop();
+            }
+        }
+    });
+    assert!(
+        matches!(result, Err(node::NodeError::Interrupted { .. })),
+        "the download stops when told"
+    );
+    let (cpu, wall) = used.expect("four progress events");
+    assert!(
+        cpu.as_secs_f64() < 0.1 * wall.as_secs_f64(),
+        "the control loop of a download with nothing to plan used {cpu:?} of CPU in {wall:?}"
+    );
+}
