@@ -226,8 +226,20 @@ pub(super) fn peer_session(
         stderr,
     }
     .last_error_line();
-    let hook_failed = end.hook.as_ref().filter(|h| !h.ok());
-    end.outcome = match (code, status) {
+    end.outcome = final_outcome(code, status, end.hook.as_ref(), &last);
+    end
+}
+
+/// A host's outcome from the session's exit code, the release status it reported (if
+/// any), its hook's result and the last line of its stderr.
+fn final_outcome(
+    code: i32,
+    status: Option<ReleaseStatus>,
+    hook: Option<&HookResult>,
+    last: &str,
+) -> HostOutcome {
+    let hook_failed = hook.filter(|h| !h.ok());
+    match (code, status) {
         // The release is active, but the operator's command after it failed.
         (_, Some(_)) if hook_failed.is_some() => {
             let h = hook_failed.expect("checked");
@@ -240,15 +252,14 @@ pub(super) fn peer_session(
         (0, Some(s)) => outcome_of(s),
         (0, None) => HostOutcome::Failed(HostError::NoRelease),
         (c, _) => {
-            let detail = last.strip_prefix("corvid: error: ").unwrap_or(&last);
+            let detail = last.strip_prefix("corvid: error: ").unwrap_or(last);
             HostOutcome::Failed(HostError::Peer {
                 code: c,
                 text: remote_exit_text(c),
                 detail: detail.to_string(),
             })
         }
-    };
-    end
+    }
 }
 
 /// How one host's peer session ended.
