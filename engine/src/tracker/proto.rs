@@ -600,7 +600,31 @@ pub fn parse_announce_response(
             .and_then(|i| u64::try_from(i).ok())
     };
     let mut peers = Vec::new();
-    match d.get(b"peers") {
+    parse_peers(d.get(b"peers"), &mut peers)?;
+    if let Some(v6) = d.get(b"peers6") {
+        parse_peers6(v6, &mut peers)?;
+    }
+    Ok(Ok(AnnounceResponse {
+        interval,
+        min_interval,
+        complete: count(b"complete"),
+        incomplete: count(b"incomplete"),
+        peers,
+        warning: d
+            .get(b"warning message")
+            .and_then(Value::as_bytes)
+            .map(|w| String::from_utf8_lossy(w).into_owned()),
+        tracker_id: d
+            .get(b"tracker id")
+            .and_then(Value::as_bytes)
+            .map(<[u8]>::to_vec),
+    }))
+}
+
+/// The `peers` key of an announce response: compact (6 bytes per IPv4 peer) or a list
+/// of dictionaries; absent means none.
+fn parse_peers(v: Option<&Value<'_>>, peers: &mut Vec<PeerInfo>) -> Result<(), ProtoError> {
+    match v {
         Some(Value::Bytes(b)) => {
             if b.len() % 6 != 0 {
                 return Err(ProtoError::BadResponse(format!(
@@ -652,41 +676,30 @@ pub fn parse_announce_response(
             ))
         }
     }
-    if let Some(v6) = d.get(b"peers6") {
-        let b = v6
-            .as_bytes()
-            .ok_or_else(|| ProtoError::BadResponse("peers6 is not a string".into()))?;
-        if b.len() % 18 != 0 {
-            return Err(ProtoError::BadResponse(format!(
-                "peers6 length {} is not a multiple of 18",
-                b.len()
-            )));
-        }
-        for c in b.chunks_exact(18) {
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&c[..16]);
-            let port = u16::from_be_bytes([c[16], c[17]]);
-            peers.push(PeerInfo {
-                addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port),
-                peer_id: None,
-            });
-        }
+    Ok(())
+}
+
+/// The `peers6` key (BEP 7): 18 bytes per IPv6 peer.
+fn parse_peers6(v6: &Value<'_>, peers: &mut Vec<PeerInfo>) -> Result<(), ProtoError> {
+    let b = v6
+        .as_bytes()
+        .ok_or_else(|| ProtoError::BadResponse("peers6 is not a string".into()))?;
+    if b.len() % 18 != 0 {
+        return Err(ProtoError::BadResponse(format!(
+            "peers6 length {} is not a multiple of 18",
+            b.len()
+        )));
     }
-    Ok(Ok(AnnounceResponse {
-        interval,
-        min_interval,
-        complete: count(b"complete"),
-        incomplete: count(b"incomplete"),
-        peers,
-        warning: d
-            .get(b"warning message")
-            .and_then(Value::as_bytes)
-            .map(|w| String::from_utf8_lossy(w).into_owned()),
-        tracker_id: d
-            .get(b"tracker id")
-            .and_then(Value::as_bytes)
-            .map(<[u8]>::to_vec),
-    }))
+    for c in b.chunks_exact(18) {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&c[..16]);
+        let port = u16::from_be_bytes([c[16], c[17]]);
+        peers.push(PeerInfo {
+            addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port),
+            peer_id: None,
+        });
+    }
+    Ok(())
 }
 
 /// What a tracker answered to a scrape: counts per info-hash, or a refusal.
