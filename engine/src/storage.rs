@@ -163,6 +163,25 @@ pub struct Storage {
     writable: bool,
 }
 
+/// Space [`Storage::create`] still has to allocate: a kept file already has (some of) its
+/// blocks. Refuses planted symlinks and non-files on the way, before anything is created.
+fn space_needed(root: &Path, files: &[FileSpec]) -> Result<u64, StorageError> {
+    let mut needed = 0u64;
+    for spec in files.iter().filter(|f| !f.pad) {
+        // Refuse planted symlinks before anything is created or sized.
+        check_no_symlinks(root, &spec.path)?;
+        let path = root.join(&spec.path);
+        let allocated = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m.blocks().saturating_mul(512),
+            Ok(_) => return Err(StorageError::NotAFile { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(io_err("inspect", &path, source)),
+        };
+        needed = needed.saturating_add(spec.length.saturating_sub(allocated));
+    }
+    Ok(needed)
+}
+
 impl Storage {
     /// Receiving side: creates the directories and files under `root`, checks free space
     /// first, preallocates and maps everything read-write. Files already of the right size
@@ -174,20 +193,7 @@ impl Storage {
     ) -> Result<Storage, StorageError> {
         let ends = check_layout(files, lengths)?;
 
-        // Space still to allocate: a kept file already has (some of) its blocks.
-        let mut needed = 0u64;
-        for spec in files.iter().filter(|f| !f.pad) {
-            // Refuse planted symlinks before anything is created or sized.
-            check_no_symlinks(root, &spec.path)?;
-            let path = root.join(&spec.path);
-            let allocated = match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => m.blocks().saturating_mul(512),
-                Ok(_) => return Err(StorageError::NotAFile { path }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(source) => return Err(io_err("inspect", &path, source)),
-            };
-            needed = needed.saturating_add(spec.length.saturating_sub(allocated));
-        }
+        let needed = space_needed(root, files)?;
         let probe = existing_ancestor(root);
         check_space(needed, free_space(&probe)?, &probe)?;
 
