@@ -35,6 +35,12 @@ use super::topology::{RackId, Topology};
 use super::TrackerError;
 use crate::peer::auth::Secret;
 
+mod listen;
+mod swarm;
+use listen::http_response;
+pub use listen::TrackerServer;
+use swarm::{ip_key, IpCounts, PeerEntry, Swarm};
+
 /// Default of [`TrackerConfig::max_peers_per_ip`].
 pub const DEFAULT_MAX_PEERS_PER_IP: usize = 64;
 /// Default of [`TrackerConfig::max_swarms_per_ip`].
@@ -217,209 +223,6 @@ impl TrackerStatsHandle {
     }
 }
 
-/// What the tracker remembers of one peer.
-#[derive(Debug, Clone)]
-struct PeerEntry {
-    /// Where other peers are told to connect.
-    addr: SocketAddr,
-    /// The address the entry was made from (see [`Swarms::announce`]): only announces
-    /// from there may update or remove it, so knowing a peer's id (dictionary responses
-    /// show it) is not enough to redirect or drop that peer.
-    owner: IpAddr,
-    left: u64,
-    last_seen: Instant,
-    /// Its rack by [`TrackerConfig::topology`], looked up when it announces.
-    rack: Option<RackId>,
-    /// It has had everything since it first announced: a seeder the deploy started (one
-    /// per datacenter, say), not a peer that finished. Rack-aware handouts give the
-    /// former to everyone and treat the latter as the rack member it is.
-    origin_seed: bool,
-}
-
-/// A count per source network ([`ip_key`]); absent means zero, so the map holds only
-/// networks that have something tracked.
-#[derive(Debug, Default)]
-struct IpCounts(HashMap<IpAddr, usize>);
-
-impl IpCounts {
-    fn get(&self, key: &IpAddr) -> usize {
-        self.0.get(key).copied().unwrap_or(0)
-    }
-
-    /// Counts one more; true if it is the first.
-    fn add(&mut self, key: IpAddr) -> bool {
-        let n = self.0.entry(key).or_insert(0);
-        *n += 1;
-        *n == 1
-    }
-
-    /// Counts one fewer; true if that was the last.
-    fn sub(&mut self, key: IpAddr) -> bool {
-        match self.0.get_mut(&key) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.0.remove(&key);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// The unit the per-IP caps count: an IPv4 address, or an IPv6 /64, the usual allocation
-/// of one host or site (counting single IPv6 addresses would give every host 2^64 of
-/// them).
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut o = v6.octets();
-            o[8..].fill(0);
-            IpAddr::V6(o.into())
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Swarm {
-    peers: HashMap<[u8; 20], PeerEntry>,
-    /// Peers per source network in this swarm, kept in step with `peers`.
-    per_ip: IpCounts,
-    /// Completed events seen from peers this tracker saw downloading (scrape's
-    /// `downloaded`).
-    downloaded: u64,
-    /// Where the next peer list starts, so successive announces see different peers.
-    cursor: usize,
-    /// When stale peers were last dropped from this swarm by an announce.
-    last_sweep: Option<Instant>,
-}
-
-impl Swarm {
-    fn counts(&self) -> (u64, u64) {
-        let seeds = self.peers.values().filter(|p| p.left == 0).count() as u64;
-        (seeds, self.peers.len() as u64 - seeds)
-    }
-
-    /// Adds a peer not yet in the swarm, counting it against its source network.
-    fn insert(&mut self, id: [u8; 20], entry: PeerEntry, swarms_per_ip: &mut IpCounts) {
-        let key = ip_key(entry.owner);
-        if self.per_ip.add(key) {
-            swarms_per_ip.add(key);
-        }
-        if let Some(old) = self.peers.insert(id, entry) {
-            // Callers insert only absent ids; should one be replaced, keep counts true.
-            Self::release(&mut self.per_ip, old.owner, swarms_per_ip);
-        }
-    }
-
-    fn remove(&mut self, id: &[u8; 20], swarms_per_ip: &mut IpCounts) {
-        if let Some(p) = self.peers.remove(id) {
-            Self::release(&mut self.per_ip, p.owner, swarms_per_ip);
-        }
-    }
-
-    /// Drops peers last seen before `cut`.
-    fn drop_stale(&mut self, cut: Instant, swarms_per_ip: &mut IpCounts) {
-        let per_ip = &mut self.per_ip;
-        self.peers.retain(|_, p| {
-            let keep = p.last_seen >= cut;
-            if !keep {
-                Self::release(per_ip, p.owner, swarms_per_ip);
-            }
-            keep
-        });
-    }
-
-    /// Up to `want` peers other than `asker`, rotating through the swarm so successive
-    /// announces see different peers; a seeder gets no seeders.
-    fn handout(&mut self, asker: &[u8; 20], asker_is_seed: bool, want: usize) -> Vec<PeerInfo> {
-        let candidates: Vec<PeerInfo> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| *id != asker && !(asker_is_seed && p.left == 0))
-            .map(peer_info)
-            .collect();
-        let n = candidates.len();
-        let mut peers = Vec::with_capacity(want.min(n));
-        if n > 0 {
-            let start = self.cursor % n;
-            self.cursor = self.cursor.wrapping_add(want.max(1));
-            peers.extend(candidates.iter().cycle().skip(start).take(want.min(n)));
-        }
-        peers
-    }
-
-    /// The handout for a downloading peer in `rack`: the origin seeders first (those
-    /// that had everything when they first announced; up to a quarter of the list, at
-    /// least [`MIN_SEEDS`]): those of its own rack, or if its rack has none, those of
-    /// the other racks (with one seeder per datacenter, each feeds its own), then the other peers, finished or not,
-    /// split about 3:1 between the asker's rack and the rest. A finished peer is not
-    /// handed out as a seeder to every rack: that would join the racks all to all as a
-    /// deploy ends. Cross-rack peers are at most a third of the same-rack ones (at least
-    /// one, so racks stay joined and a piece the rack lacks can come in), and all of the
-    /// list when the asker's rack has nobody else.
-    ///
-    /// The cap holds even when fewer peers than `want` exist: handing every peer out
-    /// whenever the swarm is small would connect a small fleet all-to-all across racks.
-    fn rack_handout(&mut self, asker: &[u8; 20], rack: RackId, want: usize) -> Vec<PeerInfo> {
-        let (mut seeds, mut same, mut other) = (Vec::new(), Vec::new(), Vec::new());
-        let mut far_seeds = Vec::new();
-        for (id, p) in self.peers.iter().filter(|(id, _)| *id != asker) {
-            let near = p.rack == Some(rack);
-            match (p.origin_seed, near) {
-                (true, true) => seeds.push(peer_info((id, p))),
-                (true, false) => far_seeds.push(peer_info((id, p))),
-                (false, true) => same.push(peer_info((id, p))),
-                (false, false) => other.push(peer_info((id, p))),
-            }
-        }
-        let cursor = self.cursor;
-        self.cursor = self.cursor.wrapping_add(want.max(1));
-        // Rotate each group on its own, then put the near seeders before the far ones.
-        // Cross-rack peers do not rotate: they are ranked by a score of the pair (see
-        // [`pair_score`]), so each re-announce names the same few, and a peer's links
-        // across the spine stay few instead of growing by some each interval.
-        for g in [&mut seeds, &mut far_seeds, &mut same] {
-            if !g.is_empty() {
-                let k = cursor % g.len();
-                g.rotate_left(k);
-            }
-        }
-        if seeds.is_empty() {
-            seeds = far_seeds;
-        }
-        let n_seeds = seeds.len().min(want.div_ceil(4).max(MIN_SEEDS)).min(want);
-        let rest = want - n_seeds;
-        let reserve = other.len().min(rest / 4);
-        let n_same = same.len().min(rest - reserve);
-        let n_other = if n_same == 0 {
-            other.len().min(rest)
-        } else {
-            other.len().min(n_same.div_ceil(3)).min(rest - n_same)
-        };
-        if n_other > 0 && n_other < other.len() {
-            other.select_nth_unstable_by_key(n_other - 1, |p| {
-                std::cmp::Reverse(pair_score(asker, &p.peer_id.unwrap_or_default()))
-            });
-        }
-        let mut peers = Vec::with_capacity(n_seeds + n_same + n_other);
-        peers.extend(seeds.into_iter().take(n_seeds));
-        peers.extend(same.into_iter().take(n_same));
-        peers.extend(other.into_iter().take(n_other));
-        peers
-    }
-
-    fn release(per_ip: &mut IpCounts, owner: IpAddr, swarms_per_ip: &mut IpCounts) {
-        let key = ip_key(owner);
-        if per_ip.sub(key) {
-            swarms_per_ip.sub(key);
-        }
-    }
-}
-
 /// Every swarm the tracker knows, keyed by info-hash. Sans-IO: the caller passes the
 /// connection's source address and the time.
 ///
@@ -467,6 +270,50 @@ impl Swarms {
         source: IpAddr,
         now: Instant,
     ) -> Result<AnnounceResponse, String> {
+        self.admit(req)?;
+        let ip = self.recorded_ip(req.ip, source.to_canonical());
+        let addr = SocketAddr::new(ip, req.port);
+        let rack = self.cfg.topology.as_ref().and_then(|t| t.rack_of(addr));
+
+        if req.event == Event::Stopped {
+            return self.stopped(req, ip);
+        }
+
+        if !self.swarms.contains_key(&req.info_hash) && self.swarms.len() >= self.cfg.max_torrents {
+            // Slots may be held by swarms whose peers all went quiet since the last pass.
+            self.expire_if_due(now);
+            if self.swarms.len() >= self.cfg.max_torrents {
+                return Err(TRACKER_FULL.into());
+            }
+        }
+        let cfg = &self.cfg;
+        let swarms_per_ip = &mut self.swarms_per_ip;
+        let swarm = self.swarms.entry(req.info_hash).or_default();
+        let recorded = Self::record_peer(cfg, swarms_per_ip, swarm, req, addr, rack, now);
+        if let Err(reason) = recorded {
+            // A refused newcomer must not leave an empty swarm behind to hold a slot.
+            if swarm.peers.is_empty() {
+                self.swarms.remove(&req.info_hash);
+            }
+            return Err(reason.into());
+        }
+
+        let want = req
+            .numwant
+            .unwrap_or(cfg.default_numwant)
+            .min(cfg.max_numwant) as usize;
+        let peers = match rack {
+            // A seeder feeds every rack, so it gets the plain rotation too.
+            Some(rack) if req.left > 0 => swarm.rack_handout(&req.peer_id, rack, want),
+            _ => swarm.handout(&req.peer_id, req.left == 0, want),
+        };
+        let (complete, incomplete) = swarm.counts();
+        Ok(self.response(complete, incomplete, peers))
+    }
+
+    /// The checks that come before anything is recorded: the allow-list, the private
+    /// tracker's proof of the secret, and a port someone could connect to.
+    fn admit(&self, req: &AnnounceRequest) -> Result<(), String> {
         if let Some(allowed) = &self.cfg.allowed {
             if !allowed.contains(&req.info_hash) {
                 return Err("info_hash is not allowed on this tracker".into());
@@ -483,39 +330,43 @@ impl Swarms {
         if req.port == 0 {
             return Err("port 0 is not a listening port".into());
         }
-        let ip = self.recorded_ip(req.ip, source.to_canonical());
-        let addr = SocketAddr::new(ip, req.port);
+        Ok(())
+    }
+
+    /// A `stopped` announce from `ip`: forgets the peer if `ip` owns its entry (and the
+    /// swarm, if that was its last peer) and answers with the counts and no peers.
+    fn stopped(&mut self, req: &AnnounceRequest, ip: IpAddr) -> Result<AnnounceResponse, String> {
+        if let Some(swarm) = self.swarms.get_mut(&req.info_hash) {
+            match swarm.peers.get(&req.peer_id) {
+                Some(p) if p.owner != ip => return Err(NOT_YOURS.into()),
+                Some(_) => swarm.remove(&req.peer_id, &mut self.swarms_per_ip),
+                None => {}
+            }
+            if swarm.peers.is_empty() {
+                self.swarms.remove(&req.info_hash);
+            }
+        }
+        let (complete, incomplete) = self
+            .swarms
+            .get(&req.info_hash)
+            .map_or((0, 0), Swarm::counts);
+        Ok(self.response(complete, incomplete, Vec::new()))
+    }
+
+    /// Updates or adds the announcing peer in `swarm` (after sweeping its stale peers, if
+    /// due), or says which cap or ownership rule refuses it. An associated function over
+    /// the fields it needs, because the caller holds `swarm` borrowed out of `self.swarms`.
+    fn record_peer(
+        cfg: &TrackerConfig,
+        swarms_per_ip: &mut IpCounts,
+        swarm: &mut Swarm,
+        req: &AnnounceRequest,
+        addr: SocketAddr,
+        rack: Option<RackId>,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        let ip = addr.ip();
         let key = ip_key(ip);
-        let rack = self.cfg.topology.as_ref().and_then(|t| t.rack_of(addr));
-
-        if req.event == Event::Stopped {
-            if let Some(swarm) = self.swarms.get_mut(&req.info_hash) {
-                match swarm.peers.get(&req.peer_id) {
-                    Some(p) if p.owner != ip => return Err(NOT_YOURS.into()),
-                    Some(_) => swarm.remove(&req.peer_id, &mut self.swarms_per_ip),
-                    None => {}
-                }
-                if swarm.peers.is_empty() {
-                    self.swarms.remove(&req.info_hash);
-                }
-            }
-            let (complete, incomplete) = self
-                .swarms
-                .get(&req.info_hash)
-                .map_or((0, 0), Swarm::counts);
-            return Ok(self.response(complete, incomplete, Vec::new()));
-        }
-
-        if !self.swarms.contains_key(&req.info_hash) && self.swarms.len() >= self.cfg.max_torrents {
-            // Slots may be held by swarms whose peers all went quiet since the last pass.
-            self.expire_if_due(now);
-            if self.swarms.len() >= self.cfg.max_torrents {
-                return Err(TRACKER_FULL.into());
-            }
-        }
-        let cfg = &self.cfg;
-        let swarms_per_ip = &mut self.swarms_per_ip;
-        let swarm = self.swarms.entry(req.info_hash).or_default();
         // Drop this swarm's stale peers now rather than waiting for `expire`, so nobody is
         // handed a peer that has been gone for two intervals.
         // Sweeping is O(peers), so at most once per half interval per swarm: a peer may
@@ -527,7 +378,7 @@ impl Swarms {
             swarm.drop_stale(cut, swarms_per_ip);
             swarm.last_sweep = Some(now);
         }
-        let recorded = match swarm.peers.get_mut(&req.peer_id) {
+        match swarm.peers.get_mut(&req.peer_id) {
             Some(p) if p.owner != ip => Err(NOT_YOURS),
             Some(p) => {
                 if req.event == Event::Completed && p.left > 0 {
@@ -563,26 +414,7 @@ impl Swarms {
                     Ok(())
                 }
             }
-        };
-        if let Err(reason) = recorded {
-            // A refused newcomer must not leave an empty swarm behind to hold a slot.
-            if swarm.peers.is_empty() {
-                self.swarms.remove(&req.info_hash);
-            }
-            return Err(reason.into());
         }
-
-        let want = req
-            .numwant
-            .unwrap_or(cfg.default_numwant)
-            .min(cfg.max_numwant) as usize;
-        let peers = match rack {
-            // A seeder feeds every rack, so it gets the plain rotation too.
-            Some(rack) if req.left > 0 => swarm.rack_handout(&req.peer_id, rack, want),
-            _ => swarm.handout(&req.peer_id, req.left == 0, want),
-        };
-        let (complete, incomplete) = swarm.counts();
-        Ok(self.response(complete, incomplete, peers))
     }
 
     /// The address to record for a client: its connection's source, or its `ip=` claim if
@@ -806,32 +638,6 @@ pub enum Outcome {
     BadRequest,
 }
 
-/// Seeders a rack-aware handout includes, if there are that many, however small the
-/// asker's `numwant`: with several seeders (one per datacenter), each peer should reach
-/// more than one.
-const MIN_SEEDS: usize = 2;
-
-/// A score of a pair of peers, the same whichever asks: cross-rack peers are the
-/// highest-scoring of the other racks, so when A's pick in rack b is B, B's pick in rack a
-/// tends to be A, and the two share one connection rather than holding two across the
-/// spine. (Rendezvous hashing; not secret, and a peer choosing its id to be picked gains
-/// only a connection it could have dialled anyway.)
-fn pair_score(a: &[u8; 20], b: &[u8; 20]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    lo.hash(&mut h);
-    hi.hash(&mut h);
-    h.finish()
-}
-
-fn peer_info((id, p): (&[u8; 20], &PeerEntry)) -> PeerInfo {
-    PeerInfo {
-        addr: p.addr,
-        peer_id: Some(*id),
-    }
-}
-
 /// What a private tracker tells a client without a valid proof of the secret.
 const PRIVATE_REFUSAL: &str = "private tracker: missing or wrong auth (corvid --secret-file)";
 /// An announce for a peer id whose entry was made from another address.
@@ -847,340 +653,6 @@ fn is_unicast(ip: IpAddr) -> bool {
 
 fn secs_u32(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX).max(1)
-}
-
-fn http_response(status: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// A running tracker. Dropping it without [`TrackerServer::shutdown`] also stops it.
-pub struct TrackerServer {
-    local_addr: SocketAddr,
-    waker: UnixStream,
-    stats: Arc<StatCells>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TrackerServer {
-    /// Binds `addr` (port 0 picks a free port) and starts serving on a thread of its own.
-    pub fn bind(addr: SocketAddr, cfg: TrackerConfig) -> Result<TrackerServer, TrackerError> {
-        let err = |context, source| TrackerError::Server {
-            addr: addr.to_string(),
-            context,
-            source,
-        };
-        let listener = TcpListener::bind(addr).map_err(|e| err("bind", e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| err("set_nonblocking", e))?;
-        let local_addr = listener.local_addr().map_err(|e| err("local_addr", e))?;
-        let (waker, wake_rx) = UnixStream::pair().map_err(|e| err("waker socketpair", e))?;
-        wake_rx
-            .set_nonblocking(true)
-            .map_err(|e| err("set_nonblocking", e))?;
-        let stats = Arc::new(StatCells::default());
-        let loop_stats = Arc::clone(&stats);
-        let thread = std::thread::Builder::new()
-            .name(format!("corvid-tracker-{}", local_addr.port()))
-            .spawn(move || {
-                EventLoop {
-                    listener,
-                    wake_rx,
-                    swarms: Swarms::new(cfg.clone()),
-                    cfg,
-                    stats: loop_stats,
-                    conns: Vec::new(),
-                }
-                .run()
-            })
-            .map_err(|e| err("spawn thread", e))?;
-        Ok(TrackerServer {
-            local_addr,
-            waker,
-            stats,
-            thread: Some(thread),
-        })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// What the tracker has done so far.
-    pub fn stats(&self) -> TrackerStats {
-        self.stats.snapshot()
-    }
-
-    /// A handle that reads [`TrackerServer::stats`] from anywhere, while the server runs.
-    pub fn stats_handle(&self) -> TrackerStatsHandle {
-        TrackerStatsHandle(Arc::clone(&self.stats))
-    }
-
-    /// Stops serving, closes every connection and waits for the thread.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        // The byte (or the waker's close, if the write fails) makes the loop's poll return.
-        let _ = self.waker.write_all(&[1]);
-        let _ = self.waker.shutdown(Shutdown::Both);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for TrackerServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-enum ConnState {
-    Reading,
-    Writing {
-        out: Vec<u8>,
-        written: usize,
-    },
-    /// Response sent and our side shut: read and discard until the client closes, so
-    /// unread request bytes do not turn our close into a reset that eats the response.
-    Draining,
-}
-
-struct Conn {
-    stream: TcpStream,
-    source: IpAddr,
-    buf: Vec<u8>,
-    state: ConnState,
-    deadline: Instant,
-}
-
-struct EventLoop {
-    listener: TcpListener,
-    wake_rx: UnixStream,
-    swarms: Swarms,
-    cfg: TrackerConfig,
-    stats: Arc<StatCells>,
-    conns: Vec<Conn>,
-}
-
-enum Step {
-    Keep,
-    Close,
-}
-
-impl EventLoop {
-    fn run(mut self) {
-        let mut next_expiry = Instant::now() + self.cfg.interval;
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        loop {
-            let now = Instant::now();
-            if now >= next_expiry {
-                self.swarms.expire(now);
-                self.publish_gauges();
-                next_expiry = now + self.cfg.interval;
-            }
-            // Close connections past their deadline.
-            // (A connection already answered and draining is not counted as a timeout.)
-            let mut expired = 0;
-            self.conns.retain(|c| {
-                let keep = c.deadline > now;
-                if !keep && !matches!(c.state, ConnState::Draining) {
-                    expired += 1;
-                }
-                keep
-            });
-            self.stats.timeouts.fetch_add(expired, Ordering::Relaxed);
-
-            let wake_at = self
-                .conns
-                .iter()
-                .map(|c| c.deadline)
-                .min()
-                .map_or(next_expiry, |d| d.min(next_expiry));
-            let timeout_ms = wake_at
-                .saturating_duration_since(now)
-                .as_millis()
-                .clamp(1, 60_000) as libc::c_int;
-
-            fds.clear();
-            fds.push(pollfd(self.wake_rx.as_raw_fd(), libc::POLLIN));
-            fds.push(pollfd(self.listener.as_raw_fd(), libc::POLLIN));
-            for c in &self.conns {
-                let ev = match c.state {
-                    ConnState::Writing { .. } => libc::POLLOUT,
-                    _ => libc::POLLIN,
-                };
-                fds.push(pollfd(c.stream.as_raw_fd(), ev));
-            }
-            // SAFETY: `fds` is a live, exclusively borrowed Vec of `fds.len()` initialised
-            // pollfd structs for the whole call; poll only writes their `revents`.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                // poll failing otherwise means a bug in the fd set; stop rather than spin.
-                return;
-            }
-            if fds[0].revents != 0 {
-                return;
-            }
-            let now = Instant::now();
-            // Service existing connections first (indices match `fds[2..]`), then accept,
-            // so newly accepted sockets are not confused with polled ones.
-            let mut close = Vec::new();
-            for i in 0..self.conns.len() {
-                if fds[i + 2].revents == 0 {
-                    continue;
-                }
-                if let Step::Close = self.service(i, now) {
-                    close.push(i);
-                }
-            }
-            // Highest index first, so swap_remove never moves a conn still to be removed.
-            for i in close.into_iter().rev() {
-                self.conns.swap_remove(i);
-            }
-            if fds[1].revents != 0 {
-                self.accept_all(now);
-            }
-        }
-    }
-
-    fn publish_gauges(&self) {
-        self.stats
-            .torrents
-            .store(self.swarms.torrents() as u64, Ordering::Relaxed);
-        self.stats
-            .peers
-            .store(self.swarms.peers() as u64, Ordering::Relaxed);
-    }
-
-    fn accept_all(&mut self, now: Instant) {
-        // Bounded: at most max_connections accepts per wakeup, then back to poll.
-        for _ in 0..self.cfg.max_connections.max(1) {
-            match self.listener.accept() {
-                Ok((stream, addr)) => {
-                    StatCells::bump(&self.stats.connections);
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    if self.conns.len() >= self.cfg.max_connections.max(1) {
-                        // Make room by dropping the connection closest to its deadline
-                        // (the oldest): a slow client must not lock newcomers out.
-                        if let Some((idx, _)) = self
-                            .conns
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, c)| c.deadline)
-                        {
-                            self.conns.swap_remove(idx);
-                            StatCells::bump(&self.stats.timeouts);
-                        }
-                    }
-                    self.conns.push(Conn {
-                        stream,
-                        source: addr.ip(),
-                        buf: Vec::new(),
-                        state: ConnState::Reading,
-                        deadline: now + self.cfg.request_timeout,
-                    });
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // ECONNABORTED, EMFILE and the like: try again on the next wakeup.
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn service(&mut self, i: usize, now: Instant) -> Step {
-        let conn = &mut self.conns[i];
-        let mut chunk = [0u8; 4096];
-        match &mut conn.state {
-            ConnState::Reading => {
-                // Bounded loop: the buffer limit ends it within MAX_HEAD / 4096 + 1 reads.
-                loop {
-                    match conn.stream.read(&mut chunk) {
-                        Ok(0) => return Step::Close,
-                        Ok(n) => {
-                            conn.buf.extend_from_slice(&chunk[..n]);
-                            let Some((out, outcome)) =
-                                self.swarms.handle_request(&conn.buf, conn.source, now)
-                            else {
-                                continue;
-                            };
-                            self.stats.count(outcome);
-                            self.stats.publish_events(self.swarms.announces_by_event());
-                            self.stats
-                                .torrents
-                                .store(self.swarms.torrents() as u64, Ordering::Relaxed);
-                            self.stats
-                                .peers
-                                .store(self.swarms.peers() as u64, Ordering::Relaxed);
-                            conn.buf = Vec::new();
-                            conn.state = ConnState::Writing { out, written: 0 };
-                            return Self::write_some(conn);
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => return Step::Close,
-                    }
-                }
-            }
-            ConnState::Writing { .. } => Self::write_some(conn),
-            ConnState::Draining => {
-                for _ in 0..16 {
-                    match conn.stream.read(&mut chunk) {
-                        Ok(0) => return Step::Close,
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => return Step::Close,
-                    }
-                }
-                Step::Keep
-            }
-        }
-    }
-
-    fn write_some(conn: &mut Conn) -> Step {
-        let ConnState::Writing { out, written } = &mut conn.state else {
-            return Step::Keep;
-        };
-        while *written < out.len() {
-            match conn.stream.write(&out[*written..]) {
-                Ok(0) => return Step::Close,
-                Ok(n) => *written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Keep,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return Step::Close,
-            }
-        }
-        if conn.stream.shutdown(Shutdown::Write).is_err() {
-            return Step::Close;
-        }
-        conn.state = ConnState::Draining;
-        Step::Keep
-    }
-}
-
-fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! The seeding plan's side of [`Swarm`]: who holds which piece, what an origin seeder
+//! hands each follower next ([`Swarm::plan_next`]) and which follower requests it admits
+//! ([`Swarm::plan_admit`]), and the upload counts they rest on.
+//!
+//! Separate from the parent because it is only the seeder's bookkeeping (the module docs
+//! there say why the plan exists); the downloader's picker is in `pick.rs`.
+
+use super::*;
+
+impl Swarm {
+    /// Counts a block (or a bigger request's span, counted in 16 KiB blocks) uploaded to
+    /// connection `to`, for the stats, for [`Swarm::spread`] and for the seeding plan (a
+    /// piece nobody holds becomes held by its first receiver).
+    pub fn record_upload(&mut self, to: PeerKey, block: BlockRef) {
+        self.stats.uploaded += u64::from(block.len);
+        let i = block.piece.as_usize();
+        let s = &mut self.served_blocks[i];
+        *s = s.saturating_add(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
+        let s = *s;
+        if !self.holder_live(i) {
+            self.holder[i] = Some(to);
+        }
+        if self.first_pass_left > 0
+            && s >= self.lengths.blocks_in_piece(block.piece)
+            && !std::mem::replace(&mut self.served_whole[i], true)
+        {
+            self.first_pass_left -= 1;
+        }
+    }
+
+    pub(super) fn holder_live(&self, i: usize) -> bool {
+        self.holder[i].is_some_and(|k| self.slot(k).is_some())
+    }
+
+    /// Whether some other connection than ours can pass the piece on: a live connection
+    /// announced it, or its first copy went (is going) to a connection still here.
+    pub fn has_source(&self, piece: PieceIndex) -> bool {
+        let i = piece.as_usize();
+        self.availability[i] > 0 || (self.served_blocks[i] > 0 && self.holder_live(i))
+    }
+
+    /// Whether at least one whole copy of the piece went out.
+    pub fn served_once(&self, piece: PieceIndex) -> bool {
+        self.served_blocks[piece.as_usize()] >= self.lengths.blocks_in_piece(piece)
+    }
+
+    /// The connection the piece's first copy was handed to, if it is still here.
+    pub fn holder(&self, piece: PieceIndex) -> Option<PeerKey> {
+        let i = piece.as_usize();
+        self.holder_live(i).then(|| self.holder[i]).flatten()
+    }
+
+    /// See the `plan_epoch` field.
+    pub fn plan_epoch(&self) -> u64 {
+        self.plan_epoch
+    }
+
+    /// Seeding plan: whether every piece has gone out whole at least once.
+    pub fn first_pass_done(&self) -> bool {
+        self.first_pass_left == 0
+    }
+
+    /// Connections in the swarm now.
+    pub fn live_peers(&self) -> usize {
+        self.peers.len() - self.spare_peers.len()
+    }
+
+    /// Seeding plan: the next piece to hand to connection `to` (whose remote holds
+    /// `remote`), which becomes its holder. First every piece once, in order; once all are
+    /// handed out, pieces that lost every source (their holder left before passing them
+    /// on, nobody announces them). `None`: nothing to hand out now.
+    pub fn plan_next(&mut self, to: PeerKey, remote: &Bitfield) -> Option<PieceIndex> {
+        let n = self.lengths.piece_count();
+        // Fresh pieces: the cursor moves over pieces handed out; a piece this remote
+        // already has is left for another connection.
+        let mut i = self.fresh_cursor;
+        while i < n {
+            if self.holder[i as usize].is_some() || self.served_blocks[i as usize] > 0 {
+                if i == self.fresh_cursor {
+                    self.fresh_cursor += 1;
+                }
+                i += 1;
+                continue;
+            }
+            if !remote.get(i) {
+                self.holder[i as usize] = Some(to);
+                return self.lengths.piece(i);
+            }
+            i += 1;
+        }
+        // Pieces without a source, handed out again.
+        for p in self.lengths.pieces() {
+            let i = p.as_usize();
+            if remote.get(p.get()) || self.holder[i] == Some(to) || self.has_source(p) {
+                continue;
+            }
+            if self.holder_live(i) && self.served_blocks[i] == 0 {
+                // Handed to a live connection that has not asked for it yet.
+                continue;
+            }
+            self.holder[i] = Some(to);
+            return Some(p);
+        }
+        None
+    }
+
+    /// Seeding plan: whether to serve a request of connection `from` for `block`, a
+    /// remote that follows the plan. Yes for a piece handed to it, or one without any
+    /// other source (its holder left or failed it); otherwise yes only while the budget
+    /// for extra copies lasts (end-game help). A refusal is answered with a reject.
+    pub fn plan_admit(&mut self, from: PeerKey, block: BlockRef) -> bool {
+        let i = block.piece.as_usize();
+        if self.holder[i] == Some(from) {
+            return true;
+        }
+        if !self.has_source(block.piece) {
+            self.holder[i] = Some(from);
+            return true;
+        }
+        let n = u64::from(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
+        if self.extra_blocks + n <= self.extra_budget {
+            self.extra_blocks += n;
+            return true;
+        }
+        false
+    }
+
+    /// How widely a piece is spread, as far as we know: connections that announced it
+    /// plus the copies we uploaded ourselves (which may not be announced yet), in
+    /// sixteenths of a copy. Lower is rarer.
+    pub fn spread(&self, piece: PieceIndex) -> u64 {
+        let blocks = u64::from(self.lengths.blocks_in_piece(piece).max(1));
+        let served = u64::from(self.served_blocks[piece.as_usize()]);
+        u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
+    }
+}
