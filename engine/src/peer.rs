@@ -613,16 +613,25 @@ impl PeerConn {
         let forget = self.cfg.request_timeout * 2;
         self.outstanding
             .retain(|_, o| !(o.live == 0 && now.saturating_duration_since(o.sent) > forget));
-        if !self.am_choking
-            && now.saturating_duration_since(self.last_upload) > self.cfg.upload_stall_timeout
-        {
-            self.choke_remote(swarm);
-            self.unchoke_after = Some(now + self.cfg.stall_penalty);
+        if !self.am_choking {
+            let idle = now.saturating_duration_since(self.last_upload);
+            let window = self.cfg.contended_upload_idle;
+            if idle > self.cfg.upload_stall_timeout {
+                self.choke_remote(swarm);
+                self.unchoke_after = Some(now + self.cfg.stall_penalty);
+            } else if idle > window
+                && swarm.slots_wanted_since(now.checked_sub(window * 2).unwrap_or(now))
+            {
+                // Others wait for a slot this remote does not use: give it back, and let
+                // it queue again shortly (it may want more once it is told of new pieces).
+                self.choke_remote(swarm);
+                self.unchoke_after = Some(now + window);
+            }
         }
         if self.peer_interested
             && self.am_choking
             && self.may_unchoke(now)
-            && swarm.try_unchoke(self.key)
+            && swarm.try_unchoke(self.key, now)
         {
             self.am_choking = false;
             self.last_upload = now;

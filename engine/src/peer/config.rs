@@ -30,6 +30,11 @@ pub struct PeerConfig {
     pub upload_stall_timeout: Duration,
     /// How long such a remote stays choked before it may have a slot again.
     pub stall_penalty: Duration,
+    /// While every upload slot is taken and other interested remotes were refused one
+    /// (see [`crate::swarm::Swarm::slots_wanted_since`]), a remote idle this long gives its
+    /// slot back (and may queue again after as long): a seeder's slots go to the peers
+    /// that ask, not to those that got what the seeding plan gave them.
+    pub contended_upload_idle: Duration,
     pub initial_inflight: u64,
     pub min_inflight: u64,
     pub max_inflight: u64,
@@ -96,6 +101,7 @@ impl Default for PeerConfig {
             stalled_close_timeout: Duration::from_secs(40),
             upload_stall_timeout: Duration::from_secs(10),
             stall_penalty: Duration::from_secs(30),
+            contended_upload_idle: Duration::from_secs(1),
             initial_inflight: 1 << 20,
             min_inflight: 256 << 10,
             max_inflight: 64 << 20,

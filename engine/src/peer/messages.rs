@@ -129,7 +129,7 @@ impl PeerConn {
                 self.peer_interested = true;
                 if self.am_choking
                     && self.may_unchoke(self.last_recv)
-                    && swarm.try_unchoke(self.key)
+                    && swarm.try_unchoke(self.key, self.last_recv)
                 {
                     self.am_choking = false;
                     self.last_upload = self.last_recv;

@@ -2109,6 +2109,49 @@ fn remote_that_does_not_use_its_upload_slot_is_choked_then_forgiven() {
     assert!(!pc.choke_state().0);
 }
 
+/// A remote that stops asking gives its slot back within about a second while other
+/// interested remotes are refused one (a seeder of a big fleet: without this every slot
+/// sat with peers that had nothing to ask until the 10 s stall timeout), and keeps it
+/// while nobody waits.
+#[test]
+fn an_idle_slot_goes_back_when_others_wait_for_one() {
+    let (_t, mut s, mut pc, now) = opened(true, true);
+    let cfg = PeerConfig::default();
+    feed(
+        &mut s,
+        &mut pc,
+        &[Message::HaveNone, Message::Interested],
+        now,
+    )
+    .unwrap();
+    assert!(!pc.choke_state().0, "an interested remote gets a slot");
+    let idle = now + cfg.contended_upload_idle * 2;
+    pc.handle_tick(&mut s, idle);
+    assert!(!pc.choke_state().0, "nobody waits: the idle slot stays");
+    // Every other slot taken, then one more remote refused.
+    let cap = s.config().max_unchoked;
+    for i in 1..cap {
+        let k = s
+            .add_peer(format!("10.1.{}.{}", i / 250, i % 250 + 1).parse().unwrap())
+            .unwrap();
+        assert!(s.try_unchoke(k, idle));
+    }
+    let waiting = s.add_peer("10.2.0.1".parse().unwrap()).unwrap();
+    assert!(!s.try_unchoke(waiting, idle));
+    pc.handle_tick(&mut s, idle + Duration::from_millis(1));
+    assert!(
+        pc.choke_state().0,
+        "an idle slot is given back while others wait"
+    );
+    assert!(s.try_unchoke(waiting, idle + Duration::from_millis(2)));
+    // It may queue again after the short penalty, not the stall penalty.
+    pc.handle_tick(&mut s, idle + cfg.contended_upload_idle / 2);
+    assert!(pc.choke_state().0);
+    s.release_unchoke(waiting);
+    pc.handle_tick(&mut s, idle + cfg.contended_upload_idle * 2);
+    assert!(!pc.choke_state().0, "a freed slot goes to it again");
+}
+
 // ---- bounded work per hostile input ----
 
 #[test]
