@@ -105,43 +105,82 @@ fn file_problem(root: &Path, f: &FileSpec) -> Option<String> {
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let m = crate::info::load(&args.torrent)?;
     let (root, files) = locate(&m, &args.path)?;
-    let info = &m.info;
     let threads = match args.threads {
         Some(0) => return Err(Failure::input(anyhow!("--threads must be at least 1"))),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let f = check(&m, &root, &files, threads)?;
+    let out = Shown {
+        m: &m,
+        root: &root,
+        files: &files,
+    };
+    if args.json {
+        print(&format!("{}\n", to_json_line(&out.json(&f))))?;
+    } else {
+        print(&out.text(&f))?;
+    }
+    Ok(if f.all_ok() { Exit::Ok } else { Exit::DataBad })
+}
 
+/// What a check found.
+struct Findings {
+    /// Files that cannot be mapped (missing, wrong size, not a file), by index.
+    problems: Vec<(usize, String)>,
+    bad_pieces: Vec<u32>,
+    /// Per file: how many of its pieces are bad (only hashing can blame a present file).
+    file_bad: Vec<u32>,
+    /// Whether the pieces were hashed (not when some file cannot be mapped).
+    hashed: bool,
+}
+
+impl Findings {
+    fn all_ok(&self) -> bool {
+        self.bad_pieces.is_empty() && self.problems.is_empty()
+    }
+
+    fn problem(&self, i: usize) -> Option<&str> {
+        self.problems
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, p)| p.as_str())
+    }
+}
+
+/// Hashes every piece when every file can be mapped; otherwise marks the pieces the
+/// unmappable files touch bad and leaves the rest unchecked (reported as such).
+fn check(
+    m: &Metainfo,
+    root: &Path,
+    files: &[FileSpec],
+    threads: usize,
+) -> Result<Findings, Failure> {
+    let info = &m.info;
     let problems: Vec<(usize, String)> = files
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| file_problem(&root, f).map(|p| (i, p)))
+        .filter_map(|(i, f)| file_problem(root, f).map(|p| (i, p)))
         .collect();
-
-    let piece_ok: Vec<bool> = if problems.is_empty() {
+    let hashed = problems.is_empty();
+    let piece_ok: Vec<bool> = if hashed {
         let bar = progress(info.lengths.total_length(), "verifying");
-        let r = hash_check(&m, &root, &files, threads, &mut |n| bar.set_position(n));
+        let r = hash_check(m, root, files, threads, &mut |n| bar.set_position(n));
         bar.finish_and_clear();
         r?
     } else {
-        // Some files cannot be mapped; mark the pieces they touch bad, leave the rest
-        // unchecked (reported as such).
         let bad_files: Vec<usize> = problems.iter().map(|(i, _)| *i).collect();
         info.lengths
             .pieces()
             .map(|p| !info.files_of_piece(p).iter().any(|f| bad_files.contains(f)))
             .collect()
     };
-    let hashed = problems.is_empty();
-
     let bad_pieces: Vec<u32> = piece_ok
         .iter()
         .enumerate()
         .filter(|(_, ok)| !**ok)
         .map(|(i, _)| i as u32)
         .collect();
-    // Per file: how many of its pieces are bad (a file is bad if any piece is).
-    // Only hashing can blame a file that is present; without it only `problems` are known.
     let mut file_bad = vec![0u32; files.len()];
     for &p in bad_pieces.iter().filter(|_| hashed) {
         if let Some(pi) = info.lengths.piece(p) {
@@ -150,105 +189,125 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             }
         }
     }
-    let all_ok = bad_pieces.is_empty() && problems.is_empty();
-    let shown = |i: usize| root.join(&files[i].path).display().to_string();
-    let piece_files = |p: u32| -> Vec<usize> {
+    Ok(Findings {
+        problems,
+        bad_pieces,
+        file_bad,
+        hashed,
+    })
+}
+
+/// `corvid verify --json`, fields in the order printed.
+#[derive(serde::Serialize)]
+struct VerifyJson<'a> {
+    ok: bool,
+    info_hash: String,
+    pieces: u32,
+    hashed: bool,
+    bad_pieces: Vec<BadPiece>,
+    bad_files: Vec<BadFile<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct BadPiece {
+    piece: u32,
+    files: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct BadFile<'a> {
+    path: String,
+    bad_pieces: u32,
+    problem: &'a str,
+}
+
+/// The findings as the user sees them: paths under the payload's root.
+struct Shown<'a> {
+    m: &'a Metainfo,
+    root: &'a Path,
+    files: &'a [FileSpec],
+}
+
+impl Shown<'_> {
+    fn path(&self, i: usize) -> String {
+        self.root.join(&self.files[i].path).display().to_string()
+    }
+
+    fn piece_files(&self, p: u32) -> Vec<usize> {
+        let info = &self.m.info;
         info.lengths
             .piece(p)
             .map(|pi| info.files_of_piece(pi))
             .unwrap_or_default()
-    };
+    }
 
-    if args.json {
-        /// `corvid verify --json`, fields in the order printed.
-        #[derive(serde::Serialize)]
-        struct VerifyJson<'a> {
-            ok: bool,
-            info_hash: String,
-            pieces: u32,
-            hashed: bool,
-            bad_pieces: Vec<BadPiece>,
-            bad_files: Vec<BadFile<'a>>,
-        }
-        #[derive(serde::Serialize)]
-        struct BadPiece {
-            piece: u32,
-            files: Vec<String>,
-        }
-        #[derive(serde::Serialize)]
-        struct BadFile<'a> {
-            path: String,
-            bad_pieces: u32,
-            problem: &'a str,
-        }
-        let bad_p = bad_pieces
+    fn json<'f>(&self, f: &'f Findings) -> VerifyJson<'f> {
+        let bad_pieces = f
+            .bad_pieces
             .iter()
             .map(|&p| BadPiece {
                 piece: p,
-                files: piece_files(p).into_iter().map(shown).collect(),
+                files: self
+                    .piece_files(p)
+                    .into_iter()
+                    .map(|i| self.path(i))
+                    .collect(),
             })
             .collect();
-        let mut bad_f = Vec::new();
-        for (i, n) in file_bad.iter().enumerate() {
-            let problem = problems
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, p)| p.as_str());
-            if *n > 0 || problem.is_some() {
-                bad_f.push(BadFile {
-                    path: shown(i),
-                    bad_pieces: *n,
-                    problem: problem.unwrap_or("hash mismatch"),
-                });
-            }
+        let bad_files = f
+            .file_bad
+            .iter()
+            .enumerate()
+            .filter(|&(i, n)| *n > 0 || f.problem(i).is_some())
+            .map(|(i, n)| BadFile {
+                path: self.path(i),
+                bad_pieces: *n,
+                problem: f.problem(i).unwrap_or("hash mismatch"),
+            })
+            .collect();
+        VerifyJson {
+            ok: f.all_ok(),
+            info_hash: self.m.info_hash_hex(),
+            pieces: self.m.info.lengths.piece_count(),
+            hashed: f.hashed,
+            bad_pieces,
+            bad_files,
         }
-        let obj = VerifyJson {
-            ok: all_ok,
-            info_hash: m.info_hash_hex(),
-            pieces: info.lengths.piece_count(),
-            hashed,
-            bad_pieces: bad_p,
-            bad_files: bad_f,
-        };
-        print(&format!("{}\n", to_json_line(&obj)))?;
-    } else {
+    }
+
+    fn text(&self, f: &Findings) -> String {
         // Paths come from the torrent: escaped for the terminal (JSON escapes its own).
-        let shown = |i: usize| printable(&shown(i));
+        let shown = |i: usize| printable(&self.path(i));
+        let pieces = self.m.info.lengths.piece_count();
         let mut s = String::new();
-        for (i, p) in &problems {
+        for (i, p) in &f.problems {
             s += &format!("file {}: {p}\n", shown(*i));
         }
-        for &p in &bad_pieces {
-            let names: Vec<String> = piece_files(p).into_iter().map(shown).collect();
+        for &p in &f.bad_pieces {
+            let names: Vec<String> = self.piece_files(p).into_iter().map(shown).collect();
             s += &format!("bad piece {p}: {}\n", names.join(", "));
         }
-        for (i, n) in file_bad.iter().enumerate() {
-            if *n > 0 && !problems.iter().any(|(j, _)| *j == i) {
+        for (i, n) in f.file_bad.iter().enumerate() {
+            if *n > 0 && f.problem(i).is_none() {
                 s += &format!("bad file {}: {n} bad pieces\n", shown(i));
             }
         }
-        if all_ok {
+        if f.all_ok() {
             s += &format!(
-                "ok: all {} pieces match ({} files)\n",
-                info.lengths.piece_count(),
-                files.len()
+                "ok: all {pieces} pieces match ({} files)\n",
+                self.files.len()
             );
-        } else if hashed {
-            s += &format!(
-                "FAILED: {} of {} pieces bad\n",
-                bad_pieces.len(),
-                info.lengths.piece_count()
-            );
+        } else if f.hashed {
+            s += &format!("FAILED: {} of {pieces} pieces bad\n", f.bad_pieces.len());
         } else {
             s += &format!(
                 "FAILED: {} files missing or wrong size; {} pieces affected, the rest not hashed\n",
-                problems.len(),
-                bad_pieces.len()
+                f.problems.len(),
+                f.bad_pieces.len()
             );
         }
-        print(&s)?;
+        s
     }
-    Ok(if all_ok { Exit::Ok } else { Exit::DataBad })
 }
 
 /// Maps the payload read-only and checks every piece on the hasher pool.
