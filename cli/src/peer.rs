@@ -30,12 +30,13 @@ use anyhow::anyhow;
 
 use corvid_engine::deploy::content;
 use corvid_engine::deploy::contract::{PeerLine, ReleaseLine, ReleaseStatus};
-use corvid_engine::deploy::release::{ReleaseError, ReleasePaths};
+use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths};
 use corvid_engine::deploy::remote::{self, Existing, RemoteError};
 use corvid_engine::fsat::Dir;
 use corvid_engine::metrics::NodeMetrics;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
+use corvid_engine::peer::auth::Secret;
 use corvid_engine::reuse::Base;
 
 use crate::output::print;
@@ -391,25 +392,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     // Held until the release is in place (or this process ends): a second run on the
     // same DEST/TAG stops here with its own exit code instead of writing under us.
     let mut lock = Some(rel.lock().map_err(remote_failure)?);
-    let (m, secret) = match args.stdin_torrent {
-        Some(len) if args.stdin_control => remote::receive_torrent_framed(
-            &mut std::io::stdin().lock(),
-            len,
-            args.stdin_secret,
-            &rel,
-        )
-        .map_err(remote_failure)?,
-        Some(len) => {
-            remote::receive_torrent(&mut std::io::stdin().lock(), len, args.stdin_secret, &rel)
-                .map_err(remote_failure)?
-        }
-        None => {
-            let torrent = args.torrent.as_ref().ok_or_else(|| {
-                Failure::input(anyhow!("TORRENT is required without --stdin-torrent"))
-            })?;
-            (crate::info::load(torrent)?, None)
-        }
-    };
+    let (m, secret) = release_torrent(args, &rel)?;
     let json = args.node.json;
     let hash_threads = args.node.hash_threads.unwrap_or(2);
     let replace =
@@ -439,30 +422,7 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     let linger_end = args
         .stdin_control
         .then(|| LingerEnd::watch_stdin(stop.clone()));
-    // Storage starts at DEST and reaches the files through `releases/TAG.partial/`,
-    // refusing a link anywhere on the way (DEST itself is the operator's path).
-    let mut cfg = roles::node_config(
-        Mode::Download,
-        &m,
-        dest.clone(),
-        rel.partial_files(&content::release_files(&m.info)),
-        &args.node,
-        "0.0.0.0:0".parse().expect("constant address"),
-    )?;
-    if secret.is_some() {
-        cfg.peer.secret = secret;
-    }
-    cfg.linger = args.linger;
-    cfg.stall_timeout = args.stall_timeout;
-    cfg.base = release_base(args, &dest, &tag);
-    // PATH/.corvid/<info-hash>.<TAG>.resume: outside releases/, so the record is never
-    // part of the tree renamed into place (or pruned from the partial directory), and
-    // removed once the release is complete (the partial directory it describes is gone).
-    cfg.resume = Some(ResumeConfig {
-        path: resume::record_path(&dest, &m.info_hash, Some(&tag)),
-        keep_when_complete: false,
-        interval: args.resume_interval,
-    });
+    let cfg = release_node_config(args, &m, &rel, &dest, &tag, secret)?;
     let mut printer = Printer::new(
         json,
         m.info.lengths.total_length(),
@@ -506,6 +466,77 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             placed = Some(r);
         }
     });
+    release_exit(result, &mut printer, placed, hook_exit)
+}
+
+/// The release's torrent (and private-swarm secret): from the deployer on stdin, or a file.
+fn release_torrent(
+    args: &Args,
+    rel: &OpenRelease,
+) -> Result<(corvid_engine::metainfo::Metainfo, Option<Secret>), Failure> {
+    let stdin = &mut std::io::stdin().lock();
+    match args.stdin_torrent {
+        Some(len) if args.stdin_control => {
+            remote::receive_torrent_framed(stdin, len, args.stdin_secret, rel)
+                .map_err(remote_failure)
+        }
+        Some(len) => {
+            remote::receive_torrent(stdin, len, args.stdin_secret, rel).map_err(remote_failure)
+        }
+        None => {
+            let torrent = args.torrent.as_ref().ok_or_else(|| {
+                Failure::input(anyhow!("TORRENT is required without --stdin-torrent"))
+            })?;
+            Ok((crate::info::load(torrent)?, None))
+        }
+    }
+}
+
+/// The download of a release: into `releases/TAG.partial/`, with its base release and
+/// resume record.
+fn release_node_config(
+    args: &Args,
+    m: &corvid_engine::metainfo::Metainfo,
+    rel: &OpenRelease,
+    dest: &Path,
+    tag: &str,
+    secret: Option<Secret>,
+) -> Result<node::NodeConfig, Failure> {
+    // Storage starts at DEST and reaches the files through `releases/TAG.partial/`,
+    // refusing a link anywhere on the way (DEST itself is the operator's path).
+    let mut cfg = roles::node_config(
+        Mode::Download,
+        m,
+        dest.to_path_buf(),
+        rel.partial_files(&content::release_files(&m.info)),
+        &args.node,
+        "0.0.0.0:0".parse().expect("constant address"),
+    )?;
+    if secret.is_some() {
+        cfg.peer.secret = secret;
+    }
+    cfg.linger = args.linger;
+    cfg.stall_timeout = args.stall_timeout;
+    cfg.base = release_base(args, dest, tag);
+    // PATH/.corvid/<info-hash>.<TAG>.resume: outside releases/, so the record is never
+    // part of the tree renamed into place (or pruned from the partial directory), and
+    // removed once the release is complete (the partial directory it describes is gone).
+    cfg.resume = Some(ResumeConfig {
+        path: resume::record_path(dest, &m.info_hash, Some(tag)),
+        keep_when_complete: false,
+        interval: args.resume_interval,
+    });
+    Ok(cfg)
+}
+
+/// The exit of a release download: once the release is in place, a later failure while
+/// lingering is not the deploy's failure.
+fn release_exit(
+    result: Result<node::NodeReport, node::NodeError>,
+    printer: &mut Printer,
+    placed: Option<Result<(), Failure>>,
+    hook_exit: Exit,
+) -> Result<Exit, Failure> {
     match result {
         Ok(report) => {
             printer.report(&report);
@@ -518,8 +549,6 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
         Err(e) => {
             printer.finish();
             match placed {
-                // The release is in place; a later failure while lingering is not the
-                // deploy's failure.
                 Some(Ok(())) => Ok(hook_exit),
                 _ => Err(roles::node_failure(e)),
             }
