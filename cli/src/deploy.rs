@@ -254,20 +254,7 @@ impl Display {
                 ssh,
                 binary_bytes,
                 pieces,
-            } => {
-                if *swarm > 0 {
-                    self.say(&format!(
-                        "installing corvid ({}) on {} hosts: {swarm} by the swarm ({pieces} pieces), {ssh} over ssh",
-                        human_size(*binary_bytes),
-                        swarm + ssh
-                    ));
-                } else if *ssh > 0 {
-                    self.say(&format!(
-                        "installing corvid ({}) on {ssh} hosts over ssh",
-                        human_size(*binary_bytes)
-                    ));
-                }
-            }
+            } => self.installing(*swarm, *ssh, *binary_bytes, *pieces),
             FleetEvent::Installed { host, how } => {
                 let why = match how {
                     CorvidInstall::SwarmThenSsh(w) => format!(" (swarm failed: {w})"),
@@ -306,29 +293,7 @@ impl Display {
                 hosts,
                 ok,
                 rolled_back,
-            } => {
-                if self.json {
-                    print_line(&DeployLine::Wave {
-                        wave: *wave,
-                        hosts,
-                        ok: *ok,
-                        rolled_back,
-                    });
-                }
-                let mut line = format!(
-                    "wave {wave} ({}): {}",
-                    hosts.join(","),
-                    if *ok {
-                        "activated"
-                    } else {
-                        "FAILED: the rollout stops here, later waves keep their old release"
-                    }
-                );
-                if !rolled_back.is_empty() {
-                    line.push_str(&format!("; rolled back {}", rolled_back.join(",")));
-                }
-                self.say(&line);
-            }
+            } => self.wave(*wave, hosts, *ok, rolled_back),
             FleetEvent::PeersStopped { peers } => {
                 if self.json {
                     print_line(&DeployLine::PeersStopped { peers: *peers });
@@ -341,6 +306,46 @@ impl Display {
             }
         }
         self.refresh();
+    }
+
+    fn installing(&mut self, swarm: usize, ssh: usize, binary_bytes: u64, pieces: u32) {
+        if swarm > 0 {
+            self.say(&format!(
+                "installing corvid ({}) on {} hosts: {swarm} by the swarm ({pieces} pieces), {ssh} over ssh",
+                human_size(binary_bytes),
+                swarm + ssh
+            ));
+        } else if ssh > 0 {
+            self.say(&format!(
+                "installing corvid ({}) on {ssh} hosts over ssh",
+                human_size(binary_bytes)
+            ));
+        }
+    }
+
+    /// A wave of a rolling activation is over.
+    fn wave(&mut self, wave: usize, hosts: &[String], ok: bool, rolled_back: &[String]) {
+        if self.json {
+            print_line(&DeployLine::Wave {
+                wave,
+                hosts,
+                ok,
+                rolled_back,
+            });
+        }
+        let mut line = format!(
+            "wave {wave} ({}): {}",
+            hosts.join(","),
+            if ok {
+                "activated"
+            } else {
+                "FAILED: the rollout stops here, later waves keep their old release"
+            }
+        );
+        if !rolled_back.is_empty() {
+            line.push_str(&format!("; rolled back {}", rolled_back.join(",")));
+        }
+        self.say(&line);
     }
 
     /// A host's final result: a JSON line, and the count and a line unless its release
