@@ -5,6 +5,10 @@
 use super::*;
 
 impl<S: Service> Core<S> {
+    /// About 100 lines, kept whole on purpose: each step re-borrows the slab entry, the
+    /// service and the ring through `io_parts` with the entry's state checked first, and
+    /// splitting it into functions would pass five borrows around or re-look-up the entry
+    /// between the checks and the submission that relies on them.
     pub(super) fn drive_recv(&mut self, slot: u32) {
         let now = self.now;
         for _ in 0..MAX_DRIVE_STEPS {
