@@ -443,9 +443,6 @@ fn hostile_connections_are_dropped_and_a_good_peer_still_completes() {
 /// connections between them is closed as a duplicate, and the address it dialled must not
 /// be dialled again every redial while the other connection lives (it was, every 2 s).
 #[test]
-#[ignore = "regressed this session (4-6 duplicates in 12 s in about half the runs; the build before it \
-            passed 2 of 2): the duplicate tie-break is per side, not agreed between the peers; \
-            to fix first next session (keep the connection the smaller peer id opened)"]
 fn peers_that_dial_each_other_keep_one_connection() {
     // Alone: sibling tests loading the cores change which handshake of a crossing pair
     // finishes first on each side.

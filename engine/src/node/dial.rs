@@ -77,7 +77,7 @@ pub(super) fn dial(
     addr: SocketAddr,
 ) {
     let reaches = shared.same_peer.lock().get(&addr).copied();
-    if reaches.is_some_and(|id| shared.peer_ids.lock().contains(&id)) {
+    if reaches.is_some_and(|id| shared.peer_ids.lock().contains_key(&id)) {
         return;
     }
     if !shared.dialled.lock().insert(addr) {

@@ -30,14 +30,21 @@ use crate::storage::{Storage, BLOCK_IOVECS};
 use crate::wire::PIECE_HEADER_LEN;
 
 use super::door::CoreLock;
-use super::shared::{is_seeder_id, Shared};
+use super::shared::{is_seeder_id, keep_new_duplicate, Registered, Shared};
 
 /// Messages for a core's mailbox.
 #[derive(Debug)]
 pub enum NodeMsg {
     /// Something torrent-wide changed (a verified piece, a ban): poll every connection.
     Poll,
+    /// Another core kept a newer connection to this peer (see
+    /// [`keep_new_duplicate`](super::shared::keep_new_duplicate)): close `conn` if it
+    /// still is the one to `peer_id`.
+    CloseDuplicate { conn: ConnId, peer_id: [u8; 20] },
 }
+
+/// Why a duplicate connection to one peer is closed (tests look for it).
+const DUPLICATE: &str = "already connected to this peer";
 
 /// A payload being received for a block.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +87,52 @@ impl PeerService {
         }
     }
 
+    /// Makes `id` the connection kept for `peer_id`, unless one is kept already and the
+    /// rule both peers agree on keeps that one (returns false: close `id`). When the new
+    /// one wins, the old one's core is asked to close it.
+    fn register(
+        &self,
+        io: &mut CoreIo<'_, NodeMsg>,
+        id: ConnId,
+        conn: &Conn,
+        peer_id: [u8; 20],
+    ) -> bool {
+        let new = Registered {
+            core: io.core(),
+            conn: id,
+            outbound: conn.outbound,
+        };
+        let mut ids = self.shared.peer_ids.lock();
+        let Some(old) = ids.get(&peer_id).copied() else {
+            ids.insert(peer_id, new);
+            return true;
+        };
+        if !keep_new_duplicate(&self.shared.our_id, &peer_id, old.outbound, new.outbound) {
+            return false;
+        }
+        ids.insert(peer_id, new);
+        drop(ids);
+        if let Some(mb) = io.mailboxes().get(old.core) {
+            // A closed mailbox means the node is stopping: the old connection goes anyway.
+            let _ = mb.send(NodeMsg::CloseDuplicate {
+                conn: old.conn,
+                peer_id,
+            });
+        }
+        true
+    }
+
+    /// An outbound connection closed as a duplicate reaches a peer we are connected to
+    /// another way: do not dial its address again while that lasts.
+    fn note_same_peer(&self, conn: &Conn, peer_id: [u8; 20]) {
+        if conn.outbound {
+            self.shared
+                .same_peer
+                .lock()
+                .insert(conn.peer.addr(), peer_id);
+        }
+    }
+
     /// Acts on everything the protocol asked for since the last call.
     fn drain_events(&mut self, io: &mut CoreIo<'_, NodeMsg>, id: ConnId, conn: &mut Conn) {
         while let Some(ev) = conn.peer.poll_event() {
@@ -95,16 +148,9 @@ impl PeerService {
                         io.close(id);
                         continue;
                     }
-                    if !self.shared.peer_ids.lock().insert(peer_id) {
-                        // Two peers that both dial each other end up with two
-                        // connections; the one that finishes its handshake second goes.
-                        conn.reason = Some("already connected to this peer".into());
-                        if conn.outbound {
-                            self.shared
-                                .same_peer
-                                .lock()
-                                .insert(conn.peer.addr(), peer_id);
-                        }
+                    if !self.register(io, id, conn, peer_id) {
+                        conn.reason = Some(DUPLICATE.into());
+                        self.note_same_peer(conn, peer_id);
                         io.close(id);
                         continue;
                     }
@@ -369,15 +415,26 @@ impl Service for PeerService {
 
     fn on_mailbox(
         &mut self,
-        _io: &mut CoreIo<'_, NodeMsg>,
-        _conns: &mut Conns<'_, Conn, CloseReason>,
+        io: &mut CoreIo<'_, NodeMsg>,
+        conns: &mut Conns<'_, Conn, CloseReason>,
         msg: NodeMsg,
         _now: Instant,
     ) {
-        // The runtime polls every connection after a mailbox message, which is all a
-        // verified piece (have broadcast) or a ban needs.
         match msg {
+            // The runtime polls every connection after a mailbox message, which is all a
+            // verified piece (have broadcast) or a ban needs.
             NodeMsg::Poll => {}
+            NodeMsg::CloseDuplicate { conn: id, peer_id } => {
+                // The generation in `id` keeps this from reaching a newer connection in
+                // the same slot; the peer id check keeps it to the one it was meant for.
+                if let Some(conn) = conns.get_mut(id) {
+                    if conn.remote_id == Some(peer_id) {
+                        conn.reason = Some(DUPLICATE.into());
+                        self.note_same_peer(conn, peer_id);
+                        io.close(id);
+                    }
+                }
+            }
         }
     }
 
@@ -414,8 +471,8 @@ impl Service for PeerService {
 
     fn on_closed(
         &mut self,
-        _io: &mut CoreIo<'_, NodeMsg>,
-        _id: ConnId,
+        io: &mut CoreIo<'_, NodeMsg>,
+        id: ConnId,
         mut conn: Conn,
         reason: CloseCause<CloseReason>,
     ) {
@@ -430,8 +487,16 @@ impl Service for PeerService {
         }
         if conn.registered {
             c.peers.fetch_sub(1, Ordering::Relaxed);
-            if let Some(id) = conn.remote_id {
-                self.shared.peer_ids.lock().remove(&id);
+            if let Some(peer_id) = conn.remote_id {
+                let mut ids = self.shared.peer_ids.lock();
+                // Only if the entry still names this connection: a duplicate that won
+                // replaced it.
+                if ids
+                    .get(&peer_id)
+                    .is_some_and(|r| r.core == io.core() && r.conn == id)
+                {
+                    ids.remove(&peer_id);
+                }
             }
         }
         let why = conn.reason.take().unwrap_or_else(|| reason.to_string());

@@ -37,6 +37,34 @@ pub(crate) struct Counters {
     pub dials: AtomicU64,
 }
 
+/// Where the connection kept for one remote peer id lives, so a core that must give it up
+/// for a duplicate (see [`keep_new_duplicate`]) can ask its core to close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Registered {
+    pub core: usize,
+    pub conn: crate::runtime::ConnId,
+    pub outbound: bool,
+}
+
+/// Two peers that dial each other at once end up with two connections, and each side
+/// sees its two handshakes finish in its own order. Both sides must drop the same one,
+/// or a crossing pair loses both and crosses again at the next redial (seen: 4-6 in
+/// 12 s). The rule both can compute: keep the connection opened by the smaller peer id.
+/// Two connections opened by the same side (a reconnect) keep the older one.
+pub(crate) fn keep_new_duplicate(
+    our_id: &[u8; 20],
+    their_id: &[u8; 20],
+    existing_outbound: bool,
+    new_outbound: bool,
+) -> bool {
+    if existing_outbound == new_outbound {
+        return false;
+    }
+    let we_are_smaller = our_id < their_id;
+    // The connection we opened is the one to keep iff our id is the smaller.
+    new_outbound == we_are_smaller
+}
+
 /// State shared by every core and the control loop.
 pub(crate) struct Shared {
     /// The swarm, behind its one door.
@@ -47,7 +75,8 @@ pub(crate) struct Shared {
     pub verdict_tx: Sender<HashVerdict>,
     pub peer_cfg: PeerConfig,
     pub our_id: [u8; 20],
-    pub peer_ids: Mutex<HashSet<[u8; 20]>>,
+    /// The one connection kept per remote peer id (see [`Registered`]).
+    pub peer_ids: Mutex<HashMap<[u8; 20], Registered>>,
     pub counters: Counters,
     pub max_connections: usize,
     /// Inbound connections per remote address (see [`per_ip_limits`]).
@@ -93,7 +122,7 @@ impl Shared {
             verdict_tx,
             peer_cfg,
             our_id: make_peer_id(cfg.mode, entropy()),
-            peer_ids: Mutex::new(HashSet::new()),
+            peer_ids: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             max_connections: cfg.max_connections,
             per_ip: Mutex::new(PerIp::new(per_ip_limits(cfg.max_connections))),
@@ -212,4 +241,50 @@ pub(super) fn nonce_key() -> [u8; 20] {
         key[..8].copy_from_slice(&entropy().to_le_bytes());
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_new_duplicate;
+
+    /// Each side of a crossing pair sees the same two sockets, with directions swapped and
+    /// either order of handshakes: both must keep the same socket.
+    #[test]
+    fn both_sides_of_a_crossing_pair_keep_the_same_connection() {
+        let (a, b) = ([1u8; 20], [2u8; 20]);
+        // Socket s1 was opened by a, s2 by b. On a: s1 outbound, s2 inbound; on b the
+        // reverse. `kept(side, first, second)` names the socket the side keeps when
+        // `first` finished its handshake before `second`.
+        let kept = |us: &[u8; 20], them: &[u8; 20], first_opened_by_us: bool| {
+            let keep_new = keep_new_duplicate(us, them, first_opened_by_us, !first_opened_by_us);
+            // The socket opened by us is "s1" on a and "s2" on b.
+            let opened_by_us_kept = keep_new != first_opened_by_us;
+            let ours_is_s1 = us == &a;
+            if opened_by_us_kept == ours_is_s1 {
+                "s1"
+            } else {
+                "s2"
+            }
+        };
+        for a_first_outbound in [true, false] {
+            for b_first_outbound in [true, false] {
+                assert_eq!(
+                    kept(&a, &b, a_first_outbound),
+                    kept(&b, &a, b_first_outbound),
+                    "a saw its outbound first: {a_first_outbound}, b: {b_first_outbound}"
+                );
+            }
+        }
+        // And it is the smaller id's connection.
+        assert_eq!(kept(&a, &b, true), "s1");
+    }
+
+    #[test]
+    fn a_second_connection_in_the_same_direction_leaves_the_first() {
+        let (a, b) = ([1u8; 20], [2u8; 20]);
+        for outbound in [true, false] {
+            assert!(!keep_new_duplicate(&a, &b, outbound, outbound));
+            assert!(!keep_new_duplicate(&b, &a, outbound, outbound));
+        }
+    }
 }
