@@ -4,9 +4,10 @@
 //! A sender pushes the message into the channel first and then writes to the eventfd, so by
 //! the time the ring's read completes the message is visible; the core then drains the
 //! channel. Messages carry work that must run on the owning core: dial a peer, shut down,
-//! or the service's own message (the node sends only `NodeMsg::Poll`: "the swarm changed,
-//! poll every connection"; haves and verdicts themselves reach the connections through the
-//! shared swarm, not through the mailbox).
+//! or the service's own message (the node sends `NodeMsg::Poll`: "the swarm changed,
+//! poll every connection", and `NodeMsg::CloseDuplicate` when another core kept a second
+//! connection to the same peer; haves and verdicts themselves reach the connections through
+//! the shared swarm, not through the mailbox).
 
 use crossbeam_channel::{Receiver, Sender};
 use std::io;
