@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod deploy;
 pub mod fleet;
 pub mod rawpeer;
+pub mod release;
 
 /// Path of the `corvid` binary cargo built for these tests.
 pub fn corvid_bin() -> PathBuf {
