@@ -28,10 +28,15 @@ impl Release {
     /// A tree from `make_tree` (`big` bytes in its largest file) with a torrent announcing
     /// to `tracker`; waits of up to 120 s, peers stall after 100 s.
     pub fn new(tracker: &str, big: usize, piece_size: &str, seed: u64) -> Release {
+        Release::with_payload(tracker, piece_size, |payload| make_tree(payload, big, seed))
+    }
+
+    /// A payload directory that `fill` writes, with a torrent announcing to `tracker`.
+    pub fn with_payload(tracker: &str, piece_size: &str, fill: impl FnOnce(&Path)) -> Release {
         let dir = tempfile::tempdir().expect("tempdir");
         let parent = dir.path().join("src");
         let payload = parent.join("payload");
-        make_tree(&payload, big, seed);
+        fill(&payload);
         let torrent = dir.path().join("release.torrent");
         make_torrent(&payload, &torrent, tracker, piece_size);
         let info = torrent_info(&torrent);
