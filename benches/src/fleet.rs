@@ -10,6 +10,12 @@
 //! The physical lower bound is S/C: every receiver must take S bytes through its own
 //! link of capacity C. (Protocol headers make even that unreachable by a few percent.)
 //! The fleet is torn down after each size, on failure and on interrupt.
+//!
+//! Here: the scenario's steps ([`run`]: per fleet size a link check, then every method's
+//! runs) and the copy methods; a method is one arm of `run_method` and a function taking
+//! the [`Trial`]. `hosts.rs` is the fleet itself (up, down, run on hosts, SHA-1 check),
+//! `swarms.rs` the `corvid` and `stock` methods. The run loop shared with `link` is
+//! [`crate::trial`].
 
 mod hosts;
 mod swarms;
@@ -31,7 +37,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `stock`: libtorrent seeds, aria2 downloads, opentracker introduces them (see
-/// [`run_stock`]): the stock-client baseline on the same fleet.
+/// `swarms::run_stock`): the stock-client baseline on the same fleet.
 pub const METHODS: &[&str] = &["scp-seq", "scp-par", "rsync", "corvid", "stock"];
 
 /// Fixed ports are safe here: each fleet host is a fresh network namespace of its own.
