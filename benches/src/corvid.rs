@@ -7,6 +7,7 @@
 use crate::json::{self, Json};
 use crate::proc::{self, ExitInfo, Proc, ProcEvent, Stream, Usage};
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -207,7 +208,41 @@ pub struct SwarmOutcome {
 /// passing is an error naming the host; every process is killed by PID on return.
 pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
     let (tx, rx) = mpsc::channel();
-    let mut argv: Vec<String> = vec![
+    let (seed, seed_ready_s) = start_seed(s, &tx, &rx)?;
+    let t0 = Instant::now();
+    let mut w = Watch::start(s, t0, &tx)?;
+    while w.exits.iter().any(Option::is_none) {
+        w.stop_when_all_complete();
+        let left = (t0 + s.timeout).saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ProcEvent::Exit { idx: 0, exit, .. }) => bail!(
+                "corvid seed on {} exited during the transfer ({}): {}",
+                s.seed_host,
+                exit.describe(),
+                seed.stderr_tail()
+            ),
+            Ok(ev) => w.on_event(ev)?,
+            Err(_) => return Err(w.timed_out()),
+        }
+    }
+    let seed_usage = stop_seed(s, &seed, &rx)?;
+    let peers = w.outcomes()?;
+    Ok(SwarmOutcome {
+        seconds: peers.iter().map(|p| p.seconds).fold(0.0, f64::max),
+        seed_ready_s,
+        peers,
+        seed_usage,
+    })
+}
+
+/// Starts the seeder (event index 0) and waits for its `listening` event; returns it and
+/// the seconds that took.
+fn start_seed(
+    s: &Swarm,
+    tx: &mpsc::Sender<ProcEvent>,
+    rx: &mpsc::Receiver<ProcEvent>,
+) -> Result<(Proc, f64)> {
+    let argv: Vec<String> = vec![
         s.bin.display().to_string(),
         "seed".into(),
         s.torrent.display().to_string(),
@@ -227,7 +262,7 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
         tx.clone(),
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let seed_ready_s = loop {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(ProcEvent::Line {
@@ -237,7 +272,7 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
                 ..
             }) => {
                 if parse_listening(&text).is_some() {
-                    break at.duration_since(t_seed).as_secs_f64();
+                    return Ok((seed, at.duration_since(t_seed).as_secs_f64()));
                 }
             }
             Ok(ProcEvent::Line { .. }) => {}
@@ -253,162 +288,192 @@ pub fn run_swarm(s: &Swarm) -> Result<SwarmOutcome> {
                 seed.stderr_tail()
             ),
         }
-    };
-
-    let t0 = Instant::now();
-    let mut peers = Vec::new();
-    for (i, p) in s.peers.iter().enumerate() {
-        argv = vec![
-            s.bin.display().to_string(),
-            "peer".into(),
-            s.torrent.display().to_string(),
-            p.dest_dir.display().to_string(),
-            "--listen".into(),
-            p.listen.clone(),
-            "--linger".into(),
-            linger_arg(s.linger),
-            "--json".into(),
-        ];
-        peers.push(Proc::spawn(
-            &format!("corvid peer on {}", p.host),
-            &mut p.runner.command(&argv),
-            i + 1,
-            tx.clone(),
-        )?);
     }
-    let n = peers.len();
-    let mut done_at: Vec<Option<(f64, PeerReport)>> = vec![None; n];
-    let mut complete_at: Vec<Option<f64>> = vec![None; n];
-    let mut exits: Vec<Option<(f64, ExitInfo)>> = vec![None; n];
-    // Each peer's last stdout lines (progress, closed connections), for a timeout's report.
-    let mut last_out: Vec<std::collections::VecDeque<String>> = vec![Default::default(); n];
-    let deadline = t0 + s.timeout;
-    let mut terminated = false;
-    while exits.iter().any(Option::is_none) {
-        // Once every peer holds the payload verified, lingering ones are told to stop
-        // (they then print their `done` report and exit).
-        if !terminated && complete_at.iter().all(Option::is_some) {
-            for p in &peers {
-                p.signal(libc::SIGTERM);
-            }
-            terminated = true;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(ProcEvent::Line {
-                idx,
-                stream: Stream::Out,
-                at,
-                text,
-            }) if idx >= 1 => {
-                let keep = &mut last_out[idx - 1];
-                if keep.len() == 6 {
-                    keep.pop_front();
-                }
-                keep.push_back(text.clone());
-                // The peer's completion time is when it says every piece is verified
-                // (`complete`), not when it exits after lingering and flushing.
-                if is_complete_event(&text) && complete_at[idx - 1].is_none() {
-                    complete_at[idx - 1] = Some(at.duration_since(t0).as_secs_f64());
-                }
-                if let Some(report) = parse_done(&text)
-                    .with_context(|| format!("corvid peer on {}", s.peers[idx - 1].host))?
-                {
-                    let t = complete_at[idx - 1].unwrap_or(at.duration_since(t0).as_secs_f64());
-                    complete_at[idx - 1].get_or_insert(t);
-                    done_at[idx - 1] = Some((t, report));
-                }
-            }
-            Ok(ProcEvent::Line { .. }) => {}
-            Ok(ProcEvent::Exit { idx: 0, exit, .. }) => bail!(
-                "corvid seed on {} exited during the transfer ({}): {}",
-                s.seed_host,
-                exit.describe(),
-                seed.stderr_tail()
-            ),
-            Ok(ProcEvent::Exit { idx, at, exit }) => {
-                let i = idx - 1;
-                let host = &s.peers[i].host;
-                // A lingering peer we told to stop may exit by the signal: fine once done.
-                let by_us = terminated && done_at[i].is_some();
-                if !exit.success() && !by_us {
-                    bail!(
-                        "corvid peer on {host} failed ({}): {}",
-                        exit.describe(),
-                        peers[i].stderr_tail()
-                    );
-                }
-                if done_at[i].is_none() {
-                    bail!(
-                        "corvid peer on {host} exited 0 without a done report on stdout \
-                         (is --json supported?): {}",
-                        peers[i].stderr_tail()
-                    );
-                }
-                exits[i] = Some((at.duration_since(t0).as_secs_f64(), exit));
-            }
-            Err(_) => {
-                let missing: Vec<&str> = (0..n)
-                    .filter(|&i| done_at[i].is_none())
-                    .map(|i| s.peers[i].host.as_str())
-                    .collect();
-                let tails: Vec<String> = (0..n)
-                    .filter(|&i| done_at[i].is_none())
-                    .map(|i| {
-                        let out: Vec<&str> = last_out[i].iter().map(String::as_str).collect();
-                        format!(
-                            "{}: stderr {}; last stdout {}",
-                            s.peers[i].host,
-                            peers[i].stderr_tail(),
-                            out.join(" ")
-                        )
-                    })
-                    .collect();
-                bail!(
-                    "corvid swarm timed out after {:.0}s; not done: {}; their stderr: {}",
-                    s.timeout.as_secs_f64(),
-                    missing.join(", "),
-                    tails.join(" | ")
-                );
-            }
-        }
-    }
+}
 
-    // Stop the seeder and collect its usage (SIGTERM, then SIGKILL after 10s).
+/// Stops the seeder and collects its usage (SIGTERM, then SIGKILL after 10s).
+fn stop_seed(s: &Swarm, seed: &Proc, rx: &mpsc::Receiver<ProcEvent>) -> Result<Usage> {
     seed.signal(libc::SIGTERM);
     let kill_at = Instant::now() + Duration::from_secs(10);
-    let seed_usage = loop {
+    loop {
         let left = kill_at.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(ProcEvent::Exit { idx: 0, exit, .. }) => break exit.usage,
+            Ok(ProcEvent::Exit { idx: 0, exit, .. }) => return Ok(exit.usage),
             Ok(_) => {}
             Err(_) => {
                 seed.signal(libc::SIGKILL);
                 match rx.recv_timeout(Duration::from_secs(10)) {
-                    Ok(ProcEvent::Exit { idx: 0, exit, .. }) => break exit.usage,
+                    Ok(ProcEvent::Exit { idx: 0, exit, .. }) => return Ok(exit.usage),
                     _ => bail!("corvid seed on {} could not be reaped", s.seed_host),
                 }
             }
         }
-    };
-
-    let mut out = Vec::new();
-    for (i, (d, e)) in done_at.into_iter().zip(exits).enumerate() {
-        let (secs, report) = d.ok_or_else(|| anyhow!("peer {i} has no report"))?;
-        let (_, exit) = e.ok_or_else(|| anyhow!("peer {i} has no exit"))?;
-        out.push(PeerOutcome {
-            host: s.peers[i].host.clone(),
-            seconds: secs,
-            report,
-            usage: exit.usage,
-        });
     }
-    Ok(SwarmOutcome {
-        seconds: out.iter().map(|p| p.seconds).fold(0.0, f64::max),
-        seed_ready_s,
-        peers: out,
-        seed_usage,
-    })
+}
+
+/// The peers of a swarm (peer i is event index i + 1) and what each has said so far.
+struct Watch<'a> {
+    s: &'a Swarm<'a>,
+    /// When the peers were started: every time below counts from here.
+    t0: Instant,
+    peers: Vec<Proc>,
+    done_at: Vec<Option<(f64, PeerReport)>>,
+    complete_at: Vec<Option<f64>>,
+    exits: Vec<Option<(f64, ExitInfo)>>,
+    /// Each peer's last stdout lines (progress, closed connections), for a timeout's report.
+    last_out: Vec<VecDeque<String>>,
+    terminated: bool,
+}
+
+impl<'a> Watch<'a> {
+    /// Starts every peer at once.
+    fn start(s: &'a Swarm<'a>, t0: Instant, tx: &mpsc::Sender<ProcEvent>) -> Result<Watch<'a>> {
+        let mut peers = Vec::new();
+        for (i, p) in s.peers.iter().enumerate() {
+            let argv = vec![
+                s.bin.display().to_string(),
+                "peer".into(),
+                s.torrent.display().to_string(),
+                p.dest_dir.display().to_string(),
+                "--listen".into(),
+                p.listen.clone(),
+                "--linger".into(),
+                linger_arg(s.linger),
+                "--json".into(),
+            ];
+            peers.push(Proc::spawn(
+                &format!("corvid peer on {}", p.host),
+                &mut p.runner.command(&argv),
+                i + 1,
+                tx.clone(),
+            )?);
+        }
+        let n = peers.len();
+        Ok(Watch {
+            s,
+            t0,
+            peers,
+            done_at: vec![None; n],
+            complete_at: vec![None; n],
+            exits: vec![None; n],
+            last_out: vec![VecDeque::new(); n],
+            terminated: false,
+        })
+    }
+
+    /// Once every peer holds the payload verified, lingering ones are told to stop
+    /// (they then print their `done` report and exit).
+    fn stop_when_all_complete(&mut self) {
+        if !self.terminated && self.complete_at.iter().all(Option::is_some) {
+            for p in &self.peers {
+                p.signal(libc::SIGTERM);
+            }
+            self.terminated = true;
+        }
+    }
+
+    /// A peer's stdout line or exit (the seeder's are not handed here).
+    fn on_event(&mut self, ev: ProcEvent) -> Result<()> {
+        match ev {
+            ProcEvent::Line {
+                idx,
+                stream: Stream::Out,
+                at,
+                text,
+            } if idx >= 1 => self.on_line(idx - 1, at, text),
+            ProcEvent::Line { .. } => Ok(()),
+            ProcEvent::Exit { idx, at, exit } => self.on_exit(idx - 1, at, exit),
+        }
+    }
+
+    fn on_line(&mut self, i: usize, at: Instant, text: String) -> Result<()> {
+        let keep = &mut self.last_out[i];
+        if keep.len() == 6 {
+            keep.pop_front();
+        }
+        keep.push_back(text.clone());
+        let since = at.duration_since(self.t0).as_secs_f64();
+        // The peer's completion time is when it says every piece is verified
+        // (`complete`), not when it exits after lingering and flushing.
+        if is_complete_event(&text) && self.complete_at[i].is_none() {
+            self.complete_at[i] = Some(since);
+        }
+        if let Some(report) =
+            parse_done(&text).with_context(|| format!("corvid peer on {}", self.s.peers[i].host))?
+        {
+            let t = *self.complete_at[i].get_or_insert(since);
+            self.done_at[i] = Some((t, report));
+        }
+        Ok(())
+    }
+
+    fn on_exit(&mut self, i: usize, at: Instant, exit: ExitInfo) -> Result<()> {
+        let host = &self.s.peers[i].host;
+        // A lingering peer we told to stop may exit by the signal: fine once done.
+        let by_us = self.terminated && self.done_at[i].is_some();
+        if !exit.success() && !by_us {
+            bail!(
+                "corvid peer on {host} failed ({}): {}",
+                exit.describe(),
+                self.peers[i].stderr_tail()
+            );
+        }
+        if self.done_at[i].is_none() {
+            bail!(
+                "corvid peer on {host} exited 0 without a done report on stdout \
+                 (is --json supported?): {}",
+                self.peers[i].stderr_tail()
+            );
+        }
+        self.exits[i] = Some((at.duration_since(self.t0).as_secs_f64(), exit));
+        Ok(())
+    }
+
+    /// The error for a swarm past its time limit: which peers are not done, with their
+    /// stderr and last stdout lines.
+    fn timed_out(&self) -> anyhow::Error {
+        let not_done: Vec<usize> = (0..self.peers.len())
+            .filter(|&i| self.done_at[i].is_none())
+            .collect();
+        let missing: Vec<&str> = not_done
+            .iter()
+            .map(|&i| self.s.peers[i].host.as_str())
+            .collect();
+        let tails: Vec<String> = not_done
+            .iter()
+            .map(|&i| {
+                let out: Vec<&str> = self.last_out[i].iter().map(String::as_str).collect();
+                format!(
+                    "{}: stderr {}; last stdout {}",
+                    self.s.peers[i].host,
+                    self.peers[i].stderr_tail(),
+                    out.join(" ")
+                )
+            })
+            .collect();
+        anyhow!(
+            "corvid swarm timed out after {:.0}s; not done: {}; their stderr: {}",
+            self.s.timeout.as_secs_f64(),
+            missing.join(", "),
+            tails.join(" | ")
+        )
+    }
+
+    /// Each peer's completion time, report and usage, once all have exited.
+    fn outcomes(self) -> Result<Vec<PeerOutcome>> {
+        let mut out = Vec::new();
+        for (i, (d, e)) in self.done_at.into_iter().zip(self.exits).enumerate() {
+            let (secs, report) = d.ok_or_else(|| anyhow!("peer {i} has no report"))?;
+            let (_, exit) = e.ok_or_else(|| anyhow!("peer {i} has no exit"))?;
+            out.push(PeerOutcome {
+                host: self.s.peers[i].host.clone(),
+                seconds: secs,
+                report,
+                usage: exit.usage,
+            });
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

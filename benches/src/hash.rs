@@ -106,24 +106,40 @@ pub fn run(a: HashArgs) -> Result<()> {
     );
     let piece_length = auto_piece_length(size);
     let lengths = Lengths::new(size, piece_length, size.div_ceil(piece_length))?;
-    let mut rows: Vec<(String, Duration)> = Vec::new();
+    let mut rows: Vec<(String, Duration)> = vec![
+        (
+            "sha1sum (process, 1 thread)".into(),
+            time_sha1sum(a.runs, &path)?,
+        ),
+        (
+            "sha1 crate (in-process, 1 thread)".into(),
+            time_sha1_crate(a.runs, &path)?,
+        ),
+    ];
+    rows.extend(time_hash_pool(a.runs, &path, size, lengths, threads)?);
+    rows.extend(time_corvid_make(&a, &path, threads)?);
+    print_table(&rows, size, &lengths, a.runs);
+    Ok(())
+}
 
-    // sha1sum as a real program.
-    let t = best(a.runs, || {
+/// sha1sum as a real program.
+fn time_sha1sum(runs: usize, path: &Path) -> Result<Duration> {
+    best(runs, || {
         let o = Command::new("sha1sum")
-            .arg(&path)
+            .arg(path)
             .output()
             .context("run sha1sum")?;
         if !o.status.success() {
             bail!("sha1sum failed: {}", String::from_utf8_lossy(&o.stderr));
         }
         Ok(())
-    })?;
-    rows.push(("sha1sum (process, 1 thread)".into(), t));
+    })
+}
 
-    // The sha1 crate on one core, reading through a 1 MiB buffer like sha1sum does.
-    let t = best(a.runs, || {
-        let mut f = std::fs::File::open(&path)?;
+/// The sha1 crate on one core, reading through a 1 MiB buffer like sha1sum does.
+fn time_sha1_crate(runs: usize, path: &Path) -> Result<Duration> {
+    best(runs, || {
+        let mut f = std::fs::File::open(path)?;
         let mut h = Sha1::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -135,10 +151,18 @@ pub fn run(a: HashArgs) -> Result<()> {
         }
         std::hint::black_box(h.finalize());
         Ok(())
-    })?;
-    rows.push(("sha1 crate (in-process, 1 thread)".into(), t));
+    })
+}
 
-    // HashPool over the read-only mapping.
+/// HashPool over the read-only mapping, with one thread and with `threads`; the two
+/// must agree.
+fn time_hash_pool(
+    runs: usize,
+    path: &Path,
+    size: u64,
+    lengths: Lengths,
+    threads: usize,
+) -> Result<Vec<(String, Duration)>> {
     let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = path.file_name().context("data file name")?;
     let files = [FileSpec {
@@ -151,11 +175,12 @@ pub fn run(a: HashArgs) -> Result<()> {
     if threads > 1 {
         counts.push(threads);
     }
+    let mut rows = Vec::new();
     let mut reference: Option<Vec<[u8; 20]>> = None;
     for n in counts {
         let pool = HashPool::new(n);
         let mut hashes = Vec::new();
-        let t = best(a.runs, || {
+        let t = best(runs, || {
             hashes = pool.hash_all(&storage, &mut |_| {});
             Ok(())
         })?;
@@ -167,56 +192,68 @@ pub fn run(a: HashArgs) -> Result<()> {
         }
         rows.push((format!("corvid HashPool::hash_all ({n} threads)"), t));
     }
+    Ok(rows)
+}
 
-    // corvid make end to end, as a process.
-    let corvid = match a.corvid {
-        Some(p) => p,
+/// corvid make end to end, as a process; no row (and a note) when the binary is missing.
+fn time_corvid_make(
+    a: &HashArgs,
+    path: &Path,
+    threads: usize,
+) -> Result<Option<(String, Duration)>> {
+    let corvid = match &a.corvid {
+        Some(p) => p.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("bench binary directory")?
             .join("corvid"),
     };
-    if corvid.is_file() {
-        let out_dir = tempfile_dir(&a.dir)?;
-        let out = out_dir.join("bench.torrent");
-        let t = best(a.runs, || {
-            let o = Command::new(&corvid)
-                .arg("make")
-                .arg(&path)
-                .arg("-o")
-                .arg(&out)
-                .arg("--force")
-                .arg("--threads")
-                .arg(threads.to_string())
-                .output()
-                .context("run corvid make")?;
-            if !o.status.success() {
-                bail!("corvid make failed: {}", String::from_utf8_lossy(&o.stderr));
-            }
-            Ok(())
-        })?;
-        rows.push((format!("corvid make (process, {threads} threads)"), t));
-        let _ = std::fs::remove_dir_all(&out_dir);
-    } else {
+    if !corvid.is_file() {
         println!(
             "note: {} not found (build it: cargo build --release -p corvid); skipping `corvid make`",
             corvid.display()
         );
+        return Ok(None);
     }
+    let out_dir = tempfile_dir(&a.dir)?;
+    let out = out_dir.join("bench.torrent");
+    let t = best(a.runs, || {
+        let o = Command::new(&corvid)
+            .arg("make")
+            .arg(path)
+            .arg("-o")
+            .arg(&out)
+            .arg("--force")
+            .arg("--threads")
+            .arg(threads.to_string())
+            .output()
+            .context("run corvid make")?;
+        if !o.status.success() {
+            bail!("corvid make failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&out_dir);
+    Ok(Some((
+        format!("corvid make (process, {threads} threads)"),
+        t,
+    )))
+}
 
+fn print_table(rows: &[(String, Duration)], size: u64, lengths: &Lengths, runs: usize) {
     let base = rows[0].1.as_secs_f64();
     println!(
         "\nSHA-1 over {} bytes ({} pieces of {} KiB), best of {} runs, page cache warm:",
         size,
         lengths.piece_count(),
-        piece_length / 1024,
-        a.runs
+        lengths.piece_length() / 1024,
+        runs
     );
     println!(
         "{:<42} {:>9} {:>10} {:>12}",
         "method", "seconds", "MB/s", "vs sha1sum"
     );
-    for (name, t) in &rows {
+    for (name, t) in rows {
         let s = t.as_secs_f64();
         println!(
             "{:<42} {:>9.3} {:>10.0} {:>11.2}x",
@@ -226,7 +263,6 @@ pub fn run(a: HashArgs) -> Result<()> {
             base / s
         );
     }
-    Ok(())
 }
 
 /// A fresh scratch directory under `dir` for the end-to-end run's output.

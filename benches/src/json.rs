@@ -1,11 +1,15 @@
-//! A small JSON value with a strict parser and a pretty printer.
+//! The harness's JSON value: what it reads (iperf3 `-J`, corvid's `--json` event lines, a
+//! simulator config) and the results.json it writes.
 //!
-//! The harness reads three kinds of JSON (iperf3 `-J`, corvid's `--json` event lines)
-//! and writes one (results.json). That is few enough shapes that a hundred-odd lines
-//! here cost less than a serde stack in the workspace's dependency tree; the parser is
-//! strict (no trailing commas, bounded depth) and reports the byte offset of any error.
+//! serde_json does the reading and the writing (syntax, escaping, numbers); this type keeps
+//! object keys in insertion order, so results.json reads in the order it was built,
+//! without turning on serde_json's `preserve_order` for the whole workspace. Parsing is
+//! bounded in depth ([`MAX_DEPTH`]); printing keeps arrays of plain numbers (per-host
+//! times, CDFs) on one line.
 
-use std::fmt::Write as _;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json {
@@ -70,93 +74,55 @@ impl Json {
         }
     }
 
-    /// Pretty-prints with two-space indentation.
+    /// Pretty-prints with two-space indentation, ending in a newline.
     pub fn pretty(&self) -> String {
-        let mut out = String::new();
-        self.write(&mut out, 0);
+        // A Json holds only strings, finite numbers (others print as null) and
+        // containers of them: serialising it cannot fail.
+        let mut out = serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{e}"));
         out.push('\n');
         out
     }
+}
 
-    fn write(&self, out: &mut String, indent: usize) {
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => write_num(out, *n),
-            Json::Str(s) => write_str(out, s),
-            Json::Arr(items) if items.is_empty() => out.push_str("[]"),
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            // JSON has no NaN or infinity: a missing figure is null. Whole numbers print
+            // without a fraction.
+            Json::Num(n) if !n.is_finite() => s.serialize_unit(),
+            Json::Num(n) if n.fract() == 0.0 && n.abs() < 1e15 => s.serialize_i64(*n as i64),
+            Json::Num(n) => s.serialize_f64(*n),
+            Json::Str(v) => s.serialize_str(v),
+            Json::Arr(items)
+                if !items.is_empty()
+                    && items.iter().all(|v| matches!(v, Json::Num(_) | Json::Null)) =>
+            {
+                // Arrays of plain numbers stay on one line, also in pretty output.
+                let parts: Result<Vec<String>, _> =
+                    items.iter().map(serde_json::to_string).collect();
+                let line = format!("[{}]", parts.map_err(serde::ser::Error::custom)?.join(", "));
+                serde_json::value::RawValue::from_string(line)
+                    .map_err(serde::ser::Error::custom)?
+                    .serialize(s)
+            }
             Json::Arr(items) => {
-                // Arrays of plain numbers stay on one line (per-host times, CDFs).
-                if items.iter().all(|v| matches!(v, Json::Num(_) | Json::Null)) {
-                    out.push('[');
-                    for (i, v) in items.iter().enumerate() {
-                        if i > 0 {
-                            out.push_str(", ");
-                        }
-                        v.write(out, indent);
-                    }
-                    out.push(']');
-                    return;
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(v)?;
                 }
-                out.push_str("[\n");
-                for (i, v) in items.iter().enumerate() {
-                    pad(out, indent + 1);
-                    v.write(out, indent + 1);
-                    out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
-                }
-                pad(out, indent);
-                out.push(']');
+                seq.end()
             }
-            Json::Obj(kv) if kv.is_empty() => out.push_str("{}"),
             Json::Obj(kv) => {
-                out.push_str("{\n");
-                for (i, (k, v)) in kv.iter().enumerate() {
-                    pad(out, indent + 1);
-                    write_str(out, k);
-                    out.push_str(": ");
-                    v.write(out, indent + 1);
-                    out.push_str(if i + 1 < kv.len() { ",\n" } else { "\n" });
+                let mut map = s.serialize_map(Some(kv.len()))?;
+                for (k, v) in kv {
+                    map.serialize_entry(k, v)?;
                 }
-                pad(out, indent);
-                out.push('}');
+                map.end()
             }
         }
     }
-}
-
-fn pad(out: &mut String, indent: usize) {
-    for _ in 0..indent {
-        out.push_str("  ");
-    }
-}
-
-fn write_num(out: &mut String, n: f64) {
-    if !n.is_finite() {
-        // JSON has no NaN or infinity; a missing figure is null.
-        out.push_str("null");
-    } else if n.fract() == 0.0 && n.abs() < 1e15 {
-        let _ = write!(out, "{}", n as i64);
-    } else {
-        let _ = write!(out, "{n}");
-    }
-}
-
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 impl From<f64> for Json {
@@ -205,180 +171,78 @@ impl<T: Into<Json>> From<Vec<T>> for Json {
     }
 }
 
-const MAX_DEPTH: usize = 64;
+/// Deepest nesting [`parse`] accepts (what the harness reads is a few levels deep).
+pub const MAX_DEPTH: usize = 64;
 
 /// Parses one JSON document; trailing non-whitespace is an error.
 pub fn parse(text: &str) -> Result<Json, String> {
-    let mut p = Parser {
-        b: text.as_bytes(),
-        i: 0,
-    };
-    let v = p.value(0)?;
-    p.ws();
-    if p.i != p.b.len() {
-        return Err(p.err("trailing characters after the JSON value"));
-    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Depth(0).deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
     Ok(v)
 }
 
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
+/// Reads a value `0` levels deep, refusing to go past [`MAX_DEPTH`].
+struct Depth(usize);
+
+impl<'de> DeserializeSeed<'de> for Depth {
+    type Value = Json;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
-impl Parser<'_> {
-    fn err(&self, what: &str) -> String {
-        format!("invalid JSON at byte {}: {what}", self.i)
-    }
+impl<'de> Visitor<'de> for Depth {
+    type Value = Json;
 
-    fn ws(&mut self) {
-        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
     }
-
-    fn eat(&mut self, lit: &str) -> Result<(), String> {
-        if self.b[self.i..].starts_with(lit.as_bytes()) {
-            self.i += lit.len();
-            Ok(())
-        } else {
-            Err(self.err(&format!("expected {lit}")))
-        }
+    fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+        Ok(Json::Null)
     }
-
-    fn value(&mut self, depth: usize) -> Result<Json, String> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("nested too deeply"));
-        }
-        self.ws();
-        match self.b.get(self.i) {
-            None => Err(self.err("unexpected end of input")),
-            Some(b'n') => self.eat("null").map(|_| Json::Null),
-            Some(b't') => self.eat("true").map(|_| Json::Bool(true)),
-            Some(b'f') => self.eat("false").map(|_| Json::Bool(false)),
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value(depth + 1)?);
-                    self.ws();
-                    match self.b.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(self.err("expected , or ] in array")),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.i += 1;
-                let mut kv = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(kv));
-                }
-                loop {
-                    self.ws();
-                    if self.b.get(self.i) != Some(&b'"') {
-                        return Err(self.err("expected a string key"));
-                    }
-                    let k = self.string()?;
-                    self.ws();
-                    self.eat(":")?;
-                    let v = self.value(depth + 1)?;
-                    kv.push((k, v));
-                    self.ws();
-                    match self.b.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(kv));
-                        }
-                        _ => return Err(self.err("expected , or } in object")),
-                    }
-                }
-            }
-            Some(c) if *c == b'-' || c.is_ascii_digit() => self.number(),
-            Some(_) => Err(self.err("unexpected character")),
-        }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
     }
-
-    fn number(&mut self) -> Result<Json, String> {
-        let start = self.i;
-        while self.i < self.b.len()
-            && matches!(
-                self.b[self.i],
-                b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-            )
-        {
-            self.i += 1;
-        }
-        let s = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| self.err("bad number"))?;
-        s.parse::<f64>()
-            .map(Json::Num)
-            .map_err(|_| self.err(&format!("bad number {s:?}")))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::Num(v as f64))
     }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.i += 1; // opening quote
-        let mut out = String::new();
-        loop {
-            let start = self.i;
-            while self.i < self.b.len() && !matches!(self.b[self.i], b'"' | b'\\') {
-                if self.b[self.i] < 0x20 {
-                    return Err(self.err("control character in string"));
-                }
-                self.i += 1;
-            }
-            out.push_str(
-                std::str::from_utf8(&self.b[start..self.i])
-                    .map_err(|_| self.err("string is not UTF-8"))?,
-            );
-            match self.b.get(self.i) {
-                None => return Err(self.err("unterminated string")),
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(out);
-                }
-                Some(_) => {
-                    self.i += 1;
-                    let esc = *self.b.get(self.i).ok_or_else(|| self.err("bad escape"))?;
-                    self.i += 1;
-                    match esc {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let hex = self
-                                .b
-                                .get(self.i..self.i + 4)
-                                .and_then(|h| std::str::from_utf8(h).ok())
-                                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                .ok_or_else(|| self.err("bad \\u escape"))?;
-                            self.i += 4;
-                            // Surrogate pairs are not needed by anything the harness
-                            // reads; a lone surrogate becomes U+FFFD rather than an error.
-                            out.push(char::from_u32(hex).unwrap_or('\u{fffd}'));
-                        }
-                        _ => return Err(self.err("bad escape")),
-                    }
-                }
-            }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::Num(v as f64))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::Num(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::Str(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
+        Ok(Json::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let inner = self.deeper()?;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(Depth(inner))? {
+            items.push(v);
         }
+        Ok(Json::Arr(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let inner = self.deeper()?;
+        let mut kv = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            kv.push((k, map.next_value_seed(Depth(inner))?));
+        }
+        Ok(Json::Obj(kv))
+    }
+}
+
+impl Depth {
+    fn deeper<E: de::Error>(&self) -> Result<usize, E> {
+        if self.0 >= MAX_DEPTH {
+            return Err(E::custom(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        Ok(self.0 + 1)
     }
 }
 
@@ -419,6 +283,23 @@ mod tests {
         }
         let deep = "[".repeat(100) + &"]".repeat(100);
         assert!(parse(&deep).is_err());
+    }
+
+    /// results.json's layout, byte for byte: insertion order, two-space indent, whole
+    /// numbers without a fraction, arrays of numbers on one line, NaN as null.
+    #[test]
+    fn pretty_layout_is_pinned() {
+        let v = Json::obj()
+            .with("n", 3u64)
+            .with("x", 0.25)
+            .with("hosts", vec![1.0, 2.5, f64::NAN])
+            .with("empty", Json::Arr(Vec::new()))
+            .with("rows", vec![Json::obj().with("a", "b")])
+            .with("none", Json::obj());
+        assert_eq!(
+            v.pretty(),
+            "{\n  \"n\": 3,\n  \"x\": 0.25,\n  \"hosts\": [1, 2.5, null],\n  \"empty\": [],\n  \"rows\": [\n    {\n      \"a\": \"b\"\n    }\n  ],\n  \"none\": {}\n}\n"
+        );
     }
 
     #[test]

@@ -28,11 +28,12 @@ use crate::json::Json;
 use crate::payload::{self, Payload};
 use crate::report::{self, CorvidDetail, MethodResult, Outcome, ProcUse, Run};
 use crate::sshd::{self, Sshd};
+use crate::trial::{self, Repeat, RunError, WorkDir};
 use crate::units::{fmt_bytes, fmt_mbps, short_size};
 use crate::Common;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -152,228 +153,229 @@ impl Drop for Veth {
     }
 }
 
-/// Why a run did not produce a time.
-enum RunError {
-    Failed(anyhow::Error),
-    DataLoss(anyhow::Error),
-}
-
-impl From<anyhow::Error> for RunError {
-    fn from(e: anyhow::Error) -> RunError {
-        RunError::Failed(e)
-    }
-}
-
 pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
     let c = &a.common;
-    let methods = if a.veth {
-        match &c.methods {
-            None => VETH_METHODS.iter().map(|s| s.to_string()).collect(),
-            Some(_) => c.pick_methods(VETH_METHODS)?,
-        }
-    } else {
-        c.pick_methods(METHODS)?
-    };
+    let methods = link_methods(&a)?;
     let out_dir = c.out_dir(if a.veth { "link-veth" } else { "link" });
     let veth = if a.veth { Some(Veth::up()?) } else { None };
-    let path = veth.as_ref().map_or_else(Path2::loopback, Veth::path);
-    let payload = payload::ensure(&c.dir, c.size)?;
-    let work = c
-        .dir
-        .canonicalize()
-        .context("resolving --dir")?
-        .join(format!("work-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let _cleanup = RemoveOnDrop(work.clone());
-    let timeout = c
-        .timeout
-        .unwrap_or(Duration::from_secs(60) + Duration::from_secs_f64(c.size as f64 / 20e6));
+    let p = Plan {
+        c,
+        path: veth.as_ref().map_or_else(Path2::loopback, Veth::path),
+        payload: payload::ensure(&c.dir, c.size)?,
+        timeout: c
+            .timeout
+            .unwrap_or(Duration::from_secs(60) + Duration::from_secs_f64(c.size as f64 / 20e6)),
+        methods,
+    };
+    let (path, payload, timeout) = (&p.path, &p.payload, p.timeout);
+    let work = WorkDir::create(c)?;
     println!(
         "link: payload {} ({}) over {}, {} run(s) per method, methods {}",
         fmt_bytes(c.size),
         payload.path.display(),
         path.name,
         c.runs,
-        methods.join(",")
+        p.methods.join(",")
     );
-
-    let needs_ssh = methods.iter().any(|m| m.starts_with("scp") || m == "rsync");
-    let ssh = if needs_ssh {
-        let s = Sshd::start(&work)?;
-        println!("link: private sshd pid {} on 127.0.0.1:{}", s.pid(), s.port);
-        Some(s)
-    } else {
-        None
-    };
-
+    let ssh = start_sshd(&p.methods, work.path())?;
     let mut results = Vec::new();
-    for m in &methods {
+    for m in &p.methods {
         println!("== {m}");
-        let mut runs = Vec::new();
-        let mut failure = None;
-        for r in 1..=c.runs {
-            let warm = payload::warm(&payload)?;
-            println!(
-                "  warm: synced dirty pages, read the payload once into page cache ({:.2}s)",
-                warm.as_secs_f64()
-            );
-            let res = match m.as_str() {
-                "iperf3" => run_iperf3(&path, &payload, timeout),
-                "ceiling" => run_ceiling(&payload, &work, timeout),
+        let one = |_| {
+            Ok(match m.as_str() {
+                "iperf3" => run_iperf3(path, payload, timeout),
+                "ceiling" => run_ceiling(payload, work.path(), timeout),
                 "scp" | "scp-gcm" | "rsync" => {
                     let s = ssh.as_ref().context("sshd not started")?;
-                    run_ssh_copy(m, s, &payload, &work, timeout)
+                    run_ssh_copy(m, s, payload, work.path(), timeout)
                 }
-                "corvid" => run_corvid(c, &path, &payload, &work, timeout),
+                "corvid" => run_corvid(c, path, payload, work.path(), timeout),
                 other => bail!("method {other} not implemented for link"),
-            };
-            match res {
-                Ok(mut run) => {
-                    run.warm_s = warm.as_secs_f64();
-                    println!(
-                        "  run {r}/{}: {:.3}s ({}){}",
-                        c.runs,
-                        run.seconds,
-                        fmt_mbps(c.size as f64 / run.seconds),
-                        if m == "iperf3" || m == "ceiling" {
-                            ""
-                        } else {
-                            ", SHA-1 verified"
-                        }
-                    );
-                    runs.push(run);
-                }
-                Err(RunError::Failed(e)) => {
-                    println!("  run {r}/{}: FAILED: {e:#}", c.runs);
-                    failure = Some((format!("{e:#}"), false));
-                    break;
-                }
-                Err(RunError::DataLoss(e)) => {
-                    eprintln!("  run {r}/{}: DATA LOSS ({m}): {e:#}", c.runs);
-                    failure = Some((format!("{e:#}"), true));
-                    break;
-                }
-            }
-        }
-        let outcome = match failure {
-            Some((error, data_loss)) => Outcome::Failed { error, data_loss },
-            None => Outcome::Ok(runs),
+            })
         };
-        results.push(MethodResult {
-            method: m.clone(),
-            outcome,
-        });
+        results.push(trial::repeat(&repeat_of(m, c, payload), one, |r, run| {
+            print_run(m, c, r, run)
+        })?);
     }
     drop(ssh);
     drop(veth);
-
-    let mut summary = format!(
-        "link results: {} over {}, {} run(s) each\n{}",
-        fmt_bytes(c.size),
-        path.name,
-        c.runs,
-        report::link_table(&results, c.size)
-    );
-    let cpu_runs = cpu_per_gib(&results, c.size);
-    summary.push('\n');
-    summary.push_str(&crate::cpu::per_gib_table(&cpu_runs));
-    println!();
-    print!("{summary}");
-
-    let iperf_med = results
-        .iter()
-        .find(|m| m.method == "iperf3")
-        .and_then(|m| m.summary())
-        .map(|s| s.0);
-    let ceiling_med = results
-        .iter()
-        .find(|m| m.method == "ceiling")
-        .and_then(|m| m.summary())
-        .map(|s| s.0);
-    if let (Some(b), Some((med, _, _))) = (
-        ceiling_med,
-        results
-            .iter()
-            .find(|m| m.method == "corvid")
-            .and_then(|m| m.summary()),
-    ) {
-        let line = format!(
-            "corvid reached {:.0}% of the ceiling ({} of {})\n",
-            100.0 * b / med,
-            fmt_mbps(c.size as f64 / med),
-            fmt_mbps(c.size as f64 / b)
-        );
-        print!("{line}");
-        summary.push_str(&line);
-    }
-    let methods_json: Vec<Json> = results
-        .iter()
-        .map(|m| {
-            let mut j = report::method_json(m, c.size, None);
-            if let (Some(i), Some((med, _, _))) = (iperf_med, m.summary()) {
-                j.push("fraction_of_iperf3", i / med);
-            }
-            if let (Some(b), Some((med, _, _))) = (ceiling_med, m.summary()) {
-                j.push("fraction_of_ceiling", b / med);
-            }
-            j
-        })
-        .collect();
-    let doc = Json::obj()
-        .with("scenario", "link")
-        .with("setup", crate::setup_json(&c.corvid))
-        .with(
-            "params",
-            Json::obj()
-                .with("size_bytes", c.size)
-                .with("runs", c.runs)
-                .with("methods", methods.clone())
-                .with("payload_sha1", payload.sha1.as_str())
-                .with("piece_size", c.piece_size.clone())
-                .with("timeout_s", timeout.as_secs_f64()),
-        )
-        .with("methods", Json::Arr(methods_json))
-        .with("path", path.name)
-        .with("cpu_s_per_gib", cpu_json(&cpu_runs))
-        .with(
-            "notes",
-            vec![
-                "seconds: wall time of the transfer command (ssh session setup included); corvid: from starting the peer to its done report",
-                "corvid make and seeder start-up are reported as make_s and seed_ready_s and are not in seconds",
-                "every received copy was checked by SHA-1 before its time was recorded; iperf3 has no payload and is checked by byte count",
-                "ceiling: (iperf3 CPU both ends + one SHA-1 pass + populating the page cache) / cores, measured in this run: the least time any verified transfer could take here",
-                "max_rss_kib counts mapped payload pages; peak_anon_rss_kib is VmRSS - RssFile sampled every 100 ms",
-                "cpu_s_per_gib: user + sys CPU of each process (all threads, wait4) per GiB of payload, run i of each method side by side; sha1 is one thread's SHA-1 pass from the ceiling method",
-                "projection: a fleet host receives and relays the same rate, so a GiB costs the peer's CPU plus the seeder's (the same upload code)",
-                "on loopback and veth the receiver's TCP processing runs partly in the sender's softirq context: the split between ends leans to the sender, the sum does not",
-            ],
-        );
-    let bars: Vec<(String, f64, f64, f64)> = results
-        .iter()
-        .filter_map(|m| {
-            let (med, min, max) = m.summary()?;
-            let s = c.size as f64 / 1e6;
-            Some((m.method.clone(), s / med, s / max, s / min))
-        })
-        .collect();
-    let chart = crate::svg::link_chart(
-        &format!(
-            "corvid-bench link: {} over {} ({} runs)",
-            short_size(c.size),
-            path.name,
-            c.runs
-        ),
-        &bars,
-        &results
-            .iter()
-            .filter(|m| matches!(m.outcome, Outcome::Failed { .. }))
-            .map(|m| m.method.clone())
-            .collect::<Vec<_>>(),
-    );
-    crate::write_outputs(&out_dir, &doc, &chart, &summary)?;
+    let (cpu_runs, summary) = p.summary(&results);
+    let doc = p.results_json(&results, &cpu_runs);
+    crate::write_outputs(&out_dir, &doc, &p.chart(&results), &summary)?;
     Ok(outcome_of(&results))
 }
+
+/// What every method of one `link` run shares.
+struct Plan<'a> {
+    c: &'a Common,
+    methods: Vec<String>,
+    path: Path2,
+    payload: Payload,
+    /// Per run of a method.
+    timeout: Duration,
+}
+
+/// `--methods`, or every method the path supports.
+fn link_methods(a: &LinkArgs) -> Result<Vec<String>> {
+    let c = &a.common;
+    Ok(if a.veth {
+        match &c.methods {
+            None => VETH_METHODS.iter().map(|s| s.to_string()).collect(),
+            Some(_) => c.pick_methods(VETH_METHODS)?,
+        }
+    } else {
+        c.pick_methods(METHODS)?
+    })
+}
+
+/// The private sshd on 127.0.0.1, when a method copies over ssh.
+fn start_sshd(methods: &[String], work: &Path) -> Result<Option<Sshd>> {
+    if !methods.iter().any(|m| m.starts_with("scp") || m == "rsync") {
+        return Ok(None);
+    }
+    let s = Sshd::start(work)?;
+    println!("link: private sshd pid {} on 127.0.0.1:{}", s.pid(), s.port);
+    Ok(Some(s))
+}
+
+fn repeat_of<'a>(m: &'a str, c: &Common, payload: &'a Payload) -> Repeat<'a> {
+    Repeat {
+        method: m,
+        runs: c.runs,
+        payload,
+        error_prefix: String::new(),
+        loss_label: format!(" ({m})"),
+    }
+}
+
+fn print_run(m: &str, c: &Common, r: u64, run: &Run) {
+    println!(
+        "  run {r}/{}: {:.3}s ({}){}",
+        c.runs,
+        run.seconds,
+        fmt_mbps(c.size as f64 / run.seconds),
+        if m == "iperf3" || m == "ceiling" {
+            ""
+        } else {
+            ", SHA-1 verified"
+        }
+    );
+}
+
+/// The median time of `method`, if it ran.
+fn median_of(results: &[MethodResult], method: &str) -> Option<f64> {
+    results
+        .iter()
+        .find(|m| m.method == method)
+        .and_then(|m| m.summary())
+        .map(|s| s.0)
+}
+
+impl Plan<'_> {
+    /// Prints and returns the terminal summary: the table, CPU per GiB and corvid's share
+    /// of the ceiling.
+    fn summary(&self, results: &[MethodResult]) -> (Vec<PerGib>, String) {
+        let (c, path) = (self.c, &self.path);
+        let mut summary = format!(
+            "link results: {} over {}, {} run(s) each\n{}",
+            fmt_bytes(c.size),
+            path.name,
+            c.runs,
+            report::link_table(results, c.size)
+        );
+        let cpu_runs = cpu_per_gib(results, c.size);
+        summary.push('\n');
+        summary.push_str(&crate::cpu::per_gib_table(&cpu_runs));
+        println!();
+        print!("{summary}");
+        if let (Some(b), Some(med)) = (median_of(results, "ceiling"), median_of(results, "corvid"))
+        {
+            let line = format!(
+                "corvid reached {:.0}% of the ceiling ({} of {})\n",
+                100.0 * b / med,
+                fmt_mbps(c.size as f64 / med),
+                fmt_mbps(c.size as f64 / b)
+            );
+            print!("{line}");
+            summary.push_str(&line);
+        }
+        (cpu_runs, summary)
+    }
+
+    fn results_json(&self, results: &[MethodResult], cpu_runs: &[PerGib]) -> Json {
+        let c = self.c;
+        let (iperf_med, ceiling_med) =
+            (median_of(results, "iperf3"), median_of(results, "ceiling"));
+        let methods_json: Vec<Json> = results
+            .iter()
+            .map(|m| {
+                let mut j = report::method_json(m, c.size, None);
+                if let (Some(i), Some((med, _, _))) = (iperf_med, m.summary()) {
+                    j.push("fraction_of_iperf3", i / med);
+                }
+                if let (Some(b), Some((med, _, _))) = (ceiling_med, m.summary()) {
+                    j.push("fraction_of_ceiling", b / med);
+                }
+                j
+            })
+            .collect();
+        Json::obj()
+            .with("scenario", "link")
+            .with("setup", crate::setup_json(&c.corvid))
+            .with(
+                "params",
+                Json::obj()
+                    .with("size_bytes", c.size)
+                    .with("runs", c.runs)
+                    .with("methods", self.methods.clone())
+                    .with("payload_sha1", self.payload.sha1.as_str())
+                    .with("piece_size", c.piece_size.clone())
+                    .with("timeout_s", self.timeout.as_secs_f64()),
+            )
+            .with("methods", Json::Arr(methods_json))
+            .with("path", self.path.name)
+            .with("cpu_s_per_gib", cpu_json(cpu_runs))
+            .with("notes", NOTES.to_vec())
+    }
+
+    /// Throughput bars (median, min, max), failed methods named.
+    fn chart(&self, results: &[MethodResult]) -> String {
+        let c = self.c;
+        let bars: Vec<(String, f64, f64, f64)> = results
+            .iter()
+            .filter_map(|m| {
+                let (med, min, max) = m.summary()?;
+                let s = c.size as f64 / 1e6;
+                Some((m.method.clone(), s / med, s / max, s / min))
+            })
+            .collect();
+        crate::svg::link_chart(
+            &format!(
+                "corvid-bench link: {} over {} ({} runs)",
+                short_size(c.size),
+                self.path.name,
+                c.runs
+            ),
+            &bars,
+            &results
+                .iter()
+                .filter(|m| matches!(m.outcome, Outcome::Failed { .. }))
+                .map(|m| m.method.clone())
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+const NOTES: &[&str] = &[
+    "seconds: wall time of the transfer command (ssh session setup included); corvid: from starting the peer to its done report",
+    "corvid make and seeder start-up are reported as make_s and seed_ready_s and are not in seconds",
+    "every received copy was checked by SHA-1 before its time was recorded; iperf3 has no payload and is checked by byte count",
+    "ceiling: (iperf3 CPU both ends + one SHA-1 pass + populating the page cache) / cores, measured in this run: the least time any verified transfer could take here",
+    "max_rss_kib counts mapped payload pages; peak_anon_rss_kib is VmRSS - RssFile sampled every 100 ms",
+    "cpu_s_per_gib: user + sys CPU of each process (all threads, wait4) per GiB of payload, run i of each method side by side; sha1 is one thread's SHA-1 pass from the ceiling method",
+    "projection: a fleet host receives and relays the same rate, so a GiB costs the peer's CPU plus the seeder's (the same upload code)",
+    "on loopback and veth the receiver's TCP processing runs partly in the sender's softirq context: the split between ends leans to the sender, the sum does not",
+];
 
 pub fn outcome_of(results: &[MethodResult]) -> crate::Outcome {
     let mut o = crate::Outcome {
@@ -648,14 +650,6 @@ pub fn swarm_run(o: corvid::SwarmOutcome, make_s: f64) -> Run {
         procs,
         corvid: Some(detail),
         ..Run::default()
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -40,6 +40,7 @@ mod sendpath;
 mod sim;
 mod sshd;
 mod svg;
+mod trial;
 mod units;
 
 use anyhow::Result;

@@ -114,82 +114,98 @@ fn legend(out: &mut String, items: &[(String, String, bool)]) {
     }
 }
 
-/// Completion time vs fleet size. `bound` holds (N, S/C seconds) when links are shaped.
-pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> String {
-    let mut out = String::new();
-    header(&mut out, title);
-    let xs: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .chain(bound.iter().map(|b| b.0))
-        .collect();
-    let xmin = 0.0;
-    let xmax_raw = xs.iter().cloned().fold(0.0, f64::max);
-    // Fleet sizes are whole hosts: integer ticks, and room to the right of the last point.
-    let (_, xstep) = nice_axis(xmax_raw.max(1.0) * 1.1);
-    let xstep = xstep.ceil().max(1.0);
-    let xmax = (xmax_raw.max(1.0) * 1.1 / xstep).ceil() * xstep;
-    let ymax_raw = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.3))
-        .chain(bound.iter().map(|b| b.1))
-        .fold(0.0, f64::max);
-    let (ymax, ystep) = nice_axis(ymax_raw * 1.05);
-    let pw = W - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let sx = |x: f64| LEFT + (x - xmin) / (xmax - xmin) * pw;
-    let sy = |y: f64| TOP + ph - y / ymax * ph;
-    y_axis(
-        &mut out,
-        ymax,
-        ystep,
-        "seconds until every host holds the payload",
-    );
-    let mut v = xmin;
-    while v <= xmax + xstep * 0.01 {
+/// The fleet chart's scales: whole-host ticks on x, seconds on y.
+struct FleetPlot {
+    xmin: f64,
+    xmax: f64,
+    xstep: f64,
+    ymax: f64,
+    ystep: f64,
+}
+
+impl FleetPlot {
+    fn new(series: &[Series], bound: &[(f64, f64)]) -> FleetPlot {
+        let xmax_raw = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .chain(bound.iter().map(|b| b.0))
+            .fold(0.0, f64::max);
+        // Fleet sizes are whole hosts: integer ticks, and room to the right of the last point.
+        let (_, xstep) = nice_axis(xmax_raw.max(1.0) * 1.1);
+        let xstep = xstep.ceil().max(1.0);
+        let xmax = (xmax_raw.max(1.0) * 1.1 / xstep).ceil() * xstep;
+        let ymax_raw = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.3))
+            .chain(bound.iter().map(|b| b.1))
+            .fold(0.0, f64::max);
+        let (ymax, ystep) = nice_axis(ymax_raw * 1.05);
+        FleetPlot {
+            xmin: 0.0,
+            xmax,
+            xstep,
+            ymax,
+            ystep,
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x - self.xmin) / (self.xmax - self.xmin) * (W - LEFT - RIGHT)
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        let ph = H - TOP - BOTTOM;
+        TOP + ph - y / self.ymax * ph
+    }
+
+    fn x_axis(&self, out: &mut String) {
+        let ph = H - TOP - BOTTOM;
+        let mut v = self.xmin;
+        while v <= self.xmax + self.xstep * 0.01 {
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                self.sx(v),
+                TOP + ph + 18.0,
+                trim_num(v)
+            );
+            v += self.xstep;
+        }
         let _ = writeln!(
             out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            sx(v),
-            TOP + ph + 18.0,
-            trim_num(v)
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">receiving hosts N</text>"#,
+            LEFT + (W - LEFT - RIGHT) / 2.0,
+            H - 16.0
         );
-        v += xstep;
     }
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">receiving hosts N</text>"#,
-        LEFT + pw / 2.0,
-        H - 16.0
-    );
-    let mut items = Vec::new();
-    if !bound.is_empty() {
-        let pts: Vec<String> = bound
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        // With a single N the bound is still a line across the plot: it does not depend on N.
-        let pts = if pts.len() == 1 {
+
+    /// The dashed S/C line. With a single N it still runs across the plot: the bound
+    /// does not depend on N.
+    fn bound_line(&self, out: &mut String, bound: &[(f64, f64)]) {
+        let pts: Vec<String> = if bound.len() == 1 {
             vec![
-                format!("{:.1},{:.1}", sx(xmin), sy(bound[0].1)),
-                format!("{:.1},{:.1}", sx(xmax), sy(bound[0].1)),
+                format!("{:.1},{:.1}", self.sx(self.xmin), self.sy(bound[0].1)),
+                format!("{:.1},{:.1}", self.sx(self.xmax), self.sy(bound[0].1)),
             ]
         } else {
-            pts
+            bound
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", self.sx(*x), self.sy(*y)))
+                .collect()
         };
         let _ = writeln!(
             out,
             r##"<polyline points="{}" fill="none" stroke="#444" stroke-width="2" stroke-dasharray="6,4"/>"##,
             pts.join(" ")
         );
-        items.push(("bound S/C".to_string(), "#444".to_string(), true));
     }
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+
+    /// One method: its line, and per point the median with a min-max whisker.
+    fn series(&self, out: &mut String, s: &Series, color: &str) {
         let pts: Vec<String> = s
             .points
             .iter()
-            .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+            .map(|p| format!("{:.1},{:.1}", self.sx(p.0), self.sy(p.1)))
             .collect();
         if pts.len() > 1 {
             let _ = writeln!(
@@ -202,17 +218,40 @@ pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> Stri
             let _ = writeln!(
                 out,
                 r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{color}"/><circle cx="{x:.1}" cy="{:.1}" r="4" fill="{color}"><title>{} N={}: {:.3}s (min {:.3}, max {:.3})</title></circle>"#,
-                sy(p.2),
-                sy(p.3),
-                sy(p.1),
+                self.sy(p.2),
+                self.sy(p.3),
+                self.sy(p.1),
                 esc(&s.label),
                 p.0,
                 p.1,
                 p.2,
                 p.3,
-                x = sx(p.0)
+                x = self.sx(p.0)
             );
         }
+    }
+}
+
+/// Completion time vs fleet size. `bound` holds (N, S/C seconds) when links are shaped.
+pub fn fleet_chart(title: &str, series: &[Series], bound: &[(f64, f64)]) -> String {
+    let mut out = String::new();
+    header(&mut out, title);
+    let plot = FleetPlot::new(series, bound);
+    y_axis(
+        &mut out,
+        plot.ymax,
+        plot.ystep,
+        "seconds until every host holds the payload",
+    );
+    plot.x_axis(&mut out);
+    let mut items = Vec::new();
+    if !bound.is_empty() {
+        plot.bound_line(&mut out, bound);
+        items.push(("bound S/C".to_string(), "#444".to_string(), true));
+    }
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        plot.series(&mut out, s, color);
         let label = if s.points.is_empty() {
             format!("{} (failed)", s.label)
         } else {

@@ -1,7 +1,7 @@
 //! The `corvid` binary's contract: make -> info -> verify round trip, exit codes, one-line
 //! errors on bad input, refusal of unsafe torrents, and help text with examples.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn corvid(args: &[&str], cwd: &Path) -> Output {
@@ -238,15 +238,13 @@ fn broken_pipe_is_not_an_error() {
     assert!(o.stderr.is_empty(), "{}", err(&o));
 }
 
-#[test]
-fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
+/// An `ssh` first on PATH that records in a file that it ran (and fails): returns that
+/// PATH and the file, which must not exist after a refused deploy.
+fn ssh_that_records(dir: &Path) -> (String, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let d = tempfile::tempdir().unwrap();
-    tree(d.path());
-    // An `ssh` first on PATH that records that it ran: it must not.
-    let bin = d.path().join("bin");
+    let bin = dir.join("bin");
     std::fs::create_dir(&bin).unwrap();
-    let ran = d.path().join("ssh-ran");
+    let ran = dir.join("ssh-ran");
     std::fs::write(
         bin.join("ssh"),
         format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 255\n", ran.display()),
@@ -254,6 +252,14 @@ fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
     .unwrap();
     std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    (path, ran)
+}
+
+#[test]
+fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
+    let d = tempfile::tempdir().unwrap();
+    tree(d.path());
+    let (path, ran) = ssh_that_records(d.path());
     for hosts in ["web1,a$(id>/tmp/x)b", "x;reboot", "web1:22,h|nc", "`id`@h"] {
         let o = Command::new(env!("CARGO_BIN_EXE_corvid"))
             .args(["deploy", "--hosts", hosts, "--src", "rel"])
@@ -270,19 +276,9 @@ fn deploy_refuses_a_host_that_is_not_a_host_before_running_ssh() {
 #[test]
 fn deploy_refuses_a_dest_that_is_not_utf8_before_running_ssh() {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::PermissionsExt;
     let d = tempfile::tempdir().unwrap();
     tree(d.path());
-    let bin = d.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let ran = d.path().join("ssh-ran");
-    std::fs::write(
-        bin.join("ssh"),
-        format!("#!/bin/sh\necho \"$@\" >> '{}'\nexit 255\n", ran.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (path, ran) = ssh_that_records(d.path());
     // Sent lossily this would become `/srv/app\u{fffd}`: another directory.
     let dest = std::ffi::OsStr::from_bytes(b"/srv/app\xff");
     let o = Command::new(env!("CARGO_BIN_EXE_corvid"))

@@ -7,73 +7,26 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corvid_engine::deploy::fleet::{self, DeployPlan, FleetReport, HostOutcome};
-use corvid_engine::deploy::ssh::Ssh;
-use corvid_engine::node::StopFlag;
-use support::{
-    assert_same_tree, corvid, corvid_bin, json_field, pseudo_random, start_seeder, Proc,
-};
+use corvid_engine::deploy::fleet::{DeployPlan, FleetReport, HostOutcome};
+use support::{assert_same_tree, corvid, deploy, json_field, pseudo_random, start_seeder, Proc};
 
 const T: Duration = Duration::from_secs(120);
 /// deploy's smallest automatic piece size, which these small releases get.
 const PIECE: u64 = 256 * 1024;
 
-/// An `ssh` that drops its options and the host and runs the remote command here.
-fn fake_ssh(dir: &Path) -> PathBuf {
-    let p = dir.join("fake-ssh");
-    std::fs::write(
-        &p,
-        "#!/bin/sh\n\
-         if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
-         while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
-         SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
+/// support's plan, piece-aligned (what lets release 2 be filled from release 1).
 fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
     DeployPlan {
-        hosts: "h1".into(),
-        src: src.to_path_buf(),
-        dest: dest.to_path_buf(),
-        tag: tag.into(),
-        seeder_addr: Some([127, 0, 0, 1].into()),
-        activate: true,
-        force: false,
-        linger: Duration::ZERO,
-        stall_timeout: Duration::from_secs(30),
-        parallel: 2,
-        ssh: Ssh {
-            options: Vec::new(),
-            program: Some(fake_ssh(dir)),
-            control_dir: None,
-        },
-        ssh_multiplex: true,
-        remote_corvid: corvid_bin().to_str().unwrap().into(),
-        local_corvid: corvid_bin(),
-        swarm_install_min: 0,
-        tracker_port: 0,
-        threads: 1,
-        secret: None,
-        keep: None,
-        after_activate: None,
-        hook_timeout: Duration::from_secs(60),
-        batch: None,
-        check: None,
-        rollback_on_failure: false,
         align: true,
-        base: None,
+        ..deploy::plan(dir, src, dest, tag)
     }
 }
 
 fn deploy(p: &DeployPlan) -> FleetReport {
-    let r = fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs");
+    let r = deploy::deploy(p);
     assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
     r
 }

@@ -11,36 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corvid_engine::deploy::fleet::{self, DeployPlan, FleetEvent, FleetReport, HostOutcome};
-use corvid_engine::deploy::ssh::Ssh;
+use corvid_engine::deploy::fleet::{self, DeployPlan, FleetEvent, HostOutcome};
 use corvid_engine::node::StopFlag;
 use corvid_engine::peer::auth::Secret;
-use support::{corvid, corvid_bin, json_u64, make_torrent, start_seeder, Proc, SlowRelay};
-
-/// An `ssh` that drops its options and the host and runs the remote command here, as a
-/// host whose `$SSH_CONNECTION` says it sees this machine at 127.0.0.1.
-fn fake_ssh(dir: &Path) -> PathBuf {
-    fake_ssh_seen_from(dir, "127.0.0.1")
-}
-
-/// [`fake_ssh`] for a host that claims to see this machine at `client`; `ssh -G` says
-/// the host is 127.0.0.1.
-fn fake_ssh_seen_from(dir: &Path, client: &str) -> PathBuf {
-    let p = dir.join(format!("fake-ssh-{client}"));
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/sh
-if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi
-\
-             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
-             SSH_CONNECTION='{client} 40000 127.0.0.1 22' exec sh -c \"$3\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
+use support::deploy::{self as local, deploy, fake_ssh_seen_from};
+use support::{corvid, json_u64, make_torrent, start_seeder, Proc, SlowRelay};
 
 /// A source tree of a few files.
 fn make_src(dir: &Path) -> PathBuf {
@@ -51,48 +26,12 @@ fn make_src(dir: &Path) -> PathBuf {
     src
 }
 
+/// Release v1 of `src` to `dest` (see support's plan), authenticated with `secret` if given.
 fn plan(dir: &Path, src: &Path, dest: &Path, secret: Option<&[u8]>) -> DeployPlan {
     DeployPlan {
-        hosts: "h1".into(),
-        src: src.to_path_buf(),
-        dest: dest.to_path_buf(),
-        tag: "v1".into(),
-        seeder_addr: Some([127, 0, 0, 1].into()),
-        activate: true,
-        force: false,
-        linger: Duration::ZERO,
-        stall_timeout: Duration::from_secs(30),
-        parallel: 2,
-        ssh: Ssh {
-            options: Vec::new(),
-            program: Some(fake_ssh(dir)),
-            control_dir: None,
-        },
-        ssh_multiplex: true,
-        // This very binary on both sides: the probe finds it up to date, nothing installs.
-        remote_corvid: corvid_bin().to_str().unwrap().into(),
-        local_corvid: corvid_bin(),
-        swarm_install_min: 0,
-        tracker_port: 0,
-        threads: 1,
         secret: secret.map(|s| Secret::new(s).unwrap()),
-        keep: None,
-        after_activate: None,
-        hook_timeout: Duration::from_secs(60),
-        batch: None,
-        check: None,
-        rollback_on_failure: false,
-        align: false,
-        base: None,
+        ..local::plan(dir, src, dest, "v1")
     }
-}
-
-fn deploy(p: &DeployPlan) -> FleetReport {
-    let r = fleet::run(p, StopFlag::new(), &mut |_| {}).expect("the deploy runs");
-    // The "host" runs this very build (with debug info): up to date, so the stripped
-    // copy a deploy ships is never written over the test's own binary.
-    assert_eq!(r.install.by_ssh + r.install.by_swarm, 0, "{:?}", r.install);
-    r
 }
 
 /// Every entry under `root` with its bytes (links as `-> target`), for before/after.

@@ -13,61 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{
-    assert_same_tree, corvid, free_port, info_hash, json_field, json_u64, make_torrent, make_tree,
-    start_seeder, torrent_info, Proc, SlowRelay,
-};
+use support::release::Release;
+use support::{assert_same_tree, corvid, free_port, json_field, json_u64, Proc, SlowRelay};
 
 /// Bound on every wait; each test stays well under 90 s when things work.
 const T: Duration = Duration::from_secs(60);
 
-/// A payload tree, its torrent and where it lives.
-struct Release {
-    dir: tempfile::TempDir,
-    torrent: PathBuf,
-    parent: PathBuf,
-    payload: PathBuf,
-    pieces: u64,
-}
-
-impl Release {
-    fn new(tracker: &str, big: usize, piece_size: &str, seed: u64) -> Release {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let parent = dir.path().join("src");
-        let payload = parent.join("payload");
-        make_tree(&payload, big, seed);
-        let torrent = dir.path().join("release.torrent");
-        make_torrent(&payload, &torrent, tracker, piece_size);
-        let info = torrent_info(&torrent);
-        Release {
-            pieces: json_u64(&info, "pieces"),
-            dir,
-            torrent,
-            parent,
-            payload,
-        }
-    }
-
-    fn info_hash(&self) -> [u8; 20] {
-        info_hash(&self.torrent)
-    }
-
-    fn dest(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn seeder(&self, extra: &[&str]) -> (Proc, SocketAddr) {
-        start_seeder(&self.torrent, &self.parent, extra, T)
-    }
-
-    fn peer(&self, name: &str, dest: &Path, extra: &[&str]) -> Proc {
-        let mut cmd = corvid(&["peer"]);
-        cmd.arg(&self.torrent).arg(dest);
-        cmd.args(["--listen", "127.0.0.1:0", "--linger", "60s", "--json"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        cmd.args(["--stall-timeout", "50s"]);
-        cmd.args(extra);
-        Proc::spawn(name, &mut cmd)
+/// A release whose waits fit this file's bound.
+fn release(tracker: &str, big: usize, piece_size: &str, seed: u64) -> Release {
+    Release {
+        timeout: T,
+        stall: "50s",
+        ..Release::new(tracker, big, piece_size, seed)
     }
 }
 
@@ -101,7 +58,7 @@ fn run_failing(mut cmd: std::process::Command, bound: Duration) -> (Option<i32>,
 
 #[test]
 fn planted_symlink_in_the_destination_is_refused() {
-    let r = Release::new("http://127.0.0.1:9/announce", 1 << 20, "64K", 21);
+    let r = release("http://127.0.0.1:9/announce", 1 << 20, "64K", 21);
     let outside = tempfile::tempdir().expect("tempdir");
     let victim_dir = outside.path().join("victim");
     std::fs::create_dir(&victim_dir).unwrap();
@@ -129,7 +86,7 @@ fn planted_symlink_in_the_destination_is_refused() {
 #[test]
 fn seeder_killed_once_peers_hold_every_piece() {
     let (_tracker, url) = tracker(0);
-    let r = Release::new(&url, 4 << 20, "64K", 22);
+    let r = release(&url, 4 << 20, "64K", 22);
     let (mut seeder, _) = r.seeder(&["--no-tracker"]);
     let mut peers: Vec<(Proc, PathBuf)> = (0..3)
         .map(|i| {
@@ -248,7 +205,7 @@ fn lie(mut s: TcpStream, info_hash: [u8; 20], pieces: u64) -> std::io::Result<()
 
 #[test]
 fn corrupt_blocks_are_refetched_and_the_liar_banned() {
-    let r = Release::new("http://127.0.0.1:9/announce", 3 << 20, "64K", 23);
+    let r = release("http://127.0.0.1:9/announce", 3 << 20, "64K", 23);
     let liar = Liar::start(r.info_hash(), r.pieces);
     let (mut seeder, seed_addr) = r.seeder(&["--no-tracker", "--no-announce"]);
     // The seeder at 512 KiB/s: the liar, answering at once, gets most requests.
@@ -281,7 +238,7 @@ fn corrupt_blocks_are_refetched_and_the_liar_banned() {
 fn tracker_killed_and_restarted() {
     let port = free_port();
     let (mut tr, url) = tracker(port);
-    let r = Release::new(&url, 4 << 20, "64K", 24);
+    let r = release(&url, 4 << 20, "64K", 24);
     // The seeder is known only through a slow relay (it does not announce), so the early
     // peers are mid-download when the tracker dies and must have found each other there.
     let (mut seeder, seed_addr) = r.seeder(&["--no-tracker", "--no-announce"]);
@@ -362,7 +319,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn full_disk_is_refused_before_downloading() {
-    let r = Release::new("http://127.0.0.1:9/announce", 4 << 20, "64K", 25);
+    let r = release("http://127.0.0.1:9/announce", 4 << 20, "64K", 25);
     let mnt = Tmpfs::mount(&r.dest("small"), "2m");
     let mut cmd = corvid(&["peer"]);
     cmd.arg(&r.torrent).arg(&mnt.0);
@@ -401,7 +358,7 @@ fn fill_until_enospc(path: &Path, limit: u64) -> u64 {
 #[test]
 fn disk_filled_by_someone_else_mid_download_is_survived() {
     // A tmpfs just bigger than the payload (~4.3 MiB): the peer preallocates all of it.
-    let r = Release::new("http://127.0.0.1:9/announce", 4 << 20, "64K", 27);
+    let r = release("http://127.0.0.1:9/announce", 4 << 20, "64K", 27);
     let mnt = Tmpfs::mount(&r.dest("tight"), "6m");
     let (mut seeder, seed_addr) = r.seeder(&["--no-tracker", "--no-announce"]);
     // 1 MiB/s: the download takes a few seconds, so the disk fills half-way.
@@ -460,7 +417,7 @@ fn disk_filled_by_someone_else_mid_download_is_survived() {
 
 #[test]
 fn no_seeder_means_a_bounded_give_up() {
-    let r = Release::new("http://127.0.0.1:9/announce", 1 << 20, "64K", 26);
+    let r = release("http://127.0.0.1:9/announce", 1 << 20, "64K", 26);
     let closed = format!("127.0.0.1:{}", free_port());
     let mut cmd = corvid(&["peer"]);
     cmd.arg(&r.torrent).arg(r.dest("nowhere"));
@@ -555,7 +512,7 @@ fn greedy_non_readers_do_not_starve_a_good_peer() {
 /// `greedy` connections that take an unchoke, queue 250 requests and never read, plus
 /// half-handshake ones up to 300, while a good peer downloads.
 fn flood(greedy_conns: usize) {
-    let r = Release::new("http://127.0.0.1:9/announce", 4 << 20, "64K", 27);
+    let r = release("http://127.0.0.1:9/announce", 4 << 20, "64K", 27);
     let (mut seeder, addr) = r.seeder(&["--no-tracker", "--no-announce"]);
     let ih = r.info_hash();
     let base = anon_rss(seeder.pid());

@@ -133,36 +133,34 @@ fn make_tree(dir: &Path) -> PathBuf {
     p
 }
 
-/// (path, size) pairs from `corvid info --json` output, parsed by hand: the CLI writes
-/// `"files":[{"path":"...","size":N},...]` and test paths have no escapes.
-fn json_files(json: &str) -> Vec<(String, u64)> {
-    let start = json.find("\"files\":[").expect("files key") + 9;
-    let end = json[start..].find(']').expect("files end") + start;
-    json[start..end]
-        .split("},{")
-        .filter(|s| !s.is_empty())
+/// The one JSON object `corvid make --json` or `corvid info --json` printed.
+fn json_object(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// (path, size) pairs of the `files` array of corvid's JSON output.
+fn json_files(text: &str) -> Vec<(String, u64)> {
+    let v = json_object(text);
+    let files = v["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("files in {text}"));
+    files
+        .iter()
         .map(|f| {
-            let path = f
-                .split("\"path\":\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            let size = f.split("\"size\":").nth(1).unwrap();
-            let size: String = size.chars().take_while(char::is_ascii_digit).collect();
-            (path.to_owned(), size.parse().unwrap())
+            let path = f["path"].as_str().unwrap_or_else(|| panic!("path in {f}"));
+            let size = f["size"].as_u64().unwrap_or_else(|| panic!("size in {f}"));
+            (path.to_owned(), size)
         })
         .collect()
 }
 
-fn json_field<'a>(json: &'a str, key: &str) -> &'a str {
-    let k = format!("\"{key}\":");
-    let start = json.find(&k).unwrap_or_else(|| panic!("{key} in {json}")) + k.len();
-    let rest = &json[start..];
-    let rest = rest.strip_prefix('"').unwrap_or(rest);
-    let end = rest.find(['"', ',', '}']).unwrap();
-    &rest[..end]
+/// A top-level field of corvid's JSON output as text: a string's contents, a number's digits.
+fn json_field(text: &str, key: &str) -> String {
+    match &json_object(text)[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => panic!("{key} in {text}"),
+        other => other.to_string(),
+    }
 }
 
 #[test]

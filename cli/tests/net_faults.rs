@@ -182,6 +182,21 @@ fn lossy_delayed_links_deliver_every_byte() {
     );
 }
 
+/// Waits for `p`'s first progress line with a quarter of the pieces, mid-transfer: it
+/// must not have all of them before `event`.
+fn quarter_done(p: &mut Proc, host: &str, event: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = p.wait_line("\"progress\"", Duration::from_secs(60));
+        let (have, pieces) = (json_u64(&line, "have"), json_u64(&line, "pieces"));
+        assert!(have < pieces, "{host} completed before {event}: {line}");
+        if have * 4 >= pieces {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "{host} made no progress");
+    }
+}
+
 #[test]
 fn a_link_cut_for_five_seconds_mid_transfer_heals() {
     let fleet = Fleet::up("nfb", 2, &["--rate", "20mbit"]);
@@ -191,18 +206,8 @@ fn a_link_cut_for_five_seconds_mid_transfer_heals() {
     let mut cut_peer = rel.peer(&fleet, 1, &["--linger", "60s"]);
     let mut other = rel.peer(&fleet, 2, &["--linger", "60s"]);
 
-    // Mid-transfer: the first progress line with a quarter of the pieces (never all).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = cut_peer.wait_line("\"progress\"", Duration::from_secs(60));
-        let (have, pieces) = (json_u64(&line, "have"), json_u64(&line, "pieces"));
-        assert!(have < pieces, "h1 completed before the cut: {line}");
-        if have * 4 >= pieces {
-            eprintln!("cutting h1's link at {line}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "h1 made no progress");
-    }
+    let line = quarter_done(&mut cut_peer, "h1", "the cut");
+    eprintln!("cutting h1's link at {line}");
     let cut_start = Instant::now();
     fleet.ok(&["cut", "1", "5"]);
     let cut_end = Instant::now();
@@ -276,17 +281,8 @@ fn a_silent_peer_is_routed_around_and_closed_long_before_the_idle_timeout() {
 
     let started = Instant::now();
     let mut peer = rel.peer(&fleet, 2, &["--linger", "120s"]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = peer.wait_line("\"progress\"", Duration::from_secs(60));
-        let (have, pieces) = (json_u64(&line, "have"), json_u64(&line, "pieces"));
-        assert!(have < pieces, "h2 completed before h1 was stopped: {line}");
-        if have * 4 >= pieces {
-            eprintln!("stopping h1 at h2's {line}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "h2 made no progress");
-    }
+    let line = quarter_done(&mut peer, "h2", "h1 was stopped");
+    eprintln!("stopping h1 at h2's {line}");
     signal(&second, libc::SIGSTOP);
     let stopped = Instant::now();
 

@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use corvid_engine::node::resume::{record_path, Record};
-use support::{
-    assert_same_tree, corvid, info_hash, json_field, json_u64, make_torrent, start_seeder,
-    torrent_info, Proc, SlowRelay,
-};
+use support::release;
+use support::{assert_same_tree, corvid, json_field, json_u64, Proc, SlowRelay};
 
 /// Bound on every wait.
 const T: Duration = Duration::from_secs(90);
@@ -25,67 +23,54 @@ const FILES: usize = 8;
 const PIECE: u64 = 1 << 20;
 const FILE_LEN: usize = 2 << 20;
 
+/// Eight files of 2 MiB in 1 MiB pieces, and where a peer keeps its record of them.
 struct Release {
-    dir: tempfile::TempDir,
-    torrent: PathBuf,
-    parent: PathBuf,
-    payload: PathBuf,
-    size: u64,
-    pieces: u64,
+    r: release::Release,
     info_hash: [u8; 20],
 }
 
+impl std::ops::Deref for Release {
+    type Target = release::Release;
+    fn deref(&self) -> &release::Release {
+        &self.r
+    }
+}
+
 impl Release {
-    /// Eight files of 2 MiB, 1 MiB pieces.
     fn new(seed: u64) -> Release {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let parent = dir.path().join("src");
-        let payload = parent.join("payload");
-        std::fs::create_dir_all(&payload).unwrap();
-        for i in 0..FILES {
-            std::fs::write(
-                payload.join(format!("part{i}.bin")),
-                support::pseudo_random(FILE_LEN, seed + i as u64),
-            )
-            .unwrap();
-        }
-        let torrent = dir.path().join("release.torrent");
-        make_torrent(&payload, &torrent, "http://127.0.0.1:9/announce", "1MiB");
-        let info = torrent_info(&torrent);
-        let info_hash = info_hash(&torrent);
-        let r = Release {
-            size: json_u64(&info, "total_size"),
-            pieces: json_u64(&info, "pieces"),
-            dir,
-            torrent,
-            parent,
-            payload,
-            info_hash,
+        let fill = |payload: &Path| {
+            std::fs::create_dir_all(payload).unwrap();
+            for i in 0..FILES {
+                std::fs::write(
+                    payload.join(format!("part{i}.bin")),
+                    support::pseudo_random(FILE_LEN, seed + i as u64),
+                )
+                .unwrap();
+            }
+        };
+        let r = release::Release {
+            timeout: T,
+            stall: "60s",
+            ..release::Release::with_payload("http://127.0.0.1:9/announce", "1MiB", fill)
         };
         assert_eq!(r.size, (FILES * FILE_LEN) as u64);
         assert_eq!(r.pieces, r.size / PIECE);
-        r
-    }
-
-    fn dest(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Release {
+            info_hash: r.info_hash(),
+            r,
+        }
     }
 
     fn seeder(&self) -> (Proc, SocketAddr) {
-        start_seeder(&self.torrent, &self.parent, &["--no-tracker"], T)
+        self.r.seeder(&["--no-tracker"])
     }
 
-    /// A peer downloading into `dest` from `from` only (no tracker).
+    /// A peer downloading into `dest` from `from` only (no tracker), writing a record a
+    /// second (the default is 10 s), so a kill lands after a recent one.
     fn peer(&self, name: &str, dest: &Path, from: SocketAddr) -> Proc {
-        let mut cmd = corvid(&["peer"]);
-        cmd.arg(&self.torrent).arg(dest);
-        cmd.args(["--listen", "127.0.0.1:0", "--linger", "60s", "--json"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        cmd.args(["--stall-timeout", "60s", "--no-announce"]);
-        // A record a second (the default is 10 s), so a kill lands after a recent one.
-        cmd.args(["--resume-interval", "1s"]);
-        cmd.args(["--peer", &from.to_string()]);
-        Proc::spawn(name, &mut cmd)
+        let from = from.to_string();
+        let extra = ["--no-announce", "--resume-interval", "1s", "--peer", &from];
+        self.r.peer(name, dest, &extra)
     }
 
     fn record(&self, dest: &Path) -> PathBuf {

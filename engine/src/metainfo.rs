@@ -15,16 +15,13 @@
 //! [`crate::storage`] maps.
 
 use std::collections::HashSet;
-use std::fs;
-use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use crate::bencode::{self, Dict, OwnedValue, Value};
-use crate::geometry::{GeometryError, Lengths, PieceIndex, BLOCK_SIZE, MAX_PIECE_LENGTH};
-use crate::hash::HashPool;
-use crate::storage::{Storage, StorageError};
+use crate::bencode::{self, Dict, Value};
+use crate::geometry::{GeometryError, Lengths, PieceIndex};
+use crate::storage::StorageError;
 
 pub use crate::storage::FileSpec;
 
@@ -641,6 +638,8 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::HashPool;
+    use std::fs;
 
     /// A valid multi-file torrent with the given `files` list body (already bencoded).
     fn multi(files: &str, total: u64) -> Vec<u8> {

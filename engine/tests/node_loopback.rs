@@ -23,6 +23,26 @@ fn payload(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `x.bin`, `len` pseudo-random bytes, written into `root`.
+fn one_file(root: &Path, len: usize, seed: u64) -> Vec<FileSpec> {
+    std::fs::write(root.join("x.bin"), payload(len, seed)).unwrap();
+    vec![FileSpec {
+        path: "x.bin".into(),
+        length: len as u64,
+        pad: false,
+    }]
+}
+
+/// The geometry (256 KiB pieces) and piece hashes of `files` as they are under `root`.
+fn hash_files(root: &Path, files: &[FileSpec]) -> (Lengths, Arc<Vec<[u8; 20]>>) {
+    let total: u64 = files.iter().map(|f| f.length).sum();
+    let piece = 256 * 1024;
+    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
+    let storage = Storage::open_readonly(root, files, lengths).unwrap();
+    let hashes = HashPool::new(1).hash_all(&Arc::new(storage), &mut |_| {});
+    (lengths, Arc::new(hashes))
+}
+
 fn config(
     mode: Mode,
     root: &Path,
@@ -85,12 +105,7 @@ fn seeder_to_one_peer_over_io_uring() {
         },
     ];
     let total = (a.len() + b.len()) as u64;
-    let piece = 256 * 1024;
-    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
-    let pool = HashPool::new(2);
-    let storage = Arc::new(Storage::open_readonly(&src, &files, lengths).unwrap());
-    let hashes = Arc::new(pool.hash_all(&storage, &mut |_| {}));
-    drop(storage);
+    let (lengths, hashes) = hash_files(&src, &files);
 
     let seed_stop = StopFlag::new();
     let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
@@ -139,20 +154,8 @@ fn seeder_to_one_peer_over_io_uring() {
 #[test]
 fn an_idle_seeder_does_not_spin_on_its_swarm_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let data = payload(600_000, 3);
-    std::fs::write(dir.path().join("x.bin"), &data).unwrap();
-    let files = vec![FileSpec {
-        path: "x.bin".into(),
-        length: data.len() as u64,
-        pad: false,
-    }];
-    let total = data.len() as u64;
-    let piece = 256 * 1024;
-    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
-    let pool = HashPool::new(1);
-    let storage = Arc::new(Storage::open_readonly(dir.path(), &files, lengths).unwrap());
-    let hashes = Arc::new(pool.hash_all(&storage, &mut |_| {}));
-    drop(storage);
+    let files = one_file(dir.path(), 600_000, 3);
+    let (lengths, hashes) = hash_files(dir.path(), &files);
     let cfg = config(Mode::Seed, dir.path(), &files, lengths, hashes);
     let stop = StopFlag::new();
     let mut progress = 0;
@@ -196,20 +199,8 @@ fn a_download_with_nothing_to_plan_does_not_spin() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    let data = payload(2_000_000, 4);
-    std::fs::write(src.join("x.bin"), &data).unwrap();
-    let files = vec![FileSpec {
-        path: "x.bin".into(),
-        length: data.len() as u64,
-        pad: false,
-    }];
-    let total = data.len() as u64;
-    let piece = 256 * 1024;
-    let lengths = Lengths::new(total, piece, total.div_ceil(piece)).unwrap();
-    let pool = HashPool::new(1);
-    let storage = Arc::new(Storage::open_readonly(&src, &files, lengths).unwrap());
-    let hashes = Arc::new(pool.hash_all(&storage, &mut |_| {}));
-    drop(storage);
+    let files = one_file(&src, 2_000_000, 4);
+    let (lengths, hashes) = hash_files(&src, &files);
     let dst = dir.path().join("dst");
     let cfg = config(Mode::Download, &dst, &files, lengths, hashes);
     let stop = StopFlag::new();

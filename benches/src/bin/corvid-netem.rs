@@ -220,12 +220,54 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> std::io::Result<()> {
     let q = args.queue;
-    let cap = u32::try_from(args.max_held).unwrap_or(u32::MAX);
+    let (mut queue, fd) = open_queue(q, u32::try_from(args.max_held).unwrap_or(u32::MAX))?;
+    install_handlers()?;
+    let base = Duration::from_millis(args.delay_ms);
+    let mut delays = load(&args.delays)?;
+    println!("corvid-netem: queue {q} ready");
+    std::io::stdout().flush()?;
+
+    let mut line: DelayLine<nfq::Message> = DelayLine::new(args.max_held);
+    let (mut passed, mut overflow) = (0u64, 0u64);
+    while !STOP.load(Ordering::SeqCst) {
+        if RELOAD.swap(false, Ordering::SeqCst) {
+            // A bad file keeps the delays in force and says why.
+            match load(&args.delays) {
+                Ok(d) => delays = d,
+                Err(e) => eprintln!("corvid-netem: reload: {e}"),
+            }
+        }
+        let now = Instant::now();
+        while let Some(msg) = line.pop_due(now) {
+            accept(&mut queue, msg)?;
+            passed += 1;
+        }
+        // Wait for a packet, at most until the next verdict is due (and a second at most,
+        // a bound on every wait).
+        let wait = line
+            .next_due()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        if poll_in(fd, wait)? {
+            overflow += take_packets(&mut queue, &mut line, |m| {
+                base + delays.of(m.get_physindev(), m.get_physoutdev())
+            })?;
+        }
+    }
+    for msg in line.drain().collect::<Vec<_>>() {
+        accept(&mut queue, msg)?;
+        passed += 1;
+    }
+    println!("corvid-netem: queue {q} passed {passed} overflow {overflow}");
+    Ok(())
+}
+
+/// Binds queue `q` and finds its netlink socket: nfq does not expose it, and waiting
+/// needs poll(2) on it (a packet arriving or the next verdict falling due, whichever
+/// comes first). It is the one socket that appeared with `open`.
+fn open_queue(q: u16, cap: u32) -> std::io::Result<(nfq::Queue, libc::c_int)> {
     let before = socket_fds()?;
     let mut queue = nfq::Queue::open()?;
-    // nfq does not expose its netlink socket, and waiting needs poll(2) on it (a packet
-    // arriving or the next verdict falling due, whichever comes first): it is the one
-    // socket that appeared with `open`.
     let fd = match socket_fds()?
         .into_iter()
         .filter(|fd| !before.contains(fd))
@@ -246,6 +288,11 @@ fn run(args: &Args) -> std::io::Result<()> {
     queue.set_queue_max_len(q, cap)?;
     queue.set_fail_open(q, true)?;
     queue.set_nonblocking(true);
+    Ok((queue, fd))
+}
+
+/// SIGTERM and SIGINT stop the loop, SIGHUP reloads the delays file.
+fn install_handlers() -> std::io::Result<()> {
     let stop = on_signal as extern "C" fn(libc::c_int) as usize;
     let hup = on_hup as extern "C" fn(libc::c_int) as usize;
     for (sig, handler) in [
@@ -264,74 +311,56 @@ fn run(args: &Args) -> std::io::Result<()> {
             }
         }
     }
-    let base = Duration::from_millis(args.delay_ms);
-    let mut delays = load(&args.delays)?;
-    println!("corvid-netem: queue {q} ready");
-    std::io::stdout().flush()?;
-
-    let mut line: DelayLine<nfq::Message> = DelayLine::new(args.max_held);
-    let (mut passed, mut overflow) = (0u64, 0u64);
-    while !STOP.load(Ordering::SeqCst) {
-        if RELOAD.swap(false, Ordering::SeqCst) {
-            // A bad file keeps the delays in force and says why.
-            match load(&args.delays) {
-                Ok(d) => delays = d,
-                Err(e) => eprintln!("corvid-netem: reload: {e}"),
-            }
-        }
-        let now = Instant::now();
-        while let Some(mut msg) = line.pop_due(now) {
-            msg.set_verdict(nfq::Verdict::Accept);
-            queue.verdict(msg)?;
-            passed += 1;
-        }
-        // Wait for a packet, at most until the next verdict is due (and a second at most,
-        // a bound on every wait).
-        let wait = line
-            .next_due()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
-            .min(Duration::from_secs(1));
-        let ms = libc::c_int::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(1000);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            continue;
-        }
-        loop {
-            match queue.recv() {
-                Ok(msg) => {
-                    let d = base + delays.of(msg.get_physindev(), msg.get_physoutdev());
-                    if let Err(mut msg) = line.push(Instant::now() + d, msg) {
-                        msg.set_verdict(nfq::Verdict::Accept);
-                        queue.verdict(msg)?;
-                        overflow += 1;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    for mut msg in line.drain().collect::<Vec<_>>() {
-        msg.set_verdict(nfq::Verdict::Accept);
-        queue.verdict(msg)?;
-        passed += 1;
-    }
-    println!("corvid-netem: queue {q} passed {passed} overflow {overflow}");
     Ok(())
+}
+
+/// Waits up to `wait` for `fd` to be readable; false on timeout or a signal.
+fn poll_in(fd: libc::c_int, wait: Duration) -> std::io::Result<bool> {
+    let ms = libc::c_int::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(1000);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack for the duration of the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}
+
+fn accept(queue: &mut nfq::Queue, mut msg: nfq::Message) -> std::io::Result<()> {
+    msg.set_verdict(nfq::Verdict::Accept);
+    queue.verdict(msg)
+}
+
+/// Takes every waiting packet into the delay line, due after `delay(packet)`; a packet
+/// the full line gives back is accepted at once. Returns how many were.
+fn take_packets(
+    queue: &mut nfq::Queue,
+    line: &mut DelayLine<nfq::Message>,
+    delay: impl Fn(&nfq::Message) -> Duration,
+) -> std::io::Result<u64> {
+    let mut overflow = 0;
+    loop {
+        match queue.recv() {
+            Ok(msg) => {
+                let d = delay(&msg);
+                if let Err(msg) = line.push(Instant::now() + d, msg) {
+                    accept(queue, msg)?;
+                    overflow += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(overflow),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(overflow),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

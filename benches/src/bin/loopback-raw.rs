@@ -284,21 +284,12 @@ fn iperf3(secs: u32) -> anyhow::Result<f64> {
         .context("run iperf3 client")?;
     let _ = server.kill();
     let _ = server.wait();
-    let json = String::from_utf8_lossy(&out.stdout);
-    let tail = json
-        .split("\"sum_received\"")
-        .nth(1)
-        .context("iperf3 JSON without sum_received")?;
-    let num = tail
-        .split("\"bits_per_second\":")
-        .nth(1)
-        .context("no bits_per_second")?;
-    let num: String = num
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    Ok(num.parse::<f64>()? / 8.0 / (1024.0 * 1024.0))
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("iperf3 -J output is not JSON")?;
+    let bps = doc["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 -J output lacks end.sum_received.bits_per_second")?;
+    Ok(bps / 8.0 / (1024.0 * 1024.0))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -11,8 +11,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod deploy;
 pub mod fleet;
 pub mod rawpeer;
+pub mod release;
 
 /// Path of the `corvid` binary cargo built for these tests.
 pub fn corvid_bin() -> PathBuf {

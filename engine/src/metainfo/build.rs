@@ -5,7 +5,18 @@
 //! Separate from the parent, which parses torrents: parsing faces hostile input and checks
 //! every field, while this side reads the local file system and only writes what it chose.
 
-use super::*;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use super::{
+    check_component, FileSpec, Metainfo, MetainfoError, Symlink, AUTO_MAX_PIECE, AUTO_MIN_PIECE,
+    AUTO_TARGET_PIECES,
+};
+use crate::bencode::OwnedValue;
+use crate::geometry::{Lengths, BLOCK_SIZE, MAX_PIECE_LENGTH};
+use crate::hash::HashPool;
+use crate::storage::Storage;
 
 /// The piece length `make` picks for `total` payload bytes: the smallest power of two from
 /// 256 KiB to 16 MiB that cuts the payload into at most 4000 pieces. So payloads from

@@ -55,9 +55,8 @@
 //! `fallocate` updates mtime and ctime on current kernels even when every block is already
 //! allocated; the record is rewritten right after the start-up check with the new times.
 
-use std::collections::BTreeSet;
 use std::fs::{Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -65,7 +64,6 @@ use sha1::{Digest, Sha1};
 
 use crate::bencode::{self, OwnedValue, Value};
 use crate::geometry::{Lengths, PieceIndex};
-use crate::storage::Storage;
 use crate::wire::Bitfield;
 
 mod write;
@@ -599,6 +597,7 @@ mod tests {
     use super::*;
     use crate::geometry::BLOCK_SIZE;
     use crate::storage::FileSpec;
+    use crate::storage::Storage;
     use std::os::unix::fs::PermissionsExt;
 
     const PL: u64 = BLOCK_SIZE as u64;

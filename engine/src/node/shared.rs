@@ -1,5 +1,5 @@
-//! The state every thread of a node reaches: the swarm, the storage, the hasher pool,
-//! the counters and the bookkeeping of connections and peers.
+//! The state every thread of a node reaches: the swarm's door, the storage, the hasher
+//! pool, the counters and the bookkeeping of connections and peers.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -9,9 +9,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use crate::bencode::{self, encode_bytes, encode_int, Value};
+use std::net::{IpAddr, SocketAddr};
 
 mod response;
 pub use response::{
@@ -519,6 +517,7 @@ fn truncated(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bencode;
 
     const H: [u8; 20] = [
         0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x00, 0xff, b'a', b'%', b'&', b'=', b'+',

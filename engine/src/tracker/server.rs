@@ -18,13 +18,9 @@
 //! piece crosses a rack's oversubscribed uplink about once ([`Swarm::rack_handout`]).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::proto::{
@@ -32,7 +28,6 @@ use super::proto::{
     AnnounceResponse, Event, Head, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
 use super::topology::{RackId, Topology};
-use super::TrackerError;
 use crate::peer::auth::Secret;
 
 mod listen;

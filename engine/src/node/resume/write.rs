@@ -4,7 +4,14 @@
 //! Separate from the parent, which defines the record and decides at start what to trust
 //! from it: this part only puts records on disk, safely, while the node runs.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::{FileStamp, NoFollow, Record, RecordError};
+use crate::storage::Storage;
+use crate::wire::Bitfield;
 
 /// Writes a torrent's record atomically, remembering what the record on disk claims.
 #[derive(Debug)]

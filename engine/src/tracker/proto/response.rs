@@ -4,7 +4,10 @@
 //! Separate from the parent, which handles the HTTP request side (head, target, query
 //! strings): the two halves share only the types, and each is long enough on its own.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::{clamp_i64, AnnounceResponse, PeerInfo, ProtoError, ScrapeEntry};
+use crate::bencode::{self, encode_bytes, encode_int, Value};
 
 /// `d14:failure reason<len>:<reason>e`: how trackers report a refused request.
 pub fn encode_failure(reason: &str) -> Vec<u8> {

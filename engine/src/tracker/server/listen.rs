@@ -4,7 +4,17 @@
 //! Separate from the swarm bookkeeping in the parent module because that part is sans-IO
 //! (time passed in) and tested without sockets; everything here owns sockets and a thread.
 
-use super::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::{StatCells, Swarms, TrackerConfig, TrackerStats, TrackerStatsHandle};
+use crate::tracker::TrackerError;
 
 pub(super) fn http_response(status: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(

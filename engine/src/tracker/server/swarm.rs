@@ -6,7 +6,12 @@
 //! across swarms: this part only decides, within one swarm, who is counted and who is
 //! handed to whom.
 
-use super::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::tracker::proto::PeerInfo;
+use crate::tracker::topology::RackId;
 
 /// What the tracker remembers of one peer.
 #[derive(Debug, Clone)]
