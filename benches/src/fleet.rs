@@ -28,7 +28,16 @@ use std::time::Duration;
 
 /// `stock`: libtorrent seeds, aria2 downloads, opentracker introduces them (see
 /// [`run_stock`]): the stock-client baseline on the same fleet.
-pub const METHODS: &[&str] = &["scp-seq", "scp-par", "rsync", "corvid", "stock"];
+/// `deploy`, `deploy-first`: the real `corvid deploy` end to end (crate::fleet_deploy).
+pub const METHODS: &[&str] = &[
+    "scp-seq",
+    "scp-par",
+    "rsync",
+    "corvid",
+    "stock",
+    "deploy-first",
+    "deploy",
+];
 
 /// Fixed ports are safe here: each fleet host is a fresh network namespace of its own.
 const TRACKER_BASE_PORT: u16 = 8998;
@@ -587,6 +596,11 @@ fn run_method(
                 c.piece_size.as_deref(),
             )?;
             run_stock(fleet, &bin, &torrent, p, work, tport, timeout, &mut cpu0)?
+        }
+        "deploy" | "deploy-first" => {
+            let bin = corvid::locate(&c.corvid)?;
+            let first = m == "deploy-first";
+            crate::fleet_deploy::run(fleet, &bin, p, work, first, run_no, timeout)?
         }
         other => return Err(anyhow!("method {other} not implemented for fleet").into()),
     };
