@@ -288,7 +288,7 @@ fn run_with(
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
             file_bytes: local.file_bytes,
-            stream_bytes: local.stream_bytes(true).len() as u64,
+            stream_bytes: local.streamed_len(),
             ..InstallSummary::default()
         },
     };
