@@ -224,7 +224,7 @@ fn release_dir(p: &Payload, work: &Path) -> Result<PathBuf> {
 
 /// `bin` without debug info (`objcopy --strip-debug`, as `corvid deploy` ships it), made
 /// once per harness run.
-fn stripped_binary(bin: &Path, work: &Path) -> Result<PathBuf> {
+pub fn stripped_binary(bin: &Path, work: &Path) -> Result<PathBuf> {
     let out = work.join("corvid-stripped");
     if !out.is_file() {
         crate::proc::run_ok(
@@ -240,7 +240,7 @@ fn stripped_binary(bin: &Path, work: &Path) -> Result<PathBuf> {
 }
 
 /// Runs `sh -c script(h)` on every receiver at once.
-fn on_hosts(fleet: &Fleet, what: &str, script: impl Fn(usize) -> String) -> Result<()> {
+pub fn on_hosts(fleet: &Fleet, what: &str, script: impl Fn(usize) -> String) -> Result<()> {
     let jobs = (1..=fleet.n)
         .map(|h| Job {
             host: format!("h{h}"),
