@@ -143,6 +143,8 @@ pub enum FleetEvent {
         seeder: SocketAddr,
         tracker: String,
         hosts: usize,
+        /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
+        racks: usize,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -278,7 +280,7 @@ fn run_with(
             path: plan.local_corvid.clone(),
             source,
         })?;
-    let tracker = bind_tracker(plan)?;
+    let (tracker, racks) = bind_tracker(plan)?;
     let deploy = Deploy {
         plan,
         stop: &stop,
@@ -286,6 +288,7 @@ fn run_with(
         results: v.hosts.iter().map(|_| None).collect(),
         hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
+        racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
             file_bytes: local.file_bytes,
@@ -301,9 +304,11 @@ fn run_with(
 
 /// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
 /// is touched.
-fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
+fn bind_tracker(plan: &DeployPlan) -> Result<(TrackerServer, usize), DeployError> {
     // Hosts' `rack=` fields make the tracker rack-aware (issue 11).
-    let topology = super::hosts::host_topology(&plan.hosts)?.map(std::sync::Arc::new);
+    let topology = super::hosts::host_topology(&plan.hosts, &|h| plan.ssh.resolve(h))?
+        .map(std::sync::Arc::new);
+    let racks = topology.as_ref().map_or(0, |t| t.racks());
     let tcfg = TrackerConfig {
         topology,
         secret: plan.secret.clone(),
@@ -315,6 +320,7 @@ fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
         SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
         tcfg,
     )
+    .map(|t| (t, racks))
     .map_err(|e| DeployError::Tracker(e.to_string()))
 }
 
@@ -328,6 +334,8 @@ struct Deploy<'a> {
     /// takes no part in the phases after.
     results: Vec<Option<HostResult>>,
     payload_bytes: u64,
+    /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
+    racks: usize,
     install: InstallSummary,
 }
 
@@ -371,6 +379,7 @@ impl Deploy<'_> {
             seeder: seeder_addr,
             tracker: url,
             hosts: self.hosts.len(),
+            racks: self.racks,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
