@@ -296,6 +296,58 @@ fn corvid_deploy(
     Ok((secs, wire, reused, seeder))
 }
 
+/// One shape: a full deploy of v1 (the reference), the delta deploy of v2 from it, and
+/// rsync of v2 over a copy of v1, each checked on every host; the directories are
+/// removed afterwards (each host holds three copies of the release meanwhile).
+fn measure_shape(
+    fleet: &Fleet,
+    bins: (&Path, &Path),
+    disk: &str,
+    shape: &'static str,
+    (v1, v2): (&Path, &Path),
+    align: bool,
+) -> Result<Vec<Measured>> {
+    let dest = format!("{disk}/{shape}-app");
+    let rs = format!("{disk}/{shape}-rsync");
+    let mut results = Vec::new();
+    let (s, w, r, sd) = corvid_deploy(fleet, bins, v1, &dest, "v1", align)?;
+    results.push(Measured {
+        shape,
+        method: "corvid full deploy (v1)",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: r,
+        seeder_bytes: sd,
+    });
+    crate::fleet_deploy::on_hosts(fleet, "copy v1 for rsync", |_| {
+        format!("mkdir -p '{rs}' && cp -a '{}/.' '{rs}'", v1.display())
+    })?;
+    let (s, w, r, sd) = corvid_deploy(fleet, bins, v2, &dest, "v2", align)?;
+    check_hosts(fleet, &format!("{dest}/releases/v2"), v2)?;
+    results.push(Measured {
+        shape,
+        method: "corvid deploy v2 (delta)",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: r,
+        seeder_bytes: sd,
+    });
+    let (s, w) = rsync_all(fleet, v2, &rs)?;
+    check_hosts(fleet, &rs, v2)?;
+    results.push(Measured {
+        shape,
+        method: "rsync -a v2 to all hosts at once",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: 0,
+        seeder_bytes: w,
+    });
+    crate::fleet_deploy::on_hosts(fleet, "free the shape's directories", |_| {
+        format!("rm -rf '{dest}' '{rs}'")
+    })?;
+    Ok(results)
+}
+
 /// `rsync -a --stats` from h0 to every host at once; returns (seconds, bytes sent).
 fn rsync_all(fleet: &Fleet, src: &Path, dest: &str) -> Result<(f64, u64)> {
     let cfg = fleet.ssh_config.display().to_string();
@@ -382,49 +434,17 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
     })?;
     let bins = (corvid.as_path(), remote.as_path());
     let mut results = Vec::new();
-    for (shape, (v1, v2, changed)) in &shapes {
-        let dest = format!("{disk}/{shape}-app");
-        let rs = format!("{disk}/{shape}-rsync");
-        eprintln!("delta {shape}: {} changed", units::fmt_bytes(*changed));
-        // The previous release on every host: corvid's by a full deploy (measured),
-        // rsync's by a local copy.
-        let (s, w, r, sd) = corvid_deploy(&fleet, bins, v1, &dest, "v1", a.align)?;
-        results.push(Measured {
+    for &(shape, (ref v1, ref v2, changed)) in &shapes {
+        eprintln!("delta {shape}: {} changed", units::fmt_bytes(changed));
+        let ms = measure_shape(
+            &fleet,
+            bins,
+            &disk,
             shape,
-            method: "corvid full deploy (v1)",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: r,
-            seeder_bytes: sd,
-        });
-        crate::fleet_deploy::on_hosts(&fleet, "copy v1 for rsync", |_| {
-            format!("mkdir -p '{rs}' && cp -a '{}/.' '{rs}'", v1.display())
-        })?;
-        let (s, w, r, sd) = corvid_deploy(&fleet, bins, v2, &dest, "v2", a.align)?;
-        check_hosts(&fleet, &format!("{dest}/releases/v2"), v2)?;
-        results.push(Measured {
-            shape,
-            method: "corvid deploy v2 (delta)",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: r,
-            seeder_bytes: sd,
-        });
-        let (s, w) = rsync_all(&fleet, v2, &rs)?;
-        check_hosts(&fleet, &rs, v2)?;
-        results.push(Measured {
-            shape,
-            method: "rsync -a v2 to all hosts at once",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: 0,
-            seeder_bytes: w,
-        });
-        // Each host holds three copies of the release per shape: free them before the next.
-        crate::fleet_deploy::on_hosts(&fleet, "free the shape's directories", |_| {
-            format!("rm -rf '{dest}' '{rs}'")
-        })?;
-        for m in results.iter().filter(|m| m.shape == *shape) {
+            (v1.as_path(), v2.as_path()),
+            a.align,
+        )?;
+        for m in &ms {
             eprintln!(
                 "  {:<36} {:>8.2} s  wire {:>10}  reused {:>10}",
                 m.method,
@@ -433,6 +453,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
                 units::fmt_bytes(m.reused_bytes)
             );
         }
+        results.extend(ms);
     }
     drop(xfs);
     drop(fleet);

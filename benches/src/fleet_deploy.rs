@@ -134,28 +134,7 @@ pub fn run(
             )
         })?;
     }
-    let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
-    let argv: Vec<String> = [
-        bin.display().to_string(),
-        "deploy".into(),
-        "--hosts".into(),
-        hosts.join(","),
-        "--src".into(),
-        src.display().to_string(),
-        "--dest".into(),
-        app.display().to_string(),
-        "--tag".into(),
-        format!("r{run_no}"),
-        "--activate".into(),
-        "--remote-corvid".into(),
-        remote.display().to_string(),
-        "--ssh-option".into(),
-        "-F".into(),
-        "--ssh-option".into(),
-        fleet.ssh_config.display().to_string(),
-        "--json".into(),
-    ]
-    .into();
+    let argv = deploy_argv(fleet, bin, &src, &app, &remote, run_no);
     let seen = watch(fleet, &argv, timeout)?;
     println!("  {}", seen.phases_line());
     let bad: Vec<String> = seen
@@ -220,6 +199,40 @@ fn release_dir(p: &Payload, work: &Path) -> Result<PathBuf> {
             .with_context(|| format!("copying the payload to {}", file.display()))?;
     }
     Ok(src)
+}
+
+/// `corvid deploy` of `src` to h1..hN at `app`, as an operator runs it (`--activate`,
+/// default linger), with the fleet's ssh config.
+fn deploy_argv(
+    fleet: &Fleet,
+    bin: &Path,
+    src: &Path,
+    app: &Path,
+    remote: &Path,
+    run_no: u16,
+) -> Vec<String> {
+    let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
+    [
+        bin.display().to_string(),
+        "deploy".into(),
+        "--hosts".into(),
+        hosts.join(","),
+        "--src".into(),
+        src.display().to_string(),
+        "--dest".into(),
+        app.display().to_string(),
+        "--tag".into(),
+        format!("r{run_no}"),
+        "--activate".into(),
+        "--remote-corvid".into(),
+        remote.display().to_string(),
+        "--ssh-option".into(),
+        "-F".into(),
+        "--ssh-option".into(),
+        fleet.ssh_config.display().to_string(),
+        "--json".into(),
+    ]
+    .into()
 }
 
 /// `bin` without debug info (`objcopy --strip-debug`, as `corvid deploy` ships it), made
