@@ -10,6 +10,12 @@
 //! directory (not timed). Reported per method: wall time until every host holds the new
 //! release, and bytes on the wire (corvid: what hosts received from the seeder and from
 //! each other; rsync: `Total bytes sent` from h0).
+//!
+//! corvid is on every host as an earlier deploy leaves it (stripped, on the host's own
+//! disk). With `--xfs` every host keeps both methods' directories on an XFS filesystem
+//! with reflinks (a loop-mounted image per host, inside the host's mount namespace), so
+//! a release's unchanged files are clones of the previous one's; otherwise they are on
+//! the fleet's disk (this machine's, ext4 here), where each is a copy.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +57,62 @@ pub struct DeltaArgs {
     /// Deploy with `--align` (BEP 47 pad files).
     #[arg(long)]
     pub align: bool,
+    /// Put every host's releases (and rsync's copy) on XFS with reflinks (needs root,
+    /// mkfs.xfs and loop devices).
+    #[arg(long)]
+    pub xfs: bool,
+}
+
+/// The per-host XFS images, mounted at `DISK/xfs` in each host's mount namespace;
+/// unmounted and removed on drop (before the fleet goes).
+struct XfsDisks<'a> {
+    fleet: &'a Fleet,
+    images: Vec<PathBuf>,
+}
+
+impl XfsDisks<'_> {
+    fn mount<'a>(fleet: &'a Fleet, dir: &Path) -> Result<XfsDisks<'a>> {
+        let mut disks = XfsDisks {
+            fleet,
+            images: Vec::new(),
+        };
+        let at = fleet.disk.join("xfs");
+        for h in 1..=fleet.n {
+            let img = dir.join(format!("xfs-h{h}.img"));
+            let _ = std::fs::remove_file(&img);
+            std::fs::File::create(&img)?.set_len(2 << 30)?;
+            disks.images.push(img.clone());
+            let st = Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&img)
+                .status()
+                .context("mkfs.xfs (apt-get install xfsprogs)")?;
+            if !st.success() {
+                bail!("mkfs.xfs {} failed", img.display());
+            }
+        }
+        crate::fleet_deploy::on_hosts(fleet, "mount the XFS images", |h| {
+            format!(
+                "mkdir -p '{}' && mount -o loop '{}' '{}'",
+                at.display(),
+                disks.images[h - 1].display(),
+                at.display()
+            )
+        })?;
+        Ok(disks)
+    }
+}
+
+impl Drop for XfsDisks<'_> {
+    fn drop(&mut self) {
+        let at = self.fleet.disk.join("xfs");
+        let _ = crate::fleet_deploy::on_hosts(self.fleet, "unmount the XFS images", |_| {
+            format!("umount '{}'", at.display())
+        });
+        for img in &self.images {
+            let _ = std::fs::remove_file(img);
+        }
+    }
 }
 
 /// Fast deterministic bytes (xorshift64*), distinct per seed.
@@ -167,10 +229,11 @@ impl Measured {
     }
 }
 
-/// `corvid deploy` from h0 to every host; returns (seconds, wire, reused, seeder).
+/// `corvid deploy` from h0 to every host (`remote`: corvid on the hosts); returns
+/// (seconds, wire, reused, seeder).
 fn corvid_deploy(
     fleet: &Fleet,
-    corvid: &Path,
+    (corvid, remote): (&Path, &Path),
     src: &Path,
     dest: &str,
     tag: &str,
@@ -190,7 +253,7 @@ fn corvid_deploy(
         tag.into(),
         "--activate".into(),
         "--remote-corvid".into(),
-        corvid.display().to_string(),
+        remote.display().to_string(),
         "--ssh-option".into(),
         "-F".into(),
         "--ssh-option".into(),
@@ -233,6 +296,58 @@ fn corvid_deploy(
     Ok((secs, wire, reused, seeder))
 }
 
+/// One shape: a full deploy of v1 (the reference), the delta deploy of v2 from it, and
+/// rsync of v2 over a copy of v1, each checked on every host; the directories are
+/// removed afterwards (each host holds three copies of the release meanwhile).
+fn measure_shape(
+    fleet: &Fleet,
+    bins: (&Path, &Path),
+    disk: &str,
+    shape: &'static str,
+    (v1, v2): (&Path, &Path),
+    align: bool,
+) -> Result<Vec<Measured>> {
+    let dest = format!("{disk}/{shape}-app");
+    let rs = format!("{disk}/{shape}-rsync");
+    let mut results = Vec::new();
+    let (s, w, r, sd) = corvid_deploy(fleet, bins, v1, &dest, "v1", align)?;
+    results.push(Measured {
+        shape,
+        method: "corvid full deploy (v1)",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: r,
+        seeder_bytes: sd,
+    });
+    crate::fleet_deploy::on_hosts(fleet, "copy v1 for rsync", |_| {
+        format!("mkdir -p '{rs}' && cp -a '{}/.' '{rs}'", v1.display())
+    })?;
+    let (s, w, r, sd) = corvid_deploy(fleet, bins, v2, &dest, "v2", align)?;
+    check_hosts(fleet, &format!("{dest}/releases/v2"), v2)?;
+    results.push(Measured {
+        shape,
+        method: "corvid deploy v2 (delta)",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: r,
+        seeder_bytes: sd,
+    });
+    let (s, w) = rsync_all(fleet, v2, &rs)?;
+    check_hosts(fleet, &rs, v2)?;
+    results.push(Measured {
+        shape,
+        method: "rsync -a v2 to all hosts at once",
+        seconds: s,
+        wire_bytes: w,
+        reused_bytes: 0,
+        seeder_bytes: w,
+    });
+    crate::fleet_deploy::on_hosts(fleet, "free the shape's directories", |_| {
+        format!("rm -rf '{dest}' '{rs}'")
+    })?;
+    Ok(results)
+}
+
 /// `rsync -a --stats` from h0 to every host at once; returns (seconds, bytes sent).
 fn rsync_all(fleet: &Fleet, src: &Path, dest: &str) -> Result<(f64, u64)> {
     let cfg = fleet.ssh_config.display().to_string();
@@ -265,26 +380,12 @@ fn rsync_all(fleet: &Fleet, src: &Path, dest: &str) -> Result<(f64, u64)> {
     Ok((secs, sent))
 }
 
-/// Every host's copy of `rel` under its private directory matches `want` byte for byte.
-fn check_hosts(fleet: &Fleet, rel: &str, want: &Path) -> Result<()> {
-    let hosts = fleet
-        .disk
-        .parent()
-        .context("disk has a parent")?
-        .join("hosts");
-    for h in 1..=fleet.n {
-        let got = hosts.join(format!("h{h}")).join(rel);
-        let st = Command::new("diff")
-            .arg("-rq")
-            .arg(want)
-            .arg(&got)
-            .status()
-            .context("running diff")?;
-        if !st.success() {
-            bail!("h{h}: {} differs from {}", got.display(), want.display());
-        }
-    }
-    Ok(())
+/// Every host's `got` (a path in its own mount namespace) matches `want` byte for byte.
+fn check_hosts(fleet: &Fleet, got: &str, want: &Path) -> Result<()> {
+    crate::fleet_deploy::on_hosts(fleet, "compare the release", |_| {
+        format!("diff -rq '{}' '{got}'", want.display())
+    })
+    .with_context(|| format!("a host's {got} differs from {}", want.display()))
 }
 
 pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
@@ -308,67 +409,42 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         ("block", block_shape(&dir, a.size)?),
     ];
     let fleet = Fleet::up(&script, &default_fleet_name(), a.peers, rate.as_ref())?;
-    let disk = fleet.disk.display().to_string();
-    let hosts = fleet
-        .disk
-        .parent()
-        .context("disk has a parent")?
-        .join("hosts");
+    // Dropped before the fleet: unmounted while the hosts' namespaces still exist.
+    let xfs = if a.xfs {
+        Some(XfsDisks::mount(&fleet, &dir)?)
+    } else {
+        None
+    };
+    let disk = match &xfs {
+        Some(_) => fleet.disk.join("xfs"),
+        None => fleet.disk.clone(),
+    }
+    .display()
+    .to_string();
+    // corvid on each host's own disk, stripped, as a deploy leaves it.
+    let remote = fleet.disk.join("corvid-bin/corvid");
+    let stripped = crate::fleet_deploy::stripped_binary(&corvid, &dir)?;
+    crate::fleet_deploy::on_hosts(&fleet, "place corvid on the hosts", |_| {
+        format!(
+            "mkdir -p '{}' && cp '{}' '{}'",
+            fleet.disk.join("corvid-bin").display(),
+            stripped.display(),
+            remote.display()
+        )
+    })?;
+    let bins = (corvid.as_path(), remote.as_path());
     let mut results = Vec::new();
-    for (shape, (v1, v2, changed)) in &shapes {
-        let dest = format!("{disk}/{shape}-app");
-        let rs = format!("{disk}/{shape}-rsync");
-        eprintln!("delta {shape}: {} changed", units::fmt_bytes(*changed));
-        // The previous release on every host: corvid's by a full deploy (measured),
-        // rsync's by a local copy.
-        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v1, &dest, "v1", a.align)?;
-        results.push(Measured {
+    for &(shape, (ref v1, ref v2, changed)) in &shapes {
+        eprintln!("delta {shape}: {} changed", units::fmt_bytes(changed));
+        let ms = measure_shape(
+            &fleet,
+            bins,
+            &disk,
             shape,
-            method: "corvid full deploy (v1)",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: r,
-            seeder_bytes: sd,
-        });
-        for h in 1..=fleet.n {
-            let to = hosts.join(format!("h{h}")).join(format!("{shape}-rsync"));
-            std::fs::create_dir_all(&to)?;
-            let st = Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", v1.display()))
-                .arg(&to)
-                .status()?;
-            if !st.success() {
-                bail!("copying v1 to {}", to.display());
-            }
-        }
-        let (s, w, r, sd) = corvid_deploy(&fleet, &corvid, v2, &dest, "v2", a.align)?;
-        check_hosts(&fleet, &format!("{shape}-app/releases/v2"), v2)?;
-        results.push(Measured {
-            shape,
-            method: "corvid deploy v2 (delta)",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: r,
-            seeder_bytes: sd,
-        });
-        let (s, w) = rsync_all(&fleet, v2, &rs)?;
-        check_hosts(&fleet, &format!("{shape}-rsync"), v2)?;
-        results.push(Measured {
-            shape,
-            method: "rsync -a v2 to all hosts at once",
-            seconds: s,
-            wire_bytes: w,
-            reused_bytes: 0,
-            seeder_bytes: w,
-        });
-        // Each host holds three copies of the release per shape: free them before the next.
-        for h in 1..=fleet.n {
-            for d in [format!("{shape}-app"), format!("{shape}-rsync")] {
-                let _ = std::fs::remove_dir_all(hosts.join(format!("h{h}")).join(d));
-            }
-        }
-        for m in results.iter().filter(|m| m.shape == *shape) {
+            (v1.as_path(), v2.as_path()),
+            a.align,
+        )?;
+        for m in &ms {
             eprintln!(
                 "  {:<36} {:>8.2} s  wire {:>10}  reused {:>10}",
                 m.method,
@@ -377,7 +453,9 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
                 units::fmt_bytes(m.reused_bytes)
             );
         }
+        results.extend(ms);
     }
+    drop(xfs);
     drop(fleet);
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("benches/runs")
@@ -392,6 +470,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         .with("peers", a.peers)
         .with("rate", a.rate.as_str())
         .with("align", a.align)
+        .with("xfs_reflink", a.xfs)
         .with(
             "results",
             Json::Arr(results.iter().map(Measured::json).collect()),

@@ -38,7 +38,16 @@ use std::time::Duration;
 
 /// `stock`: libtorrent seeds, aria2 downloads, opentracker introduces them (see
 /// `swarms::run_stock`): the stock-client baseline on the same fleet.
-pub const METHODS: &[&str] = &["scp-seq", "scp-par", "rsync", "corvid", "stock"];
+/// `deploy`, `deploy-first`: the real `corvid deploy` end to end (crate::fleet_deploy).
+pub const METHODS: &[&str] = &[
+    "scp-seq",
+    "scp-par",
+    "rsync",
+    "corvid",
+    "stock",
+    "deploy-first",
+    "deploy",
+];
 
 /// Fixed ports are safe here: each fleet host is a fresh network namespace of its own.
 const TRACKER_BASE_PORT: u16 = 8998;
@@ -394,6 +403,12 @@ fn run_method(t: &Trial) -> Result<Run, RunError> {
         "scp-seq" | "scp-par" | "rsync" => run_copies(t)?,
         "corvid" => swarms::run_corvid(t, &mut cpu0)?,
         "stock" => swarms::run_stock(t, &mut cpu0)?,
+        "deploy" | "deploy-first" => {
+            let bin = crate::corvid::locate(&t.s.c.corvid)?;
+            let first = t.m == "deploy-first";
+            let (p, work) = (&t.s.payload, t.s.work.path());
+            crate::fleet_deploy::run(t.fleet, &bin, p, work, first, t.run_no, t.timeout)?
+        }
         other => return Err(anyhow!("method {other} not implemented for fleet").into()),
     };
     run.cpu_busy = cpu0

@@ -30,6 +30,7 @@ mod corvid;
 mod cpu;
 mod delta;
 mod fleet;
+mod fleet_deploy;
 mod hash;
 mod json;
 mod link;

@@ -233,6 +233,7 @@ impl Display {
                 seeder,
                 tracker,
                 hosts,
+                racks,
             } => {
                 if self.json {
                     print_line(&DeployLine::Seeding {
@@ -242,10 +243,15 @@ impl Display {
                         seeder: seeder.to_string(),
                         tracker,
                         hosts: *hosts,
+                        racks: *racks,
                     });
                 }
+                let by_rack = match racks {
+                    0 => String::new(),
+                    n => format!(", peers handed out by rack ({n} racks)"),
+                };
                 self.say(&format!(
-                    "seeding {name} ({}, {pieces} pieces) from {seeder}, tracker {tracker}",
+                    "seeding {name} ({}, {pieces} pieces) from {seeder}, tracker {tracker}{by_rack}",
                     human_size(*bytes)
                 ));
             }
@@ -391,6 +397,8 @@ enum DeployLine<'a> {
         seeder: String,
         tracker: &'a str,
         hosts: usize,
+        #[serde(skip_serializing_if = "is_zero_usize")]
+        racks: usize,
     },
     Warning {
         message: &'a str,
@@ -728,6 +736,10 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
 }
 
 /// serde's `skip_serializing_if` for counters shown only when something was counted.
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -30,14 +30,14 @@ use anyhow::anyhow;
 
 use corvid_engine::deploy::content;
 use corvid_engine::deploy::contract::{PeerLine, ReleaseLine, ReleaseStatus};
-use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths};
+use corvid_engine::deploy::release::{OpenRelease, ReleaseError, ReleasePaths, STATE_DIR};
 use corvid_engine::deploy::remote::{self, Existing, RemoteError};
 use corvid_engine::fsat::Dir;
 use corvid_engine::metrics::NodeMetrics;
 use corvid_engine::node::resume::{self, ResumeConfig};
 use corvid_engine::node::{self, Mode, NodeEvent};
 use corvid_engine::peer::auth::Secret;
-use corvid_engine::reuse::Base;
+use corvid_engine::reuse::{Base, Sealed};
 
 use crate::output::print;
 
@@ -168,6 +168,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             } else {
                 PathBuf::new()
             },
+            // A directory given by path has no seal: everything taken from it is hashed.
+            sealed: None,
         });
     }
     // Beside the payload, not inside it: DEST/.corvid/<info-hash>.resume. Kept once
@@ -361,15 +363,23 @@ fn release_base(args: &Args, dest: &Path, tag: &str) -> Option<Base> {
         return None;
     }
     let releases = dest.join("releases");
-    let dir = match &args.base {
-        Some(b) if b.contains('/') => PathBuf::from(b),
+    let base_tag = match &args.base {
+        Some(b) if b.contains('/') => {
+            return Some(Base {
+                dir: PathBuf::from(b),
+                strip: Path::new("releases").join(format!("{tag}.partial")),
+                sealed: None,
+            })
+        }
         Some(b) if b == tag => return None,
-        Some(b) => releases.join(b),
-        None => releases.join(ReleasePaths::active_tag(dest).filter(|t| t != tag)?),
+        Some(b) => b.clone(),
+        None => ReleasePaths::active_tag(dest).filter(|t| t != tag)?,
     };
     Some(Base {
-        dir,
+        dir: releases.join(&base_tag),
         strip: Path::new("releases").join(format!("{tag}.partial")),
+        // Its seal, from when it was verified and put in place (none: all hashed).
+        sealed: Sealed::load(&dest.join(STATE_DIR), &base_tag),
     })
 }
 
@@ -443,8 +453,8 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
             if placed.is_some() {
                 return;
             }
-            let r = remote::place(&rel, &m.info, &partial, replace, args.activate)
-                .map_err(remote_failure);
+            let r =
+                remote::place(&rel, &m, &partial, replace, args.activate).map_err(remote_failure);
             if r.is_ok() {
                 // Placed: the linger only reads it. A rerun may check it (and find it
                 // present) while this one seeds.

@@ -79,6 +79,9 @@ fn a_delta_deploy_takes_unchanged_pieces_from_the_current_release() {
     let r1 = deploy(&plan(t.path(), &src1, &dest, "v1"));
     let h1 = &r1.hosts[0];
     assert_eq!(h1.bytes_reused, 0, "{h1:?}");
+    // v1 was sealed as it was put in place: v2 trusts its unchanged files unhashed.
+    let seal = std::fs::read_to_string(dest.join(".corvid/v1.seal")).unwrap();
+    assert!(seal.contains("\"d0/f0\""), "{seal}");
     // The first deploy sends everything, pad zeros included.
     assert_eq!(
         h1.bytes_from_seeder + h1.bytes_from_peers,

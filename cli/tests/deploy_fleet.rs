@@ -89,9 +89,21 @@ impl Fleet {
         tag: &str,
         extra: &[&str],
     ) -> (Output, Vec<String>) {
+        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+        self.deploy_spec(tmpdir, &hosts.join(","), src, tag, extra)
+    }
+
+    /// [`Fleet::deploy_in`] with `--hosts SPEC` as given (`rack=` fields, say).
+    fn deploy_spec(
+        &self,
+        tmpdir: Option<&Path>,
+        spec: &str,
+        src: &Path,
+        tag: &str,
+        extra: &[&str],
+    ) -> (Output, Vec<String>) {
         let disk = self.disk();
         let cfg = self.line(&["ssh-config"]);
-        let hosts: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
         let mut args: Vec<String> = vec!["exec".into(), "0".into(), "env".into()];
         if let Some(t) = tmpdir {
             args.push(format!("TMPDIR={}", t.display()));
@@ -100,7 +112,7 @@ impl Fleet {
             env!("CARGO_BIN_EXE_corvid").into(),
             "deploy".into(),
             "--hosts".into(),
-            hosts.join(","),
+            spec.into(),
             "--src".into(),
             src.display().to_string(),
             "--dest".into(),
@@ -1336,4 +1348,32 @@ fn a_delta_release_reuses_the_current_one_and_fetches_only_the_change() {
     let s = summary_line(&lines);
     let uploaded = support::json_u64(s, "seeder_uploaded");
     assert!(uploaded <= (HOSTS as u64 + 1) * PIECE, "{s}");
+}
+
+/// Issue 11's leftover: a hosts list with `rack=`, its hosts named by aliases of the ssh
+/// config (resolved as ssh does, `ssh -G`; the system resolver does not know them, and
+/// the deploy failed before any host was touched): the embedded tracker gets both racks
+/// and every host deploys.
+#[test]
+fn a_deploy_with_racks_gives_the_tracker_its_racks() {
+    let fleet = Fleet::up("dr", 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_src(&src, 1);
+    let spec = "h1 rack=a,h2 rack=a,h3 rack=b,h4 rack=b";
+    let (out, lines) = fleet.deploy_spec(None, spec, &src, "v1", &["--activate"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        lines.join("\n")
+    );
+    let seeding = lines
+        .iter()
+        .find(|l| l.contains("\"event\":\"seeding\""))
+        .expect("a seeding line");
+    assert!(seeding.contains("\"racks\":2"), "{seeding}");
+    let r = results(&lines);
+    assert_eq!(r.len(), 4, "{lines:?}");
+    assert!(r.iter().all(|(_, res, _)| res == "deployed"), "{r:?}");
 }

@@ -13,11 +13,14 @@
 //!    `make --align` (which deploy uses) every file starts a piece, so its unchanged
 //!    blocks are the new torrent's pieces.
 //!
-//! Nothing copied is trusted: every piece it touched is hashed against the torrent like a
-//! downloaded one, and only those that pass are marked as held (so a corrupted base file
-//! is fetched from the swarm, and the bytes copied there are overwritten). The pieces that
-//! pass are held before the node starts, so its first bitfield announces them and the
-//! seeder sends only what changed.
+//! Nothing copied is taken on faith: a piece is held only if it was copied whole from
+//! base files that still match their release's seal ([`seal`]: size, inode, mtime and
+//! ctime as they were right after that release verified), from where the base torrent
+//! had a piece of the same hash and layout; every other piece reuse touched is hashed
+//! against the torrent like a downloaded one, and only those that pass are held (so a
+//! base file corrupted since its seal is fetched from the swarm, and the bytes copied
+//! there are overwritten). The pieces held before the node starts are in its first
+//! bitfield, so the seeder sends only what changed.
 //!
 //! Runs before the network starts, so it is the only writer of the storage (mapping
 //! contract rule 1); it writes through file descriptors, whose page cache the shared
@@ -37,6 +40,9 @@ use crate::hash::HashPool;
 use crate::storage::Storage;
 use crate::wire::Bitfield;
 
+pub mod seal;
+pub use seal::{Seal, SealError, Sealed};
+
 /// Where the base release is, and how the torrent's file paths map into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Base {
@@ -45,6 +51,8 @@ pub struct Base {
     /// The prefix to drop from a storage path to get its path inside `dir`
     /// (`releases/TAG.partial` for a release, the torrent name for a plain download).
     pub strip: PathBuf,
+    /// The base's seal and torrent, when it has them: what may be reused unhashed.
+    pub sealed: Option<Sealed>,
 }
 
 impl Base {
@@ -70,8 +78,11 @@ pub struct ReuseReport {
     pub reflinked_files: u32,
     /// Pieces found by hash in other base files (step 2).
     pub matched_pieces: u32,
-    /// Pieces filled from the base that passed their hash: held without downloading.
+    /// Pieces filled from the base that passed their hash or were trusted by its seal:
+    /// held without downloading.
     pub reused_pieces: u32,
+    /// Of those, the ones taken from sealed base files without hashing.
+    pub trusted_pieces: u32,
     pub reused_bytes: u64,
     /// Pieces copied from the base that failed their hash (a base file changed or
     /// corrupted): they are downloaded.
@@ -95,14 +106,34 @@ pub fn fill(
         ..ReuseReport::default()
     };
     let mut used_sources: HashSet<(u64, u64)> = HashSet::new();
-    let written = match same_files(storage, have, base, &mut report, &mut used_sources) {
+    let mut intact = HashSet::new();
+    let written = match same_files(
+        storage,
+        have,
+        base,
+        &mut report,
+        &mut used_sources,
+        &mut intact,
+    ) {
         Ok(w) => w,
         Err(e) => {
             report.warning = Some(e.to_string());
             Vec::new()
         }
     };
-    verify_into(storage, hashes, have, &written, pool, &mut report);
+    let l = storage.lengths();
+    let mut to_hash = Vec::new();
+    for p in written {
+        if trusted(storage, hashes, base, &intact, p) {
+            have.set(p.get());
+            report.trusted_pieces += 1;
+            report.reused_pieces += 1;
+            report.reused_bytes += u64::from(l.piece_size(p));
+        } else {
+            to_hash.push(p);
+        }
+    }
+    verify_into(storage, hashes, have, &to_hash, pool, &mut report);
     if have.count() < storage.lengths().piece_count() {
         let mut matched = Vec::new();
         if let Err(e) = by_hash(storage, hashes, have, base, &used_sources, &mut matched) {
@@ -185,13 +216,15 @@ fn open_source(path: &Path) -> Option<(File, std::fs::Metadata)> {
     m.is_file().then_some((f, m))
 }
 
-/// Step 1: files at the same path with the same size. Returns the pieces written.
+/// Step 1: files at the same path with the same size. Returns the pieces written; the
+/// storage files copied from a base file that matches its seal go into `intact`.
 fn same_files(
     storage: &Storage,
     have: &Bitfield,
     base: &Base,
     report: &mut ReuseReport,
     used: &mut HashSet<(u64, u64)>,
+    intact: &mut HashSet<usize>,
 ) -> io::Result<Vec<PieceIndex>> {
     let l = storage.lengths();
     let pl = l.piece_length();
@@ -218,6 +251,10 @@ fn same_files(
         }
         let dst = open_target(storage, i)?;
         used.insert((meta.dev(), meta.ino()));
+        let rel = spec.path.strip_prefix(&base.strip).unwrap_or(&spec.path);
+        if base.sealed.as_ref().is_some_and(|s| s.intact(rel, &meta)) {
+            intact.insert(i);
+        }
         report.same_files += 1;
         if missing.len() == pieces.len() {
             // Nothing of this file is held yet: take all of it.
@@ -242,6 +279,76 @@ fn same_files(
         }
     }
     Ok(written)
+}
+
+/// One stretch of a piece: the file inside the release (`None` for a pad file), the
+/// offset in it, the length.
+type Stretch<'a> = (Option<&'a Path>, u64, u64);
+
+/// Piece `p` may be held without hashing: each of its bytes was copied from a base file
+/// intact under its seal, and the base torrent had, at the same place in the same files
+/// (pad files alike), a piece of the same length and hash.
+fn trusted(
+    storage: &Storage,
+    hashes: &[[u8; 20]],
+    base: &Base,
+    intact: &HashSet<usize>,
+    p: PieceIndex,
+) -> bool {
+    let Some(sealed) = &base.sealed else {
+        return false;
+    };
+    let l = storage.lengths();
+    if sealed.piece_length != l.piece_length() {
+        return false;
+    }
+    let size = u64::from(l.piece_size(p));
+    let mut ours: Vec<Stretch> = Vec::new();
+    for span in storage.spans(p, 0, size as u32) {
+        let spec = &storage.files()[span.file];
+        if spec.pad {
+            ours.push((None, 0, u64::from(span.len)));
+        } else if !intact.contains(&span.file) {
+            return false;
+        } else {
+            let rel = spec.path.strip_prefix(&base.strip).unwrap_or(&spec.path);
+            ours.push((Some(rel), span.file_offset, u64::from(span.len)));
+        }
+    }
+    // Where the piece's first byte was in the base torrent.
+    let Some((Some(first), off, _)) = ours.first().copied() else {
+        return false;
+    };
+    let mut at = 0u64;
+    let Some(start) = sealed.files.iter().find_map(|f| {
+        let s = at;
+        at += f.length;
+        (!f.pad && f.path == first).then_some(s + off)
+    }) else {
+        return false;
+    };
+    let pl = sealed.piece_length;
+    let q = start / pl;
+    let base_total: u64 = sealed.files.iter().map(|f| f.length).sum();
+    let same_hash = start % pl == 0
+        && sealed.pieces.get(q as usize) == hashes.get(p.as_usize())
+        && (base_total - start).min(pl) == size;
+    same_hash && base_stretches(&sealed.files, start, size) == ours
+}
+
+/// The stretches of `[start, start + len)` in a torrent's file list.
+fn base_stretches(files: &[crate::storage::FileSpec], start: u64, len: u64) -> Vec<Stretch<'_>> {
+    let (end, mut at, mut out) = (start + len, 0u64, Vec::new());
+    for f in files {
+        let (lo, hi) = (at.max(start), (at + f.length).min(end));
+        if lo < hi {
+            let path = (!f.pad).then_some(f.path.as_path());
+            let off = if f.pad { 0 } else { lo - at };
+            out.push((path, off, hi - lo));
+        }
+        at += f.length;
+    }
+    out
 }
 
 /// Copies `len` bytes in the kernel (which may share extents where it can).
@@ -464,6 +571,7 @@ mod tests {
         let base = Base {
             dir: old.clone(),
             strip: PathBuf::from("rel"),
+            sealed: None,
         };
         let r = fill(&storage, &m.info.pieces, &mut have, &base, &pool);
         // Same path and size: same, edited, bad (grown changed size).
@@ -527,6 +635,7 @@ mod tests {
         let nowhere = Base {
             dir: t.path().join("no-such-release"),
             strip: PathBuf::from("rel"),
+            sealed: None,
         };
         let r = fill(&storage, &m.info.pieces, &mut have, &nowhere, &pool);
         assert_eq!((r.reused_pieces, r.same_files, have.count()), (0, 0, 0));
@@ -543,10 +652,70 @@ mod tests {
         let base = Base {
             dir: old,
             strip: PathBuf::from("rel"),
+            sealed: None,
         };
         let r = fill(&storage, &m.info.pieces, &mut have, &base, &pool);
         assert!(r.reused_pieces > 0);
         let now = std::fs::read(dest.join("rel/a/edited")).unwrap();
         assert_eq!(&now[..100], &marker[..]);
+    }
+
+    /// The base sealed right after it was "verified": its unchanged pieces are held
+    /// without hashing (trusted), the changed ones are still caught by their hash; a
+    /// base file written after its seal is hashed again, and its corrupted piece
+    /// fetched, not copied.
+    #[test]
+    fn a_sealed_base_is_trusted_until_a_file_of_it_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let (old, new) = releases(t.path());
+        let pool = HashPool::new(2);
+        let opts = BuildOptions {
+            piece_length: Some(PL),
+            align: true,
+            ..Default::default()
+        };
+        let (m_old, _) = build(&old, &opts, &pool, &mut |_| {}).unwrap();
+        let (m, _) = build(&new, &opts, &pool, &mut |_| {}).unwrap();
+        let files = crate::deploy::content::release_files(&m_old.info);
+        let seal = Seal::of_release(&old, &files, &m_old.info_hash_hex()).unwrap();
+        let run = |dest: &str, seal: &Seal| {
+            let dest = t.path().join(dest);
+            let storage = Arc::new(Storage::create(&dest, &m.info.files, m.info.lengths).unwrap());
+            let mut have = Bitfield::new(m.info.lengths.piece_count());
+            let base = Base {
+                dir: old.clone(),
+                strip: PathBuf::from("rel"),
+                sealed: Sealed::new(&m_old, seal.clone()),
+            };
+            assert!(base.sealed.is_some());
+            let r = fill(&storage, &m.info.pieces, &mut have, &base, &pool);
+            for p in m.info.lengths.pieces().filter(|p| have.get(p.get())) {
+                assert_eq!(storage.hash_piece(p), m.info.pieces[p.as_usize()], "{r:?}");
+            }
+            r
+        };
+        let r = run("dest1", &seal);
+        // a/same (4 pieces), a/edited's 3 unchanged of 4, bad's good one of 2: trusted.
+        assert_eq!(r.trusted_pieces, 8, "{r:?}");
+        // The edited block and the block corrupted before the seal (so the base
+        // torrent's hash is of the corrupted bytes) differ from the new torrent: hashed.
+        assert_eq!(r.rejected_pieces, 2, "{r:?}");
+        assert_eq!(r.matched_pieces, 5, "{r:?}");
+
+        // Corrupt a/same in the base after its seal (size unchanged, mtime put back).
+        let path = old.join("a/same");
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"X", PL + 1).unwrap();
+        f.set_modified(mtime).unwrap();
+        let r = run("dest2", &seal);
+        assert_eq!(r.trusted_pieces, 4, "a/same is no longer trusted: {r:?}");
+        assert_eq!(r.rejected_pieces, 3, "its corrupted piece is caught: {r:?}");
+        // Another torrent's seal is no seal.
+        let other = Seal {
+            info_hash: "0".repeat(40),
+            ..seal
+        };
+        assert!(Sealed::new(&m_old, other).is_none());
     }
 }

@@ -158,3 +158,39 @@ fn corvid_client_against_opentracker() {
     assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
     drop(guard);
 }
+
+/// Issue 15's multi-homed symptom against opentracker: a seeder listening on 127.0.0.2
+/// and a peer on 127.0.0.3, both announcing to opentracker on 127.0.0.1. Announced from
+/// the route's address (127.0.0.1) each was handed out there, where nobody listened, and
+/// every dial was refused; announced from their listen addresses, each finds the other
+/// at the address it listens on.
+#[test]
+fn opentracker_hands_out_the_address_a_multi_homed_peer_announces_from() {
+    use corvid_engine::tracker::client::announce_from;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info_hash: [u8; 20] = *b"\x02corvid\xffmultihome&=!";
+    let (mut guard, port) = start_opentracker(dir.path(), &info_hash);
+    let url = format!("http://127.0.0.1:{port}/announce");
+    announce_when_ready(
+        &mut guard,
+        &url,
+        &AnnounceRequest::new(info_hash, *b"-CV0001-probe-zzzzzz", 7200, 0),
+    );
+    let seed = AnnounceRequest::new(info_hash, *b"-CV0001-seed-aaaaaaa", 7201, 0);
+    let peer = AnnounceRequest::new(info_hash, *b"-CV0001-peer-bbbbbbb", 7202, 1000);
+    let (seed_ip, peer_ip) = ([127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+    announce_from(&url, &seed, TIMEOUT, Some(seed_ip)).expect("seeder announces");
+    let r = announce_from(&url, &peer, TIMEOUT, Some(peer_ip)).expect("peer announces");
+    let seed_at = SocketAddr::new(seed_ip, 7201);
+    assert!(
+        r.peers.iter().any(|p| p.addr == seed_at),
+        "the peer is handed the seeder where it listens, {seed_at}: {:?}",
+        r.peers
+    );
+    let route_addr = SocketAddr::from(([127, 0, 0, 1], 7201));
+    assert!(
+        !r.peers.iter().any(|p| p.addr == route_addr),
+        "{:?}",
+        r.peers
+    );
+}

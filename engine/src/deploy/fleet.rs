@@ -57,6 +57,7 @@ use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
 use super::ssh;
 
+mod rollout;
 mod session;
 use session::{peer_host, LingerGate};
 
@@ -142,6 +143,8 @@ pub enum FleetEvent {
         seeder: SocketAddr,
         tracker: String,
         hosts: usize,
+        /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
+        racks: usize,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -277,7 +280,7 @@ fn run_with(
             path: plan.local_corvid.clone(),
             source,
         })?;
-    let tracker = bind_tracker(plan)?;
+    let (tracker, racks) = bind_tracker(plan)?;
     let deploy = Deploy {
         plan,
         stop: &stop,
@@ -285,10 +288,11 @@ fn run_with(
         results: v.hosts.iter().map(|_| None).collect(),
         hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
+        racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
             file_bytes: local.file_bytes,
-            stream_bytes: local.stream_bytes(true).len() as u64,
+            stream_bytes: local.streamed_len(),
             ..InstallSummary::default()
         },
     };
@@ -300,9 +304,11 @@ fn run_with(
 
 /// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
 /// is touched.
-fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
+fn bind_tracker(plan: &DeployPlan) -> Result<(TrackerServer, usize), DeployError> {
     // Hosts' `rack=` fields make the tracker rack-aware (issue 11).
-    let topology = super::hosts::host_topology(&plan.hosts)?.map(std::sync::Arc::new);
+    let topology = super::hosts::host_topology(&plan.hosts, &|h| plan.ssh.resolve(h))?
+        .map(std::sync::Arc::new);
+    let racks = topology.as_ref().map_or(0, |t| t.racks());
     let tcfg = TrackerConfig {
         topology,
         secret: plan.secret.clone(),
@@ -314,6 +320,7 @@ fn bind_tracker(plan: &DeployPlan) -> Result<TrackerServer, DeployError> {
         SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
         tcfg,
     )
+    .map(|t| (t, racks))
     .map_err(|e| DeployError::Tracker(e.to_string()))
 }
 
@@ -327,6 +334,8 @@ struct Deploy<'a> {
     /// takes no part in the phases after.
     results: Vec<Option<HostResult>>,
     payload_bytes: u64,
+    /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
+    racks: usize,
     install: InstallSummary,
 }
 
@@ -370,6 +379,7 @@ impl Deploy<'_> {
             seeder: seeder_addr,
             tracker: url,
             hosts: self.hosts.len(),
+            racks: self.racks,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
@@ -381,141 +391,6 @@ impl Deploy<'_> {
             _ => 0,
         };
         Ok(self.report(seeder_uploaded))
-    }
-
-    /// Rolling activation, after every host downloaded: the hosts that hold the release
-    /// are activated in waves (`corvid activate` on each, with the hook, the check and
-    /// `--keep`); the first wave with a failure stops the rollout, the later waves keep
-    /// their old release, and with `--rollback-on-failure` the hosts of the failed wave
-    /// that flipped go back to the release they ran before.
-    fn rollout(&mut self, batch: Batch, on_event: &mut dyn FnMut(&FleetEvent)) {
-        let plan = self.plan;
-        let ready: Vec<usize> = (0..self.hosts.len())
-            .filter(|&i| self.results[i].as_ref().is_some_and(|r| r.outcome.ok()))
-            .collect();
-        let size = batch.size(self.hosts.len());
-        let dest = plan.dest.to_str().unwrap_or_default().to_string();
-        let mut args: Vec<String> = vec![
-            "activate".into(),
-            "--dest".into(),
-            dest.clone(),
-            "--tag".into(),
-            plan.tag.clone(),
-        ];
-        let timeout = format!("{}ms", plan.hook_timeout.as_millis());
-        for (flag, v) in [
-            ("--after-activate", plan.after_activate.clone()),
-            ("--check", plan.check.clone()),
-            ("--keep", plan.keep.map(|n| n.to_string())),
-        ] {
-            if let Some(v) = v {
-                args.extend([flag.to_string(), v]);
-            }
-        }
-        if plan.after_activate.is_some() || plan.check.is_some() {
-            args.extend(["--hook-timeout".into(), timeout]);
-        }
-        let mut stopped_at: Option<usize> = None;
-        for (w, wave) in ready.chunks(size).enumerate() {
-            let wave_no = w + 1;
-            if let Some(failed) = stopped_at {
-                for &i in wave {
-                    self.set_failed(i, HostError::NotActivated(failed));
-                }
-                continue;
-            }
-            let names: Vec<String> = wave.iter().map(|&i| self.hosts[i].clone()).collect();
-            let answers: Vec<HostAnswer<Activated>> =
-                ops::on_hosts(&plan.ssh, &names, plan.parallel, &plan.remote_corvid, &args);
-            let mut ok = true;
-            // Hosts that flipped, with the release they ran before.
-            let mut flipped: Vec<(usize, Option<String>)> = Vec::new();
-            for (&i, a) in wave.iter().zip(answers) {
-                match a {
-                    HostAnswer::Ok(act) => {
-                        flipped.push((i, act.was.clone()));
-                        if let Some(r) = self.results[i].as_mut() {
-                            r.hook = act.hook.clone();
-                            r.pruned = act.pruned.clone();
-                        }
-                        if let Some(why) = act.failure() {
-                            ok = false;
-                            self.set_failed(i, HostError::Activation(why));
-                        }
-                    }
-                    HostAnswer::Failed(e) | HostAnswer::Unreachable(e) => {
-                        ok = false;
-                        self.set_failed(i, HostError::Activation(e));
-                    }
-                }
-            }
-            let mut rolled_back = Vec::new();
-            if !ok {
-                stopped_at = Some(wave_no);
-                if plan.rollback_on_failure {
-                    rolled_back = self.roll_back(&flipped, &dest);
-                }
-            }
-            on_event(&FleetEvent::Wave {
-                wave: wave_no,
-                hosts: names,
-                ok,
-                rolled_back,
-            });
-        }
-    }
-
-    /// Returns each host in `flipped` to the release it ran before (`corvid activate
-    /// --tag OLD`); the names of those that are back.
-    fn roll_back(&mut self, flipped: &[(usize, Option<String>)], dest: &str) -> Vec<String> {
-        let plan = self.plan;
-        let mut back = Vec::new();
-        for (i, was) in flipped {
-            let host = self.hosts[*i].clone();
-            let why = match was {
-                None => "no release was active before; nothing to roll back to".to_string(),
-                Some(old) => {
-                    let args: Vec<String> = vec![
-                        "activate".into(),
-                        "--dest".into(),
-                        dest.to_string(),
-                        "--tag".into(),
-                        old.clone(),
-                    ];
-                    match ops::on_hosts::<Activated>(
-                        &plan.ssh,
-                        std::slice::from_ref(&host),
-                        1,
-                        &plan.remote_corvid,
-                        &args,
-                    )
-                    .pop()
-                    {
-                        Some(HostAnswer::Ok(_)) => {
-                            back.push(host.clone());
-                            format!("rolled back to {old}")
-                        }
-                        Some(HostAnswer::Failed(e) | HostAnswer::Unreachable(e)) => {
-                            format!("rollback to {old} failed: {e}")
-                        }
-                        None => format!("rollback to {old} failed"),
-                    }
-                }
-            };
-            let prior = match self.results[*i].as_ref().map(|r| &r.outcome) {
-                Some(HostOutcome::Failed(HostError::Activation(w))) => format!("{w}; "),
-                _ => "the wave failed; ".to_string(),
-            };
-            self.set_failed(*i, HostError::Activation(format!("{prior}{why}")));
-        }
-        back
-    }
-
-    /// Marks a host that has a result as failed (a rollout step after its download).
-    fn set_failed(&mut self, i: usize, why: HostError) {
-        if let Some(r) = self.results[i].as_mut() {
-            r.outcome = HostOutcome::Failed(why);
-        }
     }
 
     /// Hosts without a result yet, in host order.

@@ -101,16 +101,21 @@ pub fn parse_host_racks(spec: &str) -> Result<Vec<(String, Option<String>)>, Hos
 }
 
 /// The racks of `spec`'s hosts as a tracker topology (`None` when no host names a rack):
-/// each host's name resolves to the addresses it will announce from. A name that does
-/// not resolve here is an error rather than a host silently outside its rack.
-pub fn host_topology(spec: &str) -> Result<Option<crate::tracker::Topology>, HostsError> {
+/// each host's name resolves to the addresses it will announce from: first as ssh sees
+/// it (`via_ssh`, `ssh -G`'s `hostname`, so an alias of the ssh config works), else by
+/// the resolver. A name that does not resolve here is an error rather than a host
+/// silently outside its rack.
+pub fn host_topology(
+    spec: &str,
+    via_ssh: &dyn Fn(&str) -> Option<IpAddr>,
+) -> Result<Option<crate::tracker::Topology>, HostsError> {
     let mut t = crate::tracker::Topology::default();
     for (i, (host, rack)) in parse_host_racks(spec)?.into_iter().enumerate() {
         let Some(rack) = rack else { continue };
         let dest = Destination::parse(&host)?;
-        let addrs: Vec<IpAddr> = match dest.host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => (dest.host.as_str(), 0)
+        let addrs: Vec<IpAddr> = match (dest.host.parse::<IpAddr>(), via_ssh(&host)) {
+            (Ok(ip), _) | (Err(_), Some(ip)) => vec![ip],
+            (Err(_), None) => (dest.host.as_str(), 0)
                 .to_socket_addrs()
                 .map_err(|e| HostsError::Resolve {
                     host: host.clone(),
@@ -291,7 +296,9 @@ mod tests {
             ["10.0.0.1", "root@10.0.0.2:22", "127.0.0.1", "web9"]
         );
         // web9 has no rack, so it need not resolve.
-        let t = host_topology(spec).unwrap().expect("racks given");
+        let t = host_topology(spec, &|_| None)
+            .unwrap()
+            .expect("racks given");
         let rack = |a: &str| {
             t.rack_of(a.parse().unwrap())
                 .map(|r| t.rack_name(r).to_string())
@@ -299,9 +306,11 @@ mod tests {
         assert_eq!(rack("10.0.0.2:6881").as_deref(), Some("r1"));
         assert_eq!(rack("127.0.0.1:6881").as_deref(), Some("r2"));
         assert_eq!(rack("10.0.0.3:6881"), None);
-        assert!(host_topology("a,b").unwrap().is_none());
+        assert!(host_topology("a,b", &|_| None).unwrap().is_none());
         // A name resolves to the addresses the tracker will see.
-        let t = host_topology("localhost rack=lo").unwrap().unwrap();
+        let t = host_topology("localhost rack=lo", &|_| None)
+            .unwrap()
+            .unwrap();
         assert!(t.rack_of("127.0.0.1:1".parse().unwrap()).is_some());
     }
 
@@ -325,11 +334,11 @@ mod tests {
             Err(HostsError::BadHost(_))
         ));
         assert!(matches!(
-            host_topology("10.0.0.1 rack=a,10.0.0.1:2222 rack=b"),
+            host_topology("10.0.0.1 rack=a,10.0.0.1:2222 rack=b", &|_| None),
             Err(HostsError::RackConflict { .. })
         ));
         assert!(matches!(
-            host_topology("no-such-host.invalid rack=a"),
+            host_topology("no-such-host.invalid rack=a", &|_| None),
             Err(HostsError::Resolve { .. })
         ));
     }

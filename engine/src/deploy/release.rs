@@ -39,6 +39,8 @@ pub enum ReleaseError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Seal(#[from] crate::reuse::SealError),
 }
 
 /// Checks a release tag: it becomes a directory name, so it must be one plain component.

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::fsat::{Dir, FileType};
 use crate::hash::HashPool;
-use crate::metainfo::{Info, Metainfo, MetainfoError};
+use crate::metainfo::{Metainfo, MetainfoError};
 use crate::peer::auth::{Secret, SecretError};
 
 use super::content;
@@ -217,21 +217,32 @@ pub fn check_existing(
 }
 
 /// Once every piece in `partial` is verified: its exec bits and symlinks, the rename to
-/// `releases/TAG` (over what [`check_existing`] allowed to replace), and with `activate`
-/// `current` pointed at it.
+/// `releases/TAG` (over what [`check_existing`] allowed to replace), its seal
+/// ([`seal_release`]), and with `activate` `current` pointed at it.
 pub fn place(
     rel: &OpenRelease,
-    info: &Info,
+    m: &Metainfo,
     partial: &Dir,
     replace: bool,
     activate: bool,
 ) -> Result<(), ReleaseError> {
-    content::apply_attributes(info, partial)?;
+    content::apply_attributes(&m.info, partial)?;
     rel.finish(replace)?;
+    // Best effort: without a seal, the next deploy hashes what it reuses from here.
+    let _ = seal_release(rel, m);
     if activate {
         rel.activate()?;
     }
     Ok(())
+}
+
+/// Writes `DEST/.corvid/TAG.seal` for the release just put in place: how its files look
+/// now, every piece of them verified against `m` (see [`crate::reuse::seal`]).
+pub fn seal_release(rel: &OpenRelease, m: &Metainfo) -> Result<(), ReleaseError> {
+    let files = content::release_files(&m.info);
+    let seal = crate::reuse::Seal::of_release(&rel.paths.finished(), &files, &m.info_hash_hex())?;
+    let name = format!("{}.seal", rel.paths.tag);
+    Ok(rel.state.write_new(name, &seal.to_json(), 0o644)?)
 }
 
 #[cfg(test)]
@@ -345,7 +356,7 @@ mod tests {
         // Downloaded into the partial directory, then placed and activated.
         let partial = rel.partial_dir().unwrap();
         std::fs::write(d.path().join("releases/v1.partial/f"), b"payload").unwrap();
-        place(&rel, &m.info, &partial, false, true).unwrap();
+        place(&rel, &m, &partial, false, true).unwrap();
         assert_eq!(
             std::fs::read(d.path().join("current/f")).unwrap(),
             b"payload"

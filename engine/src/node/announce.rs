@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::runtime::Runtime;
-use crate::tracker::client::{announce, Announcer, BackoffPolicy};
+use crate::tracker::client::{announce_from, Announcer, BackoffPolicy};
 use crate::tracker::proto::AnnounceRequest;
 
 use super::config::NodeConfig;
@@ -54,10 +54,7 @@ pub fn start(
             std::thread::Builder::new()
                 .name("corvid-announce".into())
                 .spawn(move || {
-                    let loopback = loopback_peers_allowed(&url, listen);
-                    run_one(
-                        &url, info_hash, port, loopback, &shared, &mailboxes, &stop_rx,
-                    )
+                    run_one(&url, info_hash, port, listen, &shared, &mailboxes, &stop_rx)
                 })
                 .expect("spawn announce thread")
         })
@@ -69,11 +66,15 @@ fn run_one(
     url: &str,
     info_hash: [u8; 20],
     port: u16,
-    loopback: bool,
+    listen: SocketAddr,
     shared: &Shared,
     mailboxes: &[crate::runtime::Mailbox<NodeMsg>],
     stop_rx: &Receiver<()>,
 ) {
+    let loopback = loopback_peers_allowed(url, listen);
+    // Listening on one address of several: announce from it, so the tracker hands out
+    // that one (the route to the tracker may pick another, where nobody listens).
+    let from = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
     let mut ann = Announcer::new(Instant::now(), BackoffPolicy::default());
     let mut told_complete = shared.door.snapshot().complete;
     let mut stopping = false;
@@ -104,7 +105,7 @@ fn run_one(
             } else {
                 TIMEOUT
             };
-            let result = announce(url, &req, timeout);
+            let result = announce_from(url, &req, timeout, from);
             if let Some(m) = &shared.metrics {
                 m.announced(sent, result.is_ok());
             }

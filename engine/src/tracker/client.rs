@@ -8,7 +8,7 @@
 //! deploy's tracker lives inside the fleet.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::proto::{
@@ -29,7 +29,19 @@ pub fn announce(
     req: &AnnounceRequest,
     timeout: Duration,
 ) -> Result<AnnounceResponse, TrackerError> {
-    let body = http_get(url, &announce_query(req), timeout)?;
+    announce_from(url, req, timeout, None)
+}
+
+/// [`announce`] from local address `from` (a peer listening on one address of a
+/// multi-homed host): the tracker hands out the address an announce comes from, and the
+/// route to the tracker may pick another one, which the peer does not listen on.
+pub fn announce_from(
+    url: &str,
+    req: &AnnounceRequest,
+    timeout: Duration,
+    from: Option<IpAddr>,
+) -> Result<AnnounceResponse, TrackerError> {
+    let body = http_get(url, &announce_query(req), timeout, from)?;
     match parse_announce_response(&body) {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(reason)) => Err(TrackerError::Failure {
@@ -51,7 +63,12 @@ pub fn scrape(
     timeout: Duration,
 ) -> Result<Vec<([u8; 20], ScrapeEntry)>, TrackerError> {
     let scrape_url = scrape_url(announce_url)?;
-    let body = http_get(&scrape_url, &super::proto::scrape_query(hashes), timeout)?;
+    let body = http_get(
+        &scrape_url,
+        &super::proto::scrape_query(hashes),
+        timeout,
+        None,
+    )?;
     match parse_scrape_response(&body) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(reason)) => Err(TrackerError::Failure {
@@ -84,6 +101,119 @@ pub fn scrape_url(announce_url: &str) -> Result<String, TrackerError> {
         out.push_str(q);
     }
     Ok(out)
+}
+
+/// A TCP connection to `to` from local address `from` (the kernel picks the port),
+/// within `timeout`. std only connects from the address the route picks, so this binds a
+/// socket of its own first.
+fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: socket takes no pointers; the result is checked.
+    let raw = check(unsafe { libc::socket(family, kind, 0) })?;
+    // SAFETY: `raw` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (local, local_len) = sockaddr(SocketAddr::new(from, 0));
+    // SAFETY: `local` is a valid sockaddr of `local_len` bytes, alive for the call.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&*local as *const libc::sockaddr_in6).cast(),
+            local_len,
+        )
+    })?;
+    let (remote, remote_len) = sockaddr(to);
+    // SAFETY: as for bind.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&*remote as *const libc::sockaddr_in6).cast(),
+            remote_len,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one live pollfd, count 1.
+        if check(unsafe { libc::poll(&mut p, 1, ms) })? == 0 {
+            return Err(std::io::Error::from(ErrorKind::TimedOut));
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live and `len` is `err`'s size.
+        check(unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(err));
+        }
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// `addr` as a `sockaddr_in`/`sockaddr_in6` in a buffer big enough for either, and its
+/// length.
+fn sockaddr(addr: SocketAddr) -> (Box<libc::sockaddr_in6>, libc::socklen_t) {
+    // SAFETY: all-zero bytes are a valid sockaddr_in6 (and, in its prefix, sockaddr_in).
+    let mut buf: Box<libc::sockaddr_in6> = Box::new(unsafe { std::mem::zeroed() });
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in is smaller than sockaddr_in6 and both are plain data;
+            // the write stays inside `buf`.
+            unsafe { std::ptr::write((&mut *buf as *mut libc::sockaddr_in6).cast(), sin) };
+            (
+                buf,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        SocketAddr::V6(a) => {
+            buf.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            buf.sin6_port = a.port().to_be();
+            buf.sin6_addr.s6_addr = a.ip().octets();
+            buf.sin6_flowinfo = a.flowinfo();
+            buf.sin6_scope_id = a.scope_id();
+            (
+                buf,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    }
 }
 
 /// A parsed `http://` URL: where to connect, what to put in `Host:`, and the target.
@@ -153,7 +283,12 @@ fn parse_url(url: &str) -> Result<HttpUrl<'_>, TrackerError> {
 /// GETs `url` with `query` appended and returns the body of a 200 response. A non-200
 /// whose body is a bencoded failure is returned as the body too, so the caller reports
 /// the tracker's reason rather than a bare status.
-fn http_get(url: &str, query: &str, timeout: Duration) -> Result<Vec<u8>, TrackerError> {
+fn http_get(
+    url: &str,
+    query: &str,
+    timeout: Duration,
+    from: Option<IpAddr>,
+) -> Result<Vec<u8>, TrackerError> {
     let u = parse_url(url)?;
     let deadline = Instant::now() + timeout;
     let io = |context, source| TrackerError::Io {
@@ -175,7 +310,18 @@ fn http_get(url: &str, query: &str, timeout: Duration) -> Result<Vec<u8>, Tracke
     let mut last_err = None;
     let mut stream = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, remaining()?) {
+        let connected = match from {
+            // Where the tracker cannot be reached from that address (a peer listening
+            // on loopback, a remote tracker), the route's own address is better than none.
+            Some(ip) if ip.is_ipv4() == a.is_ipv4() => match connect_from(ip, a, remaining()?) {
+                Err(e) if e.kind() != ErrorKind::TimedOut => {
+                    TcpStream::connect_timeout(&a, remaining()?)
+                }
+                r => r,
+            },
+            _ => TcpStream::connect_timeout(&a, remaining()?),
+        };
+        match connected {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -456,6 +602,32 @@ impl Announcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A multi-homed peer listens on 127.0.0.2 and announces to a tracker on 127.0.0.1:
+    /// from the route's address (127.0.0.1) the tracker would hand out an address the
+    /// peer does not listen on (every other peer's dial refused, the opentracker symptom
+    /// of issue 15); announced from its listen address, it is handed out there.
+    #[test]
+    fn an_announce_from_a_given_address_is_handed_out_at_that_address() {
+        use crate::tracker::{TrackerConfig, TrackerServer};
+        let t =
+            TrackerServer::bind("127.0.0.1:0".parse().unwrap(), TrackerConfig::default()).unwrap();
+        let url = format!("http://{}/announce", t.local_addr());
+        let hash = [7u8; 20];
+        let wait = Duration::from_secs(5);
+        let multi = AnnounceRequest::new(hash, [1u8; 20], 6881, 100);
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        announce_from(&url, &multi, wait, Some(from)).unwrap();
+        let plain = AnnounceRequest::new(hash, [2u8; 20], 6882, 100);
+        let resp = announce(&url, &plain, wait).unwrap();
+        let seen: Vec<SocketAddr> = resp.peers.iter().map(|p| p.addr).collect();
+        assert_eq!(seen, ["127.0.0.2:6881".parse::<SocketAddr>().unwrap()]);
+        // The other way round: the plain peer is at the route's address.
+        let resp = announce_from(&url, &multi, wait, Some(from)).unwrap();
+        let seen: Vec<SocketAddr> = resp.peers.iter().map(|p| p.addr).collect();
+        assert_eq!(seen, ["127.0.0.1:6882".parse::<SocketAddr>().unwrap()]);
+        t.shutdown();
+    }
 
     #[test]
     fn url_parsing() {
