@@ -74,7 +74,11 @@ pub enum RecvTarget {
     /// Exactly the spans the service pushed into the [`RecvIovecs`], then
     /// [`Service::on_recv_done`]. Bytes already sitting in the connection's buffer are copied
     /// into the spans first (they arrived before the service knew where they belonged); the
-    /// rest is received by the kernel straight into the spans.
+    /// rest is received by the kernel straight into the spans. Spans inside a file mapping
+    /// registered with [`crate::storage::files`] are the exception: their bytes come
+    /// through the buffer (receives as large as it, which also pick up the messages that
+    /// follow) and are written with `pwrite` on the file, which is cheaper than storing
+    /// into fresh pages of the mapping (that module says by how much).
     Iovecs,
     /// Receive nothing for now (resumes when the connection is woken).
     Pause,

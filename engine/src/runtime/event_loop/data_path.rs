@@ -3,6 +3,7 @@
 //! completions.
 
 use super::*;
+use crate::storage;
 
 impl<S: Service> Core<S> {
     /// About 100 lines, kept whole on purpose: each step re-borrows the slab entry, the
@@ -23,13 +24,17 @@ impl<S: Service> Core<S> {
             }
             let Some(conn) = e.conn.as_mut() else { return };
             let id = e.id;
-            e.recv_iov.clear();
-            let target = service.next_recv(
-                conn,
-                &mut RecvIovecs {
-                    iov: &mut e.recv_iov,
-                },
-            );
+            let target = if e.iov_open {
+                RecvTarget::Iovecs
+            } else {
+                e.recv_iov.clear();
+                service.next_recv(
+                    conn,
+                    &mut RecvIovecs {
+                        iov: &mut e.recv_iov,
+                    },
+                )
+            };
             match target {
                 RecvTarget::Pause => return,
                 RecvTarget::Buffer { max } => {
@@ -81,13 +86,49 @@ impl<S: Service> Core<S> {
                     return;
                 }
                 RecvTarget::Iovecs => {
-                    copy_buffered_into_iovecs(&e.rx, &mut e.rx_start, e.rx_end, &mut e.recv_iov);
+                    if let Err(err) =
+                        move_buffered_into_iovecs(&e.rx, &mut e.rx_start, e.rx_end, &mut e.recv_iov)
+                    {
+                        self.begin_close(slot, CloseCause::Io(err));
+                        return;
+                    }
                     if e.recv_iov.is_done() {
+                        e.iov_open = false;
                         if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
                             self.begin_close(slot, CloseCause::Protocol(err));
                             return;
                         }
                         continue;
+                    }
+                    // The buffer is empty now. Spans in a file take the rest through the
+                    // buffer too (one large receive that may hold the next messages, then
+                    // pwrite); other spans receive straight into their memory.
+                    let into_file = e
+                        .recv_iov
+                        .pending()
+                        .first()
+                        .is_some_and(|v| storage::files::file_at(v.iov_base.cast()).is_some());
+                    if into_file {
+                        e.iov_open = true;
+                        settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
+                        let want = u32::try_from(e.rx.len() - e.rx_end).unwrap_or(u32::MAX);
+                        let ptr = e.rx[e.rx_end..].as_mut_ptr();
+                        e.recv_into_iovecs = false;
+                        e.recv_inflight = true;
+                        let entry = ops::recv::recv(
+                            e.fd,
+                            ptr,
+                            want,
+                            Token::Conn {
+                                slot,
+                                op: ConnOp::Recv,
+                            }
+                            .encode(),
+                        );
+                        // SAFETY: as for the buffer receive above: `rx` lives in the boxed
+                        // entry and is neither resized nor read while `recv_inflight`.
+                        unsafe { self.push_conn(slot, entry) };
+                        return;
                     }
                     e.recv_iov.fill_msghdr(&mut e.recv_msg);
                     e.recv_into_iovecs = true;
@@ -302,28 +343,67 @@ impl<S: Service> Core<S> {
 }
 
 /// Bytes that arrived in the buffer before the service knew they were payload go into the
-/// iovecs it gave: the one copy the data path makes, bounded by one buffer receive.
-fn copy_buffered_into_iovecs(rx: &[u8], rx_start: &mut usize, rx_end: usize, iov: &mut IoVecs) {
-    if rx_end <= *rx_start {
-        return;
-    }
-    let mut copied = 0;
-    let src = &rx[*rx_start..rx_end];
-    for v in iov.pending() {
-        let n = v.iov_len.min(src.len() - copied);
-        // SAFETY: the service promised (push_span contract) the span is
-        // valid for writes of iov_len bytes and unaliased; `src` is our
-        // own buffer, so the regions do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src[copied..].as_ptr(), v.iov_base.cast::<u8>(), n)
+/// iovecs it gave: with `pwrite` to the file for a span inside a registered file mapping
+/// ([`storage::files`], which says why that is cheaper than storing through the mapping),
+/// copied through memory otherwise. An error is the file's (EIO, a full disk).
+fn move_buffered_into_iovecs(
+    rx: &[u8],
+    rx_start: &mut usize,
+    rx_end: usize,
+    iov: &mut IoVecs,
+) -> io::Result<()> {
+    while *rx_start < rx_end {
+        let Some(v) = iov.pending().first().copied() else {
+            return Ok(());
         };
-        copied += n;
-        if copied == src.len() {
-            break;
+        let src = &rx[*rx_start..rx_end];
+        let dst = v.iov_base.cast::<u8>();
+        let mut n = v.iov_len.min(src.len());
+        if let Some(file) = storage::files::file_at(dst) {
+            n = n.min(file.len);
+            write_all_at(file.fd, &src[..n], file.offset)?;
+            file.wrote(n);
+        } else {
+            // SAFETY: the service promised (push_span contract) the span is valid for
+            // writes of iov_len >= n bytes and unaliased; `src` is our own buffer, so the
+            // regions do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n) };
         }
+        iov.advance(n);
+        *rx_start += n;
     }
-    iov.advance(copied);
-    *rx_start += copied;
+    Ok(())
+}
+
+/// `pwrite` all of `buf` at `offset` of `fd`, resuming short writes.
+fn write_all_at(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::other("file offset overflows off_t"))?;
+        // SAFETY: `buf` is a live borrowed slice of `buf.len()` readable bytes; `fd` is the
+        // descriptor `storage::files` registered for the span's mapping, open as long as
+        // the span is valid (the service keeps it so until the receive completes).
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), off) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io::Error::new(
+                err.kind(),
+                format!("writing received payload to its file: {err}"),
+            ));
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "writing received payload to its file: pwrite wrote nothing",
+            ));
+        }
+        buf = &buf[n as usize..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// Makes room at the end of the receive buffer: moves the unconsumed bytes to the front
