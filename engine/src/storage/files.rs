@@ -76,13 +76,13 @@ pub fn file_at(ptr: *const u8) -> Option<FileAt> {
 /// A registration; removed from the table when dropped (before the mapping and the
 /// descriptor go, which the owner guarantees by dropping this first).
 #[derive(Debug)]
-pub(super) struct Registered {
+pub(crate) struct Registered {
     start: usize,
 }
 
 /// Registers the mapping `start..start+len` of the file open as `fd`; `written` counts
 /// the bytes later written through it.
-pub(super) fn register(
+pub(crate) fn register(
     start: *const u8,
     len: usize,
     fd: RawFd,

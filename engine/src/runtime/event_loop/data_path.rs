@@ -447,6 +447,59 @@ fn settle_rx(rx: &mut Vec<u8>, start: &mut usize, end: &mut usize, base: usize) 
 }
 
 #[cfg(test)]
+mod move_tests {
+    use super::{move_buffered_into_iovecs, IoVecs};
+    use crate::storage::files;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    /// Buffered payload for a registered file goes out with pwrite at the span's offset,
+    /// the rest of the buffer stays for the next message; a file that refuses the write
+    /// is an error naming it, not a silent loss.
+    #[test]
+    fn buffered_bytes_are_written_to_the_span_file_and_errors_surface() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // A raw mapping hands out pointers only; the test never dereferences them itself.
+        let map = memmap2::MmapRaw::map_raw(&file).unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let reg = files::register(map.as_ptr(), map.len(), file.as_raw_fd(), written.clone());
+        let rx: Vec<u8> = (0..200u8).collect();
+        let mut iov = IoVecs::default();
+        iov.push(map.as_mut_ptr().wrapping_add(4000), 150);
+        let mut start = 10;
+        move_buffered_into_iovecs(&rx, &mut start, rx.len(), &mut iov).unwrap();
+        assert!(iov.is_done());
+        assert_eq!(start, 160, "bytes past the span stay in the buffer");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[4000..4150], &rx[10..160]);
+        assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), 150);
+        drop(reg);
+
+        // The same mapping registered with a descriptor open for reading only: EBADF.
+        let ro = std::fs::File::open(&path).unwrap();
+        let _reg = files::register(map.as_ptr(), map.len(), ro.as_raw_fd(), written);
+        let mut iov = IoVecs::default();
+        iov.push(map.as_mut_ptr(), 10);
+        let mut start = 0;
+        let err = move_buffered_into_iovecs(&rx, &mut start, rx.len(), &mut iov).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("writing received payload to its file"),
+            "{err}"
+        );
+        assert_eq!(start, 0, "nothing counted as moved");
+    }
+}
+
+#[cfg(test)]
 mod settle_tests {
     use super::settle_rx;
 
