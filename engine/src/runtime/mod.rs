@@ -34,7 +34,12 @@
 //! peer CPU 1.95 -> 1.26 s/GiB (profile: 2.13 -> 1.27 s of samples, the prefault thread
 //! and every write fault gone), seeder 0.25 -> 0.20, time 1.66 -> 1.15 s (81% -> 101%
 //! of the measured ceiling); over veth (`link-veth-{before,after}`) peer 2.13 -> 1.55,
-//! seeder 0.35 -> 0.30, 62% -> 74% of the ceiling. Tried and dropped: a 256 KiB receive
+//! seeder 0.35 -> 0.30, 62% -> 74% of the ceiling. The rest of a block is gathered in
+//! the buffer and written with one pwrite: on a 100 Mbit/s fleet (`corvid-bench fleet
+//! --peers 8 --rate 100mbit --size 64MiB --piece-size 256KiB`, `fleet-pwrite-*`) a pwrite
+//! per receive (a packet or two) left each peer at 0.48 CPU s for its 64 MiB against
+//! 0.38-0.42 before the change; gathered, 0.33-0.37, time 1.31-1.37x S/C against
+//! 1.32-1.34x. Tried and dropped: a 256 KiB receive
 //! buffer instead of 64 KiB, fewer receives but peer 1.31-1.33 against 1.21-1.24 s/GiB
 //! (interleaved, 2 x 3 runs).
 //! Not taken earlier (`corvid-bench sendpath`): `MSG_ZEROCOPY`/`SEND_ZC` and sendfile

@@ -86,28 +86,40 @@ impl<S: Service> Core<S> {
                     return;
                 }
                 RecvTarget::Iovecs => {
-                    if let Err(err) =
-                        move_buffered_into_iovecs(&e.rx, &mut e.rx_start, e.rx_end, &mut e.recv_iov)
-                    {
-                        self.begin_close(slot, CloseCause::Io(err));
-                        return;
-                    }
-                    if e.recv_iov.is_done() {
-                        e.iov_open = false;
-                        if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
-                            self.begin_close(slot, CloseCause::Protocol(err));
-                            return;
-                        }
-                        continue;
-                    }
-                    // The buffer is empty now. Spans in a file take the rest through the
-                    // buffer too (one large receive that may hold the next messages, then
-                    // pwrite); other spans receive straight into their memory.
+                    // Spans in a file take their bytes through the buffer (receives as
+                    // large as it, which may hold the next messages too, then pwrite);
+                    // other spans receive straight into their memory.
                     let into_file = e
                         .recv_iov
                         .pending()
                         .first()
                         .is_some_and(|v| storage::files::file_at(v.iov_base.cast()).is_some());
+                    // Gather the rest of the target in the buffer before writing it: on a
+                    // slow link each receive brings a packet or two, and one pwrite per
+                    // receive cost a fleet peer 16% more CPU than one per block.
+                    let gather = into_file && {
+                        settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
+                        e.rx_end - e.rx_start < e.recv_iov.remaining() && e.rx_end < e.rx.len()
+                    };
+                    if !gather {
+                        if let Err(err) = move_buffered_into_iovecs(
+                            &e.rx,
+                            &mut e.rx_start,
+                            e.rx_end,
+                            &mut e.recv_iov,
+                        ) {
+                            self.begin_close(slot, CloseCause::Io(err));
+                            return;
+                        }
+                        if e.recv_iov.is_done() {
+                            e.iov_open = false;
+                            if let Err(err) = service.on_recv_done(&mut io, id, conn, now) {
+                                self.begin_close(slot, CloseCause::Protocol(err));
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     if into_file {
                         e.iov_open = true;
                         settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
@@ -130,6 +142,7 @@ impl<S: Service> Core<S> {
                         unsafe { self.push_conn(slot, entry) };
                         return;
                     }
+                    // The buffer is empty now: receive the rest straight into the spans.
                     e.recv_iov.fill_msghdr(&mut e.recv_msg);
                     e.recv_into_iovecs = true;
                     e.recv_inflight = true;
