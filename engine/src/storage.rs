@@ -45,7 +45,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -167,7 +166,7 @@ pub struct Storage {
     /// Descriptors of the registered files (`pwrite` targets); empty when none are.
     write_fds: Vec<File>,
     /// Bytes received and written through `write_fds`.
-    written: Arc<AtomicU64>,
+    written: Arc<files::Written>,
     root: PathBuf,
     files: Vec<FileSpec>,
     /// One per file; `None` for zero-length files, which cannot be mapped.
@@ -230,7 +229,7 @@ impl Storage {
         let keep_fds = files.iter().filter(|f| !f.pad).count() <= MAX_WRITE_FDS;
         let mut write_fds = Vec::new();
         let mut registered = Vec::new();
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(files::Written::default());
         for spec in files {
             if spec.pad {
                 maps.push(pad_map(spec, root)?);
@@ -368,7 +367,7 @@ impl Storage {
         Ok(Storage {
             registered: Vec::new(),
             write_fds: Vec::new(),
-            written: Arc::new(AtomicU64::new(0)),
+            written: Arc::new(files::Written::default()),
             root: root.to_path_buf(),
             files: files.to_vec(),
             maps,
@@ -566,9 +565,9 @@ impl Storage {
         !self.registered.is_empty() && !self.write_fds.is_empty()
     }
 
-    /// Payload bytes written through the files' descriptors so far.
-    pub fn bytes_written_through_files(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+    /// `(pwrite calls, bytes)` of received payload written through the files' descriptors.
+    pub fn file_writes(&self) -> (u64, u64) {
+        self.written.get()
     }
 
     /// Writes dirty pages to disk (msync); a no-op for read-only storage.

@@ -552,7 +552,7 @@ fn transfer_into_a_storage_file_is_written_through_the_file() {
     assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
     rt.shutdown().unwrap();
     assert_eq!(
-        storage.bytes_written_through_files(),
+        storage.file_writes().1,
         LEN as u64,
         "every payload byte went through pwrite"
     );
@@ -568,6 +568,63 @@ fn transfer_into_a_storage_file_is_written_through_the_file() {
         sha1::Sha1::digest(&sent[5 << 20..6 << 20]).into()
     };
     assert_eq!(storage.hash_piece(piece), expect);
+}
+
+/// A block that trickles in (a packet or two per receive, as on a slow link) is gathered
+/// in the buffer and written with one pwrite per span, not one per receive.
+#[test]
+fn a_trickling_block_is_written_once() {
+    use crate::geometry::{BlockRef, Lengths};
+    use crate::storage::{FileSpec, Storage};
+    const LEN: usize = 1 << 20;
+    const SPAN: usize = 16 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [FileSpec {
+        path: "payload.bin".into(),
+        length: LEN as u64,
+        pad: false,
+    }];
+    let lengths = Lengths::new(LEN as u64, 1 << 20, 1).unwrap();
+    let storage = Arc::new(Storage::create(dir.path(), &files, lengths).unwrap());
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }];
+    let first = BlockRef {
+        piece: lengths.piece(0).unwrap(),
+        offset: 0,
+        len: 1,
+    };
+    assert_eq!(storage.block_iovecs(first, &mut iov), 1);
+    let dst = Region {
+        base: Base(iov[0].iov_base.cast()),
+        len: LEN,
+        _owner: storage.clone(),
+    };
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: None,
+        span: SPAN,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let data = pattern(3, LEN);
+    let mut client = connect(rt.local_addr().unwrap());
+    client.set_nodelay(true).unwrap();
+    client.write_all(&(LEN as u64).to_be_bytes()).unwrap();
+    for chunk in data.chunks(1000) {
+        client.write_all(chunk).unwrap();
+    }
+    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
+    drop(client);
+    rt.shutdown().unwrap();
+    assert_eq!(
+        storage.file_writes(),
+        ((LEN / SPAN) as u64, LEN as u64),
+        "one pwrite per span"
+    );
+    assert!(std::fs::read(dir.path().join("payload.bin")).unwrap() == data);
 }
 
 #[test]

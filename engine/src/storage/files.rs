@@ -22,13 +22,30 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// What went through a storage's files: `pwrite` calls and the bytes they wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    calls: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Written {
+    /// `(calls, bytes)` so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Region {
     start: usize,
     end: usize,
     fd: RawFd,
     /// Bytes written through this region's file (shared with the storage, for its stats).
-    written: Arc<AtomicU64>,
+    written: Arc<Written>,
 }
 
 /// Registered regions, sorted by start address.
@@ -46,13 +63,14 @@ pub struct FileAt {
     pub offset: u64,
     /// Bytes from the address to the end of the mapping.
     pub len: usize,
-    written: Arc<AtomicU64>,
+    written: Arc<Written>,
 }
 
 impl FileAt {
-    /// Counts `n` bytes as written through the file.
+    /// Counts one `pwrite` of `n` bytes through the file.
     pub fn wrote(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.written.calls.fetch_add(1, Ordering::Relaxed);
+        self.written.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -86,7 +104,7 @@ pub(crate) fn register(
     start: *const u8,
     len: usize,
     fd: RawFd,
-    written: Arc<AtomicU64>,
+    written: Arc<Written>,
 ) -> Registered {
     let start = start as usize;
     let region = Region {
@@ -117,7 +135,7 @@ mod tests {
     #[test]
     fn addresses_resolve_to_their_region_until_it_is_dropped() {
         // Addresses are only compared, never dereferenced: fake ones will do.
-        let counter = Arc::new(AtomicU64::new(0));
+        let counter = Arc::new(Written::default());
         let a = register(0x10_0000 as *const u8, 0x1000, 7, counter.clone());
         let b = register(0x30_0000 as *const u8, 0x2000, 9, counter.clone());
         let at = file_at(0x30_0010 as *const u8).expect("inside b");
@@ -130,7 +148,7 @@ mod tests {
         );
         assert!(file_at(0x0f_ffff as *const u8).is_none(), "before a");
         at.wrote(5);
-        assert_eq!(counter.load(Ordering::Relaxed), 5);
+        assert_eq!(counter.get(), (1, 5));
         drop(a);
         assert!(file_at(0x10_0000 as *const u8).is_none(), "a unregistered");
         assert!(file_at(0x30_0000 as *const u8).is_some(), "b still there");

@@ -464,7 +464,6 @@ mod move_tests {
     use super::{move_buffered_into_iovecs, IoVecs};
     use crate::storage::files;
     use std::os::fd::AsRawFd;
-    use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 
     /// Buffered payload for a registered file goes out with pwrite at the span's offset,
@@ -482,7 +481,7 @@ mod move_tests {
             .unwrap();
         // A raw mapping hands out pointers only; the test never dereferences them itself.
         let map = memmap2::MmapRaw::map_raw(&file).unwrap();
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(files::Written::default());
         let reg = files::register(map.as_ptr(), map.len(), file.as_raw_fd(), written.clone());
         let rx: Vec<u8> = (0..200u8).collect();
         let mut iov = IoVecs::default();
@@ -493,7 +492,7 @@ mod move_tests {
         assert_eq!(start, 160, "bytes past the span stay in the buffer");
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(&on_disk[4000..4150], &rx[10..160]);
-        assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), 150);
+        assert_eq!(written.get(), (1, 150), "one pwrite for the span");
         drop(reg);
 
         // The same mapping registered with a descriptor open for reading only: EBADF.
