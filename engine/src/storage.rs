@@ -11,7 +11,8 @@
 //! Every `unsafe` use of a [`Storage`] elsewhere in corvid points back to this contract:
 //!
 //! 1. **One writer per block, no reader while it is written.** A block's bytes are written
-//!    (by an io_uring receive into [`Storage::block_iovecs`], or by [`Storage::write_block`])
+//!    (by an io_uring receive into [`Storage::block_iovecs`], by the runtime's `pwrite` of
+//!    received bytes to the spans' file ([`files`]), or by [`Storage::write_block`])
 //!    by exactly one receiver at a time, and nothing reads those bytes while that write is
 //!    in flight. Different blocks are disjoint byte ranges, so many threads may write
 //!    different blocks at once.
@@ -44,6 +45,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 use sha1::{Digest, Sha1};
@@ -53,7 +55,14 @@ use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use rustix::fs::OFlags;
 
 mod disk;
+pub mod files;
 use disk::*;
+
+/// A download keeps each file's descriptor open to write received payload through it
+/// (see [`files`]) when the torrent has at most this many files; one of more files is
+/// written through the mapping instead, as a torrent of many thousand files must not
+/// hold as many descriptors.
+pub const MAX_WRITE_FDS: usize = 256;
 
 /// Most files a single 16 KiB block touches in real torrents is two or three; an iovec
 /// array of this size covers any block unless a torrent packs many tiny files together,
@@ -151,6 +160,13 @@ pub fn check_space(needed: u64, free: u64, path: &Path) -> Result<(), StorageErr
 /// the io_uring threads and the hasher pool under the module's mapping contract.
 #[derive(Debug)]
 pub struct Storage {
+    /// The writable mappings registered with [`files`]; declared first so they are
+    /// unregistered before the mappings and descriptors below are dropped.
+    registered: Vec<files::Registered>,
+    /// Descriptors of the registered files (`pwrite` targets); empty when none are.
+    write_fds: Vec<File>,
+    /// Bytes received and written through `write_fds`.
+    written: Arc<files::Written>,
     root: PathBuf,
     files: Vec<FileSpec>,
     /// One per file; `None` for zero-length files, which cannot be mapped.
@@ -210,6 +226,10 @@ impl Storage {
         let mut parent: Option<(PathBuf, Dir)> = None;
         let mut opened: std::collections::HashMap<(u64, u64), usize> =
             std::collections::HashMap::with_capacity(files.len());
+        let keep_fds = files.iter().filter(|f| !f.pad).count() <= MAX_WRITE_FDS;
+        let mut write_fds = Vec::new();
+        let mut registered = Vec::new();
+        let written = Arc::new(files::Written::default());
         for spec in files {
             if spec.pad {
                 maps.push(pad_map(spec, root)?);
@@ -268,10 +288,24 @@ impl Storage {
                 .len(len)
                 .map_raw(&file)
                 .map_err(|e| io_err("map", &path, e))?;
+            if keep_fds {
+                // The mapping covers exactly the file's `spec.length` bytes (`map_len`), so
+                // every registered address has a byte of the file behind it.
+                registered.push(files::register(
+                    map.as_ptr(),
+                    map.len(),
+                    file.as_raw_fd(),
+                    written.clone(),
+                ));
+                write_fds.push(file);
+            }
             maps.push(Some(map));
             ids.push((meta.dev(), meta.ino()));
         }
         Ok(Storage {
+            registered,
+            write_fds,
+            written,
             root: root.to_path_buf(),
             files: files.to_vec(),
             maps,
@@ -331,6 +365,9 @@ impl Storage {
             ids.push((meta.dev(), meta.ino()));
         }
         Ok(Storage {
+            registered: Vec::new(),
+            write_fds: Vec::new(),
+            written: Arc::new(files::Written::default()),
             root: root.to_path_buf(),
             files: files.to_vec(),
             maps,
@@ -491,8 +528,11 @@ impl Storage {
     /// time. Doing it on another thread first leaves the io_uring core thread copying.
     /// Returns false when the kernel does not support it or the storage is read-only;
     /// callers just stop prefaulting then.
+    ///
+    /// Storage that writes received payload through its files ([`files`]) does not
+    /// prefault: `pwrite` makes the pages itself, for less than the faults cost.
     pub fn prefault(&self, piece: PieceIndex) -> bool {
-        if !self.writable {
+        if !self.writable || self.writes_through_files() {
             return false;
         }
         const PAGE: usize = 4096;
@@ -517,6 +557,17 @@ impl Storage {
             }
         }
         true
+    }
+
+    /// Whether received payload is written through the files' descriptors (registered
+    /// with [`files`]) rather than stored through the mapping.
+    pub fn writes_through_files(&self) -> bool {
+        !self.registered.is_empty() && !self.write_fds.is_empty()
+    }
+
+    /// `(pwrite calls, bytes)` of received payload written through the files' descriptors.
+    pub fn file_writes(&self) -> (u64, u64) {
+        self.written.get()
     }
 
     /// Writes dirty pages to disk (msync); a no-op for read-only storage.
@@ -690,6 +741,46 @@ mod tests {
                 unsafe { s.write_block(b, &data[at..at + b.len as usize]) }.unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_download_registers_its_files_for_pwrite_until_dropped() {
+        let (_dir, s) = make(&[5000, 20000], 16384);
+        assert!(s.writes_through_files());
+        assert!(
+            !s.prefault(s.lengths().piece(0).unwrap()),
+            "pwrite makes the pages"
+        );
+        // Piece 0 covers file 0 and the first 11384 bytes of file 1.
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 2];
+        let b = BlockRef {
+            piece: s.lengths().piece(0).unwrap(),
+            offset: 0,
+            len: 16384,
+        };
+        assert_eq!(s.block_iovecs(b, &mut iov), 2);
+        let in_second = iov[1].iov_base.cast::<u8>().wrapping_add(100);
+        let at = files::file_at(in_second).expect("file 1 is registered");
+        assert_eq!((at.offset, at.len), (100, 20000 - 100));
+        drop(s);
+        assert!(
+            files::file_at(in_second).is_none(),
+            "unregistered with the storage"
+        );
+    }
+
+    #[test]
+    fn many_files_and_read_only_storage_are_not_written_through_files() {
+        let lens = vec![100u64; MAX_WRITE_FDS + 1];
+        let (dir, s) = make(&lens, 16384);
+        assert!(!s.writes_through_files(), "no descriptor per file kept");
+        drop(s);
+        let ro =
+            Storage::open_readonly(dir.path(), &specs(&lens), lengths_for(&lens, 16384)).unwrap();
+        assert!(!ro.writes_through_files());
     }
 
     #[test]

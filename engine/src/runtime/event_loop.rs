@@ -201,6 +201,10 @@ struct Entry<C, E> {
     rx_stalled: bool,
     /// The in-flight receive targets `recv_iov` (else the buffer).
     recv_into_iovecs: bool,
+    /// `recv_iov` holds a [`RecvTarget::Iovecs`] target that is only partly filled and
+    /// whose rest comes through the buffer (its spans are in a file, see `data_path`):
+    /// the loop keeps filling it instead of asking the service for a new target.
+    iov_open: bool,
     recv_iov: IoVecs,
     recv_msg: libc::msghdr,
     send_bytes: Vec<u8>,

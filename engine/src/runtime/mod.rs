@@ -22,6 +22,30 @@
 //! service must stay valid as long as its per-connection state (`Service::Conn`) lives; the
 //! runtime drops that state only after the connection's last completion.
 //!
+//! Receiving payload into files: a span inside a file mapping registered with
+//! [`crate::storage::files`] (a download's files) is not received into through the
+//! mapping but through the connection's buffer and `pwrite` on the file. That is one more
+//! copy, and cheaper than what it replaces: a store into a fresh page of a shared file
+//! mapping takes a write fault per 4 KiB page (on ext4: read in as zeros, buffer heads,
+//! dirty accounting), and msync then write-protects every mapped page again with TLB
+//! shoot-downs. Measured on this 2-core VM, 1 GiB over loopback, 5 runs each, the
+//! binary before and after back to back (`corvid-bench link --size 1GiB --runs 5
+//! --methods iperf3,ceiling,corvid`, `benches/runs/2026-11-29-vm/link-{before,after}`):
+//! peer CPU 1.95 -> 1.26 s/GiB (profile: 2.13 -> 1.27 s of samples, the prefault thread
+//! and every write fault gone), seeder 0.25 -> 0.20, time 1.66 -> 1.15 s (81% -> 101%
+//! of the measured ceiling); over veth (`link-veth-{before,after}`) peer 2.13 -> 1.55,
+//! seeder 0.35 -> 0.30, 62% -> 74% of the ceiling. The rest of a block is gathered in
+//! the buffer and written with one pwrite: on a 100 Mbit/s fleet (`corvid-bench fleet
+//! --peers 8 --rate 100mbit --size 64MiB --piece-size 256KiB`, `fleet-pwrite-*`) a pwrite
+//! per receive (a packet or two) left each peer at 0.48 CPU s for its 64 MiB against
+//! 0.38-0.42 before the change; gathered, 0.33-0.37, time 1.31-1.37x S/C against
+//! 1.32-1.34x. Tried and dropped: a 256 KiB receive
+//! buffer instead of 64 KiB, fewer receives but peer 1.31-1.33 against 1.21-1.24 s/GiB
+//! (interleaved, 2 x 3 runs).
+//! Not taken earlier (`corvid-bench sendpath`): `MSG_ZEROCOPY`/`SEND_ZC` and sendfile
+//! for the seeder, which lose on loopback and veth (the kernel copies zero-copy data
+//! delivered to a local socket).
+//!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
 //! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
 
@@ -74,7 +98,11 @@ pub enum RecvTarget {
     /// Exactly the spans the service pushed into the [`RecvIovecs`], then
     /// [`Service::on_recv_done`]. Bytes already sitting in the connection's buffer are copied
     /// into the spans first (they arrived before the service knew where they belonged); the
-    /// rest is received by the kernel straight into the spans.
+    /// rest is received by the kernel straight into the spans. Spans inside a file mapping
+    /// registered with [`crate::storage::files`] are the exception: their bytes come
+    /// through the buffer (receives as large as it, which also pick up the messages that
+    /// follow) and are written with `pwrite` on the file, which is cheaper than storing
+    /// into fresh pages of the mapping (that module says by how much).
     Iovecs,
     /// Receive nothing for now (resumes when the connection is woken).
     Pause,

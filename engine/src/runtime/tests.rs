@@ -241,7 +241,7 @@ unsafe impl Send for Base {}
 struct Region {
     base: Base,
     len: usize,
-    _owner: Arc<MmapMut>,
+    _owner: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 fn region(map: MmapMut) -> Region {
@@ -501,6 +501,130 @@ fn transfer_256_mib_mapping_to_mapping() {
         )
     };
     assert!(a == b, "received bytes differ from the source");
+}
+
+/// The receiving side of a download: a writable `Storage` registers its file with
+/// `storage::files`, so payload arrives through the buffer and `pwrite` rather than
+/// through the mapping; spans of 100 000 bytes cut across every buffer receive.
+#[test]
+fn transfer_into_a_storage_file_is_written_through_the_file() {
+    use crate::geometry::{BlockRef, Lengths};
+    use crate::storage::{FileSpec, Storage};
+    const LEN: usize = 64 << 20;
+    let (_sf, src) = temp_map(LEN, Some(11));
+    let src = region(src);
+    let dir = tempfile::tempdir().unwrap();
+    let files = [FileSpec {
+        path: "payload.bin".into(),
+        length: LEN as u64,
+        pad: false,
+    }];
+    let lengths = Lengths::new(LEN as u64, 1 << 20, 64).unwrap();
+    let storage = Arc::new(Storage::create(dir.path(), &files, lengths).unwrap());
+    assert!(storage.writes_through_files());
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }];
+    let first = BlockRef {
+        piece: lengths.piece(0).unwrap(),
+        offset: 0,
+        len: 1,
+    };
+    assert_eq!(storage.block_iovecs(first, &mut iov), 1);
+    let dst = Region {
+        base: Base(iov[0].iov_base.cast()),
+        len: LEN,
+        _owner: storage.clone(),
+    };
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: Some(src.clone()),
+        span: 100_000,
+        events: tx.clone(),
+    })
+    .unwrap();
+    rt.mailbox(0)
+        .unwrap()
+        .dial(rt.local_addr().unwrap())
+        .unwrap();
+    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
+    rt.shutdown().unwrap();
+    assert_eq!(
+        storage.file_writes().1,
+        LEN as u64,
+        "every payload byte went through pwrite"
+    );
+    // Read back through the file, not the mapping the runtime was handed.
+    let on_disk = std::fs::read(dir.path().join("payload.bin")).unwrap();
+    // SAFETY: the runtime is stopped; nothing writes the source mapping any more.
+    let sent = unsafe { std::slice::from_raw_parts(src.base.0, LEN) };
+    assert!(on_disk == sent, "the file differs from the bytes sent");
+    // The mapping shows the same page cache.
+    let piece = lengths.piece(5).unwrap();
+    let expect: [u8; 20] = {
+        use sha1::Digest;
+        sha1::Sha1::digest(&sent[5 << 20..6 << 20]).into()
+    };
+    assert_eq!(storage.hash_piece(piece), expect);
+}
+
+/// A block that trickles in (a packet or two per receive, as on a slow link) is gathered
+/// in the buffer and written with one pwrite per span, not one per receive.
+#[test]
+fn a_trickling_block_is_written_once() {
+    use crate::geometry::{BlockRef, Lengths};
+    use crate::storage::{FileSpec, Storage};
+    const LEN: usize = 1 << 20;
+    const SPAN: usize = 16 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [FileSpec {
+        path: "payload.bin".into(),
+        length: LEN as u64,
+        pad: false,
+    }];
+    let lengths = Lengths::new(LEN as u64, 1 << 20, 1).unwrap();
+    let storage = Arc::new(Storage::create(dir.path(), &files, lengths).unwrap());
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }];
+    let first = BlockRef {
+        piece: lengths.piece(0).unwrap(),
+        offset: 0,
+        len: 1,
+    };
+    assert_eq!(storage.block_iovecs(first, &mut iov), 1);
+    let dst = Region {
+        base: Base(iov[0].iov_base.cast()),
+        len: LEN,
+        _owner: storage.clone(),
+    };
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: None,
+        span: SPAN,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let data = pattern(3, LEN);
+    let mut client = connect(rt.local_addr().unwrap());
+    client.set_nodelay(true).unwrap();
+    client.write_all(&(LEN as u64).to_be_bytes()).unwrap();
+    for chunk in data.chunks(1000) {
+        client.write_all(chunk).unwrap();
+    }
+    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
+    drop(client);
+    rt.shutdown().unwrap();
+    assert_eq!(
+        storage.file_writes(),
+        ((LEN / SPAN) as u64, LEN as u64),
+        "one pwrite per span"
+    );
+    assert!(std::fs::read(dir.path().join("payload.bin")).unwrap() == data);
 }
 
 #[test]

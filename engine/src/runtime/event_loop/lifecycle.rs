@@ -40,6 +40,7 @@ impl<S: Service> Core<S> {
             rx_end: 0,
             rx_stalled: false,
             recv_into_iovecs: false,
+            iov_open: false,
             recv_iov: IoVecs::default(),
             // SAFETY: msghdr is plain old data; all-zero is an empty header.
             recv_msg: unsafe { std::mem::zeroed() },
