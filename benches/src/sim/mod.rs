@@ -575,6 +575,11 @@ mod tests {
         cfg.rack_pick = true;
         let pick = simulate(cfg.clone()).unwrap();
         assert!(pick.all_verified);
+        let again = simulate(cfg.clone()).unwrap();
+        assert_eq!(
+            result_json(&cfg, &pick).pretty(),
+            result_json(&cfg, &again).pretty()
+        );
         assert!(
             cross(&pick) < cross(&on),
             "rack-aware picking {} vs {} bytes across racks",
