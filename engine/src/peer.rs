@@ -670,7 +670,7 @@ impl PeerConn {
         }
         for p in self.lengths.pieces() {
             if self.remote_has.get(p.get()) {
-                swarm.remove_availability(p);
+                swarm.peer_lost(self.key, p);
             }
         }
         swarm.remove_peer(self.key);

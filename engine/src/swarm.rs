@@ -194,6 +194,8 @@ struct PeerSlot {
     addr: IpAddr,
     banned: bool,
     unchoked: bool,
+    /// Behind our rack switch (see `pick.rs`, rack-aware picking).
+    local: bool,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -248,6 +250,10 @@ pub struct Swarm {
     /// Seeding plan: bumped whenever a piece may have lost its last source (a connection
     /// left, or one that held it went away), so an exhausted plan knows when to look again.
     plan_epoch: u64,
+    /// Per piece: live same-rack connections that have it (see `pick.rs`).
+    local_availability: Vec<u32>,
+    /// Live connections marked same-rack; 0: the picker ignores racks.
+    local_peers: u32,
 }
 
 impl Swarm {
@@ -313,6 +319,8 @@ impl Swarm {
             plan_epoch: 0,
             first_pass_left: n,
             served_whole: vec![false; n as usize],
+            local_availability: vec![0; n as usize],
+            local_peers: 0,
             cfg,
         }
     }
@@ -428,6 +436,7 @@ impl Swarm {
             addr,
             banned: false,
             unchoked: false,
+            local: false,
         };
         if let Some(idx) = self.spare_peers.pop() {
             let s = &mut self.peers[idx as usize];
@@ -459,6 +468,9 @@ impl Swarm {
         }
         if let Some(s) = self.slot_mut(key) {
             s.live = false;
+            if std::mem::take(&mut s.local) {
+                self.local_peers -= 1;
+            }
             self.spare_peers.push(key.idx);
         }
     }

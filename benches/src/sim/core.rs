@@ -1,18 +1,31 @@
 //! The simulation itself: hosts running corvid's real `Swarm` and `PeerConn` over a
 //! modelled network, in virtual time.
 //!
-//! Model (message level, store and forward): every connection direction is a byte stream
-//! (control bytes are the real wire bytes `PeerConn` wrote, block payloads are only a
-//! length). A host's uplink serves its connections round robin, one segment (at most
-//! [`SimConfig::segment`] bytes) at a time, at the host rate. A segment then crosses, in
-//! FIFO order at their rates, the source rack's uplink and the destination rack's
-//! downlink (only between racks), then the receiving host's downlink, and arrives after
-//! the path's propagation latency. Queues never drop: a sender is throttled only by how
-//! much the receivers asked for (`PeerConn`'s request pipeline) and by its socket buffer
-//! ([`SimConfig::sndbuf`]), which is how BitTorrent bounds them too. Not modelled: TCP
-//! slow start and congestion control, loss and retransmits, the kernel's socket buffer
-//! autotuning, CPU time other than hashing, disks (the page cache holds the payload).
-//! Wire overhead (Ethernet, IP and TCP headers) is a constant factor on every rate.
+//! Model (message level, store and forward; not a flow model): every connection
+//! direction is a byte stream (control bytes are the real wire bytes `PeerConn` wrote,
+//! block payloads are only a length). A host's uplink serves its connections round robin,
+//! one segment (at most [`SimConfig::segment`] bytes, plus a block header or request left
+//! over, which would otherwise be a segment of its own) at a time, at the host rate. A
+//! segment then crosses, in FIFO order at their rates, the source rack's uplink and the
+//! destination rack's downlink (only between racks), then the receiving host's downlink,
+//! and arrives after the path's propagation latency. Queues never drop: a sender is
+//! throttled only by how much the receivers asked for (`PeerConn`'s request pipeline) and
+//! by its socket buffer ([`SimConfig::sndbuf`]), which is how BitTorrent bounds them too.
+//! Not modelled: TCP slow start and congestion control, loss and retransmits, the
+//! kernel's socket buffer autotuning, CPU time other than hashing, disks (the page cache
+//! holds the payload). Wire overhead (Ethernet, IP and TCP headers) is a constant factor
+//! on every rate.
+//!
+//! Cost, and what keeps 10,000 hosts within minutes (measured at N=300, 4 MiB pieces,
+//! 1 MiB requests: 2.50 M events before the last two points, 1.93 M after; N=1000 went
+//! from 15.6 M events to 8.3 M with the first two): a FIFO link needs no event of its
+//! own, since segments join it in time order and its finish time is known on arrival
+//! (one event per segment per link it crosses, the last one folded into the delivery);
+//! small control packets (haves, requests) that a host sends at one instant over paths
+//! of one latency share one delivery event (a verdict's haves to all its peers); and a
+//! block's header never travels as a segment of its own. Everything the protocol does is
+//! still done per message: each have, request and block goes through the receiving
+//! `PeerConn`, and each host's `Swarm` picks, chokes and plans as in the daemon.
 //!
 //! Everything is deterministic: events are ordered by (virtual time, sequence number),
 //! randomness comes from one seeded generator, and nothing iterates a hash map.
@@ -38,8 +51,11 @@ const PORT: u16 = 6881;
 /// One simulated deploy's parameters.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Downloading hosts; one more host, the seeder, has the payload at the start.
+    /// Downloading hosts; `seeders` more hosts have the payload at the start.
     pub hosts: usize,
+    /// Hosts that seed (each a `corvid seed` with its own plan), at least 1: seeder 0
+    /// in the first rack, seeder k in rack k x racks / seeders (one per datacenter).
+    pub seeders: usize,
     pub size: u64,
     pub piece_size: u64,
     /// Host link rate, each direction, bits per second (nominal, before wire overhead).
@@ -65,6 +81,9 @@ pub struct SimConfig {
     pub numwant: usize,
     /// The tracker hands out mostly same-rack peers (see [`handout`]).
     pub rack_aware: bool,
+    /// Each host's picker knows which of its connections are same-rack and fetches a
+    /// piece across racks only when no same-rack peer has it (`Swarm::set_peer_local`).
+    pub rack_pick: bool,
     /// With `rack_aware`: peers from other racks in each handout (however few peers the
     /// asker's rack has).
     pub cross_rack_peers: usize,
@@ -104,8 +123,21 @@ impl SimConfig {
         }
     }
 
-    fn rack_of(&self, host: usize) -> usize {
-        host.checked_div(self.rack_size).unwrap_or(0)
+    /// Hosts `0..seeders` seed; downloaders fill the racks in order after seeder 0, as
+    /// if it were the only one (extra seeders add a host to their racks).
+    pub fn rack_of(&self, host: usize) -> usize {
+        let k = self.seeders.max(1);
+        if self.rack_size == 0 {
+            0
+        } else if host < k {
+            host * self.racks() / k
+        } else {
+            (host - k + 1) / self.rack_size
+        }
+    }
+
+    pub fn is_seeder(&self, host: usize) -> bool {
+        host < self.seeders.max(1)
     }
 }
 
@@ -115,7 +147,7 @@ pub struct SimResult {
     /// Virtual seconds at which each downloading host (1..=hosts) verified its last piece;
     /// `None` if it did not within the time limit.
     pub done_at: Vec<Option<f64>>,
-    /// Payload bytes each host uploaded (index 0: the seeder).
+    /// Payload bytes each host uploaded (the seeders first).
     pub uploaded: Vec<u64>,
     /// Bytes that crossed each rack's uplink, (out of the rack, into the rack).
     pub rack_bytes: Vec<(u64, u64)>,
@@ -255,6 +287,9 @@ struct Host {
     egress_bytes: u64,
     gone: bool,
     hash_free: u64,
+    /// The mailbox this host's small packets to same-rack (0) and other-rack (1) peers
+    /// go into while it is still open (same arrival time).
+    mail: [u32; 2],
     done_at: Option<u64>,
     uploaded: u64,
 }
@@ -281,15 +316,18 @@ enum Ev {
     Verdict(u32, u32),
     Tick(u32),
     Leave(u32),
-    FifoDone(u32),
+    /// Mailbox `0`'s small control packets arrive.
+    Mail(u32),
 }
 
-/// A link served first come, first served: when it is free again, and the segments
-/// (done at, end, bytes) in it.
+/// Small control packets (haves, mostly) that one host sent at one instant over paths of
+/// one latency: they all arrive together, so they share one event.
 #[derive(Default)]
-struct Fifo {
-    free: u64,
-    q: VecDeque<(u64, u32, u32)>,
+struct Mailbox {
+    /// Arrival time; `u64::MAX` once delivered (the box is then free for reuse).
+    at: u64,
+    /// (end, bytes) in the order they were sent.
+    items: Vec<(u32, u32)>,
 }
 
 struct Sim {
@@ -305,8 +343,10 @@ struct Sim {
     tracker: Swarms,
     /// Announce order, for the deterministic handout.
     announced: Vec<u32>,
-    /// FIFO links: rack uplinks, rack downlinks, host downlinks.
-    fifos: Vec<Fifo>,
+    /// When each FIFO link is free again: rack uplinks, rack downlinks, host downlinks.
+    fifos: Vec<u64>,
+    mailboxes: Vec<Mailbox>,
+    spare_mailboxes: Vec<u32>,
     rack_bytes: Vec<(u64, u64)>,
     rng: Rng,
     events: u64,
@@ -339,10 +379,10 @@ impl Sim {
             ..PeerConfig::default()
         };
         let mut rng = Rng(cfg.seed);
-        let n = cfg.hosts + 1;
+        let n = cfg.hosts + cfg.seeders.max(1);
         let mut hosts = Vec::with_capacity(n);
         for i in 0..n {
-            let have = if i == 0 {
+            let have = if cfg.is_seeder(i) {
                 Bitfield::full(lengths.piece_count())
             } else {
                 Bitfield::new(lengths.piece_count())
@@ -372,6 +412,7 @@ impl Sim {
                 egress_bytes: 0,
                 gone: false,
                 hash_free: 0,
+                mail: [u32::MAX; 2],
                 done_at: None,
                 uploaded: 0,
             });
@@ -393,7 +434,9 @@ impl Sim {
             ends: Vec::new(),
             tracker,
             announced: Vec::new(),
-            fifos: (0..2 * racks + n).map(|_| Fifo::default()).collect(),
+            fifos: vec![0; 2 * racks + n],
+            mailboxes: Vec::new(),
+            spare_mailboxes: Vec::new(),
             rack_bytes: vec![(0, 0); racks],
             rng,
             events: 0,
@@ -401,8 +444,11 @@ impl Sim {
             out_buf: Vec::new(),
             cfg,
         };
-        sim.at(0, Ev::Start(0));
-        for h in 1..n {
+        let k = sim.cfg.seeders.max(1);
+        for h in 0..k {
+            sim.at(0, Ev::Start(h as u32));
+        }
+        for h in k..n {
             let t = sim.rng.below(nanos(sim.cfg.start_spread).max(1));
             sim.at(t, Ev::Start(h as u32));
         }
@@ -439,9 +485,10 @@ impl Sim {
             self.events += 1;
             self.handle(ev);
         }
-        let all_verified = self.hosts[1..].iter().all(|h| h.swarm.is_complete());
+        let k = self.cfg.seeders.max(1);
+        let all_verified = self.hosts[k..].iter().all(|h| h.swarm.is_complete());
         SimResult {
-            done_at: self.hosts[1..]
+            done_at: self.hosts[k..]
                 .iter()
                 .map(|h| h.done_at.map(|t| t as f64 / 1e9))
                 .collect(),
@@ -477,7 +524,7 @@ impl Sim {
             Ev::Verdict(h, piece) => self.verdict(h as usize, piece),
             Ev::Tick(h) => self.tick(h as usize),
             Ev::Leave(h) => self.leave(h as usize),
-            Ev::FifoDone(f) => self.fifo_done(f as usize),
+            Ev::Mail(b) => self.mail(b as usize),
         }
     }
 
@@ -486,7 +533,11 @@ impl Sim {
     /// choose (it picks from a hash map, whose order differs per process).
     fn announce(&mut self, h: usize) {
         let host = &self.hosts[h];
-        let left = if h == 0 { 0 } else { self.cfg.size };
+        let left = if self.cfg.is_seeder(h) {
+            0
+        } else {
+            self.cfg.size
+        };
         let mut req = AnnounceRequest::new(INFO_HASH, host.peer_id, PORT, left);
         req.numwant = Some(self.cfg.numwant as u32);
         let resp = match self.tracker.announce(&req, host.addr.ip(), self.instant()) {
@@ -497,7 +548,7 @@ impl Sim {
             .announced
             .iter()
             .copied()
-            .filter(|&p| p as usize != h && !(left == 0 && p == 0))
+            .filter(|&p| p as usize != h && !(left == 0 && self.cfg.is_seeder(p as usize)))
             .collect();
         let mut peers: Vec<u32> = if !self.cfg.rack_aware && resp.peers.len() >= candidates.len() {
             // The tracker returned everyone: same set, canonical order. (A rack-aware
@@ -572,6 +623,19 @@ impl Sim {
         ) else {
             return;
         };
+        if self.cfg.rack_pick
+            && self.cfg.rack_size > 0
+            && self.hosts[a].rack == self.hosts[b].rack
+            && !self.cfg.is_seeder(a)
+            && !self.cfg.is_seeder(b)
+        {
+            // What a node learns from its topology: this remote is behind our switch.
+            // The seeder is left unmarked: it serves what its plan hands out, not what
+            // is asked, so "a same-rack host has it" must not count it (else its rack
+            // would never fetch from other racks).
+            self.hosts[a].swarm.set_peer_local(pa.key(), true);
+            self.hosts[b].swarm.set_peer_local(pb.key(), true);
+        }
         for (me, other, peer, remote) in [(a, b, pa, ib), (b, a, pb, ia)] {
             self.ends.push(End {
                 host: me as u32,
@@ -647,7 +711,12 @@ impl Sim {
                 self.ends[e].ready = false;
                 continue;
             }
-            let n = unsent.min(u64::from(self.cfg.segment));
+            let mut n = unsent.min(u64::from(self.cfg.segment));
+            if unsent - n <= SMALL {
+                // A block's 13-byte header (or a request) left over would be a segment
+                // of its own, doubling the uplink's events for nothing.
+                n = unsent;
+            }
             let out = &self.ends[e].out;
             if self.cfg.egress_queue == 0
                 && out.handed == 0
@@ -656,19 +725,12 @@ impl Sim {
             {
                 // A lone small control packet under fair queueing waits for no one's
                 // segment and takes nanoseconds to serialize: it only crosses the
-                // latency. (Saves most events of a big fleet: haves.)
+                // latency. Those a host sends at one instant (a verdict's haves to every
+                // peer) share one event per latency class.
                 self.ends[e].out.handed += n;
                 self.ends[e].ready = false;
                 let dst = self.ends[self.ends[e].remote as usize].host as usize;
-                let at = self.now + self.latency(h, dst);
-                self.at(
-                    at,
-                    Ev::Hop {
-                        end: e as u32,
-                        n: n as u32,
-                        stage: 4,
-                    },
-                );
+                self.post(h, dst, e as u32, n as u32);
                 continue;
             }
             self.ends[e].out.handed += n;
@@ -717,75 +779,111 @@ impl Sim {
         let dst_end = self.ends[e].remote as usize;
         let dst = self.ends[dst_end].host as usize;
         let bytes = u64::from(n);
+        let racks = self.rack_bytes.len();
         match stage {
             1 => {
                 let r = self.hosts[src].rack as usize;
                 self.rack_bytes[r].0 += bytes;
-                self.enqueue(r, e, n, self.cfg.uplink_rate());
+                let done = self.enqueue(r, n, self.cfg.uplink_rate());
+                self.at(
+                    done,
+                    Ev::Hop {
+                        end: e as u32,
+                        n,
+                        stage: 2,
+                    },
+                );
             }
             2 => {
                 let r = self.hosts[dst].rack as usize;
                 self.rack_bytes[r].1 += bytes;
-                let racks = self.rack_bytes.len();
-                self.enqueue(racks + r, e, n, self.cfg.uplink_rate());
+                let done = self.enqueue(racks + r, n, self.cfg.uplink_rate());
+                self.at(
+                    done,
+                    Ev::Hop {
+                        end: e as u32,
+                        n,
+                        stage: 3,
+                    },
+                );
             }
             3 => {
-                let f = 2 * self.rack_bytes.len() + dst;
-                self.enqueue(f, e, n, self.cfg.host_rate());
+                // The last link: the segment is delivered once through it and across
+                // the path's propagation latency.
+                let done = self.enqueue(2 * racks + dst, n, self.cfg.host_rate());
+                let at = done + self.latency(src, dst);
+                self.at(
+                    at,
+                    Ev::Hop {
+                        end: e as u32,
+                        n,
+                        stage: 4,
+                    },
+                );
             }
-            _ => {
-                let (a, b) = if e < dst_end {
-                    let (x, y) = self.ends.split_at_mut(dst_end);
-                    (&mut x[e], &mut y[0])
-                } else {
-                    let (x, y) = self.ends.split_at_mut(e);
-                    (&mut y[0], &mut x[dst_end])
-                };
-                a.out.deliver(bytes, &mut b.rx, &mut b.rx_pay);
-                self.receive(dst_end);
-            }
+            _ => self.deliver(e, bytes),
         }
     }
 
-    /// A segment joins FIFO link `f`; only the link's head has an event in the queue,
-    /// so a long queue at an oversubscribed uplink does not grow the event heap.
-    fn enqueue(&mut self, f: usize, e: usize, n: u32, rate: f64) {
-        let fifo = &mut self.fifos[f];
-        let start = self.now.max(fifo.free);
-        let done = start + xfer_ns(u64::from(n), rate);
-        fifo.free = done;
-        fifo.q.push_back((done, e as u32, n));
-        if fifo.q.len() == 1 {
-            self.at(done, Ev::FifoDone(f as u32));
-        }
-    }
-
-    /// FIFO link `f`'s head segment is through: on to the next stage.
-    fn fifo_done(&mut self, f: usize) {
-        let Some((_, e, n)) = self.fifos[f].q.pop_front() else {
-            return;
-        };
-        if let Some(&(next, _, _)) = self.fifos[f].q.front() {
-            self.at(next, Ev::FifoDone(f as u32));
-        }
-        let racks = self.rack_bytes.len();
-        if f < racks {
-            self.hop(e as usize, n, 2);
-        } else if f < 2 * racks {
-            self.hop(e as usize, n, 3);
+    /// The receiver of `e`'s stream gets its next `bytes`.
+    fn deliver(&mut self, e: usize, bytes: u64) {
+        let dst_end = self.ends[e].remote as usize;
+        let (a, b) = if e < dst_end {
+            let (x, y) = self.ends.split_at_mut(dst_end);
+            (&mut x[e], &mut y[0])
         } else {
-            let src = self.ends[e as usize].host as usize;
-            let dst = f - 2 * racks;
-            let at = self.now + self.latency(src, dst);
-            self.at(
-                at,
-                Ev::Hop {
-                    end: e,
-                    n,
-                    stage: 4,
-                },
-            );
+            let (x, y) = self.ends.split_at_mut(e);
+            (&mut y[0], &mut x[dst_end])
+        };
+        a.out.deliver(bytes, &mut b.rx, &mut b.rx_pay);
+        self.receive(dst_end);
+    }
+
+    /// A segment arriving now joins FIFO link `f`; returns when it is through. Arrivals
+    /// are enqueued in time order (each at its own event), so computing the finish time
+    /// at once is exact for a FIFO and needs no event per link.
+    fn enqueue(&mut self, f: usize, n: u32, rate: f64) -> u64 {
+        let free = &mut self.fifos[f];
+        let done = self.now.max(*free) + xfer_ns(u64::from(n), rate);
+        *free = done;
+        done
+    }
+
+    /// Sends a small control packet of `e` (host `h` to `dst`) across the latency only,
+    /// in the mailbox of packets `h` sends now over the same latency.
+    fn post(&mut self, h: usize, dst: usize, e: u32, n: u32) {
+        let class = usize::from(self.hosts[h].rack != self.hosts[dst].rack);
+        let at = self.now + self.latency(h, dst);
+        let open = self.hosts[h].mail[class];
+        if let Some(mb) = self.mailboxes.get_mut(open as usize) {
+            if mb.at == at {
+                mb.items.push((e, n));
+                return;
+            }
         }
+        let id = match self.spare_mailboxes.pop() {
+            Some(id) => id,
+            None => {
+                self.mailboxes.push(Mailbox::default());
+                self.mailboxes.len() as u32 - 1
+            }
+        };
+        let mb = &mut self.mailboxes[id as usize];
+        mb.at = at;
+        mb.items.push((e, n));
+        self.hosts[h].mail[class] = id;
+        self.at(at, Ev::Mail(id));
+    }
+
+    fn mail(&mut self, id: usize) {
+        let mut items = std::mem::take(&mut self.mailboxes[id].items);
+        self.mailboxes[id].at = u64::MAX;
+        for &(e, n) in &items {
+            self.deliver(e as usize, u64::from(n));
+        }
+        items.clear();
+        self.mailboxes[id].items = items;
+        self.spare_mailboxes.push(id as u32);
     }
 
     /// Feeds delivered bytes to `e`'s `PeerConn`, the way the runtime does: control bytes
@@ -876,7 +974,7 @@ impl Sim {
         };
         let host = &mut self.hosts[h];
         host.swarm.handle_verdict(p, true);
-        if host.done_at.is_none() && host.swarm.is_complete() && h != 0 {
+        if host.done_at.is_none() && host.swarm.is_complete() && !self.cfg.is_seeder(h) {
             host.done_at = Some(self.now);
             self.remaining -= 1;
             if let Some(l) = self.cfg.linger {
@@ -955,8 +1053,11 @@ fn handout(
     } else {
         pick(candidates, want, rng)
     };
-    if !out.contains(&0) && candidates.contains(&0) {
-        out.push(0);
+    // Every seeder (few, one per datacenter).
+    for s in 0..cfg.seeders.max(1) as u32 {
+        if !out.contains(&s) && candidates.contains(&s) {
+            out.push(s);
+        }
     }
     out.sort_unstable();
     out

@@ -24,9 +24,12 @@ pub use core::{simulate, SimConfig, SimResult};
 
 #[derive(Args, Clone, Debug)]
 pub struct SimArgs {
-    /// Comma-separated fleet sizes (downloading hosts; the seeder is one more).
+    /// Comma-separated fleet sizes (downloading hosts; the seeders are more).
     #[arg(long, value_delimiter = ',', default_value = "10,100")]
     pub hosts: Vec<usize>,
+    /// Seeders (`corvid seed` on K hosts, one tracker), spread over the racks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub seeders: u64,
     /// Payload size.
     #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
     pub size: u64,
@@ -70,6 +73,10 @@ pub struct SimArgs {
     /// Rack-aware tracker handout: on, off, or both (runs every size twice).
     #[arg(long, default_value = "off")]
     pub rack_aware: String,
+    /// With --rack-aware on: whether hosts also pick pieces rack-aware (fetch across
+    /// racks only what no same-rack peer has): on or off.
+    #[arg(long, default_value = "on")]
+    pub rack_pick: String,
     /// Upload slots per host (the daemon's default: 128).
     #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().max_unchoked)]
     pub max_unchoked: usize,
@@ -123,6 +130,7 @@ impl SimArgs {
             .clamp(1024, u64::from(u32::MAX));
         Ok(SimConfig {
             hosts,
+            seeders: self.seeders as usize,
             size: self.size,
             piece_size: self.piece_size,
             rate_bps: rate,
@@ -136,6 +144,7 @@ impl SimArgs {
             start_spread: self.start_spread,
             numwant: self.numwant,
             rack_aware,
+            rack_pick: rack_aware && self.rack_pick == "on",
             cross_rack_peers: self.cross_rack_peers,
             seed: self.seed,
             time_limit: self.time_limit,
@@ -175,13 +184,19 @@ pub fn result_json(cfg: &SimConfig, r: &SimResult) -> Json {
         .iter()
         .map(|&(_, i)| copies(i))
         .fold(0.0, f64::max);
-    let peer_up: Vec<Json> = r.uploaded[1..]
+    let k = cfg.seeders.max(1);
+    let seeders: Vec<Json> = r.uploaded[..k]
+        .iter()
+        .map(|&b| Json::from(round(copies(b), 4)))
+        .collect();
+    let peer_up: Vec<Json> = r.uploaded[k..]
         .iter()
         .map(|&b| Json::from(round(copies(b), 4)))
         .collect();
     Json::obj()
         .with("hosts", cfg.hosts)
         .with("rack_aware", cfg.rack_aware)
+        .with("rack_pick", cfg.rack_pick)
         .with("completed_hosts", done.len())
         .with("all_verified", r.all_verified)
         .with("bound_s", round(bound, 6))
@@ -190,7 +205,12 @@ pub fn result_json(cfg: &SimConfig, r: &SimResult) -> Json {
         .with("host_p10_s", round(quantile_sorted(&done, 0.1), 6))
         .with("host_p50_s", round(quantile_sorted(&done, 0.5), 6))
         .with("host_p90_s", round(quantile_sorted(&done, 0.9), 6))
-        .with("seeder_copies", round(copies(r.uploaded[0]), 4))
+        .with("seeders", k)
+        .with(
+            "seeder_copies",
+            round(copies(r.uploaded[..k].iter().sum()), 4),
+        )
+        .with("per_seeder_copies", Json::Arr(seeders))
         .with("max_rack_in_copies", round(max_in, 4))
         .with("racks", Json::Arr(racks))
         .with("connections", r.connections)
@@ -221,6 +241,7 @@ fn params_json(a: &SimArgs, c: &SimConfig) -> Json {
         .with("hash_rate", c.hash_rate)
         .with("start_spread_s", c.start_spread.as_secs_f64())
         .with("numwant", c.numwant)
+        .with("seeders", c.seeders)
         .with("max_unchoked", c.max_unchoked)
         .with("cross_rack_peers", c.cross_rack_peers)
         .with("egress_queue", c.egress_queue)
@@ -288,6 +309,12 @@ pub fn run(a: SimArgs) -> Result<crate::Outcome> {
         bail!(crate::UsageError(
             "--hosts: sizes must be at least 1".into()
         ));
+    }
+    if !matches!(a.rack_pick.as_str(), "on" | "off") {
+        bail!(crate::UsageError(format!(
+            "--rack-pick: {:?} is not on or off",
+            a.rack_pick
+        )));
     }
     let fleet = a.compare.as_ref().map(fleet_points).transpose()?;
     let dir = a.out.clone().unwrap_or_else(|| {
@@ -459,6 +486,7 @@ mod tests {
     fn small(hosts: usize, seed: u64) -> SimConfig {
         SimConfig {
             hosts,
+            seeders: 1,
             size: 8 << 20,
             piece_size: 256 << 10,
             rate_bps: 1e9,
@@ -472,6 +500,7 @@ mod tests {
             start_spread: Duration::from_millis(50),
             numwant: 200,
             rack_aware: false,
+            rack_pick: false,
             cross_rack_peers: 2,
             seed,
             time_limit: Duration::from_secs(120),
@@ -504,6 +533,28 @@ mod tests {
         assert_ne!(a.done_at, c.done_at);
     }
 
+    /// Two seeders, one per "datacenter" (rack), one tracker: every host completes and
+    /// both seeders serve.
+    #[test]
+    fn two_seeders_both_serve() {
+        let mut cfg = small(40, 11);
+        cfg.seeders = 2;
+        assert_ne!(cfg.rack_of(0), cfg.rack_of(1), "seeders in different racks");
+        let r = simulate(cfg.clone()).unwrap();
+        assert!(r.all_verified);
+        assert_eq!(r.done_at.len(), 40);
+        assert_eq!(r.uploaded.len(), 42);
+        assert!(
+            r.uploaded[..2].iter().all(|&b| b >= cfg.piece_size),
+            "seeder uploads {:?}",
+            &r.uploaded[..2]
+        );
+        let j = result_json(&cfg, &r);
+        let total = j.get("seeder_copies").and_then(Json::as_f64).unwrap();
+        let each = (r.uploaded[0] + r.uploaded[1]) as f64 / cfg.size as f64;
+        assert!((total - each).abs() < 1e-3, "{total} vs {each}");
+    }
+
     /// With the rack-aware handout, most bytes stay inside a rack.
     #[test]
     fn rack_aware_keeps_bytes_in_rack() {
@@ -519,6 +570,27 @@ mod tests {
             "rack-aware {} vs {} bytes across racks",
             cross(&on),
             cross(&off)
+        );
+        // The rack-aware picker on top: a piece crosses into a rack about once.
+        cfg.rack_pick = true;
+        let pick = simulate(cfg.clone()).unwrap();
+        assert!(pick.all_verified);
+        let again = simulate(cfg.clone()).unwrap();
+        assert_eq!(
+            result_json(&cfg, &pick).pretty(),
+            result_json(&cfg, &again).pretty()
+        );
+        assert!(
+            cross(&pick) < cross(&on),
+            "rack-aware picking {} vs {} bytes across racks",
+            cross(&pick),
+            cross(&on)
+        );
+        let max_in = pick.rack_bytes.iter().map(|b| b.1).max().unwrap();
+        assert!(
+            max_in < 3 * cfg.size,
+            "{:.2} copies into the busiest rack",
+            max_in as f64 / cfg.size as f64
         );
     }
 }

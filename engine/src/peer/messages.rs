@@ -5,7 +5,7 @@ use super::*;
 impl PeerConn {
     pub(super) fn remote_gained(&mut self, swarm: &mut Swarm, piece: PieceIndex) {
         if self.remote_has.set(piece.get()) {
-            swarm.add_availability(piece);
+            swarm.peer_gained(self.key, piece);
             if !swarm.have().get(piece.get()) {
                 self.useful += 1;
             }
