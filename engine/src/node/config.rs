@@ -36,7 +36,11 @@ pub enum SeedUntil {
 pub struct NodeTuning {
     /// While blocks are expected, receive at most a piece header into the buffer, so the
     /// payload that follows lands in the mapping without a copy (one more receive per
-    /// block).
+    /// block). That only pays where payload is received through the mapping (downloads of
+    /// more than 256 files); where storage writes through the files
+    /// ([`Storage::writes_through_files`](crate::storage::Storage::writes_through_files))
+    /// the payload goes through the buffer anyway and the cap costs one receive per block.
+    /// Not yet measured with it off there, so it stays on.
     pub header_sized_recv: bool,
 }
 

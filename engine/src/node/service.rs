@@ -8,12 +8,15 @@
 //! call of a batch of completions that needs it and keeps it until the runtime calls
 //! [`Service::end_batch`], before waiting for I/O again.
 //!
-//! Data path: a `piece` header is read into the connection's small buffer; the payload is
-//! then received by the kernel straight into the mapped file ([`RecvTarget::Iovecs`]).
-//! The one copy left is the payload bytes that arrived in the same receive as the header;
-//! receiving at most a header's worth while requests are outstanding
-//! ([`NodeTuning::header_sized_recv`](super::NodeTuning::header_sized_recv)) makes that copy rare. Uploads are sent with
-//! `sendmsg` from the header bytes plus spans of the mapping, without copying.
+//! Data path: a `piece` header is read into the connection's buffer; the service then
+//! names the payload's place as spans of the mapped file ([`RecvTarget::Iovecs`]). For a
+//! download of up to 256 files the runtime receives those bytes into the buffer and
+//! `pwrite`s them to the file (cheaper than write faults on fresh mapped pages: see the
+//! runtime's module docs); otherwise the kernel receives them straight into the mapping,
+//! and receiving at most a header's worth while requests are outstanding
+//! ([`NodeTuning::header_sized_recv`](super::NodeTuning::header_sized_recv)) keeps the
+//! payload out of the buffer. Uploads are sent with `sendmsg` from the header bytes plus
+//! spans of the mapping, without copying.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
