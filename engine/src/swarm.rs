@@ -47,11 +47,16 @@
 //! - The first receiver of a piece is its holder. A request for a piece that someone
 //!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
 //!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
-//!   last, rarest pieces ([`Swarm::plan_admit`]). A refused follower asks again only if
-//!   none of its own connections has the piece (the holders may be out of its reach: it
-//!   knows only the seeder), and a second ask is served. A piece whose holder left before
-//!   passing it on, or that nobody live announces any more, has no source: it is handed
-//!   out again and served to whoever asks.
+//!   last, rarest pieces ([`Swarm::plan_admit`]). With the reject goes the holder's
+//!   peer id (extension message `corvid_holder`, see [`crate::peer::HOLDER_EXT`]): a
+//!   refused follower connected to that holder waits for its `have` (or for it to leave)
+//!   and asks the seeder again only if it leaves first; one that cannot reach the holder
+//!   (a partial mesh, a star) asks again after [`crate::peer::PLAN_REASK_FALLBACK`] if
+//!   none of its connections has the piece by then. A second ask is served. A piece
+//!   whose holder left before passing it on, or that nobody live announces any more,
+//!   has no source: it is handed out again and served to whoever asks; one whose holder
+//!   left while others announce it is served too rather than refused with nobody to
+//!   name (those others may be leaving as well: a fleet peer leaves once complete).
 //! - Once every piece went out whole and a follower's handed pieces are sent, the
 //!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
 //!   the budget), and pieces that later lose their last source are suggested again, so a
@@ -61,8 +66,8 @@
 //!
 //! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
 //! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
-//! and 1.74 x at N=24, where refused peers re-ask while first copies are still on their
-//! way, see [`crate::peer::PLAN_REASK_AFTER`]). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
+//! and 1.74 x at N=24, where refused peers re-asked after a fixed 500 ms while first
+//! copies were still on their way; naming the holder replaced that timer). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
 //! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
 //! a requester that queues seconds of requests at one busy relay leaves others idle.
 //!
@@ -194,6 +199,9 @@ struct PeerSlot {
     addr: IpAddr,
     banned: bool,
     unchoked: bool,
+    /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
+    /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
+    peer_id: Option<[u8; 20]>,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -428,6 +436,7 @@ impl Swarm {
             addr,
             banned: false,
             unchoked: false,
+            peer_id: None,
         };
         if let Some(idx) = self.spare_peers.pop() {
             let s = &mut self.peers[idx as usize];

@@ -50,6 +50,47 @@ impl Swarm {
         self.holder_live(i).then(|| self.holder[i]).flatten()
     }
 
+    /// Records the remote's peer id of connection `key` (from its BitTorrent handshake).
+    pub fn set_peer_id(&mut self, key: PeerKey, id: [u8; 20]) {
+        if let Some(s) = self.slot_mut(key) {
+            s.peer_id = Some(id);
+        }
+    }
+
+    /// The peer id of the connection holding the piece's first copy, if it is still here:
+    /// what a seeder names to a follower it refuses the piece.
+    pub fn holder_id(&self, piece: PieceIndex) -> Option<[u8; 20]> {
+        self.holder(piece)
+            .and_then(|k| self.slot(k))
+            .and_then(|s| s.peer_id)
+    }
+
+    /// Our connection to the peer with this id: the live one, else one that has closed
+    /// (its slot not yet reused), so a caller can tell a peer that left (the key is no
+    /// longer live) from one we never knew (`None`). A scan over the connections: called
+    /// once per refusal a seeder explains, not per block.
+    pub fn find_peer(&self, id: &[u8; 20]) -> Option<PeerKey> {
+        let key = |(idx, s): (usize, &PeerSlot)| PeerKey {
+            idx: idx as u32,
+            gen: s.gen,
+        };
+        let with_id = || {
+            self.peers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.peer_id.as_ref() == Some(id))
+        };
+        with_id()
+            .find(|(_, s)| s.live)
+            .or_else(|| with_id().next())
+            .map(key)
+    }
+
+    /// Whether the connection is still in the swarm.
+    pub fn is_live(&self, key: PeerKey) -> bool {
+        self.slot(key).is_some()
+    }
+
     /// See the `plan_epoch` field.
     pub fn plan_epoch(&self) -> u64 {
         self.plan_epoch
