@@ -2,8 +2,65 @@
 //! hands each follower next ([`Swarm::plan_next`]) and which follower requests it admits
 //! ([`Swarm::plan_admit`]), and the upload counts they rest on.
 //!
-//! Separate from the parent because it is only the seeder's bookkeeping (the module docs
-//! there say why the plan exists); the downloader's picker is in `pick.rs`.
+//! Separate from the parent because it is only the seeder's bookkeeping; the downloader's
+//! picker is in `pick.rs`, the follower's side of the plan in `crate::peer`.
+//!
+//! Seeding a fleet (the plan). In a fleet every host's link has the same rate C, so
+//! the floor is S/C: each host must take the S-byte payload through its own downlink.
+//! Reaching it needs the seeder to send each piece about once (its uplink carries S in
+//! S/C) and every peer to pass on what it got. Measured before the plan (namespace
+//! fleet, 100 Mbit/s links, 64 MiB, 256 KiB pieces, N=16): the seeder sent 1.9-2.1
+//! copies, because peers picking rarest-first cannot see which pieces other peers are
+//! already fetching from it, so they asked it for the same ones; the deploy took 2.2-2.35
+//! x S/C. Super-seeding (BEP 16, one piece per peer until it shows up elsewhere) made
+//! that fleet slower still: the seed idled. So the plan hands out whole pipelines, not
+//! single pieces:
+//! - A seeder (complete at the handshake, fast extension on both sides) says
+//!   `corvid_plan: 2` in its extension handshake; a corvid peer says `1` (it follows).
+//!   To a follower it suggests (BEP 6 suggest) the pieces to fetch from it: every piece
+//!   once, in order ([`Swarm::plan_next`]), enough of them to keep the follower's
+//!   requests flowing (1 MiB, at least 2 pieces, at most a fair share). The follower
+//!   asks it for those only, and fetches everything else from peers, rarest first.
+//! - The first receiver of a piece is its holder. A request for a piece that someone
+//!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
+//!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
+//!   last, rarest pieces ([`Swarm::plan_admit`]). With the reject goes the holder's
+//!   peer id (extension message `corvid_holder`, see [`crate::peer::HOLDER_EXT`]): a
+//!   refused follower connected to that holder waits for its `have` (or for it to leave)
+//!   and asks the seeder again only if it leaves first; one that cannot reach the holder
+//!   (a partial mesh, a star) asks again after [`crate::peer::PLAN_REASK_FALLBACK`] if
+//!   none of its connections has the piece by then. A second ask is served. A piece
+//!   whose holder left before passing it on, or that nobody live announces any more,
+//!   has no source: it is handed out again and served to whoever asks; one whose holder
+//!   left while others announce it is served too rather than refused with nobody to
+//!   name (those others may be leaving as well: a fleet peer leaves once complete).
+//! - Once every piece went out whole and a follower's handed pieces are sent, the
+//!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
+//!   the budget), and pieces that later lose their last source are suggested again, so a
+//!   peer refused earlier can fetch them from the seeder (nothing can strand a peer).
+//! - Stock clients (no `corvid_plan`) are served as before: any request, least-spread
+//!   piece first ([`Swarm::spread`]).
+//!
+//! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
+//! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
+//! and 1.74 x at N=24, where refused peers re-asked after a fixed 500 ms while first
+//! copies were still on their way; naming the holder replaced that timer). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
+//! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
+//! a requester that queues seconds of requests at one busy relay leaves others idle.
+//!
+//! Tried and not kept: serving a refused follower's second ask only once some peer has
+//! announced the piece to the seeder (a re-ask while the first copy is still on its way
+//! to the holder is refused again, the follower asking every 500 ms). Same fleet at N=16,
+//! with other builds saturating both cores, each build 3 runs in the same session: the
+//! seeder sent 1.16/1.16/1.06 copies in 1.49-1.61 x S/C, the unchanged build
+//! 1.06/1.07/1.29 copies in 1.49-1.59 x: no gain that load lets us see. At 50 Mbit/s
+//! (`benches/runs/2026-11-28-vm/fleet-reask-rule-50mbit`; a first copy then takes
+//! longer than the 500 ms wait to reach its holder) it sent
+//! 1.15/1.19/1.02 copies against 1.18/1.20/1.21, but the third run took 4.65 x S/C
+//! (49.9 s): the rule cannot serve a piece whose first copy stalls at its holder
+//! until that connection times out, so it trades copies for liveness. Naming the
+//! holder to the refused peer (so it waits only while it can reach it) is the way on.
+//!
 
 use super::*;
 
