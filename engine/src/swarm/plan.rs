@@ -44,9 +44,26 @@
 //! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
 //! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
 //! and 1.74 x at N=24, where refused peers re-asked after a fixed 500 ms while first
-//! copies were still on their way; naming the holder replaced that timer). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
-//! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
-//! a requester that queues seconds of requests at one busy relay leaves others idle.
+//! copies were still on their way). The time is bound by the peers' uplinks (each must
+//! relay about (N-1)/N copies), which is why peers keep short request queues at each
+//! other (see `crate::peer`, pipelining): a requester that queues seconds of requests at
+//! one busy relay leaves others idle.
+//!
+//! Naming the holder (what runs now, in place of the 500 ms re-ask). In the simulator
+//! (`corvid-bench sim --hosts 16,24 --size 64MiB --piece-size 256KiB --rate 100mbit
+//! --rack-size 0 --linger 0s --egress-queue 1.5MB --runs 3`) the seeder's copies fell
+//! from 1.21-1.23 to 1.11-1.13 at N=16 and from 1.28-1.34 to 1.16-1.18 at N=24, the time
+//! unchanged (1.34-1.35 and 1.46-1.49 x S/C). What is left over is the 5% budget and
+//! pieces whose holder completed and left (`--linger 0`, as the fleet bench runs peers)
+//! before passing them on: with `--linger 10s` the seeder sends 1.05-1.06. A first
+//! version that waited out the 2 s fallback when the named holder had already left the
+//! asker left 2 s tails (N=16 up to 1.68 x S/C); a holder the asker knew and lost is now
+//! asked around at once. Two requests of one refused piece (a 256 KiB piece is two
+//! 128 KiB requests) are both refused: before, the second counted as a second ask and
+//! was served. On the namespace fleet (`benches/runs/2026-11-29-vm/fleet-holder`, both
+//! cores saturated by other work, so the times are not link figures: 1.27/1.34/1.49/1.59
+//! x S/C at N=4/8/16/24) the seeder sent 1.07-1.16, 1.04-1.08, 1.05 and 1.05 copies
+//! (N=24: 1.29-1.35 before).
 //!
 //! Tried and not kept: serving a refused follower's second ask only once some peer has
 //! announced the piece to the seeder (a re-ask while the first copy is still on its way
@@ -59,7 +76,21 @@
 //! 1.15/1.19/1.02 copies against 1.18/1.20/1.21, but the third run took 4.65 x S/C
 //! (49.9 s): the rule cannot serve a piece whose first copy stalls at its holder
 //! until that connection times out, so it trades copies for liveness. Naming the
-//! holder to the refused peer (so it waits only while it can reach it) is the way on.
+//! holder (above) lets the asker wait exactly while the holder is connected to it.
+//!
+//! Tried and not kept: handing fresh pieces only to followers whose handed pieces have
+//! spread (no more fresh pieces to a follower while 2 hand-outs' worth of its pieces
+//! were announced by no other peer), to even out the relays' upload. In the simulator
+//! (command above, seeds 1-3) it changed nothing the model can see: the relays there
+//! upload 0.87-1.09 copies either way, the time stayed 1.33-1.35 / 1.48-1.50 x S/C at
+//! N=16/24, and the seeder sent a little more (1.09-1.16 / 1.17-1.19 copies). On the
+//! namespace fleet, run right after the unchanged build with both cores saturated by
+//! other work (`--peers 16,24 --runs 3`, `benches/runs/2026-11-29-vm/fleet-ab-*`, the
+//! change as `backlog-gate.patch` there): 1.47 / 1.54 x S/C against 1.51 / 1.64, the
+//! busiest relay at N=24 1.11-1.20 copies against 1.19-1.23, but one N=16 run had the
+//! seeder send 1.28 copies, and the unchanged build's runs had more load beside them
+//! (44-80% of the cores at normal priority against 27-53%). Not a gain the load lets us
+//! tell from noise; worth measuring again on a quiet machine.
 //!
 
 use super::*;
