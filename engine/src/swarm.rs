@@ -202,6 +202,9 @@ pub struct Swarm {
     /// Seeding plan: pieces not yet sent whole once, and which were.
     first_pass_left: u32,
     served_whole: Vec<bool>,
+    /// Seeding plan: the connection that last announced each piece, named to a refused
+    /// follower when the piece's holder is gone (see [`Swarm::holder_id`]).
+    announcer: Vec<Option<PeerKey>>,
     /// Seeding plan: bumped whenever a piece may have lost its last source (a connection
     /// left, or one that held it went away), so an exhausted plan knows when to look again.
     plan_epoch: u64,
@@ -268,6 +271,7 @@ impl Swarm {
                 * u64::from(cfg.seed_extra_permille)
                 / 1000,
             plan_epoch: 0,
+            announcer: vec![None; n as usize],
             first_pass_left: n,
             served_whole: vec![false; n as usize],
             cfg,
@@ -922,6 +926,35 @@ mod tests {
         s.remove_peer(b);
         assert!(s.plan_admit(c, blk(&s, 1)));
         assert_eq!(s.holder(p0), Some(c));
+    }
+
+    #[test]
+    fn plan_names_the_holder_then_the_last_live_announcer() {
+        let mut s = Swarm::new(
+            SwarmConfig::default(),
+            [0; 20],
+            Lengths::new(4 * u64::from(BLOCK_SIZE), u64::from(BLOCK_SIZE), 4).unwrap(),
+            Bitfield::full(4),
+            1,
+        );
+        let (h, x) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
+        s.set_peer_id(h, [5; 20]);
+        s.set_peer_id(x, [6; 20]);
+        let p0 = s.plan_next(h, &Bitfield::new(4)).unwrap();
+        s.record_upload(h, s.lengths.block(p0, 0).unwrap());
+        assert_eq!(s.holder_id(p0), Some([5; 20]));
+        // x got it from h and announced it; h's connection then closed (its host may
+        // be back on another one): x is named.
+        s.add_availability(p0);
+        s.note_announcer(p0, x);
+        s.remove_peer(h);
+        assert_eq!(s.holder_id(p0), Some([6; 20]));
+        assert_eq!(s.find_peer(&[5; 20]).map(|k| s.is_live(k)), Some(false));
+        assert_eq!(s.find_peer(&[6; 20]), Some(x));
+        s.remove_availability(p0);
+        s.remove_peer(x);
+        assert_eq!(s.holder_id(p0), None);
+        assert_eq!(s.find_peer(&[7; 20]), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ impl PeerConn {
     pub(super) fn remote_gained(&mut self, swarm: &mut Swarm, piece: PieceIndex) {
         if self.remote_has.set(piece.get()) {
             swarm.add_availability(piece);
+            swarm.note_announcer(piece, self.key);
             if !swarm.have().get(piece.get()) {
                 self.useful += 1;
             }
@@ -233,10 +234,10 @@ impl PeerConn {
         {
             // Another peer holds (or is getting) this piece: ask it there. A follower
             // asks again only when none of its peers has the piece and it cannot wait
-            // for the holder we name, and is then served. A piece whose holder left is
-            // served at once even if others announced it: those may be leaving too
-            // (a peer leaves once complete), and a refusal naming nobody would leave the
-            // asker only its fallback wait.
+            // for the holder we name, and is then served. A piece with nobody live to
+            // name (its holder and its last announcer left, as a peer does once
+            // complete) is served at once: a refusal naming nobody would leave the asker
+            // only its fallback wait.
             self.refuse_planned(swarm, block);
             return Ok(());
         }

@@ -31,9 +31,10 @@
 //!   (a partial mesh, a star) asks again after [`crate::peer::PLAN_REASK_FALLBACK`] if
 //!   none of its connections has the piece by then. A second ask is served. A piece
 //!   whose holder left before passing it on, or that nobody live announces any more,
-//!   has no source: it is handed out again and served to whoever asks; one whose holder
-//!   left while others announce it is served too rather than refused with nobody to
-//!   name (those others may be leaving as well: a fleet peer leaves once complete).
+//!   has no source: it is handed out again and served to whoever asks. When the holder
+//!   left but others announce the piece, the seeder names the last live announcer (the
+//!   holder's host back on a new connection, or a peer it passed the piece to); with
+//!   nobody live to name (they left too: a fleet peer leaves once complete) it serves.
 //! - Once every piece went out whole and a follower's handed pieces are sent, the
 //!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
 //!   the budget), and pieces that later lose their last source are suggested again, so a
@@ -145,12 +146,24 @@ impl Swarm {
         }
     }
 
-    /// The peer id of the connection holding the piece's first copy, if it is still here:
-    /// what a seeder names to a follower it refuses the piece.
+    /// The peer id a seeder names to a follower it refuses the piece: the connection
+    /// holding its first copy if it is still here, else the last one that announced it
+    /// (the holder's host may be back on a new connection, or another peer passed the
+    /// piece on). `None`: nobody here to wait for.
     pub fn holder_id(&self, piece: PieceIndex) -> Option<[u8; 20]> {
-        self.holder(piece)
-            .and_then(|k| self.slot(k))
+        [self.holder(piece), self.announcer[piece.as_usize()]]
+            .into_iter()
+            .flatten()
+            .find_map(|k| self.slot(k))
             .and_then(|s| s.peer_id)
+    }
+
+    /// Connection `from` announced the piece (a seeder keeps the last one, see
+    /// [`Swarm::holder_id`]; a downloader keeps nothing).
+    pub fn note_announcer(&mut self, piece: PieceIndex, from: PeerKey) {
+        if self.is_complete() {
+            self.announcer[piece.as_usize()] = Some(from);
+        }
     }
 
     /// Our connection to the peer with this id: the live one, else one that has closed
