@@ -75,6 +75,15 @@
 //! part of the run. The next step is to serve extra copies whenever the seeder's uplink
 //! would otherwise idle (in place of the fixed 5% budget), not on a timer.
 //!
+//! Known limit on the namespace fleet (`benches/runs/2026-11-29-vm/fleet-final`): one
+//! run in three at N=8 and N=16 had every host 2-3 s late, and piece latency p99 grew to
+//! 2.6 s (N=16) and 5.8 s (N=24). Not yet diagnosed; a likely cause is a refused piece
+//! whose first copy is partly sent and the rest queued at the seeder behind the
+//! holder's other handed pieces (a follower's requests are served in order, about
+//! N x 84 ms per MiB at 100 Mbit/s), with every refused peer waiting on it. Serving a
+//! piece others were refused first on its holder's connection, or bounding the wait
+//! for a named holder, are the candidates.
+//!
 //! Tried and not kept: serving a refused follower's second ask only once some peer has
 //! announced the piece to the seeder (a re-ask while the first copy is still on its way
 //! to the holder is refused again, the follower asking every 500 ms). Same fleet at N=16,
