@@ -205,6 +205,9 @@ pub struct Swarm {
     /// Seeding plan: the connection that last announced each piece, named to a refused
     /// follower when the piece's holder is gone (see [`Swarm::holder_id`]).
     announcer: Vec<Option<PeerKey>>,
+    /// Seeding plan: pieces some follower was refused (it waits for the holder to pass
+    /// them on), served first on the holder's connection.
+    awaited: Vec<bool>,
     /// Seeding plan: bumped whenever a piece may have lost its last source (a connection
     /// left, or one that held it went away), so an exhausted plan knows when to look again.
     plan_epoch: u64,
@@ -271,6 +274,7 @@ impl Swarm {
                 * u64::from(cfg.seed_extra_permille)
                 / 1000,
             plan_epoch: 0,
+            awaited: vec![false; n as usize],
             announcer: vec![None; n as usize],
             first_pass_left: n,
             served_whole: vec![false; n as usize],

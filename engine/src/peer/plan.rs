@@ -93,7 +93,8 @@ impl PeerConn {
     /// starting at one of them is a second ask and is served (see [`Refused`]), while the
     /// other requests of the same ask (a 256 KiB piece is two 128 KiB requests, sent
     /// together) are refused too.
-    pub(super) fn refuse_planned(&mut self, swarm: &Swarm, block: BlockRef) {
+    pub(super) fn refuse_planned(&mut self, swarm: &mut Swarm, block: BlockRef) {
+        swarm.note_awaited(block.piece);
         let (index, begin, len) = (block.piece.get(), block.offset, block.len);
         let first = begin / BLOCK_SIZE;
         let last = (begin + len.max(1) - 1) / BLOCK_SIZE;

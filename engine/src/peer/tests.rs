@@ -2530,3 +2530,38 @@ fn refused_follower_waits_for_a_named_holder_and_falls_back_without_one() {
     assert!(pc.allowed.get(0));
     assert!(pc.refused.is_empty());
 }
+
+#[test]
+fn planning_seeder_sends_an_awaited_piece_first_to_its_holder() {
+    // The remote holds pieces 0 and 1 (it asked for both, nobody else had them). Another
+    // follower was refused piece 1 and waits for this remote to pass it on: piece 1's
+    // block goes out first, though it was asked for second.
+    let (t, mut s, mut pc, now) = single(true);
+    let mut bytes = handshake_bytes(t.info_hash, true);
+    ExtendedHandshake {
+        v: Some("corvid test".into()),
+        corvid_plan: Some(1),
+        ..Default::default()
+    }
+    .encode(&mut bytes);
+    Message::HaveNone.encode(&mut bytes);
+    Message::Interested.encode(&mut bytes);
+    assert_eq!(pc.handle_bytes(&mut s, &bytes, now), Ok(bytes.len()));
+    let req = |index| Message::Request {
+        index,
+        begin: 0,
+        len: 16_384,
+    };
+    feed(&mut s, &mut pc, &[req(0), req(1)], now).unwrap();
+    let p1 = t.lengths.piece(1).unwrap();
+    s.note_awaited(p1);
+    let mut out = Vec::new();
+    let Some(Transmit::Block { block: first, .. }) = pc.poll_transmit(&mut s, now, &mut out) else {
+        panic!("no block went out");
+    };
+    assert_eq!(first, t.lengths.block(p1, 0).unwrap());
+    assert!(matches!(
+        pc.poll_transmit(&mut s, now, &mut out),
+        Some(Transmit::Block { block, .. }) if block.piece.get() == 0
+    ));
+}
