@@ -231,14 +231,19 @@ fn seeder_uploads_less_than_two_copies() {
     let _alone = ALONE.write().unwrap_or_else(|e| e.into_inner());
     let d = distribute(24 << 20, 16);
     // One copy, plus the plan's 5% budget of extra copies, plus pieces sent again
-    // because their holder left before passing them on or an asker could not reach it
-    // within the plan's re-ask wait. Alone on this 2-core VM: 1.05 to 1.24 copies over 4
-    // runs, and 1.06 to 1.14 over 5 more with other builds saturating both cores; before
-    // the plan 1.6 to 3.1. 1.3 is the tightest bound above every run seen (the 1.2
-    // target would fail the 1.24 run); the fleet bench measures the link-bound figure.
+    // because nobody live could pass them on. Since a refusal names the piece's holder
+    // (the asker waits for its `have` instead of asking again after 500 ms): 1.048 to
+    // 1.050 copies over 20 runs on this 2-core VM with other builds loading both cores
+    // (before: 1.05 to 1.24, bound 1.3). A version that served every piece whose
+    // holder's connection had closed sent 1.42 in 1 of 6 runs: a holder back on a new
+    // connection must be named, not bypassed. 1.2 is the issue's bound.
+    eprintln!(
+        "seeder uploaded {:.3} copies",
+        d.seeder_up as f64 / d.size as f64
+    );
     assert!(
-        d.seeder_up * 10 <= d.size * 13,
-        "the seeder uploaded {} bytes ({:.2} copies, bound 1.3) for a {} byte payload to \
+        d.seeder_up * 10 <= d.size * 12,
+        "the seeder uploaded {} bytes ({:.2} copies, bound 1.2) for a {} byte payload to \
          {PEERS} peers: it should send about one copy and leave the rest to the peers",
         d.seeder_up,
         d.seeder_up as f64 / d.size as f64,

@@ -96,7 +96,8 @@ mod requests;
 mod transmit;
 use auth::{AuthFields, PeerAuth, Role, NONCE_LEN, PEER_AUTH_VERSION};
 use config::Follow;
-pub use config::{PeerConfig, PLAN_DEPTH_BYTES, PLAN_DEPTH_MAX, PLAN_REASK_AFTER};
+use config::HOLDER_EXT_ID;
+pub use config::{PeerConfig, HOLDER_EXT, PLAN_DEPTH_BYTES, PLAN_DEPTH_MAX, PLAN_REASK_FALLBACK};
 pub use events::{CloseReason, Event, PeerStats, Transmit};
 use outstanding::*;
 use requests::TheirRequests;
@@ -219,12 +220,14 @@ pub struct PeerConn {
     mask: Bitfield,
     mask_gen: u32,
     mask_built: Option<(u32, u32)>,
-    /// Pieces a planning remote refused us, and when: asked again only if, after
-    /// [`PLAN_REASK_AFTER`], no other connection of ours has them (the peers holding them
-    /// may be out of our reach).
-    refused: Vec<(PieceIndex, Instant)>,
-    /// Serving side: pieces we refused this remote once; asked again, they are served.
-    refused_remote: Bitfield,
+    /// Pieces a planning remote refused us: asked again only when no other connection of
+    /// ours has them and we cannot wait for their holder (see [`plan::Refused`]).
+    refused: Vec<plan::Refused>,
+    /// Serving side: blocks (piece, 16 KiB block in piece) we refused this remote once;
+    /// a request starting at one of them is a second ask, and is served.
+    refused_remote: std::collections::HashSet<(u32, u32)>,
+    /// The id the remote receives [`HOLDER_EXT`] under, if it takes it.
+    remote_holder_ext: Option<u8>,
 }
 
 impl PeerConn {
@@ -314,7 +317,8 @@ impl PeerConn {
             mask_gen: 0,
             mask_built: None,
             refused: Vec::new(),
-            refused_remote: Bitfield::new(lengths.piece_count()),
+            refused_remote: std::collections::HashSet::new(),
+            remote_holder_ext: None,
         })
     }
 

@@ -28,56 +28,9 @@
 //! [`NEW_PICK_BATCH`] pieces; connections skip the picker entirely while nothing changed
 //! since it last came up short ([`Swarm::epoch`]).
 //!
-//! Seeding a fleet (the plan). In a fleet every host's link has the same rate C, so
-//! the floor is S/C: each host must take the S-byte payload through its own downlink.
-//! Reaching it needs the seeder to send each piece about once (its uplink carries S in
-//! S/C) and every peer to pass on what it got. Measured before the plan (namespace
-//! fleet, 100 Mbit/s links, 64 MiB, 256 KiB pieces, N=16): the seeder sent 1.9-2.1
-//! copies, because peers picking rarest-first cannot see which pieces other peers are
-//! already fetching from it, so they asked it for the same ones; the deploy took 2.2-2.35
-//! x S/C. Super-seeding (BEP 16, one piece per peer until it shows up elsewhere) made
-//! that fleet slower still: the seed idled. So the plan hands out whole pipelines, not
-//! single pieces:
-//! - A seeder (complete at the handshake, fast extension on both sides) says
-//!   `corvid_plan: 2` in its extension handshake; a corvid peer says `1` (it follows).
-//!   To a follower it suggests (BEP 6 suggest) the pieces to fetch from it: every piece
-//!   once, in order ([`Swarm::plan_next`]), enough of them to keep the follower's
-//!   requests flowing (1 MiB, at least 2 pieces, at most a fair share). The follower
-//!   asks it for those only, and fetches everything else from peers, rarest first.
-//! - The first receiver of a piece is its holder. A request for a piece that someone
-//!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
-//!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
-//!   last, rarest pieces ([`Swarm::plan_admit`]). A refused follower asks again only if
-//!   none of its own connections has the piece (the holders may be out of its reach: it
-//!   knows only the seeder), and a second ask is served. A piece whose holder left before
-//!   passing it on, or that nobody live announces any more, has no source: it is handed
-//!   out again and served to whoever asks.
-//! - Once every piece went out whole and a follower's handed pieces are sent, the
-//!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
-//!   the budget), and pieces that later lose their last source are suggested again, so a
-//!   peer refused earlier can fetch them from the seeder (nothing can strand a peer).
-//! - Stock clients (no `corvid_plan`) are served as before: any request, least-spread
-//!   piece first ([`Swarm::spread`]).
-//!
-//! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
-//! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
-//! and 1.74 x at N=24, where refused peers re-ask while first copies are still on their
-//! way, see [`crate::peer::PLAN_REASK_AFTER`]). The time is bound by the peers' uplinks (each must relay about (N-1)/N copies), which
-//! is why peers keep short request queues at each other (see `crate::peer`, pipelining):
-//! a requester that queues seconds of requests at one busy relay leaves others idle.
-//!
-//! Tried and not kept: serving a refused follower's second ask only once some peer has
-//! announced the piece to the seeder (a re-ask while the first copy is still on its way
-//! to the holder is refused again, the follower asking every 500 ms). Same fleet at N=16,
-//! with other builds saturating both cores, each build 3 runs in the same session: the
-//! seeder sent 1.16/1.16/1.06 copies in 1.49-1.61 x S/C, the unchanged build
-//! 1.06/1.07/1.29 copies in 1.49-1.59 x: no gain that load lets us see. At 50 Mbit/s
-//! (`benches/runs/2026-11-28-vm/fleet-reask-rule-50mbit`; a first copy then takes
-//! longer than the 500 ms wait to reach its holder) it sent
-//! 1.15/1.19/1.02 copies against 1.18/1.20/1.21, but the third run took 4.65 x S/C
-//! (49.9 s): the rule cannot serve a piece whose first copy stalls at its holder
-//! until that connection times out, so it trades copies for liveness. Naming the
-//! holder to the refused peer (so it waits only while it can reach it) is the way on.
+//! Seeding a fleet: an origin seeder hands each corvid peer the pieces to fetch from it,
+//! every piece once before any twice; `plan.rs` explains the plan, with the numbers that
+//! justify it.
 //!
 //! [`PeerConn`]: crate::peer::PeerConn
 
@@ -88,6 +41,7 @@ use std::time::Instant;
 use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use crate::wire::Bitfield;
 
+mod peers;
 mod pick;
 mod plan;
 
@@ -196,6 +150,9 @@ struct PeerSlot {
     unchoked: bool,
     /// Behind our rack switch (see `pick.rs`, rack-aware picking).
     local: bool,
+    /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
+    /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
+    peer_id: Option<[u8; 20]>,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -247,6 +204,12 @@ pub struct Swarm {
     /// Seeding plan: pieces not yet sent whole once, and which were.
     first_pass_left: u32,
     served_whole: Vec<bool>,
+    /// Seeding plan: the connection that last announced each piece, named to a refused
+    /// follower when the piece's holder is gone (see [`Swarm::holder_id`]).
+    announcer: Vec<Option<PeerKey>>,
+    /// Seeding plan: pieces some follower was refused (it waits for the holder to pass
+    /// them on), served first on the holder's connection.
+    awaited: Vec<bool>,
     /// Seeding plan: bumped whenever a piece may have lost its last source (a connection
     /// left, or one that held it went away), so an exhausted plan knows when to look again.
     plan_epoch: u64,
@@ -317,6 +280,8 @@ impl Swarm {
                 * u64::from(cfg.seed_extra_permille)
                 / 1000,
             plan_epoch: 0,
+            awaited: vec![false; n as usize],
+            announcer: vec![None; n as usize],
             first_pass_left: n,
             served_whole: vec![false; n as usize],
             local_availability: vec![0; n as usize],
@@ -409,81 +374,6 @@ impl Swarm {
         self.availability[piece.as_usize()]
     }
 
-    pub fn is_banned_addr(&self, addr: IpAddr) -> bool {
-        self.banned.contains(&addr)
-    }
-
-    fn slot(&self, key: PeerKey) -> Option<&PeerSlot> {
-        self.peers
-            .get(key.idx as usize)
-            .filter(|s| s.live && s.gen == key.gen)
-    }
-
-    fn slot_mut(&mut self, key: PeerKey) -> Option<&mut PeerSlot> {
-        self.peers
-            .get_mut(key.idx as usize)
-            .filter(|s| s.live && s.gen == key.gen)
-    }
-
-    /// Registers a connection from `addr`; banned addresses are refused for the run.
-    pub fn add_peer(&mut self, addr: IpAddr) -> Result<PeerKey, Banned> {
-        if self.banned.contains(&addr) {
-            return Err(Banned(addr));
-        }
-        let slot = PeerSlot {
-            gen: 0,
-            live: true,
-            addr,
-            banned: false,
-            unchoked: false,
-            local: false,
-        };
-        if let Some(idx) = self.spare_peers.pop() {
-            let s = &mut self.peers[idx as usize];
-            let gen = s.gen.wrapping_add(1);
-            *s = PeerSlot { gen, ..slot };
-            Ok(PeerKey { idx, gen })
-        } else {
-            self.peers.push(slot);
-            Ok(PeerKey {
-                idx: self.peers.len() as u32 - 1,
-                gen: 0,
-            })
-        }
-    }
-
-    /// Forgets a connection. Its outstanding requests and availability must already have
-    /// been given back ([`PeerConn::handle_close`] does both).
-    ///
-    /// [`PeerConn::handle_close`]: crate::peer::PeerConn::handle_close
-    pub fn remove_peer(&mut self, key: PeerKey) {
-        self.epoch += 1;
-        self.plan_epoch += 1;
-        self.release_unchoke(key);
-        for &pi in &self.active {
-            let p = &mut self.partials[pi as usize];
-            if p.exclusive == Some(key) {
-                p.exclusive = None;
-            }
-        }
-        if let Some(s) = self.slot_mut(key) {
-            s.live = false;
-            if std::mem::take(&mut s.local) {
-                self.local_peers -= 1;
-            }
-            self.spare_peers.push(key.idx);
-        }
-    }
-
-    /// Whether the connection's address has been banned since it joined (or the key is
-    /// stale: its connection was removed).
-    pub fn is_banned(&self, key: PeerKey) -> bool {
-        match self.slot(key) {
-            Some(s) => s.banned,
-            None => true,
-        }
-    }
-
     pub fn add_availability(&mut self, piece: PieceIndex) {
         self.availability[piece.as_usize()] += 1;
         if self.announced.set(piece.get()) {
@@ -502,45 +392,6 @@ impl Swarm {
         *a = a.saturating_sub(1);
         if *a == 0 {
             self.plan_epoch += 1;
-        }
-    }
-
-    /// Asks for an upload slot; true if the connection holds one (now or already). A
-    /// refusal (every slot taken) is remembered as of `now`: see [`Swarm::slots_wanted_since`].
-    pub fn try_unchoke(&mut self, key: PeerKey, now: Instant) -> bool {
-        let cap = self.cfg.max_unchoked;
-        let unchoked = self.unchoked;
-        let Some(s) = self.slot_mut(key) else {
-            return false;
-        };
-        if s.unchoked {
-            return true;
-        }
-        if unchoked >= cap {
-            self.slot_refused_at = Some(now);
-            return false;
-        }
-        s.unchoked = true;
-        self.unchoked += 1;
-        true
-    }
-
-    /// Whether an interested peer was refused an upload slot at or after `t`: the slots are
-    /// contended, so a holder that has stopped asking should give its slot back soon rather
-    /// than after [`crate::peer::PeerConfig::upload_stall_timeout`]. (Found by the fleet
-    /// simulator: past ~300 peers every seeder slot was held by peers that had fetched what
-    /// the seeding plan gave them and asked nothing more, so the others waited out the 10 s
-    /// stall timeout and the whole fleet finished at ~11 s, 13 x S/C.)
-    pub fn slots_wanted_since(&self, t: Instant) -> bool {
-        self.slot_refused_at.is_some_and(|r| r >= t)
-    }
-
-    pub fn release_unchoke(&mut self, key: PeerKey) {
-        if let Some(s) = self.slot_mut(key) {
-            if s.unchoked {
-                s.unchoked = false;
-                self.unchoked -= 1;
-            }
         }
     }
 
@@ -1087,6 +938,35 @@ mod tests {
         s.remove_peer(b);
         assert!(s.plan_admit(c, blk(&s, 1)));
         assert_eq!(s.holder(p0), Some(c));
+    }
+
+    #[test]
+    fn plan_names_the_holder_then_the_last_live_announcer() {
+        let mut s = Swarm::new(
+            SwarmConfig::default(),
+            [0; 20],
+            Lengths::new(4 * u64::from(BLOCK_SIZE), u64::from(BLOCK_SIZE), 4).unwrap(),
+            Bitfield::full(4),
+            1,
+        );
+        let (h, x) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
+        s.set_peer_id(h, [5; 20]);
+        s.set_peer_id(x, [6; 20]);
+        let p0 = s.plan_next(h, &Bitfield::new(4)).unwrap();
+        s.record_upload(h, s.lengths.block(p0, 0).unwrap());
+        assert_eq!(s.holder_id(p0), Some([5; 20]));
+        // x got it from h and announced it; h's connection then closed (its host may
+        // be back on another one): x is named.
+        s.add_availability(p0);
+        s.note_announcer(p0, x);
+        s.remove_peer(h);
+        assert_eq!(s.holder_id(p0), Some([6; 20]));
+        assert_eq!(s.find_peer(&[5; 20]).map(|k| s.is_live(k)), Some(false));
+        assert_eq!(s.find_peer(&[6; 20]), Some(x));
+        s.remove_availability(p0);
+        s.remove_peer(x);
+        assert_eq!(s.holder_id(p0), None);
+        assert_eq!(s.find_peer(&[7; 20]), None);
     }
 
     #[test]

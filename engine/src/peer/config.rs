@@ -86,10 +86,24 @@ pub const PLAN_DEPTH_BYTES: u64 = 1 << 20;
 pub const PLAN_DEPTH_MAX: usize = 64;
 
 /// How long a follower refused a piece waits for one of its own connections to announce
-/// it before asking the seeder again: long enough for the holder's `have` to arrive and
-/// for connections still being set up to open (a second ask is always served, so asking
-/// early costs the seeder a copy), short next to a deploy.
-pub const PLAN_REASK_AFTER: Duration = Duration::from_millis(500);
+/// it before asking the seeder again, when it cannot wait for the holder itself: the
+/// seeder did not name one (an older seeder) or the named holder is not among our
+/// connections (the fleet is not a full mesh, or the holder is out of reach). A refusal
+/// that names a holder we are connected to waits for that holder's `have` (or for it to
+/// leave) with no timer, so it never races the piece's first copy, however long that
+/// takes to arrive (a second ask is always served, so asking early costs the seeder a
+/// copy). Long next to a first copy's usual trip (about 1 s at N=24 on 100 Mbit/s
+/// links), short next to a deploy.
+pub const PLAN_REASK_FALLBACK: Duration = Duration::from_secs(2);
+
+/// The BEP 10 extension message a planning seeder sends right after refusing a follower a
+/// piece: `{"piece": i, "holder": <20-byte peer id>}`, the peer that holds (or is being
+/// sent) the piece's first copy. Advertised in `m` by every corvid that takes part in the
+/// plan; stock clients never see it.
+pub const HOLDER_EXT: &str = "corvid_holder";
+
+/// The id we receive [`HOLDER_EXT`] under (our `m` entry).
+pub(super) const HOLDER_EXT_ID: u8 = 1;
 
 impl Default for PeerConfig {
     fn default() -> Self {

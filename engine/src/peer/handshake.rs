@@ -15,6 +15,7 @@ impl PeerConn {
             return Err(self.close(CloseReason::SelfConnection));
         }
         self.remote_id = Some(h.peer_id);
+        swarm.set_peer_id(self.key, h.peer_id);
         self.fast = h.supports_fast();
         self.extended = h.supports_extended();
         self.state = State::Open;
@@ -76,7 +77,11 @@ impl PeerConn {
 
     pub(super) fn our_ext_handshake(&self) -> ExtendedHandshake {
         ExtendedHandshake {
-            m: Vec::new(),
+            m: if self.cfg.seed_plan {
+                vec![(HOLDER_EXT.to_owned(), HOLDER_EXT_ID)]
+            } else {
+                Vec::new()
+            },
             v: Some(self.cfg.client.clone()),
             p: self.cfg.listen_port,
             reqq: Some(self.cfg.our_reqq),

@@ -6,6 +6,7 @@ impl PeerConn {
     pub(super) fn remote_gained(&mut self, swarm: &mut Swarm, piece: PieceIndex) {
         if self.remote_has.set(piece.get()) {
             swarm.peer_gained(self.key, piece);
+            swarm.note_announcer(piece, self.key);
             if !swarm.have().get(piece.get()) {
                 self.useful += 1;
             }
@@ -96,6 +97,8 @@ impl PeerConn {
                 if ext_id == 0 {
                     let h = ExtendedHandshake::decode(payload)?;
                     self.on_ext_handshake(swarm, &h)?;
+                } else if ext_id == HOLDER_EXT_ID && self.follow != Follow::Free {
+                    self.on_holder(swarm, payload);
                 }
                 // No other extension is advertised, so other ids are ignored.
                 Ok(())
@@ -226,13 +229,16 @@ impl PeerConn {
         }
         if self.planning(swarm)
             && !swarm.plan_admit(self.key, block)
-            && !self.refused_remote.get(index)
+            && !self.asked_before(block)
+            && swarm.holder_id(block.piece).is_some()
         {
-            // Another peer holds (or is getting) this piece: ask it there. A
-            // follower asks again only when none of its peers has the piece
-            // (they may be out of its reach), and is then served.
-            self.refused_remote.set(index);
-            self.queue(Message::Reject { index, begin, len });
+            // Another peer holds (or is getting) this piece: ask it there. A follower
+            // asks again only when none of its peers has the piece and it cannot wait
+            // for the holder we name, and is then served. A piece with nobody live to
+            // name (its holder and its last announcer left, as a peer does once
+            // complete) is served at once: a refusal naming nobody would leave the asker
+            // only its fallback wait.
+            self.refuse_planned(swarm, block);
             return Ok(());
         }
         // Asking is using the slot (`last_recv` is this message).
@@ -287,8 +293,12 @@ impl PeerConn {
         self.need_fast("reject request")?;
         if self.follow != Follow::Free && self.allowed.clear(index) {
             self.mask_gen = self.mask_gen.wrapping_add(1);
-            if let Some(p) = self.lengths.piece(index) {
-                self.refused.push((p, self.last_recv));
+            if let Some(piece) = self.lengths.piece(index) {
+                self.refused.push(plan::Refused {
+                    piece,
+                    at: self.last_recv,
+                    holder: None,
+                });
             }
         }
         if let Some(piece) = self.lengths.piece(index) {
@@ -326,6 +336,10 @@ impl PeerConn {
         self.limits.max_block = self.limits.max_block.max(self.request_size);
         if let Some(q) = h.reqq {
             self.remote_reqq = q.max(1);
+        }
+        if let Some(&(_, id)) = h.m.iter().find(|(name, _)| name == HOLDER_EXT) {
+            // BEP 10: id 0 turns the extension off.
+            self.remote_holder_ext = (id != 0).then_some(id);
         }
         if self.cfg.seed_plan {
             self.remote_follows = h.corvid_plan.is_some_and(|p| p >= 1);

@@ -2,6 +2,7 @@
 //! and the picker's mask of what a planning remote lets us ask for.
 
 use super::*;
+use crate::bencode::OwnedValue;
 
 impl PeerConn {
     /// Whether we serve this remote by the seeding plan (see [`crate::swarm`]).
@@ -86,22 +87,112 @@ impl PeerConn {
         &self.mask
     }
 
-    /// A refused piece that no other connection of ours has (any more) is asked for again
-    /// after [`PLAN_REASK_AFTER`]; the seeder serves a second ask.
+    /// Seeding plan, serving side: refuses the remote's request for `block` (another peer
+    /// holds the piece) and names that holder, so the remote can wait for it rather than
+    /// ask again on a timer. Every block the request covers is remembered: a later request
+    /// starting at one of them is a second ask and is served (see [`Refused`]), while the
+    /// other requests of the same ask (a 256 KiB piece is two 128 KiB requests, sent
+    /// together) are refused too.
+    pub(super) fn refuse_planned(&mut self, swarm: &mut Swarm, block: BlockRef) {
+        swarm.note_awaited(block.piece);
+        let (index, begin, len) = (block.piece.get(), block.offset, block.len);
+        let first = begin / BLOCK_SIZE;
+        let last = (begin + len.max(1) - 1) / BLOCK_SIZE;
+        self.refused_remote
+            .extend((first..=last).map(|b| (index, b)));
+        self.queue(Message::Reject { index, begin, len });
+        if let (Some(ext_id), Some(holder)) = (self.remote_holder_ext, swarm.holder_id(block.piece))
+        {
+            let mut d = OwnedValue::dict();
+            d.insert("piece", OwnedValue::Int(i64::from(index)));
+            d.insert("holder", OwnedValue::bytes(holder));
+            let payload = d.encode();
+            Message::Extended {
+                ext_id,
+                payload: &payload,
+            }
+            .encode(&mut self.queued);
+        }
+    }
+
+    /// Whether the remote's request starting at `block` is a second ask for a refused
+    /// block (see [`PeerConn::refuse_planned`]).
+    pub(super) fn asked_before(&self, block: BlockRef) -> bool {
+        self.refused_remote
+            .contains(&(block.piece.get(), block.offset / BLOCK_SIZE))
+    }
+
+    /// Seeding plan, following side: a planning seeder named the holder of a piece it
+    /// refused us ([`HOLDER_EXT`]). A malformed message, or one about a piece we were not
+    /// refused, is ignored: it is advice, and a stale one costs only the fallback wait.
+    pub(super) fn on_holder(&mut self, swarm: &Swarm, payload: &[u8]) {
+        let Ok(v) = crate::bencode::decode(payload) else {
+            return;
+        };
+        let Some(v) = v.as_dict() else {
+            return;
+        };
+        let piece = v.get(b"piece").and_then(|p| p.as_int());
+        let holder = v
+            .get(b"holder")
+            .and_then(|h| h.as_bytes())
+            .and_then(|h| <[u8; 20]>::try_from(h).ok());
+        let (Some(piece), Some(holder)) = (piece, holder) else {
+            return;
+        };
+        if let Some(r) = self
+            .refused
+            .iter_mut()
+            .find(|r| i64::from(r.piece.get()) == piece)
+        {
+            r.holder = swarm.find_peer(&holder);
+        }
+    }
+
+    /// A refused piece is asked for again (the seeder serves a second ask) once no other
+    /// connection of ours has it and we cannot wait for its holder: the seeder named no
+    /// holder we are connected to, and [`PLAN_REASK_FALLBACK`] has passed since the
+    /// refusal; or the holder we waited for left without passing it on. A piece the seeder
+    /// later suggests again (it lost every source) may be asked for at once (`Suggest`).
     pub(super) fn reask_refused(&mut self, swarm: &Swarm, now: Instant) {
         let before = self.refused.len();
         let allowed = &mut self.allowed;
-        self.refused.retain(|&(p, at)| {
-            let alone = !swarm.have().get(p.get())
-                && swarm.availability(p) <= 1
-                && now.saturating_duration_since(at) >= PLAN_REASK_AFTER;
-            if alone {
+        self.refused.retain(|r| {
+            let p = r.piece;
+            if swarm.have().get(p.get()) {
+                return false;
+            }
+            if swarm.availability(p) > 1 {
+                // Another connection announces it: the picker fetches it there.
+                return true;
+            }
+            let ask = match r.holder {
+                // The holder's `have` (or its leaving) will come: no race with the first
+                // copy still on its way to it.
+                Some(h) if swarm.is_live(h) => false,
+                // It left without the piece reaching us (with `--linger 0` a peer leaves
+                // once complete, while the seeder may still name it).
+                Some(_) => true,
+                None => now.saturating_duration_since(r.at) >= PLAN_REASK_FALLBACK,
+            };
+            if ask {
                 allowed.set(p.get());
             }
-            !alone && !swarm.have().get(p.get())
+            !ask
         });
         if self.refused.len() != before {
             self.mask_gen = self.mask_gen.wrapping_add(1);
         }
     }
+}
+
+/// A piece a planning seeder refused us ([`PeerConn::refused`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Refused {
+    pub(super) piece: PieceIndex,
+    /// When the refusal arrived: the fallback wait runs from here.
+    pub(super) at: Instant,
+    /// Our connection to the peer the seeder named as the piece's holder, if we have or
+    /// had one (a holder that left is not waited for).
+    pub(super) holder: Option<PeerKey>,
 }

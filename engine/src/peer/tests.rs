@@ -3,6 +3,7 @@
 //! step under a simulated clock (the shape of quinn-proto's `tests/util.rs`).
 
 use super::*;
+use crate::bencode::OwnedValue;
 use crate::swarm::SwarmConfig;
 use auth::Secret;
 use sha1::{Digest, Sha1};
@@ -2380,4 +2381,187 @@ fn planning_seeder_serves_peers_that_cannot_reach_each_other() {
     for i in 1..=3 {
         sim.assert_data(i);
     }
+}
+
+/// Every message in `out` (our side's output), decoded.
+fn decode_all(out: &[u8], pieces: u32) -> Vec<Message<'_>> {
+    let limits = Limits {
+        pieces,
+        max_block: 1 << 20,
+    };
+    let mut msgs = Vec::new();
+    let mut pos = 0;
+    while pos < out.len() {
+        match wire::decode(&out[pos..], &limits).unwrap() {
+            Decoded::Message(m, n) => {
+                msgs.push(m);
+                pos += n;
+            }
+            Decoded::Incomplete => panic!("truncated output at {pos}"),
+        }
+    }
+    msgs
+}
+
+#[test]
+fn planning_seeder_names_the_holder_and_serves_only_a_second_ask() {
+    let (t, mut s, mut pc, now) = single(true);
+    // H holds piece 0: handed to it, and its first block is on its way.
+    let h = s.add_peer("10.0.0.5".parse().unwrap()).unwrap();
+    s.set_peer_id(h, [5; 20]);
+    let p0 = s.plan_next(h, &Bitfield::new(4)).unwrap();
+    assert_eq!(p0.get(), 0);
+    s.record_upload(h, t.lengths.block(p0, 0).unwrap());
+    let mut bytes = handshake_bytes(t.info_hash, true);
+    ExtendedHandshake {
+        v: Some("corvid test".into()),
+        m: vec![(HOLDER_EXT.to_owned(), 5)],
+        corvid_plan: Some(1),
+        ..Default::default()
+    }
+    .encode(&mut bytes);
+    Message::HaveNone.encode(&mut bytes);
+    Message::Interested.encode(&mut bytes);
+    assert_eq!(pc.handle_bytes(&mut s, &bytes, now), Ok(bytes.len()));
+    let mut out = Vec::new();
+    while pc.poll_transmit(&mut s, now, &mut out).is_some() {}
+    // The remote asks for all of piece 0 (two requests, as for a 256 KiB piece in
+    // 128 KiB requests): both are refused, each naming H.
+    let req = |begin| Message::Request {
+        index: 0,
+        begin,
+        len: 16_384,
+    };
+    feed(&mut s, &mut pc, &[req(0), req(16_384)], now).unwrap();
+    let mut out = Vec::new();
+    assert!(pc.poll_transmit(&mut s, now, &mut out).is_none());
+    let mut holder = Vec::new();
+    OwnedValue::dict()
+        .insert("holder", OwnedValue::bytes([5; 20]))
+        .insert("piece", OwnedValue::Int(0))
+        .encode_into(&mut holder);
+    let named = Message::Extended {
+        ext_id: 5,
+        payload: &holder,
+    };
+    let msgs = decode_all(&out, 4);
+    let reject = |begin| Message::Reject {
+        index: 0,
+        begin,
+        len: 16_384,
+    };
+    assert_eq!(
+        msgs,
+        vec![reject(0), named, reject(16_384), named],
+        "{msgs:?}"
+    );
+    // Asked again, the block is served.
+    feed(&mut s, &mut pc, &[req(0)], now).unwrap();
+    let mut out = Vec::new();
+    assert!(matches!(
+        pc.poll_transmit(&mut s, now, &mut out),
+        Some(Transmit::Block { block, .. }) if block == t.lengths.block(p0, 0).unwrap()
+    ));
+}
+
+#[test]
+fn refused_follower_waits_for_a_named_holder_and_falls_back_without_one() {
+    // Our side follows a planning seeder (the connection `pc`) and also knows H.
+    let (t, mut s, mut pc, now) = single(false);
+    let h = s.add_peer("10.0.0.5".parse().unwrap()).unwrap();
+    s.set_peer_id(h, [5; 20]);
+    pc.follow = Follow::Open;
+    for p in t.lengths.pieces() {
+        // The seeder's have-all.
+        s.add_availability(p);
+    }
+    let (p0, p1) = (t.lengths.piece(0).unwrap(), t.lengths.piece(1).unwrap());
+    for (p, holder) in [(p0, [5; 20]), (p1, [6; 20])] {
+        pc.refused.push(plan::Refused {
+            piece: p,
+            at: now,
+            holder: None,
+        });
+        let mut payload = Vec::new();
+        OwnedValue::dict()
+            .insert("piece", OwnedValue::Int(i64::from(p.get())))
+            .insert("holder", OwnedValue::bytes(holder))
+            .encode_into(&mut payload);
+        pc.on_holder(&s, &payload);
+    }
+    // A holder that has already left us (a peer leaves once complete): asked again at
+    // once, without the fallback wait.
+    let gone = s.add_peer("10.0.0.8".parse().unwrap()).unwrap();
+    s.set_peer_id(gone, [8; 20]);
+    s.remove_peer(gone);
+    let p2 = t.lengths.piece(2).unwrap();
+    pc.refused.push(plan::Refused {
+        piece: p2,
+        at: now,
+        holder: None,
+    });
+    let mut payload = Vec::new();
+    OwnedValue::dict()
+        .insert("piece", OwnedValue::Int(2))
+        .insert("holder", OwnedValue::bytes([8; 20]))
+        .encode_into(&mut payload);
+    pc.on_holder(&s, &payload);
+    pc.reask_refused(&s, now);
+    assert!(pc.allowed.get(2));
+    // Malformed advice is ignored.
+    pc.on_holder(&s, b"d5:piecei0ee");
+    pc.on_holder(&s, b"not bencode");
+    assert_eq!(pc.refused[0].holder, Some(h));
+    // Piece 1's holder is no connection of ours: asked again after the fallback only.
+    pc.reask_refused(&s, now + PLAN_REASK_FALLBACK - Duration::from_millis(1));
+    assert!(!pc.allowed.get(1) && !pc.allowed.get(0));
+    pc.reask_refused(&s, now + PLAN_REASK_FALLBACK);
+    assert!(pc.allowed.get(1));
+    // Piece 0 waits for H as long as H is here, however slow its first copy is.
+    pc.reask_refused(&s, now + Duration::from_secs(60));
+    assert!(!pc.allowed.get(0));
+    // H announced it, then left before we fetched it: asked again at once.
+    s.add_availability(p0);
+    pc.reask_refused(&s, now + Duration::from_secs(61));
+    assert!(!pc.allowed.get(0));
+    s.remove_availability(p0);
+    s.remove_peer(h);
+    pc.reask_refused(&s, now + Duration::from_secs(61));
+    assert!(pc.allowed.get(0));
+    assert!(pc.refused.is_empty());
+}
+
+#[test]
+fn planning_seeder_sends_an_awaited_piece_first_to_its_holder() {
+    // The remote holds pieces 0 and 1 (it asked for both, nobody else had them). Another
+    // follower was refused piece 1 and waits for this remote to pass it on: piece 1's
+    // block goes out first, though it was asked for second.
+    let (t, mut s, mut pc, now) = single(true);
+    let mut bytes = handshake_bytes(t.info_hash, true);
+    ExtendedHandshake {
+        v: Some("corvid test".into()),
+        corvid_plan: Some(1),
+        ..Default::default()
+    }
+    .encode(&mut bytes);
+    Message::HaveNone.encode(&mut bytes);
+    Message::Interested.encode(&mut bytes);
+    assert_eq!(pc.handle_bytes(&mut s, &bytes, now), Ok(bytes.len()));
+    let req = |index| Message::Request {
+        index,
+        begin: 0,
+        len: 16_384,
+    };
+    feed(&mut s, &mut pc, &[req(0), req(1)], now).unwrap();
+    let p1 = t.lengths.piece(1).unwrap();
+    s.note_awaited(p1);
+    let mut out = Vec::new();
+    let Some(Transmit::Block { block: first, .. }) = pc.poll_transmit(&mut s, now, &mut out) else {
+        panic!("no block went out");
+    };
+    assert_eq!(first, t.lengths.block(p1, 0).unwrap());
+    assert!(matches!(
+        pc.poll_transmit(&mut s, now, &mut out),
+        Some(Transmit::Block { block, .. }) if block.piece.get() == 0
+    ));
 }

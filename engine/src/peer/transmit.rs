@@ -240,10 +240,17 @@ impl PeerConn {
     /// sent: the first copy of each piece goes out early and peers pass it on. Leechers
     /// serve in order (the requester asked in its own preferred order).
     fn next_upload(&mut self, swarm: &Swarm) -> Option<BlockRef> {
-        // A remote on the plan asks for its handed pieces in order: whole pieces
-        // reach it (and its peers) soonest when served in that order.
-        if !swarm.is_complete() || self.their_requests.len() < 2 || self.planning(swarm) {
+        if !swarm.is_complete() || self.their_requests.len() < 2 {
             return self.their_requests.pop_front();
+        }
+        if self.planning(swarm) {
+            // A remote on the plan asks for its handed pieces in order: whole pieces
+            // reach it (and its peers) soonest when served in that order; except that a
+            // piece other followers were refused (they wait for this remote to pass it
+            // on) goes first.
+            return self
+                .their_requests
+                .take_min_by(SEEDER_LOOKAHEAD, |b| !swarm.is_awaited(b.piece));
         }
         self.their_requests
             .take_min_by(SEEDER_LOOKAHEAD, |b| swarm.spread(b.piece))

@@ -2,8 +2,120 @@
 //! hands each follower next ([`Swarm::plan_next`]) and which follower requests it admits
 //! ([`Swarm::plan_admit`]), and the upload counts they rest on.
 //!
-//! Separate from the parent because it is only the seeder's bookkeeping (the module docs
-//! there say why the plan exists); the downloader's picker is in `pick.rs`.
+//! Separate from the parent because it is only the seeder's bookkeeping; the downloader's
+//! picker is in `pick.rs`, the follower's side of the plan in `crate::peer`.
+//!
+//! Seeding a fleet (the plan). In a fleet every host's link has the same rate C, so
+//! the floor is S/C: each host must take the S-byte payload through its own downlink.
+//! Reaching it needs the seeder to send each piece about once (its uplink carries S in
+//! S/C) and every peer to pass on what it got. Measured before the plan (namespace
+//! fleet, 100 Mbit/s links, 64 MiB, 256 KiB pieces, N=16): the seeder sent 1.9-2.1
+//! copies, because peers picking rarest-first cannot see which pieces other peers are
+//! already fetching from it, so they asked it for the same ones; the deploy took 2.2-2.35
+//! x S/C. Super-seeding (BEP 16, one piece per peer until it shows up elsewhere) made
+//! that fleet slower still: the seed idled. So the plan hands out whole pipelines, not
+//! single pieces:
+//! - A seeder (complete at the handshake, fast extension on both sides) says
+//!   `corvid_plan: 2` in its extension handshake; a corvid peer says `1` (it follows).
+//!   To a follower it suggests (BEP 6 suggest) the pieces to fetch from it: every piece
+//!   once, in order ([`Swarm::plan_next`]), enough of them to keep the follower's
+//!   requests flowing (1 MiB, at least 2 pieces, at most a fair share). The follower
+//!   asks it for those only, and fetches everything else from peers, rarest first.
+//! - The first receiver of a piece is its holder. A request for a piece that someone
+//!   else holds, or a live peer announced, is refused (BEP 6 reject), unless the budget
+//!   for extra copies (5% of the payload) lasts: that pays for end-game help on the
+//!   last, rarest pieces ([`Swarm::plan_admit`]). With the reject goes the holder's
+//!   peer id (extension message `corvid_holder`, see [`crate::peer::HOLDER_EXT`]): a
+//!   refused follower connected to that holder waits for its `have` (or for it to leave)
+//!   and asks the seeder again only if it leaves first; one that cannot reach the holder
+//!   (a partial mesh, a star) asks again after [`crate::peer::PLAN_REASK_FALLBACK`] if
+//!   none of its connections has the piece by then. A second ask is served. A piece
+//!   whose holder left before passing it on, or that nobody live announces any more,
+//!   has no source: it is handed out again and served to whoever asks. When the holder
+//!   left but others announce the piece, the seeder names the last live announcer (the
+//!   holder's host back on a new connection, or a peer it passed the piece to); with
+//!   nobody live to name (they left too: a fleet peer leaves once complete) it serves.
+//! - Once every piece went out whole and a follower's handed pieces are sent, the
+//!   seeder says `corvid_plan: 1` again: the follower may ask for anything (still within
+//!   the budget), and pieces that later lose their last source are suggested again, so a
+//!   peer refused earlier can fetch them from the seeder (nothing can strand a peer).
+//! - Stock clients (no `corvid_plan`) are served as before: any request, least-spread
+//!   piece first ([`Swarm::spread`]).
+//!
+//! Measured with the plan on the same fleet (median of 3): the seeder sends 1.04-1.16
+//! copies at N=4-16 and the deploy takes 1.29/1.41/1.42 x S/C at N=4/8/16 (1.3 copies
+//! and 1.74 x at N=24, where refused peers re-asked after a fixed 500 ms while first
+//! copies were still on their way). The time is bound by the peers' uplinks (each must
+//! relay about (N-1)/N copies), which is why peers keep short request queues at each
+//! other (see `crate::peer`, pipelining): a requester that queues seconds of requests at
+//! one busy relay leaves others idle.
+//!
+//! Naming the holder (what runs now, in place of the 500 ms re-ask). In the simulator
+//! (`corvid-bench sim --hosts 16,24 --size 64MiB --piece-size 256KiB --rate 100mbit
+//! --rack-size 0 --linger 0s --egress-queue 1.5MB --runs 3`) the seeder's copies fell
+//! from 1.21-1.23 to 1.06-1.12 at N=16 and from 1.28-1.34 to 1.16-1.18 at N=24, the time
+//! unchanged (1.34-1.35 and 1.46-1.49 x S/C). What is left over is the 5% budget and
+//! pieces whose holder completed and left (`--linger 0`, as the fleet bench runs peers)
+//! before passing them on: with `--linger 10s` the seeder sends 1.05-1.06. A first
+//! version that waited out the 2 s fallback when the named holder had already left the
+//! asker left 2 s tails (N=16 up to 1.68 x S/C); a holder the asker knew and lost is now
+//! asked around at once. Two requests of one refused piece (a 256 KiB piece is two
+//! 128 KiB requests) are both refused: before, the second counted as a second ask and
+//! was served. On the namespace fleet (`benches/runs/2026-11-29-vm/fleet-holder`, both
+//! cores saturated by other work, so the times are not link figures: 1.27/1.34/1.49/1.59
+//! x S/C at N=4/8/16/24) the seeder sent 1.07-1.16, 1.04-1.08, 1.05 and 1.05 copies
+//! (N=24: 1.29-1.35 before).
+//!
+//! Known limit, at N=100 in the simulator (same command, `--hosts 100`; the build
+//! before in `benches/runs/2026-11-29-vm/sim-before-n100`, after in `sim-holder`): the
+//! seeder sends 1.52-1.60 copies instead of 2.47-2.58, the last host is as late as
+//! before (2.76-3.07 x S/C against 2.78-2.86), but the median host is 2 s later (11.0-11.8
+//! s against 9.4-9.6 s). There the relays bound the time and the seeder's uplink had
+//! room: the old re-asks filled it with copies that helped; refusals now leave it idle
+//! part of the run. The next step is to serve extra copies whenever the seeder's uplink
+//! would otherwise idle (in place of the fixed 5% budget), not on a timer.
+//!
+//! Known limit on the namespace fleet (`benches/runs/2026-11-29-vm/fleet-final`): one
+//! run in three at N=8 and N=16 had every host 2-3 s late, and piece latency p99 grew to
+//! 2.6 s (N=16) and 5.8 s (N=24). Not yet diagnosed; a likely cause is a refused piece
+//! whose first copy is partly sent and the rest queued at the seeder behind the
+//! holder's other handed pieces (a follower's requests are served in order, about
+//! N x 84 ms per MiB at 100 Mbit/s), with every refused peer waiting on it. So a
+//! piece some follower was refused is now served first on its holder's connection
+//! ([`Swarm::note_awaited`]). Its effect is not shown yet: the simulator's runs are
+//! byte-for-byte unchanged (refusals are rare there), and the fleet runs after it
+//! (`fleet-awaited-first`, N=8/16: 1.31 / 1.43 x S/C, seeder 1.05-1.07 copies, piece
+//! latency p99 1.2 s at N=8 and 3.2 s at N=16, no run with every host late in 6) were
+//! CPU-BOUND, the project's full test suite running beside them. Bounding the wait
+//! for a named holder is the other candidate.
+//!
+//! Tried and not kept: serving a refused follower's second ask only once some peer has
+//! announced the piece to the seeder (a re-ask while the first copy is still on its way
+//! to the holder is refused again, the follower asking every 500 ms). Same fleet at N=16,
+//! with other builds saturating both cores, each build 3 runs in the same session: the
+//! seeder sent 1.16/1.16/1.06 copies in 1.49-1.61 x S/C, the unchanged build
+//! 1.06/1.07/1.29 copies in 1.49-1.59 x: no gain that load lets us see. At 50 Mbit/s
+//! (`benches/runs/2026-11-28-vm/fleet-reask-rule-50mbit`; a first copy then takes
+//! longer than the 500 ms wait to reach its holder) it sent
+//! 1.15/1.19/1.02 copies against 1.18/1.20/1.21, but the third run took 4.65 x S/C
+//! (49.9 s): the rule cannot serve a piece whose first copy stalls at its holder
+//! until that connection times out, so it trades copies for liveness. Naming the
+//! holder (above) lets the asker wait exactly while the holder is connected to it.
+//!
+//! Tried and not kept: handing fresh pieces only to followers whose handed pieces have
+//! spread (no more fresh pieces to a follower while 2 hand-outs' worth of its pieces
+//! were announced by no other peer), to even out the relays' upload. In the simulator
+//! (command above, seeds 1-3) it changed nothing the model can see: the relays there
+//! upload 0.87-1.09 copies either way, the time stayed 1.33-1.35 / 1.48-1.50 x S/C at
+//! N=16/24, and the seeder sent a little more (1.09-1.16 / 1.17-1.19 copies). On the
+//! namespace fleet, run right after the unchanged build with both cores saturated by
+//! other work (`--peers 16,24 --runs 3`, `benches/runs/2026-11-29-vm/fleet-ab-*`, the
+//! change as `backlog-gate.patch` there): 1.47 / 1.54 x S/C against 1.51 / 1.64, the
+//! busiest relay at N=24 1.11-1.20 copies against 1.19-1.23, but one N=16 run had the
+//! seeder send 1.28 copies, and the unchanged build's runs had more load beside them
+//! (44-80% of the cores at normal priority against 27-53%). Not a gain the load lets us
+//! tell from noise; worth measuring again on a quiet machine.
+//!
 
 use super::*;
 
@@ -48,6 +160,70 @@ impl Swarm {
     pub fn holder(&self, piece: PieceIndex) -> Option<PeerKey> {
         let i = piece.as_usize();
         self.holder_live(i).then(|| self.holder[i]).flatten()
+    }
+
+    /// Records the remote's peer id of connection `key` (from its BitTorrent handshake).
+    pub fn set_peer_id(&mut self, key: PeerKey, id: [u8; 20]) {
+        if let Some(s) = self.slot_mut(key) {
+            s.peer_id = Some(id);
+        }
+    }
+
+    /// The peer id a seeder names to a follower it refuses the piece: the connection
+    /// holding its first copy if it is still here, else the last one that announced it
+    /// (the holder's host may be back on a new connection, or another peer passed the
+    /// piece on). `None`: nobody here to wait for.
+    pub fn holder_id(&self, piece: PieceIndex) -> Option<[u8; 20]> {
+        [self.holder(piece), self.announcer[piece.as_usize()]]
+            .into_iter()
+            .flatten()
+            .find_map(|k| self.slot(k))
+            .and_then(|s| s.peer_id)
+    }
+
+    /// Seeding plan: a follower was refused the piece and waits for its holder, so the
+    /// holder's connection sends what is left of it before its other handed pieces.
+    pub fn note_awaited(&mut self, piece: PieceIndex) {
+        self.awaited[piece.as_usize()] = true;
+    }
+
+    /// See [`Swarm::note_awaited`].
+    pub fn is_awaited(&self, piece: PieceIndex) -> bool {
+        self.awaited[piece.as_usize()]
+    }
+
+    /// Connection `from` announced the piece (a seeder keeps the last one, see
+    /// [`Swarm::holder_id`]; a downloader keeps nothing).
+    pub fn note_announcer(&mut self, piece: PieceIndex, from: PeerKey) {
+        if self.is_complete() {
+            self.announcer[piece.as_usize()] = Some(from);
+        }
+    }
+
+    /// Our connection to the peer with this id: the live one, else one that has closed
+    /// (its slot not yet reused), so a caller can tell a peer that left (the key is no
+    /// longer live) from one we never knew (`None`). A scan over the connections: called
+    /// once per refusal a seeder explains, not per block.
+    pub fn find_peer(&self, id: &[u8; 20]) -> Option<PeerKey> {
+        let key = |(idx, s): (usize, &PeerSlot)| PeerKey {
+            idx: idx as u32,
+            gen: s.gen,
+        };
+        let with_id = || {
+            self.peers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.peer_id.as_ref() == Some(id))
+        };
+        with_id()
+            .find(|(_, s)| s.live)
+            .or_else(|| with_id().next())
+            .map(key)
+    }
+
+    /// Whether the connection is still in the swarm.
+    pub fn is_live(&self, key: PeerKey) -> bool {
+        self.slot(key).is_some()
     }
 
     /// See the `plan_epoch` field.
