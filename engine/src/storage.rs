@@ -201,6 +201,59 @@ fn space_needed(root: &Path, files: &[FileSpec]) -> Result<u64, StorageError> {
     Ok(needed)
 }
 
+/// Opens (creating) file `index` of `files` below `root_dir` without following links,
+/// reusing the last parent directory opened; refuses a second name for a file already
+/// opened and anything not a regular file; sizes it to the torrent's length.
+fn open_sized(
+    root: &Path,
+    root_dir: &Dir,
+    parent: &mut Option<(PathBuf, Dir)>,
+    files: &[FileSpec],
+    index: usize,
+    opened: &mut std::collections::HashMap<(u64, u64), usize>,
+) -> Result<(std::fs::File, std::fs::Metadata, PathBuf), StorageError> {
+    let spec = &files[index];
+    let path = root.join(&spec.path);
+    let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
+    let name = spec
+        .path
+        .file_name()
+        .ok_or_else(|| StorageError::UnsafePath {
+            path: spec.path.clone(),
+        })?;
+    if parent.as_ref().is_none_or(|(p, _)| p != rel_parent) {
+        let d = root_dir
+            .walk(rel_parent, true)
+            .map_err(dir_err)?
+            .expect("walk with create makes every directory");
+        *parent = Some((rel_parent.to_path_buf(), d));
+    }
+    let (_, dir) = parent.as_ref().expect("set just above");
+    let file = dir
+        .open_file(name, OFlags::RDWR | OFlags::CREATE, 0o644)
+        .map_err(dir_err)?;
+    let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
+    // Two torrent paths that name one file (`A` and `a` on a case-insensitive
+    // filesystem, or a hard link left there) would be mapped twice, and sizing
+    // the second would shrink the first mapping under it (SIGBUS). Compared
+    // after opening, so whatever the filesystem folds or links is caught.
+    if let Some(&first) = opened.get(&(meta.dev(), meta.ino())) {
+        return Err(StorageError::SameFile {
+            first: root.join(&files[first].path),
+            second: path,
+        });
+    }
+    opened.insert((meta.dev(), meta.ino()), index);
+    if !meta.is_file() {
+        return Err(StorageError::NotAFile { path });
+    }
+    if meta.len() != spec.length {
+        file.set_len(spec.length)
+            .map_err(|e| io_err("resize", &path, e))?;
+    }
+    Ok((file, meta, path))
+}
+
 impl Storage {
     /// Receiving side: creates the directories and files under `root`, checks free space
     /// first, preallocates and maps everything read-write. Files already of the right size
@@ -236,44 +289,8 @@ impl Storage {
                 ids.push((0, 0));
                 continue;
             }
-            let path = root.join(&spec.path);
-            let rel_parent = spec.path.parent().unwrap_or(Path::new(""));
-            let name = spec
-                .path
-                .file_name()
-                .ok_or_else(|| StorageError::UnsafePath {
-                    path: spec.path.clone(),
-                })?;
-            if parent.as_ref().is_none_or(|(p, _)| p != rel_parent) {
-                let d = root_dir
-                    .walk(rel_parent, true)
-                    .map_err(dir_err)?
-                    .expect("walk with create makes every directory");
-                parent = Some((rel_parent.to_path_buf(), d));
-            }
-            let (_, dir) = parent.as_ref().expect("set just above");
-            let file = dir
-                .open_file(name, OFlags::RDWR | OFlags::CREATE, 0o644)
-                .map_err(dir_err)?;
-            let meta = file.metadata().map_err(|e| io_err("inspect", &path, e))?;
-            // Two torrent paths that name one file (`A` and `a` on a case-insensitive
-            // filesystem, or a hard link left there) would be mapped twice, and sizing
-            // the second would shrink the first mapping under it (SIGBUS). Compared
-            // after opening, so whatever the filesystem folds or links is caught.
-            if let Some(&first) = opened.get(&(meta.dev(), meta.ino())) {
-                return Err(StorageError::SameFile {
-                    first: root.join(&files[first].path),
-                    second: path,
-                });
-            }
-            opened.insert((meta.dev(), meta.ino()), maps.len());
-            if !meta.is_file() {
-                return Err(StorageError::NotAFile { path });
-            }
-            if meta.len() != spec.length {
-                file.set_len(spec.length)
-                    .map_err(|e| io_err("resize", &path, e))?;
-            }
+            let (file, meta, path) =
+                open_sized(root, &root_dir, &mut parent, files, maps.len(), &mut opened)?;
             if spec.length == 0 {
                 maps.push(None);
                 ids.push((meta.dev(), meta.ino()));

@@ -296,7 +296,8 @@ fn fleet_points(path: &PathBuf) -> Result<Vec<(usize, f64, f64, f64)>> {
     Ok(out)
 }
 
-pub fn run(a: SimArgs) -> Result<crate::Outcome> {
+/// The rack-aware modes to run, after refusing arguments that make no run.
+fn check_args(a: &SimArgs) -> Result<Vec<bool>> {
     let modes: Vec<bool> = match a.rack_aware.as_str() {
         "off" => vec![false],
         "on" => vec![true],
@@ -316,6 +317,31 @@ pub fn run(a: SimArgs) -> Result<crate::Outcome> {
             a.rack_pick
         )));
     }
+    Ok(modes)
+}
+
+/// One run's summary line.
+fn run_line(n: usize, aware: bool, cfg: &SimConfig, j: &Json, r: &SimResult, wall: f64) -> String {
+    let num = |k: &str| j.get(k).and_then(Json::as_f64).unwrap_or(f64::NAN);
+    format!(
+        "N={n:>6} rack-aware={:<3} seed {} done {:.3}s = {:.3} x S/C (p10/p50/p90 {:.3}/{:.3}/{:.3}s), seeder {:.3} copies, max rack in {:.2} copies, {} conns, {} events, wall {:.1}s",
+        if aware { "on" } else { "off" },
+        cfg.seed,
+        num("completion_s"),
+        num("over_bound"),
+        num("host_p10_s"),
+        num("host_p50_s"),
+        num("host_p90_s"),
+        num("seeder_copies"),
+        num("max_rack_in_copies"),
+        r.connections,
+        r.events,
+        wall
+    )
+}
+
+pub fn run(a: SimArgs) -> Result<crate::Outcome> {
+    let modes = check_args(&a)?;
     let fleet = a.compare.as_ref().map(fleet_points).transpose()?;
     let dir = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("benches/runs")
@@ -342,21 +368,7 @@ pub fn run(a: SimArgs) -> Result<crate::Outcome> {
                 let wall = t0.elapsed().as_secs_f64();
                 let j = result_json(&cfg, &r);
                 let num = |k: &str| j.get(k).and_then(Json::as_f64).unwrap_or(f64::NAN);
-                let line = format!(
-                    "N={n:>6} rack-aware={:<3} seed {} done {:.3}s = {:.3} x S/C (p10/p50/p90 {:.3}/{:.3}/{:.3}s), seeder {:.3} copies, max rack in {:.2} copies, {} conns, {} events, wall {:.1}s",
-                    if aware { "on" } else { "off" },
-                    cfg.seed,
-                    num("completion_s"),
-                    num("over_bound"),
-                    num("host_p10_s"),
-                    num("host_p50_s"),
-                    num("host_p90_s"),
-                    num("seeder_copies"),
-                    num("max_rack_in_copies"),
-                    r.connections,
-                    r.events,
-                    wall
-                );
+                let line = run_line(n, aware, &cfg, &j, &r, wall);
                 println!("{line}");
                 summary.push_str(&line);
                 summary.push('\n');

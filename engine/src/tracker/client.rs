@@ -280,29 +280,19 @@ fn parse_url(url: &str) -> Result<HttpUrl<'_>, TrackerError> {
     })
 }
 
-/// GETs `url` with `query` appended and returns the body of a 200 response. A non-200
-/// whose body is a bencoded failure is returned as the body too, so the caller reports
-/// the tracker's reason rather than a bare status.
-fn http_get(
+/// Connects to the first of the tracker's addresses that answers, from `from` where
+/// that address can reach it.
+fn connect(
     url: &str,
-    query: &str,
-    timeout: Duration,
+    u: &HttpUrl<'_>,
     from: Option<IpAddr>,
-) -> Result<Vec<u8>, TrackerError> {
-    let u = parse_url(url)?;
-    let deadline = Instant::now() + timeout;
+    remaining: &dyn Fn() -> Result<Duration, TrackerError>,
+) -> Result<TcpStream, TrackerError> {
     let io = |context, source| TrackerError::Io {
         url: url.to_owned(),
         context,
         source,
     };
-    let remaining = || {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| TrackerError::Timeout(url.to_owned()))
-    };
-
     let addrs: Vec<SocketAddr> = (u.host, u.port)
         .to_socket_addrs()
         .map_err(|e| io("resolve host", e))?
@@ -329,19 +319,43 @@ fn http_get(
             Err(e) => last_err = Some(e),
         }
     }
-    let mut stream = match (stream, last_err) {
-        (Some(s), _) => s,
+    match (stream, last_err) {
+        (Some(s), _) => Ok(s),
         (None, Some(e)) if e.kind() == ErrorKind::TimedOut => {
-            return Err(TrackerError::Timeout(url.to_owned()))
+            Err(TrackerError::Timeout(url.to_owned()))
         }
-        (None, Some(e)) => return Err(io("connect", e)),
-        (None, None) => {
-            return Err(io(
-                "resolve host",
-                std::io::Error::new(ErrorKind::NotFound, "no addresses"),
-            ))
-        }
+        (None, Some(e)) => Err(io("connect", e)),
+        (None, None) => Err(io(
+            "resolve host",
+            std::io::Error::new(ErrorKind::NotFound, "no addresses"),
+        )),
+    }
+}
+
+/// GETs `url` with `query` appended and returns the body of a 200 response. A non-200
+/// whose body is a bencoded failure is returned as the body too, so the caller reports
+/// the tracker's reason rather than a bare status.
+fn http_get(
+    url: &str,
+    query: &str,
+    timeout: Duration,
+    from: Option<IpAddr>,
+) -> Result<Vec<u8>, TrackerError> {
+    let u = parse_url(url)?;
+    let deadline = Instant::now() + timeout;
+    let io = |context, source| TrackerError::Io {
+        url: url.to_owned(),
+        context,
+        source,
     };
+    let remaining = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| TrackerError::Timeout(url.to_owned()))
+    };
+
+    let mut stream = connect(url, &u, from, &remaining)?;
 
     let sep = if u.target.contains('?') { '&' } else { '?' };
     let request = format!(

@@ -6,10 +6,39 @@ use super::*;
 use crate::storage;
 
 impl<S: Service> Core<S> {
-    /// About 100 lines, kept whole on purpose: each step re-borrows the slab entry, the
+    /// Submits a receive into the free end of `slot`'s buffer, at most `max` bytes (0: as
+    /// much as fits). The caller checked the entry is open with no receive in flight and
+    /// made room in the buffer.
+    fn recv_into_buffer(&mut self, slot: u32, max: usize) {
+        let Some(e) = self.entry(slot) else { return };
+        let mut want = e.rx.len() - e.rx_end;
+        if max > 0 {
+            want = want.min(max);
+        }
+        let want = u32::try_from(want).unwrap_or(u32::MAX);
+        let ptr = e.rx[e.rx_end..].as_mut_ptr();
+        e.recv_into_iovecs = false;
+        e.recv_inflight = true;
+        let entry = ops::recv::recv(
+            e.fd,
+            ptr,
+            want,
+            Token::Conn {
+                slot,
+                op: ConnOp::Recv,
+            }
+            .encode(),
+        );
+        // SAFETY: `rx` lives in the boxed entry and is neither resized nor read while
+        // `recv_inflight` is set; the entry is freed only after completion.
+        unsafe { self.push_conn(slot, entry) };
+    }
+
+    /// About 120 lines, kept whole on purpose: each step re-borrows the slab entry, the
     /// service and the ring through `io_parts` with the entry's state checked first, and
-    /// splitting it into functions would pass five borrows around or re-look-up the entry
-    /// between the checks and the submission that relies on them.
+    /// splitting the steps that use the service into functions would pass five borrows
+    /// around or re-look-up the entry between the checks and the submission that relies on
+    /// them (the submissions themselves are split out).
     pub(super) fn drive_recv(&mut self, slot: u32) {
         let now = self.now;
         for _ in 0..MAX_DRIVE_STEPS {
@@ -61,28 +90,7 @@ impl<S: Service> Core<S> {
                         self.begin_close(slot, CloseCause::MessageTooLarge(max_message));
                         return;
                     }
-                    let mut want = e.rx.len() - e.rx_end;
-                    if max > 0 {
-                        want = want.min(max);
-                    }
-                    let want = u32::try_from(want).unwrap_or(u32::MAX);
-                    let ptr = e.rx[e.rx_end..].as_mut_ptr();
-                    e.recv_into_iovecs = false;
-                    e.recv_inflight = true;
-                    let fd = e.fd;
-                    let entry = ops::recv::recv(
-                        fd,
-                        ptr,
-                        want,
-                        Token::Conn {
-                            slot,
-                            op: ConnOp::Recv,
-                        }
-                        .encode(),
-                    );
-                    // SAFETY: `rx` lives in the boxed entry and is neither resized nor read
-                    // while `recv_inflight` is set; the entry is freed only after completion.
-                    unsafe { self.push_conn(slot, entry) };
+                    self.recv_into_buffer(slot, max);
                     return;
                 }
                 RecvTarget::Iovecs => {
@@ -123,23 +131,7 @@ impl<S: Service> Core<S> {
                     if into_file {
                         e.iov_open = true;
                         settle_rx(&mut e.rx, &mut e.rx_start, &mut e.rx_end, recv_buffer);
-                        let want = u32::try_from(e.rx.len() - e.rx_end).unwrap_or(u32::MAX);
-                        let ptr = e.rx[e.rx_end..].as_mut_ptr();
-                        e.recv_into_iovecs = false;
-                        e.recv_inflight = true;
-                        let entry = ops::recv::recv(
-                            e.fd,
-                            ptr,
-                            want,
-                            Token::Conn {
-                                slot,
-                                op: ConnOp::Recv,
-                            }
-                            .encode(),
-                        );
-                        // SAFETY: as for the buffer receive above: `rx` lives in the boxed
-                        // entry and is neither resized nor read while `recv_inflight`.
-                        unsafe { self.push_conn(slot, entry) };
+                        self.recv_into_buffer(slot, 0);
                         return;
                     }
                     // The buffer is empty now: receive the rest straight into the spans.
