@@ -360,18 +360,24 @@ pub fn fleet_corvid_line(r: &Run, size: u64) -> String {
     let Some(c) = &r.corvid else {
         return format!("    {cpu}");
     };
+    // Only peer reports carry `bytes_up`; a deploy's summary does not (its hosts report
+    // what they received, not what they sent).
     let ups: Vec<String> = c
         .reports
         .iter()
-        .map(|(h, rep)| {
-            let up = rep.get("bytes_up").and_then(Json::as_u64).unwrap_or(0);
-            format!("{h} {:.2}", up as f64 / size.max(1) as f64)
+        .filter_map(|(h, rep)| {
+            let up = rep.get("bytes_up").and_then(Json::as_u64)?;
+            Some(format!("{h} {:.2}", up as f64 / size.max(1) as f64))
         })
         .collect();
+    let ups = if ups.is_empty() {
+        "peers' upload not reported".to_string()
+    } else {
+        format!("peers' upload in copies: {}", ups.join(", "))
+    };
     format!(
-        "    seeder sent {:.3} copies; {cpu}; peers' upload in copies: {}",
+        "    seeder sent {:.3} copies; {cpu}; {ups}",
         c.from_seeder as f64 / size.max(1) as f64,
-        ups.join(", ")
     )
 }
 
@@ -513,5 +519,22 @@ mod tests {
         assert!(l.contains("CPU-BOUND"), "{l}");
         let j = run_json(&r, 100);
         assert_eq!(j.get("cpu_bound"), Some(&Json::Bool(true)));
+    }
+
+    /// A deploy's summary is not a peer: it must not show up as one uploading nothing.
+    #[test]
+    fn fleet_line_leaves_out_reports_without_an_upload() {
+        let summary = crate::json::parse(r#"{"hosts":16}"#).unwrap();
+        let r = Run {
+            corvid: Some(CorvidDetail {
+                from_seeder: 100,
+                reports: vec![("deploy summary".into(), summary)],
+                ..CorvidDetail::default()
+            }),
+            ..Run::default()
+        };
+        let l = fleet_corvid_line(&r, 100);
+        assert!(!l.contains("deploy summary"), "{l}");
+        assert!(l.contains("peers' upload not reported"), "{l}");
     }
 }
