@@ -10,10 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::{
-    assert_same_tree, corvid, free_port, info_hash, json_field, json_u64, make_torrent, make_tree,
-    start_seeder, torrent_info, Proc, SlowRelay,
-};
+use support::release::Release;
+use support::{assert_same_tree, corvid, free_port, json_field, json_u64, Proc, SlowRelay};
 
 /// Bound on every wait: generous, the machine is shared and loaded.
 const T: Duration = Duration::from_secs(120);
@@ -28,67 +26,6 @@ static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
     ALONE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A payload tree, its torrent and where it lives.
-struct Release {
-    dir: tempfile::TempDir,
-    torrent: PathBuf,
-    /// Directory holding the payload directory (what `corvid seed` is given).
-    parent: PathBuf,
-    payload: PathBuf,
-    size: u64,
-    pieces: u64,
-}
-
-impl Release {
-    /// A tree from `make_tree` (`big` bytes in its largest file) with a torrent announcing
-    /// to `tracker`.
-    fn new(tracker: &str, big: usize, piece_size: &str, seed: u64) -> Release {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let parent = dir.path().join("src");
-        let payload = parent.join("payload");
-        make_tree(&payload, big, seed);
-        let torrent = dir.path().join("release.torrent");
-        make_torrent(&payload, &torrent, tracker, piece_size);
-        let info = torrent_info(&torrent);
-        let size = json_u64(&info, "total_size");
-        let pieces = json_u64(&info, "pieces");
-        assert!(size > 0);
-        Release {
-            dir,
-            torrent,
-            parent,
-            payload,
-            size,
-            pieces,
-        }
-    }
-
-    fn info_hash(&self) -> [u8; 20] {
-        info_hash(&self.torrent)
-    }
-
-    fn dest(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Starts a seeder (`extra` flags added) and returns it with its peer address once
-    /// it listens.
-    fn seeder(&self, extra: &[&str]) -> (Proc, SocketAddr) {
-        start_seeder(&self.torrent, &self.parent, extra, T)
-    }
-
-    /// Starts a peer downloading into `dest` (`extra` flags added).
-    fn peer(&self, name: &str, dest: &Path, extra: &[&str]) -> Proc {
-        let mut cmd = corvid(&["peer"]);
-        cmd.arg(&self.torrent).arg(dest);
-        cmd.args(["--listen", "127.0.0.1:0", "--linger", "60s", "--json"]);
-        cmd.args(["--cores", "1", "--hash-threads", "1"]);
-        cmd.args(["--stall-timeout", "100s"]);
-        cmd.args(extra);
-        Proc::spawn(name, &mut cmd)
-    }
 }
 
 /// Stops a node with SIGTERM and returns its final `done` line, checking it exited 0.
