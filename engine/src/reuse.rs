@@ -527,6 +527,23 @@ mod tests {
     /// Release 1 in `old/`, release 2 in `new/rel`: `same` unchanged, `edited` with one
     /// block changed in place, `moved` renamed, `grown` longer (its old blocks still
     /// match by hash), `fresh` new, and `bad` corrupted in the base after release 1.
+    /// `dir` as a torrent of `PL`-byte pieces with every file aligned to a piece (BEP 47),
+    /// as a delta release is made.
+    fn aligned(dir: &Path, pool: &HashPool) -> crate::metainfo::Metainfo {
+        let opts = BuildOptions {
+            piece_length: Some(PL),
+            align: true,
+            ..Default::default()
+        };
+        build(dir, &opts, pool, &mut |_| {}).unwrap().0
+    }
+
+    /// Fresh storage for `m` under `dest`, holding nothing yet.
+    fn empty_target(m: &crate::metainfo::Metainfo, dest: &Path) -> (Arc<Storage>, Bitfield) {
+        let storage = Arc::new(Storage::create(dest, &m.info.files, m.info.lengths).unwrap());
+        (storage, Bitfield::new(m.info.lengths.piece_count()))
+    }
+
     fn releases(t: &Path) -> (PathBuf, PathBuf) {
         let old = t.join("old");
         let new = t.join("new/rel");
@@ -559,15 +576,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (old, new) = releases(t.path());
         let pool = HashPool::new(2);
-        let opts = BuildOptions {
-            piece_length: Some(PL),
-            align: true,
-            ..Default::default()
-        };
-        let (m, _) = build(&new, &opts, &pool, &mut |_| {}).unwrap();
+        let m = aligned(&new, &pool);
         let dest = t.path().join("dest");
-        let storage = Arc::new(Storage::create(&dest, &m.info.files, m.info.lengths).unwrap());
-        let mut have = Bitfield::new(m.info.lengths.piece_count());
+        let (storage, mut have) = empty_target(&m, &dest);
         let base = Base {
             dir: old.clone(),
             strip: PathBuf::from("rel"),
@@ -623,15 +634,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (old, new) = releases(t.path());
         let pool = HashPool::new(1);
-        let opts = BuildOptions {
-            piece_length: Some(PL),
-            align: true,
-            ..Default::default()
-        };
-        let (m, _) = build(&new, &opts, &pool, &mut |_| {}).unwrap();
+        let m = aligned(&new, &pool);
         let dest = t.path().join("dest");
-        let storage = Arc::new(Storage::create(&dest, &m.info.files, m.info.lengths).unwrap());
-        let mut have = Bitfield::new(m.info.lengths.piece_count());
+        let (storage, mut have) = empty_target(&m, &dest);
         let nowhere = Base {
             dir: t.path().join("no-such-release"),
             strip: PathBuf::from("rel"),
@@ -669,19 +674,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (old, new) = releases(t.path());
         let pool = HashPool::new(2);
-        let opts = BuildOptions {
-            piece_length: Some(PL),
-            align: true,
-            ..Default::default()
-        };
-        let (m_old, _) = build(&old, &opts, &pool, &mut |_| {}).unwrap();
-        let (m, _) = build(&new, &opts, &pool, &mut |_| {}).unwrap();
+        let m_old = aligned(&old, &pool);
+        let m = aligned(&new, &pool);
         let files = crate::deploy::content::release_files(&m_old.info);
         let seal = Seal::of_release(&old, &files, &m_old.info_hash_hex()).unwrap();
         let run = |dest: &str, seal: &Seal| {
-            let dest = t.path().join(dest);
-            let storage = Arc::new(Storage::create(&dest, &m.info.files, m.info.lengths).unwrap());
-            let mut have = Bitfield::new(m.info.lengths.piece_count());
+            let (storage, mut have) = empty_target(&m, &t.path().join(dest));
             let base = Base {
                 dir: old.clone(),
                 strip: PathBuf::from("rel"),
