@@ -623,3 +623,17 @@ fn flood(greedy_conns: usize) {
     );
     assert!(peak < 64 << 20, "seeder anon RSS reached {peak} bytes");
 }
+
+/// The tests' reading of corvid's JSON lines parses them: the top level's field wins over a
+/// nested group's field of the same name that comes first, strings lose their quotes, a
+/// nested group answers when the top level lacks the key, and text that is not JSON has no
+/// fields.
+#[test]
+fn json_field_reads_json_not_substrings() {
+    let line = r#"{"peer":{"complete":true,"bytes_up":7,"addr":"127.0.0.1:9"},"complete":false}"#;
+    assert_eq!(json_field(line, "complete"), Some("false"));
+    assert_eq!(json_field(line, "addr"), Some("127.0.0.1:9"));
+    assert_eq!(json_u64(line, "bytes_up"), 7);
+    assert_eq!(json_field(line, "bytes"), None);
+    assert_eq!(json_field(r#"not json "have":3"#, "have"), None);
+}

@@ -370,17 +370,28 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// The raw JSON token after `"key":` in a one-line object (a number, `true`, or a string
-/// with its quotes removed); enough for the flat fields corvid prints.
+/// The JSON token of `key` in a one-line object printed by corvid: a number or `true` as
+/// written, a string without its quotes. Parsed as JSON (a key that only appears inside a
+/// string value is not found); when the object does not hold `key`, the first nested
+/// object that does answers, since corvid's reports nest a few flat groups.
 pub fn json_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":");
-    let start = line.find(&pat)? + pat.len();
-    let rest = &line[start..];
-    if let Some(s) = rest.strip_prefix('"') {
-        return s.find('"').map(|end| &s[..end]);
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+    fn find<'a>(obj: &'a str, key: &str) -> Option<&'a str> {
+        let map: BTreeMap<&'a str, &'a RawValue> = serde_json::from_str(obj).ok()?;
+        if let Some(raw) = map.get(key) {
+            let tok = raw.get();
+            return Some(
+                tok.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or(tok),
+            );
+        }
+        map.values()
+            .filter(|v| v.get().starts_with('{'))
+            .find_map(|v| find(v.get(), key))
     }
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim())
+    find(line.trim(), key)
 }
 
 /// A numeric field of a JSON line; panics naming the field and the line when absent.
