@@ -308,18 +308,23 @@ impl Collector for LiveCollector {
                 ("peers", c(l.bytes_from_peers)),
             ],
         )?;
-        one(
-            &mut enc,
-            "corvid_bytes_up",
-            "Payload bytes sent",
-            &c(l.bytes_up),
-        )?;
-        one(
-            &mut enc,
-            "corvid_bytes_wasted",
-            "Payload bytes dropped: end-game duplicates and failed pieces",
-            &c(l.bytes_wasted),
-        )?;
+        let counters = [
+            ("corvid_bytes_up", "Payload bytes sent", l.bytes_up),
+            (
+                "corvid_bytes_wasted",
+                "Payload bytes dropped: end-game duplicates and failed pieces",
+                l.bytes_wasted,
+            ),
+            (
+                "corvid_connections_refused",
+                "Inbound connections refused by the connection limits",
+                l.refused,
+            ),
+            ("corvid_dials", "Outbound connections attempted", l.dials),
+        ];
+        for (name, help, v) in counters {
+            one(&mut enc, name, help, &c(v))?;
+        }
         by_label(
             &mut enc,
             "corvid_connections",
@@ -334,36 +339,22 @@ impl Collector for LiveCollector {
                 ("established", g(l.established)),
             ],
         )?;
-        one(
-            &mut enc,
-            "corvid_connections_refused",
-            "Inbound connections refused by the connection limits",
-            &c(l.refused),
-        )?;
-        one(
-            &mut enc,
-            "corvid_dials",
-            "Outbound connections attempted",
-            &c(l.dials),
-        )?;
-        one(
-            &mut enc,
-            "corvid_hash_queue_depth",
-            "Pieces queued for or being hashed",
-            &g(l.hash_queue),
-        )?;
-        one(
-            &mut enc,
-            "corvid_pieces_have",
-            "Pieces verified and held",
-            &g(l.pieces_have),
-        )?;
-        one(
-            &mut enc,
-            "corvid_pieces",
-            "Pieces in the torrent",
-            &g(l.pieces_total),
-        )?;
+        let gauges = [
+            (
+                "corvid_hash_queue_depth",
+                "Pieces queued for or being hashed",
+                l.hash_queue,
+            ),
+            (
+                "corvid_pieces_have",
+                "Pieces verified and held",
+                l.pieces_have,
+            ),
+            ("corvid_pieces", "Pieces in the torrent", l.pieces_total),
+        ];
+        for (name, help, v) in gauges {
+            one(&mut enc, name, help, &g(v))?;
+        }
         Ok(())
     }
 }
