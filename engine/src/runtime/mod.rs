@@ -46,6 +46,24 @@
 //! for the seeder, which lose on loopback and veth (the kernel copies zero-copy data
 //! delivered to a local socket).
 //!
+//! The seeder's send path, profiled (`benches/runs/2026-11-29-vm/perf/seed.txt`, 1 GiB over
+//! loopback, seeder 0.27 CPU s/GiB against iperf3's sender 0.17 in the committed runs): 83%
+//! of its samples are `tcp_sendmsg`, and 52% of all are `_copy_from_iter`, the copy of the
+//! block from the page cache into socket memory; the event loop, the protocol and
+//! io_uring together are under 8%. The batching the issue suggests is already there: one
+//! `sendmsg` gathers headers and mapped spans up to [`RuntimeConfig::send_batch`], and
+//! `perf stat` counted 3,285 io_uring requests and 1,484 context switches for the whole GiB
+//! (~650 KiB per send), so fewer submissions, completions or wake-ups have little left to
+//! take. The gap to iperf3 is the copy's source: iperf3 sends one 128 KiB buffer that stays
+//! in cache, the seeder reads each byte of a cold GiB once. Only not copying removes that,
+//! and on the two paths this machine has, not copying moves the cost to the receiver: the
+//! same day (`benches/runs/2026-11-29-vm/sendpath-loopback.txt`, `corvid-bench sendpath`,
+//! CPU s/GiB sender / receiver) copy 0.16 / 0.16, sendfile 0.09 / 0.38, `MSG_ZEROCOPY`
+//! (what `SEND_ZC` does) 0.10 / 0.50 with every send copied at delivery, so the seeder keeps
+//! `sendmsg` and the target (seeder <= iperf3 sender) is left for a host with a NIC, where
+//! a splice path (file pages into a pipe, headers written between them, one splice to the
+//! socket) is the thing to try.
+//!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
 //! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
 
