@@ -15,8 +15,9 @@
 //! runtime's module docs); otherwise the kernel receives them straight into the mapping,
 //! and receiving at most a header's worth while requests are outstanding
 //! ([`NodeTuning::header_sized_recv`](super::NodeTuning::header_sized_recv)) keeps the
-//! payload out of the buffer. Uploads are sent with `sendmsg` from the header bytes plus
-//! spans of the mapping, without copying.
+//! payload out of the buffer (with pwrite the payload goes through the buffer anyway;
+//! measured on and off there, no difference: see there). Uploads are sent with
+//! `sendmsg` from the header bytes plus spans of the mapping, without copying.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
