@@ -133,6 +133,11 @@ pub enum CloseCause<E> {
     PeerClosed,
     /// A socket error: ECONNRESET, EPIPE, ETIMEDOUT...
     Io(io::Error),
+    /// Received payload could not be written to its file (`pwrite` into a span registered
+    /// with [`crate::storage::files`] failed: a full or failing disk). Kept apart from
+    /// [`CloseCause::Io`] because it is this host's fault, not the peer's: a service
+    /// that sees it again and again should stop rather than re-request the block forever.
+    Storage(io::Error),
     /// The service refused the peer's bytes.
     Protocol(E),
     /// A single message grew past [`RuntimeConfig::max_message`] bytes.
@@ -148,6 +153,7 @@ impl<E: fmt::Display> fmt::Display for CloseCause<E> {
         match self {
             CloseCause::PeerClosed => write!(f, "peer closed the connection"),
             CloseCause::Io(e) => write!(f, "socket error: {e}"),
+            CloseCause::Storage(e) => write!(f, "storage error: {e}"),
             CloseCause::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseCause::MessageTooLarge(n) => write!(f, "message larger than {n} bytes"),
             CloseCause::Local => write!(f, "closed locally"),
