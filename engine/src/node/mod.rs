@@ -461,8 +461,8 @@ fn start_download(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
-    use crate::runtime::{SendBuf, Service};
+    use crate::runtime::Service;
+    use crate::runtime::{ConnId, CoreIo, Direction, RecvIovecs, RecvTarget};
     use crossbeam_channel::Sender;
     use std::net::SocketAddr;
     use std::time::Duration;
@@ -498,27 +498,6 @@ mod tests {
         ) -> Result<usize, String> {
             Ok(0)
         }
-        fn on_recv_done(
-            &mut self,
-            _: &mut CoreIo<'_, ()>,
-            _: ConnId,
-            _: &mut (),
-            _: Instant,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
-            false
-        }
-        fn on_mailbox(
-            &mut self,
-            _: &mut CoreIo<'_, ()>,
-            _: &mut Conns<'_, (), String>,
-            _: (),
-            _: Instant,
-        ) {
-        }
-        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseCause<String>) {}
     }
 
     #[test]

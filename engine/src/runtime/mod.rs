@@ -193,7 +193,10 @@ pub trait Service: Send + 'static {
     }
 
     /// Where the next bytes of the stream go. Called whenever no receive is in flight.
-    fn next_recv(&mut self, conn: &mut Self::Conn, iovecs: &mut RecvIovecs<'_>) -> RecvTarget;
+    /// By default everything goes to the buffer and [`Service::on_bytes`].
+    fn next_recv(&mut self, _conn: &mut Self::Conn, _iovecs: &mut RecvIovecs<'_>) -> RecvTarget {
+        RecvTarget::Buffer { max: 0 }
+    }
 
     /// Bytes received into the buffer (target [`RecvTarget::Buffer`]): return how many were
     /// consumed; 0 means "need more". Unconsumed bytes are offered again with what follows.
@@ -206,19 +209,24 @@ pub trait Service: Send + 'static {
         now: Instant,
     ) -> Result<usize, Self::Error>;
 
-    /// The spans of a [`RecvTarget::Iovecs`] target are completely filled.
+    /// The spans of a [`RecvTarget::Iovecs`] target are completely filled. Only called
+    /// for services that return that target, so the default does nothing.
     fn on_recv_done(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        id: ConnId,
-        conn: &mut Self::Conn,
-        now: Instant,
-    ) -> Result<(), Self::Error>;
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _id: ConnId,
+        _conn: &mut Self::Conn,
+        _now: Instant,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
 
     /// Append what to send next to `out`; return `false` when there is nothing (more). Called
     /// repeatedly while no send is in flight, until `false` or the batch is full. `now` is
-    /// the time of the current batch of completions.
-    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>, now: Instant) -> bool;
+    /// the time of the current batch of completions. By default nothing is sent.
+    fn next_send(&mut self, _conn: &mut Self::Conn, _out: &mut SendBuf<'_>, _now: Instant) -> bool {
+        false
+    }
 
     /// Everything appended since the previous call was written to the socket; spans pushed
     /// into it are no longer referenced.
@@ -232,14 +240,16 @@ pub trait Service: Send + 'static {
         Ok(())
     }
 
-    /// A message from the mailbox. Every open connection is polled for sends afterwards.
+    /// A message from the mailbox. Every open connection is polled for sends afterwards
+    /// (by default that is all a message does).
     fn on_mailbox(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        conns: &mut Conns<'_, Self::Conn, Self::Error>,
-        msg: Self::Msg,
-        now: Instant,
-    );
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _conns: &mut Conns<'_, Self::Conn, Self::Error>,
+        _msg: Self::Msg,
+        _now: Instant,
+    ) {
+    }
 
     /// The periodic tick ([`RuntimeConfig::tick`]). Every open connection is polled afterwards.
     fn on_tick(
@@ -256,14 +266,16 @@ pub trait Service: Send + 'static {
     /// once when the core stops, even after a panic in the service.
     fn end_batch(&mut self) {}
 
-    /// The connection is gone and its I/O finished; `conn` is handed back for last accounting.
+    /// The connection is gone and its I/O finished; `conn` is handed back for last
+    /// accounting (by default it is just dropped).
     fn on_closed(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        id: ConnId,
-        conn: Self::Conn,
-        reason: CloseCause<Self::Error>,
-    );
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _id: ConnId,
+        _conn: Self::Conn,
+        _reason: CloseCause<Self::Error>,
+    ) {
+    }
 }
 
 /// Knobs of the runtime. `Default` gives sensible values for a BitTorrent peer.
