@@ -768,6 +768,97 @@ fn dial_refused_reports_connect_failed() {
     rt.shutdown().unwrap();
 }
 
+/// The sending side (a seeder's upload, `sendmsg` of header bytes and mapped spans)
+/// against a reader that takes its time: sends come back short while the reader's
+/// buffers are full and the remainder is sent again, and every byte read is the
+/// mapping's, in order. A reader that then stops and resets closes the connection with a
+/// socket error, and the core keeps sending to the next one.
+#[test]
+fn a_slow_reader_gets_every_byte_and_one_that_resets_mid_send_closes_the_sender() {
+    const LEN: usize = 32 << 20;
+    let (_f, src) = temp_map(LEN, Some(9));
+    let src = region(src);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    // SAFETY: nothing writes the source mapping while the test runs.
+    let sent = unsafe { std::slice::from_raw_parts(src.base.0, LEN) };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let read_header = |c: &mut TcpStream| {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut h = [0u8; 8];
+        c.read_exact(&mut h).unwrap();
+        assert_eq!(u64::from_be_bytes(h), LEN as u64);
+    };
+
+    // A reader that stops after 4 MiB (the sender's 1 MiB sends fill its buffers), then
+    // resets the connection.
+    rt.mailbox(0)
+        .unwrap()
+        .dial(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut c, _) = listener.accept().unwrap();
+    read_header(&mut c);
+    let mut got = vec![0u8; 4 << 20];
+    c.read_exact(&mut got).unwrap();
+    assert!(
+        got == sent[..4 << 20],
+        "the first 4 MiB differ from the mapping"
+    );
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
+    let r = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(c);
+    match next_ev(&events) {
+        Ev::Closed(Direction::Outbound, Closed::Io(kind)) => assert!(
+            matches!(
+                kind,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{kind:?}"
+        ),
+        ev => panic!("expected the sender closed by a socket error, got {ev:?}"),
+    }
+
+    // The core still sends: a reader taking 64 KiB at a time gets all 32 MiB, in order.
+    rt.mailbox(0)
+        .unwrap()
+        .dial(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut c, _) = listener.accept().unwrap();
+    read_header(&mut c);
+    let mut got = Vec::with_capacity(LEN);
+    let mut chunk = vec![0u8; 64 << 10];
+    while got.len() < LEN {
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got == sent, "the bytes read differ from the mapping");
+    drop(c);
+    rt.shutdown().unwrap();
+}
+
 /// State letter (R, S, D...) of the thread named `name` in this process.
 fn thread_state(name: &str) -> Option<char> {
     for t in std::fs::read_dir("/proc/self/task").ok()? {
