@@ -214,10 +214,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
                 Exit::GaveUp
             })
         }
-        Err(e) => {
-            printer.finish();
-            Err(roles::node_failure(e))
-        }
+        Err(e) => Err(printer.fail(e)),
     }
 }
 
@@ -556,13 +553,13 @@ fn release_exit(
                 None => Ok(Exit::GaveUp),
             }
         }
-        Err(e) => {
-            printer.finish();
-            match placed {
-                Some(Ok(())) => Ok(hook_exit),
-                _ => Err(roles::node_failure(e)),
+        Err(e) => match placed {
+            Some(Ok(())) => {
+                printer.finish();
+                Ok(hook_exit)
             }
-        }
+            _ => Err(printer.fail(e)),
+        },
     }
 }
 

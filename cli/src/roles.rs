@@ -66,6 +66,13 @@ pub enum NodeLine<'a> {
     MetricsListening {
         metrics_addr: SocketAddr,
     },
+    /// The node stopped with an error: `kind` is [`NodeError::kind`], `exit` the process's
+    /// exit code, `error` the message stderr also gets.
+    Failed {
+        kind: &'a str,
+        exit: u8,
+        error: &'a str,
+    },
 }
 
 impl NodeLine<'_> {
@@ -463,6 +470,23 @@ impl Printer {
             bar.finish_and_clear();
         }
     }
+
+    /// The node failed: clears the bar, says so on stdout with `--json` (a `failed` line
+    /// naming the kind of error and the exit code), and returns the failure for `main`.
+    pub fn fail(&mut self, e: NodeError) -> Failure {
+        self.finish();
+        let kind = e.kind();
+        let f = node_failure(e);
+        if self.json {
+            let error = format!("{:#}", f.error);
+            self.json_line(&NodeLine::Failed {
+                kind,
+                exit: f.code.code(),
+                error: &error,
+            });
+        }
+        f
+    }
 }
 
 /// The one human line about the start-up check of a download, or nothing for a fresh
@@ -501,6 +525,7 @@ pub fn node_failure(e: NodeError) -> Failure {
         NodeError::Stalled { .. } => Exit::GaveUp,
         NodeError::Interrupted { .. } => Exit::Interrupted,
         NodeError::Runtime(_) => Exit::Output,
+        NodeError::StorageWrite { .. } => Exit::Output,
     };
     Failure {
         code,
@@ -621,6 +646,14 @@ mod tests {
                     reason: "stalled: 40 s",
                 },
                 r#"{"event":"peer_closed","addr":"127.0.0.1:6881","reason":"stalled: 40 s"}"#,
+            ),
+            (
+                NodeLine::Failed {
+                    kind: "storage_write",
+                    exit: 4,
+                    error: "writing received payload to /d/a failed",
+                },
+                r#"{"event":"failed","kind":"storage_write","exit":4,"error":"writing received payload to /d/a failed"}"#,
             ),
             (
                 NodeLine::Done { report: &report },

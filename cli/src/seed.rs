@@ -142,9 +142,6 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             printer.report(&report);
             Ok(Exit::Ok)
         }
-        Err(e) => {
-            printer.finish();
-            Err(roles::node_failure(e))
-        }
+        Err(e) => Err(printer.fail(e)),
     }
 }

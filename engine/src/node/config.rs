@@ -40,7 +40,12 @@ pub struct NodeTuning {
     /// more than 256 files); where storage writes through the files
     /// ([`Storage::writes_through_files`](crate::storage::Storage::writes_through_files))
     /// the payload goes through the buffer anyway and the cap costs one receive per block.
-    /// Not yet measured with it off there, so it stays on.
+    /// Measured off there (only for write-through storage) against on, 1 GiB over
+    /// loopback, two interleaved rounds of `corvid-bench link --size 1GiB --runs 3
+    /// --methods iperf3,corvid` per binary (`benches/runs/2026-11-29-vm/header-sized-recv`):
+    /// peer 1.16 / 1.26 CPU s/GiB on, 1.25 / 1.16 off (iperf3's receiver 0.31 / 0.26 and
+    /// 0.21 / 0.29 in the same runs; all six runs each: median 1.20 on, 1.23 off). No
+    /// difference shows through this machine's noise, so it stays on everywhere.
     pub header_sized_recv: bool,
 }
 

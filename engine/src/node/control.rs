@@ -287,6 +287,15 @@ impl Control<'_> {
     /// seeder whose peers hold everything.
     fn finished(&self, snap: &SwarmSnapshot, stop: &StopFlag) -> Result<bool, NodeError> {
         let (have, total) = (snap.have.count(), self.cfg.lengths.piece_count());
+        if let Some(mut e) = self.shared.write_failed.lock().take() {
+            if let NodeError::StorageWrite {
+                have: h, total: t, ..
+            } = &mut e
+            {
+                (*h, *t) = (have, total);
+            }
+            return Err(e);
+        }
         if stop.is_stopped() {
             if self.cfg.mode == Mode::Download && !snap.complete {
                 return Err(NodeError::Interrupted { have, total });

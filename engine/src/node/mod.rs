@@ -94,12 +94,44 @@ pub enum NodeError {
     Stalled { secs: u64, have: u32, total: u32 },
     #[error("stopped by a signal before the download completed ({have} of {total} pieces)")]
     Interrupted { have: u32, total: u32 },
+    /// Received payload failed to reach the disk [`MAX_WRITE_FAILURES`] times in a row
+    /// (a full or failing disk): the download stops rather than re-request the same
+    /// blocks forever. Pieces verified before are kept (and recorded for a resume).
+    #[error("{failures} writes of received payload in a row failed, the last to {}; giving up ({have} of {total} pieces verified and kept): {error}", path.display())]
+    StorageWrite {
+        /// The file the last failed write went to.
+        path: std::path::PathBuf,
+        failures: u32,
+        have: u32,
+        total: u32,
+        /// The last write's error (it names the errno).
+        error: std::io::Error,
+    },
 }
+
+/// Consecutive failed writes of received payload (each closes its connection) after
+/// which a download stops with [`NodeError::StorageWrite`]. A disk that took no block in
+/// this many tries is not coming back within the download, and each try costs a
+/// reconnect and a re-request; a single transient error does not stop anything.
+pub const MAX_WRITE_FAILURES: u32 = 5;
 
 impl NodeError {
     /// Whether retrying later could help (a stall), as opposed to bad input.
     pub fn is_stall(&self) -> bool {
         matches!(self, NodeError::Stalled { .. })
+    }
+
+    /// A stable name for the kind of failure, for `--json` lines and scripts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeError::Uring(_) => "io_uring_unavailable",
+            NodeError::Storage(_) => "storage",
+            NodeError::Runtime(_) => "runtime",
+            NodeError::BadSeedData { .. } => "bad_seed_data",
+            NodeError::Stalled { .. } => "stalled",
+            NodeError::Interrupted { .. } => "interrupted",
+            NodeError::StorageWrite { .. } => "storage_write",
+        }
     }
 }
 
@@ -234,9 +266,21 @@ fn run_threads(
             on_event(&ev);
         }
     }
-    shared.storage.flush()?;
+    if let Err(e) = shared.storage.flush() {
+        // After a disk that stopped taking writes, its own error is the one to report;
+        // no record is written, as the verified pieces may not be on disk.
+        return match outcome {
+            Err(first) => {
+                on_event(&NodeEvent::Warning {
+                    message: format!("final flush failed too: {e}"),
+                });
+                Err(first)
+            }
+            Ok(_) => Err(e.into()),
+        };
+    }
     // The last record: whatever was verified until the end (an interrupted or stalled
-    // download resumes from here too).
+    // download, or one whose disk stopped taking writes, resumes from here too).
     if let Some(mut w) = keeper {
         let have = shared.door.with_swarm(|s| s.have().clone());
         // Re-stamped even without new pieces: the files' times may have moved since the
@@ -417,8 +461,8 @@ fn start_download(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{CloseCause, ConnId, Conns, CoreIo, Direction, RecvIovecs, RecvTarget};
-    use crate::runtime::{SendBuf, Service};
+    use crate::runtime::Service;
+    use crate::runtime::{ConnId, CoreIo, Direction, RecvIovecs, RecvTarget};
     use crossbeam_channel::Sender;
     use std::net::SocketAddr;
     use std::time::Duration;
@@ -454,27 +498,6 @@ mod tests {
         ) -> Result<usize, String> {
             Ok(0)
         }
-        fn on_recv_done(
-            &mut self,
-            _: &mut CoreIo<'_, ()>,
-            _: ConnId,
-            _: &mut (),
-            _: Instant,
-        ) -> Result<(), String> {
-            Ok(())
-        }
-        fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
-            false
-        }
-        fn on_mailbox(
-            &mut self,
-            _: &mut CoreIo<'_, ()>,
-            _: &mut Conns<'_, (), String>,
-            _: (),
-            _: Instant,
-        ) {
-        }
-        fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), _: CloseCause<String>) {}
     }
 
     #[test]

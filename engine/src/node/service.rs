@@ -15,8 +15,9 @@
 //! runtime's module docs); otherwise the kernel receives them straight into the mapping,
 //! and receiving at most a header's worth while requests are outstanding
 //! ([`NodeTuning::header_sized_recv`](super::NodeTuning::header_sized_recv)) keeps the
-//! payload out of the buffer. Uploads are sent with `sendmsg` from the header bytes plus
-//! spans of the mapping, without copying.
+//! payload out of the buffer (with pwrite the payload goes through the buffer anyway;
+//! measured on and off there, no difference: see there). Uploads are sent with
+//! `sendmsg` from the header bytes plus spans of the mapping, without copying.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ use crate::wire::PIECE_HEADER_LEN;
 
 use super::door::CoreLock;
 use super::shared::{is_seeder_id, keep_new_duplicate, Registered, Shared};
+use super::{NodeError, MAX_WRITE_FAILURES};
 
 /// Messages for a core's mailbox.
 #[derive(Debug)]
@@ -372,6 +374,10 @@ impl Service for PeerService {
                 .sum();
             p.done += covered;
             if p.done >= p.block.len {
+                // A block reached storage: the disk takes writes again.
+                if self.shared.write_failures.load(Ordering::Relaxed) != 0 {
+                    self.shared.write_failures.store(0, Ordering::Relaxed);
+                }
                 self.finish_payload(io, id, conn, now);
             }
         }
@@ -504,5 +510,40 @@ impl Service for PeerService {
         }
         let why = conn.reason.take().unwrap_or_else(|| reason.to_string());
         self.shared.log_close(conn.peer.addr(), &why);
+        if let CloseCause::Storage(error) = reason {
+            self.note_write_failure(&conn, error);
+        }
+    }
+}
+
+impl PeerService {
+    /// Counts a failed write of received payload; at [`MAX_WRITE_FAILURES`] in a row
+    /// hands the control loop the error that ends the download, naming the file.
+    fn note_write_failure(&self, conn: &Conn, error: std::io::Error) {
+        let failures = self.shared.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < MAX_WRITE_FAILURES {
+            return;
+        }
+        let storage = &conn.storage;
+        let file = conn.payload.as_ref().and_then(|p| {
+            let offset = p.block.offset + p.done;
+            let span = storage.spans(p.block.piece, offset, p.block.len - p.done);
+            span.into_iter().next().map(|s| s.file)
+        });
+        let path = match file.and_then(|f| storage.files().get(f)) {
+            Some(spec) => storage.root().join(&spec.path),
+            None => storage.root().to_path_buf(),
+        };
+        let mut slot = self.shared.write_failed.lock();
+        if slot.is_none() {
+            *slot = Some(NodeError::StorageWrite {
+                path,
+                failures,
+                // Filled in by the control loop, which knows the verified count.
+                have: 0,
+                total: 0,
+                error,
+            });
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,11 @@ pub(crate) struct Shared {
     pub(super) nonce_counter: AtomicU64,
     /// Where events are pushed for `--metrics-listen` (see [`super::run_with_metrics`]).
     pub(super) metrics: Option<Arc<NodeMetrics>>,
+    /// Failed writes of received payload since the last block that reached storage.
+    pub(super) write_failures: AtomicU32,
+    /// Set by a core when `write_failures` reaches [`super::MAX_WRITE_FAILURES`]; the
+    /// control loop ends the download with it.
+    pub(super) write_failed: Mutex<Option<super::NodeError>>,
 }
 
 impl Shared {
@@ -137,6 +142,8 @@ impl Shared {
             nonce_key: nonce_key(),
             nonce_counter: AtomicU64::new(0),
             metrics,
+            write_failures: AtomicU32::new(0),
+            write_failed: Mutex::new(None),
         }
     }
 

@@ -46,6 +46,24 @@
 //! for the seeder, which lose on loopback and veth (the kernel copies zero-copy data
 //! delivered to a local socket).
 //!
+//! The seeder's send path, profiled (`benches/runs/2026-11-29-vm/perf/seed.txt`, 1 GiB over
+//! loopback, seeder 0.27 CPU s/GiB against iperf3's sender 0.17 in the committed runs): 83%
+//! of its samples are `tcp_sendmsg`, and 52% of all are `_copy_from_iter`, the copy of the
+//! block from the page cache into socket memory; the event loop, the protocol and
+//! io_uring together are under 8%. The batching the issue suggests is already there: one
+//! `sendmsg` gathers headers and mapped spans up to [`RuntimeConfig::send_batch`], and
+//! `perf stat` counted 3,285 io_uring requests and 1,484 context switches for the whole GiB
+//! (~650 KiB per send), so fewer submissions, completions or wake-ups have little left to
+//! take. The gap to iperf3 is the copy's source: iperf3 sends one 128 KiB buffer that stays
+//! in cache, the seeder reads each byte of a cold GiB once. Only not copying removes that,
+//! and on the two paths this machine has, not copying moves the cost to the receiver: the
+//! same day (`benches/runs/2026-11-29-vm/sendpath-loopback.txt`, `corvid-bench sendpath`,
+//! CPU s/GiB sender / receiver) copy 0.16 / 0.16, sendfile 0.09 / 0.38, `MSG_ZEROCOPY`
+//! (what `SEND_ZC` does) 0.10 / 0.50 with every send copied at delivery, so the seeder keeps
+//! `sendmsg` and the target (seeder <= iperf3 sender) is left for a host with a NIC, where
+//! a splice path (file pages into a pipe, headers written between them, one splice to the
+//! socket) is the thing to try.
+//!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
 //! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
 
@@ -115,6 +133,11 @@ pub enum CloseCause<E> {
     PeerClosed,
     /// A socket error: ECONNRESET, EPIPE, ETIMEDOUT...
     Io(io::Error),
+    /// Received payload could not be written to its file (`pwrite` into a span registered
+    /// with [`crate::storage::files`] failed: a full or failing disk). Kept apart from
+    /// [`CloseCause::Io`] because it is this host's fault, not the peer's: a service
+    /// that sees it again and again should stop rather than re-request the block forever.
+    Storage(io::Error),
     /// The service refused the peer's bytes.
     Protocol(E),
     /// A single message grew past [`RuntimeConfig::max_message`] bytes.
@@ -130,6 +153,7 @@ impl<E: fmt::Display> fmt::Display for CloseCause<E> {
         match self {
             CloseCause::PeerClosed => write!(f, "peer closed the connection"),
             CloseCause::Io(e) => write!(f, "socket error: {e}"),
+            CloseCause::Storage(e) => write!(f, "storage error: {e}"),
             CloseCause::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseCause::MessageTooLarge(n) => write!(f, "message larger than {n} bytes"),
             CloseCause::Local => write!(f, "closed locally"),
@@ -169,7 +193,10 @@ pub trait Service: Send + 'static {
     }
 
     /// Where the next bytes of the stream go. Called whenever no receive is in flight.
-    fn next_recv(&mut self, conn: &mut Self::Conn, iovecs: &mut RecvIovecs<'_>) -> RecvTarget;
+    /// By default everything goes to the buffer and [`Service::on_bytes`].
+    fn next_recv(&mut self, _conn: &mut Self::Conn, _iovecs: &mut RecvIovecs<'_>) -> RecvTarget {
+        RecvTarget::Buffer { max: 0 }
+    }
 
     /// Bytes received into the buffer (target [`RecvTarget::Buffer`]): return how many were
     /// consumed; 0 means "need more". Unconsumed bytes are offered again with what follows.
@@ -182,19 +209,24 @@ pub trait Service: Send + 'static {
         now: Instant,
     ) -> Result<usize, Self::Error>;
 
-    /// The spans of a [`RecvTarget::Iovecs`] target are completely filled.
+    /// The spans of a [`RecvTarget::Iovecs`] target are completely filled. Only called
+    /// for services that return that target, so the default does nothing.
     fn on_recv_done(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        id: ConnId,
-        conn: &mut Self::Conn,
-        now: Instant,
-    ) -> Result<(), Self::Error>;
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _id: ConnId,
+        _conn: &mut Self::Conn,
+        _now: Instant,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
 
     /// Append what to send next to `out`; return `false` when there is nothing (more). Called
     /// repeatedly while no send is in flight, until `false` or the batch is full. `now` is
-    /// the time of the current batch of completions.
-    fn next_send(&mut self, conn: &mut Self::Conn, out: &mut SendBuf<'_>, now: Instant) -> bool;
+    /// the time of the current batch of completions. By default nothing is sent.
+    fn next_send(&mut self, _conn: &mut Self::Conn, _out: &mut SendBuf<'_>, _now: Instant) -> bool {
+        false
+    }
 
     /// Everything appended since the previous call was written to the socket; spans pushed
     /// into it are no longer referenced.
@@ -208,14 +240,16 @@ pub trait Service: Send + 'static {
         Ok(())
     }
 
-    /// A message from the mailbox. Every open connection is polled for sends afterwards.
+    /// A message from the mailbox. Every open connection is polled for sends afterwards
+    /// (by default that is all a message does).
     fn on_mailbox(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        conns: &mut Conns<'_, Self::Conn, Self::Error>,
-        msg: Self::Msg,
-        now: Instant,
-    );
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _conns: &mut Conns<'_, Self::Conn, Self::Error>,
+        _msg: Self::Msg,
+        _now: Instant,
+    ) {
+    }
 
     /// The periodic tick ([`RuntimeConfig::tick`]). Every open connection is polled afterwards.
     fn on_tick(
@@ -232,14 +266,16 @@ pub trait Service: Send + 'static {
     /// once when the core stops, even after a panic in the service.
     fn end_batch(&mut self) {}
 
-    /// The connection is gone and its I/O finished; `conn` is handed back for last accounting.
+    /// The connection is gone and its I/O finished; `conn` is handed back for last
+    /// accounting (by default it is just dropped).
     fn on_closed(
         &mut self,
-        io: &mut CoreIo<'_, Self::Msg>,
-        id: ConnId,
-        conn: Self::Conn,
-        reason: CloseCause<Self::Error>,
-    );
+        _io: &mut CoreIo<'_, Self::Msg>,
+        _id: ConnId,
+        _conn: Self::Conn,
+        _reason: CloseCause<Self::Error>,
+    ) {
+    }
 }
 
 /// Knobs of the runtime. `Default` gives sensible values for a BitTorrent peer.

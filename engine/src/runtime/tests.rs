@@ -85,15 +85,6 @@ impl Service for Echo {
         conn.pending.extend_from_slice(bytes);
         Ok(bytes.len())
     }
-    fn on_recv_done(
-        &mut self,
-        _: &mut CoreIo<'_, ()>,
-        _: ConnId,
-        _: &mut EchoConn,
-        _: Instant,
-    ) -> Result<(), String> {
-        Err("echo never asks for iovecs".into())
-    }
     fn next_send(&mut self, conn: &mut EchoConn, out: &mut SendBuf<'_>, _: Instant) -> bool {
         if conn.pending.is_empty() {
             return false;
@@ -503,23 +494,28 @@ fn transfer_256_mib_mapping_to_mapping() {
     assert!(a == b, "received bytes differ from the source");
 }
 
-/// The receiving side of a download: a writable `Storage` registers its file with
-/// `storage::files`, so payload arrives through the buffer and `pwrite` rather than
-/// through the mapping; spans of 100 000 bytes cut across every buffer receive.
-#[test]
-fn transfer_into_a_storage_file_is_written_through_the_file() {
+/// A writable one-file `Storage` of `len` bytes in pieces of `piece_len` (its file is
+/// registered for pwrite, as a download's is) and a one-core runtime whose inbound
+/// connections receive into its mapping in spans of `span` bytes.
+struct IntoStorage {
+    dir: tempfile::TempDir,
+    storage: Arc<crate::storage::Storage>,
+    lengths: crate::geometry::Lengths,
+    rt: Runtime<Transfer>,
+    events: Receiver<Ev>,
+}
+
+fn into_storage(len: usize, piece_len: u64, src: Option<Region>, span: usize) -> IntoStorage {
     use crate::geometry::{BlockRef, Lengths};
     use crate::storage::{FileSpec, Storage};
-    const LEN: usize = 64 << 20;
-    let (_sf, src) = temp_map(LEN, Some(11));
-    let src = region(src);
     let dir = tempfile::tempdir().unwrap();
     let files = [FileSpec {
         path: "payload.bin".into(),
-        length: LEN as u64,
+        length: len as u64,
         pad: false,
     }];
-    let lengths = Lengths::new(LEN as u64, 1 << 20, 64).unwrap();
+    let pieces = (len as u64).div_ceil(piece_len);
+    let lengths = Lengths::new(len as u64, piece_len, pieces).unwrap();
     let storage = Arc::new(Storage::create(dir.path(), &files, lengths).unwrap());
     assert!(storage.writes_through_files());
     let mut iov = [libc::iovec {
@@ -534,97 +530,153 @@ fn transfer_into_a_storage_file_is_written_through_the_file() {
     assert_eq!(storage.block_iovecs(first, &mut iov), 1);
     let dst = Region {
         base: Base(iov[0].iov_base.cast()),
-        len: LEN,
+        len,
         _owner: storage.clone(),
     };
     let (tx, events) = crossbeam_channel::unbounded();
     let rt = Runtime::start(config(1), |_| Transfer {
         dst: Some(dst.clone()),
-        src: Some(src.clone()),
-        span: 100_000,
+        src: src.clone(),
+        span,
         events: tx.clone(),
     })
     .unwrap();
-    rt.mailbox(0)
+    IntoStorage {
+        dir,
+        storage,
+        lengths,
+        rt,
+        events,
+    }
+}
+
+/// The receiving side of a download: payload arrives through the buffer and `pwrite`
+/// rather than through the mapping; spans of 100 000 bytes cut across every buffer
+/// receive.
+#[test]
+fn transfer_into_a_storage_file_is_written_through_the_file() {
+    const LEN: usize = 64 << 20;
+    let (_sf, src) = temp_map(LEN, Some(11));
+    let src = region(src);
+    let t = into_storage(LEN, 1 << 20, Some(src.clone()), 100_000);
+    t.rt.mailbox(0)
         .unwrap()
-        .dial(rt.local_addr().unwrap())
+        .dial(t.rt.local_addr().unwrap())
         .unwrap();
-    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
-    rt.shutdown().unwrap();
+    assert_eq!(next_ev(&t.events), Ev::Received(LEN as u64));
+    t.rt.shutdown().unwrap();
     assert_eq!(
-        storage.file_writes().1,
+        t.storage.file_writes().1,
         LEN as u64,
         "every payload byte went through pwrite"
     );
     // Read back through the file, not the mapping the runtime was handed.
-    let on_disk = std::fs::read(dir.path().join("payload.bin")).unwrap();
+    let on_disk = std::fs::read(t.dir.path().join("payload.bin")).unwrap();
     // SAFETY: the runtime is stopped; nothing writes the source mapping any more.
     let sent = unsafe { std::slice::from_raw_parts(src.base.0, LEN) };
     assert!(on_disk == sent, "the file differs from the bytes sent");
     // The mapping shows the same page cache.
-    let piece = lengths.piece(5).unwrap();
+    let piece = t.lengths.piece(5).unwrap();
     let expect: [u8; 20] = {
         use sha1::Digest;
         sha1::Sha1::digest(&sent[5 << 20..6 << 20]).into()
     };
-    assert_eq!(storage.hash_piece(piece), expect);
+    assert_eq!(t.storage.hash_piece(piece), expect);
 }
 
 /// A block that trickles in (a packet or two per receive, as on a slow link) is gathered
 /// in the buffer and written with one pwrite per span, not one per receive.
 #[test]
 fn a_trickling_block_is_written_once() {
-    use crate::geometry::{BlockRef, Lengths};
-    use crate::storage::{FileSpec, Storage};
     const LEN: usize = 1 << 20;
     const SPAN: usize = 16 << 10;
-    let dir = tempfile::tempdir().unwrap();
-    let files = [FileSpec {
-        path: "payload.bin".into(),
-        length: LEN as u64,
-        pad: false,
-    }];
-    let lengths = Lengths::new(LEN as u64, 1 << 20, 1).unwrap();
-    let storage = Arc::new(Storage::create(dir.path(), &files, lengths).unwrap());
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }];
-    let first = BlockRef {
-        piece: lengths.piece(0).unwrap(),
-        offset: 0,
-        len: 1,
-    };
-    assert_eq!(storage.block_iovecs(first, &mut iov), 1);
-    let dst = Region {
-        base: Base(iov[0].iov_base.cast()),
-        len: LEN,
-        _owner: storage.clone(),
-    };
-    let (tx, events) = crossbeam_channel::unbounded();
-    let rt = Runtime::start(config(1), |_| Transfer {
-        dst: Some(dst.clone()),
-        src: None,
-        span: SPAN,
-        events: tx.clone(),
-    })
-    .unwrap();
+    let t = into_storage(LEN, 1 << 20, None, SPAN);
     let data = pattern(3, LEN);
-    let mut client = connect(rt.local_addr().unwrap());
+    let mut client = connect(t.rt.local_addr().unwrap());
     client.set_nodelay(true).unwrap();
     client.write_all(&(LEN as u64).to_be_bytes()).unwrap();
     for chunk in data.chunks(1000) {
         client.write_all(chunk).unwrap();
     }
-    assert_eq!(next_ev(&events), Ev::Received(LEN as u64));
+    assert_eq!(next_ev(&t.events), Ev::Received(LEN as u64));
     drop(client);
-    rt.shutdown().unwrap();
+    t.rt.shutdown().unwrap();
     assert_eq!(
-        storage.file_writes(),
+        t.storage.file_writes(),
         ((LEN / SPAN) as u64, LEN as u64),
         "one pwrite per span"
     );
-    assert!(std::fs::read(dir.path().join("payload.bin")).unwrap() == data);
+    assert!(std::fs::read(t.dir.path().join("payload.bin")).unwrap() == data);
+}
+
+/// A payload file that refuses the write (here: registered with a descriptor open for
+/// reading only, so pwrite fails with EBADF) closes the connection with
+/// `CloseCause::Storage`, not `Io`: the service must be able to tell a disk that fails
+/// from a peer that went away. The core keeps serving.
+#[test]
+fn a_failing_payload_write_closes_with_a_storage_cause() {
+    use crate::storage::files;
+    use std::os::fd::AsRawFd;
+    const LEN: usize = 1 << 20;
+    /// Dropped in field order: the registration before the descriptor and the mapping.
+    struct ReadOnly {
+        _reg: files::Registered,
+        _ro: std::fs::File,
+        _map: MmapMut,
+    }
+    let (f, mut map) = temp_map(LEN, None);
+    let ro = std::fs::File::open(f.path()).unwrap();
+    let base = Base(map.as_mut_ptr());
+    let reg = files::register(
+        map.as_ptr(),
+        LEN,
+        ro.as_raw_fd(),
+        Arc::new(files::Written::default()),
+    );
+    let dst = Region {
+        base,
+        len: LEN,
+        _owner: Arc::new(ReadOnly {
+            _reg: reg,
+            _ro: ro,
+            _map: map,
+        }),
+    };
+    let (tx, events) = crossbeam_channel::unbounded();
+    let rt = Runtime::start(config(1), |_| Transfer {
+        dst: Some(dst.clone()),
+        src: None,
+        span: 16 << 10,
+        events: tx.clone(),
+    })
+    .unwrap();
+    let addr = rt.local_addr().unwrap();
+    let mut c = connect(addr);
+    c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
+    // The server closes once the first write fails: a reset while we write is expected.
+    let _ = c.write_all(&pattern(4, LEN));
+    match next_ev(&events) {
+        Ev::Closed(Direction::Inbound, Closed::Other(why)) => assert!(
+            why.starts_with("storage error: writing received payload to its file")
+                && why.contains("os error 9"),
+            "{why}"
+        ),
+        ev => panic!("expected a storage close, got {ev:?}"),
+    }
+    // The core still serves: another connection is accepted and answered.
+    let mut c2 = connect(addr);
+    c2.write_all(&(u64::MAX).to_be_bytes()).unwrap();
+    assert_eq!(
+        next_ev(&events),
+        Ev::Closed(
+            Direction::Inbound,
+            Closed::Other(format!(
+                "protocol error: announced {} bytes, room for {LEN}",
+                u64::MAX
+            ))
+        )
+    );
+    rt.shutdown().unwrap();
 }
 
 #[test]
@@ -713,6 +765,97 @@ fn dial_refused_reports_connect_failed() {
         next_ev(&events),
         Ev::ConnectFailed(io::ErrorKind::ConnectionRefused)
     );
+    rt.shutdown().unwrap();
+}
+
+/// The sending side (a seeder's upload, `sendmsg` of header bytes and mapped spans)
+/// against a reader that takes its time: sends come back short while the reader's
+/// buffers are full and the remainder is sent again, and every byte read is the
+/// mapping's, in order. A reader that then stops and resets closes the connection with a
+/// socket error, and the core keeps sending to the next one.
+#[test]
+fn a_slow_reader_gets_every_byte_and_one_that_resets_mid_send_closes_the_sender() {
+    const LEN: usize = 32 << 20;
+    let (_f, src) = temp_map(LEN, Some(9));
+    let src = region(src);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.listen = None;
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 4096,
+        events: tx.clone(),
+    })
+    .unwrap();
+    // SAFETY: nothing writes the source mapping while the test runs.
+    let sent = unsafe { std::slice::from_raw_parts(src.base.0, LEN) };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let read_header = |c: &mut TcpStream| {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut h = [0u8; 8];
+        c.read_exact(&mut h).unwrap();
+        assert_eq!(u64::from_be_bytes(h), LEN as u64);
+    };
+
+    // A reader that stops after 4 MiB (the sender's 1 MiB sends fill its buffers), then
+    // resets the connection.
+    rt.mailbox(0)
+        .unwrap()
+        .dial(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut c, _) = listener.accept().unwrap();
+    read_header(&mut c);
+    let mut got = vec![0u8; 4 << 20];
+    c.read_exact(&mut got).unwrap();
+    assert!(
+        got == sent[..4 << 20],
+        "the first 4 MiB differ from the mapping"
+    );
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
+    let r = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(c);
+    match next_ev(&events) {
+        Ev::Closed(Direction::Outbound, Closed::Io(kind)) => assert!(
+            matches!(
+                kind,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{kind:?}"
+        ),
+        ev => panic!("expected the sender closed by a socket error, got {ev:?}"),
+    }
+
+    // The core still sends: a reader taking 64 KiB at a time gets all 32 MiB, in order.
+    rt.mailbox(0)
+        .unwrap()
+        .dial(listener.local_addr().unwrap())
+        .unwrap();
+    let (mut c, _) = listener.accept().unwrap();
+    read_header(&mut c);
+    let mut got = Vec::with_capacity(LEN);
+    let mut chunk = vec![0u8; 64 << 10];
+    while got.len() < LEN {
+        let n = c.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got == sent, "the bytes read differ from the mapping");
+    drop(c);
     rt.shutdown().unwrap();
 }
 
@@ -820,9 +963,6 @@ impl Service for Hoarder {
     ) -> Option<()> {
         Some(())
     }
-    fn next_recv(&mut self, _: &mut (), _: &mut RecvIovecs<'_>) -> RecvTarget {
-        RecvTarget::Buffer { max: 0 }
-    }
     fn on_bytes(
         &mut self,
         _: &mut CoreIo<'_, ()>,
@@ -832,26 +972,6 @@ impl Service for Hoarder {
         _: Instant,
     ) -> Result<usize, String> {
         Ok(0)
-    }
-    fn on_recv_done(
-        &mut self,
-        _: &mut CoreIo<'_, ()>,
-        _: ConnId,
-        _: &mut (),
-        _: Instant,
-    ) -> Result<(), String> {
-        Ok(())
-    }
-    fn next_send(&mut self, _: &mut (), _: &mut SendBuf<'_>, _: Instant) -> bool {
-        false
-    }
-    fn on_mailbox(
-        &mut self,
-        _: &mut CoreIo<'_, ()>,
-        _: &mut Conns<'_, (), String>,
-        _: (),
-        _: Instant,
-    ) {
     }
     fn on_closed(&mut self, _: &mut CoreIo<'_, ()>, _: ConnId, _: (), reason: CloseCause<String>) {
         let _ = self.0.send(closed(&reason));

@@ -116,7 +116,7 @@ impl<S: Service> Core<S> {
                             e.rx_end,
                             &mut e.recv_iov,
                         ) {
-                            self.begin_close(slot, CloseCause::Io(err));
+                            self.begin_close(slot, CloseCause::Storage(err));
                             return;
                         }
                         if e.recv_iov.is_done() {
