@@ -17,6 +17,7 @@ use corvid_engine::deploy::fleet::{self, Batch, DeployError, DeployPlan, FleetEv
 use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
+use corvid_engine::runtime::Network;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -146,6 +147,12 @@ pub struct Args {
     /// asking the swarm [default: the one DEST/current points at].
     #[arg(long, value_name = "TAG")]
     base: Option<String>,
+    /// Run the swarm on this network (e.g. a data network beside the management one ssh
+    /// uses): each host's peer listens on, dials and announces from its own address in
+    /// CIDR (a host with none fails before it joins), and the seeder and tracker here
+    /// listen on this machine's address in CIDR [default: addresses as routed].
+    #[arg(long, value_name = "CIDR")]
+    peer_network: Option<Network>,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -678,6 +685,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         rollback_on_failure: args.rollback_on_failure,
         align: args.align,
         base: args.base,
+        peer_network: args.peer_network,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
@@ -690,7 +698,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         | DeployError::HookTimeout
         | DeployError::BatchTooLarge { .. }
         | DeployError::NeedsBatch(_)
-        | DeployError::EmptyCheck => Failure {
+        | DeployError::EmptyCheck
+        | DeployError::NotInPeerNetwork { .. } => Failure {
             code: Exit::Usage,
             error: e.into(),
         },

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ssh::{quote, quote_path, SSH_FAILED};
+use crate::runtime::Network;
 
 /// Exit codes of every corvid subcommand. The numbers are public API (scripts and the
 /// deployer read them); the order of [`Exit::ALL`] is the order of `--help`.
@@ -109,7 +110,7 @@ impl Exit {
         Some(match self {
             Exit::DataBad => "data failed verification",
             Exit::Usage => "usage error (remote corvid too old for these flags?)",
-            Exit::Input => "input error (torrent or destination)",
+            Exit::Input => "input error (torrent, destination or listen network)",
             Exit::Output => "disk or output error (exists without --force, permission, disk full)",
             Exit::GaveUp => "stalled: no progress within the stall timeout",
             Exit::Unavailable => "io_uring unavailable on the host",
@@ -169,6 +170,8 @@ pub struct PeerCommand {
     pub after_activate: Option<(String, Duration)>,
     /// `--base TAG` (else the peer reuses the release `current` points at).
     pub base: Option<String>,
+    /// `--listen-network CIDR`: the peer listens on (and dials from) its address there.
+    pub listen_network: Option<Network>,
 }
 
 impl PeerCommand {
@@ -216,6 +219,9 @@ impl PeerCommand {
         }
         if let Some(b) = &self.base {
             a.extend(["--base".into(), b.clone()]);
+        }
+        if let Some(n) = &self.listen_network {
+            a.extend(["--listen-network".into(), n.to_string()]);
         }
         a
     }
@@ -457,8 +463,14 @@ mod tests {
                 Duration::from_secs(5),
             )),
             base: Some("v0 x".into()),
+            listen_network: Some("10.98.0.0/16".parse().unwrap()),
         };
         let args = c.args();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--listen-network", "10.98.0.0/16"]),
+            "{args:?}"
+        );
         assert_eq!(
             args[..3],
             ["peer", "--release-dest", "/srv/my app'; rm -rf /"]

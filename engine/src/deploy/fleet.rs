@@ -288,6 +288,7 @@ fn run_with(
         results: v.hosts.iter().map(|_| None).collect(),
         hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
+        peer_network_addr: v.peer_network_addr,
         racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
@@ -334,6 +335,8 @@ struct Deploy<'a> {
     /// takes no part in the phases after.
     results: Vec<Option<HostResult>>,
     payload_bytes: u64,
+    /// This machine's address in `--peer-network` (without `--seeder-addr`).
+    peer_network_addr: Option<IpAddr>,
     /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
     racks: usize,
     install: InstallSummary,
@@ -363,13 +366,17 @@ impl Deploy<'_> {
             return self.end_early();
         }
         let (m, torrent) = build_torrent(self.plan, payload, &url)?;
-        let seed_cfg = seeder_config(
+        let mut seed_cfg = seeder_config(
             &m,
             payload,
             self.plan.threads,
             self.plan.secret.clone(),
             url.clone(),
         );
+        if self.plan.peer_network.is_some() {
+            // On the data network only, dialling from it too.
+            seed_cfg.listen = SocketAddr::new(addr, 0);
+        }
         let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
         let seeder_addr = SocketAddr::new(addr, seeder_port);
         on_event(&FleetEvent::Seeding {
@@ -474,7 +481,7 @@ impl Deploy<'_> {
         probes: &[Option<Probe>],
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<IpAddr, DeployError> {
-        if let Some(a) = self.plan.seeder_addr {
+        if let Some(a) = self.plan.seeder_addr.or(self.peer_network_addr) {
             return Ok(a);
         }
         let (plan, hosts) = (self.plan, &self.hosts);
@@ -667,6 +674,7 @@ mod tests {
             rollback_on_failure: false,
             align: false,
             base: None,
+            peer_network: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub(super) fn peer_command(
             .filter(|_| plan.batch.is_none())
             .map(|c| (c, plan.hook_timeout)),
         base: plan.base.clone(),
+        listen_network: plan.peer_network,
     }
     .shell();
     (cmd, stdin)
