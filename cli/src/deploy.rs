@@ -241,6 +241,8 @@ impl Display {
                 tracker,
                 hosts,
                 racks,
+                at,
+                torrent_time,
             } => {
                 if self.json {
                     print_line(&DeployLine::Seeding {
@@ -251,6 +253,8 @@ impl Display {
                         tracker,
                         hosts: *hosts,
                         racks: *racks,
+                        at_s: seconds(*at),
+                        torrent_s: seconds(*torrent_time),
                     });
                 }
                 let by_rack = match racks {
@@ -406,6 +410,9 @@ enum DeployLine<'a> {
         hosts: usize,
         #[serde(skip_serializing_if = "is_zero_usize")]
         racks: usize,
+        /// When the seeder was up (deploy clock), and the torrent's build in that.
+        at_s: Box<RawValue>,
+        torrent_s: Box<RawValue>,
     },
     Warning {
         message: &'a str,
@@ -436,6 +443,11 @@ struct HostLine<'a> {
     /// Taken from a release already on the host (omitted when none was).
     #[serde(skip_serializing_if = "is_zero")]
     bytes_reused: u64,
+    /// The host's node start to its download complete, and of that, the base fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    download_s: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reuse_s: Option<Box<RawValue>>,
     installed_corvid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid: Option<&'static str>,
@@ -466,6 +478,8 @@ impl<'a> HostLine<'a> {
             bytes_from_seeder: r.bytes_from_seeder,
             bytes_from_peers: r.bytes_from_peers,
             bytes_reused: r.bytes_reused,
+            download_s: r.download_time.map(seconds),
+            reuse_s: r.fill_time.map(seconds),
             installed_corvid: r.installed_corvid(),
             corvid: c.map(|c| c.how.label()),
             corvid_swarm_error: c.and_then(|c| match &c.how {
@@ -771,13 +785,15 @@ mod tests {
             bytes_from_seeder: 524288,
             bytes_from_peers: 0,
             bytes_reused: 6962643,
+            download_time: Some(Duration::from_millis(1100)),
+            fill_time: Some(Duration::from_millis(300)),
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,
         };
         assert_eq!(
             DeployLine::Host(HostLine::new(&h)).to_json(),
-            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"installed_corvid":false,"corvid":"present"}"#
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"download_s":1.100,"reuse_s":0.300,"installed_corvid":false,"corvid":"present"}"#
         );
         let report = FleetReport {
             hosts: vec![h],
@@ -808,6 +824,8 @@ mod tests {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             bytes_reused: 0,
+            download_time: None,
+            fill_time: None,
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,

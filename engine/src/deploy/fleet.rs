@@ -116,6 +116,11 @@ pub struct HostResult {
     pub bytes_from_peers: u64,
     /// Bytes the host took from a release it already had (`crate::reuse`).
     pub bytes_reused: u64,
+    /// Where the host's own time went, as its peer reported it: from its node's start to
+    /// the download complete, and of that, filling from the base release (`None` where
+    /// the peer did not say: no download ran, or a corvid from before these fields).
+    pub download_time: Option<Duration>,
+    pub fill_time: Option<Duration>,
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
@@ -145,6 +150,10 @@ pub enum FleetEvent {
         hosts: usize,
         /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
         racks: usize,
+        /// Since the deploy's start, and of that, building the torrent (hashing the
+        /// whole release here): where a deploy's time goes before any host downloads.
+        at: Duration,
+        torrent_time: Duration,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -365,7 +374,9 @@ impl Deploy<'_> {
         if self.over() {
             return self.end_early();
         }
+        let hashing = Instant::now();
         let (m, torrent) = build_torrent(self.plan, payload, &url)?;
+        let torrent_time = hashing.elapsed();
         let mut seed_cfg = seeder_config(
             &m,
             payload,
@@ -387,6 +398,8 @@ impl Deploy<'_> {
             tracker: url,
             hosts: self.hosts.len(),
             racks: self.racks,
+            at: self.start.elapsed(),
+            torrent_time,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
@@ -444,6 +457,8 @@ impl Deploy<'_> {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             bytes_reused: 0,
+            download_time: None,
+            fill_time: None,
             corvid: None,
             pruned: Vec::new(),
             hook: None,
@@ -577,6 +592,8 @@ impl Deploy<'_> {
                         bytes_from_seeder: end.from_seeder,
                         bytes_from_peers: end.from_peers,
                         bytes_reused: end.reused,
+                        download_time: end.download_ms.map(Duration::from_millis),
+                        fill_time: end.fill_ms.map(Duration::from_millis),
                         corvid: corvid[i].clone(),
                         pruned: end.pruned,
                         hook: end.hook,
