@@ -223,6 +223,8 @@ struct Measured {
 #[derive(Debug, Default, Clone)]
 struct Phases {
     seeder_up_s: f64,
+    /// When the hosts' checks ended (NaN from a corvid that does not say).
+    checked_s: f64,
     torrent_s: f64,
     /// Per host, in seconds.
     released: Vec<f64>,
@@ -262,10 +264,11 @@ impl Phases {
             .collect();
         let o = spread(&outside);
         format!(
-            "seeder up at {:.2}s (torrent {:.2}s of it); per host (min/median/max): base fill \
+            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s); per host (min/median/max): base fill \
              {:.2}/{:.2}/{:.2}s, node after the fill (start-up, swarm) {:.2}/{:.2}/{:.2}s, \
              node {:.2}/{:.2}/{:.2}s, outside the node after the seeder was up (ssh, torrent, \
              check, place) {:.2}/{:.2}/{:.2}s; released {:.2}-{:.2}s",
+            self.checked_s,
             self.seeder_up_s,
             self.torrent_s,
             f.0,
@@ -289,6 +292,7 @@ impl Phases {
         let arr = |v: &[f64]| Json::Arr(v.iter().map(|x| Json::from(*x)).collect());
         Json::obj()
             .with("seeder_up_s", self.seeder_up_s)
+            .with("checked_s", self.checked_s)
             .with("torrent_s", self.torrent_s)
             .with("released_s", arr(&self.released))
             .with("download_s", arr(&self.download))
@@ -384,6 +388,7 @@ fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
         match v.get("event").and_then(|e| e.as_str()) {
             Some("seeding") => {
                 phases.seeder_up_s = f(&v, "at_s").unwrap_or(f64::NAN);
+                phases.checked_s = f(&v, "checked_s").unwrap_or(f64::NAN);
                 phases.torrent_s = f(&v, "torrent_s").unwrap_or(f64::NAN);
             }
             Some("host") => {
@@ -604,7 +609,7 @@ mod tests {
     #[test]
     fn a_deploys_lines_become_its_phases() {
         let out = [
-            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"torrent_s":0.400}"#,
+            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"checked_s":2.450,"torrent_s":0.400}"#,
             r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.000,"bytes_from_seeder":100,"bytes_from_peers":20,"bytes_reused":900,"download_s":3.000,"reuse_s":1.000}"#,
             r#"{"event":"host","host":"h2","result":"deployed","duration_s":7.000,"bytes_from_seeder":0,"bytes_from_peers":120,"bytes_reused":900,"download_s":4.000,"reuse_s":2.500}"#,
             r#"{"event":"summary","seeder_uploaded":130}"#,
@@ -616,7 +621,7 @@ mod tests {
         assert_eq!(p.fill, vec![1.0, 2.5]);
         let line = p.line();
         assert!(
-            line.starts_with("seeder up at 2.50s (torrent 0.40s of it); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
+            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
             "{line}"
         );
         // Outside the node: 6 - 2.5 - 3 and 7 - 2.5 - 4.

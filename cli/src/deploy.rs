@@ -242,6 +242,7 @@ impl Display {
                 hosts,
                 racks,
                 at,
+                checked,
                 torrent_time,
             } => {
                 if self.json {
@@ -254,6 +255,7 @@ impl Display {
                         hosts: *hosts,
                         racks: *racks,
                         at_s: seconds(*at),
+                        checked_s: seconds(*checked),
                         torrent_s: seconds(*torrent_time),
                     });
                 }
@@ -410,8 +412,10 @@ enum DeployLine<'a> {
         hosts: usize,
         #[serde(skip_serializing_if = "is_zero_usize")]
         racks: usize,
-        /// When the seeder was up (deploy clock), and the torrent's build in that.
+        /// When the seeder was up and the hosts' checks ended (deploy clock), and how
+        /// long the torrent's build took (beside the checks where it could).
         at_s: Box<RawValue>,
+        checked_s: Box<RawValue>,
         torrent_s: Box<RawValue>,
     },
     Warning {

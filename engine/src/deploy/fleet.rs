@@ -13,7 +13,8 @@
 //! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
 //!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
 //!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
-//! 5. The torrent is built here, the embedded tracker and the seeder start in this
+//! 5. The torrent is built here (hashed on a thread during steps 2-4 when the seeder's
+//!    address is known before them), the embedded tracker and the seeder start in this
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
 //! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
@@ -150,9 +151,11 @@ pub enum FleetEvent {
         hosts: usize,
         /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
         racks: usize,
-        /// Since the deploy's start, and of that, building the torrent (hashing the
-        /// whole release here): where a deploy's time goes before any host downloads.
+        /// Since the deploy's start: the seeder up, and the hosts checked; and how long
+        /// building the torrent (hashing the whole release here) took, which runs beside
+        /// the checks where the seeder's address is known before them.
         at: Duration,
+        checked: Duration,
         torrent_time: Duration,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
@@ -360,7 +363,27 @@ impl Deploy<'_> {
         tracker: &TrackerServer,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<FleetReport, DeployError> {
-        let probes = self.check_phase(local, on_event);
+        // The torrent is hashed while the hosts are checked (ssh handshakes: seconds for
+        // a fleet), wherever the tracker's address is known before the probes: nearly
+        // always (`--seeder-addr`, `--peer-network`, or the route to the first host).
+        let early = self.early_seeder_addr();
+        let port = tracker.local_addr().port();
+        let plan = self.plan;
+        let (probes, prebuilt) = std::thread::scope(|s| {
+            let build = early.map(|a| {
+                s.spawn(move || {
+                    let url = format!("http://{}/announce", SocketAddr::new(a, port));
+                    let t = Instant::now();
+                    (a, build_torrent(plan, payload, &url), t.elapsed())
+                })
+            });
+            let probes = self.check_phase(local, on_event);
+            (
+                probes,
+                build.map(|b| b.join().expect("hashing does not panic")),
+            )
+        });
+        let checked = self.start.elapsed();
         if self.over() {
             return self.end_early();
         }
@@ -374,9 +397,14 @@ impl Deploy<'_> {
         if self.over() {
             return self.end_early();
         }
-        let hashing = Instant::now();
-        let (m, torrent) = build_torrent(self.plan, payload, &url)?;
-        let torrent_time = hashing.elapsed();
+        let ((m, torrent), torrent_time) = match prebuilt {
+            // Built for the address chosen after all (the probes only cross-check it).
+            Some((a, built, took)) if a == addr => (built?, took),
+            _ => {
+                let t = Instant::now();
+                (build_torrent(self.plan, payload, &url)?, t.elapsed())
+            }
+        };
         let mut seed_cfg = seeder_config(
             &m,
             payload,
@@ -399,6 +427,7 @@ impl Deploy<'_> {
             hosts: self.hosts.len(),
             racks: self.racks,
             at: self.start.elapsed(),
+            checked,
             torrent_time,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
@@ -488,6 +517,19 @@ impl Deploy<'_> {
             }
         }
         probes
+    }
+
+    /// The seeder's address as far as it is known before the check phase: given, or this
+    /// machine's route to the first host, which [`Self::seeder_addr`] picks too unless
+    /// that host fails its check (then the torrent is built again for the other).
+    fn early_seeder_addr(&self) -> Option<IpAddr> {
+        self.plan
+            .seeder_addr
+            .or(self.peer_network_addr)
+            .or_else(|| {
+                let first = self.hosts.first()?;
+                self.plan.ssh.resolve(first).and_then(routed_from)
+            })
     }
 
     /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts.
