@@ -61,6 +61,42 @@ pub struct DeltaArgs {
     /// mkfs.xfs and loop devices).
     #[arg(long)]
     pub xfs: bool,
+    /// Only draw DIR/chart.svg from the DIR/results.json of an earlier run, and exit.
+    #[arg(long, value_name = "DIR")]
+    pub chart: Option<PathBuf>,
+}
+
+/// The run's chart: each shape's wall times by method, from its results.json.
+fn chart(doc: &Json) -> Result<String> {
+    let num = |k: &str| doc.get(k).and_then(Json::as_f64).unwrap_or(f64::NAN);
+    let rate = doc.get("rate").and_then(Json::as_str).unwrap_or("?");
+    let mut groups: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    let Some(Json::Arr(results)) = doc.get("results") else {
+        bail!("results.json has no results");
+    };
+    for r in results {
+        let shape = r
+            .get("shape")
+            .and_then(Json::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let method = r
+            .get("method")
+            .and_then(Json::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let secs = r.get("seconds").and_then(Json::as_f64).unwrap_or(f64::NAN);
+        match groups.iter_mut().find(|g| g.0 == shape) {
+            Some(g) => g.1.push((method, secs)),
+            None => groups.push((shape, vec![(method, secs)])),
+        }
+    }
+    let title = format!(
+        "delta: {} to {} hosts at {rate}, 1% changed (files: 200 files; block: one file)",
+        units::fmt_bytes(num("size") as u64),
+        num("peers")
+    );
+    Ok(crate::svg::delta_chart(&title, &groups))
 }
 
 /// The per-host XFS images, mounted at `DISK/xfs` in each host's mount namespace;
@@ -505,6 +541,17 @@ fn check_hosts(fleet: &Fleet, got: &str, want: &Path) -> Result<()> {
 }
 
 pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
+    if let Some(dir) = &a.chart {
+        let text = std::fs::read_to_string(dir.join("results.json"))
+            .with_context(|| format!("reading {}/results.json", dir.display()))?;
+        let doc = json::parse(&text).map_err(|e| anyhow::anyhow!("results.json: {e}"))?;
+        std::fs::write(dir.join("chart.svg"), chart(&doc)?)?;
+        eprintln!("delta: chart in {}", dir.join("chart.svg").display());
+        return Ok(crate::Outcome {
+            failed: Vec::new(),
+            data_loss: Vec::new(),
+        });
+    }
     let corvid = crate::corvid::locate(&a.corvid)?;
     let script = match &a.fleet_script {
         Some(p) => p.clone(),
@@ -595,6 +642,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
             Json::Arr(results.iter().map(Measured::json).collect()),
         );
     std::fs::write(out.join("results.json"), doc.pretty())?;
+    std::fs::write(out.join("chart.svg"), chart(&doc)?)?;
     eprintln!("delta: results in {}", out.display());
     Ok(crate::Outcome {
         failed: Vec::new(),
