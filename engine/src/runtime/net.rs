@@ -135,6 +135,15 @@ pub fn outbound_socket(to: &SocketAddr, from: Option<IpAddr>) -> io::Result<Owne
     if !routes_from(from, to) {
         return Ok(fd);
     }
+    // The port is picked at connect, per destination, as for an unbound socket: bound
+    // with port 0 alone, every dial would take a port of its own for the address and a
+    // busy node could run out of them. (Only that is lost where the kernel refuses it.)
+    let _ = set_int_opt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    );
     let raw = RawAddr::from_std(SocketAddr::new(from, 0));
     // SAFETY: `raw` is a valid sockaddr of `raw.len` bytes for the duration of the call.
     match check(unsafe { libc::bind(fd.as_raw_fd(), raw.as_ptr(), raw.len) }) {
@@ -372,7 +381,11 @@ mod tests {
         let to = listener.local_addr().unwrap();
         let from: IpAddr = "127.0.0.2".parse().unwrap();
         let fd = outbound_socket(&to, Some(from)).unwrap();
-        assert_eq!(local_addr(fd.as_raw_fd()).unwrap().ip(), from);
+        // Bound to the address, the port left to the connect.
+        assert_eq!(
+            local_addr(fd.as_raw_fd()).unwrap(),
+            SocketAddr::new(from, 0)
+        );
         // Unspecified and other-family addresses leave the socket to the route.
         for other in ["0.0.0.0", "::1"] {
             let fd = outbound_socket(&to, Some(other.parse().unwrap())).unwrap();
