@@ -61,6 +61,42 @@ pub struct DeltaArgs {
     /// mkfs.xfs and loop devices).
     #[arg(long)]
     pub xfs: bool,
+    /// Only draw DIR/chart.svg from the DIR/results.json of an earlier run, and exit.
+    #[arg(long, value_name = "DIR")]
+    pub chart: Option<PathBuf>,
+}
+
+/// The run's chart: each shape's wall times by method, from its results.json.
+fn chart(doc: &Json) -> Result<String> {
+    let num = |k: &str| doc.get(k).and_then(Json::as_f64).unwrap_or(f64::NAN);
+    let rate = doc.get("rate").and_then(Json::as_str).unwrap_or("?");
+    let mut groups: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    let Some(Json::Arr(results)) = doc.get("results") else {
+        bail!("results.json has no results");
+    };
+    for r in results {
+        let shape = r
+            .get("shape")
+            .and_then(Json::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let method = r
+            .get("method")
+            .and_then(Json::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let secs = r.get("seconds").and_then(Json::as_f64).unwrap_or(f64::NAN);
+        match groups.iter_mut().find(|g| g.0 == shape) {
+            Some(g) => g.1.push((method, secs)),
+            None => groups.push((shape, vec![(method, secs)])),
+        }
+    }
+    let title = format!(
+        "delta: {} to {} hosts at {rate}, 1% changed (files: 200 files; block: one file)",
+        units::fmt_bytes(num("size") as u64),
+        num("peers")
+    );
+    Ok(crate::svg::delta_chart(&title, &groups))
 }
 
 /// The per-host XFS images, mounted at `DISK/xfs` in each host's mount namespace;
@@ -211,6 +247,93 @@ struct Measured {
     reused_bytes: u64,
     /// corvid: what the seeder uploaded.
     seeder_bytes: u64,
+    /// corvid: where the time went, from the deploy's own lines.
+    phases: Option<Phases>,
+}
+
+/// A corvid deploy's time by phase: the deployer's (probes and ssh, then hashing the
+/// release for the torrent) until its seeder is up, then each host's: its node's time to
+/// the download complete (start-up, the base fill, the swarm), the base fill in it, and
+/// the rest of its time after the seeder was up (ssh session, torrent receive, the check
+/// of an existing release, placing the release).
+#[derive(Debug, Default, Clone)]
+struct Phases {
+    seeder_up_s: f64,
+    /// When the hosts' checks ended (NaN from a corvid that does not say).
+    checked_s: f64,
+    torrent_s: f64,
+    /// Per host, in seconds.
+    released: Vec<f64>,
+    download: Vec<f64>,
+    fill: Vec<f64>,
+}
+
+/// (min, median, max) of `v`; NaN when empty.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => (f64::NAN, f64::NAN, f64::NAN),
+        n => (s[0], s[n / 2], s[n - 1]),
+    }
+}
+
+impl Phases {
+    fn line(&self) -> String {
+        let r = spread(&self.released);
+        let d = spread(&self.download);
+        let f = spread(&self.fill);
+        // Swarm and start-up: the node's time less its fill, per host.
+        let swarm: Vec<f64> = self
+            .download
+            .iter()
+            .zip(&self.fill)
+            .map(|(d, f)| d - f)
+            .collect();
+        let s = spread(&swarm);
+        // Outside the node: released (deploy clock) - seeder up - node time.
+        let outside: Vec<f64> = self
+            .released
+            .iter()
+            .zip(&self.download)
+            .map(|(r, d)| r - self.seeder_up_s - d)
+            .collect();
+        let o = spread(&outside);
+        format!(
+            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s); per host (min/median/max): base fill \
+             {:.2}/{:.2}/{:.2}s, node after the fill (start-up, swarm) {:.2}/{:.2}/{:.2}s, \
+             node {:.2}/{:.2}/{:.2}s, outside the node after the seeder was up (ssh, torrent, \
+             check, place) {:.2}/{:.2}/{:.2}s; released {:.2}-{:.2}s",
+            self.checked_s,
+            self.seeder_up_s,
+            self.torrent_s,
+            f.0,
+            f.1,
+            f.2,
+            s.0,
+            s.1,
+            s.2,
+            d.0,
+            d.1,
+            d.2,
+            o.0,
+            o.1,
+            o.2,
+            r.0,
+            r.2
+        )
+    }
+
+    fn json(&self) -> Json {
+        let arr = |v: &[f64]| Json::Arr(v.iter().map(|x| Json::from(*x)).collect());
+        Json::obj()
+            .with("seeder_up_s", self.seeder_up_s)
+            .with("checked_s", self.checked_s)
+            .with("torrent_s", self.torrent_s)
+            .with("released_s", arr(&self.released))
+            .with("download_s", arr(&self.download))
+            .with("reuse_s", arr(&self.fill))
+    }
 }
 
 fn json_u64(v: &Json, k: &str) -> u64 {
@@ -226,11 +349,17 @@ impl Measured {
             .with("wire_bytes", self.wire_bytes)
             .with("reused_bytes", self.reused_bytes)
             .with("seeder_bytes", self.seeder_bytes)
+            .with(
+                "phases",
+                self.phases.as_ref().map_or(Json::Null, Phases::json),
+            )
     }
 }
 
-/// `corvid deploy` from h0 to every host (`remote`: corvid on the hosts); returns
-/// (seconds, wire, reused, seeder).
+/// What one corvid deploy measured: seconds, wire, reused, seeder bytes, phases.
+type Deployed = (f64, u64, u64, u64, Phases);
+
+/// `corvid deploy` from h0 to every host (`remote`: corvid on the hosts).
 fn corvid_deploy(
     fleet: &Fleet,
     (corvid, remote): (&Path, &Path),
@@ -238,7 +367,7 @@ fn corvid_deploy(
     dest: &str,
     tag: &str,
     align: bool,
-) -> Result<(f64, u64, u64, u64)> {
+) -> Result<Deployed> {
     let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
     let mut argv: Vec<String> = vec![
         corvid.display().to_string(),
@@ -279,21 +408,41 @@ fn corvid_deploy(
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let (wire, reused, seeder, phases) = read_deploy_lines(&stdout);
+    Ok((secs, wire, reused, seeder, phases))
+}
+
+/// A deploy's `--json` output: (wire, reused, seeder bytes, phases).
+fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
     let (mut wire, mut reused, mut seeder) = (0, 0, 0);
+    let mut phases = Phases::default();
+    let f = |v: &Json, k: &str| v.get(k).and_then(Json::as_f64);
     for line in stdout.lines() {
         let Ok(v) = json::parse(line) else {
             continue;
         };
         match v.get("event").and_then(|e| e.as_str()) {
+            Some("seeding") => {
+                phases.seeder_up_s = f(&v, "at_s").unwrap_or(f64::NAN);
+                phases.checked_s = f(&v, "checked_s").unwrap_or(f64::NAN);
+                phases.torrent_s = f(&v, "torrent_s").unwrap_or(f64::NAN);
+            }
             Some("host") => {
                 wire += json_u64(&v, "bytes_from_seeder") + json_u64(&v, "bytes_from_peers");
                 reused += json_u64(&v, "bytes_reused");
+                phases
+                    .released
+                    .push(f(&v, "duration_s").unwrap_or(f64::NAN));
+                phases
+                    .download
+                    .push(f(&v, "download_s").unwrap_or(f64::NAN));
+                phases.fill.push(f(&v, "reuse_s").unwrap_or(0.0));
             }
             Some("summary") => seeder = json_u64(&v, "seeder_uploaded"),
             _ => {}
         }
     }
-    Ok((secs, wire, reused, seeder))
+    (wire, reused, seeder, phases)
 }
 
 /// One shape: a full deploy of v1 (the reference), the delta deploy of v2 from it, and
@@ -310,7 +459,7 @@ fn measure_shape(
     let dest = format!("{disk}/{shape}-app");
     let rs = format!("{disk}/{shape}-rsync");
     let mut results = Vec::new();
-    let (s, w, r, sd) = corvid_deploy(fleet, bins, v1, &dest, "v1", align)?;
+    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, v1, &dest, "v1", align)?;
     results.push(Measured {
         shape,
         method: "corvid full deploy (v1)",
@@ -318,11 +467,12 @@ fn measure_shape(
         wire_bytes: w,
         reused_bytes: r,
         seeder_bytes: sd,
+        phases: Some(ph),
     });
     crate::fleet_deploy::on_hosts(fleet, "copy v1 for rsync", |_| {
         format!("mkdir -p '{rs}' && cp -a '{}/.' '{rs}'", v1.display())
     })?;
-    let (s, w, r, sd) = corvid_deploy(fleet, bins, v2, &dest, "v2", align)?;
+    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, v2, &dest, "v2", align)?;
     check_hosts(fleet, &format!("{dest}/releases/v2"), v2)?;
     results.push(Measured {
         shape,
@@ -331,6 +481,7 @@ fn measure_shape(
         wire_bytes: w,
         reused_bytes: r,
         seeder_bytes: sd,
+        phases: Some(ph),
     });
     let (s, w) = rsync_all(fleet, v2, &rs)?;
     check_hosts(fleet, &rs, v2)?;
@@ -341,6 +492,7 @@ fn measure_shape(
         wire_bytes: w,
         reused_bytes: 0,
         seeder_bytes: w,
+        phases: None,
     });
     crate::fleet_deploy::on_hosts(fleet, "free the shape's directories", |_| {
         format!("rm -rf '{dest}' '{rs}'")
@@ -389,6 +541,17 @@ fn check_hosts(fleet: &Fleet, got: &str, want: &Path) -> Result<()> {
 }
 
 pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
+    if let Some(dir) = &a.chart {
+        let text = std::fs::read_to_string(dir.join("results.json"))
+            .with_context(|| format!("reading {}/results.json", dir.display()))?;
+        let doc = json::parse(&text).map_err(|e| anyhow::anyhow!("results.json: {e}"))?;
+        std::fs::write(dir.join("chart.svg"), chart(&doc)?)?;
+        eprintln!("delta: chart in {}", dir.join("chart.svg").display());
+        return Ok(crate::Outcome {
+            failed: Vec::new(),
+            data_loss: Vec::new(),
+        });
+    }
     let corvid = crate::corvid::locate(&a.corvid)?;
     let script = match &a.fleet_script {
         Some(p) => p.clone(),
@@ -452,6 +615,9 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
                 units::fmt_bytes(m.wire_bytes),
                 units::fmt_bytes(m.reused_bytes)
             );
+            if let Some(p) = &m.phases {
+                eprintln!("    {}", p.line());
+            }
         }
         results.extend(ms);
     }
@@ -476,9 +642,40 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
             Json::Arr(results.iter().map(Measured::json).collect()),
         );
     std::fs::write(out.join("results.json"), doc.pretty())?;
+    std::fs::write(out.join("chart.svg"), chart(&doc)?)?;
     eprintln!("delta: results in {}", out.display());
     Ok(crate::Outcome {
         failed: Vec::new(),
         data_loss: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deploys_lines_become_its_phases() {
+        let out = [
+            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"checked_s":2.450,"torrent_s":0.400}"#,
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.000,"bytes_from_seeder":100,"bytes_from_peers":20,"bytes_reused":900,"download_s":3.000,"reuse_s":1.000}"#,
+            r#"{"event":"host","host":"h2","result":"deployed","duration_s":7.000,"bytes_from_seeder":0,"bytes_from_peers":120,"bytes_reused":900,"download_s":4.000,"reuse_s":2.500}"#,
+            r#"{"event":"summary","seeder_uploaded":130}"#,
+        ]
+        .join("\n");
+        let (wire, reused, seeder, p) = read_deploy_lines(&out);
+        assert_eq!((wire, reused, seeder), (240, 1800, 130));
+        assert_eq!((p.seeder_up_s, p.torrent_s), (2.5, 0.4));
+        assert_eq!(p.fill, vec![1.0, 2.5]);
+        let line = p.line();
+        assert!(
+            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
+            "{line}"
+        );
+        // Outside the node: 6 - 2.5 - 3 and 7 - 2.5 - 4.
+        assert!(
+            line.contains("check, place) 0.50/0.50/0.50s; released 6.00-7.00s"),
+            "{line}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Hand-written SVG charts (no plotting dependency): for `fleet`, completion time
 //! against fleet size per method with the physical lower bound S/C as a dashed line;
-//! for `link`, median throughput per method as bars with min–max whiskers.
+//! for `link`, median throughput per method as bars with min–max whiskers; for `delta`,
+//! each shape's wall times side by side (corvid full, corvid delta, rsync delta).
 
 use std::fmt::Write as _;
 
@@ -314,9 +315,103 @@ pub fn link_chart(title: &str, bars: &[(String, f64, f64, f64)], failed: &[Strin
     out
 }
 
+/// `delta`: per shape (a group), one bar per method in seconds, the bar's label above it.
+/// `groups`: (shape, [(method, seconds)]); methods keep their colour across groups.
+pub fn delta_chart(title: &str, groups: &[(String, Vec<(String, f64)>)]) -> String {
+    let mut out = String::new();
+    header(&mut out, title);
+    let ymax_raw = groups
+        .iter()
+        .flat_map(|g| g.1.iter().map(|b| b.1))
+        .fold(0.0, f64::max);
+    let (ymax, ystep) = nice_axis(ymax_raw * 1.1);
+    let pw = W - LEFT - RIGHT;
+    let ph = H - TOP - BOTTOM;
+    let sy = |y: f64| TOP + ph - y / ymax * ph;
+    y_axis(
+        &mut out,
+        ymax,
+        ystep,
+        "wall time until every host holds it, s",
+    );
+    let mut methods: Vec<String> = Vec::new();
+    let slot = pw / groups.len().max(1) as f64;
+    for (g, (shape, bars)) in groups.iter().enumerate() {
+        let w = slot * 0.8 / bars.len().max(1) as f64;
+        for (i, (method, secs)) in bars.iter().enumerate() {
+            let k = methods.iter().position(|m| m == method).unwrap_or_else(|| {
+                methods.push(method.clone());
+                methods.len() - 1
+            });
+            let color = COLORS[k % COLORS.len()];
+            let x = LEFT + slot * g as f64 + slot * 0.1 + w * i as f64;
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{}, {}: {secs:.2} s</title></rect><text x="{:.1}" y="{:.1}" text-anchor="middle">{secs:.1}</text>"#,
+                sy(*secs),
+                w * 0.9,
+                (sy(0.0) - sy(*secs)).max(0.0),
+                esc(shape),
+                esc(method),
+                x + w * 0.45,
+                sy(*secs) - 4.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + slot * g as f64 + slot / 2.0,
+            TOP + ph + 18.0,
+            esc(shape)
+        );
+    }
+    let items: Vec<(String, String, bool)> = methods
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.clone(), COLORS[k % COLORS.len()].to_string(), false))
+        .collect();
+    legend(&mut out, &items);
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_chart_groups_shapes_and_keeps_method_colours() {
+        let s = delta_chart(
+            "delta <x>",
+            &[
+                (
+                    "files".into(),
+                    vec![("corvid delta".into(), 9.5), ("rsync".into(), 4.0)],
+                ),
+                (
+                    "block".into(),
+                    vec![("corvid delta".into(), 9.7), ("rsync".into(), 8.1)],
+                ),
+            ],
+        );
+        assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
+        assert!(s.contains("delta &lt;x&gt;"));
+        assert_eq!(
+            s.matches("<rect x=").count(),
+            4,
+            "a bar per shape and method: {s}"
+        );
+        assert!(s.contains("files, rsync: 4.00 s") && s.contains("block, corvid delta: 9.70 s"));
+        // One colour per method, in both groups.
+        let fill = |t: &str| {
+            let i = s.find(t).unwrap();
+            let before = &s[..i];
+            let f = before.rfind("fill=\"").unwrap();
+            before[f + 6..f + 13].to_string()
+        };
+        assert_eq!(fill("files, rsync"), fill("block, rsync"));
+        assert_ne!(fill("files, rsync"), fill("files, corvid delta"));
+    }
 
     #[test]
     fn axis_is_nice() {

@@ -17,6 +17,7 @@ use corvid_engine::deploy::fleet::{self, Batch, DeployError, DeployPlan, FleetEv
 use corvid_engine::deploy::hosts::HostsError;
 use corvid_engine::deploy::install::{CorvidInstall, InstallSummary};
 use corvid_engine::deploy::ssh::Ssh;
+use corvid_engine::runtime::Network;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -146,6 +147,12 @@ pub struct Args {
     /// asking the swarm [default: the one DEST/current points at].
     #[arg(long, value_name = "TAG")]
     base: Option<String>,
+    /// Run the swarm on this network (e.g. a data network beside the management one ssh
+    /// uses): each host's peer listens on, dials and announces from its own address in
+    /// CIDR (a host with none fails before it joins), and the seeder and tracker here
+    /// listen on this machine's address in CIDR [default: addresses as routed].
+    #[arg(long, value_name = "CIDR")]
+    peer_network: Option<Network>,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -234,6 +241,9 @@ impl Display {
                 tracker,
                 hosts,
                 racks,
+                at,
+                checked,
+                torrent_time,
             } => {
                 if self.json {
                     print_line(&DeployLine::Seeding {
@@ -244,6 +254,9 @@ impl Display {
                         tracker,
                         hosts: *hosts,
                         racks: *racks,
+                        at_s: seconds(*at),
+                        checked_s: seconds(*checked),
+                        torrent_s: seconds(*torrent_time),
                     });
                 }
                 let by_rack = match racks {
@@ -399,6 +412,11 @@ enum DeployLine<'a> {
         hosts: usize,
         #[serde(skip_serializing_if = "is_zero_usize")]
         racks: usize,
+        /// When the seeder was up and the hosts' checks ended (deploy clock), and how
+        /// long the torrent's build took (beside the checks where it could).
+        at_s: Box<RawValue>,
+        checked_s: Box<RawValue>,
+        torrent_s: Box<RawValue>,
     },
     Warning {
         message: &'a str,
@@ -429,6 +447,11 @@ struct HostLine<'a> {
     /// Taken from a release already on the host (omitted when none was).
     #[serde(skip_serializing_if = "is_zero")]
     bytes_reused: u64,
+    /// The host's node start to its download complete, and of that, the base fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    download_s: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reuse_s: Option<Box<RawValue>>,
     installed_corvid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid: Option<&'static str>,
@@ -459,6 +482,8 @@ impl<'a> HostLine<'a> {
             bytes_from_seeder: r.bytes_from_seeder,
             bytes_from_peers: r.bytes_from_peers,
             bytes_reused: r.bytes_reused,
+            download_s: r.download_time.map(seconds),
+            reuse_s: r.fill_time.map(seconds),
             installed_corvid: r.installed_corvid(),
             corvid: c.map(|c| c.how.label()),
             corvid_swarm_error: c.and_then(|c| match &c.how {
@@ -678,6 +703,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         rollback_on_failure: args.rollback_on_failure,
         align: args.align,
         base: args.base,
+        peer_network: args.peer_network,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).
@@ -690,7 +716,8 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         | DeployError::HookTimeout
         | DeployError::BatchTooLarge { .. }
         | DeployError::NeedsBatch(_)
-        | DeployError::EmptyCheck => Failure {
+        | DeployError::EmptyCheck
+        | DeployError::NotInPeerNetwork { .. } => Failure {
             code: Exit::Usage,
             error: e.into(),
         },
@@ -762,13 +789,15 @@ mod tests {
             bytes_from_seeder: 524288,
             bytes_from_peers: 0,
             bytes_reused: 6962643,
+            download_time: Some(Duration::from_millis(1100)),
+            fill_time: Some(Duration::from_millis(300)),
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,
         };
         assert_eq!(
             DeployLine::Host(HostLine::new(&h)).to_json(),
-            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"installed_corvid":false,"corvid":"present"}"#
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"download_s":1.100,"reuse_s":0.300,"installed_corvid":false,"corvid":"present"}"#
         );
         let report = FleetReport {
             hosts: vec![h],
@@ -799,6 +828,8 @@ mod tests {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             bytes_reused: 0,
+            download_time: None,
+            fill_time: None,
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,

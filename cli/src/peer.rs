@@ -599,6 +599,7 @@ mod tests {
                     )
                 }),
                 base: secret.then(|| "v41".to_string()),
+                listen_network: force.then(|| "10.98.0.0/16".parse().unwrap()),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -624,6 +625,10 @@ mod tests {
                 assert_eq!(a.hook_timeout, Duration::from_secs(7));
             }
             assert_eq!(a.base.as_deref(), secret.then_some("v41"));
+            assert_eq!(
+                a.node.listen_network.map(|n| n.to_string()),
+                force.then(|| "10.98.0.0/16".to_string())
+            );
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());

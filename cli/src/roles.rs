@@ -3,7 +3,7 @@
 //! terminal, JSON lines with `--json`, or a few plain lines otherwise.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use corvid_engine::metrics::{MetricsServer, Registry};
 use corvid_engine::node::resume::{RecordStatus, ResumeReport};
 use corvid_engine::node::{self, Mode, NodeConfig, NodeError, NodeEvent, NodeReport, StopFlag};
 use corvid_engine::peer::auth::Secret;
+use corvid_engine::runtime::{local_ips, Network};
 use corvid_engine::stats::{json_seconds, to_json_line};
 
 use crate::output::{human_size, print, printable};
@@ -95,6 +96,11 @@ pub struct NodeArgs {
     /// Address to accept peer connections on (port 0: any free port).
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Listen on this host's address in network CIDR (e.g. a data network's
+    /// 10.1.0.0/16), any free port; connections to peers and the tracker go from that
+    /// address too. Fails at start when no interface has an address in CIDR.
+    #[arg(long, value_name = "CIDR", conflicts_with = "listen")]
+    pub listen_network: Option<Network>,
     /// Event-loop threads, one io_uring each [default: number of CPUs].
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
@@ -230,7 +236,7 @@ pub fn node_config(
         piece_hashes: Arc::new(m.info.pieces.clone()),
         files,
         root,
-        listen: args.listen.unwrap_or(default_listen),
+        listen: listen_addr(args, default_listen)?,
         cores: args.cores.unwrap_or_else(cpus),
         hash_threads: args.hash_threads.unwrap_or_else(cpus),
         trackers,
@@ -247,6 +253,29 @@ pub fn node_config(
         resume: None,
         base: None,
     })
+}
+
+/// `--listen`, else this host's address in `--listen-network` (port as `default`'s), else
+/// `default`.
+fn listen_addr(args: &NodeArgs, default: SocketAddr) -> Result<SocketAddr, Failure> {
+    let Some(net) = &args.listen_network else {
+        return Ok(args.listen.unwrap_or(default));
+    };
+    let ips = local_ips().map_err(|e| {
+        Failure::input(anyhow!(
+            "--listen-network {net}: cannot list this host's addresses: {e}"
+        ))
+    })?;
+    match ips.iter().find(|ip| net.contains(**ip)) {
+        Some(ip) => Ok(SocketAddr::new(*ip, default.port())),
+        None => {
+            let have: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+            Err(Failure::input(anyhow!(
+                "--listen-network {net}: no address of this host is in that network (it has {})",
+                have.join(", ")
+            )))
+        }
+    }
 }
 
 /// Starts the `--metrics-listen` endpoint, if asked, serving what `fill` registers, and

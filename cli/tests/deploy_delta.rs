@@ -216,3 +216,57 @@ fn corvid_peer_reuses_a_base_directory_for_an_aligned_torrent() {
     assert!(!plain.join("payload/.pad").exists());
     seed.finish(T);
 }
+
+/// The deployer hashes the release for its torrent while the hosts are being checked
+/// (the seeder's address is known before the checks: `--seeder-addr` here), so a slow
+/// check phase (ssh handshakes to a fleet; one second here, through an `ssh` stand-in
+/// whose probe session waits) hides the hashing: the seeder is up about when the checks
+/// end, not a hashing time later.
+#[test]
+fn the_torrent_is_hashed_while_the_hosts_are_checked() {
+    use corvid_engine::deploy::fleet::{self, FleetEvent};
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), pseudo_random(96 << 20, 5)).unwrap();
+    // The probe is the session that prints $SSH_CONNECTION.
+    let slow = t.path().join("slow-ssh");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\n\
+         if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
+         while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+         case \"$3\" in *SSH_CONNECTION*) sleep 1 ;; esac\n\
+         SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut p = deploy::plan(t.path(), &src, &t.path().join("dest"), "v1");
+    p.ssh.program = Some(slow);
+    let mut seen = None;
+    let r = fleet::run(&p, corvid_engine::node::StopFlag::new(), &mut |ev| {
+        if let FleetEvent::Seeding {
+            at,
+            checked,
+            torrent_time,
+            ..
+        } = ev
+        {
+            seen = Some((*at, *checked, *torrent_time));
+        }
+    })
+    .expect("the deploy runs");
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    let (at, checked, torrent) = seen.expect("a seeding event");
+    assert!(checked >= Duration::from_secs(1), "checks took {checked:?}");
+    // Built one after the other, the seeder would be up a whole hashing time after the
+    // checks; beside them, only the seeder's start (and whatever hashing outlasted the
+    // checks) is left.
+    assert!(
+        at - checked < torrent,
+        "seeder up {:?} after the checks, hashing took {torrent:?}",
+        at - checked
+    );
+    assert_same_tree(&src, &t.path().join("dest/releases/v1"));
+}

@@ -89,6 +89,9 @@ pub struct ReuseReport {
     pub rejected_pieces: u32,
     /// Why part of the base could not be used (unreadable file), if anything.
     pub warning: Option<String>,
+    /// How long the fill took (copies, reflinks and hashing), in milliseconds: a delta
+    /// deploy's time per host is this plus the swarm, and the deployer reports both.
+    pub fill_ms: u64,
 }
 
 /// Fills the pieces not in `have` from `base`, verifies every piece it wrote, and sets
@@ -101,6 +104,7 @@ pub fn fill(
     base: &Base,
     pool: &HashPool,
 ) -> ReuseReport {
+    let started = std::time::Instant::now();
     let mut report = ReuseReport {
         base: base.dir.display().to_string(),
         ..ReuseReport::default()
@@ -142,6 +146,7 @@ pub fn fill(
         report.matched_pieces = matched.len() as u32;
         verify_into(storage, hashes, have, &matched, pool, &mut report);
     }
+    report.fill_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     report
 }
 

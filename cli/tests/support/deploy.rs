@@ -72,6 +72,7 @@ pub fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
         rollback_on_failure: false,
         align: false,
         base: None,
+        peer_network: None,
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ssh::{quote, quote_path, SSH_FAILED};
+use crate::runtime::Network;
 
 /// Exit codes of every corvid subcommand. The numbers are public API (scripts and the
 /// deployer read them); the order of [`Exit::ALL`] is the order of `--help`.
@@ -109,7 +110,7 @@ impl Exit {
         Some(match self {
             Exit::DataBad => "data failed verification",
             Exit::Usage => "usage error (remote corvid too old for these flags?)",
-            Exit::Input => "input error (torrent or destination)",
+            Exit::Input => "input error (torrent, destination or listen network)",
             Exit::Output => "disk or output error (exists without --force, permission, disk full)",
             Exit::GaveUp => "stalled: no progress within the stall timeout",
             Exit::Unavailable => "io_uring unavailable on the host",
@@ -169,6 +170,8 @@ pub struct PeerCommand {
     pub after_activate: Option<(String, Duration)>,
     /// `--base TAG` (else the peer reuses the release `current` points at).
     pub base: Option<String>,
+    /// `--listen-network CIDR`: the peer listens on (and dials from) its address there.
+    pub listen_network: Option<Network>,
 }
 
 impl PeerCommand {
@@ -216,6 +219,9 @@ impl PeerCommand {
         }
         if let Some(b) = &self.base {
             a.extend(["--base".into(), b.clone()]);
+        }
+        if let Some(n) = &self.listen_network {
+            a.extend(["--listen-network".into(), n.to_string()]);
         }
         a
     }
@@ -276,6 +282,15 @@ impl HookResult {
 /// Of the final `done` line's report, what the deployer reads (the report has more).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneTransfer {
+    /// From the node's start on the host (its start-up check and base reuse included)
+    /// until the download was complete; `None` when it never was.
+    #[serde(
+        default,
+        rename = "download_s",
+        deserialize_with = "ms_of_seconds",
+        serialize_with = "seconds_of_ms"
+    )]
+    pub download_ms: Option<u64>,
     #[serde(default)]
     pub bytes_from_seeder: u64,
     #[serde(default)]
@@ -297,12 +312,35 @@ pub struct DoneResume {
 pub struct DoneReuse {
     #[serde(default)]
     pub reused_bytes: u64,
+    /// How long filling from the base took on the host.
+    #[serde(default)]
+    pub fill_ms: u64,
+}
+
+/// A report's seconds (a JSON number, or null) as whole milliseconds, so the line types
+/// stay `Eq`.
+fn ms_of_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s: Option<f64> = Option::deserialize(d)?;
+    Ok(s.filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| (s * 1000.0).round() as u64))
+}
+
+fn seconds_of_ms<S: serde::Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_f64(*ms as f64 / 1000.0),
+        None => s.serialize_none(),
+    }
 }
 
 impl DoneTransfer {
     /// Bytes the host took from a release it already had.
     pub fn bytes_reused(&self) -> u64 {
         self.resume.reuse.map_or(0, |r| r.reused_bytes)
+    }
+
+    /// How long filling from that release took, when there was one.
+    pub fn fill_ms(&self) -> Option<u64> {
+        self.resume.reuse.map(|r| r.fill_ms)
     }
 }
 
@@ -396,9 +434,21 @@ mod tests {
                 }
             })
         );
-        let reused = r#"{"event":"done","report":{"bytes_from_seeder":1,"resume":{"record":"off","reuse":{"base":"/r/v1","reused_bytes":4096,"reused_pieces":1}}}}"#;
+        let reused = r#"{"event":"done","report":{"bytes_from_seeder":1,"download_s":2.3456,"resume":{"record":"off","reuse":{"base":"/r/v1","reused_bytes":4096,"reused_pieces":1,"fill_ms":812}}}}"#;
         match PeerLine::parse(reused) {
-            Some(PeerLine::Done { report }) => assert_eq!(report.bytes_reused(), 4096),
+            Some(PeerLine::Done { report }) => {
+                assert_eq!(report.bytes_reused(), 4096);
+                assert_eq!(report.fill_ms(), Some(812));
+                assert_eq!(report.download_ms, Some(2346));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A download that never completed says null; an older peer says nothing.
+        let never = r#"{"event":"done","report":{"download_s":null}}"#;
+        match PeerLine::parse(never) {
+            Some(PeerLine::Done { report }) => {
+                assert_eq!((report.download_ms, report.fill_ms()), (None, None))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(
@@ -457,8 +507,14 @@ mod tests {
                 Duration::from_secs(5),
             )),
             base: Some("v0 x".into()),
+            listen_network: Some("10.98.0.0/16".parse().unwrap()),
         };
         let args = c.args();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--listen-network", "10.98.0.0/16"]),
+            "{args:?}"
+        );
         assert_eq!(
             args[..3],
             ["peer", "--release-dest", "/srv/my app'; rm -rf /"]

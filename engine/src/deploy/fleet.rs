@@ -13,7 +13,8 @@
 //! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
 //!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
 //!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
-//! 5. The torrent is built here, the embedded tracker and the seeder start in this
+//! 5. The torrent is built here (hashed on a thread during steps 2-4 when the seeder's
+//!    address is known before them), the embedded tracker and the seeder start in this
 //!    process (the seeder on a thread: no child to babysit, its listening address comes
 //!    back as an event, and it stops by a flag once every host is done).
 //! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
@@ -116,6 +117,11 @@ pub struct HostResult {
     pub bytes_from_peers: u64,
     /// Bytes the host took from a release it already had (`crate::reuse`).
     pub bytes_reused: u64,
+    /// Where the host's own time went, as its peer reported it: from its node's start to
+    /// the download complete, and of that, filling from the base release (`None` where
+    /// the peer did not say: no download ran, or a corvid from before these fields).
+    pub download_time: Option<Duration>,
+    pub fill_time: Option<Duration>,
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
@@ -145,6 +151,12 @@ pub enum FleetEvent {
         hosts: usize,
         /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
         racks: usize,
+        /// Since the deploy's start: the seeder up, and the hosts checked; and how long
+        /// building the torrent (hashing the whole release here) took, which runs beside
+        /// the checks where the seeder's address is known before them.
+        at: Duration,
+        checked: Duration,
+        torrent_time: Duration,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -288,6 +300,7 @@ fn run_with(
         results: v.hosts.iter().map(|_| None).collect(),
         hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
+        peer_network_addr: v.peer_network_addr,
         racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
@@ -334,6 +347,8 @@ struct Deploy<'a> {
     /// takes no part in the phases after.
     results: Vec<Option<HostResult>>,
     payload_bytes: u64,
+    /// This machine's address in `--peer-network` (without `--seeder-addr`).
+    peer_network_addr: Option<IpAddr>,
     /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
     racks: usize,
     install: InstallSummary,
@@ -348,7 +363,27 @@ impl Deploy<'_> {
         tracker: &TrackerServer,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<FleetReport, DeployError> {
-        let probes = self.check_phase(local, on_event);
+        // The torrent is hashed while the hosts are checked (ssh handshakes: seconds for
+        // a fleet), wherever the tracker's address is known before the probes: nearly
+        // always (`--seeder-addr`, `--peer-network`, or the route to the first host).
+        let early = self.early_seeder_addr();
+        let port = tracker.local_addr().port();
+        let plan = self.plan;
+        let (probes, prebuilt) = std::thread::scope(|s| {
+            let build = early.map(|a| {
+                s.spawn(move || {
+                    let url = format!("http://{}/announce", SocketAddr::new(a, port));
+                    let t = Instant::now();
+                    (a, build_torrent(plan, payload, &url), t.elapsed())
+                })
+            });
+            let probes = self.check_phase(local, on_event);
+            (
+                probes,
+                build.map(|b| b.join().expect("hashing does not panic")),
+            )
+        });
+        let checked = self.start.elapsed();
         if self.over() {
             return self.end_early();
         }
@@ -362,14 +397,25 @@ impl Deploy<'_> {
         if self.over() {
             return self.end_early();
         }
-        let (m, torrent) = build_torrent(self.plan, payload, &url)?;
-        let seed_cfg = seeder_config(
+        let ((m, torrent), torrent_time) = match prebuilt {
+            // Built for the address chosen after all (the probes only cross-check it).
+            Some((a, built, took)) if a == addr => (built?, took),
+            _ => {
+                let t = Instant::now();
+                (build_torrent(self.plan, payload, &url)?, t.elapsed())
+            }
+        };
+        let mut seed_cfg = seeder_config(
             &m,
             payload,
             self.plan.threads,
             self.plan.secret.clone(),
             url.clone(),
         );
+        if self.plan.peer_network.is_some() {
+            // On the data network only, dialling from it too.
+            seed_cfg.listen = SocketAddr::new(addr, 0);
+        }
         let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
         let seeder_addr = SocketAddr::new(addr, seeder_port);
         on_event(&FleetEvent::Seeding {
@@ -380,6 +426,9 @@ impl Deploy<'_> {
             tracker: url,
             hosts: self.hosts.len(),
             racks: self.racks,
+            at: self.start.elapsed(),
+            checked,
+            torrent_time,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
@@ -437,6 +486,8 @@ impl Deploy<'_> {
             bytes_from_seeder: 0,
             bytes_from_peers: 0,
             bytes_reused: 0,
+            download_time: None,
+            fill_time: None,
             corvid: None,
             pruned: Vec::new(),
             hook: None,
@@ -468,13 +519,26 @@ impl Deploy<'_> {
         probes
     }
 
+    /// The seeder's address as far as it is known before the check phase: given, or this
+    /// machine's route to the first host, which [`Self::seeder_addr`] picks too unless
+    /// that host fails its check (then the torrent is built again for the other).
+    fn early_seeder_addr(&self) -> Option<IpAddr> {
+        self.plan
+            .seeder_addr
+            .or(self.peer_network_addr)
+            .or_else(|| {
+                let first = self.hosts.first()?;
+                self.plan.ssh.resolve(first).and_then(routed_from)
+            })
+    }
+
     /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts.
     fn seeder_addr(
         &self,
         probes: &[Option<Probe>],
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<IpAddr, DeployError> {
-        if let Some(a) = self.plan.seeder_addr {
+        if let Some(a) = self.plan.seeder_addr.or(self.peer_network_addr) {
             return Ok(a);
         }
         let (plan, hosts) = (self.plan, &self.hosts);
@@ -570,6 +634,8 @@ impl Deploy<'_> {
                         bytes_from_seeder: end.from_seeder,
                         bytes_from_peers: end.from_peers,
                         bytes_reused: end.reused,
+                        download_time: end.download_ms.map(Duration::from_millis),
+                        fill_time: end.fill_ms.map(Duration::from_millis),
                         corvid: corvid[i].clone(),
                         pruned: end.pruned,
                         hook: end.hook,
@@ -667,6 +733,7 @@ mod tests {
             rollback_on_failure: false,
             align: false,
             base: None,
+            peer_network: None,
         }
     }
 

@@ -1106,6 +1106,7 @@ mod tests {
             rollback_on_failure: false,
             align: false,
             base: None,
+            peer_network: None,
         }
     }
 

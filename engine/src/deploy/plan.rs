@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::metainfo::{self, MetainfoError, Payload};
 use crate::peer::auth::Secret;
+use crate::runtime::{local_ips, Network};
 
 use super::hosts::{parse_hosts, HostsError};
 use super::release::{validate_dest, validate_tag, ReleaseError};
@@ -70,6 +71,11 @@ pub struct DeployPlan {
     /// `--base TAG`: the release under `DEST/releases` hosts reuse pieces from, instead
     /// of the one `current` points at.
     pub base: Option<String>,
+    /// `--peer-network CIDR`: the swarm runs on this network (a data network beside the
+    /// management one ssh uses): every host's peer listens on, dials and announces from
+    /// its own address in it, and this machine's seeder and tracker are reached at its
+    /// address in it (unless `--seeder-addr` says otherwise).
+    pub peer_network: Option<Network>,
 }
 
 /// The size of an activation wave: a number of hosts or a share of the fleet.
@@ -141,6 +147,14 @@ pub enum DeployError {
     NeedsBatch(&'static str),
     #[error("--check is empty: give the command to run on each host")]
     EmptyCheck,
+    #[error("--peer-network {net}: this machine has no address in it (it has {have}); pass --seeder-addr if the hosts reach it there through a router")]
+    NotInPeerNetwork { net: Network, have: String },
+    #[error("--peer-network {net}: cannot list this machine's addresses: {source}")]
+    LocalAddrs {
+        net: Network,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read this corvid binary {path:?}: {source}")]
     LocalBinary {
         path: PathBuf,
@@ -162,6 +176,8 @@ pub enum DeployError {
 pub struct Validated {
     pub hosts: Vec<String>,
     pub payload: Payload,
+    /// With `--peer-network` and no `--seeder-addr`: this machine's address in it.
+    pub peer_network_addr: Option<IpAddr>,
 }
 
 /// Checks the plan and scans the source, touching no host.
@@ -224,8 +240,32 @@ pub fn validate(plan: &DeployPlan) -> Result<Validated, DeployError> {
             });
         }
     }
+    let peer_network_addr = match (plan.peer_network, plan.seeder_addr) {
+        (Some(net), None) => Some(addr_in_network(net)?),
+        _ => None,
+    };
     let payload = metainfo::scan(&plan.src, None)?;
-    Ok(Validated { hosts, payload })
+    Ok(Validated {
+        hosts,
+        payload,
+        peer_network_addr,
+    })
+}
+
+/// This machine's address in `--peer-network`, where its seeder and tracker listen.
+fn addr_in_network(net: Network) -> Result<IpAddr, DeployError> {
+    let ips = local_ips().map_err(|source| DeployError::LocalAddrs { net, source })?;
+    ips.iter()
+        .copied()
+        .find(|ip| net.contains(*ip))
+        .ok_or_else(|| DeployError::NotInPeerNetwork {
+            net,
+            have: ips
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 #[cfg(test)]

@@ -156,8 +156,12 @@ pub fn run_with_metrics(
     runtime::probe()?;
     let start = Instant::now();
     let pool = HashPool::new(cfg.hash_threads.max(1));
-    let (storage, have, resume_report) = match cfg.mode {
-        Mode::Seed => start_seed(&cfg, &pool)?,
+    let (storage, have, resume_report, durable) = match cfg.mode {
+        Mode::Seed => {
+            let (s, h, r) = start_seed(&cfg, &pool)?;
+            let durable = h.clone();
+            (s, h, r, durable)
+        }
         Mode::Download => start_download(&cfg, &pool)?,
     };
     on_event(&NodeEvent::Checked {
@@ -170,7 +174,11 @@ pub fn run_with_metrics(
     let record = match (&cfg.resume, cfg.mode) {
         (Some(rc), Mode::Download) => {
             let mut w = RecordKeeper::new(RecordWriter::new(rc.path.clone(), cfg.info_hash));
-            if let Some(message) = w.write(&storage, &have, true) {
+            // Not the pieces a base release filled: recording them means syncing every
+            // file they are in first (a whole release for a delta deploy, before the
+            // swarm starts). The record thread records them in the background instead,
+            // and the completion's flush makes them durable.
+            if let Some(message) = w.write(&storage, &durable, true) {
                 on_event(&NodeEvent::Warning { message });
             }
             Some(w)
@@ -417,10 +425,12 @@ fn stop_cores<S: runtime::Service>(rt: Runtime<S>) -> Option<String> {
 /// A download's start: reads the resume record, stamps the files before
 /// [`Storage::create`] touches them (its `fallocate` updates their times), creates and
 /// maps the storage, and hashes whatever the record cannot vouch for.
+/// Also returns the pieces held before the base fill (which the old record vouched for,
+/// or the start-up check hashed on disk).
 fn start_download(
     cfg: &NodeConfig,
     pool: &HashPool,
-) -> Result<(Arc<Storage>, Bitfield, ResumeReport), NodeError> {
+) -> Result<(Arc<Storage>, Bitfield, ResumeReport, Bitfield), NodeError> {
     let lengths = cfg.lengths;
     let file_lengths: Vec<u64> = cfg.files.iter().map(|f| f.length).collect();
     let loaded = Loaded::read(cfg.resume.as_ref(), lengths.piece_count(), cfg.files.len());
@@ -450,12 +460,13 @@ fn start_download(
             }
         }
     }
+    let durable = have.clone();
     // Before any peer is met, so the first bitfield announces what the base supplied.
     plan.report.reuse = cfg
         .base
         .as_ref()
         .map(|b| crate::reuse::fill(&storage, &cfg.piece_hashes, &mut have, b, pool));
-    Ok((storage, have, plan.report))
+    Ok((storage, have, plan.report, durable))
 }
 
 #[cfg(test)]

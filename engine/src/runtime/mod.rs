@@ -75,6 +75,7 @@ pub mod probe;
 
 pub use event_loop::{Conns, CoreIo, RecvIovecs, SendBuf};
 pub use mailbox::{Envelope, Mailbox, MailboxClosed};
+pub use net::{local_ip_in, local_ips, Network, NetworkError};
 pub use probe::{probe, UringUnavailable};
 
 use std::fmt;

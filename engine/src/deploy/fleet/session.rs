@@ -43,6 +43,7 @@ pub(super) fn peer_command(
             .filter(|_| plan.batch.is_none())
             .map(|c| (c, plan.hook_timeout)),
         base: plan.base.clone(),
+        listen_network: plan.peer_network,
     }
     .shell();
     (cmd, stdin)
@@ -213,6 +214,8 @@ pub(super) fn peer_session(
                     end.from_seeder = report.bytes_from_seeder;
                     end.from_peers = report.bytes_from_peers;
                     end.reused = report.bytes_reused();
+                    end.download_ms = report.download_ms;
+                    end.fill_ms = report.fill_ms();
                 }
                 Some(PeerLine::Installed) | None => {}
             }
@@ -269,6 +272,9 @@ pub(super) struct PeerEnd {
     pub(super) from_peers: u64,
     /// Bytes the host took from a release it already had (`--base`).
     pub(super) reused: u64,
+    /// The host's own times, from its `done` report.
+    pub(super) download_ms: Option<u64>,
+    pub(super) fill_ms: Option<u64>,
     /// When the release was in place: the host's time, before its linger.
     pub(super) released_at: Option<Instant>,
     pub(super) pruned: Vec<String>,
@@ -282,6 +288,8 @@ impl PeerEnd {
             from_seeder: 0,
             from_peers: 0,
             reused: 0,
+            download_ms: None,
+            fill_ms: None,
             released_at: None,
             pruned: Vec::new(),
             hook: None,

@@ -59,7 +59,9 @@ impl<S: Service> Core<S> {
         if self.shutting_down.is_some() {
             return;
         }
-        let fd = match net::tcp_socket(&addr) {
+        // Listening on one address of a multi-homed host: dial from it too.
+        let from = self.config.listen.map(|l| l.ip());
+        let fd = match net::outbound_socket(&addr, from) {
             Ok(fd) => fd.into_raw_fd(),
             Err(err) => {
                 let (service, mut io, _) = self.io_parts();
