@@ -446,7 +446,9 @@ fn run_release(args: &Args, dest: PathBuf, tag: String) -> Result<Exit, Failure>
     let mut hook_exit = Exit::Ok;
     let result = node::run_with_metrics(cfg, stop.clone(), node_metrics, &mut |ev| {
         printer.event(ev);
-        if let NodeEvent::Complete { .. } = ev {
+        // Placed only once flushed: a crash after the rename must not leave `current`
+        // pointing at files whose pages never reached the disk.
+        if let NodeEvent::Durable = ev {
             if placed.is_some() {
                 return;
             }

@@ -455,6 +455,8 @@ impl Printer {
                     });
                 }
             }
+            // The release line that follows says what was done with the durable payload.
+            NodeEvent::Durable => {}
         }
     }
 

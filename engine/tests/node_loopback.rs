@@ -126,8 +126,16 @@ fn seeder_to_one_peer_over_io_uring() {
 
     let mut cfg = config(Mode::Download, &dst, &files, lengths, hashes);
     cfg.peers = vec![seed_addr];
-    let report = node::run(cfg, StopFlag::new(), &mut |_| {}).expect("download");
+    let mut order = Vec::new();
+    let report = node::run(cfg, StopFlag::new(), &mut |ev| match ev {
+        NodeEvent::Complete { .. } => order.push("complete"),
+        NodeEvent::Durable => order.push("durable"),
+        _ => {}
+    })
+    .expect("download");
     assert!(report.complete);
+    // A release is placed on `Durable`: it comes once, after the timed `Complete`.
+    assert_eq!(order, ["complete", "durable"]);
     assert_eq!(report.transfer.bytes_from_seeder, total);
     assert_eq!(std::fs::read(dst.join("d/a.bin")).unwrap(), a);
     assert_eq!(std::fs::read(dst.join("b.bin")).unwrap(), b);

@@ -277,6 +277,7 @@ impl Control<'_> {
             elapsed: self.start.elapsed(),
         });
         self.shared.storage.flush()?;
+        on_event(&NodeEvent::Durable);
         if let Some(r) = self.helpers.record {
             r.wake();
         }

@@ -29,10 +29,15 @@ pub enum NodeEvent {
         message: String,
     },
     Progress(Progress),
-    /// Every piece is verified and flushed to disk.
+    /// Every piece is verified, in the page cache like any copy tool's result: the time a
+    /// download is measured by. Durable on disk only at [`NodeEvent::Durable`].
     Complete {
         elapsed: Duration,
     },
+    /// Every piece is verified and flushed to disk: what a release may be renamed into
+    /// place and activated on (after [`NodeEvent::Complete`]; absent when the flush failed,
+    /// the node then ends with that error).
+    Durable,
     /// A tracker could not be reached or refused us (the node keeps going).
     TrackerError {
         url: String,
