@@ -35,6 +35,8 @@ pub(crate) struct Counters {
     pub peers: AtomicUsize,
     pub refused: AtomicU64,
     pub dials: AtomicU64,
+    /// Connections marked same-rack at their handshake (issue 11).
+    pub rack_local: AtomicU64,
 }
 
 /// Where the connection kept for one remote peer id lives, so a core that must give it up
@@ -100,6 +102,8 @@ pub(crate) struct Shared {
     pub(super) nonce_counter: AtomicU64,
     /// Where events are pushed for `--metrics-listen` (see [`super::run_with_metrics`]).
     pub(super) metrics: Option<Arc<NodeMetrics>>,
+    /// This host's rack, when the node was given a topology that covers it.
+    pub rack: Option<crate::tracker::HostRack>,
 }
 
 impl Shared {
@@ -114,6 +118,13 @@ impl Shared {
     ) -> Shared {
         let mut peer_cfg = cfg.peer.clone();
         peer_cfg.listen_port = None;
+        let (rack, rack_warning) = super::racks::host_rack(cfg);
+        let events = Mutex::new(
+            rack_warning
+                .map(|message| NodeEvent::Warning { message })
+                .into_iter()
+                .collect(),
+        );
         Shared {
             door: SwarmDoor::new(swarm),
             storage,
@@ -131,12 +142,13 @@ impl Shared {
             first_byte: (0..cfg.lengths.piece_count())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            events: Mutex::new(Vec::new()),
+            events,
             dialled: Mutex::new(HashSet::new()),
             same_peer: Mutex::new(HashMap::new()),
             nonce_key: nonce_key(),
             nonce_counter: AtomicU64::new(0),
             metrics,
+            rack,
         }
     }
 
