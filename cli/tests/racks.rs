@@ -494,3 +494,67 @@ fn with_a_topology_most_bytes_stay_inside_a_rack() {
         100.0 * runs[2].inside()
     );
 }
+
+/// Issue 11: `corvid deploy` tells each host's peer its rack from the hosts list's
+/// `rack=` (`--topology-rules` with its rack's rules, `--rack`), so a rack-aware deploy
+/// needs no file on the hosts. Run through the library's deploy with an ssh stand-in
+/// that runs each remote command here (as `support::deploy` does) and also logs it: the
+/// peer must accept the flags and deploy, and a host list without racks passes none.
+#[test]
+fn a_deploy_tells_each_peer_its_rack() {
+    use corvid_engine::deploy::fleet::{DeployPlan, HostOutcome};
+    use corvid_engine::deploy::ssh::Ssh;
+    use std::os::unix::fs::PermissionsExt;
+
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.bin"), support::pseudo_random(300_000, 5)).unwrap();
+    let dest = t.path().join("dest");
+    let log = t.path().join("commands.log");
+    let ssh = t.path().join("fake-ssh-logging");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
+             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+             printf '%s\\n' \"$3\" >> '{}'\n\
+             SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = |hosts: &str, tag: &str| DeployPlan {
+        hosts: hosts.into(),
+        ssh: Ssh {
+            options: Vec::new(),
+            program: Some(ssh.clone()),
+            control_dir: None,
+        },
+        ..support::deploy::plan(t.path(), &src, &dest, tag)
+    };
+    let peer_commands = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("'--release-dest'"))
+            .map(str::to_string)
+            .collect()
+    };
+    let r = support::deploy::deploy(&plan("h1 rack=a", "v1"));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    let cmds = peer_commands();
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    assert!(
+        cmds[0].contains("'--topology-rules' '127.0.0.1 rack=a' '--rack' 'a'"),
+        "{}",
+        cmds[0]
+    );
+    let r = support::deploy::deploy(&plan("h1", "v2"));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    let cmds = peer_commands();
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    assert!(!cmds[1].contains("--topology-rules"), "{}", cmds[1]);
+}
