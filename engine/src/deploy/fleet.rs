@@ -43,7 +43,7 @@ use crossbeam_channel::Sender;
 
 use crate::hash::HashPool;
 use crate::metainfo::{self, BuildOptions, Payload};
-use crate::node::{NodeRacks, StopFlag};
+use crate::node::StopFlag;
 use crate::tracker::{Topology, TrackerConfig, TrackerServer};
 
 use super::contract::{
@@ -294,7 +294,6 @@ fn run_with(
         hosts: v.hosts.clone(),
         payload_bytes: v.payload.total_length(),
         racks,
-        topology,
         host_racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
@@ -367,8 +366,6 @@ struct Deploy<'a> {
     payload_bytes: u64,
     /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
     racks: usize,
-    /// The hosts' `rack=` as a topology, for the seeder (racks of its peers).
-    topology: Option<Arc<Topology>>,
     /// Per host (in host order), what its peer is told of its rack.
     host_racks: Vec<Option<PeerRacks>>,
     install: InstallSummary,
@@ -398,17 +395,13 @@ impl Deploy<'_> {
             return self.end_early();
         }
         let (m, torrent) = build_torrent(self.plan, payload, &url)?;
-        let mut seed_cfg = seeder_config(
+        let seed_cfg = seeder_config(
             &m,
             payload,
             self.plan.threads,
             self.plan.secret.clone(),
             url.clone(),
         );
-        seed_cfg.racks = self.topology.clone().map(|topology| NodeRacks {
-            topology,
-            rack: None,
-        });
         let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
         let seeder_addr = SocketAddr::new(addr, seeder_port);
         on_event(&FleetEvent::Seeding {

@@ -138,7 +138,9 @@ impl PeerService {
 
     /// Rack-aware picking (issue 11): a downloader marks a connection to a rack-mate, by
     /// the remote's address in its topology, as soon as it knows the remote is no seeder
-    /// (a seeder's pieces are what its plan hands out, not rack-local availability).
+    /// (a seeder's pieces are what its plan hands out, not rack-local availability). A
+    /// seeder does not note its peers' racks: spreading first copies over racks
+    /// (`swarm/rack_plan.rs`) made the simulated N=1000 fleet slower, so it is off.
     fn mark_if_local(&mut self, conn: &mut Conn) {
         let local = self
             .shared
