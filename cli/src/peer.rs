@@ -569,7 +569,7 @@ fn release_exit(
 mod tests {
     use super::*;
     use clap::Parser;
-    use corvid_engine::deploy::contract::PeerCommand;
+    use corvid_engine::deploy::contract::{PeerCommand, PeerRacks};
 
     #[derive(Parser)]
     struct PeerCli {
@@ -602,6 +602,10 @@ mod tests {
                 }),
                 base: secret.then(|| "v41".to_string()),
                 listen_network: force.then(|| "10.98.0.0/16".parse().unwrap()),
+                racks: secret.then(|| PeerRacks {
+                    rack: "r1".into(),
+                    rules: "10.0.0.1 rack=r1;10.0.0.2 rack=r1".into(),
+                }),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -634,6 +638,17 @@ mod tests {
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());
+            // The rack's rules read back as the deployer's topology for that rack.
+            let racks = a.node.racks.load().unwrap();
+            assert_eq!(racks.is_some(), secret);
+            if let Some(r) = racks {
+                assert_eq!(r.rack.as_deref(), Some("r1"));
+                let id = r.topology.rack_named("r1").unwrap();
+                assert_eq!(
+                    r.topology.rules_of(id),
+                    "10.0.0.1 rack=r1\n10.0.0.2 rack=r1\n"
+                );
+            }
         }
     }
 }

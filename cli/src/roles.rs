@@ -128,6 +128,66 @@ pub struct NodeArgs {
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub racks: RackArgs,
+}
+
+/// Where the fleet's racks come from (issue 11).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RackArgs {
+    /// Racks of the fleet, in the format `corvid tracker --topology` reads (lines `ADDR
+    /// rack=NAME`, ADDR an IP, IP:PORT or CIDR network). A downloading peer then asks
+    /// connections to peers of its own rack for what they have and fetches across racks
+    /// only what no rack-mate has; `seed` also gives it to its embedded tracker.
+    #[arg(long, value_name = "FILE", conflicts_with = "topology_rules")]
+    pub topology: Option<PathBuf>,
+    /// The same rules as --topology, as text (lines or `;`-separated): what `corvid
+    /// deploy` passes, for it has no file on the host.
+    #[arg(long, value_name = "RULES")]
+    pub topology_rules: Option<String>,
+    /// This host's rack [default: the rack of the address it listens on, or sends from
+    /// towards its first --peer or tracker].
+    #[arg(long, value_name = "NAME")]
+    pub rack: Option<String>,
+}
+
+impl RackArgs {
+    /// The topology from --topology or --topology-rules, checked (a bad line, or a
+    /// --rack no rule names, is the operator's input error).
+    pub fn load(&self) -> Result<Option<node::NodeRacks>, Failure> {
+        let topology = match (&self.topology, &self.topology_rules) {
+            (Some(path), _) => crate::tracker::load_topology(Some(path))?,
+            (None, Some(rules)) => Some(Arc::new(
+                corvid_engine::tracker::Topology::parse(
+                    &rules.replace(';', "\n"),
+                    "--topology-rules",
+                )
+                .map_err(Failure::input)?,
+            )),
+            (None, None) => {
+                if let Some(r) = &self.rack {
+                    return Err(Failure::input(anyhow!(
+                        "--rack {r} needs --topology (which racks the other hosts are in)"
+                    )));
+                }
+                return Ok(None);
+            }
+        };
+        let Some(topology) = topology else {
+            return Ok(None);
+        };
+        if let Some(r) = &self.rack {
+            if topology.rack_named(r).is_none() {
+                return Err(Failure::input(anyhow!(
+                    "--rack {r}: no rule of the topology names that rack"
+                )));
+            }
+        }
+        Ok(Some(node::NodeRacks {
+            topology,
+            rack: self.rack.clone(),
+        }))
+    }
 }
 
 /// Where a private swarm's shared secret comes from. Never a command-line value: any
@@ -252,6 +312,7 @@ pub fn node_config(
         announce_port: 0,
         resume: None,
         base: None,
+        racks: args.racks.load()?,
     })
 }
 
@@ -618,6 +679,7 @@ mod tests {
             },
             resume: ResumeReport::off(),
             swarm_lock: Default::default(),
+            rack: None,
         };
         let cases = [
             (

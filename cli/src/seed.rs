@@ -39,9 +39,6 @@ pub struct Args {
     /// Address of the embedded tracker.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:8998")]
     tracker_listen: SocketAddr,
-    /// Racks of the fleet for the embedded tracker (see `corvid tracker --topology`).
-    #[arg(long, value_name = "FILE", conflicts_with = "no_tracker")]
-    topology: Option<PathBuf>,
     /// Run no embedded tracker (an external one is used).
     #[arg(long)]
     no_tracker: bool,
@@ -85,7 +82,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
             max_peers_per_ip: args.tracker_max_peers_per_ip,
             max_swarms_per_ip: args.tracker_max_swarms_per_ip,
             trust_ip_param: args.tracker_trust_ip_param,
-            topology: crate::tracker::load_topology(args.topology.as_deref())?,
+            topology: args.node.racks.load()?.map(|r| r.topology),
             ..TrackerConfig::default()
         };
         Some(TrackerServer::bind(args.tracker_listen, cfg).map_err(|e| {

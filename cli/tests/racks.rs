@@ -110,6 +110,56 @@ fn two_seeders_of_one_release_both_serve_the_peers() {
     tracker.finish(T);
 }
 
+/// Issue 11, the daemon's side of rack-aware picking: a peer given a topology marks
+/// its connections to rack-mates at their handshake, through the real node, and leaves
+/// the seeder's unmarked (its pieces are what its plan hands out). On loopback every
+/// process is 127.0.0.1, so one rule puts them all in rack `lo`: a peer alone with the
+/// seeder marks nothing; two peers together mark each other.
+#[test]
+fn a_peer_marks_its_rack_mates_but_not_the_seeder() {
+    let (mut tracker, url) = tracker(&[]);
+    let t = tempfile::tempdir().unwrap();
+    let payload = t.path().join("a").join("payload");
+    make_tree(&payload, 4 << 20, 23);
+    let torrent = t.path().join("release.torrent");
+    make_torrent(&payload, &torrent, &url, "64K");
+    let mut seeder = start_seeder(&torrent, &t.path().join("a"), &["--no-tracker"], T).0;
+    let rules = ["--topology-rules", "127.0.0.1 rack=lo"];
+    let run = |name: &str, linger: &str| {
+        let dest = t.path().join(name);
+        let mut cmd = corvid(&["peer"]);
+        cmd.arg(&torrent).arg(&dest);
+        cmd.args(["--listen", "127.0.0.1:0", "--linger", linger, "--json"]);
+        cmd.args(["--cores", "1", "--hash-threads", "1"]);
+        cmd.args(rules);
+        (Proc::spawn(name, &mut cmd), dest)
+    };
+    let report = |p: &mut Proc, dest: &Path| {
+        let done = p.finish(T);
+        assert_eq!(json_field(&done, "complete"), Some("true"), "{done}");
+        assert_same_tree(&payload, &dest.join("payload"));
+        assert!(done.contains(r#""rack":{"name":"lo""#), "{done}");
+        json_u64(&done, "local_connections")
+    };
+    let (mut alone, dest) = run("alone", "0s");
+    alone.wait_line("\"event\":\"complete\"", T);
+    assert_eq!(
+        report(&mut alone, &dest),
+        0,
+        "a peer alone with the seeder marked a connection same-rack"
+    );
+    let mut pair = [run("p1", "3s"), run("p2", "3s")];
+    for (p, _) in &mut pair {
+        p.wait_line("\"event\":\"complete\"", T);
+    }
+    for (p, dest) in &mut pair {
+        let marked = report(p, dest);
+        assert!(marked >= 1, "{} marked no rack-mate", p.name);
+    }
+    seeder.finish(T);
+    tracker.finish(T);
+}
+
 // ---- Two racks on a namespace fleet ----
 
 /// Every host's link, both ways.
@@ -332,6 +382,10 @@ fn rack_run(
                 ],
             );
             cmd.args(["--listen", &listen, "--linger", "60s", "--json"]);
+            if let Some(t) = topology {
+                // The peers mark rack-mates too (rack-aware picking).
+                cmd.arg("--topology").arg(t);
+            }
             cmd.args([
                 "--cores",
                 "1",
@@ -439,4 +493,68 @@ fn with_a_topology_most_bytes_stay_inside_a_rack() {
         100.0 * runs[3].inside(),
         100.0 * runs[2].inside()
     );
+}
+
+/// Issue 11: `corvid deploy` tells each host's peer its rack from the hosts list's
+/// `rack=` (`--topology-rules` with its rack's rules, `--rack`), so a rack-aware deploy
+/// needs no file on the hosts. Run through the library's deploy with an ssh stand-in
+/// that runs each remote command here (as `support::deploy` does) and also logs it: the
+/// peer must accept the flags and deploy, and a host list without racks passes none.
+#[test]
+fn a_deploy_tells_each_peer_its_rack() {
+    use corvid_engine::deploy::fleet::{DeployPlan, HostOutcome};
+    use corvid_engine::deploy::ssh::Ssh;
+    use std::os::unix::fs::PermissionsExt;
+
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.bin"), support::pseudo_random(300_000, 5)).unwrap();
+    let dest = t.path().join("dest");
+    let log = t.path().join("commands.log");
+    let ssh = t.path().join("fake-ssh-logging");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
+             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+             printf '%s\\n' \"$3\" >> '{}'\n\
+             SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = |hosts: &str, tag: &str| DeployPlan {
+        hosts: hosts.into(),
+        ssh: Ssh {
+            options: Vec::new(),
+            program: Some(ssh.clone()),
+            control_dir: None,
+        },
+        ..support::deploy::plan(t.path(), &src, &dest, tag)
+    };
+    let peer_commands = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("'--release-dest'"))
+            .map(str::to_string)
+            .collect()
+    };
+    let r = support::deploy::deploy(&plan("h1 rack=a", "v1"));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    let cmds = peer_commands();
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    assert!(
+        cmds[0].contains("'--topology-rules' '127.0.0.1 rack=a' '--rack' 'a'"),
+        "{}",
+        cmds[0]
+    );
+    let r = support::deploy::deploy(&plan("h1", "v2"));
+    assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+    let cmds = peer_commands();
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    assert!(!cmds[1].contains("--topology-rules"), "{}", cmds[1]);
 }

@@ -44,6 +44,7 @@ use crate::wire::Bitfield;
 mod peers;
 mod pick;
 mod plan;
+mod rack_plan;
 
 const NONE: u32 = u32::MAX;
 
@@ -150,6 +151,8 @@ struct PeerSlot {
     unchoked: bool,
     /// Behind our rack switch (see `pick.rs`, rack-aware picking).
     local: bool,
+    /// The remote's rack, if the caller knows it (see `rack_plan.rs`).
+    rack: Option<u32>,
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,
@@ -203,6 +206,7 @@ pub struct Swarm {
     extra_budget: u64,
     /// Seeding plan: pieces not yet sent whole once, and which were.
     first_pass_left: u32,
+
     served_whole: Vec<bool>,
     /// Seeding plan: the connection that last announced each piece, named to a refused
     /// follower when the piece's holder is gone (see [`Swarm::holder_id`]).
@@ -217,6 +221,8 @@ pub struct Swarm {
     local_availability: Vec<u32>,
     /// Live connections marked same-rack; 0: the picker ignores racks.
     local_peers: u32,
+    /// Seeding plan: first copies handed to each rack (see `rack_plan.rs`).
+    rack_first: Vec<u32>,
 }
 
 impl Swarm {
@@ -283,9 +289,11 @@ impl Swarm {
             awaited: vec![false; n as usize],
             announcer: vec![None; n as usize],
             first_pass_left: n,
+
             served_whole: vec![false; n as usize],
             local_availability: vec![0; n as usize],
             local_peers: 0,
+            rack_first: Vec::new(),
             cfg,
         }
     }

@@ -68,6 +68,7 @@ fn base_filled_pieces_are_not_synced_before_the_swarm_starts() {
             strip: PathBuf::new(),
             sealed: None,
         }),
+        racks: None,
     };
     // The base lacks the last piece's bytes: truncate its copy of the file.
     std::fs::File::options()

@@ -73,6 +73,7 @@ fn config(
         announce_port: 0,
         resume: None,
         base: None,
+        racks: None,
     }
 }
 

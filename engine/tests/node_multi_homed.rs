@@ -52,6 +52,7 @@ fn a_node_listening_on_one_address_dials_from_it() {
         announce_port: 0,
         resume: None,
         base: None,
+        racks: None,
     };
     let stop = StopFlag::new();
     let node = {

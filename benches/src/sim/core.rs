@@ -103,6 +103,12 @@ pub struct SimConfig {
     /// A host that completed leaves (closes every connection) after this long; `None`:
     /// every host stays until all are done.
     pub linger: Option<Duration>,
+    /// Print a line of the fleet's state to stderr at this virtual-time step (diagnosis:
+    /// how fast pieces leave the seeder and spread over racks); `None`: silent.
+    pub trace: Option<Duration>,
+    /// Seeders know their peers' racks and spread first copies over them
+    /// (`Swarm::set_peer_rack`).
+    pub rack_spread: bool,
 }
 
 impl SimConfig {
@@ -157,6 +163,9 @@ pub struct SimResult {
     pub connections: u64,
     /// Virtual seconds at which the simulation stopped.
     pub end: f64,
+    /// First copies the first seeder's plan handed to each rack (all 0 unless it spreads
+    /// them over racks, [`SimConfig::rack_spread`]).
+    pub seeder_first_by_rack: Vec<u32>,
 }
 
 /// Deterministic generator (splitmix64): the simulation's only randomness.
@@ -316,6 +325,8 @@ enum Ev {
     Verdict(u32, u32),
     Tick(u32),
     Leave(u32),
+    /// Print the fleet's state (see [`SimConfig::trace`]).
+    Trace,
     /// Mailbox `0`'s small control packets arrive.
     Mail(u32),
 }
@@ -444,6 +455,9 @@ impl Sim {
             out_buf: Vec::new(),
             cfg,
         };
+        if sim.cfg.trace.is_some() {
+            sim.at(0, Ev::Trace);
+        }
         let k = sim.cfg.seeders.max(1);
         for h in 0..k {
             sim.at(0, Ev::Start(h as u32));
@@ -498,6 +512,9 @@ impl Sim {
             events: self.events,
             connections: self.ends.len() as u64 / 2,
             end: self.now as f64 / 1e9,
+            seeder_first_by_rack: (0..self.rack_bytes.len() as u32)
+                .map(|r| self.hosts[0].swarm.rack_first_copies(r))
+                .collect(),
         }
     }
 
@@ -525,6 +542,7 @@ impl Sim {
             Ev::Tick(h) => self.tick(h as usize),
             Ev::Leave(h) => self.leave(h as usize),
             Ev::Mail(b) => self.mail(b as usize),
+            Ev::Trace => self.trace(),
         }
     }
 
@@ -635,6 +653,13 @@ impl Sim {
             // would never fetch from other racks).
             self.hosts[a].swarm.set_peer_local(pa.key(), true);
             self.hosts[b].swarm.set_peer_local(pb.key(), true);
+        }
+        if self.cfg.rack_spread && self.cfg.rack_size > 0 {
+            // What a seeder learns from its topology: the remote's rack (it spreads first
+            // copies over racks).
+            let (ra, rb) = (self.hosts[a].rack, self.hosts[b].rack);
+            self.hosts[a].swarm.set_peer_rack(pa.key(), rb);
+            self.hosts[b].swarm.set_peer_rack(pb.key(), ra);
         }
         for (me, other, peer, remote) in [(a, b, pa, ib), (b, a, pb, ia)] {
             self.ends.push(End {
@@ -996,6 +1021,52 @@ impl Sim {
         for e in ends {
             self.close(e as usize);
         }
+    }
+
+    /// One line of the fleet's state at `now` (see [`SimConfig::trace`]): the seeders'
+    /// upload so far, the share of the payload every host / the median host holds, and
+    /// how many pieces have reached every rack, half the racks, any rack other than
+    /// the first seeder's.
+    fn trace(&mut self) {
+        let Some(step) = self.cfg.trace else { return };
+        let k = self.cfg.seeders.max(1);
+        let pieces = self.lengths.piece_count() as usize;
+        let racks = self.rack_bytes.len();
+        let mut in_rack = vec![vec![false; pieces]; racks];
+        let mut held: Vec<u32> = Vec::with_capacity(self.hosts.len() - k);
+        for host in &self.hosts[k..] {
+            let have = host.swarm.have();
+            held.push(have.count());
+            for p in have.ones() {
+                in_rack[host.rack as usize][p as usize] = true;
+            }
+        }
+        held.sort_unstable();
+        let per_piece: Vec<usize> = (0..pieces)
+            .map(|p| in_rack.iter().filter(|r| r[p]).count())
+            .collect();
+        let everywhere = per_piece.iter().filter(|&&c| c == racks).count();
+        let half = per_piece.iter().filter(|&&c| 2 * c >= racks).count();
+        let seeder_rack = self.hosts[0].rack as usize;
+        let left_home = (0..pieces)
+            .filter(|&p| (0..racks).any(|r| r != seeder_rack && in_rack[r][p]))
+            .count();
+        let seeded: u64 = self.hosts[..k].iter().map(|h| h.uploaded).sum();
+        let unchoked: usize = self.hosts[0]
+            .ends
+            .iter()
+            .filter(|&&e| !self.ends[e as usize].peer.choke_state().0)
+            .count();
+        eprintln!(
+            "t={:.3}s seeder {:.3} copies ({} conns, {} unchoked) | host pieces min {} p50 {} | pieces in all {racks} racks {everywhere}, in half {half}, out of the seeder's rack {left_home} of {pieces}",
+            self.now as f64 / 1e9,
+            seeded as f64 / self.cfg.size as f64,
+            self.hosts[0].ends.len(),
+            unchoked,
+            held.first().copied().unwrap_or(0),
+            held.get(held.len() / 2).copied().unwrap_or(0),
+        );
+        self.at(self.now + nanos(step), Ev::Trace);
     }
 
     fn tick(&mut self, h: usize) {

@@ -99,6 +99,13 @@ pub struct SimArgs {
     /// --linger 0s); unset: every host stays until all are done.
     #[arg(long, value_parser = units::parse_duration)]
     pub linger: Option<Duration>,
+    /// With --rack-aware on: whether seeders spread first copies over racks
+    /// (`Swarm::set_peer_rack`; off by default: slower at N=1000, see README).
+    #[arg(long, default_value = "off")]
+    pub rack_spread: String,
+    /// Print the fleet's state to stderr every DURATION of virtual time (diagnosis).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub trace: Option<Duration>,
     /// A fleet scenario's results.json to compare with (same sizes, rate and payload).
     #[arg(long)]
     pub compare: Option<PathBuf>,
@@ -153,6 +160,8 @@ impl SimArgs {
             max_unchoked: self.max_unchoked,
             egress_queue: self.egress_queue.unwrap_or(0),
             linger: self.linger,
+            trace: self.trace,
+            rack_spread: rack_aware && self.rack_spread == "on",
         })
     }
 }
@@ -197,6 +206,7 @@ pub fn result_json(cfg: &SimConfig, r: &SimResult) -> Json {
         .with("hosts", cfg.hosts)
         .with("rack_aware", cfg.rack_aware)
         .with("rack_pick", cfg.rack_pick)
+        .with("rack_spread", cfg.rack_spread)
         .with("completed_hosts", done.len())
         .with("all_verified", r.all_verified)
         .with("bound_s", round(bound, 6))
@@ -212,6 +222,15 @@ pub fn result_json(cfg: &SimConfig, r: &SimResult) -> Json {
         )
         .with("per_seeder_copies", Json::Arr(seeders))
         .with("max_rack_in_copies", round(max_in, 4))
+        .with(
+            "seeder_first_copies_by_rack",
+            Json::Arr(
+                r.seeder_first_by_rack
+                    .iter()
+                    .map(|&n| Json::from(u64::from(n)))
+                    .collect(),
+            ),
+        )
         .with("racks", Json::Arr(racks))
         .with("connections", r.connections)
         .with("events", r.events)
@@ -310,6 +329,12 @@ fn check_args(a: &SimArgs) -> Result<Vec<bool>> {
         bail!(crate::UsageError(
             "--hosts: sizes must be at least 1".into()
         ));
+    }
+    if !matches!(a.rack_spread.as_str(), "on" | "off") {
+        bail!(crate::UsageError(format!(
+            "--rack-spread: {:?} is not on or off",
+            a.rack_spread
+        )));
     }
     if !matches!(a.rack_pick.as_str(), "on" | "off") {
         bail!(crate::UsageError(format!(
@@ -521,6 +546,8 @@ mod tests {
             max_unchoked: 128,
             egress_queue: 0,
             linger: None,
+            trace: None,
+            rack_spread: false,
         }
     }
 
@@ -603,6 +630,40 @@ mod tests {
             max_in < 3 * cfg.size,
             "{:.2} copies into the busiest rack",
             max_in as f64 / cfg.size as f64
+        );
+        assert!(pick.seeder_first_by_rack.iter().all(|&n| n == 0));
+    }
+
+    /// A seeder that knows its peers' racks hands the first copies about evenly over
+    /// them (every rack has upload slots here: 59 hosts, 128 slots), and the run repeats.
+    #[test]
+    fn the_seeder_spreads_first_copies_over_racks() {
+        let mut cfg = small(59, 5);
+        cfg.numwant = 12;
+        cfg.rack_aware = true;
+        cfg.rack_pick = true;
+        cfg.rack_spread = true;
+        let r = simulate(cfg.clone()).unwrap();
+        assert!(r.all_verified);
+        let by_rack = &r.seeder_first_by_rack;
+        assert_eq!(by_rack.len(), cfg.racks());
+        let pieces = cfg.size.div_ceil(cfg.piece_size) as u32;
+        assert!(
+            by_rack.iter().sum::<u32>() >= pieces,
+            "every piece's first copy counts: {by_rack:?}"
+        );
+        // Racks whose hosts connect first may run ahead until the others have slots
+        // (the seeder never idles to wait for a rack); none gets twice its share.
+        let share = pieces / cfg.racks() as u32;
+        let (lo, hi) = (by_rack.iter().min().unwrap(), by_rack.iter().max().unwrap());
+        assert!(
+            *lo >= 1 && *hi <= 2 * share,
+            "first copies by rack {by_rack:?}"
+        );
+        let again = simulate(cfg.clone()).unwrap();
+        assert_eq!(
+            result_json(&cfg, &r).pretty(),
+            result_json(&cfg, &again).pretty()
         );
     }
 }

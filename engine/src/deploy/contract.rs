@@ -172,6 +172,20 @@ pub struct PeerCommand {
     pub base: Option<String>,
     /// `--listen-network CIDR`: the peer listens on (and dials from) its address there.
     pub listen_network: Option<Network>,
+    /// The host's rack and its rack-mates, from the hosts file's `rack=` (issue 11).
+    pub racks: Option<PeerRacks>,
+}
+
+/// What a host's peer is told of the racks (`--topology-rules RULES --rack NAME`): its
+/// own rack by name (not by the address it sends from, which the deployer may see
+/// otherwise) and the rules of that rack only. Every rule of a deploy's topology is one
+/// host's address, so a rack's own rules tell its rack-mates from everyone else, and the
+/// command line grows with the rack, not the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRacks {
+    pub rack: String,
+    /// `ADDR rack=NAME` rules separated by `;`.
+    pub rules: String,
 }
 
 impl PeerCommand {
@@ -222,6 +236,14 @@ impl PeerCommand {
         }
         if let Some(n) = &self.listen_network {
             a.extend(["--listen-network".into(), n.to_string()]);
+        }
+        if let Some(r) = &self.racks {
+            a.extend([
+                "--topology-rules".into(),
+                r.rules.clone(),
+                "--rack".into(),
+                r.rack.clone(),
+            ]);
         }
         a
     }
@@ -508,12 +530,26 @@ mod tests {
             )),
             base: Some("v0 x".into()),
             listen_network: Some("10.98.0.0/16".parse().unwrap()),
+            racks: Some(PeerRacks {
+                rack: "r1".into(),
+                rules: "10.0.0.1 rack=r1;10.0.0.2 rack=r1".into(),
+            }),
         };
         let args = c.args();
         assert!(
             args.windows(2)
                 .any(|w| w == ["--listen-network", "10.98.0.0/16"]),
             "{args:?}"
+        );
+        let at = args.iter().position(|a| a == "--topology-rules").unwrap();
+        assert_eq!(
+            args[at..at + 4],
+            [
+                "--topology-rules",
+                "10.0.0.1 rack=r1;10.0.0.2 rack=r1",
+                "--rack",
+                "r1"
+            ]
         );
         assert_eq!(
             args[..3],

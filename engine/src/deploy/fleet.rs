@@ -37,6 +37,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{ChildStdin, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -44,9 +45,11 @@ use crossbeam_channel::Sender;
 use crate::hash::HashPool;
 use crate::metainfo::{self, BuildOptions, Payload};
 use crate::node::StopFlag;
-use crate::tracker::{TrackerConfig, TrackerServer};
+use crate::tracker::{Topology, TrackerConfig, TrackerServer};
 
-use super::contract::{remote_exit_text, HookResult, PeerCommand, PeerLine, ReleaseStatus};
+use super::contract::{
+    remote_exit_text, HookResult, PeerCommand, PeerLine, PeerRacks, ReleaseStatus,
+};
 use super::host_error::HostError;
 use super::hosts::for_each_host;
 use super::install::{
@@ -292,7 +295,9 @@ fn run_with(
             path: plan.local_corvid.clone(),
             source,
         })?;
-    let (tracker, racks) = bind_tracker(plan)?;
+    let (tracker, topology) = bind_tracker(plan)?;
+    let racks = topology.as_ref().map_or(0, |t| t.racks());
+    let host_racks = peer_racks(plan, topology.as_deref())?;
     let deploy = Deploy {
         plan,
         stop: &stop,
@@ -302,6 +307,7 @@ fn run_with(
         payload_bytes: v.payload.total_length(),
         peer_network_addr: v.peer_network_addr,
         racks,
+        host_racks,
         install: InstallSummary {
             binary_bytes: local.bytes.len() as u64,
             file_bytes: local.file_bytes,
@@ -315,15 +321,39 @@ fn run_with(
     result
 }
 
+/// What each host's peer is told of its rack (issue 11; see [`PeerRacks`]), in host
+/// order: `None` for a host without `rack=`. Each rack's rules are written once.
+fn peer_racks(
+    plan: &DeployPlan,
+    topology: Option<&Topology>,
+) -> Result<Vec<Option<PeerRacks>>, DeployError> {
+    let hosts = super::hosts::parse_host_racks(&plan.hosts)?;
+    let Some(t) = topology else {
+        return Ok(vec![None; hosts.len()]);
+    };
+    let mut rules: std::collections::HashMap<String, String> = Default::default();
+    Ok(hosts
+        .into_iter()
+        .map(|(_, rack)| {
+            let rack = rack?;
+            let id = t.rack_named(&rack)?;
+            let rules = rules
+                .entry(rack.clone())
+                .or_insert_with(|| t.rules_of(id).trim_end().replace('\n', ";"))
+                .clone();
+            Some(PeerRacks { rack, rules })
+        })
+        .collect())
+}
+
 /// The embedded tracker. It binds first: a busy `--tracker-port` fails before any host
 /// is touched.
-fn bind_tracker(plan: &DeployPlan) -> Result<(TrackerServer, usize), DeployError> {
+fn bind_tracker(plan: &DeployPlan) -> Result<(TrackerServer, Option<Arc<Topology>>), DeployError> {
     // Hosts' `rack=` fields make the tracker rack-aware (issue 11).
-    let topology = super::hosts::host_topology(&plan.hosts, &|h| plan.ssh.resolve(h))?
-        .map(std::sync::Arc::new);
-    let racks = topology.as_ref().map_or(0, |t| t.racks());
+    let topology =
+        super::hosts::host_topology(&plan.hosts, &|h| plan.ssh.resolve(h))?.map(Arc::new);
     let tcfg = TrackerConfig {
-        topology,
+        topology: topology.clone(),
         secret: plan.secret.clone(),
         interval: Duration::from_secs(10),
         min_interval: Duration::from_secs(5),
@@ -333,7 +363,7 @@ fn bind_tracker(plan: &DeployPlan) -> Result<(TrackerServer, usize), DeployError
         SocketAddr::new([0, 0, 0, 0].into(), plan.tracker_port),
         tcfg,
     )
-    .map(|t| (t, racks))
+    .map(|t| (t, topology))
     .map_err(|e| DeployError::Tracker(e.to_string()))
 }
 
@@ -351,6 +381,8 @@ struct Deploy<'a> {
     peer_network_addr: Option<IpAddr>,
     /// Racks the embedded tracker knows from the hosts' `rack=` (0: none).
     racks: usize,
+    /// Per host (in host order), what its peer is told of its rack.
+    host_racks: Vec<Option<PeerRacks>>,
     install: InstallSummary,
 }
 
@@ -614,6 +646,7 @@ impl Deploy<'_> {
     ) {
         let live = self.live();
         let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
+        let host_racks = &self.host_racks;
         let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
         let gate = LingerGate::new(live.len());
         let peer_results = std::thread::scope(|s| {
@@ -621,7 +654,8 @@ impl Deploy<'_> {
             let worker = s.spawn(move || {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
-                    let end = peer_host(plan, start, h, torrent, seeder_addr, &tx, gate);
+                    let racks = host_racks.get(i).and_then(Option::as_ref);
+                    let end = peer_host(plan, start, h, racks, torrent, seeder_addr, &tx, gate);
                     let r = HostResult {
                         host: h.to_string(),
                         outcome: end.outcome,
@@ -747,7 +781,7 @@ mod tests {
         p.secret = Some(Secret::new(b"s3cret \x00\xff bytes").unwrap());
         let torrent = b"d8:announce3:urle".to_vec();
         let seeder: SocketAddr = "127.0.0.1:6881".parse().unwrap();
-        let (cmd, stdin) = peer_command(&p, &torrent, seeder);
+        let (cmd, stdin) = peer_command(&p, &torrent, seeder, None);
         assert!(!cmd.contains("s3cret"), "secret on the command line: {cmd}");
         // No shell redirection writes anything: the remote corvid does, safely.
         assert!(!cmd.contains('>'), "{cmd}");
@@ -768,7 +802,7 @@ mod tests {
 
         // Without a secret: the torrent alone, no secret flag.
         p.secret = None;
-        let (cmd, stdin) = peer_command(&p, &torrent, seeder);
+        let (cmd, stdin) = peer_command(&p, &torrent, seeder, None);
         assert_eq!(stdin, torrent);
         assert!(!cmd.contains("secret"), "{cmd}");
     }

@@ -89,5 +89,6 @@ pub fn seeder_config(
         announce_port: 0,
         resume: None,
         base: None,
+        racks: None,
     }
 }

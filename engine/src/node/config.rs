@@ -10,6 +10,7 @@ use crate::geometry::Lengths;
 use crate::peer::PeerConfig;
 use crate::storage::FileSpec;
 use crate::swarm::SwarmConfig;
+use crate::tracker::Topology;
 
 use super::resume::ResumeConfig;
 
@@ -57,6 +58,15 @@ impl Default for NodeTuning {
     }
 }
 
+/// Racks (issue 11): the fleet's topology and, if given, this host's rack by name (else
+/// the node finds it by its own address, see `node::racks`). A downloader marks
+/// connections to rack-mates (not to seeders) for rack-aware picking.
+#[derive(Debug, Clone)]
+pub struct NodeRacks {
+    pub topology: Arc<Topology>,
+    pub rack: Option<String>,
+}
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -92,4 +102,6 @@ pub struct NodeConfig {
     /// Downloads: a release already on the host to fill pieces from before the swarm is
     /// asked (see [`crate::reuse`]). Seeders ignore it.
     pub base: Option<crate::reuse::Base>,
+    /// Racks of the fleet, if known (see [`NodeRacks`]).
+    pub racks: Option<NodeRacks>,
 }

@@ -47,6 +47,7 @@ mod dial;
 mod door;
 mod per_ip;
 mod prefault;
+mod racks;
 mod record;
 mod report;
 pub mod resume;
@@ -64,11 +65,11 @@ use crate::storage::{Storage, StorageError};
 use crate::swarm::Swarm;
 use crate::wire::Bitfield;
 
-pub use config::{Mode, NodeConfig, NodeTuning, SeedUntil};
+pub use config::{Mode, NodeConfig, NodeRacks, NodeTuning, SeedUntil};
 pub use control::StopFlag;
 pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRACKER_PEERS};
 pub use door::SwarmLockReport;
-pub use report::{NodeEvent, NodeReport, Progress};
+pub use report::{NodeEvent, NodeReport, Progress, RackReport};
 pub use shared::make_peer_id;
 
 use control::{control_loop, Helpers, LoopOutcome};
@@ -337,6 +338,10 @@ fn finish(
         transfer: stats.report(now),
         resume,
         swarm_lock: shared.door.lock_report(now - shared.start),
+        rack: shared.rack.as_ref().map(|r| RackReport {
+            name: r.name().to_string(),
+            local_connections: c.rack_local.load(Ordering::Relaxed),
+        }),
     })
 }
 

@@ -83,6 +83,18 @@ pub struct NodeReport {
     /// How long threads waited for the swarm lock and held it (see the node module's
     /// docs for what these numbers decided).
     pub swarm_lock: SwarmLockReport,
+    /// With a topology that covers this host: its rack and how its connections were marked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rack: Option<RackReport>,
+}
+
+/// This host's rack (issue 11) and the connections it marked same-rack at their
+/// handshake (rack-mates that are not seeders), for tests and operators to see the
+/// topology took.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RackReport {
+    pub name: String,
+    pub local_connections: u64,
 }
 
 impl NodeReport {
@@ -133,6 +145,7 @@ mod tests {
                 wait_ns: Default::default(),
                 hold_ns: Default::default(),
             },
+            rack: None,
         }
     }
 

@@ -138,6 +138,27 @@ impl PeerService {
         }
     }
 
+    /// Rack-aware picking (issue 11): a downloader marks a connection to a rack-mate, by
+    /// the remote's address in its topology, as soon as it knows the remote is no seeder
+    /// (a seeder's pieces are what its plan hands out, not rack-local availability). A
+    /// seeder does not note its peers' racks: spreading first copies over racks
+    /// (`swarm/rack_plan.rs`) made the simulated N=1000 fleet slower, so it is off.
+    fn mark_if_local(&mut self, conn: &mut Conn) {
+        let local = self
+            .shared
+            .rack
+            .as_ref()
+            .is_some_and(|r| r.is_local(conn.peer.addr()));
+        if local && !conn.from_seeder && !is_seeder_id(&self.shared.our_id) {
+            let swarm = self.swarm.get(&self.shared.door);
+            conn.peer.mark_local(swarm);
+            self.shared
+                .counters
+                .rack_local
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Acts on everything the protocol asked for since the last call.
     fn drain_events(&mut self, io: &mut CoreIo<'_, NodeMsg>, id: ConnId, conn: &mut Conn) {
         while let Some(ev) = conn.peer.poll_event() {
@@ -162,6 +183,7 @@ impl PeerService {
                     conn.registered = true;
                     conn.remote_id = Some(peer_id);
                     conn.from_seeder = is_seeder_id(&peer_id);
+                    self.mark_if_local(conn);
                     self.shared.counters.peers.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::ReceivePayload { block, discard } => {

@@ -35,6 +35,8 @@ pub(crate) struct Counters {
     pub peers: AtomicUsize,
     pub refused: AtomicU64,
     pub dials: AtomicU64,
+    /// Connections marked same-rack at their handshake (issue 11).
+    pub rack_local: AtomicU64,
 }
 
 /// Where the connection kept for one remote peer id lives, so a core that must give it up
@@ -105,6 +107,8 @@ pub(crate) struct Shared {
     /// Set by a core when `write_failures` reaches [`super::MAX_WRITE_FAILURES`]; the
     /// control loop ends the download with it.
     pub(super) write_failed: Mutex<Option<super::NodeError>>,
+    /// This host's rack, when the node was given a topology that covers it.
+    pub rack: Option<crate::tracker::HostRack>,
 }
 
 impl Shared {
@@ -119,6 +123,13 @@ impl Shared {
     ) -> Shared {
         let mut peer_cfg = cfg.peer.clone();
         peer_cfg.listen_port = None;
+        let (rack, rack_warning) = super::racks::host_rack(cfg);
+        let events = Mutex::new(
+            rack_warning
+                .map(|message| NodeEvent::Warning { message })
+                .into_iter()
+                .collect(),
+        );
         Shared {
             door: SwarmDoor::new(swarm),
             storage,
@@ -136,7 +147,7 @@ impl Shared {
             first_byte: (0..cfg.lengths.piece_count())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            events: Mutex::new(Vec::new()),
+            events,
             dialled: Mutex::new(HashSet::new()),
             same_peer: Mutex::new(HashMap::new()),
             nonce_key: nonce_key(),
@@ -144,6 +155,7 @@ impl Shared {
             metrics,
             write_failures: AtomicU32::new(0),
             write_failed: Mutex::new(None),
+            rack,
         }
     }
 

@@ -13,6 +13,15 @@ impl PeerConn {
         }
     }
 
+    /// The remote is behind our rack switch (the node's topology says so): count what it
+    /// has, and will announce, in the swarm's rack-local availability, so cross-rack
+    /// connections leave those pieces to it (see `swarm/pick.rs`). Pieces of a bitfield
+    /// already handled move over too. Not for a seeder's connection: the seeder serves
+    /// what its plan hands out, not what is asked.
+    pub fn mark_local(&mut self, swarm: &mut Swarm) {
+        swarm.mark_peer_local(self.key, &self.remote_has);
+    }
+
     pub(super) fn update_interest(&mut self, swarm: &Swarm) {
         if self.useful == 0 && self.am_interested {
             // The running count can undercount (a piece we verified after the handshake

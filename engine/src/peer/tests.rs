@@ -2565,3 +2565,35 @@ fn planning_seeder_sends_an_awaited_piece_first_to_its_holder() {
         Some(Transmit::Block { block, .. }) if block.piece.get() == 0
     ));
 }
+
+/// Issue 11: the daemon learns a remote is in its rack at the handshake event, which it
+/// sees only after `handle_bytes` has also counted a bitfield that came in the same read.
+/// Marking then moves those pieces into the rack-local count; later haves count there
+/// directly, and closing takes both out again.
+#[test]
+fn marking_a_connection_local_after_its_bitfield_counts_it_in_the_rack() {
+    let (t, mut s, mut pc, now) = single(false);
+    let piece = |i| t.lengths.piece(i).unwrap();
+    let mut bytes = handshake_bytes(t.info_hash, true);
+    Message::Bitfield(&[0b1010_0000]).encode(&mut bytes);
+    pc.handle_bytes(&mut s, &bytes, now).unwrap();
+    assert!(matches!(pc.poll_event(), Some(Event::HandshakeDone { .. })));
+    assert_eq!(s.availability(piece(0)), 1);
+    assert_eq!(s.local_availability(piece(0)), 0);
+    pc.mark_local(&mut s);
+    assert!(s.is_peer_local(pc.key()));
+    assert_eq!(
+        (0..4)
+            .map(|i| s.local_availability(piece(i)))
+            .collect::<Vec<_>>(),
+        vec![1, 0, 1, 0]
+    );
+    feed(&mut s, &mut pc, &[Message::Have(1)], now).unwrap();
+    assert_eq!(s.local_availability(piece(1)), 1);
+    assert_eq!(s.availability(piece(1)), 1);
+    pc.handle_close(&mut s);
+    for i in 0..4 {
+        assert_eq!(s.local_availability(piece(i)), 0, "piece {i}");
+        assert_eq!(s.availability(piece(i)), 0, "piece {i}");
+    }
+}

@@ -36,6 +36,7 @@ impl Swarm {
             banned: false,
             unchoked: false,
             local: false,
+            rack: None,
             peer_id: None,
         };
         if let Some(idx) = self.spare_peers.pop() {

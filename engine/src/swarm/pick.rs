@@ -35,6 +35,22 @@ impl Swarm {
         self.epoch += 1;
     }
 
+    /// Marks connection `key` same-rack once its remote's pieces (`counted`) have already
+    /// been counted in the plain availability: they move into the rack-local one too. The
+    /// daemon learns a remote's rack at its handshake, and a bitfield read in the same
+    /// batch of bytes is counted before the runtime sees that event.
+    pub fn mark_peer_local(&mut self, key: PeerKey, counted: &Bitfield) {
+        if self.slot(key).is_none() || self.is_peer_local(key) {
+            return;
+        }
+        self.set_peer_local(key, true);
+        for i in counted.ones() {
+            if let Some(a) = self.local_availability.get_mut(i as usize) {
+                *a += 1;
+            }
+        }
+    }
+
     /// Whether `key` was marked same-rack.
     pub fn is_peer_local(&self, key: PeerKey) -> bool {
         self.slot(key).is_some_and(|s| s.local)
@@ -455,6 +471,34 @@ mod tests {
         let got = picked_pieces(&mut s, far, &far_bf, 64);
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(got[0] < 3);
+    }
+
+    #[test]
+    fn marking_after_the_bitfield_moves_its_pieces_into_the_rack() {
+        let mut s = swarm(8);
+        // Counted as a plain connection first, as when the bitfield came with the handshake.
+        let (mate, mate_bf) = join(&mut s, 1, false, &[0, 1, 2]);
+        let (far, far_bf) = join(&mut s, 2, false, &[0, 1, 2, 3, 4, 5, 6, 7]);
+        let p = |s: &Swarm, i| s.lengths().piece(i).unwrap();
+        assert_eq!(s.local_availability(p(&s, 0)), 0);
+        s.mark_peer_local(mate, &mate_bf);
+        // Twice is once.
+        s.mark_peer_local(mate, &mate_bf);
+        assert!(s.is_peer_local(mate));
+        for i in 0..3 {
+            assert_eq!(s.local_availability(p(&s, i)), 1, "piece {i}");
+            assert_eq!(s.availability(p(&s, i)), 2, "piece {i}");
+        }
+        assert_eq!(s.local_availability(p(&s, 3)), 0);
+        // The far connection now leaves the mate's pieces to it.
+        let far_got = picked_pieces(&mut s, far, &far_bf, 64);
+        assert!(far_got.iter().all(|&i| i >= 3), "{far_got:?}");
+        // Leaving takes them out again.
+        for i in 0..3 {
+            s.peer_lost(mate, p(&s, i));
+        }
+        s.remove_peer(mate);
+        assert_eq!(s.local_availability(p(&s, 0)), 0);
     }
 
     #[test]

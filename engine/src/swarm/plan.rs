@@ -247,9 +247,12 @@ impl Swarm {
     /// on, nobody announces them). `None`: nothing to hand out now.
     pub fn plan_next(&mut self, to: PeerKey, remote: &Bitfield) -> Option<PieceIndex> {
         let n = self.lengths.piece_count();
+        // Fresh pieces may wait (`to`'s rack is ahead of others, see `rack_plan.rs`);
+        // pieces that lost their source never do.
+        let fresh_ok = !self.rack_ahead(to);
         // Fresh pieces: the cursor moves over pieces handed out; a piece this remote
         // already has is left for another connection.
-        let mut i = self.fresh_cursor;
+        let mut i = if fresh_ok { self.fresh_cursor } else { n };
         while i < n {
             if self.holder[i as usize].is_some() || self.served_blocks[i as usize] > 0 {
                 if i == self.fresh_cursor {
@@ -260,6 +263,7 @@ impl Swarm {
             }
             if !remote.get(i) {
                 self.holder[i as usize] = Some(to);
+                self.note_rack_first(to);
                 return self.lengths.piece(i);
             }
             i += 1;
@@ -268,6 +272,10 @@ impl Swarm {
         for p in self.lengths.pieces() {
             let i = p.as_usize();
             if remote.get(p.get()) || self.holder[i] == Some(to) || self.has_source(p) {
+                continue;
+            }
+            if !fresh_ok && self.holder[i].is_none() && self.served_blocks[i] == 0 {
+                // Never handed out: a fresh piece, and those wait.
                 continue;
             }
             if self.holder_live(i) && self.served_blocks[i] == 0 {

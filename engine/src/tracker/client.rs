@@ -227,6 +227,12 @@ struct HttpUrl<'a> {
     target: &'a str,
 }
 
+/// The host and port an `http://` tracker URL names (for a node that needs to know
+/// which of its addresses the tracker sees: see `node::racks`).
+pub(crate) fn url_host_port(url: &str) -> Option<(&str, u16)> {
+    parse_url(url).ok().map(|u| (u.host, u.port))
+}
+
 fn parse_url(url: &str) -> Result<HttpUrl<'_>, TrackerError> {
     let bad = |why| TrackerError::BadUrl {
         url: url.to_owned(),

@@ -25,7 +25,7 @@ pub use server::{
     AnnounceEvents, Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats,
     TrackerStatsHandle, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
 };
-pub use topology::{RackId, Topology, TopologyError};
+pub use topology::{HostRack, RackId, Topology, TopologyError};
 
 /// Murder's tracker port, kept as corvid's default so existing firewall rules fit.
 pub const DEFAULT_PORT: u16 = 8998;

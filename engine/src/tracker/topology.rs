@@ -194,6 +194,91 @@ impl Topology {
     pub fn racks(&self) -> usize {
         self.names.len()
     }
+
+    /// The rack called `name`, if a rule names it.
+    pub fn rack_named(&self, name: &str) -> Option<RackId> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| RackId(i as u32))
+    }
+
+    /// The rules that put addresses in `rack`, as topology text (one `ADDR rack=NAME` a
+    /// line, in a fixed order). What a host needs to tell its rack-mates from the rest
+    /// when every rule is an address (a deploy's hosts file): a rule of another rack can
+    /// then never be more specific than one of these for the same peer.
+    pub fn rules_of(&self, rack: RackId) -> String {
+        let name = self.rack_name(rack);
+        let mut lines: Vec<String> = self
+            .by_socket
+            .iter()
+            .filter(|(_, o)| o.rack == rack)
+            .map(|(a, _)| a.to_string())
+            .chain(
+                self.by_ip
+                    .iter()
+                    .filter(|(_, o)| o.rack == rack)
+                    .map(|(a, _)| a.to_string()),
+            )
+            .chain(
+                self.nets
+                    .iter()
+                    .filter(|(_, _, o)| o.rack == rack)
+                    .map(|(n, l, _)| format!("{n}/{l}")),
+            )
+            .collect();
+        lines.sort_unstable();
+        lines.iter().map(|a| format!("{a} rack={name}\n")).collect()
+    }
+
+    /// Whether every rule is a single address (no networks).
+    pub fn only_addresses(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// A host's own place in a [`Topology`]: its rack, so it can tell which of its
+/// connections stay behind its rack switch (the node marks those for rack-aware
+/// picking, see `swarm/pick.rs`).
+#[derive(Debug, Clone)]
+pub struct HostRack {
+    topology: std::sync::Arc<Topology>,
+    rack: RackId,
+}
+
+impl HostRack {
+    pub fn new(topology: std::sync::Arc<Topology>, rack: RackId) -> HostRack {
+        HostRack { topology, rack }
+    }
+
+    /// This host's rack, found by its own address (`me`, the address peers and the
+    /// tracker see: the listening address, or the source address towards them).
+    pub fn of(topology: std::sync::Arc<Topology>, me: SocketAddr) -> Option<HostRack> {
+        let rack = topology.rack_of(me)?;
+        Some(HostRack { topology, rack })
+    }
+
+    pub fn rack(&self) -> RackId {
+        self.rack
+    }
+
+    pub fn name(&self) -> &str {
+        self.topology.rack_name(self.rack)
+    }
+
+    /// Whether a remote at `addr` is in our rack.
+    pub fn is_local(&self, addr: SocketAddr) -> bool {
+        self.topology.rack_of(addr) == Some(self.rack)
+    }
+
+    /// The rack of a remote at `addr`, if the topology knows it.
+    pub fn rack_of(&self, addr: SocketAddr) -> Option<RackId> {
+        self.topology.rack_of(addr)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
 }
 
 /// 1-64 of letters, digits, `.`, `_`, `-`: a label that is safe in logs and reports.
@@ -260,6 +345,7 @@ fn mask(ip: IpAddr, len: u8) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -290,6 +376,31 @@ mod tests {
         assert_eq!(name(&t, "[fd00::5]:1").as_deref(), Some("v6"));
         assert_eq!(name(&t, "[::ffff:10.1.2.3]:7000").as_deref(), Some("r3"));
         assert_eq!(name(&t, "192.168.0.1:1"), None);
+    }
+
+    #[test]
+    fn a_racks_rules_as_text_read_back_to_the_same_racks() {
+        let t = Topology::parse(
+            "10.0.0.2 rack=a\n10.0.0.1 rack=a\n10.0.0.3 rack=b\n             127.0.0.1:7001 rack=a\n10.9.0.0/16 rack=a\n",
+            "t",
+        )
+        .unwrap();
+        let a = t.rack_named("a").unwrap();
+        assert_eq!(t.rack_named("zz"), None);
+        let text = t.rules_of(a);
+        assert_eq!(
+            text,
+            "10.0.0.1 rack=a\n10.0.0.2 rack=a\n10.9.0.0/16 rack=a\n127.0.0.1:7001 rack=a\n"
+        );
+        let only_a = Arc::new(Topology::parse(&text, "rules").unwrap());
+        let me = HostRack::of(only_a, sa("10.0.0.1:6881")).unwrap();
+        assert_eq!(me.name(), "a");
+        assert!(me.is_local(sa("10.0.0.2:40000")));
+        assert!(me.is_local(sa("10.9.3.4:1")));
+        assert!(me.is_local(sa("127.0.0.1:7001")));
+        assert!(!me.is_local(sa("127.0.0.1:7002")));
+        assert!(!me.is_local(sa("10.0.0.3:6881")));
+        assert!(HostRack::of(Arc::new(t), sa("192.168.1.1:1")).is_none());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub(super) fn peer_command(
     plan: &DeployPlan,
     torrent: &[u8],
     seeder: SocketAddr,
+    racks: Option<&PeerRacks>,
 ) -> (String, Vec<u8>) {
     let mut stdin = torrent.to_vec();
     if let Some(secret) = &plan.secret {
@@ -44,6 +45,7 @@ pub(super) fn peer_command(
             .map(|c| (c, plan.hook_timeout)),
         base: plan.base.clone(),
         listen_network: plan.peer_network,
+        racks: racks.cloned(),
     }
     .shell();
     (cmd, stdin)
@@ -110,10 +112,12 @@ impl LingerGate {
 }
 
 /// The peer phase for one host.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn peer_host(
     plan: &DeployPlan,
     start: Instant,
     host: &str,
+    racks: Option<&PeerRacks>,
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
@@ -135,6 +139,7 @@ pub(super) fn peer_host(
         plan,
         start,
         host,
+        racks,
         torrent,
         seeder,
         events,
@@ -151,13 +156,14 @@ pub(super) fn peer_session(
     plan: &DeployPlan,
     start: Instant,
     host: &str,
+    racks: Option<&PeerRacks>,
     torrent: &[u8],
     seeder: SocketAddr,
     events: &Sender<FleetEvent>,
     gate: &LingerGate,
     released: &mut dyn FnMut(),
 ) -> PeerEnd {
-    let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder);
+    let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder, racks);
     let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
