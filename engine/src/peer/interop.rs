@@ -30,6 +30,12 @@ ti = lt.torrent_info(t.generate())
 ses = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False,
                   "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False})
 h = ses.add_torrent({"ti": ti, "save_path": d, "flags": lt.torrent_flags.seed_mode})
+# add_torrent returns before the session thread has started the torrent: the port is
+# announced only once it seeds, so our handshake never races the torrent's start.
+import time
+deadline = time.time() + 30
+while time.time() < deadline and h.status().state != lt.torrent_status.seeding:
+    time.sleep(0.01)
 import threading
 def log():
     while True:
@@ -211,39 +217,55 @@ fn download_from_libtorrent_then_seed_to_it() {
     let hashes: Vec<[u8; 20]> = f[4].split(',').map(unhex).collect();
     let lengths = Lengths::new(total, piece_length, hashes.len() as u64).unwrap();
 
-    // 1. libtorrent seeds, we download.
-    let mut swarm = Swarm::new(
-        SwarmConfig::default(),
-        info_hash,
-        lengths,
-        Bitfield::new(lengths.piece_count()),
-        42,
-    );
+    // 1. libtorrent seeds, we download. Under load (the suite's parallel tests on 2 cores)
+    // libtorrent now and then closes an incoming connection before it answers the
+    // handshake, with no peer or error alert (2-4 runs of 16 run side by side with four
+    // busy loops; three dials in a row were all closed): its session log would say why,
+    // but logging alerts hides it. A connection closed before its handshake reached us is
+    // dialled again after 200 ms, for up to 5 s, as a client would redial; a close after
+    // the handshake still fails the test.
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let mut pc = PeerConn::new(
-        &PeerConfig::default(),
-        &mut swarm,
-        addr,
-        Role::Initiator,
-        *b"-CV0001-interop-test",
-        [0; 16],
-        Instant::now(),
-    )
-    .unwrap();
-    let mut storage = vec![0u8; total as usize];
-    drive(
-        &mut stream,
-        &mut swarm,
-        &mut pc,
-        &mut storage,
-        &hashes,
-        |s, _| s.is_complete(),
-    )
-    .unwrap_or_else(|e| {
-        std::thread::sleep(Duration::from_millis(500));
-        panic!("{e}")
-    });
+    let mut attempt = 0;
+    let (mut swarm, mut pc, storage, stream) = loop {
+        attempt += 1;
+        let mut swarm = Swarm::new(
+            SwarmConfig::default(),
+            info_hash,
+            lengths,
+            Bitfield::new(lengths.piece_count()),
+            42,
+        );
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut pc = PeerConn::new(
+            &PeerConfig::default(),
+            &mut swarm,
+            addr,
+            Role::Initiator,
+            *b"-CV0001-interop-test",
+            [0; 16],
+            Instant::now(),
+        )
+        .unwrap();
+        let mut storage = vec![0u8; total as usize];
+        match drive(
+            &mut stream,
+            &mut swarm,
+            &mut pc,
+            &mut storage,
+            &hashes,
+            |s, _| s.is_complete(),
+        ) {
+            Ok(()) => break (swarm, pc, storage, stream),
+            Err(_) if pc.remote_peer_id().is_none() && attempt < 25 => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => {
+                std::thread::sleep(Duration::from_millis(500));
+                panic!("{e} (attempt {attempt})")
+            }
+        }
+    };
     let payload = std::fs::read(dir.path().join("payload.bin")).unwrap();
     assert!(
         storage == payload,
