@@ -52,6 +52,7 @@ mod report;
 pub mod resume;
 pub mod service;
 mod shared;
+mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRAC
 pub use door::SwarmLockReport;
 pub use report::{NodeEvent, NodeReport, Progress};
 pub use shared::make_peer_id;
+pub use timeline::Timeline;
 
 use control::{control_loop, Helpers, LoopOutcome};
 use dial::dial;
@@ -263,6 +265,7 @@ fn finish(
 ) -> Result<NodeReport, NodeError> {
     let LoopOutcome {
         complete_at,
+        mut timeline,
         mut stats,
         banned,
     } = outcome;
@@ -272,6 +275,7 @@ fn finish(
     stats.record_upload(c.uploaded.load(Ordering::Relaxed));
     let now = Instant::now();
     stats.finish(now);
+    timeline.sample(shared.start, now, c, true);
     Ok(NodeReport {
         peer_addr,
         complete: shared.door.with_swarm(|s| s.is_complete()),
@@ -285,6 +289,7 @@ fn finish(
         transfer: stats.report(now),
         resume,
         swarm_lock: shared.door.lock_report(now - shared.start),
+        timeline: timeline.into_timeline(&shared.milestones),
     })
 }
 

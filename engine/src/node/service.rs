@@ -161,9 +161,11 @@ impl PeerService {
                     conn.remote_id = Some(peer_id);
                     conn.from_seeder = is_seeder_id(&peer_id);
                     self.shared.counters.peers.fetch_add(1, Ordering::Relaxed);
+                    self.shared.milestones.peer_connected(self.shared.start);
                 }
                 Event::ReceivePayload { block, discard } => {
                     self.shared.mark_first_byte(block.piece);
+                    self.shared.milestones.payload_arrived(self.shared.start);
                     conn.payload = Some(BlockInFlight {
                         block,
                         discard,
