@@ -13,6 +13,8 @@ use crate::report::{median, Run};
 
 /// Bin width of the utilisation rows.
 pub const BIN_S: f64 = 0.25;
+/// When the seeder's share per peer is read (the end of the ramp).
+pub const EARLY_S: f64 = 1.5;
 
 /// One peer's timeline: milestones and cumulative samples `(s, from seeder, from peers)`.
 struct PeerLine {
@@ -128,12 +130,19 @@ pub fn lines(r: &Run, rate_bps: f64) -> Option<String> {
             s.iter().find(|x| x.1 >= end).map(|x| x.0)
         })
         .fold(0.0, f64::max);
+    // How evenly the seeder's uplink is shared in the ramp (uneven on the namespace fleet,
+    // see the engine's `swarm::plan` docs): MiB each peer had from it after 1.5 s.
+    let early: Vec<String> = seeder
+        .iter()
+        .map(|s| format!("{:.1}", at(s, EARLY_S) / f64::from(1 << 20)))
+        .collect();
     let col = |f: fn(&PeerLine) -> Option<f64>| med(peers.iter().filter_map(f).collect());
     Some(format!(
         "    start-up (median over peers, s after the peer's start): tracker answer {}, first peer {}, first payload {}\n\
          \x20   seeder uplink, % of rate per {BIN_S} s: {}\n\
          \x20   peers' downlink, median % of rate per {BIN_S} s: {}\n\
          \x20   peers' uplink, median % of rate per {BIN_S} s: {}\n\
+         \x20   from the seeder by {EARLY_S} s, MiB per peer: {}\n\
          \x20   tail: seeder's last byte {:.2} s, last peer done {:.2} s\n",
         col(|p| p.tracker_s),
         col(|p| p.peer_s),
@@ -141,6 +150,7 @@ pub fn lines(r: &Run, rate_bps: f64) -> Option<String> {
         pct_row(&up, cap),
         pct_row(&down_med, cap),
         pct_row(&up_med, cap),
+        early.join(" "),
         last_seeder_byte,
         r.seconds,
     ))
@@ -191,6 +201,7 @@ mod tests {
             l.contains("seeder's last byte 0.50 s, last peer done 1.00 s"),
             "{l}"
         );
+        assert!(l.contains("by 1.5 s, MiB per peer: 3.0 3.0"), "{l}");
         assert!(l.contains("first payload 0.100"), "{l}");
         assert!(lines(&Run::default(), 100e6).is_none());
     }

@@ -135,6 +135,7 @@
 //! - Tail: the seeder's uplink falls to 0-60% in the last 1-1.5 s (its first pass is
 //!   over, extra copies are capped by the 5% budget), and the last host finishes 0.1-1 s
 //!   after the first (0.2 s on a quiet machine).
+//!
 //! In the simulator (same sizes, `--hosts 16 --egress-queue 1.5MB --linger 0s`), a
 //! seeder that sends each follower's queued pieces whole before the next follower's
 //! (an experiment in the simulator's egress, not kept) changed the last host by -1% to
