@@ -19,6 +19,7 @@
 
 mod hosts;
 mod swarms;
+mod timeline;
 
 use hosts::locate_script;
 pub use hosts::{default_fleet_name, Fleet};
@@ -230,6 +231,19 @@ impl<'a> Scenario<'a> {
         println!();
         print!("{table}");
         summary.push_str(&table);
+        let rate = self.rate.as_ref().map_or(0.0, |r| r.bits_per_sec);
+        for m in &methods {
+            for r in m.runs() {
+                if let Some(l) = timeline::lines(r, rate) {
+                    let l = format!(
+                        "{} run {:.3}s, where the time went:\n{l}",
+                        m.method, r.seconds
+                    );
+                    print!("{l}");
+                    summary.push_str(&l);
+                }
+            }
+        }
         Ok(SizeResult {
             n,
             link_check,

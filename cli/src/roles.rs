@@ -680,6 +680,7 @@ mod tests {
             resume: ResumeReport::off(),
             swarm_lock: Default::default(),
             rack: None,
+            timeline: Default::default(),
         };
         let cases = [
             (
@@ -750,7 +751,7 @@ mod tests {
             ),
             (
                 NodeLine::Done { report: &report },
-                r#"{"event":"done","report":{"elapsed_s":2,"bytes_down":0,"bytes_up":0,"bytes_from_seeder":0,"bytes_from_peers":0,"pieces_verified":0,"pieces_failed":0,"down_rate_bps":0,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"127.0.0.1:6881","complete":false,"pieces":4,"bytes_total":1000,"wasted":0,"banned":[],"download_s":null,"resume":{"record":"off","reason":null,"trusted_pieces":0,"rechecked_pieces":0,"rechecked_bytes":0},"swarm_lock":{"acquisitions":0,"per_second":0,"held_fraction":0,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}}"#,
+                r#"{"event":"done","report":{"elapsed_s":2,"bytes_down":0,"bytes_up":0,"bytes_from_seeder":0,"bytes_from_peers":0,"pieces_verified":0,"pieces_failed":0,"down_rate_bps":0,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"127.0.0.1:6881","complete":false,"pieces":4,"bytes_total":1000,"wasted":0,"banned":[],"download_s":null,"resume":{"record":"off","reason":null,"trusted_pieces":0,"rechecked_pieces":0,"rechecked_bytes":0},"swarm_lock":{"acquisitions":0,"per_second":0,"held_fraction":0,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}},"timeline":{"first_tracker_answer_s":null,"first_peer_s":null,"first_payload_s":null,"samples":[]}}}"#,
             ),
         ];
         for (line, want) in cases {

@@ -40,6 +40,24 @@
 //! others sent 0.72 and the deploy took 1.83 x S/C; with 1 MiB / 250 ms / 256 KiB
 //! minimum the busiest sent 1.19 and it took 1.53 x.
 //!
+//! Tried and not kept: a fixed 1 MiB pipeline at a planning seeder, whatever the rate
+//! (a follower slow at the seeder gets a 256 KiB pipeline there, and the seeder's uplink
+//! shares itself by bytes queued, so the suspicion was that slow followers stay slow).
+//! Same fleet, N=16, 3 runs each back to back, both cores saturated by other work:
+//! 7.82 s median (7.70-8.09) against 7.84 s (7.58-8.04) unchanged, seeder 1.06-1.14
+//! copies either way; the seeder's uneven split in the first second (below, in
+//! `crate::swarm::plan`'s docs) stayed.
+//!
+//! Tried and not kept: shallower pipelines, 100 ms / 128 KiB minimum instead of
+//! 250 ms / 256 KiB (the seeder's connections see 57-127 ms RTT, queued behind relay
+//! traffic at their receivers' downlinks; shorter pipelines queue less there). Fleet,
+//! N=16, two rounds of 3 runs each, alternating order, both under load: 7.34 / 7.07 s
+//! median (host p50 7.06 / 6.89 s) against 7.57 / 7.30 s (host p50 7.50 / 7.21 s), so
+//! perhaps 0.2-0.3 s. But the simulator (`--hosts 16,24,100 --egress-queue 1.5MB
+//! --linger 0s --runs 3`) has the last host 3% later at N=24 (8.18-8.26 s against
+//! 7.84-8.02 s) with the seeder sending 1.19-1.22 copies instead of 1.16-1.18, for a
+//! median host 2-4% earlier at N=16/24; a quiet-machine A/B at N=4-24 should decide.
+//!
 //! Haves and end-game cancels are not pushed into connections: each connection follows the
 //! swarm's append-only [`Swarm::have_log`] and [`Swarm::cancel_log`] with its own cursor in
 //! `poll_transmit`. After [`Swarm::handle_verdict`] the runtime just polls every connection.

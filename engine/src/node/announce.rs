@@ -112,6 +112,7 @@ fn run_one(
             match result {
                 Ok(resp) => {
                     ann.on_success(Instant::now(), sent, &resp);
+                    shared.milestones.tracker_answered(shared.start);
                     if !stopping {
                         for addr in tracker_peers_to_dial(&resp.peers, &shared.our_id, loopback) {
                             dial(shared, mailboxes, addr);

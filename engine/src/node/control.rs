@@ -50,6 +50,7 @@ impl StopFlag {
 /// What the control loop hands back to [`super::run`].
 pub(super) struct LoopOutcome {
     pub complete_at: Option<Instant>,
+    pub timeline: super::timeline::Sampler,
     pub stats: TransferStats,
     pub banned: Vec<IpAddr>,
 }
@@ -114,6 +115,7 @@ pub(super) fn control_loop(
         start,
         out: LoopOutcome {
             complete_at: None,
+            timeline: Default::default(),
             stats: TransferStats::new(start),
             banned: Vec::new(),
         },
@@ -133,6 +135,9 @@ pub(super) fn control_loop(
             on_event(&ev);
         }
         c.progress(&snap, on_event);
+        c.out
+            .timeline
+            .sample(start, Instant::now(), &shared.counters, false);
         if cfg.mode == Mode::Download && snap.complete && c.out.complete_at.is_none() {
             c.completed(on_event)?;
         }
@@ -272,7 +277,11 @@ impl Control<'_> {
     /// Every piece is verified (in the page cache, like any copy tool's result); the
     /// msync that makes it durable follows, and `run` returns only after it.
     fn completed(&mut self, on_event: &mut dyn FnMut(&NodeEvent)) -> Result<(), NodeError> {
-        self.out.complete_at = Some(Instant::now());
+        let now = Instant::now();
+        self.out.complete_at = Some(now);
+        self.out
+            .timeline
+            .sample(self.start, now, &self.shared.counters, true);
         on_event(&NodeEvent::Complete {
             elapsed: self.start.elapsed(),
         });

@@ -53,6 +53,7 @@ mod report;
 pub mod resume;
 pub mod service;
 mod shared;
+mod timeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRAC
 pub use door::SwarmLockReport;
 pub use report::{NodeEvent, NodeReport, Progress, RackReport};
 pub use shared::make_peer_id;
+pub use timeline::Timeline;
 
 use control::{control_loop, Helpers, LoopOutcome};
 use dial::dial;
@@ -316,6 +318,7 @@ fn finish(
 ) -> Result<NodeReport, NodeError> {
     let LoopOutcome {
         complete_at,
+        mut timeline,
         mut stats,
         banned,
     } = outcome;
@@ -325,6 +328,7 @@ fn finish(
     stats.record_upload(c.uploaded.load(Ordering::Relaxed));
     let now = Instant::now();
     stats.finish(now);
+    timeline.sample(shared.start, now, c, true);
     Ok(NodeReport {
         peer_addr,
         complete: shared.door.with_swarm(|s| s.is_complete()),
@@ -342,6 +346,7 @@ fn finish(
             name: r.name().to_string(),
             local_connections: c.rack_local.load(Ordering::Relaxed),
         }),
+        timeline: timeline.into_timeline(&shared.milestones),
     })
 }
 

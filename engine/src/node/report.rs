@@ -86,6 +86,8 @@ pub struct NodeReport {
     /// With a topology that covers this host: its rack and how its connections were marked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rack: Option<RackReport>,
+    /// Start-up milestones and counter samples (see `node::timeline`).
+    pub timeline: super::timeline::Timeline,
 }
 
 /// This host's rack (issue 11) and the connections it marked same-rack at their
@@ -146,6 +148,12 @@ mod tests {
                 hold_ns: Default::default(),
             },
             rack: None,
+            timeline: crate::node::Timeline {
+                first_tracker_answer_s: Some(0.012),
+                first_peer_s: Some(0.034),
+                first_payload_s: None,
+                samples: vec![[0, 0, 0, 0], [100, 600, 400, 3]],
+            },
         }
     }
 
@@ -159,12 +167,12 @@ mod tests {
         );
         assert_eq!(
             r.to_json(),
-            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":1.250000,"resume":{"record":"mismatch","reason":"a.bin changed","trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}},"timeline":{"first_tracker_answer_s":0.012,"first_peer_s":0.034,"first_payload_s":null,"samples":[[0,0,0,0],[100,600,400,3]]}}"#
         );
         let r = sample_report(None, None);
         assert_eq!(
             r.to_json(),
-            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}}}"#
+            r#"{"elapsed_s":1.5,"bytes_down":1000,"bytes_up":3,"bytes_from_seeder":600,"bytes_from_peers":400,"pieces_verified":4,"pieces_failed":1,"down_rate_bps":666.6666666666666,"piece_latency_us":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"peer_addr":"[::1]:6881","complete":true,"pieces":4,"bytes_total":1000,"wasted":7,"banned":["10.0.0.9","2001:db8::1"],"download_s":null,"resume":{"record":"mismatch","reason":null,"trusted_pieces":1,"rechecked_pieces":3,"rechecked_bytes":750},"swarm_lock":{"acquisitions":10,"per_second":2.5,"held_fraction":0.125,"wait_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0},"hold_ns":{"count":0,"min":0,"p50":0,"p90":0,"p99":0,"max":0,"mean":0}},"timeline":{"first_tracker_answer_s":0.012,"first_peer_s":0.034,"first_payload_s":null,"samples":[[0,0,0,0],[100,600,400,3]]}}"#
         );
     }
 }

@@ -185,9 +185,11 @@ impl PeerService {
                     conn.from_seeder = is_seeder_id(&peer_id);
                     self.mark_if_local(conn);
                     self.shared.counters.peers.fetch_add(1, Ordering::Relaxed);
+                    self.shared.milestones.peer_connected(self.shared.start);
                 }
                 Event::ReceivePayload { block, discard } => {
                     self.shared.mark_first_byte(block.piece);
+                    self.shared.milestones.payload_arrived(self.shared.start);
                     conn.payload = Some(BlockInFlight {
                         block,
                         discard,

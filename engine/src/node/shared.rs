@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(super) start: Instant,
     /// Per piece: nanoseconds after `start` of its first payload byte, plus one (0: none).
     pub(super) first_byte: Vec<AtomicU64>,
+    /// First tracker answer, first peer, first payload: for the report's timeline.
+    pub(super) milestones: super::timeline::Milestones,
     /// Events from the cores and announce threads, for the control loop to report.
     pub(super) events: Mutex<Vec<NodeEvent>>,
     /// Addresses with an outbound connection open or being dialled, so announces do not
@@ -147,6 +149,7 @@ impl Shared {
             first_byte: (0..cfg.lengths.piece_count())
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            milestones: Default::default(),
             events,
             dialled: Mutex::new(HashSet::new()),
             same_peer: Mutex::new(HashMap::new()),

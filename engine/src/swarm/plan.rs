@@ -102,6 +102,46 @@
 //! until that connection times out, so it trades copies for liveness. Naming the
 //! holder (above) lets the asker wait exactly while the holder is connected to it.
 //!
+//! Where the time goes (issue 10, session 6; measured with the peers' report timelines,
+//! `node::timeline`, which the fleet bench turns into per-250 ms link use). On the
+//! namespace fleet at N=16 (100 Mbit/s, 64 MiB, runs 7.3-8.1 s, both cores saturated by
+//! other work, `corvid-bench fleet --peers 16 --rate 100mbit --size 64MiB --piece-size
+//! 256KiB`), against S/C 5.37 s:
+//! - Start-up is small: a peer's first tracker answer comes 0.09-0.21 s after its start,
+//!   its first connection at once after, its first payload byte 0.01-0.04 s later.
+//! - The ramp costs about 1 s: the peers' downlinks are 5-20% busy in the first 250 ms,
+//!   25-65% until 1 s and 60-85% until 2 s (median host), while the seeder's uplink is
+//!   64-100% from the start. The seeder's uplink is split very unevenly then: in every
+//!   run 2-10 followers got 7-36 Mbit/s each from it and the others nothing at all for
+//!   0.6-1.4 s after they connected (at 1.4 s, 0-7 pieces from the seeder per follower,
+//!   ~4 would be even). Followers without a piece of their own have nothing to relay, so
+//!   the peers' uplinks are 0-30% busy for the first 0.5-1 s. The simulator, whose
+//!   seeder admits its connections' bytes round robin, splits evenly after its first
+//!   250 ms and ramps in ~0.5 s; so the uneven split is something the simulator does not
+//!   model (TCP: BBR here, one FIFO per link, no per-flow fairness) or the runtime's
+//!   serving order. What `ss -ti` on the seeder shows (N=16, sampled every ~0.13 s): every
+//!   connection has 130-950 KB written and unsent, so corvid is not what holds the slow
+//!   ones back; TCP is. The connections' smoothed RTT is 57-127 ms (the seeder's own
+//!   queue holds only 60-140 KB, 5-11 ms: the delay is at the receivers' downlinks,
+//!   shared with 15 relays' flows), while BBR (this machine's default) measured min RTTs
+//!   of 0.01-3.6 ms, so its window (2 x bandwidth x min RTT) keeps the slow flows at
+//!   10-20 packets, ~1 Mbit/s, and the fast ones at 80-400. Per-socket cubic
+//!   (`TCP_CONGESTION`, tried through an environment variable, not kept) evened the
+//!   windows out somewhat (16-50 against 100-413 packets) but the times, 7.25 / 8.53 /
+//!   7.66 s against 7.58-8.04 s, did not show a gain under load. Candidates: fewer
+//!   bytes queued into each downlink (the relays' pipelines), or a congestion control
+//!   that shares a FIFO fairly.
+//! - Mid-run, the peers' downlinks are 85-95% busy (goodput is 96% of the link rate).
+//! - Tail: the seeder's uplink falls to 0-60% in the last 1-1.5 s (its first pass is
+//!   over, extra copies are capped by the 5% budget), and the last host finishes 0.1-1 s
+//!   after the first (0.2 s on a quiet machine).
+//!
+//! In the simulator (same sizes, `--hosts 16 --egress-queue 1.5MB --linger 0s`), a
+//! seeder that sends each follower's queued pieces whole before the next follower's
+//! (an experiment in the simulator's egress, not kept) changed the last host by -1% to
+//! +1% (3 seeds) and made the median host 5-6% later: the parallel split is not what
+//! costs there.
+//!
 //! Tried and not kept: handing fresh pieces only to followers whose handed pieces have
 //! spread (no more fresh pieces to a follower while 2 hand-outs' worth of its pieces
 //! were announced by no other peer), to even out the relays' upload. In the simulator
