@@ -131,6 +131,11 @@
 //!   7.66 s against 7.58-8.04 s, did not show a gain under load. Candidates: fewer
 //!   bytes queued into each downlink (the relays' pipelines), or a congestion control
 //!   that shares a FIFO fairly.
+//!   Probes on a quiet machine (`benches/runs/2026-11-29-vm/fleet-session6-split-probes`,
+//!   N=16, 2 runs each) leave the split as uneven with any one knob: a 100-packet link
+//!   FIFO (1.35 x S/C), cubic in every namespace (1.38), `SO_SNDBUF` 64 KiB or
+//!   `TCP_NOTSENT_LOWAT` 32 KiB on every socket (1.40), against 1.38 x unchanged; one
+//!   to four followers still get 2-9 MiB from the seeder by 1.5 s and the rest ~0.5 MiB.
 //! - Mid-run, the peers' downlinks are 85-95% busy (goodput is 96% of the link rate).
 //! - Tail: the seeder's uplink falls to 0-60% in the last 1-1.5 s (its first pass is
 //!   over, extra copies are capped by the 5% budget), and the last host finishes 0.1-1 s
