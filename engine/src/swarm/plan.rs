@@ -136,6 +136,9 @@
 //!   FIFO (1.35 x S/C), cubic in every namespace (1.38), `SO_SNDBUF` 64 KiB or
 //!   `TCP_NOTSENT_LOWAT` 32 KiB on every socket (1.40), against 1.38 x unchanged; one
 //!   to four followers still get 2-9 MiB from the seeder by 1.5 s and the rest ~0.5 MiB.
+//!   Nor does a follower pipeline of at least 1 MiB at the seeder (1.43 x), alone or
+//!   with 64 KiB socket buffers (1.38 x): the others' plateau at two pieces becomes a
+//!   spread of 0.2-5.2 MiB, no more even.
 //! - Mid-run, the peers' downlinks are 85-95% busy (goodput is 96% of the link rate).
 //! - Tail: the seeder's uplink falls to 0-60% in the last 1-1.5 s (its first pass is
 //!   over, extra copies are capped by the 5% budget), and the last host finishes 0.1-1 s
