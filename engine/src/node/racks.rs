@@ -70,3 +70,84 @@ fn own_address(cfg: &NodeConfig) -> Option<SocketAddr> {
     let ip = crate::deploy::seeder_addr::routed_from(toward)?;
     Some(SocketAddr::new(ip, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::geometry::Lengths;
+    use crate::node::config::{NodeRacks, SeedUntil};
+    use crate::tracker::Topology;
+
+    /// A downloader's configuration with only what the rack lookup reads set.
+    fn cfg(listen: &str, peers: &[&str], trackers: &[&str], rules: &str) -> NodeConfig {
+        NodeConfig {
+            mode: Mode::Download,
+            info_hash: [0; 20],
+            lengths: Lengths::new(16384, 16384, 1).unwrap(),
+            piece_hashes: Arc::new(vec![[0; 20]]),
+            files: Vec::new(),
+            root: std::path::PathBuf::new(),
+            listen: listen.parse().unwrap(),
+            cores: 1,
+            hash_threads: 1,
+            trackers: trackers.iter().map(|t| t.to_string()).collect(),
+            peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
+            linger: Duration::ZERO,
+            seed_until: SeedUntil::Stopped,
+            trust_data: false,
+            stall_timeout: Duration::from_secs(60),
+            max_connections: 16,
+            peer: Default::default(),
+            swarm: Default::default(),
+            tuning: Default::default(),
+            announce_port: 0,
+            resume: None,
+            base: None,
+            racks: Some(NodeRacks {
+                topology: Arc::new(Topology::parse(rules, "test").unwrap()),
+                rack: None,
+            }),
+        }
+    }
+
+    /// Listening on every address, the node is found by the kernel's source address
+    /// towards its first peer, or else its tracker, with its own listening port: two
+    /// rules for the same IP on two ports tell which port was used.
+    #[test]
+    fn a_node_on_every_address_finds_its_rack_by_the_route_and_its_port() {
+        let ip = crate::deploy::seeder_addr::routed_from([127, 0, 0, 9].into())
+            .expect("a route to 127.0.0.9");
+        let rules = format!("{ip}:7000 rack=a\n{ip}:7001 rack=b\n");
+        let (rack, warning) = host_rack(&cfg("0.0.0.0:7000", &["127.0.0.9:1"], &[], &rules));
+        assert_eq!(rack.map(|r| r.name().to_string()).as_deref(), Some("a"));
+        assert_eq!(warning, None);
+        let by_tracker = cfg(
+            "0.0.0.0:7001",
+            &[],
+            &["http://127.0.0.9:6969/announce"],
+            &rules,
+        );
+        let (rack, _) = host_rack(&by_tracker);
+        assert_eq!(rack.map(|r| r.name().to_string()).as_deref(), Some("b"));
+    }
+
+    /// With nothing to route towards, or an address no rule covers, the node marks
+    /// nothing and says why.
+    #[test]
+    fn a_node_it_cannot_place_says_why() {
+        let (rack, warning) = host_rack(&cfg("0.0.0.0:7000", &[], &[], "10.0.0.1 rack=a"));
+        assert!(rack.is_none());
+        assert!(warning.unwrap().contains("cannot tell this host's address"));
+        let (rack, warning) = host_rack(&cfg(
+            "127.0.0.1:7000",
+            &["127.0.0.9:1"],
+            &[],
+            "10.0.0.1 rack=a",
+        ));
+        assert!(rack.is_none());
+        assert!(warning.unwrap().contains("(127.0.0.1:7000) is in no rack"));
+    }
+}
