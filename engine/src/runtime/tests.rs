@@ -700,23 +700,7 @@ fn peer_reset_mid_transfer_leaves_loop_running() {
     assert_eq!(events.recv_timeout(WAIT).unwrap(), Ev::Accepted);
     c.write_all(&(LEN as u64).to_be_bytes()).unwrap();
     c.write_all(&pattern(1, 1 << 20)).unwrap();
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
-    let r = unsafe {
-        use std::os::fd::AsRawFd;
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(c);
+    reset(c);
     assert_eq!(
         next_ev(&events),
         Ev::Closed(
@@ -812,23 +796,7 @@ fn a_slow_reader_gets_every_byte_and_one_that_resets_mid_send_closes_the_sender(
         got == sent[..4 << 20],
         "the first 4 MiB differ from the mapping"
     );
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
-    let r = unsafe {
-        use std::os::fd::AsRawFd;
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(c);
+    reset(c);
     match next_ev(&events) {
         Ev::Closed(Direction::Outbound, Closed::Io(kind)) => assert!(
             matches!(
@@ -1058,4 +1026,25 @@ fn connect_timeout_is_reported() {
         "failed by timeout, not refusal"
     );
     rt.shutdown().unwrap();
+}
+
+/// Closes `c` with a reset instead of a FIN: `SO_LINGER` with a zero timeout makes close
+/// send RST, what a peer that crashes or is killed mid-transfer looks like.
+fn reset(c: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
+    let r = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
 }
