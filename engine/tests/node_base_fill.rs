@@ -10,7 +10,7 @@ use std::time::Duration;
 use corvid_engine::geometry::Lengths;
 use corvid_engine::hash::HashPool;
 use corvid_engine::node::resume::{Loaded, ResumeConfig};
-use corvid_engine::node::{self, Mode, NodeConfig, NodeEvent, SeedUntil, StopFlag};
+use corvid_engine::node::{self, Mode, NodeConfig, NodeEvent, StopFlag};
 use corvid_engine::reuse::Base;
 use corvid_engine::storage::{FileSpec, Storage};
 
@@ -35,28 +35,10 @@ fn base_filled_pieces_are_not_synced_before_the_swarm_starts() {
         HashPool::new(1).hash_all(&Arc::new(s), &mut |_| {})
     };
     let record = dir.path().join("resume");
+    // No peers: nobody to download from, the node waits in the swarm with what the base gave.
     let cfg = NodeConfig {
-        mode: Mode::Download,
-        info_hash: [3; 20],
-        lengths,
-        piece_hashes: Arc::new(hashes),
-        files: files.clone(),
-        root: new.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        cores: 1,
-        hash_threads: 1,
-        trackers: vec![],
-        // Nobody to download from: the node waits in the swarm with what the base gave.
-        peers: vec![],
-        linger: Duration::ZERO,
-        seed_until: SeedUntil::Stopped,
-        trust_data: false,
-        stall_timeout: Duration::from_secs(60),
         max_connections: 8,
-        peer: Default::default(),
-        swarm: Default::default(),
-        tuning: Default::default(),
-        announce_port: 0,
         resume: Some(ResumeConfig {
             path: record.clone(),
             keep_when_complete: false,
@@ -68,7 +50,14 @@ fn base_filled_pieces_are_not_synced_before_the_swarm_starts() {
             strip: PathBuf::new(),
             sealed: None,
         }),
-        racks: None,
+        ..NodeConfig::new(
+            Mode::Download,
+            [3; 20],
+            lengths,
+            Arc::new(hashes),
+            files.clone(),
+            new.clone(),
+        )
     };
     // The base lacks the last piece's bytes: truncate its copy of the file.
     std::fs::File::options()

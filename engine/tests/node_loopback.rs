@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use corvid_engine::geometry::Lengths;
 use corvid_engine::hash::HashPool;
-use corvid_engine::node::{self, Mode, NodeConfig, NodeEvent, SeedUntil, StopFlag};
+use corvid_engine::node::{self, Mode, NodeConfig, NodeEvent, StopFlag};
 use corvid_engine::storage::{FileSpec, Storage};
 
 fn payload(len: usize, seed: u64) -> Vec<u8> {
@@ -51,29 +51,18 @@ fn config(
     hashes: Arc<Vec<[u8; 20]>>,
 ) -> NodeConfig {
     NodeConfig {
-        mode,
-        info_hash: [7; 20],
-        lengths,
-        piece_hashes: hashes,
-        files: files.to_vec(),
-        root: root.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         cores: 2,
         hash_threads: 2,
-        trackers: vec![],
-        peers: vec![],
-        linger: Duration::ZERO,
-        seed_until: SeedUntil::Stopped,
-        trust_data: false,
         stall_timeout: Duration::from_secs(30),
-        max_connections: 64,
-        peer: Default::default(),
-        swarm: Default::default(),
-        tuning: Default::default(),
-        announce_port: 0,
-        resume: None,
-        base: None,
-        racks: None,
+        ..NodeConfig::new(
+            mode,
+            [7; 20],
+            lengths,
+            hashes,
+            files.to_vec(),
+            root.to_path_buf(),
+        )
     }
 }
 

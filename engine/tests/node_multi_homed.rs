@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use corvid_engine::geometry::Lengths;
-use corvid_engine::node::{self, Mode, NodeConfig, SeedUntil, StopFlag};
+use corvid_engine::node::{self, Mode, NodeConfig, StopFlag};
 use corvid_engine::storage::FileSpec;
 
 #[test]
@@ -30,29 +30,17 @@ fn a_node_listening_on_one_address_dials_from_it() {
         pad: false,
     }];
     let cfg = NodeConfig {
-        mode: Mode::Download,
-        info_hash: [9; 20],
-        lengths: Lengths::new(len, len, 1).unwrap(),
-        piece_hashes: Arc::new(vec![[0; 20]]),
-        files,
-        root: dir.path().to_path_buf(),
         listen: "127.0.0.2:0".parse().unwrap(),
-        cores: 1,
-        hash_threads: 1,
-        trackers: vec![],
         peers: vec![remote_addr],
-        linger: Duration::ZERO,
-        seed_until: SeedUntil::Stopped,
-        trust_data: false,
-        stall_timeout: Duration::from_secs(60),
         max_connections: 8,
-        peer: Default::default(),
-        swarm: Default::default(),
-        tuning: Default::default(),
-        announce_port: 0,
-        resume: None,
-        base: None,
-        racks: None,
+        ..NodeConfig::new(
+            Mode::Download,
+            [9; 20],
+            Lengths::new(len, len, 1).unwrap(),
+            Arc::new(vec![[0; 20]]),
+            files,
+            dir.path().to_path_buf(),
+        )
     };
     let stop = StopFlag::new();
     let node = {

@@ -105,3 +105,43 @@ pub struct NodeConfig {
     /// Racks of the fleet, if known (see [`NodeRacks`]).
     pub racks: Option<NodeRacks>,
 }
+
+impl NodeConfig {
+    /// A node of `mode` for one torrent's payload under `root`, everything else at the
+    /// quietest setting (any address, one core, no trackers or peers, no linger, resume,
+    /// base or racks): a starting point for callers that set a few fields, such as tests.
+    pub fn new(
+        mode: Mode,
+        info_hash: [u8; 20],
+        lengths: Lengths,
+        piece_hashes: Arc<Vec<[u8; 20]>>,
+        files: Vec<FileSpec>,
+        root: PathBuf,
+    ) -> NodeConfig {
+        NodeConfig {
+            mode,
+            info_hash,
+            lengths,
+            piece_hashes,
+            files,
+            root,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            cores: 1,
+            hash_threads: 1,
+            trackers: Vec::new(),
+            peers: Vec::new(),
+            linger: Duration::ZERO,
+            seed_until: SeedUntil::Stopped,
+            trust_data: false,
+            stall_timeout: Duration::from_secs(60),
+            max_connections: 64,
+            peer: PeerConfig::default(),
+            swarm: SwarmConfig::default(),
+            tuning: NodeTuning::default(),
+            announce_port: 0,
+            resume: None,
+            base: None,
+            racks: None,
+        }
+    }
+}

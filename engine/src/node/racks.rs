@@ -74,42 +74,30 @@ fn own_address(cfg: &NodeConfig) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::geometry::Lengths;
-    use crate::node::config::{NodeRacks, SeedUntil};
+    use crate::node::config::NodeRacks;
     use crate::tracker::Topology;
 
     /// A downloader's configuration with only what the rack lookup reads set.
     fn cfg(listen: &str, peers: &[&str], trackers: &[&str], rules: &str) -> NodeConfig {
         NodeConfig {
-            mode: Mode::Download,
-            info_hash: [0; 20],
-            lengths: Lengths::new(16384, 16384, 1).unwrap(),
-            piece_hashes: Arc::new(vec![[0; 20]]),
-            files: Vec::new(),
-            root: std::path::PathBuf::new(),
             listen: listen.parse().unwrap(),
-            cores: 1,
-            hash_threads: 1,
             trackers: trackers.iter().map(|t| t.to_string()).collect(),
             peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
-            linger: Duration::ZERO,
-            seed_until: SeedUntil::Stopped,
-            trust_data: false,
-            stall_timeout: Duration::from_secs(60),
-            max_connections: 16,
-            peer: Default::default(),
-            swarm: Default::default(),
-            tuning: Default::default(),
-            announce_port: 0,
-            resume: None,
-            base: None,
             racks: Some(NodeRacks {
                 topology: Arc::new(Topology::parse(rules, "test").unwrap()),
                 rack: None,
             }),
+            ..NodeConfig::new(
+                Mode::Download,
+                [0; 20],
+                Lengths::new(16384, 16384, 1).unwrap(),
+                Arc::new(vec![[0; 20]]),
+                Vec::new(),
+                std::path::PathBuf::new(),
+            )
         }
     }
 
