@@ -5,6 +5,11 @@
 //! last byte to the last peer done. To finish at 1.2 x S/C a peer's downlink must be busy
 //! over 83% of the run, so the rows show where it was not (issue 10).
 //!
+//! The straggler line names the host furthest behind the median at [`BEHIND_S`] with what
+//! it had from the seeder by [`EARLY_S`] and from peers by 2 s: in the session-7 runs the
+//! slow runs' straggler was always the follower the seeder favoured in the ramp, starved of
+//! peers' pieces next (`benches/runs/2026-11-29-vm/fleet-session7-pacing-probes`).
+//!
 //! Times are each peer's own (from its node's start), which the harness starts at once;
 //! the peers' bytes from the seeder add up to the seeder's uplink (it serves only them).
 
@@ -15,6 +20,8 @@ use crate::report::{median, Run};
 pub const BIN_S: f64 = 0.25;
 /// When the seeder's share per peer is read (the end of the ramp).
 pub const EARLY_S: f64 = 1.5;
+/// When the hosts' progress is compared for the straggler line (capped at 60% of the run).
+pub const BEHIND_S: f64 = 4.0;
 
 /// One peer's timeline: milestones and cumulative samples `(s, from seeder, from peers)`.
 struct PeerLine {
@@ -86,7 +93,13 @@ fn med(v: Vec<f64>) -> String {
 /// or a method that is not corvid's swarm). `rate_bps`: the shaped link rate.
 pub fn lines(r: &Run, rate_bps: f64) -> Option<String> {
     let c = r.corvid.as_ref()?;
-    let peers: Vec<PeerLine> = c.reports.iter().filter_map(|(_, j)| parse(j)).collect();
+    let named: Vec<(&str, PeerLine)> = c
+        .reports
+        .iter()
+        .filter_map(|(h, j)| Some((h.as_str(), parse(j)?)))
+        .collect();
+    let straggler = straggler(&named, (0.6 * r.seconds).min(BEHIND_S));
+    let peers: Vec<PeerLine> = named.into_iter().map(|(_, p)| p).collect();
     if peers.is_empty() || rate_bps <= 0.0 {
         return None;
     }
@@ -143,7 +156,8 @@ pub fn lines(r: &Run, rate_bps: f64) -> Option<String> {
          \x20   peers' downlink, median % of rate per {BIN_S} s: {}\n\
          \x20   peers' uplink, median % of rate per {BIN_S} s: {}\n\
          \x20   from the seeder by {EARLY_S} s, MiB per peer: {}\n\
-         \x20   tail: seeder's last byte {:.2} s, last peer done {:.2} s\n",
+         \x20   tail: seeder's last byte {:.2} s, last peer done {:.2} s\n\
+         \x20   {straggler}\n",
         col(|p| p.tracker_s),
         col(|p| p.peer_s),
         col(|p| p.payload_s),
@@ -154,6 +168,29 @@ pub fn lines(r: &Run, rate_bps: f64) -> Option<String> {
         last_seeder_byte,
         r.seconds,
     ))
+}
+
+/// The host furthest behind the median at `t`, and what it had from the seeder by
+/// [`EARLY_S`] and from peers by 2 s, as one line.
+fn straggler(peers: &[(&str, PeerLine)], t: f64) -> String {
+    let mib = f64::from(1 << 20);
+    let col = |p: &PeerLine, f: fn(&(f64, f64, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+        p.samples.iter().map(|s| (s.0, f(s))).collect()
+    };
+    let held: Vec<f64> = peers
+        .iter()
+        .map(|(_, p)| at(&col(p, |s| s.1 + s.2), t))
+        .collect();
+    let Some((i, &least)) = held.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)) else {
+        return "straggler: -".into();
+    };
+    let (host, p) = &peers[i];
+    format!(
+        "furthest behind at {t:.1} s: {host}, {:.1} MiB behind the median host ({:.1} MiB from the seeder by {EARLY_S} s, {:.1} MiB from peers by 2 s)",
+        (median(held.clone()) - least) / mib,
+        at(&col(p, |s| s.1), EARLY_S) / mib,
+        at(&col(p, |s| s.2), 2.0) / mib,
+    )
 }
 
 #[cfg(test)]
@@ -203,6 +240,11 @@ mod tests {
         );
         assert!(l.contains("by 1.5 s, MiB per peer: 3.0 3.0"), "{l}");
         assert!(l.contains("first payload 0.100"), "{l}");
+        // At 0.6 s h2 holds 3.125 MB + 20% of its next 3.125 MB, h1 6.25 MB + 20% of 0.
+        assert!(
+            l.contains("furthest behind at 0.6 s: h2, 1.2 MiB behind the median host (3.0 MiB from the seeder by 1.5 s, 3.0 MiB from peers by 2 s)"),
+            "{l}"
+        );
         assert!(lines(&Run::default(), 100e6).is_none());
     }
 }
