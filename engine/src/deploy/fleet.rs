@@ -61,6 +61,7 @@ use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
 };
 use super::ops::{self, Activated, HostAnswer};
+use super::piece_cache::PieceCache;
 pub use super::plan::{validate, Batch, DeployError, DeployPlan, Validated};
 use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
@@ -165,6 +166,9 @@ pub enum FleetEvent {
         at: Duration,
         checked: Duration,
         torrent_time: Duration,
+        /// Of the release's bytes, those hashed for the torrent: the rest came from the
+        /// piece-hash cache ([`super::piece_cache`]).
+        hashed_bytes: u64,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -491,7 +495,7 @@ impl Deploy<'_> {
         if self.over() {
             return self.end_early();
         }
-        let ((m, torrent), torrent_time) = match prebuilt {
+        let ((m, torrent, hashed_bytes), torrent_time) = match prebuilt {
             // Built for the address chosen after all (the probes only cross-check it).
             Some((a, built, took)) if a == addr => (built?, took),
             _ => {
@@ -523,6 +527,7 @@ impl Deploy<'_> {
             at: self.start.elapsed(),
             checked,
             torrent_time,
+            hashed_bytes,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
@@ -793,12 +798,14 @@ impl Deploy<'_> {
     }
 }
 
-/// The release's torrent, announcing at `url`: the metainfo and its bytes.
+/// The release's torrent, announcing at `url`: the metainfo, its bytes, and how many of
+/// the release's bytes were hashed for it (with `--hash-cache`, only pieces the cache
+/// cannot vouch for; the cache then holds this build's pieces).
 fn build_torrent(
     plan: &DeployPlan,
     payload: &Payload,
     url: &str,
-) -> Result<(metainfo::Metainfo, Vec<u8>), DeployError> {
+) -> Result<(metainfo::Metainfo, Vec<u8>, u64), DeployError> {
     let pool = HashPool::new(plan.threads.max(1));
     let opts = BuildOptions {
         trackers: vec![url.to_string()],
@@ -811,7 +818,29 @@ fn build_torrent(
         align: plan.align,
         ..BuildOptions::default()
     };
-    Ok(metainfo::build_payload(payload, &opts, &pool, &mut |_| {})?)
+    let mut hashed = 0;
+    let Some(dir) = &plan.hash_cache else {
+        let (m, bytes) = metainfo::build_payload(payload, &opts, &pool, &mut |b| hashed = b)?;
+        return Ok((m, bytes, hashed));
+    };
+    let cache = PieceCache::for_source(dir, &plan.src);
+    let mut keys = None;
+    let (m, bytes) = metainfo::build_payload_known(
+        payload,
+        &opts,
+        &pool,
+        &mut |storage| {
+            let (known, k) = cache.lookup(storage);
+            keys = Some(k);
+            known
+        },
+        &mut |b| hashed = b,
+    )?;
+    if let Some(k) = keys {
+        // A cache that cannot be written costs the next deploy its hashing, no more.
+        let _ = cache.store(&k, &m.info.pieces);
+    }
+    Ok((m, bytes, hashed))
 }
 
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
@@ -868,6 +897,7 @@ mod tests {
             align: false,
             base: None,
             peer_network: None,
+            hash_cache: None,
         }
     }
 

@@ -1107,6 +1107,7 @@ mod tests {
             align: false,
             base: None,
             peer_network: None,
+            hash_cache: None,
         }
     }
 
