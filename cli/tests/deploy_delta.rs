@@ -303,11 +303,14 @@ fn the_deployers_hash_cache_hashes_only_what_changed() {
         assert_same_tree(&src, &dest.join("releases").join(tag));
         hashed.expect("a seeding event")
     };
-    // Files written just now are hashed and not cached until their ctimes are older
-    // than SETTLE (a write in the same clock tick would not show).
+    // An empty cache: everything hashed. Files changed within SETTLE are not cached (a
+    // write in the same clock tick would not show), so v2 hashes everything again if v1
+    // hashed before they settled (the usual case), nothing if a loaded machine made v1
+    // slower than that; from then on they are cached.
     assert_eq!(run("v1"), total);
     std::thread::sleep(SETTLE + Duration::from_millis(100));
-    assert_eq!(run("v2"), total);
+    let v2 = run("v2");
+    assert!(v2 == total || v2 == 0, "hashed {v2} of {total}");
     assert_eq!(run("v3"), 0);
     // One file edited in place (same size): its pieces only, the first piece of the next
     // file at most with it.
