@@ -61,6 +61,9 @@ pub struct DeltaArgs {
     /// mkfs.xfs and loop devices).
     #[arg(long)]
     pub xfs: bool,
+    /// Deploy with `--no-hash-cache` (the deployer hashes the whole release every time).
+    #[arg(long)]
+    pub no_hash_cache: bool,
     /// Only draw DIR/chart.svg from the DIR/results.json of an earlier run, and exit.
     #[arg(long, value_name = "DIR")]
     pub chart: Option<PathBuf>,
@@ -262,6 +265,9 @@ struct Phases {
     /// When the hosts' checks ended (NaN from a corvid that does not say).
     checked_s: f64,
     torrent_s: f64,
+    /// Release bytes the deployer hashed for the torrent (the rest came from its piece
+    /// cache); NaN from a corvid that does not say.
+    hashed_bytes: f64,
     /// Per host, in seconds.
     released: Vec<f64>,
     download: Vec<f64>,
@@ -300,13 +306,18 @@ impl Phases {
             .collect();
         let o = spread(&outside);
         format!(
-            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s); per host (min/median/max): base fill \
+            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s, {} of it hashed); per host (min/median/max): base fill \
              {:.2}/{:.2}/{:.2}s, node after the fill (start-up, swarm) {:.2}/{:.2}/{:.2}s, \
              node {:.2}/{:.2}/{:.2}s, outside the node after the seeder was up (ssh, torrent, \
              check, place) {:.2}/{:.2}/{:.2}s; released {:.2}-{:.2}s",
             self.checked_s,
             self.seeder_up_s,
             self.torrent_s,
+            if self.hashed_bytes.is_nan() {
+                "?".to_string()
+            } else {
+                units::fmt_bytes(self.hashed_bytes as u64)
+            },
             f.0,
             f.1,
             f.2,
@@ -330,6 +341,7 @@ impl Phases {
             .with("seeder_up_s", self.seeder_up_s)
             .with("checked_s", self.checked_s)
             .with("torrent_s", self.torrent_s)
+            .with("hashed_bytes", self.hashed_bytes)
             .with("released_s", arr(&self.released))
             .with("download_s", arr(&self.download))
             .with("reuse_s", arr(&self.fill))
@@ -366,7 +378,7 @@ fn corvid_deploy(
     src: &Path,
     dest: &str,
     tag: &str,
-    align: bool,
+    (align, cache): (bool, Option<&Path>),
 ) -> Result<Deployed> {
     let hosts: Vec<String> = (1..=fleet.n).map(|h| format!("h{h}")).collect();
     let mut argv: Vec<String> = vec![
@@ -393,6 +405,10 @@ fn corvid_deploy(
     ];
     if align {
         argv.push("--align".into());
+    }
+    match cache {
+        Some(c) => argv.extend(["--hash-cache".into(), c.display().to_string()]),
+        None => argv.push("--no-hash-cache".into()),
     }
     let t = Instant::now();
     let out = fleet
@@ -426,6 +442,7 @@ fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
                 phases.seeder_up_s = f(&v, "at_s").unwrap_or(f64::NAN);
                 phases.checked_s = f(&v, "checked_s").unwrap_or(f64::NAN);
                 phases.torrent_s = f(&v, "torrent_s").unwrap_or(f64::NAN);
+                phases.hashed_bytes = f(&v, "hashed_bytes").unwrap_or(f64::NAN);
             }
             Some("host") => {
                 wire += json_u64(&v, "bytes_from_seeder") + json_u64(&v, "bytes_from_peers");
@@ -445,21 +462,74 @@ fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
     (wire, reused, seeder, phases)
 }
 
+/// The deployer's build directory as a build leaves it: `to` becomes a copy of `from`
+/// where a file's size or mtime differs (every file when `to` is new), mtimes kept.
+/// A rebuilt file is rewritten (new ctime), an unchanged one left alone (same inode and
+/// ctime), as `make` or `cargo` leave their outputs.
+fn rebuild(from: &Path, to: &Path) -> Result<()> {
+    for e in walk(from)? {
+        let rel = e.strip_prefix(from).expect("walked under it");
+        let (a, b) = (std::fs::metadata(&e)?, std::fs::metadata(to.join(rel)).ok());
+        if b.is_some_and(|b| b.len() == a.len() && b.modified().ok() == a.modified().ok()) {
+            continue;
+        }
+        let dst = to.join(rel);
+        std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+        std::fs::copy(&e, &dst).with_context(|| format!("copying to {}", dst.display()))?;
+        std::fs::File::options()
+            .write(true)
+            .open(&dst)?
+            .set_modified(a.modified()?)?;
+    }
+    Ok(())
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One shape: a full deploy of v1 (the reference), the delta deploy of v2 from it, and
 /// rsync of v2 over a copy of v1, each checked on every host; the directories are
-/// removed afterwards (each host holds three copies of the release meanwhile).
+/// removed afterwards (each host holds three copies of the release meanwhile). corvid
+/// deploys both from one build directory, `SHAPE-src`, which holds v1 and is then
+/// rebuilt into v2 in place ([`rebuild`]): with the deployer's piece-hash cache (in
+/// `cache`, emptied first) the unchanged files are not hashed again. The directory is
+/// made before the fleet starts, and the first deploy waits until its files are older
+/// than the cache's settling time, as a build directory is between builds.
 fn measure_shape(
     fleet: &Fleet,
     bins: (&Path, &Path),
     disk: &str,
     shape: &'static str,
-    (v1, v2): (&Path, &Path),
-    align: bool,
+    (v1, v2, src): (&Path, &Path, &Path),
+    (align, cache): (bool, Option<&Path>),
+    made: Instant,
 ) -> Result<Vec<Measured>> {
     let dest = format!("{disk}/{shape}-app");
     let rs = format!("{disk}/{shape}-rsync");
     let mut results = Vec::new();
-    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, v1, &dest, "v1", align)?;
+    if let Some(c) = cache {
+        let _ = std::fs::remove_dir_all(c);
+    }
+    // corvid's SETTLE (2 s) and a tick.
+    let settled = made + Duration::from_millis(2100);
+    std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+    let opts = (align, cache);
+    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, src, &dest, "v1", opts)?;
     results.push(Measured {
         shape,
         method: "corvid full deploy (v1)",
@@ -472,7 +542,8 @@ fn measure_shape(
     crate::fleet_deploy::on_hosts(fleet, "copy v1 for rsync", |_| {
         format!("mkdir -p '{rs}' && cp -a '{}/.' '{rs}'", v1.display())
     })?;
-    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, v2, &dest, "v2", align)?;
+    rebuild(v2, src)?;
+    let (s, w, r, sd, ph) = corvid_deploy(fleet, bins, src, &dest, "v2", opts)?;
     check_hosts(fleet, &format!("{dest}/releases/v2"), v2)?;
     results.push(Measured {
         shape,
@@ -571,6 +642,14 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         ("files", files_shape(&dir, a.size, a.files)?),
         ("block", block_shape(&dir, a.size)?),
     ];
+    // The deployer's build directories, holding v1 (see `measure_shape`).
+    for (shape, (v1, _, _)) in &shapes {
+        let src = dir.join(format!("{shape}-src"));
+        let _ = std::fs::remove_dir_all(&src);
+        rebuild(v1, &src)?;
+    }
+    let made = Instant::now();
+    let cache = dir.join("hash-cache");
     let fleet = Fleet::up(&script, &default_fleet_name(), a.peers, rate.as_ref())?;
     // Dropped before the fleet: unmounted while the hosts' namespaces still exist.
     let xfs = if a.xfs {
@@ -604,8 +683,9 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
             bins,
             &disk,
             shape,
-            (v1.as_path(), v2.as_path()),
-            a.align,
+            (v1, v2, &dir.join(format!("{shape}-src"))),
+            (a.align, (!a.no_hash_cache).then_some(cache.as_path())),
+            made,
         )?;
         for m in &ms {
             eprintln!(
@@ -637,6 +717,7 @@ pub fn run(a: DeltaArgs) -> Result<crate::Outcome> {
         .with("rate", a.rate.as_str())
         .with("align", a.align)
         .with("xfs_reflink", a.xfs)
+        .with("hash_cache", !a.no_hash_cache)
         .with(
             "results",
             Json::Arr(results.iter().map(Measured::json).collect()),
@@ -657,7 +738,7 @@ mod tests {
     #[test]
     fn a_deploys_lines_become_its_phases() {
         let out = [
-            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"checked_s":2.450,"torrent_s":0.400}"#,
+            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"checked_s":2.450,"torrent_s":0.400,"hashed_bytes":4096}"#,
             r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.000,"bytes_from_seeder":100,"bytes_from_peers":20,"bytes_reused":900,"download_s":3.000,"reuse_s":1.000}"#,
             r#"{"event":"host","host":"h2","result":"deployed","duration_s":7.000,"bytes_from_seeder":0,"bytes_from_peers":120,"bytes_reused":900,"download_s":4.000,"reuse_s":2.500}"#,
             r#"{"event":"summary","seeder_uploaded":130}"#,
@@ -665,11 +746,14 @@ mod tests {
         .join("\n");
         let (wire, reused, seeder, p) = read_deploy_lines(&out);
         assert_eq!((wire, reused, seeder), (240, 1800, 130));
-        assert_eq!((p.seeder_up_s, p.torrent_s), (2.5, 0.4));
+        assert_eq!(
+            (p.seeder_up_s, p.torrent_s, p.hashed_bytes),
+            (2.5, 0.4, 4096.0)
+        );
         assert_eq!(p.fill, vec![1.0, 2.5]);
         let line = p.line();
         assert!(
-            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
+            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s, 4.00 KiB of it hashed); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
             "{line}"
         );
         // Outside the node: 6 - 2.5 - 3 and 7 - 2.5 - 4.

@@ -135,6 +135,14 @@ pub struct Args {
     /// the end); for ssh setups that cannot multiplex.
     #[arg(long)]
     no_ssh_multiplex: bool,
+    /// Keep the release's piece hashes here, so files unchanged since the last deploy of
+    /// the same --src (same size, inode, mtime and ctime) are not hashed again
+    /// [default: $XDG_CACHE_HOME/corvid/pieces, else ~/.cache/corvid/pieces].
+    #[arg(long, value_name = "DIR")]
+    hash_cache: Option<PathBuf>,
+    /// Hash every piece of the release, with no cache.
+    #[arg(long, conflicts_with = "hash_cache")]
+    no_hash_cache: bool,
     /// Print JSON lines (one per host, then a summary) on stdout instead of a table.
     #[arg(long)]
     json: bool,
@@ -244,6 +252,7 @@ impl Display {
                 at,
                 checked,
                 torrent_time,
+                hashed_bytes,
             } => {
                 if self.json {
                     print_line(&DeployLine::Seeding {
@@ -257,6 +266,7 @@ impl Display {
                         at_s: seconds(*at),
                         checked_s: seconds(*checked),
                         torrent_s: seconds(*torrent_time),
+                        hashed_bytes: *hashed_bytes,
                     });
                 }
                 let by_rack = match racks {
@@ -417,6 +427,8 @@ enum DeployLine<'a> {
         at_s: Box<RawValue>,
         checked_s: Box<RawValue>,
         torrent_s: Box<RawValue>,
+        /// Release bytes hashed for the torrent (the rest came from the hash cache).
+        hashed_bytes: u64,
     },
     Warning {
         message: &'a str,
@@ -666,6 +678,20 @@ fn table(report: &fleet::FleetReport) -> String {
     out
 }
 
+/// `$XDG_CACHE_HOME/corvid/pieces`, else `$HOME/.cache/corvid/pieces` (absolute paths
+/// only, as the XDG spec asks); `None` without either: no cache.
+fn default_hash_cache() -> Option<PathBuf> {
+    let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_CACHE_HOME")
+        .and_then(abs)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(abs)
+                .map(|h| h.join(".cache"))
+        })
+        .map(|c| c.join("corvid/pieces"))
+}
+
 pub fn run(args: Args) -> Result<Exit, Failure> {
     let local_corvid = std::env::current_exe()
         .map_err(|e| Failure::input(anyhow!("cannot find this corvid binary: {e}")))?;
@@ -704,6 +730,11 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         align: args.align,
         base: args.base,
         peer_network: args.peer_network,
+        hash_cache: if args.no_hash_cache {
+            None
+        } else {
+            args.hash_cache.or_else(default_hash_cache)
+        },
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).

@@ -270,3 +270,57 @@ fn the_torrent_is_hashed_while_the_hosts_are_checked() {
     );
     assert_same_tree(&src, &t.path().join("dest/releases/v1"));
 }
+
+/// The deployer's piece-hash cache through the real deploy: once the source's files have
+/// settled, a deploy of the same tree hashes nothing, one with a file changed hashes only
+/// the pieces that file touches, and every host still ends with exactly the source (it
+/// verifies every piece against the torrent built from the cache).
+#[test]
+fn the_deployers_hash_cache_hashes_only_what_changed() {
+    use corvid_engine::deploy::fleet::{self, FleetEvent};
+    use corvid_engine::deploy::piece_cache::SETTLE;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..6u64 {
+        let p = src.join(format!("d/f{i}"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, pseudo_random(300_000 + 10_000 * i as usize, 40 + i)).unwrap();
+    }
+    let total: u64 = (0..6).map(|i| 300_000 + 10_000 * i).sum();
+    let dest = t.path().join("dest");
+    let cache = t.path().join("cache");
+    let run = |tag: &str| {
+        let mut p = deploy::plan(t.path(), &src, &dest, tag);
+        p.hash_cache = Some(cache.clone());
+        let mut hashed = None;
+        let r = fleet::run(&p, corvid_engine::node::StopFlag::new(), &mut |ev| {
+            if let FleetEvent::Seeding { hashed_bytes, .. } = ev {
+                hashed = Some(*hashed_bytes);
+            }
+        })
+        .expect("the deploy runs");
+        assert_eq!(r.hosts[0].outcome, HostOutcome::Deployed, "{r:?}");
+        assert_same_tree(&src, &dest.join("releases").join(tag));
+        hashed.expect("a seeding event")
+    };
+    // An empty cache: everything hashed. Files changed within SETTLE are not cached (a
+    // write in the same clock tick would not show), so v2 hashes everything again if v1
+    // hashed before they settled (the usual case), nothing if a loaded machine made v1
+    // slower than that; from then on they are cached.
+    assert_eq!(run("v1"), total);
+    std::thread::sleep(SETTLE + Duration::from_millis(100));
+    let v2 = run("v2");
+    assert!(v2 == total || v2 == 0, "hashed {v2} of {total}");
+    assert_eq!(run("v3"), 0);
+    // One file edited in place (same size): its pieces only, the first piece of the next
+    // file at most with it.
+    let f2 = src.join("d/f2");
+    let mut b = std::fs::read(&f2).unwrap();
+    b[1000] ^= 0xff;
+    std::fs::write(&f2, &b).unwrap();
+    let hashed = run("v4");
+    assert!(
+        hashed > 0 && hashed <= 320_000 + 2 * PIECE,
+        "hashed {hashed} of {total}"
+    );
+}

@@ -136,6 +136,26 @@ impl HashPool {
         out
     }
 
+    /// Hashes the pieces whose slot in `out` (one per piece) is `None`, leaving the others
+    /// as they are: a build whose caller already knows some pieces' hashes (the
+    /// deployer's cache of an unchanged release) hashes only the rest. `progress` gets the
+    /// bytes hashed here so far.
+    pub fn hash_missing(
+        &self,
+        storage: &Arc<Storage>,
+        out: &mut [Option<[u8; 20]>],
+        progress: &mut dyn FnMut(u64),
+    ) {
+        let missing: Vec<PieceIndex> = storage
+            .lengths()
+            .pieces()
+            .filter(|p| out.get(p.as_usize()).is_some_and(Option::is_none))
+            .collect();
+        self.walk(storage, missing.into_iter(), progress, |piece, digest| {
+            out[piece.as_usize()] = Some(digest);
+        });
+    }
+
     /// Checks every piece against `expected` (for `verify` and seeder start). Result in
     /// piece order; a piece without an expected hash (a caller passing too few) is `false`.
     pub fn verify_all(

@@ -27,8 +27,8 @@ pub use crate::storage::FileSpec;
 
 mod build;
 pub use build::{
-    aligned, assemble, auto_piece_length, build, build_payload, parse_piece_size, parse_size,
-    payload_lengths, scan, BuildOptions, Payload,
+    aligned, assemble, auto_piece_length, build, build_payload, build_payload_known,
+    parse_piece_size, parse_size, payload_lengths, scan, BuildOptions, Payload,
 };
 
 /// Largest torrent file accepted. A torrent for 64 GiB in 16 KiB pieces is 80 MiB of

@@ -73,6 +73,7 @@ pub fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
         align: false,
         base: None,
         peer_network: None,
+        hash_cache: None,
     }
 }
 

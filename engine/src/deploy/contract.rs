@@ -188,9 +188,26 @@ pub struct PeerRacks {
     pub rules: String,
 }
 
+/// The line a merged check-and-peer session ([`PeerCommand::after_probe`]) prints once
+/// its check is complete; it then waits for the deployer's go.
+pub const PROBE_END: &str = "corvid-probe-end";
+
+/// What the deployer writes to a waiting merged session before the torrent: `go`, the
+/// seeder's address, the torrent's length, a line each. Anything else, or the end of the
+/// session's stdin, ends the session with status 0 and no peer.
+pub fn go_lines(seeder: SocketAddr, torrent_len: usize) -> String {
+    format!("go\n{seeder}\n{torrent_len}\n")
+}
+
 impl PeerCommand {
     /// The arguments after the program, as `corvid peer` parses them.
     pub fn args(&self) -> Vec<String> {
+        self.arg_list().0
+    }
+
+    /// [`PeerCommand::args`], and where in it the two values stand that a merged
+    /// session learns only after its check: the torrent's length and the seeder.
+    fn arg_list(&self) -> (Vec<String>, [usize; 2]) {
         let mut a: Vec<String> = vec![
             "peer".into(),
             "--release-dest".into(),
@@ -200,6 +217,7 @@ impl PeerCommand {
             "--stdin-torrent".into(),
             self.torrent_len.to_string(),
         ];
+        let len_at = a.len() - 1;
         if self.stdin_secret {
             a.push("--stdin-secret".into());
         }
@@ -214,6 +232,7 @@ impl PeerCommand {
             self.seeder.to_string(),
             "--json".into(),
         ]);
+        let seeder_at = a.len() - 2;
         if self.activate {
             a.push("--activate".into());
         }
@@ -245,7 +264,7 @@ impl PeerCommand {
                 r.rack.clone(),
             ]);
         }
-        a
+        (a, [len_at, seeder_at])
     }
 
     /// The remote shell command: `exec CORVID ARGS...`, every argument quoted.
@@ -254,6 +273,37 @@ impl PeerCommand {
         for a in self.args() {
             cmd.push(' ');
             cmd.push_str(&quote(&a));
+        }
+        cmd
+    }
+
+    /// One session for a host's check and its peer: `probe` (the check's commands, whose
+    /// stdout the deployer reads), then [`PROBE_END`], then the wait for [`go_lines`] on
+    /// stdin, then [`PeerCommand::shell`] with the seeder and the torrent's length as
+    /// read (this command's own `seeder` and `torrent_len` are not used). So a host that
+    /// already runs this corvid costs the deploy one ssh session, not two: the seeder's
+    /// port and the torrent are only known after every host was checked.
+    ///
+    /// The shell's `read` takes its line byte by byte from a pipe (POSIX), so what
+    /// follows on stdin, the torrent, is left whole for corvid. An unexpected first line
+    /// or the end of stdin (the deployer installs corvid on this host first, or gave up)
+    /// exits 0 without running anything.
+    pub fn after_probe(&self, probe: &str) -> String {
+        let (args, [len_at, seeder_at]) = self.arg_list();
+        let mut cmd = format!(
+            "{probe}; echo {end}; IFS= read -r CORVID_GO || exit 0; \
+             [ \"$CORVID_GO\" = go ] || exit 0; IFS= read -r CORVID_SEEDER || exit 0; \
+             IFS= read -r CORVID_TORRENT_LEN || exit 0; exec {}",
+            quote_path(&self.corvid),
+            end = quote(PROBE_END),
+        );
+        for (i, a) in args.iter().enumerate() {
+            cmd.push(' ');
+            match i {
+                _ if i == len_at => cmd.push_str("\"$CORVID_TORRENT_LEN\""),
+                _ if i == seeder_at => cmd.push_str("\"$CORVID_SEEDER\""),
+                _ => cmd.push_str(&quote(a)),
+            }
         }
         cmd
     }
@@ -574,5 +624,78 @@ mod tests {
             .map(str::to_string)
             .collect();
         assert_eq!(echoed, args);
+    }
+
+    /// The merged session: the check's output and [`PROBE_END`] first; on the go lines
+    /// corvid gets exactly [`PeerCommand::args`] with the seeder and length read, and the
+    /// rest of stdin (the torrent) whole; without them nothing runs and the status is 0.
+    #[test]
+    fn a_merged_session_checks_then_runs_the_peer_it_is_told_to() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let corvid = d.path().join("fake corvid");
+        std::fs::write(
+            &corvid,
+            "#!/bin/sh\nprintf 'arg %s\\n' \"$@\"; printf 'stdin '; cat\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&corvid, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = PeerCommand {
+            corvid: corvid.to_str().unwrap().into(),
+            dest: "/srv/a b".into(),
+            tag: "v1".into(),
+            torrent_len: 0,
+            stdin_secret: false,
+            linger: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(2),
+            seeder: "0.0.0.0:1".parse().unwrap(),
+            activate: true,
+            force: false,
+            keep: None,
+            after_activate: None,
+            base: None,
+            listen_network: None,
+            racks: None,
+        };
+        let run = |stdin: &[u8]| {
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c.after_probe("echo 'checked here'"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            let out = child.wait_with_output().unwrap();
+            (out.status.code(), String::from_utf8(out.stdout).unwrap())
+        };
+        let seeder: SocketAddr = "[fe80::1]:6881".parse().unwrap();
+        let torrent = b"d4:infod6:lengthi1eee\nand a second line";
+        let mut stdin = go_lines(seeder, torrent.len()).into_bytes();
+        stdin.extend_from_slice(torrent);
+        let (code, out) = run(&stdin);
+        assert_eq!(code, Some(0), "{out}");
+        let (check, peer) = out.split_once(&format!("{PROBE_END}\n")).unwrap();
+        assert_eq!(check, "checked here\n");
+        let want = PeerCommand {
+            seeder,
+            torrent_len: torrent.len(),
+            ..c.clone()
+        };
+        let mut lines = want
+            .args()
+            .iter()
+            .map(|a| format!("arg {a}\n"))
+            .collect::<String>();
+        lines.push_str("stdin ");
+        lines.push_str(std::str::from_utf8(torrent).unwrap());
+        assert_eq!(peer, lines);
+        // Told nothing (stdin closed), or something else: the check alone.
+        for stdin in [&b""[..], b"stop\n", b"go\n"] {
+            let (code, out) = run(stdin);
+            assert_eq!(code, Some(0));
+            assert_eq!(out, format!("checked here\n{PROBE_END}\n"));
+        }
     }
 }

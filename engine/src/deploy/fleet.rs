@@ -21,7 +21,11 @@
 //!    TAG --stdin-torrent LEN --json` ([`PeerCommand`]) with the torrent (and a private
 //!    swarm's secret) on its stdin, which that corvid keeps in `DEST/.corvid/` without
 //!    following links ([`super::remote`]); its JSON lines ([`PeerLine`]) become progress,
-//!    its final lines and exit code ([`super::contract::Exit`]) the result.
+//!    its final lines and exit code ([`super::contract::Exit`]) the result. Where the
+//!    fleet fits in `--parallel`, that session is the host's check session of step 2,
+//!    left waiting after its probe ([`PeerCommand::after_probe`]) and told the seeder and
+//!    the torrent's length on its stdin ([`go_lines`]): a host with corvid up to date
+//!    costs one ssh session; one that gets corvid installed closes it and has its own.
 //!
 //! 7. Once every host holds the release, the deployer closes the peers' stdin
 //!    ([`LingerGate`]): they stop lingering and the deploy returns.
@@ -48,7 +52,8 @@ use crate::node::StopFlag;
 use crate::tracker::{Topology, TrackerConfig, TrackerServer};
 
 use super::contract::{
-    remote_exit_text, HookResult, PeerCommand, PeerLine, PeerRacks, ReleaseStatus,
+    go_lines, remote_exit_text, HookResult, PeerCommand, PeerLine, PeerRacks, ReleaseStatus,
+    PROBE_END,
 };
 use super::host_error::HostError;
 use super::hosts::for_each_host;
@@ -56,6 +61,7 @@ use super::install::{
     self, CorvidInstall, HostInstall, InstallEvent, InstallSummary, LocalBinary, Probe, Route,
 };
 use super::ops::{self, Activated, HostAnswer};
+use super::piece_cache::PieceCache;
 pub use super::plan::{validate, Batch, DeployError, DeployPlan, Validated};
 use super::seeder::{seeder_config, spawn_seeder};
 pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
@@ -63,7 +69,7 @@ use super::ssh;
 
 mod rollout;
 mod session;
-use session::{peer_host, LingerGate};
+use session::{peer_host, peer_spec, LingerGate, Session};
 
 impl From<InstallEvent> for FleetEvent {
     fn from(e: InstallEvent) -> Self {
@@ -160,6 +166,9 @@ pub enum FleetEvent {
         at: Duration,
         checked: Duration,
         torrent_time: Duration,
+        /// Of the release's bytes, those hashed for the torrent: the rest came from the
+        /// piece-hash cache ([`super::piece_cache`]).
+        hashed_bytes: u64,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -238,16 +247,68 @@ fn probe_host(plan: &DeployPlan, local: &LocalBinary, host: &str) -> Result<Prob
     }
     let out = b.output;
     if out.code != 0 {
-        let mut line = out.last_error_line();
-        if line.is_empty() {
-            line = remote_exit_text(out.code).to_string();
-        }
-        return Err(HostError::Probe {
-            code: out.code,
-            line,
-        });
+        return Err(probe_failed(&out));
     }
     Ok(install::parse_probe(&out.stdout, local))
+}
+
+/// A check session's failure: ssh's or the remote's last error line, else what its exit
+/// status means.
+fn probe_failed(out: &ssh::Output) -> HostError {
+    let mut line = out.last_error_line();
+    if line.is_empty() {
+        line = remote_exit_text(out.code).to_string();
+    }
+    HostError::Probe {
+        code: out.code,
+        line,
+    }
+}
+
+/// The check phase for one host in the session that also runs its peer
+/// ([`PeerCommand::after_probe`]): the same probe, the same errors and deadline as
+/// [`probe_host`], and the session left waiting for its go once [`PROBE_END`] came.
+/// A session that ended without it (a shell that did not get that far) gives its probe
+/// and no session, and the host's peer starts a session of its own as before.
+fn probe_waiting(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    host: &str,
+    racks: Option<&PeerRacks>,
+) -> Result<(Probe, Option<Session>), HostError> {
+    // The seeder and the torrent's length go on the session's stdin with the go.
+    let unknown = SocketAddr::new([0, 0, 0, 0].into(), 0);
+    let script =
+        peer_spec(plan, 0, unknown, racks).after_probe(&install::probe_script(&plan.remote_corvid));
+    let mut s =
+        Session::start(&plan.ssh, host, &script).map_err(|e| HostError::SshSpawn(e.to_string()))?;
+    let deadline = Instant::now() + install::PROBE_TIMEOUT;
+    let mut stdout = String::new();
+    loop {
+        match s.line_by(deadline) {
+            Ok(l) if l == PROBE_END => {
+                return Ok((install::parse_probe(&stdout, local), Some(s)));
+            }
+            Ok(l) => {
+                stdout.push_str(&l);
+                stdout.push('\n');
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                s.kill();
+                return Err(HostError::ProbeTimeout(install::PROBE_TIMEOUT.as_secs()));
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let (code, stderr) = s.wait();
+    if code != 0 {
+        return Err(probe_failed(&ssh::Output {
+            code,
+            stdout,
+            stderr,
+        }));
+    }
+    Ok((install::parse_probe(&stdout, local), None))
 }
 
 /// Runs the deploy. `on_event` is called on this thread. Hosts that fail are reported in
@@ -314,6 +375,7 @@ fn run_with(
             stream_bytes: local.streamed_len(),
             ..InstallSummary::default()
         },
+        waiting: Vec::new(),
     };
     let result = deploy.run_phases(&v.payload, &local, &tracker, on_event);
     // Every way out, early or not, stops the tracker.
@@ -384,6 +446,10 @@ struct Deploy<'a> {
     /// Per host (in host order), what its peer is told of its rack.
     host_racks: Vec<Option<PeerRacks>>,
     install: InstallSummary,
+    /// Per host, its merged session waiting after the check for the go of its peer
+    /// ([`PeerCommand::after_probe`]): kept for hosts whose corvid is up to date, closed
+    /// for the others (dropped, wherever the deploy ends, it closes by itself).
+    waiting: Vec<Option<Session>>,
 }
 
 impl Deploy<'_> {
@@ -429,7 +495,7 @@ impl Deploy<'_> {
         if self.over() {
             return self.end_early();
         }
-        let ((m, torrent), torrent_time) = match prebuilt {
+        let ((m, torrent, hashed_bytes), torrent_time) = match prebuilt {
             // Built for the address chosen after all (the probes only cross-check it).
             Some((a, built, took)) if a == addr => (built?, took),
             _ => {
@@ -461,6 +527,7 @@ impl Deploy<'_> {
             at: self.start.elapsed(),
             checked,
             torrent_time,
+            hashed_bytes,
         });
         self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
         seed_stop.stop();
@@ -528,26 +595,58 @@ impl Deploy<'_> {
         self.results[i] = Some(r);
     }
 
-    /// Check phase: every host's probe (`None` where it failed).
+    /// Check phase: every host's probe (`None` where it failed). Where every host's
+    /// session fits in `--parallel` at once, each check is a merged session
+    /// ([`probe_waiting`]) kept open for the host's peer if its corvid is up to date:
+    /// one ssh session per host instead of two. A larger fleet keeps its sessions within
+    /// `--parallel` by checking in one session and running the peer in another.
     fn check_phase(
         &mut self,
         local: &LocalBinary,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Vec<Option<Probe>> {
-        let (plan, start) = (self.plan, self.start);
-        let checks = for_each_host(&self.hosts, plan.parallel, &|h: &String| {
-            (probe_host(plan, local, h), start.elapsed())
+        let (plan, start, hosts) = (self.plan, self.start, &self.hosts);
+        let host_racks = &self.host_racks;
+        let merge = hosts.len() <= plan.parallel;
+        let index: Vec<usize> = (0..hosts.len()).collect();
+        let checks = for_each_host(&index, plan.parallel, &|&i: &usize| {
+            let h = hosts[i].as_str();
+            let c = if merge {
+                let racks = host_racks.get(i).and_then(Option::as_ref);
+                probe_waiting(plan, local, h, racks)
+            } else {
+                probe_host(plan, local, h).map(|p| (p, None))
+            };
+            (c, start.elapsed())
         });
         let mut probes = Vec::with_capacity(self.hosts.len());
+        let mut waiting = Vec::with_capacity(self.hosts.len());
         for (i, (c, at)) in checks.into_iter().enumerate() {
             match c {
-                Ok(p) => probes.push(Some(p)),
+                Ok((p, mut session)) => {
+                    if p.found != install::Found::UpToDate {
+                        // corvid goes on first; its peer gets a session of its own.
+                        if let Some(s) = session.as_mut() {
+                            s.hang_up();
+                        }
+                    }
+                    probes.push(Some(p));
+                    waiting.push(session);
+                }
                 Err(why) => {
                     self.fail(i, why, at, on_event);
                     probes.push(None);
+                    waiting.push(None);
                 }
             }
         }
+        // Sessions hung up above end now; reaping them waits for nothing else.
+        for w in waiting.iter_mut() {
+            if w.as_ref().is_some_and(Session::hung_up) {
+                *w = None;
+            }
+        }
+        self.waiting = waiting;
         probes
     }
 
@@ -647,6 +746,11 @@ impl Deploy<'_> {
         let live = self.live();
         let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
         let host_racks = &self.host_racks;
+        let waiting: Vec<parking_lot::Mutex<Option<Session>>> = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .map(parking_lot::Mutex::new)
+            .collect();
+        let waiting = &waiting;
         let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
         let gate = LingerGate::new(live.len());
         let peer_results = std::thread::scope(|s| {
@@ -655,7 +759,8 @@ impl Deploy<'_> {
                 for_each_host(live, plan.parallel, &|&i: &usize| {
                     let h = hosts[i].as_str();
                     let racks = host_racks.get(i).and_then(Option::as_ref);
-                    let end = peer_host(plan, start, h, racks, torrent, seeder_addr, &tx, gate);
+                    let w = waiting.get(i).and_then(|w| w.lock().take());
+                    let end = peer_host(plan, start, h, racks, torrent, seeder_addr, w, &tx, gate);
                     let r = HostResult {
                         host: h.to_string(),
                         outcome: end.outcome,
@@ -693,12 +798,14 @@ impl Deploy<'_> {
     }
 }
 
-/// The release's torrent, announcing at `url`: the metainfo and its bytes.
+/// The release's torrent, announcing at `url`: the metainfo, its bytes, and how many of
+/// the release's bytes were hashed for it (with `--hash-cache`, only pieces the cache
+/// cannot vouch for; the cache then holds this build's pieces).
 fn build_torrent(
     plan: &DeployPlan,
     payload: &Payload,
     url: &str,
-) -> Result<(metainfo::Metainfo, Vec<u8>), DeployError> {
+) -> Result<(metainfo::Metainfo, Vec<u8>, u64), DeployError> {
     let pool = HashPool::new(plan.threads.max(1));
     let opts = BuildOptions {
         trackers: vec![url.to_string()],
@@ -711,7 +818,29 @@ fn build_torrent(
         align: plan.align,
         ..BuildOptions::default()
     };
-    Ok(metainfo::build_payload(payload, &opts, &pool, &mut |_| {})?)
+    let mut hashed = 0;
+    let Some(dir) = &plan.hash_cache else {
+        let (m, bytes) = metainfo::build_payload(payload, &opts, &pool, &mut |b| hashed = b)?;
+        return Ok((m, bytes, hashed));
+    };
+    let cache = PieceCache::for_source(dir, &plan.src);
+    let mut keys = None;
+    let (m, bytes) = metainfo::build_payload_known(
+        payload,
+        &opts,
+        &pool,
+        &mut |storage| {
+            let (known, k) = cache.lookup(storage);
+            keys = Some(k);
+            known
+        },
+        &mut |b| hashed = b,
+    )?;
+    if let Some(k) = keys {
+        // A cache that cannot be written costs the next deploy its hashing, no more.
+        let _ = cache.store(&k, &m.info.pieces);
+    }
+    Ok((m, bytes, hashed))
 }
 
 /// Hands events to `on_event` until every sender is gone; `idle` runs at least every
@@ -768,6 +897,7 @@ mod tests {
             align: false,
             base: None,
             peer_network: None,
+            hash_cache: None,
         }
     }
 

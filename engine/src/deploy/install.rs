@@ -218,7 +218,7 @@ pub fn probe_script(remote_corvid: &str) -> String {
     format!(
         "echo \"conn $SSH_CONNECTION\"; command -v sha1sum >/dev/null 2>&1 && echo 'sha1sum yes'; \
          command -v gzip >/dev/null 2>&1 && echo 'gzip yes'; \
-         P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version 2>/dev/null)\"; \
+         P={p}; if [ -x \"$P\" ]; then echo \"version $(\"$P\" --version </dev/null 2>/dev/null)\"; \
          echo \"sha1 $(sha1sum < \"$P\" 2>/dev/null)\"; fi"
     )
 }
@@ -1107,6 +1107,7 @@ mod tests {
             align: false,
             base: None,
             peer_network: None,
+            hash_cache: None,
         }
     }
 

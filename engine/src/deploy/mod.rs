@@ -26,6 +26,7 @@ pub mod host_error;
 pub mod hosts;
 pub mod install;
 pub mod ops;
+pub mod piece_cache;
 pub mod plan;
 pub mod release;
 pub mod remote;

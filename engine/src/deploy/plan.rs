@@ -76,6 +76,9 @@ pub struct DeployPlan {
     /// its own address in it, and this machine's seeder and tracker are reached at its
     /// address in it (unless `--seeder-addr` says otherwise).
     pub peer_network: Option<Network>,
+    /// Where the deployer keeps its piece-hash cache ([`super::piece_cache`]), so an
+    /// unchanged file of the release is not hashed again; `None`: hash everything.
+    pub hash_cache: Option<PathBuf>,
 }
 
 /// The size of an activation wave: a number of hosts or a share of the fleet.

@@ -504,3 +504,35 @@ pub fn build_payload(
     let hashes = pool.hash_all(&storage, progress);
     assemble(payload, opts, lengths, &hashes)
 }
+
+/// [`build_payload`] where `known` may already vouch for some pieces' hashes: it gets the
+/// read-only storage (for the pieces' file spans and the files' metadata) and returns a
+/// slot per piece, `None` where the piece must be hashed; `progress` counts only the
+/// bytes hashed here. The torrent is the same bytes as [`build_payload`]'s when every
+/// known hash is right, which is the caller's to guarantee.
+pub fn build_payload_known(
+    payload: &Payload,
+    opts: &BuildOptions,
+    pool: &HashPool,
+    known: &mut dyn FnMut(&Storage) -> Vec<Option<[u8; 20]>>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
+    let lengths = payload_lengths(payload, opts)?;
+    let padded;
+    let payload = if opts.align {
+        padded = aligned(payload, piece_length_for(payload, opts));
+        &padded
+    } else {
+        payload
+    };
+    let storage = Arc::new(Storage::open_readonly(
+        &payload.root,
+        &payload.disk_files,
+        lengths,
+    )?);
+    let mut slots = known(&storage);
+    slots.resize(lengths.piece_count() as usize, None);
+    pool.hash_missing(&storage, &mut slots, progress);
+    let hashes: Vec<[u8; 20]> = slots.into_iter().map(Option::unwrap_or_default).collect();
+    assemble(payload, opts, lengths, &hashes)
+}

@@ -277,7 +277,16 @@ fn run_threads(
             on_event(&ev);
         }
     }
-    if let Err(e) = shared.storage.flush() {
+    // A download that completed was flushed then (its release waits for that, at
+    // `Durable`), and nothing writes payload pages after: a second pass is no new
+    // durability, only a sync per file (0.5-0.7 s for 200 files on ext4, measured after a
+    // delta deploy's release, where the deployer waits for the peer's exit).
+    let flushed = matches!(&outcome, Ok(o) if o.complete_at.is_some());
+    if let Err(e) = if flushed {
+        Ok(())
+    } else {
+        shared.storage.flush()
+    } {
         // After a disk that stopped taking writes, its own error is the one to report;
         // no record is written, as the verified pieces may not be on disk.
         return match outcome {

@@ -24,12 +24,22 @@ pub(super) fn peer_command(
         stdin.extend_from_slice(format!("{}\n", secret.expose().len()).as_bytes());
         stdin.extend_from_slice(secret.expose());
     }
-    let cmd = PeerCommand {
+    (peer_spec(plan, torrent.len(), seeder, racks).shell(), stdin)
+}
+
+/// The host's `corvid peer` as a [`PeerCommand`] (see [`peer_command`]).
+pub(super) fn peer_spec(
+    plan: &DeployPlan,
+    torrent_len: usize,
+    seeder: SocketAddr,
+    racks: Option<&PeerRacks>,
+) -> PeerCommand {
+    PeerCommand {
         corvid: plan.remote_corvid.clone(),
         // UTF-8 by `validate`; anything else was refused, never approximated.
         dest: plan.dest.to_str().unwrap_or_default().to_string(),
         tag: plan.tag.clone(),
-        torrent_len: torrent.len(),
+        torrent_len,
         stdin_secret: plan.secret.is_some(),
         linger: plan.linger,
         stall_timeout: plan.stall_timeout,
@@ -47,8 +57,6 @@ pub(super) fn peer_command(
         listen_network: plan.peer_network,
         racks: racks.cloned(),
     }
-    .shell();
-    (cmd, stdin)
 }
 
 pub(super) fn outcome_of(status: ReleaseStatus) -> HostOutcome {
@@ -120,6 +128,7 @@ pub(super) fn peer_host(
     racks: Option<&PeerRacks>,
     torrent: &[u8],
     seeder: SocketAddr,
+    waiting: Option<Session>,
     events: &Sender<FleetEvent>,
     gate: &LingerGate,
 ) -> PeerEnd {
@@ -142,6 +151,7 @@ pub(super) fn peer_host(
         racks,
         torrent,
         seeder,
+        waiting,
         events,
         gate,
         &mut || finish(&mut counted),
@@ -150,7 +160,123 @@ pub(super) fn peer_host(
     r
 }
 
-/// One host's `corvid peer` session; `released` is called at its release line.
+/// A running ssh session whose stdout and stderr are read on threads of their own: its
+/// stdout as lines, as they come, its stderr whole at the end. A host's merged session
+/// ([`PeerCommand::after_probe`]) is one from its check to its peer's exit, which is
+/// why the lines are a channel and not a reader borrowed for one phase.
+pub(super) struct Session {
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    lines: crossbeam_channel::Receiver<String>,
+    stderr: crossbeam_channel::Receiver<String>,
+}
+
+impl Session {
+    /// Starts `remote` on `host` over `ssh`.
+    pub(super) fn start(ssh: &ssh::Ssh, host: &str, remote: &str) -> std::io::Result<Session> {
+        let mut child = ssh
+            .command(host, remote)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut err = child.stderr.take();
+        let (err_tx, stderr) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(e) = err.as_mut() {
+                let _ = e.read_to_string(&mut s);
+            }
+            let _ = err_tx.send(s);
+        });
+        let out = child.stdout.take();
+        let (line_tx, lines) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let Some(out) = out else { return };
+            let mut r = BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.trim_end_matches(['\n', '\r']).to_string();
+                        if line_tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Session {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// The next stdout line by `deadline`; `Err` when stdout ended or the deadline passed.
+    pub(super) fn line_by(
+        &self,
+        deadline: Instant,
+    ) -> Result<String, crossbeam_channel::RecvTimeoutError> {
+        self.lines.recv_deadline(deadline)
+    }
+
+    /// Waits for the session's end: its exit status (-1 if killed) and its stderr.
+    pub(super) fn wait(&mut self) -> (i32, String) {
+        drop(self.stdin.take());
+        let code = self.child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+        (code, self.stderr.recv().unwrap_or_default())
+    }
+
+    /// Closes the session's stdin: a merged session waiting for its go ends (status 0).
+    pub(super) fn hang_up(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// [`Session::hang_up`] was called (or its stdin was handed on).
+    pub(super) fn hung_up(&self) -> bool {
+        self.stdin.is_none()
+    }
+
+    /// Kills the session (its deadline passed) and reaps it.
+    pub(super) fn kill(&mut self) {
+        // Not yet reaped, so the PID is still this child's.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Session {
+    /// A session nobody waited for (the deploy ended before this host's peer, or the host
+    /// gets corvid installed first): its stdin closes, which ends a merged session's wait
+    /// for the go; it is reaped once its stdout ends, killed if that takes over 5 s.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(_) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    break;
+                }
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One host's `corvid peer` session; `released` is called at its release line. With
+/// `waiting`, the host's merged session after its check is told to go
+/// ([`super::super::contract::go_lines`]); else a session of its own starts here.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn peer_session(
     plan: &DeployPlan,
@@ -159,43 +285,34 @@ pub(super) fn peer_session(
     racks: Option<&PeerRacks>,
     torrent: &[u8],
     seeder: SocketAddr,
+    waiting: Option<Session>,
     events: &Sender<FleetEvent>,
     gate: &LingerGate,
     released: &mut dyn FnMut(),
 ) -> PeerEnd {
     let (cmd, stdin_bytes) = peer_command(plan, torrent, seeder, racks);
-    let child = plan.ssh.command(host, &cmd).and_then(|mut c| {
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-    });
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            return PeerEnd::failed(HostError::SshSpawn(e.to_string()));
+    let (mut session, stdin_bytes) = match waiting {
+        Some(s) => {
+            let mut go = go_lines(seeder, torrent.len()).into_bytes();
+            go.extend_from_slice(&stdin_bytes);
+            (s, go)
         }
+        None => match Session::start(&plan.ssh, host, &cmd) {
+            Ok(s) => (s, stdin_bytes),
+            Err(e) => return PeerEnd::failed(HostError::SshSpawn(e.to_string())),
+        },
     };
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(mut stdin) = session.stdin.take() {
         // The torrent is small (hashes only); the remote corvid reads it before anything
         // else happens, so this cannot block on our unread stdout.
         let _ = std::io::Write::write_all(&mut stdin, &stdin_bytes);
         let _ = std::io::Write::flush(&mut stdin);
         gate.hold(stdin);
     }
-    let mut err = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
     let mut end = PeerEnd::failed(HostError::NoRelease);
     let mut status = None;
-    if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
+    {
+        for line in session.lines.iter() {
             match PeerLine::parse(&line) {
                 Some(PeerLine::Progress { bytes_down }) => {
                     let _ = events.send(FleetEvent::HostProgress {
@@ -227,8 +344,7 @@ pub(super) fn peer_session(
             }
         }
     }
-    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
-    let stderr = err_reader.join().unwrap_or_default();
+    let (code, stderr) = session.wait();
     let last = ssh::Output {
         code,
         stdout: String::new(),
