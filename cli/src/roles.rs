@@ -130,7 +130,7 @@ pub struct NodeArgs {
     /// through a pipe, no copy on this host), auto (splice to other hosts, copy to this
     /// one, where the receiver would pay for it). Falls back to copy, with a warning,
     /// where splicing is not possible.
-    #[arg(long, value_name = "copy|splice|auto", default_value = "auto")]
+    #[arg(long, value_name = "copy|splice|auto", default_value = "copy")]
     pub send_path: corvid_engine::runtime::SendPath,
     #[command(flatten)]
     pub secret: SecretArgs,

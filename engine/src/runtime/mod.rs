@@ -323,7 +323,7 @@ impl Default for RuntimeConfig {
             ring_entries: 256,
             shutdown_timeout: Duration::from_secs(5),
             name: "corvid-core".to_owned(),
-            send_path: SendPath::Auto,
+            send_path: SendPath::Copy,
         }
     }
 }

@@ -33,11 +33,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SendPath {
     /// `sendmsg` from the mapping: the kernel copies each byte into socket memory.
+    #[default]
     Copy,
     /// Splice from the file through a pipe: no copy on the sending host.
     Splice,
     /// Splice towards other hosts, copy towards this host (where the receiver would pay).
-    #[default]
     Auto,
 }
 
@@ -223,6 +223,12 @@ pub(crate) fn choose(
 /// of at least 256 KiB be made? `Err` says why not.
 pub fn probe_splice() -> Result<(), String> {
     let ring = io_uring::IoUring::new(2).map_err(|e| format!("io_uring: {e}"))?;
+    if !ring.params().is_feature_skip_cqe_on_success() {
+        // The chain's steps complete silently and a failed one ends it (`data_path`).
+        return Err(
+            "the kernel's io_uring lacks IOSQE_CQE_SKIP_SUCCESS (Linux >= 5.17)".to_owned(),
+        );
+    }
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)

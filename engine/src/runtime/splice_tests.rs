@@ -22,6 +22,8 @@ struct Source {
     _file: std::fs::File,
     map: memmap2::Mmap,
     _reg: files::Registered,
+    /// The descriptor registered instead of `_file`, if any (kept open with it).
+    _other: Option<std::fs::File>,
 }
 
 // SAFETY: the mapping is only read (by the kernel, under push_span's contract), and the
@@ -31,6 +33,12 @@ unsafe impl Send for Source {}
 unsafe impl Sync for Source {}
 
 fn source(len: usize) -> (tempfile::NamedTempFile, Arc<Source>) {
+    source_with(len, false)
+}
+
+/// `write_only_fd`: the mapping is registered with a descriptor open for writing only,
+/// so every splice from it fails (EBADF) while the mapping itself reads fine.
+fn source_with(len: usize, write_only_fd: bool) -> (tempfile::NamedTempFile, Arc<Source>) {
     let f = tempfile::NamedTempFile::new().unwrap();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let content: Vec<u8> = (0..len)
@@ -45,10 +53,17 @@ fn source(len: usize) -> (tempfile::NamedTempFile, Arc<Source>) {
     let file = std::fs::File::open(f.path()).unwrap();
     // SAFETY: a private temp file nobody writes or truncates while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let other = write_only_fd.then(|| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+    });
+    let fd = other.as_ref().unwrap_or(&file).as_raw_fd();
     let reg = files::register(
         map.as_ptr(),
         map.len(),
-        file.as_raw_fd(),
+        fd,
         Arc::new(files::Written::default()),
     );
     (
@@ -57,6 +72,7 @@ fn source(len: usize) -> (tempfile::NamedTempFile, Arc<Source>) {
             _file: file,
             map,
             _reg: reg,
+            _other: other,
         }),
     )
 }
@@ -271,6 +287,41 @@ fn a_splicing_sender_closes_on_a_reset_and_keeps_serving() {
     let counters = rt.send_counters();
     rt.shutdown().unwrap();
     assert!(counters.spliced() >= spliced_before + want.len() as u64);
+}
+
+/// A file the splice cannot read from: the failing step cancels the rest of its chain,
+/// the connection closes with a storage error naming the splice (not a hang, not bytes
+/// out of order), and the core goes on serving.
+#[test]
+fn a_failing_splice_step_closes_the_connection_with_a_storage_error() {
+    let (_f, src) = source_with(1 << 20, true);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (rt, closed) = start(&src, SendPath::Splice);
+    for _ in 0..2 {
+        rt.mailbox(0)
+            .unwrap()
+            .dial(listener.local_addr().unwrap())
+            .unwrap();
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let reason = closed.recv_timeout(WAIT).expect("sender closed");
+        assert!(
+            reason.contains("storage error") && reason.contains("splicing upload payload"),
+            "{reason}"
+        );
+        // Whatever arrived before the failing step is the stream's start: the first
+        // block's header (the chain failed at its first splice).
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        assert!(
+            header(0).starts_with(&got),
+            "{} bytes out of order",
+            got.len()
+        );
+    }
+    let counters = rt.send_counters();
+    rt.shutdown().unwrap();
+    assert_eq!(counters.spliced(), 0);
 }
 
 #[test]

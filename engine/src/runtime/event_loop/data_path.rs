@@ -307,7 +307,9 @@ impl<S: Service> Core<S> {
                     }
                 }
             };
-            chain.push(step.flags(squeue::Flags::IO_LINK));
+            // No CQE for a step that succeeds: nothing to do for it, and none to wake the
+            // core for (see `build_ring`).
+            chain.push(step.flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS));
         }
         chain.push(ops::splice::pipe_to_socket(
             pipe_r,
@@ -322,8 +324,9 @@ impl<S: Service> Core<S> {
         e.send_inflight = true;
         e.send_spliced = true;
         e.drain = total;
-        e.fill_error = None;
-        e.inflight += chain.len() as u32;
+        // One completion ends the chain, and only it is counted: the last step's, or a
+        // failed fill step's, after which the rest posts nothing (see `fill_done`).
+        e.inflight += 1;
         // SAFETY: the written bytes live in the entry's `send_bytes`, untouched while
         // `send_inflight` (set until the chain's last step completes, after every step
         // before it); spans are covered by push_span's contract; the file descriptors are
@@ -334,33 +337,40 @@ impl<S: Service> Core<S> {
         true
     }
 
-    /// A step that fills the pipe completed: a failure (a file that cannot be read, a
-    /// pipe that is full) cancels the rest of its chain; remember it for the close.
+    /// A step that fills the pipe failed (a file that cannot be read, a pipe that is
+    /// full). Only failures of fill steps complete (`CQE_SKIP_SUCCESS`), and a failed step
+    /// with that flag ends its chain silently: the steps after it, the last one included,
+    /// are cancelled without a CQE (the kernel's REQ_F_SKIP_LINK_CQES). So this completion
+    /// is the chain's last: it takes the place of the last step's (the one counted in
+    /// flight), and the connection closes, since the pipe no longer holds the stream.
     pub(super) fn fill_done(&mut self, slot: u32, res: i32) {
-        let Some(e) = self.entry(slot) else { return };
-        if res < 0 && res != -libc::ECANCELED && e.fill_error.is_none() {
-            e.fill_error = Some(io::Error::new(
-                io::Error::from_raw_os_error(-res).kind(),
-                format!(
-                    "splicing upload payload into the pipe: {}",
-                    io::Error::from_raw_os_error(-res)
-                ),
-            ));
+        let Some(e) = self.entry(slot) else {
+            debug_assert!(false, "fill completion for free slot {slot}");
+            return;
+        };
+        debug_assert!(
+            e.send_inflight && e.send_spliced,
+            "fill completion without a chain"
+        );
+        if !(e.send_inflight && e.send_spliced) {
+            return;
         }
+        e.inflight -= 1;
+        e.send_inflight = false;
+        let err = io::Error::from_raw_os_error(-res);
+        let err = io::Error::new(
+            err.kind(),
+            format!("splicing upload payload into the pipe: {err}"),
+        );
+        if e.state == State::Open {
+            self.begin_close(slot, CloseCause::Storage(err));
+        }
+        self.maybe_finish_close(slot);
     }
 
     /// The chain's last step (pipe to socket) completed.
     fn splice_done(&mut self, slot: u32, res: i32) {
         let Some(e) = self.entry(slot) else { return };
-        if res == -libc::ECANCELED && e.drain > 0 {
-            // A fill step failed: what is in the pipe is not the stream any more.
-            let err = e
-                .fill_error
-                .take()
-                .unwrap_or_else(|| io::Error::other("a step filling the splice pipe failed"));
-            self.begin_close(slot, CloseCause::Storage(err));
-            return;
-        }
         if res < 0 && !is_transient(-res) {
             self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
             return;

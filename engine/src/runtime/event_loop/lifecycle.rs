@@ -54,7 +54,6 @@ impl<S: Service> Core<S> {
             pipe: None,
             send_spliced: false,
             drain: 0,
-            fill_error: None,
         }));
         self.live += 1;
         slot
