@@ -176,8 +176,8 @@ pub struct Storage {
     maps: Vec<Option<MmapRaw>>,
     /// `(st_dev, st_ino)` of the file opened for each mapping, so
     /// [`Storage::file_metadata`] can tell the mapped file from one put in its place.
-    /// (The files are closed once mapped: a torrent of many thousand files must not hold
-    /// as many descriptors.)
+    /// (Over [`MAX_WRITE_FDS`] files they are closed once mapped: a torrent of many
+    /// thousand files must not hold as many descriptors.)
     ids: Vec<(u64, u64)>,
     /// Payload offset one past each file's last byte (prefix sums of the lengths).
     ends: Vec<u64>,

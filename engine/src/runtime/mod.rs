@@ -60,12 +60,14 @@
 //! same day (`benches/runs/2026-11-29-vm/sendpath-loopback.txt`, `corvid-bench sendpath`,
 //! CPU s/GiB sender / receiver) copy 0.16 / 0.16, sendfile 0.09 / 0.38, `MSG_ZEROCOPY`
 //! (what `SEND_ZC` does) 0.10 / 0.50 with every send copied at delivery, so the seeder keeps
-//! `sendmsg` and the target (seeder <= iperf3 sender) is left for a host with a NIC, where
-//! a splice path (file pages into a pipe, headers written between them, one splice to the
-//! socket) is the thing to try.
+//! `sendmsg` by default. The splice path from the file is there (`--send-path splice|auto`,
+//! [`mod@send_path`], with its measurements): on this machine it costs the seeder about
+//! a fifth more than copying, not less, so the target (seeder <= iperf3 sender) is not
+//! met by it either.
 //!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
-//! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
+//! [`mailbox`], `net` (sockets), [`mod@send_path`] (copy or splice uploads), `event_loop`
+//! (one core's loop).
 
 mod event_loop;
 pub mod mailbox;
