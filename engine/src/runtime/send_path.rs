@@ -21,34 +21,42 @@
 //! sender's namespace), although its receiver shares the machine.
 //!
 //! Measured (this 2-core VM, shared with other helpers' builds and benchmarks the whole
-//! time, load average 8-19, so only ratios within one run mean much): `corvid-bench link
-//! --size 1GiB --runs 3 --methods iperf3,ceiling,corvid --send-path MODE`, medians, CPU
-//! s/GiB, `benches/runs/2026-11-29-vm/link-{,veth-}sendpath-{copy,splice}`:
+//! time, load average 7-19, so only ratios within one run mean much): `corvid-bench link
+//! --size 1GiB --runs 3 --methods iperf3,ceiling,corvid --send-path MODE`, two rounds of
+//! the four runs (`benches/runs/2026-11-29-vm/link-{,veth-}sendpath-{copy,splice}{,-r2}`),
+//! medians, CPU s/GiB, round 1 / round 2:
 //!
-//! | path | seeder copy | seeder splice | iperf3 sender (copy run / splice run) | peer copy / splice |
-//! |---|---|---|---|---|
-//! | loopback | 0.43 | 0.52 | 0.12 / 0.21 | 1.57 / 2.97 |
-//! | veth | 0.40 | 0.55 | 0.13 / 0.26 | 1.30 / 1.37 |
+//! | path, mode | seeder | iperf3 sender, same run | peer |
+//! |---|---|---|---|
+//! | loopback, copy | 0.43 / 0.34 | 0.12 / 0.22 | 1.57 / 1.14 |
+//! | loopback, splice | 0.52 / 0.47 | 0.21 / 0.25 | 2.97 / 1.68 |
+//! | veth, copy | 0.40 / 0.54 | 0.13 / 0.30 | 1.30 / 1.35 |
+//! | veth, splice | 0.55 / 0.52 | 0.26 / 0.28 | 1.37 / 1.42 |
 //!
-//! and 4 interleaved pairs of one seeder and one peer, 512 MiB over loopback, seeder CPU
+//! `corvid-bench sendpath` in the same session (`sendpath-splice-session-*.txt`, 256 KiB
+//! per call, sender / receiver s/GiB): loopback copy 0.26 / 0.24, sendfile 0.15 / 0.54;
+//! veth copy 0.28 / 0.27, sendfile 0.30 / 0.33.
+//!
+//! Also 4 interleaved pairs of one seeder and one peer, 512 MiB over loopback, seeder CPU
 //! s: copy 0.16 / 0.18 / 0.15 / 0.21, splice 0.20 / 0.16 / 0.21 / 0.27. So splicing does
-//! not cut the seeder's CPU here; it costs about a fifth more. Why: BitTorrent frames each
+//! not cut the seeder's CPU here: over loopback it costs a fifth to a third more, over veth
+//! one round says more and one the same. Why: BitTorrent frames each
 //! 16 KiB block with a 13-byte header, so a chain has two steps per block (write the
 //! header, splice the block's four or five pages), each an io-wq step of about a
 //! microsecond, which is what copying the 16 KiB costs (~2.4 us per block at 0.16
 //! s/GiB); on loopback and veth the sender's context also runs the receiver's packet
 //! delivery, the same for both paths. Before the rings that splice dropped
 //! DEFER_TASKRUN (`event_loop::build_ring`), every step woke the core: 0.88 against 0.42
-//! s/GiB. The receiver on the same machine pays more with splice (1.57 -> 2.97 over
-//! loopback: it copies out of page-cache pages instead of fresh socket memory), which a
+//! s/GiB. The receiver on the same machine pays more with splice (1.57 -> 2.97 and 1.14 -> 1.68
+//! over loopback: it copies out of page-cache pages instead of fresh socket memory), which a
 //! NIC would not pass on. Whether splice wins over a NIC, where the sender's copy reads a
 //! cold page cache and writes socket memory that the NIC then reads, is not measured;
 //! what would cut the per-block steps is one zero-copy `sendmsg` per batch of headers and
 //! mapped spans (io_uring `SEND_ZC`), with the header bytes kept until its notification.
 //! So the default stays `copy`.
 //!
-//! Probed once at start ([`probe_splice`]): `IORING_OP_SPLICE` and a pipe that can be
-//! sized; where either fails the runtime falls back to the copy path and says why
+//! Probed once at start ([`probe_splice`]): `IORING_OP_SPLICE`, `IOSQE_CQE_SKIP_SUCCESS`
+//! and a pipe that can be sized; where either fails the runtime falls back to the copy path and says why
 //! (`Runtime::send_path_note`).
 
 use std::fmt;
