@@ -185,6 +185,8 @@ pub struct Swarm<'a> {
     pub peers: Vec<PeerSpec>,
     pub linger: Duration,
     pub timeout: Duration,
+    /// Extra flags for `corvid seed` (e.g. `--send-path splice`).
+    pub seed_args: Vec<String>,
 }
 
 pub struct PeerOutcome {
@@ -253,7 +255,10 @@ fn start_seed(
         s.tracker_listen.clone(),
         "--trust-data".into(),
         "--json".into(),
-    ];
+    ]
+    .into_iter()
+    .chain(s.seed_args.iter().cloned())
+    .collect();
     let t_seed = Instant::now();
     let seed = Proc::spawn(
         &format!("corvid seed on {}", s.seed_host),

@@ -47,6 +47,10 @@ pub struct LinkArgs {
     /// and removed by the bench; needs root). Methods: iperf3, ceiling, corvid.
     #[arg(long)]
     pub veth: bool,
+    /// `--send-path` for the corvid seeder (copy, splice, auto); corvid's own default
+    /// (auto) when not given. Run once per value, each next to iperf3, to compare.
+    #[arg(long, value_name = "copy|splice|auto")]
+    pub send_path: Option<String>,
 }
 
 /// Methods that can run over `--veth` (the ssh baselines use a loopback sshd).
@@ -166,6 +170,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
             .timeout
             .unwrap_or(Duration::from_secs(60) + Duration::from_secs_f64(c.size as f64 / 20e6)),
         methods,
+        send_path: a.send_path.clone(),
     };
     let (path, payload, timeout) = (&p.path, &p.payload, p.timeout);
     let work = WorkDir::create(c)?;
@@ -189,7 +194,7 @@ pub fn run(a: LinkArgs) -> Result<crate::Outcome> {
                     let s = ssh.as_ref().context("sshd not started")?;
                     run_ssh_copy(m, s, payload, work.path(), timeout)
                 }
-                "corvid" => run_corvid(c, path, payload, work.path(), timeout),
+                "corvid" => run_corvid(c, path, payload, work.path(), timeout, &a.send_path),
                 other => bail!("method {other} not implemented for link"),
             })
         };
@@ -213,6 +218,8 @@ struct Plan<'a> {
     payload: Payload,
     /// Per run of a method.
     timeout: Duration,
+    /// The seeder's `--send-path`, if given.
+    send_path: Option<String>,
 }
 
 /// `--methods`, or every method the path supports.
@@ -330,6 +337,7 @@ impl Plan<'_> {
                     .with("methods", self.methods.clone())
                     .with("payload_sha1", self.payload.sha1.as_str())
                     .with("piece_size", c.piece_size.clone())
+                    .with("send_path", self.send_path.clone())
                     .with("timeout_s", self.timeout.as_secs_f64()),
             )
             .with("methods", Json::Arr(methods_json))
@@ -566,6 +574,7 @@ fn run_corvid(
     p: &Payload,
     work: &Path,
     timeout: Duration,
+    send_path: &Option<String>,
 ) -> Result<Run, RunError> {
     let bin = corvid::locate(&c.corvid)?;
     let tport = sshd::free_port()?;
@@ -597,6 +606,10 @@ fn run_corvid(
         }],
         linger: Duration::ZERO,
         timeout,
+        seed_args: send_path
+            .iter()
+            .flat_map(|p| ["--send-path".to_owned(), p.clone()])
+            .collect(),
     };
     let o = corvid::run_swarm(&swarm)?;
     let dest = recv.join(p.name());

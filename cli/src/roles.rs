@@ -126,6 +126,12 @@ pub struct NodeArgs {
     /// bound address is printed at start).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How uploads are sent: copy (sendmsg from the mapping), splice (from the file
+    /// through a pipe, no copy on this host), auto (splice to other hosts, copy to this
+    /// one, where the receiver would pay for it). Falls back to copy, with a warning,
+    /// where splicing is not possible.
+    #[arg(long, value_name = "copy|splice|auto", default_value = "copy")]
+    pub send_path: corvid_engine::runtime::SendPath,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -308,7 +314,10 @@ pub fn node_config(
         max_connections: args.max_connections,
         peer,
         swarm: Default::default(),
-        tuning: Default::default(),
+        tuning: node::NodeTuning {
+            send_path: args.send_path,
+            ..Default::default()
+        },
         announce_port: 0,
         resume: None,
         base: None,
@@ -681,6 +690,7 @@ mod tests {
             swarm_lock: Default::default(),
             rack: None,
             timeline: Default::default(),
+            send_path: None,
         };
         let cases = [
             (

@@ -165,6 +165,9 @@ pub struct Storage {
     registered: Vec<files::Registered>,
     /// Descriptors of the registered files (`pwrite` targets); empty when none are.
     write_fds: Vec<File>,
+    /// Read-only storage (seeding): descriptors of the registered files, which uploads
+    /// splice from (`runtime::send_path`); empty when none are kept.
+    _read_fds: Vec<File>,
     /// Bytes received and written through `write_fds`.
     written: Arc<files::Written>,
     root: PathBuf,
@@ -173,8 +176,8 @@ pub struct Storage {
     maps: Vec<Option<MmapRaw>>,
     /// `(st_dev, st_ino)` of the file opened for each mapping, so
     /// [`Storage::file_metadata`] can tell the mapped file from one put in its place.
-    /// (The files are closed once mapped: a torrent of many thousand files must not hold
-    /// as many descriptors.)
+    /// (Over [`MAX_WRITE_FDS`] files they are closed once mapped: a torrent of many
+    /// thousand files must not hold as many descriptors.)
     ids: Vec<(u64, u64)>,
     /// Payload offset one past each file's last byte (prefix sums of the lengths).
     ends: Vec<u64>,
@@ -322,6 +325,7 @@ impl Storage {
         Ok(Storage {
             registered,
             write_fds,
+            _read_fds: Vec::new(),
             written,
             root: root.to_path_buf(),
             files: files.to_vec(),
@@ -343,6 +347,12 @@ impl Storage {
         let ends = check_layout(files, lengths)?;
         let mut maps = Vec::with_capacity(files.len());
         let mut ids = Vec::with_capacity(files.len());
+        // Kept open under the same bound as a download's, so uploads can splice from
+        // them; over it, uploads are copied from the mapping.
+        let keep_fds = files.iter().filter(|f| !f.pad).count() <= MAX_WRITE_FDS;
+        let mut read_fds = Vec::new();
+        let mut registered = Vec::new();
+        let written = Arc::new(files::Written::default());
         for spec in files {
             if spec.pad {
                 maps.push(pad_map(spec, root)?);
@@ -378,13 +388,26 @@ impl Storage {
                 .len(len)
                 .map_raw_read_only(&file)
                 .map_err(|e| io_err("map", &path, e))?;
+            if keep_fds {
+                // As in `create`: the mapping covers exactly the file's bytes. Nothing is
+                // ever received into a read-only storage, so the registration only serves
+                // the send path.
+                registered.push(files::register(
+                    map.as_ptr(),
+                    map.len(),
+                    file.as_raw_fd(),
+                    written.clone(),
+                ));
+                read_fds.push(file);
+            }
             maps.push(Some(map));
             ids.push((meta.dev(), meta.ino()));
         }
         Ok(Storage {
-            registered: Vec::new(),
+            registered,
             write_fds: Vec::new(),
-            written: Arc::new(files::Written::default()),
+            _read_fds: read_fds,
+            written,
             root: root.to_path_buf(),
             files: files.to_vec(),
             maps,
@@ -798,6 +821,41 @@ mod tests {
         let ro =
             Storage::open_readonly(dir.path(), &specs(&lens), lengths_for(&lens, 16384)).unwrap();
         assert!(!ro.writes_through_files());
+    }
+
+    #[test]
+    fn a_seed_registers_its_files_for_splicing_until_dropped() {
+        let lens = [100u64, 5000];
+        let (dir, s) = make(&lens, 16384);
+        drop(s);
+        let content: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(dir.path().join("d1/f1"), &content).unwrap();
+        let ro =
+            Storage::open_readonly(dir.path(), &specs(&lens), lengths_for(&lens, 16384)).unwrap();
+        assert!(!ro.writes_through_files(), "nothing is written to a seed");
+        let piece = ro.lengths().piece(0).unwrap();
+        let ptr = ro
+            .block_slices(BlockRef {
+                piece,
+                offset: 100,
+                len: 10,
+            })
+            .next()
+            .unwrap()
+            .as_ptr();
+        let at = files::file_at(ptr).expect("file 1 is registered");
+        assert_eq!((at.offset, at.len), (0, 5000));
+        // The descriptor reads the file the mapping shows.
+        let mut buf = [0u8; 4];
+        // SAFETY: `buf` is a live 4-byte buffer; the descriptor is open while `ro` is.
+        let n = unsafe { libc::pread(at.fd, buf.as_mut_ptr().cast(), 4, 0) };
+        assert_eq!(n, 4);
+        assert_eq!(buf, content[..4]);
+        drop(ro);
+        assert!(
+            files::file_at(ptr).is_none(),
+            "unregistered with the storage"
+        );
     }
 
     #[test]

@@ -229,3 +229,63 @@ fn a_download_with_nothing_to_plan_does_not_spin() {
         "the control loop of a download with nothing to plan used {cpu:?} of CPU in {wall:?}"
     );
 }
+
+/// The seeder's uploads through each send path (`--send-path`): the download verifies
+/// every piece and matches the source, and the seeder's report says which path carried
+/// the payload: all of it spliced with `splice`, none with `copy`, and none with `auto`
+/// on loopback (the receiver is on this host, where splicing only moves the copy to it).
+#[test]
+fn a_seeder_uploads_through_each_send_path() {
+    use corvid_engine::runtime::SendPath;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let len = 2 * 1024 * 1024 + 4321;
+    let files = one_file(&src, len, 5);
+    let (lengths, hashes) = hash_files(&src, &files);
+    for path in [SendPath::Splice, SendPath::Copy, SendPath::Auto] {
+        let dst = dir.path().join(format!("dst-{path}"));
+        let seed_stop = StopFlag::new();
+        let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+        let seeder = {
+            let mut cfg = config(Mode::Seed, &src, &files, lengths, hashes.clone());
+            cfg.tuning.send_path = path;
+            let stop = seed_stop.clone();
+            std::thread::spawn(move || {
+                node::run(cfg, stop, &mut |ev| {
+                    if let NodeEvent::Listening { peer_addr } = ev {
+                        addr_tx.send(*peer_addr).unwrap();
+                    }
+                })
+            })
+        };
+        let seed_addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("seeder listening");
+        let mut cfg = config(Mode::Download, &dst, &files, lengths, hashes.clone());
+        cfg.peers = vec![seed_addr];
+        let report = node::run(cfg, StopFlag::new(), &mut |_| {}).expect("download");
+        assert!(report.complete, "{path}");
+        assert_eq!(report.transfer.pieces_failed, 0, "{path}");
+        assert!(
+            std::fs::read(dst.join("x.bin")).unwrap() == std::fs::read(src.join("x.bin")).unwrap(),
+            "{path}: the copy differs"
+        );
+        seed_stop.stop();
+        let seed_report = seeder.join().unwrap().expect("seeder ran");
+        let sent = seed_report
+            .send_path
+            .expect("the seeder reports its send path");
+        assert_eq!(sent.path, path.to_string());
+        match path {
+            SendPath::Splice => assert!(
+                sent.spliced >= len as u64,
+                "{path}: payload spliced: {sent:?}"
+            ),
+            _ => assert!(
+                sent.spliced == 0 && sent.copied >= len as u64,
+                "{path}: payload copied: {sent:?}"
+            ),
+        }
+    }
+}

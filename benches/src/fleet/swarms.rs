@@ -75,6 +75,7 @@ pub(super) fn run_corvid(t: &Trial, cpu0: &mut Option<CpuSample>) -> Result<Run,
             .collect(),
         linger: t.s.a.linger,
         timeout: t.timeout,
+        seed_args: Vec::new(),
     };
     let o = corvid::run_swarm(&swarm)?;
     let mut run = crate::link::swarm_run(o, made.make_s);

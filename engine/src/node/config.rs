@@ -48,12 +48,18 @@ pub struct NodeTuning {
     /// 0.21 / 0.29 in the same runs; all six runs each: median 1.20 on, 1.23 off). No
     /// difference shows through this machine's noise, so it stays on everywhere.
     pub header_sized_recv: bool,
+    /// How uploads leave the cores (`runtime::send_path`): splice from the file or copy
+    /// from the mapping; `Auto` splices only to remotes on other hosts. Copy by default:
+    /// on this machine's loopback and veth paths splicing costs the seeder more, not
+    /// less (the module's numbers), and it is yet to be measured over a NIC.
+    pub send_path: crate::runtime::SendPath,
 }
 
 impl Default for NodeTuning {
     fn default() -> Self {
         NodeTuning {
             header_sized_recv: true,
+            send_path: crate::runtime::SendPath::Copy,
         }
     }
 }

@@ -70,7 +70,7 @@ pub use config::{Mode, NodeConfig, NodeRacks, NodeTuning, SeedUntil};
 pub use control::StopFlag;
 pub use dial::{dialable, loopback_peers_allowed, tracker_peers_to_dial, MAX_TRACKER_PEERS};
 pub use door::SwarmLockReport;
-pub use report::{NodeEvent, NodeReport, Progress, RackReport};
+pub use report::{NodeEvent, NodeReport, Progress, RackReport, SendPathReport};
 pub use shared::make_peer_id;
 pub use timeline::Timeline;
 
@@ -203,12 +203,19 @@ pub fn run_with_metrics(
     let rt_cfg = RuntimeConfig {
         cores: cfg.cores.max(1),
         listen: Some(cfg.listen),
+        send_path: cfg.tuning.send_path,
         ..RuntimeConfig::default()
     };
     let rt = {
         let shared = shared.clone();
         Runtime::start(rt_cfg, move |_core| PeerService::new(shared.clone()))?
     };
+    if let Some(note) = rt.send_path_note() {
+        on_event(&NodeEvent::Warning {
+            message: note.to_owned(),
+        });
+    }
+    shared.set_send_counters(rt.send_path(), rt.send_counters());
     let peer_addr = rt.local_addr().unwrap_or(cfg.listen);
     on_event(&NodeEvent::Listening { peer_addr });
     for addr in &cfg.peers {
@@ -356,6 +363,11 @@ fn finish(
             local_connections: c.rack_local.load(Ordering::Relaxed),
         }),
         timeline: timeline.into_timeline(&shared.milestones),
+        send_path: shared.send.lock().as_ref().map(|(path, c)| SendPathReport {
+            path: path.to_string(),
+            spliced: c.spliced(),
+            copied: c.copied(),
+        }),
     })
 }
 

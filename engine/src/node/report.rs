@@ -88,6 +88,19 @@ pub struct NodeReport {
     pub rack: Option<RackReport>,
     /// Start-up milestones and counter samples (see `node::timeline`).
     pub timeline: super::timeline::Timeline,
+    /// How uploads were sent (absent if the cores never started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_path: Option<SendPathReport>,
+}
+
+/// The send path in use (`copy`, `splice` or `auto`, after the start-up probe) and the
+/// bytes sent each way (`runtime::send_path`): protocol messages without payload always
+/// go by `sendmsg`, so `copied` is not zero on a splicing node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SendPathReport {
+    pub path: String,
+    pub spliced: u64,
+    pub copied: u64,
 }
 
 /// This host's rack (issue 11) and the connections it marked same-rack at their
@@ -154,6 +167,7 @@ mod tests {
                 first_payload_s: None,
                 samples: vec![[0, 0, 0, 0], [100, 600, 400, 3]],
             },
+            send_path: None,
         }
     }
 

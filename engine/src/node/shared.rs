@@ -14,6 +14,7 @@ use crate::geometry::PieceIndex;
 use crate::hash::{HashPool, HashVerdict};
 use crate::metrics::NodeMetrics;
 use crate::peer::PeerConfig;
+use crate::runtime::{SendCounters, SendPath};
 use crate::storage::Storage;
 use crate::swarm::Swarm;
 
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     pub(super) write_failed: Mutex<Option<super::NodeError>>,
     /// This host's rack, when the node was given a topology that covers it.
     pub rack: Option<crate::tracker::HostRack>,
+    /// The send path the runtime uses and its byte counts, once it runs (for the report).
+    pub(super) send: Mutex<Option<(SendPath, Arc<SendCounters>)>>,
 }
 
 impl Shared {
@@ -159,7 +162,13 @@ impl Shared {
             write_failures: AtomicU32::new(0),
             write_failed: Mutex::new(None),
             rack,
+            send: Mutex::new(None),
         }
+    }
+
+    /// Records the runtime's send path and counters for the final report.
+    pub(super) fn set_send_counters(&self, path: SendPath, counters: Arc<SendCounters>) {
+        *self.send.lock() = Some((path, counters));
     }
 
     /// A fresh challenge for one connection: SHA-1 of a per-run random key and a counter,

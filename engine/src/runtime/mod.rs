@@ -60,23 +60,27 @@
 //! same day (`benches/runs/2026-11-29-vm/sendpath-loopback.txt`, `corvid-bench sendpath`,
 //! CPU s/GiB sender / receiver) copy 0.16 / 0.16, sendfile 0.09 / 0.38, `MSG_ZEROCOPY`
 //! (what `SEND_ZC` does) 0.10 / 0.50 with every send copied at delivery, so the seeder keeps
-//! `sendmsg` and the target (seeder <= iperf3 sender) is left for a host with a NIC, where
-//! a splice path (file pages into a pipe, headers written between them, one splice to the
-//! socket) is the thing to try.
+//! `sendmsg` by default. The splice path from the file is there (`--send-path splice|auto`,
+//! [`mod@send_path`], with its measurements): on this machine it costs the seeder about
+//! a fifth more than copying, not less, so the target (seeder <= iperf3 sender) is not
+//! met by it either.
 //!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
-//! [`mailbox`], `net` (sockets), `event_loop` (one core's loop).
+//! [`mailbox`], `net` (sockets), [`mod@send_path`] (copy or splice uploads), `event_loop`
+//! (one core's loop).
 
 mod event_loop;
 pub mod mailbox;
 mod net;
 pub mod ops;
 pub mod probe;
+pub mod send_path;
 
 pub use event_loop::{Conns, CoreIo, RecvIovecs, SendBuf};
 pub use mailbox::{Envelope, Mailbox, MailboxClosed};
 pub use net::{local_ip_in, local_ips, Network, NetworkError};
 pub use probe::{probe, UringUnavailable};
+pub use send_path::{SendCounters, SendPath, UnknownSendPath};
 
 use std::fmt;
 use std::io;
@@ -303,6 +307,9 @@ pub struct RuntimeConfig {
     /// Core threads are named `{name}-{core}` (visible in `top -H`, `/proc/*/task/*/comm`;
     /// Linux keeps 15 bytes).
     pub name: String,
+    /// How uploads are sent (see [`mod@send_path`]); probed at start, falling back to
+    /// [`SendPath::Copy`] where splicing is not possible ([`Runtime::send_path_note`]).
+    pub send_path: SendPath,
 }
 
 impl Default for RuntimeConfig {
@@ -318,6 +325,7 @@ impl Default for RuntimeConfig {
             ring_entries: 256,
             shutdown_timeout: Duration::from_secs(5),
             name: "corvid-core".to_owned(),
+            send_path: SendPath::Copy,
         }
     }
 }
@@ -368,6 +376,9 @@ pub struct Runtime<S: Service> {
     mailboxes: Vec<Mailbox<S::Msg>>,
     threads: Vec<JoinHandle<Result<S, RuntimeError>>>,
     local_addr: Option<SocketAddr>,
+    counters: std::sync::Arc<SendCounters>,
+    send_path: SendPath,
+    send_path_note: Option<String>,
 }
 
 impl<S: Service> Runtime<S> {
@@ -378,6 +389,10 @@ impl<S: Service> Runtime<S> {
         mut make: impl FnMut(usize) -> S,
     ) -> Result<Self, RuntimeError> {
         probe()?;
+        let mut config = config;
+        let (used, send_path_note) = send_path::choose(config.send_path, send_path::probe_splice);
+        config.send_path = used;
+        let counters = std::sync::Arc::new(SendCounters::default());
         let cores = config.cores.max(1);
         let mut listeners: Vec<Option<OwnedFd>> = Vec::with_capacity(cores);
         let mut local_addr = None;
@@ -416,12 +431,21 @@ impl<S: Service> Runtime<S> {
         let mut threads = Vec::with_capacity(cores);
         for (core, (inbox, listener)) in inboxes.into_iter().zip(listeners).enumerate() {
             let service = make(core);
-            let config = config.clone();
+            let core_config = config.clone();
             let all = mailboxes.clone();
             let ready = ready_tx.clone();
+            let core_counters = counters.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{}-{core}", config.name))
-                .spawn(move || event_loop::run(core, config, service, inbox, all, listener, ready));
+                .spawn(move || {
+                    let ends = event_loop::Ends {
+                        inbox,
+                        mailboxes: all,
+                        listener,
+                        counters: core_counters,
+                    };
+                    event_loop::run(core, core_config, service, ends, ready)
+                });
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(source) => {
@@ -429,6 +453,9 @@ impl<S: Service> Runtime<S> {
                         mailboxes,
                         threads,
                         local_addr,
+                        counters,
+                        send_path: config.send_path,
+                        send_path_note,
                     };
                     drop(rt);
                     return Err(RuntimeError::Core {
@@ -444,6 +471,9 @@ impl<S: Service> Runtime<S> {
             mailboxes,
             threads,
             local_addr,
+            counters,
+            send_path: config.send_path,
+            send_path_note,
         };
         for _ in 0..cores {
             match ready_rx.recv() {
@@ -462,6 +492,22 @@ impl<S: Service> Runtime<S> {
     /// The listening address (with the port the kernel picked for port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The send path in use: the configured one, or [`SendPath::Copy`] where splicing
+    /// was asked for and is not possible here.
+    pub fn send_path(&self) -> SendPath {
+        self.send_path
+    }
+
+    /// Why the configured send path was not available (`None` when it is in use).
+    pub fn send_path_note(&self) -> Option<&str> {
+        self.send_path_note.as_deref()
+    }
+
+    /// Bytes sent through each send path so far, all cores together.
+    pub fn send_counters(&self) -> std::sync::Arc<SendCounters> {
+        self.counters.clone()
     }
 
     /// The mailbox of core `core`.
@@ -499,5 +545,7 @@ impl<S: Service> Drop for Runtime<S> {
     }
 }
 
+#[cfg(test)]
+mod splice_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,9 @@
 //!
 //! The runtime only sees iovecs (addresses), so a writable [`Storage`](super::Storage)
 //! registers each file mapping here with the descriptor it keeps open, and the runtime
-//! asks [`file_at`] for the spans a service hands it. Addresses of live mappings never
+//! asks [`file_at`] for the spans a service hands it. A read-only storage (a seed)
+//! registers its mappings too, for the other direction: uploads that splice a span's
+//! pages from its file (`runtime::send_path`) instead of copying them from the mapping. Addresses of live mappings never
 //! overlap, so one process-wide table serves every storage in the process.
 
 use parking_lot::RwLock;

@@ -3,7 +3,24 @@
 //! completions.
 
 use super::*;
+use crate::runtime::send_path::{self, slots_for_bytes, slots_for_span};
 use crate::storage;
+
+/// Pipe buffers kept free while a splice batch is built: what one more `next_send` may
+/// add (a 16 KiB block over five pages and its header), so the batch stays within the
+/// pipe; a batch that still overshoots is sent with `sendmsg`.
+const SPLICE_SLOT_MARGIN: usize = 40;
+
+/// Pipe buffers a batch takes when spliced (an upper bound: see `send_path`).
+fn pipe_slots_of(segs: &[Seg]) -> usize {
+    segs.iter()
+        .map(|s| match *s {
+            Seg::Bytes { start, end } => slots_for_bytes(end - start),
+            // A mapping starts on a page, so the address has the file offset's page offset.
+            Seg::Span { ptr, len } => slots_for_span(ptr as u64, len),
+        })
+        .sum()
+}
 
 impl<S: Service> Core<S> {
     /// Submits a receive into the free end of `slot`'s buffer, at most `max` bytes (0: as
@@ -162,6 +179,8 @@ impl<S: Service> Core<S> {
 
     pub(super) fn drive_send(&mut self, slot: u32) {
         let batch = self.config.send_batch;
+        // A splice chain is pushed as one unit, so it must fit the submission queue.
+        let chain_max = (self.config.ring_entries as usize / 2).clamp(4, MAX_SEND_SEGS);
         let now = self.now;
         let (service, _io, slots) = self.io_parts();
         let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
@@ -173,12 +192,21 @@ impl<S: Service> Core<S> {
         let Some(conn) = e.conn.as_mut() else { return };
         e.send_bytes.clear();
         e.send_segs.clear();
+        let splices = e.splices;
+        let pipe_slots = e.pipe.as_ref().map_or(send_path::PIPE_SLOTS, |p| p.slots);
         let mut out = SendBuf {
             bytes: &mut e.send_bytes,
             segs: &mut e.send_segs,
             len: 0,
         };
         while out.len < batch && out.segs.len() < MAX_SEND_SEGS {
+            // Leave room in the pipe for one more call's worth (a block and its header).
+            if splices
+                && (out.segs.len() + 2 >= chain_max
+                    || pipe_slots_of(out.segs) + SPLICE_SLOT_MARGIN > pipe_slots)
+            {
+                break;
+            }
             if !service.next_send(conn, &mut out, now) {
                 break;
             }
@@ -186,6 +214,10 @@ impl<S: Service> Core<S> {
         if out.len == 0 {
             return;
         }
+        if splices && self.submit_splice(slot, chain_max) {
+            return;
+        }
+        let Some(e) = self.entry(slot) else { return };
         e.send_iov.clear();
         for seg in &e.send_segs {
             match *seg {
@@ -197,6 +229,7 @@ impl<S: Service> Core<S> {
         }
         e.send_iov.fill_msghdr(&mut e.send_msg);
         e.send_inflight = true;
+        e.send_spliced = false;
         let msg: *const libc::msghdr = &e.send_msg;
         let entry = ops::send::sendmsg(
             e.fd,
@@ -210,6 +243,168 @@ impl<S: Service> Core<S> {
         // SAFETY: msghdr, iovec array and `send_bytes` live in the boxed entry and are not
         // modified while `send_inflight`; spans are covered by push_span's contract.
         unsafe { self.push_conn(slot, entry) };
+    }
+
+    /// Sends the batch in `slot`'s send segments as a splice chain (see `ops::splice`):
+    /// false, and nothing submitted, when the batch carries no file payload or does not
+    /// fit the pipe or the ring, so the caller sends it with `sendmsg`.
+    fn submit_splice(&mut self, slot: u32, chain_max: usize) -> bool {
+        let Some(e) = self.entry(slot) else {
+            return false;
+        };
+        let has_file = e.send_segs.iter().any(|s| match *s {
+            Seg::Span { ptr, .. } => storage::files::file_at(ptr).is_some(),
+            Seg::Bytes { .. } => false,
+        });
+        if !has_file || e.send_segs.len() + 1 > chain_max {
+            return false;
+        }
+        if e.pipe.is_none() {
+            match Pipe::new() {
+                Ok(p) => e.pipe = Some(p),
+                Err(_) => {
+                    // Out of descriptors or over the per-user pipe budget: this
+                    // connection copies from now on.
+                    e.splices = false;
+                    return false;
+                }
+            }
+        }
+        let Some(pipe) = e.pipe.as_ref() else {
+            return false;
+        };
+        if pipe_slots_of(&e.send_segs) > pipe.slots {
+            return false;
+        }
+        let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+        let fill = Token::Conn {
+            slot,
+            op: ConnOp::Fill,
+        }
+        .encode();
+        let mut chain = Vec::with_capacity(e.send_segs.len() + 1);
+        let mut total = 0usize;
+        for seg in &e.send_segs {
+            let step = match *seg {
+                Seg::Bytes { start, end } => {
+                    total += end - start;
+                    ops::splice::bytes_to_pipe(
+                        pipe_w,
+                        e.send_bytes[start..end].as_ptr(),
+                        (end - start) as u32,
+                        fill,
+                    )
+                }
+                Seg::Span { ptr, len } => {
+                    total += len;
+                    match storage::files::file_at(ptr) {
+                        Some(f) if f.len >= len => {
+                            ops::splice::file_to_pipe(f.fd, f.offset, pipe_w, len as u32, fill)
+                        }
+                        // Not file payload (or running past its file): written, i.e.
+                        // copied, into the pipe in its place in the stream.
+                        _ => ops::splice::bytes_to_pipe(pipe_w, ptr, len as u32, fill),
+                    }
+                }
+            };
+            // No CQE for a step that succeeds: nothing to do for it, and none to wake the
+            // core for (see `build_ring`).
+            chain.push(step.flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS));
+        }
+        chain.push(ops::splice::pipe_to_socket(
+            pipe_r,
+            e.fd,
+            total as u32,
+            Token::Conn {
+                slot,
+                op: ConnOp::Send,
+            }
+            .encode(),
+        ));
+        e.send_inflight = true;
+        e.send_spliced = true;
+        e.drain = total;
+        // One completion ends the chain, and only it is counted: the last step's, or a
+        // failed fill step's, after which the rest posts nothing (see `fill_done`).
+        e.inflight += 1;
+        // SAFETY: the written bytes live in the entry's `send_bytes`, untouched while
+        // `send_inflight` (set until the chain's last step completes, after every step
+        // before it); spans are covered by push_span's contract; the file descriptors are
+        // kept open by whoever keeps the span's mapping alive (`storage::files`), the pipe
+        // by the entry, which is freed only after the last completion. One unit, so the
+        // links are not split across submissions.
+        unsafe { self.push(&chain) };
+        true
+    }
+
+    /// A step that fills the pipe failed (a file that cannot be read, a pipe that is
+    /// full). Only failures of fill steps complete (`CQE_SKIP_SUCCESS`), and a failed step
+    /// with that flag ends its chain silently: the steps after it, the last one included,
+    /// are cancelled without a CQE (the kernel's REQ_F_SKIP_LINK_CQES). So this completion
+    /// is the chain's last: it takes the place of the last step's (the one counted in
+    /// flight), and the connection closes, since the pipe no longer holds the stream.
+    pub(super) fn fill_done(&mut self, slot: u32, res: i32) {
+        let Some(e) = self.entry(slot) else {
+            debug_assert!(false, "fill completion for free slot {slot}");
+            return;
+        };
+        debug_assert!(
+            e.send_inflight && e.send_spliced,
+            "fill completion without a chain"
+        );
+        if !(e.send_inflight && e.send_spliced) {
+            return;
+        }
+        e.inflight -= 1;
+        e.send_inflight = false;
+        let err = io::Error::from_raw_os_error(-res);
+        let err = io::Error::new(
+            err.kind(),
+            format!("splicing upload payload into the pipe: {err}"),
+        );
+        if e.state == State::Open {
+            self.begin_close(slot, CloseCause::Storage(err));
+        }
+        self.maybe_finish_close(slot);
+    }
+
+    /// The chain's last step (pipe to socket) completed.
+    fn splice_done(&mut self, slot: u32, res: i32) {
+        let Some(e) = self.entry(slot) else { return };
+        if res < 0 && !is_transient(-res) {
+            self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
+            return;
+        }
+        let n = res.max(0) as usize;
+        if n > e.drain {
+            self.begin_close(
+                slot,
+                CloseCause::Io(io::Error::other(
+                    "kernel reported more bytes than requested",
+                )),
+            );
+            return;
+        }
+        e.drain -= n;
+        if e.drain > 0 {
+            // Short (a signal, or EAGAIN): the rest is still in the pipe, in order.
+            let Some(pipe) = e.pipe.as_ref() else { return };
+            let entry = ops::splice::pipe_to_socket(
+                pipe.read.as_raw_fd(),
+                e.fd,
+                e.drain as u32,
+                Token::Conn {
+                    slot,
+                    op: ConnOp::Send,
+                }
+                .encode(),
+            );
+            e.send_inflight = true;
+            // SAFETY: references no user memory; the pipe lives in the entry.
+            unsafe { self.push_conn(slot, entry) };
+            return;
+        }
+        self.send_finished(slot);
     }
 
     pub(super) fn recv_done(&mut self, slot: u32, res: i32) {
@@ -288,16 +483,24 @@ impl<S: Service> Core<S> {
     }
 
     pub(super) fn send_done(&mut self, slot: u32, res: i32) {
-        let now = self.now;
-        let (service, mut io, slots) = self.io_parts();
-        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
-            return;
-        };
+        let counters = self.counters.clone();
+        let Some(e) = self.entry(slot) else { return };
         e.send_inflight = false;
+        // What reached the socket counts, whether or not the connection is still open.
+        if res > 0 {
+            if e.send_spliced {
+                counters.add_spliced(res as u64);
+            } else {
+                counters.add_copied(res as u64);
+            }
+        }
         if e.state != State::Open {
             return;
         }
-        let id = e.id;
+        if e.send_spliced {
+            self.splice_done(slot, res);
+            return;
+        }
         if res < 0 && !is_transient(-res) {
             self.begin_close(slot, CloseCause::Io(io::Error::from_raw_os_error(-res)));
             return;
@@ -338,6 +541,17 @@ impl<S: Service> Core<S> {
             unsafe { self.push_conn(slot, entry) };
             return;
         }
+        self.send_finished(slot);
+    }
+
+    /// Everything of the last batch is in the socket: tell the service.
+    fn send_finished(&mut self, slot: u32) {
+        let now = self.now;
+        let (service, mut io, slots) = self.io_parts();
+        let Some(e) = slots.get_mut(slot as usize).and_then(|s| s.as_deref_mut()) else {
+            return;
+        };
+        let id = e.id;
         let Some(conn) = e.conn.as_mut() else { return };
         if let Err(err) = service.on_send_done(&mut io, id, conn, now) {
             self.begin_close(slot, CloseCause::Protocol(err));

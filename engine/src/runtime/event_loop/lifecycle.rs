@@ -50,6 +50,10 @@ impl<S: Service> Core<S> {
             // SAFETY: as above.
             send_msg: unsafe { std::mem::zeroed() },
             addr: RawAddr::from_std(peer),
+            splices: self.config.send_path.splices_to(peer.ip(), &self.local_ips),
+            pipe: None,
+            send_spliced: false,
+            drain: 0,
         }));
         self.live += 1;
         slot
@@ -118,6 +122,14 @@ impl<S: Service> Core<S> {
         }
         if e.send_inflight {
             targets.push(ConnOp::Send);
+            if e.send_spliced {
+                // A splice chain runs on an io-wq worker, where a cancel may find a step
+                // between two others and miss the one that then blocks on a socket the
+                // remote no longer reads. Shutting the socket down ends that step
+                // (EPIPE) whatever it is doing; the connection is closing anyway.
+                // SAFETY: shutdown on the connection's own open descriptor.
+                unsafe { libc::shutdown(e.fd, libc::SHUT_RDWR) };
+            }
         }
         for op in targets {
             let target = Token::Conn { slot, op }.encode();

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod eventfd;
 pub mod recv;
 pub mod send;
+pub mod splice;
 pub mod timeout;
 pub mod vectored;
 
@@ -51,6 +52,8 @@ pub enum ConnOp {
     Cancel = 4,
     /// Closing the socket.
     Close = 5,
+    /// A step of a splice chain that fills the connection's pipe (see `ops::splice`).
+    Fill = 6,
 }
 
 const KIND_ACCEPT: u64 = 1;
@@ -86,6 +89,7 @@ impl Token {
                     3 => ConnOp::Send,
                     4 => ConnOp::Cancel,
                     5 => ConnOp::Close,
+                    6 => ConnOp::Fill,
                     _ => return None,
                 };
                 let slot = u32::try_from(user_data >> 8).ok()?;
@@ -109,6 +113,7 @@ mod tests {
             ConnOp::Send,
             ConnOp::Cancel,
             ConnOp::Close,
+            ConnOp::Fill,
         ];
         let mut all = vec![
             Token::Accept,
