@@ -197,8 +197,8 @@
 //! (`benches/runs/2026-11-29-vm/fleet-seed-fanout-ab`, N=16, every run CPU-bound by
 //! other work) four runs took 7.19-8.02 s with 1.04-1.11 seeder copies against 7.32-7.41
 //! s and 1.05 for main's build in the same 15 minutes (8.00-11.17 s earlier, under more
-//! load): no gain, and a loss the load does not let us tell from noise; worth a quiet
-//! rerun. With the straggler rule active at N=16 (first version) the seeder sent
+//! load); with less load (58-98% busy) 7.37 / 7.76 s, 1.05 copies, against 7.39 / 7.66
+//! s, 1.05: no gain and no loss we can tell from noise. With the straggler rule active at N=16 (first version) the seeder sent
 //! 1.06-1.22 copies and the simulated median host was 2% later, hence the K condition.
 //!
 //! The tail (issue 10): a bigger budget for extra copies does not shorten it in the
