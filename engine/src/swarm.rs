@@ -64,6 +64,9 @@ pub struct SwarmConfig {
     /// The seeding plan's budget for copies beyond the first (end-game help), in
     /// thousandths of the payload; see the module docs.
     pub seed_extra_permille: u32,
+    /// The seeding plan's fan-out: followers that may hold a first copy in flight at
+    /// once (0: no bound); see `plan.rs`.
+    pub seed_fanout: usize,
 }
 
 impl Default for SwarmConfig {
@@ -73,6 +76,7 @@ impl Default for SwarmConfig {
             ban_strikes: 2,
             endgame_dup: 2,
             seed_extra_permille: 50,
+            seed_fanout: 32,
         }
     }
 }
@@ -156,6 +160,9 @@ struct PeerSlot {
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,
+    /// Its upload slot was taken back (it was choked after holding one): the seeding
+    /// plan's handed pieces cannot be asked for there now (see `plan.rs`).
+    slot_lost: bool,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -223,6 +230,14 @@ pub struct Swarm {
     local_peers: u32,
     /// Seeding plan: first copies handed to each rack (see `rack_plan.rs`).
     rack_first: Vec<u32>,
+    /// Seeding plan: fresh pieces handed out and maybe not yet sent whole (pruned
+    /// lazily), for the fan-out bound (see `plan.rs`).
+    first_inflight: Vec<u32>,
+    /// Seeding plan: pieces handed to a second follower because the first had not
+    /// asked for them by the end of the first pass (once each; see `plan.rs`).
+    rehanded: Vec<bool>,
+    /// Seeding plan: pieces whose holder has asked for them (a request was admitted).
+    asked: Vec<bool>,
 }
 
 impl Swarm {
@@ -294,6 +309,9 @@ impl Swarm {
             local_availability: vec![0; n as usize],
             local_peers: 0,
             rack_first: Vec::new(),
+            first_inflight: Vec::new(),
+            rehanded: vec![false; n as usize],
+            asked: vec![false; n as usize],
             cfg,
         }
     }
@@ -888,6 +906,8 @@ mod tests {
     #[test]
     fn plan_hands_each_piece_once_then_what_lost_its_source() {
         let mut s = swarm(4, 2, 1);
+        // The plan without its fan-out bound and straggler rule (tested in `plan.rs`).
+        s.cfg.seed_fanout = 0;
         let (a, b) = (s.add_peer(ip(1)).unwrap(), s.add_peer(ip(2)).unwrap());
         let none = Bitfield::new(4);
         let next = |s: &mut Swarm, k| s.plan_next(k, &none).map(|p| p.get());

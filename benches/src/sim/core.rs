@@ -96,6 +96,10 @@ pub struct SimConfig {
     pub tick: Duration,
     /// Upload slots per host (`SwarmConfig::max_unchoked`; the daemon's default is 128).
     pub max_unchoked: usize,
+    /// The seeders' plan fan-out (`SwarmConfig::seed_fanout`; 0: no bound).
+    pub seed_fanout: usize,
+    /// The seeders' budget for extra copies (`SwarmConfig::seed_extra_permille`).
+    pub seed_extra_permille: u32,
     /// Bytes a host's egress queue (the qdisc under the shaper) holds, shared FIFO by all
     /// its connections; 0: one segment, the uplink then serves connections round robin
     /// (fair queueing). A deep FIFO delays every request behind other peers' blocks.
@@ -405,6 +409,8 @@ impl Sim {
                 swarm: Swarm::new(
                     SwarmConfig {
                         max_unchoked: cfg.max_unchoked,
+                        seed_fanout: cfg.seed_fanout,
+                        seed_extra_permille: cfg.seed_extra_permille,
                         ..SwarmConfig::default()
                     },
                     INFO_HASH,
@@ -1066,6 +1072,42 @@ impl Sim {
             held.first().copied().unwrap_or(0),
             held.get(held.len() / 2).copied().unwrap_or(0),
         );
+        // The first pass's last pieces (under 6 left): their holder (host), sixteenths
+        // sent, whether the seeder chokes it, whether it is interested, whether it has
+        // the piece. (How a holder that lost its slot was found holding up the fleet.)
+        let pending: Vec<String> = self
+            .lengths
+            .pieces()
+            .filter(|&p| !self.hosts[0].swarm.served_once(p))
+            .take(6)
+            .map(|p| {
+                let sw = &self.hosts[0].swarm;
+                let holder = sw.holder(p);
+                let end = self.hosts[0]
+                    .ends
+                    .iter()
+                    .map(|&e| &self.ends[e as usize])
+                    .find(|e| Some(e.peer.key()) == holder);
+                match end {
+                    Some(e) => {
+                        let r = &self.ends[e.remote as usize];
+                        format!(
+                            "{}:{}/16 h{} choked={} int={} got={}",
+                            p.get(),
+                            sw.spread(p),
+                            r.host,
+                            e.peer.choke_state().0,
+                            e.peer.choke_state().1,
+                            self.hosts[r.host as usize].swarm.have().get(p.get())
+                        )
+                    }
+                    None => format!("{}:{}/16 none", p.get(), sw.spread(p)),
+                }
+            })
+            .collect();
+        if !pending.is_empty() && pending.len() < 6 {
+            eprintln!("  pending first copies: {}", pending.join(", "));
+        }
         self.at(self.now + nanos(step), Ev::Trace);
     }
 

@@ -80,6 +80,14 @@ pub struct SimArgs {
     /// Upload slots per host (the daemon's default: 128).
     #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().max_unchoked)]
     pub max_unchoked: usize,
+    /// Seeders' plan fan-out: followers holding a first copy in flight at once
+    /// (`SwarmConfig::seed_fanout`; 0: no bound).
+    #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().seed_fanout)]
+    pub seed_fanout: usize,
+    /// Seeders' budget for copies beyond the first, in thousandths of the payload
+    /// (`SwarmConfig::seed_extra_permille`).
+    #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().seed_extra_permille)]
+    pub seed_extra_permille: u32,
     /// With --rack-aware: peers from other racks in each tracker handout.
     #[arg(long, default_value_t = 4)]
     pub cross_rack_peers: usize,
@@ -158,6 +166,8 @@ impl SimArgs {
             request_size: self.request_size as u32,
             tick: Duration::from_millis(100),
             max_unchoked: self.max_unchoked,
+            seed_fanout: self.seed_fanout,
+            seed_extra_permille: self.seed_extra_permille,
             egress_queue: self.egress_queue.unwrap_or(0),
             linger: self.linger,
             trace: self.trace,
@@ -262,6 +272,8 @@ fn params_json(a: &SimArgs, c: &SimConfig) -> Json {
         .with("numwant", c.numwant)
         .with("seeders", c.seeders)
         .with("max_unchoked", c.max_unchoked)
+        .with("seed_fanout", c.seed_fanout)
+        .with("seed_extra_permille", u64::from(c.seed_extra_permille))
         .with("cross_rack_peers", c.cross_rack_peers)
         .with("egress_queue", c.egress_queue)
         .with("linger_s", c.linger.map(|l| l.as_secs_f64()))
@@ -544,6 +556,8 @@ mod tests {
             request_size: 128 << 10,
             tick: Duration::from_millis(100),
             max_unchoked: 128,
+            seed_fanout: corvid_engine::swarm::SwarmConfig::default().seed_fanout,
+            seed_extra_permille: corvid_engine::swarm::SwarmConfig::default().seed_extra_permille,
             egress_queue: 0,
             linger: None,
             trace: None,

@@ -38,6 +38,7 @@ impl Swarm {
             local: false,
             rack: None,
             peer_id: None,
+            slot_lost: false,
         };
         if let Some(idx) = self.spare_peers.pop() {
             let s = &mut self.peers[idx as usize];
@@ -101,6 +102,7 @@ impl Swarm {
             return false;
         }
         s.unchoked = true;
+        s.slot_lost = false;
         self.unchoked += 1;
         true
     }
@@ -119,7 +121,10 @@ impl Swarm {
         if let Some(s) = self.slot_mut(key) {
             if s.unchoked {
                 s.unchoked = false;
+                s.slot_lost = true;
                 self.unchoked -= 1;
+                // Pieces the seeding plan handed it may go to another follower now.
+                self.plan_epoch += 1;
             }
         }
     }

@@ -150,6 +150,63 @@
 //! +1% (3 seeds) and made the median host 5-6% later: the parallel split is not what
 //! costs there.
 //!
+//! Fan-out at large N (issue 11). With N followers in its upload slots the plan handed
+//! each one piece at a time, so about min(N, 128) first copies were in flight at once,
+//! each at 1/N of the seeder's rate: a 4 MiB first copy took ~0.35-0.45 s to arrive (at
+//! 10 Gbit/s its piece time is 3.5 ms), and nothing could be relayed before. Three rules
+//! now, all in [`Swarm::plan_next`]:
+//! - At most [`SwarmConfig::seed_fanout`] (32) followers hold a first copy in flight at
+//!   once; another follower is handed a fresh piece when one of those has all its first
+//!   copies sent ([`Swarm::record_upload`] bumps the plan epoch so waiting connections
+//!   look again). A holder that lost its slot does not count.
+//! - No fresh piece for a follower without an upload slot (choked after holding one, or
+//!   every slot taken): it could not ask for it, and its holder is named to every other
+//!   asker, so the piece waited there until the idle-slot rule rotated the slots (~1 s).
+//!   A piece handed to a follower that has since lost its slot, nothing of it sent, is
+//!   handed to the next follower that can take a fresh piece. (Found with the
+//!   simulator's `--trace`: at N=300 and N=1000 the first pass's last 2-5 pieces sat
+//!   with choked holders for 1-2 s while the whole fleet waited for them; a follower
+//!   bringing a cross-rack piece in asks for no new one, `pick.rs`, so a handed piece
+//!   may go unasked until its slot is taken back.)
+//! - Stragglers: once every piece is handed out, while the bound binds (more followers
+//!   than K), a piece whose holder has not asked for it yet is handed once more, to the
+//!   next follower that asks the plan for more; the first of the two to ask is served,
+//!   the other refused with the holder named. (Not below K followers: on the namespace
+//!   fleet at N=16 it moved pieces queued in followers' pipelines, and a run had the
+//!   seeder send 1.22 copies.)
+//!
+//! Measured in the simulator, 1 GiB, 4 MiB pieces, 10 Gbit/s, 40 hosts/rack 4:1,
+//! rack-aware on, numwant 50, 1 MiB requests (`corvid-bench sim --size 1GiB --rate
+//! 10gbit --rack-size 40 --oversub 4 --numwant 50 --request-size 1MiB --rack-aware on`,
+//! `--seed-fanout K`; before = the build without these rules):
+//!
+//! | N | before x S/C | after (K=32) x S/C | seeder copies after |
+//! |---|---|---|---|
+//! | 100 (seeds 1-3) | 2.02 / 2.10 / 2.02 | 1.55 / 1.53 / 1.57 | 1.05 |
+//! | 300 (seed 1) | 2.41 | 1.76 | 1.05 |
+//! | 1,000 (seeds 1-2) | 2.60 / 2.64 | 2.12 / 1.85 | 1.05 |
+//!
+//! The bound's size matters (measured with the bound alone, before the other two
+//! rules): at N=100, K=16 took 2.16-2.50 x (the seeder's rate decays
+//! to half its line: each of its few flows shares a follower's downlink with relay
+//! traffic queued ahead of it), K=32 1.53-1.57, K=64 1.66-1.72, no bound 2.02-2.10. The
+//! busiest rack takes more copies in (N=100: 3.1-3.5 against 1.9-2.4; N=1000: 4.0-4.6
+//! against 3.8-3.9): fewer followers, so fewer racks, get the first copies. At the fleet's
+//! N=16 (256 KiB pieces, 100 Mbit/s) K=32 does not bind and the simulator's runs are
+//! byte for byte those of the build before (N=16/24, seeds 11-16). On the namespace fleet
+//! (`benches/runs/2026-11-29-vm/fleet-seed-fanout-ab`, N=16, every run CPU-bound by
+//! other work) four runs took 7.19-8.02 s with 1.04-1.11 seeder copies against 7.32-7.41
+//! s and 1.05 for main's build in the same 15 minutes (8.00-11.17 s earlier, under more
+//! load); with less load (58-98% busy) 7.37 / 7.76 s, 1.05 copies, against 7.39 / 7.66
+//! s, 1.05: no gain and no loss we can tell from noise. With the straggler rule active at N=16 (first version) the seeder sent
+//! 1.06-1.22 copies and the simulated median host was 2% later, hence the K condition.
+//!
+//! The tail (issue 10): a bigger budget for extra copies does not shorten it in the
+//! simulator: at N=16 (seeds 11-16) 5% / 10% / 15% of the payload give a last host at
+//! 7.10 / 7.10 / 7.10 s (median of 6) for 1.12 / 1.13 / 1.19 seeder copies. The last
+//! host's downlink there is 75-100% busy in its last second: it is late because it got
+//! little in the ramp, not because the seeder idles at the end.
+//!
 //! Tried and not kept: handing fresh pieces only to followers whose handed pieces have
 //! spread (no more fresh pieces to a follower while 2 hand-outs' worth of its pieces
 //! were announced by no other peer), to even out the relays' upload. In the simulator
@@ -185,7 +242,50 @@ impl Swarm {
             && !std::mem::replace(&mut self.served_whole[i], true)
         {
             self.first_pass_left -= 1;
+            // A first copy is through: a follower the fan-out bound (or a taken slot)
+            // turned away may be handed one now.
+            self.plan_epoch += 1;
         }
+    }
+
+    /// Whether connection `h` can ask for what it is handed: live and not choked since it
+    /// held an upload slot.
+    fn can_ask(&self, h: PeerKey) -> bool {
+        self.slot(h).is_some_and(|s| !s.slot_lost)
+    }
+
+    /// Seeding plan, fan-out: whether `to` may be handed a fresh piece now. Not if it
+    /// lost its upload slot, nor while every slot is taken by others (a choked follower
+    /// cannot ask for the piece, which would wait there while its holder is named to
+    /// everyone else); and with [`SwarmConfig::seed_fanout`] K, only if `to` already has
+    /// a first copy in flight or fewer than K followers do.
+    pub(super) fn fanout_allows(&mut self, to: PeerKey) -> bool {
+        let Some(slot) = self.slot(to) else {
+            return false;
+        };
+        if !slot.unchoked && (slot.slot_lost || self.unchoked >= self.cfg.max_unchoked) {
+            return false;
+        }
+        let k = self.cfg.seed_fanout;
+        if k == 0 {
+            return true;
+        }
+        let mut inflight = std::mem::take(&mut self.first_inflight);
+        inflight.retain(|&i| !self.served_whole[i as usize] && self.holder_live(i as usize));
+        // A holder that lost its slot (choked for idling) cannot fetch its piece now: it
+        // does not count against the bound.
+        let mut holders: Vec<PeerKey> = inflight
+            .iter()
+            .filter_map(|&i| self.holder[i as usize])
+            .filter(|&h| self.can_ask(h))
+            .collect();
+        self.first_inflight = inflight;
+        if holders.contains(&to) {
+            return true;
+        }
+        holders.sort_unstable_by_key(|h| (h.idx, h.gen));
+        holders.dedup();
+        holders.len() < k
     }
 
     pub(super) fn holder_live(&self, i: usize) -> bool {
@@ -297,7 +397,7 @@ impl Swarm {
         let n = self.lengths.piece_count();
         // Fresh pieces may wait (`to`'s rack is ahead of others, see `rack_plan.rs`);
         // pieces that lost their source never do.
-        let fresh_ok = !self.rack_ahead(to);
+        let fresh_ok = !self.rack_ahead(to) && self.fanout_allows(to);
         // Fresh pieces: the cursor moves over pieces handed out; a piece this remote
         // already has is left for another connection.
         let mut i = if fresh_ok { self.fresh_cursor } else { n };
@@ -311,6 +411,9 @@ impl Swarm {
             }
             if !remote.get(i) {
                 self.holder[i as usize] = Some(to);
+                if self.cfg.seed_fanout > 0 {
+                    self.first_inflight.push(i);
+                }
                 self.note_rack_first(to);
                 return self.lengths.piece(i);
             }
@@ -327,8 +430,27 @@ impl Swarm {
                 continue;
             }
             if self.holder_live(i) && self.served_blocks[i] == 0 {
-                // Handed to a live connection that has not asked for it yet.
-                continue;
+                // Handed to a live connection and nothing sent yet: it stays there
+                // while that connection holds an upload slot (it can ask), unless the
+                // first pass is down to its stragglers (every piece handed out, with a
+                // fan-out bound), the holder has not asked for it and it was not handed
+                // on before: then the first of the two to ask gets it, the other is
+                // refused and told who has it (`plan_admit`). Once each, so it never
+                // goes back and forth.
+                let holder_can_ask = self.holder[i].is_some_and(|h| self.can_ask(h));
+                let straggler = fresh_ok
+                    && self.cfg.seed_fanout > 0
+                    && self.live_peers() > self.cfg.seed_fanout
+                    && self.fresh_cursor >= n
+                    && !self.asked[i]
+                    && !self.rehanded[i];
+                if holder_can_ask && !straggler {
+                    continue;
+                }
+                if !fresh_ok {
+                    continue;
+                }
+                self.rehanded[i] = true;
             }
             self.holder[i] = Some(to);
             return Some(p);
@@ -343,10 +465,15 @@ impl Swarm {
     pub fn plan_admit(&mut self, from: PeerKey, block: BlockRef) -> bool {
         let i = block.piece.as_usize();
         if self.holder[i] == Some(from) {
+            self.asked[i] = true;
             return true;
         }
-        if !self.has_source(block.piece) {
+        // A straggler's holder that asked is getting it (its request may still be queued
+        // here, nothing sent yet): a source, so the other one is not served a second copy.
+        let queued = self.rehanded[i] && self.asked[i] && self.holder_live(i);
+        if !queued && !self.has_source(block.piece) {
             self.holder[i] = Some(from);
+            self.asked[i] = true;
             return true;
         }
         let n = u64::from(block.len.div_ceil(crate::geometry::BLOCK_SIZE).max(1));
@@ -364,5 +491,130 @@ impl Swarm {
         let blocks = u64::from(self.lengths.blocks_in_piece(piece).max(1));
         let served = u64::from(self.served_blocks[piece.as_usize()]);
         u64::from(self.availability[piece.as_usize()]) * 16 + served * 16 / blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::BLOCK_SIZE;
+
+    /// A seeder of `pieces` one-block pieces with fan-out `k`, and `peers` connections
+    /// that hold upload slots.
+    fn seeder(pieces: u32, k: usize, peers: u8) -> (Swarm, Vec<PeerKey>) {
+        let pl = u64::from(BLOCK_SIZE);
+        let l = Lengths::new(pl * u64::from(pieces), pl, pieces.into()).unwrap();
+        let cfg = SwarmConfig {
+            seed_fanout: k,
+            ..SwarmConfig::default()
+        };
+        let mut s = Swarm::new(cfg, [0; 20], l, Bitfield::full(pieces), 1);
+        let now = Instant::now();
+        let keys = (1..=peers)
+            .map(|n| {
+                let k = s.add_peer(IpAddr::from([10, 0, 0, n])).unwrap();
+                assert!(s.try_unchoke(k, now));
+                k
+            })
+            .collect();
+        (s, keys)
+    }
+
+    fn send_whole(s: &mut Swarm, to: PeerKey, p: PieceIndex) {
+        let b = s.lengths.block(p, 0).unwrap();
+        s.record_upload(to, b);
+    }
+
+    #[test]
+    fn fanout_bounds_followers_holding_first_copies_in_flight() {
+        let (mut s, k) = seeder(8, 2, 3);
+        let none = Bitfield::new(8);
+        let a0 = s.plan_next(k[0], &none).unwrap();
+        let b0 = s.plan_next(k[1], &none).unwrap();
+        // Two followers have first copies in flight: a third waits, the two may get more.
+        assert_eq!(s.plan_next(k[2], &none), None);
+        let a1 = s.plan_next(k[0], &none).unwrap();
+        assert_eq!(s.plan_next(k[2], &none), None);
+        // a's first copy is through, its second is not: still two in flight.
+        let epoch = s.plan_epoch();
+        send_whole(&mut s, k[0], a0);
+        assert_ne!(s.plan_epoch(), epoch, "a waiting follower must look again");
+        assert_eq!(s.plan_next(k[2], &none), None);
+        // Both of a's are through: c takes a's place.
+        send_whole(&mut s, k[0], a1);
+        assert!(s.plan_next(k[2], &none).is_some());
+        assert_eq!(s.plan_next(k[0], &none), None);
+        // A follower that leaves frees its place (a takes it) and its piece, which lost
+        // its source, never waits for the bound: a newcomer gets it, then nothing fresh.
+        s.remove_peer(k[1]);
+        assert!(s.plan_next(k[0], &none).is_some_and(|p| p != b0));
+        let d = s.add_peer(IpAddr::from([10, 0, 0, 9])).unwrap();
+        assert!(s.try_unchoke(d, Instant::now()));
+        assert_eq!(s.plan_next(d, &none), Some(b0));
+        assert_eq!(s.plan_next(d, &none), None, "two in flight again");
+    }
+
+    #[test]
+    fn no_fresh_piece_for_a_follower_without_an_upload_slot() {
+        let (mut s, k) = seeder(4, 2, 2);
+        let none = Bitfield::new(4);
+        // A follower choked after holding a slot (idle, or stalled) could not ask for
+        // what it is handed.
+        s.release_unchoke(k[1]);
+        assert_eq!(s.plan_next(k[1], &none), None);
+        assert!(s.plan_next(k[0], &none).is_some());
+        assert!(s.try_unchoke(k[1], Instant::now()));
+        assert!(s.plan_next(k[1], &none).is_some());
+        // Nor one waiting for a slot while every slot is taken.
+        let (mut s, k) = seeder(4, 0, 2);
+        let c = s.add_peer(IpAddr::from([10, 0, 0, 9])).unwrap();
+        s.cfg.max_unchoked = 2;
+        assert_eq!(s.plan_next(c, &none), None);
+        s.release_unchoke(k[1]);
+        assert!(s.plan_next(c, &none).is_some());
+    }
+
+    #[test]
+    fn a_handed_piece_moves_on_when_its_holder_cannot_ask_or_straggles() {
+        let (mut s, k) = seeder(3, 2, 3);
+        let none = Bitfield::new(3);
+        let p0 = s.plan_next(k[0], &none).unwrap();
+        let p1 = s.plan_next(k[1], &none).unwrap();
+        // a loses its slot before asking: once c has the last fresh piece, a's goes to c.
+        let epoch = s.plan_epoch();
+        s.release_unchoke(k[0]);
+        assert_ne!(s.plan_epoch(), epoch);
+        let p2 = s.plan_next(k[2], &none).unwrap();
+        assert!(p2 != p0 && p2 != p1);
+        assert_eq!(s.plan_next(k[2], &none), Some(p0));
+        assert_eq!(s.holder(p0), Some(k[2]));
+        // c asks for p2 (its request admitted): p2 stays with c whatever comes.
+        assert!(s.plan_admit(k[2], s.lengths.block(p2, 0).unwrap()));
+        // Every piece is handed out and b has not asked for p1: a straggler, handed on
+        // once to a follower that asks for more...
+        assert_eq!(s.plan_next(k[2], &none), Some(p1));
+        // ...and never back and forth: b, which lost it, gets nothing.
+        assert_eq!(s.plan_next(k[1], &none), None);
+        // Whoever asks first is served; the other is refused, also while the first one's
+        // request is still queued with nothing sent.
+        let blk = s.lengths.block(p1, 0).unwrap();
+        assert!(s.plan_admit(k[1], blk));
+        assert_eq!(s.holder(p1), Some(k[1]));
+        assert!(!s.plan_admit(k[2], blk), "no budget for extra copies here");
+        s.record_upload(k[1], blk);
+        assert!(!s.plan_admit(k[2], blk));
+        // Pieces their holder asked for stay with it; below K followers nothing is a
+        // straggler.
+        let (mut s, k) = seeder(2, 2, 3);
+        let q0 = s.plan_next(k[0], &none).unwrap();
+        let q1 = s.plan_next(k[0], &none).unwrap();
+        for q in [q0, q1] {
+            assert!(s.plan_admit(k[0], s.lengths.block(q, 0).unwrap()));
+        }
+        assert_eq!(s.plan_next(k[1], &none), None);
+        let (mut s, k) = seeder(2, 2, 2);
+        let _ = s.plan_next(k[0], &none).unwrap();
+        let _ = s.plan_next(k[0], &none).unwrap();
+        assert_eq!(s.plan_next(k[1], &none), None);
     }
 }
