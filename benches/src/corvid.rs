@@ -185,6 +185,10 @@ pub struct Swarm<'a> {
     pub peers: Vec<PeerSpec>,
     pub linger: Duration,
     pub timeout: Duration,
+    /// Extra arguments for `corvid seed` (e.g. `--uplink 100mbit` on shaped links).
+    pub seed_args: Vec<String>,
+    /// Extra arguments for every `corvid peer`.
+    pub peer_args: Vec<String>,
 }
 
 pub struct PeerOutcome {
@@ -242,7 +246,7 @@ fn start_seed(
     tx: &mpsc::Sender<ProcEvent>,
     rx: &mpsc::Receiver<ProcEvent>,
 ) -> Result<(Proc, f64)> {
-    let argv: Vec<String> = vec![
+    let mut argv: Vec<String> = vec![
         s.bin.display().to_string(),
         "seed".into(),
         s.torrent.display().to_string(),
@@ -254,6 +258,7 @@ fn start_seed(
         "--trust-data".into(),
         "--json".into(),
     ];
+    argv.extend(s.seed_args.iter().cloned());
     let t_seed = Instant::now();
     let seed = Proc::spawn(
         &format!("corvid seed on {}", s.seed_host),
@@ -330,7 +335,7 @@ impl<'a> Watch<'a> {
     fn start(s: &'a Swarm<'a>, t0: Instant, tx: &mpsc::Sender<ProcEvent>) -> Result<Watch<'a>> {
         let mut peers = Vec::new();
         for (i, p) in s.peers.iter().enumerate() {
-            let argv = vec![
+            let mut argv = vec![
                 s.bin.display().to_string(),
                 "peer".into(),
                 s.torrent.display().to_string(),
@@ -341,6 +346,7 @@ impl<'a> Watch<'a> {
                 linger_arg(s.linger),
                 "--json".into(),
             ];
+            argv.extend(s.peer_args.iter().cloned());
             peers.push(Proc::spawn(
                 &format!("corvid peer on {}", p.host),
                 &mut p.runner.command(&argv),

@@ -597,6 +597,8 @@ fn run_corvid(
         }],
         linger: Duration::ZERO,
         timeout,
+        seed_args: Vec::new(),
+        peer_args: Vec::new(),
     };
     let o = corvid::run_swarm(&swarm)?;
     let dest = recv.join(p.name());

@@ -41,6 +41,7 @@ use std::time::Instant;
 use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use crate::wire::Bitfield;
 
+mod pace;
 mod peers;
 mod pick;
 mod plan;
@@ -64,6 +65,9 @@ pub struct SwarmConfig {
     /// The seeding plan's budget for copies beyond the first (end-game help), in
     /// thousandths of the payload; see the module docs.
     pub seed_extra_permille: u32,
+    /// The uplink's rate in bytes per second, if the operator gave it: a seeder then
+    /// paces the followers of its plan to share it evenly (see `pace.rs`).
+    pub uplink: Option<u64>,
 }
 
 impl Default for SwarmConfig {
@@ -73,6 +77,7 @@ impl Default for SwarmConfig {
             ban_strikes: 2,
             endgame_dup: 2,
             seed_extra_permille: 50,
+            uplink: None,
         }
     }
 }
@@ -156,6 +161,8 @@ struct PeerSlot {
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,
+    /// A follower sharing the seeder's uplink under a pacing cap (see `pace.rs`).
+    paced: bool,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -223,6 +230,8 @@ pub struct Swarm {
     local_peers: u32,
     /// Seeding plan: first copies handed to each rack (see `rack_plan.rs`).
     rack_first: Vec<u32>,
+    /// Seeding plan: the uplink estimate the followers' pacing caps share (`pace.rs`).
+    pace: pace::Pace,
 }
 
 impl Swarm {
@@ -294,6 +303,7 @@ impl Swarm {
             local_availability: vec![0; n as usize],
             local_peers: 0,
             rack_first: Vec::new(),
+            pace: pace::Pace::default(),
             cfg,
         }
     }
@@ -636,7 +646,7 @@ mod tests {
         b
     }
 
-    fn swarm(pieces: u32, blocks_per_piece: u32, seed: u64) -> Swarm {
+    pub(super) fn swarm(pieces: u32, blocks_per_piece: u32, seed: u64) -> Swarm {
         let pl = u64::from(blocks_per_piece * BLOCK_SIZE);
         let l = Lengths::new(pl * u64::from(pieces), pl, u64::from(pieces)).unwrap();
         Swarm::new(

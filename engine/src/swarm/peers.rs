@@ -38,6 +38,7 @@ impl Swarm {
             local: false,
             rack: None,
             peer_id: None,
+            paced: false,
         };
         if let Some(idx) = self.spare_peers.pop() {
             let s = &mut self.peers[idx as usize];
@@ -61,6 +62,7 @@ impl Swarm {
         self.epoch += 1;
         self.plan_epoch += 1;
         self.release_unchoke(key);
+        self.unpace(key);
         for &pi in &self.active {
             let p = &mut self.partials[pi as usize];
             if p.exclusive == Some(key) {
