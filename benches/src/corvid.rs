@@ -185,8 +185,10 @@ pub struct Swarm<'a> {
     pub peers: Vec<PeerSpec>,
     pub linger: Duration,
     pub timeout: Duration,
-    /// Extra flags for `corvid seed` (e.g. `--send-path splice`).
+    /// Extra flags for `corvid seed` (e.g. `--send-path splice`, `--uplink 100mbit`).
     pub seed_args: Vec<String>,
+    /// Extra flags for every `corvid peer` (e.g. `--uplink 100mbit`).
+    pub peer_args: Vec<String>,
 }
 
 pub struct PeerOutcome {
@@ -335,7 +337,7 @@ impl<'a> Watch<'a> {
     fn start(s: &'a Swarm<'a>, t0: Instant, tx: &mpsc::Sender<ProcEvent>) -> Result<Watch<'a>> {
         let mut peers = Vec::new();
         for (i, p) in s.peers.iter().enumerate() {
-            let argv = vec![
+            let mut argv = vec![
                 s.bin.display().to_string(),
                 "peer".into(),
                 s.torrent.display().to_string(),
@@ -346,6 +348,7 @@ impl<'a> Watch<'a> {
                 linger_arg(s.linger),
                 "--json".into(),
             ];
+            argv.extend(s.peer_args.iter().cloned());
             peers.push(Proc::spawn(
                 &format!("corvid peer on {}", p.host),
                 &mut p.runner.command(&argv),

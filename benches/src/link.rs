@@ -610,6 +610,7 @@ fn run_corvid(
             .iter()
             .flat_map(|p| ["--send-path".to_owned(), p.clone()])
             .collect(),
+        peer_args: Vec::new(),
     };
     let o = corvid::run_swarm(&swarm)?;
     let dest = recv.join(p.name());

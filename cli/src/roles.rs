@@ -119,6 +119,11 @@ pub struct NodeArgs {
     /// Most connections at once.
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub max_connections: usize,
+    /// This host's uplink rate, e.g. 10gbit, 100mbit (tc's units): while seeding, the
+    /// followers of the seeding plan each get at most 1.5 x an equal share of it, so the
+    /// first copies spread over all of them at once. Unset: no pacing.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub uplink: Option<u64>,
     /// Print JSON lines (events, then a final report) on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -243,6 +248,24 @@ impl SecretArgs {
     }
 }
 
+/// Parses a link rate in tc's units (`100mbit`, `10gbit`, `500kbit`, `1000000bit`) into
+/// bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
+        .iter()
+        .find_map(|(unit, m)| t.strip_suffix(unit).map(|n| (n.to_owned(), *m)))
+        .ok_or_else(|| format!("{s:?} is not a rate (e.g. 10gbit, 100mbit, 500kbit)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (e.g. 10gbit, 100mbit, 500kbit)"))?;
+    let bytes = v * mult / 8.0;
+    if !bytes.is_finite() || !(1.0..=1e13).contains(&bytes) {
+        return Err(format!("{s:?} is out of range (1 byte/s to 80 tbit)"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -313,7 +336,10 @@ pub fn node_config(
         stall_timeout: Duration::from_secs(120),
         max_connections: args.max_connections,
         peer,
-        swarm: Default::default(),
+        swarm: corvid_engine::swarm::SwarmConfig {
+            uplink: args.uplink,
+            ..Default::default()
+        },
         tuning: node::NodeTuning {
             send_path: args.send_path,
             ..Default::default()
@@ -654,6 +680,18 @@ mod tests {
     use corvid_engine::stats::Report;
 
     /// Every kind of line, byte for byte as the hand-written builder printed it.
+    #[test]
+    fn rates_parse_in_tc_units_and_bad_ones_say_why() {
+        assert_eq!(parse_rate("100mbit"), Ok(12_500_000));
+        assert_eq!(parse_rate("10Gbit"), Ok(1_250_000_000));
+        assert_eq!(parse_rate("1.5mbit"), Ok(187_500));
+        assert_eq!(parse_rate("800bit"), Ok(100));
+        for bad in ["", "100", "100mb", "fastbit", "0bit", "-5mbit", "1e30gbit"] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn json_lines_keep_their_bytes() {
         let addr: SocketAddr = "127.0.0.1:6881".parse().unwrap();

@@ -41,6 +41,7 @@ use std::time::Instant;
 use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use crate::wire::Bitfield;
 
+mod pace;
 mod peers;
 mod pick;
 mod plan;
@@ -67,6 +68,9 @@ pub struct SwarmConfig {
     /// The seeding plan's fan-out: followers that may hold a first copy in flight at
     /// once (0: no bound); see `plan.rs`.
     pub seed_fanout: usize,
+    /// The uplink's rate in bytes per second, if the operator gave it: the node then
+    /// paces the connections it uploads on to share it (see `pace.rs`).
+    pub uplink: Option<u64>,
 }
 
 impl Default for SwarmConfig {
@@ -77,6 +81,7 @@ impl Default for SwarmConfig {
             endgame_dup: 2,
             seed_extra_permille: 50,
             seed_fanout: 32,
+            uplink: None,
         }
     }
 }
@@ -163,6 +168,8 @@ struct PeerSlot {
     /// Its upload slot was taken back (it was choked after holding one): the seeding
     /// plan's handed pieces cannot be asked for there now (see `plan.rs`).
     slot_lost: bool,
+    /// A follower sharing the seeder's uplink under a pacing cap (see `pace.rs`).
+    paced: bool,
 }
 
 /// Torrent-wide state; see the module docs for its invariants.
@@ -238,6 +245,8 @@ pub struct Swarm {
     rehanded: Vec<bool>,
     /// Seeding plan: pieces whose holder has asked for them (a request was admitted).
     asked: Vec<bool>,
+    /// Connections sharing the uplink under pacing caps (`pace.rs`).
+    pace: pace::Pace,
 }
 
 impl Swarm {
@@ -312,6 +321,7 @@ impl Swarm {
             first_inflight: Vec::new(),
             rehanded: vec![false; n as usize],
             asked: vec![false; n as usize],
+            pace: pace::Pace::default(),
             cfg,
         }
     }
@@ -654,7 +664,7 @@ mod tests {
         b
     }
 
-    fn swarm(pieces: u32, blocks_per_piece: u32, seed: u64) -> Swarm {
+    pub(super) fn swarm(pieces: u32, blocks_per_piece: u32, seed: u64) -> Swarm {
         let pl = u64::from(blocks_per_piece * BLOCK_SIZE);
         let l = Lengths::new(pl * u64::from(pieces), pl, u64::from(pieces)).unwrap();
         Swarm::new(

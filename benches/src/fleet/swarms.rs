@@ -52,6 +52,14 @@ pub(crate) fn make_torrent(t: &Trial) -> Result<Made> {
 }
 
 /// corvid's seeder and embedded tracker on h0, a peer on every receiver.
+/// `--uplink RATE` for corvid on a shaped fleet, nothing on unshaped links.
+fn uplink_args(t: &Trial) -> Vec<String> {
+    t.s.rate
+        .as_ref()
+        .map(|r| vec!["--uplink".into(), format!("{}bit", r.bits_per_sec as u64)])
+        .unwrap_or_default()
+}
+
 pub(super) fn run_corvid(t: &Trial, cpu0: &mut Option<CpuSample>) -> Result<Run, RunError> {
     let fleet = t.fleet;
     let made = make_torrent(t)?;
@@ -75,7 +83,10 @@ pub(super) fn run_corvid(t: &Trial, cpu0: &mut Option<CpuSample>) -> Result<Run,
             .collect(),
         linger: t.s.a.linger,
         timeout: t.timeout,
-        seed_args: Vec::new(),
+        // Every host paces its uploads to share its link (see the engine's
+        // `swarm/pace.rs`) when it knows the link's rate; a shaped fleet knows it.
+        seed_args: uplink_args(t),
+        peer_args: uplink_args(t),
     };
     let o = corvid::run_swarm(&swarm)?;
     let mut run = crate::link::swarm_run(o, made.make_s);

@@ -74,6 +74,17 @@ pub struct Conn {
     ip_slot: Option<std::net::IpAddr>,
     handshaking: bool,
     reason: Option<String>,
+    /// The pacing cap last handed to the runtime for this socket (see `PeerConn::pacing`).
+    pace: Option<u64>,
+}
+
+/// Whether a new pacing cap differs enough from the socket's to be worth a syscall: a
+/// cap set or lifted, or moved by more than an eighth.
+fn pace_changed(old: Option<u64>, new: Option<u64>) -> bool {
+    match (old, new) {
+        (Some(a), Some(b)) => a.abs_diff(b) > a / 8,
+        (a, b) => a != b,
+    }
 }
 
 /// The per-core service the runtime drives.
@@ -287,6 +298,7 @@ impl Service for PeerService {
                 ip_slot,
                 handshaking: true,
                 reason: None,
+                pace: None,
             }),
             Err(_banned) => {
                 release_ip();
@@ -478,9 +490,17 @@ impl Service for PeerService {
         now: Instant,
     ) {
         let mut closing = Vec::new();
+        for (_, conn) in conns.iter_mut() {
+            let swarm = self.swarm.get(&self.shared.door);
+            conn.peer.handle_tick(swarm, now);
+            conn.peer.update_paced(swarm);
+        }
         for (id, conn) in conns.iter_mut() {
-            conn.peer
-                .handle_tick(self.swarm.get(&self.shared.door), now);
+            let pace = conn.peer.pacing(self.swarm.get(&self.shared.door));
+            if pace_changed(conn.pace, pace) {
+                conn.pace = pace;
+                io.set_pacing(id, pace);
+            }
             while let Some(ev) = conn.peer.poll_event() {
                 match ev {
                     Event::Close(reason) => {

@@ -66,6 +66,28 @@ impl PeerConn {
         }
     }
 
+    /// Marks in the swarm whether we upload on this connection under a pacing cap (see
+    /// `crate::swarm`'s `pace.rs`): a follower of our plan with handed pieces waiting, or
+    /// any remote we unchoked that is interested. Mark every connection, then read each
+    /// one's [`PeerConn::pacing`], so all see the same count.
+    pub fn update_paced(&mut self, swarm: &mut Swarm) {
+        let open = self.state != State::Closed;
+        let follower = self.planning(swarm)
+            && !self.plan_open
+            && (!self.plan_pending.is_empty() || !self.their_requests.is_empty());
+        let uploading = !self.am_choking && self.peer_interested;
+        swarm.set_paced(self.key, open && (follower || uploading));
+    }
+
+    /// The pacing cap for this connection's socket, bytes per second, as last marked by
+    /// [`PeerConn::update_paced`]: `None` for a connection that is not paced.
+    pub fn pacing(&self, swarm: &Swarm) -> Option<u64> {
+        swarm
+            .is_paced(self.key)
+            .then(|| swarm.follower_pace())
+            .flatten()
+    }
+
     /// The picker's view of the remote: what it has, narrowed to what a planning remote
     /// lets us ask for.
     pub(super) fn pick_mask(&mut self) -> &Bitfield {

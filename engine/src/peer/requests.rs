@@ -51,7 +51,6 @@ impl TheirRequests {
         self.live_len
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.live_len == 0
     }

@@ -2597,3 +2597,74 @@ fn marking_a_connection_local_after_its_bitfield_counts_it_in_the_rack() {
         assert_eq!(s.availability(piece(i)), 0, "piece {i}");
     }
 }
+
+/// Issue 10: a seeder that knows its uplink paces the connections it serves, each to
+/// 1.5 x an equal share, and nothing once everyone is done; a peer without an uplink
+/// configured paces nothing.
+#[test]
+fn a_seeder_that_knows_its_uplink_paces_the_connections_it_serves() {
+    let uplink = 8_000_000u64;
+    let mut sim = Sim::new(torrent(2_000_000, 32_768, 4));
+    sim.add_node(true);
+    sim.nodes[0].swarm = Swarm::new(
+        SwarmConfig {
+            uplink: Some(uplink),
+            ..SwarmConfig::default()
+        },
+        sim.t.info_hash,
+        sim.t.lengths,
+        Bitfield::full(sim.t.lengths.piece_count()),
+        1,
+    );
+    sim.nodes[0].upload_cap = Some(32 * 1024);
+    for _ in 0..4 {
+        sim.add_node(false);
+    }
+    // A stock client (no seeding plan) beside the four followers: served, so paced too.
+    let stock = sim.add_node(false);
+    sim.nodes[stock].cfg.seed_plan = false;
+    sim.connect_all();
+    let paces = |sim: &mut Sim, n: usize| -> Vec<(usize, Option<u64>)> {
+        let node = &mut sim.nodes[n];
+        for c in node.conns.values_mut() {
+            c.pc.update_paced(&mut node.swarm);
+        }
+        node.conns
+            .iter()
+            .map(|(&k, c)| (k, c.pc.pacing(&node.swarm)))
+            .collect()
+    };
+    let mut seen_all = false;
+    for _ in 0..200 {
+        sim.run_step();
+        let p = paces(&mut sim, 0);
+        let paced: Vec<u64> = p.iter().filter_map(|&(_, r)| r).collect();
+        if paced.len() == 5 {
+            assert!(paced.iter().all(|&r| r == uplink * 3 / 2 / 5), "{p:?}");
+            seen_all = true;
+            break;
+        }
+        assert!(
+            paced
+                .iter()
+                .all(|&r| r == uplink * 3 / 2 / paced.len() as u64),
+            "{p:?}"
+        );
+    }
+    assert!(seen_all, "the five connections were never paced together");
+    assert!(
+        paces(&mut sim, 1).iter().all(|&(_, r)| r.is_none()),
+        "no uplink configured on a peer: nothing paced"
+    );
+    let peers: Vec<usize> = (1..=5).collect();
+    assert!(sim.run_until(50_000, |s| s.all_complete(&peers)));
+    // Their last `not interested` is on its way for a few steps.
+    for _ in 0..20 {
+        sim.run_step();
+    }
+    let p = paces(&mut sim, 0);
+    assert!(p.iter().all(|&(_, r)| r.is_none()), "{p:?}");
+    for &i in &peers {
+        sim.assert_data(i);
+    }
+}

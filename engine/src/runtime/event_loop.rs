@@ -39,6 +39,7 @@ enum Action {
     Dial(SocketAddr),
     Close(ConnId),
     Wake(ConnId),
+    Pace(ConnId, Option<u64>),
 }
 
 /// The loop's services to a [`Service`] callback: who am I, reach other cores, dial, close.
@@ -72,6 +73,13 @@ impl<M> CoreIo<'_, M> {
     /// Ask the loop to poll `id` for receives and sends again (e.g. it has new data to send).
     pub fn wake(&mut self, id: ConnId) {
         self.actions.push(Action::Wake(id));
+    }
+
+    /// Cap connection `id`'s sending rate at `bytes_per_sec` (`None`: no cap), paced by
+    /// the kernel (`SO_MAX_PACING_RATE`), so a service can share an uplink between
+    /// connections the way it wants rather than the way TCP would.
+    pub fn set_pacing(&mut self, id: ConnId, bytes_per_sec: Option<u64>) {
+        self.actions.push(Action::Pace(id, bytes_per_sec));
     }
 }
 
@@ -642,6 +650,15 @@ impl<S: Service> Core<S> {
                     Action::Wake(id) => {
                         if self.valid(id) {
                             self.mark_dirty(id.slot);
+                        }
+                    }
+                    Action::Pace(id, rate) => {
+                        if let Some(Some(e)) = self.slots.get(id.slot as usize) {
+                            if e.id == id {
+                                // A socket that refuses the option keeps sending unpaced,
+                                // which is all pacing could change.
+                                let _ = net::set_max_pacing_rate(e.fd, rate);
+                            }
                         }
                     }
                 }

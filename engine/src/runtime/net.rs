@@ -317,6 +317,25 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// Caps the socket's sending rate (bytes per second; `None` lifts the cap). TCP paces
+/// to it for any congestion control (BBR paces anyway; others switch to the kernel's
+/// internal pacing once a cap is set).
+pub fn set_max_pacing_rate(fd: RawFd, bytes_per_sec: Option<u64>) -> io::Result<()> {
+    let value: u64 = bytes_per_sec.unwrap_or(u64::MAX);
+    // SAFETY: passes a pointer to a live u64 and its exact size; the kernel reads an
+    // unsigned long (64 bits here) for this option.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&value as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// A listener bound with `SO_REUSEPORT`, so every core can bind its own to the same address and
 /// the kernel spreads incoming connections across them.
 pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
@@ -445,6 +464,33 @@ mod tests {
         // TEST-NET-3 is on no interface of a test machine.
         let none: Network = "203.0.113.0/24".parse().unwrap();
         assert_eq!(local_ip_in(&none).unwrap(), None);
+    }
+
+    #[test]
+    fn a_pacing_cap_is_set_on_the_socket_and_lifted_again() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let read = |fd| {
+            let mut v: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: a live u64 and its size; the kernel writes at most `len` bytes.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_MAX_PACING_RATE,
+                    (&mut v as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0);
+            v
+        };
+        use std::os::fd::AsRawFd;
+        set_max_pacing_rate(c.as_raw_fd(), Some(1_250_000)).unwrap();
+        assert_eq!(read(c.as_raw_fd()), 1_250_000);
+        set_max_pacing_rate(c.as_raw_fd(), None).unwrap();
+        assert_eq!(read(c.as_raw_fd()), u64::MAX);
     }
 
     #[test]

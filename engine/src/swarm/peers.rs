@@ -39,6 +39,7 @@ impl Swarm {
             rack: None,
             peer_id: None,
             slot_lost: false,
+            paced: false,
         };
         if let Some(idx) = self.spare_peers.pop() {
             let s = &mut self.peers[idx as usize];
@@ -62,6 +63,7 @@ impl Swarm {
         self.epoch += 1;
         self.plan_epoch += 1;
         self.release_unchoke(key);
+        self.unpace(key);
         for &pi in &self.active {
             let p = &mut self.partials[pi as usize];
             if p.exclusive == Some(key) {
