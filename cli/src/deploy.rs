@@ -161,6 +161,10 @@ pub struct Args {
     /// listen on this machine's address in CIDR [default: addresses as routed].
     #[arg(long, value_name = "CIDR")]
     peer_network: Option<Network>,
+    /// Every host's uplink (and this machine's), e.g. 10gbit: each host and the seeder
+    /// pace their uploads to share it (`corvid peer --uplink`) [default: no pacing].
+    #[arg(long, value_name = "RATE", value_parser = roles::parse_rate)]
+    uplink: Option<u64>,
     /// The secret reaches each host through the ssh session's stdin, into a 0600 file
     /// beside the torrent (DEST/.corvid/TAG.secret).
     #[command(flatten)]
@@ -735,6 +739,7 @@ pub fn run(args: Args) -> Result<Exit, Failure> {
         } else {
             args.hash_cache.or_else(default_hash_cache)
         },
+        uplink: args.uplink,
     };
     // Checked here first so a usage mistake is reported before anything starts.
     // A host that is not a host is a usage mistake like a bad flag (exit 2).

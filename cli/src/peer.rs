@@ -606,6 +606,7 @@ mod tests {
                     rack: "r1".into(),
                     rules: "10.0.0.1 rack=r1;10.0.0.2 rack=r1".into(),
                 }),
+                uplink: secret.then_some(12_500_000),
             };
             let argv = c.args();
             assert_eq!(argv[0], "peer");
@@ -635,6 +636,7 @@ mod tests {
                 a.node.listen_network.map(|n| n.to_string()),
                 force.then(|| "10.98.0.0/16".to_string())
             );
+            assert_eq!(a.node.uplink, secret.then_some(12_500_000));
             assert!(a.node.json);
             assert_eq!(a.node.peers, vec!["10.0.0.1:6881".parse().unwrap()]);
             assert!(a.torrent.is_none() && a.dest.is_none());

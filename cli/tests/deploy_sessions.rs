@@ -169,3 +169,35 @@ fn a_host_that_gets_corvid_installed_keeps_separate_sessions() {
     assert_eq!(*outcome(&r, "h1"), HostOutcome::Deployed, "{:?}", r.report);
     assert_eq!(r.sessions, ["h1"]);
 }
+
+/// `deploy --uplink`: every host's peer is started with it (and runs with it: the
+/// release arrives), and the deployer's seeder paces with it (issue 10).
+#[test]
+fn an_uplink_given_to_the_deploy_reaches_every_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("commands");
+    let src = src(tmp.path());
+    let dest = tmp.path().join("app");
+    let ssh = tmp.path().join("command-ssh");
+    std::fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
+             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
+             printf '%s\\n' \"$3\" >> '{}'\n\
+             SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut p = deploy::plan(tmp.path(), &src, &dest, "v1");
+    p.ssh.program = Some(ssh);
+    p.uplink = Some(12_500_000);
+    let r = run(&p, &log);
+    assert_eq!(*outcome(&r, "h1"), HostOutcome::Deployed, "{:?}", r.report);
+    support::assert_same_tree(&src, &dest.join("current"));
+    let commands = std::fs::read_to_string(&log).unwrap();
+    assert!(commands.contains("'--uplink' '100000000bit'"), "{commands}");
+}

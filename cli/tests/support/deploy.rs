@@ -74,6 +74,7 @@ pub fn plan(dir: &Path, src: &Path, dest: &Path, tag: &str) -> DeployPlan {
         base: None,
         peer_network: None,
         hash_cache: None,
+        uplink: None,
     }
 }
 

@@ -174,6 +174,8 @@ pub struct PeerCommand {
     pub listen_network: Option<Network>,
     /// The host's rack and its rack-mates, from the hosts file's `rack=` (issue 11).
     pub racks: Option<PeerRacks>,
+    /// `--uplink`, bytes per second (passed as bits, tc's unit).
+    pub uplink: Option<u64>,
 }
 
 /// What a host's peer is told of the racks (`--topology-rules RULES --rack NAME`): its
@@ -263,6 +265,9 @@ impl PeerCommand {
                 "--rack".into(),
                 r.rack.clone(),
             ]);
+        }
+        if let Some(u) = self.uplink {
+            a.extend(["--uplink".into(), format!("{}bit", u.saturating_mul(8))]);
         }
         (a, [len_at, seeder_at])
     }
@@ -584,11 +589,16 @@ mod tests {
                 rack: "r1".into(),
                 rules: "10.0.0.1 rack=r1;10.0.0.2 rack=r1".into(),
             }),
+            uplink: Some(1_250_000_000),
         };
         let args = c.args();
         assert!(
             args.windows(2)
                 .any(|w| w == ["--listen-network", "10.98.0.0/16"]),
+            "{args:?}"
+        );
+        assert!(
+            args.windows(2).any(|w| w == ["--uplink", "10000000000bit"]),
             "{args:?}"
         );
         let at = args.iter().position(|a| a == "--topology-rules").unwrap();
@@ -657,6 +667,7 @@ mod tests {
             base: None,
             listen_network: None,
             racks: None,
+            uplink: None,
         };
         let run = |stdin: &[u8]| {
             let mut child = std::process::Command::new("sh")

@@ -510,6 +510,7 @@ impl Deploy<'_> {
             self.plan.secret.clone(),
             url.clone(),
         );
+        seed_cfg.swarm.uplink = self.plan.uplink;
         if self.plan.peer_network.is_some() {
             // On the data network only, dialling from it too.
             seed_cfg.listen = SocketAddr::new(addr, 0);
@@ -898,6 +899,7 @@ mod tests {
             base: None,
             peer_network: None,
             hash_cache: None,
+            uplink: None,
         }
     }
 

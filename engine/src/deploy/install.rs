@@ -1108,6 +1108,7 @@ mod tests {
             base: None,
             peer_network: None,
             hash_cache: None,
+            uplink: None,
         }
     }
 

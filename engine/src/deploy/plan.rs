@@ -79,6 +79,9 @@ pub struct DeployPlan {
     /// Where the deployer keeps its piece-hash cache ([`super::piece_cache`]), so an
     /// unchanged file of the release is not hashed again; `None`: hash everything.
     pub hash_cache: Option<PathBuf>,
+    /// `--uplink`: every host's uplink in bytes per second (and this machine's, for the
+    /// seeder): each paces its uploads to share it (see `crate::swarm`'s `pace.rs`).
+    pub uplink: Option<u64>,
 }
 
 /// The size of an activation wave: a number of hosts or a share of the fleet.

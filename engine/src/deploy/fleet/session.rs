@@ -56,6 +56,7 @@ pub(super) fn peer_spec(
         base: plan.base.clone(),
         listen_network: plan.peer_network,
         racks: racks.cloned(),
+        uplink: plan.uplink,
     }
 }
 
