@@ -153,6 +153,8 @@ struct PeerSlot {
     local: bool,
     /// The remote's rack, if the caller knows it (see `rack_plan.rs`).
     rack: Option<u32>,
+    /// The remote is an origin seeder handing us pieces by its plan (see `pick.rs`).
+    origin: bool,
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,
@@ -223,6 +225,8 @@ pub struct Swarm {
     local_peers: u32,
     /// Seeding plan: first copies handed to each rack (see `rack_plan.rs`).
     rack_first: Vec<u32>,
+    /// Rack-aware picking: whose turn it is to bring a piece into the rack (`pick.rs`).
+    turns: pick::RackTurns,
 }
 
 impl Swarm {
@@ -294,6 +298,7 @@ impl Swarm {
             local_availability: vec![0; n as usize],
             local_peers: 0,
             rack_first: Vec::new(),
+            turns: pick::RackTurns::new(n as usize),
             cfg,
         }
     }

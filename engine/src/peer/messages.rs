@@ -362,6 +362,7 @@ impl PeerConn {
                 (f, _) => f,
             };
             if next != self.follow {
+                swarm.set_peer_origin(self.key, next == Follow::Assigned);
                 self.follow = next;
                 self.mask_gen = self.mask_gen.wrapping_add(1);
             }

@@ -37,6 +37,7 @@ impl Swarm {
             unchoked: false,
             local: false,
             rack: None,
+            origin: false,
             peer_id: None,
         };
         if let Some(idx) = self.spare_peers.pop() {
@@ -71,6 +72,7 @@ impl Swarm {
             s.live = false;
             if std::mem::take(&mut s.local) {
                 self.local_peers -= 1;
+                self.turns.mates_changed();
             }
             self.spare_peers.push(key.idx);
         }
