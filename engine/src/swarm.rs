@@ -155,6 +155,8 @@ struct PeerSlot {
     rack: Option<u32>,
     /// The remote is an origin seeder handing us pieces by its plan (see `pick.rs`).
     origin: bool,
+    /// The remote is a seeder whose plan for us is over (see `pick.rs`).
+    seed_open: bool,
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,

@@ -363,6 +363,7 @@ impl PeerConn {
             };
             if next != self.follow {
                 swarm.set_peer_origin(self.key, next == Follow::Assigned);
+                swarm.set_peer_seed_open(self.key, next == Follow::Open);
                 self.follow = next;
                 self.mask_gen = self.mask_gen.wrapping_add(1);
             }

@@ -38,6 +38,7 @@ impl Swarm {
             local: false,
             rack: None,
             origin: false,
+            seed_open: false,
             peer_id: None,
         };
         if let Some(idx) = self.spare_peers.pop() {
