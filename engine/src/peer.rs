@@ -264,6 +264,7 @@ impl PeerConn {
         now: Instant,
     ) -> Result<Self, Banned> {
         let key = swarm.add_peer(addr.ip())?;
+        swarm.set_own_id(our_peer_id);
         let lengths = *swarm.lengths();
         let auth = cfg
             .secret

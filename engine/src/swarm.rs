@@ -162,6 +162,10 @@ struct PeerSlot {
     local: bool,
     /// The remote's rack, if the caller knows it (see `rack_plan.rs`).
     rack: Option<u32>,
+    /// The remote is an origin seeder handing us pieces by its plan (see `pick.rs`).
+    origin: bool,
+    /// The remote is a seeder whose plan for us is over (see `pick.rs`).
+    seed_open: bool,
     /// The remote's peer id once its handshake arrived: lets a seeder name a piece's
     /// holder to a peer it refuses ([`Swarm::holder_id`], [`Swarm::find_peer`]).
     peer_id: Option<[u8; 20]>,
@@ -247,6 +251,8 @@ pub struct Swarm {
     asked: Vec<bool>,
     /// Connections sharing the uplink under pacing caps (`pace.rs`).
     pace: pace::Pace,
+    /// Rack-aware picking: whose turn it is to bring a piece into the rack (`pick.rs`).
+    turns: pick::RackTurns,
 }
 
 impl Swarm {
@@ -322,6 +328,7 @@ impl Swarm {
             rehanded: vec![false; n as usize],
             asked: vec![false; n as usize],
             pace: pace::Pace::default(),
+            turns: pick::RackTurns::new(n as usize),
             cfg,
         }
     }

@@ -362,6 +362,8 @@ impl PeerConn {
                 (f, _) => f,
             };
             if next != self.follow {
+                swarm.set_peer_origin(self.key, next == Follow::Assigned);
+                swarm.set_peer_seed_open(self.key, next == Follow::Open);
                 self.follow = next;
                 self.mask_gen = self.mask_gen.wrapping_add(1);
             }

@@ -19,6 +19,7 @@ impl PeerConn {
             self.close(CloseReason::Banned);
             return None;
         }
+        swarm.observe_time(now);
         let start = out.len();
         if let Some(h) = self.handshake_out.take() {
             h.encode(out);

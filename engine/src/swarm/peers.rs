@@ -37,6 +37,8 @@ impl Swarm {
             unchoked: false,
             local: false,
             rack: None,
+            origin: false,
+            seed_open: false,
             peer_id: None,
             slot_lost: false,
             paced: false,
@@ -74,6 +76,7 @@ impl Swarm {
             s.live = false;
             if std::mem::take(&mut s.local) {
                 self.local_peers -= 1;
+                self.turns.mates_changed();
             }
             self.spare_peers.push(key.idx);
         }

@@ -314,6 +314,9 @@ impl Swarm {
     pub fn set_peer_id(&mut self, key: PeerKey, id: [u8; 20]) {
         if let Some(s) = self.slot_mut(key) {
             s.peer_id = Some(id);
+            if s.local {
+                self.turns.mates_changed();
+            }
         }
     }
 
