@@ -20,6 +20,11 @@ use support::{corvid_bin, deploy};
 /// An `ssh` that appends the host of every session (not `-G` lookups) to `log`, then
 /// runs the remote command here; host `h2` is unreachable, as ssh reports it.
 fn logging_ssh(dir: &Path, log: &Path) -> PathBuf {
+    ssh_logging(dir, log, "$2")
+}
+
+/// The same `ssh`, appending `what` of each session (`$2` its host, `$3` its command).
+fn ssh_logging(dir: &Path, log: &Path, what: &str) -> PathBuf {
     let p = dir.join("logging-ssh");
     std::fs::write(
         &p,
@@ -27,7 +32,7 @@ fn logging_ssh(dir: &Path, log: &Path) -> PathBuf {
             "#!/bin/sh\n\
              if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
              while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
-             echo \"$2\" >> '{}'\n\
+             printf '%s\\n' \"{what}\" >> '{}'\n\
              if [ \"$2\" = h2 ]; then \
                echo 'ssh: connect to host h2 port 22: Connection refused' >&2; exit 255; fi\n\
              SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
@@ -178,22 +183,8 @@ fn an_uplink_given_to_the_deploy_reaches_every_peer() {
     let log = tmp.path().join("commands");
     let src = src(tmp.path());
     let dest = tmp.path().join("app");
-    let ssh = tmp.path().join("command-ssh");
-    std::fs::write(
-        &ssh,
-        format!(
-            "#!/bin/sh\n\
-             if [ \"$1\" = -G ]; then echo 'hostname 127.0.0.1'; exit 0; fi\n\
-             while [ \"$#\" -gt 0 ] && [ \"$1\" != -- ]; do shift; done\n\
-             printf '%s\\n' \"$3\" >> '{}'\n\
-             SSH_CONNECTION='127.0.0.1 40000 127.0.0.1 22' exec sh -c \"$3\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut p = deploy::plan(tmp.path(), &src, &dest, "v1");
-    p.ssh.program = Some(ssh);
+    p.ssh.program = Some(ssh_logging(tmp.path(), &log, "$3"));
     p.uplink = Some(12_500_000);
     let r = run(&p, &log);
     assert_eq!(*outcome(&r, "h1"), HostOutcome::Deployed, "{:?}", r.report);
