@@ -488,21 +488,7 @@ pub fn build_payload(
     pool: &HashPool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Metainfo, Vec<u8>), MetainfoError> {
-    let lengths = payload_lengths(payload, opts)?;
-    let padded;
-    let payload = if opts.align {
-        padded = aligned(payload, piece_length_for(payload, opts));
-        &padded
-    } else {
-        payload
-    };
-    let storage = Arc::new(Storage::open_readonly(
-        &payload.root,
-        &payload.disk_files,
-        lengths,
-    )?);
-    let hashes = pool.hash_all(&storage, progress);
-    assemble(payload, opts, lengths, &hashes)
+    build_payload_known(payload, opts, pool, &mut |_| Vec::new(), progress)
 }
 
 /// [`build_payload`] where `known` may already vouch for some pieces' hashes: it gets the
