@@ -38,7 +38,6 @@
 //! The steps are the methods of one private `Deploy` value, each on the hosts still live;
 //! a host that fails a step gets its [`HostOutcome::Failed`] at once and the others go on.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{ChildStdin, Stdio};
 use std::sync::Arc;

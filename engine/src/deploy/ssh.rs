@@ -31,6 +31,48 @@ pub struct Ssh {
     pub control_dir: Option<std::path::PathBuf>,
 }
 
+/// Takes the child's stdout and stderr and reads them on two threads: its stdout lines
+/// (without line ends) as they come, and all of its stderr once it closes.
+pub(super) fn output_readers(
+    child: &mut std::process::Child,
+) -> (
+    crossbeam_channel::Receiver<String>,
+    crossbeam_channel::Receiver<String>,
+) {
+    let (err_tx, err_rx) = crossbeam_channel::bounded(1);
+    let mut err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        let _ = err_tx.send(s);
+    });
+    let (line_tx, line_rx) = crossbeam_channel::unbounded::<String>();
+    let out = child.stdout.take();
+    std::thread::spawn(move || {
+        let Some(out) = out else { return };
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    if line_tx
+                        .send(line.trim_end_matches(['\n', '\r']).to_string())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (line_rx, err_rx)
+}
+
 /// What one session returned.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -284,37 +326,7 @@ pub fn run_child(
             let _ = s.write_all(&input);
         }
     });
-    let (err_tx, err_rx) = crossbeam_channel::bounded(1);
-    let mut err = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        let _ = err_tx.send(s);
-    });
-    let (line_tx, line_rx) = crossbeam_channel::unbounded::<String>();
-    let out = child.stdout.take();
-    std::thread::spawn(move || {
-        let Some(out) = out else { return };
-        let mut r = BufReader::new(out);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    if line_tx
-                        .send(line.trim_end_matches(['\n', '\r']).to_string())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let (line_rx, err_rx) = output_readers(&mut child);
     let mut stdout = String::new();
     let mut timed_out = false;
     loop {

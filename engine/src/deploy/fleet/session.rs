@@ -181,35 +181,7 @@ impl Session {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let mut err = child.stderr.take();
-        let (err_tx, stderr) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_string(&mut s);
-            }
-            let _ = err_tx.send(s);
-        });
-        let out = child.stdout.take();
-        let (line_tx, lines) = crossbeam_channel::unbounded();
-        std::thread::spawn(move || {
-            let Some(out) = out else { return };
-            let mut r = BufReader::new(out);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf);
-                        let line = line.trim_end_matches(['\n', '\r']).to_string();
-                        if line_tx.send(line).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        let (lines, stderr) = ssh::output_readers(&mut child);
         Ok(Session {
             stdin: child.stdin.take(),
             child,
