@@ -121,7 +121,8 @@ pub struct NodeArgs {
     pub max_connections: usize,
     /// This host's uplink rate, e.g. 10gbit, 100mbit (tc's units): while seeding, the
     /// followers of the seeding plan each get at most 1.5 x an equal share of it, so the
-    /// first copies spread over all of them at once. Unset: no pacing.
+    /// first copies spread over all of them at once; while downloading, uploads together
+    /// keep to 97% of it; every socket holds at most 5 ms of it unsent. Unset: no pacing.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub uplink: Option<u64>,
     /// Print JSON lines (events, then a final report) on stdout instead of text.

@@ -42,6 +42,7 @@ use crate::geometry::{BlockRef, Lengths, PieceIndex};
 use crate::wire::Bitfield;
 
 mod pace;
+pub use pace::unsent_limit;
 mod peers;
 mod pick;
 mod plan;

@@ -204,6 +204,7 @@ pub fn run_with_metrics(
         cores: cfg.cores.max(1),
         listen: Some(cfg.listen),
         send_path: cfg.tuning.send_path,
+        unsent_limit: cfg.swarm.uplink.map(crate::swarm::unsent_limit),
         ..RuntimeConfig::default()
     };
     let rt = {

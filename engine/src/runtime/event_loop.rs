@@ -804,7 +804,8 @@ impl<S: Service> Core<S> {
                     };
                     self.begin_close(slot, CloseCause::Io(err));
                 } else {
-                    let _ = net::set_nodelay(e.fd);
+                    let fd = e.fd;
+                    self.tune_socket(fd);
                     self.open(slot);
                 }
             }

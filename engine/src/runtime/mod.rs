@@ -310,6 +310,13 @@ pub struct RuntimeConfig {
     /// How uploads are sent (see [`mod@send_path`]); probed at start, falling back to
     /// [`SendPath::Copy`] where splicing is not possible ([`Runtime::send_path_note`]).
     pub send_path: SendPath,
+    /// When set, each connection's socket holds at most about this many bytes written and
+    /// not yet sent (`TCP_NOTSENT_LOWAT`), and one `sendmsg` carries at most twice that.
+    /// A protocol message written after payload (a request, a have) then waits behind
+    /// that much, not behind a whole socket buffer: on a connection that drains at 1/15
+    /// of a 100 Mbit/s link, an autotuned buffer held a peer's requests back for seconds
+    /// (see the engine's `swarm/pace.rs`). `None`: the kernel's defaults.
+    pub unsent_limit: Option<u32>,
 }
 
 impl Default for RuntimeConfig {
@@ -326,6 +333,7 @@ impl Default for RuntimeConfig {
             shutdown_timeout: Duration::from_secs(5),
             name: "corvid-core".to_owned(),
             send_path: SendPath::Copy,
+            unsent_limit: None,
         }
     }
 }

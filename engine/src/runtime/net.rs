@@ -317,6 +317,13 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// Keeps at most `bytes` written and unsent in the socket: it reads as writable (and a
+/// send stops short) above that. See [`super::RuntimeConfig::unsent_limit`].
+pub fn set_notsent_lowat(fd: RawFd, bytes: u32) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, v)
+}
+
 /// Caps the socket's sending rate (bytes per second; `None` lifts the cap). TCP paces
 /// to it for any congestion control (BBR paces anyway; others switch to the kernel's
 /// internal pacing once a cap is set).

@@ -1048,3 +1048,96 @@ fn reset(c: TcpStream) {
     };
     assert_eq!(r, 0);
 }
+
+/// With [`RuntimeConfig::unsent_limit`], a dialed connection whose peer reads nothing
+/// keeps only about the bound written and unsent in its socket (the bound plus a send
+/// that began under it), so a message queued later waits behind that little; without
+/// the bound the socket's whole buffer piles up. Returns the socket's `TCP_NOTSENT_LOWAT`
+/// and its unsent bytes once the sender is stuck.
+fn unsent_when_stuck(limit: Option<u32>) -> (i32, usize) {
+    use std::os::fd::{AsRawFd, RawFd};
+    const LEN: usize = 16 << 20;
+    let (_sf, src) = temp_map(LEN, Some(5));
+    let src = region(src);
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let (tx, _events) = crossbeam_channel::unbounded();
+    let mut cfg = config(1);
+    cfg.unsent_limit = limit;
+    let rt = Runtime::start(cfg, |_| Transfer {
+        dst: None,
+        src: Some(src.clone()),
+        span: 1 << 16,
+        events: tx.clone(),
+    })
+    .unwrap();
+    rt.mailbox(0).unwrap().dial(sink_addr).unwrap();
+    // Accepted and never read: the sender fills the window, then its socket.
+    let (held, _) = sink.accept().unwrap();
+    let own = held.as_raw_fd();
+    // The runtime's socket is the one in this process whose peer is the sink.
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .find(|&fd| fd != own && net::peer_addr(fd).ok() == Some(sink_addr))
+        .expect("the runtime's connection to the sink");
+    let int_opt = |level, name| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live c_int and its size; the kernel writes at most `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt");
+        v
+    };
+    let queued = |req| {
+        let mut v: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ / SIOCOUTQNSD write one int.
+        let r = unsafe { libc::ioctl(fd, req, &mut v) };
+        assert_eq!(r, 0, "ioctl");
+        v as usize
+    };
+    let lowat = int_opt(libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT);
+    // Stuck = everything queued in the socket unchanged for 200 ms (bounded: 10 s).
+    let (mut last, mut same, mut unsent) = (usize::MAX, 0, 0);
+    for _ in 0..1000 {
+        let q = queued(libc::TIOCOUTQ);
+        unsent = queued(libc::SIOCOUTQNSD);
+        if q == last && q > 0 {
+            same += 1;
+            if same == 20 {
+                break;
+            }
+        } else {
+            (last, same) = (q, 0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(same, 20, "the sender never got stuck");
+    rt.shutdown().unwrap();
+    drop(held);
+    (lowat, unsent)
+}
+
+#[test]
+fn an_unsent_bound_keeps_little_written_and_unsent() {
+    const LIMIT: u32 = 32 << 10;
+    let (lowat, unsent) = unsent_when_stuck(Some(LIMIT));
+    assert_eq!(lowat, LIMIT as i32, "the bound is set on a dialed socket");
+    assert!(
+        unsent <= 3 * LIMIT as usize,
+        "{unsent} bytes unsent under a {LIMIT}-byte bound"
+    );
+    let (_, unbounded) = unsent_when_stuck(None);
+    assert!(
+        unbounded > 3 * LIMIT as usize,
+        "without the bound {unbounded} bytes were unsent: the test shows nothing"
+    );
+}

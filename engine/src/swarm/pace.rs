@@ -9,6 +9,10 @@
 //! - a downloading peer's unchoked interested remotes: together [`PACE_HEADROOM_RELAY`]
 //!   of its uplink, so its own uplink queue stays short.
 //!
+//! With a known uplink every socket also holds little written and unsent
+//! ([`unsent_limit`], the runtime's `TCP_NOTSENT_LOWAT`): the uplink's rate x 5 ms,
+//! within 32 KiB..1 MiB, and send batches of at most twice that.
+//!
 //! Why (issue 10, namespace fleet, N=16 at 100 Mbit/s, 64 MiB, 256 KiB pieces; runs in
 //! `benches/runs/2026-11-29-vm/fleet-session7-pacing-probes`, a loaded machine): without
 //! pacing the seeder's uplink goes very unevenly in the first 1.5 s (one to three
@@ -22,6 +26,22 @@
 //! it, interleaved in the same periods); on the quietest stretch of the session (one
 //! niced job beside the fleet), two alternating pairs of builds: 7.36 / 7.33 / 7.65 /
 //! 7.38 s against 8.05 / 8.11 / 7.74 / 7.48 s.
+//!
+//! Why the unsent bound (session 8, same fleet, one run in three per setting while
+//! helpers compiled at nice 19): what still made a run slow was the follower the seeder
+//! favoured at the start. Everyone wants its pieces, so its uplink serves 15 remotes at
+//! 1/15 of the link each; its own requests (and haves) are written into those same
+//! sockets behind up to a socket buffer (autotuned, hundreds of KB) plus a 1 MiB send
+//! batch of payload, so they reach the other end seconds late, and its downlink sat at
+//! 4-16% of the link for ~2 s (10-13 MiB behind the median host at 4 s). With 64 KiB
+//! unsent and 128 KiB batches, 12 of 12 runs had every host within 2.5 MiB of the
+//! median at 4 s; without, 4 of 9 runs had a host 4-13 MiB behind. With the bound, the
+//! relay share: 0.9 took 7.34 / 7.01 / 7.19 / 7.19 / 7.00 / 6.90 s (mid-run median
+//! downlink 85-94% of the link; 16 peers x 0.9 of their links plus the seeder's one
+//! link is 15.4 links for 16 downloads, so 0.9 itself bounded it), 0.97 took
+//! 6.71 / 6.76 / 6.89 / 7.23 / 6.90 / 6.71 s (91-96%), 1.0 7.03 / 7.14 / 7.21 s (the
+//! link's FIFO fills again).
+//!
 //! Measuring the uplink instead of being told was tried: the best 250 ms rate read the
 //! socket buffers filling at the start as a faster link, and the last window's rate
 //! spiralled down once some connections were slow (one run took 46 s).
@@ -32,7 +52,18 @@ use super::*;
 pub const PACE_HEADROOM: f64 = 1.5;
 
 /// A downloading peer's paced connections together may take this share of its uplink.
-pub const PACE_HEADROOM_RELAY: f64 = 0.9;
+pub const PACE_HEADROOM_RELAY: f64 = 0.97;
+
+/// How long a protocol message may wait behind payload already written to a socket,
+/// at the uplink's full rate (a connection with a share of it waits longer in proportion).
+const UNSENT_TIME_S: f64 = 0.005;
+
+/// Bytes each socket may hold written and unsent on a host whose uplink is `uplink`
+/// bytes per second: [`UNSENT_TIME_S`] of it, at least 32 KiB (a few packets for every
+/// connection) and at most 1 MiB (a 10 Gbit/s link's default send batch).
+pub fn unsent_limit(uplink: u64) -> u32 {
+    (uplink as f64 * UNSENT_TIME_S).clamp(32.0 * 1024.0, 1024.0 * 1024.0) as u32
+}
 
 /// How many followers share the uplink now.
 #[derive(Debug, Default)]
@@ -92,7 +123,7 @@ mod tests {
 
     #[test]
     fn the_uplink_is_shared_by_the_paced_connections() {
-        // A downloader: its paced connections together take 0.9 of the uplink.
+        // A downloader: its paced connections together take 0.97 of the uplink.
         let mut s = swarm(4, 1, 1);
         let a = s.add_peer("10.0.0.1".parse().unwrap()).unwrap();
         let b = s.add_peer("10.0.0.2".parse().unwrap()).unwrap();
@@ -104,14 +135,14 @@ mod tests {
             "no uplink configured: nothing is paced"
         );
         s.cfg.uplink = Some(4_000_000);
-        assert_eq!(s.follower_pace(), Some(3_600_000));
+        assert_eq!(s.follower_pace(), Some(3_880_000));
         s.set_paced(b, true);
-        assert_eq!(s.follower_pace(), Some(1_800_000));
+        assert_eq!(s.follower_pace(), Some(1_940_000));
         // Marking twice counts once; a removed connection leaves the share.
         s.set_paced(b, true);
-        assert_eq!(s.follower_pace(), Some(1_800_000));
+        assert_eq!(s.follower_pace(), Some(1_940_000));
         s.remove_peer(b);
-        assert_eq!(s.follower_pace(), Some(3_600_000));
+        assert_eq!(s.follower_pace(), Some(3_880_000));
         s.set_paced(a, false);
         assert_eq!(s.follower_pace(), None);
         // A seeder: each may take 1.5 x an equal share.
@@ -131,5 +162,14 @@ mod tests {
         seeder.set_paced(c, true);
         seeder.set_paced(d, true);
         assert_eq!(seeder.follower_pace(), Some(3_000_000));
+    }
+
+    #[test]
+    fn unsent_bytes_are_a_few_milliseconds_of_the_uplink_within_bounds() {
+        // 100 Mbit/s: 5 ms is 62,500 bytes.
+        assert_eq!(unsent_limit(12_500_000), 62_500);
+        // A slow link still lets a few packets wait; a fast one is capped at 1 MiB.
+        assert_eq!(unsent_limit(125_000), 32 * 1024);
+        assert_eq!(unsent_limit(1_250_000_000), 1024 * 1024);
     }
 }

@@ -178,7 +178,12 @@ impl<S: Service> Core<S> {
     }
 
     pub(super) fn drive_send(&mut self, slot: u32) {
-        let batch = self.config.send_batch;
+        // Under an unsent bound a batch larger than twice the bound would only sit in
+        // `send_iov` instead of the socket, still ahead of later messages.
+        let batch = match self.config.unsent_limit {
+            Some(limit) => self.config.send_batch.min(2 * limit as usize).max(1),
+            None => self.config.send_batch,
+        };
         // A splice chain is pushed as one unit, so it must fit the submission queue.
         let chain_max = (self.config.ring_entries as usize / 2).clamp(4, MAX_SEND_SEGS);
         let now = self.now;

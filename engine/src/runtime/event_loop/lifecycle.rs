@@ -233,9 +233,18 @@ impl<S: Service> Core<S> {
                 return;
             }
         };
-        let _ = net::set_nodelay(fd);
+        self.tune_socket(fd);
         let slot = self.alloc(fd, peer, Direction::Inbound, State::Open);
         self.open(slot);
+    }
+
+    /// Options every connected socket gets: no Nagle, and the unsent bound if configured.
+    /// A socket that refuses either still works, only with the kernel's behaviour.
+    pub(super) fn tune_socket(&self, fd: RawFd) {
+        let _ = net::set_nodelay(fd);
+        if let Some(limit) = self.config.unsent_limit {
+            let _ = net::set_notsent_lowat(fd, limit);
+        }
     }
 
     /// Ask the service to take the connection in `slot`; closes it if refused.
