@@ -112,6 +112,12 @@ pub enum NodeError {
     },
 }
 
+/// Whether a download writes its resume record before it starts: not when no record was
+/// there and nothing is verified (a record of nothing says what no record says).
+fn record_at_start(found: resume::RecordStatus, verified: u32) -> bool {
+    verified > 0 || found != resume::RecordStatus::Absent
+}
+
 /// Consecutive failed writes of received payload (each closes its connection) after
 /// which a download stops with [`NodeError::StorageWrite`]. A disk that took no block in
 /// this many tries is not coming back within the download, and each try costs a
@@ -173,18 +179,25 @@ pub fn run_with_metrics(
         resume: resume_report.clone(),
     });
     // The record is rewritten straight away: the start-up check may have verified pieces
-    // the old record did not list, and `Storage::create` gave every file new times.
+    // the old record did not list, and `Storage::create` gave every file new times. A
+    // first run with nothing verified has nothing to record: its first record waits for
+    // the record thread, so the start (16 peers of a fleet fsyncing a record and its
+    // directory at once) does not wait for the disk.
     let record = match (&cfg.resume, cfg.mode) {
         (Some(rc), Mode::Download) => {
             let mut w = RecordKeeper::new(RecordWriter::new(rc.path.clone(), cfg.info_hash));
-            // Not the pieces a base release filled: recording them means syncing every
-            // file they are in first (a whole release for a delta deploy, before the
-            // swarm starts). The record thread records them in the background instead,
-            // and the completion's flush makes them durable.
-            if let Some(message) = w.write(&storage, &durable, true) {
-                on_event(&NodeEvent::Warning { message });
+            if !record_at_start(resume_report.record, durable.count()) {
+                Some(w)
+            } else {
+                // Not the pieces a base release filled: recording them means syncing every
+                // file they are in first (a whole release for a delta deploy, before the
+                // swarm starts). The record thread records them in the background instead,
+                // and the completion's flush makes them durable.
+                if let Some(message) = w.write(&storage, &durable, true) {
+                    on_event(&NodeEvent::Warning { message });
+                }
+                Some(w)
             }
-            Some(w)
         }
         _ => None,
     };
@@ -557,5 +570,21 @@ mod tests {
             .expect("the core accepted the connection");
         let warning = stop_cores(rt).expect("the panic is reported");
         assert!(warning.contains("core 0 thread panicked"), "{warning}");
+    }
+
+    #[test]
+    fn only_a_first_run_with_nothing_verified_skips_the_record_at_start() {
+        use resume::RecordStatus::*;
+        assert!(!record_at_start(Absent, 0));
+        assert!(
+            record_at_start(Absent, 3),
+            "pieces found on disk are recorded"
+        );
+        for found in [Used, Mismatch, Invalid] {
+            assert!(
+                record_at_start(found, 0),
+                "{found:?}: the old record is replaced"
+            );
+        }
     }
 }
