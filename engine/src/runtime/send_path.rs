@@ -315,9 +315,12 @@ pub fn probe_for(asked: SendPath) -> Result<(), String> {
     }
 }
 
-/// Can io_uring send zero-copy here: `IORING_OP_SENDMSG_ZC` (Linux 6.1). `Err` says why not.
+/// Can io_uring send zero-copy here: `IORING_OP_SENDMSG_ZC` (Linux 6.1) with
+/// `IORING_SEND_ZC_REPORT_USAGE` (6.2), tried for real: one byte over a UDP socket
+/// connected to itself on 127.0.0.1, whose result and notification must both arrive
+/// (a kernel without the flag fails the send with EINVAL). `Err` says why not.
 pub fn probe_send_zc() -> Result<(), String> {
-    let ring = io_uring::IoUring::new(2).map_err(|e| format!("io_uring: {e}"))?;
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring: {e}"))?;
     let mut probe = io_uring::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -325,7 +328,54 @@ pub fn probe_send_zc() -> Result<(), String> {
     if !probe.is_supported(io_uring::opcode::SendMsgZc::CODE) {
         return Err("the kernel's io_uring lacks IORING_OP_SENDMSG_ZC (Linux >= 6.1)".to_owned());
     }
-    Ok(())
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.connect(s.local_addr()?).map(|()| s))
+        .map_err(|e| format!("a loopback UDP socket to probe zero-copy sends: {e}"))?;
+    /// What the probe's send points at; leaked if it might still be in flight.
+    struct Probe {
+        byte: [u8; 1],
+        iov: libc::iovec,
+        msg: libc::msghdr,
+    }
+    // SAFETY: iovec and msghdr are plain old data for which all-zero is a valid value.
+    let mut p: Box<Probe> = Box::new(unsafe { std::mem::zeroed() });
+    p.iov.iov_base = p.byte.as_mut_ptr().cast();
+    p.iov.iov_len = 1;
+    p.msg.msg_iov = &mut p.iov;
+    p.msg.msg_iovlen = 1;
+    let entry = crate::runtime::ops::send::sendmsg_zc(sock.as_raw_fd(), &p.msg, 1);
+    // SAFETY: the boxed msghdr, iovec and byte stay put until both completions are
+    // reaped below; where they may not have been, the box is leaked instead of freed.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| "io_uring queue full".to_owned())?;
+    let (mut result, mut notified) = (None, false);
+    for _ in 0..4 {
+        if result.is_some() && notified {
+            break;
+        }
+        if let Err(e) = ring.submit_and_wait(1) {
+            Box::leak(p);
+            return Err(format!("io_uring_enter: {e}"));
+        }
+        for cqe in ring.completion() {
+            if io_uring::cqueue::notif(cqe.flags()) {
+                notified = true;
+            } else {
+                result = Some(cqe.result());
+                notified |= !io_uring::cqueue::more(cqe.flags());
+            }
+        }
+    }
+    if result.is_none() || !notified {
+        Box::leak(p);
+    }
+    match result {
+        Some(n) if n >= 0 && notified => Ok(()),
+        Some(n) if n < 0 => Err(format!(
+            "a zero-copy send with usage reports fails (Linux >= 6.2 needed): {}",
+            io::Error::from_raw_os_error(-n)
+        )),
+        _ => Err("a zero-copy send did not complete".to_owned()),
+    }
 }
 
 /// Can this process splice uploads: does io_uring have `IORING_OP_SPLICE`, and can a pipe
