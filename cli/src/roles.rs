@@ -134,9 +134,10 @@ pub struct NodeArgs {
     pub metrics_listen: Option<SocketAddr>,
     /// How uploads are sent: copy (sendmsg from the mapping), splice (from the file
     /// through a pipe, no copy on this host), auto (splice to other hosts, copy to this
-    /// one, where the receiver would pay for it). Falls back to copy, with a warning,
-    /// where splicing is not possible.
-    #[arg(long, value_name = "copy|splice|auto", default_value = "copy")]
+    /// one, where the receiver would pay for it), zerocopy (io_uring SENDMSG_ZC of each
+    /// batch; the kernel still copies towards a socket on this host). Falls back to
+    /// copy, with a warning, where the kernel cannot do it.
+    #[arg(long, value_name = "copy|splice|auto|zerocopy", default_value = "copy")]
     pub send_path: corvid_engine::runtime::SendPath,
     #[command(flatten)]
     pub secret: SecretArgs,

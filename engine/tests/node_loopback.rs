@@ -233,7 +233,8 @@ fn a_download_with_nothing_to_plan_does_not_spin() {
 /// The seeder's uploads through each send path (`--send-path`): the download verifies
 /// every piece and matches the source, and the seeder's report says which path carried
 /// the payload: all of it spliced with `splice`, none with `copy`, and none with `auto`
-/// on loopback (the receiver is on this host, where splicing only moves the copy to it).
+/// on loopback (the receiver is on this host, where splicing only moves the copy to it);
+/// with `zerocopy` all of it by `SENDMSG_ZC`, every send's notification in.
 #[test]
 fn a_seeder_uploads_through_each_send_path() {
     use corvid_engine::runtime::SendPath;
@@ -243,7 +244,12 @@ fn a_seeder_uploads_through_each_send_path() {
     let len = 2 * 1024 * 1024 + 4321;
     let files = one_file(&src, len, 5);
     let (lengths, hashes) = hash_files(&src, &files);
-    for path in [SendPath::Splice, SendPath::Copy, SendPath::Auto] {
+    for path in [
+        SendPath::Splice,
+        SendPath::Copy,
+        SendPath::Auto,
+        SendPath::ZeroCopy,
+    ] {
         let dst = dir.path().join(format!("dst-{path}"));
         let seed_stop = StopFlag::new();
         let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
@@ -282,8 +288,16 @@ fn a_seeder_uploads_through_each_send_path() {
                 sent.spliced >= len as u64,
                 "{path}: payload spliced: {sent:?}"
             ),
+            SendPath::ZeroCopy => assert!(
+                sent.spliced == 0
+                    && sent.copied == 0
+                    && sent.zc_sent >= len as u64
+                    && sent.zc_notifs > 0
+                    && sent.zc_copied <= sent.zc_notifs,
+                "{path}: payload sent zero-copy: {sent:?}"
+            ),
             _ => assert!(
-                sent.spliced == 0 && sent.copied >= len as u64,
+                sent.spliced == 0 && sent.copied >= len as u64 && sent.zc_sent == 0,
                 "{path}: payload copied: {sent:?}"
             ),
         }

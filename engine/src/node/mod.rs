@@ -381,6 +381,9 @@ fn finish(
             path: path.to_string(),
             spliced: c.spliced(),
             copied: c.copied(),
+            zc_sent: c.zc_sent(),
+            zc_notifs: c.zc_notifs().0,
+            zc_copied: c.zc_notifs().1,
         }),
     })
 }

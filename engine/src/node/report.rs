@@ -93,14 +93,20 @@ pub struct NodeReport {
     pub send_path: Option<SendPathReport>,
 }
 
-/// The send path in use (`copy`, `splice` or `auto`, after the start-up probe) and the
-/// bytes sent each way (`runtime::send_path`): protocol messages without payload always
-/// go by `sendmsg`, so `copied` is not zero on a splicing node.
+/// The send path in use (`copy`, `splice`, `auto` or `zerocopy`, after the start-up
+/// probe) and the bytes sent each way (`runtime::send_path`): protocol messages without
+/// payload always go by `sendmsg` on the splicing paths, so `copied` is not zero on a
+/// splicing node; a zero-copy node sends everything with `SENDMSG_ZC` (`zc_sent`), and
+/// `zc_copied` of its `zc_notifs` notifications said the kernel copied the data anyway
+/// (every one, towards a socket on the same host).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SendPathReport {
     pub path: String,
     pub spliced: u64,
     pub copied: u64,
+    pub zc_sent: u64,
+    pub zc_notifs: u64,
+    pub zc_copied: u64,
 }
 
 /// This host's rack (issue 11) and the connections it marked same-rack at their

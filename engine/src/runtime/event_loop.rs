@@ -227,6 +227,13 @@ struct Entry<C, E> {
     splices: bool,
     /// The pipe splices go through, made at the first spliced send.
     pipe: Option<Pipe>,
+    /// Uploads go by `SENDMSG_ZC` ([`SendPath::ZeroCopy`]).
+    zc: bool,
+    /// Zero-copy notifications still to come: until they have, the kernel may read the
+    /// batch's memory (`send_bytes`, the spans), so `send_inflight` stays set.
+    zc_pending: u32,
+    /// The zero-copy batch is all in the socket; it finishes when `zc_pending` is zero.
+    zc_sent_all: bool,
     /// The send in flight is a splice chain; `spliced` of its bytes are in the pipe or
     /// gone to the socket, `drain` still wait in the pipe for the socket.
     send_spliced: bool,
@@ -774,11 +781,11 @@ impl<S: Service> Core<S> {
                 self.arm_tick();
             }
             Token::CoreCancel => self.core_inflight -= 1,
-            Token::Conn { slot, op } => self.complete_conn(slot, op, res),
+            Token::Conn { slot, op } => self.complete_conn(slot, op, res, flags),
         }
     }
 
-    fn complete_conn(&mut self, slot: u32, op: ConnOp, res: i32) {
+    fn complete_conn(&mut self, slot: u32, op: ConnOp, res: i32, flags: u32) {
         if op == ConnOp::Fill {
             // Counted in flight as the chain it ends (see `fill_done`).
             self.fill_done(slot, res);
@@ -815,7 +822,15 @@ impl<S: Service> Core<S> {
                 return;
             }
             ConnOp::Recv => self.recv_done(slot, res),
-            ConnOp::Send => self.send_done(slot, res),
+            ConnOp::Send if cqueue::notif(flags) => self.zc_notif_done(slot, res),
+            ConnOp::Send => {
+                if cqueue::more(flags) {
+                    // A zero-copy send's notification follows: count it in flight.
+                    e.inflight += 1;
+                    e.zc_pending += 1;
+                }
+                self.send_done(slot, res)
+            }
             ConnOp::Fill => {}
         }
         self.maybe_finish_close(slot);

@@ -65,8 +65,21 @@
 //! a fifth more than copying, not less, so the target (seeder <= iperf3 sender) is not
 //! met by it either.
 //!
+//! Profiled again in session 8 (`benches/runs/2026-11-29-vm/perf-session8`, seeder 0.34
+//! against iperf3's sender 0.22 s/GiB in the committed run `link-sendpath-copy-r2`):
+//! 28% the copy out of the page cache, 20% page faults mapping the payload's pages
+//! (fault-around, 16 pages a fault) and 10% unmapping them at exit, ~35% TCP and the
+//! receiver's softirq delivery that loopback runs on the sending core, under 8% io_uring
+//! and the loop. Tried against that: reading the payload with `pread` into a
+//! per-connection buffer and sending from it, so the mapping is never touched: the faults
+//! and the unmap go, but the second copy costs more (seeder CPU s for 1 GiB, interleaved
+//! with copy at 0.34-0.51: 0.44-0.55 with a 1 MiB buffer, 0.56-0.74 at 128 KiB, 0.72 at
+//! 64 KiB), so it was dropped; and `SENDMSG_ZC` ([`mod@send_path`]), which loopback copies
+//! at delivery anyway. What stays between the seeder and iperf3's sender is reading a
+//! cold GiB (iperf3 resends one 128 KiB buffer) and the mapping's page-table work.
+//!
 //! Layout: [`mod@probe`] (can io_uring be used here), `ops` (one file per opcode family),
-//! [`mailbox`], `net` (sockets), [`mod@send_path`] (copy or splice uploads), `event_loop`
+//! [`mailbox`], `net` (sockets), [`mod@send_path`] (copy, splice or zero-copy uploads), `event_loop`
 //! (one core's loop).
 
 mod event_loop;
@@ -398,7 +411,7 @@ impl<S: Service> Runtime<S> {
     ) -> Result<Self, RuntimeError> {
         probe()?;
         let mut config = config;
-        let (used, send_path_note) = send_path::choose(config.send_path, send_path::probe_splice);
+        let (used, send_path_note) = send_path::choose(config.send_path, send_path::probe_for);
         config.send_path = used;
         let counters = std::sync::Arc::new(SendCounters::default());
         let cores = config.cores.max(1);

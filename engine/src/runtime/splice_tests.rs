@@ -220,7 +220,12 @@ fn every_send_path_delivers_the_framed_blocks_byte_for_byte() {
     let (_f, src) = source(len);
     let want = expected(&src);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    for path in [SendPath::Copy, SendPath::Splice, SendPath::Auto] {
+    for path in [
+        SendPath::Copy,
+        SendPath::Splice,
+        SendPath::Auto,
+        SendPath::ZeroCopy,
+    ] {
         // Cold pages: the splice reads them from disk, which must not fail the chain.
         evict(&src);
         let (rt, _closed) = start(&src, path);
@@ -233,13 +238,23 @@ fn every_send_path_delivers_the_framed_blocks_byte_for_byte() {
         // count after the core stopped.
         let counters = rt.send_counters();
         rt.shutdown().unwrap();
-        let (spliced, copied) = (counters.spliced(), counters.copied());
+        let (spliced, copied, zc) = (counters.spliced(), counters.copied(), counters.zc_sent());
+        let (notifs, zc_copied) = counters.zc_notifs();
         match path {
-            SendPath::Splice => assert_eq!((spliced, copied), (want.len() as u64, 0)),
+            SendPath::Splice => assert_eq!((spliced, copied, zc), (want.len() as u64, 0, 0)),
             // 127.0.0.1 is this host: auto copies.
             SendPath::Copy | SendPath::Auto => {
-                assert_eq!((spliced, copied), (0, want.len() as u64), "{path}")
+                assert_eq!((spliced, copied, zc), (0, want.len() as u64, 0), "{path}")
             }
+            SendPath::ZeroCopy => {
+                assert_eq!((spliced, copied, zc), (0, 0, want.len() as u64));
+                // Every send's notification arrived before the core stopped (it waits
+                // for them); towards this host the kernel copies at delivery.
+                assert!(notifs > 0 && zc_copied <= notifs, "{notifs} {zc_copied}");
+            }
+        }
+        if path != SendPath::ZeroCopy {
+            assert_eq!(notifs, 0, "{path}");
         }
     }
 }
@@ -324,14 +339,69 @@ fn a_failing_splice_step_closes_the_connection_with_a_storage_error() {
     assert_eq!(counters.spliced(), 0);
 }
 
+/// A reader that resets while zero-copy sends are in flight: the sender closes, its
+/// entry (and the batch memory the kernel may still reference) stays until every
+/// notification is in, the core serves the next connection whole, and it shuts down
+/// without leaking an operation.
+#[test]
+fn a_zero_copy_sender_closes_on_a_reset_and_keeps_serving() {
+    let len = 32 << 20;
+    let (_f, src) = source(len);
+    let want = expected(&src);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (rt, closed) = start(&src, SendPath::ZeroCopy);
+    let (first, c) = read_from(&rt, &listener, 3 << 20);
+    assert!(first == want[..3 << 20], "the first 3 MiB differ");
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    drop(c);
+    let reason = closed.recv_timeout(WAIT).expect("sender closed");
+    assert!(
+        reason.contains("reset") || reason.contains("pipe") || reason.contains("peer closed"),
+        "expected the reset to close the sender, got {reason}"
+    );
+    let got = read_stream(&rt, &listener, want.len());
+    assert!(got == want, "the second stream differs");
+    let counters = rt.send_counters();
+    rt.shutdown().expect("no operation left in flight");
+    let (notifs, _) = counters.zc_notifs();
+    assert!(notifs > 0);
+    assert_eq!(counters.copied(), 0);
+}
+
 #[test]
 fn a_send_path_that_cannot_splice_falls_back_to_copy_and_says_why() {
-    let no = || Err("no pipe".to_owned());
-    let yes = || Ok(());
+    let no = |_| Err("no pipe".to_owned());
+    let yes = |_| Ok(());
     assert_eq!(choose(SendPath::Copy, no), (SendPath::Copy, None));
     assert_eq!(choose(SendPath::Splice, yes), (SendPath::Splice, None));
     assert_eq!(choose(SendPath::Auto, yes), (SendPath::Auto, None));
-    for asked in [SendPath::Splice, SendPath::Auto] {
+    assert_eq!(choose(SendPath::ZeroCopy, yes), (SendPath::ZeroCopy, None));
+    // The probe is asked about the path that was asked for.
+    let mut probed = None;
+    choose(SendPath::ZeroCopy, |p| {
+        probed = Some(p);
+        Ok(())
+    });
+    assert_eq!(probed, Some(SendPath::ZeroCopy));
+    assert!(
+        super::send_path::probe_for(SendPath::ZeroCopy).is_ok(),
+        "6.1+ here"
+    );
+    for asked in [SendPath::Splice, SendPath::Auto, SendPath::ZeroCopy] {
         let (used, note) = choose(asked, no);
         assert_eq!(used, SendPath::Copy);
         let note = note.expect("a note");

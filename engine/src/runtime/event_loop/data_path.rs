@@ -236,18 +236,29 @@ impl<S: Service> Core<S> {
         e.send_inflight = true;
         e.send_spliced = false;
         let msg: *const libc::msghdr = &e.send_msg;
-        let entry = ops::send::sendmsg(
-            e.fd,
-            msg,
-            Token::Conn {
-                slot,
-                op: ConnOp::Send,
-            }
-            .encode(),
-        );
+        let entry = send_entry(e.zc, e.fd, msg, slot);
         // SAFETY: msghdr, iovec array and `send_bytes` live in the boxed entry and are not
-        // modified while `send_inflight`; spans are covered by push_span's contract.
+        // modified while `send_inflight`, which a zero-copy send keeps set until its last
+        // notification; spans are covered by push_span's contract (the service's Conn is
+        // dropped only after the connection's last completion, notifications included).
         unsafe { self.push_conn(slot, entry) };
+    }
+
+    /// A zero-copy send's notification: the kernel let go of that send's memory. Once the
+    /// batch is all sent and no notification is outstanding, the batch is finished.
+    pub(super) fn zc_notif_done(&mut self, slot: u32, res: i32) {
+        let counters = self.counters.clone();
+        let Some(e) = self.entry(slot) else { return };
+        e.zc_pending = e.zc_pending.saturating_sub(1);
+        counters.add_zc_notif(res as u32 & ops::send::ZC_COPIED != 0);
+        if e.zc_pending > 0 || !e.zc_sent_all {
+            return;
+        }
+        e.zc_sent_all = false;
+        e.send_inflight = false;
+        if e.state == State::Open {
+            self.send_finished(slot);
+        }
     }
 
     /// Sends the batch in `slot`'s send segments as a splice chain (see `ops::splice`):
@@ -495,11 +506,16 @@ impl<S: Service> Core<S> {
         if res > 0 {
             if e.send_spliced {
                 counters.add_spliced(res as u64);
+            } else if e.zc {
+                counters.add_zc_sent(res as u64);
             } else {
                 counters.add_copied(res as u64);
             }
         }
         if e.state != State::Open {
+            // Outstanding notifications still hold the batch's memory: the entry stays
+            // until they arrive (counted in flight).
+            e.send_inflight = e.zc_pending > 0;
             return;
         }
         if e.send_spliced {
@@ -530,20 +546,20 @@ impl<S: Service> Core<S> {
             return;
         }
         if !e.send_iov.is_done() {
-            // Short write (or EAGAIN): send the remainder.
+            // Short write (or EAGAIN): send the remainder. The kernel read the iovec array
+            // at issue; what it may still read until a notification is the memory.
             e.send_iov.fill_msghdr(&mut e.send_msg);
             e.send_inflight = true;
-            let entry = ops::send::sendmsg(
-                e.fd,
-                &e.send_msg,
-                Token::Conn {
-                    slot,
-                    op: ConnOp::Send,
-                }
-                .encode(),
-            );
+            let entry = send_entry(e.zc, e.fd, &e.send_msg, slot);
             // SAFETY: as in drive_send.
             unsafe { self.push_conn(slot, entry) };
+            return;
+        }
+        if e.zc_pending > 0 {
+            // Sent, but the kernel still references the batch: finish at the last
+            // notification (`zc_notif_done`).
+            e.send_inflight = true;
+            e.zc_sent_all = true;
             return;
         }
         self.send_finished(slot);
@@ -563,6 +579,20 @@ impl<S: Service> Core<S> {
             return;
         }
         self.mark_dirty(slot);
+    }
+}
+
+/// The send of a batch's iovecs: `SENDMSG_ZC` on the zero-copy path, `sendmsg` otherwise.
+fn send_entry(zc: bool, fd: RawFd, msg: *const libc::msghdr, slot: u32) -> squeue::Entry {
+    let token = Token::Conn {
+        slot,
+        op: ConnOp::Send,
+    }
+    .encode();
+    if zc {
+        ops::send::sendmsg_zc(fd, msg, token)
+    } else {
+        ops::send::sendmsg(fd, msg, token)
     }
 }
 

@@ -52,6 +52,9 @@ impl<S: Service> Core<S> {
             addr: RawAddr::from_std(peer),
             splices: self.config.send_path.splices_to(peer.ip(), &self.local_ips),
             pipe: None,
+            zc: self.config.send_path == SendPath::ZeroCopy,
+            zc_pending: 0,
+            zc_sent_all: false,
             send_spliced: false,
             drain: 0,
         }));
