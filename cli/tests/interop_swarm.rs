@@ -124,13 +124,18 @@ fn libtorrent_downloads_aligned_torrent_from_corvid_seeder() {
 /// ones another peer holds) while a libtorrent peer downloads from it at the same time:
 /// the stock client is served as before, and the corvid peers, which know only the
 /// seeder here, still complete (a piece refused because an unreachable peer holds it is
-/// asked for again and served).
+/// asked for again and served). Every corvid node paces to a known uplink (`--uplink`:
+/// per-connection caps and a small unsent bound on every socket, libtorrent's included).
 #[test]
 fn libtorrent_completes_beside_corvid_peers_on_the_plan() {
     require_libtorrent();
     let dir = tempfile::tempdir().expect("tempdir");
     let (payload, torrent) = release(dir.path(), None, 4 << 20, 25);
-    let (mut seed, addr) = seeder(&torrent, &dir.path().join("src"), &["--no-tracker"]);
+    let (mut seed, addr) = seeder(
+        &torrent,
+        &dir.path().join("src"),
+        &["--no-tracker", "--uplink", "200mbit"],
+    );
     let seed_addr = addr.to_string();
     let mut peers: Vec<(Proc, PathBuf)> = (0..2)
         .map(|i| {
@@ -140,6 +145,7 @@ fn libtorrent_completes_beside_corvid_peers_on_the_plan() {
             cmd.args(["--peer", &seed_addr, "--no-announce", "--linger", "0"]);
             cmd.args(["--listen", "127.0.0.1:0", "--json", "--cores", "1"]);
             cmd.args(["--hash-threads", "1", "--stall-timeout", "100s"]);
+            cmd.args(["--uplink", "200mbit"]);
             (Proc::spawn(&format!("corvid peer {i}"), &mut cmd), dest)
         })
         .collect();
