@@ -529,21 +529,21 @@ impl Deploy<'_> {
             start,
         };
         let ready = Ready::new();
+        let up = OnceLock::<Seeding>::new();
         let (ctx, crx) = crossbeam_channel::unbounded::<Check>();
         std::thread::scope(|s| {
             // On every way out of this scope, hosts still waiting for the seeder learn
             // there is none (and drop their sessions) so the scope can end.
             let _close = ready.closer();
+            // The seeder, beside the checks; `up` once it listens (the go is the loop's
+            // below).
             let starter = early.map(|a| {
-                let (tx, ready) = (tx.clone(), &ready);
+                let (tx, up) = (tx.clone(), &up);
                 s.spawn(move || {
                     let r = start_seeding(plan, payload, a, port, &seeding_event, None, &tx);
-                    match &r {
-                        Ok(run) => {
-                            let _ = seed_stop.set(run.stop.clone());
-                            ready.set(Some(run.seeding()));
-                        }
-                        Err(_) => ready.set(None),
+                    if let Ok(run) = &r {
+                        let _ = seed_stop.set(run.stop.clone());
+                        let _ = up.set(run.seeding());
                     }
                     r
                 })
@@ -568,8 +568,29 @@ impl Deploy<'_> {
             let mut probes: Vec<Option<Probe>> = vec![None; n];
             let mut going = vec![false; n];
             let mut failed = 0;
-            // Every worker sends its host's check exactly once, before anything else.
-            for c in crx.iter().take(n) {
+            // Every worker sends its host's check exactly once, before anything else. The
+            // hosts checked so far go together once the seeder listens and the checks
+            // settle: all are in, or none came for `CHECKS_SETTLE` (a far host's slow
+            // handshake holds nobody back longer than that). Peers that start together
+            // let the seeder spread distinct pieces over all of them; a few started
+            // while the rest of a burst of checks comes in get pieces from it that the
+            // others then ask it for again, and on a machine whose CPU the handshakes and
+            // the swarm share (the simulated fleet), each slows the other.
+            let mut received = 0;
+            while received < n {
+                let c = match crx.recv_timeout(CHECKS_SETTLE) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if received > 0 {
+                            if let Some(sd) = up.get() {
+                                ready.set(Some(sd.clone()));
+                            }
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                received += 1;
                 self.checked_at[c.i] = Some(c.at);
                 match c.result {
                     Ok((p, g)) => {
@@ -592,6 +613,7 @@ impl Deploy<'_> {
             let seeder = match starter {
                 Some(h) => {
                     let run = h.join().expect("the seeder's start does not panic")?;
+                    ready.set(Some(run.seeding()));
                     // Only the warnings: the address was fixed before the checks.
                     self.seeder_addr(&probes, Some(run.addr.ip()), &mut on_event)?;
                     run
@@ -822,6 +844,12 @@ impl Deploy<'_> {
         }
     }
 }
+
+/// How long the check phase must bring no new host before the hosts checked so far are
+/// told to go without waiting for the rest: longer than the gaps between the checks of
+/// one burst of handshakes (tens to a few hundred ms apart on a loaded 2-core machine
+/// running 16), shorter than what a far or slow host costs.
+const CHECKS_SETTLE: Duration = Duration::from_millis(500);
 
 /// One host as a check worker sees it.
 struct Host<'a> {
