@@ -16,6 +16,10 @@
 //! disk; afterwards the receive directory is made a link to its `current`, so the
 //! harness's SHA-1 check reads what the deploy activated (and its next clear removes
 //! only the link).
+//!
+//! `CORVID_BENCH_DEPLOY_ARGS` (whitespace-separated) is appended to the deploy's command
+//! line, to measure a flag an operator might add (e.g. `--ssh-option
+//! -oKexAlgorithms=curve25519-sha256`); each run prints the command line it ran.
 
 use crate::baselines::{self, Job};
 use crate::fleet::Fleet;
@@ -156,6 +160,9 @@ pub fn run(
         })?;
     }
     let argv = deploy_argv(fleet, bin, &src, &app, &remote, run_no);
+    if !extra_args().is_empty() {
+        println!("  deploy command: {}", argv.join(" "));
+    }
     let seen = watch(fleet, &argv, timeout)?;
     println!("  {}", seen.phases_line());
     let bad: Vec<String> = seen
@@ -253,7 +260,18 @@ fn deploy_argv(
         fleet.ssh_config.display().to_string(),
         "--json".into(),
     ]
-    .into()
+    .into_iter()
+    .chain(extra_args())
+    .collect()
+}
+
+/// `CORVID_BENCH_DEPLOY_ARGS`, split at whitespace (none when unset).
+fn extra_args() -> Vec<String> {
+    std::env::var("CORVID_BENCH_DEPLOY_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// `bin` without debug info (`objcopy --strip-debug`, as `corvid deploy` ships it), made
