@@ -268,15 +268,19 @@ struct Phases {
     /// Release bytes the deployer hashed for the torrent (the rest came from its piece
     /// cache); NaN from a corvid that does not say.
     hashed_bytes: f64,
-    /// Per host, in seconds.
+    /// Per host, in seconds: its check done and its peer told to go (deploy clock; NaN
+    /// from a corvid that does not say), its release in place, its node's time, its fill.
+    checked: Vec<f64>,
+    go: Vec<f64>,
     released: Vec<f64>,
     download: Vec<f64>,
     fill: Vec<f64>,
 }
 
-/// (min, median, max) of `v`; NaN when empty.
+/// (min, median, max) of `v`, NaNs (values a host did not report) left out; NaN when
+/// nothing is left.
 fn spread(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
     s.sort_by(f64::total_cmp);
     match s.len() {
         0 => (f64::NAN, f64::NAN, f64::NAN),
@@ -297,18 +301,21 @@ impl Phases {
             .map(|(d, f)| d - f)
             .collect();
         let s = spread(&swarm);
-        // Outside the node: released (deploy clock) - seeder up - node time.
-        let outside: Vec<f64> = self
-            .released
-            .iter()
-            .zip(&self.download)
-            .map(|(r, d)| r - self.seeder_up_s - d)
+        // Outside the node: released (deploy clock) - told to go (or, from a corvid that
+        // does not say, the seeder up) - node time.
+        let outside: Vec<f64> = (0..self.released.len())
+            .map(|i| {
+                let go = self.go.get(i).copied().filter(|g| !g.is_nan());
+                self.released[i] - go.unwrap_or(self.seeder_up_s) - self.download[i]
+            })
             .collect();
         let o = spread(&outside);
+        let (c, g) = (spread(&self.checked), spread(&self.go));
         format!(
-            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s, {} of it hashed); per host (min/median/max): base fill \
+            "checks done at {:.2}s, seeder up at {:.2}s (torrent hashed in {:.2}s, {} of it hashed); per host (min/median/max): checked \
+             {:.2}/{:.2}/{:.2}s, told to go {:.2}/{:.2}/{:.2}s, base fill \
              {:.2}/{:.2}/{:.2}s, node after the fill (start-up, swarm) {:.2}/{:.2}/{:.2}s, \
-             node {:.2}/{:.2}/{:.2}s, outside the node after the seeder was up (ssh, torrent, \
+             node {:.2}/{:.2}/{:.2}s, outside the node after its go (torrent, \
              check, place) {:.2}/{:.2}/{:.2}s; released {:.2}-{:.2}s",
             self.checked_s,
             self.seeder_up_s,
@@ -318,6 +325,12 @@ impl Phases {
             } else {
                 units::fmt_bytes(self.hashed_bytes as u64)
             },
+            c.0,
+            c.1,
+            c.2,
+            g.0,
+            g.1,
+            g.2,
             f.0,
             f.1,
             f.2,
@@ -342,6 +355,8 @@ impl Phases {
             .with("checked_s", self.checked_s)
             .with("torrent_s", self.torrent_s)
             .with("hashed_bytes", self.hashed_bytes)
+            .with("host_checked_s", arr(&self.checked))
+            .with("go_s", arr(&self.go))
             .with("released_s", arr(&self.released))
             .with("download_s", arr(&self.download))
             .with("reuse_s", arr(&self.fill))
@@ -431,7 +446,10 @@ fn corvid_deploy(
 /// A deploy's `--json` output: (wire, reused, seeder bytes, phases).
 fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
     let (mut wire, mut reused, mut seeder) = (0, 0, 0);
-    let mut phases = Phases::default();
+    let mut phases = Phases {
+        checked_s: f64::NAN,
+        ..Phases::default()
+    };
     let f = |v: &Json, k: &str| v.get(k).and_then(Json::as_f64);
     for line in stdout.lines() {
         let Ok(v) = json::parse(line) else {
@@ -440,11 +458,17 @@ fn read_deploy_lines(stdout: &str) -> (u64, u64, u64, Phases) {
         match v.get("event").and_then(|e| e.as_str()) {
             Some("seeding") => {
                 phases.seeder_up_s = f(&v, "at_s").unwrap_or(f64::NAN);
-                phases.checked_s = f(&v, "checked_s").unwrap_or(f64::NAN);
+                if let Some(c) = f(&v, "checked_s") {
+                    phases.checked_s = c;
+                }
                 phases.torrent_s = f(&v, "torrent_s").unwrap_or(f64::NAN);
                 phases.hashed_bytes = f(&v, "hashed_bytes").unwrap_or(f64::NAN);
             }
+            // Since the seeder no longer waits for the checks, their end is a line of its own.
+            Some("checked") => phases.checked_s = f(&v, "at_s").unwrap_or(f64::NAN),
             Some("host") => {
+                phases.checked.push(f(&v, "checked_s").unwrap_or(f64::NAN));
+                phases.go.push(f(&v, "go_s").unwrap_or(f64::NAN));
                 wire += json_u64(&v, "bytes_from_seeder") + json_u64(&v, "bytes_from_peers");
                 reused += json_u64(&v, "bytes_reused");
                 phases
@@ -738,8 +762,9 @@ mod tests {
     #[test]
     fn a_deploys_lines_become_its_phases() {
         let out = [
-            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"checked_s":2.450,"torrent_s":0.400,"hashed_bytes":4096}"#,
-            r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.000,"bytes_from_seeder":100,"bytes_from_peers":20,"bytes_reused":900,"download_s":3.000,"reuse_s":1.000}"#,
+            r#"{"event":"seeding","name":"v2","bytes":9,"pieces":1,"seeder":"a","tracker":"t","hosts":2,"at_s":2.500,"torrent_s":0.400,"hashed_bytes":4096}"#,
+            r#"{"event":"checked","at_s":2.450,"failed":0}"#,
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.000,"bytes_from_seeder":100,"bytes_from_peers":20,"bytes_reused":900,"download_s":3.000,"reuse_s":1.000,"checked_s":2.000,"go_s":2.000}"#,
             r#"{"event":"host","host":"h2","result":"deployed","duration_s":7.000,"bytes_from_seeder":0,"bytes_from_peers":120,"bytes_reused":900,"download_s":4.000,"reuse_s":2.500}"#,
             r#"{"event":"summary","seeder_uploaded":130}"#,
         ]
@@ -753,12 +778,18 @@ mod tests {
         assert_eq!(p.fill, vec![1.0, 2.5]);
         let line = p.line();
         assert!(
-            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s, 4.00 KiB of it hashed); per host (min/median/max): base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"),
+            line.starts_with("checks done at 2.45s, seeder up at 2.50s (torrent hashed in 0.40s, 4.00 KiB of it hashed); per host (min/median/max): checked 2.00/2.00/2.00s, told to go 2.00/2.00/2.00s"),
             "{line}"
         );
-        // Outside the node: 6 - 2.5 - 3 and 7 - 2.5 - 4.
         assert!(
-            line.contains("check, place) 0.50/0.50/0.50s; released 6.00-7.00s"),
+            line.contains(
+                "base fill 1.00/2.50/2.50s, node after the fill (start-up, swarm) 1.50/2.00/2.00s"
+            ),
+            "{line}"
+        );
+        // Outside the node: 6 - 2 - 3 (its go) and 7 - 2.5 (the seeder up) - 4.
+        assert!(
+            line.contains("check, place) 0.50/1.00/1.00s; released 6.00-7.00s"),
             "{line}"
         );
     }

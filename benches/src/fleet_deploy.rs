@@ -16,6 +16,10 @@
 //! disk; afterwards the receive directory is made a link to its `current`, so the
 //! harness's SHA-1 check reads what the deploy activated (and its next clear removes
 //! only the link).
+//!
+//! `CORVID_BENCH_DEPLOY_ARGS` (whitespace-separated) is appended to the deploy's command
+//! line, to measure a flag an operator might add (e.g. `--ssh-option
+//! -oKexAlgorithms=curve25519-sha256`); each run prints the command line it ran.
 
 use crate::baselines::{self, Job};
 use crate::fleet::Fleet;
@@ -47,6 +51,9 @@ struct HostSeen {
     from_seeder: u64,
     from_peers: u64,
     installed_corvid: bool,
+    /// Its check done and its peer told to go (deploy clock; NaN where not said).
+    checked_s: f64,
+    go_s: f64,
 }
 
 impl Seen {
@@ -68,6 +75,11 @@ impl Seen {
                 from_seeder: num("bytes_from_seeder"),
                 from_peers: num("bytes_from_peers"),
                 installed_corvid: matches!(v.get("installed_corvid"), Some(Json::Bool(true))),
+                checked_s: v
+                    .get("checked_s")
+                    .and_then(Json::as_f64)
+                    .unwrap_or(f64::NAN),
+                go_s: v.get("go_s").and_then(Json::as_f64).unwrap_or(f64::NAN),
             }),
             Some("summary") => self.summary = Some(v),
             _ => {}
@@ -87,11 +99,24 @@ impl Seen {
         let mut ds: Vec<f64> = self.hosts.iter().map(|h| h.duration_s).collect();
         ds.sort_by(f64::total_cmp);
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.2}s"));
+        let range = |f: &dyn Fn(&HostSeen) -> f64| {
+            let v: Vec<f64> = self.hosts.iter().map(f).filter(|x| !x.is_nan()).collect();
+            match (
+                v.iter().copied().reduce(f64::min),
+                v.iter().copied().reduce(f64::max),
+            ) {
+                (Some(a), Some(b)) => format!("{a:.2}-{b:.2}s"),
+                _ => "-".to_string(),
+            }
+        };
         format!(
-            "deploy phases: seeder up at {} (install {:.2}s of it), hosts released {:.2}-{:.2}s \
-             (deploy clock), peers stopped at {}, exit at {:.2}s (deploy's own elapsed {:.2}s)",
+            "deploy phases: seeder up at {} (install {:.2}s of it), hosts checked {}, told to go {}, \
+             released {:.2}-{:.2}s (deploy clock), peers stopped at {}, exit at {:.2}s (deploy's \
+             own elapsed {:.2}s)",
             opt(self.seeding_at),
             self.summary_f64("corvid_install_s"),
+            range(&|h| h.checked_s),
+            range(&|h| h.go_s),
             ds.first().copied().unwrap_or(f64::NAN),
             ds.last().copied().unwrap_or(f64::NAN),
             opt(self.peers_stopped_at),
@@ -135,6 +160,9 @@ pub fn run(
         })?;
     }
     let argv = deploy_argv(fleet, bin, &src, &app, &remote, run_no);
+    if !extra_args().is_empty() {
+        println!("  deploy command: {}", argv.join(" "));
+    }
     let seen = watch(fleet, &argv, timeout)?;
     println!("  {}", seen.phases_line());
     let bad: Vec<String> = seen
@@ -232,7 +260,18 @@ fn deploy_argv(
         fleet.ssh_config.display().to_string(),
         "--json".into(),
     ]
-    .into()
+    .into_iter()
+    .chain(extra_args())
+    .collect()
+}
+
+/// `CORVID_BENCH_DEPLOY_ARGS`, split at whitespace (none when unset).
+fn extra_args() -> Vec<String> {
+    std::env::var("CORVID_BENCH_DEPLOY_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// `bin` without debug info (`objcopy --strip-debug`, as `corvid deploy` ships it), made
@@ -319,7 +358,7 @@ mod tests {
     fn the_deploy_lines_become_phases_and_host_times() {
         let mut s = Seen::default();
         s.line(1.5, r#"{"event":"seeding","name":"x","bytes":1,"pieces":1,"seeder":"a","tracker":"t","hosts":2}"#);
-        s.line(7.0, r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.200,"bytes_from_seeder":10,"bytes_from_peers":5,"installed_corvid":false}"#);
+        s.line(7.0, r#"{"event":"host","host":"h1","result":"deployed","duration_s":6.200,"bytes_from_seeder":10,"bytes_from_peers":5,"installed_corvid":false,"checked_s":0.800,"go_s":1.600}"#);
         s.line(7.1, r#"{"event":"peers_stopped","peers":1}"#);
         s.line(7.2, r#"{"event":"host","host":"h2","result":"failed","duration_s":6.900,"bytes_from_seeder":0,"bytes_from_peers":0,"installed_corvid":true}"#);
         s.line(
@@ -338,14 +377,17 @@ mod tests {
             from_seeder: 10,
             from_peers: 5,
             installed_corvid: false,
+            checked_s: 0.8,
+            go_s: 1.6,
         };
         assert_eq!(s.hosts[0], h1);
         assert_eq!(s.hosts[1].result, "failed");
         assert!(s.hosts[1].installed_corvid);
         assert_eq!(
             s.phases_line(),
-            "deploy phases: seeder up at 1.50s (install 0.25s of it), hosts released 6.20-6.90s \
-             (deploy clock), peers stopped at 7.10s, exit at 7.50s (deploy's own elapsed 7.10s)"
+            "deploy phases: seeder up at 1.50s (install 0.25s of it), hosts checked 0.80-0.80s, \
+             told to go 1.60-1.60s, released 6.20-6.90s (deploy clock), peers stopped at 7.10s, \
+             exit at 7.50s (deploy's own elapsed 7.10s)"
         );
     }
 }

@@ -268,7 +268,7 @@ impl Display {
                         hosts: *hosts,
                         racks: *racks,
                         at_s: seconds(*at),
-                        checked_s: seconds(*checked),
+                        checked_s: checked.map(seconds),
                         torrent_s: seconds(*torrent_time),
                         hashed_bytes: *hashed_bytes,
                     });
@@ -300,6 +300,14 @@ impl Display {
                     print_line(&DeployLine::Warning { message: w });
                 }
                 self.say(&format!("warning: {w}"));
+            }
+            FleetEvent::Checked { at, failed } => {
+                if self.json {
+                    print_line(&DeployLine::Checked {
+                        at_s: seconds(*at),
+                        failed: *failed,
+                    });
+                }
             }
             FleetEvent::HostProgress { host, bytes_down } => {
                 self.bytes.insert(host.clone(), *bytes_down);
@@ -429,13 +437,19 @@ enum DeployLine<'a> {
         /// When the seeder was up and the hosts' checks ended (deploy clock), and how
         /// long the torrent's build took (beside the checks where it could).
         at_s: Box<RawValue>,
-        checked_s: Box<RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        checked_s: Option<Box<RawValue>>,
         torrent_s: Box<RawValue>,
         /// Release bytes hashed for the torrent (the rest came from the hash cache).
         hashed_bytes: u64,
     },
     Warning {
         message: &'a str,
+    },
+    /// Every host's check is in (deploy clock); `failed` of them failed.
+    Checked {
+        at_s: Box<RawValue>,
+        failed: usize,
     },
     /// A wave of a rolling activation.
     Wave {
@@ -468,6 +482,11 @@ struct HostLine<'a> {
     download_s: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reuse_s: Option<Box<RawValue>>,
+    /// On the deploy's clock: the host's check done, and its peer told to go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked_s: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    go_s: Option<Box<RawValue>>,
     installed_corvid: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     corvid: Option<&'static str>,
@@ -500,6 +519,8 @@ impl<'a> HostLine<'a> {
             bytes_reused: r.bytes_reused,
             download_s: r.download_time.map(seconds),
             reuse_s: r.fill_time.map(seconds),
+            checked_s: r.checked.map(seconds),
+            go_s: r.go.map(seconds),
             installed_corvid: r.installed_corvid(),
             corvid: c.map(|c| c.how.label()),
             corvid_swarm_error: c.and_then(|c| match &c.how {
@@ -827,13 +848,15 @@ mod tests {
             bytes_reused: 6962643,
             download_time: Some(Duration::from_millis(1100)),
             fill_time: Some(Duration::from_millis(300)),
+            checked: Some(Duration::from_millis(40)),
+            go: Some(Duration::from_millis(61)),
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,
         };
         assert_eq!(
             DeployLine::Host(HostLine::new(&h)).to_json(),
-            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"download_s":1.100,"reuse_s":0.300,"installed_corvid":false,"corvid":"present"}"#
+            r#"{"event":"host","host":"h1","result":"deployed","duration_s":1.248,"bytes_from_seeder":524288,"bytes_from_peers":0,"bytes_reused":6962643,"download_s":1.100,"reuse_s":0.300,"checked_s":0.040,"go_s":0.061,"installed_corvid":false,"corvid":"present"}"#
         );
         let report = FleetReport {
             hosts: vec![h],
@@ -866,6 +889,8 @@ mod tests {
             bytes_reused: 0,
             download_time: None,
             fill_time: None,
+            checked: None,
+            go: None,
             corvid: Some(HostInstall::present()),
             pruned: Vec::new(),
             hook: None,

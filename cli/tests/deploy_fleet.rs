@@ -796,6 +796,59 @@ fn deploy_returns_once_every_host_holds_the_release() {
     eprintln!("deploy with --linger 600s to {N} hosts returned in {elapsed} s");
 }
 
+/// A far host does not hold back the near ones: every host whose corvid is up to date
+/// starts its peer the moment its own check is done and the seeder listens, so with h3's
+/// link delayed (400 ms each way: its ssh handshake takes seconds) h1 and h2 hold the
+/// release before h3's check has even ended; h3 then deploys too. Before, every peer
+/// waited for the last check.
+#[test]
+fn a_slow_host_check_does_not_hold_back_the_others() {
+    const N: usize = 3;
+    let fleet = Fleet::up("pl", N);
+    let tmp = tempfile::tempdir().unwrap();
+    let (v1, v2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    make_src(&v1, 21);
+    make_src(&v2, 22);
+    // corvid onto every host first, so the checks below find it up to date.
+    let (out, lines) = fleet.deploy_to(N, &v1, "v1", &[]);
+    assert!(out.status.success(), "v1: {}\n{lines:?}", text(&out.stderr));
+    let shaped = fleet.script(&["shape", "3", "--delay", "400ms"]);
+    assert!(shaped.status.success(), "shape: {}", text(&shaped.stderr));
+    let (out, lines) = fleet.deploy_to(N, &v2, "v2", &["--activate"]);
+    assert!(out.status.success(), "v2: {}\n{lines:?}", text(&out.stderr));
+    let f = |host: &str, k: &str| -> f64 {
+        support::json_field(host_line(&lines, host), k)
+            .unwrap_or_else(|| panic!("{host}: no {k} in {lines:?}"))
+            .parse()
+            .unwrap()
+    };
+    let far_checked = f("h3", "checked_s");
+    for h in ["h1", "h2"] {
+        assert!(
+            f(h, "duration_s") < far_checked,
+            "{h} released at {} s, h3 checked at {far_checked} s: {lines:?}",
+            f(h, "duration_s")
+        );
+    }
+    for (host, res, err) in results(&lines) {
+        assert_eq!(res, "deployed", "{host}: {err}");
+    }
+    let want = listing(&v2);
+    for i in 1..=N {
+        assert_eq!(
+            listing(&fleet.host_dir(i).join("app/releases/v2")),
+            want,
+            "h{i}"
+        );
+    }
+    eprintln!(
+        "near hosts released at {:.2} s and {:.2} s, the far host checked at {far_checked:.2} s, released at {:.2} s",
+        f("h1", "duration_s"),
+        f("h2", "duration_s"),
+        f("h3", "duration_s")
+    );
+}
+
 impl Fleet {
     /// `corvid SUB --hosts H --dest DISK/app ...` run on h0, with the fleet's ssh config
     /// and the hosts' corvid.

@@ -235,6 +235,7 @@ fn same_files(
     let pl = l.piece_length();
     let mut written = Vec::new();
     let mut marked = HashSet::new();
+    let mut jobs = Vec::new();
     for (i, (spec, start)) in storage.files().iter().zip(starts(storage)).enumerate() {
         if spec.pad || spec.length == 0 {
             continue;
@@ -261,21 +262,33 @@ fn same_files(
             intact.insert(i);
         }
         report.same_files += 1;
-        if missing.len() == pieces.len() {
+        let ranges = if missing.len() == pieces.len() {
             // Nothing of this file is held yet: take all of it.
-            if rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
-                report.reflinked_files += 1;
-            } else {
-                copy_range(&src, &dst, 0, 0, spec.length)?;
-            }
+            None
         } else {
             // Part of it is held already (a resumed download): only around the rest.
-            for &p in &missing {
-                let ps = u64::from(p) * pl;
-                let lo = ps.max(start);
-                let hi = (ps + pl).min(end);
-                copy_range(&src, &dst, lo - start, lo - start, hi - lo)?;
-            }
+            Some(
+                missing
+                    .iter()
+                    .map(|&p| {
+                        let ps = u64::from(p) * pl;
+                        let (lo, hi) = (ps.max(start), (ps + pl).min(end));
+                        (lo - start, hi - lo)
+                    })
+                    .collect(),
+            )
+        };
+        jobs.push(CopyJob {
+            src,
+            dst,
+            len: spec.length,
+            ranges,
+        });
+        if jobs.len() == COPY_BATCH {
+            // Each job holds two descriptors: a release of thousands of files must not
+            // hold them all open at once.
+            report.reflinked_files += copy_all(&jobs)?;
+            jobs.clear();
         }
         for p in missing {
             if marked.insert(p) {
@@ -283,7 +296,67 @@ fn same_files(
             }
         }
     }
+    report.reflinked_files += copy_all(&jobs)?;
     Ok(written)
+}
+
+/// One base file to copy into its storage file: whole (`ranges` `None`), or only the
+/// `(offset, length)` ranges given.
+struct CopyJob {
+    src: File,
+    dst: File,
+    len: u64,
+    ranges: Option<Vec<(u64, u64)>>,
+}
+
+/// How many copies run at once: a release of many small files is otherwise a long row of
+/// short copies, each waiting on its own page-cache copy (or disk read, for a base no
+/// longer cached) while other cores and the disk's queue sit idle.
+const COPY_THREADS: usize = 4;
+
+/// Files opened for copying before the copies run (two descriptors each).
+const COPY_BATCH: usize = 64;
+
+/// Runs the copies on up to [`COPY_THREADS`] threads (each job to one of them, whole);
+/// the number of whole files that were reflinked, or the first error.
+fn copy_all(jobs: &[CopyJob]) -> io::Result<u32> {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let reflinked = AtomicU32::new(0);
+    let first_err: parking_lot::Mutex<Option<io::Error>> = parking_lot::Mutex::new(None);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, COPY_THREADS)
+        .min(jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                if first_err.lock().is_some() {
+                    return;
+                }
+                let Some(j) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return;
+                };
+                let r = match &j.ranges {
+                    None if rustix::fs::ioctl_ficlone(&j.dst, &j.src).is_ok() => {
+                        reflinked.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    None => copy_range(&j.src, &j.dst, 0, 0, j.len),
+                    Some(rs) => rs
+                        .iter()
+                        .try_for_each(|&(at, n)| copy_range(&j.src, &j.dst, at, at, n)),
+                };
+                if let Err(e) = r {
+                    first_err.lock().get_or_insert(e);
+                }
+            });
+        }
+    });
+    match first_err.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(reflinked.into_inner()),
+    }
 }
 
 /// One stretch of a piece: the file inside the release (`None` for a pad file), the
@@ -632,6 +705,46 @@ mod tests {
         let b = std::fs::metadata(dest.join("rel/a/same")).unwrap();
         assert_ne!((a.dev(), a.ino()), (b.dev(), b.ino()));
         assert_eq!(a.nlink(), 1);
+    }
+
+    /// More files than one batch of copies (each batch's copies run on several
+    /// threads): every one is copied whole and verifies, the one edited is refetched.
+    #[test]
+    fn a_release_of_many_files_is_copied_in_batches_on_several_threads() {
+        let t = tempfile::tempdir().unwrap();
+        let (old, new) = (t.path().join("old"), t.path().join("new/rel"));
+        let n = 2 * COPY_BATCH + 5;
+        for i in 0..n {
+            let data = noise(PL as usize / 3 + i * 97, 100 + i as u64);
+            write(&old, &format!("d{}/f{i}", i % 7), &data);
+            let mut changed = data.clone();
+            if i == 77 {
+                changed[10] ^= 0xff;
+            }
+            write(&new, &format!("d{}/f{i}", i % 7), &changed);
+        }
+        let pool = HashPool::new(2);
+        let m = aligned(&new, &pool);
+        let dest = t.path().join("dest");
+        let (storage, mut have) = empty_target(&m, &dest);
+        let base = Base {
+            dir: old,
+            strip: PathBuf::from("rel"),
+            sealed: None,
+        };
+        let r = fill(&storage, &m.info.pieces, &mut have, &base, &pool);
+        assert_eq!(r.same_files as usize, n, "{r:?}");
+        assert_eq!(r.rejected_pieces, 1, "{r:?}");
+        assert!(r.warning.is_none(), "{r:?}");
+        assert_eq!(have.count(), m.info.lengths.piece_count() - 1);
+        for i in (0..n).filter(|&i| i != 77) {
+            let rel = format!("d{}/f{i}", i % 7);
+            assert_eq!(
+                std::fs::read(dest.join("rel").join(&rel)).unwrap(),
+                std::fs::read(new.join(&rel)).unwrap(),
+                "{rel}"
+            );
+        }
     }
 
     #[test]

@@ -7,16 +7,19 @@
 //!    session prints `$SSH_CONNECTION` and the remote corvid's `--version` and SHA-1. A
 //!    host that cannot be reached fails here, with ssh's message, and the others proceed.
 //! 3. The seeder address is `--seeder-addr`, else this machine's own source address
-//!    towards the first reachable host ([`choose_seeder_addr`]): a host's
-//!    `$SSH_CONNECTION` is only a cross-check, so one hostile host cannot point the
-//!    fleet's tracker and seeder at itself.
-//! 4. Install phase ([`super::install`]): where corvid is missing or differs, this
-//!    binary goes over ssh, or, when at least `swarm_install_min` hosts need it, through
-//!    a swarm of their old corvids fed by a second seeder here (ssh as the fallback).
-//! 5. The torrent is built here (hashed on a thread during steps 2-4 when the seeder's
-//!    address is known before them), the embedded tracker and the seeder start in this
-//!    process (the seeder on a thread: no child to babysit, its listening address comes
-//!    back as an event, and it stops by a flag once every host is done).
+//!    towards the first host ([`choose_seeder_addr`]): a host's `$SSH_CONNECTION` is only
+//!    a cross-check ([`cross_check`]), so one hostile host cannot point the fleet's
+//!    tracker and seeder at itself.
+//! 4. The torrent is built and the release's seeder started in this process (on a thread:
+//!    no child to babysit, its listening address comes back as an event, and it stops by
+//!    a flag once every host is done). Where the address is known before the checks
+//!    (nearly always), this runs beside them, and every host whose corvid is up to date
+//!    goes on to step 6 the moment its own check is done and the seeder listens: a fleet's
+//!    ssh handshakes overlap its swarm instead of preceding it.
+//! 5. Install phase ([`super::install`]), once every check is in: where corvid is missing
+//!    or differs, this binary goes over ssh, or, when at least `swarm_install_min` hosts
+//!    need it, through a swarm of their old corvids fed by a second seeder here (ssh as
+//!    the fallback).
 //! 6. Peer phase, per host: one ssh session execs `corvid peer --release-dest DEST --tag
 //!    TAG --stdin-torrent LEN --json` ([`PeerCommand`]) with the torrent (and a private
 //!    swarm's secret) on its stdin, which that corvid keeps in `DEST/.corvid/` without
@@ -40,7 +43,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{ChildStdin, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -63,7 +66,9 @@ use super::ops::{self, Activated, HostAnswer};
 use super::piece_cache::PieceCache;
 pub use super::plan::{validate, Batch, DeployError, DeployPlan, Validated};
 use super::seeder::{seeder_config, spawn_seeder};
-pub use super::seeder_addr::{choose_seeder_addr, routed_from, AddrSeen, SeederAddrError};
+pub use super::seeder_addr::{
+    choose_seeder_addr, cross_check, routed_from, AddrSeen, SeederAddrError,
+};
 use super::ssh;
 
 mod rollout;
@@ -130,6 +135,10 @@ pub struct HostResult {
     /// the peer did not say: no download ran, or a corvid from before these fields).
     pub download_time: Option<Duration>,
     pub fill_time: Option<Duration>,
+    /// On the deploy's clock: the host's check done, and its peer told to go (the
+    /// torrent written to its session), where it got that far.
+    pub checked: Option<Duration>,
+    pub go: Option<Duration>,
     /// How corvid got onto the host; `None` when the host failed before (unreachable)
     /// or during its install (the failure says which).
     pub corvid: Option<HostInstall>,
@@ -159,15 +168,21 @@ pub enum FleetEvent {
         hosts: usize,
         /// Racks the tracker hands peers out by (from the hosts' `rack=`; 0: none).
         racks: usize,
-        /// Since the deploy's start: the seeder up, and the hosts checked; and how long
-        /// building the torrent (hashing the whole release here) took, which runs beside
-        /// the checks where the seeder's address is known before them.
+        /// Since the deploy's start: the seeder up, and the hosts checked (`None`: the
+        /// seeder was up before the checks ended, see [`FleetEvent::Checked`]); and how
+        /// long building the torrent (hashing the whole release here) took, which runs
+        /// beside the checks where the seeder's address is known before them.
         at: Duration,
-        checked: Duration,
+        checked: Option<Duration>,
         torrent_time: Duration,
         /// Of the release's bytes, those hashed for the torrent: the rest came from the
         /// piece-hash cache ([`super::piece_cache`]).
         hashed_bytes: u64,
+    },
+    /// Every host's check is in (since the deploy's start), `failed` of them failed.
+    Checked {
+        at: Duration,
+        failed: usize,
     },
     /// The install phase starts: this many hosts get corvid by the swarm and by ssh
     /// (`pieces` is the binary torrent's, 0 when no swarm runs).
@@ -374,7 +389,8 @@ fn run_with(
             stream_bytes: local.streamed_len(),
             ..InstallSummary::default()
         },
-        waiting: Vec::new(),
+        checked_at: v.hosts.iter().map(|_| None).collect(),
+        gate: Arc::new(LingerGate::new(v.hosts.len())),
     };
     let result = deploy.run_phases(&v.payload, &local, &tracker, on_event);
     // Every way out, early or not, stops the tracker.
@@ -445,100 +461,197 @@ struct Deploy<'a> {
     /// Per host (in host order), what its peer is told of its rack.
     host_racks: Vec<Option<PeerRacks>>,
     install: InstallSummary,
-    /// Per host, its merged session waiting after the check for the go of its peer
-    /// ([`PeerCommand::after_probe`]): kept for hosts whose corvid is up to date, closed
-    /// for the others (dropped, wherever the deploy ends, it closes by itself).
-    waiting: Vec<Option<Session>>,
+    /// Per host, when its check ended (deploy clock).
+    checked_at: Vec<Option<Duration>>,
+    /// Counts hosts to the end of the peer phase: each host is finished once (its
+    /// release, its session's end, or its failure in an earlier step), and the last one
+    /// tells the lingering peers to stop.
+    gate: Arc<LingerGate>,
 }
 
 impl Deploy<'_> {
-    /// The phases in order (see the module docs), each on the hosts still live.
+    /// The phases in order (see the module docs), each on the hosts still live. The
+    /// steps run on a thread of their own while this one hands their events to
+    /// `on_event` (and stops the seeder on Ctrl-C).
     fn run_phases(
-        mut self,
+        self,
         payload: &Payload,
         local: &LocalBinary,
         tracker: &TrackerServer,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<FleetReport, DeployError> {
-        // The torrent is hashed while the hosts are checked (ssh handshakes: seconds for
-        // a fleet), wherever the tracker's address is known before the probes: nearly
-        // always (`--seeder-addr`, `--peer-network`, or the route to the first host).
-        let early = self.early_seeder_addr();
+        let stop = self.stop;
         let port = tracker.local_addr().port();
-        let plan = self.plan;
-        let (probes, prebuilt) = std::thread::scope(|s| {
-            let build = early.map(|a| {
+        let seed_stop = OnceLock::<StopFlag>::new();
+        let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
+        std::thread::scope(|s| {
+            let seed_stop = &seed_stop;
+            let steps = s.spawn(move || self.steps(payload, local, port, seed_stop, tx));
+            forward(&rx, on_event, &mut || {
+                if stop.is_stopped() {
+                    // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
+                    // (the terminal's SIGINT reaches our ssh children too).
+                    if let Some(f) = seed_stop.get() {
+                        f.stop();
+                    }
+                }
+            });
+            steps.join().expect("the deploy's steps do not panic")
+        })
+    }
+
+    /// The steps, pipelined per host: the seeder starts as soon as its address is known
+    /// (nearly always before any host answers), and every host whose corvid is up to
+    /// date starts its peer the moment its own check is done and the seeder listens,
+    /// without waiting for the rest of the fleet's checks (16 ssh handshakes at once take
+    /// seconds). Hosts that need corvid follow once every check is in and the install ran.
+    fn steps(
+        mut self,
+        payload: &Payload,
+        local: &LocalBinary,
+        port: u16,
+        seed_stop: &OnceLock<StopFlag>,
+        tx: Sender<FleetEvent>,
+    ) -> Result<FleetReport, DeployError> {
+        let mut on_event = |e: &FleetEvent| {
+            let _ = tx.send(e.clone());
+        };
+        let (plan, start) = (self.plan, self.start);
+        let hosts = self.hosts.clone();
+        let host_racks = self.host_racks.clone();
+        let gate = self.gate.clone();
+        let n = hosts.len();
+        let early = self.early_seeder_addr();
+        let seeding_event = SeedingEvent {
+            hosts: n,
+            racks: self.racks,
+            bytes: self.payload_bytes,
+            start,
+        };
+        let ready = Ready::new();
+        let up = OnceLock::<Seeding>::new();
+        let (ctx, crx) = crossbeam_channel::unbounded::<Check>();
+        std::thread::scope(|s| {
+            // On every way out of this scope, hosts still waiting for the seeder learn
+            // there is none (and drop their sessions) so the scope can end.
+            let _close = ready.closer();
+            // The seeder, beside the checks; `up` once it listens (the go is the loop's
+            // below).
+            let starter = early.map(|a| {
+                let (tx, up) = (tx.clone(), &up);
                 s.spawn(move || {
-                    let url = format!("http://{}/announce", SocketAddr::new(a, port));
-                    let t = Instant::now();
-                    (a, build_torrent(plan, payload, &url), t.elapsed())
+                    let r = start_seeding(plan, payload, a, port, &seeding_event, None, &tx);
+                    if let Ok(run) = &r {
+                        let _ = seed_stop.set(run.stop.clone());
+                        let _ = up.set(run.seeding());
+                    }
+                    r
                 })
             });
-            let probes = self.check_phase(local, on_event);
-            (
-                probes,
-                build.map(|b| b.join().expect("hashing does not panic")),
-            )
-        });
-        let checked = self.start.elapsed();
-        if self.over() {
-            return self.end_early();
-        }
-        let addr = self.seeder_addr(&probes, on_event)?;
-        // Both torrents (the binary's and the release's) announce here.
-        let url = format!(
-            "http://{}/announce",
-            SocketAddr::new(addr, tracker.local_addr().port())
-        );
-        let corvid = self.install_phase(local, &probes, &url, addr, on_event);
-        if self.over() {
-            return self.end_early();
-        }
-        let ((m, torrent, hashed_bytes), torrent_time) = match prebuilt {
-            // Built for the address chosen after all (the probes only cross-check it).
-            Some((a, built, took)) if a == addr => (built?, took),
-            _ => {
-                let t = Instant::now();
-                (build_torrent(self.plan, payload, &url)?, t.elapsed())
+            let workers = {
+                let (tx, ready, gate) = (tx.clone(), &ready, &gate);
+                let (hosts, host_racks) = (&hosts, &host_racks);
+                let index: Vec<usize> = (0..n).collect();
+                s.spawn(move || {
+                    let merge = n <= plan.parallel;
+                    for_each_host(&index, plan.parallel, &|&i: &usize| {
+                        let racks = host_racks.get(i).and_then(Option::as_ref);
+                        let host = Host {
+                            i,
+                            name: &hosts[i],
+                            racks,
+                        };
+                        check_then_peer(plan, local, start, host, merge, &ctx, ready, &tx, gate)
+                    })
+                })
+            };
+            let mut probes: Vec<Option<Probe>> = vec![None; n];
+            let mut going = vec![false; n];
+            let mut failed = 0;
+            // Every worker sends its host's check exactly once, before anything else. The
+            // hosts checked so far go together once the seeder listens and the checks
+            // settle: all are in, or none came for `CHECKS_SETTLE` (a far host's slow
+            // handshake holds nobody back longer than that). Peers that start together
+            // let the seeder spread distinct pieces over all of them; a few started
+            // while the rest of a burst of checks comes in get pieces from it that the
+            // others then ask it for again, and on a machine whose CPU the handshakes and
+            // the swarm share (the simulated fleet), each slows the other.
+            let mut received = 0;
+            while received < n {
+                let c = match crx.recv_timeout(CHECKS_SETTLE) {
+                    Ok(c) => c,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if received > 0 {
+                            if let Some(sd) = up.get() {
+                                ready.set(Some(sd.clone()));
+                            }
+                        }
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                received += 1;
+                self.checked_at[c.i] = Some(c.at);
+                match c.result {
+                    Ok((p, g)) => {
+                        probes[c.i] = Some(p);
+                        going[c.i] = g;
+                    }
+                    Err(why) => {
+                        failed += 1;
+                        self.fail(c.i, why, c.at, &mut on_event);
+                    }
+                }
             }
-        };
-        let mut seed_cfg = seeder_config(
-            &m,
-            payload,
-            self.plan.threads,
-            self.plan.secret.clone(),
-            url.clone(),
-        );
-        seed_cfg.swarm.uplink = self.plan.uplink;
-        if self.plan.peer_network.is_some() {
-            // On the data network only, dialling from it too.
-            seed_cfg.listen = SocketAddr::new(addr, 0);
-        }
-        let (seed_stop, seeder, seeder_port) = spawn_seeder(seed_cfg)?;
-        let seeder_addr = SocketAddr::new(addr, seeder_port);
-        on_event(&FleetEvent::Seeding {
-            name: m.info.name.clone(),
-            bytes: self.payload_bytes,
-            pieces: m.info.lengths.piece_count(),
-            seeder: seeder_addr,
-            tracker: url,
-            hosts: self.hosts.len(),
-            racks: self.racks,
-            at: self.start.elapsed(),
-            checked,
-            torrent_time,
-            hashed_bytes,
-        });
-        self.peer_phase(&torrent, &corvid, seeder_addr, &seed_stop, on_event);
-        seed_stop.stop();
-        if let Some(batch) = self.plan.batch {
-            self.rollout(batch, on_event);
-        }
-        let seeder_uploaded = match seeder.join() {
-            Ok(Ok(r)) => r.transfer.bytes_up,
-            _ => 0,
-        };
-        Ok(self.report(seeder_uploaded))
+            on_event(&FleetEvent::Checked {
+                at: start.elapsed(),
+                failed,
+            });
+            if self.over() {
+                return self.end_early();
+            }
+            let seeder = match starter {
+                Some(h) => {
+                    let run = h.join().expect("the seeder's start does not panic")?;
+                    ready.set(Some(run.seeding()));
+                    // Only the warnings: the address was fixed before the checks.
+                    self.seeder_addr(&probes, Some(run.addr.ip()), &mut on_event)?;
+                    run
+                }
+                None => {
+                    let addr = self.seeder_addr(&probes, None, &mut on_event)?;
+                    let checked = Some(start.elapsed());
+                    let run =
+                        start_seeding(plan, payload, addr, port, &seeding_event, checked, &tx)?;
+                    let _ = seed_stop.set(run.stop.clone());
+                    ready.set(Some(run.seeding()));
+                    run
+                }
+            };
+            let corvid =
+                self.install_phase(local, &probes, &seeder.url, seeder.addr.ip(), &mut on_event);
+            let later: Vec<usize> = self.live().into_iter().filter(|&i| !going[i]).collect();
+            self.peer_phase(&later, &seeder, &corvid, &mut on_event);
+            for (i, r) in workers
+                .join()
+                .expect("check workers do not panic")
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(r) = r {
+                    self.results[i] = Some(r);
+                }
+            }
+            seeder.stop.stop();
+            if let Some(batch) = self.plan.batch {
+                self.rollout(batch, &mut on_event);
+            }
+            let seeder_uploaded = match seeder.thread.join() {
+                Ok(Ok(r)) => r.transfer.bytes_up,
+                _ => 0,
+            };
+            Ok(self.report(seeder_uploaded))
+        })
     }
 
     /// Hosts without a result yet, in host order.
@@ -587,67 +700,16 @@ impl Deploy<'_> {
             bytes_reused: 0,
             download_time: None,
             fill_time: None,
+            checked: self.checked_at[i],
+            go: None,
             corvid: None,
             pruned: Vec::new(),
             hook: None,
         };
         on_event(&FleetEvent::HostDone(r.clone()));
         self.results[i] = Some(r);
-    }
-
-    /// Check phase: every host's probe (`None` where it failed). Where every host's
-    /// session fits in `--parallel` at once, each check is a merged session
-    /// ([`probe_waiting`]) kept open for the host's peer if its corvid is up to date:
-    /// one ssh session per host instead of two. A larger fleet keeps its sessions within
-    /// `--parallel` by checking in one session and running the peer in another.
-    fn check_phase(
-        &mut self,
-        local: &LocalBinary,
-        on_event: &mut dyn FnMut(&FleetEvent),
-    ) -> Vec<Option<Probe>> {
-        let (plan, start, hosts) = (self.plan, self.start, &self.hosts);
-        let host_racks = &self.host_racks;
-        let merge = hosts.len() <= plan.parallel;
-        let index: Vec<usize> = (0..hosts.len()).collect();
-        let checks = for_each_host(&index, plan.parallel, &|&i: &usize| {
-            let h = hosts[i].as_str();
-            let c = if merge {
-                let racks = host_racks.get(i).and_then(Option::as_ref);
-                probe_waiting(plan, local, h, racks)
-            } else {
-                probe_host(plan, local, h).map(|p| (p, None))
-            };
-            (c, start.elapsed())
-        });
-        let mut probes = Vec::with_capacity(self.hosts.len());
-        let mut waiting = Vec::with_capacity(self.hosts.len());
-        for (i, (c, at)) in checks.into_iter().enumerate() {
-            match c {
-                Ok((p, mut session)) => {
-                    if p.found != install::Found::UpToDate {
-                        // corvid goes on first; its peer gets a session of its own.
-                        if let Some(s) = session.as_mut() {
-                            s.hang_up();
-                        }
-                    }
-                    probes.push(Some(p));
-                    waiting.push(session);
-                }
-                Err(why) => {
-                    self.fail(i, why, at, on_event);
-                    probes.push(None);
-                    waiting.push(None);
-                }
-            }
-        }
-        // Sessions hung up above end now; reaping them waits for nothing else.
-        for w in waiting.iter_mut() {
-            if w.as_ref().is_some_and(Session::hung_up) {
-                *w = None;
-            }
-        }
-        self.waiting = waiting;
-        probes
+        // A failed host is finished as far as the lingering peers are concerned.
+        session::host_finished(&self.gate, on_event);
     }
 
     /// The seeder's address as far as it is known before the check phase: given, or this
@@ -663,10 +725,13 @@ impl Deploy<'_> {
             })
     }
 
-    /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts.
+    /// `--seeder-addr`, else [`choose_seeder_addr`] over the live hosts; with `fixed`
+    /// (the address the seeder already runs at, chosen by the route to the first host
+    /// before the checks) that one, cross-checked against the live hosts the same way.
     fn seeder_addr(
         &self,
         probes: &[Option<Probe>],
+        fixed: Option<IpAddr>,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) -> Result<IpAddr, DeployError> {
         if let Some(a) = self.plan.seeder_addr.or(self.peer_network_addr) {
@@ -681,7 +746,10 @@ impl Deploy<'_> {
                 routed: plan.ssh.resolve(&hosts[i]).and_then(routed_from),
                 reported: probes[i].as_ref().and_then(|p| p.client),
             });
-        let (a, warnings) = choose_seeder_addr(&seen)?;
+        let (a, warnings) = match fixed {
+            Some(a) => (a, cross_check(a, &seen)),
+            None => choose_seeder_addr(&seen)?,
+        };
         for w in warnings {
             on_event(&FleetEvent::Warning(w));
         }
@@ -734,67 +802,286 @@ impl Deploy<'_> {
         corvid
     }
 
-    /// Peer phase: `corvid peer` on every live host, each host's result recorded.
+    /// Peer phase for `hosts` (those whose peer did not start right after their check:
+    /// corvid was installed first, or the fleet is larger than `--parallel`), each in a
+    /// session of its own, each host's result recorded.
     fn peer_phase(
         &mut self,
-        torrent: &[u8],
+        hosts: &[usize],
+        seeder: &SeederRun,
         corvid: &[Option<HostInstall>],
-        seeder_addr: SocketAddr,
-        seed_stop: &StopFlag,
         on_event: &mut dyn FnMut(&FleetEvent),
     ) {
-        let live = self.live();
-        let (plan, start, stop, hosts) = (self.plan, self.start, self.stop, &self.hosts);
-        let host_racks = &self.host_racks;
-        let waiting: Vec<parking_lot::Mutex<Option<Session>>> = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .map(parking_lot::Mutex::new)
-            .collect();
-        let waiting = &waiting;
+        let (plan, start, names) = (self.plan, self.start, &self.hosts);
+        let (host_racks, checked_at, gate) = (&self.host_racks, &self.checked_at, &*self.gate);
         let (tx, rx) = crossbeam_channel::unbounded::<FleetEvent>();
-        let gate = LingerGate::new(live.len());
         let peer_results = std::thread::scope(|s| {
-            let (live, gate) = (&live, &gate);
             let worker = s.spawn(move || {
-                for_each_host(live, plan.parallel, &|&i: &usize| {
-                    let h = hosts[i].as_str();
+                for_each_host(hosts, plan.parallel, &|&i: &usize| {
+                    let h = names[i].as_str();
                     let racks = host_racks.get(i).and_then(Option::as_ref);
-                    let w = waiting.get(i).and_then(|w| w.lock().take());
-                    let end = peer_host(plan, start, h, racks, torrent, seeder_addr, w, &tx, gate);
-                    let r = HostResult {
-                        host: h.to_string(),
-                        outcome: end.outcome,
-                        // From the start of the deploy to the release in place (the
-                        // linger that follows is service to others, not this host's wait).
-                        duration: end
-                            .released_at
-                            .unwrap_or_else(Instant::now)
-                            .duration_since(start),
-                        bytes_from_seeder: end.from_seeder,
-                        bytes_from_peers: end.from_peers,
-                        bytes_reused: end.reused,
-                        download_time: end.download_ms.map(Duration::from_millis),
-                        fill_time: end.fill_ms.map(Duration::from_millis),
-                        corvid: corvid[i].clone(),
-                        pruned: end.pruned,
-                        hook: end.hook,
-                    };
+                    let end = peer_host(
+                        plan,
+                        start,
+                        h,
+                        racks,
+                        &seeder.torrent,
+                        seeder.addr,
+                        None,
+                        &tx,
+                        gate,
+                    );
+                    let r = host_result(h, end, start, corvid[i].clone(), checked_at[i]);
                     let _ = tx.send(FleetEvent::HostDone(r.clone()));
                     r
                 })
             });
-            forward(&rx, on_event, &mut || {
-                if stop.is_stopped() {
-                    // Ctrl-C: stop seeding so peers stall out; ssh sessions end with them
-                    // (the terminal's SIGINT reaches our ssh children too).
-                    seed_stop.stop();
-                }
-            });
+            forward(&rx, on_event, &mut || {});
             worker.join().expect("peer workers do not panic")
         });
         for (k, r) in peer_results.into_iter().enumerate() {
-            self.results[live[k]] = Some(r);
+            self.results[hosts[k]] = Some(r);
         }
+    }
+}
+
+/// How long the check phase must bring no new host before the hosts checked so far are
+/// told to go without waiting for the rest: longer than the gaps between the checks of
+/// one burst of handshakes (tens to a few hundred ms apart on a loaded 2-core machine
+/// running 16), shorter than what a far or slow host costs.
+const CHECKS_SETTLE: Duration = Duration::from_millis(500);
+
+/// One host as a check worker sees it.
+struct Host<'a> {
+    i: usize,
+    name: &'a str,
+    racks: Option<&'a PeerRacks>,
+}
+
+/// A host's check as its worker reports it: the probe and whether the host's peer goes
+/// on in the check's own session (corvid up to date), or why the check failed; `at` on
+/// the deploy's clock.
+struct Check {
+    i: usize,
+    at: Duration,
+    result: Result<(Probe, bool), HostError>,
+}
+
+/// What a host's peer is told of the release's seeder.
+#[derive(Clone)]
+struct Seeding {
+    addr: SocketAddr,
+    torrent: Arc<Vec<u8>>,
+}
+
+/// The seeder's start, told to every check worker at once: set once (`None`: no seeder
+/// will come, the deploy is ending), and waiting for it returns when it is.
+struct Ready {
+    value: OnceLock<Option<Seeding>>,
+    open: parking_lot::Mutex<Option<Sender<()>>>,
+    closed: crossbeam_channel::Receiver<()>,
+}
+
+impl Ready {
+    fn new() -> Ready {
+        // Nothing is ever sent: dropping the only sender wakes every `recv`.
+        let (open, closed) = crossbeam_channel::bounded(0);
+        Ready {
+            value: OnceLock::new(),
+            open: parking_lot::Mutex::new(Some(open)),
+            closed,
+        }
+    }
+
+    /// The first call decides; every waiter wakes.
+    fn set(&self, v: Option<Seeding>) {
+        let _ = self.value.set(v);
+        drop(self.open.lock().take());
+    }
+
+    /// Blocks until [`Ready::set`]; `None` when there is no seeder.
+    fn wait(&self) -> Option<Seeding> {
+        let _ = self.closed.recv();
+        self.value.get().cloned().flatten()
+    }
+
+    /// Sets `None` when dropped, unless set before: no waiter is left behind on an
+    /// early return.
+    fn closer(&self) -> impl Drop + '_ {
+        struct Closer<'a>(&'a Ready);
+        impl Drop for Closer<'_> {
+            fn drop(&mut self) {
+                self.0.set(None);
+            }
+        }
+        Closer(self)
+    }
+}
+
+/// The release's seeder once it listens.
+struct SeederRun {
+    addr: SocketAddr,
+    url: String,
+    torrent: Arc<Vec<u8>>,
+    stop: StopFlag,
+    thread: super::seeder::SeederThread,
+}
+
+impl SeederRun {
+    fn seeding(&self) -> Seeding {
+        Seeding {
+            addr: self.addr,
+            torrent: self.torrent.clone(),
+        }
+    }
+}
+
+/// What the seeding event says besides the seeder's own numbers.
+#[derive(Clone, Copy)]
+struct SeedingEvent {
+    hosts: usize,
+    racks: usize,
+    bytes: u64,
+    start: Instant,
+}
+
+/// Builds the torrent announcing at `addr:port` (this process's tracker) and starts the
+/// release's seeder; announces it with `checked` (when the checks ended, if they had).
+fn start_seeding(
+    plan: &DeployPlan,
+    payload: &Payload,
+    addr: IpAddr,
+    port: u16,
+    ev: &SeedingEvent,
+    checked: Option<Duration>,
+    events: &Sender<FleetEvent>,
+) -> Result<SeederRun, DeployError> {
+    let url = format!("http://{}/announce", SocketAddr::new(addr, port));
+    let t = Instant::now();
+    let (m, torrent, hashed_bytes) = build_torrent(plan, payload, &url)?;
+    let torrent_time = t.elapsed();
+    let mut seed_cfg = seeder_config(&m, payload, plan.threads, plan.secret.clone(), url.clone());
+    seed_cfg.swarm.uplink = plan.uplink;
+    if plan.peer_network.is_some() {
+        // On the data network only, dialling from it too.
+        seed_cfg.listen = SocketAddr::new(addr, 0);
+    }
+    let (stop, thread, seeder_port) = spawn_seeder(seed_cfg)?;
+    let seeder_addr = SocketAddr::new(addr, seeder_port);
+    let _ = events.send(FleetEvent::Seeding {
+        name: m.info.name.clone(),
+        bytes: ev.bytes,
+        pieces: m.info.lengths.piece_count(),
+        seeder: seeder_addr,
+        tracker: url.clone(),
+        hosts: ev.hosts,
+        racks: ev.racks,
+        at: ev.start.elapsed(),
+        checked,
+        torrent_time,
+        hashed_bytes,
+    });
+    Ok(SeederRun {
+        addr: seeder_addr,
+        url,
+        torrent: Arc::new(torrent),
+        stop,
+        thread,
+    })
+}
+
+/// One host's check worker: the probe, reported at once; then, for a host whose corvid
+/// is up to date and whose check session waits for its go, the host's whole peer phase in
+/// that session as soon as the seeder listens. `None` where the host's peer is left to
+/// the later peer phase (or there is no seeder).
+#[allow(clippy::too_many_arguments)]
+fn check_then_peer(
+    plan: &DeployPlan,
+    local: &LocalBinary,
+    start: Instant,
+    host: Host<'_>,
+    merge: bool,
+    checks: &Sender<Check>,
+    ready: &Ready,
+    events: &Sender<FleetEvent>,
+    gate: &LingerGate,
+) -> Option<HostResult> {
+    let c = if merge {
+        probe_waiting(plan, local, host.name, host.racks)
+    } else {
+        probe_host(plan, local, host.name).map(|p| (p, None))
+    };
+    let at = start.elapsed();
+    let (probe, session) = match c {
+        Ok(c) => c,
+        Err(why) => {
+            let _ = checks.send(Check {
+                i: host.i,
+                at,
+                result: Err(why),
+            });
+            return None;
+        }
+    };
+    let going = probe.found == install::Found::UpToDate && session.is_some();
+    let _ = checks.send(Check {
+        i: host.i,
+        at,
+        result: Ok((probe, going)),
+    });
+    // corvid goes on first (its peer gets a session of its own): dropping the session
+    // hangs it up.
+    let session = session.filter(|_| going)?;
+    let seeding = ready.wait()?;
+    let end = peer_host(
+        plan,
+        start,
+        host.name,
+        host.racks,
+        &seeding.torrent,
+        seeding.addr,
+        Some(session),
+        events,
+        gate,
+    );
+    let r = host_result(
+        host.name,
+        end,
+        start,
+        Some(HostInstall::present()),
+        Some(at),
+    );
+    let _ = events.send(FleetEvent::HostDone(r.clone()));
+    Some(r)
+}
+
+/// A host's result from how its peer session ended.
+fn host_result(
+    host: &str,
+    end: session::PeerEnd,
+    start: Instant,
+    corvid: Option<HostInstall>,
+    checked: Option<Duration>,
+) -> HostResult {
+    HostResult {
+        host: host.to_string(),
+        outcome: end.outcome,
+        // From the start of the deploy to the release in place (the linger that follows
+        // is service to others, not this host's wait).
+        duration: end
+            .released_at
+            .unwrap_or_else(Instant::now)
+            .duration_since(start),
+        bytes_from_seeder: end.from_seeder,
+        bytes_from_peers: end.from_peers,
+        bytes_reused: end.reused,
+        download_time: end.download_ms.map(Duration::from_millis),
+        fill_time: end.fill_ms.map(Duration::from_millis),
+        checked,
+        go: end.go_at.map(|t| t.duration_since(start)),
+        corvid,
+        pruned: end.pruned,
+        hook: end.hook,
     }
 }
 

@@ -4,6 +4,34 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// The warnings for hosts told to reach this machine at `addr`: one routed from another
+/// local address, or reporting another client address than our route to it (NAT, or a
+/// host that lies), or with no route from here and reporting another address.
+pub fn cross_check(addr: IpAddr, seen: &[AddrSeen]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for s in seen {
+        match (s.routed, s.reported) {
+            (Some(r), _) if r != addr => warnings.push(format!(
+                "{}: this machine reaches it from {r}, not from {addr} (the seeder \
+                 address); pass --seeder-addr if it cannot reach {addr}",
+                s.host
+            )),
+            (Some(r), Some(rep)) if rep != r => warnings.push(format!(
+                "{}: says it sees this machine at {rep}, but this machine reaches it \
+                 from {r} (NAT, or a host that lies); using {addr}",
+                s.host
+            )),
+            (None, Some(rep)) if rep != addr => warnings.push(format!(
+                "{}: no route to it from here, and it says it sees this machine at \
+                 {rep}, not {addr}",
+                s.host
+            )),
+            _ => {}
+        }
+    }
+    warnings
+}
+
 /// Why no seeder address could be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum SeederAddrError {
@@ -45,30 +73,10 @@ pub fn routed_from(to: IpAddr) -> Option<IpAddr> {
 /// behind a jump host), the hosts' reports are used only when they all agree; hosts that
 /// disagree are refused.
 pub fn choose_seeder_addr(seen: &[AddrSeen]) -> Result<(IpAddr, Vec<String>), SeederAddrError> {
-    let mut warnings = Vec::new();
     if let Some(addr) = seen.iter().find_map(|s| s.routed) {
-        for s in seen {
-            match (s.routed, s.reported) {
-                (Some(r), _) if r != addr => warnings.push(format!(
-                    "{}: this machine reaches it from {r}, not from {addr} (the seeder \
-                     address); pass --seeder-addr if it cannot reach {addr}",
-                    s.host
-                )),
-                (Some(r), Some(rep)) if rep != r => warnings.push(format!(
-                    "{}: says it sees this machine at {rep}, but this machine reaches it \
-                     from {r} (NAT, or a host that lies); using {addr}",
-                    s.host
-                )),
-                (None, Some(rep)) if rep != addr => warnings.push(format!(
-                    "{}: no route to it from here, and it says it sees this machine at \
-                     {rep}, not {addr}",
-                    s.host
-                )),
-                _ => {}
-            }
-        }
-        return Ok((addr, warnings));
+        return Ok((addr, cross_check(addr, seen)));
     }
+    let mut warnings = Vec::new();
     let reports: Vec<(&str, IpAddr)> = seen
         .iter()
         .filter_map(|s| s.reported.map(|r| (s.host.as_str(), r)))

@@ -268,7 +268,12 @@ impl Multiplex {
         &self.ssh
     }
 
-    /// Stops the masters of `hosts` (those that have one) and removes the directory.
+    /// Stops the masters of `hosts` (those that have one), waits (up to
+    /// [`MASTER_EXIT_WAIT`] each) until they have exited, and removes the directory.
+    /// `ssh -O exit` returns once the master took the request, before it is gone; the
+    /// master was started by ssh, not by us, so its exit is watched through a pidfd
+    /// opened before it is told to exit (so it is that very process, whatever reuses its
+    /// number later).
     pub fn close(self, hosts: &[String], parallel: usize) {
         let any = std::fs::read_dir(self.dir.path()).is_ok_and(|mut d| d.next().is_some());
         if any {
@@ -276,25 +281,57 @@ impl Multiplex {
                 let Ok(dest) = Destination::parse(h) else {
                     return;
                 };
-                let _ = Command::new(
-                    self.ssh
-                        .program
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new("ssh")),
-                )
-                .args(&self.ssh.options)
-                .args(control_args(self.dir.path()))
-                .args(dest.ssh_args())
-                .args(["-O", "exit", "--"])
-                .arg(&dest.host)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                let control = |op: &str| {
+                    let mut c = Command::new(
+                        self.ssh
+                            .program
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("ssh")),
+                    );
+                    c.args(&self.ssh.options)
+                        .args(control_args(self.dir.path()))
+                        .args(dest.ssh_args())
+                        .args(["-O", op, "--"])
+                        .arg(&dest.host)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped());
+                    c
+                };
+                let master = control("check")
+                    .output()
+                    .ok()
+                    .and_then(|o| master_pid(&String::from_utf8_lossy(&o.stderr)))
+                    .and_then(|pid| {
+                        let pid = rustix::process::Pid::from_raw(pid)?;
+                        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                    });
+                let _ = control("exit").output();
+                if let Some(fd) = master {
+                    // Readable once the process has exited.
+                    let mut fds = [rustix::event::PollFd::new(
+                        &fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let wait = rustix::event::Timespec {
+                        tv_sec: MASTER_EXIT_WAIT.as_secs() as _,
+                        tv_nsec: 0,
+                    };
+                    let _ = rustix::event::poll(&mut fds, Some(&wait));
+                }
             });
         }
         drop(self.dir);
     }
+}
+
+/// How long [`Multiplex::close`] waits for one master to exit after `ssh -O exit`.
+pub const MASTER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The master's process id in `ssh -O check`'s answer ("Master running (pid=1234)").
+fn master_pid(answer: &str) -> Option<i32> {
+    let rest = answer.split("(pid=").nth(1)?;
+    rest.split(')').next()?.trim().parse().ok()
 }
 
 /// What [`Ssh::run_bounded`] returned.
@@ -404,6 +441,13 @@ pub fn quote_path(p: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_masters_pid_is_read_from_its_check_answer() {
+        assert_eq!(master_pid("Master running (pid=4321)\r\n"), Some(4321));
+        assert_eq!(master_pid("Control socket connect(/x): No such file"), None);
+        assert_eq!(master_pid("Master running (pid=abc)"), None);
+    }
 
     #[test]
     fn quoting_survives_the_shell() {

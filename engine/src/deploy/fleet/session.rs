@@ -137,12 +137,9 @@ pub(super) fn peer_host(
     let mut counted = false;
     let finish = |counted: &mut bool| {
         if !std::mem::replace(counted, true) {
-            if let Some(stdins) = gate.finished() {
-                let _ = events.send(FleetEvent::PeersStopped {
-                    peers: stdins.len(),
-                });
-                drop(stdins);
-            }
+            host_finished(gate, &mut |e| {
+                let _ = events.send(e.clone());
+            });
         }
     };
     let r = peer_session(
@@ -159,6 +156,17 @@ pub(super) fn peer_host(
     );
     finish(&mut counted);
     r
+}
+
+/// One host is finished (released, its session ended, or failed before its peer ran):
+/// when it is the last, the lingering peers are told to stop, announced first.
+pub(super) fn host_finished(gate: &LingerGate, on_event: &mut dyn FnMut(&FleetEvent)) {
+    if let Some(stdins) = gate.finished() {
+        on_event(&FleetEvent::PeersStopped {
+            peers: stdins.len(),
+        });
+        drop(stdins);
+    }
 }
 
 /// A running ssh session whose stdout and stderr are read on threads of their own: its
@@ -203,16 +211,6 @@ impl Session {
         drop(self.stdin.take());
         let code = self.child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
         (code, self.stderr.recv().unwrap_or_default())
-    }
-
-    /// Closes the session's stdin: a merged session waiting for its go ends (status 0).
-    pub(super) fn hang_up(&mut self) {
-        drop(self.stdin.take());
-    }
-
-    /// [`Session::hang_up`] was called (or its stdin was handed on).
-    pub(super) fn hung_up(&self) -> bool {
-        self.stdin.is_none()
     }
 
     /// Kills the session (its deadline passed) and reaps it.
@@ -282,7 +280,9 @@ pub(super) fn peer_session(
         let _ = std::io::Write::flush(&mut stdin);
         gate.hold(stdin);
     }
+    let go_at = Instant::now();
     let mut end = PeerEnd::failed(HostError::NoRelease);
+    end.go_at = Some(go_at);
     let mut status = None;
     {
         for line in session.lines.iter() {
@@ -372,6 +372,8 @@ pub(super) struct PeerEnd {
     pub(super) fill_ms: Option<u64>,
     /// When the release was in place: the host's time, before its linger.
     pub(super) released_at: Option<Instant>,
+    /// When the peer was told to go (its torrent written to the session).
+    pub(super) go_at: Option<Instant>,
     pub(super) pruned: Vec<String>,
     pub(super) hook: Option<HookResult>,
 }
@@ -386,6 +388,7 @@ impl PeerEnd {
             download_ms: None,
             fill_ms: None,
             released_at: None,
+            go_at: None,
             pruned: Vec::new(),
             hook: None,
         }
