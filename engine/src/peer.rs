@@ -385,6 +385,16 @@ impl PeerConn {
         self.rate
     }
 
+    /// Bytes we asked the remote for and have not received (diagnosis: pipeline depth).
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight
+    }
+
+    /// The remote's requests queued with us, not yet served (diagnosis: queue depth).
+    pub fn queued_requests(&self) -> usize {
+        self.their_requests.len()
+    }
+
     fn close(&mut self, reason: CloseReason) -> CloseReason {
         if self.state != State::Closed {
             // A payload being received when we close (a timer fired mid-block) still holds

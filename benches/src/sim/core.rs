@@ -39,7 +39,7 @@ use corvid_engine::geometry::{BlockRef, Lengths};
 use corvid_engine::peer::auth::Role;
 use corvid_engine::peer::{Event, PeerConfig, PeerConn, Transmit};
 use corvid_engine::swarm::{Swarm, SwarmConfig};
-use corvid_engine::tracker::{AnnounceRequest, Swarms, TrackerConfig};
+use corvid_engine::tracker::{pair_score, rack_counts, AnnounceRequest, Swarms, TrackerConfig};
 use corvid_engine::wire::Bitfield;
 
 /// Control packets up to this size skip the link queues under fair queueing.
@@ -85,8 +85,11 @@ pub struct SimConfig {
     /// piece across racks only when no same-rack peer has it (`Swarm::set_peer_local`).
     pub rack_pick: bool,
     /// With `rack_aware`: peers from other racks in each handout (however few peers the
-    /// asker's rack has).
-    pub cross_rack_peers: usize,
+    /// asker's rack has); `None`: as many as corvid's tracker hands out
+    /// ([`corvid_engine::tracker::rack_counts`]: about a third of the same-rack ones, all
+    /// of the list for a host alone in its rack), chosen as it chooses them (the
+    /// highest-scoring pairs, [`corvid_engine::tracker::pair_score`]).
+    pub cross_rack_peers: Option<usize>,
     pub seed: u64,
     /// Give up at this virtual time.
     pub time_limit: Duration,
@@ -305,6 +308,12 @@ struct Host {
     mail: [u32; 2],
     done_at: Option<u64>,
     uploaded: u64,
+    /// Bytes through the host's downlink / uplink since the last trace line.
+    win_down: u64,
+    win_up: u64,
+    /// Trace samples since the last line: downlink busy; idle with nothing asked; idle
+    /// with requests out whose senders' uplinks are busy; idle otherwise (in flight).
+    samples: [u32; 4],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -331,6 +340,8 @@ enum Ev {
     Leave(u32),
     /// Print the fleet's state (see [`SimConfig::trace`]).
     Trace,
+    /// Sample every host's downlink for the trace's breakdown of idle time.
+    Sample,
     /// Mailbox `0`'s small control packets arrive.
     Mail(u32),
 }
@@ -432,6 +443,9 @@ impl Sim {
                 mail: [u32::MAX; 2],
                 done_at: None,
                 uploaded: 0,
+                win_down: 0,
+                win_up: 0,
+                samples: [0; 4],
             });
         }
         let racks = cfg.racks();
@@ -463,6 +477,7 @@ impl Sim {
         };
         if sim.cfg.trace.is_some() {
             sim.at(0, Ev::Trace);
+            sim.at(0, Ev::Sample);
         }
         let k = sim.cfg.seeders.max(1);
         for h in 0..k {
@@ -535,6 +550,7 @@ impl Sim {
             Ev::Connected(a, b) => self.connect(a as usize, b as usize),
             Ev::UplinkDone { host, end, n } => {
                 self.hosts[host as usize].up_busy = false;
+                self.hosts[host as usize].win_up += u64::from(n);
                 let stage = if self.same_rack_end(end as usize) {
                     3
                 } else {
@@ -549,6 +565,7 @@ impl Sim {
             Ev::Leave(h) => self.leave(h as usize),
             Ev::Mail(b) => self.mail(b as usize),
             Ev::Trace => self.trace(),
+            Ev::Sample => self.sample(),
         }
     }
 
@@ -585,13 +602,7 @@ impl Sim {
             v.sort_unstable();
             v
         } else {
-            handout(
-                &self.cfg,
-                &self.hosts_racks(),
-                h,
-                &candidates,
-                &mut self.rng,
-            )
+            handout(&self.cfg, &self.hosts, h, &candidates, &mut self.rng)
         };
         self.announced.push(h as u32);
         peers.retain(|&p| p as usize != h);
@@ -602,10 +613,6 @@ impl Sim {
             let t = answer + 2 * self.latency(h, p as usize);
             self.at(t, Ev::Connected(h as u32, p));
         }
-    }
-
-    fn hosts_racks(&self) -> Vec<u32> {
-        self.hosts.iter().map(|h| h.rack).collect()
     }
 
     fn host_by_addr(&self, addr: SocketAddr) -> Option<u32> {
@@ -852,7 +859,10 @@ impl Sim {
                     },
                 );
             }
-            _ => self.deliver(e, bytes),
+            _ => {
+                self.hosts[dst].win_down += bytes;
+                self.deliver(e, bytes)
+            }
         }
     }
 
@@ -1072,6 +1082,7 @@ impl Sim {
             held.first().copied().unwrap_or(0),
             held.get(held.len() / 2).copied().unwrap_or(0),
         );
+        self.trace_links(step);
         // The first pass's last pieces (under 6 left): their holder (host), sixteenths
         // sent, whether the seeder chokes it, whether it is interested, whether it has
         // the piece. (How a holder that lost its slot was found holding up the fleet.)
@@ -1111,6 +1122,135 @@ impl Sim {
         self.at(self.now + nanos(step), Ev::Trace);
     }
 
+    /// A line of where the downloaders' links stand (see [`SimConfig::trace`]): the
+    /// share of the step each host's downlink and uplink were busy, pieces some
+    /// connection of the host has and it lacks, bytes it asked for and has not received,
+    /// requests queued with it, and bytes in its send buffers; p10/p50/p90 over hosts.
+    fn trace_links(&mut self, step: Duration) {
+        let k = self.cfg.seeders.max(1);
+        let full = self.cfg.host_rate() * step.as_secs_f64();
+        let q = |v: &mut Vec<f64>| -> String {
+            v.sort_by(f64::total_cmp);
+            let at = |f: f64| v.get(((v.len() as f64 - 1.0) * f) as usize).copied();
+            match (at(0.1), at(0.5), at(0.9)) {
+                (Some(a), Some(b), Some(c)) => format!("{a:.2}/{b:.2}/{c:.2}"),
+                _ => "-".into(),
+            }
+        };
+        let (mut down, mut up, mut avail, mut infl, mut reqs, mut unsent, mut conns) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let pieces = self.lengths.piece_count();
+        for host in &self.hosts[k..] {
+            if host.gone || host.done_at.is_some() {
+                continue;
+            }
+            down.push(host.win_down as f64 / full);
+            up.push(host.win_up as f64 / full);
+            let mut any = vec![false; pieces as usize];
+            let (mut i, mut r, mut u) = (0u64, 0usize, 0u64);
+            for &e in &host.ends {
+                let end = &self.ends[e as usize];
+                if end.closed {
+                    continue;
+                }
+                for p in end.peer.remote_has().ones() {
+                    any[p as usize] = true;
+                }
+                i += end.peer.inflight_bytes();
+                r += end.peer.queued_requests();
+                u += end.out.unsent();
+            }
+            let lack = (0..pieces)
+                .filter(|&p| any[p as usize] && !host.swarm.have().get(p))
+                .count();
+            avail.push(lack as f64);
+            infl.push(i as f64 / (1 << 20) as f64);
+            reqs.push(r as f64);
+            unsent.push(u as f64 / (1 << 20) as f64);
+            conns.push(host.ends.len() as f64);
+        }
+        let mut classes = [0u64; 4];
+        for host in &self.hosts[k..] {
+            for (c, n) in classes.iter_mut().zip(host.samples) {
+                *c += u64::from(n);
+            }
+        }
+        let total = classes.iter().sum::<u64>().max(1) as f64;
+        eprintln!(
+            "  downlink samples: busy {:.2}, idle with nothing asked {:.2}, idle waiting on a busy sender {:.2}, idle otherwise {:.2}",
+            classes[0] as f64 / total,
+            classes[1] as f64 / total,
+            classes[2] as f64 / total,
+            classes[3] as f64 / total
+        );
+        let seeder_up = self.hosts[..k]
+            .iter()
+            .map(|h| h.win_up as f64 / full)
+            .sum::<f64>()
+            / k as f64;
+        eprintln!(
+            "  links ({} hosts busy): down {} up {} | seeder up {seeder_up:.2} | lacking-available pieces {} | asked MiB {} | reqs queued {} | unsent MiB {} | conns {}",
+            down.len(),
+            q(&mut down),
+            q(&mut up),
+            q(&mut avail),
+            q(&mut infl),
+            q(&mut reqs),
+            q(&mut unsent),
+            q(&mut conns),
+        );
+        for host in &mut self.hosts {
+            host.win_down = 0;
+            host.win_up = 0;
+            host.samples = [0; 4];
+        }
+    }
+
+    /// Samples each downloading host's downlink (see [`Host::samples`]), 100 times per
+    /// trace step.
+    fn sample(&mut self) {
+        let Some(step) = self.cfg.trace else { return };
+        let k = self.cfg.seeders.max(1);
+        let racks = self.rack_bytes.len();
+        for h in k..self.hosts.len() {
+            if self.hosts[h].gone || self.hosts[h].done_at.is_some() {
+                continue;
+            }
+            let class = if self.fifos[2 * racks + h] > self.now {
+                0
+            } else {
+                let mut asked = false;
+                let mut busy_sender = false;
+                for &e in &self.hosts[h].ends {
+                    let end = &self.ends[e as usize];
+                    if end.closed || end.peer.inflight_bytes() == 0 {
+                        continue;
+                    }
+                    asked = true;
+                    let r = &self.ends[end.remote as usize];
+                    let src = &self.hosts[r.host as usize];
+                    if src.up_busy && r.out.unsent() == 0 {
+                        busy_sender = true;
+                    }
+                }
+                match (asked, busy_sender) {
+                    (false, _) => 1,
+                    (true, true) => 2,
+                    (true, false) => 3,
+                }
+            };
+            self.hosts[h].samples[class] += 1;
+        }
+        self.at(self.now + nanos(step) / 100, Ev::Sample);
+    }
+
     fn tick(&mut self, h: usize) {
         if self.hosts[h].gone {
             return;
@@ -1136,11 +1276,14 @@ impl Sim {
 
 /// Which peers the tracker hands `h` when it must choose `numwant` of `candidates`
 /// (announce order): a window that moves on with every announce, as corvid's tracker
-/// does with its cursor. Rack aware: all but [`SimConfig::cross_rack_peers`] from `h`'s
-/// own rack, the rest from the others (and the seeder always, so first copies can flow).
+/// does with its cursor (and every seeder). Rack aware, the counts of corvid's tracker
+/// ([`rack_counts`]): the seeders of `h`'s rack (or every rack's, if it has none), a
+/// moving window of its own rack's peers, and of the other racks' peers those whose pair
+/// with `h` scores highest ([`pair_score`], stable over re-announces); or, with
+/// [`SimConfig::cross_rack_peers`] set, that many other-rack peers in a moving window.
 fn handout(
     cfg: &SimConfig,
-    racks: &[u32],
+    hosts: &[Host],
     h: usize,
     candidates: &[u32],
     rng: &mut Rng,
@@ -1154,24 +1297,66 @@ fn handout(
         pool.iter().cycle().skip(start).take(k).copied().collect()
     };
     let mut out = if cfg.rack_aware && cfg.rack_size > 0 {
-        let mine = racks[h];
-        let (same, other): (Vec<u32>, Vec<u32>) = candidates
-            .iter()
-            .copied()
-            .partition(|&p| racks[p as usize] == mine);
-        let k_other = cfg.cross_rack_peers.min(want);
-        let mut v = pick(&same, want - k_other, rng);
-        v.extend(pick(&other, k_other, rng));
-        v
-    } else {
-        pick(candidates, want, rng)
-    };
-    // Every seeder (few, one per datacenter).
-    for s in 0..cfg.seeders.max(1) as u32 {
-        if !out.contains(&s) && candidates.contains(&s) {
-            out.push(s);
+        let mine = hosts[h].rack;
+        let (mut near_seeds, mut far_seeds, mut same, mut other) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &p in candidates {
+            let near = hosts[p as usize].rack == mine;
+            match (cfg.is_seeder(p as usize), near) {
+                (true, true) => near_seeds.push(p),
+                (true, false) => far_seeds.push(p),
+                (false, true) => same.push(p),
+                (false, false) => other.push(p),
+            }
         }
-    }
+        match cfg.cross_rack_peers {
+            Some(k) => {
+                // (The simulator's own rule before it followed the tracker's: seeders
+                // count among their rack's peers, and every seeder is added.)
+                let (same, other): (Vec<u32>, Vec<u32>) = candidates
+                    .iter()
+                    .copied()
+                    .partition(|&p| hosts[p as usize].rack == mine);
+                let k_other = k.min(want);
+                let mut v = pick(&same, want - k_other, rng);
+                v.extend(pick(&other, k_other, rng));
+                for s in near_seeds.into_iter().chain(far_seeds) {
+                    if !v.contains(&s) {
+                        v.push(s);
+                    }
+                }
+                v
+            }
+            None => {
+                let seeds = if near_seeds.is_empty() {
+                    far_seeds
+                } else {
+                    near_seeds
+                };
+                let n = rack_counts(seeds.len(), same.len(), other.len(), want);
+                let mut v = pick(&seeds, n.seeds, rng);
+                v.extend(pick(&same, n.same, rng));
+                let me = hosts[h].peer_id;
+                other.sort_by_cached_key(|&p| {
+                    (
+                        std::cmp::Reverse(pair_score(&me, &hosts[p as usize].peer_id)),
+                        p,
+                    )
+                });
+                v.extend(other.into_iter().take(n.other));
+                v
+            }
+        }
+    } else {
+        let mut v = pick(candidates, want, rng);
+        // Every seeder (few, one per datacenter).
+        for s in 0..cfg.seeders.max(1) as u32 {
+            if !v.contains(&s) && candidates.contains(&s) {
+                v.push(s);
+            }
+        }
+        v
+    };
     out.sort_unstable();
     out
 }
@@ -1184,6 +1369,79 @@ pub fn simulate(cfg: SimConfig) -> Result<SimResult, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rack-aware handout takes corvid's tracker's counts and cross-rack choice: a
+    /// host alone in its rack is handed a full list from other racks (the simulator's
+    /// fixed 4 left it with 5 connections and made it the last host at N=1000), a host in
+    /// a full rack about a third as many other-rack peers as same-rack ones, always the
+    /// same ones (the pairs' scores), whatever the window.
+    #[test]
+    fn handout_follows_the_trackers_rule() {
+        let cfg = SimConfig {
+            hosts: 40,
+            seeders: 1,
+            size: 8 << 20,
+            piece_size: 256 << 10,
+            rate_bps: 1e9,
+            rack_size: 10,
+            oversub: 4.0,
+            hop_latency: Duration::from_micros(50),
+            goodput: 1.0,
+            segment: 64 << 10,
+            sndbuf: 256 << 10,
+            hash_rate: 1e9,
+            start_spread: Duration::from_millis(50),
+            numwant: 12,
+            rack_aware: true,
+            rack_pick: true,
+            cross_rack_peers: None,
+            seed: 1,
+            time_limit: Duration::from_secs(10),
+            request_size: 128 << 10,
+            tick: Duration::from_millis(100),
+            max_unchoked: 128,
+            seed_fanout: 32,
+            seed_extra_permille: 50,
+            egress_queue: 0,
+            linger: None,
+            trace: None,
+            rack_spread: false,
+        };
+        let sim = Sim::new(cfg.clone()).unwrap();
+        let everyone: Vec<u32> = (0..41).collect();
+        let others =
+            |h: u32| -> Vec<u32> { everyone.iter().copied().filter(|&p| p != h).collect() };
+        let lone = 40;
+        assert_eq!(cfg.rack_of(lone), 4);
+        assert!((0..40).all(|h| cfg.rack_of(h) != 4));
+        let got = handout(&cfg, &sim.hosts, lone, &others(lone as u32), &mut Rng(1));
+        assert_eq!(got.len(), 12, "{got:?}");
+        assert!(got.contains(&0), "the seeder: {got:?}");
+        // A host of a full rack (rack 1: hosts 9..=18).
+        let h = 12;
+        let cross = |v: &[u32]| -> Vec<u32> {
+            v.iter()
+                .copied()
+                .filter(|&p| cfg.rack_of(p as usize) != cfg.rack_of(h) && p != 0)
+                .collect()
+        };
+        let a = handout(&cfg, &sim.hosts, h, &others(h as u32), &mut Rng(1));
+        let b = handout(&cfg, &sim.hosts, h, &others(h as u32), &mut Rng(99));
+        let same = a
+            .iter()
+            .filter(|&&p| cfg.rack_of(p as usize) == cfg.rack_of(h))
+            .count();
+        assert_eq!(same, 9, "every rack-mate: {a:?}");
+        assert_eq!(cross(&a).len(), 2, "{a:?}");
+        assert_eq!(cross(&a), cross(&b), "the same cross-rack pairs");
+        // The fixed count of before, when asked for.
+        let fixed = SimConfig {
+            cross_rack_peers: Some(4),
+            ..cfg.clone()
+        };
+        let got = handout(&fixed, &sim.hosts, lone, &others(lone as u32), &mut Rng(1));
+        assert_eq!(got.len(), 5, "{got:?}");
+    }
 
     /// Whatever the segment boundaries, the receiver sees the sender's control bytes in
     /// order and every payload byte counted once.

@@ -33,9 +33,10 @@ pub struct SimArgs {
     /// Payload size.
     #[arg(long, default_value = "1GiB", value_parser = units::parse_size)]
     pub size: u64,
-    /// Piece size.
-    #[arg(long, default_value = "4MiB", value_parser = units::parse_size)]
-    pub piece_size: u64,
+    /// Piece size [default: what `corvid make` and `corvid deploy` pick for the payload,
+    /// `auto_piece_length`: 512 KiB for 1 GiB].
+    #[arg(long, value_parser = units::parse_size)]
+    pub piece_size: Option<u64>,
     /// Host link rate (tc units: 10gbit, 100mbit).
     #[arg(long, default_value = "10gbit")]
     pub rate: String,
@@ -88,9 +89,10 @@ pub struct SimArgs {
     /// (`SwarmConfig::seed_extra_permille`).
     #[arg(long, default_value_t = corvid_engine::swarm::SwarmConfig::default().seed_extra_permille)]
     pub seed_extra_permille: u32,
-    /// With --rack-aware: peers from other racks in each tracker handout.
-    #[arg(long, default_value_t = 4)]
-    pub cross_rack_peers: usize,
+    /// With --rack-aware: peers from other racks in each tracker handout [default: what
+    /// corvid's tracker hands out, about a third of the same-rack peers].
+    #[arg(long)]
+    pub cross_rack_peers: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Runs per size, with seeds seed, seed+1, ...; the median run is reported.
@@ -147,7 +149,9 @@ impl SimArgs {
             hosts,
             seeders: self.seeders as usize,
             size: self.size,
-            piece_size: self.piece_size,
+            piece_size: self
+                .piece_size
+                .unwrap_or_else(|| corvid_engine::metainfo::auto_piece_length(self.size)),
             rate_bps: rate,
             rack_size: self.rack_size,
             oversub: self.oversub,
@@ -550,7 +554,7 @@ mod tests {
             numwant: 200,
             rack_aware: false,
             rack_pick: false,
-            cross_rack_peers: 2,
+            cross_rack_peers: Some(2),
             seed,
             time_limit: Duration::from_secs(120),
             request_size: 128 << 10,

@@ -201,6 +201,17 @@
 //! s, 1.05: no gain and no loss we can tell from noise. With the straggler rule active at N=16 (first version) the seeder sent
 //! 1.06-1.22 copies and the simulated median host was 2% later, hence the K condition.
 //!
+//! The bound grows past 16 x K connections: one follower per
+//! [`FANOUT_PEERS_PER_FOLLOWER`] (16) live connections (`Swarm::fanout_bound`). With
+//! corvid's own piece size (512 KiB for 1 GiB) at N=1000 (26 racks) the seeder's uplink
+//! was 95-98% busy for 0.2 s and then 75-81% with 32 followers, the fleet tracking it
+//! ~175 pieces behind (1.49 x S/C): each follower outside the seeder's rack fetches one
+//! new piece across racks at a time (`pick.rs`), and a first copy waits in its downlink
+//! behind relay traffic. With 64 or 128 followers the seeder stays at 100%: 1.35 / 1.38
+//! x S/C; at N=100 they are slower (K=64: 1.49-1.64 x against 1.36-1.37, seeds 1-3;
+//! K=16: 2.0-2.2), so the bound scales with the fleet rather than changing K: N=100
+//! and the namespace fleet run exactly as before (simulator runs byte for byte equal).
+//!
 //! The tail (issue 10): a bigger budget for extra copies does not shorten it in the
 //! simulator: at N=16 (seeds 11-16) 5% / 10% / 15% of the payload give a last host at
 //! 7.10 / 7.10 / 7.10 s (median of 6) for 1.12 / 1.13 / 1.19 seeder copies. The last
@@ -223,6 +234,10 @@
 //!
 
 use super::*;
+
+/// Live connections per follower the fan-out bound grows by past
+/// [`SwarmConfig::seed_fanout`] x this (see the module docs, fan-out at large N).
+pub const FANOUT_PEERS_PER_FOLLOWER: usize = 16;
 
 impl Swarm {
     /// Counts a block (or a bigger request's span, counted in 16 KiB blocks) uploaded to
@@ -266,7 +281,7 @@ impl Swarm {
         if !slot.unchoked && (slot.slot_lost || self.unchoked >= self.cfg.max_unchoked) {
             return false;
         }
-        let k = self.cfg.seed_fanout;
+        let k = self.fanout_bound();
         if k == 0 {
             return true;
         }
@@ -286,6 +301,15 @@ impl Swarm {
         holders.sort_unstable_by_key(|h| (h.idx, h.gen));
         holders.dedup();
         holders.len() < k
+    }
+
+    /// The fan-out bound now: [`SwarmConfig::seed_fanout`], or one follower per
+    /// [`FANOUT_PEERS_PER_FOLLOWER`] live connections if that is more (0: no bound).
+    pub(super) fn fanout_bound(&self) -> usize {
+        match self.cfg.seed_fanout {
+            0 => 0,
+            k => k.max(self.live_peers() / FANOUT_PEERS_PER_FOLLOWER),
+        }
     }
 
     pub(super) fn holder_live(&self, i: usize) -> bool {
@@ -555,6 +579,24 @@ mod tests {
         assert!(s.try_unchoke(d, Instant::now()));
         assert_eq!(s.plan_next(d, &none), Some(b0));
         assert_eq!(s.plan_next(d, &none), None, "two in flight again");
+    }
+
+    /// Past `seed_fanout` x 16 connections the bound grows with them: one follower with
+    /// a first copy in flight per 16 live connections.
+    #[test]
+    fn fanout_grows_with_the_followers_past_sixteen_per_place() {
+        let (mut s, k) = seeder(64, 2, 48);
+        let none = Bitfield::new(64);
+        assert_eq!(s.fanout_bound(), 3);
+        let firsts: Vec<_> = k.iter().filter_map(|&f| s.plan_next(f, &none)).collect();
+        assert_eq!(firsts.len(), 3, "three followers hold first copies");
+        // Fewer connections, the configured bound again.
+        for &f in &k[10..] {
+            s.remove_peer(f);
+        }
+        assert_eq!(s.fanout_bound(), 2);
+        let (s, _) = seeder(4, 0, 48);
+        assert_eq!(s.fanout_bound(), 0, "no bound stays no bound");
     }
 
     #[test]

@@ -22,8 +22,9 @@ pub use proto::{
     AnnounceRequest, AnnounceResponse, Event, PeerInfo, ProtoError, ScrapeEntry, TrackerRequest,
 };
 pub use server::{
-    AnnounceEvents, Outcome, Swarms, TrackerConfig, TrackerServer, TrackerStats,
-    TrackerStatsHandle, DEFAULT_MAX_PEERS_PER_IP, DEFAULT_MAX_SWARMS_PER_IP,
+    pair_score, rack_counts, AnnounceEvents, Outcome, RackCounts, Swarms, TrackerConfig,
+    TrackerServer, TrackerStats, TrackerStatsHandle, DEFAULT_MAX_PEERS_PER_IP,
+    DEFAULT_MAX_SWARMS_PER_IP,
 };
 pub use topology::{HostRack, RackId, Topology, TopologyError};
 

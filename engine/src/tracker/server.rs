@@ -35,6 +35,7 @@ mod swarm;
 use listen::http_response;
 pub use listen::TrackerServer;
 use swarm::{ip_key, IpCounts, PeerEntry, Swarm};
+pub use swarm::{pair_score, rack_counts, RackCounts};
 
 /// Default of [`TrackerConfig::max_peers_per_ip`].
 pub const DEFAULT_MAX_PEERS_PER_IP: usize = 64;
@@ -1223,6 +1224,29 @@ mod tests {
             .collect();
         assert_eq!(mates.len(), 2, "{:?}", b.peers);
         s.check_invariants().unwrap();
+    }
+
+    /// The handout's sizes as the fleet simulator takes them: a full rack's peer gets
+    /// about a quarter of its list from other racks, a peer alone in its rack all of it.
+    #[test]
+    fn rack_counts_split_a_list_between_racks() {
+        let c = rack_counts(1, 39, 960, 50);
+        assert_eq!((c.seeds, c.same, c.other), (1, 37, 12));
+        // Alone in its rack: every slot goes to other racks.
+        let c = rack_counts(1, 0, 999, 50);
+        assert_eq!((c.seeds, c.same, c.other), (1, 0, 49));
+        // Few rack-mates: a third of them, at least one, from other racks.
+        let c = rack_counts(1, 2, 999, 50);
+        assert_eq!((c.seeds, c.same, c.other), (1, 2, 1));
+        // Never more than asked for, nor more than there are.
+        for (seeds, same, other, want) in [(3, 5, 2, 4), (0, 0, 0, 9), (2, 100, 100, 1)] {
+            let c = rack_counts(seeds, same, other, want);
+            assert!(c.seeds + c.same + c.other <= want, "{c:?}");
+            assert!(
+                c.seeds <= seeds && c.same <= same && c.other <= other,
+                "{c:?}"
+            );
+        }
     }
 
     proptest::proptest! {

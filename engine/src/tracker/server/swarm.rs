@@ -197,15 +197,11 @@ impl Swarm {
         if seeds.is_empty() {
             seeds = far_seeds;
         }
-        let n_seeds = seeds.len().min(want.div_ceil(4).max(MIN_SEEDS)).min(want);
-        let rest = want - n_seeds;
-        let reserve = other.len().min(rest / 4);
-        let n_same = same.len().min(rest - reserve);
-        let n_other = if n_same == 0 {
-            other.len().min(rest)
-        } else {
-            other.len().min(n_same.div_ceil(3)).min(rest - n_same)
-        };
+        let RackCounts {
+            seeds: n_seeds,
+            same: n_same,
+            other: n_other,
+        } = rack_counts(seeds.len(), same.len(), other.len(), want);
         if n_other > 0 && n_other < other.len() {
             other.select_nth_unstable_by_key(n_other - 1, |p| {
                 std::cmp::Reverse(pair_score(asker, &p.peer_id.unwrap_or_default()))
@@ -226,6 +222,37 @@ impl Swarm {
     }
 }
 
+/// How many of each kind a rack-aware handout lists (see [`Swarm::rack_handout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RackCounts {
+    /// Origin seeders (the asker's rack's, or every rack's if it has none).
+    pub seeds: usize,
+    /// Peers of the asker's rack.
+    pub same: usize,
+    /// Peers of other racks.
+    pub other: usize,
+}
+
+/// The rack-aware handout's sizes, given how many origin seeders, same-rack and other-rack
+/// peers there are to choose from and the asker's `numwant`. Public so that the fleet
+/// simulator (`corvid-bench sim`) hands out what this tracker would, not a guess of it.
+pub fn rack_counts(seeds: usize, same: usize, other: usize, want: usize) -> RackCounts {
+    let n_seeds = seeds.min(want.div_ceil(4).max(MIN_SEEDS)).min(want);
+    let rest = want - n_seeds;
+    let reserve = other.min(rest / 4);
+    let n_same = same.min(rest - reserve);
+    let n_other = if n_same == 0 {
+        other.min(rest)
+    } else {
+        other.min(n_same.div_ceil(3)).min(rest - n_same)
+    };
+    RackCounts {
+        seeds: n_seeds,
+        same: n_same,
+        other: n_other,
+    }
+}
+
 /// Seeders a rack-aware handout includes, if there are that many, however small the
 /// asker's `numwant`: with several seeders (one per datacenter), each peer should reach
 /// more than one.
@@ -236,7 +263,7 @@ pub(super) const MIN_SEEDS: usize = 2;
 /// tends to be A, and the two share one connection rather than holding two across the
 /// spine. (Rendezvous hashing; not secret, and a peer choosing its id to be picked gains
 /// only a connection it could have dialled anyway.)
-pub(super) fn pair_score(a: &[u8; 20], b: &[u8; 20]) -> u64 {
+pub fn pair_score(a: &[u8; 20], b: &[u8; 20]) -> u64 {
     use std::hash::{Hash, Hasher};
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut h = std::collections::hash_map::DefaultHasher::new();
