@@ -272,22 +272,7 @@ fn a_splicing_sender_closes_on_a_reset_and_keeps_serving() {
     let (first, c) = read_from(&rt, &listener, 3 << 20);
     assert!(first == want[..3 << 20], "the first 3 MiB differ");
     // Closed with SO_LINGER 0: a reset, whatever is queued.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(c);
+    super::tests::reset(c);
     // The reset reaches the sender either as the splice's socket error or, when that
     // step took the error first, as the end of the stream on its receive: either way the
     // connection closes rather than waiting on a chain that cannot finish.
@@ -352,22 +337,7 @@ fn a_zero_copy_sender_closes_on_a_reset_and_keeps_serving() {
     let (rt, closed) = start(&src, SendPath::ZeroCopy);
     let (first, c) = read_from(&rt, &listener, 3 << 20);
     assert!(first == want[..3 << 20], "the first 3 MiB differ");
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt with a pointer to a live linger struct and its size.
-    let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(c);
+    super::tests::reset(c);
     let reason = closed.recv_timeout(WAIT).expect("sender closed");
     assert!(
         reason.contains("reset") || reason.contains("pipe") || reason.contains("peer closed"),

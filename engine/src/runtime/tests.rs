@@ -1030,7 +1030,7 @@ fn connect_timeout_is_reported() {
 
 /// Closes `c` with a reset instead of a FIN: `SO_LINGER` with a zero timeout makes close
 /// send RST, what a peer that crashes or is killed mid-transfer looks like.
-fn reset(c: TcpStream) {
+pub(super) fn reset(c: TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
