@@ -40,15 +40,7 @@ fn source(len: usize) -> (tempfile::NamedTempFile, Arc<Source>) {
 /// so every splice from it fails (EBADF) while the mapping itself reads fine.
 fn source_with(len: usize, write_only_fd: bool) -> (tempfile::NamedTempFile, Arc<Source>) {
     let f = tempfile::NamedTempFile::new().unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let content: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let content = super::tests::pattern(0x2545_f491_4f6c_dd1d, len);
     std::fs::write(f.path(), &content).unwrap();
     let file = std::fs::File::open(f.path()).unwrap();
     // SAFETY: a private temp file nobody writes or truncates while it is mapped.
@@ -264,29 +256,35 @@ fn every_send_path_delivers_the_framed_blocks_byte_for_byte() {
 /// connection gets its whole stream spliced.
 #[test]
 fn a_splicing_sender_closes_on_a_reset_and_keeps_serving() {
-    let len = 32 << 20;
-    let (_f, src) = source(len);
+    let (rt, spliced_between, want_len) = reset_then_whole_stream(SendPath::Splice);
+    let counters = rt.send_counters();
+    rt.shutdown().unwrap();
+    assert!(counters.spliced() >= spliced_between + want_len as u64);
+}
+
+/// A reader takes the first 3 MiB of a 32 MiB stream from a `path` sender and resets
+/// (`SO_LINGER` 0); the sender must close for it (the splice's or send's socket error, or
+/// the end of the stream on its receive when that step took the error first: not a
+/// hang on a chain or notification that cannot finish); then a second reader gets the
+/// whole stream. Returns the runtime, still running, the bytes spliced before the second
+/// reader, and the stream's length.
+fn reset_then_whole_stream(path: SendPath) -> (Runtime<Blocks>, u64, usize) {
+    let (_f, src) = source(32 << 20);
     let want = expected(&src);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (rt, closed) = start(&src, SendPath::Splice);
+    let (rt, closed) = start(&src, path);
     let (first, c) = read_from(&rt, &listener, 3 << 20);
     assert!(first == want[..3 << 20], "the first 3 MiB differ");
-    // Closed with SO_LINGER 0: a reset, whatever is queued.
     super::tests::reset(c);
-    // The reset reaches the sender either as the splice's socket error or, when that
-    // step took the error first, as the end of the stream on its receive: either way the
-    // connection closes rather than waiting on a chain that cannot finish.
     let reason = closed.recv_timeout(WAIT).expect("sender closed");
     assert!(
         reason.contains("reset") || reason.contains("pipe") || reason.contains("peer closed"),
         "expected the reset to close the sender, got {reason}"
     );
-    let spliced_before = rt.send_counters().spliced();
+    let between = rt.send_counters().spliced();
     let got = read_stream(&rt, &listener, want.len());
     assert!(got == want, "the second stream differs");
-    let counters = rt.send_counters();
-    rt.shutdown().unwrap();
-    assert!(counters.spliced() >= spliced_before + want.len() as u64);
+    (rt, between, want.len())
 }
 
 /// A file the splice cannot read from: the failing step cancels the rest of its chain,
@@ -330,21 +328,7 @@ fn a_failing_splice_step_closes_the_connection_with_a_storage_error() {
 /// without leaking an operation.
 #[test]
 fn a_zero_copy_sender_closes_on_a_reset_and_keeps_serving() {
-    let len = 32 << 20;
-    let (_f, src) = source(len);
-    let want = expected(&src);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (rt, closed) = start(&src, SendPath::ZeroCopy);
-    let (first, c) = read_from(&rt, &listener, 3 << 20);
-    assert!(first == want[..3 << 20], "the first 3 MiB differ");
-    super::tests::reset(c);
-    let reason = closed.recv_timeout(WAIT).expect("sender closed");
-    assert!(
-        reason.contains("reset") || reason.contains("pipe") || reason.contains("peer closed"),
-        "expected the reset to close the sender, got {reason}"
-    );
-    let got = read_stream(&rt, &listener, want.len());
-    assert!(got == want, "the second stream differs");
+    let (rt, _, _) = reset_then_whole_stream(SendPath::ZeroCopy);
     let counters = rt.send_counters();
     rt.shutdown().expect("no operation left in flight");
     let (notifs, _) = counters.zc_notifs();
