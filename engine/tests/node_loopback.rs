@@ -43,6 +43,30 @@ fn hash_files(root: &Path, files: &[FileSpec]) -> (Lengths, Arc<Vec<[u8; 20]>>) 
     (lengths, Arc::new(hashes))
 }
 
+/// Runs a seeding node on a thread of its own until `stop`; returns the thread and the
+/// address it listens on.
+fn start_seeder(
+    cfg: NodeConfig,
+    stop: &StopFlag,
+) -> (
+    std::thread::JoinHandle<Result<node::NodeReport, node::NodeError>>,
+    SocketAddr,
+) {
+    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+    let stop = stop.clone();
+    let seeder = std::thread::spawn(move || {
+        node::run(cfg, stop, &mut |ev| {
+            if let NodeEvent::Listening { peer_addr } = ev {
+                addr_tx.send(*peer_addr).unwrap();
+            }
+        })
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("seeder listening");
+    (seeder, addr)
+}
+
 fn config(
     mode: Mode,
     root: &Path,
@@ -98,21 +122,10 @@ fn seeder_to_one_peer_over_io_uring() {
     let (lengths, hashes) = hash_files(&src, &files);
 
     let seed_stop = StopFlag::new();
-    let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
-    let seeder = {
-        let cfg = config(Mode::Seed, &src, &files, lengths, hashes.clone());
-        let stop = seed_stop.clone();
-        std::thread::spawn(move || {
-            node::run(cfg, stop, &mut |ev| {
-                if let NodeEvent::Listening { peer_addr } = ev {
-                    addr_tx.send(*peer_addr).unwrap();
-                }
-            })
-        })
-    };
-    let seed_addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("seeder listening");
+    let (seeder, seed_addr) = start_seeder(
+        config(Mode::Seed, &src, &files, lengths, hashes.clone()),
+        &seed_stop,
+    );
 
     let mut cfg = config(Mode::Download, &dst, &files, lengths, hashes);
     cfg.peers = vec![seed_addr];
@@ -252,22 +265,9 @@ fn a_seeder_uploads_through_each_send_path() {
     ] {
         let dst = dir.path().join(format!("dst-{path}"));
         let seed_stop = StopFlag::new();
-        let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
-        let seeder = {
-            let mut cfg = config(Mode::Seed, &src, &files, lengths, hashes.clone());
-            cfg.tuning.send_path = path;
-            let stop = seed_stop.clone();
-            std::thread::spawn(move || {
-                node::run(cfg, stop, &mut |ev| {
-                    if let NodeEvent::Listening { peer_addr } = ev {
-                        addr_tx.send(*peer_addr).unwrap();
-                    }
-                })
-            })
-        };
-        let seed_addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("seeder listening");
+        let mut cfg = config(Mode::Seed, &src, &files, lengths, hashes.clone());
+        cfg.tuning.send_path = path;
+        let (seeder, seed_addr) = start_seeder(cfg, &seed_stop);
         let mut cfg = config(Mode::Download, &dst, &files, lengths, hashes.clone());
         cfg.peers = vec![seed_addr];
         let report = node::run(cfg, StopFlag::new(), &mut |_| {}).expect("download");
