@@ -189,17 +189,23 @@ fn read_stream(rt: &Runtime<Blocks>, listener: &TcpListener, len: usize) -> Vec<
     read_from(rt, listener, len).0
 }
 
+/// The runtime dials `listener`; returns the accepted end, reads bounded by [`WAIT`].
+fn dial_accept(rt: &Runtime<Blocks>, listener: &TcpListener) -> std::net::TcpStream {
+    rt.mailbox(0)
+        .unwrap()
+        .dial(listener.local_addr().unwrap())
+        .unwrap();
+    let (c, _) = listener.accept().unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c
+}
+
 fn read_from(
     rt: &Runtime<Blocks>,
     listener: &TcpListener,
     len: usize,
 ) -> (Vec<u8>, std::net::TcpStream) {
-    rt.mailbox(0)
-        .unwrap()
-        .dial(listener.local_addr().unwrap())
-        .unwrap();
-    let (mut c, _) = listener.accept().unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut c = dial_accept(rt, listener);
     let mut got = vec![0u8; len];
     c.read_exact(&mut got).unwrap();
     (got, c)
@@ -296,12 +302,7 @@ fn a_failing_splice_step_closes_the_connection_with_a_storage_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (rt, closed) = start(&src, SendPath::Splice);
     for _ in 0..2 {
-        rt.mailbox(0)
-            .unwrap()
-            .dial(listener.local_addr().unwrap())
-            .unwrap();
-        let (mut c, _) = listener.accept().unwrap();
-        c.set_read_timeout(Some(WAIT)).unwrap();
+        let mut c = dial_accept(&rt, &listener);
         let reason = closed.recv_timeout(WAIT).expect("sender closed");
         assert!(
             reason.contains("storage error") && reason.contains("splicing upload payload"),
